@@ -1,0 +1,278 @@
+"""Checks made before the pipeline starts, and the reading schema they derive.
+
+Reads a first small batch of the data, loads the model, and scores that batch
+with the real scorer, so that a column that does not exist, a model that does
+not fit the data or a loss that cannot be computed stops the run with exit 2
+and a one-line message, instead of failing on a worker an hour later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from typing import List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from lossaudit import columns as cols
+from lossaudit import losses
+from lossaudit.config import AuditConfig, ConfigError
+from lossaudit.model import AuditModel
+from lossaudit.scoring import (BatchScorer, LossShapeError, ScoringSpec,
+                               feature_inputs)
+
+PROBE_RECORDS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the pre-run checks found: the files, the spec and the schema."""
+
+  files: Tuple[str, ...]
+  spec: ScoringSpec
+  tf_schema: Optional[bytes]  # Serialized tensorflow_metadata Schema.
+  columns: Tuple[str, ...]  # Columns to read.
+
+
+def match_files(patterns: Sequence[str]) -> List[str]:
+  """Expands globs with Beam's filesystems; fails when a glob matches none."""
+  files = []
+  for pattern in patterns:
+    try:
+      matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"input.pattern: expected a readable glob. Received: {pattern!r}"
+          f" ({_first_line(e)})") from None
+    if not matched:
+      raise ConfigError(f"input.pattern: no file matches {pattern!r}")
+    files.extend(sorted(m.path for m in matched))
+  return files
+
+
+def read_tfrecords(path: str, limit: int) -> List[bytes]:
+  """Reads up to `limit` records of a TFRecord file (compression by suffix)."""
+  records = []
+  with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+    while len(records) < limit:
+      header = f.read(12)
+      if len(header) < 12:
+        break
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      if len(data) < length:
+        break
+      f.read(4)
+      records.append(data)
+  return records
+
+
+def _probe_batch(config: AuditConfig, files: Sequence[str]
+                 ) -> Tuple[Optional[pa.RecordBatch], Optional[str]]:
+  """The first few records of the dataset as one batch, and their file."""
+  from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
+
+  for path in files:
+    try:
+      if config.input.format == "tfrecord":
+        records = read_tfrecords(path, PROBE_RECORDS)
+        if not records:
+          continue
+        decoder = example_coder.ExamplesToRecordBatchDecoder()
+        return decoder.DecodeBatch(records), path
+      with FileSystems.open(path,
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        parquet = pq.ParquetFile(f)
+        if parquet.metadata.num_rows == 0:
+          continue
+        first = next(parquet.iter_batches(batch_size=PROBE_RECORDS))
+        return first, path
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"input.pattern: expected {config.input.format} files. {path!r}"
+          f" could not be read: {type(e).__name__}: {_first_line(e)}") from None
+  return None, None
+
+
+def plan(config: AuditConfig) -> Plan:
+  """Runs every pre-run check and returns what the pipeline needs."""
+  files = match_files(config.input.patterns)
+  model = AuditModel(config.model.path, config.model.signature,
+                     config.model.output)
+  probe, probe_file = _probe_batch(config, files)
+  spec = _scoring_spec(config, model, probe, probe_file)
+  if probe is not None:
+    _check_scoring(config, spec, model, probe, probe_file)
+  return Plan(files=tuple(files), spec=spec, tf_schema=_tf_schema(spec, probe),
+              columns=_needed_columns(spec))
+
+
+def _scoring_spec(config: AuditConfig, model: AuditModel,
+                  probe: Optional[pa.RecordBatch],
+                  probe_file: Optional[str]) -> ScoringSpec:
+  inp = config.input
+  if inp.label_column is None:
+    raise ConfigError("input.label_column: expected a column name; a loss"
+                      " needs labels. Received: None")
+  pairs = feature_inputs(model.inputs, inp.feature_columns)
+  features = []
+  for info, (name, column) in zip(model.inputs, pairs):
+    if any(d is None for d in info.shape):
+      raise ConfigError(
+          f"model input {name!r} has shape {(None,) + info.shape}; expected a"
+          " fixed size for every axis but the batch")
+    if info.dtype == "string":
+      raise ConfigError(
+          f"model input {name!r} takes strings; expected numeric inputs")
+    features.append((name, column, tuple(int(d) for d in info.shape),
+                     info.dtype))
+  if probe is not None:
+    present = set(probe.schema.names)
+    wanted = [("input.id_column", inp.id_column),
+              ("input.label_column", inp.label_column),
+              ("input.weight_column", inp.weight_column),
+              ("stats.slice_by", config.stats.slice_by)]
+    wanted += [(f"feature column for model input {n!r}", c)
+               for n, c, _, _ in features]
+    for key, column in wanted:
+      if column is not None and column not in present:
+        raise ConfigError(
+            f"{key}: column {column!r} not found in the first"
+            f" {probe.num_rows} records of {probe_file}; found columns"
+            f" {sorted(present)}")
+
+  out_shape = tuple(model.output.shape)
+  if any(d is None for d in out_shape):
+    raise ConfigError(
+        f"model output {model.output.name!r} has shape {(None,) + out_shape};"
+        " expected a fixed size for every axis but the batch")
+  out_width = int(math.prod(out_shape)) if out_shape else 1
+  loss_name = config.loss.name
+  kind = ("regression" if config.loss.custom else
+          losses.label_kind(loss_name, out_width))
+  if kind == "sparse":
+    label_shape, num_classes = (), out_width
+  elif kind == "categorical":
+    label_shape, num_classes = out_shape, out_width
+  elif kind == "binary":
+    label_shape, num_classes = out_shape, 2
+  else:
+    label_shape, num_classes = out_shape, None
+    if config.loss.custom and probe is not None:
+      label_shape = _custom_label_shape(probe, inp.label_column, out_shape)
+  if (kind in ("sparse", "categorical") and len(out_shape) != 1) or (
+      kind == "categorical" and out_width < 2):
+    raise ConfigError(
+        f"loss.name: {loss_name!r} expects a (batch, classes) model output;"
+        f" the model's output {model.output.name!r} has shape"
+        f" {(None,) + out_shape}")
+  return ScoringSpec(
+      model_path=config.model.path,
+      signature=config.model.signature,
+      output=config.model.output,
+      features=tuple(features),
+      label_column=inp.label_column,
+      label_kind=kind,
+      label_shape=tuple(int(d) for d in label_shape),
+      num_classes=num_classes,
+      loss_name=losses.canonical_loss_name(loss_name) or loss_name,
+      from_logits=config.loss.from_logits,
+      reduce=config.loss.reduce,
+      loss_args=tuple(sorted(config.loss.args.items())),
+      custom_loss=config.loss.custom,
+      id_column=inp.id_column,
+      weight_column=inp.weight_column,
+      slice_column=config.stats.slice_by,
+  )
+
+
+def _custom_label_shape(probe: pa.RecordBatch, column: str,
+                        out_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+  """Labels of a custom loss keep the size they have in the data."""
+  counts = cols.value_counts(probe.column(column))
+  width = int(counts.max()) if len(counts) else 1
+  if width == (int(math.prod(out_shape)) if out_shape else 1):
+    return out_shape
+  return () if width == 1 else (width,)
+
+
+def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
+                   probe: pa.RecordBatch, probe_file: str) -> None:
+  """Scores the probe batch with the real scorer; any failure is exit 2."""
+  try:
+    scorer = BatchScorer(spec, model=model)
+  except (ImportError, AttributeError, TypeError, ValueError) as e:
+    key = "loss.custom" if spec.custom_loss else "loss"
+    raise ConfigError(
+        f"{key}: could not build the loss: {type(e).__name__}:"
+        f" {_first_line(e)}") from None
+  try:
+    scored, dead = scorer.score(probe_file, probe)
+  except LossShapeError as e:
+    key = "loss.custom" if spec.custom_loss else "loss.name"
+    raise ConfigError(f"{key}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    if spec.custom_loss:
+      raise ConfigError(
+          f"loss.custom: {spec.custom_loss!r} failed on the first"
+          f" {probe.num_rows} records of {probe_file}: {type(e).__name__}:"
+          f" {_first_line(e)}") from None
+    raise ConfigError(
+        f"model.path: the model {config.model.path!r} does not fit the data"
+        f" of {probe_file} with loss {spec.custom_loss or spec.loss_name!r}:"
+        f" {type(e).__name__}: {_first_line(e)}") from None
+  if scored is None and dead:
+    raise ConfigError(
+        f"input: none of the first {probe.num_rows} records of {probe_file}"
+        f" can be scored; first problem: {dead[0]['error']}")
+
+
+def _needed_columns(spec: ScoringSpec) -> Tuple[str, ...]:
+  names = [c for _, c, _, _ in spec.features]
+  names += [spec.label_column, spec.id_column, spec.weight_column,
+            spec.slice_column]
+  return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _tf_schema(spec: ScoringSpec,
+               probe: Optional[pa.RecordBatch]) -> bytes:
+  """A tensorflow_metadata Schema for decoding only the needed features.
+
+  Feature types come from the first records when there are any (ids and
+  slices may be bytes or ints), else from the model and the loss.
+  """
+  from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=g-import-not-at-top
+
+  def tf_type(type_: pa.DataType) -> int:
+    if pa.types.is_integer(type_):
+      return schema_pb2.INT
+    if pa.types.is_floating(type_):
+      return schema_pb2.FLOAT
+    return schema_pb2.BYTES
+
+  defaults = {c: schema_pb2.FLOAT for _, c, _, _ in spec.features}
+  defaults[spec.label_column] = (
+      schema_pb2.INT if spec.label_kind == "sparse" else schema_pb2.FLOAT)
+  for name in (spec.id_column, spec.slice_column):
+    if name:
+      defaults[name] = schema_pb2.BYTES
+  if spec.weight_column:
+    defaults[spec.weight_column] = schema_pb2.FLOAT
+  schema = schema_pb2.Schema()
+  for name in _needed_columns(spec):
+    feature = schema.feature.add(name=name)
+    column = cols.optional_column(probe, name) if probe is not None else None
+    if column is not None and not pa.types.is_null(cols.column_type(column)):
+      feature.type = tf_type(cols.column_type(column))
+    else:
+      feature.type = defaults[name]
+  return schema.SerializeToString()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,223 @@
+"""Mergeable loss statistics: moments and a quantile sketch with an error bound.
+
+`LossAccumulator` is the tiny state of the `LossStats` combiner: count, mean
+and M2 (merged with Chan et al.'s parallel formula), min, max, the number of
+non-finite losses, and tfx_bsl's C++ `QuantilesSketch`, whose quantiles have
+rank error at most `epsilon`.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+from tfx_bsl.sketches import QuantilesSketch
+
+# Upper bound on the number of values a sketch sees; sizes its buffers.
+MAX_SKETCH_ELEMENTS = 2**40
+# Finest grid of quantiles read from a sketch.
+MAX_GRID = 1_000_000
+
+
+def quantile_grid(quantiles: Sequence[float], epsilon: float) -> int:
+  """The number of equal steps M in which every quantile q has q*M integral.
+
+  The sketch answers on a grid of M+1 equally spaced ranks, so this picks the
+  smallest multiple of 10**d (d: the most decimals in `quantiles`) that is at
+  least 1/epsilon, capped at MAX_GRID (then a quantile is rounded to the
+  nearest grid point, adding at most 1/(2*MAX_GRID) rank error).
+  """
+  step = 1
+  for q in quantiles:
+    step = math.lcm(step, Fraction(q).limit_denominator(MAX_GRID).denominator)
+  if step > MAX_GRID:
+    return MAX_GRID
+  return min(MAX_GRID, step * max(1, math.ceil(1.0 / (epsilon * step))))
+
+
+class LossAccumulator:
+  """Running statistics of a stream of losses; merged across workers."""
+
+  __slots__ = ("count", "mean", "m2", "min", "max", "nan_count", "sketch",
+               "epsilon")
+
+  def __init__(self, epsilon: float):
+    self.epsilon = epsilon
+    self.count = 0
+    self.mean = 0.0
+    self.m2 = 0.0
+    self.min = math.inf
+    self.max = -math.inf
+    self.nan_count = 0
+    self.sketch = QuantilesSketch(epsilon, MAX_SKETCH_ELEMENTS, 1)
+
+  def add(self, losses: np.ndarray) -> "LossAccumulator":
+    """Adds a batch of losses `(N,)`; non-finite ones are only counted."""
+    losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(losses)
+    if not finite.all():
+      self.nan_count += int((~finite).sum())
+      losses = losses[finite]
+    n = losses.size
+    if n == 0:
+      return self
+    batch_mean = float(losses.mean())
+    batch_m2 = float(((losses - batch_mean)**2).sum())
+    self._merge_moments(n, batch_mean, batch_m2)
+    self.min = min(self.min, float(losses.min()))
+    self.max = max(self.max, float(losses.max()))
+    self.sketch.AddValues(pa.array(losses))
+    return self
+
+  def _merge_moments(self, n: int, mean: float, m2: float) -> None:
+    total = self.count + n
+    delta = mean - self.mean
+    self.mean += delta * n / total
+    self.m2 += m2 + delta * delta * self.count * n / total
+    self.count = total
+
+  def merge(self, other: "LossAccumulator") -> "LossAccumulator":
+    if other.count:
+      self._merge_moments(other.count, other.mean, other.m2)
+      self.min = min(self.min, other.min)
+      self.max = max(self.max, other.max)
+      self.sketch.Merge(other.sketch)
+    self.nan_count += other.nan_count
+    return self
+
+  def compact(self) -> "LossAccumulator":
+    self.sketch.Compact()
+    return self
+
+  def __getstate__(self):
+    return {s: getattr(self, s) for s in self.__slots__}
+
+  def __setstate__(self, state):
+    for key, value in state.items():
+      setattr(self, key, value)
+
+  def quantile_values(self, num_steps: int) -> np.ndarray:
+    """Quantiles at ranks 0, 1/M, ..., 1 `(M+1,)`, leaving this sketch usable.
+
+    Reading quantiles finalizes a tfx_bsl sketch, so a copy is read.
+    """
+    if self.count == 0:
+      return np.full(num_steps + 1, np.nan)
+    sketch = pickle.loads(pickle.dumps(self.sketch))
+    values = sketch.GetQuantiles(num_steps).flatten().to_numpy()
+    return np.asarray(values, dtype=np.float64)
+
+  def summary(self, quantiles: Sequence[float],
+              histogram_steps: int = 200) -> Dict:
+    """The statistics as a JSON-ready dict (keys of `summary.json` → `loss`).
+
+    Quantile keys are the quantiles as written in the config (`"0.99"`).
+    `cdf` holds `histogram_steps + 1` evenly spaced quantiles for the report.
+    """
+    steps = quantile_grid(quantiles, self.epsilon)
+    grid = self.quantile_values(steps)
+    values = {
+        format_quantile(q): _finite_or_none(grid[int(round(q * steps))])
+        for q in quantiles
+    }
+    coarse = self.quantile_values(histogram_steps) if self.count else []
+    return {
+        "count": self.count,
+        "mean": self.mean if self.count else None,
+        "std": math.sqrt(self.m2 / self.count) if self.count else None,
+        "min": self.min if self.count else None,
+        "max": self.max if self.count else None,
+        "nan_count": self.nan_count,
+        "quantiles": values,
+        "epsilon": self.epsilon,
+        "cdf": [_finite_or_none(v) for v in coarse],
+    }
+
+
+def format_quantile(q: float) -> str:
+  """`0.99` → `"0.99"`, `0.5` → `"0.5"`, `1.0` → `"1"`: as written in YAML."""
+  return f"{q:.10g}" if q not in (0.0, 1.0) else str(int(q))
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def top_k_merge(losses: np.ndarray, ids: np.ndarray,
+                k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """The k largest losses, ties broken by the smaller id.
+
+  Args:
+    losses: `(N,)` float losses.
+    ids: `(N,)` string ids.
+    k: how many to keep.
+
+  Returns:
+    `(losses, ids)` of the kept rows `(min(N, k),)`, largest loss first.
+  """
+  if losses.size > k:
+    kth = np.partition(losses, losses.size - k)[losses.size - k]
+    candidates = losses >= kth
+    losses, ids = losses[candidates], ids[candidates]
+  order = np.lexsort((ids, -losses))[:k]
+  return losses[order], ids[order]
+
+
+def exceeds_top_k(losses: np.ndarray, ids: np.ndarray,
+                  kth: Optional[Tuple[float, str]]) -> np.ndarray:
+  """Whether each row is among the top k, given the k-th (loss, id) `(N,)`."""
+  if kth is None:
+    return np.zeros(losses.shape, dtype=bool)
+  loss_k, id_k = kth
+  return (losses > loss_k) | ((losses == loss_k) & (ids <= id_k))
+
+
+def flag_masks(losses: np.ndarray, ids: np.ndarray,
+               thresholds: Dict[str, object]) -> List[Tuple[str, np.ndarray]]:
+  """The rules that flag each example, as `[(reason, mask (N,))]`.
+
+  Args:
+    losses: `(N,)` per-sample losses.
+    ids: `(N,)` string ids (for top-k tie breaks).
+    thresholds: `loss_quantile` and `loss_threshold` (flag loss > value) and
+      `top_k` (the k-th `(loss, id)`), each only when the rule is on.
+  """
+  finite = np.isfinite(losses)
+  masks = [("non_finite", ~finite)]
+  safe = np.where(finite, losses, -np.inf)
+  for rule in ("loss_quantile", "loss_threshold"):
+    value = thresholds.get(rule)
+    if value is not None:
+      masks.append((rule, safe > value))
+  if "top_k" in thresholds:
+    masks.append(("top_k", finite & exceeds_top_k(safe, ids,
+                                                  thresholds["top_k"])))
+  return masks
+
+
+def rule_thresholds(loss_summary: Dict, flag_config,
+                    top_k: Optional[Sequence[Tuple[float, str]]] = None
+                    ) -> Dict[str, object]:
+  """The value each enabled loss rule compares against (`thresholds` in
+  `summary.json`).
+
+  Args:
+    loss_summary: `LossAccumulator.summary()` of all losses; its quantiles
+      include `flag_config.loss_quantile`.
+    flag_config: a `FlagConfig`.
+    top_k: the `TopKCombineFn` output when `flag.top_k` is on.
+  """
+  thresholds: Dict[str, object] = {}
+  if flag_config.loss_quantile is not None:
+    thresholds["loss_quantile"] = loss_summary["quantiles"][format_quantile(
+        flag_config.loss_quantile)]
+  if flag_config.loss_threshold is not None:
+    thresholds["loss_threshold"] = float(flag_config.loss_threshold)
+  if flag_config.top_k is not None:
+    thresholds["top_k"] = tuple(top_k[-1]) if top_k else None
+  return thresholds

@@ -1,0 +1,149 @@
+"""The audit pipeline: read → score → statistics → flag → write.
+
+`python -m pipelines.audit --config FILE [--set KEY=VALUE ...] [Beam options]`
+is the same as `lossaudit run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from lossaudit import outputs, preflight
+from lossaudit.config import AuditConfig, ConfigError, load_config
+from lossaudit.stats import rule_thresholds
+from transforms.flag import (FlagExamples, count_reasons, flagged_schema,
+                             sum_counts)
+from transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatches
+from transforms.score import ScoreBatches
+from transforms.stats import LossStats, TopKCombineFn
+from transforms.write import WriteDeadLetters, WriteParquetShards, WriteSummary
+
+TOP_FLAGGED_IN_REPORT = 50
+
+
+def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
+          runner: str, start_time: float) -> None:
+  """Adds the audit graph to `p`."""
+  spec, out, flag = plan.spec, config.output.dir, config.flag
+  if config.input.format == "tfrecord":
+    read = p | "Read" >> ReadTFExampleBatches(plan.files, plan.tf_schema,
+                                              config.batch_size)
+  else:
+    read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
+                                            config.batch_size)
+  scored = read["batches"] | "ScoreBatches" >> ScoreBatches(spec)
+  quantiles = set(config.stats.quantiles) | (
+      {flag.loss_quantile} if flag.loss_quantile is not None else set())
+  stats = scored.scored | "LossStats" >> LossStats(
+      config.stats.epsilon, sorted(quantiles), by_slice=bool(spec.slice_column))
+  top_k = (scored.scored | "TopK" >> beam.CombineGlobally(
+      TopKCombineFn(flag.top_k)) if flag.top_k else p | "NoTopK" >> beam.Create(
+          [None]))
+  thresholds = stats["global"] | "Thresholds" >> beam.Map(
+      rule_thresholds, flag, beam.pvalue.AsSingleton(top_k))
+  flagged = scored.scored | "FlagExamples" >> FlagExamples(
+      thresholds, spec.scored_schema())
+  dead = ((read[DEAD_LETTER], scored[DEAD_LETTER])
+          | "DeadLetters" >> beam.Flatten())
+
+  schema = spec.scored_schema()
+  written = {
+      outputs.FLAGGED: flagged | "WriteFlagged" >> WriteParquetShards(
+          out, outputs.FLAGGED, flagged_schema(schema),
+          config.output.num_shards),
+      outputs.DEAD_LETTER: dead | "WriteDeadLetters" >> WriteDeadLetters(
+          out, config.output.num_shards),
+      outputs.LOSSES: (
+          scored.scored | "WriteLosses" >> WriteParquetShards(
+              out, outputs.LOSSES, _without_slice(schema),
+              config.output.num_shards)
+          if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
+  }
+  _ = p | "WriteSummary" >> WriteSummary(
+      out, config.to_dict(), runner, start_time,
+      loss_stats=stats["global"],
+      slice_stats=stats.get("slices") or p | "NoSlices" >> beam.Create([]),
+      thresholds=thresholds,
+      flag_counts=(flagged
+                   | "CountReasons" >> beam.Map(count_reasons)
+                   | "SumCounts" >> beam.CombineGlobally(sum_counts)),
+      dead_lettered=dead | "CountDeadLetters" >> beam.combiners.Count.Globally(),
+      top_flagged=(flagged
+                   | "TopFlagged" >> beam.CombineGlobally(
+                       TopKCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
+                   | "TopFlaggedRows" >> beam.Map(_top_rows)),
+      written=written)
+
+
+def _without_slice(schema):
+  from lossaudit.scoring import SLICE_COLUMN  # pylint: disable=g-import-not-at-top
+
+  if SLICE_COLUMN in schema.names:
+    return schema.remove(schema.get_field_index(SLICE_COLUMN))
+  return schema
+
+
+def _top_rows(top) -> List[Dict]:
+  return [{"id": i, "score": s} for s, i in top]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+  """`--config`, `--set` and the Beam options that pass through."""
+  parser = argparse.ArgumentParser(
+      prog="lossaudit run",
+      description="Audit a dataset with a saved model's per-sample losses.")
+  parser.add_argument("--config", required=True, help="YAML config file")
+  parser.add_argument(
+      "--set", action="append", default=[], metavar="KEY=VALUE",
+      help="override one dotted config key (value parsed as YAML)")
+  return parser.parse_known_args(argv)
+
+
+def run(argv: Optional[Sequence[str]] = None,
+        test_pipeline: Optional[beam.Pipeline] = None) -> Dict:
+  """Runs an audit and returns its summary.
+
+  Raises:
+    ConfigError: a bad config or set-up, before the pipeline starts.
+  """
+  known, beam_args = parse_args(argv)
+  config = load_config(known.config, known.set)
+  start_time = time.time()
+  plan = preflight.plan(config)
+  outputs.prepare(config.output.dir)
+  options = PipelineOptions(beam_args)
+  standard = options.view_as(StandardOptions)
+  if standard.runner is None:
+    standard.runner = "DirectRunner"
+  runner = str(standard.runner)
+  p = test_pipeline or beam.Pipeline(options=options)
+  build(p, config, plan, runner, start_time)
+  p.run().wait_until_finish()
+  return outputs.read_json(outputs.join(config.output.dir, outputs.SUMMARY))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Command-line entry point; returns the exit code."""
+  logging.getLogger().setLevel(logging.WARNING)
+  try:
+    summary = run(argv)
+  except ConfigError as e:
+    print(f"lossaudit: error: {e}", file=sys.stderr)
+    return 2
+  print(f"lossaudit: scored {summary['examples_scored']} of"
+        f" {summary['examples_read']} examples"
+        f" ({summary['examples_dead_lettered']} dead-lettered),"
+        f" flagged {summary['flagged']['total']}."
+        f" Outputs in {summary['config']['output']['dir']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

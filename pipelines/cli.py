@@ -1,0 +1,35 @@
+"""The `lossaudit` command: `run`, `demo` and `compare`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+USAGE = """usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
+       lossaudit demo [--output DIR]
+       lossaudit compare BASELINE_DIR CURRENT_DIR [gate options]"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(USAGE)
+    return 0 if argv else 2
+  command, rest = argv[0], argv[1:]
+  if command == "run":
+    from pipelines import audit  # pylint: disable=g-import-not-at-top
+    return audit.main(rest)
+  if command == "demo":
+    from pipelines import demo  # pylint: disable=g-import-not-at-top
+    return demo.main(rest)
+  if command == "compare":
+    print("lossaudit: error: compare: not available yet in this version",
+          file=sys.stderr)
+    return 2
+  print(f"lossaudit: error: unknown command {command!r}; expected one of"
+        " {'run', 'demo', 'compare'}\n" + USAGE, file=sys.stderr)
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,127 @@
+"""Global and per-slice loss statistics, and the top-k losses, as combiners."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lossaudit.scoring import SLICE_COLUMN
+from lossaudit.stats import LossAccumulator, top_k_merge
+
+
+def loss_values(batch: pa.RecordBatch) -> np.ndarray:
+  """The `loss` column of a scored batch `(N,)` as float64, zero-copy."""
+  return batch.column("loss").to_numpy(zero_copy_only=False)
+
+
+class LossStatsCombineFn(beam.CombineFn):
+  """Combines batches of losses `(N,)` into `LossAccumulator.summary()`."""
+
+  def __init__(self, epsilon: float, quantiles: Sequence[float]):
+    self._epsilon = epsilon
+    self._quantiles = tuple(quantiles)
+
+  def create_accumulator(self) -> LossAccumulator:
+    return LossAccumulator(self._epsilon)
+
+  def add_input(self, accumulator: LossAccumulator,
+                losses: np.ndarray) -> LossAccumulator:
+    return accumulator.add(losses)
+
+  def merge_accumulators(
+      self, accumulators: Iterable[LossAccumulator]) -> LossAccumulator:
+    accumulators = iter(accumulators)
+    result = next(accumulators)
+    for accumulator in accumulators:
+      result.merge(accumulator)
+    return result
+
+  def compact(self, accumulator: LossAccumulator) -> LossAccumulator:
+    return accumulator.compact()
+
+  def extract_output(self, accumulator: LossAccumulator) -> Dict:
+    return accumulator.summary(self._quantiles)
+
+
+def _losses_by_slice(batch: pa.RecordBatch
+                     ) -> Iterable[Tuple[str, np.ndarray]]:
+  """Splits a scored batch's losses by slice value: `(slice, (n,))` pairs."""
+  encoded = pc.dictionary_encode(batch.column(SLICE_COLUMN))
+  codes = encoded.indices.to_numpy(zero_copy_only=False)
+  losses = loss_values(batch)
+  order = np.argsort(codes, kind="stable")
+  bounds = np.flatnonzero(np.diff(codes[order])) + 1
+  for group in np.split(order, bounds):
+    if group.size:
+      yield encoded.dictionary[int(codes[group[0]])].as_py(), losses[group]
+
+
+class LossStats(beam.PTransform):
+  """Scored batches → one statistics dict (and one per slice).
+
+  Outputs a dict with `global` (a singleton PCollection) and, when
+  `by_slice`, `slices` (`(slice value, statistics)` pairs).
+  """
+
+  def __init__(self, epsilon: float, quantiles: Sequence[float],
+               by_slice: bool = False):
+    super().__init__()
+    self._epsilon = epsilon
+    self._quantiles = quantiles
+    self._by_slice = by_slice
+
+  def expand(self, scored):
+    combine = LossStatsCombineFn(self._epsilon, self._quantiles)
+    result = {
+        "global": (scored
+                   | "Losses" >> beam.Map(loss_values)
+                   | "Combine" >> beam.CombineGlobally(combine))
+    }
+    if self._by_slice:
+      result["slices"] = (scored
+                          | "LossesBySlice" >> beam.FlatMap(_losses_by_slice)
+                          | "CombinePerSlice" >> beam.CombinePerKey(combine))
+    return result
+
+
+class TopKCombineFn(beam.CombineFn):
+  """The k rows with the largest `value_column`, ties broken by smaller id.
+
+  The accumulator holds at most k `(value, id)` pairs as numpy arrays; each
+  batch is reduced with `np.partition` before it is merged.
+  Extracts `[(value, id)]`, largest first.
+  """
+
+  def __init__(self, k: int, value_column: str = "loss"):
+    self._k = k
+    self._column = value_column
+
+  def create_accumulator(self):
+    return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=object)
+
+  def add_input(self, accumulator, batch: pa.RecordBatch):
+    values = batch.column(self._column).to_numpy(zero_copy_only=False)
+    ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
+                     dtype=object)
+    finite = np.isfinite(values)
+    values, ids = top_k_merge(values[finite], ids[finite], self._k)
+    return self.merge_accumulators([accumulator, (values, ids)])
+
+  def merge_accumulators(self, accumulators):
+    accumulators = list(accumulators)
+    values = np.concatenate([a[0] for a in accumulators])
+    ids = np.concatenate([a[1] for a in accumulators])
+    return top_k_merge(values, ids, self._k)
+
+  def extract_output(self, accumulator):
+    values, ids = accumulator
+    return [(float(v), str(i)) for v, i in zip(values, ids)]
+
+
+def kth_of(top: Sequence[Tuple[float, str]]) -> Optional[Tuple[float, str]]:
+  """The last `(loss, id)` of a top-k list: the k-th, or fewer when short."""
+  return tuple(top[-1]) if top else None
