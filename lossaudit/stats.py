@@ -24,12 +24,13 @@ MAX_GRID = 1_000_000
 
 
 def quantile_grid(quantiles: Sequence[float], epsilon: float) -> int:
-  """The number of equal steps M in which every quantile q has q*M integral.
+  """The number of equal steps M such that every q*M is (nearly) integral.
 
   The sketch answers on a grid of M+1 equally spaced ranks, so this picks the
-  smallest multiple of 10**d (d: the most decimals in `quantiles`) that is at
-  least 1/epsilon, capped at MAX_GRID (then a quantile is rounded to the
-  nearest grid point, adding at most 1/(2*MAX_GRID) rank error).
+  smallest multiple of the quantiles' common denominator (each quantile as a
+  fraction with denominator at most MAX_GRID) that is at least 1/epsilon,
+  capped at MAX_GRID. A quantile then lies within 1/MAX_GRID of a grid point,
+  far inside the sketch's own rank error.
   """
   step = 1
   for q in quantiles:

@@ -1,0 +1,54 @@
+"""Flagging scored batches: every reason once, counted."""
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.flag import (FlagExamples, count_reasons, flag_batch,
+                             flagged_schema, sum_counts)
+
+SCORED = pa.schema([("id", pa.string()), ("loss", pa.float64()),
+                    ("given_label", pa.int64())])
+
+
+def _scored(ids, losses):
+  return pa.RecordBatch.from_arrays(
+      [pa.array(ids), pa.array(losses, pa.float64()),
+       pa.array(range(len(ids)), pa.int64())], schema=SCORED)
+
+
+def test_flag_batch_lists_each_reason_once():
+  batch = _scored(list("abcde"), [0.1, 2.0, float("nan"), 5.0, 3.0])
+  flagged = flag_batch(batch, {"loss_quantile": 2.5, "loss_threshold": 1.0,
+                               "top_k": (5.0, "d")}, flagged_schema(SCORED))
+  got = flagged.to_pydict()
+  np.testing.assert_array_equal(got.pop("loss"), [2.0, np.nan, 5.0, 3.0])
+  assert got == {
+      "id": ["b", "c", "d", "e"],
+      "reasons": [["loss_threshold"], ["non_finite"],
+                  ["loss_quantile", "loss_threshold", "top_k"],
+                  ["loss_quantile", "loss_threshold"]],
+      "score": [2.0, float("inf"), 5.0, 3.0],
+      "given_label": [1, 2, 3, 4],
+  }
+  assert count_reasons(flagged) == {"loss_threshold": 3, "non_finite": 1,
+                                    "loss_quantile": 2, "top_k": 1, "total": 4}
+
+
+def test_nothing_flagged_gives_an_empty_batch():
+  flagged = flag_batch(_scored(["a"], [1.0]), {"loss_threshold": 3.0},
+                       flagged_schema(SCORED))
+  assert flagged.num_rows == 0
+
+
+def test_flag_examples_with_side_input_thresholds():
+  with TestPipeline() as p:
+    thresholds = p | "T" >> beam.Create([{"loss_threshold": 1.5}])
+    flagged = (p | beam.Create([_scored(["a", "b"], [1.0, 2.0]),
+                                _scored(["c"], [3.0])])
+               | FlagExamples(thresholds, SCORED))
+    counts = (flagged | beam.Map(count_reasons)
+              | beam.CombineGlobally(sum_counts))
+    assert_that(counts, equal_to([{"loss_threshold": 2, "total": 2}]))

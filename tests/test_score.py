@@ -1,0 +1,158 @@
+"""BatchScorer and ScoreBatches on real saved models, against Keras."""
+
+import apache_beam as beam
+import keras
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from lossaudit import datasets
+from lossaudit.scoring import BatchScorer, ScoringSpec
+from transforms.score import DEAD_LETTER, ScoreBatches
+from tests.conftest import NUM_CLASSES, NUM_FEATURES
+
+
+def _spec(model_path, **changes):
+  fields = dict(
+      model_path=model_path, signature="serving_default", output=None,
+      features=(("x", "x", (NUM_FEATURES,), "float32"),),
+      label_column="label", label_kind="sparse", label_shape=(),
+      num_classes=NUM_CLASSES, loss_name="sparse_categorical_crossentropy",
+      from_logits=False, reduce="mean", id_column="id")
+  fields.update(changes)
+  return ScoringSpec(**fields)
+
+
+def _batch(columns, n=100):
+  return datasets.to_arrow({k: columns[k][:n] for k in ("id", "x", "label")
+                            }).to_batches()[0]
+
+
+@pytest.mark.parametrize("fixture", ["classifier_path", "saved_model_path"])
+def test_losses_match_keras_for_keras_file_and_saved_model(
+    request, fixture, classifier_path, columns):
+  scorer = BatchScorer(_spec(request.getfixturevalue(fixture)))
+  scored, dead = scorer.score("f", _batch(columns))
+  assert dead == []
+  probs = keras.models.load_model(classifier_path, compile=False).predict(
+      columns["x"][:100], verbose=0)
+  expected = keras.losses.SparseCategoricalCrossentropy(reduction=None)(
+      columns["label"][:100], probs).numpy()
+  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
+                             rtol=1e-5)
+  assert scored.column("id").to_pylist() == list(columns["id"][:100])
+
+
+def test_batches_of_any_size_reuse_one_trace(classifier_path, columns):
+  scorer = BatchScorer(_spec(classifier_path))
+  for n in (1, 7, 100, 33):
+    scored, _ = scorer.score("f", _batch(columns, n))
+    assert scored.num_rows == n
+  assert scorer._score.experimental_get_tracing_count() == 1
+
+
+def test_one_hot_labels_and_logits(workdir, columns):
+  import tensorflow as tf
+
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(inputs))
+  path = str(workdir / "logits.keras")
+  model.save(path)
+  one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[columns["label"][:50]]
+  batch = datasets.to_arrow({"id": columns["id"][:50], "x": columns["x"][:50],
+                             "label": one_hot}).to_batches()[0]
+  scorer = BatchScorer(_spec(path, label_kind="categorical",
+                             label_shape=(NUM_CLASSES,),
+                             loss_name="categorical_crossentropy",
+                             from_logits=True))
+  scored, _ = scorer.score("f", batch)
+  logits = model.predict(columns["x"][:50], verbose=0)
+  expected = keras.losses.CategoricalCrossentropy(
+      from_logits=True, reduction=None)(one_hot, logits).numpy()
+  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
+                             rtol=1e-5)
+  probs = tf.nn.softmax(logits).numpy()
+  np.testing.assert_array_equal(scored.column("given_label").to_numpy(),
+                                columns["label"][:50])
+  np.testing.assert_allclose(
+      scored.column("self_confidence").to_numpy(),
+      probs[np.arange(50), columns["label"][:50]], rtol=1e-5)
+
+
+def test_binary_sigmoid_output(workdir, columns):
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(
+      inputs))
+  path = str(workdir / "binary.keras")
+  model.save(path)
+  y = (columns["label"][:60] % 2).astype(np.float32)
+  batch = datasets.to_arrow({"id": columns["id"][:60], "x": columns["x"][:60],
+                             "label": y}).to_batches()[0]
+  scorer = BatchScorer(_spec(path, label_kind="binary", label_shape=(1,),
+                             num_classes=2, loss_name="binary_crossentropy"))
+  scored, dead = scorer.score("f", batch)
+  assert dead == []
+  p = model.predict(columns["x"][:60], verbose=0)
+  expected = keras.losses.BinaryCrossentropy(reduction=None)(
+      y[:, None], p).numpy()
+  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
+                             rtol=1e-5)
+  confidence = np.where(y == 1, p[:, 0], 1 - p[:, 0])
+  np.testing.assert_allclose(scored.column("self_confidence").to_numpy(),
+                             confidence, rtol=1e-5)
+
+
+def test_regression_mse_with_weights(regressor_path, columns):
+  weights = np.linspace(0.5, 2.0, 40)
+  batch = datasets.to_arrow({"id": columns["id"][:40], "x": columns["x"][:40],
+                             "target": columns["target"][:40, 0],
+                             "w": weights}).to_batches()[0]
+  scorer = BatchScorer(_spec(regressor_path, label_column="target",
+                             label_kind="regression", label_shape=(1,),
+                             num_classes=None, loss_name="mean_squared_error",
+                             weight_column="w"))
+  scored, _ = scorer.score("f", batch)
+  pred = keras.models.load_model(regressor_path, compile=False).predict(
+      columns["x"][:40], verbose=0)
+  expected = keras.losses.MeanSquaredError(reduction=None)(
+      columns["target"][:40], pred).numpy()
+  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
+                             rtol=1e-5)
+  np.testing.assert_allclose(scored.column("weighted_loss").to_numpy(),
+                             expected * weights, rtol=1e-5)
+  assert "given_label" not in scored.schema.names
+
+
+def test_bad_rows_are_dead_lettered_with_reasons(classifier_path, columns):
+  x = [list(v) for v in columns["x"][:4]]
+  x[1] = x[1][:3]
+  x[2] = None
+  batch = pa.RecordBatch.from_pydict({
+      "id": pa.array(["a", "b", "c", None]),
+      "x": pa.array(x, pa.list_(pa.float32())),
+      "label": pa.array([1, 2, 9, 0]),
+  })
+  scored, dead = BatchScorer(_spec(classifier_path)).score("file-1", batch)
+  assert scored.column("id").to_pylist() == ["a"]
+  assert dead == [
+      {"source": "file-1", "id": "b",
+       "error": "feature 'x' has 3 values, expected 16"},
+      {"source": "file-1", "id": "c",
+       "error": "missing feature 'x'; label 9 out of range: expected an"
+                " integer class in [0, 5)"},
+      {"source": "file-1", "id": None, "error": "missing id column 'id'"},
+  ]
+
+
+def test_score_batches_transform(classifier_path, columns):
+  batches = [("f1", _batch(columns, 30)),
+             ("f2", pa.RecordBatch.from_pydict({
+                 "id": ["z"], "x": pa.array([[1.0]]), "label": [0]}))]
+  with TestPipeline() as p:
+    scored = p | beam.Create(batches) | ScoreBatches(_spec(classifier_path))
+    assert_that(scored.scored | beam.Map(lambda b: b.num_rows),
+                equal_to([30]), label="scored")
+    assert_that(scored[DEAD_LETTER] | beam.Map(lambda d: d["id"]),
+                equal_to(["z"]), label="dead")

@@ -1,0 +1,136 @@
+"""Loss statistics: moments and sketch quantiles against numpy, merged."""
+
+import math
+import pickle
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from lossaudit.config import FlagConfig
+from lossaudit.stats import (LossAccumulator, flag_masks, format_quantile,
+                             quantile_grid, rule_thresholds, top_k_merge)
+from transforms.stats import LossStats, TopKCombineFn
+
+QUANTILES = (0.001, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999)
+
+
+def _assert_rank_error(values, summary, eps):
+  values = np.sort(values)
+  n = len(values)
+  for q in QUANTILES:
+    v = summary["quantiles"][format_quantile(q)]
+    lo = np.searchsorted(values, v, side="left") / n
+    hi = np.searchsorted(values, v, side="right") / n
+    assert lo - eps <= q <= hi + eps, (q, v, lo, hi)
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.001])
+def test_merged_accumulators_match_numpy(eps):
+  rng = np.random.default_rng(0)
+  batches = [rng.lognormal(size=n) for n in (5000, 1, 20000, 7777)]
+  parts = [LossAccumulator(eps).add(b) for b in batches]
+  # Round trip through pickle, as a runner does between workers.
+  parts = [pickle.loads(pickle.dumps(p.compact())) for p in parts]
+  merged = parts[0]
+  for p in parts[1:]:
+    merged.merge(p)
+  values = np.concatenate(batches)
+  summary = merged.summary(QUANTILES)
+  assert summary["count"] == values.size
+  assert math.isclose(summary["mean"], values.mean(), rel_tol=1e-12)
+  assert math.isclose(summary["std"], values.std(), rel_tol=1e-10)
+  assert summary["min"] == values.min() and summary["max"] == values.max()
+  assert summary["epsilon"] == eps
+  _assert_rank_error(values, summary, eps)
+
+
+def test_non_finite_losses_are_counted_not_sketched():
+  acc = LossAccumulator(0.01).add(np.array([1.0, np.nan, np.inf, 3.0, -np.inf]))
+  summary = acc.summary([0.5])
+  assert summary["nan_count"] == 3
+  assert summary["count"] == 2
+  assert summary["max"] == 3.0
+  assert summary["mean"] == 2.0
+
+
+def test_empty_accumulator():
+  summary = LossAccumulator(0.01).summary([0.5])
+  assert summary["count"] == 0
+  assert summary["mean"] is None
+  assert summary["quantiles"] == {"0.5": None}
+
+
+def test_quantile_grid_puts_every_quantile_on_the_grid():
+  assert quantile_grid([0.5, 0.99, 0.999], 0.001) == 1000
+  assert quantile_grid([0.5], 0.01) == 100
+  assert quantile_grid([0.25, 0.999], 0.0005) == 2000
+  assert quantile_grid([1 / 3], 0.01) == 102
+  q = 0.1234567891
+  steps = quantile_grid([q], 0.001)
+  assert steps >= 1000 and abs(round(q * steps) / steps - q) < 1e-6
+
+
+def test_format_quantile():
+  assert [format_quantile(q) for q in (0.99, 0.5, 0.001, 1.0, 0.0)] == [
+      "0.99", "0.5", "0.001", "1", "0"]
+
+
+def test_top_k_merge_breaks_ties_by_id():
+  losses = np.array([1.0, 5.0, 5.0, 3.0, 5.0])
+  ids = np.array(["a", "e", "b", "c", "d"], dtype=object)
+  values, kept = top_k_merge(losses, ids, 3)
+  np.testing.assert_array_equal(values, [5.0, 5.0, 5.0])
+  assert list(kept) == ["b", "d", "e"]
+  _, kept = top_k_merge(losses, ids, 2)
+  assert list(kept) == ["b", "d"]
+
+
+def test_flag_masks():
+  losses = np.array([0.1, 2.0, np.nan, 5.0, 3.0])
+  ids = np.array(list("abcde"), dtype=object)
+  masks = dict(flag_masks(losses, ids, {"loss_quantile": 2.5,
+                                        "loss_threshold": 1.0,
+                                        "top_k": (3.0, "e")}))
+  np.testing.assert_array_equal(masks["non_finite"], [0, 0, 1, 0, 0])
+  np.testing.assert_array_equal(masks["loss_quantile"], [0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(masks["loss_threshold"], [0, 1, 0, 1, 1])
+  np.testing.assert_array_equal(masks["top_k"], [0, 0, 0, 1, 1])
+
+
+def test_rule_thresholds():
+  summary = {"quantiles": {"0.9": 4.0}}
+  flag = FlagConfig(loss_quantile=0.9, loss_threshold=2, top_k=2)
+  assert rule_thresholds(summary, flag, [(9.0, "x"), (8.0, "y")]) == {
+      "loss_quantile": 4.0, "loss_threshold": 2.0, "top_k": (8.0, "y")}
+
+
+def _batch(ids, losses, slices=None):
+  arrays = {"id": pa.array(ids), "loss": pa.array(losses, pa.float64())}
+  if slices is not None:
+    arrays["__slice__"] = pa.array(slices)
+  return pa.RecordBatch.from_pydict(arrays)
+
+
+def test_loss_stats_transform_globally_and_per_slice():
+  batches = [_batch(["a", "b", "c"], [1.0, 2.0, 3.0], ["x", "y", "x"]),
+             _batch(["d", "e"], [4.0, 5.0], ["y", "y"])]
+  with TestPipeline() as p:
+    stats = (p | beam.Create(batches)
+             | LossStats(0.01, [0.5], by_slice=True))
+    assert_that(stats["global"] | beam.Map(lambda s: (s["count"], s["mean"])),
+                equal_to([(5, 3.0)]), label="global")
+    assert_that(stats["slices"] | beam.MapTuple(
+        lambda k, s: (k, s["count"], s["max"])),
+                equal_to([("x", 2, 3.0), ("y", 3, 5.0)]), label="slices")
+
+
+def test_top_k_combine_fn_over_batches():
+  batches = [_batch(["a", "b", "c"], [1.0, 9.0, 3.0]),
+             _batch(["d", "e", "f"], [9.0, float("nan"), 2.0])]
+  with TestPipeline() as p:
+    top = p | beam.Create(batches) | beam.CombineGlobally(TopKCombineFn(3))
+    assert_that(top, equal_to([[(9.0, "b"), (9.0, "d"), (3.0, "c")]]))
