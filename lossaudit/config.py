@@ -118,6 +118,60 @@ class ModelConfig:
     _optional_str("model.output", self.output)
 
 
+def _check_loss_name(key: str, name: Any) -> None:
+  from lossaudit import losses  # Local: keeps config import light.
+
+  _check_type(key, name, (str,), "a Keras loss name")
+  if losses.canonical_loss_name(name) is None:
+    suggestion = difflib.get_close_matches(name, losses.SUPPORTED_LOSSES, n=1)
+    hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
+    raise ConfigError(
+        f"{key}: expected one of {sorted(losses.SUPPORTED_LOSSES)}."
+        f" Received: {name!r}.{hint}")
+
+
+def _check_loss_options(prefix: str, from_logits: Any, reduce: Any,
+                        custom: Any, args: Any) -> None:
+  _check_type(f"{prefix}.from_logits", from_logits, (bool,), "true or false")
+  if reduce not in REDUCTIONS:
+    _fail(f"{prefix}.reduce", f"one of {set(REDUCTIONS)}", reduce)
+  if custom is not None:
+    if not isinstance(custom, str) or ":" not in custom:
+      _fail(f"{prefix}.custom", "'package.module:function'", custom)
+  if not isinstance(args, Mapping):
+    _fail(f"{prefix}.args", "a mapping of Keras loss arguments", args)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOutputConfig:
+  """One output of a multi-output model: its loss, labels and weight."""
+
+  output: str = ""
+  label_column: str = ""
+  name: str = "mean_squared_error"
+  weight: float = 1.0
+  from_logits: bool = False
+  reduce: str = "mean"
+  args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  custom: Optional[str] = None
+  index: int = 0
+
+  def __post_init__(self):
+    key = f"loss.outputs[{self.index}]"
+    for field in ("output", "label_column"):
+      value = getattr(self, field)
+      if not isinstance(value, str) or not value:
+        _fail(f"{key}.{field}", "a non-empty string", value)
+    if self.custom is None:
+      _check_loss_name(f"{key}.name", self.name)
+    _optional_number(f"{key}.weight", self.weight, 0)
+    if self.weight is None:
+      _fail(f"{key}.weight", "a number >= 0", None)
+    _check_loss_options(key, self.from_logits, self.reduce, self.custom,
+                        self.args)
+    object.__setattr__(self, "args", dict(self.args))
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   name: str = "sparse_categorical_crossentropy"
@@ -128,29 +182,31 @@ class LossConfig:
   args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    from lossaudit import losses  # Local: losses imports TensorFlow lazily.
-
-    _check_type("loss.name", self.name, (str,), "a Keras loss name")
-    if self.custom is None and losses.canonical_loss_name(self.name) is None:
-      suggestion = difflib.get_close_matches(
-          self.name, losses.SUPPORTED_LOSSES, n=1)
-      hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
-      raise ConfigError(
-          f"loss.name: expected one of {sorted(losses.SUPPORTED_LOSSES)}."
-          f" Received: {self.name!r}.{hint}")
-    _check_type("loss.from_logits", self.from_logits, (bool,), "true or false")
-    if self.reduce not in REDUCTIONS:
-      _fail("loss.reduce", f"one of {set(REDUCTIONS)}", self.reduce)
-    if self.custom is not None:
-      if not isinstance(self.custom, str) or ":" not in self.custom:
-        _fail("loss.custom", "'package.module:function'", self.custom)
-    if self.outputs is not None:
-      raise ConfigError(
-          "loss.outputs: multi-output models are not supported yet; expected"
-          f" null. Received: {self.outputs!r}")
-    if not isinstance(self.args, Mapping):
-      _fail("loss.args", "a mapping of Keras loss arguments", self.args)
+    if self.custom is None and not self.outputs:
+      _check_loss_name("loss.name", self.name)
+    _check_loss_options("loss", self.from_logits, self.reduce, self.custom,
+                        self.args)
     object.__setattr__(self, "args", dict(self.args))
+    if self.outputs is None:
+      return
+    if not isinstance(self.outputs, (list, tuple)) or not self.outputs:
+      _fail("loss.outputs", "null or a non-empty list of {output,"
+            " label_column, name, weight, from_logits}", self.outputs)
+    parsed = []
+    valid = [f.name for f in dataclasses.fields(LossOutputConfig)
+             if f.name != "index"]
+    for index, item in enumerate(self.outputs):
+      if isinstance(item, LossOutputConfig):
+        parsed.append(item)
+        continue
+      if not isinstance(item, Mapping):
+        _fail(f"loss.outputs[{index}]", "a mapping", item)
+      _reject_unknown(f"loss.outputs[{index}].", item, valid)
+      parsed.append(LossOutputConfig(**item, index=index))
+    names = [o.output for o in parsed]
+    if len(set(names)) != len(names):
+      _fail("loss.outputs", "each model output at most once", names)
+    object.__setattr__(self, "outputs", tuple(parsed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +215,7 @@ class StatsConfig:
                                 0.999)
   epsilon: float = 0.001
   slice_by: Optional[str] = None
+  weighted: bool = False
 
   def __post_init__(self):
     if not isinstance(self.quantiles, (list, tuple)) or not self.quantiles:
@@ -175,6 +232,7 @@ class StatsConfig:
     if self.epsilon is None:
       _fail("stats.epsilon", "a number in (0, 0.5]", self.epsilon)
     _optional_str("stats.slice_by", self.slice_by)
+    _check_type("stats.weighted", self.weighted, (bool,), "true or false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +328,10 @@ class AuditConfig:
       raise ConfigError(
           "flag.slice_quantile: needs stats.slice_by to be set. Received:"
           " stats.slice_by=None")
+    if self.stats.weighted and self.input.weight_column is None:
+      raise ConfigError(
+          "stats.weighted: needs input.weight_column to be set. Received:"
+          " input.weight_column=None")
 
   @classmethod
   def from_dict(cls, raw: Mapping[str, Any]) -> "AuditConfig":

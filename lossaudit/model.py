@@ -23,15 +23,15 @@ class TensorInfo:
 
 
 class AuditModel:
-  """A model called on a dict of batched input tensors, giving one output.
+  """A model called on a dict of batched input tensors.
 
   Attributes:
     inputs: the model's inputs, in the model's order.
-    output: the scored output.
+    outputs: the model's outputs, by name (Keras output names, or the
+      serving signature's output keys).
   """
 
-  def __init__(self, path: str, signature: str = "serving_default",
-               output: Optional[str] = None):
+  def __init__(self, path: str, signature: str = "serving_default"):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     self.path = path
@@ -40,15 +40,15 @@ class AuditModel:
         raise ConfigError(
             f"model.path: expected a .keras file or a SavedModel directory."
             f" Received: {path!r} (a directory with no saved_model.pb)")
-      self._load_saved_model(path, signature, output)
+      self._load_saved_model(path, signature)
     elif os.path.isfile(path):
-      self._load_keras(path, output)
+      self._load_keras(path)
     else:
       raise ConfigError(
           f"model.path: expected a .keras file or a SavedModel directory."
           f" Received: {path!r} (no such file or directory)")
 
-  def _load_keras(self, path: str, output: Optional[str]) -> None:
+  def _load_keras(self, path: str) -> None:
     import keras  # pylint: disable=g-import-not-at-top
 
     try:
@@ -63,18 +63,12 @@ class AuditModel:
         for t in model.inputs)
     names = list(getattr(model, "output_names", None) or
                  [t.name for t in model.outputs])
-    if output is None and len(model.outputs) != 1:
-      raise ConfigError(
-          f"model.output: the model has {len(model.outputs)} outputs"
-          f" {names}; expected the name of the one to score. Received: None")
-    index = 0 if output is None else _index_of(names, output)
-    self._output_index = index if len(model.outputs) > 1 else None
-    tensor = model.outputs[index]
-    self.output = TensorInfo(names[index], tuple(tensor.shape[1:]),
-                             _dtype_name(tensor.dtype))
+    self.outputs = {
+        name: TensorInfo(name, tuple(t.shape[1:]), _dtype_name(t.dtype))
+        for name, t in zip(names, model.outputs)
+    }
 
-  def _load_saved_model(self, path: str, signature: str,
-                        output: Optional[str]) -> None:
+  def _load_saved_model(self, path: str, signature: str) -> None:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     try:
@@ -93,36 +87,39 @@ class AuditModel:
     self.inputs = tuple(
         TensorInfo(name, tuple(spec.shape[1:]), spec.dtype.name)
         for name, spec in sorted(specs.items()))
-    outputs = self._signature.structured_outputs
-    names = sorted(outputs)
-    if output is None and len(names) != 1:
-      raise ConfigError(
-          f"model.output: the signature has outputs {names}; expected the"
-          " name of the one to score. Received: None")
-    self._output_key = names[0] if output is None else names[_index_of(
-        names, output)]
-    spec = outputs[self._output_key]
-    self.output = TensorInfo(self._output_key, tuple(spec.shape[1:]),
-                             spec.dtype.name)
+    self.outputs = {
+        name: TensorInfo(name, tuple(spec.shape[1:]), spec.dtype.name)
+        for name, spec in sorted(self._signature.structured_outputs.items())
+    }
 
-  def __call__(self, features: Dict[str, "tf.Tensor"]) -> "tf.Tensor":
-    """Runs the model on `{input name: (N, ...) tensor}` → `(N, ...)` output."""
+  def output(self, name: Optional[str], key: str = "model.output"
+             ) -> TensorInfo:
+    """The output called `name`; None picks the only one."""
+    names = list(self.outputs)
+    if name is None:
+      if len(names) != 1:
+        raise ConfigError(
+            f"{key}: the model has outputs {names}; expected the name of the"
+            " one to score. Received: None")
+      return self.outputs[names[0]]
+    if name not in self.outputs:
+      raise ConfigError(f"{key}: expected one of {names}. Received: {name!r}")
+    return self.outputs[name]
+
+  def __call__(self, features: Dict[str, "tf.Tensor"]
+               ) -> Dict[str, "tf.Tensor"]:
+    """Runs the model on `{input: (N, ...) tensor}` → `{output: (N, ...)}`."""
     if hasattr(self, "_signature"):
-      return self._signature(**features)[self._output_key]
+      return self._signature(**features)
     if len(self.inputs) == 1:
       result = self._keras_model(features[self.inputs[0].name], training=False)
     else:
       result = self._keras_model(features, training=False)
-    if self._output_index is not None:
-      result = result[self._output_index]
-    return result
-
-
-def _index_of(names, wanted: str) -> int:
-  if wanted not in names:
-    raise ConfigError(
-        f"model.output: expected one of {list(names)}. Received: {wanted!r}")
-  return list(names).index(wanted)
+    if isinstance(result, dict):
+      return result
+    if isinstance(result, (list, tuple)):
+      return dict(zip(self.outputs, result))
+    return {next(iter(self.outputs)): result}
 
 
 def _dtype_name(dtype) -> str:

@@ -22,8 +22,8 @@ from lossaudit import columns as cols
 from lossaudit import losses
 from lossaudit.config import AuditConfig, ConfigError
 from lossaudit.model import AuditModel
-from lossaudit.scoring import (BatchScorer, LossShapeError, ScoringSpec,
-                               feature_inputs)
+from lossaudit.scoring import (BatchScorer, LossShapeError, LossTerm,
+                               ScoringSpec, feature_inputs)
 
 PROBE_RECORDS = 64
 
@@ -101,8 +101,7 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
 def plan(config: AuditConfig) -> Plan:
   """Runs every pre-run check and returns what the pipeline needs."""
   files = match_files(config.input.patterns)
-  model = AuditModel(config.model.path, config.model.signature,
-                     config.model.output)
+  model = AuditModel(config.model.path, config.model.signature)
   probe, probe_file = _probe_batch(config, files)
   spec = _scoring_spec(config, model, probe, probe_file)
   if probe is not None:
@@ -115,7 +114,7 @@ def _scoring_spec(config: AuditConfig, model: AuditModel,
                   probe: Optional[pa.RecordBatch],
                   probe_file: Optional[str]) -> ScoringSpec:
   inp = config.input
-  if inp.label_column is None:
+  if inp.label_column is None and not config.loss.outputs:
     raise ConfigError("input.label_column: expected a column name; a loss"
                       " needs labels. Received: None")
   pairs = feature_inputs(model.inputs, inp.feature_columns)
@@ -133,9 +132,13 @@ def _scoring_spec(config: AuditConfig, model: AuditModel,
   if probe is not None:
     present = set(probe.schema.names)
     wanted = [("input.id_column", inp.id_column),
-              ("input.label_column", inp.label_column),
               ("input.weight_column", inp.weight_column),
               ("stats.slice_by", config.stats.slice_by)]
+    if config.loss.outputs:
+      wanted += [(f"loss.outputs[{o.index}].label_column", o.label_column)
+                 for o in config.loss.outputs]
+    else:
+      wanted.append(("input.label_column", inp.label_column))
     wanted += [(f"feature column for model input {n!r}", c)
                for n, c, _, _ in features]
     for key, column in wanted:
@@ -145,49 +148,67 @@ def _scoring_spec(config: AuditConfig, model: AuditModel,
             f" {probe.num_rows} records of {probe_file}; found columns"
             f" {sorted(present)}")
 
-  out_shape = tuple(model.output.shape)
-  if any(d is None for d in out_shape):
-    raise ConfigError(
-        f"model output {model.output.name!r} has shape {(None,) + out_shape};"
-        " expected a fixed size for every axis but the batch")
-  out_width = int(math.prod(out_shape)) if out_shape else 1
-  loss_name = config.loss.name
-  kind = ("regression" if config.loss.custom else
-          losses.label_kind(loss_name, out_width))
-  if kind == "sparse":
-    label_shape, num_classes = (), out_width
-  elif kind == "categorical":
-    label_shape, num_classes = out_shape, out_width
-  elif kind == "binary":
-    label_shape, num_classes = out_shape, 2
+  if config.loss.outputs:
+    terms = tuple(
+        _loss_term(model, o.output, o.output, o.label_column, o.name,
+                   o.weight, o.from_logits, o.reduce, o.args, o.custom,
+                   f"loss.outputs[{o.index}]", probe)
+        for o in config.loss.outputs)
   else:
-    label_shape, num_classes = out_shape, None
-    if config.loss.custom and probe is not None:
-      label_shape = _custom_label_shape(probe, inp.label_column, out_shape)
-  if (kind in ("sparse", "categorical") and len(out_shape) != 1) or (
-      kind == "categorical" and out_width < 2):
-    raise ConfigError(
-        f"loss.name: {loss_name!r} expects a (batch, classes) model output;"
-        f" the model's output {model.output.name!r} has shape"
-        f" {(None,) + out_shape}")
+    output = model.output(config.model.output)
+    terms = (_loss_term(model, output.name, output.name, inp.label_column,
+                        config.loss.name, 1.0, config.loss.from_logits,
+                        config.loss.reduce, config.loss.args,
+                        config.loss.custom, "loss", probe),)
   return ScoringSpec(
       model_path=config.model.path,
       signature=config.model.signature,
-      output=config.model.output,
       features=tuple(features),
-      label_column=inp.label_column,
-      label_kind=kind,
-      label_shape=tuple(int(d) for d in label_shape),
-      num_classes=num_classes,
-      loss_name=losses.canonical_loss_name(loss_name) or loss_name,
-      from_logits=config.loss.from_logits,
-      reduce=config.loss.reduce,
-      loss_args=tuple(sorted(config.loss.args.items())),
-      custom_loss=config.loss.custom,
+      terms=terms,
       id_column=inp.id_column,
       weight_column=inp.weight_column,
       slice_column=config.stats.slice_by,
   )
+
+
+def _loss_term(model: AuditModel, output: str, name: str, label_column: str,
+               loss_name: str, weight: float, from_logits: bool, reduce: str,
+               args, custom: Optional[str], key: str,
+               probe: Optional[pa.RecordBatch]) -> LossTerm:
+  """A loss term, with the label shape and class signals its loss implies."""
+  info = model.output(output, f"{key}.output" if key != "loss" else
+                      "model.output")
+  shape = tuple(info.shape)
+  if any(d is None for d in shape):
+    raise ConfigError(
+        f"model output {info.name!r} has shape {(None,) + shape}; expected a"
+        " fixed size for every axis but the batch")
+  shape = tuple(int(d) for d in shape)
+  width = int(math.prod(shape)) if shape else 1
+  canonical = losses.canonical_loss_name(loss_name)
+  term = dict(output=info.name, name=name, label_column=label_column,
+              loss_name=canonical or loss_name, weight=float(weight),
+              from_logits=from_logits, reduce=reduce,
+              args=tuple(sorted(dict(args).items())), custom=custom,
+              label_shape=shape)
+  if custom:
+    if probe is not None and label_column in probe.schema.names:
+      term["label_shape"] = _custom_label_shape(probe, label_column, shape)
+    return LossTerm(**term)
+  if canonical in losses.SPARSE_CLASSIFICATION:
+    if not shape:
+      raise ConfigError(
+          f"{key}.name: {loss_name!r} expects (batch, ..., classes) model"
+          f" outputs; output {info.name!r} has shape (None,)")
+    term.update(label_shape=shape[:-1], label_dtype="int64",
+                num_classes=shape[-1],
+                signals="sparse" if len(shape) == 1 else None)
+  elif canonical in losses.DENSE_CLASSIFICATION:
+    if len(shape) == 1 and shape[0] >= 2:
+      term.update(signals="categorical", num_classes=shape[0])
+  elif canonical in losses.BINARY_CLASSIFICATION and width == 1:
+    term.update(signals="binary", num_classes=2)
+  return LossTerm(**term)
 
 
 def _custom_label_shape(probe: pa.RecordBatch, column: str,
@@ -206,24 +227,26 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
   try:
     scorer = BatchScorer(spec, model=model)
   except (ImportError, AttributeError, TypeError, ValueError) as e:
-    key = "loss.custom" if spec.custom_loss else "loss"
+    key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
     raise ConfigError(
         f"{key}: could not build the loss: {type(e).__name__}:"
         f" {_first_line(e)}") from None
   try:
     scored, dead = scorer.score(probe_file, probe)
   except LossShapeError as e:
-    key = "loss.custom" if spec.custom_loss else "loss.name"
+    key = "loss.custom" if any(t.custom for t in spec.terms) else "loss.name"
     raise ConfigError(f"{key}: {e}") from None
   except Exception as e:  # pylint: disable=broad-except
-    if spec.custom_loss:
+    custom = [t.custom for t in spec.terms if t.custom]
+    if custom:
       raise ConfigError(
-          f"loss.custom: {spec.custom_loss!r} failed on the first"
+          f"loss.custom: {custom[0]!r} failed on the first"
           f" {probe.num_rows} records of {probe_file}: {type(e).__name__}:"
           f" {_first_line(e)}") from None
     raise ConfigError(
         f"model.path: the model {config.model.path!r} does not fit the data"
-        f" of {probe_file} with loss {spec.custom_loss or spec.loss_name!r}:"
+        f" of {probe_file} with loss"
+        f" {[t.custom or t.loss_name for t in spec.terms]}:"
         f" {type(e).__name__}: {_first_line(e)}") from None
   if scored is None and dead:
     raise ConfigError(
@@ -233,8 +256,8 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
 
 def _needed_columns(spec: ScoringSpec) -> Tuple[str, ...]:
   names = [c for _, c, _, _ in spec.features]
-  names += [spec.label_column, spec.id_column, spec.weight_column,
-            spec.slice_column]
+  names += [t.label_column for t in spec.terms]
+  names += [spec.id_column, spec.weight_column, spec.slice_column]
   return tuple(dict.fromkeys(n for n in names if n))
 
 
@@ -255,8 +278,9 @@ def _tf_schema(spec: ScoringSpec,
     return schema_pb2.BYTES
 
   defaults = {c: schema_pb2.FLOAT for _, c, _, _ in spec.features}
-  defaults[spec.label_column] = (
-      schema_pb2.INT if spec.label_kind == "sparse" else schema_pb2.FLOAT)
+  for term in spec.terms:
+    defaults[term.label_column] = (schema_pb2.INT if term.label_dtype ==
+                                   "int64" else schema_pb2.FLOAT)
   for name in (spec.id_column, spec.slice_column):
     if name:
       defaults[name] = schema_pb2.BYTES

@@ -24,23 +24,55 @@ SLICE_COLUMN = "__slice__"
 
 
 @dataclasses.dataclass(frozen=True)
+class LossTerm:
+  """One model output's loss; the per-sample loss is Σ weight · term.
+
+  Attributes:
+    output: the model output it scores.
+    name: suffix of its `loss_<name>` column (multi-output models).
+    label_column: the column of its labels.
+    loss_name: a Keras loss name (see `losses.SUPPORTED_LOSSES`).
+    weight: its weight in the total loss.
+    from_logits: whether the output is logits.
+    reduce: `mean` or `sum` over the non-batch axes of one sample.
+    args: extra Keras loss arguments, as sorted `(key, value)` pairs.
+    custom: `package.module:function`, replacing `loss_name`.
+    label_shape: per-example shape of the labels fed to the loss.
+    label_dtype: `int64` (class indices) or `float32`.
+    signals: how class signals are read (`sparse`, `categorical`, `binary`),
+      None when the output is not a single-label class distribution.
+    num_classes: K when `signals` is set or labels are class indices.
+  """
+
+  output: str
+  name: str
+  label_column: str
+  loss_name: str
+  weight: float = 1.0
+  from_logits: bool = False
+  reduce: str = "mean"
+  args: Tuple[Tuple[str, Any], ...] = ()
+  custom: Optional[str] = None
+  label_shape: Tuple[int, ...] = ()
+  label_dtype: str = "float32"
+  signals: Optional[str] = None
+  num_classes: Optional[int] = None
+
+  def build_loss(self):
+    if self.custom:
+      return losses.import_custom_loss(self.custom)
+    return losses.keras_loss(self.loss_name, self.from_logits, dict(self.args))
+
+
+@dataclasses.dataclass(frozen=True)
 class ScoringSpec:
   """All a worker needs to score batches; small and picklable.
 
   Attributes:
     model_path: the model file or directory.
     signature: the SavedModel signature.
-    output: the scored model output, None for the only one.
     features: `(model input, column, per-example shape, dtype)` per input.
-    label_column: the label column.
-    label_kind: `sparse`, `categorical`, `binary` or `regression`.
-    label_shape: per-example shape of the labels fed to the loss.
-    num_classes: K for classification, else None.
-    loss_name: a Keras loss name.
-    from_logits: whether the output is logits.
-    reduce: `mean` or `sum` over non-batch axes.
-    loss_args: extra Keras loss arguments.
-    custom_loss: `package.module:function`, replacing `loss_name`.
+    terms: the loss terms, one per scored output.
     id_column: the id column, None for content fingerprints.
     weight_column: the sample-weight column or None.
     slice_column: the `stats.slice_by` column or None.
@@ -48,30 +80,32 @@ class ScoringSpec:
 
   model_path: str
   signature: str
-  output: Optional[str]
   features: Tuple[Tuple[str, str, Tuple[int, ...], str], ...]
-  label_column: str
-  label_kind: str
-  label_shape: Tuple[int, ...]
-  num_classes: Optional[int]
-  loss_name: str
-  from_logits: bool
-  reduce: str
-  loss_args: Tuple[Tuple[str, Any], ...] = ()
-  custom_loss: Optional[str] = None
+  terms: Tuple[LossTerm, ...]
   id_column: Optional[str] = None
   weight_column: Optional[str] = None
   slice_column: Optional[str] = None
 
   @property
+  def classifier(self) -> Optional[LossTerm]:
+    """The first term that gives class signals, or None."""
+    return next((t for t in self.terms if t.signals), None)
+
+  @property
   def is_classification(self) -> bool:
-    return self.label_kind != "regression"
+    return self.classifier is not None
+
+  @property
+  def multi_output(self) -> bool:
+    return len(self.terms) > 1
 
   def scored_schema(self) -> pa.Schema:
     """The Arrow schema of scored batches (and of `losses/` files)."""
     fields = [pa.field("id", pa.string()), pa.field("loss", pa.float64())]
     if self.weight_column:
       fields.append(pa.field("weighted_loss", pa.float64()))
+    if self.multi_output:
+      fields += [pa.field(f"loss_{t.name}", pa.float64()) for t in self.terms]
     if self.is_classification:
       fields += [
           pa.field("given_label", pa.int64()),
@@ -98,7 +132,7 @@ def _width(shape: Tuple[int, ...]) -> int:
 
 
 class BatchScorer:
-  """Scores Arrow record batches with one model and one loss.
+  """Scores Arrow record batches with one model and its loss terms.
 
   Args:
     spec: what to score and how.
@@ -110,51 +144,61 @@ class BatchScorer:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     self.spec = spec
-    self.model = model or AuditModel(spec.model_path, spec.signature,
-                                     spec.output)
-    if spec.custom_loss:
-      self._loss_fn = losses.import_custom_loss(spec.custom_loss)
-    else:
-      self._loss_fn = losses.keras_loss(spec.loss_name, spec.from_logits,
-                                        dict(spec.loss_args))
+    self.model = model or AuditModel(spec.model_path, spec.signature)
+    self._loss_fns = [term.build_loss() for term in spec.terms]
     feature_specs = {
         name: tf.TensorSpec((None,) + tuple(shape), tf.as_dtype(dtype))
         for name, _, shape, dtype in spec.features
     }
-    label_dtype = tf.int64 if spec.label_kind == "sparse" else tf.float32
-    label_spec = tf.TensorSpec((None,) + tuple(spec.label_shape), label_dtype)
+    label_specs = {
+        t.name: tf.TensorSpec((None,) + tuple(t.label_shape),
+                              tf.as_dtype(t.label_dtype)) for t in spec.terms
+    }
     self._score = tf.function(
-        self._score_graph, input_signature=[feature_specs, label_spec])
+        self._score_graph, input_signature=[feature_specs, label_specs])
 
   def _score_graph(self, features, labels):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    spec = self.spec
-    y_pred = self.model(features)
-    per_sample = self._loss_fn(labels, y_pred)
-    outputs = {"loss": losses.reduce_per_sample(per_sample, spec.reduce)}
-    if spec.is_classification:
-      probs = losses.class_probabilities(y_pred, spec.label_kind,
-                                         spec.from_logits)
-      if spec.label_kind == "categorical":
-        given = tf.argmax(labels, axis=1, output_type=tf.int64)
-      else:
-        given = tf.cast(tf.reshape(labels, [-1]), tf.int64)
-      outputs["given_label"] = given
-      outputs.update(losses.classification_signals(probs, given))
+    predictions = self.model(features)
+    outputs = {}
+    total = None
+    for term, loss_fn in zip(self.spec.terms, self._loss_fns):
+      y_pred = predictions[term.output]
+      part = losses.reduce_per_sample(loss_fn(labels[term.name], y_pred),
+                                      term.reduce)
+      outputs[f"loss_{term.name}"] = part
+      weighted = part if term.weight == 1 else part * term.weight
+      total = weighted if total is None else total + weighted
+      if term is self.spec.classifier:
+        label = labels[term.name]
+        probs = losses.class_probabilities(y_pred, term.signals,
+                                           term.from_logits)
+        if term.signals == "categorical":
+          given = tf.argmax(label, axis=1, output_type=tf.int64)
+        else:
+          given = tf.cast(tf.reshape(label, [-1]), tf.int64)
+        outputs["given_label"] = given
+        outputs.update(losses.classification_signals(probs, given))
+    outputs["loss"] = total
     return outputs
 
   def score_arrays(self, features: Mapping[str, np.ndarray],
-                   labels: np.ndarray) -> Dict[str, np.ndarray]:
-    """Runs the traced function on dense arrays; returns `(N,)` numpy arrays."""
+                   labels: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Runs the traced function on dense arrays; returns `(N,)` numpy arrays.
+
+    Raises:
+      LossShapeError: when a loss does not give one value per example.
+    """
     result = {k: v.numpy() for k, v in self._score(dict(features),
-                                                   labels).items()}
-    n = len(labels)
-    if result["loss"].shape != (n,):
-      name = self.spec.custom_loss or self.spec.loss_name
-      raise LossShapeError(
-          f"{name!r} must return one loss per example, shape ({n},); it"
-          f" returned shape {result['loss'].shape}")
+                                                   dict(labels)).items()}
+    n = len(next(iter(labels.values())))
+    for term in self.spec.terms:
+      shape = result[f"loss_{term.name}"].shape
+      if shape != (n,):
+        raise LossShapeError(
+            f"{term.custom or term.loss_name!r} must return one loss per"
+            f" example, shape ({n},); it returned shape {shape}")
     return result
 
   def score(self, source: str, batch: pa.RecordBatch
@@ -188,7 +232,7 @@ class BatchScorer:
       problems.append((counts < 0, f"missing {what} {name!r}"))
       wrong = (counts >= 0) & (counts != width)
       if wrong.any():
-        problems.append((wrong, f"{what} {name!r} has {{count}} values,"
+        problems.append((wrong, f"{what} {name!r} has {{value}} values,"
                          f" expected {width}", counts))
       return values.reshape((n,) + tuple(shape))
 
@@ -203,15 +247,19 @@ class BatchScorer:
         name: dense(col, "feature", shape, np.dtype(dtype))
         for name, col, shape, dtype in spec.features
     }
-    label_dtype = np.int64 if spec.label_kind == "sparse" else np.float32
-    labels = dense(spec.label_column, "label", spec.label_shape, label_dtype)
-    if spec.label_kind in ("sparse", "binary"):
-      flat = labels.reshape(n)
-      out_of_range = ~((flat >= 0) & (flat < spec.num_classes)) | (
-          flat != np.floor(flat))
-      problems.append(
-          (out_of_range, f"label {{label}} out of range: expected an integer"
-           f" class in [0, {spec.num_classes})", flat))
+    labels = {}
+    for term in spec.terms:
+      labels[term.name] = dense(term.label_column, "label", term.label_shape,
+                                np.dtype(term.label_dtype))
+      if term.signals in ("sparse", "binary") or term.label_dtype == "int64":
+        flat = labels[term.name].reshape(-1)
+        per_row = flat.reshape(n, -1) if n else flat.reshape(0, 1)
+        out_of_range = ~((per_row >= 0) & (per_row < term.num_classes) &
+                         (per_row == np.floor(per_row))).all(axis=1)
+        problems.append(
+            (out_of_range, f"label {{value}} out of range: expected an integer"
+             f" class in [0, {term.num_classes})", per_row[:, 0]
+             if per_row.shape[1] == 1 else per_row.max(axis=1)))
     weights = None
     if spec.weight_column:
       weights = dense(spec.weight_column, "weight", (), np.float64)
@@ -231,14 +279,14 @@ class BatchScorer:
     if bad.any():
       keep = ~bad
       features = {k: v[keep] for k, v in features.items()}
-      labels = labels[keep]
+      labels = {k: v[keep] for k, v in labels.items()}
       keep_arrow = pa.array(keep)
       ids = ids.filter(keep_arrow) if ids is not None else None
       weights = weights[keep] if weights is not None else None
       slices = slices.filter(keep_arrow) if slices is not None else None
     if ids is None:
       ids = cols.fingerprints(*[features[name] for name, *_ in spec.features],
-                              labels)
+                              *labels.values())
     result = self.score_arrays(features, labels)
     return self._to_record_batch(ids, result, weights, slices), dead
 
@@ -252,7 +300,7 @@ class BatchScorer:
           if values:
             value = values[0][row]
             value = int(value) if float(value).is_integer() else float(value)
-            message = message.format(count=value, label=value)
+            message = message.format(value=value)
           reasons.append(message)
       id_ = ids[int(row)].as_py() if ids is not None else None
       entries.append(dead_letter(source, id_, "; ".join(reasons)))
@@ -264,6 +312,10 @@ class BatchScorer:
     arrays = {"id": ids, "loss": pa.array(loss)}
     if spec.weight_column:
       arrays["weighted_loss"] = pa.array(loss * weights)
+    if spec.multi_output:
+      for term in spec.terms:
+        key = f"loss_{term.name}"
+        arrays[key] = pa.array(result[key].astype(np.float64))
     if spec.is_classification:
       arrays["given_label"] = pa.array(result["given_label"].astype(np.int64))
       arrays["predicted_label"] = pa.array(

@@ -34,7 +34,8 @@ def build_classifier(activation="softmax"):
   keras.utils.set_random_seed(1)
   inputs = keras.Input((NUM_FEATURES,), name="x")
   hidden = keras.layers.Dense(16, activation="relu")(inputs)
-  outputs = keras.layers.Dense(NUM_CLASSES, activation=activation)(hidden)
+  outputs = keras.layers.Dense(NUM_CLASSES, activation=activation,
+                               name="probs")(hidden)
   return keras.Model(inputs, outputs)
 
 
@@ -73,8 +74,8 @@ def regressor_path(workdir):
 
   keras.utils.set_random_seed(2)
   inputs = keras.Input((NUM_FEATURES,), name="x")
-  outputs = keras.layers.Dense(1)(keras.layers.Dense(8, activation="relu")(
-      inputs))
+  outputs = keras.layers.Dense(1, name="pred")(
+      keras.layers.Dense(8, activation="relu")(inputs))
   path = str(workdir / "regressor.keras")
   keras.Model(inputs, outputs).save(path)
   return path

@@ -9,20 +9,21 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit import datasets
-from lossaudit.scoring import BatchScorer, ScoringSpec
+from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
 from transforms.score import DEAD_LETTER, ScoreBatches
 from tests.conftest import NUM_CLASSES, NUM_FEATURES
 
 
-def _spec(model_path, **changes):
-  fields = dict(
-      model_path=model_path, signature="serving_default", output=None,
+def _spec(model_path, output=None, weight_column=None, **term):
+  fields = dict(output=output or "probs", name="out", label_column="label",
+                loss_name="sparse_categorical_crossentropy", label_shape=(),
+                label_dtype="int64", signals="sparse", num_classes=NUM_CLASSES)
+  fields.update(term)
+  return ScoringSpec(
+      model_path=model_path, signature="serving_default",
       features=(("x", "x", (NUM_FEATURES,), "float32"),),
-      label_column="label", label_kind="sparse", label_shape=(),
-      num_classes=NUM_CLASSES, loss_name="sparse_categorical_crossentropy",
-      from_logits=False, reduce="mean", id_column="id")
-  fields.update(changes)
-  return ScoringSpec(**fields)
+      terms=(LossTerm(**fields),), id_column="id",
+      weight_column=weight_column)
 
 
 def _batch(columns, n=100):
@@ -33,7 +34,8 @@ def _batch(columns, n=100):
 @pytest.mark.parametrize("fixture", ["classifier_path", "saved_model_path"])
 def test_losses_match_keras_for_keras_file_and_saved_model(
     request, fixture, classifier_path, columns):
-  scorer = BatchScorer(_spec(request.getfixturevalue(fixture)))
+  output = "output_0" if fixture == "saved_model_path" else None
+  scorer = BatchScorer(_spec(request.getfixturevalue(fixture), output))
   scored, dead = scorer.score("f", _batch(columns))
   assert dead == []
   probs = keras.models.load_model(classifier_path, compile=False).predict(
@@ -57,14 +59,15 @@ def test_one_hot_labels_and_logits(workdir, columns):
   import tensorflow as tf
 
   inputs = keras.Input((NUM_FEATURES,), name="x")
-  model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(inputs))
+  model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES,
+                                                 name="logits")(inputs))
   path = str(workdir / "logits.keras")
   model.save(path)
   one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[columns["label"][:50]]
   batch = datasets.to_arrow({"id": columns["id"][:50], "x": columns["x"][:50],
                              "label": one_hot}).to_batches()[0]
-  scorer = BatchScorer(_spec(path, label_kind="categorical",
-                             label_shape=(NUM_CLASSES,),
+  scorer = BatchScorer(_spec(path, "logits", signals="categorical",
+                             label_shape=(NUM_CLASSES,), label_dtype="float32",
                              loss_name="categorical_crossentropy",
                              from_logits=True))
   scored, _ = scorer.score("f", batch)
@@ -83,14 +86,15 @@ def test_one_hot_labels_and_logits(workdir, columns):
 
 def test_binary_sigmoid_output(workdir, columns):
   inputs = keras.Input((NUM_FEATURES,), name="x")
-  model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(
-      inputs))
+  model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid",
+                                                 name="p")(inputs))
   path = str(workdir / "binary.keras")
   model.save(path)
   y = (columns["label"][:60] % 2).astype(np.float32)
   batch = datasets.to_arrow({"id": columns["id"][:60], "x": columns["x"][:60],
                              "label": y}).to_batches()[0]
-  scorer = BatchScorer(_spec(path, label_kind="binary", label_shape=(1,),
+  scorer = BatchScorer(_spec(path, "p", signals="binary",
+                             label_shape=(1,), label_dtype="float32",
                              num_classes=2, loss_name="binary_crossentropy"))
   scored, dead = scorer.score("f", batch)
   assert dead == []
@@ -109,8 +113,9 @@ def test_regression_mse_with_weights(regressor_path, columns):
   batch = datasets.to_arrow({"id": columns["id"][:40], "x": columns["x"][:40],
                              "target": columns["target"][:40, 0],
                              "w": weights}).to_batches()[0]
-  scorer = BatchScorer(_spec(regressor_path, label_column="target",
-                             label_kind="regression", label_shape=(1,),
+  scorer = BatchScorer(_spec(regressor_path, "pred",
+                             label_column="target", signals=None,
+                             label_shape=(1,), label_dtype="float32",
                              num_classes=None, loss_name="mean_squared_error",
                              weight_column="w"))
   scored, _ = scorer.score("f", batch)
