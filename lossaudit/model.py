@@ -61,11 +61,13 @@ class AuditModel:
     self.inputs = tuple(
         TensorInfo(t.name, tuple(t.shape[1:]), _dtype_name(t.dtype))
         for t in model.inputs)
-    names = list(getattr(model, "output_names", None) or
-                 [t.name for t in model.outputs])
+    if isinstance(model.output, dict):
+      named = list(model.output.items())
+    else:
+      named = list(zip(model.output_names, model.outputs))
     self.outputs = {
         name: TensorInfo(name, tuple(t.shape[1:]), _dtype_name(t.dtype))
-        for name, t in zip(names, model.outputs)
+        for name, t in named
     }
 
   def _load_saved_model(self, path: str, signature: str) -> None:

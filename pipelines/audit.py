@@ -41,15 +41,16 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   scored = read["batches"] | "ScoreBatches" >> ScoreBatches(spec)
   quantiles = set(config.stats.quantiles) | (
       {flag.loss_quantile} if flag.loss_quantile is not None else set())
+  column = "weighted_loss" if config.stats.weighted else "loss"
   stats = scored.scored | "LossStats" >> LossStats(
-      config.stats.epsilon, sorted(quantiles), by_slice=bool(spec.slice_column))
+      config.stats.epsilon, sorted(quantiles), bool(spec.slice_column), column)
   top_k = (scored.scored | "TopK" >> beam.CombineGlobally(
-      TopKCombineFn(flag.top_k)) if flag.top_k else p | "NoTopK" >> beam.Create(
-          [None]))
+      TopKCombineFn(flag.top_k, column))
+           if flag.top_k else p | "NoTopK" >> beam.Create([None]))
   thresholds = stats["global"] | "Thresholds" >> beam.Map(
       rule_thresholds, flag, beam.pvalue.AsSingleton(top_k))
   flagged = scored.scored | "FlagExamples" >> FlagExamples(
-      thresholds, spec.scored_schema())
+      thresholds, spec.scored_schema(), column)
   dead = ((read[DEAD_LETTER], scored[DEAD_LETTER])
           | "DeadLetters" >> beam.Flatten())
 

@@ -264,3 +264,28 @@ def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
   assert f"Outputs in {out}" in good.stdout
   summary = json.loads((out / "summary.json").read_text())
   assert summary["flagged"]["by_reason"]["top_k"] == 3
+
+
+def test_non_finite_losses_counted_and_flagged(tmp_path, regressor_path,
+                                               write_config):
+  from lossaudit import datasets
+  from tests.conftest import make_columns
+
+  cols = make_columns(n=200, seed=9)
+  cols["target"][5] = np.nan
+  cols["target"][17] = np.inf
+  datasets.write_tfrecords(str(tmp_path / "data"), cols, num_shards=2)
+  out = tmp_path / "out"
+  config = base_config(tmp_path / "data" / "*", regressor_path, out,
+                       loss={"name": "mean_squared_error"},
+                       flag={"loss_quantile": None})
+  config["input"]["label_column"] = "target"
+  summary = audit.run(["--config", write_config(config)])
+  assert summary["examples_scored"] == 200
+  assert summary["loss"]["nan_count"] == 2
+  assert summary["loss"]["count"] == 198
+  assert all(np.isfinite(v) for v in summary["loss"]["quantiles"].values())
+  flagged = _read(out, "flagged")
+  assert sorted(flagged["id"]) == ["ex-00005", "ex-00017"]
+  assert [list(r) for r in flagged["reasons"]] == [["non_finite"]] * 2
+  assert summary["flagged"]["by_reason"] == {"non_finite": 2}

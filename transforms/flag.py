@@ -33,14 +33,15 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
   return pa.schema(fields)
 
 
-def flag_batch(batch: pa.RecordBatch, thresholds: Dict,
-               schema: pa.Schema) -> pa.RecordBatch:
+def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
+               column: str = "loss") -> pa.RecordBatch:
   """The flagged rows of one scored batch, each with every reason once.
 
-  `score` orders the flagged rows by suspicion: the loss, +inf when the loss
-  is not finite.
+  The rules compare `column` (`loss`, or `weighted_loss` under
+  `stats.weighted`); `score` orders the flagged rows by suspicion: that
+  value, +inf when it is not finite.
   """
-  losses = batch.column("loss").to_numpy(zero_copy_only=False)
+  losses = batch.column(column).to_numpy(zero_copy_only=False)
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
   rules = flag_masks(losses, ids, thresholds)
@@ -54,9 +55,9 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Dict,
       pa.array(offsets),
       pa.array(names.astype(str)).take(pa.array(np.nonzero(hits)[1])))
   picked = pa.array(rows, type=pa.int64())
-  loss = losses[rows]
-  arrays = [batch.column("id").take(picked), pa.array(loss), reasons,
-            pa.array(np.where(np.isfinite(loss), loss, np.inf))]
+  value = losses[rows]
+  arrays = [batch.column("id").take(picked), batch.column("loss").take(picked),
+            reasons, pa.array(np.where(np.isfinite(value), value, np.inf))]
   arrays += [batch.column(c).take(picked) for c in _CARRIED
              if c in schema.names]
   return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -64,12 +65,13 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Dict,
 
 class _FlagFn(beam.DoFn):
 
-  def __init__(self, schema: pa.Schema):
+  def __init__(self, schema: pa.Schema, column: str):
     self._schema = schema
+    self._column = column
     self._flagged = Metrics.counter(_NAMESPACE, "examples_flagged")
 
   def process(self, batch: pa.RecordBatch, thresholds: Dict):
-    flagged = flag_batch(batch, thresholds, self._schema)
+    flagged = flag_batch(batch, thresholds, self._schema, self._column)
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged
@@ -97,13 +99,17 @@ class FlagExamples(beam.PTransform):
   Args:
     thresholds: a singleton PCollection of `rule_thresholds()`.
     scored_schema: the schema of the scored batches.
+    column: the loss column the rules compare.
   """
 
-  def __init__(self, thresholds, scored_schema: pa.Schema):
+  def __init__(self, thresholds, scored_schema: pa.Schema,
+               column: str = "loss"):
     super().__init__()
     self._thresholds = thresholds
     self._schema = flagged_schema(scored_schema)
+    self._column = column
 
   def expand(self, scored):
     return scored | "Flag" >> beam.ParDo(
-        _FlagFn(self._schema), beam.pvalue.AsSingleton(self._thresholds))
+        _FlagFn(self._schema, self._column),
+        beam.pvalue.AsSingleton(self._thresholds))

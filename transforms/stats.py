@@ -13,9 +13,9 @@ from lossaudit.scoring import SLICE_COLUMN
 from lossaudit.stats import LossAccumulator, top_k_merge
 
 
-def loss_values(batch: pa.RecordBatch) -> np.ndarray:
-  """The `loss` column of a scored batch `(N,)` as float64, zero-copy."""
-  return batch.column("loss").to_numpy(zero_copy_only=False)
+def loss_values(batch: pa.RecordBatch, column: str = "loss") -> np.ndarray:
+  """A loss column of a scored batch `(N,)` as float64, zero-copy."""
+  return batch.column(column).to_numpy(zero_copy_only=False)
 
 
 class LossStatsCombineFn(beam.CombineFn):
@@ -47,12 +47,12 @@ class LossStatsCombineFn(beam.CombineFn):
     return accumulator.summary(self._quantiles)
 
 
-def _losses_by_slice(batch: pa.RecordBatch
+def _losses_by_slice(batch: pa.RecordBatch, column: str = "loss"
                      ) -> Iterable[Tuple[str, np.ndarray]]:
   """Splits a scored batch's losses by slice value: `(slice, (n,))` pairs."""
   encoded = pc.dictionary_encode(batch.column(SLICE_COLUMN))
   codes = encoded.indices.to_numpy(zero_copy_only=False)
-  losses = loss_values(batch)
+  losses = loss_values(batch, column)
   order = np.argsort(codes, kind="stable")
   bounds = np.flatnonzero(np.diff(codes[order])) + 1
   for group in np.split(order, bounds):
@@ -65,25 +65,33 @@ class LossStats(beam.PTransform):
 
   Outputs a dict with `global` (a singleton PCollection) and, when
   `by_slice`, `slices` (`(slice value, statistics)` pairs).
+
+  Args:
+    epsilon: rank-error bound of the quantiles.
+    quantiles: the quantiles to report.
+    by_slice: whether to compute per-slice statistics too.
+    column: the loss column (`loss`, or `weighted_loss` for weighted stats).
   """
 
   def __init__(self, epsilon: float, quantiles: Sequence[float],
-               by_slice: bool = False):
+               by_slice: bool = False, column: str = "loss"):
     super().__init__()
     self._epsilon = epsilon
     self._quantiles = quantiles
     self._by_slice = by_slice
+    self._column = column
 
   def expand(self, scored):
     combine = LossStatsCombineFn(self._epsilon, self._quantiles)
     result = {
         "global": (scored
-                   | "Losses" >> beam.Map(loss_values)
+                   | "Losses" >> beam.Map(loss_values, self._column)
                    | "Combine" >> beam.CombineGlobally(combine))
     }
     if self._by_slice:
       result["slices"] = (scored
-                          | "LossesBySlice" >> beam.FlatMap(_losses_by_slice)
+                          | "LossesBySlice" >> beam.FlatMap(_losses_by_slice,
+                                                          self._column)
                           | "CombinePerSlice" >> beam.CombinePerKey(combine))
     return result
 

@@ -1,0 +1,200 @@
+"""Every Keras loss, per sample: the scorer's `loss` equals Keras' own.
+
+Each case goes through the real pre-run planning (label shapes, class
+signals) and the real `BatchScorer` on a saved multi-head model, and is
+compared with `keras.losses.<Loss>(reduction=None)` reduced over the
+remaining non-batch axes by numpy.
+"""
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+import yaml
+
+from lossaudit import datasets, losses, preflight
+from lossaudit.config import load_config
+from lossaudit.scoring import BatchScorer
+
+N = 64
+
+# (loss name, Keras class, model output, label column, from_logits, args)
+CASES = [
+    ("mean_squared_error", "MeanSquaredError", "linear", "target", False, {}),
+    ("mean_absolute_error", "MeanAbsoluteError", "linear", "target", False, {}),
+    ("mean_absolute_percentage_error", "MeanAbsolutePercentageError",
+     "linear", "positive_target", False, {}),
+    ("mean_squared_logarithmic_error", "MeanSquaredLogarithmicError",
+     "positive", "positive_target", False, {}),
+    ("huber", "Huber", "linear", "target", False, {"delta": 0.5}),
+    ("log_cosh", "LogCosh", "linear", "target", False, {}),
+    ("binary_crossentropy", "BinaryCrossentropy", "sigmoid", "binary", False,
+     {"label_smoothing": 0.1}),
+    ("binary_crossentropy", "BinaryCrossentropy", "logit", "binary", True, {}),
+    ("binary_focal_crossentropy", "BinaryFocalCrossentropy", "sigmoid",
+     "binary", False, {"gamma": 2.0, "alpha": 0.3,
+                       "apply_class_balancing": True}),
+    ("binary_focal_crossentropy", "BinaryFocalCrossentropy", "logit",
+     "binary", True, {}),
+    ("categorical_crossentropy", "CategoricalCrossentropy", "softmax",
+     "onehot", False, {"label_smoothing": 0.1}),
+    ("categorical_crossentropy", "CategoricalCrossentropy", "logits",
+     "onehot", True, {}),
+    ("categorical_focal_crossentropy", "CategoricalFocalCrossentropy",
+     "softmax", "onehot", False, {"alpha": 0.3, "gamma": 1.5}),
+    ("categorical_focal_crossentropy", "CategoricalFocalCrossentropy",
+     "logits", "onehot", True, {}),
+    ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy",
+     "softmax", "sparse", False, {}),
+    ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy",
+     "logits", "sparse", True, {}),
+    ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy",
+     "sequence", "sequence_sparse", False, {}),
+    ("kl_divergence", "KLDivergence", "softmax", "distribution", False, {}),
+    ("poisson", "Poisson", "positive", "positive_target", False, {}),
+    ("hinge", "Hinge", "linear", "signs", False, {}),
+    ("squared_hinge", "SquaredHinge", "linear", "signs", False, {}),
+    ("categorical_hinge", "CategoricalHinge", "softmax", "onehot", False, {}),
+    ("cosine_similarity", "CosineSimilarity", "linear", "target", False,
+     {"axis": -1}),
+    ("mean_squared_error", "MeanSquaredError", "sequence_linear",
+     "sequence_target", False, {}),
+]
+
+
+def _heads_model():
+  keras.utils.set_random_seed(3)
+  inputs = keras.Input((8,), name="x")
+  hidden = keras.layers.Dense(16, activation="relu")(inputs)
+  dense = lambda units, **kw: keras.layers.Dense(units, **kw)(hidden)
+  sequence = keras.layers.Reshape((5, 4))(dense(20))
+  return keras.Model(inputs, {
+      "softmax": dense(4, activation="softmax"),
+      "logits": dense(4),
+      "sigmoid": dense(1, activation="sigmoid"),
+      "logit": dense(1),
+      "linear": dense(3),
+      "positive": dense(3, activation="softplus"),
+      "sequence": keras.layers.Softmax(axis=-1)(sequence),
+      "sequence_linear": keras.layers.Reshape((5, 3))(dense(15)),
+  })
+
+
+def _columns():
+  rng = np.random.default_rng(4)
+  distribution = rng.dirichlet(np.ones(4), N).astype(np.float32)
+  return {
+      "id": np.array([f"r{i:03d}" for i in range(N)]),
+      "x": rng.normal(size=(N, 8)).astype(np.float32),
+      "target": rng.normal(size=(N, 3)).astype(np.float32),
+      "positive_target": rng.uniform(0.1, 3, size=(N, 3)).astype(np.float32),
+      "binary": rng.integers(0, 2, N).astype(np.float32),
+      "onehot": np.eye(4, dtype=np.float32)[rng.integers(0, 4, N)],
+      "sparse": rng.integers(0, 4, N),
+      "sequence_sparse": rng.integers(0, 4, (N, 5)),
+      "distribution": distribution,
+      "signs": rng.choice([-1.0, 1.0], (N, 3)).astype(np.float32),
+      "sequence_target": rng.normal(size=(N, 15)).astype(np.float32),
+  }
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+  root = tmp_path_factory.mktemp("heads")
+  model = _heads_model()
+  model.save(str(root / "heads.keras"))
+  columns = _columns()
+  datasets.write_parquet(str(root / "data"), columns, num_shards=1)
+  predictions = {k: np.asarray(v) for k, v in model.predict(
+      columns["x"], verbose=0).items()}
+  return root, columns, predictions
+
+
+def _plan(root, tmp_path, loss, label_column=None, output=None):
+  config = {
+      "input": {"pattern": str(root / "data" / "*.parquet"),
+                "format": "parquet", "label_column": label_column},
+      "model": {"path": str(root / "heads.keras"), "output": output},
+      "loss": loss,
+      "output": {"dir": str(tmp_path / "out")},
+  }
+  path = tmp_path / "config.yaml"
+  path.write_text(yaml.safe_dump(config))
+  return preflight.plan(load_config(str(path)))
+
+
+def _score(root, plan):
+  batch = pq.read_table(str(root / "data")).to_batches()[0]
+  scored, dead = BatchScorer(plan.spec).score("data", batch)
+  assert dead == []
+  return scored
+
+
+def _golden(cls_name, args, from_logits, y_true, y_pred, reduce):
+  kwargs = dict(args)
+  if "Crossentropy" in cls_name:
+    kwargs["from_logits"] = from_logits
+  values = np.asarray(getattr(keras.losses, cls_name)(
+      reduction=None, **kwargs)(y_true, y_pred), dtype=np.float64)
+  axes = tuple(range(1, values.ndim))
+  if not axes:
+    return values
+  return values.sum(axis=axes) if reduce == "sum" else values.mean(axis=axes)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+@pytest.mark.parametrize("name, cls_name, output, label, from_logits, args",
+                         CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_scorer_matches_keras(heads, tmp_path, name, cls_name, output, label,
+                              from_logits, args, reduce):
+  root, columns, predictions = heads
+  plan = _plan(root, tmp_path, {"name": name, "from_logits": from_logits,
+                                "reduce": reduce, "args": args},
+               label_column=label, output=output)
+  scored = _score(root, plan)
+  y_true = columns[label]
+  y_pred = predictions[output]
+  if y_true.ndim == 1 and label != "sparse":
+    y_true = y_true[:, None]
+  y_true = y_true.reshape((N,) + plan.spec.terms[0].label_shape)
+  expected = _golden(cls_name, args, from_logits, y_true, y_pred, reduce)
+  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
+                             rtol=1e-6, atol=1e-7)
+  term = plan.spec.terms[0]
+  assert ("given_label" in scored.schema.names) == (term.signals is not None)
+
+
+@pytest.mark.parametrize("name", losses.SUPPORTED_LOSSES)
+@pytest.mark.parametrize("shape", [(16, 4), (16, 3, 4), (16, 2, 3, 4)])
+def test_pure_losses_on_random_shapes(name, shape):
+  rng = np.random.default_rng(5)
+  cls_name = losses._CLASS_NAMES[name]  # pylint: disable=protected-access
+  logits = rng.normal(size=shape).astype(np.float32)
+  if name == "sparse_categorical_crossentropy":
+    y_true = rng.integers(0, shape[-1], shape[:-1])
+  elif "hinge" in name and name != "categorical_hinge":
+    y_true = rng.choice([-1.0, 1.0], shape).astype(np.float32)
+  elif "binary" in name:
+    y_true = rng.integers(0, 2, shape).astype(np.float32)
+  elif name in ("categorical_crossentropy", "categorical_focal_crossentropy",
+                "categorical_hinge"):
+    y_true = np.eye(shape[-1], dtype=np.float32)[
+        rng.integers(0, shape[-1], shape[:-1])]
+  else:
+    y_true = rng.uniform(0.1, 2, shape).astype(np.float32)
+  takes_logits = name in losses._TAKES_FROM_LOGITS  # pylint: disable=protected-access
+  for from_logits in ((False, True) if takes_logits else (False,)):
+    if from_logits:
+      y_pred = logits
+    elif takes_logits:
+      y_pred = (tf.nn.sigmoid(logits) if "binary" in name else
+                tf.nn.softmax(logits)).numpy()
+    else:
+      y_pred = tf.nn.softplus(logits).numpy()
+    for reduce in ("mean", "sum"):
+      got = losses.reduce_per_sample(
+          losses.keras_loss(name, from_logits)(y_true, y_pred), reduce).numpy()
+      expected = _golden(cls_name, {}, from_logits, y_true, y_pred, reduce)
+      np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+      assert got.shape == (shape[0],)
