@@ -202,6 +202,9 @@ def test_rerun_replaces_outputs(tmp_path, tfrecord_dir, classifier_path,
     ({"loss": {"custom": "tests.custom_losses:batch_mean"}},
      r"loss.custom: 'tests.custom_losses:batch_mean' must return one loss per"
      r" example, shape \(64,\); it returned shape \(\)"),
+    ({"loss": {"custom": "tests.custom_losses:per_class_mean"}},
+     r"loss.custom: 'tests.custom_losses:per_class_mean' must return one loss"
+     r" per example, shape \(64,\); it returned shape \(5,\)"),
     ({"loss": {"custom": "tests.custom_losses:nowhere"}},
      r"loss.custom: could not build the loss: AttributeError"),
 ])
