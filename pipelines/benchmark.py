@@ -1,0 +1,335 @@
+"""Throughput benchmark: lossaudit vs a plain TensorFlow loop vs RunInference.
+
+`scripts/benchmark [--examples N] [--hidden H] [--classes K] ...` builds the
+data (tf.train.Example TFRecord shards) and an MLP, then in one run times
+
+  (a) `lossaudit run` on the DirectRunner,
+  (b) a plain TensorFlow loop over the same files (tf.data reading and
+      parsing in parallel, model and loss in one tf.function, numpy
+      quantiles and flagged ids),
+  (c) the usual Beam way (ReadFromTFRecord, per-record parsing,
+      RunInference, per-element loss, ApproximateQuantiles) on a subset,
+      scaled to the full size,
+
+each in its own process so its peak memory is its own. It checks that (a)
+and (b) agree on the losses, quantiles and flagged ids, and prints
+examples/s, the ratios a/b and a/c and peak memory, also as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from lossaudit import datasets
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def build(directory: str, examples: int, shards: int, features: int,
+          hidden: int, classes: int, seed: int = 0) -> Dict:
+  """Writes the data and model once; reuses them when the sizes match."""
+  meta_path = os.path.join(directory, "meta.json")
+  meta = dict(examples=examples, shards=shards, features=features,
+              hidden=hidden, classes=classes, seed=seed)
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      if json.load(f) == meta:
+        return meta
+  import keras  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(directory, exist_ok=True)
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((features,), name="x")
+  h = keras.layers.Dense(hidden, activation="relu")(inputs)
+  h = keras.layers.Dense(hidden, activation="relu")(h)
+  outputs = keras.layers.Dense(classes, activation="softmax", name="probs")(h)
+  keras.Model(inputs, outputs).save(os.path.join(directory, "model.keras"))
+  rng = np.random.default_rng(seed)
+  data_dir = os.path.join(directory, "data")
+  per_shard = -(-examples // shards)
+  for shard in range(shards):
+    lo, hi = shard * per_shard, min(examples, (shard + 1) * per_shard)
+    columns = {
+        "id": np.char.add("ex-", np.arange(lo, hi).astype(str)),
+        "x": rng.normal(size=(hi - lo, features)).astype(np.float32),
+        "label": rng.integers(0, classes, hi - lo),
+    }
+    datasets.write_tfrecords(data_dir, columns, num_shards=1,
+                             prefix=f"part-{shard:05d}-of-{shards:05d}")
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  return meta
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---- (a) lossaudit -------------------------------------------------------
+
+
+def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
+                  label_issues: Optional[str]) -> Dict:
+  import yaml  # pylint: disable=g-import-not-at-top
+
+  from pipelines import audit  # pylint: disable=g-import-not-at-top
+
+  config = {
+      "input": {"pattern": os.path.join(directory, "data", "*.tfrecord.gz")},
+      "model": {"path": os.path.join(directory, "model.keras")},
+      "loss": {"name": "sparse_categorical_crossentropy"},
+      "batch_size": batch_size,
+      "stats": {"quantiles": list(QUANTILES), "epsilon": 0.001},
+      "flag": {"loss_quantile": 0.99, "label_issues": label_issues},
+      "output": {"dir": out},
+  }
+  path = os.path.join(out + ".yaml")
+  with open(path, "w") as f:
+    yaml.safe_dump(config, f)
+  argv = ["--config", path]
+  if workers > 1:
+    argv += [f"--direct_num_workers={workers}",
+             "--direct_running_mode=multi_processing"]
+  start = time.perf_counter()
+  summary = audit.run(argv)
+  seconds = time.perf_counter() - start
+  return {"seconds": seconds, "examples": summary["examples_scored"],
+          "quantiles": summary["loss"]["quantiles"],
+          "flagged": summary["flagged"]["total"]}
+
+
+# ---- (b) plain TensorFlow ------------------------------------------------
+
+
+def run_plain_tf(directory: str, out: str, batch_size: int) -> Dict:
+  import glob  # pylint: disable=g-import-not-at-top
+
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  meta = json.load(open(os.path.join(directory, "meta.json")))
+  start = time.perf_counter()
+  model = keras.models.load_model(os.path.join(directory, "model.keras"),
+                                  compile=False)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+  spec = {
+      "id": tf.io.FixedLenFeature([], tf.string),
+      "x": tf.io.FixedLenFeature([meta["features"]], tf.float32),
+      "label": tf.io.FixedLenFeature([], tf.int64),
+  }
+  files = sorted(glob.glob(os.path.join(directory, "data", "*.tfrecord.gz")))
+  dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                     num_parallel_reads=tf.data.AUTOTUNE)
+             .batch(batch_size)
+             .map(lambda r: tf.io.parse_example(r, spec),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+             .prefetch(tf.data.AUTOTUNE))
+
+  @tf.function
+  def score(batch):
+    return loss_fn(batch["label"], model(batch["x"], training=False))
+
+  ids, losses = [], []
+  for batch in dataset:
+    losses.append(score(batch).numpy())
+    ids.append(batch["id"].numpy())
+  losses = np.concatenate(losses).astype(np.float64)
+  ids = np.concatenate(ids).astype(str)
+  quantiles = {str(q): float(v) for q, v in zip(
+      QUANTILES, np.quantile(losses, QUANTILES, method="inverted_cdf"))}
+  threshold = float(np.quantile(losses, 0.99, method="inverted_cdf"))
+  flagged = ids[losses > threshold]
+  seconds = time.perf_counter() - start
+  np.savez(os.path.join(out, "plain_tf.npz"), ids=ids, losses=losses,
+           flagged=flagged)
+  return {"seconds": seconds, "examples": int(losses.size),
+          "quantiles": quantiles, "flagged": int(flagged.size)}
+
+
+# ---- (c) Beam RunInference, per element ----------------------------------
+
+
+def run_inference(directory: str, subset: int) -> Dict:
+  import glob  # pylint: disable=g-import-not-at-top
+
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from apache_beam.ml.inference import base  # pylint: disable=g-import-not-at-top
+
+  files = sorted(glob.glob(os.path.join(directory, "data", "*.tfrecord.gz")))
+  records = []
+  for record in tf.data.TFRecordDataset(files[:1], compression_type="GZIP"
+                                        ).take(subset):
+    records.append(record.numpy())
+  subset_file = os.path.join(directory, f"subset-{len(records)}.tfrecord")
+  with tf.io.TFRecordWriter(subset_file) as writer:
+    for record in records:
+      writer.write(record)
+
+  def parse(record: bytes):
+    example = tf.train.Example.FromString(record)
+    f = example.features.feature
+    return (np.array(f["x"].float_list.value, dtype=np.float32),
+            int(f["label"].int64_list.value[0]))
+
+  def per_element_loss(element):
+    label, result = element
+    probs = np.asarray(result.inference)
+    return float(-np.log(max(probs[label], 1e-7)))
+
+  handler = _keras_numpy_handler(os.path.join(directory, "model.keras"))
+  start = time.perf_counter()
+  with beam.Pipeline() as p:
+    parsed = (p | beam.io.ReadFromTFRecord(subset_file)
+              | "Parse" >> beam.Map(parse))
+    inferred = (parsed
+                | "Key" >> beam.Map(lambda e: (e[1], e[0]))
+                | base.RunInference(base.KeyedModelHandler(handler)))
+    losses = inferred | "Loss" >> beam.Map(per_element_loss)
+    _ = losses | beam.ApproximateQuantiles.Globally(100)
+  seconds = time.perf_counter() - start
+  return {"seconds": seconds, "examples": len(records)}
+
+
+def _keras_numpy_handler(path: str):
+  """Beam's TFModelHandlerNumpy, minus its tensorflow_hub import.
+
+  Same contract: load the model once, call it on the stacked numpy batch
+  that RunInference's BatchElements built, one PredictionResult per element.
+  """
+  from apache_beam.ml.inference import base  # pylint: disable=g-import-not-at-top
+
+  class KerasModelHandlerNumpy(base.ModelHandler):
+
+    def load_model(self):
+      import keras  # pylint: disable=g-import-not-at-top
+      return keras.models.load_model(path, compile=False)
+
+    def run_inference(self, batch, model, inference_args=None):
+      predictions = model(np.stack(batch), training=False).numpy()
+      return [base.PredictionResult(x, y) for x, y in zip(batch, predictions)]
+
+  return KerasModelHandlerNumpy()
+
+
+# ---- driver ---------------------------------------------------------------
+
+
+def _child(argv: List[str]) -> Dict:
+  """Runs one mode in a fresh process; returns its JSON result."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  done = subprocess.run([sys.executable, "-m", "pipelines.benchmark",
+                         "--child"] + argv, capture_output=True, text=True,
+                        env=env, check=False)
+  if done.returncode:
+    raise RuntimeError(f"benchmark child {argv} failed:\n{done.stderr[-3000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _compare(out_a: str, out_b: str) -> Dict:
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+
+  plain = np.load(os.path.join(out_b, "plain_tf.npz"))
+  ours = pd.read_parquet(os.path.join(out_a, "losses"), columns=["id", "loss"])
+  ours = ours.set_index("id")["loss"].reindex(plain["ids"])
+  diff = np.abs(ours.to_numpy() - plain["losses"])
+  rel = float(np.max(diff / np.maximum(np.abs(plain["losses"]), 1e-6)))
+  flagged = set(pd.read_parquet(os.path.join(out_a, "flagged"),
+                                columns=["id"])["id"])
+  return {"max_relative_loss_difference": rel,
+          "flagged_jaccard": len(flagged & set(plain["flagged"])) /
+                             max(1, len(flagged | set(plain["flagged"])))}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="scripts/benchmark")
+  parser.add_argument("--examples", type=int, default=1_000_000)
+  parser.add_argument("--shards", type=int, default=8)
+  parser.add_argument("--features", type=int, default=64)
+  parser.add_argument("--hidden", type=int, default=256)
+  parser.add_argument("--classes", type=int, default=10)
+  parser.add_argument("--batch-size", type=int, default=1024)
+  parser.add_argument("--workers", type=int, default=1,
+                      help="DirectRunner workers for (a)")
+  parser.add_argument("--runinference-subset", type=int, default=20_000)
+  parser.add_argument("--label-issues", default=None,
+                      help="also time (a) with flag.label_issues=METHOD")
+  parser.add_argument("--modes", default="a,b,c")
+  parser.add_argument("--dir", default="bench")
+  parser.add_argument("--json", default=None, help="also write results here")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+
+  data_dir = os.path.join(args.dir, f"n{args.examples}-k{args.classes}"
+                          f"-h{args.hidden}-f{args.features}")
+  if args.child:
+    out = os.path.join(args.dir, "out", args.mode)
+    os.makedirs(out, exist_ok=True)
+    if args.mode == "a" or args.mode.startswith("a-"):
+      result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
+                             args.label_issues if args.mode != "a" else None)
+    elif args.mode == "b":
+      result = run_plain_tf(data_dir, out, args.batch_size)
+    else:
+      result = run_inference(data_dir, args.runinference_subset)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(result))
+    return 0
+
+  print(f"Building {args.examples} examples in {data_dir} ...", flush=True)
+  build(data_dir, args.examples, args.shards, args.features, args.hidden,
+        args.classes)
+  common = [f"--examples={args.examples}", f"--shards={args.shards}",
+            f"--features={args.features}", f"--hidden={args.hidden}",
+            f"--classes={args.classes}", f"--batch-size={args.batch_size}",
+            f"--workers={args.workers}", f"--dir={args.dir}",
+            f"--runinference-subset={args.runinference_subset}"]
+  modes = args.modes.split(",")
+  if args.label_issues:
+    modes.append(f"a-{args.label_issues}")
+    common.append(f"--label-issues={args.label_issues}")
+  results = {}
+  for mode in modes:
+    print(f"Running ({mode}) ...", flush=True)
+    results[mode] = _child(common + [f"--mode={mode}"])
+    r = results[mode]
+    r["examples_per_s"] = r["examples"] / r["seconds"]
+    print(f"  ({mode}) {r['examples']} examples in {r['seconds']:.1f} s:"
+          f" {r['examples_per_s']:,.0f} examples/s, peak RSS"
+          f" {r['peak_rss_mb']:,.0f} MB", flush=True)
+  report = {"config": vars(args), "results": results}
+  if "a" in results and "b" in results:
+    report["a_over_b"] = (results["a"]["examples_per_s"] /
+                          results["b"]["examples_per_s"])
+    report["agreement"] = _compare(os.path.join(args.dir, "out", "a"),
+                                   os.path.join(args.dir, "out", "b"))
+    print(f"a/b = {report['a_over_b']:.2f}; agreement:"
+          f" {report['agreement']}")
+  if "a" in results and "c" in results:
+    report["a_over_c"] = (results["a"]["examples_per_s"] /
+                          results["c"]["examples_per_s"])
+    print(f"a/c = {report['a_over_c']:.1f}")
+  label_mode = f"a-{args.label_issues}"
+  if "a" in results and label_mode in results:
+    report["label_issues_time_ratio"] = (results[label_mode]["seconds"] /
+                                         results["a"]["seconds"])
+    print(f"label issues on / off time = {report['label_issues_time_ratio']:.2f}")
+  print(json.dumps(report))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
