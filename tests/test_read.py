@@ -1,5 +1,7 @@
 """Reading real TFRecord and Parquet shards through Beam's file sources."""
 
+import glob
+
 import apache_beam as beam
 import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -34,9 +36,9 @@ def test_tfrecord_plain_and_gzip_batched_per_file(tmp_path, columns):
   datasets.write_tfrecords(str(tmp_path / "plain"), columns, num_shards=1,
                            compression=None)
   with TestPipeline() as p:
-    read = p | ReadTFExampleBatches(
-        [str(tmp_path / "gz" / "*.gz"), str(tmp_path / "plain" / "*")],
-        _schema(), batch_size=500)
+    files = sorted(glob.glob(str(tmp_path / "gz" / "*.gz"))) + glob.glob(
+        str(tmp_path / "plain" / "*"))
+    read = p | ReadTFExampleBatches(files, _schema(), batch_size=500)
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("part-00000-of-00002.tfrecord.gz", 1500),
         ("part-00001-of-00002.tfrecord.gz", 1500),
@@ -64,8 +66,8 @@ def test_undecodable_record_goes_to_dead_letter(tmp_path, columns):
                 equal_to([2]), label="good")
     assert_that(read[DEAD_LETTER] | beam.Map(
         lambda d: (d["source"], d["id"], d["error"].split(":")[0])),
-                equal_to([(path, None, "record 1 of its batch is not a"
-                           " tf.train.Example")]), label="dead")
+                equal_to([(path, None, "not a tf.train.Example")]),
+                label="dead")
 
 
 def test_parquet_split_into_batches(tmp_path, columns):
@@ -79,3 +81,30 @@ def test_parquet_split_into_batches(tmp_path, columns):
         ("part-00001-of-00002.parquet", 1500)]), label="rows")
     assert_that(read["batches"] | beam.Map(lambda e: e[1].num_rows <= 400)
                 | beam.Distinct(), equal_to([True]), label="sizes")
+
+
+def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
+    tmp_path, columns):
+  path = tmp_path / "damaged.tfrecord"
+  datasets.write_tfrecords(str(tmp_path), {k: v[:10] for k, v in
+                                           columns.items()}, num_shards=1,
+                           compression=None, prefix="whole")
+  whole = (tmp_path / "whole-00000-of-00001.tfrecord").read_bytes()
+  record_size = len(whole) // 10
+  damaged = bytearray(whole)
+  damaged[4 * record_size + 20] ^= 0xFF  # Inside record 4's data.
+  path.write_bytes(bytes(damaged))
+  truncated = tmp_path / "truncated.tfrecord"
+  truncated.write_bytes(whole[:-7])
+  with TestPipeline() as p:
+    read = p | ReadTFExampleBatches([str(path), str(truncated)], _schema(),
+                                    batch_size=3)
+    assert_that(_summed(read["batches"], "All"), equal_to([
+        ("damaged.tfrecord", 4), ("truncated.tfrecord", 9)]), label="rows")
+    assert_that(read[DEAD_LETTER] | beam.Map(
+        lambda d: (d["source"].rsplit("/", 1)[-1], d["error"])), equal_to([
+            ("damaged.tfrecord", f"unreadable from record 4 (byte"
+             f" {4 * record_size}): corrupted record (bad CRC)"),
+            ("truncated.tfrecord", f"unreadable from record 9 (byte"
+             f" {9 * record_size}): truncated ({record_size - 7} trailing"
+             " bytes)")]), label="dead")

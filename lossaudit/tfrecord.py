@@ -1,0 +1,98 @@
+"""Reading TFRecord files in batches, with every CRC checked.
+
+Beam's TFRecord source reads one record per Python call and was measured at
+about 19 µs a record here (the largest cost of a whole audit); this reader
+walks the framing of large decompressed chunks and checks CRCs with the C
+`google_crc32c`, about 1.5 µs a record, through Beam's `FileSystems` (so
+local, gs:// and gzip alike). A damaged stretch (bad CRC, truncation) ends
+the file with one `Unreadable` marker naming where it broke; the records
+before it are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Iterator, List, Union
+
+import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+CHUNK_BYTES = 16 << 20
+_HEADER = struct.Struct("<QI")
+_MASK_DELTA = 0xA282EAD8
+
+
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+  """Where a file stopped being readable."""
+
+  record: int  # Index of the first record that could not be read.
+  offset: int  # Its byte offset in the (decompressed) stream.
+  reason: str
+
+  def describe(self) -> str:
+    return (f"unreadable from record {self.record} (byte {self.offset}):"
+            f" {self.reason}")
+
+
+def masked_crc(data) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def read_batches(path: str, batch_size: int,
+                 compression_type: str = CompressionTypes.AUTO
+                 ) -> Iterator[Union[List[bytes], Unreadable]]:
+  """Yields lists of up to `batch_size` records, then maybe one `Unreadable`.
+
+  Raises:
+    OSError and the like when the file cannot be opened or decompressed at
+    all (callers dead-letter the file).
+  """
+  records: List[bytes] = []
+  index = 0
+  consumed = 0  # Bytes of the stream before `buffer`.
+  buffer = b""
+  pos = 0
+  with FileSystems.open(path, compression_type=compression_type) as f:
+    eof = False
+    while True:
+      if not eof:
+        chunk = f.read(CHUNK_BYTES)
+        eof = not chunk
+        consumed += pos
+        buffer = buffer[pos:] + chunk
+        pos = 0
+      end = len(buffer)
+      while end - pos >= 12:
+        length, length_crc = _HEADER.unpack_from(buffer, pos)
+        if masked_crc(buffer[pos:pos + 8]) != length_crc:
+          if records:
+            yield records
+          yield Unreadable(index, consumed + pos, "corrupted length (bad CRC)")
+          return
+        stop = pos + 12 + length + 4
+        if stop > end:
+          break
+        data = buffer[pos + 12:pos + 12 + length]
+        (data_crc,) = struct.unpack_from("<I", buffer, stop - 4)
+        if masked_crc(data) != data_crc:
+          if records:
+            yield records
+          yield Unreadable(index, consumed + pos, "corrupted record (bad CRC)")
+          return
+        records.append(data)
+        index += 1
+        pos = stop
+        if len(records) == batch_size:
+          yield records
+          records = []
+      if eof:
+        break
+  if records:
+    yield records
+  if pos < len(buffer):
+    yield Unreadable(index, consumed + pos,
+                     f"truncated ({len(buffer) - pos} trailing bytes)")
