@@ -19,6 +19,7 @@ DEAD_LETTER = "dead_letter"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 DRIFT = "drift.json"
+SCRATCH = ".scratch"
 _SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER)
 
 
@@ -29,6 +30,17 @@ def join(directory: str, *parts: str) -> str:
 def shard_prefix(directory: str, kind: str) -> str:
   """`DIR/losses/part`: Beam appends `-SSSSS-of-NNNNN.parquet`."""
   return join(directory, kind, "part")
+
+
+def scratch_prefix(directory: str) -> str:
+  """Prefix of the files spilled between passes; removed when a run ends."""
+  return join(directory, SCRATCH, "scored")
+
+
+def remove_scratch(directory: str) -> None:
+  scratch = join(directory, SCRATCH)
+  if FileSystems.exists(scratch):
+    FileSystems.delete([scratch])
 
 
 def prepare(directory: str) -> None:
@@ -60,6 +72,7 @@ def prepare(directory: str) -> None:
   stale = [path for path in stale if FileSystems.exists(path)]
   if stale:
     FileSystems.delete(stale)
+  remove_scratch(directory)
 
 
 def write_text(path: str, text: str) -> None:

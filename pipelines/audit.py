@@ -22,6 +22,7 @@ from transforms.flag import (FlagExamples, count_reasons, flagged_schema,
                              sum_counts)
 from transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatches
 from transforms.score import ScoreBatches
+from transforms.spill import ReadSpilled, SpillBatches
 from transforms.stats import LossStats, TopKCombineFn
 from transforms.write import WriteDeadLetters, WriteParquetShards, WriteSummary
 
@@ -49,12 +50,15 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
            if flag.top_k else p | "NoTopK" >> beam.Create([None]))
   thresholds = stats["global"] | "Thresholds" >> beam.Map(
       rule_thresholds, flag, beam.pvalue.AsSingleton(top_k))
-  flagged = scored.scored | "FlagExamples" >> FlagExamples(
-      thresholds, spec.scored_schema(), column)
+  schema = spec.scored_schema()
+  rescored = (scored.scored
+              | "Spill" >> SpillBatches(outputs.scratch_prefix(out), schema)
+              | "ReadSpilled" >> ReadSpilled(config.batch_size))
+  flagged = rescored | "FlagExamples" >> FlagExamples(thresholds, schema,
+                                                      column)
   dead = ((read[DEAD_LETTER], scored[DEAD_LETTER])
           | "DeadLetters" >> beam.Flatten())
 
-  schema = spec.scored_schema()
   written = {
       outputs.FLAGGED: flagged | "WriteFlagged" >> WriteParquetShards(
           out, outputs.FLAGGED, flagged_schema(schema),

@@ -93,6 +93,7 @@ class _WriteSummaryFn(beam.DoFn):
     outputs.write_text(
         outputs.join(self._directory, outputs.REPORT),
         render_report(summary, loss_stats.get("cdf", []), top_flagged))
+    outputs.remove_scratch(self._directory)
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
     yield summary
 
