@@ -20,6 +20,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CHUNK_BYTES = 16 << 20
+# tf.data's compression names, by the suffixes Beam's AUTO detection knows.
+_TF_COMPRESSION = {".gz": "GZIP", ".tfrecord": "", ".tfrecords": ""}
 _HEADER = struct.Struct("<QI")
 _MASK_DELTA = 0xA282EAD8
 
@@ -43,9 +45,11 @@ def masked_crc(data) -> int:
 
 
 def read_batches(path: str, batch_size: int,
-                 compression_type: str = CompressionTypes.AUTO
-                 ) -> Iterator[Union[List[bytes], Unreadable]]:
+                 compression_type: str = CompressionTypes.AUTO,
+                 skip: int = 0) -> Iterator[Union[List[bytes], Unreadable]]:
   """Yields lists of up to `batch_size` records, then maybe one `Unreadable`.
+
+  The first `skip` records are checked but not yielded.
 
   Raises:
     OSError and the like when the file cannot be opened or decompressed at
@@ -83,7 +87,8 @@ def read_batches(path: str, batch_size: int,
             yield records
           yield Unreadable(index, consumed + pos, "corrupted record (bad CRC)")
           return
-        records.append(data)
+        if index >= skip:
+          records.append(data)
         index += 1
         pos = stop
         if len(records) == batch_size:
@@ -96,3 +101,32 @@ def read_batches(path: str, batch_size: int,
   if pos < len(buffer):
     yield Unreadable(index, consumed + pos,
                      f"truncated ({len(buffer) - pos} trailing bytes)")
+
+
+def tf_data_batches(path: str, batch_size: int
+                    ) -> Iterator[Union[List[bytes], Unreadable]]:
+  """Like `read_batches`, through tf.data's C++ reader where it can open the
+  file (plain or gzip, on a filesystem TensorFlow knows).
+
+  tf.data reads and checks the next batch on its own threads while the
+  caller works on this one. When it finds damage it cannot say which record
+  broke, so the rest of the file is re-walked by `read_batches`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  suffix = next((s for s in _TF_COMPRESSION if path.endswith(s)), None)
+  if suffix is None and "." in path.rsplit("/", 1)[-1]:
+    yield from read_batches(path, batch_size)
+    return
+  compression = _TF_COMPRESSION.get(suffix, "")
+  emitted = 0
+  try:
+    dataset = tf.data.TFRecordDataset(
+        path, compression_type=compression,
+        buffer_size=CHUNK_BYTES).batch(batch_size).prefetch(2)
+    for batch in dataset:
+      records = batch.numpy().tolist()
+      emitted += len(records)
+      yield records
+  except (tf.errors.OpError, OSError):
+    yield from read_batches(path, batch_size, skip=emitted)

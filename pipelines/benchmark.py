@@ -130,10 +130,10 @@ def run_plain_tf(directory: str, out: str, batch_size: int) -> Dict:
   }
   files = sorted(glob.glob(os.path.join(directory, "data", "*.tfrecord.gz")))
   dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP",
-                                     num_parallel_reads=tf.data.AUTOTUNE)
+                                     num_parallel_reads=len(files))
              .batch(batch_size)
              .map(lambda r: tf.io.parse_example(r, spec),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
              .prefetch(tf.data.AUTOTUNE))
 
   @tf.function
@@ -177,24 +177,26 @@ def run_inference(directory: str, subset: int) -> Dict:
     for record in records:
       writer.write(record)
 
+  meta = json.load(open(os.path.join(directory, "meta.json")))
+  spec = {"x": tf.io.FixedLenFeature([meta["features"]], tf.float32),
+          "label": tf.io.FixedLenFeature([], tf.int64)}
+
   def parse(record: bytes):
-    example = tf.train.Example.FromString(record)
-    f = example.features.feature
-    return (np.array(f["x"].float_list.value, dtype=np.float32),
-            int(f["label"].int64_list.value[0]))
+    parsed = tf.io.parse_single_example(record, spec)
+    return parsed["label"], parsed["x"]
 
   def per_element_loss(element):
-    label, result = element
-    probs = np.asarray(result.inference)
-    return float(-np.log(max(probs[label], 1e-7)))
+    import keras  # pylint: disable=g-import-not-at-top
 
-  handler = _keras_numpy_handler(os.path.join(directory, "model.keras"))
+    label, result = element
+    return float(keras.losses.sparse_categorical_crossentropy(
+        label, result.inference))
+
+  handler = _keras_tensor_handler(os.path.join(directory, "model.keras"))
   start = time.perf_counter()
   with beam.Pipeline() as p:
-    parsed = (p | beam.io.ReadFromTFRecord(subset_file)
-              | "Parse" >> beam.Map(parse))
-    inferred = (parsed
-                | "Key" >> beam.Map(lambda e: (e[1], e[0]))
+    inferred = (p | beam.io.ReadFromTFRecord(subset_file)
+                | "Parse" >> beam.Map(parse)
                 | base.RunInference(base.KeyedModelHandler(handler)))
     losses = inferred | "Loss" >> beam.Map(per_element_loss)
     _ = losses | beam.ApproximateQuantiles.Globally(100)
@@ -202,25 +204,27 @@ def run_inference(directory: str, subset: int) -> Dict:
   return {"seconds": seconds, "examples": len(records)}
 
 
-def _keras_numpy_handler(path: str):
-  """Beam's TFModelHandlerNumpy, minus its tensorflow_hub import.
+def _keras_tensor_handler(path: str):
+  """Beam's TFModelHandlerTensor, minus its tensorflow_hub import.
 
-  Same contract: load the model once, call it on the stacked numpy batch
-  that RunInference's BatchElements built, one PredictionResult per element.
+  Same contract: load the model once, `tf.stack` the batch of tensors that
+  RunInference's BatchElements built, call the model, one PredictionResult
+  per element.
   """
   from apache_beam.ml.inference import base  # pylint: disable=g-import-not-at-top
 
-  class KerasModelHandlerNumpy(base.ModelHandler):
+  class KerasModelHandlerTensor(base.ModelHandler):
 
     def load_model(self):
       import keras  # pylint: disable=g-import-not-at-top
       return keras.models.load_model(path, compile=False)
 
     def run_inference(self, batch, model, inference_args=None):
-      predictions = model(np.stack(batch), training=False).numpy()
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      predictions = model(tf.stack(batch), training=False)
       return [base.PredictionResult(x, y) for x, y in zip(batch, predictions)]
 
-  return KerasModelHandlerNumpy()
+  return KerasModelHandlerTensor()
 
 
 # ---- driver ---------------------------------------------------------------

@@ -44,7 +44,7 @@ class _ReadTFExampleFile(beam.DoFn):
 
   def process(self, path: str):
     try:
-      for item in tfrecord.read_batches(path, self._batch_size):
+      for item in tfrecord.tf_data_batches(path, self._batch_size):
         if isinstance(item, tfrecord.Unreadable):
           self._unreadable.inc()
           yield beam.pvalue.TaggedOutput(
