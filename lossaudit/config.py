@@ -257,13 +257,10 @@ class FlagConfig:
         raise ConfigError(
             f"flag.{key}: this rule is not available yet; expected null."
             f" Received: {getattr(self, key)!r}")
-    if self.label_issues is not None:
-      if self.label_issues not in LABEL_ISSUE_METHODS:
-        _fail("flag.label_issues", f"null or one of {set(LABEL_ISSUE_METHODS)}",
-              self.label_issues)
-      raise ConfigError(
-          "flag.label_issues: label-issue detection is not available yet;"
-          f" expected null. Received: {self.label_issues!r}")
+    if (self.label_issues is not None and
+        self.label_issues not in LABEL_ISSUE_METHODS):
+      _fail("flag.label_issues", f"null or one of {set(LABEL_ISSUE_METHODS)}",
+            self.label_issues)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -160,6 +160,12 @@ def _scoring_spec(config: AuditConfig, model: AuditModel,
                         config.loss.name, 1.0, config.loss.from_logits,
                         config.loss.reduce, config.loss.args,
                         config.loss.custom, "loss", probe),)
+  if config.flag.label_issues and not any(t.signals for t in terms):
+    raise ConfigError(
+        f"flag.label_issues: needs a classification loss (sparse or"
+        f" categorical crossentropy, or binary crossentropy on one sigmoid"
+        f" output). Received: {config.flag.label_issues!r} with loss"
+        f" {[t.custom or t.loss_name for t in terms]}")
   return ScoringSpec(
       model_path=config.model.path,
       signature=config.model.signature,
@@ -168,6 +174,7 @@ def _scoring_spec(config: AuditConfig, model: AuditModel,
       id_column=inp.id_column,
       weight_column=inp.weight_column,
       slice_column=config.stats.slice_by,
+      keep_probs=config.flag.label_issues is not None,
   )
 
 

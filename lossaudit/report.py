@@ -33,7 +33,16 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
   """The `summary.json` document (see CONTRACT.md)."""
   scored = loss_stats["count"] + loss_stats["nan_count"]
   loss = {k: v for k, v in loss_stats.items() if k != "cdf"}
-  by_reason = {k: v for k, v in sorted(flag_counts.items()) if k != "total"}
+  by_reason = {k: v for k, v in sorted(flag_counts.items())
+               if k != "total" and not k.startswith("pair:")}
+  label_issues = thresholds.get("label_issues")
+  if label_issues is not None:
+    label_issues = {k: v for k, v in label_issues.items()
+                    if k not in ("cells", "prune_counts")}
+    label_issues["issues_by_pair"] = {
+        k[len("pair:"):]: v for k, v in sorted(flag_counts.items())
+        if k.startswith("pair:")}
+    thresholds = {k: v for k, v in thresholds.items() if k != "label_issues"}
   return {
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,
@@ -48,7 +57,7 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                      for k, v in thresholds.items()},
       "flagged": {"total": flag_counts.get("total", 0),
                   "by_reason": by_reason},
-      "label_issues": None,
+      "label_issues": label_issues,
       "config": config,
       "versions": versions(),
       "runner": runner,

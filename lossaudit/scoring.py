@@ -21,6 +21,11 @@ from lossaudit.model import AuditModel, TensorInfo
 
 # Columns of the scored batches that are not written to losses/.
 SLICE_COLUMN = "__slice__"
+PROBS_COLUMN = "__probs__"
+
+
+def is_internal(column: str) -> bool:
+  return column.startswith("__")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,8 @@ class ScoringSpec:
     id_column: the id column, None for content fingerprints.
     weight_column: the sample-weight column or None.
     slice_column: the `stats.slice_by` column or None.
+    keep_probs: whether scored batches carry the class probabilities
+      (`__probs__`, for label-issue detection).
   """
 
   model_path: str
@@ -85,6 +92,7 @@ class ScoringSpec:
   id_column: Optional[str] = None
   weight_column: Optional[str] = None
   slice_column: Optional[str] = None
+  keep_probs: bool = False
 
   @property
   def classifier(self) -> Optional[LossTerm]:
@@ -115,6 +123,9 @@ class ScoringSpec:
       ]
     if self.slice_column:
       fields.append(pa.field(SLICE_COLUMN, pa.string()))
+    if self.keep_probs:
+      fields.append(pa.field(PROBS_COLUMN, pa.list_(
+          pa.float32(), self.classifier.num_classes)))
     return pa.schema(fields)
 
 
@@ -180,6 +191,8 @@ class BatchScorer:
           given = tf.cast(tf.reshape(label, [-1]), tf.int64)
         outputs["given_label"] = given
         outputs.update(losses.classification_signals(probs, given))
+        if self.spec.keep_probs:
+          outputs["probs"] = probs
     outputs["loss"] = total
     return outputs
 
@@ -325,6 +338,10 @@ class BatchScorer:
       arrays["margin"] = pa.array(result["margin"].astype(np.float64))
     if spec.slice_column:
       arrays[SLICE_COLUMN] = slices
+    if spec.keep_probs:
+      probs = np.ascontiguousarray(result["probs"], dtype=np.float32)
+      arrays[PROBS_COLUMN] = pa.FixedSizeListArray.from_arrays(
+          pa.array(probs.reshape(-1)), probs.shape[1])
     return pa.RecordBatch.from_arrays(list(arrays.values()),
                                       schema=spec.scored_schema())
 

@@ -202,8 +202,8 @@ def flag_masks(losses: np.ndarray, ids: np.ndarray,
 
 
 def rule_thresholds(loss_summary: Dict, flag_config,
-                    top_k: Optional[Sequence[Tuple[float, str]]] = None
-                    ) -> Dict[str, object]:
+                    top_k: Optional[Sequence[Tuple[float, str]]] = None,
+                    label_rules: Optional[Dict] = None) -> Dict[str, object]:
   """The value each enabled loss rule compares against (`thresholds` in
   `summary.json`).
 
@@ -212,6 +212,7 @@ def rule_thresholds(loss_summary: Dict, flag_config,
       include `flag_config.loss_quantile`.
     flag_config: a `FlagConfig`.
     top_k: the `TopKCombineFn` output when `flag.top_k` is on.
+    label_rules: the `FindLabelIssues` output when `flag.label_issues` is on.
   """
   thresholds: Dict[str, object] = {}
   if flag_config.loss_quantile is not None:
@@ -221,4 +222,6 @@ def rule_thresholds(loss_summary: Dict, flag_config,
     thresholds["loss_threshold"] = float(flag_config.loss_threshold)
   if flag_config.top_k is not None:
     thresholds["top_k"] = tuple(top_k[-1]) if top_k else None
+  if label_rules is not None:
+    thresholds["label_issues"] = label_rules
   return thresholds

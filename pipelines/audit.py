@@ -24,7 +24,9 @@ from transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatche
 from transforms.score import ScoreBatches
 from transforms.spill import ReadSpilled, SpillBatches
 from transforms.stats import LossStats, TopKCombineFn
-from transforms.write import WriteDeadLetters, WriteParquetShards, WriteSummary
+from transforms.label_issues import FindLabelIssues
+from transforms.write import (WriteDeadLetters, WriteParquetShards, WriteSummary,
+                              public_schema)
 
 TOP_FLAGGED_IN_REPORT = 50
 
@@ -48,14 +50,22 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   top_k = (scored.scored | "TopK" >> beam.CombineGlobally(
       TopKCombineFn(flag.top_k, column))
            if flag.top_k else p | "NoTopK" >> beam.Create([None]))
-  thresholds = stats["global"] | "Thresholds" >> beam.Map(
-      rule_thresholds, flag, beam.pvalue.AsSingleton(top_k))
   schema = spec.scored_schema()
-  rescored = (scored.scored
-              | "Spill" >> SpillBatches(outputs.scratch_prefix(out), schema)
-              | "ReadSpilled" >> ReadSpilled(config.batch_size))
-  flagged = rescored | "FlagExamples" >> FlagExamples(thresholds, schema,
-                                                      column)
+  spilled = scored.scored | "Spill" >> SpillBatches(
+      outputs.scratch_prefix(out), schema)
+
+  def reread(purpose: str):
+    return spilled | f"Reread{purpose}" >> ReadSpilled(config.batch_size)
+
+  label_rules = (scored.scored | "FindLabelIssues" >> FindLabelIssues(
+      flag.label_issues, spec.classifier.num_classes, reread)
+                 if flag.label_issues else p | "NoLabelIssues" >> beam.Create(
+                     [None]))
+  thresholds = stats["global"] | "Thresholds" >> beam.Map(
+      rule_thresholds, flag, beam.pvalue.AsSingleton(top_k),
+      beam.pvalue.AsSingleton(label_rules))
+  flagged = reread("ForFlags") | "FlagExamples" >> FlagExamples(
+      thresholds, schema, column)
   dead = ((read[DEAD_LETTER], scored[DEAD_LETTER])
           | "DeadLetters" >> beam.Flatten())
 
@@ -67,7 +77,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
           out, config.output.num_shards),
       outputs.LOSSES: (
           scored.scored | "WriteLosses" >> WriteParquetShards(
-              out, outputs.LOSSES, _without_slice(schema),
+              out, outputs.LOSSES, public_schema(schema),
               config.output.num_shards)
           if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
   }
@@ -85,14 +95,6 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
                        TopKCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
                    | "TopFlaggedRows" >> beam.Map(_top_rows)),
       written=written)
-
-
-def _without_slice(schema):
-  from lossaudit.scoring import SLICE_COLUMN  # pylint: disable=g-import-not-at-top
-
-  if SLICE_COLUMN in schema.names:
-    return schema.remove(schema.get_field_index(SLICE_COLUMN))
-  return schema
 
 
 def _top_rows(top) -> List[Dict]:

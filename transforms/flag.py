@@ -12,16 +12,24 @@ from typing import Dict, Iterable
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from lossaudit import confident
+from lossaudit.scoring import PROBS_COLUMN
 from lossaudit.stats import flag_masks
+from transforms.label_issues import class_arrays
 
 _NAMESPACE = "lossaudit"
 _CARRIED = ("given_label", "predicted_label", "self_confidence")
 
 
 def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
-  """Schema of `flagged/` rows: id, loss, reasons, score, class signals."""
+  """Schema of `flagged/` rows: id, loss, reasons, score, class signals.
+
+  With label issues on (the scored batches carry probabilities),
+  `suggested_label` too.
+  """
   fields = [
       pa.field("id", pa.string()),
       pa.field("loss", pa.float64()),
@@ -30,6 +38,8 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
   ]
   fields += [scored_schema.field(c) for c in _CARRIED
              if c in scored_schema.names]
+  if PROBS_COLUMN in scored_schema.names:
+    fields.append(pa.field("suggested_label", pa.int64()))
   return pa.schema(fields)
 
 
@@ -45,6 +55,17 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
   rules = flag_masks(losses, ids, thresholds)
+  score = np.where(np.isfinite(losses), losses, np.inf)
+  suggested = None
+  label_rules = thresholds.get("label_issues")
+  if label_rules is not None:
+    probs, given, _ = class_arrays(batch, len(label_rules["thresholds"]))
+    issues, suggested = confident.issue_mask(probs, given, ids, label_rules)
+    rules.append(("label_issue", issues))
+    # cleanlab's self-confidence ranking, on the cross-entropy scale.
+    self_confidence = probs[np.arange(len(given)), given].astype(np.float64)
+    score = np.where(issues, -np.log(np.clip(self_confidence, 1e-300, 1)),
+                     score)
   names = np.array([name for name, _ in rules])
   matrix = np.stack([mask for _, mask in rules], axis=1)
   flagged = matrix.any(axis=1)
@@ -55,11 +76,13 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
       pa.array(offsets),
       pa.array(names.astype(str)).take(pa.array(np.nonzero(hits)[1])))
   picked = pa.array(rows, type=pa.int64())
-  value = losses[rows]
   arrays = [batch.column("id").take(picked), batch.column("loss").take(picked),
-            reasons, pa.array(np.where(np.isfinite(value), value, np.inf))]
+            reasons, pa.array(score[rows])]
   arrays += [batch.column(c).take(picked) for c in _CARRIED
              if c in schema.names]
+  if "suggested_label" in schema.names:
+    is_issue = [mask for name, mask in rules if name == "label_issue"][0][rows]
+    arrays.append(pa.array(suggested[rows].astype(np.int64), mask=~is_issue))
   return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -78,11 +101,18 @@ class _FlagFn(beam.DoFn):
 
 
 def count_reasons(batch: pa.RecordBatch) -> Dict[str, int]:
-  """`{reason: count}` of a flagged batch, plus `total`."""
+  """`{reason: count}` of a flagged batch, plus `total` and, for label
+  issues, `pair:GIVEN->SUGGESTED` counts."""
   counts = collections.Counter(
       batch.column("reasons").flatten().to_numpy(zero_copy_only=False))
   counts = {str(k): int(v) for k, v in counts.items()}
   counts["total"] = batch.num_rows
+  if "suggested_label" in batch.schema.names:
+    issues = batch.filter(pc.is_valid(batch.column("suggested_label")))
+    pairs = collections.Counter(zip(
+        issues.column("given_label").to_pylist(),
+        issues.column("suggested_label").to_pylist()))
+    counts.update({f"pair:{g}->{s}": int(n) for (g, s), n in pairs.items()})
   return counts
 
 

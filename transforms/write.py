@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Dict, List, Optional
+from typing import Dict
 
 import apache_beam as beam
 import pyarrow as pa
@@ -12,12 +12,18 @@ from apache_beam.io import parquetio, textio
 
 from lossaudit import outputs
 from lossaudit.report import build_summary, render_report
-from lossaudit.scoring import SLICE_COLUMN
+from lossaudit.scoring import is_internal
+
+
+def public_schema(schema: pa.Schema) -> pa.Schema:
+  """`schema` without the internal (`__...`) columns."""
+  return pa.schema([f for f in schema if not is_internal(f.name)])
 
 
 def _as_table(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
-  if SLICE_COLUMN in batch.schema.names and SLICE_COLUMN not in schema.names:
-    batch = batch.drop_columns([SLICE_COLUMN])
+  internal = [c for c in batch.schema.names if c not in schema.names]
+  if internal:
+    batch = batch.drop_columns(internal)
   return pa.Table.from_batches([batch], schema=schema)
 
 
