@@ -19,7 +19,7 @@ Shapes: N examples, K classes; `probs` is `(N, K)`, `given` `(N,)`.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -139,25 +139,77 @@ def margins(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
   return probs - probs[np.arange(len(given)), given][:, None]
 
 
-def cell_candidates(probs: np.ndarray, given: np.ndarray, ids: np.ndarray,
-                    prune: np.ndarray
-                    ) -> Iterator[Tuple[Tuple[int, int], np.ndarray,
-                                        np.ndarray]]:
-  """Each cell's local top `prune[k, j]` examples by margin.
+class CellCandidates:
+  """Each cell's best `prune[k, j]` (margin, id) candidates seen so far.
 
-  Yields:
-    `((k, j), margins (m,), ids (m,))` for each cell with work, largest
-    margin first (ties: smaller id first), `m <= prune[k, j]`.
+  Entries below a full cell's current n-th margin are dropped as batches
+  arrive, so after the first few batches little is kept; the buffer is
+  compacted (sorted per cell, cut to n) when it grows, so memory stays
+  within a small multiple of the number of issues, `sum(prune)`.
+
+  Args:
+    prune: `(K, K)` counts indexed [given, true], as `prune_counts`.
+    buffer_limit: entries kept before compacting; default
+      `max(4 * sum(prune), 2**18)`.
   """
-  all_margins = margins(probs, given)
-  for k in np.unique(given):
-    rows = np.flatnonzero(given == k)
-    for j in np.flatnonzero(prune[k] > 0):
-      if j == k:
-        continue
-      n = int(prune[k, j])
-      values, kept = top_n(all_margins[rows, j], ids[rows], n)
-      yield (int(k), int(j)), values, kept
+
+  def __init__(self, prune: np.ndarray, buffer_limit: Optional[int] = None):
+    self.prune = np.array(prune)
+    k = len(self.prune)
+    np.fill_diagonal(self.prune, 0)
+    self.floor = np.full((k, k), -np.inf)
+    self._limit = buffer_limit or max(4 * int(self.prune.sum()), 1 << 18)
+    self._parts = []
+    self._size = 0
+
+  def add(self, probs: np.ndarray, given: np.ndarray, ids: np.ndarray):
+    """Adds a batch: `probs (N, K)`, `given (N,)`, `ids (N,)`."""
+    k = len(self.prune)
+    m = margins(probs, given)
+    keep = (self.prune[given] > 0) & (m >= self.floor[given])
+    rows, cols = np.nonzero(keep)
+    if rows.size:
+      self._parts.append((given[rows] * k + cols, m[rows, cols].astype(
+          np.float64), ids[rows]))
+      self._size += rows.size
+      if self._size > self._limit:
+        self.compact()
+
+  def compact(self) -> None:
+    if not self._parts:
+      return
+    cells = np.concatenate([p[0] for p in self._parts])
+    values = np.concatenate([p[1] for p in self._parts])
+    ids = np.concatenate([p[2] for p in self._parts])
+    order = np.lexsort((ids, -values, cells))
+    cells, values, ids = cells[order], values[order], ids[order]
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+    lengths = np.diff(np.r_[starts, cells.size])
+    rank = np.arange(cells.size) - np.repeat(starts, lengths)
+    keep = rank < self.prune.reshape(-1)[cells]
+    cells, values, ids = cells[keep], values[keep], ids[keep]
+    self._parts = [(cells, values, ids)]
+    self._size = cells.size
+    full = np.flatnonzero(np.bincount(cells, minlength=self.prune.size) ==
+                          self.prune.reshape(-1))
+    last = np.r_[cells[1:] != cells[:-1], True]
+    nth = dict(zip(cells[last], values[last]))
+    flat = self.floor.reshape(-1)
+    for cell in full:
+      if self.prune.reshape(-1)[cell] > 0:
+        flat[cell] = nth[cell]
+
+  def cells(self) -> Iterator[Tuple[Tuple[int, int], np.ndarray, np.ndarray]]:
+    """Yields `((k, j), margins, ids)` per cell, largest margin first."""
+    self.compact()
+    if not self._parts:
+      return
+    cells, values, ids = self._parts[0]
+    k = len(self.prune)
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+    for lo, hi in zip(starts, np.r_[starts[1:], cells.size]):
+      cell = int(cells[lo])
+      yield (cell // k, cell % k), values[lo:hi], ids[lo:hi]
 
 
 def top_n(values: np.ndarray, ids: np.ndarray,
@@ -171,25 +223,34 @@ def top_n(values: np.ndarray, ids: np.ndarray,
   return values[order], ids[order]
 
 
+def cell_bounds(cell_last: Dict[Tuple[int, int], Tuple[float, str]],
+                num_classes: int) -> Tuple[np.ndarray, Dict]:
+  """Each cell's n-th margin as a `(K, K)` array (+inf: no cell), and ids."""
+  if isinstance(cell_last, tuple):
+    return cell_last
+  last = np.full((num_classes, num_classes), np.inf)
+  last_id = {}
+  for (g, j), (margin, id_) in cell_last.items():
+    last[g, j] = margin
+    last_id[(g, j)] = id_
+  return last, last_id
+
+
 def in_cell_top(probs: np.ndarray, given: np.ndarray, ids: np.ndarray,
-                cell_last: Dict[Tuple[int, int], Tuple[float, str]]
-                ) -> np.ndarray:
-  """Whether each example is within its cells' top n `(N,)`.
+                cell_last) -> np.ndarray:
+  """Whether each example is within one of its cells' top n `(N,)`.
 
   Args:
-    cell_last: the n-th `(margin, id)` of each cell `(given k, true j)`.
+    cell_last: the n-th `(margin, id)` of each cell `(given k, true j)`, or
+      `cell_bounds` of it.
   """
-  hit = np.zeros(len(given), dtype=bool)
-  if not cell_last:
-    return hit
-  all_margins = margins(probs, given)
-  for (k, j), (last_margin, last_id) in cell_last.items():
-    rows = np.flatnonzero(given == k)
-    if rows.size == 0:
-      continue
-    m = all_margins[rows, j]
-    inside = (m > last_margin) | ((m == last_margin) & (ids[rows] <= last_id))
-    hit[rows[inside]] = True
+  last, last_id = cell_bounds(cell_last, probs.shape[1])
+  m = margins(probs, given)
+  bound = last[given]
+  hit = (m > bound).any(axis=1)
+  for row, j in zip(*np.nonzero(m == bound)):
+    if ids[row] <= last_id[(int(given[row]), int(j))]:
+      hit[row] = True
   return hit
 
 

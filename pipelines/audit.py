@@ -55,7 +55,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
       outputs.scratch_prefix(out), schema)
 
   def reread(purpose: str):
-    return spilled | f"Reread{purpose}" >> ReadSpilled(config.batch_size)
+    return spilled | f"Reread{purpose}" >> ReadSpilled()
 
   label_rules = (scored.scored | "FindLabelIssues" >> FindLabelIssues(
       flag.label_issues, spec.classifier.num_classes, reread)

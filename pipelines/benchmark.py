@@ -39,7 +39,8 @@ def build(directory: str, examples: int, shards: int, features: int,
   """Writes the data and model once; reuses them when the sizes match."""
   meta_path = os.path.join(directory, "meta.json")
   meta = dict(examples=examples, shards=shards, features=features,
-              hidden=hidden, classes=classes, seed=seed)
+              hidden=hidden, classes=classes, seed=seed,
+              labels="model argmax, 10% flipped")
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       if json.load(f) == meta:
@@ -51,18 +52,24 @@ def build(directory: str, examples: int, shards: int, features: int,
   inputs = keras.Input((features,), name="x")
   h = keras.layers.Dense(hidden, activation="relu")(inputs)
   h = keras.layers.Dense(hidden, activation="relu")(h)
-  outputs = keras.layers.Dense(classes, activation="softmax", name="probs")(h)
-  keras.Model(inputs, outputs).save(os.path.join(directory, "model.keras"))
+  # A confident model (peaked softmax) whose labels are its own predictions
+  # with 10% flipped, so label-issue detection has real work to do.
+  outputs = keras.layers.Dense(
+      classes, activation="softmax", name="probs",
+      kernel_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
+  model = keras.Model(inputs, outputs)
+  model.save(os.path.join(directory, "model.keras"))
   rng = np.random.default_rng(seed)
   data_dir = os.path.join(directory, "data")
   per_shard = -(-examples // shards)
   for shard in range(shards):
     lo, hi = shard * per_shard, min(examples, (shard + 1) * per_shard)
-    columns = {
-        "id": np.char.add("ex-", np.arange(lo, hi).astype(str)),
-        "x": rng.normal(size=(hi - lo, features)).astype(np.float32),
-        "label": rng.integers(0, classes, hi - lo),
-    }
+    x = rng.normal(size=(hi - lo, features)).astype(np.float32)
+    label = model.predict(x, batch_size=4096, verbose=0).argmax(axis=1)
+    flip = rng.random(hi - lo) < 0.1
+    label[flip] = (label[flip] + rng.integers(1, classes, flip.sum())) % classes
+    columns = {"id": np.char.add("ex-", np.arange(lo, hi).astype(str)),
+               "x": x, "label": label}
     datasets.write_tfrecords(data_dir, columns, num_shards=1,
                              prefix=f"part-{shard:05d}-of-{shards:05d}")
   with open(meta_path, "w") as f:

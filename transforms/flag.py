@@ -43,6 +43,16 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
   return pa.schema(fields)
 
 
+def prepare_thresholds(thresholds: Dict) -> Dict:
+  """`thresholds` with the label-issue cells as arrays, ready for batches."""
+  rules = thresholds.get("label_issues")
+  if rules is None or "cells" not in rules:
+    return thresholds
+  return dict(thresholds, label_issues=dict(
+      rules, cells=confident.cell_bounds(rules["cells"],
+                                         len(rules["thresholds"]))))
+
+
 def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
                column: str = "loss") -> pa.RecordBatch:
   """The flagged rows of one scored batch, each with every reason once.
@@ -94,7 +104,12 @@ class _FlagFn(beam.DoFn):
     self._flagged = Metrics.counter(_NAMESPACE, "examples_flagged")
 
   def process(self, batch: pa.RecordBatch, thresholds: Dict):
-    flagged = flag_batch(batch, thresholds, self._schema, self._column)
+    # The side input is the same object for a whole bundle: prepare the
+    # label-issue rules once, not per batch.
+    if thresholds is not getattr(self, "_source", None):
+      self._source = thresholds
+      self._prepared = prepare_thresholds(thresholds)
+    flagged = flag_batch(batch, self._prepared, self._schema, self._column)
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged

@@ -71,23 +71,20 @@ class _CellCandidatesFn(beam.DoFn):
     self._k = num_classes
 
   def start_bundle(self):
-    self._best: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
+    self._candidates = None
 
   def process(self, batch: pa.RecordBatch, joint: Dict):
-    prune = np.asarray(joint["prune_counts"])
-    probs, given, ids = class_arrays(batch, self._k)
-    for cell, values, kept in confident.cell_candidates(probs, given, ids,
-                                                        prune):
-      old = self._best.get(cell)
-      if old is not None:
-        values, kept = confident.top_n(np.concatenate([old[0], values]),
-                                       np.concatenate([old[1], kept]),
-                                       int(prune[cell]))
-      self._best[cell] = (values, kept)
+    if self._candidates is None:
+      self._candidates = confident.CellCandidates(
+          np.asarray(joint["prune_counts"]))
+    self._candidates.add(*class_arrays(batch, self._k))
 
   def finish_bundle(self):
-    for cell, (values, kept) in self._best.items():
-      yield _global((cell, (len(values), values, kept)))
+    if self._candidates is None:
+      return
+    prune = self._candidates.prune
+    for cell, values, kept in self._candidates.cells():
+      yield _global((cell, (int(prune[cell]), values, kept)))
 
 
 class CellTopNCombineFn(beam.CombineFn):

@@ -1,33 +1,61 @@
-"""Spilling scored batches to Parquet between the passes of an audit.
+"""Spilling scored batches to scratch files between the passes of an audit.
 
 Flagging needs global statistics first, so the scored batches are consumed
-twice. Left in a PCollection, a local runner holds all of them in memory
-until the statistics are ready (measured: about 270 bytes an example, so
-peak memory grew with the dataset). Written to scratch Parquet files as they
-are scored and read back file by file, memory stays flat whatever the
-dataset size, and the model still runs once.
+more than once. Left in a PCollection, a local runner holds all of them in
+memory until the statistics are ready (measured: about 270 bytes an example,
+so peak memory grew with the dataset). Written to scratch files as they are
+scored and read back file by file, memory stays flat, and the model still
+runs once.
+
+The scratch files are Arrow IPC streams, not Parquet: writing and reading
+them is close to a memory copy (Parquet took 7 s to write 1M examples × 100
+class probabilities, IPC well under one). Each bundle writes one file and
+emits its name only when the bundle succeeds, so a retried bundle never
+contributes a partial file.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
 
 
-def _as_table(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
-  return pa.Table.from_batches([batch], schema=schema)
+class _SpillFn(beam.DoFn):
+  """Writes a bundle's RecordBatches to one IPC file; emits its path."""
+
+  def __init__(self, prefix: str, schema: pa.Schema):
+    self._prefix = prefix
+    self._schema = schema
+
+  def start_bundle(self):
+    self._path = None
+    self._file = None
+    self._writer = None
+
+  def process(self, batch: pa.RecordBatch):
+    if self._writer is None:
+      self._path = f"{self._prefix}-{uuid.uuid4().hex}.arrows"
+      self._file = FileSystems.create(self._path)
+      self._writer = pa.ipc.new_stream(self._file, self._schema)
+    self._writer.write_batch(batch)
+
+  def finish_bundle(self):
+    if self._writer is None:
+      return
+    self._writer.close()
+    self._file.close()
+    yield WindowedValue(self._path, window.GlobalWindow().max_timestamp(),
+                        [window.GlobalWindow()])
 
 
 class SpillBatches(beam.PTransform):
-  """RecordBatches → scratch Parquet files; outputs the file names.
-
-  The file names are emitted once every file is complete.
-  """
+  """RecordBatches → scratch IPC files; outputs the file names."""
 
   def __init__(self, prefix: str, schema: pa.Schema):
     super().__init__()
@@ -35,29 +63,19 @@ class SpillBatches(beam.PTransform):
     self._schema = schema
 
   def expand(self, batches):
-    return (batches
-            | "ToTable" >> beam.Map(_as_table, self._schema)
-            | "Write" >> parquetio.WriteToParquetBatched(
-                self._prefix, self._schema, codec="none",
-                file_name_suffix=".parquet"))
+    return batches | "Write" >> beam.ParDo(_SpillFn(self._prefix,
+                                                    self._schema))
 
 
-def read_parquet_batches(path: str,
-                         batch_size: int) -> Iterable[pa.RecordBatch]:
+def read_spilled(path: str) -> Iterable[pa.RecordBatch]:
   with FileSystems.open(path) as f:
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
-      if batch.num_rows:
-        yield batch
+    yield from pa.ipc.open_stream(f)
 
 
 class ReadSpilled(beam.PTransform):
   """Scratch file names → their RecordBatches, spread over workers."""
 
-  def __init__(self, batch_size: int):
-    super().__init__()
-    self._batch_size = batch_size
-
   def expand(self, files):
     return (files
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(read_parquet_batches, self._batch_size))
+            | "Read" >> beam.FlatMap(read_spilled))
