@@ -129,7 +129,7 @@ def prune_counts(joint: np.ndarray, label_counts: np.ndarray,
 
 def keeps_given_label(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
   """Whether the model's prediction is the given label (ties to given) `(N,)`."""
-  bonus = probs.astype(np.float64, copy=True)
+  bonus = probs.copy()  # In the probabilities' dtype, as cleanlab does.
   bonus[np.arange(len(given)), given] += FLOATING_POINT_COMPARISON
   return bonus.argmax(axis=1) == given
 
@@ -284,7 +284,7 @@ def issue_mask(probs: np.ndarray, given: np.ndarray, ids: np.ndarray,
       `cells`: each cell's n-th `(margin, id)`.
 
   Returns:
-    `(mask (N,), suggested (N,))`.
+    `(mask (N,), suggested (N,))`; `suggested` is -1 where not an issue.
   """
   thresholds = np.asarray(rules["thresholds"])
   if rules["method"] == "confident_learning":
@@ -293,4 +293,6 @@ def issue_mask(probs: np.ndarray, given: np.ndarray, ids: np.ndarray,
   else:
     mask = in_cell_top(probs, given, ids, rules["cells"])
   mask &= ~keeps_given_label(probs, given)
-  return mask, suggested_labels(probs, given, thresholds)
+  suggested = np.full(len(given), -1)
+  suggested[mask] = suggested_labels(probs[mask], given[mask], thresholds)
+  return mask, suggested
