@@ -252,11 +252,7 @@ class FlagConfig:
       _check_type("flag.top_k", self.top_k, (int,), "a positive integer")
       if self.top_k < 1:
         _fail("flag.top_k", "a positive integer", self.top_k)
-    for key in ("robust_z", "slice_quantile"):
-      if getattr(self, key) is not None:
-        raise ConfigError(
-            f"flag.{key}: this rule is not available yet; expected null."
-            f" Received: {getattr(self, key)!r}")
+    _optional_number("flag.robust_z", self.robust_z, 0, open_low=True)
     if (self.label_issues is not None and
         self.label_issues not in LABEL_ISSUE_METHODS):
       _fail("flag.label_issues", f"null or one of {set(LABEL_ISSUE_METHODS)}",

@@ -33,6 +33,7 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
   """The `summary.json` document (see CONTRACT.md)."""
   scored = loss_stats["count"] + loss_stats["nan_count"]
   loss = {k: v for k, v in loss_stats.items() if k != "cdf"}
+  thresholds = dict(thresholds)
   by_reason = {k: v for k, v in sorted(flag_counts.items())
                if k != "total" and not k.startswith("pair:")}
   label_issues = thresholds.get("label_issues")

@@ -126,6 +126,7 @@ class LossAccumulator:
         for q in quantiles
     }
     coarse = self.quantile_values(histogram_steps) if self.count else []
+    median, mad = median_and_mad(grid) if self.count else (None, None)
     return {
         "count": self.count,
         "mean": self.mean if self.count else None,
@@ -135,8 +136,30 @@ class LossAccumulator:
         "nan_count": self.nan_count,
         "quantiles": values,
         "epsilon": self.epsilon,
+        "median": median,
+        "mad": mad,
         "cdf": [_finite_or_none(v) for v in coarse],
     }
+
+
+def median_and_mad(grid: np.ndarray) -> Tuple[float, float]:
+  """Median and median absolute deviation from a sketch's quantile grid.
+
+  Args:
+    grid: `(M+1,)` values at ranks 0, 1/M, ..., 1.
+
+  Returns:
+    `(median, mad)`: MAD is the smallest distance m from the median whose
+    interval [median - m, median + m] holds half the grid, so it carries the
+    sketch's rank error (plus 1/M).
+  """
+  steps = len(grid) - 1
+  median = float(grid[int(round(0.5 * steps))])
+  distances = np.unique(np.abs(grid - median))
+  inside = (np.searchsorted(grid, median + distances, side="right") -
+            np.searchsorted(grid, median - distances, side="left"))
+  enough = np.flatnonzero(inside >= 0.5 * (steps + 1))
+  return median, float(distances[enough[0]])
 
 
 def format_quantile(q: float) -> str:
@@ -179,22 +202,32 @@ def exceeds_top_k(losses: np.ndarray, ids: np.ndarray,
 
 
 def flag_masks(losses: np.ndarray, ids: np.ndarray,
-               thresholds: Dict[str, object]) -> List[Tuple[str, np.ndarray]]:
+               thresholds: Dict[str, object],
+               slices: Optional[np.ndarray] = None
+               ) -> List[Tuple[str, np.ndarray]]:
   """The rules that flag each example, as `[(reason, mask (N,))]`.
 
   Args:
     losses: `(N,)` per-sample losses.
     ids: `(N,)` string ids (for top-k tie breaks).
-    thresholds: `loss_quantile` and `loss_threshold` (flag loss > value) and
-      `top_k` (the k-th `(loss, id)`), each only when the rule is on.
+    thresholds: `loss_quantile`, `loss_threshold` and `robust_z` (flag loss
+      > value), `top_k` (the k-th `(loss, id)`) and `slice_quantile`
+      (`{slice: value}`), each only when the rule is on.
+    slices: `(N,)` slice values, for `slice_quantile`.
   """
   finite = np.isfinite(losses)
   masks = [("non_finite", ~finite)]
   safe = np.where(finite, losses, -np.inf)
-  for rule in ("loss_quantile", "loss_threshold"):
+  for rule in ("loss_quantile", "loss_threshold", "robust_z"):
     value = thresholds.get(rule)
     if value is not None:
       masks.append((rule, safe > value))
+  by_slice = thresholds.get("slice_quantile")
+  if by_slice is not None and slices is not None:
+    names, index = np.unique(slices, return_inverse=True)
+    bounds = np.array([by_slice.get(n) for n in names], dtype=np.float64)
+    bound = np.nan_to_num(bounds, nan=np.inf)[index.reshape(-1)]
+    masks.append(("slice_quantile", safe > bound))
   if "top_k" in thresholds:
     masks.append(("top_k", finite & exceeds_top_k(safe, ids,
                                                   thresholds["top_k"])))
@@ -203,7 +236,9 @@ def flag_masks(losses: np.ndarray, ids: np.ndarray,
 
 def rule_thresholds(loss_summary: Dict, flag_config,
                     top_k: Optional[Sequence[Tuple[float, str]]] = None,
-                    label_rules: Optional[Dict] = None) -> Dict[str, object]:
+                    label_rules: Optional[Dict] = None,
+                    slice_stats: Optional[Dict[str, Dict]] = None
+                    ) -> Dict[str, object]:
   """The value each enabled loss rule compares against (`thresholds` in
   `summary.json`).
 
@@ -213,6 +248,11 @@ def rule_thresholds(loss_summary: Dict, flag_config,
     flag_config: a `FlagConfig`.
     top_k: the `TopKCombineFn` output when `flag.top_k` is on.
     label_rules: the `FindLabelIssues` output when `flag.label_issues` is on.
+    slice_stats: `{slice: summary}` when `flag.slice_quantile` is on.
+
+  `robust_z` is turned into the loss it means: (loss - median) / (1.4826 ·
+  MAD) > z ⇔ loss > median + z · 1.4826 · MAD, with the median and MAD read
+  from the quantile sketch.
   """
   thresholds: Dict[str, object] = {}
   if flag_config.loss_quantile is not None:
@@ -220,6 +260,14 @@ def rule_thresholds(loss_summary: Dict, flag_config,
         flag_config.loss_quantile)]
   if flag_config.loss_threshold is not None:
     thresholds["loss_threshold"] = float(flag_config.loss_threshold)
+  if flag_config.robust_z is not None and loss_summary["median"] is not None:
+    thresholds["robust_z"] = (loss_summary["median"] + flag_config.robust_z *
+                              1.4826 * loss_summary["mad"])
+  if flag_config.slice_quantile is not None:
+    key = format_quantile(flag_config.slice_quantile)
+    thresholds["slice_quantile"] = {
+        name: stats["quantiles"][key]
+        for name, stats in (slice_stats or {}).items()}
   if flag_config.top_k is not None:
     thresholds["top_k"] = tuple(top_k[-1]) if top_k else None
   if label_rules is not None:

@@ -42,8 +42,8 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size)
   scored = read["batches"] | "ScoreBatches" >> ScoreBatches(spec)
-  quantiles = set(config.stats.quantiles) | (
-      {flag.loss_quantile} if flag.loss_quantile is not None else set())
+  quantiles = set(config.stats.quantiles) | {
+      q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
   column = "weighted_loss" if config.stats.weighted else "loss"
   stats = scored.scored | "LossStats" >> LossStats(
       config.stats.epsilon, sorted(quantiles), bool(spec.slice_column), column)
@@ -61,9 +61,10 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
       flag.label_issues, spec.classifier.num_classes, reread)
                  if flag.label_issues else p | "NoLabelIssues" >> beam.Create(
                      [None]))
+  slice_stats = stats.get("slices") or p | "NoSlices" >> beam.Create([])
   thresholds = stats["global"] | "Thresholds" >> beam.Map(
       rule_thresholds, flag, beam.pvalue.AsSingleton(top_k),
-      beam.pvalue.AsSingleton(label_rules))
+      beam.pvalue.AsSingleton(label_rules), beam.pvalue.AsDict(slice_stats))
   flagged = reread("ForFlags") | "FlagExamples" >> FlagExamples(
       thresholds, schema, column)
   dead = ((read[DEAD_LETTER], scored[DEAD_LETTER])
@@ -84,7 +85,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   _ = p | "WriteSummary" >> WriteSummary(
       out, config.to_dict(), runner, start_time,
       loss_stats=stats["global"],
-      slice_stats=stats.get("slices") or p | "NoSlices" >> beam.Create([]),
+      slice_stats=slice_stats,
       thresholds=thresholds,
       flag_counts=(flagged
                    | "CountReasons" >> beam.Map(count_reasons)

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from lossaudit import confident
-from lossaudit.scoring import PROBS_COLUMN
+from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
 from lossaudit.stats import flag_masks
 from transforms.label_issues import class_arrays
 
@@ -64,7 +64,9 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
   losses = batch.column(column).to_numpy(zero_copy_only=False)
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
-  rules = flag_masks(losses, ids, thresholds)
+  slices = (batch.column(SLICE_COLUMN).to_numpy(zero_copy_only=False)
+            if SLICE_COLUMN in batch.schema.names else None)
+  rules = flag_masks(losses, ids, thresholds, slices)
   score = np.where(np.isfinite(losses), losses, np.inf)
   suggested = None
   label_rules = thresholds.get("label_issues")
