@@ -105,8 +105,8 @@ def read_batches(path: str, batch_size: int,
 
 def tf_data_batches(path: str, batch_size: int
                     ) -> Iterator[Union[List[bytes], Unreadable]]:
-  """Like `read_batches`, through tf.data's C++ reader where it can open the
-  file (plain or gzip, on a filesystem TensorFlow knows).
+  """Like `read_batches`, through tf.data's C++ reader for local plain or
+  gzip files; other files go through `read_batches`.
 
   tf.data reads and checks the next batch on its own threads while the
   caller works on this one. When it finds damage it cannot say which record
@@ -115,7 +115,8 @@ def tf_data_batches(path: str, batch_size: int
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   suffix = next((s for s in _TF_COMPRESSION if path.endswith(s)), None)
-  if suffix is None and "." in path.rsplit("/", 1)[-1]:
+  remote = "://" in path  # TensorFlow's own gs:// support may be absent.
+  if remote or (suffix is None and "." in path.rsplit("/", 1)[-1]):
     yield from read_batches(path, batch_size)
     return
   compression = _TF_COMPRESSION.get(suffix, "")

@@ -78,6 +78,18 @@ def build(directory: str, examples: int, shards: int, features: int,
 
 
 def _peak_rss_mb() -> float:
+  """This process's peak resident memory, in MiB.
+
+  Read from /proc's VmHWM: `ru_maxrss` survives exec on Linux, so a child
+  would report its parent's peak when that was higher.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
