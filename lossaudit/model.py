@@ -7,7 +7,10 @@ with `tf.saved_model.load` and called through their serving signature.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import shutil
+import tempfile
 from typing import Dict, Optional, Tuple
 
 from lossaudit.config import ConfigError
@@ -20,6 +23,59 @@ class TensorInfo:
   name: str
   shape: Tuple[Optional[int], ...]
   dtype: str
+
+
+_CACHE_DIR = os.path.join(tempfile.gettempdir(), "lossaudit-models")
+
+
+def local_copy(path: str) -> str:
+  """A local path for a model on any Beam filesystem (gs://, ...).
+
+  A remote `.keras` file or SavedModel directory is copied once per machine
+  into a cache keyed by its path, size and modification time; a local path
+  is returned as it is. Missing remote paths are returned unchanged (and
+  then reported as missing).
+  """
+  if "://" not in path:
+    return path
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  UNCOMPRESSED = CompressionTypes.UNCOMPRESSED  # pylint: disable=invalid-name
+
+  root = path.rstrip("/")
+  matches = FileSystems.match([root, root + "/**"])
+  files = [m for result in matches for m in result.metadata_list]
+  if not files:
+    return path
+  stamp = hashlib.sha256(repr(sorted(
+      (m.path, m.size_in_bytes, m.last_updated_in_seconds)
+      for m in files)).encode()).hexdigest()[:16]
+  single = len(files) == 1 and files[0].path.rstrip("/") == root
+  name = os.path.basename(root) if single else "model"
+  target = os.path.join(_CACHE_DIR, stamp, name)
+  if os.path.exists(target):
+    return target
+  staging = tempfile.mkdtemp(dir=os.makedirs(_CACHE_DIR, exist_ok=True) or
+                             _CACHE_DIR)
+  for meta in files:
+    relative = os.path.basename(root) if single else meta.path[len(root) +
+                                                               1:]
+    if not relative or meta.path.endswith("/"):
+      continue
+    local = os.path.join(staging, name if single else os.path.join(
+        name, relative))
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with FileSystems.open(meta.path, compression_type=UNCOMPRESSED) as src, \
+        open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, 16 << 20)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  try:
+    os.rename(os.path.join(staging, name), target)
+  except OSError:  # Another process of this worker copied it first.
+    pass
+  shutil.rmtree(staging, ignore_errors=True)
+  return target
 
 
 class AuditModel:
@@ -35,6 +91,7 @@ class AuditModel:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     self.path = path
+    path = local_copy(path)
     if os.path.isdir(path):
       if not tf.saved_model.contains_saved_model(path):
         raise ConfigError(

@@ -13,6 +13,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lossaudit import outputs, preflight
@@ -124,9 +125,11 @@ def run(argv: Optional[Sequence[str]] = None,
   known, beam_args = parse_args(argv)
   config = load_config(known.config, known.set)
   start_time = time.time()
+  options = PipelineOptions(beam_args)
+  # The checks before the run read gs:// with the same options as workers.
+  FileSystems.set_options(options)
   plan = preflight.plan(config)
   outputs.prepare(config.output.dir)
-  options = PipelineOptions(beam_args)
   standard = options.view_as(StandardOptions)
   if standard.runner is None:
     standard.runner = "DirectRunner"

@@ -289,6 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--label-issues", default=None,
                       help="also time (a) with flag.label_issues=METHOD")
   parser.add_argument("--modes", default="a,b,c")
+  parser.add_argument("--repeat", type=int, default=1,
+                      help="runs of each mode, interleaved; medians reported")
   parser.add_argument("--dir", default="bench")
   parser.add_argument("--json", default=None, help="also write results here")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -323,15 +325,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.label_issues:
     modes.append(f"a-{args.label_issues}")
     common.append(f"--label-issues={args.label_issues}")
+  runs = {mode: [] for mode in modes}
+  for repeat in range(args.repeat):
+    for mode in modes:  # Interleaved, so drifts of a noisy machine are shared.
+      print(f"Running ({mode}) {repeat + 1}/{args.repeat} ...", flush=True)
+      r = _child(common + [f"--mode={mode}"])
+      runs[mode].append(r)
+      print(f"  ({mode}) {r['examples']} examples in {r['seconds']:.1f} s:"
+            f" {r['examples'] / r['seconds']:,.0f} examples/s, peak RSS"
+            f" {r['peak_rss_mb']:,.0f} MB", flush=True)
   results = {}
-  for mode in modes:
-    print(f"Running ({mode}) ...", flush=True)
-    results[mode] = _child(common + [f"--mode={mode}"])
-    r = results[mode]
-    r["examples_per_s"] = r["examples"] / r["seconds"]
-    print(f"  ({mode}) {r['examples']} examples in {r['seconds']:.1f} s:"
-          f" {r['examples_per_s']:,.0f} examples/s, peak RSS"
-          f" {r['peak_rss_mb']:,.0f} MB", flush=True)
+  for mode, done in runs.items():
+    median = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
+    results[mode] = dict(median, runs_seconds=[r["seconds"] for r in done],
+                         peak_rss_mb=max(r["peak_rss_mb"] for r in done),
+                         examples_per_s=median["examples"] / median["seconds"])
   report = {"config": vars(args), "results": results}
   if "a" in results and "b" in results:
     report["a_over_b"] = (results["a"]["examples_per_s"] /

@@ -292,3 +292,28 @@ def test_non_finite_losses_counted_and_flagged(tmp_path, regressor_path,
   assert sorted(flagged["id"]) == ["ex-00005", "ex-00017"]
   assert [list(r) for r in flagged["reasons"]] == [["non_finite"]] * 2
   assert summary["flagged"]["by_reason"] == {"non_finite": 2}
+
+
+def test_two_worker_processes_give_the_same_results(tmp_path, tfrecord_dir,
+                                                    classifier_path,
+                                                    write_config):
+  outs = {}
+  for workers in (1, 2):
+    out = tmp_path / f"w{workers}"
+    config = base_config(tfrecord_dir / "*.gz", classifier_path, out,
+                         flag={"loss_quantile": 0.9, "top_k": 7},
+                         stats={"slice_by": "group"})
+    argv = ["--config", write_config(config, f"w{workers}.yaml")]
+    if workers > 1:
+      argv += ["--direct_num_workers=2",
+               "--direct_running_mode=multi_processing"]
+    outs[workers] = (audit.run(argv), out)
+  (one, out_one), (two, out_two) = outs[1], outs[2]
+  for key in ("examples_read", "examples_scored", "thresholds", "flagged",
+              "slices"):
+    assert one[key] == two[key], key
+  assert one["loss"]["quantiles"] == two["loss"]["quantiles"]
+  for kind in ("losses", "flagged"):
+    a = _read(out_one, kind).sort_values("id").reset_index(drop=True)
+    b = _read(out_two, kind).sort_values("id").reset_index(drop=True)
+    assert a.equals(b), kind

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
@@ -41,7 +42,8 @@ class _SpillFn(beam.DoFn):
   def process(self, batch: pa.RecordBatch):
     if self._writer is None:
       self._path = f"{self._prefix}-{uuid.uuid4().hex}.arrows"
-      self._file = FileSystems.create(self._path)
+      self._file = FileSystems.create(
+          self._path, compression_type=CompressionTypes.UNCOMPRESSED)
       self._writer = pa.ipc.new_stream(self._file, self._schema)
     self._writer.write_batch(batch)
 
@@ -68,7 +70,8 @@ class SpillBatches(beam.PTransform):
 
 
 def read_spilled(path: str) -> Iterable[pa.RecordBatch]:
-  with FileSystems.open(path) as f:
+  with FileSystems.open(path,
+                        compression_type=CompressionTypes.UNCOMPRESSED) as f:
     yield from pa.ipc.open_stream(f)
 
 
