@@ -289,6 +289,21 @@ class GateConfig:
     _optional_number("gate.max_quantile_shift", self.max_quantile_shift, 0)
 
 
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """Where the model runs: `auto` (a GPU when TensorFlow sees one), `cpu`
+  or `gpu`."""
+
+  device: str = "auto"
+
+  def __post_init__(self):
+    if self.device not in DEVICES:
+      _fail("runtime.device", f"one of {set(DEVICES)}", self.device)
+
+
 _SECTIONS = {
     "input": InputConfig,
     "model": ModelConfig,
@@ -297,6 +312,7 @@ _SECTIONS = {
     "flag": FlagConfig,
     "output": OutputConfig,
     "gate": GateConfig,
+    "runtime": RuntimeConfig,
 }
 
 
@@ -312,6 +328,7 @@ class AuditConfig:
   flag: FlagConfig = dataclasses.field(default_factory=FlagConfig)
   output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
   gate: GateConfig = dataclasses.field(default_factory=GateConfig)
+  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
   def __post_init__(self):
     _check_type("batch_size", self.batch_size, (int,), "an integer >= 1")

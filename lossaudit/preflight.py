@@ -175,6 +175,8 @@ def _scoring_spec(config: AuditConfig, model: AuditModel,
       weight_column=inp.weight_column,
       slice_column=config.stats.slice_by,
       keep_probs=config.flag.label_issues is not None,
+      # The launcher may have no GPU: it checks on the CPU, workers decide.
+      device=config.runtime.device,
   )
 
 
@@ -232,7 +234,7 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
                    probe: pa.RecordBatch, probe_file: str) -> None:
   """Scores the probe batch with the real scorer; any failure is exit 2."""
   try:
-    scorer = BatchScorer(spec, model=model)
+    scorer = BatchScorer(dataclasses.replace(spec, device="cpu"), model=model)
   except (ImportError, AttributeError, TypeError, ValueError) as e:
     key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
     raise ConfigError(

@@ -29,7 +29,8 @@ def versions() -> Dict[str, str]:
 def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                   thresholds: Dict, flag_counts: Dict[str, int],
                   dead_lettered: int, config: Dict, runner: str,
-                  seconds: float, files: Dict[str, List[str]]) -> Dict:
+                  seconds: float, files: Dict[str, List[str]],
+                  devices: Sequence[str] = ()) -> Dict:
   """The `summary.json` document (see CONTRACT.md)."""
   scored = loss_stats["count"] + loss_stats["nan_count"]
   loss = {k: v for k, v in loss_stats.items() if k != "cdf"}
@@ -62,6 +63,7 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       "config": config,
       "versions": versions(),
       "runner": runner,
+      "devices": list(devices),
       "seconds": round(seconds, 3),
       "files": files,
   }

@@ -9,6 +9,7 @@ the same graph.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -83,6 +84,7 @@ class ScoringSpec:
     slice_column: the `stats.slice_by` column or None.
     keep_probs: whether scored batches carry the class probabilities
       (`__probs__`, for label-issue detection).
+    device: `auto`, `cpu` or `gpu` (`runtime.device`).
   """
 
   model_path: str
@@ -93,6 +95,7 @@ class ScoringSpec:
   weight_column: Optional[str] = None
   slice_column: Optional[str] = None
   keep_probs: bool = False
+  device: str = "auto"
 
   @property
   def classifier(self) -> Optional[LossTerm]:
@@ -133,6 +136,33 @@ class LossShapeError(ValueError):
   """A loss that does not give one value per example."""
 
 
+def select_device(device: str) -> str:
+  """The TensorFlow device to score on, for `runtime.device`.
+
+  `auto` takes the first GPU TensorFlow sees, else the CPU; `gpu` fails
+  without one. GPU memory grows on demand rather than all at once, so
+  several worker threads can share one GPU.
+
+  Raises:
+    RuntimeError: `gpu` was asked for and none is visible.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  gpus = [] if device == "cpu" else tf.config.list_physical_devices("GPU")
+  for gpu in gpus:
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # Already initialised in this process.
+      pass
+  if device == "gpu" and not gpus:
+    raise RuntimeError("runtime.device: expected a visible GPU. Received:"
+                       " none (tf.config.list_physical_devices('GPU') is"
+                       " empty)")
+  name = "/GPU:0" if gpus else "/CPU:0"
+  logging.info("lossaudit scores on %s", name)
+  return name
+
+
 def dead_letter(source: str, id_: Optional[str], error: str) -> Dict[str, Any]:
   """One dead-letter entry, as written to `dead_letter/*.jsonl`."""
   return {"source": source, "id": id_, "error": error}
@@ -155,6 +185,14 @@ class BatchScorer:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     self.spec = spec
+    self.device = select_device(spec.device)
+    with tf.device(self.device):
+      self._build(model)
+
+  def _build(self, model: Optional[AuditModel]) -> None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    spec = self.spec
     self.model = model or AuditModel(spec.model_path, spec.signature)
     self._loss_fns = [term.build_loss() for term in spec.terms]
     feature_specs = {
@@ -203,8 +241,11 @@ class BatchScorer:
     Raises:
       LossShapeError: when a loss does not give one value per example.
     """
-    result = {k: v.numpy() for k, v in self._score(dict(features),
-                                                   dict(labels)).items()}
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    with tf.device(self.device):
+      result = {k: v.numpy() for k, v in self._score(dict(features),
+                                                     dict(labels)).items()}
     n = len(next(iter(labels.values())))
     for term in self.spec.terms:
       shape = result[f"loss_{term.name}"].shape

@@ -14,7 +14,9 @@ from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (GoogleCloudOptions,
+                                                  PipelineOptions,
+                                                  StandardOptions)
 
 from lossaudit import outputs, preflight
 from lossaudit.config import AuditConfig, ConfigError, load_config
@@ -96,6 +98,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
                    | "TopFlagged" >> beam.CombineGlobally(
                        TopKCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
                    | "TopFlaggedRows" >> beam.Map(_top_rows)),
+      devices=scored["device"] | "Devices" >> beam.Distinct(),
       written=written)
 
 
@@ -136,7 +139,10 @@ def run(argv: Optional[Sequence[str]] = None,
   runner = str(standard.runner)
   p = test_pipeline or beam.Pipeline(options=options)
   build(p, config, plan, runner, start_time)
-  p.run().wait_until_finish()
+  result = p.run()
+  if options.view_as(GoogleCloudOptions).template_location:
+    return {"template": options.view_as(GoogleCloudOptions).template_location}
+  result.wait_until_finish()
   return outputs.read_json(outputs.join(config.output.dir, outputs.SUMMARY))
 
 
@@ -148,6 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ConfigError as e:
     print(f"lossaudit: error: {e}", file=sys.stderr)
     return 2
+  if "template" in summary:
+    print(f"lossaudit: wrote the job template {summary['template']}")
+    return 0
   print(f"lossaudit: scored {summary['examples_scored']} of"
         f" {summary['examples_read']} examples"
         f" ({summary['examples_dead_lettered']} dead-lettered),"

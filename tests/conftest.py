@@ -4,9 +4,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import socket
+
 import numpy as np
 import pytest
 import yaml
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import datasets
 
@@ -125,3 +129,52 @@ def base_config(pattern, model_path, output_dir, **sections):
     else:
       config[key] = value
   return config
+
+
+GCS_BUCKET = "lossaudit-test"
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A gcp-storage-emulator server on a free loopback port, with a bucket.
+
+  Beam's GCS filesystem and google-cloud-storage follow
+  STORAGE_EMULATOR_HOST. On a machine with no Google credentials, Beam's
+  first lookup retries for about 25 s before it settles for anonymous
+  access and caches that; the cache is primed here instead (a private Beam
+  attribute, test-only), since the emulator needs no credentials.
+  """
+  from apache_beam.internal.gcp import auth
+  from gcp_storage_emulator.server import create_server
+
+  with auth._Credentials._credentials_lock:  # pylint: disable=protected-access
+    auth._Credentials._credentials_init = True  # pylint: disable=protected-access
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = create_server("127.0.0.1", port, in_memory=True,
+                         default_bucket=GCS_BUCKET)
+  server.start()
+  old = os.environ.get("STORAGE_EMULATOR_HOST")
+  os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+  yield f"gs://{GCS_BUCKET}"
+  if old is None:
+    del os.environ["STORAGE_EMULATOR_HOST"]
+  else:
+    os.environ["STORAGE_EMULATOR_HOST"] = old
+  server.stop()
+
+
+def upload(local: str, remote: str) -> None:
+  """Copies a file or a directory tree, bytes as they are (no re-gzip)."""
+  pairs = [(local, remote)] if os.path.isfile(local) else [
+      (os.path.join(root, name),
+       remote + "/" + os.path.relpath(os.path.join(root, name), local))
+      for root, _, files in os.walk(local) for name in files]
+  for path, target in pairs:
+    with open(path, "rb") as src, FileSystems.create(
+        target, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
+      dst.write(src.read())
+
+

@@ -1,64 +1,13 @@
 """gs:// for data, model and outputs, against a local GCS API emulator."""
 
 import json
-import os
-import socket
 
-import numpy as np
 import pandas as pd
 import pytest
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import audit
-from tests.conftest import base_config
-
-BUCKET = "lossaudit-test"
-
-
-@pytest.fixture(scope="module")
-def gcs():
-  """A gcp-storage-emulator server on a free loopback port, with a bucket.
-
-  Beam's GCS filesystem and google-cloud-storage follow
-  STORAGE_EMULATOR_HOST. On a machine with no Google credentials, Beam's
-  first lookup retries for about 25 s before it settles for anonymous
-  access and caches that; the cache is primed here instead (a private Beam
-  attribute, test-only), since the emulator needs no credentials.
-  """
-  from apache_beam.internal.gcp import auth
-  from gcp_storage_emulator.server import create_server
-
-  with auth._Credentials._credentials_lock:  # pylint: disable=protected-access
-    auth._Credentials._credentials_init = True  # pylint: disable=protected-access
-
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  server = create_server("127.0.0.1", port, in_memory=True,
-                         default_bucket=BUCKET)
-  server.start()
-  old = os.environ.get("STORAGE_EMULATOR_HOST")
-  os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-  yield f"gs://{BUCKET}"
-  if old is None:
-    del os.environ["STORAGE_EMULATOR_HOST"]
-  else:
-    os.environ["STORAGE_EMULATOR_HOST"] = old
-  server.stop()
-
-
-def _upload(local: str, remote: str) -> None:
-  """Copies a file or a directory tree, bytes as they are (no re-gzip)."""
-  pairs = [(local, remote)] if os.path.isfile(local) else [
-      (os.path.join(root, name),
-       remote + "/" + os.path.relpath(os.path.join(root, name), local))
-      for root, _, files in os.walk(local) for name in files]
-  for path, target in pairs:
-    with open(path, "rb") as src, FileSystems.create(
-        target, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
-      dst.write(src.read())
-
+from tests.conftest import base_config, upload
 
 def _read_parquet(directory: str) -> pd.DataFrame:
   files = sorted(m.path for m in FileSystems.match(
@@ -76,9 +25,9 @@ def test_gs_input_model_and_output_equal_local_run(
     write_config, model_kind):
   local_model = classifier_path if model_kind == "keras" else saved_model_path
   remote = f"{gcs}/{model_kind}"
-  _upload(str(tfrecord_dir), f"{remote}/data")
+  upload(str(tfrecord_dir), f"{remote}/data")
   remote_model = f"{remote}/model" + (".keras" if model_kind == "keras" else "")
-  _upload(local_model, remote_model)
+  upload(local_model, remote_model)
 
   flag = {"loss_quantile": 0.9, "top_k": 10}
   local_out = tmp_path / "local"

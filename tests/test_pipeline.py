@@ -125,6 +125,9 @@ def test_every_contract_output_exists(tfrecord_run):
     assert files and all(f.startswith("part-") and f.endswith(suffix)
                          for f in files)
   assert summary["runner"] == "DirectRunner"
+  assert summary["devices"] and all(
+      d.endswith(("/CPU:0", "/GPU:0")) for d in summary["devices"])
+  assert not os.path.exists(os.path.join(out, ".scratch"))
   assert summary["config"]["flag"]["top_k"] == 25
   html = open(os.path.join(out, "report.html")).read()
   assert 'id="histogram"' in html and 'id="quantiles"' in html

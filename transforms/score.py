@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Tuple
 
@@ -13,6 +14,7 @@ from apache_beam.utils import shared
 from lossaudit.scoring import BatchScorer, ScoringSpec
 
 DEAD_LETTER = "dead_letter"
+DEVICE = "device"
 _NAMESPACE = "lossaudit"
 
 
@@ -42,9 +44,14 @@ class _ScoreBatchFn(beam.DoFn):
     self._scorer = self._shared_handle.acquire(
         lambda: _ScorerHandle(BatchScorer(spec)),
         tag=repr(spec)).scorer
+    self._device_reported = False
 
   def process(self, element: Tuple[str, pa.RecordBatch]):
     source, batch = element
+    if not self._device_reported:
+      self._device_reported = True
+      yield beam.pvalue.TaggedOutput(
+          DEVICE, f"{socket.gethostname()}:{self._scorer.device}")
     start = time.perf_counter()
     scored, dead = self._scorer.score(source, batch)
     self._latency.update(int((time.perf_counter() - start) * 1000))
@@ -59,8 +66,9 @@ class _ScoreBatchFn(beam.DoFn):
 class ScoreBatches(beam.PTransform):
   """Scores `(file, RecordBatch)` elements with one model and loss.
 
-  Outputs: `scored` RecordBatches (schema `spec.scored_schema()`) and
-  `dead_letter` entries for rows that could not be scored.
+  Outputs: `scored` RecordBatches (schema `spec.scored_schema()`),
+  `dead_letter` entries for rows that could not be scored, and `device`:
+  `host:device` of each scoring DoFn instance.
   """
 
   def __init__(self, spec: ScoringSpec):
@@ -69,4 +77,5 @@ class ScoreBatches(beam.PTransform):
 
   def expand(self, batches):
     return batches | "Score" >> beam.ParDo(
-        _ScoreBatchFn(self._spec)).with_outputs(DEAD_LETTER, main="scored")
+        _ScoreBatchFn(self._spec)).with_outputs(DEAD_LETTER, DEVICE,
+                                                main="scored")

@@ -80,7 +80,7 @@ class _WriteSummaryFn(beam.DoFn):
     self._start_time = start_time
 
   def process(self, unused_trigger, loss_stats, slice_stats, thresholds,
-              flag_counts, dead_lettered, top_flagged, losses_files,
+              flag_counts, dead_lettered, top_flagged, devices, losses_files,
               flagged_files, dead_letter_files):
     summary = build_summary(
         loss_stats=loss_stats,
@@ -91,6 +91,7 @@ class _WriteSummaryFn(beam.DoFn):
         config=self._config,
         runner=self._runner,
         seconds=time.time() - self._start_time,
+        devices=sorted(set(devices)),
         files={
             outputs.LOSSES: sorted(losses_files),
             outputs.FLAGGED: sorted(flagged_files),
@@ -118,12 +119,14 @@ class WriteSummary(beam.PTransform):
 
   def __init__(self, directory: str, config: Dict, runner: str,
                start_time: float, *, loss_stats, slice_stats, thresholds,
-               flag_counts, dead_lettered, top_flagged, written: Dict[str, beam.PCollection]):
+               flag_counts, dead_lettered, top_flagged, devices,
+               written: Dict[str, beam.PCollection]):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config, runner, start_time)
     self._singletons = [loss_stats, thresholds, flag_counts, dead_lettered,
                         top_flagged]
     self._slice_stats = slice_stats
+    self._devices = devices
     self._written = written
 
   def expand(self, pbegin):
@@ -135,5 +138,6 @@ class WriteSummary(beam.PTransform):
             | "Write" >> beam.ParDo(
                 self._fn, p(loss_stats), beam.pvalue.AsList(self._slice_stats),
                 p(thresholds), p(flag_counts), p(dead_lettered), p(top_flagged),
+                beam.pvalue.AsList(self._devices),
                 *[beam.pvalue.AsList(self._written[k]) for k in (
                     outputs.LOSSES, outputs.FLAGGED, outputs.DEAD_LETTER)]))

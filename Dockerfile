@@ -1,0 +1,19 @@
+# Worker image for Dataflow GPU jobs: TensorFlow with CUDA, this project and
+# the Beam SDK harness of the same version as the launcher (2.77.0).
+#   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/lossaudit:TAG .
+#   docker push REGION-docker.pkg.dev/PROJECT/REPO/lossaudit:TAG
+FROM apache/beam_python3.11_sdk:2.77.0 AS beam
+
+FROM python:3.11-slim
+COPY --from=beam /opt/apache/beam /opt/apache/beam
+WORKDIR /opt/lossaudit
+COPY pyproject.toml constraints.txt README.md ./
+COPY lossaudit lossaudit
+COPY pipelines pipelines
+COPY transforms transforms
+COPY configs configs
+# tensorflow[and-cuda] brings the CUDA libraries; the NVIDIA driver comes
+# from the host (Dataflow's install-nvidia-driver service option).
+RUN pip install --no-cache-dir -c constraints.txt "tensorflow[and-cuda]==2.21.*" . \
+    && python -c "import transforms, lossaudit, apache_beam; print(apache_beam.__version__)"
+ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -1,0 +1,63 @@
+"""The Dataflow launch path, offline: a job template written to the emulator.
+
+The DataflowRunner with `--template_location` writes the job description
+instead of submitting it, so nothing reaches the Dataflow service (the one
+part that cannot run here). The options are the ones `scripts/dataflow`
+builds.
+"""
+
+import json
+
+import pytest
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from pipelines import dataflow
+from tests.conftest import upload
+
+IMAGE = "us-central1-docker.pkg.dev/test-project-123/images/lossaudit:1"
+
+
+def test_template_has_accelerator_container_and_steps(gcs, tfrecord_dir,
+                                                      classifier_path):
+  root = f"{gcs}/dataflow"
+  upload(str(tfrecord_dir), f"{root}/data")
+  upload(classifier_path, f"{root}/model.keras")
+  template = f"{root}/templates/audit.json"
+  code = dataflow.main([
+      "--project=test-project-123", "--region=us-central1",
+      f"--bucket={root}", f"--image={IMAGE}", "--gpu=nvidia-tesla-t4",
+      f"--template={template}",
+      "--set", f"input.pattern={root}/data/*.gz",
+      "--set", f"model.path={root}/model.keras",
+      "--set", f"output.dir={root}/out",
+      "--set", "input.label_column=label",
+  ])
+  assert code == 0
+  with FileSystems.open(template) as f:
+    job = json.loads(f.read())
+  environment = job["environment"]
+  assert environment["serviceOptions"] == [
+      "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+  assert "no_use_multiple_sdk_containers" in environment["experiments"]
+  pool = environment["workerPools"][0]
+  assert pool["sdkHarnessContainerImages"][0]["containerImage"] == IMAGE
+  assert pool["machineType"] == "n1-standard-8"
+  # The staged files sit beside the pipeline proto the job runs.
+  staged = pool["packages"][0]["location"]
+  staging_dir = "gs://" + staged.split("storage.googleapis.com/", 1)[1]
+  path = staging_dir.rsplit("/", 1)[0] + "/pipeline.pb"
+  with FileSystems.open(path) as f:
+    pipeline = beam_runner_api_pb2.Pipeline.FromString(f.read())
+  names = {t.unique_name for t in pipeline.components.transforms.values()}
+  for step in ("Read", "ScoreBatches", "LossStats", "FlagExamples",
+               "WriteLosses", "WriteFlagged", "WriteDeadLetters",
+               "WriteSummary"):
+    assert step in names, step
+
+
+def test_dataflow_args():
+  args = dataflow.dataflow_args(project="p", region="r", bucket="gs://b/",
+                                image="img", gpu=None)
+  assert "--temp_location=gs://b/tmp" in args
+  assert not any("worker_accelerator" in a for a in args)
