@@ -76,7 +76,8 @@ def test_synthetic_agrees_with_cleanlab(tmp_path, synthetic, write_config,
   assert ranked["self_confidence"].is_monotonic_increasing
 
 
-def test_digits_demo_agrees_with_cleanlab(tmp_path, write_config):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_digits_demo_agrees_with_cleanlab(tmp_path, write_config, workers):
   data, model_path = tmp_path / "data", tmp_path / "demo.keras"
   truth = demo.build(str(data), str(model_path))
   columns = pd.DataFrame(
@@ -88,7 +89,11 @@ def test_digits_demo_agrees_with_cleanlab(tmp_path, write_config):
     out = tmp_path / method
     config = base_config(data / "*.gz", model_path, out,
                          flag={"loss_quantile": None, "label_issues": method})
-    audit.run(["--config", write_config(config, f"{method}.yaml")])
+    argv = ["--config", write_config(config, f"{method}.yaml")]
+    if workers > 1:
+      argv += [f"--direct_num_workers={workers}",
+               "--direct_running_mode=multi_processing"]
+    audit.run(argv)
     flagged = pd.read_parquet(out / "flagged")["id"]
     expected = columns["id"][find_label_issues(columns["label"].to_numpy(),
                                                probs, filter_by=method)]
