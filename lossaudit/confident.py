@@ -212,17 +212,6 @@ class CellCandidates:
       yield (cell // k, cell % k), values[lo:hi], ids[lo:hi]
 
 
-def top_n(values: np.ndarray, ids: np.ndarray,
-          n: int) -> Tuple[np.ndarray, np.ndarray]:
-  """The n largest values `(≤n,)`, ties broken by the smaller id."""
-  if values.size > n:
-    nth = np.partition(values, values.size - n)[values.size - n]
-    keep = values >= nth
-    values, ids = values[keep], ids[keep]
-  order = np.lexsort((ids, -values))[:n]
-  return values[order], ids[order]
-
-
 def cell_bounds(cell_last: Dict[Tuple[int, int], Tuple[float, str]],
                 num_classes: int) -> Tuple[np.ndarray, Dict]:
   """Each cell's n-th margin as a `(K, K)` array (+inf: no cell), and ids."""

@@ -11,9 +11,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 from lossaudit.config import ConfigError
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)

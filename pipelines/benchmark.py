@@ -98,8 +98,6 @@ def _peak_rss_mb() -> float:
 
 def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
                   label_issues: Optional[str]) -> Dict:
-  import keras  # pylint: disable=g-import-not-at-top,unused-import
-  import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import yaml  # pylint: disable=g-import-not-at-top
 
   from pipelines import audit  # pylint: disable=g-import-not-at-top

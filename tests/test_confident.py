@@ -6,6 +6,7 @@ from cleanlab.count import compute_confident_joint, get_confident_thresholds
 from cleanlab.filter import find_label_issues
 
 from lossaudit import confident
+from lossaudit.stats import top_k_merge
 
 
 def noisy_probs(n, k, noise, seed):
@@ -69,7 +70,7 @@ def test_issues_match_cleanlab(method):
     for bundle in bundles:
       for cell, values, kept in bundle.cells():
         old = best.get(cell, (np.zeros(0), np.zeros(0, dtype=object)))
-        best[cell] = confident.top_n(np.concatenate([old[0], values]),
+        best[cell] = top_k_merge(np.concatenate([old[0], values]),
                                      np.concatenate([old[1], kept]),
                                      int(prune[cell]))
     last = {cell: (v[-1], i[-1]) for cell, (v, i) in best.items() if len(v)}

@@ -8,7 +8,6 @@ builds.
 
 import json
 
-import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.portability.api import beam_runner_api_pb2
 

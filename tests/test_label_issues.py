@@ -1,7 +1,5 @@
 """Distributed confident learning agrees with cleanlab on the same probabilities."""
 
-import json
-import os
 
 import keras
 import numpy as np

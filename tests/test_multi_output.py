@@ -1,6 +1,5 @@
 """Multi-output models, sample weights and custom losses through the pipeline."""
 
-import json
 
 import keras
 import numpy as np

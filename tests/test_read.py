@@ -3,7 +3,6 @@
 import glob
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_metadata.proto.v0 import schema_pb2

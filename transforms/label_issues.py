@@ -17,6 +17,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from lossaudit import confident
 from lossaudit.scoring import PROBS_COLUMN
+from lossaudit.stats import top_k_merge
 
 
 def class_arrays(batch: pa.RecordBatch, num_classes: int
@@ -99,7 +100,7 @@ class CellTopNCombineFn(beam.CombineFn):
   def merge_accumulators(self, accumulators):
     accumulators = list(accumulators)
     n = max(a[0] for a in accumulators)
-    values, ids = confident.top_n(
+    values, ids = top_k_merge(
         np.concatenate([a[1] for a in accumulators]),
         np.concatenate([a[2] for a in accumulators]), n)
     return n, values, ids
