@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import struct
 from typing import List, Optional, Sequence, Tuple
 
 import pyarrow as pa
@@ -19,7 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
-from lossaudit import losses
+from lossaudit import losses, tfrecord
 from lossaudit.config import AuditConfig, ConfigError
 from lossaudit.model import AuditModel
 from lossaudit.scoring import (BatchScorer, LossShapeError, LossTerm,
@@ -55,20 +54,10 @@ def match_files(patterns: Sequence[str]) -> List[str]:
 
 
 def read_tfrecords(path: str, limit: int) -> List[bytes]:
-  """Reads up to `limit` records of a TFRecord file (compression by suffix)."""
-  records = []
-  with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-    while len(records) < limit:
-      header = f.read(12)
-      if len(header) < 12:
-        break
-      (length,) = struct.unpack("<Q", header[:8])
-      data = f.read(length)
-      if len(data) < length:
-        break
-      f.read(4)
-      records.append(data)
-  return records
+  """The first records of a TFRecord file (up to `limit`, fewer if damaged)."""
+  for item in tfrecord.read_batches(path, limit):
+    return item if isinstance(item, list) else []
+  return []
 
 
 def _probe_batch(config: AuditConfig, files: Sequence[str]
