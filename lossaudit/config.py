@@ -294,14 +294,26 @@ DEVICES = ("auto", "cpu", "gpu")
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-  """Where the model runs: `auto` (a GPU when TensorFlow sees one), `cpu`
-  or `gpu`."""
+  """Where the model runs.
+
+  `device`: `auto` (a GPU when TensorFlow sees one), `cpu` or `gpu`.
+  `accelerator`: a Beam resource hint put on the scoring step only (for
+  runners that honour per-step hints, such as Dataflow Prime).
+  """
 
   device: str = "auto"
+  accelerator: Optional[str] = None
 
   def __post_init__(self):
     if self.device not in DEVICES:
       _fail("runtime.device", f"one of {set(DEVICES)}", self.device)
+    if self.accelerator is not None and (
+        not isinstance(self.accelerator, str) or
+        not self.accelerator.startswith("type:")):
+      _fail("runtime.accelerator",
+            "null or a Beam accelerator hint such as"
+            " 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
+            self.accelerator)
 
 
 _SECTIONS = {

@@ -44,7 +44,10 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size)
-  scored = read["batches"] | "ScoreBatches" >> ScoreBatches(spec)
+  score = ScoreBatches(spec)
+  if config.runtime.accelerator:
+    score = score.with_resource_hints(accelerator=config.runtime.accelerator)
+  scored = read["batches"] | "ScoreBatches" >> score
   quantiles = set(config.stats.quantiles) | {
       q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
   column = "weighted_loss" if config.stats.weighted else "loss"

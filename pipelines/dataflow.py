@@ -16,11 +16,16 @@ from typing import List, Optional, Sequence
 DEFAULT_CONFIG = "configs/dataflow_gpu.yaml"
 
 
+def accelerator(gpu: str, count: int = 1) -> str:
+  return f"type:{gpu};count:{count};install-nvidia-driver"
+
+
 def dataflow_args(*, project: str, region: str, bucket: str, image: str,
                   gpu: Optional[str] = "nvidia-tesla-t4", gpu_count: int = 1,
                   machine_type: str = "n1-standard-8",
                   max_workers: int = 8, job_name: Optional[str] = None,
-                  template: Optional[str] = None) -> List[str]:
+                  template: Optional[str] = None,
+                  gpu_scope: str = "job") -> List[str]:
   """The Beam options of a Dataflow audit job.
 
   - `--sdk_container_image`: the image built from the repo's Dockerfile
@@ -30,6 +35,9 @@ def dataflow_args(*, project: str, region: str, bucket: str, image: str,
   - `worker_accelerator=...;install-nvidia-driver`: a GPU on every worker.
   - `no_use_multiple_sdk_containers`: one SDK process per worker VM, so one
     process owns the GPU (the model is loaded once per process).
+  - `gpu_scope="scoring"` leaves the accelerator off the job: `main` puts it
+    on the scoring step as a resource hint (`runtime.accelerator`), which
+    Dataflow honours with right fitting (Dataflow Prime).
   """
   bucket = bucket.rstrip("/")
   args = [
@@ -45,9 +53,11 @@ def dataflow_args(*, project: str, region: str, bucket: str, image: str,
       "--experiments=use_runner_v2",
       "--experiments=no_use_multiple_sdk_containers",
   ]
-  if gpu:
+  if gpu and gpu_scope == "job":
     args.append("--dataflow_service_options=worker_accelerator="
-                f"type:{gpu};count:{gpu_count};install-nvidia-driver")
+                + accelerator(gpu, gpu_count))
+  elif gpu:
+    args.append("--dataflow_service_options=enable_prime")
   if job_name:
     args.append(f"--job_name={job_name}")
   if template:
@@ -68,6 +78,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--gpu", default="nvidia-tesla-t4",
                       help="accelerator type; 'none' for CPU workers")
   parser.add_argument("--gpu-count", type=int, default=1)
+  parser.add_argument("--gpu-scope", choices=("job", "scoring"),
+                      default="job",
+                      help="a GPU on every worker (job), or on the scoring"
+                      " step only through a resource hint (Dataflow Prime)")
   parser.add_argument("--machine-type", default="n1-standard-8")
   parser.add_argument("--max-workers", type=int, default=8)
   parser.add_argument("--job-name", default=None)
@@ -81,8 +95,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       image=args.image, gpu=None if args.gpu == "none" else args.gpu,
       gpu_count=args.gpu_count, machine_type=args.machine_type,
       max_workers=args.max_workers, job_name=args.job_name,
-      template=args.template)
+      template=args.template, gpu_scope=args.gpu_scope)
   sets = [item for s in args.set for item in ("--set", s)]
+  if args.gpu_scope == "scoring" and args.gpu != "none":
+    sets += ["--set", "runtime.accelerator=" + accelerator(args.gpu,
+                                                           args.gpu_count)]
   return audit.main(["--config", args.config] + sets + beam_args + rest)
 
 

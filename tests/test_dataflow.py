@@ -60,3 +60,34 @@ def test_dataflow_args():
                                 image="img", gpu=None)
   assert "--temp_location=gs://b/tmp" in args
   assert not any("worker_accelerator" in a for a in args)
+
+
+def test_accelerator_on_the_scoring_step_only(gcs, tfrecord_dir,
+                                              classifier_path):
+  root = f"{gcs}/dataflow-hint"
+  upload(str(tfrecord_dir), f"{root}/data")
+  upload(classifier_path, f"{root}/model.keras")
+  template = f"{root}/templates/audit.json"
+  assert dataflow.main([
+      "--project=test-project-123", "--region=us-central1",
+      f"--bucket={root}", f"--image={IMAGE}", "--gpu-scope=scoring",
+      f"--template={template}",
+      "--set", f"input.pattern={root}/data/*.gz",
+      "--set", f"model.path={root}/model.keras",
+      "--set", f"output.dir={root}/out",
+  ]) == 0
+  with FileSystems.open(template) as f:
+    job = json.loads(f.read())
+  assert not any("worker_accelerator" in o
+                 for o in job["environment"].get("serviceOptions", []))
+  staged = job["environment"]["workerPools"][0]["packages"][0]["location"]
+  path = ("gs://" + staged.split("storage.googleapis.com/", 1)[1]).rsplit(
+      "/", 1)[0] + "/pipeline.pb"
+  with FileSystems.open(path) as f:
+    pipeline = beam_runner_api_pb2.Pipeline.FromString(f.read())
+  hinted = {
+      t.unique_name for t in pipeline.components.transforms.values()
+      if t.environment_id and any(
+          b"nvidia-tesla-t4" in v for v in pipeline.components.environments[
+              t.environment_id].resource_hints.values())}
+  assert hinted and all(name.startswith("ScoreBatches") for name in hinted)
