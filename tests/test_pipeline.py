@@ -320,3 +320,17 @@ def test_two_worker_processes_give_the_same_results(tmp_path, tfrecord_dir,
     a = _read(out_one, kind).sort_values("id").reset_index(drop=True)
     b = _read(out_two, kind).sort_values("id").reset_index(drop=True)
     assert a.equals(b), kind
+
+
+def test_empty_dataset_completes_with_zero_counts(tmp_path, classifier_path,
+                                                  write_config):
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "part-0.tfrecord").write_bytes(b"")
+  out = tmp_path / "out"
+  config = base_config(data / "*.tfrecord", classifier_path, out)
+  summary = audit.run(["--config", write_config(config)])
+  assert (summary["examples_read"], summary["examples_scored"],
+          summary["examples_dead_lettered"]) == (0, 0, 0)
+  assert summary["loss"]["count"] == 0 and summary["flagged"]["total"] == 0
+  assert (out / "report.html").exists()
