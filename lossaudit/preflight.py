@@ -193,7 +193,8 @@ def _loss_term(model: AuditModel, output: str, name: str, label_column: str,
     if probe is not None and label_column in probe.schema.names:
       term["label_shape"] = _custom_label_shape(probe, label_column, shape)
     return LossTerm(**term)
-  if canonical in losses.SPARSE_CLASSIFICATION:
+  kind = losses.label_kind(canonical, width)
+  if kind == "sparse":
     if not shape:
       raise ConfigError(
           f"{key}.name: {loss_name!r} expects (batch, ..., classes) model"
@@ -201,10 +202,9 @@ def _loss_term(model: AuditModel, output: str, name: str, label_column: str,
     term.update(label_shape=shape[:-1], label_dtype="int64",
                 num_classes=shape[-1],
                 signals="sparse" if len(shape) == 1 else None)
-  elif canonical in losses.DENSE_CLASSIFICATION:
-    if len(shape) == 1 and shape[0] >= 2:
-      term.update(signals="categorical", num_classes=shape[0])
-  elif canonical in losses.BINARY_CLASSIFICATION and width == 1:
+  elif kind == "categorical" and len(shape) == 1 and shape[0] >= 2:
+    term.update(signals="categorical", num_classes=shape[0])
+  elif kind == "binary":
     term.update(signals="binary", num_classes=2)
   return LossTerm(**term)
 

@@ -17,24 +17,38 @@ from tests.conftest import upload
 IMAGE = "us-central1-docker.pkg.dev/test-project-123/images/lossaudit:1"
 
 
-def test_template_has_accelerator_container_and_steps(gcs, tfrecord_dir,
-                                                      classifier_path):
-  root = f"{gcs}/dataflow"
+def _write_template(gcs, name, tfrecord_dir, classifier_path, *options):
+  """Runs `scripts/dataflow`'s `main` with `--template` on the emulator.
+
+  Returns:
+    `(job, pipeline)`: the template JSON and the staged pipeline proto.
+  """
+  root = f"{gcs}/{name}"
   upload(str(tfrecord_dir), f"{root}/data")
   upload(classifier_path, f"{root}/model.keras")
   template = f"{root}/templates/audit.json"
-  code = dataflow.main([
+  assert dataflow.main([
       "--project=test-project-123", "--region=us-central1",
-      f"--bucket={root}", f"--image={IMAGE}", "--gpu=nvidia-tesla-t4",
-      f"--template={template}",
+      f"--bucket={root}", f"--image={IMAGE}", f"--template={template}",
       "--set", f"input.pattern={root}/data/*.gz",
       "--set", f"model.path={root}/model.keras",
       "--set", f"output.dir={root}/out",
-      "--set", "input.label_column=label",
-  ])
-  assert code == 0
+      *options,
+  ]) == 0
   with FileSystems.open(template) as f:
     job = json.loads(f.read())
+  # The staged files sit beside the pipeline proto the job runs.
+  staged = job["environment"]["workerPools"][0]["packages"][0]["location"]
+  path = ("gs://" + staged.split("storage.googleapis.com/", 1)[1]).rsplit(
+      "/", 1)[0] + "/pipeline.pb"
+  with FileSystems.open(path) as f:
+    return job, beam_runner_api_pb2.Pipeline.FromString(f.read())
+
+
+def test_template_has_accelerator_container_and_steps(gcs, tfrecord_dir,
+                                                      classifier_path):
+  job, pipeline = _write_template(gcs, "dataflow", tfrecord_dir,
+                                  classifier_path, "--gpu=nvidia-tesla-t4")
   environment = job["environment"]
   assert environment["serviceOptions"] == [
       "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
@@ -42,12 +56,6 @@ def test_template_has_accelerator_container_and_steps(gcs, tfrecord_dir,
   pool = environment["workerPools"][0]
   assert pool["sdkHarnessContainerImages"][0]["containerImage"] == IMAGE
   assert pool["machineType"] == "n1-standard-8"
-  # The staged files sit beside the pipeline proto the job runs.
-  staged = pool["packages"][0]["location"]
-  staging_dir = "gs://" + staged.split("storage.googleapis.com/", 1)[1]
-  path = staging_dir.rsplit("/", 1)[0] + "/pipeline.pb"
-  with FileSystems.open(path) as f:
-    pipeline = beam_runner_api_pb2.Pipeline.FromString(f.read())
   names = {t.unique_name for t in pipeline.components.transforms.values()}
   for step in ("Read", "ScoreBatches", "LossStats", "FlagExamples",
                "WriteLosses", "WriteFlagged", "WriteDeadLetters",
@@ -64,27 +72,10 @@ def test_dataflow_args():
 
 def test_accelerator_on_the_scoring_step_only(gcs, tfrecord_dir,
                                               classifier_path):
-  root = f"{gcs}/dataflow-hint"
-  upload(str(tfrecord_dir), f"{root}/data")
-  upload(classifier_path, f"{root}/model.keras")
-  template = f"{root}/templates/audit.json"
-  assert dataflow.main([
-      "--project=test-project-123", "--region=us-central1",
-      f"--bucket={root}", f"--image={IMAGE}", "--gpu-scope=scoring",
-      f"--template={template}",
-      "--set", f"input.pattern={root}/data/*.gz",
-      "--set", f"model.path={root}/model.keras",
-      "--set", f"output.dir={root}/out",
-  ]) == 0
-  with FileSystems.open(template) as f:
-    job = json.loads(f.read())
+  job, pipeline = _write_template(gcs, "dataflow-hint", tfrecord_dir,
+                                  classifier_path, "--gpu-scope=scoring")
   assert not any("worker_accelerator" in o
                  for o in job["environment"].get("serviceOptions", []))
-  staged = job["environment"]["workerPools"][0]["packages"][0]["location"]
-  path = ("gs://" + staged.split("storage.googleapis.com/", 1)[1]).rsplit(
-      "/", 1)[0] + "/pipeline.pb"
-  with FileSystems.open(path) as f:
-    pipeline = beam_runner_api_pb2.Pipeline.FromString(f.read())
   hinted = {
       t.unique_name for t in pipeline.components.transforms.values()
       if t.environment_id and any(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -128,8 +128,3 @@ class TopKCombineFn(beam.CombineFn):
   def extract_output(self, accumulator):
     values, ids = accumulator
     return [(float(v), str(i)) for v, i in zip(values, ids)]
-
-
-def kth_of(top: Sequence[Tuple[float, str]]) -> Optional[Tuple[float, str]]:
-  """The last `(loss, id)` of a top-k list: the k-th, or fewer when short."""
-  return tuple(top[-1]) if top else None
