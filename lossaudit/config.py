@@ -261,6 +261,9 @@ class FlagConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
+  """Where a run writes. `dir` may hold `{date}` (UTC, YYYY-MM-DD) and
+  `{run_id}` (UTC start time and a random suffix), filled in at the start."""
+
   dir: str = "out/audit"
   num_shards: int = 0
   write_losses: bool = True
@@ -268,6 +271,11 @@ class OutputConfig:
   def __post_init__(self):
     if not isinstance(self.dir, str) or not self.dir:
       _fail("output.dir", "a local path or gs:// URI", self.dir)
+    try:
+      self.dir.format(date="", run_id="")
+    except (KeyError, IndexError, ValueError):
+      _fail("output.dir", "a path whose only placeholders are {date} and"
+            " {run_id}", self.dir)
     _check_type("output.num_shards", self.num_shards, (int,),
                 "an integer >= 0")
     if self.num_shards < 0:
@@ -278,12 +286,18 @@ class OutputConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
+  """Quality gates. `baseline`: an earlier run's `output.dir`, or `latest`:
+  the newest complete run (one with `summary.json`) beside this one."""
+
   baseline: Optional[str] = None
   max_flagged_fraction: Optional[float] = None
   max_quantile_shift: Optional[float] = None
 
   def __post_init__(self):
     _optional_str("gate.baseline", self.baseline)
+    if self.baseline == "":
+      _fail("gate.baseline", "null, 'latest' or an earlier run's output.dir",
+            self.baseline)
     _optional_number("gate.max_flagged_fraction", self.max_flagged_fraction,
                      0, 1)
     _optional_number("gate.max_quantile_shift", self.max_quantile_shift, 0)
@@ -299,12 +313,17 @@ class RuntimeConfig:
   `device`: `auto` (a GPU when TensorFlow sees one), `cpu` or `gpu`.
   `accelerator`: a Beam resource hint put on the scoring step only (for
   runners that honour per-step hints, such as Dataflow Prime).
+  `progress_seconds`: on the DirectRunner, each worker process prints a
+  progress line at most this often (null: none).
   """
 
   device: str = "auto"
   accelerator: Optional[str] = None
+  progress_seconds: Optional[float] = 5.0
 
   def __post_init__(self):
+    _optional_number("runtime.progress_seconds", self.progress_seconds, 0,
+                     open_low=True)
     if self.device not in DEVICES:
       _fail("runtime.device", f"one of {set(DEVICES)}", self.device)
     if self.accelerator is not None and (
@@ -381,6 +400,10 @@ class AuditConfig:
   def to_dict(self) -> dict:
     return _plain(dataclasses.asdict(self))
 
+  def with_output_dir(self, directory: str) -> "AuditConfig":
+    return dataclasses.replace(
+        self, output=dataclasses.replace(self.output, dir=directory))
+
 
 def _plain(value: Any) -> Any:
   if isinstance(value, Mapping):
@@ -434,14 +457,18 @@ def apply_override(raw: dict, assignment: str) -> None:
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> AuditConfig:
-  """Reads a YAML config file (safely) and applies `--set` overrides."""
-  if not os.path.isfile(path):
+  """Reads a YAML config file (safely; local or gs://) and applies `--set`
+  overrides."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  remote = "://" in path
+  if not (FileSystems.exists(path) if remote else os.path.isfile(path)):
     raise ConfigError(f"--config: expected a YAML file. Received: {path!r}"
                       " (no such file)")
-  with open(path, encoding="utf-8") as f:
+  with (FileSystems.open(path) if remote else open(path, "rb")) as f:
     try:
-      raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
+      raw = yaml.safe_load(f.read().decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
       raise ConfigError(
           f"--config {path}: expected valid YAML."
           f" Received: {' '.join(str(e).split())}") from None

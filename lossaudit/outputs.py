@@ -5,9 +5,10 @@ Works on local paths and gs:// alike through Beam's `FileSystems`.
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
-from typing import Any
+from typing import Any, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -21,6 +22,46 @@ REPORT = "report.html"
 DRIFT = "drift.json"
 SCRATCH = ".scratch"
 _SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER)
+
+
+def new_run_id(now: datetime.datetime) -> str:
+  """`20261123T031500Z-1a2b3c`: sorts by start time, unique per run."""
+  return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def expand_dir(template: str, now: datetime.datetime, run_id: str) -> str:
+  """`output.dir` with `{date}` and `{run_id}` filled in."""
+  return template.format(date=f"{now:%Y-%m-%d}", run_id=run_id)
+
+
+def latest_complete_run(template: str) -> Optional[str]:
+  """The newest earlier run of `template` that completed, or None.
+
+  Runs are the directories the template can expand to (placeholders match
+  anything) that hold a `summary.json`; the newest by that file's time.
+  With no placeholders, that is the template's own directory: call this
+  before `prepare` clears it.
+  """
+  pattern = join(template.format(date="*", run_id="*"), SUMMARY)
+  found = FileSystems.match([pattern])[0].metadata_list
+  if not found:
+    return None
+  newest = max(found, key=lambda m: (m.last_updated_in_seconds, m.path))
+  return newest.path[:-len(SUMMARY)].rstrip("/")
+
+
+def read_summary(directory: str, key: str) -> Tuple[str, Any]:
+  """`(directory, its summary.json)`.
+
+  Raises:
+    ConfigError: naming `key` when the directory holds no complete run.
+  """
+  path = join(directory, SUMMARY)
+  if not FileSystems.exists(path):
+    raise ConfigError(
+        f"{key}: expected the output.dir of a completed run (one with"
+        f" {SUMMARY}). Received: {directory!r}")
+  return directory, read_json(path)
 
 
 def join(directory: str, *parts: str) -> str:
@@ -37,18 +78,26 @@ def scratch_prefix(directory: str) -> str:
   return join(directory, SCRATCH, "scored")
 
 
+def _remove_tree(path: str) -> None:
+  """Deletes a directory (on object stores: a prefix) and all under it."""
+  path = path.rstrip("/")
+  if FileSystems.get_scheme(path):
+    FileSystems.delete([path + "/"])  # Recursive; quiet when there is none.
+  elif FileSystems.exists(path):
+    FileSystems.delete([path])
+
+
 def remove_scratch(directory: str) -> None:
-  scratch = join(directory, SCRATCH)
-  if FileSystems.exists(scratch):
-    FileSystems.delete([scratch])
+  _remove_tree(join(directory, SCRATCH))
 
 
 def prepare(directory: str) -> None:
   """Makes `directory` ready for a run, before the pipeline starts.
 
   Removes `summary.json` first (so an interrupted re-run never looks
-  complete), then the shards and files of any earlier run, so shards of two
-  runs never mix; checks that the directory can be written.
+  complete), then the shards, files and half-written temporary shards of any
+  earlier run, so shards of two runs never mix; checks that the directory
+  can be written.
 
   Raises:
     ConfigError: when the directory cannot be written.
@@ -65,13 +114,11 @@ def prepare(directory: str) -> None:
         f"output.dir: expected a writable location. Received: {directory!r}"
         f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     ) from None
-  stale = [join(directory, name) for name in (SUMMARY, REPORT, DRIFT)]
+  for name in (SUMMARY, REPORT, DRIFT):
+    if FileSystems.exists(join(directory, name)):
+      FileSystems.delete([join(directory, name)])
   for kind in _SHARD_DIRS:
-    stale += [m.path for m in FileSystems.match(
-        [join(directory, kind, "*")])[0].metadata_list]
-  stale = [path for path in stale if FileSystems.exists(path)]
-  if stale:
-    FileSystems.delete(stale)
+    _remove_tree(join(directory, kind))
   remove_scratch(directory)
 
 

@@ -54,17 +54,29 @@ def match_files(patterns: Sequence[str]) -> List[str]:
 
 
 def read_tfrecords(path: str, limit: int) -> List[bytes]:
-  """The first records of a TFRecord file (up to `limit`, fewer if damaged)."""
-  for item in tfrecord.read_batches(path, limit):
-    return item if isinstance(item, list) else []
+  """The first records of a TFRecord file (up to `limit`, fewer if damaged).
+
+  Raises:
+    ValueError: when not even the first record can be read.
+  """
+  for item in tfrecord.read_batches(path, limit,
+                                    tfrecord.compression_of(path)):
+    if isinstance(item, tfrecord.Unreadable):
+      raise ValueError(item.describe())
+    return item
   return []
 
 
 def _probe_batch(config: AuditConfig, files: Sequence[str]
                  ) -> Tuple[Optional[pa.RecordBatch], Optional[str]]:
-  """The first few records of the dataset as one batch, and their file."""
+  """The first few records of the dataset as one batch, and their file.
+
+  A file that cannot be read is passed over (the run dead-letters it), unless
+  no file can be read at all: then the data is not what the config says.
+  """
   from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
 
+  failures = []
   for path in files:
     try:
       if config.input.format == "tfrecord":
@@ -81,9 +93,13 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
         first = next(parquet.iter_batches(batch_size=PROBE_RECORDS))
         return first, path
     except Exception as e:  # pylint: disable=broad-except
-      raise ConfigError(
-          f"input.pattern: expected {config.input.format} files. {path!r}"
-          f" could not be read: {type(e).__name__}: {_first_line(e)}") from None
+      failures.append((path, e))
+  if failures and len(failures) == len(files):
+    path, e = failures[0]
+    raise ConfigError(
+        f"input.pattern: expected {config.input.format} files. None of the"
+        f" {len(files)} matched files could be read; {path!r}:"
+        f" {type(e).__name__}: {_first_line(e)}")
   return None, None
 
 

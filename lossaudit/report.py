@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import html
 import math
 import platform
@@ -28,11 +29,22 @@ def versions() -> Dict[str, str]:
 
 def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                   thresholds: Dict, flag_counts: Dict[str, int],
-                  dead_lettered: int, config: Dict, runner: str,
+                  dead_letter_reasons: Dict[str, int],
+                  duplicates: Optional[Dict], config: Dict, run: Dict,
                   seconds: float, files: Dict[str, List[str]],
+                  timing: Optional[Sequence[float]] = None,
                   devices: Sequence[str] = ()) -> Dict:
-  """The `summary.json` document (see CONTRACT.md)."""
+  """The `summary.json` document (see CONTRACT.md).
+
+  Args:
+    run: `run_id`, `runner` and `start_time` of the run.
+    timing: `(batches, rows, seconds, slowest batch's seconds)` spent in the
+      model and loss, summed over workers.
+  """
   scored = loss_stats["count"] + loss_stats["nan_count"]
+  dead_lettered = sum(dead_letter_reasons.values())
+  duplicates = duplicates or {"duplicate_ids": 0, "duplicate_id_rows": 0,
+                              "duplicate_id_examples": []}
   loss = {k: v for k, v in loss_stats.items() if k != "cdf"}
   thresholds = dict(thresholds)
   by_reason = {k: v for k, v in sorted(flag_counts.items())
@@ -49,6 +61,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,
       "examples_dead_lettered": dead_lettered,
+      "dead_letter": {"by_reason": dict(sorted(dead_letter_reasons.items()))},
+      **duplicates,
       "loss": loss,
       "slices": {
           str(k): {"count": v["count"] + v["nan_count"],
@@ -62,10 +76,29 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       "label_issues": label_issues,
       "config": config,
       "versions": versions(),
-      "runner": runner,
+      "runner": run["runner"],
+      "run_id": run["run_id"],
+      "started": datetime.datetime.fromtimestamp(
+          run["start_time"], datetime.timezone.utc).isoformat(
+              timespec="seconds"),
       "devices": list(devices),
       "seconds": round(seconds, 3),
+      "timings": _timings(seconds, scored, timing),
       "files": files,
+  }
+
+
+def _timings(seconds: float, scored: int,
+             timing: Optional[Sequence[float]]) -> Dict[str, Any]:
+  batches, rows, scoring, slowest = timing or (0, 0, 0.0, 0.0)
+  return {
+      "wall_seconds": round(seconds, 3),
+      "examples_per_second": round(scored / seconds, 1) if seconds else None,
+      "scoring_seconds": round(scoring, 3),
+      "batches": batches,
+      "mean_batch_ms": round(1000 * scoring / batches, 3) if batches else None,
+      "slowest_batch_ms": round(1000 * slowest, 3),
+      "batch_rows": rows,
   }
 
 
@@ -87,17 +120,20 @@ def _histogram(cdf: Sequence[Optional[float]], count: int,
 
 
 def _svg_histogram(edges: np.ndarray, counts: np.ndarray,
-                   thresholds: Dict[str, Any]) -> str:
+                   thresholds: Dict[str, Any], log: bool = False) -> str:
+  """Bars of `counts` `(B,)` between `edges` `(B+1,)`; rule thresholds as
+  dashed lines. `log`: bar heights on a log10(1 + count) scale."""
   width, height, pad = 720, 240, 40
   if counts.size == 0:
     return "<p>No finite losses.</p>"
-  top = max(counts.max(), 1.0)
+  heights = np.log10(1.0 + counts) if log else counts
+  top = max(heights.max(), 1e-12)
   scale_x = (width - 2 * pad) / (edges[-1] - edges[0])
   bars = []
-  for left, right, c in zip(edges[:-1], edges[1:], counts):
+  for left, right, c, h in zip(edges[:-1], edges[1:], counts, heights):
     x = pad + (left - edges[0]) * scale_x
     w = max((right - left) * scale_x - 1, 1)
-    h = (height - 2 * pad) * c / top
+    h = (height - 2 * pad) * h / top
     bars.append(f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{w:.1f}"'
                 f' height="{h:.1f}" fill="#4a7ab5"><title>'
                 f"{left:.4g} – {right:.4g}: ~{c:.0f}</title></rect>")
@@ -110,15 +146,59 @@ def _svg_histogram(edges: np.ndarray, counts: np.ndarray,
           f' stroke="#c0392b" stroke-dasharray="4"/><text x="{x + 3:.1f}"'
           f' y="{pad + 12}" font-size="11" fill="#c0392b">'
           f"{html.escape(rule)}</text>")
+  scale = "log10(1 + examples)" if log else "examples"
   axis = (f'<text x="{pad}" y="{height - 10}" font-size="11">{edges[0]:.4g}'
           f'</text><text x="{width - pad}" y="{height - 10}" font-size="11"'
           f' text-anchor="end">{edges[-1]:.4g}</text>'
           f'<text x="{width / 2}" y="{height - 10}" font-size="11"'
-          ' text-anchor="middle">per-sample loss</text>')
-  return (f'<svg id="histogram" xmlns="http://www.w3.org/2000/svg"'
+          ' text-anchor="middle">per-sample loss</text>'
+          f'<text x="12" y="{height / 2}" font-size="11" text-anchor="middle"'
+          f' transform="rotate(-90 12 {height / 2})">{scale}</text>')
+  name = "histogram-log" if log else "histogram"
+  return (f'<svg id="{name}" class="{name}" xmlns="http://www.w3.org/2000/svg"'
           f' width="{width}" height="{height}" role="img"'
-          f' aria-label="loss histogram">{"".join(bars)}{"".join(lines)}'
-          f"{axis}</svg>")
+          f' aria-label="loss histogram, {scale}">{"".join(bars)}'
+          f'{"".join(lines)}{axis}</svg>')
+
+
+def _svg_heat_map(pairs: Dict[str, int], num_classes: int) -> str:
+  """The label-issue matrix: given label (rows) × suggested label (columns),
+  darker for more issues; `pairs` maps `"given->suggested"` to a count."""
+  counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+  for pair, count in pairs.items():
+    given, suggested = (int(v) for v in pair.split("->"))
+    counts[given, suggested] = count
+  cell = max(4, min(36, 480 // max(num_classes, 1)))
+  pad = 56
+  size = pad + cell * num_classes + 8
+  top = max(int(counts.max()), 1)
+  parts = []
+  for g in range(num_classes):
+    for j in range(num_classes):
+      c = int(counts[g, j])
+      shade = 255 - int(200 * c / top)
+      fill = f"rgb(255,{shade},{shade})" if c else "#fafafa"
+      x, y = pad + j * cell, pad + g * cell
+      parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}"'
+                   f' fill="{fill}" stroke="#ddd"><title>given {g}, suggested'
+                   f" {j}: {c}</title></rect>")
+      if c and cell >= 20:
+        parts.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}"'
+                     f' font-size="10" text-anchor="middle">{c}</text>')
+  if cell >= 12:
+    for k in range(num_classes):
+      parts.append(f'<text x="{pad + k * cell + cell / 2}" y="{pad - 4}"'
+                   f' font-size="10" text-anchor="middle">{k}</text>'
+                   f'<text x="{pad - 4}" y="{pad + k * cell + cell / 2 + 4}"'
+                   f' font-size="10" text-anchor="end">{k}</text>')
+  parts.append(f'<text x="{pad + cell * num_classes / 2}" y="14"'
+               ' font-size="11" text-anchor="middle">suggested label</text>'
+               f'<text x="14" y="{pad + cell * num_classes / 2}" font-size="11"'
+               ' text-anchor="middle" transform="rotate(-90 14'
+               f' {pad + cell * num_classes / 2})">given label</text>')
+  return (f'<svg id="label-issue-matrix" xmlns="http://www.w3.org/2000/svg"'
+          f' width="{size}" height="{size}" role="img" aria-label="label'
+          f' issues, given by suggested label">{"".join(parts)}</svg>')
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -138,16 +218,92 @@ def _fmt(value: Any) -> str:
   return "" if value is None else str(value)
 
 
+def _overview(summary: Dict) -> str:
+  scored = summary["examples_scored"]
+  rate = summary["flagged"]["total"] / scored if scored else 0.0
+  return _table(
+      ["examples read", "scored", "dead-lettered", "flagged", "flagged rate",
+       "duplicate ids", "seconds", "examples/s"],
+      [[summary["examples_read"], scored, summary["examples_dead_lettered"],
+        summary["flagged"]["total"], f"{rate:.2%}", summary["duplicate_ids"],
+        summary["seconds"], summary["timings"]["examples_per_second"]]],
+      "overview")
+
+
+def _comparison(found: Optional[Dict]) -> str:
+  if found is None:
+    return ("<p>No gate or baseline is set (<code>gate:</code> in the"
+            " config; <code>lossaudit compare</code>).</p>")
+  verdict = ('<p class="pass">Every gate passed.</p>' if found["passed"] else
+             '<p class="fail">A quality gate failed: '
+             + html.escape("; ".join(_failed(found))) + "</p>")
+  gates = _table(
+      ["gate", "limit", "value", "passed", "exceeded by", "what"],
+      [[g["gate"], g["limit"], g["value"], "yes" if g["passed"] else "NO",
+        g["exceeded_by"], g["what"]] for g in found["gates"]], "gates")
+  baseline = found["baseline"]
+  if baseline is None:
+    return verdict + gates + ("<p>No baseline run: the comparison starts"
+                              " with the next run.</p>")
+  rates = _table(
+      ["", "baseline", "current", "change"],
+      [[name, d["baseline"], d["current"], d["change"]] for name, d in (
+          ("flagged rate", found["flagged_rate"]),
+          ("dead-letter rate", found["dead_letter_rate"]))], "rates")
+  shifts = _table(
+      ["quantile", "baseline", "current", "relative shift"],
+      [[q, d["baseline"], d["current"], d["shift"]]
+       for q, d in found["quantiles"].items()], "quantile-shifts")
+  label = ""
+  if found["label_issue_rate"]:
+    label = "<h3>Label-issue rate by given class</h3>" + _table(
+        ["class", "baseline", "current", "change"],
+        [[k, d["baseline"], d["current"], d["change"]]
+         for k, d in found["label_issue_rate"].items()], "label-issue-rates")
+  return (verdict + f"<p>Baseline: <code>{html.escape(baseline)}</code></p>"
+          + gates + rates + "<h3>Loss quantiles</h3>" + shifts + label)
+
+
+def _failed(found: Dict) -> List[str]:
+  from lossaudit import drift  # pylint: disable=g-import-not-at-top
+
+  return drift.failed_gates(found)
+
+
+def _label_issues(summary: Dict) -> str:
+  label_issues = summary.get("label_issues")
+  if not label_issues:
+    return ("<p>Label-issue detection is off (<code>flag.label_issues:"
+            " confident_learning</code> or <code>prune_by_noise_rate</code>)."
+            "</p>")
+  num_classes = len(label_issues["label_counts"])
+  pairs = label_issues.get("issues_by_pair", {})
+  per_class = _table(
+      ["class", "examples", "label issues", "self-confidence threshold",
+       "noise rate"],
+      [[k, n, sum(c for p, c in pairs.items() if p.split("->")[0] == str(k)),
+        t, r] for k, (n, t, r) in enumerate(zip(
+            label_issues["label_counts"], label_issues["thresholds"],
+            label_issues["noise_rate"]))], "label-issue-classes")
+  return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
+          " the examples given the row's label that the model suggests belong"
+          " to the column's class.</p>" +
+          _svg_heat_map(pairs, num_classes) + per_class)
+
+
 def render_report(summary: Dict, cdf: Sequence[Optional[float]],
-                  top_flagged: Sequence[Dict[str, Any]]) -> str:
-  """A self-contained HTML page (inline SVG and CSS, no network)."""
+                  top_flagged: Sequence[Dict[str, Any]],
+                  found: Optional[Dict] = None) -> str:
+  """A self-contained HTML page (inline SVG and CSS, no script, no network).
+
+  Args:
+    summary: the `summary.json` document.
+    cdf: evenly spaced loss quantiles `(M+1,)` for the histogram.
+    top_flagged: the highest-scored flagged rows, as dicts.
+    found: the `drift.json` document, when gates or a baseline are set.
+  """
   loss = summary["loss"]
   edges, counts = _histogram(cdf, loss["count"])
-  overview = _table(
-      ["examples read", "scored", "dead-lettered", "flagged", "seconds"],
-      [[summary["examples_read"], summary["examples_scored"],
-        summary["examples_dead_lettered"], summary["flagged"]["total"],
-        summary["seconds"]]], "overview")
   moments = _table(["count", "mean", "std", "min", "max", "non-finite"],
                    [[loss["count"], loss["mean"], loss["std"], loss["min"],
                      loss["max"], loss["nan_count"]]], "moments")
@@ -162,40 +318,83 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
         ["slice", "count"] + [f"q{k}" for k in keys],
         [[name, s["count"]] + [s["quantiles"][k] for k in keys]
          for name, s in slices.items()], "slices")
-  flag_rows = [[r.get("id"), r.get("score"), r.get("loss"),
-                list(r.get("reasons") or []), r.get("given_label"),
-                r.get("predicted_label")] for r in top_flagged]
-  flagged = _table(["id", "score", "loss", "reasons", "given label",
-                    "predicted label"], flag_rows, "flagged")
+  columns = [c for c in ("id", "score", "loss", "reasons", "given_label",
+                         "predicted_label", "suggested_label",
+                         "self_confidence")
+             if any(c in r for r in top_flagged) or c in ("id", "score")]
+  flagged = _table([c.replace("_", " ") for c in columns],
+                   [[r.get(c) for c in columns] for r in top_flagged],
+                   "flagged")
   reasons = _table(["reason", "count"],
                    list(summary["flagged"]["by_reason"].items()), "reasons")
-  thresholds = _table(["rule", "threshold"],
-                      list(summary["thresholds"].items()), "thresholds")
+  thresholds = _table(
+      ["rule", "threshold"],
+      [[k, v] for k, v in summary["thresholds"].items()
+       if not isinstance(v, (dict, list))], "thresholds")
+  dead_reasons = _table(
+      ["reason", "examples"],
+      list(summary["dead_letter"]["by_reason"].items()), "dead-letter-reasons")
+  if not summary["examples_dead_lettered"]:
+    dead_reasons = "<p>Every input was scored.</p>" + dead_reasons
+  # A long tail leaves the linear view one tall bar: start on the log view.
+  skewed = counts.size and counts.max() > 20 * max(np.median(counts), 1.0)
+  duplicate_html = (
+      f"<p>{summary['duplicate_ids']} ids occur on more than one example"
+      f" ({summary['duplicate_id_rows']} examples). Each example was scored"
+      " and written under its id; none was merged.</p>" + _table(
+          ["id", "examples"],
+          [[d["id"], d["count"]] for d in summary["duplicate_id_examples"]],
+          "duplicate-ids")
+      if summary["duplicate_ids"] else "<p>Every id is unique.</p>")
+  timings = _table(["", "value"], list(summary["timings"].items()), "timings")
   versions_ = _table(["package", "version"],
                      list(summary["versions"].items()), "versions")
+  run = _table(["run id", "started (UTC)", "runner", "devices"],
+               [[summary["run_id"], summary["started"], summary["runner"],
+                 summary["devices"]]], "run")
   return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>lossaudit report</title>
+<title>lossaudit report {html.escape(summary["run_id"])}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 960px; }}
+body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1000px; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 th {{ background: #f0f0f0; }}
 p.note {{ color: #555; font-size: 90%; }}
+p.pass {{ color: #1e7e34; font-weight: bold; }}
+p.fail {{ color: #b00020; font-weight: bold; }}
+#log-scale:checked ~ .histogram {{ display: none; }}
+#log-scale:not(:checked) ~ .histogram-log {{ display: none; }}
 </style></head><body>
 <h1>lossaudit report</h1>
-<p class="note">Per-sample losses of the model on every example; examples
-with unusually high loss are flagged as possible outliers or label errors.
-Quantiles are approximate: each is within rank error
+<p class="note">The model scored every example of the dataset with its loss:
+how wrong the model finds the example's label. Examples with unusually high
+loss, or whose label the model confidently disagrees with, are
+<em>flagged</em> as possible outliers or label errors: the place to look
+first. Inputs that could not be scored are <em>dead-lettered</em>, each with
+its reason. Quantiles are approximate: each is within rank error
 {loss["epsilon"]} of the exact value.</p>
-<h2>Overview</h2>{overview}
-<h2>Loss distribution</h2>{_svg_histogram(edges, counts, summary["thresholds"])}
+<h2>Overview</h2>{_overview(summary)}
+<h2>Comparison with the baseline</h2>{_comparison(found)}
+<h2>Loss distribution</h2>
+<input type="checkbox" id="log-scale"{" checked" if skewed else ""}><label for="log-scale"> log scale
+(counts)</label><br>
+{_svg_histogram(edges, counts, summary["thresholds"])}
+{_svg_histogram(edges, counts, summary["thresholds"], log=True)}
 {moments}
 <h2>Quantiles</h2>{quantiles}
 <h2>Slices</h2>{slice_html}
-<h2>Flag rules</h2>{thresholds}{reasons}
-<h2>Most suspicious examples (top {len(flag_rows)})</h2>{flagged}
-<h2>Run</h2><p>Runner: {html.escape(str(summary["runner"]))}</p>{versions_}
+<h2>Flag rules</h2><p>Thresholds each rule used, and how many examples each
+flagged (an example can have several reasons).</p>{thresholds}{reasons}
+<h2>Label issues</h2>{_label_issues(summary)}
+<h2>Most suspicious examples (top {len(top_flagged)})</h2>
+<p class="note">Ordered by score: the loss, or for label issues the
+negative log of the probability of the given label.</p>{flagged}
+<h2>Dead letters</h2><p>Inputs that could not be scored, by reason (each
+is listed with its file and error under <code>dead_letter/</code>).</p>
+{dead_reasons}
+<h2>Duplicate ids</h2>{duplicate_html}
+<h2>Run</h2>{run}<h3>Timings</h3>{timings}<h3>Versions</h3>{versions_}
 <details><summary>Configuration</summary><pre>{html.escape(_yaml(summary["config"]))}</pre></details>
 </body></html>
 """

@@ -163,9 +163,47 @@ def select_device(device: str) -> str:
   return name
 
 
-def dead_letter(source: str, id_: Optional[str], error: str) -> Dict[str, Any]:
-  """One dead-letter entry, as written to `dead_letter/*.jsonl`."""
-  return {"source": source, "id": id_, "error": error}
+# Dead-letter reason codes: the `reason` of an entry, counted in summary.json.
+MISSING_ID = "missing_id"
+MISSING_FEATURE = "missing_feature"
+MISSING_LABEL = "missing_label"
+MISSING_WEIGHT = "missing_weight"
+WRONG_SIZE = "wrong_size"
+WRONG_TYPE = "wrong_type"
+LABEL_OUT_OF_RANGE = "label_out_of_range"
+NOT_AN_EXAMPLE = "not_an_example"
+UNREADABLE_STRETCH = "unreadable_stretch"
+UNREADABLE_FILE = "unreadable_file"
+
+
+def dead_letter(source: str, id_: Optional[str], error: str,
+                reason: str) -> Dict[str, Any]:
+  """One dead-letter entry, as written to `dead_letter/*.jsonl`.
+
+  Args:
+    source: the file the input came from.
+    id_: its id, when one could be read.
+    error: what was wrong, for a person.
+    reason: a reason code (the first problem found), for counting.
+  """
+  return {"source": source, "id": id_, "error": error, "reason": reason}
+
+
+def _rows_finite(tensors) -> "tf.Tensor":
+  """`(N,)` bool: whether every float value of row n of each `(N, ...)` is
+  finite."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  finite = None
+  for x in tensors:
+    if not x.dtype.is_floating:
+      continue
+    rows = tf.reduce_all(
+        tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
+    finite = rows if finite is None else finite & rows
+  if finite is None:
+    finite = tf.ones([tf.shape(tensors[0])[0]], tf.bool)
+  return finite
 
 
 def _width(shape: Tuple[int, ...]) -> int:
@@ -210,7 +248,9 @@ class BatchScorer:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     predictions = self.model(features)
-    outputs = {}
+    outputs = {"finite": _rows_finite(
+        list(features.values()) +
+        [predictions[term.output] for term in self.spec.terms])}
     total = None
     for term, loss_fn in zip(self.spec.terms, self._loss_fns):
       y_pred = predictions[term.output]
@@ -253,6 +293,13 @@ class BatchScorer:
         raise LossShapeError(
             f"{term.custom or term.loss_name!r} must return one loss per"
             f" example, shape ({n},); it returned shape {shape}")
+    # Keras losses clip probabilities, which can turn a NaN prediction into a
+    # finite loss: an example with a non-finite input or prediction gets a
+    # NaN loss instead, so it is counted and flagged `non_finite`.
+    finite = result.pop("finite")
+    if not finite.all():
+      for key in [k for k in result if k == "loss" or k.startswith("loss_")]:
+        result[key] = np.where(finite, result[key], np.nan)
     return result
 
   def score(self, source: str, batch: pa.RecordBatch
@@ -269,54 +316,58 @@ class BatchScorer:
     """
     spec = self.spec
     n = batch.num_rows
-    problems: List[Tuple[np.ndarray, str]] = []
+    # (rows (N,) bool, reason code, message[, the {value} per row (N,)])
+    problems: List[tuple] = []
 
-    def column(name: str, what: str):
+    def column(name: str, what: str, missing: str):
       found = cols.optional_column(batch, name)
       if found is None:
-        problems.append((np.ones(n, dtype=bool), f"missing {what} {name!r}"))
+        problems.append(
+            (np.ones(n, dtype=bool), missing, f"missing {what} {name!r}"))
       return found
 
-    def dense(name: str, what: str, shape, dtype) -> np.ndarray:
+    def dense(name: str, what: str, missing: str, shape,
+              dtype) -> np.ndarray:
       width = _width(shape)
-      found = column(name, what)
+      found = column(name, what, missing)
       if found is None:
         return np.zeros((n,) + tuple(shape), dtype=dtype)
       values, counts = cols.dense_values(found, width, dtype)
-      problems.append((counts < 0, f"missing {what} {name!r}"))
+      problems.append((counts < 0, missing, f"missing {what} {name!r}"))
       wrong = (counts >= 0) & (counts != width)
       if wrong.any():
-        problems.append((wrong, f"{what} {name!r} has {{value}} values,"
-                         f" expected {width}", counts))
+        problems.append((wrong, WRONG_SIZE, f"{what} {name!r} has {{value}}"
+                         f" values, expected {width}", counts))
       return values.reshape((n,) + tuple(shape))
 
     ids = None
     if spec.id_column:
-      id_col = column(spec.id_column, "id column")
+      id_col = column(spec.id_column, "id column", MISSING_ID)
       if id_col is not None:
         ids = cols.first_as_string(id_col)
         problems.append((ids.is_null().to_numpy(zero_copy_only=False),
-                         f"missing id column {spec.id_column!r}"))
+                         MISSING_ID, f"missing id column {spec.id_column!r}"))
     features = {
-        name: dense(col, "feature", shape, np.dtype(dtype))
+        name: dense(col, "feature", MISSING_FEATURE, shape, np.dtype(dtype))
         for name, col, shape, dtype in spec.features
     }
     labels = {}
     for term in spec.terms:
-      labels[term.name] = dense(term.label_column, "label", term.label_shape,
-                                np.dtype(term.label_dtype))
+      labels[term.name] = dense(term.label_column, "label", MISSING_LABEL,
+                                term.label_shape, np.dtype(term.label_dtype))
       if term.signals in ("sparse", "binary") or term.label_dtype == "int64":
         flat = labels[term.name].reshape(-1)
         per_row = flat.reshape(n, -1) if n else flat.reshape(0, 1)
         out_of_range = ~((per_row >= 0) & (per_row < term.num_classes) &
                          (per_row == np.floor(per_row))).all(axis=1)
         problems.append(
-            (out_of_range, f"label {{value}} out of range: expected an integer"
+            (out_of_range, LABEL_OUT_OF_RANGE, f"label {{value}} out of range: expected an integer"
              f" class in [0, {term.num_classes})", per_row[:, 0]
              if per_row.shape[1] == 1 else per_row.max(axis=1)))
     weights = None
     if spec.weight_column:
-      weights = dense(spec.weight_column, "weight", (), np.float64)
+      weights = dense(spec.weight_column, "weight", MISSING_WEIGHT, (),
+                      np.float64)
     slices = None
     if spec.slice_column:
       slice_col = cols.optional_column(batch, spec.slice_column)
@@ -348,16 +399,17 @@ class BatchScorer:
   def _dead_letters(source, ids, problems, bad) -> List[Dict[str, Any]]:
     entries = []
     for row in np.flatnonzero(bad):
-      reasons = []
-      for mask, message, *values in problems:
+      codes, messages = [], []
+      for mask, code, message, *values in problems:
         if mask[row]:
           if values:
             value = values[0][row]
             value = int(value) if float(value).is_integer() else float(value)
             message = message.format(value=value)
-          reasons.append(message)
+          codes.append(code)
+          messages.append(message)
       id_ = ids[int(row)].as_py() if ids is not None else None
-      entries.append(dead_letter(source, id_, "; ".join(reasons)))
+      entries.append(dead_letter(source, id_, "; ".join(messages), codes[0]))
     return entries
 
   def _to_record_batch(self, ids, result, weights, slices) -> pa.RecordBatch:

@@ -184,12 +184,19 @@ def top_k_merge(losses: np.ndarray, ids: np.ndarray,
   Returns:
     `(losses, ids)` of the kept rows `(min(N, k),)`, largest loss first.
   """
-  if losses.size > k:
-    kth = np.partition(losses, losses.size - k)[losses.size - k]
-    candidates = losses >= kth
-    losses, ids = losses[candidates], ids[candidates]
-  order = np.lexsort((ids, -losses))[:k]
+  order = top_k_order(losses, ids, k)
   return losses[order], ids[order]
+
+
+def top_k_order(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+  """Indices `(min(N, k),)` of the k largest `values` `(N,)`, largest first,
+  ties broken by the smaller of `ids` `(N,)`."""
+  candidates = np.arange(values.size)
+  if values.size > k:
+    kth = np.partition(values, values.size - k)[values.size - k]
+    candidates = np.flatnonzero(values >= kth)
+  order = np.lexsort((ids[candidates], -values[candidates]))[:k]
+  return candidates[order]
 
 
 def exceeds_top_k(losses: np.ndarray, ids: np.ndarray,

@@ -20,8 +20,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CHUNK_BYTES = 16 << 20
-# tf.data's compression names, by the suffixes Beam's AUTO detection knows.
-_TF_COMPRESSION = {".gz": "GZIP", ".tfrecord": "", ".tfrecords": ""}
+_GZIP_MAGIC = b"\x1f\x8b"
+# tf.data's names for the compressions its TFRecord reader knows.
+_TF_COMPRESSION = {CompressionTypes.GZIP: "GZIP",
+                   CompressionTypes.UNCOMPRESSED: ""}
 _HEADER = struct.Struct("<QI")
 _MASK_DELTA = 0xA282EAD8
 
@@ -42,6 +44,24 @@ class Unreadable:
 def masked_crc(data) -> int:
   crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def compression_of(path: str) -> str:
+  """The Beam compression type of a file, from its content where it can tell.
+
+  A gzip stream is known by its first bytes whatever the file is called, and
+  a file named `.gz` that is not gzip is read as plain; other compressions
+  go by the suffix, as Beam's `AUTO` does.
+  """
+  with FileSystems.open(
+      path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    magic = f.read(len(_GZIP_MAGIC))
+  if magic == _GZIP_MAGIC:
+    return CompressionTypes.GZIP
+  by_name = CompressionTypes.detect_compression_type(path)
+  if by_name == CompressionTypes.GZIP:
+    return CompressionTypes.UNCOMPRESSED
+  return by_name
 
 
 def read_batches(path: str, batch_size: int,
@@ -110,16 +130,17 @@ def tf_data_batches(path: str, batch_size: int
 
   tf.data reads and checks the next batch on its own threads while the
   caller works on this one. When it finds damage it cannot say which record
-  broke, so the rest of the file is re-walked by `read_batches`.
+  broke, so the rest of the file is re-walked by `read_batches`. The
+  compression is found by `compression_of`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  suffix = next((s for s in _TF_COMPRESSION if path.endswith(s)), None)
+  compression_type = compression_of(path)
   remote = "://" in path  # TensorFlow's own gs:// support may be absent.
-  if remote or (suffix is None and "." in path.rsplit("/", 1)[-1]):
-    yield from read_batches(path, batch_size)
+  if remote or compression_type not in _TF_COMPRESSION:
+    yield from read_batches(path, batch_size, compression_type)
     return
-  compression = _TF_COMPRESSION.get(suffix, "")
+  compression = _TF_COMPRESSION[compression_type]
   emitted = 0
   try:
     dataset = tf.data.TFRecordDataset(
@@ -130,4 +151,4 @@ def tf_data_batches(path: str, batch_size: int
       emitted += len(records)
       yield records
   except (tf.errors.OpError, OSError):
-    yield from read_batches(path, batch_size, skip=emitted)
+    yield from read_batches(path, batch_size, compression_type, skip=emitted)

@@ -7,13 +7,15 @@ is the same as `lossaudit run`.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions,
                                                   StandardOptions)
@@ -21,22 +23,31 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
 from lossaudit import outputs, preflight
 from lossaudit.config import AuditConfig, ConfigError, load_config
 from lossaudit.stats import rule_thresholds
+from transforms.duplicates import CountDuplicateIds
 from transforms.flag import (FlagExamples, count_reasons, flagged_schema,
                              sum_counts)
 from transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatches
-from transforms.score import ScoreBatches
+from transforms.score import NAMESPACE, TIMING, ScoreBatches
 from transforms.spill import ReadSpilled, SpillBatches
-from transforms.stats import LossStats, TopKCombineFn
+from transforms.stats import LossStats, TopKCombineFn, TopRowsCombineFn
 from transforms.label_issues import FindLabelIssues
 from transforms.write import (WriteDeadLetters, WriteParquetShards, WriteSummary,
                               public_schema)
 
 TOP_FLAGGED_IN_REPORT = 50
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
+                 "SwitchingDirectRunner")
 
 
 def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
-          runner: str, start_time: float) -> None:
-  """Adds the audit graph to `p`."""
+          runner: str, run: Dict, baseline: Optional[Tuple[str, Dict]]
+          ) -> None:
+  """Adds the audit graph to `p`.
+
+  Args:
+    run: `run_id` and `start_time` of this run.
+    baseline: `(output.dir, summary)` of the run to compare with, or None.
+  """
   spec, out, flag = plan.spec, config.output.dir, config.flag
   if config.input.format == "tfrecord":
     read = p | "Read" >> ReadTFExampleBatches(plan.files, plan.tf_schema,
@@ -44,7 +55,8 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size)
-  score = ScoreBatches(spec)
+  score = ScoreBatches(spec, progress_interval=(
+      config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None))
   if config.runtime.accelerator:
     score = score.with_resource_hints(accelerator=config.runtime.accelerator)
   scored = read["batches"] | "ScoreBatches" >> score
@@ -89,24 +101,32 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
           if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
   }
   _ = p | "WriteSummary" >> WriteSummary(
-      out, config.to_dict(), runner, start_time,
+      out, config.to_dict(), dict(run, runner=runner), baseline,
       loss_stats=stats["global"],
       slice_stats=slice_stats,
       thresholds=thresholds,
       flag_counts=(flagged
                    | "CountReasons" >> beam.Map(count_reasons)
                    | "SumCounts" >> beam.CombineGlobally(sum_counts)),
-      dead_lettered=dead | "CountDeadLetters" >> beam.combiners.Count.Globally(),
-      top_flagged=(flagged
-                   | "TopFlagged" >> beam.CombineGlobally(
-                       TopKCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
-                   | "TopFlaggedRows" >> beam.Map(_top_rows)),
+      dead_letter_reasons=(dead
+                           | "DeadLetterReasons" >> beam.Map(lambda d: d["reason"])
+                           | "CountReasonsDead" >> beam.combiners.Count.PerElement()),
+      duplicates=scored.scored | "CountDuplicateIds" >> CountDuplicateIds(),
+      top_flagged=flagged | "TopFlagged" >> beam.CombineGlobally(
+          TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
+      timing=(scored[TIMING]
+              | "BatchTimes" >> beam.Map(lambda t: (1, t[0], t[1], t[1]))
+              | "SumTimes" >> beam.CombineGlobally(_sum_times)),
       devices=scored["device"] | "Devices" >> beam.Distinct(),
       written=written)
 
 
-def _top_rows(top) -> List[Dict]:
-  return [{"id": i, "score": s} for s, i in top]
+def _sum_times(times: Iterable[Tuple[int, int, float, float]]
+               ) -> Tuple[int, int, float, float]:
+  """`(batches, rows, seconds, slowest batch's seconds)`, summed."""
+  times = list(times)
+  return (sum(t[0] for t in times), sum(t[1] for t in times),
+          sum(t[2] for t in times), max((t[3] for t in times), default=0.0))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -125,15 +145,23 @@ def run(argv: Optional[Sequence[str]] = None,
         test_pipeline: Optional[beam.Pipeline] = None) -> Dict:
   """Runs an audit and returns its summary.
 
+  The summary's `gate.passed` says whether the quality gates passed; its
+  `metrics` are the Beam metrics of the run, when the runner reports them.
+
   Raises:
     ConfigError: a bad config or set-up, before the pipeline starts.
   """
   known, beam_args = parse_args(argv)
   config = load_config(known.config, known.set)
   start_time = time.time()
+  now = datetime.datetime.fromtimestamp(start_time, datetime.timezone.utc)
+  run_id = outputs.new_run_id(now)
+  template = config.output.dir
+  config = config.with_output_dir(outputs.expand_dir(template, now, run_id))
   options = PipelineOptions(beam_args)
   # The checks before the run read gs:// with the same options as workers.
   FileSystems.set_options(options)
+  baseline = _baseline(config.gate.baseline, template)
   plan = preflight.plan(config)
   outputs.prepare(config.output.dir)
   standard = options.view_as(StandardOptions)
@@ -141,16 +169,57 @@ def run(argv: Optional[Sequence[str]] = None,
     standard.runner = "DirectRunner"
   runner = str(standard.runner)
   p = test_pipeline or beam.Pipeline(options=options)
-  build(p, config, plan, runner, start_time)
+  build(p, config, plan, runner,
+        {"run_id": run_id, "start_time": start_time}, baseline)
   result = p.run()
   if options.view_as(GoogleCloudOptions).template_location:
     return {"template": options.view_as(GoogleCloudOptions).template_location}
   result.wait_until_finish()
-  return outputs.read_json(outputs.join(config.output.dir, outputs.SUMMARY))
+  summary_path = outputs.join(config.output.dir, outputs.SUMMARY)
+  summary = outputs.read_json(summary_path)
+  found = run_metrics(result)
+  if found:
+    summary["metrics"] = found
+    outputs.write_json(summary_path, summary)
+  return summary
+
+
+def _baseline(baseline: Optional[str], template: str
+              ) -> Optional[Tuple[str, Dict]]:
+  """`(output.dir, summary)` of the run `gate.baseline` names, or None."""
+  if baseline is None:
+    return None
+  if baseline == "latest":
+    directory = outputs.latest_complete_run(template)
+    if directory is None:
+      return None
+    baseline = directory
+  return outputs.read_summary(baseline, "gate.baseline")
+
+
+def run_metrics(result) -> Dict:
+  """The run's `lossaudit` Beam counters and distributions, committed values."""
+  try:
+    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+  except Exception:  # pylint: disable=broad-except
+    return {}  # Some runners report no metrics.
+  counters: Dict[str, int] = {}
+  for c in found["counters"]:
+    counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + (
+        c.committed or 0)
+  distributions = {}
+  for d in found["distributions"]:
+    value = d.committed
+    if value is not None and value.count:
+      distributions[d.key.metric.name] = {
+          "count": value.count, "sum": value.sum, "min": value.min,
+          "max": value.max, "mean": value.sum / value.count}
+  return {"counters": dict(sorted(counters.items())),
+          "distributions": distributions}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Command-line entry point; returns the exit code."""
+  """Command-line entry point; returns the exit code (3: a gate failed)."""
   logging.getLogger().setLevel(logging.WARNING)
   try:
     summary = run(argv)
@@ -165,6 +234,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f" ({summary['examples_dead_lettered']} dead-lettered),"
         f" flagged {summary['flagged']['total']}."
         f" Outputs in {summary['config']['output']['dir']}")
+  metrics = summary.get("metrics")
+  if metrics:
+    counters = ", ".join(f"{k} {v:,}" for k, v in metrics["counters"].items())
+    print(f"lossaudit: metrics: {counters}")
+    latency = metrics["distributions"].get("batch_latency_ms")
+    if latency:
+      print(f"lossaudit: batch latency: mean {latency['mean']:.1f} ms, min"
+            f" {latency['min']} ms, max {latency['max']} ms over"
+            f" {latency['count']} batches")
+  gate = summary.get("gate")
+  if gate:
+    print(f"lossaudit: gates {'passed' if gate['passed'] else 'FAILED'}"
+          f" (baseline: {gate['baseline'] or 'none'}); see"
+          f" {outputs.join(summary['config']['output']['dir'], outputs.DRIFT)}")
+    if gate["failed"]:
+      print("lossaudit: " + "\nlossaudit: ".join(gate["failed"]),
+            file=sys.stderr)
+      return 3
   return 0
 
 

@@ -7,7 +7,8 @@ from typing import Optional, Sequence
 
 USAGE = """usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
        lossaudit demo [--output DIR]
-       lossaudit compare BASELINE_DIR CURRENT_DIR [gate options]"""
+       lossaudit compare BASELINE_DIR CURRENT_DIR [--max-flagged-fraction X]
+                         [--max-quantile-shift X] [--output FILE]"""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -23,9 +24,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines import demo  # pylint: disable=g-import-not-at-top
     return demo.main(rest)
   if command == "compare":
-    print("lossaudit: error: compare: not available yet in this version",
-          file=sys.stderr)
-    return 2
+    from pipelines import compare  # pylint: disable=g-import-not-at-top
+    return compare.main(rest)
   print(f"lossaudit: error: unknown command {command!r}; expected one of"
         " {'run', 'demo', 'compare'}\n" + USAGE, file=sys.stderr)
   return 2

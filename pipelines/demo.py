@@ -61,14 +61,24 @@ def flip_labels(y: np.ndarray, rate: float, seed: int = 0):
   return noisy, flipped
 
 
-def build(data_dir: str = "data/demo", model_path: str = "models/demo.keras",
-          seed: int = 0) -> Dict:
-  """Writes the demo model and the noisy audit shards; returns the truth."""
+def build(data_dir: str = "data/demo",
+          model_path: Optional[str] = "models/demo.keras", seed: int = 0,
+          noise_rate: float = NOISE_RATE) -> Dict:
+  """Writes the demo model and the noisy audit shards; returns the truth.
+
+  Args:
+    data_dir: where the shards and `flipped_ids.json` go.
+    model_path: where the trained model goes; None: train none (the audit
+      half of the digits does not depend on it).
+    seed: the split, training and flipping seed.
+    noise_rate: the share of audit labels flipped.
+  """
   train_x, train_y, audit_x, audit_y = digits_split(seed)
-  model = train_classifier(train_x, train_y, seed)
-  os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
-  model.save(model_path)
-  noisy, flipped = flip_labels(audit_y, NOISE_RATE, seed)
+  if model_path is not None:
+    model = train_classifier(train_x, train_y, seed)
+    os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
+    model.save(model_path)
+  noisy, flipped = flip_labels(audit_y, noise_rate, seed)
   ids = np.array([f"digit-{i:04d}" for i in range(len(noisy))])
   datasets.write_tfrecords(data_dir, {"id": ids, "pixels": audit_x,
                                       "label": noisy}, num_shards=4)

@@ -86,6 +86,19 @@ def regressor_path(workdir):
 
 
 @pytest.fixture(scope="session")
+def demo_build(workdir):
+  """The demo's trained digits model and noisy shards (`pipelines.demo`).
+
+  Returns `(data dir, model path, truth)`; truth holds the flipped ids.
+  """
+  from pipelines import demo
+
+  data, model = workdir / "demo-data", workdir / "demo.keras"
+  truth = demo.build(str(data), str(model))
+  return data, model, truth
+
+
+@pytest.fixture(scope="session")
 def tfrecord_dir(workdir, columns):
   directory = workdir / "tfrecord"
   datasets.write_tfrecords(str(directory), columns, num_shards=3)

@@ -50,3 +50,24 @@ def test_gs_input_model_and_output_equal_local_run(
     want = pd.read_parquet(local_out / kind).sort_values("id").reset_index(
         drop=True)
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_gs_config_and_latest_baseline_on_gcs(gcs, tmp_path, tfrecord_dir,
+                                              classifier_path, write_config):
+  remote = f"{gcs}/nightly"
+  upload(str(tfrecord_dir), f"{remote}/data")
+  config = base_config(f"{remote}/data/*.gz", classifier_path,
+                       remote + "/runs/{run_id}",
+                       gate={"baseline": "latest",
+                             "max_quantile_shift": 0.01})
+  upload(write_config(config), f"{remote}/nightly.yaml")
+  first = audit.run(["--config", f"{remote}/nightly.yaml"])
+  second = audit.run(["--config", f"{remote}/nightly.yaml"])
+  first_dir = f"{remote}/runs/{first['run_id']}"
+  assert first["gate"] == {"baseline": None, "passed": True, "failed": []}
+  assert second["gate"]["baseline"] == first_dir
+  assert second["gate"]["passed"]
+  with FileSystems.open(f"{remote}/runs/{second['run_id']}/drift.json") as f:
+    drift = json.load(f)
+  assert drift["baseline"] == first_dir
+  assert [g["value"] for g in drift["gates"]] == [0.0]

@@ -246,6 +246,8 @@ def test_label_out_of_range_and_missing_features_are_dead_lettered(
       "label 7 out of range: expected an integer class in [0, 5)")
   assert by_id["ex-00050"]["error"].startswith("label -1 out of range")
   assert by_id["broken"]["error"] == "missing feature 'x'"
+  assert summary["dead_letter"]["by_reason"] == {
+      "label_out_of_range": 2, "missing_feature": 1}
   assert by_id["broken"]["source"].endswith("zz-missing-00000-of-00001.tfrecord")
 
 

@@ -64,8 +64,10 @@ def test_undecodable_record_goes_to_dead_letter(tmp_path, columns):
     assert_that(read["batches"] | beam.Map(lambda e: e[1].num_rows),
                 equal_to([2]), label="good")
     assert_that(read[DEAD_LETTER] | beam.Map(
-        lambda d: (d["source"], d["id"], d["error"].split(":")[0])),
-                equal_to([(path, None, "not a tf.train.Example")]),
+        lambda d: (d["source"], d["id"], d["error"].split(":")[0],
+                   d["reason"])),
+                equal_to([(path, None, "not a tf.train.Example",
+                           "not_an_example")]),
                 label="dead")
 
 
@@ -73,7 +75,7 @@ def test_parquet_split_into_batches(tmp_path, columns):
   datasets.write_parquet(str(tmp_path), columns, num_shards=2,
                          row_group_size=1000)
   with TestPipeline() as p:
-    read = p | ReadParquetBatches([str(tmp_path / "*.parquet")],
+    read = p | ReadParquetBatches(sorted(glob.glob(str(tmp_path / "*"))),
                                   ["id", "x", "label"], batch_size=400)
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("part-00000-of-00002.parquet", 1500),
@@ -107,3 +109,53 @@ def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
             ("truncated.tfrecord", f"unreadable from record 9 (byte"
              f" {9 * record_size}): truncated ({record_size - 7} trailing"
              " bytes)")]), label="dead")
+
+
+def test_compression_found_by_content_and_bad_files_dead_lettered(
+    tmp_path, columns):
+  """A gzip file named plain, a plain file named `.gz`, a text file and an
+  empty file: the first two are read whole, the others dead-lettered or
+  empty."""
+  part = {k: v[:10] for k, v in columns.items()}
+  datasets.write_tfrecords(str(tmp_path / "gz"), part, num_shards=1)
+  datasets.write_tfrecords(str(tmp_path / "plain"), part, num_shards=1,
+                           compression=None)
+  gzip_named_plain = tmp_path / "gzip-inside.tfrecord"
+  gzip_named_plain.write_bytes(next((tmp_path / "gz").iterdir()).read_bytes())
+  plain_named_gzip = tmp_path / "plain-inside.tfrecord.gz"
+  plain_named_gzip.write_bytes(
+      next((tmp_path / "plain").iterdir()).read_bytes())
+  text = tmp_path / "notes.tfrecord"
+  text.write_text("this is not a TFRecord file\n" * 20)
+  empty = tmp_path / "empty.tfrecord"
+  empty.write_bytes(b"")
+  with TestPipeline() as p:
+    read = p | ReadTFExampleBatches(
+        [str(f) for f in (gzip_named_plain, plain_named_gzip, text, empty)],
+        _schema(), batch_size=4)
+    assert_that(_summed(read["batches"], "All"), equal_to([
+        ("gzip-inside.tfrecord", 10), ("plain-inside.tfrecord.gz", 10)]),
+                label="rows")
+    assert_that(read[DEAD_LETTER] | beam.Map(
+        lambda d: (d["source"].rsplit("/", 1)[-1], d["reason"],
+                   d["error"].split(":")[0])), equal_to([
+                       ("notes.tfrecord", "unreadable_stretch",
+                        "unreadable from record 0 (byte 0)")]), label="dead")
+
+
+def test_parquet_file_that_is_not_parquet_is_one_dead_letter(
+    tmp_path, columns):
+  datasets.write_parquet(str(tmp_path), {k: v[:30] for k, v in
+                                         columns.items()}, num_shards=1,
+                         row_group_size=10)
+  (tmp_path / "zz-not-parquet.parquet").write_text("hello")
+  with TestPipeline() as p:
+    read = p | ReadParquetBatches(sorted(glob.glob(str(tmp_path / "*"))),
+                                  ["id", "x", "label"], batch_size=400)
+    assert_that(_summed(read["batches"], "All"), equal_to([
+        ("part-00000-of-00001.parquet", 30)]), label="rows")
+    assert_that(read[DEAD_LETTER] | beam.Map(
+        lambda d: (d["source"].rsplit("/", 1)[-1], d["reason"],
+                   d["error"].split(":")[0])), equal_to([
+                       ("zz-not-parquet.parquet", "unreadable_file",
+                        "unreadable file")]), label="dead")

@@ -143,11 +143,13 @@ def test_bad_rows_are_dead_lettered_with_reasons(classifier_path, columns):
   assert scored.column("id").to_pylist() == ["a"]
   assert dead == [
       {"source": "file-1", "id": "b",
-       "error": "feature 'x' has 3 values, expected 16"},
+       "error": "feature 'x' has 3 values, expected 16",
+       "reason": "wrong_size"},
       {"source": "file-1", "id": "c",
        "error": "missing feature 'x'; label 9 out of range: expected an"
-                " integer class in [0, 5)"},
-      {"source": "file-1", "id": None, "error": "missing id column 'id'"},
+                " integer class in [0, 5)", "reason": "missing_feature"},
+      {"source": "file-1", "id": None, "error": "missing id column 'id'",
+       "reason": "missing_id"},
   ]
 
 

@@ -1,8 +1,9 @@
 """Reading sharded datasets into `(source file, Arrow RecordBatch)` pairs.
 
 Both readers spread the work over workers (TFRecord by file, Parquet by row
-group through Beam's file source), and both keep the file name, which
-dead-letter entries need. tf.train.Examples are decoded in C++ by tfx_bsl's
+group), and both keep the file name, which dead-letter entries need. Parquet
+is not read through Beam's `ReadAllFromParquetBatched`: one file that is not
+Parquet fails the whole run there, while here it is one dead letter. tf.train.Examples are decoded in C++ by tfx_bsl's
 `ExamplesToRecordBatchDecoder` (the decoder behind TFXIO's `TFExampleRecord`)
 with a schema derived from the model, so only the needed features are parsed.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-import pyarrow as pa
-from apache_beam.io import parquetio
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from lossaudit import tfrecord
-from lossaudit.scoring import dead_letter
+from lossaudit import scoring
 
 DEAD_LETTER = "dead_letter"
 _NAMESPACE = "lossaudit"
@@ -38,6 +40,9 @@ class _ReadTFExampleFile(beam.DoFn):
     self._unreadable = Metrics.counter(_NAMESPACE, "unreadable_stretches")
 
   def setup(self):
+    self._new_decoder()
+
+  def _new_decoder(self):
     from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
 
     self._decoder = example_coder.ExamplesToRecordBatchDecoder(self._schema)
@@ -48,33 +53,48 @@ class _ReadTFExampleFile(beam.DoFn):
         if isinstance(item, tfrecord.Unreadable):
           self._unreadable.inc()
           yield beam.pvalue.TaggedOutput(
-              DEAD_LETTER, dead_letter(path, None, item.describe()))
+              DEAD_LETTER, scoring.dead_letter(
+                  path, None, item.describe(), scoring.UNREADABLE_STRETCH))
           continue
         self._records_read.inc(len(item))
         yield from self._decode(path, item)
     except Exception as e:  # pylint: disable=broad-except
       self._unreadable.inc()
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER, dead_letter(path, None, f"unreadable file:"
-                                   f" {type(e).__name__}: {_first_line(e)}"))
+      yield _unreadable_file(path, e)
 
   def _decode(self, path: str, records: List[bytes]):
     try:
       yield path, self._decoder.DecodeBatch(records)
       return
     except Exception:  # pylint: disable=broad-except
-      pass
+      # A decoder that failed once fails the next batch too (tfx_bsl 1.21
+      # keeps half-built columns), so every failure gets a fresh one.
+      self._new_decoder()
     good = []
     for record in records:
       try:
         self._decoder.DecodeBatch([record])
         good.append(record)
       except Exception as e:  # pylint: disable=broad-except
+        self._new_decoder()
+        reason, what = _why_undecodable(record)
         yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER, dead_letter(path, None, "not a tf.train.Example:"
-                                     f" {_first_line(e)}"))
+            DEAD_LETTER, scoring.dead_letter(
+                path, None, f"{what}: {_first_line(e)}", reason))
     if good:
       yield path, self._decoder.DecodeBatch(good)
+
+
+def _why_undecodable(record: bytes) -> Tuple[str, str]:
+  """`(reason code, description)` of a record the decoder refused."""
+  from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+
+  try:
+    example_pb2.Example.FromString(record)
+  except DecodeError:
+    return scoring.NOT_AN_EXAMPLE, "not a tf.train.Example"
+  return scoring.WRONG_TYPE, "a feature has the wrong type"
 
 
 def _first_line(error: Exception) -> str:
@@ -105,36 +125,88 @@ class ReadTFExampleBatches(beam.PTransform):
                     DEAD_LETTER, main="batches"))
 
 
-def _split_table(element: Tuple[str, pa.Table], batch_size: int,
-                 counter) -> Iterable[Tuple[str, pa.RecordBatch]]:
-  source, table = element
-  counter.inc(table.num_rows)
-  for batch in table.combine_chunks().to_batches(max_chunksize=batch_size):
-    if batch.num_rows:
-      yield source, batch
+def _open(path: str):
+  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _unreadable_file(path: str, error: Exception):
+  return beam.pvalue.TaggedOutput(DEAD_LETTER, scoring.dead_letter(
+      path, None, f"unreadable file: {type(error).__name__}:"
+      f" {_first_line(error)}", scoring.UNREADABLE_FILE))
+
+
+class _ListRowGroups(beam.DoFn):
+  """A Parquet file → `(file, row group)` for each of its row groups."""
+
+  def process(self, path: str):
+    try:
+      with _open(path) as f:
+        num_row_groups = pq.ParquetFile(f).num_row_groups
+    except Exception as e:  # pylint: disable=broad-except
+      yield _unreadable_file(path, e)
+      return
+    for index in range(num_row_groups):
+      yield path, index
+
+
+class _ReadRowGroup(beam.DoFn):
+  """`(file, row group)` → `(file, RecordBatch)`s of up to `batch_size` rows.
+
+  Only the needed columns that the file has are read: a missing column
+  dead-letters its rows when they are scored, naming the column.
+  """
+
+  def __init__(self, columns: Optional[Sequence[str]], batch_size: int):
+    self._columns = list(columns) if columns else None
+    self._batch_size = batch_size
+    self._records_read = Metrics.counter(_NAMESPACE, "records_read")
+    self._unreadable = Metrics.counter(_NAMESPACE, "unreadable_stretches")
+
+  def process(self, element: Tuple[str, int]):
+    path, index = element
+    try:
+      with _open(path) as f:
+        parquet = pq.ParquetFile(f)
+        columns = self._columns and [
+            c for c in self._columns if c in parquet.schema_arrow.names]
+        table = parquet.read_row_group(index, columns=columns)
+    except Exception as e:  # pylint: disable=broad-except
+      self._unreadable.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, scoring.dead_letter(
+          path, None, f"unreadable row group {index}: {type(e).__name__}:"
+          f" {_first_line(e)}", scoring.UNREADABLE_STRETCH))
+      return
+    self._records_read.inc(table.num_rows)
+    for batch in table.combine_chunks().to_batches(
+        max_chunksize=self._batch_size):
+      if batch.num_rows:
+        yield path, batch
 
 
 class ReadParquetBatches(beam.PTransform):
   """Reads Parquet files as `(file, RecordBatch)`, split by row group.
 
-  Outputs: the main output of batches, and (always empty, for symmetry with
-  TFRecord) `dead_letter` entries.
+  Outputs: the main output of batches, and `dead_letter` entries for a file
+  that is not Parquet or a row group that cannot be read.
   """
 
-  def __init__(self, patterns: Sequence[str], columns: Optional[Sequence[str]],
+  def __init__(self, files: Sequence[str], columns: Optional[Sequence[str]],
                batch_size: int):
     super().__init__()
-    self._patterns = list(patterns)
-    self._columns = list(columns) if columns else None
+    self._files = list(files)
+    self._columns = columns
     self._batch_size = batch_size
 
   def expand(self, pbegin):
-    counter = Metrics.counter(_NAMESPACE, "records_read")
-    batches = (pbegin
-               | "Patterns" >> beam.Create(self._patterns)
-               | "ReadTables" >> parquetio.ReadAllFromParquetBatched(
-                   columns=self._columns, with_filename=True)
-               | "Rebatch" >> beam.FlatMap(_split_table, self._batch_size,
-                                           counter))
-    dead = pbegin | "NoDeadLetters" >> beam.Create([])
-    return {"batches": batches, DEAD_LETTER: dead}
+    row_groups = (pbegin
+                  | "Files" >> beam.Create(self._files)
+                  | "ListRowGroups" >> beam.ParDo(
+                      _ListRowGroups()).with_outputs(DEAD_LETTER, main="groups"))
+    read = (row_groups.groups
+            | "Spread" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(
+                self._columns, self._batch_size)).with_outputs(
+                    DEAD_LETTER, main="batches"))
+    dead = ((row_groups[DEAD_LETTER], read[DEAD_LETTER])
+            | "DeadLetters" >> beam.Flatten())
+    return {"batches": read.batches, DEAD_LETTER: dead}

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from lossaudit import progress
 from lossaudit.scoring import BatchScorer, ScoringSpec
 
 DEAD_LETTER = "dead_letter"
 DEVICE = "device"
-_NAMESPACE = "lossaudit"
+TIMING = "timing"
+NAMESPACE = "lossaudit"
 
 
 class _ScorerHandle:
@@ -32,12 +34,13 @@ class _ScoreBatchFn(beam.DoFn):
   the DoFn instances of that process through `shared.Shared`.
   """
 
-  def __init__(self, spec: ScoringSpec):
+  def __init__(self, spec: ScoringSpec, progress_interval: Optional[float]):
     self._spec = spec
+    self._progress_interval = progress_interval
     self._shared_handle = shared.Shared()
-    self._scored = Metrics.counter(_NAMESPACE, "examples_scored")
-    self._dead = Metrics.counter(_NAMESPACE, "examples_dead_lettered")
-    self._latency = Metrics.distribution(_NAMESPACE, "batch_latency_ms")
+    self._scored = Metrics.counter(NAMESPACE, "examples_scored")
+    self._dead = Metrics.counter(NAMESPACE, "examples_dead_lettered")
+    self._latency = Metrics.distribution(NAMESPACE, "batch_latency_ms")
 
   def setup(self):
     spec = self._spec
@@ -45,6 +48,7 @@ class _ScoreBatchFn(beam.DoFn):
         lambda: _ScorerHandle(BatchScorer(spec)),
         tag=repr(spec)).scorer
     self._device_reported = False
+    progress.enable(self._progress_interval)
 
   def process(self, element: Tuple[str, pa.RecordBatch]):
     source, batch = element
@@ -54,12 +58,16 @@ class _ScoreBatchFn(beam.DoFn):
           DEVICE, f"{socket.gethostname()}:{self._scorer.device}")
     start = time.perf_counter()
     scored, dead = self._scorer.score(source, batch)
-    self._latency.update(int((time.perf_counter() - start) * 1000))
+    seconds = time.perf_counter() - start
+    self._latency.update(int(seconds * 1000))
+    yield beam.pvalue.TaggedOutput(TIMING, (batch.num_rows, seconds))
     for entry in dead:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
     self._dead.inc(len(dead))
+    num_scored = 0 if scored is None else scored.num_rows
+    progress.add(num_scored, len(dead))
     if scored is not None:
-      self._scored.inc(scored.num_rows)
+      self._scored.inc(num_scored)
       yield scored
 
 
@@ -67,15 +75,23 @@ class ScoreBatches(beam.PTransform):
   """Scores `(file, RecordBatch)` elements with one model and loss.
 
   Outputs: `scored` RecordBatches (schema `spec.scored_schema()`),
-  `dead_letter` entries for rows that could not be scored, and `device`:
-  `host:device` of each scoring DoFn instance.
+  `dead_letter` entries for rows that could not be scored, `device`:
+  `host:device` of each scoring DoFn instance, and `timing`: `(rows,
+  seconds)` per batch.
+
+  Args:
+    spec: what to score and how.
+    progress_interval: seconds between progress lines on stderr from each
+      worker process; None: none.
   """
 
-  def __init__(self, spec: ScoringSpec):
+  def __init__(self, spec: ScoringSpec,
+               progress_interval: Optional[float] = None):
     super().__init__()
     self._spec = spec
+    self._progress_interval = progress_interval
 
   def expand(self, batches):
     return batches | "Score" >> beam.ParDo(
-        _ScoreBatchFn(self._spec)).with_outputs(DEAD_LETTER, DEVICE,
-                                                main="scored")
+        _ScoreBatchFn(self._spec, self._progress_interval)).with_outputs(
+            DEAD_LETTER, DEVICE, TIMING, main="scored")

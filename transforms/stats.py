@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lossaudit.scoring import SLICE_COLUMN
-from lossaudit.stats import LossAccumulator, top_k_merge
+from lossaudit.stats import LossAccumulator, top_k_merge, top_k_order
 
 
 def loss_values(batch: pa.RecordBatch, column: str = "loss") -> np.ndarray:
@@ -128,3 +128,37 @@ class TopKCombineFn(beam.CombineFn):
   def extract_output(self, accumulator):
     values, ids = accumulator
     return [(float(v), str(i)) for v, i in zip(values, ids)]
+
+
+class TopRowsCombineFn(beam.CombineFn):
+  """The k rows with the largest `value_column` (NaN last), whole.
+
+  Like `TopKCombineFn`, but keeps every column: the accumulator is an Arrow
+  table of at most k rows. Extracts the rows as dicts, largest first.
+  """
+
+  def __init__(self, k: int, value_column: str):
+    self._k = k
+    self._column = value_column
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, accumulator, batch: pa.RecordBatch):
+    return self.merge_accumulators([accumulator, self._top(
+        pa.Table.from_batches([batch]))])
+
+  def merge_accumulators(self, accumulators):
+    tables = [t for t in accumulators if t is not None]
+    if not tables:
+      return None
+    return self._top(pa.concat_tables(tables))
+
+  def _top(self, table: pa.Table) -> pa.Table:
+    values = np.nan_to_num(table.column(self._column).to_numpy(),
+                           nan=-np.inf)
+    ids = np.asarray(table.column("id").to_numpy(), dtype=object)
+    return table.take(pa.array(top_k_order(values, ids, self._k)))
+
+  def extract_output(self, accumulator):
+    return [] if accumulator is None else accumulator.to_pylist()

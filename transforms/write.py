@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import parquetio, textio
 
-from lossaudit import outputs
+from lossaudit import drift, outputs
 from lossaudit.report import build_summary, render_report
 from lossaudit.scoring import is_internal
 
@@ -65,79 +65,108 @@ class WriteDeadLetters(beam.PTransform):
 
 
 class _WriteSummaryFn(beam.DoFn):
-  """Writes `report.html`, then `summary.json`, once every shard is written.
+  """Writes `drift.json` and `report.html`, then `summary.json`, last.
 
   The written file lists arrive as side inputs, so this step runs only after
   every write has finalized: the presence of `summary.json` means the run is
   complete.
   """
 
-  def __init__(self, directory: str, config: Dict, runner: str,
-               start_time: float):
+  def __init__(self, directory: str, config: Dict, run: Dict,
+               baseline: Optional[Tuple[str, Dict]]):
     self._directory = directory
     self._config = config
-    self._runner = runner
-    self._start_time = start_time
+    self._run = run
+    self._baseline = baseline
 
   def process(self, unused_trigger, loss_stats, slice_stats, thresholds,
-              flag_counts, dead_lettered, top_flagged, devices, losses_files,
-              flagged_files, dead_letter_files):
+              flag_counts, top_flagged, duplicates, timing,
+              dead_letter_reasons, devices, losses_files, flagged_files,
+              dead_letter_files):
     summary = build_summary(
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
         thresholds=thresholds,
         flag_counts=flag_counts,
-        dead_lettered=dead_lettered,
+        dead_letter_reasons=dict(dead_letter_reasons),
+        duplicates=duplicates.to_dict() if duplicates else None,
         config=self._config,
-        runner=self._runner,
-        seconds=time.time() - self._start_time,
+        run=self._run,
+        seconds=time.time() - self._run["start_time"],
+        timing=timing,
         devices=sorted(set(devices)),
         files={
             outputs.LOSSES: sorted(losses_files),
             outputs.FLAGGED: sorted(flagged_files),
             outputs.DEAD_LETTER: sorted(dead_letter_files),
         })
+    found = self._drift(summary)
+    if found is not None:
+      outputs.write_json(outputs.join(self._directory, outputs.DRIFT), found)
     outputs.write_text(
         outputs.join(self._directory, outputs.REPORT),
-        render_report(summary, loss_stats.get("cdf", []), top_flagged))
+        render_report(summary, loss_stats.get("cdf", []), top_flagged,
+                      found))
     outputs.remove_scratch(self._directory)
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
     yield summary
 
+  def _drift(self, summary: Dict) -> Optional[Dict]:
+    """The comparison with the baseline and the gates, when any is set;
+    records the outcome in `summary["gate"]`."""
+    gate = self._config["gate"]
+    if not any(v is not None for v in gate.values()):
+      return None
+    baseline_dir, baseline = self._baseline or (None, None)
+    found = drift.compare(
+        summary, baseline,
+        max_flagged_fraction=gate["max_flagged_fraction"],
+        max_quantile_shift=gate["max_quantile_shift"],
+        current_dir=self._directory, baseline_dir=baseline_dir)
+    summary["gate"] = {"baseline": baseline_dir, "passed": found["passed"],
+                       "failed": drift.failed_gates(found)}
+    return found
+
 
 class WriteSummary(beam.PTransform):
-  """Writes `report.html` and `summary.json` last; outputs the summary.
+  """Writes `drift.json`, `report.html` and `summary.json` last.
+
+  Outputs the summary.
 
   Args:
     directory: `output.dir`.
     config: the resolved config as a dict.
-    runner: the runner's name.
-    start_time: `time.time()` when the run started.
-    side: singleton or list PCollections keyed as `_WriteSummaryFn.process`
-      takes them.
+    run: `run_id`, `start_time` (`time.time()`) and `runner` of this run.
+    baseline: `(output.dir, summary)` of the run to compare with, or None.
+    side: singleton PCollections (`loss_stats`, `thresholds`, `flag_counts`,
+      `top_flagged`, `timing`, `duplicates`: may be empty) and list
+      PCollections (`slice_stats`, `dead_letter_reasons`: `(reason, count)`,
+      `devices`), as `_WriteSummaryFn.process` takes them.
   """
 
-  def __init__(self, directory: str, config: Dict, runner: str,
-               start_time: float, *, loss_stats, slice_stats, thresholds,
-               flag_counts, dead_lettered, top_flagged, devices,
+  def __init__(self, directory: str, config: Dict, run: Dict,
+               baseline: Optional[Tuple[str, Dict]], *, loss_stats,
+               slice_stats, thresholds, flag_counts, top_flagged, timing,
+               duplicates, dead_letter_reasons, devices,
                written: Dict[str, beam.PCollection]):
     super().__init__()
-    self._fn = _WriteSummaryFn(directory, config, runner, start_time)
-    self._singletons = [loss_stats, thresholds, flag_counts, dead_lettered,
-                        top_flagged]
-    self._slice_stats = slice_stats
-    self._devices = devices
+    self._fn = _WriteSummaryFn(directory, config, run, baseline)
+    self._side = (loss_stats, slice_stats, thresholds, flag_counts,
+                  top_flagged, duplicates, timing, dead_letter_reasons,
+                  devices)
     self._written = written
 
   def expand(self, pbegin):
-    p = beam.pvalue.AsSingleton
-    loss_stats, thresholds, flag_counts, dead_lettered, top_flagged = (
-        self._singletons)
+    one, many = beam.pvalue.AsSingleton, beam.pvalue.AsList
+    (loss_stats, slice_stats, thresholds, flag_counts, top_flagged,
+     duplicates, timing, dead_letter_reasons, devices) = self._side
     return (pbegin
             | "Trigger" >> beam.Create([None])
             | "Write" >> beam.ParDo(
-                self._fn, p(loss_stats), beam.pvalue.AsList(self._slice_stats),
-                p(thresholds), p(flag_counts), p(dead_lettered), p(top_flagged),
-                beam.pvalue.AsList(self._devices),
-                *[beam.pvalue.AsList(self._written[k]) for k in (
+                self._fn, one(loss_stats), many(slice_stats), one(thresholds),
+                one(flag_counts), one(top_flagged),
+                one(duplicates, default_value=None),
+                one(timing, default_value=None), many(dead_letter_reasons),
+                many(devices),
+                *[many(self._written[k]) for k in (
                     outputs.LOSSES, outputs.FLAGGED, outputs.DEAD_LETTER)]))

@@ -1,0 +1,139 @@
+"""Run-over-run drift and quality gates: `drift.json` from two summaries.
+
+Pure functions on `summary.json` documents, used by `lossaudit compare` and
+by `lossaudit run` when a gate or `gate.baseline` is set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+TINY = 1e-12
+
+
+def flagged_rate(summary: Dict) -> float:
+  """`flagged.total / examples_scored` (0 for an empty run)."""
+  scored = summary["examples_scored"]
+  return summary["flagged"]["total"] / scored if scored else 0.0
+
+
+def dead_letter_rate(summary: Dict) -> float:
+  read = summary["examples_read"]
+  return summary["examples_dead_lettered"] / read if read else 0.0
+
+
+def label_issue_rates(summary: Dict) -> Optional[Dict[str, float]]:
+  """Per given class: label issues / examples with that label, or None."""
+  label_issues = summary.get("label_issues")
+  if not label_issues:
+    return None
+  issues = [0] * len(label_issues["label_counts"])
+  for pair, count in label_issues.get("issues_by_pair", {}).items():
+    issues[int(pair.split("->")[0])] += count
+  return {str(k): issues[k] / n if n else 0.0
+          for k, n in enumerate(label_issues["label_counts"])}
+
+
+def quantile_shift(baseline: Optional[float], current: Optional[float]
+                   ) -> Optional[float]:
+  """`|current - baseline| / |baseline|`: the relative move of a quantile."""
+  if baseline is None or current is None:
+    return None
+  return abs(current - baseline) / max(abs(baseline), TINY)
+
+
+def _change(baseline: Optional[float], current: Optional[float]) -> Dict:
+  return {"baseline": baseline, "current": current,
+          "change": None if baseline is None or current is None else
+          current - baseline}
+
+
+def _gate(name: str, limit: float, value: Optional[float], what: str,
+          **extra: Any) -> Dict:
+  passed = value is None or value <= limit
+  return {"gate": name, "limit": limit, "value": value, "passed": passed,
+          "exceeded_by": None if passed else value - limit, "what": what,
+          **extra}
+
+
+def compare(current: Dict, baseline: Optional[Dict], *,
+            max_flagged_fraction: Optional[float] = None,
+            max_quantile_shift: Optional[float] = None,
+            current_dir: Optional[str] = None,
+            baseline_dir: Optional[str] = None) -> Dict:
+  """The `drift.json` document.
+
+  Args:
+    current: this run's summary.
+    baseline: the earlier run's summary, or None (the gates that need one
+      are then skipped, and say so).
+    max_flagged_fraction: fail when `flagged.total / examples_scored`
+      exceeds it.
+    max_quantile_shift: fail when any loss quantile moves by more than this
+      fraction of its baseline value.
+    current_dir, baseline_dir: where the summaries came from, for the record.
+
+  Returns:
+    `{"baseline", "current", "quantiles", "flagged_rate", "dead_letter_rate",
+    "label_issue_rate", "gates", "passed"}`; each gate has its `limit`,
+    `value`, `passed` and `exceeded_by`.
+  """
+  quantiles = {}
+  if baseline is not None:
+    for q, value in current["loss"]["quantiles"].items():
+      before = baseline["loss"]["quantiles"].get(q)
+      quantiles[q] = dict(_change(before, value),
+                          shift=quantile_shift(before, value))
+  rates = label_issue_rates(current)
+  base_rates = label_issue_rates(baseline) if baseline is not None else None
+  label_rates = None
+  if rates is not None:
+    label_rates = {k: _change((base_rates or {}).get(k), v)
+                   for k, v in rates.items()}
+  gates: List[Dict] = []
+  if max_flagged_fraction is not None:
+    gates.append(_gate("max_flagged_fraction", max_flagged_fraction,
+                       flagged_rate(current),
+                       "flagged.total / examples_scored of this run"))
+  if max_quantile_shift is not None:
+    shifts = {q: d["shift"] for q, d in quantiles.items()
+              if d["shift"] is not None}
+    worst = max(shifts, key=shifts.get) if shifts else None
+    gates.append(_gate(
+        "max_quantile_shift", max_quantile_shift,
+        shifts[worst] if worst else None,
+        "the largest |current - baseline| / |baseline| over the loss"
+        " quantiles" + ("" if baseline is not None else
+                        "; skipped: no baseline run"),
+        quantile=worst))
+  return {
+      "baseline": baseline_dir,
+      "current": current_dir,
+      "quantiles": quantiles,
+      "flagged_rate": _change(
+          flagged_rate(baseline) if baseline is not None else None,
+          flagged_rate(current)),
+      "dead_letter_rate": _change(
+          dead_letter_rate(baseline) if baseline is not None else None,
+          dead_letter_rate(current)),
+      "label_issue_rate": label_rates,
+      "gates": gates,
+      "passed": all(g["passed"] for g in gates),
+  }
+
+
+def failed_gates(drift: Dict) -> List[str]:
+  """One line per failed gate: name, value, limit and by how much."""
+  lines = []
+  for g in drift["gates"]:
+    if not g["passed"]:
+      where = f" (quantile {g['quantile']})" if g.get("quantile") else ""
+      lines.append(f"gate {g['gate']} failed{where}: {_num(g['value'])} >"
+                   f" {_num(g['limit'])}, by {_num(g['exceeded_by'])}")
+  return lines
+
+
+def _num(value: float) -> str:
+  return f"{value:.4g}" if isinstance(value, float) and math.isfinite(
+      value) else str(value)

@@ -1,0 +1,203 @@
+"""Quality gates, `lossaudit compare`, `drift.json` and nightly runs."""
+
+import json
+import os
+import re
+
+import pytest
+
+from lossaudit import drift
+from pipelines import audit, cli, demo
+from tests.conftest import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATES = {"max_flagged_fraction": 0.15, "max_quantile_shift": 1.0}
+
+
+def _summary(quantiles, flagged, scored=1000, label_issues=None):
+  return {"examples_read": scored, "examples_scored": scored,
+          "examples_dead_lettered": 0,
+          "loss": {"quantiles": quantiles}, "flagged": {"total": flagged},
+          "label_issues": label_issues}
+
+
+def test_compare_quantile_shifts_rates_and_gates():
+  baseline = _summary({"0.5": 0.2, "0.9": 1.0}, 50, label_issues=
+                      {"label_counts": [600, 400],
+                       "issues_by_pair": {"0->1": 30, "1->0": 20}})
+  current = _summary({"0.5": 0.25, "0.9": 2.5}, 200, label_issues=
+                     {"label_counts": [600, 400],
+                      "issues_by_pair": {"0->1": 120, "1->0": 80}})
+  found = drift.compare(current, baseline, max_flagged_fraction=0.1,
+                        max_quantile_shift=1.0)
+  assert found["quantiles"]["0.5"]["shift"] == pytest.approx(0.25)
+  assert found["quantiles"]["0.9"]["shift"] == pytest.approx(1.5)
+  assert found["flagged_rate"] == {"baseline": 0.05, "current": 0.2,
+                                   "change": pytest.approx(0.15)}
+  assert found["label_issue_rate"]["0"] == {
+      "baseline": 0.05, "current": 0.2, "change": pytest.approx(0.15)}
+  assert found["label_issue_rate"]["1"]["current"] == 0.2
+  by_gate = {g["gate"]: g for g in found["gates"]}
+  assert by_gate["max_flagged_fraction"]["exceeded_by"] == pytest.approx(0.1)
+  assert by_gate["max_quantile_shift"]["quantile"] == "0.9"
+  assert by_gate["max_quantile_shift"]["exceeded_by"] == pytest.approx(0.5)
+  assert not found["passed"]
+  assert drift.failed_gates(found) == [
+      "gate max_flagged_fraction failed: 0.2 > 0.1, by 0.1",
+      "gate max_quantile_shift failed (quantile 0.9): 1.5 > 1, by 0.5"]
+
+
+def test_compare_without_a_baseline_checks_only_absolute_gates():
+  found = drift.compare(_summary({"0.5": 1.0}, 10), None,
+                        max_flagged_fraction=0.05, max_quantile_shift=0.1)
+  assert found["passed"]
+  assert found["quantiles"] == {}
+  shift = [g for g in found["gates"] if g["gate"] == "max_quantile_shift"][0]
+  assert shift["value"] is None and "no baseline" in shift["what"]
+
+
+@pytest.fixture(scope="module")
+def noisier_data(workdir):
+  """The demo's audit digits with twice the label noise (20%)."""
+  data = workdir / "demo-data-noisier"
+  demo.build(str(data), None, noise_rate=2 * demo.NOISE_RATE)
+  return data
+
+
+def _config(data, model, out, **gate):
+  return base_config(data / "part-*.tfrecord.gz", model, out,
+                     flag={"loss_quantile": None,
+                           "label_issues": "prune_by_noise_rate"},
+                     gate=gate)
+
+
+def test_compare_cli_against_itself_passes_and_doubled_noise_fails(
+    tmp_path, demo_build, noisier_data, write_config, capsys):
+  data, model, _ = demo_build
+  baseline, noisier = tmp_path / "baseline", tmp_path / "noisier"
+  first = audit.run(["--config", write_config(
+      _config(data, model, baseline), "a.yaml")])
+  second = audit.run(["--config", write_config(
+      _config(noisier_data, model, noisier), "b.yaml")])
+  assert 0.08 < drift.flagged_rate(first) < 0.13
+  assert drift.flagged_rate(second) > 0.17
+
+  gates = ["--max-flagged-fraction", "0.15", "--max-quantile-shift", "1.0"]
+  assert cli.main(["compare", str(baseline), str(baseline)] + gates) == 0
+  same = json.loads((baseline / "drift.json").read_text())
+  assert same["passed"] and [g["passed"] for g in same["gates"]] == [True] * 2
+  assert all(d["shift"] == 0 for d in same["quantiles"].values())
+
+  assert cli.main(["compare", str(baseline), str(noisier)] + gates) == 3
+  found = json.loads((noisier / "drift.json").read_text())
+  assert not found["passed"]
+  gate = {g["gate"]: g for g in found["gates"]}["max_flagged_fraction"]
+  rate = drift.flagged_rate(second)
+  assert (gate["passed"], gate["value"], gate["limit"]) == (False, rate, 0.15)
+  assert gate["exceeded_by"] == pytest.approx(rate - 0.15)
+  assert found["flagged_rate"]["change"] == pytest.approx(
+      rate - drift.flagged_rate(first))
+  rates = found["label_issue_rate"]
+  assert sum(d["change"] > 0 for d in rates.values()) >= 8
+  err = capsys.readouterr().err
+  assert re.search(r"gate max_flagged_fraction failed: 0\.\d+ > 0\.15, by"
+                   r" 0\.\d+", err)
+
+
+def test_run_with_a_baseline_fails_its_gate_with_exit_3(
+    tmp_path, demo_build, noisier_data, write_config, capsys):
+  data, model, _ = demo_build
+  baseline, noisier = tmp_path / "baseline", tmp_path / "noisier"
+  audit.run(["--config", write_config(_config(data, model, baseline),
+                                      "a.yaml")])
+  config = _config(noisier_data, model, noisier, baseline=str(baseline),
+                   **GATES)
+  assert audit.main(["--config", write_config(config, "b.yaml")]) == 3
+  summary = json.loads((noisier / "summary.json").read_text())
+  assert summary["gate"]["passed"] is False
+  assert summary["gate"]["baseline"] == str(baseline)
+  assert summary["gate"]["failed"][0].startswith(
+      "gate max_flagged_fraction failed")
+  found = json.loads((noisier / "drift.json").read_text())
+  assert found["baseline"] == str(baseline) and not found["passed"]
+  report = (noisier / "report.html").read_text()
+  assert 'class="fail">A quality gate failed' in report
+  assert 'id="quantile-shifts"' in report
+  assert "gate max_flagged_fraction failed" in capsys.readouterr().err
+
+
+def test_missing_baseline_stops_before_the_run(tmp_path, demo_build,
+                                               write_config, capsys):
+  data, model, _ = demo_build
+  config = _config(data, model, tmp_path / "out",
+                   baseline=str(tmp_path / "nowhere"))
+  assert audit.main(["--config", write_config(config)]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: gate.baseline: expected the output.dir of a"
+      f" completed run (one with summary.json). Received:"
+      f" '{tmp_path / 'nowhere'}'\n")
+  assert cli.main(["compare", str(tmp_path / "nowhere"), str(tmp_path)]) == 2
+  assert "BASELINE_DIR: expected the output.dir of a completed run" in (
+      capsys.readouterr().err)
+
+
+def test_nightly_config_twice_compares_with_the_latest_run(
+    tmp_path, demo_build, capsys):
+  data, model, _ = demo_build
+  argv = ["--config", os.path.join(REPO, "configs", "nightly.yaml"),
+          "--set", f"input.pattern={data}/part-*.tfrecord.gz",
+          "--set", f"model.path={model}",
+          "--set", f"output.dir={tmp_path}/nightly/{{date}}-{{run_id}}"]
+  assert audit.main(argv) == 0
+  assert audit.main(argv) == 0
+  runs = sorted((tmp_path / "nightly").iterdir())
+  assert len(runs) == 2
+  first, second = (json.loads((r / "summary.json").read_text()) for r in runs)
+  assert runs[0].name.endswith(first["run_id"])
+  assert runs[0].name.startswith(first["started"][:10])
+  assert first["gate"] == {"baseline": None, "passed": True, "failed": []}
+  assert second["gate"]["baseline"] == str(runs[0])
+  found = json.loads((runs[1] / "drift.json").read_text())
+  assert found["passed"]
+  assert all(d["shift"] == 0 for d in found["quantiles"].values())
+  printed = capsys.readouterr()
+  assert "lossaudit: gates passed (baseline: none)" in printed.out
+  assert f"lossaudit: gates passed (baseline: {runs[0]})" in printed.out
+
+
+def test_output_dir_placeholders_are_checked(tmp_path, demo_build,
+                                             write_config, capsys):
+  data, model, _ = demo_build
+  config = _config(data, model, tmp_path / "{day}")
+  assert audit.main(["--config", write_config(config)]) == 2
+  assert "output.dir: expected a path whose only placeholders are {date} and" \
+      " {run_id}" in capsys.readouterr().err
+
+
+def test_flex_template_metadata_and_entry_point(tmp_path, demo_build,
+                                                write_config):
+  from pipelines import flex_template
+
+  with open(os.path.join(REPO, "templates", "flex", "metadata.json")) as f:
+    metadata = json.load(f)
+  params = {p["name"]: p for p in metadata["parameters"]}
+  assert set(params) == {"config", "overrides"}
+  assert not params["config"]["isOptional"] and params["overrides"][
+      "isOptional"]
+  assert re.match(params["config"]["regexes"][0], "gs://b/c/nightly.yaml")
+  assert not re.match(params["config"]["regexes"][0], "/local/nightly.yaml")
+  overrides = "flag.top_k=5;output.dir=" + str(tmp_path / "{run_id}")
+  assert re.match(params["overrides"]["regexes"][0], overrides)
+
+  data, model, _ = demo_build
+  config = write_config(_config(data, model, tmp_path / "unused"))
+  assert flex_template.audit_args(
+      [f"--config={config}", f"--overrides={overrides}", "--runner=X"]) == [
+          f"--config={config}", "--runner=X", "--set", "flag.top_k=5",
+          "--set", "output.dir=" + str(tmp_path / "{run_id}")]
+  assert flex_template.main(
+      [f"--config={config}", f"--overrides={overrides}"]) == 0
+  (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["config"]["flag"]["top_k"] == 5
+  assert run.name == summary["run_id"]

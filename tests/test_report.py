@@ -1,0 +1,108 @@
+"""`report.html` rendered in headless Chromium (Debian's `chromium`).
+
+`scripts/test` installs chromium when it is missing (scripts/install-chromium);
+without one the browser test is skipped.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from pipelines import audit
+from tests.conftest import base_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-dev-shm-usage", "--disable-background-networking",
+                  "--disable-extensions", "--no-first-run",
+                  "--enable-logging=stderr", "--v=0"]
+
+
+def render(path, *flags, timeout=120):
+  """`(DOM after load, Chromium's stderr)` of a local HTML file."""
+  result = subprocess.run(
+      [CHROMIUM, *CHROMIUM_FLAGS, *flags, f"file://{path}"],
+      capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory, demo_build):
+  """The demo audited twice, the second run against the first, with every
+  section of the report filled: label issues, gates and a slice."""
+  data, model, _ = demo_build
+  root = tmp_path_factory.mktemp("report")
+  summaries = []
+  for name, baseline in (("first", None), ("second", root / "first")):
+    config = base_config(
+        data / "part-*.tfrecord.gz", model, root / name,
+        flag={"loss_quantile": 0.95, "top_k": 60,
+              "label_issues": "confident_learning"},
+        stats={"slice_by": "label", "epsilon": 0.001},
+        gate={"baseline": baseline and str(baseline),
+              "max_flagged_fraction": 0.5, "max_quantile_shift": 0.1})
+    path = root / f"{name}.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(config))
+    summaries.append(audit.run(["--config", str(path)]))
+  return root / "second" / "report.html", summaries[1]
+
+
+def test_report_is_self_contained(demo_report):
+  page = demo_report[0].read_text()
+  assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+  assert "<script" not in page and "@import" not in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_chromium_without_console_errors(demo_report):
+  path, summary = demo_report
+  dom, log = render(path, "--dump-dom")
+  assert "CONSOLE" not in log, [l for l in log.splitlines() if "CONSOLE" in l]
+  for element in ('<svg id="histogram"', '<svg id="histogram-log"',
+                  '<svg id="label-issue-matrix"', '<table id="quantiles"',
+                  '<table id="slices"', '<table id="flagged"',
+                  '<table id="dead-letter-reasons"', '<table id="gates"',
+                  '<table id="quantile-shifts"', '<table id="timings"',
+                  '<table id="versions"', '<table id="label-issue-classes"'):
+    assert element in dom, element
+
+  def rows(table_id):
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', dom, re.S)
+    return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1:]
+
+  assert len(rows("quantiles")) == len(summary["loss"]["quantiles"])
+  assert len(rows("slices")) == 10
+  flagged = rows("flagged")
+  assert len(flagged) == 50
+  assert "label_issue" in "".join(flagged) or "top_k" in "".join(flagged)
+  matrix = re.search(r'<svg id="label-issue-matrix".*?</svg>', dom, re.S)
+  assert len(re.findall(r"<rect ", matrix.group(0))) == 100
+  histogram = re.search(r'<svg id="histogram".*?</svg>', dom, re.S)
+  assert len(re.findall(r"<rect ", histogram.group(0))) == 40
+  assert "Every gate passed." in dom
+  assert summary["gate"]["passed"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_screenshot_has_content(demo_report, tmp_path):
+  png = tmp_path / "report.png"
+  render(demo_report[0], f"--screenshot={png}", "--window-size=1100,3000",
+         "--hide-scrollbars")
+  data = png.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+
+
+def test_report_summary_matches_the_tables(demo_report):
+  page = demo_report[0].read_text()
+  summary = json.loads((demo_report[0].parent / "summary.json").read_text())
+  overview = re.search(r'<table id="overview">.*?</table>', page, re.S).group(0)
+  cells = re.findall(r"<td>(.*?)</td>", overview)
+  assert cells[:4] == [str(summary["examples_read"]),
+                       str(summary["examples_scored"]),
+                       str(summary["examples_dead_lettered"]),
+                       str(summary["flagged"]["total"])]
