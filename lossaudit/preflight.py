@@ -21,10 +21,14 @@ from lossaudit import columns as cols
 from lossaudit import losses, tfrecord
 from lossaudit.config import AuditConfig, ConfigError
 from lossaudit.model import AuditModel
-from lossaudit.scoring import (BatchScorer, LossShapeError, LossTerm,
-                               ScoringSpec, feature_inputs)
+from lossaudit.scoring import (LABEL_OUT_OF_RANGE, BatchScorer,
+                               LossShapeError, LossTerm, ScoringSpec,
+                               feature_inputs)
 
 PROBE_RECORDS = 64
+# Labels outside the model's classes in at least this share of the first
+# records stop the run: the model and the data do not match.
+CLASS_MISMATCH_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +270,21 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
     raise ConfigError(
         f"input: none of the first {probe.num_rows} records of {probe_file}"
         f" can be scored; first problem: {dead[0]['error']}")
+  _check_classes(probe.num_rows, probe_file, dead)
+
+
+def _check_classes(num_rows: int, probe_file: str,
+                   dead: Sequence[dict]) -> None:
+  """A few labels out of range are bad records (dead letters); many mean the
+  model was trained on other classes than the data has."""
+  out_of_range = [d for d in dead if d["reason"] == LABEL_OUT_OF_RANGE]
+  if len(out_of_range) < max(1, CLASS_MISMATCH_SHARE * num_rows):
+    return
+  raise ConfigError(
+      f"input.label_column: {len(out_of_range)} of the first {num_rows}"
+      f" labels of {probe_file} are outside the model's classes (first:"
+      f" {out_of_range[0]['error']}); expected a model trained on the"
+      " data's classes")
 
 
 def _needed_columns(spec: ScoringSpec) -> Tuple[str, ...]:

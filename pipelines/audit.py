@@ -108,9 +108,10 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
       flag_counts=(flagged
                    | "CountReasons" >> beam.Map(count_reasons)
                    | "SumCounts" >> beam.CombineGlobally(sum_counts)),
-      dead_letter_reasons=(dead
-                           | "DeadLetterReasons" >> beam.Map(lambda d: d["reason"])
-                           | "CountReasonsDead" >> beam.combiners.Count.PerElement()),
+      dead_letter_reasons=(
+          dead
+          | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
+          | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
       duplicates=scored.scored | "CountDuplicateIds" >> CountDuplicateIds(),
       top_flagged=flagged | "TopFlagged" >> beam.CombineGlobally(
           TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -358,3 +359,50 @@ def _framed(record: bytes) -> bytes:
   length = len(record).to_bytes(8, "little")
   return (length + masked_crc(length).to_bytes(4, "little") + record +
           masked_crc(record).to_bytes(4, "little"))
+
+
+def test_model_with_fewer_classes_than_the_labels_stops_before_running(
+    tmp_path, classifier_path, write_config, capsys):
+  cols = make_columns(n=200, seed=8)
+  cols["label"] = np.arange(200) % 8  # The model has 5 classes.
+  datasets.write_tfrecords(str(tmp_path / "data"), cols, num_shards=1)
+  config = base_config(tmp_path / "data" / "*.gz", classifier_path,
+                       tmp_path / "out")
+  assert audit.main(["--config", write_config(config)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(
+      "lossaudit: error: input.label_column: 24 of the first 64 labels of ")
+  assert err.endswith(
+      "are outside the model's classes (first: label 5 out of range: expected"
+      " an integer class in [0, 5)); expected a model trained on the data's"
+      " classes\n")
+  assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_dir_stops_before_running(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  blocker = tmp_path / "a-file"
+  blocker.write_text("not a directory")
+  config = base_config(tfrecord_dir / "*.gz", classifier_path,
+                       blocker / "out")
+  assert audit.main(["--config", write_config(config)]) == 2
+  assert capsys.readouterr().err.startswith(
+      "lossaudit: error: output.dir: expected a writable location. Received:"
+      f" '{blocker / 'out'}' (")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.joinpath("model.keras").write_text("not a model") and
+     p / "model.keras",
+     r"model.path: expected a Keras model file. Received: '.*model.keras' \("),
+    (lambda p: p.joinpath("empty").mkdir() or p / "empty",
+     r"model.path: expected a .keras file or a SavedModel directory."
+     r" Received: '.*empty' \(a directory with no saved_model.pb\)"),
+])
+def test_model_path_that_is_not_a_model_stops_before_running(
+    tmp_path, tfrecord_dir, write_config, capsys, make, message):
+  config = base_config(tfrecord_dir / "*.gz", make(tmp_path), tmp_path / "out")
+  assert audit.main(["--config", write_config(config)]) == 2
+  err = capsys.readouterr().err
+  assert re.match(r"lossaudit: error: " + message, err), err
+  assert err.count("\n") == 1 and "Traceback" not in err

@@ -1,11 +1,12 @@
 """Reading sharded datasets into `(source file, Arrow RecordBatch)` pairs.
 
 Both readers spread the work over workers (TFRecord by file, Parquet by row
-group), and both keep the file name, which dead-letter entries need. Parquet
-is not read through Beam's `ReadAllFromParquetBatched`: one file that is not
-Parquet fails the whole run there, while here it is one dead letter. tf.train.Examples are decoded in C++ by tfx_bsl's
+group), and both keep the file name, which dead-letter entries need.
+tf.train.Examples are decoded in C++ by tfx_bsl's
 `ExamplesToRecordBatchDecoder` (the decoder behind TFXIO's `TFExampleRecord`)
 with a schema derived from the model, so only the needed features are parsed.
+Parquet is not read through Beam's `ReadAllFromParquetBatched`: one file that
+is not Parquet fails the whole run there, while here it is one dead letter.
 """
 
 from __future__ import annotations
