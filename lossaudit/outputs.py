@@ -10,6 +10,7 @@ import json
 import uuid
 from typing import Any, Optional, Tuple
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit.config import ConfigError
@@ -22,6 +23,11 @@ REPORT = "report.html"
 DRIFT = "drift.json"
 SCRATCH = ".scratch"
 _SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER)
+
+
+_DIGIT = "[0-9]"
+_DATE_GLOB = f"{_DIGIT * 4}-{_DIGIT * 2}-{_DIGIT * 2}"
+_RUN_ID_GLOB = f"{_DIGIT * 8}T{_DIGIT * 6}Z-*"
 
 
 def new_run_id(now: datetime.datetime) -> str:
@@ -38,11 +44,12 @@ def latest_complete_run(template: str) -> Optional[str]:
   """The newest earlier run of `template` that completed, or None.
 
   Runs are the directories the template can expand to (placeholders match
-  anything) that hold a `summary.json`; the newest by that file's time.
-  With no placeholders, that is the template's own directory: call this
-  before `prepare` clears it.
+  any date and run id) that hold a `summary.json`; the newest by that file's
+  time. With no placeholders, that is the template's own directory: call
+  this before `prepare` clears it.
   """
-  pattern = join(template.format(date="*", run_id="*"), SUMMARY)
+  pattern = join(template.format(date=_DATE_GLOB, run_id=_RUN_ID_GLOB),
+                 SUMMARY)
   found = FileSystems.match([pattern])[0].metadata_list
   if not found:
     return None
@@ -73,9 +80,10 @@ def shard_prefix(directory: str, kind: str) -> str:
   return join(directory, kind, "part")
 
 
-def scratch_prefix(directory: str) -> str:
-  """Prefix of the files spilled between passes; removed when a run ends."""
-  return join(directory, SCRATCH, "scored")
+def scratch_prefix(directory: str, kind: str) -> str:
+  """Prefix of the `kind` files spilled between passes; removed when a run
+  ends."""
+  return join(directory, SCRATCH, kind)
 
 
 def _remove_tree(path: str) -> None:
@@ -123,8 +131,17 @@ def prepare(directory: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-  with FileSystems.create(path, mime_type="text/plain") as f:
+  """Writes `path` whole or not at all: a reader never sees half a file.
+
+  The text goes to a temporary name first, then is renamed over `path`
+  (an atomic replace on a local disk; on object stores a copy, itself
+  atomic, and a delete).
+  """
+  temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  with FileSystems.create(temporary, mime_type="text/plain",
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
     f.write(text.encode("utf-8"))
+  FileSystems.rename([temporary], [path])
 
 
 def write_json(path: str, value: Any) -> None:

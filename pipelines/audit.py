@@ -70,7 +70,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
            if flag.top_k else p | "NoTopK" >> beam.Create([None]))
   schema = spec.scored_schema()
   spilled = scored.scored | "Spill" >> SpillBatches(
-      outputs.scratch_prefix(out), schema)
+      outputs.scratch_prefix(out, "scored"), schema)
 
   def reread(purpose: str):
     return spilled | f"Reread{purpose}" >> ReadSpilled()
@@ -112,7 +112,8 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
           dead
           | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
           | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
-      duplicates=scored.scored | "CountDuplicateIds" >> CountDuplicateIds(),
+      duplicates=scored.scored | "CountDuplicateIds" >> CountDuplicateIds(
+          outputs.scratch_prefix(out, "ids")),
       top_flagged=flagged | "TopFlagged" >> beam.CombineGlobally(
           TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
       timing=(scored[TIMING]

@@ -1,51 +1,69 @@
-"""`CountDuplicateIds`: how many ids occur on more than one scored example."""
+"""`CountDuplicateIds`: how many ids occur on more than one scored example.
+
+Each bundle splits its ids by hash into buckets and writes each bucket's ids
+to a scratch Arrow IPC file, named only when the bundle succeeds (as the
+spill does); each bucket's files are then read and counted on one worker.
+Only file names are shuffled, so no runner holds all the ids in memory: a
+worker holds one bucket, about 1/64 of them.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Dict, Iterable, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
 from lossaudit import duplicates
+from transforms.spill import in_global_window, open_spill, read_spilled
 
-# Ids buffered per bundle before they are split into buckets and emitted.
-_FLUSH_IDS = 1 << 20
+_SCHEMA = pa.schema([pa.field("id", pa.string())])
+# Ids buffered before they are split into buckets and written.
+_FLUSH_IDS = 1 << 16
 
 
 class _BucketIdsFn(beam.DoFn):
-  """Scored RecordBatches → `(bucket, ids)`, a few large arrays per bundle."""
+  """Scored RecordBatches → `(bucket, scratch file of its ids)` per bundle."""
 
-  def __init__(self, num_buckets: int):
+  def __init__(self, prefix: str, num_buckets: int):
+    self._prefix = prefix
     self._num_buckets = num_buckets
 
   def start_bundle(self):
-    self._ids = []
-    self._buffered = 0
+    self._buffer, self._buffered = [], 0
+    self._files: Dict[int, Tuple] = {}
 
   def process(self, batch: pa.RecordBatch):
-    self._ids.append(batch.column("id"))
+    self._buffer.append(batch.column("id"))
     self._buffered += batch.num_rows
     if self._buffered >= _FLUSH_IDS:
-      yield from self._flush()
+      self._flush()
 
   def finish_bundle(self):
-    for element in self._flush():
-      yield WindowedValue(element, window.GlobalWindow().max_timestamp(),
-                          [window.GlobalWindow()])
+    self._flush()
+    for bucket, (path, f, writer) in sorted(self._files.items()):
+      writer.close()
+      f.close()
+      yield in_global_window((bucket, path))
 
   def _flush(self):
-    ids, self._ids, self._buffered = self._ids, [], 0
-    if ids:
-      yield from duplicates.split_by_bucket(pa.concat_arrays(ids),
-                                            self._num_buckets)
+    if not self._buffer:
+      return
+    ids = pa.concat_arrays(self._buffer)
+    self._buffer, self._buffered = [], 0
+    for bucket, part in duplicates.split_by_bucket(ids, self._num_buckets):
+      if bucket not in self._files:
+        self._files[bucket] = open_spill(f"{self._prefix}-b{bucket}", _SCHEMA)
+      self._files[bucket][2].write_batch(
+          pa.RecordBatch.from_arrays([part], schema=_SCHEMA))
 
 
-def _find_in_bucket(element) -> duplicates.Duplicates:
-  _, ids = element
-  return duplicates.find_duplicates(list(ids))
+def _find_in_bucket(element: Tuple[int, Iterable[str]]
+                    ) -> duplicates.Duplicates:
+  _, paths = element
+  return duplicates.find_duplicates([
+      batch.column("id") for path in paths for batch in read_spilled(path)])
 
 
 def _merge_all(found) -> duplicates.Duplicates:
@@ -58,15 +76,21 @@ class CountDuplicateIds(beam.PTransform):
 
   Duplicates are counted, never merged: every example is scored and written
   under its id.
+
+  Args:
+    prefix: scratch files are `prefix-b<bucket>-*.arrows`.
+    num_buckets: how many buckets the ids are split into.
   """
 
-  def __init__(self, num_buckets: int = duplicates.NUM_BUCKETS):
+  def __init__(self, prefix: str, num_buckets: int = duplicates.NUM_BUCKETS):
     super().__init__()
+    self._prefix = prefix
     self._num_buckets = num_buckets
 
   def expand(self, batches):
     return (batches
-            | "Bucket" >> beam.ParDo(_BucketIdsFn(self._num_buckets))
+            | "Bucket" >> beam.ParDo(_BucketIdsFn(self._prefix,
+                                                  self._num_buckets))
             | "GroupBuckets" >> beam.GroupByKey()
             | "FindInBucket" >> beam.Map(_find_in_bucket)
             | "Merge" >> beam.CombineGlobally(_merge_all))

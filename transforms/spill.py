@@ -41,10 +41,8 @@ class _SpillFn(beam.DoFn):
 
   def process(self, batch: pa.RecordBatch):
     if self._writer is None:
-      self._path = f"{self._prefix}-{uuid.uuid4().hex}.arrows"
-      self._file = FileSystems.create(
-          self._path, compression_type=CompressionTypes.UNCOMPRESSED)
-      self._writer = pa.ipc.new_stream(self._file, self._schema)
+      self._path, self._file, self._writer = open_spill(self._prefix,
+                                                        self._schema)
     self._writer.write_batch(batch)
 
   def finish_bundle(self):
@@ -52,8 +50,20 @@ class _SpillFn(beam.DoFn):
       return
     self._writer.close()
     self._file.close()
-    yield WindowedValue(self._path, window.GlobalWindow().max_timestamp(),
-                        [window.GlobalWindow()])
+    yield in_global_window(self._path)
+
+
+def open_spill(prefix: str, schema: pa.Schema):
+  """`(path, file, IPC stream writer)` of a new scratch file `prefix-*`."""
+  path = f"{prefix}-{uuid.uuid4().hex}.arrows"
+  f = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+  return path, f, pa.ipc.new_stream(f, schema)
+
+
+def in_global_window(value) -> WindowedValue:
+  """`value` as `finish_bundle` must emit it in a batch pipeline."""
+  return WindowedValue(value, window.GlobalWindow().max_timestamp(),
+                       [window.GlobalWindow()])
 
 
 class SpillBatches(beam.PTransform):
