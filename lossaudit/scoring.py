@@ -332,7 +332,13 @@ class BatchScorer:
       found = column(name, what, missing)
       if found is None:
         return np.zeros((n,) + tuple(shape), dtype=dtype)
-      values, counts = cols.dense_values(found, width, dtype)
+      try:
+        values, counts = cols.dense_values(found, width, dtype)
+      except (ValueError, TypeError, pa.ArrowException):
+        problems.append((np.ones(n, dtype=bool), WRONG_TYPE,
+                         f"{what} {name!r} has type {found.type}, expected"
+                         f" {np.dtype(dtype).name} values"))
+        return np.zeros((n,) + tuple(shape), dtype=dtype)
       problems.append((counts < 0, missing, f"missing {what} {name!r}"))
       wrong = (counts >= 0) & (counts != width)
       if wrong.any():

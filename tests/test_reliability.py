@@ -406,3 +406,27 @@ def test_model_path_that_is_not_a_model_stops_before_running(
   err = capsys.readouterr().err
   assert re.match(r"lossaudit: error: " + message, err), err
   assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_parquet_file_with_a_wrongly_typed_column_is_dead_lettered(
+    tmp_path, classifier_path, write_config):
+  cols = make_columns(n=100, seed=9)
+  (tmp_path / "data").mkdir()
+  datasets.write_parquet(str(tmp_path / "data"), cols, num_shards=1)
+  pq.write_table(pa.table({
+      "id": [f"text-{i}" for i in range(10)],
+      "x": pa.array([["a"] * 16] * 10, pa.list_(pa.string())),
+      "label": list(range(10))}), tmp_path / "data" / "zz-text.parquet")
+  out = tmp_path / "out"
+  config = base_config(tmp_path / "data" / "*.parquet", classifier_path, out)
+  config["input"]["format"] = "parquet"
+  summary = audit.run(["--config", write_config(config)])
+  assert (summary["examples_scored"], summary["examples_dead_lettered"]) == (
+      100, 10)
+  assert summary["dead_letter"]["by_reason"] == {"wrong_type": 10}
+  by_id = {d["id"]: d["error"] for d in _dead_letters(out)}
+  assert by_id["text-0"] == ("feature 'x' has type list<element: string>,"
+                             " expected float32 values")
+  assert by_id["text-7"] == by_id["text-0"] + (
+      "; label 7 out of range: expected an integer class in [0, 5)")
+  _assert_account(summary)
