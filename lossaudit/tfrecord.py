@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Iterator, List, Union
+import zlib
+from typing import Iterator, List, Optional, Union
 
 import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
@@ -33,12 +34,12 @@ class Unreadable:
   """Where a file stopped being readable."""
 
   record: int  # Index of the first record that could not be read.
-  offset: int  # Its byte offset in the (decompressed) stream.
+  offset: Optional[int]  # Its byte offset in the decompressed stream.
   reason: str
 
   def describe(self) -> str:
-    return (f"unreadable from record {self.record} (byte {self.offset}):"
-            f" {self.reason}")
+    where = "" if self.offset is None else f" (byte {self.offset})"
+    return f"unreadable from record {self.record}{where}: {self.reason}"
 
 
 def masked_crc(data) -> int:
@@ -72,8 +73,8 @@ def read_batches(path: str, batch_size: int,
   The first `skip` records are checked but not yielded.
 
   Raises:
-    OSError and the like when the file cannot be opened or decompressed at
-    all (callers dead-letter the file).
+    OSError and the like when the file cannot be opened (callers dead-letter
+    the file).
   """
   records: List[bytes] = []
   index = 0
@@ -84,7 +85,18 @@ def read_batches(path: str, batch_size: int,
     eof = False
     while True:
       if not eof:
-        chunk = f.read(CHUNK_BYTES)
+        try:
+          chunk = f.read(CHUNK_BYTES)
+        except (zlib.error, EOFError, OSError) as e:
+          # Damaged compression: the records before this chunk are kept
+          # (the first `skip` were read before, by a faster reader).
+          if records:
+            yield records
+          yield Unreadable(max(index, skip),
+                           consumed + pos if index >= skip else None,
+                           f"damaged compressed stream ({type(e).__name__}:"
+                           f" {e})")
+          return
         eof = not chunk
         consumed += pos
         buffer = buffer[pos:] + chunk

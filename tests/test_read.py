@@ -159,3 +159,37 @@ def test_parquet_file_that_is_not_parquet_is_one_dead_letter(
                    d["error"].split(":")[0])), equal_to([
                        ("zz-not-parquet.parquet", "unreadable_file",
                         "unreadable file")]), label="dead")
+
+
+def test_damaged_gzip_stream_keeps_the_records_before_it(tmp_path, columns):
+  import gzip
+  import zlib
+
+  datasets.write_tfrecords(str(tmp_path / "plain"), columns, num_shards=1,
+                           compression=None)
+  raw = next((tmp_path / "plain").iterdir()).read_bytes()
+  damaged = bytearray(gzip.compress(raw))
+  damaged[len(damaged) // 2] ^= 0xFF
+  path = tmp_path / "damaged.tfrecord.gz"
+  path.write_bytes(bytes(damaged))
+  try:
+    gzip.decompress(bytes(damaged))
+    assert False, "the damage went unnoticed"
+  except (OSError, zlib.error, EOFError):
+    pass
+  with TestPipeline() as p:
+    read = p | ReadTFExampleBatches([str(path)], _schema(), batch_size=500)
+    kept = (read["batches"] | beam.Map(lambda e: e[1].num_rows)
+            | beam.CombineGlobally(sum) | beam.Map(lambda n: ("kept", n)))
+    dead = read[DEAD_LETTER] | beam.Map(
+        lambda d: ("dead", d["reason"], d["error"]))
+
+    def check(found):
+      (_, kept), = [f for f in found if f[0] == "kept"]
+      (_, reason, error), = [f for f in found if f[0] == "dead"]
+      assert 0 < kept < len(columns["id"])
+      assert reason == "unreadable_stretch"
+      assert error.startswith(f"unreadable from record {kept}: damaged"
+                              " compressed stream")
+
+    assert_that((kept, dead) | beam.Flatten(), check)
