@@ -292,8 +292,18 @@ class GateConfig:
   baseline: Optional[str] = None
   max_flagged_fraction: Optional[float] = None
   max_quantile_shift: Optional[float] = None
+  # The quantiles `max_quantile_shift` watches (null: all of stats.quantiles).
+  # Low quantiles of a good model are near 0, where any change is large.
+  shift_quantiles: Optional[Sequence[float]] = None
 
   def __post_init__(self):
+    if self.shift_quantiles is not None:
+      if not isinstance(self.shift_quantiles, (list, tuple)) or not all(
+          isinstance(q, (int, float)) and not isinstance(q, bool)
+          for q in self.shift_quantiles) or not self.shift_quantiles:
+        _fail("gate.shift_quantiles", "null or a non-empty list of quantiles",
+              self.shift_quantiles)
+      object.__setattr__(self, "shift_quantiles", tuple(self.shift_quantiles))
     _optional_str("gate.baseline", self.baseline)
     if self.baseline == "":
       _fail("gate.baseline", "null, 'latest' or an earlier run's output.dir",
@@ -369,6 +379,10 @@ class AuditConfig:
       raise ConfigError(
           "flag.slice_quantile: needs stats.slice_by to be set. Received:"
           " stats.slice_by=None")
+    unknown = set(self.gate.shift_quantiles or ()) - set(self.stats.quantiles)
+    if unknown:
+      _fail("gate.shift_quantiles", f"quantiles of stats.quantiles"
+            f" {list(self.stats.quantiles)}", list(self.gate.shift_quantiles))
     if self.stats.weighted and self.input.weight_column is None:
       raise ConfigError(
           "stats.weighted: needs input.weight_column to be set. Received:"

@@ -7,7 +7,7 @@ by `lossaudit run` when a gate or `gate.baseline` is set.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 TINY = 1e-12
 
@@ -60,6 +60,7 @@ def _gate(name: str, limit: float, value: Optional[float], what: str,
 def compare(current: Dict, baseline: Optional[Dict], *,
             max_flagged_fraction: Optional[float] = None,
             max_quantile_shift: Optional[float] = None,
+            shift_quantiles: Optional[Sequence[float]] = None,
             current_dir: Optional[str] = None,
             baseline_dir: Optional[str] = None) -> Dict:
   """The `drift.json` document.
@@ -72,6 +73,7 @@ def compare(current: Dict, baseline: Optional[Dict], *,
       exceeds it.
     max_quantile_shift: fail when any loss quantile moves by more than this
       fraction of its baseline value.
+    shift_quantiles: the quantiles that gate watches; None: all.
     current_dir, baseline_dir: where the summaries came from, for the record.
 
   Returns:
@@ -97,8 +99,10 @@ def compare(current: Dict, baseline: Optional[Dict], *,
                        flagged_rate(current),
                        "flagged.total / examples_scored of this run"))
   if max_quantile_shift is not None:
+    watched = (None if shift_quantiles is None else
+               {_quantile_key(q, current) for q in shift_quantiles})
     shifts = {q: d["shift"] for q, d in quantiles.items()
-              if d["shift"] is not None}
+              if d["shift"] is not None and (watched is None or q in watched)}
     worst = max(shifts, key=shifts.get) if shifts else None
     gates.append(_gate(
         "max_quantile_shift", max_quantile_shift,
@@ -121,6 +125,14 @@ def compare(current: Dict, baseline: Optional[Dict], *,
       "gates": gates,
       "passed": all(g["passed"] for g in gates),
   }
+
+
+def _quantile_key(q: float, summary: Dict) -> str:
+  """The summary's key of quantile `q` (keys are written as in the config)."""
+  for key in summary["loss"]["quantiles"]:
+    if float(key) == float(q):
+      return key
+  return str(q)
 
 
 def failed_gates(drift: Dict) -> List[str]:

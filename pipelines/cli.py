@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 USAGE = """usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
        lossaudit demo [--output DIR]
        lossaudit compare BASELINE_DIR CURRENT_DIR [--max-flagged-fraction X]
-                         [--max-quantile-shift X] [--output FILE]"""
+                         [--max-quantile-shift X] [--shift-quantiles Q ...]
+                         [--output FILE]"""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

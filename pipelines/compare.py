@@ -30,6 +30,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--max-quantile-shift", type=float, default=None,
                       help="fail when a loss quantile moves by more than this"
                       " fraction (default: the current run's gate config)")
+  parser.add_argument("--shift-quantiles", type=float, nargs="+",
+                      default=None, help="the quantiles --max-quantile-shift"
+                      " watches (default: the current run's gate config, or"
+                      " all)")
   parser.add_argument("--output", default=None,
                       help="where to write drift.json (default:"
                       " CURRENT_DIR/drift.json)")
@@ -49,10 +53,13 @@ def compare_runs(args: argparse.Namespace) -> dict:
       max_flagged_fraction=_pick(args.max_flagged_fraction,
                                  configured.get("max_flagged_fraction")),
       max_quantile_shift=_pick(args.max_quantile_shift,
-                               configured.get("max_quantile_shift")))
+                               configured.get("max_quantile_shift")),
+      shift_quantiles=_pick(args.shift_quantiles,
+                            configured.get("shift_quantiles")))
   return drift.compare(
       current, baseline, max_flagged_fraction=gate.max_flagged_fraction,
-      max_quantile_shift=gate.max_quantile_shift, current_dir=current_dir,
+      max_quantile_shift=gate.max_quantile_shift,
+      shift_quantiles=gate.shift_quantiles, current_dir=current_dir,
       baseline_dir=baseline_dir)
 
 

@@ -47,6 +47,35 @@ def test_compare_quantile_shifts_rates_and_gates():
       "gate max_quantile_shift failed (quantile 0.9): 1.5 > 1, by 0.5"]
 
 
+def test_quantile_shift_gate_watches_only_the_chosen_quantiles():
+  baseline = _summary({"0.01": 1e-7, "0.9": 1.0}, 10)
+  current = _summary({"0.01": 3e-7, "0.9": 1.2}, 10)
+  every = drift.compare(current, baseline, max_quantile_shift=0.5)
+  assert every["gates"][0]["quantile"] == "0.01" and not every["passed"]
+  upper = drift.compare(current, baseline, max_quantile_shift=0.5,
+                        shift_quantiles=[0.9])
+  assert upper["passed"]
+  assert upper["gates"][0]["value"] == pytest.approx(0.2)
+  assert upper["quantiles"]["0.01"]["shift"] == pytest.approx(2.0)
+
+
+def test_shift_quantiles_must_be_configured_quantiles():
+  from lossaudit.config import AuditConfig, ConfigError
+
+  with pytest.raises(ConfigError, match=re.escape(
+      "gate.shift_quantiles: expected quantiles of stats.quantiles [0.5, 0.9]."
+      " Received: [0.99]")):
+    AuditConfig.from_dict({
+        "input": {"pattern": "x"}, "model": {"path": "m"},
+        "stats": {"quantiles": [0.5, 0.9]},
+        "gate": {"shift_quantiles": [0.99]}})
+  with pytest.raises(ConfigError, match=re.escape(
+      "gate.shift_quantiles: expected null or a non-empty list of quantiles."
+      " Received: 0.9")):
+    AuditConfig.from_dict({"input": {"pattern": "x"}, "model": {"path": "m"},
+                           "gate": {"shift_quantiles": 0.9}})
+
+
 def test_compare_without_a_baseline_checks_only_absolute_gates():
   found = drift.compare(_summary({"0.5": 1.0}, 10), None,
                         max_flagged_fraction=0.05, max_quantile_shift=0.1)

@@ -122,6 +122,7 @@ class _WriteSummaryFn(beam.DoFn):
         summary, baseline,
         max_flagged_fraction=gate["max_flagged_fraction"],
         max_quantile_shift=gate["max_quantile_shift"],
+        shift_quantiles=gate["shift_quantiles"],
         current_dir=self._directory, baseline_dir=baseline_dir)
     summary["gate"] = {"baseline": baseline_dir, "passed": found["passed"],
                        "failed": drift.failed_gates(found)}
