@@ -161,6 +161,8 @@ def run(argv: Optional[Sequence[str]] = None,
   template = config.output.dir
   config = config.with_output_dir(outputs.expand_dir(template, now, run_id))
   options = PipelineOptions(beam_args)
+  if options.view_as(GoogleCloudOptions).template_location:
+    _check_template(config, template)
   # The checks before the run read gs:// with the same options as workers.
   FileSystems.set_options(options)
   baseline = _baseline(config.gate.baseline, template)
@@ -184,6 +186,22 @@ def run(argv: Optional[Sequence[str]] = None,
     summary["metrics"] = found
     outputs.write_json(summary_path, summary)
   return summary
+
+
+def _check_template(config: AuditConfig, template: str) -> None:
+  """A classic template fixes `output.dir` and the baseline when it is
+  built; every launch would reuse them."""
+  if template != template.format(date="", run_id=""):
+    raise ConfigError(
+        "output.dir: {date} and {run_id} would be filled in once, when the"
+        " classic template is built, and every launch would write there;"
+        " expected a fixed directory, or the Flex Template (templates/flex)"
+        f" for scheduled runs. Received: {template!r}")
+  if config.gate.baseline == "latest":
+    raise ConfigError(
+        "gate.baseline: 'latest' would be resolved once, when the classic"
+        " template is built; expected a fixed directory, or the Flex Template"
+        " (templates/flex) for scheduled runs. Received: 'latest'")
 
 
 def _baseline(baseline: Optional[str], template: str

@@ -230,3 +230,23 @@ def test_flex_template_metadata_and_entry_point(tmp_path, demo_build,
   summary = json.loads((run / "summary.json").read_text())
   assert summary["config"]["flag"]["top_k"] == 5
   assert run.name == summary["run_id"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"output": {"dir": "gs://b/audits/{run_id}"}},
+     "lossaudit: error: output.dir: {date} and {run_id} would be filled in"
+     " once, when the classic template is built"),
+    ({"gate": {"baseline": "latest"}},
+     "lossaudit: error: gate.baseline: 'latest' would be resolved once, when"
+     " the classic template is built"),
+])
+def test_classic_template_refuses_per_launch_settings(
+    tmp_path, demo_build, write_config, capsys, change, message):
+  data, model, _ = demo_build
+  config = base_config(data / "part-*.tfrecord.gz", model, tmp_path / "out",
+                       **change)
+  assert audit.main(["--config", write_config(config),
+                     "--runner=DataflowRunner",
+                     f"--template_location={tmp_path / 'template.json'}"]) == 2
+  assert capsys.readouterr().err.startswith(message)
+  assert not (tmp_path / "template.json").exists()
