@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -57,8 +57,8 @@ def latest_complete_run(template: str) -> Optional[str]:
   return newest.path[:-len(SUMMARY)].rstrip("/")
 
 
-def read_summary(directory: str, key: str) -> Tuple[str, Any]:
-  """`(directory, its summary.json)`.
+def read_summary(directory: str, key: str) -> Any:
+  """The `summary.json` of the run in `directory`.
 
   Raises:
     ConfigError: naming `key` when the directory holds no complete run.
@@ -68,7 +68,7 @@ def read_summary(directory: str, key: str) -> Tuple[str, Any]:
     raise ConfigError(
         f"{key}: expected the output.dir of a completed run (one with"
         f" {SUMMARY}). Received: {directory!r}")
-  return directory, read_json(path)
+  return read_json(path)
 
 
 def join(directory: str, *parts: str) -> str:

@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from lossaudit import drift
+
 HISTOGRAM_BINS = 40
 
 
@@ -236,7 +238,7 @@ def _comparison(found: Optional[Dict]) -> str:
             " config; <code>lossaudit compare</code>).</p>")
   verdict = ('<p class="pass">Every gate passed.</p>' if found["passed"] else
              '<p class="fail">A quality gate failed: '
-             + html.escape("; ".join(_failed(found))) + "</p>")
+             + html.escape("; ".join(drift.failed_gates(found))) + "</p>")
   gates = _table(
       ["gate", "limit", "value", "passed", "exceeded by", "what"],
       [[g["gate"], g["limit"], g["value"], "yes" if g["passed"] else "NO",
@@ -262,12 +264,6 @@ def _comparison(found: Optional[Dict]) -> str:
          for k, d in found["label_issue_rate"].items()], "label-issue-rates")
   return (verdict + f"<p>Baseline: <code>{html.escape(baseline)}</code></p>"
           + gates + rates + "<h3>Loss quantiles</h3>" + shifts + label)
-
-
-def _failed(found: Dict) -> List[str]:
-  from lossaudit import drift  # pylint: disable=g-import-not-at-top
-
-  return drift.failed_gates(found)
 
 
 def _label_issues(summary: Dict) -> str:

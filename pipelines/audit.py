@@ -214,7 +214,7 @@ def _baseline(baseline: Optional[str], template: str
     if directory is None:
       return None
     baseline = directory
-  return outputs.read_summary(baseline, "gate.baseline")
+  return baseline, outputs.read_summary(baseline, "gate.baseline")
 
 
 def run_metrics(result) -> Dict:

@@ -46,8 +46,8 @@ def compare_runs(args: argparse.Namespace) -> dict:
   Raises:
     ConfigError: a directory without a complete run, or a bad gate value.
   """
-  baseline_dir, baseline = outputs.read_summary(args.baseline, "BASELINE_DIR")
-  current_dir, current = outputs.read_summary(args.current, "CURRENT_DIR")
+  baseline = outputs.read_summary(args.baseline, "BASELINE_DIR")
+  current = outputs.read_summary(args.current, "CURRENT_DIR")
   configured = current.get("config", {}).get("gate", {})
   gate = GateConfig(
       max_flagged_fraction=_pick(args.max_flagged_fraction,
@@ -59,8 +59,8 @@ def compare_runs(args: argparse.Namespace) -> dict:
   return drift.compare(
       current, baseline, max_flagged_fraction=gate.max_flagged_fraction,
       max_quantile_shift=gate.max_quantile_shift,
-      shift_quantiles=gate.shift_quantiles, current_dir=current_dir,
-      baseline_dir=baseline_dir)
+      shift_quantiles=gate.shift_quantiles, current_dir=args.current,
+      baseline_dir=args.baseline)
 
 
 def _pick(given, configured):

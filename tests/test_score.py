@@ -14,6 +14,17 @@ from transforms.score import DEAD_LETTER, ScoreBatches
 from tests.conftest import NUM_CLASSES, NUM_FEATURES
 
 
+
+def _assert_keras_losses(scored, model_path, loss_class, x, y) -> np.ndarray:
+  """Asserts `scored`'s losses equal Keras's `loss_class(reduction=None)` on
+  the saved model's predictions for `x`; returns those `(N,)` losses."""
+  pred = keras.models.load_model(model_path, compile=False).predict(
+      x, verbose=0)
+  expected = loss_class(reduction=None)(y, pred).numpy()
+  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
+                             rtol=1e-5)
+  return expected
+
 def _spec(model_path, output=None, weight_column=None, **term):
   fields = dict(output=output or "probs", name="out", label_column="label",
                 loss_name="sparse_categorical_crossentropy", label_shape=(),
@@ -38,12 +49,9 @@ def test_losses_match_keras_for_keras_file_and_saved_model(
   scorer = BatchScorer(_spec(request.getfixturevalue(fixture), output))
   scored, dead = scorer.score("f", _batch(columns))
   assert dead == []
-  probs = keras.models.load_model(classifier_path, compile=False).predict(
-      columns["x"][:100], verbose=0)
-  expected = keras.losses.SparseCategoricalCrossentropy(reduction=None)(
-      columns["label"][:100], probs).numpy()
-  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
-                             rtol=1e-5)
+  _assert_keras_losses(scored, classifier_path,
+                       keras.losses.SparseCategoricalCrossentropy,
+                       columns["x"][:100], columns["label"][:100])
   assert scored.column("id").to_pylist() == list(columns["id"][:100])
 
 
@@ -119,12 +127,9 @@ def test_regression_mse_with_weights(regressor_path, columns):
                              num_classes=None, loss_name="mean_squared_error",
                              weight_column="w"))
   scored, _ = scorer.score("f", batch)
-  pred = keras.models.load_model(regressor_path, compile=False).predict(
-      columns["x"][:40], verbose=0)
-  expected = keras.losses.MeanSquaredError(reduction=None)(
-      columns["target"][:40], pred).numpy()
-  np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
-                             rtol=1e-5)
+  expected = _assert_keras_losses(scored, regressor_path,
+                                  keras.losses.MeanSquaredError,
+                                  columns["x"][:40], columns["target"][:40])
   np.testing.assert_allclose(scored.column("weighted_loss").to_numpy(),
                              expected * weights, rtol=1e-5)
   assert "given_label" not in scored.schema.names

@@ -55,8 +55,8 @@ class _BucketIdsFn(beam.DoFn):
     for bucket, part in duplicates.split_by_bucket(ids, self._num_buckets):
       if bucket not in self._files:
         self._files[bucket] = open_spill(f"{self._prefix}-b{bucket}", _SCHEMA)
-      self._files[bucket][2].write_batch(
-          pa.RecordBatch.from_arrays([part], schema=_SCHEMA))
+      _, _, writer = self._files[bucket]
+      writer.write_batch(pa.RecordBatch.from_arrays([part], schema=_SCHEMA))
 
 
 def _find_in_bucket(element: Tuple[int, Iterable[str]]
