@@ -2,16 +2,59 @@
 
 TFRecord batches hold every feature as a list column (tf.train.Example has no
 scalars); Parquet batches hold scalars or lists. Both go through
-`dense_values`, which never loops over rows in Python.
+`dense_numbers`, which never loops over rows in Python.
+
+One bad value must cost one row, not its batch. Casts are tried on the whole
+column first (the normal case, one Arrow call); only when a cast fails are
+the offending rows found: text that is not a number by a vectorised regular
+expression, bytes that are not UTF-8 by decoding each value (Arrow has no
+vectorised UTF-8 check that says which value is bad).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+# What Arrow's string -> float64 cast parses, after trimming white space.
+_NUMBER = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
+
+
+class Dense(NamedTuple):
+  """A column read as a dense array, with what was wrong in each row.
+
+  Attributes:
+    values: `(N, width)`; zero in rows with the wrong number of values
+      (`counts != width`) and in rows that are `not_numbers`.
+    counts: `(N,)` number of values per row, as in `value_counts`.
+    not_numbers: `(N,)` bool, rows of `width` values of which one is text
+      (or bytes) that is not a number.
+    text: `(N,)` Arrow array, the first such value of each `not_numbers`
+      row (null elsewhere); None when no row is `not_numbers`.
+  """
+
+  values: np.ndarray
+  counts: np.ndarray
+  not_numbers: np.ndarray
+  text: Optional[pa.Array] = None
+
+
+class Text(NamedTuple):
+  """The first value of each row as a string.
+
+  Attributes:
+    strings: `(N,)` string array; null where the row has no value or its
+      value is bytes that are not valid UTF-8.
+    not_utf8: `(N,)` bool, the rows whose value is not valid UTF-8.
+    raw: `(N,)` the first values as read (bytes stay bytes), for messages.
+  """
+
+  strings: pa.Array
+  not_utf8: np.ndarray
+  raw: pa.Array
 
 
 def _is_list(type_: pa.DataType) -> bool:
@@ -32,19 +75,23 @@ def value_counts(column: pa.Array) -> np.ndarray:
   return counts
 
 
-def dense_values(column: pa.Array, width: int,
-                 dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray]:
-  """Reads a column as a dense `(N, width)` array.
+def dense_numbers(column: pa.Array, width: int,
+                  dtype: np.dtype) -> Dense:
+  """Reads a numeric, or numbers-as-text, column as a dense `(N, width)` array.
 
   Args:
-    column: a scalar or list column of N rows.
+    column: a scalar or list column of N rows; string and binary values are
+      parsed as numbers (`"3"`, `"-0.5"`, `"nan"`), and a row holding one that
+      is not a number is reported in `not_numbers`.
     width: the number of values each row must have.
     dtype: numpy dtype of the result.
 
   Returns:
-    `(values, counts)`: values `(N, width)` where rows with the wrong number of
-    values (`counts != width`) are zero, and counts `(N,)` as in
-    `value_counts`.
+    A `Dense` with values `(N, width)`.
+
+  Raises:
+    pa.ArrowException, TypeError, ValueError: values that are neither numbers
+      nor text (structs, nested lists).
   """
   if isinstance(column, pa.ChunkedArray):
     column = column.combine_chunks()
@@ -52,34 +99,147 @@ def dense_values(column: pa.Array, width: int,
   n = len(column)
   good = counts == width
   if _is_list(column.type):
-    if good.all():
-      flat = column.flatten()
-    else:
-      flat = column.filter(pa.array(good)).flatten()
-    if pa.types.is_null(flat.type):
-      flat = flat.cast(pa.float64())
-    flat_values = flat.to_numpy(zero_copy_only=False)
+    flat = (column if good.all() else column.filter(pa.array(good))).flatten()
   else:
-    flat_values = (column.to_numpy(zero_copy_only=False)
-                   if good.all() else column.filter(pa.array(good)).to_numpy(
-                       zero_copy_only=False))
-  flat_values = np.asarray(flat_values).astype(dtype, copy=False)
+    flat = column if good.all() else column.filter(pa.array(good))
+  if pa.types.is_null(flat.type):
+    flat = flat.cast(pa.float64())
+  not_numbers, text = np.zeros(n, dtype=bool), None
+  if _is_text(flat.type):
+    strings, not_utf8 = _utf8(flat)
+    parsed, bad = _parse_numbers(strings)
+    if bad is not None:
+      # Messages quote text as text, and bytes only when one is not UTF-8.
+      shown = flat if not_utf8.any() else strings
+      not_numbers, text = _rows_not_numbers(shown, bad, good, width)
+    flat = parsed
+  flat_values = np.asarray(flat.to_numpy(zero_copy_only=False)).astype(
+      dtype, copy=False)
   if good.all():
-    return flat_values.reshape(n, width), counts
-  values = np.zeros((n, width), dtype=dtype)
-  values[good] = flat_values.reshape(-1, width)
-  return values, counts
+    values = flat_values.reshape(n, width)
+  else:
+    values = np.zeros((n, width), dtype=dtype)
+    values[good] = flat_values.reshape(-1, width)
+  if text is not None:
+    values = np.where(not_numbers[:, None], values.dtype.type(0), values)
+  return Dense(values, counts, not_numbers, text)
+
+
+def dense_values(column: pa.Array, width: int,
+                 dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray]:
+  """`dense_numbers` for a column that must hold numbers only.
+
+  Returns:
+    `(values, counts)`: values `(N, width)` where rows with the wrong number of
+    values (`counts != width`) are zero, and counts `(N,)` as in
+    `value_counts`.
+
+  Raises:
+    ValueError: a value is text that is not a number.
+  """
+  dense = dense_numbers(column, width, dtype)
+  if dense.not_numbers.any():
+    first = dense.text[int(np.argmax(dense.not_numbers))].as_py()
+    raise ValueError(f"expected numbers. Received: {first!r}")
+  return dense.values, dense.counts
+
+
+def _is_text(type_: pa.DataType) -> bool:
+  return (pa.types.is_string(type_) or pa.types.is_large_string(type_) or
+          pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or
+          pa.types.is_fixed_size_binary(type_))
+
+
+def _parse_numbers(strings: pa.Array
+                   ) -> Tuple[pa.Array, Optional[np.ndarray]]:
+  """Strings `(M,)` as float64 `(M,)` and `(M,)` bool of those that are not
+  numbers (null ones included; zero in the result), or None when all are."""
+  strings = pc.utf8_trim_whitespace(strings)
+  if not strings.null_count:
+    try:
+      return pc.cast(strings, pa.float64()), None
+    except pa.ArrowInvalid:
+      pass
+  number = pc.match_substring_regex(strings, _NUMBER).fill_null(False)
+  bad = ~number.to_numpy(zero_copy_only=False)
+  parsed = pc.cast(pc.if_else(number, strings, pa.scalar(None, pa.string())),
+                   pa.float64()).fill_null(0.0)
+  return parsed, bad
+
+
+def _rows_not_numbers(flat: pa.Array, bad: np.ndarray, good: np.ndarray,
+                      width: int) -> Tuple[np.ndarray, pa.Array]:
+  """Rows `(N,)` holding a `bad` flat value, and the first such value `(N,)`.
+
+  `flat` holds the `width` values of each `good` row, in order.
+  """
+  per_row = bad.reshape(-1, width)
+  not_numbers = np.zeros(len(good), dtype=bool)
+  not_numbers[good] = per_row.any(axis=1)
+  index = np.zeros(len(good), dtype=np.int64)
+  index[good] = (np.arange(len(per_row)) * width + per_row.argmax(axis=1))
+  return not_numbers, flat.take(pa.array(index, mask=~not_numbers))
 
 
 def first_as_string(column: pa.Array) -> pa.Array:
-  """The first value of each row as a string array `(N,)`; null where missing."""
+  """The first value of each row as a string array `(N,)`; null where missing.
+
+  Raises:
+    pa.ArrowInvalid: a value is bytes that are not valid UTF-8 (see
+      `first_as_text`, which reports those rows instead).
+  """
+  return _first_values(column).cast(pa.string())
+
+
+def first_as_text(column: pa.Array) -> Text:
+  """The first value of each row as a string, with the rows not UTF-8.
+
+  Args:
+    column: a scalar or list column of N rows (strings, bytes or numbers).
+
+  Returns:
+    A `Text` of N rows.
+  """
+  raw = _first_values(column)
+  strings, not_utf8 = _utf8(raw)
+  return Text(strings, not_utf8, raw)
+
+
+def _first_values(column: pa.Array) -> pa.Array:
   if isinstance(column, pa.ChunkedArray):
     column = column.combine_chunks()
   if _is_list(column.type):
     column = _first_element(column)
-  if pa.types.is_large_binary(column.type):
+  if (pa.types.is_large_binary(column.type) or
+      pa.types.is_fixed_size_binary(column.type)):
     column = column.cast(pa.binary())
-  return column.cast(pa.string())
+  return column
+
+
+def _utf8(values: pa.Array) -> Tuple[pa.Array, np.ndarray]:
+  """`values` `(M,)` cast to strings, null where not valid UTF-8, and `(M,)`
+  bool of those rows."""
+  if (pa.types.is_large_binary(values.type) or
+      pa.types.is_fixed_size_binary(values.type)):
+    values = values.cast(pa.binary())
+  try:
+    return values.cast(pa.string()), np.zeros(len(values), dtype=bool)
+  except pa.ArrowInvalid:
+    if not pa.types.is_binary(values.type):
+      raise
+  not_utf8 = np.array([not _decodes(v) for v in values.to_pylist()],
+                      dtype=bool).reshape(len(values))
+  kept = pc.if_else(pa.array(not_utf8), pa.scalar(None, values.type), values)
+  return kept.cast(pa.string()), not_utf8
+
+
+def _decodes(value: Optional[bytes]) -> bool:
+  try:
+    if value is not None:
+      value.decode("utf-8")
+    return True
+  except UnicodeDecodeError:
+    return False
 
 
 def _first_element(column: pa.Array) -> pa.Array:

@@ -2,6 +2,14 @@
 
 Every error names the dotted key, what was expected and what was received, so
 the CLI can print it on one line and exit 2 before the pipeline starts.
+Received values are shown through `reprlib` and the CLI prints messages
+through `one_line`, so a 1 MB value never makes a 1 MB message.
+
+YAML is read with `LimitedLoader`, a SafeLoader that refuses alias bombs: an
+alias shares its anchor's node, so nine anchors of nine aliases each (72
+aliases, 300 bytes) load in microseconds but expand to 9**9 values wherever
+the config is walked (`repr` in an error message, `dataclasses.asdict`, the
+config written into summary.json): a 480 KB message or a MemoryError.
 """
 
 from __future__ import annotations
@@ -10,7 +18,10 @@ import dataclasses
 import difflib
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+import re
+import reprlib
+import string
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -23,15 +34,93 @@ FORMATS = ("tfrecord", "parquet")
 REDUCTIONS = ("mean", "sum")
 LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
 
+MAX_BATCH_SIZE = 1 << 20
+MIN_EPSILON = 1e-6  # Smaller: the quantile sketch asks for terabytes.
+MAX_NUM_SHARDS = 10_000
+OUTPUT_PLACEHOLDERS = ("date", "run_id")
+# A lock older than this is taken over; at most a year keeps time arithmetic
+# (datetime.timedelta) far from overflow.
+MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0
+MAX_YAML_ALIASES = 100
+MAX_YAML_VALUES = 100_000  # Scalars, lists, mappings added by aliases.
+
+# The scheme part of a URI, as Beam's FileSystems.get_scheme reads it.
+_SCHEME = re.compile(r"([a-zA-Z][-a-zA-Z0-9+.]*)://")
+_IDENTIFIERS = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_CUSTOM_LOSS = re.compile(rf"{_IDENTIFIERS}:{_IDENTIFIERS}")
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 120
+_REPR.maxlong = 40
+_REPR.maxlevel = 3
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 10
+_REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 10
+
+
+def short_repr(value: Any) -> str:
+  """`repr(value)`, cut to a few hundred characters at most (`reprlib`)."""
+  return _REPR.repr(value)
+
+
+def one_line(message: str, limit: int = 300) -> str:
+  """`message` on one line: whitespace runs (newlines included) become one
+  space, and a message longer than `limit` characters is cut to `limit`,
+  ending with "…"."""
+  text = " ".join(str(message).split())
+  if len(text) <= limit:
+    return text
+  return text[:max(0, limit - 1)] + "…"
+
+
+def describe_error(error: BaseException, limit: int = 200) -> str:
+  """`Type: first line of its message` (just `Type` when it has none).
+
+  TensorFlow's AutoGraph re-raises an error from traced user code as one
+  whose message starts "in user code:" (sometimes a StagingError); the error
+  the user's code raised is its `__context__`, and is the one described.
+  """
+  while (_message(error).startswith("in user code:") and
+         error.__context__ is not None):
+    error = error.__context__
+  lines = _message(error).strip().splitlines()
+  text = one_line(lines[0], limit) if lines else ""
+  name = type(error).__name__
+  return f"{name}: {text}" if text else name
+
+
+def _message(error: BaseException) -> str:
+  """`str(error)`, or "" when its `__str__` itself fails (user code)."""
+  try:
+    return str(error)
+  except Exception:  # pylint: disable=broad-except
+    return ""
+
 
 def _fail(key: str, expected: str, received: Any) -> None:
-  raise ConfigError(f"{key}: expected {expected}. Received: {received!r}")
+  raise ConfigError(
+      f"{key}: expected {expected}. Received: {short_repr(received)}")
 
 
 def _check_type(key: str, value: Any, types: tuple, expected: str) -> None:
   if isinstance(value, bool) and bool not in types:
     _fail(key, expected, value)
   if not isinstance(value, types):
+    _fail(key, expected, value)
+
+
+def _check_location(key: str, value: str) -> None:
+  """Refuses URIs of filesystems other than GCS (local paths pass)."""
+  match = _SCHEME.match(value)
+  if match and (match.group(1) != "gs" or value == "gs://"):
+    _fail(key, "a local path or gs:// URI", value)
+
+
+def _check_int(key: str, value: Any, low: int, high: int) -> None:
+  expected = f"an integer in [{low}, {high}]"
+  _check_type(key, value, (int,), expected)
+  if not low <= value <= high:
     _fail(key, expected, value)
 
 
@@ -48,7 +137,9 @@ def _optional_number(key: str, value: Any, low: float = -math.inf,
   _check_type(key, value, (int, float), "a number or null")
   too_low = value <= low if open_low else value < low
   too_high = value >= high if open_high else value > high
-  if too_low or too_high or math.isnan(value):
+  # No math.isnan on an int: one of 400 digits would raise OverflowError.
+  nan = isinstance(value, float) and math.isnan(value)
+  if too_low or too_high or nan:
     left = "(" if open_low else "["
     right = ")" if open_high else "]"
     _fail(key, f"a number in {left}{low}, {high}{right}", value)
@@ -75,6 +166,8 @@ class InputConfig:
       object.__setattr__(self, "pattern", tuple(self.pattern))
     else:
       _fail("input.pattern", "a non-empty glob or list of globs", self.pattern)
+    for pattern in self.patterns:
+      _check_location("input.pattern", pattern)
     if self.format not in FORMATS:
       _fail("input.format", f"one of {set(FORMATS)}", self.format)
     for key in ("id_column", "label_column", "weight_column"):
@@ -114,6 +207,7 @@ class ModelConfig:
   def __post_init__(self):
     if not isinstance(self.path, str) or not self.path:
       _fail("model.path", "a .keras file or a SavedModel directory", self.path)
+    _check_location("model.path", self.path)
     _check_type("model.signature", self.signature, (str,), "a string")
     _optional_str("model.output", self.output)
 
@@ -127,7 +221,7 @@ def _check_loss_name(key: str, name: Any) -> None:
     hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
     raise ConfigError(
         f"{key}: expected one of {sorted(losses.SUPPORTED_LOSSES)}."
-        f" Received: {name!r}.{hint}")
+        f" Received: {short_repr(name)}.{hint}")
 
 
 def _check_loss_options(prefix: str, from_logits: Any, reduce: Any,
@@ -136,7 +230,7 @@ def _check_loss_options(prefix: str, from_logits: Any, reduce: Any,
   if reduce not in REDUCTIONS:
     _fail(f"{prefix}.reduce", f"one of {set(REDUCTIONS)}", reduce)
   if custom is not None:
-    if not isinstance(custom, str) or ":" not in custom:
+    if not isinstance(custom, str) or not _CUSTOM_LOSS.fullmatch(custom):
       _fail(f"{prefix}.custom", "'package.module:function'", custom)
   if not isinstance(args, Mapping):
     _fail(f"{prefix}.args", "a mapping of Keras loss arguments", args)
@@ -228,9 +322,10 @@ class StatsConfig:
               self.quantiles)
     object.__setattr__(self, "quantiles",
                        tuple(sorted(set(float(q) for q in self.quantiles))))
-    _optional_number("stats.epsilon", self.epsilon, 0, 0.5, open_low=True)
+    _optional_number("stats.epsilon", self.epsilon, MIN_EPSILON, 0.5)
     if self.epsilon is None:
-      _fail("stats.epsilon", "a number in (0, 0.5]", self.epsilon)
+      _fail("stats.epsilon", f"a number in [{MIN_EPSILON}, 0.5]",
+            self.epsilon)
     _optional_str("stats.slice_by", self.slice_by)
     _check_type("stats.weighted", self.weighted, (bool,), "true or false")
 
@@ -259,29 +354,84 @@ class FlagConfig:
             self.label_issues)
 
 
+def _check_placeholders(key: str, template: str) -> None:
+  """Refuses any brace in `template` but a bare `{date}` or `{run_id}`.
+
+  `str.format` would also fill in `{date.year}`, `{date!r}`, `{date:%Y}` or
+  `{date.__class__.__mro__}` (attribute lookups on the value), and `{0}` or
+  `{}` fail only when the directory is filled in.
+  """
+  expected = ("a path whose only placeholders are {date} and {run_id}")
+  try:
+    parsed = list(string.Formatter().parse(template))
+  except ValueError:  # A stray "{" or "}".
+    _fail(key, expected, template)
+  for literal, field, spec, conversion in parsed:
+    if "{" in literal or "}" in literal:  # Escaped: "{{" or "}}".
+      _fail(key, expected, template)
+    if field is None:
+      continue
+    if field not in OUTPUT_PLACEHOLDERS or spec or conversion:
+      _fail(key, expected, template)
+
+
+def _duration_seconds(value: Any) -> Optional[float]:
+  """Seconds in a duration: a number of seconds, or a string of a number
+  and a unit `s`, `m`, `h` or `d` (`"90s"`, `"30m"`, `"6h"`, `"2d"`); None
+  when `value` is neither."""
+  if isinstance(value, bool):
+    return None
+  if isinstance(value, (int, float)):
+    return float(value)
+  if not isinstance(value, str):
+    return None
+  match = _DURATION.fullmatch(value.strip())
+  if not match:
+    return None
+  return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
-  """Where a run writes. `dir` may hold `{date}` (UTC, YYYY-MM-DD) and
-  `{run_id}` (UTC start time and a random suffix), filled in at the start."""
+  """Where a run writes.
+
+  Attributes:
+    dir: a local path or gs:// URI; may hold `{date}` (UTC, YYYY-MM-DD) and
+      `{run_id}` (UTC start time and a random suffix), filled in at the start.
+    num_shards: files per output table; 0 lets the runner decide.
+    write_losses: whether to write the per-example `losses/` table.
+    overwrite: allow a non-empty `dir` that lacks lossaudit's marker (a run
+      still deletes only its own files).
+    lock_timeout: a lock on `dir` older than this is taken over: a positive
+      number of seconds, or a string such as `"90s"`, `"30m"`, `"6h"`,
+      `"2d"` (see `lock_timeout_seconds`).
+  """
 
   dir: str = "out/audit"
   num_shards: int = 0
   write_losses: bool = True
+  overwrite: bool = False
+  lock_timeout: Union[str, float] = "6h"
 
   def __post_init__(self):
     if not isinstance(self.dir, str) or not self.dir:
       _fail("output.dir", "a local path or gs:// URI", self.dir)
-    try:
-      self.dir.format(date="", run_id="")
-    except (KeyError, IndexError, ValueError):
-      _fail("output.dir", "a path whose only placeholders are {date} and"
-            " {run_id}", self.dir)
-    _check_type("output.num_shards", self.num_shards, (int,),
-                "an integer >= 0")
-    if self.num_shards < 0:
-      _fail("output.num_shards", "an integer >= 0", self.num_shards)
+    _check_location("output.dir", self.dir)
+    _check_placeholders("output.dir", self.dir)
+    _check_int("output.num_shards", self.num_shards, 0, MAX_NUM_SHARDS)
     _check_type("output.write_losses", self.write_losses, (bool,),
                 "true or false")
+    _check_type("output.overwrite", self.overwrite, (bool,), "true or false")
+    seconds = _duration_seconds(self.lock_timeout)
+    if seconds is None or not 0 < seconds <= MAX_LOCK_TIMEOUT_SECONDS:
+      _fail("output.lock_timeout", "a duration of at most 365d: a positive"
+            " number of seconds, or a string such as '90s', '30m', '6h' or"
+            " '2d'", self.lock_timeout)
+
+  @property
+  def lock_timeout_seconds(self) -> float:
+    """`lock_timeout` in seconds."""
+    return _duration_seconds(self.lock_timeout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +458,8 @@ class GateConfig:
     if self.baseline == "":
       _fail("gate.baseline", "null, 'latest' or an earlier run's output.dir",
             self.baseline)
+    if self.baseline is not None and self.baseline != "latest":
+      _check_location("gate.baseline", self.baseline)
     _optional_number("gate.max_flagged_fraction", self.max_flagged_fraction,
                      0, 1)
     _optional_number("gate.max_quantile_shift", self.max_quantile_shift, 0)
@@ -372,9 +524,7 @@ class AuditConfig:
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
   def __post_init__(self):
-    _check_type("batch_size", self.batch_size, (int,), "an integer >= 1")
-    if self.batch_size < 1:
-      _fail("batch_size", "an integer >= 1", self.batch_size)
+    _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
     if self.flag.slice_quantile is not None and self.stats.slice_by is None:
       raise ConfigError(
           "flag.slice_quantile: needs stats.slice_by to be set. Received:"
@@ -434,8 +584,106 @@ def _reject_unknown(prefix: str, raw: Mapping[str, Any],
       suggestion = difflib.get_close_matches(str(key), valid, n=1)
       hint = f" Did you mean {prefix}{suggestion[0]}?" if suggestion else ""
       raise ConfigError(
-          f"{prefix}{key}: unknown config key; expected one of"
-          f" {sorted(valid)}.{hint}")
+          f"{prefix}{one_line(str(key), 80)}: unknown config key; expected"
+          f" one of {sorted(valid)}.{hint}")
+
+
+class YamlLimitError(yaml.YAMLError):
+  """YAML whose aliases are too many, recursive, or expand too far.
+
+  Its message says what was received; `expected` completes "expected YAML
+  ...".
+  """
+
+  expected = (
+      f"without recursive or heavily nested aliases (at most"
+      f" {MAX_YAML_ALIASES} alias references, adding at most"
+      f" {MAX_YAML_VALUES} values once expanded)")
+
+
+class YamlNestingError(YamlLimitError):
+  """YAML nested deeper than the parser's recursion can go."""
+
+  expected = "nested less deeply"
+
+
+class LimitedLoader(yaml.SafeLoader):
+  """A `yaml.SafeLoader` that refuses alias bombs before constructing values.
+
+  It counts alias references while composing, then how many values expanding
+  every alias would add to the document (each shared node counted once per
+  reference, in linear time); a recursive alias is refused too. A long
+  document without aliases adds nothing and passes.
+
+  Raises:
+    YamlLimitError: more than `MAX_YAML_ALIASES` alias references, aliases
+      adding more than `MAX_YAML_VALUES` values, or a recursive alias.
+  """
+
+  def __init__(self, stream):
+    super().__init__(stream)
+    self._aliases = 0
+
+  def compose_node(self, parent, index):
+    if self.check_event(yaml.AliasEvent):
+      self._aliases += 1
+      if self._aliases > MAX_YAML_ALIASES:
+        raise YamlLimitError(
+            f"more than {MAX_YAML_ALIASES} alias references")
+    return super().compose_node(parent, index)
+
+  def compose_document(self):
+    node = super().compose_document()
+    if self._aliases:
+      expanded, distinct = _expanded_size(node)
+      if expanded - distinct > MAX_YAML_VALUES:
+        raise YamlLimitError(
+            f"aliases that add {expanded - distinct} values once expanded")
+    return node
+
+
+def _expanded_size(root: yaml.Node) -> Tuple[int, int]:
+  """`(values with every alias expanded, distinct nodes)` under `root`.
+
+  Raises:
+    YamlLimitError: a node holds itself (a recursive alias).
+  """
+  sizes = {}
+  open_nodes = set()
+
+  def size(node: yaml.Node) -> int:
+    key = id(node)
+    if key in sizes:
+      return sizes[key]
+    if key in open_nodes:
+      raise YamlLimitError("a recursive alias (an anchor used inside itself)")
+    open_nodes.add(key)
+    if isinstance(node, yaml.MappingNode):
+      children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+      children = node.value
+    else:
+      children = ()
+    sizes[key] = 1 + sum(size(child) for child in children)
+    open_nodes.discard(key)
+    return sizes[key]
+
+  return size(root), len(sizes)
+
+
+def load_yaml(text: str) -> Any:
+  """Parses YAML safely (no Python objects) with `LimitedLoader`.
+
+  Raises:
+    yaml.YAMLError: invalid YAML.
+    YamlLimitError: an alias bomb; YamlNestingError: nesting deeper than
+      Python's recursion limit.
+  """
+  try:
+    return yaml.load(text, Loader=LimitedLoader)
+  except RecursionError:
+    raise YamlNestingError("nesting deeper than Python's recursion limit"
+                           ) from None
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -446,18 +694,25 @@ def apply_override(raw: dict, assignment: str) -> None:
   """
   if "=" not in assignment:
     raise ConfigError(
-        f"--set: expected KEY=VALUE. Received: {assignment!r}")
+        f"--set: expected KEY=VALUE. Received: {short_repr(assignment)}")
   key, _, text = assignment.partition("=")
   key = key.strip()
   parts = key.split(".")
   if not key or not all(parts):
-    raise ConfigError(f"--set: expected a dotted key. Received: {key!r}")
+    raise ConfigError(
+        f"--set: expected a dotted key. Received: {short_repr(key)}")
+  shown = one_line(key, 80)
   try:
-    value = yaml.safe_load(text) if text else None
+    value = load_yaml(text) if text else None
+  except YamlLimitError as e:
+    raise ConfigError(
+        f"--set {shown}: expected a YAML value {e.expected}. Received: {e}"
+        ) from None
   except yaml.YAMLError as e:
     raise ConfigError(
-        f"--set {key}: expected a YAML value. Received: {text!r}"
-        f" ({str(e).splitlines()[0]})") from None
+        f"--set {shown}: expected a YAML value. Received:"
+        f" {short_repr(text)} ({one_line(str(e), 160)})"
+        ) from None
   node = raw
   for part in parts[:-1]:
     child = node.get(part)
@@ -465,7 +720,8 @@ def apply_override(raw: dict, assignment: str) -> None:
       child = node[part] = {}
     if not isinstance(child, dict):
       raise ConfigError(
-          f"--set {key}: {part!r} is not a mapping. Received: {child!r}")
+          f"--set {shown}: {short_repr(part)} is not a mapping. Received:"
+          f" {short_repr(child)}")
     node = child
   node[parts[-1]] = value
 
@@ -475,22 +731,32 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> AuditConfig:
   overrides."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
-  remote = "://" in path
+  if not isinstance(path, str) or not path:
+    raise ConfigError(
+        f"--config: expected a YAML file. Received: {short_repr(path)}")
+  _check_location("--config", path)
+  remote = _SCHEME.match(path) is not None
   if not (FileSystems.exists(path) if remote else os.path.isfile(path)):
-    raise ConfigError(f"--config: expected a YAML file. Received: {path!r}"
-                      " (no such file)")
+    raise ConfigError(f"--config: expected a YAML file. Received:"
+                      f" {short_repr(path)} (no such file)")
   with (FileSystems.open(path) if remote else open(path, "rb")) as f:
-    try:
-      raw = yaml.safe_load(f.read().decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-      raise ConfigError(
-          f"--config {path}: expected valid YAML."
-          f" Received: {' '.join(str(e).split())}") from None
+    data = f.read()
+  try:
+    raw = load_yaml(data.decode("utf-8"))
+  except YamlLimitError as e:
+    raise ConfigError(
+        f"--config {path}: expected YAML {e.expected}. Received: {e}"
+        ) from None
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise ConfigError(
+        f"--config {path}: expected valid YAML."
+        f" Received: {one_line(str(e), 240)}") from None
   if raw is None:
     raw = {}
   if not isinstance(raw, dict):
     raise ConfigError(
-        f"--config {path}: expected a YAML mapping. Received: {raw!r}")
+        f"--config {path}: expected a YAML mapping. Received:"
+        f" {short_repr(raw)}")
   for assignment in overrides:
     apply_override(raw, assignment)
   return AuditConfig.from_dict(raw)

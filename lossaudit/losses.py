@@ -98,14 +98,32 @@ def keras_loss(name: str, from_logits: bool = False,
 
 
 def import_custom_loss(path: str) -> Callable:
-  """Imports `package.module:function` by module path (no eval)."""
+  """Imports `package.module:function` by module path (no eval).
+
+  The function may be nested (`module:Class.method`). Importing runs the
+  user's module: whatever it raises goes through unchanged (the pre-run check
+  turns it into a config error naming the key).
+
+  Raises:
+    ValueError: `path` is not `module:attribute`.
+    ModuleNotFoundError: the module (or one it imports) is not installed.
+    AttributeError: the module has no such attribute.
+    TypeError: the attribute is not callable.
+  """
   module_name, _, attr = path.partition(":")
+  if not module_name or not attr:
+    raise ValueError(f"expected 'package.module:function'; got {path!r}")
   module = importlib.import_module(module_name)
   fn = module
   for part in attr.split("."):
-    fn = getattr(fn, part)
+    try:
+      fn = getattr(fn, part)
+    except AttributeError:
+      raise AttributeError(f"module {module_name!r} has no attribute"
+                           f" {attr!r}") from None
   if not callable(fn):
-    raise TypeError(f"{path} is not callable")
+    raise TypeError(f"{path!r} is not a function: it is of type"
+                    f" {type(fn).__name__}")
   return fn
 
 

@@ -1,6 +1,7 @@
-"""The output directory: layout, clean re-runs, and small JSON/HTML files.
+"""The output directory: layout, and small JSON/HTML files written whole.
 
-Works on local paths and gs:// alike through Beam's `FileSystems`.
+Works on local paths and gs:// alike through Beam's `FileSystems`. What a
+run may delete there, and its lock, are in `lossaudit.ownership`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -22,7 +23,8 @@ SUMMARY = "summary.json"
 REPORT = "report.html"
 DRIFT = "drift.json"
 SCRATCH = ".scratch"
-_SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER)
+SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER)
+TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT)
 
 
 _DIGIT = "[0-9]"
@@ -46,7 +48,7 @@ def latest_complete_run(template: str) -> Optional[str]:
   Runs are the directories the template can expand to (placeholders match
   any date and run id) that hold a `summary.json`; the newest by that file's
   time. With no placeholders, that is the template's own directory: call
-  this before `prepare` clears it.
+  this before `Claim.clear_previous` clears it.
   """
   pattern = join(template.format(date=_DATE_GLOB, run_id=_RUN_ID_GLOB),
                  SUMMARY)
@@ -57,18 +59,37 @@ def latest_complete_run(template: str) -> Optional[str]:
   return newest.path[:-len(SUMMARY)].rstrip("/")
 
 
-def read_summary(directory: str, key: str) -> Any:
-  """The `summary.json` of the run in `directory`.
+# What `drift.compare` and the report read from a baseline's summary.json.
+_SUMMARY_KEYS = (("examples_read",), ("examples_scored",),
+                 ("examples_dead_lettered",), ("loss", "quantiles"),
+                 ("flagged", "total"), ("config", "stats"))
+
+
+def read_summary(directory: str, key: str) -> Dict[str, Any]:
+  """The `summary.json` of the completed run in `directory`.
 
   Raises:
-    ConfigError: naming `key` when the directory holds no complete run.
+    ConfigError: naming `key` when the directory holds no complete run, or
+      its `summary.json` is not JSON or not a lossaudit summary.
   """
   path = join(directory, SUMMARY)
+  expected = (f"{key}: expected the output.dir of a completed run (one with"
+              f" {SUMMARY}). Received: {directory!r}")
   if not FileSystems.exists(path):
-    raise ConfigError(
-        f"{key}: expected the output.dir of a completed run (one with"
-        f" {SUMMARY}). Received: {directory!r}")
-  return read_json(path)
+    raise ConfigError(expected)
+  try:
+    summary = read_json(path)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{expected} (its {SUMMARY} is not JSON:"
+                      f" {str(e).splitlines()[0][:100]})") from None
+  for keys in _SUMMARY_KEYS:
+    node = summary
+    for part in keys:
+      node = node.get(part) if isinstance(node, dict) else None
+    if node is None:
+      raise ConfigError(f"{expected} (its {SUMMARY} is not a lossaudit"
+                        f" summary: it has no {'.'.join(keys)!r})")
+  return summary
 
 
 def join(directory: str, *parts: str) -> str:
@@ -80,54 +101,10 @@ def shard_prefix(directory: str, kind: str) -> str:
   return join(directory, kind, "part")
 
 
-def scratch_prefix(directory: str, kind: str) -> str:
-  """Prefix of the `kind` files spilled between passes; removed when a run
-  ends."""
-  return join(directory, SCRATCH, kind)
-
-
-def _remove_tree(path: str) -> None:
-  """Deletes a directory (on object stores: a prefix) and all under it."""
-  path = path.rstrip("/")
-  if FileSystems.get_scheme(path):
-    FileSystems.delete([path + "/"])  # Recursive; quiet when there is none.
-  elif FileSystems.exists(path):
-    FileSystems.delete([path])
-
-
-def remove_scratch(directory: str) -> None:
-  _remove_tree(join(directory, SCRATCH))
-
-
-def prepare(directory: str) -> None:
-  """Makes `directory` ready for a run, before the pipeline starts.
-
-  Removes `summary.json` first (so an interrupted re-run never looks
-  complete), then the shards, files and half-written temporary shards of any
-  earlier run, so shards of two runs never mix; checks that the directory
-  can be written.
-
-  Raises:
-    ConfigError: when the directory cannot be written.
-  """
-  probe = join(directory, f".lossaudit-write-check-{uuid.uuid4().hex}")
-  try:
-    if not FileSystems.exists(directory):
-      FileSystems.mkdirs(directory)
-    with FileSystems.create(probe) as f:
-      f.write(b"ok")
-    FileSystems.delete([probe])
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(
-        f"output.dir: expected a writable location. Received: {directory!r}"
-        f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    ) from None
-  for name in (SUMMARY, REPORT, DRIFT):
-    if FileSystems.exists(join(directory, name)):
-      FileSystems.delete([join(directory, name)])
-  for kind in _SHARD_DIRS:
-    _remove_tree(join(directory, kind))
-  remove_scratch(directory)
+def scratch_prefix(directory: str, run_id: str, kind: str) -> str:
+  """Prefix of the `kind` files run `run_id` spills between passes; removed
+  when the run ends (`ownership.remove_scratch`)."""
+  return join(directory, SCRATCH, run_id, kind)
 
 
 def write_text(path: str, text: str) -> None:

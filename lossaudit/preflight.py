@@ -18,7 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
-from lossaudit import losses, tfrecord
+from lossaudit import inputs, losses, tfrecord
 from lossaudit.config import AuditConfig, ConfigError
 from lossaudit.model import AuditModel
 from lossaudit.scoring import (LABEL_OUT_OF_RANGE, BatchScorer,
@@ -35,26 +35,11 @@ CLASS_MISMATCH_SHARE = 0.1
 class Plan:
   """What the pre-run checks found: the files, the spec and the schema."""
 
-  files: Tuple[str, ...]
+  files: Tuple[str, ...]  # Regular files to read.
+  not_regular: Tuple[str, ...]  # Matched, never opened: dead letters.
   spec: ScoringSpec
   tf_schema: Optional[bytes]  # Serialized tensorflow_metadata Schema.
   columns: Tuple[str, ...]  # Columns to read.
-
-
-def match_files(patterns: Sequence[str]) -> List[str]:
-  """Expands globs with Beam's filesystems; fails when a glob matches none."""
-  files = []
-  for pattern in patterns:
-    try:
-      matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # pylint: disable=broad-except
-      raise ConfigError(
-          f"input.pattern: expected a readable glob. Received: {pattern!r}"
-          f" ({_first_line(e)})") from None
-    if not matched:
-      raise ConfigError(f"input.pattern: no file matches {pattern!r}")
-    files.extend(sorted(m.path for m in matched))
-  return files
 
 
 def read_tfrecords(path: str, limit: int) -> List[bytes]:
@@ -109,13 +94,14 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
 
 def plan(config: AuditConfig) -> Plan:
   """Runs every pre-run check and returns what the pipeline needs."""
-  files = match_files(config.input.patterns)
+  found = inputs.expand(config.input.patterns, config.output.dir)
   model = AuditModel(config.model.path, config.model.signature)
-  probe, probe_file = _probe_batch(config, files)
+  probe, probe_file = _probe_batch(config, found.files)
   spec = _scoring_spec(config, model, probe, probe_file)
   if probe is not None:
     _check_scoring(config, spec, model, probe, probe_file)
-  return Plan(files=tuple(files), spec=spec, tf_schema=_tf_schema(spec, probe),
+  return Plan(files=found.files, not_regular=found.not_regular, spec=spec,
+              tf_schema=_tf_schema(spec, probe),
               columns=_needed_columns(spec))
 
 
@@ -241,9 +227,50 @@ def _custom_label_shape(probe: pa.RecordBatch, column: str,
 
 def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
                    probe: pa.RecordBatch, probe_file: str) -> None:
-  """Scores the probe batch with the real scorer; any failure is exit 2."""
+  """Scores the probe batch with the real scorer; any failure is exit 2.
+
+  A custom loss is the user's code, imported and first called here: whatever
+  it raises, SystemExit and any Exception alike (only KeyboardInterrupt goes
+  through), is a ConfigError naming its key (`loss.custom` or
+  `loss.outputs[i].custom`), the exception type and its first line. With
+  several custom losses, the one that fails is found by scoring each alone.
+  """
+  from lossaudit.config import describe_error, short_repr  # pylint: disable=g-import-not-at-top
+
+  prefixes = ([f"loss.outputs[{o.index}]" for o in config.loss.outputs]
+              if config.loss.outputs else ["loss"])
+  custom = [(f"{prefix}.custom", term)
+            for prefix, term in zip(prefixes, spec.terms) if term.custom]
+  for key, term in custom:  # One by one, to name the one that fails.
+    try:
+      term.build_loss()
+    except KeyboardInterrupt:
+      raise
+    except BaseException as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"{key}: could not build the loss: {describe_error(e)}; expected an"
+          " importable 'package.module:function'. Received:"
+          f" {short_repr(term.custom)}") from None
+  cpu = dataclasses.replace(spec, device="cpu")
+
+  def failing_custom(error: BaseException):
+    """`(key, term)` of the custom loss behind `error`, or None."""
+    if not custom:
+      return None
+    if len(spec.terms) == 1:
+      return custom[0]
+    for key, term in custom:
+      alone = dataclasses.replace(cpu, terms=(term,), keep_probs=False)
+      try:
+        BatchScorer(alone, model=model).score(probe_file, probe)
+      except KeyboardInterrupt:
+        raise
+      except BaseException:  # pylint: disable=broad-except
+        return key, term
+    return None if isinstance(error, Exception) else custom[0]
+
   try:
-    scorer = BatchScorer(dataclasses.replace(spec, device="cpu"), model=model)
+    scorer = BatchScorer(cpu, model=model)
   except (ImportError, AttributeError, TypeError, ValueError) as e:
     key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
     raise ConfigError(
@@ -251,16 +278,24 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
         f" {_first_line(e)}") from None
   try:
     scored, dead = scorer.score(probe_file, probe)
+  except KeyboardInterrupt:
+    raise
   except LossShapeError as e:
-    key = "loss.custom" if any(t.custom for t in spec.terms) else "loss.name"
+    key = next((f"{prefix}.{'custom' if t.custom else 'name'}"
+                for prefix, t in zip(prefixes, spec.terms)
+                if str(e).startswith(repr(t.custom or t.loss_name))),
+               "loss.custom" if custom else "loss.name")
     raise ConfigError(f"{key}: {e}") from None
-  except Exception as e:  # pylint: disable=broad-except
-    custom = [t.custom for t in spec.terms if t.custom]
-    if custom:
+  except BaseException as e:  # pylint: disable=broad-except
+    culprit = failing_custom(e)
+    if culprit:
+      key, term = culprit
       raise ConfigError(
-          f"loss.custom: {custom[0]!r} failed on the first"
-          f" {probe.num_rows} records of {probe_file}: {type(e).__name__}:"
-          f" {_first_line(e)}") from None
+          f"{key}: {short_repr(term.custom)} failed on the first"
+          f" {probe.num_rows} records of {probe_file}:"
+          f" {describe_error(e)}") from None
+    if not isinstance(e, Exception):
+      raise
     raise ConfigError(
         f"model.path: the model {config.model.path!r} does not fit the data"
         f" of {probe_file} with loss"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import (Any, Dict, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import numpy as np
 import pyarrow as pa
@@ -174,6 +175,11 @@ LABEL_OUT_OF_RANGE = "label_out_of_range"
 NOT_AN_EXAMPLE = "not_an_example"
 UNREADABLE_STRETCH = "unreadable_stretch"
 UNREADABLE_FILE = "unreadable_file"
+BAD_ID = "bad_id"
+BAD_SLICE = "bad_slice"
+LABEL_NOT_INTEGER = "label_not_integer"
+BAD_WEIGHT = "bad_weight"
+NOT_A_REGULAR_FILE = "not_a_regular_file"
 
 
 def dead_letter(source: str, id_: Optional[str], error: str,
@@ -187,6 +193,184 @@ def dead_letter(source: str, id_: Optional[str], error: str,
     reason: a reason code (the first problem found), for counting.
   """
   return {"source": source, "id": id_, "error": error, "reason": reason}
+
+
+class Problem(NamedTuple):
+  """One kind of problem found in some rows of a batch of N rows.
+
+  Attributes:
+    rows: `(N,)` bool, the rows that have it.
+    reason: its dead-letter reason code.
+    message: what is wrong, for a person; `{value}` stands for the row's
+      entry of `values`.
+    values: `(N,)` numpy or Arrow array, the value each row's message
+      names; None when the message names none.
+  """
+
+  rows: np.ndarray
+  reason: str
+  message: str
+  values: Any = None
+
+
+def _format_value(value: Any) -> str:
+  """A value as a message shows it: 2 not 2.0, float32 9.99 as 9.99, text
+  quoted and bytes escaped (b'\\xff')."""
+  if isinstance(value, pa.Scalar):
+    value = value.as_py()
+  if isinstance(value, (str, bytes)):
+    return repr(value)
+  if (isinstance(value, (float, np.floating)) and np.isfinite(value) and
+      float(value).is_integer()):
+    return str(int(value))
+  return str(value)
+
+
+def _missing(n: int, what: str, name: str, reason: str) -> Problem:
+  return Problem(np.ones(n, dtype=bool), reason, f"missing {what} {name!r}")
+
+
+def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
+           shape: Tuple[int, ...], dtype: np.dtype,
+           expected: Optional[str] = None
+           ) -> Tuple[np.ndarray, List[Problem]]:
+  """Reads column `name` as `(N,) + shape` values of `dtype`.
+
+  Args:
+    batch: N rows.
+    name: the column.
+    what: `feature`, `label` or `weight`, for messages.
+    missing: the reason code of a missing value.
+    shape: the per-example shape.
+    dtype: numpy dtype of the values.
+    expected: the value type messages expect; `dtype`'s name when None.
+
+  Returns:
+    `(values, problems)`: values `(N,) + shape`, zero in the rows that are
+    missing, of the wrong size or not numbers.
+  """
+  n, shape = batch.num_rows, tuple(shape)
+  expected = expected or np.dtype(dtype).name
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return np.zeros((n,) + shape, dtype), [_missing(n, what, name, missing)]
+  wrong_type = (f"{what} {name!r} has type {found.type}, expected {expected}"
+                " values")
+  width = _width(shape)
+  try:
+    dense = cols.dense_numbers(found, width, dtype)
+  except (ValueError, TypeError, pa.ArrowException):
+    return np.zeros((n,) + shape, dtype), [
+        Problem(np.ones(n, dtype=bool), WRONG_TYPE, wrong_type)]
+  counts = dense.counts
+  problems = [Problem(counts < 0, missing, f"missing {what} {name!r}")]
+  wrong = (counts >= 0) & (counts != width)
+  if wrong.any():
+    problems.append(Problem(wrong, WRONG_SIZE, f"{what} {name!r} has {{value}}"
+                            f" values, expected {width}", counts))
+  if dense.not_numbers.any():
+    if dense.not_numbers[counts == width].all():
+      # Not one value parses: the column's type is wrong, not a value.
+      problems.append(Problem(dense.not_numbers, WRONG_TYPE, wrong_type))
+    else:
+      subject = f"feature {name!r} value" if what == "feature" else what
+      problems.append(Problem(dense.not_numbers, WRONG_TYPE,
+                              f"{subject} {{value}} is not a number",
+                              dense.text))
+  return dense.values.reshape((n,) + shape), problems
+
+
+def _first_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """`(N,)`: for each row of `values` `(N, W)`, its first value where `mask`
+  `(N, W)` is set (its first value when none is)."""
+  return values[np.arange(len(values)), mask.argmax(axis=1)]
+
+
+def _class_labels(batch: pa.RecordBatch, term: LossTerm
+                  ) -> Tuple[np.ndarray, List[Problem]]:
+  """Reads class labels `(N,) + term.label_shape` and checks each is a class.
+
+  Labels are checked before any cast to an integer type: a floating column
+  is read in its own float type and a text column as float64, so 2.5 or NaN
+  is reported rather than read as class 2 or as the smallest int64. Integer
+  columns are read as they are, exact for every int64.
+
+  Returns:
+    `(labels, problems)`: labels of `term.label_dtype`, zero in the rows
+    that are not classes.
+  """
+  n = batch.num_rows
+  dtype = np.dtype(term.label_dtype)
+  found = cols.optional_column(batch, term.label_column)
+  if found is not None:
+    type_ = cols.column_type(found)
+    if pa.types.is_floating(type_):
+      dtype = np.dtype(type_.to_pandas_dtype())
+    elif not (pa.types.is_integer(type_) or pa.types.is_boolean(type_) or
+              pa.types.is_null(type_)):
+      dtype = np.dtype(np.float64)
+  values, problems = _dense(batch, term.label_column, "label", MISSING_LABEL,
+                            term.label_shape, dtype, term.label_dtype)
+  per_row = values.reshape(n, _width(term.label_shape))
+  classes = f"expected an integer class in [0, {term.num_classes})"
+  integral = np.ones(per_row.shape, dtype=bool)
+  if per_row.dtype.kind == "f":
+    integral = np.isfinite(per_row) & (per_row == np.floor(per_row))
+    if not integral.all():
+      problems.append(Problem(
+          ~integral.all(axis=1), LABEL_NOT_INTEGER,
+          f"label {{value}} is not an integer class: {classes}",
+          _first_where(per_row, ~integral)))
+      per_row = np.where(integral, per_row, 0)
+  outside = (per_row < 0) | (per_row >= term.num_classes)
+  problems.append(Problem(outside.any(axis=1), LABEL_OUT_OF_RANGE,
+                          f"label {{value}} out of range: {classes}",
+                          _first_where(per_row, outside)))
+  return per_row.astype(term.label_dtype).reshape(values.shape), problems
+
+
+def _weights(batch: pa.RecordBatch,
+             name: str) -> Tuple[np.ndarray, List[Problem]]:
+  """Reads sample weights `(N,)` float64; each must be finite and >= 0."""
+  weights, problems = _dense(batch, name, "weight", MISSING_WEIGHT, (),
+                             np.dtype(np.float64))
+  invalid = ~(np.isfinite(weights) & (weights >= 0))
+  if invalid.any():
+    problems.append(Problem(invalid, BAD_WEIGHT, "weight {value} is not a"
+                            " valid sample weight: expected a finite number"
+                            " >= 0", weights))
+  return weights, problems
+
+
+def _ids(batch: pa.RecordBatch,
+         name: str) -> Tuple[Optional[pa.Array], List[Problem]]:
+  """Reads ids `(N,)` as strings, null in the rows with a problem."""
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return None, [_missing(batch.num_rows, "id column", name, MISSING_ID)]
+  text = cols.first_as_text(found)
+  missing = text.strings.is_null().to_numpy(zero_copy_only=False)
+  problems = [Problem(missing & ~text.not_utf8, MISSING_ID,
+                      f"missing id column {name!r}")]
+  if text.not_utf8.any():
+    problems.append(Problem(text.not_utf8, BAD_ID,
+                            "id is not valid UTF-8: {value}", text.raw))
+  return text.strings, problems
+
+
+def _slices(batch: pa.RecordBatch,
+            name: str) -> Tuple[pa.Array, List[Problem]]:
+  """Reads slice values `(N,)` as strings; `(missing)` where there is none."""
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return pa.nulls(batch.num_rows, pa.string()).fill_null("(missing)"), []
+  text = cols.first_as_text(found)
+  problems = []
+  if text.not_utf8.any():
+    problems.append(Problem(text.not_utf8, BAD_SLICE,
+                            f"slice {name!r} is not valid UTF-8: {{value}}",
+                            text.raw))
+  return text.strings.fill_null("(missing)"), problems
 
 
 def _rows_finite(tensors) -> "tf.Tensor":
@@ -306,9 +490,10 @@ class BatchScorer:
            ) -> Tuple[Optional[pa.RecordBatch], List[Dict[str, Any]]]:
     """Scores one batch read from `source`.
 
-    Rows that cannot be scored (a missing or mis-sized feature, label or
-    weight, a class label out of range) become dead-letter entries; the rest
-    are scored together.
+    Rows that cannot be scored (a missing, mis-sized or mistyped feature,
+    label or weight; an id or slice that is not UTF-8; a class label that is
+    not an integer or out of range; a weight that is not finite or is
+    negative) become dead-letter entries; the rest are scored together.
 
     Returns:
       `(scored, dead_letters)`: the scored batch (schema `scored_schema()`),
@@ -316,74 +501,37 @@ class BatchScorer:
     """
     spec = self.spec
     n = batch.num_rows
-    # (rows (N,) bool, reason code, message[, the {value} per row (N,)])
-    problems: List[tuple] = []
-
-    def column(name: str, what: str, missing: str):
-      found = cols.optional_column(batch, name)
-      if found is None:
-        problems.append(
-            (np.ones(n, dtype=bool), missing, f"missing {what} {name!r}"))
-      return found
-
-    def dense(name: str, what: str, missing: str, shape,
-              dtype) -> np.ndarray:
-      width = _width(shape)
-      found = column(name, what, missing)
-      if found is None:
-        return np.zeros((n,) + tuple(shape), dtype=dtype)
-      try:
-        values, counts = cols.dense_values(found, width, dtype)
-      except (ValueError, TypeError, pa.ArrowException):
-        problems.append((np.ones(n, dtype=bool), WRONG_TYPE,
-                         f"{what} {name!r} has type {found.type}, expected"
-                         f" {np.dtype(dtype).name} values"))
-        return np.zeros((n,) + tuple(shape), dtype=dtype)
-      problems.append((counts < 0, missing, f"missing {what} {name!r}"))
-      wrong = (counts >= 0) & (counts != width)
-      if wrong.any():
-        problems.append((wrong, WRONG_SIZE, f"{what} {name!r} has {{value}}"
-                         f" values, expected {width}", counts))
-      return values.reshape((n,) + tuple(shape))
-
+    problems: List[Problem] = []
     ids = None
     if spec.id_column:
-      id_col = column(spec.id_column, "id column", MISSING_ID)
-      if id_col is not None:
-        ids = cols.first_as_string(id_col)
-        problems.append((ids.is_null().to_numpy(zero_copy_only=False),
-                         MISSING_ID, f"missing id column {spec.id_column!r}"))
-    features = {
-        name: dense(col, "feature", MISSING_FEATURE, shape, np.dtype(dtype))
-        for name, col, shape, dtype in spec.features
-    }
+      ids, found = _ids(batch, spec.id_column)
+      problems += found
+    features = {}
+    for name, column, shape, dtype in spec.features:
+      features[name], found = _dense(batch, column, "feature",
+                                     MISSING_FEATURE, shape, np.dtype(dtype))
+      problems += found
     labels = {}
     for term in spec.terms:
-      labels[term.name] = dense(term.label_column, "label", MISSING_LABEL,
-                                term.label_shape, np.dtype(term.label_dtype))
       if term.signals in ("sparse", "binary") or term.label_dtype == "int64":
-        flat = labels[term.name].reshape(-1)
-        per_row = flat.reshape(n, -1) if n else flat.reshape(0, 1)
-        out_of_range = ~((per_row >= 0) & (per_row < term.num_classes) &
-                         (per_row == np.floor(per_row))).all(axis=1)
-        problems.append(
-            (out_of_range, LABEL_OUT_OF_RANGE, f"label {{value}} out of range: expected an integer"
-             f" class in [0, {term.num_classes})", per_row[:, 0]
-             if per_row.shape[1] == 1 else per_row.max(axis=1)))
+        labels[term.name], found = _class_labels(batch, term)
+      else:
+        labels[term.name], found = _dense(
+            batch, term.label_column, "label", MISSING_LABEL,
+            term.label_shape, np.dtype(term.label_dtype))
+      problems += found
     weights = None
     if spec.weight_column:
-      weights = dense(spec.weight_column, "weight", MISSING_WEIGHT, (),
-                      np.float64)
+      weights, found = _weights(batch, spec.weight_column)
+      problems += found
     slices = None
     if spec.slice_column:
-      slice_col = cols.optional_column(batch, spec.slice_column)
-      slices = (pa.nulls(n, pa.string()) if slice_col is None else
-                cols.first_as_string(slice_col))
-      slices = slices.fill_null("(missing)")
+      slices, found = _slices(batch, spec.slice_column)
+      problems += found
 
     bad = np.zeros(n, dtype=bool)
-    for mask, *_ in problems:
-      bad |= mask
+    for problem in problems:
+      bad |= problem.rows
     dead = self._dead_letters(source, ids, problems, bad)
     if bad.all():
       return None, dead
@@ -402,20 +550,20 @@ class BatchScorer:
     return self._to_record_batch(ids, result, weights, slices), dead
 
   @staticmethod
-  def _dead_letters(source, ids, problems, bad) -> List[Dict[str, Any]]:
+  def _dead_letters(source: str, ids: Optional[pa.Array],
+                    problems: Sequence[Problem],
+                    bad: np.ndarray) -> List[Dict[str, Any]]:
+    """One entry per `bad` row `(N,)`: the first problem's reason, and every
+    problem's message."""
     entries = []
-    for row in np.flatnonzero(bad):
-      codes, messages = [], []
-      for mask, code, message, *values in problems:
-        if mask[row]:
-          if values:
-            value = values[0][row]
-            value = int(value) if float(value).is_integer() else float(value)
-            message = message.format(value=value)
-          codes.append(code)
-          messages.append(message)
-      id_ = ids[int(row)].as_py() if ids is not None else None
-      entries.append(dead_letter(source, id_, "; ".join(messages), codes[0]))
+    for row in np.flatnonzero(bad).tolist():
+      found = [p for p in problems if p.rows[row]]
+      messages = [p.message if p.values is None else
+                  p.message.replace("{value}", _format_value(p.values[row]))
+                  for p in found]
+      id_ = ids[row].as_py() if ids is not None else None
+      entries.append(dead_letter(source, id_, "; ".join(messages),
+                                 found[0].reason))
     return entries
 
   def _to_record_batch(self, ids, result, weights, slices) -> pa.RecordBatch:

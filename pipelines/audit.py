@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import signal
 import sys
+import threading
 import time
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -20,8 +22,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions,
                                                   StandardOptions)
 
-from lossaudit import outputs, preflight
-from lossaudit.config import AuditConfig, ConfigError, load_config
+from lossaudit import outputs, ownership, preflight
+from lossaudit.config import AuditConfig, ConfigError, load_config, one_line
+from lossaudit.scoring import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.stats import rule_thresholds
 from transforms.duplicates import CountDuplicateIds
 from transforms.flag import (FlagExamples, count_reasons, flagged_schema,
@@ -70,7 +73,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
            if flag.top_k else p | "NoTopK" >> beam.Create([None]))
   schema = spec.scored_schema()
   spilled = scored.scored | "Spill" >> SpillBatches(
-      outputs.scratch_prefix(out, "scored"), schema)
+      outputs.scratch_prefix(out, run["run_id"], "scored"), schema)
 
   def reread(purpose: str):
     return spilled | f"Reread{purpose}" >> ReadSpilled()
@@ -85,7 +88,11 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
       beam.pvalue.AsSingleton(label_rules), beam.pvalue.AsDict(slice_stats))
   flagged = reread("ForFlags") | "FlagExamples" >> FlagExamples(
       thresholds, schema, column)
-  dead = ((read[DEAD_LETTER], scored[DEAD_LETTER])
+  not_regular = p | "NotRegularFiles" >> beam.Create([
+      dead_letter(path, None, "not a regular file (a FIFO, device, socket or"
+                  " directory); never opened", NOT_A_REGULAR_FILE)
+      for path in plan.not_regular])
+  dead = ((read[DEAD_LETTER], scored[DEAD_LETTER], not_regular)
           | "DeadLetters" >> beam.Flatten())
 
   written = {
@@ -113,7 +120,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
           | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
           | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
       duplicates=scored.scored | "CountDuplicateIds" >> CountDuplicateIds(
-          outputs.scratch_prefix(out, "ids")),
+          outputs.scratch_prefix(out, run["run_id"], "ids")),
       top_flagged=flagged | "TopFlagged" >> beam.CombineGlobally(
           TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
       timing=(scored[TIMING]
@@ -143,49 +150,71 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   return parser.parse_known_args(argv)
 
 
+class Interrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM arrived while a run was going."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
 def run(argv: Optional[Sequence[str]] = None,
-        test_pipeline: Optional[beam.Pipeline] = None) -> Dict:
+        test_pipeline: Optional[beam.Pipeline] = None,
+        clock: Callable[[], float] = time.time) -> Dict:
   """Runs an audit and returns its summary.
 
   The summary's `gate.passed` says whether the quality gates passed; its
   `metrics` are the Beam metrics of the run, when the runner reports them.
+  While it runs, the run holds `output.dir` (see `lossaudit.ownership`).
+
+  Args:
+    clock: the time now, in seconds since the epoch (the run id, the start
+      time, the age of another run's lock).
 
   Raises:
     ConfigError: a bad config or set-up, before the pipeline starts.
   """
   known, beam_args = parse_args(argv)
   config = load_config(known.config, known.set)
-  start_time = time.time()
+  start_time = clock()
   now = datetime.datetime.fromtimestamp(start_time, datetime.timezone.utc)
   run_id = outputs.new_run_id(now)
   template = config.output.dir
   config = config.with_output_dir(outputs.expand_dir(template, now, run_id))
   options = PipelineOptions(beam_args)
-  if options.view_as(GoogleCloudOptions).template_location:
+  template_location = options.view_as(GoogleCloudOptions).template_location
+  if template_location:
     _check_template(config, template)
   # The checks before the run read gs:// with the same options as workers.
   FileSystems.set_options(options)
-  baseline = _baseline(config.gate.baseline, template)
-  plan = preflight.plan(config)
-  outputs.prepare(config.output.dir)
-  standard = options.view_as(StandardOptions)
-  if standard.runner is None:
-    standard.runner = "DirectRunner"
-  runner = str(standard.runner)
-  p = test_pipeline or beam.Pipeline(options=options)
-  build(p, config, plan, runner,
-        {"run_id": run_id, "start_time": start_time}, baseline)
-  result = p.run()
-  if options.view_as(GoogleCloudOptions).template_location:
-    return {"template": options.view_as(GoogleCloudOptions).template_location}
-  result.wait_until_finish()
-  summary_path = outputs.join(config.output.dir, outputs.SUMMARY)
-  summary = outputs.read_json(summary_path)
-  found = run_metrics(result)
-  if found:
-    summary["metrics"] = found
-    outputs.write_json(summary_path, summary)
-  return summary
+  claim = ownership.claim(
+      config.output.dir, ownership.RunInfo.this_process(run_id, start_time),
+      overwrite=config.output.overwrite,
+      lock_timeout=config.output.lock_timeout_seconds, clock=clock)
+  try:
+    baseline = _baseline(config.gate.baseline, template)
+    plan = preflight.plan(config)
+    claim.clear_previous()
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+      standard.runner = "DirectRunner"
+    runner = str(standard.runner)
+    p = test_pipeline or beam.Pipeline(options=options)
+    build(p, config, plan, runner,
+          {"run_id": run_id, "start_time": start_time}, baseline)
+    result = p.run()
+    if template_location:
+      return {"template": template_location}
+    result.wait_until_finish()
+    summary_path = outputs.join(config.output.dir, outputs.SUMMARY)
+    summary = outputs.read_json(summary_path)
+    found = run_metrics(result)
+    if found:
+      summary["metrics"] = found
+      outputs.write_json(summary_path, summary)
+    return summary
+  finally:
+    claim.release()
 
 
 def _check_template(config: AuditConfig, template: str) -> None:
@@ -217,6 +246,34 @@ def _baseline(baseline: Optional[str], template: str
   return baseline, outputs.read_summary(baseline, "gate.baseline")
 
 
+class _StopOnSignals:
+  """While a run goes, SIGINT and SIGTERM raise `Interrupted` in the main
+  thread, so the run unwinds through its clean-up (`Claim.release`);
+  `received` keeps the signal, whatever the runner wraps the error in."""
+
+  def __init__(self):
+    self.received: Optional[int] = None
+    self._previous = {}
+
+  def _interrupt(self, signum, unused_frame):
+    self.received = signum
+    # The runner logs the interruption as a failure, traceback and all; the
+    # user asked for it, and gets one line instead.
+    logging.disable(logging.CRITICAL)
+    raise Interrupted(signum)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._interrupt)
+                        for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def __exit__(self, *unused_exc_info):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    logging.disable(logging.NOTSET)
+
+
 def run_metrics(result) -> Dict:
   """The run's `lossaudit` Beam counters and distributions, committed values."""
   try:
@@ -241,11 +298,21 @@ def run_metrics(result) -> Dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code (3: a gate failed)."""
   logging.getLogger().setLevel(logging.WARNING)
+  signals = _StopOnSignals()
   try:
-    summary = run(argv)
+    with signals:
+      summary = run(argv)
   except ConfigError as e:
-    print(f"lossaudit: error: {e}", file=sys.stderr)
+    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2
+  except BaseException:  # pylint: disable=broad-except
+    # Beam re-raises what a DoFn raised as a RuntimeError of its own.
+    if signals.received is None:
+      raise
+    print(f"lossaudit: interrupted by {signal.Signals(signals.received).name};"
+          " the run stopped, its scratch files and lock are removed and no"
+          " summary.json was written", file=sys.stderr)
+    return 128 + signals.received
   if "template" in summary:
     print(f"lossaudit: wrote the job template {summary['template']}")
     return 0

@@ -33,3 +33,27 @@ def slow_nll(y_true, y_pred):
   slowed = tf.py_function(sleep, [y_pred], y_pred.dtype)
   return keras.losses.sparse_categorical_crossentropy(
       y_true, tf.reshape(slowed, tf.shape(y_pred)))
+
+
+_BATCHES_SEEN = []
+
+
+def blocking_nll(y_true, y_pred):
+  """Right, but its Nth batch (env LOSSAUDIT_TEST_BLOCK_AT) prints
+  "lossaudit-test: blocked" to stderr and waits for a line on stdin: lets a
+  test act while a run holds its output directory, without sleeping."""
+  import os
+  import sys
+
+  block_at = int(os.environ.get("LOSSAUDIT_TEST_BLOCK_AT", "0"))
+
+  def maybe_block(values):
+    _BATCHES_SEEN.append(1)
+    if len(_BATCHES_SEEN) == block_at:
+      print("lossaudit-test: blocked", file=sys.stderr, flush=True)
+      sys.stdin.readline()
+    return values
+
+  waited = tf.py_function(maybe_block, [y_pred], y_pred.dtype)
+  return keras.losses.sparse_categorical_crossentropy(
+      y_true, tf.reshape(waited, tf.shape(y_pred)))

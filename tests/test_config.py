@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from lossaudit.config import AuditConfig, ConfigError, apply_override, load_config
+from lossaudit.config import (AuditConfig, ConfigError, apply_override,
+                              load_config, load_yaml)
 from pipelines import audit
 
 BASE = {"input": {"pattern": "data/*.tfrecord"}, "model": {"path": "m.keras"}}
@@ -42,8 +43,10 @@ def test_list_of_patterns():
     ({"input__feature_columns": 3},
      r"input.feature_columns: expected null, a list of column names or a"
      r" mapping model input -> column. Received: 3"),
-    ({"batch_size": 0}, r"batch_size: expected an integer >= 1. Received: 0"),
-    ({"batch_size": True}, r"batch_size: expected an integer >= 1. Received: True"),
+    ({"batch_size": 0},
+     r"batch_size: expected an integer in \[1, 1048576\]. Received: 0"),
+    ({"batch_size": True},
+     r"batch_size: expected an integer in \[1, 1048576\]. Received: True"),
     ({"loss__reduce": "avg"},
      r"loss.reduce: expected one of \{.*\}. Received: 'avg'"),
     ({"loss__name": "sparse_categorical_crosentropy"},
@@ -55,7 +58,7 @@ def test_list_of_patterns():
     ({"loss__custom": "no_colon"},
      r"loss.custom: expected 'package.module:function'. Received: 'no_colon'"),
     ({"stats__epsilon": 0},
-     r"stats.epsilon: expected a number in \(0, 0.5\]. Received: 0"),
+     r"stats.epsilon: expected a number in \[1e-06, 0.5\]. Received: 0"),
     ({"stats__quantiles": [0.5, 1.5]},
      r"stats.quantiles: expected a non-empty list of numbers in \[0, 1\]"),
     ({"flag__loss_quantile": 2},
@@ -64,7 +67,7 @@ def test_list_of_patterns():
     ({"flag__label_issues": "magic"},
      r"flag.label_issues: expected null or one of \{.*\}. Received: 'magic'"),
     ({"output__num_shards": -1},
-     r"output.num_shards: expected an integer >= 0. Received: -1"),
+     r"output.num_shards: expected an integer in \[0, 10000\]. Received: -1"),
     ({"gate__max_flagged_fraction": 1.5},
      r"gate.max_flagged_fraction: expected a number in \[0, 1\]. Received: 1.5"),
 ])
@@ -137,3 +140,280 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err == ("lossaudit: error: flag.top_k: expected a positive integer."
                  " Received: -3\n")
+
+
+def _error(raw) -> str:
+  with pytest.raises(ConfigError) as info:
+    AuditConfig.from_dict(raw)
+  return str(info.value)
+
+
+def _with(section, **values):
+  return {**BASE, section: {**BASE.get(section, {}), **values}}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({**BASE, "batch_size": 99999999999999999999},
+     "batch_size: expected an integer in [1, 1048576]."
+     " Received: 99999999999999999999"),
+    ({**BASE, "batch_size": 1048577},
+     "batch_size: expected an integer in [1, 1048576]. Received: 1048577"),
+    ({**BASE, "batch_size": 64.0},
+     "batch_size: expected an integer in [1, 1048576]. Received: 64.0"),
+    (_with("stats", epsilon=1e-300),
+     "stats.epsilon: expected a number in [1e-06, 0.5]. Received: 1e-300"),
+    (_with("stats", epsilon=9e-7),
+     "stats.epsilon: expected a number in [1e-06, 0.5]. Received: 9e-07"),
+    (_with("stats", epsilon=0.6),
+     "stats.epsilon: expected a number in [1e-06, 0.5]. Received: 0.6"),
+    (_with("stats", epsilon=float("nan")),
+     "stats.epsilon: expected a number in [1e-06, 0.5]. Received: nan"),
+    (_with("output", num_shards=1000000000),
+     "output.num_shards: expected an integer in [0, 10000]."
+     " Received: 1000000000"),
+    (_with("output", num_shards=10001),
+     "output.num_shards: expected an integer in [0, 10000]. Received: 10001"),
+])
+def test_bounds(raw, message):
+  assert _error(raw) == message
+
+
+def test_bounds_accept_their_limits():
+  config = AuditConfig.from_dict({
+      **BASE, "batch_size": 1048576, "stats": {"epsilon": 1e-6},
+      "output": {"num_shards": 10000}})
+  assert (config.batch_size, config.stats.epsilon,
+          config.output.num_shards) == (1048576, 1e-6, 10000)
+  assert AuditConfig.from_dict({**BASE, "batch_size": 1,
+                                "stats": {"epsilon": 0.5}}).batch_size == 1
+
+
+def test_a_huge_integer_is_refused_not_overflowed():
+  message = _error(_with("stats", epsilon=10**400))
+  assert message.startswith("stats.epsilon: expected a number in [1e-06, 0.5]."
+                            " Received: 1000")
+  assert len(message) < 200
+
+
+@pytest.mark.parametrize("directory", [
+    "out/{date.year}", "out/{date.__class__.__mro__}", "out/{date!r}",
+    "out/{date:%Y}", "out/{0}", "out/{}", "out/{day}", "out/{run_id[0]}",
+    "out/{date", "out/date}", "out/{{date}}", "gs://b/{run_id!s}",
+])
+def test_output_dir_placeholders_are_exactly_date_and_run_id(directory):
+  assert _error(_with("output", dir=directory)) == (
+      "output.dir: expected a path whose only placeholders are {date} and"
+      f" {{run_id}}. Received: {directory!r}")
+
+
+@pytest.mark.parametrize("directory", [
+    "out/audit", "out/{date}", "gs://bucket/nightly/{date}/{run_id}",
+    "out/{run_id}-{date}"])
+def test_output_dir_valid_placeholders(directory):
+  assert AuditConfig.from_dict(_with("output", dir=directory)).output.dir == (
+      directory)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_with("output", dir="foo://x"),
+     "output.dir: expected a local path or gs:// URI. Received: 'foo://x'"),
+    (_with("output", dir="s3://bucket/out"),
+     "output.dir: expected a local path or gs:// URI."
+     " Received: 's3://bucket/out'"),
+    (_with("output", dir="gs://"),
+     "output.dir: expected a local path or gs:// URI. Received: 'gs://'"),
+    (_with("input", pattern="hdfs://data/*.tfrecord"),
+     "input.pattern: expected a local path or gs:// URI."
+     " Received: 'hdfs://data/*.tfrecord'"),
+    (_with("input", pattern=["gs://b/a/*", "GS://b/x/*"]),
+     "input.pattern: expected a local path or gs:// URI. Received: 'GS://b/x/*'"),
+    (_with("model", path="http://example.com/m.keras"),
+     "model.path: expected a local path or gs:// URI."
+     " Received: 'http://example.com/m.keras'"),
+    (_with("gate", baseline="file:///runs/last"),
+     "gate.baseline: expected a local path or gs:// URI."
+     " Received: 'file:///runs/last'"),
+])
+def test_unknown_url_schemes_are_refused(raw, message):
+  assert _error(raw) == message
+
+
+def test_local_paths_gs_uris_and_latest_are_accepted():
+  config = AuditConfig.from_dict({
+      "input": {"pattern": ["gs://b/x/*.gz", "data/part-*.gz"]},
+      "model": {"path": "gs://b/models/m.keras"},
+      "output": {"dir": "/tmp/out"}, "gate": {"baseline": "latest"}})
+  assert config.gate.baseline == "latest"
+  assert AuditConfig.from_dict(_with("gate", baseline="gs://b/runs/1")).gate
+
+
+def test_config_path_scheme_is_checked(tmp_path):
+  with pytest.raises(ConfigError) as info:
+    load_config("foo://bucket/config.yaml")
+  assert str(info.value) == ("--config: expected a local path or gs:// URI."
+                             " Received: 'foo://bucket/config.yaml'")
+
+
+def test_output_overwrite_and_lock_timeout_defaults():
+  output = AuditConfig.from_dict(BASE).output
+  assert output.overwrite is False
+  assert output.lock_timeout == "6h"
+  assert output.lock_timeout_seconds == 6 * 3600.0
+  assert AuditConfig.from_dict(_with("output", overwrite=True)).output.overwrite
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("90s", 90.0), ("30m", 1800.0), ("6h", 21600.0), ("2d", 172800.0),
+    ("1.5h", 5400.0), (" 45 ", 45.0), (45, 45.0), (0.5, 0.5),
+    ("365d", 31536000.0)])
+def test_lock_timeout_durations(value, seconds):
+  output = AuditConfig.from_dict(_with("output", lock_timeout=value)).output
+  assert output.lock_timeout_seconds == seconds
+  assert isinstance(output.lock_timeout_seconds, float)
+
+
+@pytest.mark.parametrize("value", [
+    0, -5, "0s", "6 hours", "6hh", "h", "-1h", "1w", "366d", True, None,
+    float("inf"), float("nan"), [6]])
+def test_lock_timeout_is_a_positive_duration(value):
+  assert _error(_with("output", lock_timeout=value)) == (
+      "output.lock_timeout: expected a duration of at most 365d: a positive"
+      " number of seconds, or a string such as '90s', '30m', '6h' or '2d'."
+      f" Received: {value!r}")
+
+
+def test_output_overwrite_is_a_bool():
+  assert _error(_with("output", overwrite="yes")) == (
+      "output.overwrite: expected true or false. Received: 'yes'")
+
+
+@pytest.mark.parametrize("custom", [
+    ".relative:loss", "module:", ":loss", "module:loss:extra", "a b:loss",
+    "module.:loss"])
+def test_custom_loss_path_format(custom):
+  assert _error(_with("loss", custom=custom)) == (
+      f"loss.custom: expected 'package.module:function'. Received: {custom!r}")
+  outputs = [{"output": "o", "label_column": "y", "custom": custom}]
+  assert _error(_with("loss", outputs=outputs)) == (
+      "loss.outputs[0].custom: expected 'package.module:function'. Received:"
+      f" {custom!r}")
+
+
+def test_huge_received_values_give_short_messages():
+  message = _error(_with("input", format="y" * 1_000_000))
+  assert message.startswith("input.format: expected one of")
+  assert "..." in message and len(message) < 300
+  message = _error(_with("input", feature_columns=list(range(100_000))))
+  assert message.endswith("Received: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]")
+  message = _error({**BASE, "k" * 100_000: 1})
+  assert message.startswith("k" * 79 + "…: unknown config key")
+  assert len(message) < 300
+
+
+def test_one_line():
+  from lossaudit.config import one_line
+
+  assert one_line("a\n  b\t\tc\r\n") == "a b c"
+  assert one_line("x" * 300) == "x" * 300
+  assert one_line("x" * 301) == "x" * 299 + "…"
+  assert one_line("word " * 10, limit=12) == "word word w…"
+  assert len(one_line("y\n" * 100_000)) == 300
+
+
+def test_describe_error():
+  from lossaudit.config import describe_error
+
+  assert describe_error(RuntimeError("first\nsecond")) == "RuntimeError: first"
+  assert describe_error(SystemExit(3)) == "SystemExit: 3"
+  assert describe_error(SystemExit()) == "SystemExit"
+  try:  # As TensorFlow's AutoGraph re-raises an error from user code.
+    try:
+      raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+      raise ValueError("in user code:\n\n  File x.py\n\n  ZeroDivisionError")
+  except ValueError as e:
+    assert describe_error(e) == "ZeroDivisionError: division by zero"
+
+
+def _billion_laughs(levels=9):
+  lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+  for i in range(1, levels):
+    lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+  return "\n".join(lines) + "\n"
+
+
+ALIASES = ("expected YAML without recursive or heavily nested aliases (at most"
+           " 100 alias references, adding at most 100000 values once"
+           " expanded). Received: ")
+# _billion_laughs(): a0 is 9 values (list + 8 scalars), a(i) = 1 + 9 a(i-1),
+# so a0..a8 expand to 441,901,493 values; with the root and its 9 keys,
+# 441,901,503 in all, of which 27 are distinct nodes: aliases add 441,901,476.
+BOMB_ADDS = "aliases that add 441901476 values once expanded"
+
+
+@pytest.mark.parametrize("text, received", [
+    (_billion_laughs(), BOMB_ADDS),
+    # a0..a5: 606,173 values, + root and 6 keys, - 21 distinct nodes.
+    (_billion_laughs(6), "aliases that add 606159 values once expanded"),
+    ("input: &i {pattern: *i}\n",
+     "a recursive alias (an anchor used inside itself)"),
+    ("a: &x 1\nb: [" + ", ".join(["*x"] * 101) + "]\n",
+     "more than 100 alias references"),
+])
+def test_alias_bombs_are_refused(tmp_path, text, received):
+  path = tmp_path / "bomb.yaml"
+  path.write_text(text)
+  with pytest.raises(ConfigError) as info:
+    load_config(str(path))
+  assert str(info.value) == f"--config {path}: {ALIASES}{received}"
+
+
+def test_alias_bomb_in_set_is_refused():
+  with pytest.raises(ConfigError) as info:
+    apply_override({}, "input.pattern=" + _billion_laughs().replace(
+        "\n", ", ").join("{}"))
+  assert str(info.value) == (
+      "--set input.pattern: expected a YAML value without recursive or"
+      " heavily nested aliases (at most 100 alias references, adding at most"
+      " 100000 values once expanded). Received: " + BOMB_ADDS)
+
+
+def test_deep_nesting_is_refused(tmp_path):
+  path = tmp_path / "deep.yaml"
+  path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+  with pytest.raises(ConfigError) as info:
+    load_config(str(path))
+  assert str(info.value) == (
+      f"--config {path}: expected YAML nested less deeply. Received: nesting"
+      " deeper than Python's recursion limit")
+
+
+def test_long_documents_and_a_few_aliases_are_fine(tmp_path):
+  # More than MAX_YAML_VALUES values, but the one alias adds just one.
+  long = load_yaml("q: [&h 0.5, " + ", ".join(["0.5"] * 100_001) + ", *h]")
+  assert len(long["q"]) == 100_003
+  path = tmp_path / "c.yaml"
+  path.write_text("input: {pattern: &p data/*.tfrecord}\nmodel: {path: m}\n"
+                  "gate: {baseline: *p}\nstats: &s {epsilon: 0.01}\n")
+  config = load_config(str(path))
+  assert config.gate.baseline == "data/*.tfrecord"
+  assert config.stats.epsilon == 0.01
+
+
+@pytest.mark.parametrize("text, message", [
+    (_billion_laughs(), BOMB_ADDS),
+    (yaml.safe_dump({**BASE, "output": {"dir": "foo://x"}}),
+     "output.dir: expected a local path or gs:// URI. Received: 'foo://x'"),
+    (yaml.safe_dump({**BASE, "output": {"dir": "out/{date.year}"}}),
+     "output.dir: expected a path whose only placeholders are {date} and"
+     " {run_id}. Received: 'out/{date.year}'"),
+])
+def test_cli_bad_configs_exit_2_on_one_short_line(tmp_path, capsys, text,
+                                                  message):
+  path = tmp_path / "c.yaml"
+  path.write_text(text)
+  assert audit.main(["--config", str(path)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("lossaudit: error: ") and err.endswith(message + "\n")
+  assert err.count("\n") == 1 and len(err) < 400
+  assert "Traceback" not in err

@@ -261,7 +261,7 @@ def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
        "stats.epsilon=2"], capture_output=True, text=True, env=env)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
-      "lossaudit: error: stats.epsilon: expected a number in (0, 0.5]."
+      "lossaudit: error: stats.epsilon: expected a number in [1e-06, 0.5]."
       " Received: 2")
   assert "Traceback" not in bad.stderr
   good = subprocess.run(

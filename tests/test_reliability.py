@@ -228,7 +228,8 @@ def test_nothing_written_outside_output_dir_and_temp(
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(cwd)) == ["out"]
   assert sorted(os.listdir(cwd / "out")) == [
-      "dead_letter", "flagged", "losses", "report.html", "summary.json"]
+      ".lossaudit-run.json", "dead_letter", "flagged", "losses", "report.html",
+      "summary.json"]
   assert (_snapshot(tfrecord_dir),
           os.stat(classifier_path).st_mtime_ns) == before
   assert _snapshot(home) == []

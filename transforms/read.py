@@ -11,7 +11,7 @@ is not Parquet fails the whole run there, while here it is one dead letter.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow.parquet as pq

@@ -10,7 +10,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import parquetio, textio
 
-from lossaudit import drift, outputs
+from lossaudit import drift, outputs, ownership
 from lossaudit.report import build_summary, render_report
 from lossaudit.scoring import is_internal
 
@@ -107,7 +107,7 @@ class _WriteSummaryFn(beam.DoFn):
         outputs.join(self._directory, outputs.REPORT),
         render_report(summary, loss_stats.get("cdf", []), top_flagged,
                       found))
-    outputs.remove_scratch(self._directory)
+    ownership.remove_scratch(self._directory, self._run["run_id"])
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
     yield summary
 

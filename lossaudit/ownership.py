@@ -1,0 +1,438 @@
+"""Owning `output.dir`: a marker, a lock, and the only code that deletes.
+
+A run deletes only what lossaudit wrote. Before anything is read, it claims
+its output directory:
+
+1. `.`, the home directory and filesystem roots (a bucket's root) are
+   refused, always.
+2. The lock `.lossaudit-lock.json` is created atomically (local: an exclusive
+   create; gs://: an object written with the precondition
+   `ifGenerationMatch=0` through google-cloud-storage). It holds the run id,
+   host, pid and start time. A second run is refused, naming the holder; a
+   lock whose process is gone (same host) or older than `output.lock_timeout`
+   is taken over with a warning.
+3. A directory that holds anything but no marker `.lossaudit-run.json` (so
+   files lossaudit did not write) is refused unless `output.overwrite: true`.
+
+Once the pre-run checks pass, `Claim.clear_previous` deletes what earlier runs
+wrote, chosen by name, never a whole directory: shards
+`part-SSSSS-of-NNNNN.parquet|jsonl` in `losses/`, `flagged/` and
+`dead_letter/`, Beam's temporary shard directories there, `summary.json`,
+`report.html`, `drift.json` and their temporary names, and earlier runs'
+scratch. A user's `losses/mine.py` survives even `overwrite: true`. Then it
+writes the marker. `Claim.release` removes this run's scratch and the lock;
+scratch lives under `.scratch/<run id>/`, so no run can delete another's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from typing import Callable, List, Optional, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from lossaudit import outputs
+from lossaudit.config import ConfigError, describe_error
+
+MARKER = ".lossaudit-run.json"
+LOCK = ".lossaudit-lock.json"
+# Seconds a gs:// lock request may take, retries included: a run without
+# usable credentials stops in seconds, not minutes.
+GCS_DEADLINE = 8.0
+
+_RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{6}"
+_TEMPORARY = r"\.tmp-[0-9a-f]{8}"
+# Paths relative to `output.dir` that lossaudit writes, and nothing else.
+_OWN = re.compile(
+    rf"(?:{'|'.join(re.escape(n) for n in outputs.TOP_LEVEL_FILES)})"
+    rf"(?:{_TEMPORARY})?"
+    rf"|(?:{'|'.join(re.escape(k) for k in outputs.SHARD_DIRS)})/"
+    r"(?:part-\d{5}-of-\d{5}\.(?:parquet|jsonl)"
+    r"|beam-temp-part-[0-9a-f]{32}/[^/]+)"
+    rf"|{re.escape(outputs.SCRATCH)}/{_RUN_ID}/[^/]+")
+
+
+def is_own_output(relative: str) -> bool:
+  """Whether `relative` (a path under `output.dir`) is a name lossaudit
+  writes."""
+  return _OWN.fullmatch(relative) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+  """Who holds a lock, or wrote a marker."""
+
+  run_id: str
+  host: str
+  pid: int
+  started: float  # Seconds since the epoch.
+
+  @classmethod
+  def this_process(cls, run_id: str, started: float) -> "RunInfo":
+    return cls(run_id, socket.gethostname(), os.getpid(), started)
+
+  def to_json(self) -> bytes:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
+    return json.dumps({"run_id": self.run_id, "host": self.host,
+                       "pid": self.pid, "started": self.started,
+                       "started_utc": started}, indent=2).encode("utf-8")
+
+  @classmethod
+  def from_json(cls, data: bytes) -> Optional["RunInfo"]:
+    """The holder a lock file names; None when it cannot be read (being
+    written, or damaged)."""
+    try:
+      found = json.loads(data.decode("utf-8"))
+      return cls(str(found["run_id"]), str(found["host"]), int(found["pid"]),
+                 float(found["started"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+      return None
+
+  def describe(self) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
+    return (f"run {self.run_id} (host {self.host}, pid {self.pid}, started"
+            f" {started})")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Held:
+  """A lock as found: its raw content, holder, and how to delete exactly
+  that version of it."""
+
+  data: bytes
+  holder: Optional[RunInfo]
+  written: float  # When the lock was written (file time), epoch seconds.
+  version: object  # local: the bytes; gs://: the object generation.
+
+
+class _LocalLock:
+  """`DIR/.lossaudit-lock.json` on a local disk."""
+
+  def __init__(self, directory: str):
+    self.path = self.location = os.path.join(directory, LOCK)
+
+  def create(self, data: bytes) -> bool:
+    """Writes the lock if there is none; False when one exists."""
+    try:
+      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    return True
+
+  def read(self) -> Optional[_Held]:
+    try:
+      with open(self.path, "rb") as f:
+        data = f.read()
+        written = os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+      return None
+    return _Held(data, RunInfo.from_json(data), written, data)
+
+  def delete(self, held: _Held) -> bool:
+    """Deletes the lock if it is still `held`; False when it changed."""
+    aside = f"{self.path}.{uuid.uuid4().hex}"
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return False
+    with open(aside, "rb") as f:
+      same = f.read() == held.version
+    if not same:  # Another run took it over first: put its lock back.
+      try:
+        os.link(aside, self.path)
+      except FileExistsError:
+        pass
+    os.remove(aside)
+    return same
+
+
+class _GcsLock:
+  """`gs://bucket/DIR/.lossaudit-lock.json`, through google-cloud-storage."""
+
+  def __init__(self, directory: str):
+    from google.api_core import exceptions, retry  # pylint: disable=g-import-not-at-top
+    from google.cloud import storage  # pylint: disable=g-import-not-at-top
+
+    self._exceptions = exceptions
+    bucket, _, prefix = directory[len("gs://"):].partition("/")
+    self._client = storage.Client()
+    self._bucket = self._client.bucket(bucket)
+    self._name = f"{prefix.rstrip('/')}/{LOCK}" if prefix else LOCK
+    self._prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    self.location = f"gs://{bucket}/{self._name}"
+    self._retry = retry.Retry(deadline=GCS_DEADLINE, timeout=GCS_DEADLINE)
+
+  def create(self, data: bytes) -> bool:
+    # The precondition makes the create atomic on GCS. The GCS emulator
+    # ignores it: looking first, and reading the lock back after, keep runs
+    # there apart too, unless they start within milliseconds.
+    if self.read() is not None:
+      return False
+    blob = self._bucket.blob(self._name)
+    try:
+      blob.upload_from_string(data, content_type="application/json",
+                              if_generation_match=0, retry=self._retry,
+                              timeout=GCS_DEADLINE)
+    except self._exceptions.PreconditionFailed:
+      return False
+    found = self.read()
+    return found is not None and found.data == data
+
+  def read(self) -> Optional[_Held]:
+    blob = self._bucket.get_blob(self._name, retry=self._retry,
+                                 timeout=GCS_DEADLINE)
+    if blob is None:
+      return None
+    try:
+      data = blob.download_as_bytes(if_generation_match=blob.generation,
+                                    retry=self._retry, timeout=GCS_DEADLINE)
+    except (self._exceptions.NotFound, self._exceptions.PreconditionFailed):
+      return None
+    written = blob.time_created.timestamp() if blob.time_created else 0.0
+    return _Held(data, RunInfo.from_json(data), written, blob.generation)
+
+  def delete(self, held: _Held) -> bool:
+    try:
+      self._bucket.blob(self._name).delete(
+          if_generation_match=held.version, retry=self._retry,
+          timeout=GCS_DEADLINE)
+    except (self._exceptions.NotFound, self._exceptions.PreconditionFailed):
+      return False
+    return True
+
+  def has_other_objects(self) -> bool:
+    names = {f"{self._prefix}{MARKER}", self._name}
+    for blob in self._client.list_blobs(self._bucket, prefix=self._prefix,
+                                        max_results=3, retry=self._retry,
+                                        timeout=GCS_DEADLINE):
+      if blob.name not in names:
+        return True
+    return False
+
+
+def _is_gcs(directory: str) -> bool:
+  return directory.startswith("gs://")
+
+
+def _process_gone(holder: RunInfo) -> bool:
+  """Whether `holder` ran on this host and its process no longer exists."""
+  if holder.host != socket.gethostname():
+    return False
+  try:
+    os.kill(holder.pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    return False
+  return False
+
+
+def check_not_protected(directory: str) -> None:
+  """Refuses `.`, the home directory and filesystem roots as `output.dir`.
+
+  Raises:
+    ConfigError: naming `output.dir`.
+  """
+  if _is_gcs(directory):
+    bucket_root = not directory[len("gs://"):].partition("/")[2].strip("/")
+    if bucket_root:
+      raise ConfigError(
+          "output.dir: expected a directory inside a bucket; a run never"
+          f" takes a whole bucket. Received: {directory!r}")
+    return
+  path = os.path.realpath(directory)
+  protected = {
+      os.path.realpath(os.getcwd()): "the current directory",
+      os.path.realpath(os.path.expanduser("~")): "the home directory",
+  }
+  what = protected.get(path)
+  if what is None and os.path.dirname(path) == path:
+    what = "a filesystem root"
+  if what is not None:
+    raise ConfigError(
+        f"output.dir: expected a directory of its own; {directory!r} is"
+        f" {what}, which a run never takes. Received: {directory!r}")
+
+
+class Claim:
+  """This run's hold on `output.dir`; see the module docstring.
+
+  Use `claim()` to get one. `release()` is safe to call more than once.
+  """
+
+  def __init__(self, directory: str, run: RunInfo, lock, created: bool):
+    self.directory = directory
+    self.run = run
+    self._lock = lock
+    self._created = created
+    self._released = False
+
+  def clear_previous(self) -> List[str]:
+    """Deletes the outputs of earlier runs (by name) and writes the marker.
+
+    Returns:
+      The paths deleted.
+    """
+    deleted = remove_own_files(self.directory, lambda rel: True)
+    outputs.write_text(outputs.join(self.directory, MARKER),
+                       self.run.to_json().decode("utf-8") + "\n")
+    return deleted
+
+  def release(self) -> None:
+    """Removes this run's scratch and its lock (only if still its own)."""
+    if self._released:
+      return
+    self._released = True
+    remove_scratch(self.directory, self.run.run_id)
+    held = self._lock.read()
+    if held is not None and held.holder == self.run:
+      self._lock.delete(held)
+    if self._created and not _is_gcs(self.directory):
+      try:
+        os.rmdir(self.directory)  # Only when still empty: a failed set-up.
+      except OSError:
+        pass
+
+
+def claim(directory: str, run: RunInfo, *, overwrite: bool,
+          lock_timeout: float,
+          clock: Callable[[], float] = time.time) -> Claim:
+  """Takes `directory` for `run`: refuses it, or locks it.
+
+  Args:
+    directory: `output.dir`, local or gs://.
+    run: this run.
+    overwrite: `output.overwrite`: take a non-empty directory without the
+      marker (still deleting only lossaudit's own files).
+    lock_timeout: seconds after which another run's lock is taken over.
+    clock: the time now, in seconds since the epoch.
+
+  Raises:
+    ConfigError: a protected or foreign directory, another run's lock, or a
+      location that cannot be written.
+  """
+  check_not_protected(directory)
+  _refuse_foreign(directory, overwrite)
+  created = False
+  try:
+    if _is_gcs(directory):
+      lock = _GcsLock(directory)
+    else:
+      created = not os.path.isdir(directory)
+      os.makedirs(directory, exist_ok=True)
+      lock = _LocalLock(directory)
+    _acquire(lock, run, lock_timeout, clock)
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"output.dir: expected a writable location. Received:"
+        f" {directory!r} ({describe_error(e)})") from None
+  result = Claim(directory, run, lock, created)
+  try:
+    _refuse_foreign(directory, overwrite, lock)
+  except ConfigError:
+    result.release()
+    raise
+  return result
+
+
+def _acquire(lock, run: RunInfo, lock_timeout: float,
+             clock: Callable[[], float]) -> None:
+  data = run.to_json()
+  if lock.create(data):
+    return
+  held = lock.read()
+  if held is None and lock.create(data):
+    return  # Released between the two calls.
+  held = held or lock.read()
+  holder = held.holder if held else None
+  who = holder.describe() if holder else "a run whose lock cannot be read"
+  age = clock() - (holder.started if holder else held.written if held else 0)
+  gone = holder is not None and _process_gone(holder)
+  if held is not None and (gone or age > lock_timeout):
+    reason = ("its process is gone" if gone else
+              f"it is older than output.lock_timeout ({lock_timeout:g} s)")
+    if lock.delete(held) and lock.create(data):
+      logging.warning("lossaudit: took over the lock on output.dir from %s:"
+                      " %s", who, reason)
+      return
+  raise ConfigError(
+      f"output.dir: expected no other run writing there; {who} holds its"
+      f" lock {LOCK} (wait for it to end, or delete the lock if that run is"
+      " dead)")
+
+
+def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
+  """Refuses a non-empty directory without the marker, unless `overwrite`."""
+  if overwrite:
+    return
+  if _is_gcs(directory):
+    if lock is None:
+      return  # Checked once the lock (and its client) exists.
+    foreign = lock.has_other_objects() and not FileSystems.exists(
+        outputs.join(directory, MARKER))
+  else:
+    try:
+      names = set(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+      return  # Creating it fails, or not, when the lock is taken.
+    foreign = bool(names - {LOCK}) and MARKER not in names
+  if foreign:
+    raise ConfigError(
+        f"output.dir: {directory!r} holds files lossaudit did not write;"
+        " choose a new or empty directory (or set output.overwrite: true,"
+        " which still deletes only lossaudit's own files)")
+
+
+def _relative_files(directory: str) -> List[Tuple[str, str]]:
+  """`(path, path relative to directory)` of every file under it."""
+  base = directory.rstrip("/") + "/"
+  if _is_gcs(directory):
+    found = FileSystems.match([base + "**"])[0].metadata_list
+    paths = [m.path for m in found]
+  else:
+    paths = [os.path.join(root, name)
+             for root, _, names in os.walk(directory) for name in names]
+  return [(p, p[len(base):]) for p in paths if p.startswith(base)]
+
+
+def remove_own_files(directory: str,
+                     which: Callable[[str], bool]) -> List[str]:
+  """Deletes the files under `directory` that lossaudit writes and `which`
+  accepts (by relative path); then the directories that this left empty.
+
+  Returns:
+    The paths deleted.
+  """
+  doomed = [(p, rel) for p, rel in _relative_files(directory)
+            if is_own_output(rel) and which(rel)]
+  if doomed:
+    FileSystems.delete([p for p, _ in doomed])
+  if not _is_gcs(directory):
+    parents = {os.path.dirname(p) for p, _ in doomed}
+    for parent in sorted(parents, key=len, reverse=True):
+      while parent != directory.rstrip("/") and parent.startswith(directory):
+        try:
+          os.rmdir(parent)  # Only an empty one.
+        except OSError:
+          break
+        parent = os.path.dirname(parent)
+  return [p for p, _ in doomed]
+
+
+def remove_scratch(directory: str, run_id: str) -> None:
+  """Deletes the scratch files of run `run_id`."""
+  prefix = f"{outputs.SCRATCH}/{run_id}/"
+  remove_own_files(directory, lambda rel: rel.startswith(prefix))

@@ -1,0 +1,152 @@
+"""Two runs into one `output.dir`, and runs stopped by SIGINT or SIGTERM.
+
+Real processes: the first run's custom loss stops at its second batch (in
+the pipeline, after the pre-run probe) and says so on stderr, then waits for
+a line on stdin; the test acts while that run holds the directory, with no
+sleeps.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCKED = "lossaudit-test: blocked"
+# Beam looks for Google credentials for ~25 s before it settles for
+# anonymous access; the emulator needs none (as in conftest's `gcs`).
+_MAIN = """
+import os, sys
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+  from apache_beam.internal.gcp import auth
+  auth._Credentials._credentials_init = True
+from pipelines import audit
+sys.exit(audit.main(sys.argv[1:]))
+"""
+
+
+def _env(**extra):
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("LOSSAUDIT_TEST_BLOCK_AT", None)
+  env.update(extra)
+  return env
+
+
+def start_blocked_run(config_path):
+  """Starts a run and returns once it is blocked inside its pipeline."""
+  process = subprocess.Popen(
+      [sys.executable, "-c", _MAIN, "--config", config_path], cwd=REPO,
+      env=_env(LOSSAUDIT_TEST_BLOCK_AT="2"), stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in process.stderr:
+    if BLOCKED in line:
+      return process
+    seen.append(line)
+  process.wait()
+  pytest.fail(f"the first run ended (exit {process.returncode}) before its"
+              f" pipeline started: {''.join(seen)[-2000:]}")
+
+
+def finish(process):
+  """Lets a blocked run go on; returns `(exit code, stderr)`."""
+  _, err = process.communicate("go\n", timeout=300)
+  return process.returncode, err
+
+
+def blocking_config(tfrecord_dir, classifier_path, out):
+  return base_config(tfrecord_dir / "*.gz", classifier_path, out,
+                     loss={"custom": "tests.custom_losses:blocking_nll"})
+
+
+def read_json(path):
+  from apache_beam.io.filesystems import FileSystems
+
+  with FileSystems.open(path) as f:
+    return json.loads(f.read())
+
+
+def exists(path):
+  from apache_beam.io.filesystems import FileSystems
+
+  return FileSystems.exists(path)
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_a_second_run_is_refused_and_the_first_completes(
+    request, tmp_path, tfrecord_dir, classifier_path, write_config, where):
+  if where == "gs":
+    out = f"{request.getfixturevalue('gcs')}/concurrent"
+  else:
+    out = str(tmp_path / "out")
+  first = start_blocked_run(write_config(
+      blocking_config(tfrecord_dir, classifier_path, out), "first.yaml"))
+  try:
+    lock = read_json(f"{out}/.lossaudit-lock.json")
+    second = subprocess.run(
+        [sys.executable, "-c", _MAIN, "--config", write_config(base_config(
+            tfrecord_dir / "*.gz", classifier_path, out), "second.yaml")],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  finally:
+    code, err = finish(first)
+  assert second.returncode == 2, second.stderr
+  assert "Traceback" not in second.stderr
+  assert second.stderr.strip().splitlines()[-1] == (
+      "lossaudit: error: output.dir: expected no other run writing there;"
+      f" run {lock['run_id']} (host {socket.gethostname()}, pid {first.pid},"
+      f" started {lock['started_utc'].replace('T', ' ').replace('Z', ' UTC')})"
+      " holds its lock .lossaudit-lock.json (wait for it to end, or delete"
+      " the lock if that run is dead)")
+
+  assert code == 0, err
+  summary = read_json(f"{out}/summary.json")
+  assert summary["run_id"] == lock["run_id"]
+  assert read_json(f"{out}/.lossaudit-run.json")["run_id"] == lock["run_id"]
+  assert not exists(f"{out}/.lossaudit-lock.json")
+  assert summary["examples_read"] == 3000
+  assert summary["examples_read"] == (summary["examples_scored"] +
+                                      summary["examples_dead_lettered"])
+  rows = 0
+  for kind in ("losses", "flagged", "dead_letter"):
+    for path in summary["files"][kind]:
+      assert exists(path), path
+  for path in summary["files"]["losses"]:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+      rows += pq.read_table(f).num_rows
+  assert rows == summary["examples_scored"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_run_cleanly(tmp_path, tfrecord_dir,
+                                        classifier_path, write_config, signum):
+  out = tmp_path / "out"
+  first = start_blocked_run(write_config(
+      blocking_config(tfrecord_dir, classifier_path, out)))
+  run_id = json.loads((out / ".lossaudit-lock.json").read_text())["run_id"]
+  first.send_signal(signum)
+  code, err = finish(first)
+  assert code == 128 + signum
+  assert "Traceback" not in err
+  ours = [line for line in err.splitlines() if "lossaudit" in line.lower()]
+  assert ours == [
+      f"lossaudit: interrupted by {signal.Signals(signum).name}; the run"
+      " stopped, its scratch files and lock are removed and no summary.json"
+      " was written"]
+  # Beam's half-written shards may stay in losses/ and the like, until the
+  # next run deletes them by name.
+  assert set(os.listdir(out)) <= {".lossaudit-run.json", "losses", "flagged",
+                                  "dead_letter"}
+  assert json.loads((out / ".lossaudit-run.json").read_text())[
+      "run_id"] == run_id
+  assert not (out / ".lossaudit-lock.json").exists()
+  assert not (out / ".scratch").exists()
+  assert not (out / "summary.json").exists()

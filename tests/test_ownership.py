@@ -1,0 +1,480 @@
+"""What a run may touch: the marker, the lock, overlap and by-name clean-up.
+
+Every refusal asserts its exit code and message, and that the user's files
+are byte-for-byte intact afterwards.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from lossaudit import inputs, ownership
+from lossaudit.config import ConfigError
+from pipelines import audit
+from tests.conftest import base_config
+
+RUN_A = "20261123T010000Z-aaaaaa"
+RUN_B = "20261123T020000Z-bbbbbb"
+HOUR = 3600.0
+
+
+def snapshot(root):
+  """`{relative path: sha256}` of every file under `root`."""
+  found = {}
+  for directory, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, root)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return found
+
+
+def run_info(run_id=RUN_A, started=1000.0, host=None, pid=None):
+  return ownership.RunInfo(run_id, host or socket.gethostname(),
+                           os.getpid() if pid is None else pid, started)
+
+
+def claim(directory, run=None, overwrite=False, timeout=HOUR, now=1000.0):
+  return ownership.claim(str(directory), run or run_info(),
+                         overwrite=overwrite, lock_timeout=timeout,
+                         clock=lambda: now)
+
+
+def user_project(root):
+  """A project whose own `losses/` package sits where lossaudit writes."""
+  files = {
+      "losses/__init__.py": "",
+      "losses/mine.py": "def loss(y_true, y_pred):\n  return y_pred\n",
+      "losses/part-1.parquet": "not lossaudit's: no -of-NNNNN",
+      "summary.json.bak": "{}",
+      "thesis.tex": "\\documentclass{article}",
+      "flagged/notes.csv": "id,why\n",
+  }
+  for name, text in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+  return root
+
+
+def dead_pid():
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()
+  return child.pid
+
+
+# --- Names -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, own", [
+    ("summary.json", True),
+    ("report.html", True),
+    ("drift.json", True),
+    ("summary.json.tmp-0123abcd", True),
+    ("losses/part-00000-of-00003.parquet", True),
+    ("flagged/part-00002-of-00003.parquet", True),
+    ("dead_letter/part-00000-of-00001.jsonl", True),
+    ("losses/beam-temp-part-" + "0" * 32 + "/3f2a", True),
+    (f".scratch/{RUN_A}/scored-1.arrows", True),
+    ("losses/mine.py", False),
+    ("losses/__init__.py", False),
+    ("losses/part-1.parquet", False),
+    ("losses/sub/part-00000-of-00001.parquet", False),
+    ("summary.json.bak", False),
+    (".scratch/notes.txt", False),
+    ("thesis.tex", False),
+    (".lossaudit-run.json", False),
+])
+def test_own_output_names(name, own):
+  assert ownership.is_own_output(name) is own
+
+
+# --- Claim: protected and foreign directories --------------------------------
+
+
+def test_current_home_and_root_directories_are_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  (tmp_path / "home").mkdir()
+  before = snapshot(tmp_path)
+  cases = {".": "the current directory", str(tmp_path): "the current directory",
+           str(tmp_path / "home"): "the home directory",
+           "/": "a filesystem root"}
+  for directory, what in cases.items():
+    with pytest.raises(ConfigError) as e:
+      claim(directory, overwrite=True)
+    assert str(e.value) == (
+        f"output.dir: expected a directory of its own; {directory!r} is"
+        f" {what}, which a run never takes. Received: {directory!r}")
+  assert snapshot(tmp_path) == before
+
+
+def test_a_bucket_root_is_refused():
+  with pytest.raises(ConfigError, match=r"^output.dir: expected a directory"
+                     r" inside a bucket; a run never takes a whole bucket."
+                     r" Received: 'gs://b/'$"):
+    claim("gs://b/")
+
+
+def test_a_directory_with_files_lossaudit_did_not_write_is_refused(tmp_path):
+  project = user_project(tmp_path / "proj")
+  before = snapshot(project)
+  with pytest.raises(ConfigError) as e:
+    claim(project)
+  assert str(e.value) == (
+      f"output.dir: {str(project)!r} holds files lossaudit did not write;"
+      " choose a new or empty directory (or set output.overwrite: true,"
+      " which still deletes only lossaudit's own files)")
+  assert snapshot(project) == before
+  assert not (project / ownership.LOCK).exists()
+
+
+def test_overwrite_deletes_only_lossaudit_names(tmp_path):
+  project = user_project(tmp_path / "proj")
+  user_files = snapshot(project)
+  own = ["summary.json", "report.html", "drift.json",
+         "summary.json.tmp-0123abcd", "losses/part-00000-of-00002.parquet",
+         "losses/beam-temp-part-" + "f" * 32 + "/x",
+         "dead_letter/part-00000-of-00001.jsonl",
+         f".scratch/{RUN_B}/scored-1.arrows"]
+  for name in own:
+    (project / name).parent.mkdir(parents=True, exist_ok=True)
+    (project / name).write_text("old run")
+  held = claim(project, overwrite=True)
+  deleted = held.clear_previous()
+  assert sorted(os.path.relpath(p, project) for p in deleted) == sorted(own)
+  after = snapshot(project)
+  assert {k: after[k] for k in user_files} == user_files
+  assert set(after) == set(user_files) | {ownership.MARKER, ownership.LOCK}
+  assert not (project / ".scratch").exists()
+  assert not (project / "dead_letter").exists()
+  assert (project / "losses").is_dir()  # Still holds the user's package.
+  marker = json.loads((project / ownership.MARKER).read_text())
+  assert marker["run_id"] == RUN_A and marker["pid"] == os.getpid()
+  held.release()
+  assert set(snapshot(project)) == set(user_files) | {ownership.MARKER}
+
+
+def test_a_directory_with_the_marker_is_taken_and_refused_without_it(
+    tmp_path):
+  out = tmp_path / "out"
+  held = claim(out)
+  held.clear_previous()
+  (out / "summary.json").write_text("{}")
+  held.release()
+  again = claim(out, run_info(RUN_B))  # Marker present: no overwrite needed.
+  again.clear_previous()
+  assert not (out / "summary.json").exists()
+  again.release()
+  (out / ownership.MARKER).unlink()
+  (out / "mine.txt").write_text("x")
+  with pytest.raises(ConfigError, match="holds files lossaudit did not write"):
+    claim(out)
+
+
+def test_a_failed_set_up_leaves_no_directory_behind(tmp_path):
+  held = claim(tmp_path / "new")
+  assert os.listdir(tmp_path / "new") == [ownership.LOCK]
+  held.release()
+  assert not (tmp_path / "new").exists()
+
+
+# --- The lock ---------------------------------------------------------------
+
+
+def test_a_second_run_is_refused_naming_the_holder(tmp_path):
+  out = tmp_path / "out"
+  first = claim(out)
+  lock = json.loads((out / ownership.LOCK).read_text())
+  assert lock == {"run_id": RUN_A, "host": socket.gethostname(),
+                  "pid": os.getpid(), "started": 1000.0,
+                  "started_utc": "1970-01-01T00:16:40Z"}
+  with pytest.raises(ConfigError) as e:
+    claim(out, run_info(RUN_B), overwrite=True)
+  assert str(e.value) == (
+      f"output.dir: expected no other run writing there; run {RUN_A} (host"
+      f" {socket.gethostname()}, pid {os.getpid()}, started 1970-01-01"
+      f" 00:16:40 UTC) holds its lock {ownership.LOCK} (wait for it to end, or"
+      " delete the lock if that run is dead)")
+  first.release()
+  assert not (out / ownership.LOCK).exists()
+  claim(out, run_info(RUN_B)).release()
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path, caplog):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / ownership.LOCK).write_bytes(
+      run_info(RUN_B, pid=dead_pid()).to_json())
+  with caplog.at_level(logging.WARNING):
+    held = claim(out, now=1001.0)
+  assert f"took over the lock on output.dir from run {RUN_B}" in caplog.text
+  assert "its process is gone" in caplog.text
+  assert json.loads((out / ownership.LOCK).read_text())["run_id"] == RUN_A
+  held.release()
+
+
+@pytest.mark.parametrize("age, taken", [(HOUR - 1, False), (HOUR + 1, True)])
+def test_a_lock_older_than_the_timeout_is_taken_over(tmp_path, caplog, age,
+                                                      taken):
+  out = tmp_path / "out"
+  out.mkdir()
+  other = run_info(RUN_B, started=5000.0, host="another-host", pid=1)
+  (out / ownership.LOCK).write_bytes(other.to_json())
+  if not taken:
+    with pytest.raises(ConfigError, match=f"run {RUN_B} .host another-host"):
+      claim(out, now=5000.0 + age)
+    return
+  with caplog.at_level(logging.WARNING):
+    claim(out, now=5000.0 + age).release()
+  assert "older than output.lock_timeout (3600 s)" in caplog.text
+
+
+def test_an_unreadable_lock_is_refused_until_it_times_out(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / ownership.LOCK).write_bytes(b"\x00half-written")
+  written = os.stat(out / ownership.LOCK).st_mtime
+  with pytest.raises(ConfigError, match="a run whose lock cannot be read"):
+    claim(out, now=written + 10)
+  claim(out, now=written + HOUR + 10).release()
+
+
+def test_release_keeps_scratch_and_locks_of_other_runs(tmp_path):
+  out = tmp_path / "out"
+  held = claim(out)
+  held.clear_previous()
+  for run in (RUN_A, RUN_B):
+    (out / ".scratch" / run).mkdir(parents=True)
+    (out / ".scratch" / run / "scored-1.arrows").write_text(run)
+  # Run B took the lock over (say, after the timeout): A must not remove it.
+  (out / ownership.LOCK).write_bytes(run_info(RUN_B).to_json())
+  held.release()
+  assert not (out / ".scratch" / RUN_A).exists()
+  assert (out / ".scratch" / RUN_B / "scored-1.arrows").read_text() == RUN_B
+  assert json.loads((out / ownership.LOCK).read_text())["run_id"] == RUN_B
+
+
+def test_gcs_lock_marker_and_clean_up(gcs):
+  from apache_beam.io.filesystems import FileSystems
+
+  out = f"{gcs}/owned"
+  held = claim(out)
+  with pytest.raises(ConfigError, match=f"run {RUN_A} .host"):
+    claim(out, run_info(RUN_B))
+  held.release()
+  assert not FileSystems.exists(f"{out}/{ownership.LOCK}")
+
+  foreign = f"{gcs}/foreign"
+  with FileSystems.create(f"{foreign}/losses/mine.py") as f:
+    f.write(b"user code")
+  with pytest.raises(ConfigError, match="holds files lossaudit did not write"):
+    claim(foreign)
+  held = claim(foreign, overwrite=True)
+  with FileSystems.create(f"{foreign}/losses/part-00000-of-00001.parquet") as f:
+    f.write(b"old shard")
+  held.clear_previous()
+  held.release()
+  names = sorted(m.path for m in FileSystems.match(
+      [f"{foreign}/**"])[0].metadata_list)
+  assert names == [f"{foreign}/{ownership.MARKER}",
+                   f"{foreign}/losses/mine.py"]
+
+
+# --- Inputs -----------------------------------------------------------------
+
+
+def test_overlapping_globs_symlinks_and_special_files(tmp_path):
+  data = tmp_path / "data"
+  data.mkdir()
+  for name in ("part-0.gz", "part-1.gz"):
+    (data / name).write_text(name)
+  os.symlink(data / "part-0.gz", data / "link.gz")
+  os.mkfifo(data / "pipe.gz")
+  found = inputs.expand(
+      [str(data / "*.gz"), str(data / "part-*"), str(data / "./part-1.gz")],
+      str(tmp_path / "out"))
+  assert found.files == (str(data / "link.gz"), str(data / "part-1.gz"))
+  assert found.not_regular == (str(data / "pipe.gz"),)
+
+
+@pytest.mark.parametrize("pattern, out, refused", [
+    ("in2/*", "in2", "can match lossaudit's own outputs"),
+    ("in2/*", "in2/out", "can match lossaudit's own outputs"),
+    ("in2/**", "in2/deep/out", "can match lossaudit's own outputs"),
+    ("in2/**.gz", "in2/out", None),
+    ("in2/*.gz", "in2/out", None),
+    ("in2/*.gz", "elsewhere", None),
+])
+def test_globs_that_can_match_outputs_are_refused(tmp_path, monkeypatch,
+                                                  pattern, out, refused):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "in2").mkdir()
+  (tmp_path / "in2" / "part-0.gz").write_text("x")
+  if refused is None:
+    assert inputs.expand([pattern], out).files == (
+        str(tmp_path / "in2" / "part-0.gz")
+        if pattern.startswith("/") else "in2/part-0.gz",)
+    return
+  with pytest.raises(ConfigError) as e:
+    inputs.expand([pattern], out)
+  assert str(e.value).startswith(f"input.pattern: {pattern!r} {refused}")
+  assert str(e.value).endswith(
+      "expected input and output that do not overlap. Received:"
+      f" output.dir={out!r}")
+
+
+def test_files_inside_output_dirs_are_refused(tmp_path):
+  shards = tmp_path / "proj" / "losses"
+  shards.mkdir(parents=True)
+  (shards / "part-0.tfrecord.gz").write_text("x")
+  with pytest.raises(ConfigError, match=r"^input.pattern: '.*' can match"):
+    inputs.expand([str(shards / "part-*")], str(tmp_path / "proj"))
+  with pytest.raises(ConfigError, match=(
+      r"^input.pattern: matches '.*part-0.tfrecord.gz', inside output.dir")):
+    inputs.expand([str(shards / "part-0.tfrecord.gz")], str(tmp_path / "proj"))
+  (tmp_path / "proj" / ownership.MARKER).write_text("{}")
+  with pytest.raises(ConfigError) as e:
+    inputs.expand([str(shards / "*.gz")], str(tmp_path / "new-out"))
+  assert str(e.value) == (
+      f"input.pattern: matches {str(shards / 'part-0.tfrecord.gz')!r},"
+      f" written by an earlier lossaudit run ({str(tmp_path / 'proj')!r} holds"
+      f" {ownership.MARKER}); a run never reads lossaudit's outputs. Expected"
+      " a glob over the dataset only")
+
+
+# --- Through the CLI ----------------------------------------------------------
+
+
+def _main(config, write_config, capsys):
+  code = audit.main(["--config", write_config(config)])
+  return code, capsys.readouterr().err
+
+
+def test_cli_refusals_leave_user_files_intact(
+    tmp_path, monkeypatch, tfrecord_dir, classifier_path, write_config,
+    capsys):
+  project = user_project(tmp_path / "proj")
+  shutil.copytree(tfrecord_dir, project / "losses", dirs_exist_ok=True)
+  before = snapshot(project)
+  cases = [
+      # output.dir: . in a project with its own losses/ package.
+      (base_config(tfrecord_dir / "*.gz", classifier_path, "."),
+       "lossaudit: error: output.dir: expected a directory of its own; '.' is"
+       " the current directory, which a run never takes. Received: '.'"),
+      # The input inside output.dir.
+      (base_config(project / "losses" / "part-*.tfrecord.gz", classifier_path,
+                   tmp_path / "proj", output={"overwrite": True}),
+       f"lossaudit: error: input.pattern: matches"
+       f" '{project}/losses/part-00000-of-00003.tfrecord.gz', inside"
+       " output.dir; expected input and output that do not overlap."
+       f" Received: output.dir='{project}'"),
+      # A directory of the user's.
+      (base_config(tfrecord_dir / "*.gz", classifier_path, project),
+       f"lossaudit: error: output.dir: '{project}' holds files lossaudit did"
+       " not write; choose a new or empty directory (or set"
+       " output.overwrite: true, which still deletes only lossaudit's own"
+       " files)"),
+  ]
+  for index, (config, message) in enumerate(cases):
+    monkeypatch.chdir(project if index == 0 else tmp_path)
+    code, err = _main(config, write_config, capsys)
+    assert (code, err) == (2, message + "\n")
+  assert snapshot(project) == before
+
+
+def test_overwrite_then_rerun_replaces_only_lossaudit_files(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  project = user_project(tmp_path / "proj")
+  user_files = snapshot(project)
+  config = base_config(tfrecord_dir / "*.gz", classifier_path, project,
+                       output={"overwrite": True, "num_shards": 2})
+  assert _main(config, write_config, capsys)[0] == 0
+  config["output"]["num_shards"] = 1
+  config["output"]["overwrite"] = False  # The marker is there now.
+  assert _main(config, write_config, capsys)[0] == 0
+  after = snapshot(project)
+  assert {k: after[k] for k in user_files} == user_files
+  summary = json.loads((project / "summary.json").read_text())
+  for kind in ("losses", "flagged"):
+    shards = sorted(n for n in after if n.startswith(f"{kind}/part-0"))
+    assert shards == [f"{kind}/part-00000-of-00001.parquet"]
+    assert [os.path.relpath(p, project) for p in summary["files"][kind]] == (
+        shards)
+  assert summary["examples_read"] == 3000
+
+
+def test_fifo_and_overlapping_globs_in_a_run(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  data = tmp_path / "data"
+  shutil.copytree(tfrecord_dir, data)
+  os.mkfifo(data / "stuck.tfrecord.gz")
+  config = base_config(tfrecord_dir, classifier_path, tmp_path / "out")
+  config["input"]["pattern"] = [str(data / "*.gz"), str(data / "part-0*")]
+  assert _main(config, write_config, capsys)[0] == 0
+  summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+  assert summary["examples_read"] == 3001
+  assert summary["examples_scored"] == 3000
+  assert summary["dead_letter"]["by_reason"] == {"not_a_regular_file": 1}
+  assert summary["duplicate_ids"] == 0
+  (entry,) = [json.loads(line) for path in summary["files"]["dead_letter"]
+              for line in open(path)]
+  assert entry == {
+      "source": str(data / "stuck.tfrecord.gz"), "id": None,
+      "reason": "not_a_regular_file",
+      "error": "not a regular file (a FIFO, device, socket or directory);"
+               " never opened"}
+
+
+def test_gs_output_without_credentials_stops_at_once(
+    tmp_path, monkeypatch, tfrecord_dir, classifier_path, write_config,
+    capsys):
+  for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+  monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+  monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+  out = "gs://lossaudit-no-credentials/out"
+  code, err = _main(base_config(tfrecord_dir / "*.gz", classifier_path, out),
+                    write_config, capsys)
+  assert code == 2
+  assert err.startswith(
+      "lossaudit: error: output.dir: expected a writable location. Received:"
+      f" '{out}' (DefaultCredentialsError: ")
+  assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("not json", "(its summary.json is not JSON: "),
+    ('{"examples_read": 3}', "(its summary.json is not a lossaudit summary:"
+                             " it has no 'examples_scored')"),
+    ('[1, 2]', "(its summary.json is not a lossaudit summary: it has no"
+               " 'examples_read')"),
+])
+def test_a_baseline_that_is_not_a_lossaudit_summary_stops_before_the_run(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys, text,
+    problem):
+  from pipelines import compare
+
+  baseline = tmp_path / "baseline"
+  baseline.mkdir()
+  (baseline / "summary.json").write_text(text)
+  config = base_config(tfrecord_dir / "*.gz", classifier_path,
+                       tmp_path / "out", gate={"baseline": str(baseline)})
+  code, err = _main(config, write_config, capsys)
+  expected = ("gate.baseline: expected the output.dir of a completed run (one"
+              f" with summary.json). Received: {str(baseline)!r} {problem}")
+  assert code == 2
+  assert err.startswith(f"lossaudit: error: {expected}")
+  assert not (tmp_path / "out").exists()
+  assert compare.main([str(baseline), str(baseline)]) == 2
+  assert capsys.readouterr().err.startswith(
+      "lossaudit: error: compare: BASELINE_DIR: expected the output.dir")
