@@ -26,6 +26,7 @@ scratch lives under `.scratch/<run id>/`, so no run can delete another's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -221,6 +222,19 @@ class _GcsLock:
     return False
 
 
+@contextlib.contextmanager
+def _quiet_http_retries():
+  """Without credentials that work, each retry of a token request logs a
+  warning; the one-line error after them says it all."""
+  logger = logging.getLogger("urllib3.connectionpool")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _is_gcs(directory: str) -> bool:
   return directory.startswith("gs://")
 
@@ -332,7 +346,8 @@ def claim(directory: str, run: RunInfo, *, overwrite: bool,
       created = not os.path.isdir(directory)
       os.makedirs(directory, exist_ok=True)
       lock = _LocalLock(directory)
-    _acquire(lock, run, lock_timeout, clock)
+    with _quiet_http_retries():
+      _acquire(lock, run, lock_timeout, clock)
   except ConfigError:
     raise
   except Exception as e:  # pylint: disable=broad-except
