@@ -66,6 +66,15 @@ def is_own_output(relative: str) -> bool:
   return _OWN.fullmatch(relative) is not None
 
 
+def _pid_namespace() -> str:
+  """This process's PID namespace (`pid:[4026531836]` on Linux; "" where
+  there is none to read): a pid means a process only inside it."""
+  try:
+    return os.readlink("/proc/self/ns/pid")
+  except OSError:
+    return ""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
   """Who holds a lock, or wrote a marker."""
@@ -74,16 +83,19 @@ class RunInfo:
   host: str
   pid: int
   started: float  # Seconds since the epoch.
+  pid_namespace: str = ""
 
   @classmethod
   def this_process(cls, run_id: str, started: float) -> "RunInfo":
-    return cls(run_id, socket.gethostname(), os.getpid(), started)
+    return cls(run_id, socket.gethostname(), os.getpid(), started,
+               _pid_namespace())
 
   def to_json(self) -> bytes:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
     return json.dumps({"run_id": self.run_id, "host": self.host,
-                       "pid": self.pid, "started": self.started,
-                       "started_utc": started}, indent=2).encode("utf-8")
+                       "pid": self.pid, "pid_namespace": self.pid_namespace,
+                       "started": self.started, "started_utc": started},
+                      indent=2).encode("utf-8")
 
   @classmethod
   def from_json(cls, data: bytes) -> Optional["RunInfo"]:
@@ -92,7 +104,7 @@ class RunInfo:
     try:
       found = json.loads(data.decode("utf-8"))
       return cls(str(found["run_id"]), str(found["host"]), int(found["pid"]),
-                 float(found["started"]))
+                 float(found["started"]), str(found.get("pid_namespace", "")))
     except (ValueError, KeyError, TypeError, AttributeError):
       return None
 
@@ -240,8 +252,11 @@ def _is_gcs(directory: str) -> bool:
 
 
 def _process_gone(holder: RunInfo) -> bool:
-  """Whether `holder` ran on this host and its process no longer exists."""
-  if holder.host != socket.gethostname():
+  """Whether `holder` ran on this host, in this PID namespace (containers
+  may share a host name and a disk, each with its own pids), and its process
+  no longer exists."""
+  if (holder.host != socket.gethostname() or
+      holder.pid_namespace != _pid_namespace()):
     return False
   try:
     os.kill(holder.pid, 0)

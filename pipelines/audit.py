@@ -305,14 +305,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2
-  except BaseException:  # pylint: disable=broad-except
+  except BaseException as e:  # pylint: disable=broad-except
     # Beam re-raises what a DoFn raised as a RuntimeError of its own.
-    if signals.received is None:
+    received = signals.received or (
+        signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+    if received is None:
       raise
-    print(f"lossaudit: interrupted by {signal.Signals(signals.received).name};"
-          " the run stopped, its scratch files and lock are removed and no"
+    print(f"lossaudit: interrupted by {signal.Signals(received).name}; the"
+          " run stopped, its scratch files and lock are removed and no"
           " summary.json was written", file=sys.stderr)
-    return 128 + signals.received
+    return 128 + received
   if "template" in summary:
     print(f"lossaudit: wrote the job template {summary['template']}")
     return 0

@@ -127,9 +127,9 @@ def test_errors_while_calling(tmp_path, tfrecord_dir, classifier_path,
 
 
 @pytest.mark.parametrize("where", ["import", "call"])
-def test_keyboard_interrupt_goes_through(tmp_path, tfrecord_dir,
-                                         classifier_path, write_config,
-                                         write_module, where):
+def test_keyboard_interrupt_is_an_interrupted_run(
+    tmp_path, tfrecord_dir, classifier_path, write_config, write_module,
+    capsys, where):
   interrupt = "raise KeyboardInterrupt"
   source = (f"{interrupt}\n\ndef loss(y_true, y_pred):\n  return y_pred\n"
             if where == "import" else
@@ -137,8 +137,11 @@ def test_keyboard_interrupt_goes_through(tmp_path, tfrecord_dir,
   name = write_module(f"interrupt_{where}", source)
   config = base_config(tfrecord_dir / "*.tfrecord.gz", classifier_path,
                        tmp_path / "out", loss={"custom": f"{name}:loss"})
-  with pytest.raises(KeyboardInterrupt):
-    audit.main(["--config", write_config(config)])
+  assert audit.main(["--config", write_config(config)]) == 130
+  assert capsys.readouterr().err == (
+      "lossaudit: interrupted by SIGINT; the run stopped, its scratch files"
+      " and lock are removed and no summary.json was written\n")
+  assert not (tmp_path / "out" / ".lossaudit-lock.json").exists()
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,12 @@ def snapshot(root):
   return found
 
 
-def run_info(run_id=RUN_A, started=1000.0, host=None, pid=None):
-  return ownership.RunInfo(run_id, host or socket.gethostname(),
-                           os.getpid() if pid is None else pid, started)
+def run_info(run_id=RUN_A, started=1000.0, host=None, pid=None,
+             pid_namespace=None):
+  this = ownership.RunInfo.this_process(run_id, started)
+  return ownership.RunInfo(
+      run_id, host or this.host, this.pid if pid is None else pid, started,
+      this.pid_namespace if pid_namespace is None else pid_namespace)
 
 
 def claim(directory, run=None, overwrite=False, timeout=HOUR, now=1000.0):
@@ -194,8 +197,9 @@ def test_a_second_run_is_refused_naming_the_holder(tmp_path):
   first = claim(out)
   lock = json.loads((out / ownership.LOCK).read_text())
   assert lock == {"run_id": RUN_A, "host": socket.gethostname(),
-                  "pid": os.getpid(), "started": 1000.0,
-                  "started_utc": "1970-01-01T00:16:40Z"}
+                  "pid": os.getpid(),
+                  "pid_namespace": os.readlink("/proc/self/ns/pid"),
+                  "started": 1000.0, "started_utc": "1970-01-01T00:16:40Z"}
   with pytest.raises(ConfigError) as e:
     claim(out, run_info(RUN_B), overwrite=True)
   assert str(e.value) == (
@@ -219,6 +223,18 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path, caplog):
   assert "its process is gone" in caplog.text
   assert json.loads((out / ownership.LOCK).read_text())["run_id"] == RUN_A
   held.release()
+
+
+def test_a_dead_pid_of_another_pid_namespace_is_not_taken_over(tmp_path):
+  """Two containers sharing a host name and a disk: a pid that does not
+  exist here may be a live run there."""
+  out = tmp_path / "out"
+  out.mkdir()
+  other = run_info(RUN_B, pid=dead_pid(), pid_namespace="pid:[1]")
+  (out / ownership.LOCK).write_bytes(other.to_json())
+  with pytest.raises(ConfigError, match=f"run {RUN_B} .host"):
+    claim(out, now=1001.0)
+  claim(out, now=1000.0 + HOUR + 1).release()
 
 
 @pytest.mark.parametrize("age, taken", [(HOUR - 1, False), (HOUR + 1, True)])
