@@ -642,6 +642,17 @@ class LimitedLoader(yaml.SafeLoader):
     return node
 
 
+# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: an exponent
+# without a dot (`1e-3`, `1E3`, `-2e+5`) or a signed leading dot (`-.5`).
+# Either a dot or an exponent is required, so digits alone (`089`) stay what
+# YAML 1.1 makes of them; the 1.1 float and int resolvers are tried first.
+_YAML12_FLOAT = re.compile(
+    r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"
+    r"|^[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)$")
+LimitedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT,
+                                    list("-+.0123456789"))
+
+
 def _expanded_size(root: yaml.Node) -> Tuple[int, int]:
   """`(values with every alias expanded, distinct nodes)` under `root`.
 
@@ -736,9 +747,13 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> AuditConfig:
         f"--config: expected a YAML file. Received: {short_repr(path)}")
   _check_location("--config", path)
   remote = _SCHEME.match(path) is not None
-  if not (FileSystems.exists(path) if remote else os.path.isfile(path)):
+  # Any existing path but a directory: `--config <(...)` is a pipe.
+  if not (FileSystems.exists(path) if remote else os.path.exists(path)):
     raise ConfigError(f"--config: expected a YAML file. Received:"
                       f" {short_repr(path)} (no such file)")
+  if not remote and os.path.isdir(path):
+    raise ConfigError(f"--config: expected a YAML file. Received:"
+                      f" {short_repr(path)} (a directory)")
   with (FileSystems.open(path) if remote else open(path, "rb")) as f:
     data = f.read()
   try:

@@ -54,6 +54,14 @@ def _absolute(path: str) -> str:
   return path if _is_remote(path) else os.path.abspath(path)
 
 
+def _spellings(path: str) -> Tuple[str, ...]:
+  """`path` as written (absolute) and with symbolic links resolved: a glob
+  over `in/**` reaches `link/out` when `link` points at `in`."""
+  if _is_remote(path):
+    return (path,)
+  return tuple(dict.fromkeys((os.path.abspath(path), os.path.realpath(path))))
+
+
 def expand(patterns: Sequence[str], output_dir: str) -> InputFiles:
   """Expands the globs of `input.pattern` for a run writing to `output_dir`.
 
@@ -97,8 +105,8 @@ def _is_regular(path: str) -> bool:
 def _refuse_globs_over_output(patterns: Sequence[str],
                               output_dir: str) -> None:
   """Refuses a glob that could match what a run writes in `output_dir`."""
-  base = _absolute(output_dir).rstrip("/")
-  samples = [f"{base}/{name}".rstrip("/") for name in _OUTPUT_SAMPLES]
+  samples = [f"{base.rstrip('/')}/{name}".rstrip("/")
+             for base in _spellings(output_dir) for name in _OUTPUT_SAMPLES]
   for pattern in patterns:
     regex = re.compile(FileSystem.translate_pattern(_absolute(pattern)))
     hit = next((s for s in samples if regex.match(s)), None)
@@ -112,11 +120,11 @@ def _refuse_globs_over_output(patterns: Sequence[str],
 def _refuse_inputs_in_outputs(paths: Sequence[str], output_dir: str) -> None:
   """Refuses matched files under `output_dir`, or under any directory that
   holds lossaudit's marker (an earlier run's outputs)."""
-  base = _absolute(output_dir).rstrip("/") + "/"
+  bases = [b.rstrip("/") + "/" for b in _spellings(output_dir)]
   owners: Dict[str, Optional[str]] = {}
   for path in paths:
-    where = _absolute(path)
-    if where.startswith(base):
+    where = _spellings(path)[-1]
+    if any(w.startswith(b) for w in _spellings(path) for b in bases):
       raise ConfigError(
           f"input.pattern: matches {path!r}, inside output.dir; expected"
           f" input and output that do not overlap. Received:"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import stat
 import uuid
 from typing import Any, Dict, Optional
 
@@ -59,10 +61,12 @@ def latest_complete_run(template: str) -> Optional[str]:
   return newest.path[:-len(SUMMARY)].rstrip("/")
 
 
-# What `drift.compare` and the report read from a baseline's summary.json.
-_SUMMARY_KEYS = (("examples_read",), ("examples_scored",),
-                 ("examples_dead_lettered",), ("loss", "quantiles"),
-                 ("flagged", "total"), ("config", "stats"))
+# What `drift.compare` and the report read from a baseline's summary.json,
+# and the type each must have.
+_SUMMARY_KEYS = ((("examples_read",), int), (("examples_scored",), int),
+                 (("examples_dead_lettered",), int),
+                 (("loss", "quantiles"), dict), (("flagged", "total"), int),
+                 (("config", "stats"), dict))
 
 
 def read_summary(directory: str, key: str) -> Dict[str, Any]:
@@ -70,25 +74,38 @@ def read_summary(directory: str, key: str) -> Dict[str, Any]:
 
   Raises:
     ConfigError: naming `key` when the directory holds no complete run, or
-      its `summary.json` is not JSON or not a lossaudit summary.
+      its `summary.json` is not a regular file, not JSON or not a lossaudit
+      summary.
   """
   path = join(directory, SUMMARY)
   expected = (f"{key}: expected the output.dir of a completed run (one with"
               f" {SUMMARY}). Received: {directory!r}")
   if not FileSystems.exists(path):
     raise ConfigError(expected)
+  if not FileSystems.get_scheme(path) and not stat.S_ISREG(
+      os.stat(path).st_mode):
+    raise ConfigError(f"{expected} (its {SUMMARY} is not a regular file)")
   try:
     summary = read_json(path)
   except (ValueError, UnicodeDecodeError) as e:
     raise ConfigError(f"{expected} (its {SUMMARY} is not JSON:"
                       f" {str(e).splitlines()[0][:100]})") from None
-  for keys in _SUMMARY_KEYS:
+  for keys, type_ in _SUMMARY_KEYS:
     node = summary
     for part in keys:
       node = node.get(part) if isinstance(node, dict) else None
     if node is None:
       raise ConfigError(f"{expected} (its {SUMMARY} is not a lossaudit"
                         f" summary: it has no {'.'.join(keys)!r})")
+    if not isinstance(node, type_) or isinstance(node, bool):
+      what = "an integer" if type_ is int else "a mapping"
+      raise ConfigError(f"{expected} (its {SUMMARY} is not a lossaudit"
+                        f" summary: {'.'.join(keys)!r} is not {what})")
+  quantiles = summary["loss"]["quantiles"]
+  if not all(v is None or (isinstance(v, (int, float)) and
+                           not isinstance(v, bool)) for v in quantiles.values()):
+    raise ConfigError(f"{expected} (its {SUMMARY} is not a lossaudit summary:"
+                      " 'loss.quantiles' holds values that are not numbers)")
   return summary
 
 

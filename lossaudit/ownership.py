@@ -103,10 +103,14 @@ class RunInfo:
     written, or damaged)."""
     try:
       found = json.loads(data.decode("utf-8"))
-      return cls(str(found["run_id"]), str(found["host"]), int(found["pid"]),
-                 float(found["started"]), str(found.get("pid_namespace", "")))
-    except (ValueError, KeyError, TypeError, AttributeError):
+      holder = cls(str(found["run_id"]), str(found["host"]),
+                   int(found["pid"]), float(found["started"]),
+                   str(found.get("pid_namespace", "")))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
       return None
+    if not (0 < holder.pid < 1 << 31 and 0 <= holder.started < 1e11):
+      return None  # Not a time or a pid: as unreadable as garbage.
+    return holder
 
   def describe(self) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -251,20 +255,20 @@ def _is_gcs(directory: str) -> bool:
   return directory.startswith("gs://")
 
 
-def _process_gone(holder: RunInfo) -> bool:
-  """Whether `holder` ran on this host, in this PID namespace (containers
-  may share a host name and a disk, each with its own pids), and its process
-  no longer exists."""
+def _process_alive(holder: RunInfo) -> Optional[bool]:
+  """Whether `holder`'s process still exists; None when this process cannot
+  tell: another host, or another PID namespace (containers may share a host
+  name and a disk, each with its own pids)."""
   if (holder.host != socket.gethostname() or
       holder.pid_namespace != _pid_namespace()):
-    return False
+    return None
   try:
     os.kill(holder.pid, 0)
   except ProcessLookupError:
-    return True
-  except PermissionError:
     return False
-  return False
+  except PermissionError:
+    return True
+  return True
 
 
 def check_not_protected(directory: str) -> None:
@@ -280,6 +284,11 @@ def check_not_protected(directory: str) -> None:
           "output.dir: expected a directory inside a bucket; a run never"
           f" takes a whole bucket. Received: {directory!r}")
     return
+  if directory.startswith("~"):
+    raise ConfigError(
+        "output.dir: expected a path as it is; lossaudit does not expand '~'"
+        " (write the home directory's path, or a path relative to the"
+        f" current directory). Received: {directory!r}")
   path = os.path.realpath(directory)
   protected = {
       os.path.realpath(os.getcwd()): "the current directory",
@@ -300,11 +309,12 @@ class Claim:
   Use `claim()` to get one. `release()` is safe to call more than once.
   """
 
-  def __init__(self, directory: str, run: RunInfo, lock, created: bool):
+  def __init__(self, directory: str, run: RunInfo, lock,
+               created: Optional[str]):
     self.directory = directory
     self.run = run
     self._lock = lock
-    self._created = created
+    self._created = created  # The topmost directory the claim created.
     self._released = False
 
   def clear_previous(self) -> List[str]:
@@ -327,11 +337,8 @@ class Claim:
     held = self._lock.read()
     if held is not None and held.holder == self.run:
       self._lock.delete(held)
-    if self._created and not _is_gcs(self.directory):
-      try:
-        os.rmdir(self.directory)  # Only when still empty: a failed set-up.
-      except OSError:
-        pass
+    if self._created:  # A failed set-up leaves no empty directories.
+      _remove_empty_dirs(self.directory, os.path.dirname(self._created))
 
 
 def claim(directory: str, run: RunInfo, *, overwrite: bool,
@@ -353,12 +360,12 @@ def claim(directory: str, run: RunInfo, *, overwrite: bool,
   """
   check_not_protected(directory)
   _refuse_foreign(directory, overwrite)
-  created = False
+  created = None
   try:
     if _is_gcs(directory):
       lock = _GcsLock(directory)
     else:
-      created = not os.path.isdir(directory)
+      created = _first_missing(directory)
       os.makedirs(directory, exist_ok=True)
       lock = _LocalLock(directory)
     with _quiet_http_retries():
@@ -390,8 +397,11 @@ def _acquire(lock, run: RunInfo, lock_timeout: float,
   holder = held.holder if held else None
   who = holder.describe() if holder else "a run whose lock cannot be read"
   age = clock() - (holder.started if holder else held.written if held else 0)
-  gone = holder is not None and _process_gone(holder)
-  if held is not None and (gone or age > lock_timeout):
+  alive = _process_alive(holder) if holder is not None else None
+  gone = alive is False
+  # A run seen to be alive keeps its lock however long it takes; the
+  # timeout is for holders this process cannot see.
+  if held is not None and alive is not True and (gone or age > lock_timeout):
     reason = ("its process is gone" if gone else
               f"it is older than output.lock_timeout ({lock_timeout:g} s)")
     if lock.delete(held) and lock.create(data):
@@ -421,9 +431,9 @@ def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
     foreign = bool(names - {LOCK}) and MARKER not in names
   if foreign:
     raise ConfigError(
-        f"output.dir: {directory!r} holds files lossaudit did not write;"
-        " choose a new or empty directory (or set output.overwrite: true,"
-        " which still deletes only lossaudit's own files)")
+        "output.dir: holds files lossaudit did not write; choose a new or"
+        " empty directory (or set output.overwrite: true, which still"
+        f" deletes only lossaudit's own files). Received: {directory!r}")
 
 
 def _relative_files(directory: str) -> List[Tuple[str, str]]:
@@ -453,13 +463,29 @@ def remove_own_files(directory: str,
   if not _is_gcs(directory):
     parents = {os.path.dirname(p) for p, _ in doomed}
     for parent in sorted(parents, key=len, reverse=True):
-      while parent != directory.rstrip("/") and parent.startswith(directory):
-        try:
-          os.rmdir(parent)  # Only an empty one.
-        except OSError:
-          break
-        parent = os.path.dirname(parent)
+      _remove_empty_dirs(parent, directory)
   return [p for p, _ in doomed]
+
+
+def _remove_empty_dirs(path: str, stop: str) -> None:
+  """Removes `path` and its parents while they are empty, up to `stop`
+  (excluded)."""
+  path, stop = os.path.abspath(path), os.path.abspath(stop)
+  while path != stop and path.startswith(stop + os.sep):
+    try:
+      os.rmdir(path)  # Only an empty one.
+    except OSError:
+      return
+    path = os.path.dirname(path)
+
+
+def _first_missing(directory: str) -> Optional[str]:
+  """The topmost ancestor of `directory` (or itself) that does not exist."""
+  missing = None
+  path = os.path.abspath(directory)
+  while not os.path.exists(path):
+    missing, path = path, os.path.dirname(path)
+  return missing
 
 
 def remove_scratch(directory: str, run_id: str) -> None:

@@ -63,8 +63,6 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
   A file that cannot be read is passed over (the run dead-letters it), unless
   no file can be read at all: then the data is not what the config says.
   """
-  from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
-
   failures = []
   for path in files:
     try:
@@ -72,8 +70,7 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
         records = read_tfrecords(path, PROBE_RECORDS)
         if not records:
           continue
-        decoder = example_coder.ExamplesToRecordBatchDecoder()
-        return decoder.DecodeBatch(records), path
+        return _decode_probe(records), path
       with FileSystems.open(path,
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:
         parquet = pq.ParquetFile(f)
@@ -90,6 +87,48 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
         f" {len(files)} matched files could be read; {path!r}:"
         f" {type(e).__name__}: {_first_line(e)}")
   return None, None
+
+
+def _decode_probe(records: Sequence[bytes]) -> pa.RecordBatch:
+  """tf.train.Examples as one batch, decoded with no schema.
+
+  When they do not decode together (a feature typed differently in some of
+  them), the largest group of records whose features agree on their types
+  is the batch (on a tie, the group of the first decodable record); the
+  others are dead-lettered by the pipeline like any wrong-typed record.
+
+  Raises:
+    Whatever the decoder raises when not one record decodes.
+  """
+  from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
+
+  new_decoder = example_coder.ExamplesToRecordBatchDecoder
+  try:
+    return new_decoder().DecodeBatch(list(records))
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  # A decoder that failed once keeps half-built columns (tfx_bsl 1.21):
+  # a fresh one after every failure.
+  groups: List[Tuple[dict, List[bytes]]] = []  # (name → type, records)
+  decoder = new_decoder()
+  for record in records:
+    try:
+      schema = decoder.DecodeBatch([record]).schema
+    except Exception:  # pylint: disable=broad-except
+      decoder = new_decoder()
+      continue
+    types = {f.name: f.type for f in schema if not pa.types.is_null(f.type)}
+    for group_types, members in groups:
+      if all(group_types.get(n, t) == t for n, t in types.items()):
+        group_types.update(types)
+        members.append(record)
+        break
+    else:
+      groups.append((types, [record]))
+  if not groups:
+    raise error
+  _, largest = max(groups, key=lambda g: len(g[1]))  # First on a tie.
+  return new_decoder().DecodeBatch(largest)
 
 
 def plan(config: AuditConfig) -> Plan:

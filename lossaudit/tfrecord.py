@@ -7,11 +7,25 @@ walks the framing of large decompressed chunks and checks CRCs with the C
 local, gs:// and gzip alike). A damaged stretch (bad CRC, truncation) ends
 the file with one `Unreadable` marker naming where it broke; the records
 before it are kept.
+
+Gzip is inflated here with `zlib` (CRCs checked) from the raw bytes, 1 MB of
+compressed input at a time, rather than through Beam's gzip reader: that one
+raises on a bad trailer or appended junk and loses its whole 16 MB chunk,
+which for a small shard is every record. A piece that fails is re-fed from a
+copy of the inflater in ever smaller steps, so everything inflated before
+the damage is kept. Concatenated gzip members are read on; anything else
+after a member is an unreadable stretch.
+
+tf.data takes a partial 12-byte header at the end of a file for its end, so
+`tf_data_batches` checks that the records it read account for the whole
+stream (file size, or the gzip ISIZE trailer) and re-walks the file with
+`read_batches` when they do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 import zlib
 from typing import Iterator, List, Optional, Union
@@ -21,6 +35,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CHUNK_BYTES = 16 << 20
+# Compressed bytes inflated at a time: what a damaged piece could cost
+# without the step-by-step retry of `_inflate_until_damage`.
+GZIP_PIECE_BYTES = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 # tf.data's names for the compressions its TFRecord reader knows.
 _TF_COMPRESSION = {CompressionTypes.GZIP: "GZIP",
@@ -81,14 +98,29 @@ def read_batches(path: str, batch_size: int,
   consumed = 0  # Bytes of the stream before `buffer`.
   buffer = b""
   pos = 0
-  with FileSystems.open(path, compression_type=compression_type) as f:
+  if compression_type == CompressionTypes.AUTO:
+    compression_type = CompressionTypes.detect_compression_type(path)
+  gzip = compression_type == CompressionTypes.GZIP
+  with FileSystems.open(path, compression_type=(
+      CompressionTypes.UNCOMPRESSED if gzip else compression_type)) as f:
+    read = _GzipChunks(f).read if gzip else lambda: f.read(CHUNK_BYTES)
     eof = False
     while True:
       if not eof:
         try:
-          chunk = f.read(CHUNK_BYTES)
+          chunk = read()
+        except _AfterStream as e:
+          if records:
+            yield records
+          if pos < len(buffer):  # The stream ended inside a record.
+            yield Unreadable(index, consumed + pos,
+                             f"truncated ({len(buffer) - pos} trailing"
+                             f" bytes), then {e}")
+          else:
+            yield Unreadable(index, consumed + pos, str(e))
+          return
         except (zlib.error, EOFError, OSError) as e:
-          # Damaged compression: the records before this chunk are kept
+          # Damaged compression: the records inflated before it are kept
           # (the first `skip` were read before, by a faster reader).
           if records:
             yield records
@@ -135,6 +167,116 @@ def read_batches(path: str, batch_size: int,
                      f"truncated ({len(buffer) - pos} trailing bytes)")
 
 
+class _AfterStream(Exception):
+  """Bytes after the end of the last gzip member that start no new one."""
+
+
+class _GzipChunks:
+  """The inflated bytes of a raw gzip stream, about `CHUNK_BYTES` a `read`.
+
+  `read` returns b"" at the end; at damage it first returns what was
+  inflated before it, then raises (zlib.error, EOFError or `_AfterStream`).
+  """
+
+  def __init__(self, f):
+    self._f = f
+    self._inflater = zlib.decompressobj(wbits=31)
+    self._input = b""  # Compressed bytes the inflater has not taken yet.
+    self._raw_eof = False
+    self._error: Optional[Exception] = None  # Damage found, to raise next.
+
+  def _more(self) -> bool:
+    if self._raw_eof:
+      return False
+    piece = self._f.read(GZIP_PIECE_BYTES)
+    self._raw_eof = not piece
+    self._input += piece
+    return bool(piece)
+
+  def read(self) -> bytes:
+    out: List[bytes] = []
+    size = 0
+    while size < CHUNK_BYTES:
+      try:
+        piece = self._next_piece()
+      except (zlib.error, EOFError, _AfterStream) as e:
+        if not out:
+          raise
+        self._error = e
+        break
+      if piece is None:
+        break
+      out.append(piece)
+      size += len(piece)
+    return b"".join(out)
+
+  def _next_piece(self) -> Optional[bytes]:
+    """Some inflated bytes (maybe b""), or None at the end of the stream."""
+    if self._error is not None:
+      raise self._error
+    inflater = self._inflater
+    if inflater.eof:
+      while len(self._input) < len(_GZIP_MAGIC) and self._more():
+        pass
+      if not self._input:
+        return None
+      if not self._input.startswith(_GZIP_MAGIC):
+        junk = len(self._input) + sum(iter(
+            lambda: len(self._f.read(GZIP_PIECE_BYTES)), 0))
+        raise _AfterStream(f"{junk} bytes after the end of the gzip stream")
+      self._inflater = inflater = zlib.decompressobj(wbits=31)
+    if not self._input and not self._more():
+      tail = inflater.flush()
+      if tail:
+        return tail
+      raise EOFError("compressed stream ended before its end marker")
+    data, self._input = self._input[:GZIP_PIECE_BYTES], self._input[
+        GZIP_PIECE_BYTES:]
+    saved = inflater.copy()
+    try:
+      piece = inflater.decompress(data)
+    except zlib.error:
+      piece, error = _inflate_until_damage(saved, data)
+      self._error = error
+      return piece
+    if inflater.eof:
+      self._input = inflater.unused_data + self._input
+    return piece
+
+
+def _inflate_until_damage(inflater, data: bytes):
+  """`(inflated bytes, error)`: what `data` gives up to the byte it breaks
+  at, re-fed from `inflater` (a copy taken before) in ever smaller steps."""
+  out: List[bytes] = []
+  start, step = 0, max(1, len(data) // 64)
+  while start < len(data):
+    saved = inflater.copy()
+    try:
+      out.append(inflater.decompress(data[start:start + step]))
+      start += step
+    except zlib.error as e:
+      if step == 1:
+        return b"".join(out), e
+      inflater, step = saved, max(1, step // 64)
+  return b"".join(out), zlib.error("damaged compressed stream")
+
+
+def _accounts_for_stream(path: str, compression_type: str,
+                         consumed: int) -> bool:
+  """Whether `consumed` bytes of records (framing included) are the whole
+  decompressed stream of the local file `path`: its size, or for gzip its
+  ISIZE trailer (the size modulo 2**32, of the last member)."""
+  if compression_type != CompressionTypes.GZIP:
+    return consumed == os.path.getsize(path)
+  with open(path, "rb") as f:
+    f.seek(0, os.SEEK_END)
+    if f.tell() < 4:
+      return False
+    f.seek(-4, os.SEEK_END)
+    (isize,) = struct.unpack("<I", f.read(4))
+  return consumed % (1 << 32) == isize
+
+
 def tf_data_batches(path: str, batch_size: int
                     ) -> Iterator[Union[List[bytes], Unreadable]]:
   """Like `read_batches`, through tf.data's C++ reader for local plain or
@@ -154,6 +296,7 @@ def tf_data_batches(path: str, batch_size: int
     return
   compression = _TF_COMPRESSION[compression_type]
   emitted = 0
+  consumed = 0  # Bytes of the stream those records take, framing included.
   try:
     dataset = tf.data.TFRecordDataset(
         path, compression_type=compression,
@@ -161,6 +304,12 @@ def tf_data_batches(path: str, batch_size: int
     for batch in dataset:
       records = batch.numpy().tolist()
       emitted += len(records)
+      consumed += sum(map(len, records)) + 16 * len(records)
       yield records
   except (tf.errors.OpError, OSError):
+    yield from read_batches(path, batch_size, compression_type, skip=emitted)
+    return
+  if not _accounts_for_stream(path, compression_type, consumed):
+    # Bytes tf.data took for the end of the file (a partial header), or a
+    # gzip stream it did not read to the end: the walker names them.
     yield from read_batches(path, batch_size, compression_type, skip=emitted)

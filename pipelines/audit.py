@@ -7,6 +7,7 @@ is the same as `lossaudit run`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import signal
@@ -23,7 +24,8 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   StandardOptions)
 
 from lossaudit import outputs, ownership, preflight
-from lossaudit.config import AuditConfig, ConfigError, load_config, one_line
+from lossaudit.config import (AuditConfig, ConfigError, describe_error,
+                              load_config, one_line)
 from lossaudit.scoring import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.stats import rule_thresholds
 from transforms.duplicates import CountDuplicateIds
@@ -194,14 +196,13 @@ def run(argv: Optional[Sequence[str]] = None,
   try:
     baseline = _baseline(config.gate.baseline, template)
     plan = preflight.plan(config)
-    claim.clear_previous()
-    standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-      standard.runner = "DirectRunner"
-    runner = str(standard.runner)
-    p = test_pipeline or beam.Pipeline(options=options)
+    runner = _runner(options)
+    p = test_pipeline or _pipeline(options)
     build(p, config, plan, runner,
           {"run_id": run_id, "start_time": start_time}, baseline)
+    # Last, once nothing is left to refuse: an earlier run's outputs stay
+    # until this run can start.
+    claim.clear_previous()
     result = p.run()
     if template_location:
       return {"template": template_location}
@@ -214,7 +215,34 @@ def run(argv: Optional[Sequence[str]] = None,
       outputs.write_json(summary_path, summary)
     return summary
   finally:
-    claim.release()
+    with _SIGNALS.held():
+      claim.release()
+
+
+def _runner(options: PipelineOptions) -> str:
+  """The runner's name (DirectRunner unless the options say otherwise)."""
+  standard = options.view_as(StandardOptions)
+  if standard.runner is None:
+    standard.runner = "DirectRunner"
+  return str(standard.runner)
+
+
+def _pipeline(options: PipelineOptions) -> beam.Pipeline:
+  """A pipeline for `options`, checked as the runner would check them.
+
+  Raises:
+    ConfigError: an unknown runner or options the runner would refuse.
+  """
+  from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator  # pylint: disable=g-import-not-at-top
+
+  try:
+    p = beam.Pipeline(options=options)
+    errors = PipelineOptionsValidator(options, p.runner).validate()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"Beam options: {describe_error(e)}") from None
+  if errors:
+    raise ConfigError(f"Beam options: {'; '.join(errors)}")
+  return p
 
 
 def _check_template(config: AuditConfig, template: str) -> None:
@@ -248,30 +276,66 @@ def _baseline(baseline: Optional[str], template: str
 
 class _StopOnSignals:
   """While a run goes, SIGINT and SIGTERM raise `Interrupted` in the main
-  thread, so the run unwinds through its clean-up (`Claim.release`);
-  `received` keeps the signal, whatever the runner wraps the error in."""
+  thread, so the run unwinds through its clean-up (`Claim.release`).
+
+  `received` keeps the signal, whatever the runner wraps the error in. An
+  exception raised while Python runs a weakref callback or `__del__` is
+  printed and dropped, so after the first signal SIGALRM raises it again
+  every 0.1 s until the clean-up starts (`held`).
+  """
+
+  _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self):
     self.received: Optional[int] = None
     self._previous = {}
 
   def _interrupt(self, signum, unused_frame):
-    self.received = signum
-    # The runner logs the interruption as a failure, traceback and all; the
-    # user asked for it, and gets one line instead.
-    logging.disable(logging.CRITICAL)
-    raise Interrupted(signum)
+    if self.received is None:
+      self.received = signum
+      # The runner logs the interruption as a failure, traceback and all;
+      # the user asked for it, and gets one line instead.
+      logging.disable(logging.CRITICAL)
+      signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+    raise Interrupted(self.received)
+
+  def _repeat(self, unused_signum, unused_frame):
+    if self.received is not None:
+      raise Interrupted(self.received)
 
   def __enter__(self):
+    self.received = None
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._interrupt)
-                        for s in (signal.SIGINT, signal.SIGTERM)}
+                        for s in self._SIGNALS}
+      self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM,
+                                                     self._repeat)
     return self
 
   def __exit__(self, *unused_exc_info):
+    if self._previous:
+      signal.setitimer(signal.ITIMER_REAL, 0)
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+    self._previous = {}
     logging.disable(logging.NOTSET)
+
+  @contextlib.contextmanager
+  def held(self):
+    """Defers the signals (and stops the repeats) while a clean-up runs."""
+    if not self._previous:
+      yield
+      return
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    blocked = set(self._SIGNALS) | {signal.SIGALRM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+      yield
+    finally:
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+
+_SIGNALS = _StopOnSignals()
 
 
 def run_metrics(result) -> Dict:
@@ -298,7 +362,7 @@ def run_metrics(result) -> Dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code (3: a gate failed)."""
   logging.getLogger().setLevel(logging.WARNING)
-  signals = _StopOnSignals()
+  signals = _SIGNALS
   try:
     with signals:
       summary = run(argv)

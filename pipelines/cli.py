@@ -18,15 +18,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(USAGE)
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
-  if command == "run":
-    from pipelines import audit  # pylint: disable=g-import-not-at-top
-    return audit.main(rest)
-  if command == "demo":
-    from pipelines import demo  # pylint: disable=g-import-not-at-top
-    return demo.main(rest)
-  if command == "compare":
-    from pipelines import compare  # pylint: disable=g-import-not-at-top
-    return compare.main(rest)
+  try:
+    if command == "run":
+      from pipelines import audit  # pylint: disable=g-import-not-at-top
+      return audit.main(rest)
+    if command == "demo":
+      from pipelines import demo  # pylint: disable=g-import-not-at-top
+      return demo.main(rest)
+    if command == "compare":
+      from pipelines import compare  # pylint: disable=g-import-not-at-top
+      return compare.main(rest)
+  except KeyboardInterrupt:  # Ctrl-C while TensorFlow and Beam load.
+    print("lossaudit: interrupted by SIGINT", file=sys.stderr)
+    return 130
   print(f"lossaudit: error: unknown command {command!r}; expected one of"
         " {'run', 'demo', 'compare'}\n" + USAGE, file=sys.stderr)
   return 2

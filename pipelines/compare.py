@@ -8,11 +8,17 @@ are the current run's `gate:` config unless given here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from lossaudit import drift, outputs
-from lossaudit.config import ConfigError, GateConfig
+from lossaudit import drift, outputs, ownership
+from lossaudit.config import ConfigError, GateConfig, short_repr
+
+# lossaudit's own file names that --output must not take (drift.json is what
+# it writes).
+RESERVED_OUTPUTS = (outputs.SUMMARY, outputs.REPORT, ownership.MARKER,
+                    ownership.LOCK)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -56,6 +62,11 @@ def compare_runs(args: argparse.Namespace) -> dict:
                                configured.get("max_quantile_shift")),
       shift_quantiles=_pick(args.shift_quantiles,
                             configured.get("shift_quantiles")))
+  if args.shift_quantiles is not None or (
+      gate.max_quantile_shift is not None and gate.shift_quantiles):
+    key = ("--shift-quantiles" if args.shift_quantiles is not None else
+           "gate.shift_quantiles")
+    check_shift_quantiles(key, gate.shift_quantiles, baseline, current)
   return drift.compare(
       current, baseline, max_flagged_fraction=gate.max_flagged_fraction,
       max_quantile_shift=gate.max_quantile_shift,
@@ -67,10 +78,56 @@ def _pick(given, configured):
   return configured if given is None else given
 
 
+def _quantiles(summary: Dict) -> List[float]:
+  """The loss quantiles in a summary (its keys are strings such as "0.99")."""
+  found = []
+  for key in summary["loss"]["quantiles"]:
+    try:
+      found.append(float(key))
+    except (TypeError, ValueError):
+      pass
+  return found
+
+
+def check_shift_quantiles(key: str, shift_quantiles: Sequence[float],
+                          baseline: Dict, current: Dict) -> None:
+  """Refuses a watched quantile outside [0, 1] or missing from either
+  summary: the gate would watch nothing and pass with value None.
+
+  Raises:
+    ConfigError: naming `key` and the quantiles both runs have.
+  """
+  both = sorted(set(_quantiles(baseline)) & set(_quantiles(current)))
+  if not all(0 <= q <= 1 and q in both for q in shift_quantiles):
+    raise ConfigError(
+        f"{key}: expected quantiles in [0, 1] that both runs computed"
+        f" {both}. Received: {short_repr(list(shift_quantiles))}")
+
+
+def check_output(path: str) -> None:
+  """Refuses an --output that is a directory or one of lossaudit's own
+  files (a run's summary.json, report.html, marker or lock).
+
+  Raises:
+    ConfigError: naming --output.
+  """
+  if path.endswith("/") or (
+      not path.startswith("gs://") and os.path.isdir(path)):
+    raise ConfigError(f"--output: expected a file path for drift.json."
+                      f" Received: {short_repr(path)} (a directory)")
+  name = path.rsplit("/", 1)[-1]
+  if name in RESERVED_OUTPUTS:
+    raise ConfigError(
+        f"--output: expected a file name other than lossaudit's own outputs"
+        f" {list(RESERVED_OUTPUTS)}. Received: {short_repr(path)}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns 0, 2 (bad input) or 3 (gate failed)."""
   args = parse_args(argv)
   try:
+    if args.output is not None:
+      check_output(args.output)
     found = compare_runs(args)
   except ConfigError as e:
     print(f"lossaudit: error: compare: {e}", file=sys.stderr)

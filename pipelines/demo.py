@@ -11,16 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from lossaudit import datasets
+from lossaudit import datasets, ownership
+from lossaudit.config import ConfigError, one_line, short_repr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo.yaml")
 NOISE_RATE = 0.10
+NUM_SHARDS = 4
+TRUTH = "flipped_ids.json"
+# What `build` writes into the data directory, and nothing else.
+_DATA_FILE = re.compile(
+    rf"part-\d{{5}}-of-\d{{5}}\.tfrecord\.gz|{re.escape(TRUTH)}")
 
 
 def digits_split(seed: int = 0):
@@ -81,9 +88,9 @@ def build(data_dir: str = "data/demo",
   noisy, flipped = flip_labels(audit_y, noise_rate, seed)
   ids = np.array([f"digit-{i:04d}" for i in range(len(noisy))])
   datasets.write_tfrecords(data_dir, {"id": ids, "pixels": audit_x,
-                                      "label": noisy}, num_shards=4)
+                                      "label": noisy}, num_shards=NUM_SHARDS)
   truth = {"flipped_ids": ids[flipped].tolist(), "examples": len(ids)}
-  with open(os.path.join(data_dir, "flipped_ids.json"), "w") as f:
+  with open(os.path.join(data_dir, TRUTH), "w") as f:
     json.dump(truth, f)
   return truth
 
@@ -93,6 +100,47 @@ def precision_recall(flagged_ids, flipped_ids):
   hits = len(flagged & flipped)
   return (hits / len(flagged) if flagged else 0.0,
           hits / len(flipped) if flipped else 0.0)
+
+
+def check_paths(output: str, data: str, model: str) -> None:
+  """Refuses, before anything is written, paths where the demo would
+  overwrite or mix with the user's files.
+
+  `output` follows `lossaudit run`'s rule (not `.`, the home directory or a
+  root; new, empty, or holding an earlier run's marker); `data` must be new,
+  empty or hold only what `build` writes; `model` must not be a directory.
+
+  Raises:
+    ConfigError: naming the flag.
+  """
+  ownership.check_not_protected(output)
+  if not output.startswith("gs://") and os.path.exists(output):
+    if not os.path.isdir(output):
+      raise ConfigError(f"--output: expected a directory. Received:"
+                        f" {short_repr(output)} (a file)")
+    names = set(os.listdir(output)) - {ownership.LOCK}
+    if names and ownership.MARKER not in names:
+      raise ConfigError(
+          f"--output: expected a new or empty directory, or an earlier"
+          f" run's (with {ownership.MARKER}). Received: {short_repr(output)}"
+          f" (holds files lossaudit did not write, such as"
+          f" {short_repr(sorted(names)[0])})")
+  if os.path.exists(data):
+    if not os.path.isdir(data):
+      raise ConfigError(f"--data: expected a directory. Received:"
+                        f" {short_repr(data)} (a file)")
+    foreign = sorted(n for n in os.listdir(data) if not _DATA_FILE.fullmatch(n))
+    if foreign:
+      raise ConfigError(
+          f"--data: expected a new or empty directory, or one holding only"
+          f" the demo's part-*.tfrecord.gz and {TRUTH}. Received:"
+          f" {short_repr(data)} (holds {short_repr(foreign[0])})")
+  if os.path.realpath(data) == os.path.realpath(output):
+    raise ConfigError(f"--data: expected a directory other than --output."
+                      f" Received: {short_repr(data)}")
+  if os.path.isdir(model):
+    raise ConfigError(f"--model: expected a .keras file. Received:"
+                      f" {short_repr(model)} (a directory)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,6 +155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="where the demo shards are written")
   parser.add_argument("--model", default="models/demo.keras")
   args, beam_args = parser.parse_known_args(argv)
+  try:
+    check_paths(args.output, args.data, args.model)
+  except ConfigError as e:
+    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
+    return 2
   print(f"Building the demo data in {args.data} and model {args.model} ...")
   truth = build(args.data, args.model)
   code = audit.main(["--config", DEMO_CONFIG,

@@ -1,5 +1,7 @@
 """The typed config: every error names the key, the expected and the received."""
 
+import os
+
 import pytest
 import yaml
 
@@ -417,3 +419,71 @@ def test_cli_bad_configs_exit_2_on_one_short_line(tmp_path, capsys, text,
   assert err.startswith("lossaudit: error: ") and err.endswith(message + "\n")
   assert err.count("\n") == 1 and len(err) < 400
   assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-3", 0.001), ("1E3", 1000.0), ("-2e+5", -200000.0), (".5", 0.5),
+    ("1.", 1.0), ("-.5", -0.5), ("1.0e3", 1000.0), ("1.5E-2", 0.015),
+])
+def test_yaml_12_floats_are_numbers(text, value):
+  loaded = load_yaml(text)
+  assert type(loaded) is float and loaded == value  # pylint: disable=unidiomatic-typecheck
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-3x", "1e-3x"), ("e3", "e3"), ("1e", "1e"), ("1e3.5", "1e3.5"),
+    ("089", "089"), ("10", 10), ("-7", -7), ("0x1F", 31), ("1_000", 1000),
+    ("'1e-3'", "1e-3"),
+])
+def test_yaml_12_floats_leave_ints_and_strings_alone(text, value):
+  loaded = load_yaml(text)
+  assert type(loaded) is type(value) and loaded == value  # pylint: disable=unidiomatic-typecheck
+
+
+def test_yaml_12_floats_only_in_the_config_loader():
+  assert yaml.safe_load("1e-3") == "1e-3"
+
+
+def test_yaml_12_floats_in_config_files_and_set(tmp_path):
+  path = tmp_path / "c.yaml"
+  path.write_text(yaml.safe_dump(BASE) +
+                  "stats: {epsilon: 1e-3}\nflag: {loss_threshold: 1e3}\n")
+  config = load_config(str(path), ["gate.max_quantile_shift=5e-1"])
+  assert config.stats.epsilon == 0.001
+  assert config.flag.loss_threshold == 1000.0
+  assert config.gate.max_quantile_shift == 0.5
+  raw = {}
+  apply_override(raw, "flag.loss_threshold=-2e+5")
+  apply_override(raw, "input.pattern=1e-3x")
+  apply_override(raw, "batch_size=64")
+  assert raw == {"flag": {"loss_threshold": -200000.0},
+                 "input": {"pattern": "1e-3x"}, "batch_size": 64}
+  # Still checked as numbers: 1e-9 is below the smallest epsilon.
+  with pytest.raises(ConfigError) as info:
+    load_config(str(path), ["stats.epsilon=1e-9"])
+  assert str(info.value) == (
+      "stats.epsilon: expected a number in [1e-06, 0.5]. Received: 1e-09")
+
+
+def test_config_from_a_pipe(tmp_path):
+  # `--config <(cat c.yaml)` passes /dev/fd/N, a pipe, not a regular file.
+  read, write = os.pipe()
+  try:
+    os.write(write, yaml.safe_dump(BASE).encode("utf-8"))
+    os.close(write)
+    config = load_config(f"/dev/fd/{read}", ["batch_size=8"])
+  finally:
+    os.close(read)
+  assert config.batch_size == 8
+  assert config.input.pattern == "data/*.tfrecord"
+
+
+def test_config_that_is_a_directory(tmp_path, capsys):
+  with pytest.raises(ConfigError) as info:
+    load_config(str(tmp_path))
+  assert str(info.value) == (
+      f"--config: expected a YAML file. Received: '{tmp_path}' (a directory)")
+  assert audit.main(["--config", str(tmp_path)]) == 2
+  assert capsys.readouterr().err == (
+      f"lossaudit: error: --config: expected a YAML file. Received:"
+      f" '{tmp_path}' (a directory)\n")

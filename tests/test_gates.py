@@ -250,3 +250,101 @@ def test_classic_template_refuses_per_launch_settings(
                      f"--template_location={tmp_path / 'template.json'}"]) == 2
   assert capsys.readouterr().err.startswith(message)
   assert not (tmp_path / "template.json").exists()
+
+
+def _write_run(directory, quantiles, flagged=10, gate=None):
+  """A completed run's summary.json, written by hand (no pipeline)."""
+  directory.mkdir(parents=True, exist_ok=True)
+  summary = dict(_summary(quantiles, flagged),
+                 config={"stats": {}, "gate": gate or {}})
+  (directory / "summary.json").write_text(json.dumps(summary))
+  return directory
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+  base = _write_run(tmp_path / "base", {"0.5": 0.1, "0.9": 1.0, "0.99": 2.0})
+  cur = _write_run(tmp_path / "cur", {"0.5": 1.0, "0.9": 1.1, "0.99": 2.0})
+  return base, cur
+
+
+@pytest.mark.parametrize("name", ["summary.json", "report.html",
+                                  ".lossaudit-run.json",
+                                  ".lossaudit-lock.json"])
+def test_compare_output_refuses_lossaudit_own_files(two_runs, capsys, name):
+  base, cur = two_runs
+  before = (base / "summary.json").read_text()
+  target = base / name
+  assert cli.main(["compare", str(base), str(cur), "--output",
+                   str(target)]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: compare: --output: expected a file name other than"
+      " lossaudit's own outputs ['summary.json', 'report.html',"
+      " '.lossaudit-run.json', '.lossaudit-lock.json']. Received:"
+      f" '{target}'\n")
+  assert (base / "summary.json").read_text() == before
+  assert sorted(p.name for p in base.iterdir()) == ["summary.json"]
+
+
+@pytest.mark.parametrize("output", ["base", "base/", "gs://bucket/runs/"])
+def test_compare_output_refuses_a_directory(two_runs, capsys, output):
+  base, cur = two_runs
+  if not output.startswith("gs://"):
+    output = str(base.parent / output)
+  assert cli.main(["compare", str(base), str(cur), "--output", output]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: compare: --output: expected a file path for"
+      f" drift.json. Received: '{output}' (a directory)\n")
+  assert sorted(p.name for p in base.parent.iterdir()) == ["base", "cur"]
+  assert sorted(p.name for p in base.iterdir()) == ["summary.json"]
+
+
+def test_compare_output_elsewhere_and_drift_json_are_fine(two_runs):
+  base, cur = two_runs
+  elsewhere = base.parent / "drift-base-cur.json"
+  assert cli.main(["compare", str(base), str(cur), "--output",
+                   str(elsewhere)]) == 0
+  assert json.loads(elsewhere.read_text())["baseline"] == str(base)
+  assert cli.main(["compare", str(base), str(cur), "--output",
+                   str(base / "drift.json")]) == 0
+  assert (base / "drift.json").exists()
+
+
+@pytest.mark.parametrize("given", [["0.123"], ["2"], ["-1"], ["0.9", "0.75"]])
+def test_compare_refuses_shift_quantiles_the_runs_lack(two_runs, capsys,
+                                                       given):
+  base, cur = two_runs
+  assert cli.main(["compare", str(base), str(cur), "--max-quantile-shift",
+                   "0.1", "--shift-quantiles"] + given) == 2
+  received = [float(q) for q in given]
+  assert capsys.readouterr().err == (
+      "lossaudit: error: compare: --shift-quantiles: expected quantiles in"
+      " [0, 1] that both runs computed [0.5, 0.9, 0.99]. Received:"
+      f" {received}\n")
+  assert not (cur / "drift.json").exists()
+
+
+def test_compare_shift_quantiles_must_be_in_both_runs(tmp_path, capsys):
+  base = _write_run(tmp_path / "base", {"0.5": 0.1, "0.9": 1.0})
+  cur = _write_run(tmp_path / "cur", {"0.5": 1.0, "0.9": 1.1, "0.999": 3.0})
+  assert cli.main(["compare", str(base), str(cur), "--max-quantile-shift",
+                   "0.1", "--shift-quantiles", "0.999"]) == 2
+  assert capsys.readouterr().err.endswith(
+      "--shift-quantiles: expected quantiles in [0, 1] that both runs"
+      " computed [0.5, 0.9]. Received: [0.999]\n")
+  # Watching a quantile both have works: 0.5 moved 900%.
+  assert cli.main(["compare", str(base), str(cur), "--max-quantile-shift",
+                   "0.1", "--shift-quantiles", "0.5"]) == 3
+  gate = json.loads((cur / "drift.json").read_text())["gates"][0]
+  assert gate["quantile"] == "0.5" and gate["value"] == pytest.approx(9.0)
+
+
+def test_compare_checks_the_configured_shift_quantiles(tmp_path, capsys):
+  base = _write_run(tmp_path / "base", {"0.5": 0.1, "0.9": 1.0})
+  cur = _write_run(tmp_path / "cur", {"0.5": 1.0, "0.99": 1.1},
+                   gate={"max_quantile_shift": 0.1,
+                         "shift_quantiles": [0.99]})
+  assert cli.main(["compare", str(base), str(cur)]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: compare: gate.shift_quantiles: expected quantiles in"
+      " [0, 1] that both runs computed [0.5]. Received: [0.99]\n")

@@ -132,9 +132,9 @@ def test_a_directory_with_files_lossaudit_did_not_write_is_refused(tmp_path):
   with pytest.raises(ConfigError) as e:
     claim(project)
   assert str(e.value) == (
-      f"output.dir: {str(project)!r} holds files lossaudit did not write;"
-      " choose a new or empty directory (or set output.overwrite: true,"
-      " which still deletes only lossaudit's own files)")
+      "output.dir: holds files lossaudit did not write; choose a new or empty"
+      " directory (or set output.overwrite: true, which still deletes only"
+      f" lossaudit's own files). Received: {str(project)!r}")
   assert snapshot(project) == before
   assert not (project / ownership.LOCK).exists()
 
@@ -183,10 +183,11 @@ def test_a_directory_with_the_marker_is_taken_and_refused_without_it(
 
 
 def test_a_failed_set_up_leaves_no_directory_behind(tmp_path):
-  held = claim(tmp_path / "new")
-  assert os.listdir(tmp_path / "new") == [ownership.LOCK]
+  held = claim(tmp_path / "new" / "2026-11-23" / "run")
+  assert os.listdir(tmp_path / "new" / "2026-11-23" / "run") == [
+      ownership.LOCK]
   held.release()
-  assert not (tmp_path / "new").exists()
+  assert os.listdir(tmp_path) == []
 
 
 # --- The lock ---------------------------------------------------------------
@@ -223,6 +224,29 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path, caplog):
   assert "its process is gone" in caplog.text
   assert json.loads((out / ownership.LOCK).read_text())["run_id"] == RUN_A
   held.release()
+
+
+def test_a_live_run_keeps_its_lock_past_the_timeout(tmp_path):
+  out = tmp_path / "out"
+  claim(out, now=1000.0)
+  with pytest.raises(ConfigError, match=f"run {RUN_A} .host"):
+    claim(out, run_info(RUN_B), now=1000.0 + 100 * HOUR)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("started", float("nan")), ("started", 1e20), ("pid", 2**40),
+    ("pid", -3)])
+def test_a_lock_with_impossible_values_is_an_unreadable_lock(tmp_path, field,
+                                                             value):
+  out = tmp_path / "out"
+  out.mkdir()
+  lock = json.loads(run_info(RUN_B, host="another-host").to_json())
+  lock[field] = value
+  (out / ownership.LOCK).write_text(json.dumps(lock))
+  written = os.stat(out / ownership.LOCK).st_mtime
+  with pytest.raises(ConfigError, match="a run whose lock cannot be read"):
+    claim(out, now=written + 10)
+  claim(out, now=written + HOUR + 10).release()
 
 
 def test_a_dead_pid_of_another_pid_namespace_is_not_taken_over(tmp_path):
@@ -347,6 +371,14 @@ def test_globs_that_can_match_outputs_are_refused(tmp_path, monkeypatch,
       f" output.dir={out!r}")
 
 
+def test_an_output_dir_reached_through_a_symlink_is_seen(tmp_path):
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "part-0.gz").write_text("x")
+  os.symlink(tmp_path / "in", tmp_path / "inlink")
+  with pytest.raises(ConfigError, match="can match lossaudit's own outputs"):
+    inputs.expand([str(tmp_path / "in" / "**")], str(tmp_path / "inlink/out"))
+
+
 def test_files_inside_output_dirs_are_refused(tmp_path):
   shards = tmp_path / "proj" / "losses"
   shards.mkdir(parents=True)
@@ -394,10 +426,15 @@ def test_cli_refusals_leave_user_files_intact(
        f" Received: output.dir='{project}'"),
       # A directory of the user's.
       (base_config(tfrecord_dir / "*.gz", classifier_path, project),
-       f"lossaudit: error: output.dir: '{project}' holds files lossaudit did"
-       " not write; choose a new or empty directory (or set"
-       " output.overwrite: true, which still deletes only lossaudit's own"
-       " files)"),
+       "lossaudit: error: output.dir: holds files lossaudit did not write;"
+       " choose a new or empty directory (or set output.overwrite: true,"
+       " which still deletes only lossaudit's own files). Received:"
+       f" '{project}'"),
+      # '~' is not expanded: it would make a directory named '~' here.
+      (base_config(tfrecord_dir / "*.gz", classifier_path, "~/audits"),
+       "lossaudit: error: output.dir: expected a path as it is; lossaudit"
+       " does not expand '~' (write the home directory's path, or a path"
+       " relative to the current directory). Received: '~/audits'"),
   ]
   for index, (config, message) in enumerate(cases):
     monkeypatch.chdir(project if index == 0 else tmp_path)
@@ -469,6 +506,12 @@ def test_gs_output_without_credentials_stops_at_once(
 
 
 @pytest.mark.parametrize("text, problem", [
+    (None, "(its summary.json is not a regular file)"),
+    ('{"examples_read": 1, "examples_scored": 1, "examples_dead_lettered": 0,'
+     ' "loss": {"quantiles": "abc"}, "flagged": {"total": 0}, "config":'
+     ' {"stats": {}}}',
+     "(its summary.json is not a lossaudit summary: 'loss.quantiles' is not"
+     " a mapping)"),
     ("not json", "(its summary.json is not JSON: "),
     ('{"examples_read": 3}', "(its summary.json is not a lossaudit summary:"
                              " it has no 'examples_scored')"),
@@ -482,7 +525,10 @@ def test_a_baseline_that_is_not_a_lossaudit_summary_stops_before_the_run(
 
   baseline = tmp_path / "baseline"
   baseline.mkdir()
-  (baseline / "summary.json").write_text(text)
+  if text is None:
+    os.mkfifo(baseline / "summary.json")  # Opening it would block.
+  else:
+    (baseline / "summary.json").write_text(text)
   config = base_config(tfrecord_dir / "*.gz", classifier_path,
                        tmp_path / "out", gate={"baseline": str(baseline)})
   code, err = _main(config, write_config, capsys)
@@ -494,3 +540,18 @@ def test_a_baseline_that_is_not_a_lossaudit_summary_stops_before_the_run(
   assert compare.main([str(baseline), str(baseline)]) == 2
   assert capsys.readouterr().err.startswith(
       "lossaudit: error: compare: BASELINE_DIR: expected the output.dir")
+
+
+def test_bad_beam_options_stop_the_run_before_it_deletes_anything(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  out = tmp_path / "out"
+  config = write_config(base_config(tfrecord_dir / "*.gz", classifier_path,
+                                    out))
+  assert audit.main(["--config", config]) == 0
+  before = snapshot(out)
+  capsys.readouterr()
+  assert audit.main(["--config", config, "--runner=DirectRuner"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("lossaudit: error: Beam options: ValueError:"
+                        " Unexpected pipeline runner: DirectRuner.")
+  assert snapshot(out) == before
