@@ -19,7 +19,8 @@ def _read_parquet(directory: str) -> pd.DataFrame:
   return pd.concat(frames).sort_values("id").reset_index(drop=True)
 
 
-@pytest.mark.parametrize("model_kind", ["keras", "saved_model"])
+@pytest.mark.parametrize("model_kind", [
+    "keras", pytest.param("saved_model", marks=pytest.mark.slow)])
 def test_gs_input_model_and_output_equal_local_run(
     gcs, tmp_path, tfrecord_dir, classifier_path, saved_model_path,
     write_config, model_kind):

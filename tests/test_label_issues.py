@@ -40,7 +40,8 @@ def synthetic(tmp_path_factory):
   return root, probs, given, truth, ids
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["confident_learning",
                                     "prune_by_noise_rate"])
 def test_synthetic_agrees_with_cleanlab(tmp_path, synthetic, write_config,
@@ -74,7 +75,8 @@ def test_synthetic_agrees_with_cleanlab(tmp_path, synthetic, write_config,
   assert ranked["self_confidence"].is_monotonic_increasing
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_digits_demo_agrees_with_cleanlab(tmp_path, write_config, workers):
   data, model_path = tmp_path / "data", tmp_path / "demo.keras"
   truth = demo.build(str(data), str(model_path))
