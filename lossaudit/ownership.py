@@ -391,27 +391,36 @@ def _acquire(lock, run: RunInfo, lock_timeout: float,
   if lock.create(data):
     return
   held = lock.read()
-  if held is None and lock.create(data):
-    return  # Released between the two calls.
-  held = held or lock.read()
-  holder = held.holder if held else None
-  who = holder.describe() if holder else "a run whose lock cannot be read"
-  age = clock() - (holder.started if holder else held.written if held else 0)
-  alive = _process_alive(holder) if holder is not None else None
-  gone = alive is False
-  # A run seen to be alive keeps its lock however long it takes; the
-  # timeout is for holders this process cannot see.
-  if held is not None and alive is not True and (gone or age > lock_timeout):
-    reason = ("its process is gone" if gone else
-              f"it is older than output.lock_timeout ({lock_timeout:g} s)")
-    if lock.delete(held) and lock.create(data):
-      logging.warning("lossaudit: took over the lock on output.dir from %s:"
-                      " %s", who, reason)
+  if held is None:  # Released between the two calls.
+    if lock.create(data):
       return
+    held = lock.read()
+  reason = _stale(held, lock_timeout, clock) if held else None
+  who = (held.holder.describe() if held and held.holder else
+         "a run whose lock cannot be read")
+  if reason and lock.delete(held) and lock.create(data):
+    logging.warning("lossaudit: took over the lock on output.dir from %s:"
+                    " %s", who, reason)
+    return
   raise ConfigError(
       f"output.dir: expected no other run writing there; {who} holds its"
       f" lock {LOCK} (wait for it to end, or delete the lock if that run is"
       " dead)")
+
+
+def _stale(held: _Held, lock_timeout: float,
+           clock: Callable[[], float]) -> Optional[str]:
+  """Why the lock `held` may be taken over; None when it may not."""
+  holder = held.holder
+  alive = _process_alive(holder) if holder else None
+  if alive is False:
+    return "its process is gone"
+  # A run seen to be alive keeps its lock however long it takes; the
+  # timeout is for holders this process cannot see.
+  started = holder.started if holder else held.written
+  if alive is None and clock() - started > lock_timeout:
+    return f"it is older than output.lock_timeout ({lock_timeout:g} s)"
+  return None
 
 
 def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:

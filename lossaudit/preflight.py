@@ -19,7 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
 from lossaudit import inputs, losses, tfrecord
-from lossaudit.config import AuditConfig, ConfigError
+from lossaudit.config import (AuditConfig, ConfigError, describe_error,
+                              short_repr)
 from lossaudit.model import AuditModel
 from lossaudit.scoring import (LABEL_OUT_OF_RANGE, BatchScorer,
                                LossShapeError, LossTerm, ScoringSpec,
@@ -85,7 +86,7 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
     raise ConfigError(
         f"input.pattern: expected {config.input.format} files. None of the"
         f" {len(files)} matched files could be read; {path!r}:"
-        f" {type(e).__name__}: {_first_line(e)}")
+        f" {describe_error(e)}")
   return None, None
 
 
@@ -274,8 +275,6 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
   `loss.outputs[i].custom`), the exception type and its first line. With
   several custom losses, the one that fails is found by scoring each alone.
   """
-  from lossaudit.config import describe_error, short_repr  # pylint: disable=g-import-not-at-top
-
   prefixes = ([f"loss.outputs[{o.index}]" for o in config.loss.outputs]
               if config.loss.outputs else ["loss"])
   custom = [(f"{prefix}.custom", term)
@@ -339,7 +338,7 @@ def _check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
         f"model.path: the model {config.model.path!r} does not fit the data"
         f" of {probe_file} with loss"
         f" {[t.custom or t.loss_name for t in spec.terms]}:"
-        f" {type(e).__name__}: {_first_line(e)}") from None
+        f" {describe_error(e)}") from None
   if scored is None and dead:
     raise ConfigError(
         f"input: none of the first {probe.num_rows} records of {probe_file}"

@@ -362,16 +362,15 @@ def run_metrics(result) -> Dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code (3: a gate failed)."""
   logging.getLogger().setLevel(logging.WARNING)
-  signals = _SIGNALS
   try:
-    with signals:
+    with _SIGNALS:
       summary = run(argv)
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2
   except BaseException as e:  # pylint: disable=broad-except
     # Beam re-raises what a DoFn raised as a RuntimeError of its own.
-    received = signals.received or (
+    received = _SIGNALS.received or (
         signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
     if received is None:
       raise
