@@ -21,5 +21,5 @@ COPY configs configs
 # tensorflow[and-cuda] brings the CUDA libraries; the NVIDIA driver comes
 # from the host (Dataflow's install-nvidia-driver service option).
 RUN pip install --no-cache-dir -c constraints.txt "tensorflow[and-cuda]==2.21.*" . \
-    && python -c "import transforms, lossaudit, apache_beam; print(apache_beam.__version__)"
+    && python -c "import lossaudit.pipelines.audit, apache_beam; print(apache_beam.__version__)"
 ENTRYPOINT ["/opt/apache/beam/boot"]

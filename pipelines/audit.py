@@ -1,6 +1,6 @@
 """The audit pipeline: read → score → statistics → flag → write.
 
-`python -m pipelines.audit --config FILE [--set KEY=VALUE ...] [Beam options]`
+`python -m lossaudit.pipelines.audit --config FILE [--set KEY=VALUE ...] [Beam options]`
 is the same as `lossaudit run`.
 """
 
@@ -28,15 +28,15 @@ from lossaudit.config import (AuditConfig, ConfigError, describe_error,
                               load_config, one_line)
 from lossaudit.scoring import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.stats import rule_thresholds
-from transforms.duplicates import CountDuplicateIds
-from transforms.flag import (FlagExamples, count_reasons, flagged_schema,
+from lossaudit.transforms.duplicates import CountDuplicateIds
+from lossaudit.transforms.flag import (FlagExamples, count_reasons, flagged_schema,
                              sum_counts)
-from transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatches
-from transforms.score import NAMESPACE, TIMING, ScoreBatches
-from transforms.spill import ReadSpilled, SpillBatches
-from transforms.stats import LossStats, TopKCombineFn, TopRowsCombineFn
-from transforms.label_issues import FindLabelIssues
-from transforms.write import (WriteDeadLetters, WriteParquetShards, WriteSummary,
+from lossaudit.transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatches
+from lossaudit.transforms.score import NAMESPACE, TIMING, ScoreBatches
+from lossaudit.transforms.spill import ReadSpilled, SpillBatches
+from lossaudit.transforms.stats import LossStats, TopKCombineFn, TopRowsCombineFn
+from lossaudit.transforms.label_issues import FindLabelIssues
+from lossaudit.transforms.write import (WriteDeadLetters, WriteParquetShards, WriteSummary,
                               public_schema)
 
 TOP_FLAGGED_IN_REPORT = 50

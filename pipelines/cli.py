@@ -20,13 +20,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   command, rest = argv[0], argv[1:]
   try:
     if command == "run":
-      from pipelines import audit  # pylint: disable=g-import-not-at-top
+      from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
       return audit.main(rest)
     if command == "demo":
-      from pipelines import demo  # pylint: disable=g-import-not-at-top
+      from lossaudit.pipelines import demo  # pylint: disable=g-import-not-at-top
       return demo.main(rest)
     if command == "compare":
-      from pipelines import compare  # pylint: disable=g-import-not-at-top
+      from lossaudit.pipelines import compare  # pylint: disable=g-import-not-at-top
       return compare.main(rest)
   except KeyboardInterrupt:  # Ctrl-C while TensorFlow and Beam load.
     print("lossaudit: interrupted by SIGINT", file=sys.stderr)

@@ -66,7 +66,7 @@ def dataflow_args(*, project: str, region: str, bucket: str, image: str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from pipelines import audit  # pylint: disable=g-import-not-at-top
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(prog="scripts/dataflow")
   parser.add_argument("--project", required=True)

@@ -4,11 +4,19 @@ A small Keras classifier is trained on one half of the 1,797 bundled 8×8
 digits; the other half is written as TFRecord shards with 10% of its labels
 flipped at known ids, then audited. Precision and recall of the flagged ids
 against the flipped ones are printed.
+
+`lossaudit demo --output DIR` writes everything under DIR, laid out as the
+demo config (`lossaudit.configs/demo.yaml`) names it relative to where it
+runs: `DIR/data/demo/`, `DIR/models/demo.keras` and the audit's
+`DIR/out/demo/`. So `lossaudit run --config demo.yaml` run in DIR audits the
+same data again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.resources
 import json
 import os
 import re
@@ -20,8 +28,6 @@ import numpy as np
 from lossaudit import datasets, ownership
 from lossaudit.config import ConfigError, one_line, short_repr
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO, "configs", "demo.yaml")
 NOISE_RATE = 0.10
 NUM_SHARDS = 4
 TRUTH = "flipped_ids.json"
@@ -136,39 +142,63 @@ def check_paths(output: str, data: str, model: str) -> None:
           f" the demo's part-*.tfrecord.gz and {TRUTH}. Received:"
           f" {short_repr(data)} (holds {short_repr(foreign[0])})")
   if os.path.realpath(data) == os.path.realpath(output):
-    raise ConfigError(f"--data: expected a directory other than --output."
-                      f" Received: {short_repr(data)}")
+    raise ConfigError(f"--data: expected a directory other than the"
+                      f" audit's output. Received: {short_repr(data)}")
   if os.path.isdir(model):
     raise ConfigError(f"--model: expected a .keras file. Received:"
                       f" {short_repr(model)} (a directory)")
 
 
+def demo_config() -> contextlib.AbstractContextManager:
+  """The shipped `demo.yaml` as a file path, for `with` (package data)."""
+  return importlib.resources.as_file(
+      importlib.resources.files("lossaudit.configs") / "demo.yaml")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
-  from pipelines import audit  # pylint: disable=g-import-not-at-top
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(prog="lossaudit demo")
-  parser.add_argument("--output", default="out/demo",
-                      help="output directory of the audit")
-  parser.add_argument("--data", default="data/demo",
-                      help="where the demo shards are written")
-  parser.add_argument("--model", default="models/demo.keras")
+  parser.add_argument(
+      "--output", default=".",
+      help="where the demo writes everything: DIR/data/demo,"
+           " DIR/models/demo.keras and the audit's DIR/out/demo")
+  parser.add_argument("--data", default=None,
+                      help="where the demo shards go (DIR/data/demo)")
+  parser.add_argument("--model", default=None,
+                      help="where the model goes (DIR/models/demo.keras)")
   args, beam_args = parser.parse_known_args(argv)
+
+  def under(*names: str) -> str:
+    return os.path.normpath(os.path.join(args.output, *names))
+
+  data = args.data or under("data", "demo")
+  model = args.model or under("models", "demo.keras")
+  audit_dir = under("out", "demo")
   try:
-    check_paths(args.output, args.data, args.model)
+    if args.output.startswith("gs://"):
+      raise ConfigError(f"--output: expected a local directory (the demo"
+                        f" builds its data and model there). Received:"
+                        f" {short_repr(args.output)}")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+      raise ConfigError(f"--output: expected a directory. Received:"
+                        f" {short_repr(args.output)} (a file)")
+    check_paths(audit_dir, data, model)
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2
-  print(f"Building the demo data in {args.data} and model {args.model} ...")
-  truth = build(args.data, args.model)
-  code = audit.main(["--config", DEMO_CONFIG,
-                     "--set", f"input.pattern={args.data}/part-*.tfrecord.gz",
-                     "--set", f"model.path={args.model}",
-                     "--set", f"output.dir={args.output}"] + beam_args)
+  print(f"Building the demo data in {data} and model {model} ...")
+  truth = build(data, model)
+  with demo_config() as config:
+    code = audit.main(["--config", str(config),
+                       "--set", f"input.pattern={data}/part-*.tfrecord.gz",
+                       "--set", f"model.path={model}",
+                       "--set", f"output.dir={audit_dir}"] + beam_args)
   if code:
     return code
-  flagged = pq.read_table(os.path.join(args.output, "flagged"),
+  flagged = pq.read_table(os.path.join(audit_dir, "flagged"),
                           columns=["id"]).column("id").to_pylist()
   precision, recall = precision_recall(flagged, truth["flipped_ids"])
   print(f"Flipped labels: {len(truth['flipped_ids'])} of"
@@ -176,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f" {precision:.2f}, recall {recall:.2f}")
   for name in ("summary.json", "report.html", "losses", "flagged",
                "dead_letter"):
-    print(f"  {os.path.join(args.output, name)}")
+    print(f"  {os.path.join(audit_dir, name)}")
   return 0
 
 

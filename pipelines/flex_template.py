@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from pipelines import audit
+from lossaudit.pipelines import audit
 
 
 def audit_args(argv: Sequence[str]) -> List[str]:

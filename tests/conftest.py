@@ -87,11 +87,11 @@ def regressor_path(workdir):
 
 @pytest.fixture(scope="session")
 def demo_build(workdir):
-  """The demo's trained digits model and noisy shards (`pipelines.demo`).
+  """The demo's trained digits model and noisy shards (`lossaudit.pipelines.demo`).
 
   Returns `(data dir, model path, truth)`; truth holds the flipped ids.
   """
-  from pipelines import demo
+  from lossaudit.pipelines import demo
 
   data, model = workdir / "demo-data", workdir / "demo.keras"
   truth = demo.build(str(data), str(model))

@@ -18,7 +18,7 @@ import pytest
 from lossaudit import columns as cols
 from lossaudit import datasets
 from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import NUM_CLASSES, NUM_FEATURES, base_config, make_columns
 
 CLASSES = f"expected an integer class in [0, {NUM_CLASSES})"

@@ -16,7 +16,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ import os, sys
 if os.environ.get("STORAGE_EMULATOR_HOST"):
   from apache_beam.internal.gcp import auth
   auth._Credentials._credentials_init = True
-from pipelines import audit
+from lossaudit.pipelines import audit
 sys.exit(audit.main(sys.argv[1:]))
 """
 

@@ -7,7 +7,7 @@ import yaml
 
 from lossaudit.config import (AuditConfig, ConfigError, apply_override,
                               load_config, load_yaml)
-from pipelines import audit
+from lossaudit.pipelines import audit
 
 BASE = {"input": {"pattern": "data/*.tfrecord"}, "model": {"path": "m.keras"}}
 

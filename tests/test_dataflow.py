@@ -11,7 +11,7 @@ import json
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipelines import dataflow
+from lossaudit.pipelines import dataflow
 from tests.conftest import upload
 
 IMAGE = "us-central1-docker.pkg.dev/test-project-123/images/lossaudit:1"

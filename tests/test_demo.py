@@ -6,18 +6,21 @@ import os
 import pytest
 
 from lossaudit import ownership
-from pipelines import demo
+from lossaudit.pipelines import demo
 
 
-def test_demo_finds_the_flipped_labels(tmp_path, capsys):
-  out = tmp_path / "out"
-  code = demo.main(["--output", str(out), "--data", str(tmp_path / "data"),
-                    "--model", str(tmp_path / "demo.keras")])
-  assert code == 0
+def test_demo_finds_the_flipped_labels(tmp_path, capsys, monkeypatch):
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  demo_dir = tmp_path / "demo"
+  assert demo.main(["--output", str(demo_dir)]) == 0
+  out = demo_dir / "out" / "demo"
   summary = json.loads((out / "summary.json").read_text())
   assert summary["examples_read"] == 899
   assert summary["examples_scored"] == 899
-  truth = json.loads((tmp_path / "data" / "flipped_ids.json").read_text())
+  truth = json.loads(
+      (demo_dir / "data" / "demo" / "flipped_ids.json").read_text())
   assert len(truth["flipped_ids"]) == 90
   printed = capsys.readouterr().out
   assert "Flipped labels: 90 of 899" in printed
@@ -26,6 +29,11 @@ def test_demo_finds_the_flipped_labels(tmp_path, capsys):
   assert precision >= 0.8 and recall >= 0.8
   for name in ("report.html", "losses", "flagged", "dead_letter"):
     assert os.path.exists(out / name)
+  # Everything under --output, laid out as configs/demo.yaml names it.
+  assert sorted(os.listdir(tmp_path)) == ["cwd", "demo"]
+  assert os.listdir(cwd) == []
+  assert sorted(os.listdir(demo_dir)) == ["data", "models", "out"]
+  assert os.listdir(demo_dir / "models") == ["demo.keras"]
 
 
 def _tree(directory):
@@ -52,36 +60,33 @@ def _refused(argv, capsys, message):
   assert "Building" not in captured.out
 
 
-def test_demo_refuses_an_output_with_user_files(tmp_path, user_files,
-                                                capsys):
+def test_demo_refuses_an_audit_directory_with_user_files(tmp_path, capsys,
+                                                        monkeypatch):
+  audit_dir = tmp_path / "out" / "demo"
+  audit_dir.mkdir(parents=True)
+  (audit_dir / "data.csv").write_text("a,b\n1,2\n")
+  monkeypatch.chdir(tmp_path)
   before = _tree(tmp_path)
-  _refused(["--output", str(user_files), "--data", str(tmp_path / "data"),
-            "--model", str(tmp_path / "m.keras")], capsys,
+  _refused([], capsys,
            "--output: expected a new or empty directory, or an earlier run's"
-           f" (with .lossaudit-run.json). Received: '{user_files}' (holds"
-           " files lossaudit did not write, such as 'data.csv')")
+           " (with .lossaudit-run.json). Received: 'out/demo' (holds files"
+           " lossaudit did not write, such as 'data.csv')")
   assert _tree(tmp_path) == before
-  assert sorted(os.listdir(tmp_path)) == ["mine"]
-
-
-def test_demo_refuses_the_current_directory_before_building(
-    tmp_path, user_files, capsys, monkeypatch):
-  monkeypatch.chdir(user_files)
-  before = _tree(tmp_path)
-  _refused(["--data", "mydata", "--output", "."], capsys,
-           "output.dir: expected a directory of its own; '.' is the current"
-           " directory, which a run never takes. Received: '.'")
-  assert _tree(tmp_path) == before
-  assert not os.path.exists(user_files / "mydata")
-  assert not os.path.exists(user_files / "models")
+  assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
 def test_demo_refuses_an_output_that_is_a_file(tmp_path, user_files, capsys):
   output = user_files / "notes.txt"
-  _refused(["--output", str(output), "--data", str(tmp_path / "data")],
+  _refused(["--output", str(output)],
            capsys, f"--output: expected a directory. Received: '{output}'"
            " (a file)")
   assert output.read_text() == "keep me"
+
+
+def test_demo_refuses_a_bucket(capsys):
+  _refused(["--output", "gs://bucket/demo"], capsys,
+           "--output: expected a local directory (the demo builds its data"
+           " and model there). Received: 'gs://bucket/demo'")
 
 
 def test_demo_refuses_data_with_user_files(tmp_path, user_files, capsys):
@@ -102,11 +107,10 @@ def test_demo_refuses_data_that_is_a_file(tmp_path, user_files, capsys):
 
 
 def test_demo_refuses_data_in_the_output_directory(tmp_path, capsys):
-  same = str(tmp_path / "both")
-  _refused(["--output", same, "--data", same,
-            "--model", str(tmp_path / "m.keras")], capsys,
-           f"--data: expected a directory other than --output. Received:"
-           f" '{same}'")
+  same = str(tmp_path / "out" / "demo")
+  _refused(["--output", str(tmp_path), "--data", same], capsys,
+           f"--data: expected a directory other than the audit's output."
+           f" Received: '{same}'")
   assert os.listdir(tmp_path) == []
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.flag import (FlagExamples, count_reasons, flag_batch,
+from lossaudit.transforms.flag import (FlagExamples, count_reasons, flag_batch,
                              flagged_schema, sum_counts)
 
 SCORED = pa.schema([("id", pa.string()), ("loss", pa.float64()),

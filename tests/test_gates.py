@@ -7,7 +7,7 @@ import re
 import pytest
 
 from lossaudit import drift
-from pipelines import audit, cli, demo
+from lossaudit.pipelines import audit, cli, demo
 from tests.conftest import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,7 +205,7 @@ def test_output_dir_placeholders_are_checked(tmp_path, demo_build,
 
 def test_flex_template_metadata_and_entry_point(tmp_path, demo_build,
                                                 write_config):
-  from pipelines import flex_template
+  from lossaudit.pipelines import flex_template
 
   with open(os.path.join(REPO, "templates", "flex", "metadata.json")) as f:
     metadata = json.load(f)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config, upload
 
 def _read_parquet(directory: str) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from cleanlab.filter import find_label_issues
 
 from lossaudit import datasets
 from lossaudit.config import ConfigError
-from pipelines import audit, demo
+from lossaudit.pipelines import audit, demo
 from tests.conftest import base_config
 from tests.test_confident import noisy_probs
 

@@ -8,7 +8,7 @@ import pytest
 
 from lossaudit import datasets
 from lossaudit.config import ConfigError
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import NUM_CLASSES, NUM_FEATURES, base_config
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from lossaudit import datasets
 from lossaudit.stats import LossAccumulator, median_and_mad
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config
 
 N, OUTLIERS = 20_000, 200

@@ -17,7 +17,7 @@ import pytest
 
 from lossaudit import inputs, ownership
 from lossaudit.config import ConfigError
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config
 
 RUN_A = "20261123T010000Z-aaaaaa"
@@ -521,7 +521,7 @@ def test_gs_output_without_credentials_stops_at_once(
 def test_a_baseline_that_is_not_a_lossaudit_summary_stops_before_the_run(
     tmp_path, tfrecord_dir, classifier_path, write_config, capsys, text,
     problem):
-  from pipelines import compare
+  from lossaudit.pipelines import compare
 
   baseline = tmp_path / "baseline"
   baseline.mkdir()

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lossaudit.config import ConfigError
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config
 
 
@@ -257,7 +257,7 @@ def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
   path = write_config(config)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   bad = subprocess.run(
-      [sys.executable, "-m", "pipelines.audit", "--config", path, "--set",
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config", path, "--set",
        "stats.epsilon=2"], capture_output=True, text=True, env=env)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
@@ -265,7 +265,7 @@ def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
       " Received: 2")
   assert "Traceback" not in bad.stderr
   good = subprocess.run(
-      [sys.executable, "-m", "pipelines.cli", "run", "--config", path,
+      [sys.executable, "-m", "lossaudit.pipelines.cli", "run", "--config", path,
        "--set", "flag.top_k=3", "--direct_num_workers=1"],
       capture_output=True, text=True, env=env)
   assert good.returncode == 0, good.stderr[-2000:]

@@ -20,7 +20,7 @@ def test_progress_lines_and_metrics(tmp_path, tfrecord_dir, classifier_path,
                        loss={"custom": "tests.custom_losses:slow_nll"},
                        runtime={"progress_seconds": 1.0})
   result = subprocess.run(
-      [sys.executable, "-m", "pipelines.audit", "--config",
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
        write_config(config)], cwd=REPO, capture_output=True, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-3000:]

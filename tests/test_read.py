@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from lossaudit import datasets
-from transforms.read import (DEAD_LETTER, ReadParquetBatches,
+from lossaudit.transforms.read import (DEAD_LETTER, ReadParquetBatches,
                              ReadTFExampleBatches)
 
 
@@ -388,7 +388,7 @@ def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(
 
   import tensorflow as tf
 
-  from pipelines import audit
+  from lossaudit.pipelines import audit
   from tests.conftest import base_config
 
   written = 100

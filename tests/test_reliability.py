@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from lossaudit import datasets, duplicates
 from lossaudit.scoring import BatchScorer
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config, make_columns
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +169,7 @@ def test_killed_run_leaves_no_summary_and_a_rerun_replaces_it(
                      loss={"custom": "tests.custom_losses:slow_nll"})
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   process = subprocess.Popen(
-      [sys.executable, "-m", "pipelines.audit", "--config",
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
        write_config(slow, "slow.yaml")], cwd=REPO, env=env,
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -196,7 +196,7 @@ def test_config_yaml_is_loaded_safely(tmp_path):
   config.write_text(f"input: !!python/object/apply:os.system"
                     f" ['touch {marker}']\n")
   result = subprocess.run(
-      [sys.executable, "-m", "pipelines.audit", "--config", str(config)],
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config", str(config)],
       cwd=REPO, capture_output=True, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 2
@@ -223,7 +223,7 @@ def test_nothing_written_outside_output_dir_and_temp(
   env = dict(os.environ, TMPDIR=str(temp), HOME=str(home),
              PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(
-      [sys.executable, "-m", "pipelines.audit", "--config",
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
        write_config(config)], cwd=cwd, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(cwd)) == ["out"]

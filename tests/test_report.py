@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from pipelines import audit
+from lossaudit.pipelines import audit
 from tests.conftest import base_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit import datasets
 from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
-from transforms.score import DEAD_LETTER, ScoreBatches
+from lossaudit.transforms.score import DEAD_LETTER, ScoreBatches
 from tests.conftest import NUM_CLASSES, NUM_FEATURES
 
 

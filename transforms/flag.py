@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from lossaudit import confident
 from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
 from lossaudit.stats import flag_masks
-from transforms.label_issues import class_arrays
+from lossaudit.transforms.label_issues import class_arrays
 
 _NAMESPACE = "lossaudit"
 _CARRIED = ("given_label", "predicted_label", "self_confidence")

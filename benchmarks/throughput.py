@@ -14,6 +14,11 @@ data (tf.train.Example TFRecord shards) and an MLP, then in one run times
 each in its own process so its peak memory is its own. It checks that (a)
 and (b) agree on the losses, quantiles and flagged ids, and prints
 examples/s, the ratios a/b and a/c and peak memory, also as JSON.
+
+With `--baseline-code DIR` (a checkout of another commit, e.g. from
+`git worktree add`) it also times (a) with that code, interleaved with the
+others, and prints the ratios of median time and of peak memory (this
+checkout over DIR's).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+import audit_at
 from lossaudit import datasets
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -97,10 +103,15 @@ def _peak_rss_mb() -> float:
 
 
 def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
-                  label_issues: Optional[str]) -> Dict:
+                  label_issues: Optional[str],
+                  code_dir: Optional[str] = None) -> Dict:
+  """Times `lossaudit run`; with `code_dir`, the code of that checkout."""
   import yaml  # pylint: disable=g-import-not-at-top
 
-  from pipelines import audit  # pylint: disable=g-import-not-at-top
+  if code_dir:
+    audit = audit_at.audit_module(code_dir)
+  else:
+    from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
 
   config = {
       "input": {"pattern": os.path.join(directory, "data", "*.tfrecord.gz")},
@@ -250,7 +261,7 @@ def _keras_tensor_handler(path: str):
 def _child(argv: List[str]) -> Dict:
   """Runs one mode in a fresh process; returns its JSON result."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  done = subprocess.run([sys.executable, "-m", "pipelines.benchmark",
+  done = subprocess.run([sys.executable, "-m", "lossaudit.pipelines.benchmark",
                          "--child"] + argv, capture_output=True, text=True,
                         env=env, check=False)
   if done.returncode:
@@ -287,6 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--label-issues", default=None,
                       help="also time (a) with flag.label_issues=METHOD")
   parser.add_argument("--modes", default="a,b,c")
+  parser.add_argument("--baseline-code", default=None,
+                      help="also time (a) with the checkout in this folder")
   parser.add_argument("--repeat", type=int, default=1,
                       help="runs of each mode, interleaved; medians reported")
   parser.add_argument("--dir", default="bench")
@@ -300,7 +313,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.child:
     out = os.path.join(args.dir, "out", args.mode)
     os.makedirs(out, exist_ok=True)
-    if args.mode == "a" or args.mode.startswith("a-"):
+    if args.mode == "a-baseline":
+      result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
+                             None, args.baseline_code)
+    elif args.mode == "a" or args.mode.startswith("a-"):
       result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
                              args.label_issues if args.mode != "a" else None)
     elif args.mode == "b":
@@ -323,6 +339,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.label_issues:
     modes.append(f"a-{args.label_issues}")
     common.append(f"--label-issues={args.label_issues}")
+  if args.baseline_code:
+    modes.append("a-baseline")
+    common.append(f"--baseline-code={os.path.abspath(args.baseline_code)}")
   runs = {mode: [] for mode in modes}
   for repeat in range(args.repeat):
     for mode in modes:  # Interleaved, so drifts of a noisy machine are shared.
@@ -335,7 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   results = {}
   for mode, done in runs.items():
     median = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
+    peaks = sorted(r["peak_rss_mb"] for r in done)
     results[mode] = dict(median, runs_seconds=[r["seconds"] for r in done],
+                         median_peak_rss_mb=peaks[len(peaks) // 2],
                          peak_rss_mb=max(r["peak_rss_mb"] for r in done),
                          examples_per_s=median["examples"] / median["seconds"])
   report = {"config": vars(args), "results": results}
@@ -355,6 +376,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report["label_issues_time_ratio"] = (results[label_mode]["seconds"] /
                                          results["a"]["seconds"])
     print(f"label issues on / off time = {report['label_issues_time_ratio']:.2f}")
+  if "a" in results and "a-baseline" in results:
+    report["time_over_baseline"] = (results["a"]["seconds"] /
+                                    results["a-baseline"]["seconds"])
+    report["peak_rss_over_baseline"] = (
+        results["a"]["median_peak_rss_mb"] /
+        results["a-baseline"]["median_peak_rss_mb"])
+    print(f"this checkout / baseline: median time"
+          f" {report['time_over_baseline']:.3f}, peak memory"
+          f" {report['peak_rss_over_baseline']:.3f}")
   print(json.dumps(report))
   if args.json:
     with open(args.json, "w") as f:

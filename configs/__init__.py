@@ -1,0 +1,1 @@
+"""Ready configs (YAML), shipped as package data: `demo.yaml` is the demo's."""
