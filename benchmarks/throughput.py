@@ -32,9 +32,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import audit_at
 import numpy as np
 
-import audit_at
 from lossaudit import datasets
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -375,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if "a" in results and label_mode in results:
     report["label_issues_time_ratio"] = (results[label_mode]["seconds"] /
                                          results["a"]["seconds"])
-    print(f"label issues on / off time = {report['label_issues_time_ratio']:.2f}")
+    print("label issues on / off time ="
+          f" {report['label_issues_time_ratio']:.2f}")
   if "a" in results and "a-baseline" in results:
     report["time_over_baseline"] = (results["a"]["seconds"] /
                                     results["a-baseline"]["seconds"])

@@ -1,4 +1,9 @@
-"""lossaudit: per-sample losses, outliers and label issues for whole datasets."""
+"""lossaudit: per-sample losses, outliers and label issues of whole datasets.
+
+One import package: `lossaudit.pipelines` (the audit, the CLI) and
+`lossaudit.transforms` (its PTransforms) come from the repository's top-level
+`pipelines/` and `transforms/` folders.
+"""
 
 import os
 import tempfile

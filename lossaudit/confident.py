@@ -128,7 +128,7 @@ def prune_counts(joint: np.ndarray, label_counts: np.ndarray,
 
 
 def keeps_given_label(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
-  """Whether the model's prediction is the given label (ties to given) `(N,)`."""
+  """Whether the prediction is the given label (ties to given), `(N,)`."""
   bonus = probs.copy()  # In the probabilities' dtype, as cleanlab does.
   bonus[np.arange(len(given)), given] += FLOATING_POINT_COMPARISON
   return bonus.argmax(axis=1) == given

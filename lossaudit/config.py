@@ -19,16 +19,18 @@ import difflib
 import math
 import os
 import re
-import reprlib
 import string
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from lossaudit import errors
 
-class ConfigError(ValueError):
-  """A bad configuration or set-up, detected before the pipeline runs."""
-
+# Re-exported: callers of the config catch and print its errors.
+from lossaudit.errors import ConfigError as ConfigError
+from lossaudit.errors import describe_error as describe_error
+from lossaudit.errors import one_line as one_line
+from lossaudit.errors import short_repr
 
 FORMATS = ("tfrecord", "parquet")
 REDUCTIONS = ("mean", "sum")
@@ -51,56 +53,8 @@ _CUSTOM_LOSS = re.compile(rf"{_IDENTIFIERS}:{_IDENTIFIERS}")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 120
-_REPR.maxlong = 40
-_REPR.maxlevel = 3
-_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 10
-_REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 10
-
-
-def short_repr(value: Any) -> str:
-  """`repr(value)`, cut to a few hundred characters at most (`reprlib`)."""
-  return _REPR.repr(value)
-
-
-def one_line(message: str, limit: int = 300) -> str:
-  """`message` on one line: whitespace runs (newlines included) become one
-  space, and a message longer than `limit` characters is cut to `limit`,
-  ending with "…"."""
-  text = " ".join(str(message).split())
-  if len(text) <= limit:
-    return text
-  return text[:max(0, limit - 1)] + "…"
-
-
-def describe_error(error: BaseException, limit: int = 200) -> str:
-  """`Type: first line of its message` (just `Type` when it has none).
-
-  TensorFlow's AutoGraph re-raises an error from traced user code as one
-  whose message starts "in user code:" (sometimes a StagingError); the error
-  the user's code raised is its `__context__`, and is the one described.
-  """
-  while (_message(error).startswith("in user code:") and
-         error.__context__ is not None):
-    error = error.__context__
-  lines = _message(error).strip().splitlines()
-  text = one_line(lines[0], limit) if lines else ""
-  name = type(error).__name__
-  return f"{name}: {text}" if text else name
-
-
-def _message(error: BaseException) -> str:
-  """`str(error)`, or "" when its `__str__` itself fails (user code)."""
-  try:
-    return str(error)
-  except Exception:  # pylint: disable=broad-except
-    return ""
-
-
 def _fail(key: str, expected: str, received: Any) -> None:
-  raise ConfigError(
-      f"{key}: expected {expected}. Received: {short_repr(received)}")
+  raise errors.expected(key, expected, received)
 
 
 def _check_type(key: str, value: Any, types: tuple, expected: str) -> None:
@@ -157,7 +111,8 @@ class InputConfig:
   def __post_init__(self):
     if isinstance(self.pattern, str):
       if not self.pattern:
-        _fail("input.pattern", "a non-empty glob or list of globs", self.pattern)
+        _fail("input.pattern", "a non-empty glob or list of globs",
+              self.pattern)
     elif isinstance(self.pattern, (list, tuple)):
       if not self.pattern or not all(
           isinstance(p, str) and p for p in self.pattern):

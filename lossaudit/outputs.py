@@ -102,8 +102,9 @@ def read_summary(directory: str, key: str) -> Dict[str, Any]:
       raise ConfigError(f"{expected} (its {SUMMARY} is not a lossaudit"
                         f" summary: {'.'.join(keys)!r} is not {what})")
   quantiles = summary["loss"]["quantiles"]
-  if not all(v is None or (isinstance(v, (int, float)) and
-                           not isinstance(v, bool)) for v in quantiles.values()):
+  if not all(v is None or (isinstance(v, (int, float))
+                           and not isinstance(v, bool))
+             for v in quantiles.values()):
     raise ConfigError(f"{expected} (its {SUMMARY} is not a lossaudit summary:"
                       " 'loss.quantiles' holds values that are not numbers)")
   return summary

@@ -19,12 +19,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
 from lossaudit import inputs, losses, tfrecord
-from lossaudit.config import (AuditConfig, ConfigError, describe_error,
-                              short_repr)
+from lossaudit.config import (
+  AuditConfig,
+  ConfigError,
+  describe_error,
+  short_repr,
+)
 from lossaudit.model import AuditModel
-from lossaudit.scoring import (LABEL_OUT_OF_RANGE, BatchScorer,
-                               LossShapeError, LossTerm, ScoringSpec,
-                               feature_inputs)
+from lossaudit.scoring import (
+  LABEL_OUT_OF_RANGE,
+  BatchScorer,
+  LossShapeError,
+  LossTerm,
+  ScoringSpec,
+  feature_inputs,
+)
 
 PROBE_RECORDS = 64
 # Labels outside the model's classes in at least this share of the first
@@ -73,7 +82,8 @@ def _probe_batch(config: AuditConfig, files: Sequence[str]
           continue
         return _decode_probe(records), path
       with FileSystems.open(path,
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                            compression_type=CompressionTypes.UNCOMPRESSED
+                            ) as f:
         parquet = pq.ParquetFile(f)
         if parquet.metadata.num_rows == 0:
           continue

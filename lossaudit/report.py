@@ -373,8 +373,8 @@ its reason. Quantiles are approximate: each is within rank error
 <h2>Overview</h2>{_overview(summary)}
 <h2>Comparison with the baseline</h2>{_comparison(found)}
 <h2>Loss distribution</h2>
-<input type="checkbox" id="log-scale"{" checked" if skewed else ""}><label for="log-scale"> log scale
-(counts)</label><br>
+<input type="checkbox" id="log-scale"{" checked" if skewed else ""}>
+<label for="log-scale"> log scale (counts)</label><br>
 {_svg_histogram(edges, counts, summary["thresholds"])}
 {_svg_histogram(edges, counts, summary["thresholds"], log=True)}
 {moments}

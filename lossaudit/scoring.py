@@ -11,14 +11,40 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import (Any, Dict, List, Mapping, NamedTuple, Optional,
-                    Sequence, Tuple)
+from typing import (
+  Any,
+  Dict,
+  List,
+  Mapping,
+  NamedTuple,
+  Optional,
+  Sequence,
+  Tuple,
+)
 
 import numpy as np
 import pyarrow as pa
 
 from lossaudit import columns as cols
 from lossaudit import losses
+
+# Re-exported until reading and the audit import them from dead_letters.
+from lossaudit.dead_letters import BAD_ID as BAD_ID
+from lossaudit.dead_letters import BAD_SLICE as BAD_SLICE
+from lossaudit.dead_letters import BAD_WEIGHT as BAD_WEIGHT
+from lossaudit.dead_letters import LABEL_NOT_INTEGER as LABEL_NOT_INTEGER
+from lossaudit.dead_letters import LABEL_OUT_OF_RANGE as LABEL_OUT_OF_RANGE
+from lossaudit.dead_letters import MISSING_FEATURE as MISSING_FEATURE
+from lossaudit.dead_letters import MISSING_ID as MISSING_ID
+from lossaudit.dead_letters import MISSING_LABEL as MISSING_LABEL
+from lossaudit.dead_letters import MISSING_WEIGHT as MISSING_WEIGHT
+from lossaudit.dead_letters import NOT_A_REGULAR_FILE as NOT_A_REGULAR_FILE
+from lossaudit.dead_letters import NOT_AN_EXAMPLE as NOT_AN_EXAMPLE
+from lossaudit.dead_letters import UNREADABLE_FILE as UNREADABLE_FILE
+from lossaudit.dead_letters import UNREADABLE_STRETCH as UNREADABLE_STRETCH
+from lossaudit.dead_letters import WRONG_SIZE as WRONG_SIZE
+from lossaudit.dead_letters import WRONG_TYPE as WRONG_TYPE
+from lossaudit.dead_letters import dead_letter as dead_letter
 from lossaudit.model import AuditModel, TensorInfo
 
 # Columns of the scored batches that are not written to losses/.
@@ -162,37 +188,6 @@ def select_device(device: str) -> str:
   name = "/GPU:0" if gpus else "/CPU:0"
   logging.info("lossaudit scores on %s", name)
   return name
-
-
-# Dead-letter reason codes: the `reason` of an entry, counted in summary.json.
-MISSING_ID = "missing_id"
-MISSING_FEATURE = "missing_feature"
-MISSING_LABEL = "missing_label"
-MISSING_WEIGHT = "missing_weight"
-WRONG_SIZE = "wrong_size"
-WRONG_TYPE = "wrong_type"
-LABEL_OUT_OF_RANGE = "label_out_of_range"
-NOT_AN_EXAMPLE = "not_an_example"
-UNREADABLE_STRETCH = "unreadable_stretch"
-UNREADABLE_FILE = "unreadable_file"
-BAD_ID = "bad_id"
-BAD_SLICE = "bad_slice"
-LABEL_NOT_INTEGER = "label_not_integer"
-BAD_WEIGHT = "bad_weight"
-NOT_A_REGULAR_FILE = "not_a_regular_file"
-
-
-def dead_letter(source: str, id_: Optional[str], error: str,
-                reason: str) -> Dict[str, Any]:
-  """One dead-letter entry, as written to `dead_letter/*.jsonl`.
-
-  Args:
-    source: the file the input came from.
-    id_: its id, when one could be read.
-    error: what was wrong, for a person.
-    reason: a reason code (the first problem found), for counting.
-  """
-  return {"source": source, "id": id_, "error": error, "reason": reason}
 
 
 class Problem(NamedTuple):

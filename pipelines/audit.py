@@ -1,7 +1,7 @@
 """The audit pipeline: read → score → statistics → flag → write.
 
-`python -m lossaudit.pipelines.audit --config FILE [--set KEY=VALUE ...] [Beam options]`
-is the same as `lossaudit run`.
+`python -m lossaudit.pipelines.audit --config FILE [--set KEY=VALUE ...]
+[Beam options]` is the same as `lossaudit run`.
 """
 
 from __future__ import annotations
@@ -19,25 +19,48 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import (GoogleCloudOptions,
-                                                  PipelineOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import (
+  GoogleCloudOptions,
+  PipelineOptions,
+  StandardOptions,
+)
 
 from lossaudit import outputs, ownership, preflight
-from lossaudit.config import (AuditConfig, ConfigError, describe_error,
-                              load_config, one_line)
+from lossaudit.config import (
+  AuditConfig,
+  ConfigError,
+  describe_error,
+  load_config,
+  one_line,
+)
 from lossaudit.scoring import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.stats import rule_thresholds
 from lossaudit.transforms.duplicates import CountDuplicateIds
-from lossaudit.transforms.flag import (FlagExamples, count_reasons, flagged_schema,
-                             sum_counts)
-from lossaudit.transforms.read import DEAD_LETTER, ReadParquetBatches, ReadTFExampleBatches
+from lossaudit.transforms.flag import (
+  FlagExamples,
+  count_reasons,
+  flagged_schema,
+  sum_counts,
+)
+from lossaudit.transforms.label_issues import FindLabelIssues
+from lossaudit.transforms.read import (
+  DEAD_LETTER,
+  ReadParquetBatches,
+  ReadTFExampleBatches,
+)
 from lossaudit.transforms.score import NAMESPACE, TIMING, ScoreBatches
 from lossaudit.transforms.spill import ReadSpilled, SpillBatches
-from lossaudit.transforms.stats import LossStats, TopKCombineFn, TopRowsCombineFn
-from lossaudit.transforms.label_issues import FindLabelIssues
-from lossaudit.transforms.write import (WriteDeadLetters, WriteParquetShards, WriteSummary,
-                              public_schema)
+from lossaudit.transforms.stats import (
+  LossStats,
+  TopKCombineFn,
+  TopRowsCombineFn,
+)
+from lossaudit.transforms.write import (
+  WriteDeadLetters,
+  WriteParquetShards,
+  WriteSummary,
+  public_schema,
+)
 
 TOP_FLAGGED_IN_REPORT = 50
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
@@ -233,7 +256,9 @@ def _pipeline(options: PipelineOptions) -> beam.Pipeline:
   Raises:
     ConfigError: an unknown runner or options the runner would refuse.
   """
-  from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options_validator import (
+    PipelineOptionsValidator,  # pylint: disable=g-import-not-at-top
+  )
 
   try:
     p = beam.Pipeline(options=options)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-USAGE = """usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
+USAGE = """\
+usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
        lossaudit demo [--output DIR]
        lossaudit compare BASELINE_DIR CURRENT_DIR [--max-flagged-fraction X]
                          [--max-quantile-shift X] [--shift-quantiles Q ...]

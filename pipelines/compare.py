@@ -135,7 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   path = args.output or outputs.join(args.current, outputs.DRIFT)
   outputs.write_json(path, found)
   rate = found["flagged_rate"]
-  print(f"lossaudit: flagged rate {rate['baseline']:.4%} -> {rate['current']:.4%}")
+  print(f"lossaudit: flagged rate {rate['baseline']:.4%} ->"
+        f" {rate['current']:.4%}")
   shifts = {q: d["shift"] for q, d in found["quantiles"].items()
             if d["shift"] is not None}
   if shifts:
@@ -143,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"lossaudit: largest quantile shift: q{worst} moved"
           f" {shifts[worst]:.2%}")
   for g in found["gates"]:
-    print(f"lossaudit: gate {g['gate']}: {'passed' if g['passed'] else 'FAILED'}"
+    verdict = "passed" if g["passed"] else "FAILED"
+    print(f"lossaudit: gate {g['gate']}: {verdict}"
           f" (value {g['value']}, limit {g['limit']})")
   print(f"lossaudit: wrote {path}")
   if not found["passed"]:

@@ -87,7 +87,7 @@ def regressor_path(workdir):
 
 @pytest.fixture(scope="session")
 def demo_build(workdir):
-  """The demo's trained digits model and noisy shards (`lossaudit.pipelines.demo`).
+  """The demo's trained digits model and noisy shards (`pipelines/demo.py`).
 
   Returns `(data dir, model path, truth)`; truth holds the flipped ids.
   """

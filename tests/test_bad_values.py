@@ -17,8 +17,8 @@ import pytest
 
 from lossaudit import columns as cols
 from lossaudit import datasets
-from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
 from lossaudit.pipelines import audit
+from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
 from tests.conftest import NUM_CLASSES, NUM_FEATURES, base_config, make_columns
 
 CLASSES = f"expected an integer class in [0, {NUM_CLASSES})"

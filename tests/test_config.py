@@ -1,12 +1,17 @@
-"""The typed config: every error names the key, the expected and the received."""
+"""The typed config: each error names the key, the expected and the received."""
 
 import os
 
 import pytest
 import yaml
 
-from lossaudit.config import (AuditConfig, ConfigError, apply_override,
-                              load_config, load_yaml)
+from lossaudit.config import (
+  AuditConfig,
+  ConfigError,
+  apply_override,
+  load_config,
+  load_yaml,
+)
 from lossaudit.pipelines import audit
 
 BASE = {"input": {"pattern": "data/*.tfrecord"}, "model": {"path": "m.keras"}}
@@ -41,7 +46,8 @@ def test_list_of_patterns():
     ({"input__format": "csv"},
      r"input.format: expected one of \{.*'parquet'.*\}. Received: 'csv'"),
     ({"input__pattern": ""},
-     r"input.pattern: expected a non-empty glob or list of globs. Received: ''"),
+     r"input.pattern: expected a non-empty glob or list of globs."
+     r" Received: ''"),
     ({"input__feature_columns": 3},
      r"input.feature_columns: expected null, a list of column names or a"
      r" mapping model input -> column. Received: 3"),
@@ -65,13 +71,15 @@ def test_list_of_patterns():
      r"stats.quantiles: expected a non-empty list of numbers in \[0, 1\]"),
     ({"flag__loss_quantile": 2},
      r"flag.loss_quantile: expected a number in \[0, 1\]. Received: 2"),
-    ({"flag__top_k": 0}, r"flag.top_k: expected a positive integer. Received: 0"),
+    ({"flag__top_k": 0},
+     r"flag.top_k: expected a positive integer. Received: 0"),
     ({"flag__label_issues": "magic"},
      r"flag.label_issues: expected null or one of \{.*\}. Received: 'magic'"),
     ({"output__num_shards": -1},
      r"output.num_shards: expected an integer in \[0, 10000\]. Received: -1"),
     ({"gate__max_flagged_fraction": 1.5},
-     r"gate.max_flagged_fraction: expected a number in \[0, 1\]. Received: 1.5"),
+     r"gate.max_flagged_fraction: expected a number in \[0, 1\]."
+     r" Received: 1.5"),
 ])
 def test_invalid_values_name_key_expected_and_received(changes, message):
   with pytest.raises(ConfigError, match=message):
@@ -89,9 +97,11 @@ def test_unknown_keys_suggest_the_nearest():
 
 
 def test_missing_sections():
-  with pytest.raises(ConfigError, match=r"model: expected a mapping. Received: None"):
+  with pytest.raises(ConfigError,
+                     match=r"model: expected a mapping. Received: None"):
     AuditConfig.from_dict({"input": {"pattern": "x"}})
-  with pytest.raises(ConfigError, match=r"output: expected a mapping. Received: 3"):
+  with pytest.raises(ConfigError,
+                     match=r"output: expected a mapping. Received: 3"):
     AuditConfig.from_dict({**BASE, "output": 3})
 
 

@@ -1,7 +1,8 @@
 """A custom loss is user code: whatever it raises is exit 2 naming its key.
 
 Each case writes a small module under `tmp_path`, puts it on `sys.path`, and
-runs the real CLI entry (`lossaudit.pipelines.audit.main`) on real records and a real
+runs the real CLI entry (`lossaudit.pipelines.audit.main`) on real records and
+a real
 saved model: the pre-run check imports the loss and calls it on the first
 records, so an exception there (SystemExit included) is one line on stderr,
 exit code 2, no traceback, and nothing written.

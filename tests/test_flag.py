@@ -6,8 +6,13 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from lossaudit.transforms.flag import (FlagExamples, count_reasons, flag_batch,
-                             flagged_schema, sum_counts)
+from lossaudit.transforms.flag import (
+  FlagExamples,
+  count_reasons,
+  flag_batch,
+  flagged_schema,
+  sum_counts,
+)
 
 SCORED = pa.schema([("id", pa.string()), ("loss", pa.float64()),
                     ("given_label", pa.int64())])

@@ -9,6 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 from lossaudit.pipelines import audit
 from tests.conftest import base_config, upload
 
+
 def _read_parquet(directory: str) -> pd.DataFrame:
   files = sorted(m.path for m in FileSystems.match(
       [directory + "/part-*"])[0].metadata_list)

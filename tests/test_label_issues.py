@@ -1,4 +1,4 @@
-"""Distributed confident learning agrees with cleanlab on the same probabilities."""
+"""Distributed confident learning agrees with cleanlab on the same inputs."""
 
 
 import keras

@@ -67,7 +67,10 @@ def _heads_model():
   keras.utils.set_random_seed(3)
   inputs = keras.Input((8,), name="x")
   hidden = keras.layers.Dense(16, activation="relu")(inputs)
-  dense = lambda units, **kw: keras.layers.Dense(units, **kw)(hidden)
+
+  def dense(units, **kw):
+    return keras.layers.Dense(units, **kw)(hidden)
+
   sequence = keras.layers.Reshape((5, 4))(dense(20))
   return keras.Model(inputs, {
       "softmax": dense(4, activation="softmax"),

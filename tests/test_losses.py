@@ -40,7 +40,8 @@ def test_matches_keras_without_reduction(name, cls, from_logits):
   logits, probs = _probs(rng, 32, 4)
   y_true = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 32)]
   y_pred = logits if from_logits else probs
-  kwargs = {} if "mean" in cls.__name__.lower() else {"from_logits": from_logits}
+  kwargs = ({} if "mean" in cls.__name__.lower()
+            else {"from_logits": from_logits})
   expected = cls(reduction=None, **kwargs)(y_true, y_pred).numpy()
   got = losses.reduce_per_sample(
       losses.keras_loss(name, from_logits)(y_true, y_pred)).numpy()

@@ -1,4 +1,4 @@
-"""Multi-output models, sample weights and custom losses through the pipeline."""
+"""Multi-output models, sample weights and custom losses in the pipeline."""
 
 
 import keras

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from lossaudit import datasets
-from lossaudit.stats import LossAccumulator, median_and_mad
 from lossaudit.pipelines import audit
+from lossaudit.stats import LossAccumulator, median_and_mad
 from tests.conftest import base_config
 
 N, OUTLIERS = 20_000, 200

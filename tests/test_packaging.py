@@ -48,7 +48,8 @@ def test_the_wheel_installs_one_top_level_package(wheel):
   tops = {n.split("/")[0] for n in names if ".dist-info/" not in n}
   assert tops == {"lossaudit"}
   for module in ("lossaudit/pipelines/audit.py", "lossaudit/pipelines/cli.py",
-                 "lossaudit/transforms/score.py", "lossaudit/configs/demo.yaml"):
+                 "lossaudit/transforms/score.py",
+                 "lossaudit/configs/demo.yaml"):
     assert module in names
   assert not [n for n in names if "benchmark" in n]
   with zipfile.ZipFile(wheel) as archive:

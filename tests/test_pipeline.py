@@ -248,7 +248,8 @@ def test_label_out_of_range_and_missing_features_are_dead_lettered(
   assert by_id["broken"]["error"] == "missing feature 'x'"
   assert summary["dead_letter"]["by_reason"] == {
       "label_out_of_range": 2, "missing_feature": 1}
-  assert by_id["broken"]["source"].endswith("zz-missing-00000-of-00001.tfrecord")
+  assert by_id["broken"]["source"].endswith(
+      "zz-missing-00000-of-00001.tfrecord")
 
 
 def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
@@ -257,7 +258,8 @@ def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
   path = write_config(config)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   bad = subprocess.run(
-      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config", path, "--set",
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config", path,
+       "--set",
        "stats.epsilon=2"], capture_output=True, text=True, env=env)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (

@@ -24,7 +24,7 @@ def test_progress_lines_and_metrics(tmp_path, tfrecord_dir, classifier_path,
        write_config(config)], cwd=REPO, capture_output=True, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-3000:]
-  lines = [PROGRESS.match(l) for l in result.stderr.splitlines()]
+  lines = [PROGRESS.match(line) for line in result.stderr.splitlines()]
   lines = [m for m in lines if m]
   assert len(lines) >= 3  # 12 batches of 0.5 s, a line a second.
   scored = [int(m.group(1).replace(",", "")) for m in lines]

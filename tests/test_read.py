@@ -2,16 +2,18 @@
 
 import glob
 
-import pytest
-
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from lossaudit import datasets
-from lossaudit.transforms.read import (DEAD_LETTER, ReadParquetBatches,
-                             ReadTFExampleBatches)
+from lossaudit.transforms.read import (
+  DEAD_LETTER,
+  ReadParquetBatches,
+  ReadTFExampleBatches,
+)
 
 
 def _schema():

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from lossaudit import datasets, duplicates
-from lossaudit.scoring import BatchScorer
 from lossaudit.pipelines import audit
+from lossaudit.scoring import BatchScorer
 from tests.conftest import base_config, make_columns
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +196,8 @@ def test_config_yaml_is_loaded_safely(tmp_path):
   config.write_text(f"input: !!python/object/apply:os.system"
                     f" ['touch {marker}']\n")
   result = subprocess.run(
-      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config", str(config)],
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
+       str(config)],
       cwd=REPO, capture_output=True, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 2
@@ -332,7 +333,8 @@ def test_demo_data_damaged_every_way_at_once_adds_up(
       "wrong_size": 2, "wrong_type": 1, "label_out_of_range": 2,
       "not_an_example": 1}
   by_id = {d["id"]: d for d in dead if d["id"]}
-  assert by_id["short-1"]["error"] == "feature 'pixels' has 63 values, expected 64"
+  assert by_id["short-1"]["error"] == (
+      "feature 'pixels' has 63 values, expected 64")
   assert by_id["label-10"]["error"].startswith("label 10 out of range")
   wrong_type = [d for d in dead if d["reason"] == "wrong_type"][0]
   assert "expected float_list, found bytes_list" in wrong_type["error"]

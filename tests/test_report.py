@@ -62,7 +62,8 @@ def test_report_is_self_contained(demo_report):
 def test_report_renders_in_chromium_without_console_errors(demo_report):
   path, summary = demo_report
   dom, log = render(path, "--dump-dom")
-  assert "CONSOLE" not in log, [l for l in log.splitlines() if "CONSOLE" in l]
+  assert "CONSOLE" not in log, [line for line in log.splitlines()
+                                 if "CONSOLE" in line]
   for element in ('<svg id="histogram"', '<svg id="histogram-log"',
                   '<svg id="label-issue-matrix"', '<table id="quantiles"',
                   '<table id="slices"', '<table id="flagged"',

@@ -14,7 +14,6 @@ from lossaudit.transforms.score import DEAD_LETTER, ScoreBatches
 from tests.conftest import NUM_CLASSES, NUM_FEATURES
 
 
-
 def _assert_keras_losses(scored, model_path, loss_class, x, y) -> np.ndarray:
   """Asserts `scored`'s losses equal Keras's `loss_class(reduction=None)` on
   the saved model's predictions for `x`; returns those `(N,)` losses."""

@@ -11,8 +11,14 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit.config import FlagConfig
-from lossaudit.stats import (LossAccumulator, flag_masks, format_quantile,
-                             quantile_grid, rule_thresholds, top_k_merge)
+from lossaudit.stats import (
+  LossAccumulator,
+  flag_masks,
+  format_quantile,
+  quantile_grid,
+  rule_thresholds,
+  top_k_merge,
+)
 from lossaudit.transforms.stats import LossStats, TopKCombineFn
 
 QUANTILES = (0.001, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999)

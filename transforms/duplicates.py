@@ -16,7 +16,11 @@ import apache_beam as beam
 import pyarrow as pa
 
 from lossaudit import duplicates
-from lossaudit.transforms.spill import in_global_window, open_spill, read_spilled
+from lossaudit.transforms.spill import (
+  in_global_window,
+  open_spill,
+  read_spilled,
+)
 
 _SCHEMA = pa.schema([pa.field("id", pa.string())])
 # Ids buffered before they are split into buckets and written.

@@ -19,8 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from lossaudit import tfrecord
-from lossaudit import scoring
+from lossaudit import scoring, tfrecord
 
 DEAD_LETTER = "dead_letter"
 _NAMESPACE = "lossaudit"
@@ -202,7 +201,8 @@ class ReadParquetBatches(beam.PTransform):
     row_groups = (pbegin
                   | "Files" >> beam.Create(self._files)
                   | "ListRowGroups" >> beam.ParDo(
-                      _ListRowGroups()).with_outputs(DEAD_LETTER, main="groups"))
+                      _ListRowGroups()
+                      ).with_outputs(DEAD_LETTER, main="groups"))
     read = (row_groups.groups
             | "Spread" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(

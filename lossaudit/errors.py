@@ -1,0 +1,77 @@
+"""The errors lossaudit raises before a run, and how any error is told.
+
+A set-up error (`ConfigError`) names the key, flag, file or column, what was
+expected and what was received; the CLI prints it on one line and exits 2.
+Received values are shown through `short_repr` and messages printed through
+`one_line`, so a 1 MB value never makes a 1 MB message. `first_line` and
+`describe_error` are how an error from TensorFlow, Beam, pyarrow or user
+code is named in a message or a dead letter.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 120
+_REPR.maxlong = 40
+_REPR.maxlevel = 3
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 10
+_REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 10
+
+
+class ConfigError(ValueError):
+  """A bad configuration or set-up, detected before the pipeline runs."""
+
+
+def expected(key: str, what: str, received: Any) -> ConfigError:
+  """`key: expected what. Received: repr(received)`, to raise."""
+  return ConfigError(
+      f"{key}: expected {what}. Received: {short_repr(received)}")
+
+
+def short_repr(value: Any) -> str:
+  """`repr(value)`, cut to a few hundred characters at most (`reprlib`)."""
+  return _REPR.repr(value)
+
+
+def one_line(message: str, limit: int = 300) -> str:
+  """`message` on one line: whitespace runs (newlines included) become one
+  space, and a message longer than `limit` characters is cut to `limit`,
+  ending with "…"."""
+  text = " ".join(str(message).split())
+  if len(text) <= limit:
+    return text
+  return text[:max(0, limit - 1)] + "…"
+
+
+def first_line(error: BaseException) -> str:
+  """The first non-blank line of `error`'s message; its type's name when the
+  message is empty (or its `__str__` fails)."""
+  lines = _message(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
+
+
+def describe_error(error: BaseException, limit: int = 200) -> str:
+  """`Type: first line of its message` (just `Type` when it has none).
+
+  TensorFlow's AutoGraph re-raises an error from traced user code as one
+  whose message starts "in user code:" (sometimes a StagingError); the error
+  the user's code raised is its `__context__`, and is the one described.
+  """
+  while (_message(error).startswith("in user code:") and
+         error.__context__ is not None):
+    error = error.__context__
+  lines = _message(error).strip().splitlines()
+  text = one_line(lines[0], limit) if lines else ""
+  name = type(error).__name__
+  return f"{name}: {text}" if text else name
+
+
+def _message(error: BaseException) -> str:
+  """`str(error)`, or "" when its `__str__` itself fails (user code)."""
+  try:
+    return str(error)
+  except Exception:  # pylint: disable=broad-except
+    return ""
