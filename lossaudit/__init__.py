@@ -15,3 +15,6 @@ if "KERAS_HOME" not in os.environ and not os.path.exists(
     os.path.join(os.path.expanduser("~"), ".keras", "keras.json")):
   os.environ["KERAS_HOME"] = os.path.join(tempfile.gettempdir(),
                                           "lossaudit-keras")
+
+# The namespace of lossaudit's Beam metrics (counters and distributions).
+METRICS_NAMESPACE = "lossaudit"

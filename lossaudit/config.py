@@ -5,6 +5,11 @@ the CLI can print it on one line and exit 2 before the pipeline starts.
 Received values are shown through `reprlib` and the CLI prints messages
 through `one_line`, so a 1 MB value never makes a 1 MB message.
 
+What each key accepts is declared next to it, as a `Rule` in its dataclass
+field's metadata (`metadata={RULE: Rule(...)}`); one validator, `_validate`,
+applies the rules of a section's fields in order. Checks across fields stay
+small explicit methods.
+
 YAML is read with `LimitedLoader`, a SafeLoader that refuses alias bombs: an
 alias shares its anchor's node, so nine anchors of nine aliases each (72
 aliases, 300 bytes) load in microseconds but expand to 9**9 values wherever
@@ -14,13 +19,24 @@ config written into summary.json): a 480 KB message or a MemoryError.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import math
 import os
 import re
 import string
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+  Any,
+  Callable,
+  Collection,
+  Mapping,
+  Optional,
+  Pattern,
+  Sequence,
+  Tuple,
+  Union,
+)
 
 import yaml
 
@@ -35,6 +51,7 @@ from lossaudit.errors import short_repr
 FORMATS = ("tfrecord", "parquet")
 REDUCTIONS = ("mean", "sum")
 LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
+DEVICES = ("auto", "cpu", "gpu")
 
 MAX_BATCH_SIZE = 1 << 20
 MIN_EPSILON = 1e-6  # Smaller: the quantile sketch asks for terabytes.
@@ -50,18 +67,150 @@ MAX_YAML_VALUES = 100_000  # Scalars, lists, mappings added by aliases.
 _SCHEME = re.compile(r"([a-zA-Z][-a-zA-Z0-9+.]*)://")
 _IDENTIFIERS = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _CUSTOM_LOSS = re.compile(rf"{_IDENTIFIERS}:{_IDENTIFIERS}")
+_ACCELERATOR = re.compile(r"type:.*", re.DOTALL)
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# The key of a field's `Rule` in its dataclass field metadata.
+RULE = "rule"
+
 
 def _fail(key: str, expected: str, received: Any) -> None:
   raise errors.expected(key, expected, received)
 
 
-def _check_type(key: str, value: Any, types: tuple, expected: str) -> None:
-  if isinstance(value, bool) and bool not in types:
-    _fail(key, expected, value)
-  if not isinstance(value, types):
-    _fail(key, expected, value)
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """Bounds of a number, closed unless `open_low` / `open_high`; NaN is out.
+
+  Attributes:
+    expected: the phrase when a value is out of range; None: the rule's.
+  """
+
+  low: float = -math.inf
+  high: float = math.inf
+  open_low: bool = False
+  open_high: bool = False
+  expected: Optional[str] = None
+
+  def holds(self, value: Any) -> bool:
+    too_low = value <= self.low if self.open_low else value < self.low
+    too_high = value >= self.high if self.open_high else value > self.high
+    # No math.isnan on an int: one of 400 digits would raise OverflowError.
+    nan = isinstance(value, float) and math.isnan(value)
+    return not (too_low or too_high or nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What one config key accepts: the `metadata[RULE]` of its field.
+
+  `apply` checks a value in this order, each failure raising
+  `key: expected <phrase>. Received: <value>` with `expected` as the phrase
+  unless said otherwise: None (accepted when `nullable`, else refused with
+  `null_expected` when set), `types` (bool only when listed), `nonempty`,
+  `choices`, `range` (its own phrase), `pattern` (a full match), `location`
+  (a local path or gs:// URI, its own phrase), then `check(key, value)` for
+  what is particular to the key. `convert` makes the value stored.
+  """
+
+  expected: str
+  types: Tuple[type, ...] = ()
+  nullable: bool = False
+  null_expected: Optional[str] = None
+  nonempty: bool = False
+  choices: Tuple[Any, ...] = ()
+  range: Optional[Range] = None
+  pattern: Optional[Pattern[str]] = None
+  location: bool = False
+  check: Optional[Callable[[str, Any], None]] = None
+  convert: Optional[Callable[[Any], Any]] = None
+
+  def apply(self, key: str, value: Any) -> Any:
+    """`value` as stored, once checked.
+
+    Raises:
+      ConfigError: `value` breaks the rule.
+    """
+    if value is None:
+      if self.nullable:
+        return None
+      if self.null_expected is not None:
+        _fail(key, self.null_expected, value)
+    if self.types and (not isinstance(value, self.types) or (
+        isinstance(value, bool) and bool not in self.types)):
+      _fail(key, self.expected, value)
+    if self.nonempty and not value:
+      _fail(key, self.expected, value)
+    if self.choices and value not in self.choices:
+      _fail(key, self.expected, value)
+    if self.range is not None and not self.range.holds(value):
+      _fail(key, self.range.expected or self.expected, value)
+    if self.pattern is not None and not self.pattern.fullmatch(value):
+      _fail(key, self.expected, value)
+    if self.location:
+      _check_location(key, value)
+    if self.check is not None:
+      self.check(key, value)
+    return value if self.convert is None else self.convert(value)
+
+
+def _field(rule: Rule, default: Any = dataclasses.MISSING, *,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+  """A dataclass field whose values `rule` checks."""
+  return dataclasses.field(default=default, default_factory=default_factory,
+                           metadata={RULE: rule})
+
+
+def _validate(config: Any, prefix: str, *, first: Sequence[str] = (),
+              skip: Collection[str] = ()) -> None:
+  """Applies the `Rule` of each field of `config`, storing what it gives.
+
+  Fields go in declaration order, those in `first` first; the first broken
+  rule raises.
+
+  Args:
+    config: a dataclass instance (frozen: values are set through `object`).
+    prefix: the dotted key of `config` ("" at the top).
+    first: fields checked before the others, in this order.
+    skip: fields not checked.
+
+  Raises:
+    ConfigError: naming `prefix.field`, what it expected and what it got.
+  """
+  fields = {f.name: f for f in dataclasses.fields(config)}
+  for name in dict.fromkeys([*first, *fields]):
+    rule = fields[name].metadata.get(RULE)
+    if rule is None or name in skip:
+      continue
+    key = f"{prefix}.{name}" if prefix else name
+    object.__setattr__(config, name, rule.apply(key, getattr(config, name)))
+
+
+def _number(low: float = -math.inf, high: float = math.inf, *,
+            open_low: bool = False, open_high: bool = False,
+            nullable: bool = True, null_expected: Optional[str] = None
+            ) -> Rule:
+  """A number in a range (null too when `nullable`)."""
+  left = "(" if open_low else "["
+  right = ")" if open_high else "]"
+  within = f"a number in {left}{low}, {high}{right}"
+  return Rule("a number or null", types=(int, float), nullable=nullable,
+              null_expected=null_expected or within,
+              range=Range(low, high, open_low, open_high, within))
+
+
+def _integer(low: int, high: float, expected: Optional[str] = None, *,
+             nullable: bool = False) -> Rule:
+  expected = expected or f"an integer in [{low}, {high}]"
+  return Rule(expected, types=(int,), nullable=nullable,
+              range=Range(low, high))
+
+
+def _one_of(choices: Sequence[Any], *, nullable: bool = False) -> Rule:
+  null = "null or " if nullable else ""
+  return Rule(f"{null}one of {set(choices)}", choices=tuple(choices),
+              nullable=nullable)
 
 
 def _check_location(key: str, value: str) -> None:
@@ -71,82 +220,57 @@ def _check_location(key: str, value: str) -> None:
     _fail(key, "a local path or gs:// URI", value)
 
 
-def _check_int(key: str, value: Any, low: int, high: int) -> None:
-  expected = f"an integer in [{low}, {high}]"
-  _check_type(key, value, (int,), expected)
-  if not low <= value <= high:
-    _fail(key, expected, value)
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _optional_str(key: str, value: Any) -> None:
-  if value is not None:
-    _check_type(key, value, (str,), "a string or null")
+_BOOLEAN = Rule("true or false", types=(bool,))
+_STRING = Rule("a string", types=(str,))
+_OPTIONAL_STRING = Rule("a string or null", types=(str,), nullable=True)
+_NON_EMPTY_STRING = Rule("a non-empty string", types=(str,), nonempty=True)
 
 
-def _optional_number(key: str, value: Any, low: float = -math.inf,
-                     high: float = math.inf, *, open_low: bool = False,
-                     open_high: bool = False) -> None:
-  if value is None:
-    return
-  _check_type(key, value, (int, float), "a number or null")
-  too_low = value <= low if open_low else value < low
-  too_high = value >= high if open_high else value > high
-  # No math.isnan on an int: one of 400 digits would raise OverflowError.
-  nan = isinstance(value, float) and math.isnan(value)
-  if too_low or too_high or nan:
-    left = "(" if open_low else "["
-    right = ")" if open_high else "]"
-    _fail(key, f"a number in {left}{low}, {high}{right}", value)
+_GLOBS = "a non-empty glob or list of globs"
+_FEATURE_COLUMNS = (
+    "null, a list of column names or a mapping model input -> column")
+
+
+def _check_globs(key: str, value: Union[str, Sequence[str]]) -> None:
+  if not isinstance(value, str) and not all(
+      isinstance(p, str) and p for p in value):
+    _fail(key, _GLOBS, value)
+  for pattern in (value,) if isinstance(value, str) else value:
+    _check_location(key, pattern)
+
+
+def _check_feature_columns(key: str, value: Any) -> None:
+  if isinstance(value, collections.abc.Mapping):
+    ok = all(isinstance(k, str) and isinstance(v, str)
+             for k, v in value.items())
+  else:
+    ok = all(isinstance(c, str) and c for c in value)
+  if not ok:
+    _fail(key, _FEATURE_COLUMNS, value)
 
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-  pattern: Union[str, Sequence[str]] = ""
-  format: str = "tfrecord"
-  id_column: Optional[str] = "id"
-  label_column: Optional[str] = "label"
-  weight_column: Optional[str] = None
-  feature_columns: Optional[Union[Sequence[str], Mapping[str, str]]] = None
+  pattern: Union[str, Sequence[str]] = _field(
+      Rule(_GLOBS, types=(str, list, tuple), nonempty=True,
+           check=_check_globs,
+           convert=lambda v: v if isinstance(v, str) else tuple(v)), "")
+  format: str = _field(_one_of(FORMATS), "tfrecord")
+  id_column: Optional[str] = _field(_OPTIONAL_STRING, "id")
+  label_column: Optional[str] = _field(_OPTIONAL_STRING, "label")
+  weight_column: Optional[str] = _field(_OPTIONAL_STRING, None)
+  feature_columns: Optional[Union[Sequence[str], Mapping[str, str]]] = _field(
+      Rule(_FEATURE_COLUMNS, types=(collections.abc.Mapping, list, tuple),
+           nullable=True, nonempty=True, check=_check_feature_columns,
+           convert=lambda v: (dict(v) if isinstance(
+               v, collections.abc.Mapping) else tuple(v))), None)
 
   def __post_init__(self):
-    if isinstance(self.pattern, str):
-      if not self.pattern:
-        _fail("input.pattern", "a non-empty glob or list of globs",
-              self.pattern)
-    elif isinstance(self.pattern, (list, tuple)):
-      if not self.pattern or not all(
-          isinstance(p, str) and p for p in self.pattern):
-        _fail("input.pattern", "a non-empty glob or list of globs",
-              self.pattern)
-      object.__setattr__(self, "pattern", tuple(self.pattern))
-    else:
-      _fail("input.pattern", "a non-empty glob or list of globs", self.pattern)
-    for pattern in self.patterns:
-      _check_location("input.pattern", pattern)
-    if self.format not in FORMATS:
-      _fail("input.format", f"one of {set(FORMATS)}", self.format)
-    for key in ("id_column", "label_column", "weight_column"):
-      _optional_str(f"input.{key}", getattr(self, key))
-    fc = self.feature_columns
-    if fc is None:
-      return
-    if isinstance(fc, Mapping):
-      if not fc or not all(
-          isinstance(k, str) and isinstance(v, str) for k, v in fc.items()):
-        _fail("input.feature_columns",
-              "null, a list of column names or a mapping model input -> column",
-              fc)
-      object.__setattr__(self, "feature_columns", dict(fc))
-    elif isinstance(fc, (list, tuple)):
-      if not fc or not all(isinstance(c, str) and c for c in fc):
-        _fail("input.feature_columns",
-              "null, a list of column names or a mapping model input -> column",
-              fc)
-      object.__setattr__(self, "feature_columns", tuple(fc))
-    else:
-      _fail("input.feature_columns",
-            "null, a list of column names or a mapping model input -> column",
-            fc)
+    _validate(self, "input")
 
   @property
   def patterns(self) -> tuple:
@@ -155,22 +279,18 @@ class InputConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  path: str = ""
-  signature: str = "serving_default"
-  output: Optional[str] = None
+  path: str = _field(Rule("a .keras file or a SavedModel directory",
+                          types=(str,), nonempty=True, location=True), "")
+  signature: str = _field(_STRING, "serving_default")
+  output: Optional[str] = _field(_OPTIONAL_STRING, None)
 
   def __post_init__(self):
-    if not isinstance(self.path, str) or not self.path:
-      _fail("model.path", "a .keras file or a SavedModel directory", self.path)
-    _check_location("model.path", self.path)
-    _check_type("model.signature", self.signature, (str,), "a string")
-    _optional_str("model.output", self.output)
+    _validate(self, "model")
 
 
-def _check_loss_name(key: str, name: Any) -> None:
+def _check_loss_name(key: str, name: str) -> None:
   from lossaudit import losses  # Local: keeps config import light.
 
-  _check_type(key, name, (str,), "a Keras loss name")
   if losses.canonical_loss_name(name) is None:
     suggestion = difflib.get_close_matches(name, losses.SUPPORTED_LOSSES, n=1)
     hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
@@ -179,63 +299,55 @@ def _check_loss_name(key: str, name: Any) -> None:
         f" Received: {short_repr(name)}.{hint}")
 
 
-def _check_loss_options(prefix: str, from_logits: Any, reduce: Any,
-                        custom: Any, args: Any) -> None:
-  _check_type(f"{prefix}.from_logits", from_logits, (bool,), "true or false")
-  if reduce not in REDUCTIONS:
-    _fail(f"{prefix}.reduce", f"one of {set(REDUCTIONS)}", reduce)
-  if custom is not None:
-    if not isinstance(custom, str) or not _CUSTOM_LOSS.fullmatch(custom):
-      _fail(f"{prefix}.custom", "'package.module:function'", custom)
-  if not isinstance(args, Mapping):
-    _fail(f"{prefix}.args", "a mapping of Keras loss arguments", args)
+# Shared by `loss` and each of `loss.outputs`.
+_LOSS_NAME = Rule("a Keras loss name", types=(str,), check=_check_loss_name)
+_REDUCE = _one_of(REDUCTIONS)
+_CUSTOM = Rule("'package.module:function'", types=(str,), nullable=True,
+               pattern=_CUSTOM_LOSS)
+_LOSS_ARGS = Rule("a mapping of Keras loss arguments",
+                  types=(collections.abc.Mapping,), convert=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossOutputConfig:
   """One output of a multi-output model: its loss, labels and weight."""
 
-  output: str = ""
-  label_column: str = ""
-  name: str = "mean_squared_error"
-  weight: float = 1.0
-  from_logits: bool = False
-  reduce: str = "mean"
-  args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  custom: Optional[str] = None
+  output: str = _field(_NON_EMPTY_STRING, "")
+  label_column: str = _field(_NON_EMPTY_STRING, "")
+  name: str = _field(_LOSS_NAME, "mean_squared_error")
+  weight: float = _field(_number(0, nullable=False,
+                                 null_expected="a number >= 0"), 1.0)
+  from_logits: bool = _field(_BOOLEAN, False)
+  reduce: str = _field(_REDUCE, "mean")
+  args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict)
+  custom: Optional[str] = _field(_CUSTOM, None)
   index: int = 0
 
   def __post_init__(self):
-    key = f"loss.outputs[{self.index}]"
-    for field in ("output", "label_column"):
-      value = getattr(self, field)
-      if not isinstance(value, str) or not value:
-        _fail(f"{key}.{field}", "a non-empty string", value)
-    if self.custom is None:
-      _check_loss_name(f"{key}.name", self.name)
-    _optional_number(f"{key}.weight", self.weight, 0)
-    if self.weight is None:
-      _fail(f"{key}.weight", "a number >= 0", None)
-    _check_loss_options(key, self.from_logits, self.reduce, self.custom,
-                        self.args)
-    object.__setattr__(self, "args", dict(self.args))
+    # A custom loss needs no Keras name; `custom` is checked before `args`.
+    _validate(self, f"loss.outputs[{self.index}]",
+              first=("output", "label_column", "name", "weight",
+                     "from_logits", "reduce", "custom"),
+              skip=() if self.custom is None else ("name",))
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  name: str = "sparse_categorical_crossentropy"
-  from_logits: bool = False
-  reduce: str = "mean"
-  custom: Optional[str] = None
-  outputs: Optional[Sequence[Mapping[str, Any]]] = None
-  args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  name: str = _field(_LOSS_NAME, "sparse_categorical_crossentropy")
+  from_logits: bool = _field(_BOOLEAN, False)
+  reduce: str = _field(_REDUCE, "mean")
+  custom: Optional[str] = _field(_CUSTOM, None)
+  outputs: Optional[Sequence[Mapping[str, Any]]] = None  # _parse_outputs.
+  args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict)
 
   def __post_init__(self):
-    if self.custom is None and not self.outputs:
-      _check_loss_name("loss.name", self.name)
-    _check_loss_options("loss", self.from_logits, self.reduce, self.custom,
-                        self.args)
-    object.__setattr__(self, "args", dict(self.args))
+    # The name is unused with a custom loss or per-output losses.
+    unused = self.custom is not None or self.outputs
+    _validate(self, "loss", skip=("name",) if unused else ())
+    self._parse_outputs()
+
+  def _parse_outputs(self) -> None:
+    """`outputs` as a tuple of `LossOutputConfig`, each output once."""
     if self.outputs is None:
       return
     if not isinstance(self.outputs, (list, tuple)) or not self.outputs:
@@ -258,55 +370,41 @@ class LossConfig:
     object.__setattr__(self, "outputs", tuple(parsed))
 
 
+def _check_quantiles(key: str, value: Sequence[Any]) -> None:
+  if not all(_is_number(q) and 0 <= q <= 1 for q in value):
+    _fail(key, "a non-empty list of numbers in [0, 1]", value)
+
+
 @dataclasses.dataclass(frozen=True)
 class StatsConfig:
-  quantiles: Sequence[float] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99,
-                                0.999)
-  epsilon: float = 0.001
-  slice_by: Optional[str] = None
-  weighted: bool = False
+  quantiles: Sequence[float] = _field(
+      Rule("a non-empty list of numbers in [0, 1]", types=(list, tuple),
+           nonempty=True, check=_check_quantiles,
+           convert=lambda v: tuple(sorted(set(float(q) for q in v)))),
+      (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999))
+  epsilon: float = _field(_number(MIN_EPSILON, 0.5, nullable=False), 0.001)
+  slice_by: Optional[str] = _field(_OPTIONAL_STRING, None)
+  weighted: bool = _field(_BOOLEAN, False)
 
   def __post_init__(self):
-    if not isinstance(self.quantiles, (list, tuple)) or not self.quantiles:
-      _fail("stats.quantiles", "a non-empty list of numbers in [0, 1]",
-            self.quantiles)
-    for q in self.quantiles:
-      if isinstance(q, bool) or not isinstance(q, (int, float)) or not (
-          0 <= q <= 1):
-        _fail("stats.quantiles", "a non-empty list of numbers in [0, 1]",
-              self.quantiles)
-    object.__setattr__(self, "quantiles",
-                       tuple(sorted(set(float(q) for q in self.quantiles))))
-    _optional_number("stats.epsilon", self.epsilon, MIN_EPSILON, 0.5)
-    if self.epsilon is None:
-      _fail("stats.epsilon", f"a number in [{MIN_EPSILON}, 0.5]",
-            self.epsilon)
-    _optional_str("stats.slice_by", self.slice_by)
-    _check_type("stats.weighted", self.weighted, (bool,), "true or false")
+    _validate(self, "stats")
 
 
 @dataclasses.dataclass(frozen=True)
 class FlagConfig:
-  loss_quantile: Optional[float] = 0.99
-  loss_threshold: Optional[float] = None
-  robust_z: Optional[float] = None
-  top_k: Optional[int] = None
-  slice_quantile: Optional[float] = None
-  label_issues: Optional[str] = None
+  loss_quantile: Optional[float] = _field(_number(0, 1), 0.99)
+  loss_threshold: Optional[float] = _field(_number(), None)
+  robust_z: Optional[float] = _field(_number(0, open_low=True), None)
+  top_k: Optional[int] = _field(
+      _integer(1, math.inf, "a positive integer", nullable=True), None)
+  slice_quantile: Optional[float] = _field(_number(0, 1), None)
+  label_issues: Optional[str] = _field(
+      _one_of(LABEL_ISSUE_METHODS, nullable=True), None)
 
   def __post_init__(self):
-    _optional_number("flag.loss_quantile", self.loss_quantile, 0, 1)
-    _optional_number("flag.loss_threshold", self.loss_threshold)
-    _optional_number("flag.slice_quantile", self.slice_quantile, 0, 1)
-    if self.top_k is not None:
-      _check_type("flag.top_k", self.top_k, (int,), "a positive integer")
-      if self.top_k < 1:
-        _fail("flag.top_k", "a positive integer", self.top_k)
-    _optional_number("flag.robust_z", self.robust_z, 0, open_low=True)
-    if (self.label_issues is not None and
-        self.label_issues not in LABEL_ISSUE_METHODS):
-      _fail("flag.label_issues", f"null or one of {set(LABEL_ISSUE_METHODS)}",
-            self.label_issues)
+    # The order errors have always been reported in.
+    _validate(self, "flag", first=("loss_quantile", "loss_threshold",
+                                   "slice_quantile", "top_k"))
 
 
 def _check_placeholders(key: str, template: str) -> None:
@@ -346,6 +444,16 @@ def _duration_seconds(value: Any) -> Optional[float]:
   return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+_LOCK_TIMEOUT = ("a duration of at most 365d: a positive number of seconds,"
+                 " or a string such as '90s', '30m', '6h' or '2d'")
+
+
+def _check_duration(key: str, value: Any) -> None:
+  seconds = _duration_seconds(value)
+  if seconds is None or not 0 < seconds <= MAX_LOCK_TIMEOUT_SECONDS:
+    _fail(key, _LOCK_TIMEOUT, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
   """Where a run writes.
@@ -362,26 +470,17 @@ class OutputConfig:
       `"2d"` (see `lock_timeout_seconds`).
   """
 
-  dir: str = "out/audit"
-  num_shards: int = 0
-  write_losses: bool = True
-  overwrite: bool = False
-  lock_timeout: Union[str, float] = "6h"
+  dir: str = _field(Rule("a local path or gs:// URI", types=(str,),
+                         nonempty=True, location=True,
+                         check=_check_placeholders), "out/audit")
+  num_shards: int = _field(_integer(0, MAX_NUM_SHARDS), 0)
+  write_losses: bool = _field(_BOOLEAN, True)
+  overwrite: bool = _field(_BOOLEAN, False)
+  lock_timeout: Union[str, float] = _field(
+      Rule(_LOCK_TIMEOUT, check=_check_duration), "6h")
 
   def __post_init__(self):
-    if not isinstance(self.dir, str) or not self.dir:
-      _fail("output.dir", "a local path or gs:// URI", self.dir)
-    _check_location("output.dir", self.dir)
-    _check_placeholders("output.dir", self.dir)
-    _check_int("output.num_shards", self.num_shards, 0, MAX_NUM_SHARDS)
-    _check_type("output.write_losses", self.write_losses, (bool,),
-                "true or false")
-    _check_type("output.overwrite", self.overwrite, (bool,), "true or false")
-    seconds = _duration_seconds(self.lock_timeout)
-    if seconds is None or not 0 < seconds <= MAX_LOCK_TIMEOUT_SECONDS:
-      _fail("output.lock_timeout", "a duration of at most 365d: a positive"
-            " number of seconds, or a string such as '90s', '30m', '6h' or"
-            " '2d'", self.lock_timeout)
+    _validate(self, "output")
 
   @property
   def lock_timeout_seconds(self) -> float:
@@ -389,38 +488,37 @@ class OutputConfig:
     return _duration_seconds(self.lock_timeout)
 
 
+def _check_baseline(key: str, value: str) -> None:
+  if value == "":
+    _fail(key, "null, 'latest' or an earlier run's output.dir", value)
+  if value != "latest":
+    _check_location(key, value)
+
+
+def _check_numbers(key: str, value: Sequence[Any]) -> None:
+  if not all(_is_number(q) for q in value):
+    _fail(key, "null or a non-empty list of quantiles", value)
+
+
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
   """Quality gates. `baseline`: an earlier run's `output.dir`, or `latest`:
   the newest complete run (one with `summary.json`) beside this one."""
 
-  baseline: Optional[str] = None
-  max_flagged_fraction: Optional[float] = None
-  max_quantile_shift: Optional[float] = None
+  baseline: Optional[str] = _field(
+      Rule("a string or null", types=(str,), nullable=True,
+           check=_check_baseline), None)
+  max_flagged_fraction: Optional[float] = _field(_number(0, 1), None)
+  max_quantile_shift: Optional[float] = _field(_number(0), None)
   # The quantiles `max_quantile_shift` watches (null: all of stats.quantiles).
   # Low quantiles of a good model are near 0, where any change is large.
-  shift_quantiles: Optional[Sequence[float]] = None
+  shift_quantiles: Optional[Sequence[float]] = _field(
+      Rule("null or a non-empty list of quantiles", types=(list, tuple),
+           nullable=True, nonempty=True, check=_check_numbers,
+           convert=tuple), None)
 
   def __post_init__(self):
-    if self.shift_quantiles is not None:
-      if not isinstance(self.shift_quantiles, (list, tuple)) or not all(
-          isinstance(q, (int, float)) and not isinstance(q, bool)
-          for q in self.shift_quantiles) or not self.shift_quantiles:
-        _fail("gate.shift_quantiles", "null or a non-empty list of quantiles",
-              self.shift_quantiles)
-      object.__setattr__(self, "shift_quantiles", tuple(self.shift_quantiles))
-    _optional_str("gate.baseline", self.baseline)
-    if self.baseline == "":
-      _fail("gate.baseline", "null, 'latest' or an earlier run's output.dir",
-            self.baseline)
-    if self.baseline is not None and self.baseline != "latest":
-      _check_location("gate.baseline", self.baseline)
-    _optional_number("gate.max_flagged_fraction", self.max_flagged_fraction,
-                     0, 1)
-    _optional_number("gate.max_quantile_shift", self.max_quantile_shift, 0)
-
-
-DEVICES = ("auto", "cpu", "gpu")
+    _validate(self, "gate", first=("shift_quantiles",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,22 +532,15 @@ class RuntimeConfig:
   progress line at most this often (null: none).
   """
 
-  device: str = "auto"
-  accelerator: Optional[str] = None
-  progress_seconds: Optional[float] = 5.0
+  device: str = _field(_one_of(DEVICES), "auto")
+  accelerator: Optional[str] = _field(
+      Rule("null or a Beam accelerator hint such as"
+           " 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
+           types=(str,), nullable=True, pattern=_ACCELERATOR), None)
+  progress_seconds: Optional[float] = _field(_number(0, open_low=True), 5.0)
 
   def __post_init__(self):
-    _optional_number("runtime.progress_seconds", self.progress_seconds, 0,
-                     open_low=True)
-    if self.device not in DEVICES:
-      _fail("runtime.device", f"one of {set(DEVICES)}", self.device)
-    if self.accelerator is not None and (
-        not isinstance(self.accelerator, str) or
-        not self.accelerator.startswith("type:")):
-      _fail("runtime.accelerator",
-            "null or a Beam accelerator hint such as"
-            " 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
-            self.accelerator)
+    _validate(self, "runtime", first=("progress_seconds",))
 
 
 _SECTIONS = {
@@ -471,7 +562,7 @@ class AuditConfig:
   input: InputConfig
   model: ModelConfig
   loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-  batch_size: int = 1024
+  batch_size: int = _field(_integer(1, MAX_BATCH_SIZE), 1024)
   stats: StatsConfig = dataclasses.field(default_factory=StatsConfig)
   flag: FlagConfig = dataclasses.field(default_factory=FlagConfig)
   output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -479,15 +570,27 @@ class AuditConfig:
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
   def __post_init__(self):
-    _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+    _validate(self, "")
+    self._check_slices()
+    self._check_shift_quantiles()
+    self._check_weights()
+
+  def _check_slices(self) -> None:
+    """`flag.slice_quantile` flags within slices: it needs them."""
     if self.flag.slice_quantile is not None and self.stats.slice_by is None:
       raise ConfigError(
           "flag.slice_quantile: needs stats.slice_by to be set. Received:"
           " stats.slice_by=None")
+
+  def _check_shift_quantiles(self) -> None:
+    """The gate watches quantiles that the stats compute."""
     unknown = set(self.gate.shift_quantiles or ()) - set(self.stats.quantiles)
     if unknown:
       _fail("gate.shift_quantiles", f"quantiles of stats.quantiles"
             f" {list(self.stats.quantiles)}", list(self.gate.shift_quantiles))
+
+  def _check_weights(self) -> None:
+    """Weighted stats need a weight column."""
     if self.stats.weighted and self.input.weight_column is None:
       raise ConfigError(
           "stats.weighted: needs input.weight_column to be set. Received:"

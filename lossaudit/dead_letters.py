@@ -1,13 +1,17 @@
 """Dead letters: the inputs a run could not read or score, each with a reason.
 
-Reading (`transforms/read.py`), scoring (`lossaudit/scoring.py`) and the
-audit's set-up (files that are not regular) all write entries made here, one
-JSON line each in `dead_letter/*.jsonl`; summary.json counts them by reason.
+Reading (`transforms/read.py`), scoring (`lossaudit/model_inputs.py` finds
+the `Problem`s of a batch's rows) and the audit's set-up (files that are not
+regular) all write entries made here, one JSON line each in
+`dead_letter/*.jsonl`; summary.json counts them by reason.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
 
 # The output tag of a PTransform's dead letters.
 TAG = "dead_letter"
@@ -41,3 +45,61 @@ def dead_letter(source: str, id_: Optional[str], error: str,
     reason: a reason code (the first problem found), for counting.
   """
   return {"source": source, "id": id_, "error": error, "reason": reason}
+
+
+class Problem(NamedTuple):
+  """One kind of problem found in some rows of a batch of N rows.
+
+  Attributes:
+    rows: `(N,)` bool, the rows that have it.
+    reason: its reason code.
+    message: what is wrong, for a person; `{value}` stands for the row's
+      entry of `values`.
+    values: `(N,)` numpy or Arrow array, the value each row's message
+      names; None when the message names none.
+  """
+
+  rows: np.ndarray
+  reason: str
+  message: str
+  values: Any = None
+
+
+def from_problems(source: str, ids: Optional[pa.Array],
+                  problems: Sequence[Problem],
+                  rows: np.ndarray) -> List[Dict[str, Any]]:
+  """One entry per row set in `rows` `(N,)` bool.
+
+  Args:
+    source: the file the N rows came from.
+    ids: `(N,)` their ids (null where unreadable), or None.
+    problems: the problems found in the N rows, in the order found.
+    rows: the rows to enter, each with at least one problem.
+
+  Returns:
+    Entries whose reason is the row's first problem's, and whose error is
+    the messages of all its problems, joined by "; ".
+  """
+  entries = []
+  for row in np.flatnonzero(rows).tolist():
+    found = [p for p in problems if p.rows[row]]
+    messages = [p.message if p.values is None else
+                p.message.replace("{value}", _format_value(p.values[row]))
+                for p in found]
+    id_ = ids[row].as_py() if ids is not None else None
+    entries.append(dead_letter(source, id_, "; ".join(messages),
+                               found[0].reason))
+  return entries
+
+
+def _format_value(value: Any) -> str:
+  """A value as a message shows it: 2 not 2.0, float32 9.99 as 9.99, text
+  quoted and bytes escaped (b'\\xff')."""
+  if isinstance(value, pa.Scalar):
+    value = value.as_py()
+  if isinstance(value, (str, bytes)):
+    return repr(value)
+  if (isinstance(value, (float, np.floating)) and np.isfinite(value) and
+      float(value).is_integer()):
+    return str(int(value))
+  return str(value)

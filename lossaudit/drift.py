@@ -7,9 +7,23 @@ by `lossaudit run` when a gate or `gate.baseline` is set.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+from lossaudit.flag_counts import FlagCounts
 
 TINY = 1e-12
+
+
+class Baseline(NamedTuple):
+  """The run to compare with.
+
+  Attributes:
+    dir: its `output.dir`.
+    summary: its `summary.json`.
+  """
+
+  dir: str
+  summary: Dict
 
 
 def flagged_rate(summary: Dict) -> float:
@@ -28,9 +42,8 @@ def label_issue_rates(summary: Dict) -> Optional[Dict[str, float]]:
   label_issues = summary.get("label_issues")
   if not label_issues:
     return None
-  issues = [0] * len(label_issues["label_counts"])
-  for pair, count in label_issues.get("issues_by_pair", {}).items():
-    issues[int(pair.split("->")[0])] += count
+  issues = FlagCounts.from_summary(summary).issues_by_given(
+      len(label_issues["label_counts"]))
   return {str(k): issues[k] / n if n else 0.0
           for k, n in enumerate(label_issues["label_counts"])}
 

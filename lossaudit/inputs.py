@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import outputs
-from lossaudit.config import ConfigError, describe_error
+from lossaudit.errors import ConfigError, describe_error
 from lossaudit.ownership import LOCK, MARKER
 
 # Names under `output.dir` standing for all that a run writes there.

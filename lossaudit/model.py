@@ -1,4 +1,5 @@
-"""Loading a saved model (.keras file or SavedModel directory) for scoring.
+"""Loading a saved model (.keras file or SavedModel directory) for scoring,
+and choosing the device it runs on.
 
 Keras 3 cannot `load_model` a SavedModel directory, so SavedModels are loaded
 with `tf.saved_model.load` and called through their serving signature.
@@ -8,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-from lossaudit.config import ConfigError
+import keras
+import tensorflow as tf
 
-if TYPE_CHECKING:
-  import tensorflow as tf
+from lossaudit.errors import ConfigError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +93,6 @@ class AuditModel:
   """
 
   def __init__(self, path: str, signature: str = "serving_default"):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     self.path = path
     path = local_copy(path)
     if os.path.isdir(path):
@@ -109,14 +109,12 @@ class AuditModel:
           f" Received: {path!r} (no such file or directory)")
 
   def _load_keras(self, path: str) -> None:
-    import keras  # pylint: disable=g-import-not-at-top
-
     try:
       model = keras.models.load_model(path, compile=False)
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"model.path: expected a Keras model file. Received: {path!r}"
-          f" ({type(e).__name__}: {_first_line(e)})") from None
+          f" ({_load_error(e)})") from None
     self._keras_model = model
     self.inputs = tuple(
         TensorInfo(t.name, tuple(t.shape[1:]), _dtype_name(t.dtype))
@@ -131,14 +129,12 @@ class AuditModel:
     }
 
   def _load_saved_model(self, path: str, signature: str) -> None:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     try:
       loaded = tf.saved_model.load(path)
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"model.path: expected a loadable SavedModel. Received: {path!r}"
-          f" ({type(e).__name__}: {_first_line(e)})") from None
+          f" ({_load_error(e)})") from None
     if signature not in loaded.signatures:
       raise ConfigError(
           f"model.signature: expected one of {sorted(loaded.signatures)}."
@@ -168,8 +164,8 @@ class AuditModel:
       raise ConfigError(f"{key}: expected one of {names}. Received: {name!r}")
     return self.outputs[name]
 
-  def __call__(self, features: Dict[str, "tf.Tensor"]
-               ) -> Dict[str, "tf.Tensor"]:
+  def __call__(self, features: Dict[str, tf.Tensor]
+               ) -> Dict[str, tf.Tensor]:
     """Runs the model on `{input: (N, ...) tensor}` → `{output: (N, ...)}`."""
     if hasattr(self, "_signature"):
       return self._signature(**features)
@@ -188,6 +184,33 @@ def _dtype_name(dtype) -> str:
   return getattr(dtype, "name", str(dtype))
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else ""
+def _load_error(error: Exception) -> str:
+  """`Type: first line of its message` of an error loading a model; just
+  `Type: ` when the message is empty."""
+  line = first_line(error) if str(error).strip() else ""
+  return f"{type(error).__name__}: {line}"
+
+
+def select_device(device: str) -> str:
+  """The TensorFlow device to score on, for `runtime.device`.
+
+  `auto` takes the first GPU TensorFlow sees, else the CPU; `gpu` fails
+  without one. GPU memory grows on demand rather than all at once, so
+  several worker threads can share one GPU.
+
+  Raises:
+    RuntimeError: `gpu` was asked for and none is visible.
+  """
+  gpus = [] if device == "cpu" else tf.config.list_physical_devices("GPU")
+  for gpu in gpus:
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # Already initialised in this process.
+      pass
+  if device == "gpu" and not gpus:
+    raise RuntimeError("runtime.device: expected a visible GPU. Received:"
+                       " none (tf.config.list_physical_devices('GPU') is"
+                       " empty)")
+  name = "/GPU:0" if gpus else "/CPU:0"
+  logging.info("lossaudit scores on %s", name)
+  return name

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from lossaudit.config import ConfigError
+from lossaudit.errors import ConfigError
 
 LOSSES = "losses"
 FLAGGED = "flagged"

@@ -40,7 +40,7 @@ from typing import Callable, List, Optional, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import outputs
-from lossaudit.config import ConfigError, describe_error
+from lossaudit.errors import ConfigError, describe_error
 
 MARKER = ".lossaudit-run.json"
 LOCK = ".lossaudit-lock.json"

@@ -10,33 +10,57 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
+
+
+class Progress:
+  """Totals of work done, and the progress line each time one is due.
+
+  Args:
+    interval: seconds between lines, at least.
+    clock: seconds since any fixed point, read at start and on each `add`.
+  """
+
+  def __init__(self, interval: float,
+               clock: Callable[[], float] = time.monotonic):
+    self._interval = float(interval)
+    self._clock = clock
+    self._start = self._last = clock()
+    self.scored = 0
+    self.dead = 0
+
+  def add(self, scored: int = 0, dead_lettered: int = 0) -> Optional[str]:
+    """Counts work done; returns the progress line if one is due, else
+    None."""
+    self.scored += scored
+    self.dead += dead_lettered
+    now = self._clock()
+    if now - self._last < self._interval:
+      return None
+    self._last = now
+    elapsed = now - self._start
+    return (f"lossaudit: {self.scored:,} examples scored"
+            f" ({self.scored / max(elapsed, 1e-9):,.0f}/s),"
+            f" {self.dead:,} dead-lettered, {elapsed:.0f} s")
+
 
 _lock = threading.Lock()
-_state = {"interval": None, "start": None, "last": 0.0, "scored": 0,
-          "dead": 0}
+_progress: Optional[Progress] = None
 
 
-def enable(interval: Optional[float]) -> None:
-  """Turns progress lines on in this process (None: off)."""
+def enable(interval: Optional[float],
+           clock: Callable[[], float] = time.monotonic) -> None:
+  """Turns progress lines on in this process (None: off); once a process."""
+  global _progress
   with _lock:
-    if interval and _state["interval"] is None:
-      _state.update(interval=float(interval), start=time.monotonic(),
-                    last=time.monotonic())
+    if interval and _progress is None:
+      _progress = Progress(interval, clock)
 
 
 def add(scored: int = 0, dead_lettered: int = 0) -> None:
-  """Counts work done; prints a progress line when one is due."""
+  """Counts work done; prints a progress line to stderr when one is due."""
   with _lock:
-    _state["scored"] += scored
-    _state["dead"] += dead_lettered
-    interval = _state["interval"]
-    now = time.monotonic()
-    if interval is None or now - _state["last"] < interval:
-      return
-    _state["last"] = now
-    elapsed = now - _state["start"]
-    line = (f"lossaudit: {_state['scored']:,} examples scored"
-            f" ({_state['scored'] / max(elapsed, 1e-9):,.0f}/s),"
-            f" {_state['dead']:,} dead-lettered, {elapsed:.0f} s")
-  print(line, file=sys.stderr, flush=True)
+    line = None if _progress is None else _progress.add(scored,
+                                                        dead_lettered)
+  if line is not None:
+    print(line, file=sys.stderr, flush=True)

@@ -11,6 +11,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from lossaudit import drift
+from lossaudit.duplicates import Duplicates
+from lossaudit.flag_counts import FlagCounts
+from lossaudit.stats import Thresholds
+from lossaudit.timings import Timings
 
 HISTOGRAM_BINS = 40
 
@@ -30,51 +34,38 @@ def versions() -> Dict[str, str]:
 
 
 def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
-                  thresholds: Dict, flag_counts: Dict[str, int],
+                  thresholds: Thresholds, flag_counts: FlagCounts,
                   dead_letter_reasons: Dict[str, int],
-                  duplicates: Optional[Dict], config: Dict, run: Dict,
+                  duplicates: Optional[Duplicates], config: Dict, run: Dict,
                   seconds: float, files: Dict[str, List[str]],
-                  timing: Optional[Sequence[float]] = None,
+                  timings: Optional[Timings] = None,
                   devices: Sequence[str] = ()) -> Dict:
   """The `summary.json` document (see CONTRACT.md).
 
   Args:
     run: `run_id`, `runner` and `start_time` of the run.
-    timing: `(batches, rows, seconds, slowest batch's seconds)` spent in the
-      model and loss, summed over workers.
+    timings: the time spent in the model and loss, summed over workers.
   """
   scored = loss_stats["count"] + loss_stats["nan_count"]
   dead_lettered = sum(dead_letter_reasons.values())
-  duplicates = duplicates or {"duplicate_ids": 0, "duplicate_id_rows": 0,
-                              "duplicate_id_examples": []}
-  loss = {k: v for k, v in loss_stats.items() if k != "cdf"}
-  thresholds = dict(thresholds)
-  by_reason = {k: v for k, v in sorted(flag_counts.items())
-               if k != "total" and not k.startswith("pair:")}
-  label_issues = thresholds.get("label_issues")
-  if label_issues is not None:
-    label_issues = {k: v for k, v in label_issues.items()
-                    if k not in ("cells", "prune_counts")}
-    label_issues["issues_by_pair"] = {
-        k[len("pair:"):]: v for k, v in sorted(flag_counts.items())
-        if k.startswith("pair:")}
-    thresholds = {k: v for k, v in thresholds.items() if k != "label_issues"}
+  label_issues = None
+  if thresholds.label_issues is not None:
+    label_issues = dict(thresholds.label_issues.to_dict(),
+                        issues_by_pair=flag_counts.pairs_to_dict())
   return {
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,
       "examples_dead_lettered": dead_lettered,
       "dead_letter": {"by_reason": dict(sorted(dead_letter_reasons.items()))},
-      **duplicates,
-      "loss": loss,
+      **(duplicates or Duplicates()).to_dict(),
+      "loss": {k: v for k, v in loss_stats.items() if k != "cdf"},
       "slices": {
           str(k): {"count": v["count"] + v["nan_count"],
                    "quantiles": v["quantiles"]}
           for k, v in sorted(slice_stats.items())
       },
-      "thresholds": {k: (list(v) if isinstance(v, tuple) else v)
-                     for k, v in thresholds.items()},
-      "flagged": {"total": flag_counts.get("total", 0),
-                  "by_reason": by_reason},
+      "thresholds": thresholds.to_dict(),
+      "flagged": flag_counts.to_dict(),
       "label_issues": label_issues,
       "config": config,
       "versions": versions(),
@@ -85,22 +76,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
               timespec="seconds"),
       "devices": list(devices),
       "seconds": round(seconds, 3),
-      "timings": _timings(seconds, scored, timing),
+      "timings": (timings or Timings()).to_dict(seconds, scored),
       "files": files,
-  }
-
-
-def _timings(seconds: float, scored: int,
-             timing: Optional[Sequence[float]]) -> Dict[str, Any]:
-  batches, rows, scoring, slowest = timing or (0, 0, 0.0, 0.0)
-  return {
-      "wall_seconds": round(seconds, 3),
-      "examples_per_second": round(scored / seconds, 1) if seconds else None,
-      "scoring_seconds": round(scoring, 3),
-      "batches": batches,
-      "mean_batch_ms": round(1000 * scoring / batches, 3) if batches else None,
-      "slowest_batch_ms": round(1000 * slowest, 3),
-      "batch_rows": rows,
   }
 
 
@@ -163,13 +140,10 @@ def _svg_histogram(edges: np.ndarray, counts: np.ndarray,
           f'{"".join(lines)}{axis}</svg>')
 
 
-def _svg_heat_map(pairs: Dict[str, int], num_classes: int) -> str:
+def _svg_heat_map(counts: np.ndarray) -> str:
   """The label-issue matrix: given label (rows) × suggested label (columns),
-  darker for more issues; `pairs` maps `"given->suggested"` to a count."""
-  counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-  for pair, count in pairs.items():
-    given, suggested = (int(v) for v in pair.split("->"))
-    counts[given, suggested] = count
+  darker for more issues; `counts` is `FlagCounts.issue_matrix()` `(K, K)`."""
+  num_classes = len(counts)
   cell = max(4, min(36, 480 // max(num_classes, 1)))
   pad = 56
   size = pad + cell * num_classes + 8
@@ -273,18 +247,18 @@ def _label_issues(summary: Dict) -> str:
             " confident_learning</code> or <code>prune_by_noise_rate</code>)."
             "</p>")
   num_classes = len(label_issues["label_counts"])
-  pairs = label_issues.get("issues_by_pair", {})
+  counts = FlagCounts.from_summary(summary)
   per_class = _table(
       ["class", "examples", "label issues", "self-confidence threshold",
        "noise rate"],
-      [[k, n, sum(c for p, c in pairs.items() if p.split("->")[0] == str(k)),
-        t, r] for k, (n, t, r) in enumerate(zip(
-            label_issues["label_counts"], label_issues["thresholds"],
-            label_issues["noise_rate"]))], "label-issue-classes")
+      [[k, n, issues, t, r] for k, (n, issues, t, r) in enumerate(zip(
+          label_issues["label_counts"], counts.issues_by_given(num_classes),
+          label_issues["thresholds"], label_issues["noise_rate"]))],
+      "label-issue-classes")
   return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
           " the examples given the row's label that the model suggests belong"
           " to the column's class.</p>" +
-          _svg_heat_map(pairs, num_classes) + per_class)
+          _svg_heat_map(counts.issue_matrix(num_classes)) + per_class)
 
 
 def render_report(summary: Dict, cdf: Sequence[Optional[float]],

@@ -1,51 +1,33 @@
-"""Scoring one Arrow batch: validation, model, per-sample loss and signals.
+"""Scoring Arrow batches: per-sample losses and class signals, per batch.
 
 `BatchScorer` is the plain handler class behind the `ScoreBatches` transform
-(as Beam's ModelHandler is behind RunInference): it owns the model and one
-traced `tf.function` whose batch axis is unknown, so batches of any size reuse
-the same graph.
+(as Beam's ModelHandler is behind RunInference). Scoring one batch is four
+parts, each its own function:
+
+- `model_inputs.read_model_inputs`: the batch → ids, features, labels,
+  weights and slices, and the rows that cannot be scored (numpy and Arrow);
+- `dead_letters.from_problems`: those rows → dead-letter entries;
+- `loss_graph`: one traced `tf.function` whose batch axis is unknown, so
+  batches of any size reuse the same graph;
+- `scored_batch`: the losses and signals → the scored RecordBatch.
+
+Loading the model and choosing its device are `lossaudit.model`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
-from typing import (
-  Any,
-  Dict,
-  List,
-  Mapping,
-  NamedTuple,
-  Optional,
-  Sequence,
-  Tuple,
-)
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
+import tensorflow as tf
 
 from lossaudit import columns as cols
-from lossaudit import losses
-
-# Re-exported until reading and the audit import them from dead_letters.
-from lossaudit.dead_letters import BAD_ID as BAD_ID
-from lossaudit.dead_letters import BAD_SLICE as BAD_SLICE
-from lossaudit.dead_letters import BAD_WEIGHT as BAD_WEIGHT
-from lossaudit.dead_letters import LABEL_NOT_INTEGER as LABEL_NOT_INTEGER
-from lossaudit.dead_letters import LABEL_OUT_OF_RANGE as LABEL_OUT_OF_RANGE
-from lossaudit.dead_letters import MISSING_FEATURE as MISSING_FEATURE
-from lossaudit.dead_letters import MISSING_ID as MISSING_ID
-from lossaudit.dead_letters import MISSING_LABEL as MISSING_LABEL
-from lossaudit.dead_letters import MISSING_WEIGHT as MISSING_WEIGHT
-from lossaudit.dead_letters import NOT_A_REGULAR_FILE as NOT_A_REGULAR_FILE
-from lossaudit.dead_letters import NOT_AN_EXAMPLE as NOT_AN_EXAMPLE
-from lossaudit.dead_letters import UNREADABLE_FILE as UNREADABLE_FILE
-from lossaudit.dead_letters import UNREADABLE_STRETCH as UNREADABLE_STRETCH
-from lossaudit.dead_letters import WRONG_SIZE as WRONG_SIZE
-from lossaudit.dead_letters import WRONG_TYPE as WRONG_TYPE
-from lossaudit.dead_letters import dead_letter as dead_letter
-from lossaudit.model import AuditModel, TensorInfo
+from lossaudit import dead_letters, losses
+from lossaudit.errors import ConfigError
+from lossaudit.model import AuditModel, TensorInfo, select_device
+from lossaudit.model_inputs import ModelInputs, read_model_inputs
 
 # Columns of the scored batches that are not written to losses/.
 SLICE_COLUMN = "__slice__"
@@ -163,216 +145,86 @@ class LossShapeError(ValueError):
   """A loss that does not give one value per example."""
 
 
-def select_device(device: str) -> str:
-  """The TensorFlow device to score on, for `runtime.device`.
-
-  `auto` takes the first GPU TensorFlow sees, else the CPU; `gpu` fails
-  without one. GPU memory grows on demand rather than all at once, so
-  several worker threads can share one GPU.
-
-  Raises:
-    RuntimeError: `gpu` was asked for and none is visible.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  gpus = [] if device == "cpu" else tf.config.list_physical_devices("GPU")
-  for gpu in gpus:
-    try:
-      tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:  # Already initialised in this process.
-      pass
-  if device == "gpu" and not gpus:
-    raise RuntimeError("runtime.device: expected a visible GPU. Received:"
-                       " none (tf.config.list_physical_devices('GPU') is"
-                       " empty)")
-  name = "/GPU:0" if gpus else "/CPU:0"
-  logging.info("lossaudit scores on %s", name)
-  return name
+# The loss graph: one traced function from dense feature and label tensors to
+# `(N,)` losses and class signals.
 
 
-class Problem(NamedTuple):
-  """One kind of problem found in some rows of a batch of N rows.
+def loss_graph(spec: ScoringSpec, model: AuditModel) -> Callable[..., Any]:
+  """The spec's losses on `model`'s predictions, as one traced function.
 
-  Attributes:
-    rows: `(N,)` bool, the rows that have it.
-    reason: its dead-letter reason code.
-    message: what is wrong, for a person; `{value}` stands for the row's
-      entry of `values`.
-    values: `(N,)` numpy or Arrow array, the value each row's message
-      names; None when the message names none.
-  """
-
-  rows: np.ndarray
-  reason: str
-  message: str
-  values: Any = None
-
-
-def _format_value(value: Any) -> str:
-  """A value as a message shows it: 2 not 2.0, float32 9.99 as 9.99, text
-  quoted and bytes escaped (b'\\xff')."""
-  if isinstance(value, pa.Scalar):
-    value = value.as_py()
-  if isinstance(value, (str, bytes)):
-    return repr(value)
-  if (isinstance(value, (float, np.floating)) and np.isfinite(value) and
-      float(value).is_integer()):
-    return str(int(value))
-  return str(value)
-
-
-def _missing(n: int, what: str, name: str, reason: str) -> Problem:
-  return Problem(np.ones(n, dtype=bool), reason, f"missing {what} {name!r}")
-
-
-def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
-           shape: Tuple[int, ...], dtype: np.dtype,
-           expected: Optional[str] = None
-           ) -> Tuple[np.ndarray, List[Problem]]:
-  """Reads column `name` as `(N,) + shape` values of `dtype`.
-
-  Args:
-    batch: N rows.
-    name: the column.
-    what: `feature`, `label` or `weight`, for messages.
-    missing: the reason code of a missing value.
-    shape: the per-example shape.
-    dtype: numpy dtype of the values.
-    expected: the value type messages expect; `dtype`'s name when None.
+  Its batch axis is unknown, so batches of any size reuse one graph. Builds
+  the loss functions (custom ones are imported here).
 
   Returns:
-    `(values, problems)`: values `(N,) + shape`, zero in the rows that are
-    missing, of the wrong size or not numbers.
+    A `tf.function` of `(features, labels)`: `{model input: (N,) + shape}`
+    and `{term name: (N,) + label_shape}` tensors → `(N,)` tensors `loss`,
+    `loss_<name>` per term and `finite` (whether the row's inputs and
+    predictions are finite), plus `given_label`, `predicted_label`,
+    `self_confidence`, `margin` and `probs` `(N, K)` (with `keep_probs`) for
+    a classifier.
   """
-  n, shape = batch.num_rows, tuple(shape)
-  expected = expected or np.dtype(dtype).name
-  found = cols.optional_column(batch, name)
-  if found is None:
-    return np.zeros((n,) + shape, dtype), [_missing(n, what, name, missing)]
-  wrong_type = (f"{what} {name!r} has type {found.type}, expected {expected}"
-                " values")
-  width = _width(shape)
-  try:
-    dense = cols.dense_numbers(found, width, dtype)
-  except (ValueError, TypeError, pa.ArrowException):
-    return np.zeros((n,) + shape, dtype), [
-        Problem(np.ones(n, dtype=bool), WRONG_TYPE, wrong_type)]
-  counts = dense.counts
-  problems = [Problem(counts < 0, missing, f"missing {what} {name!r}")]
-  wrong = (counts >= 0) & (counts != width)
-  if wrong.any():
-    problems.append(Problem(wrong, WRONG_SIZE, f"{what} {name!r} has {{value}}"
-                            f" values, expected {width}", counts))
-  if dense.not_numbers.any():
-    if dense.not_numbers[counts == width].all():
-      # Not one value parses: the column's type is wrong, not a value.
-      problems.append(Problem(dense.not_numbers, WRONG_TYPE, wrong_type))
-    else:
-      subject = f"feature {name!r} value" if what == "feature" else what
-      problems.append(Problem(dense.not_numbers, WRONG_TYPE,
-                              f"{subject} {{value}} is not a number",
-                              dense.text))
-  return dense.values.reshape((n,) + shape), problems
+  loss_fns = [term.build_loss() for term in spec.terms]
+
+  def graph(features, labels):
+    predictions = model(features)
+    outputs = {"finite": _rows_finite(
+        list(features.values()) +
+        [predictions[term.output] for term in spec.terms])}
+    outputs.update(_term_losses(spec.terms, loss_fns, labels, predictions))
+    if spec.classifier:
+      term = spec.classifier
+      outputs.update(_class_signals(term, labels[term.name],
+                                    predictions[term.output], spec.keep_probs))
+    return outputs
+
+  feature_specs = {
+      name: tf.TensorSpec((None,) + tuple(shape), tf.as_dtype(dtype))
+      for name, _, shape, dtype in spec.features
+  }
+  label_specs = {
+      t.name: tf.TensorSpec((None,) + tuple(t.label_shape),
+                            tf.as_dtype(t.label_dtype)) for t in spec.terms
+  }
+  return tf.function(graph, input_signature=[feature_specs, label_specs])
 
 
-def _first_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """`(N,)`: for each row of `values` `(N, W)`, its first value where `mask`
-  `(N, W)` is set (its first value when none is)."""
-  return values[np.arange(len(values)), mask.argmax(axis=1)]
+def _term_losses(terms: Tuple[LossTerm, ...], loss_fns: List[Callable],
+                 labels: Mapping[str, tf.Tensor],
+                 predictions: Mapping[str, tf.Tensor]
+                 ) -> Dict[str, tf.Tensor]:
+  """`loss_<name>` `(N,)` of each term, and `loss` `(N,)`: Σ weight · term."""
+  outputs = {}
+  total = None
+  for term, loss_fn in zip(terms, loss_fns):
+    part = losses.reduce_per_sample(
+        loss_fn(labels[term.name], predictions[term.output]), term.reduce)
+    outputs[f"loss_{term.name}"] = part
+    weighted = part if term.weight == 1 else part * term.weight
+    total = weighted if total is None else total + weighted
+  outputs["loss"] = total
+  return outputs
 
 
-def _class_labels(batch: pa.RecordBatch, term: LossTerm
-                  ) -> Tuple[np.ndarray, List[Problem]]:
-  """Reads class labels `(N,) + term.label_shape` and checks each is a class.
-
-  Labels are checked before any cast to an integer type: a floating column
-  is read in its own float type and a text column as float64, so 2.5 or NaN
-  is reported rather than read as class 2 or as the smallest int64. Integer
-  columns are read as they are, exact for every int64.
-
-  Returns:
-    `(labels, problems)`: labels of `term.label_dtype`, zero in the rows
-    that are not classes.
-  """
-  n = batch.num_rows
-  dtype = np.dtype(term.label_dtype)
-  found = cols.optional_column(batch, term.label_column)
-  if found is not None:
-    type_ = cols.column_type(found)
-    if pa.types.is_floating(type_):
-      dtype = np.dtype(type_.to_pandas_dtype())
-    elif not (pa.types.is_integer(type_) or pa.types.is_boolean(type_) or
-              pa.types.is_null(type_)):
-      dtype = np.dtype(np.float64)
-  values, problems = _dense(batch, term.label_column, "label", MISSING_LABEL,
-                            term.label_shape, dtype, term.label_dtype)
-  per_row = values.reshape(n, _width(term.label_shape))
-  classes = f"expected an integer class in [0, {term.num_classes})"
-  integral = np.ones(per_row.shape, dtype=bool)
-  if per_row.dtype.kind == "f":
-    integral = np.isfinite(per_row) & (per_row == np.floor(per_row))
-    if not integral.all():
-      problems.append(Problem(
-          ~integral.all(axis=1), LABEL_NOT_INTEGER,
-          f"label {{value}} is not an integer class: {classes}",
-          _first_where(per_row, ~integral)))
-      per_row = np.where(integral, per_row, 0)
-  outside = (per_row < 0) | (per_row >= term.num_classes)
-  problems.append(Problem(outside.any(axis=1), LABEL_OUT_OF_RANGE,
-                          f"label {{value}} out of range: {classes}",
-                          _first_where(per_row, outside)))
-  return per_row.astype(term.label_dtype).reshape(values.shape), problems
+def _class_signals(term: LossTerm, label: tf.Tensor, y_pred: tf.Tensor,
+                   keep_probs: bool) -> Dict[str, tf.Tensor]:
+  """The given and predicted labels `(N,)` int64, self-confidence and margin
+  `(N,)` of a classifier term, and its probabilities `(N, K)` as `probs`
+  with `keep_probs`."""
+  probs = losses.class_probabilities(y_pred, term.signals, term.from_logits)
+  if term.signals == "categorical":
+    given = tf.argmax(label, axis=1, output_type=tf.int64)
+  else:
+    given = tf.cast(tf.reshape(label, [-1]), tf.int64)
+  outputs = {"given_label": given}
+  outputs.update(losses.classification_signals(probs, given))
+  if keep_probs:
+    outputs["probs"] = probs
+  return outputs
 
 
-def _weights(batch: pa.RecordBatch,
-             name: str) -> Tuple[np.ndarray, List[Problem]]:
-  """Reads sample weights `(N,)` float64; each must be finite and >= 0."""
-  weights, problems = _dense(batch, name, "weight", MISSING_WEIGHT, (),
-                             np.dtype(np.float64))
-  invalid = ~(np.isfinite(weights) & (weights >= 0))
-  if invalid.any():
-    problems.append(Problem(invalid, BAD_WEIGHT, "weight {value} is not a"
-                            " valid sample weight: expected a finite number"
-                            " >= 0", weights))
-  return weights, problems
-
-
-def _ids(batch: pa.RecordBatch,
-         name: str) -> Tuple[Optional[pa.Array], List[Problem]]:
-  """Reads ids `(N,)` as strings, null in the rows with a problem."""
-  found = cols.optional_column(batch, name)
-  if found is None:
-    return None, [_missing(batch.num_rows, "id column", name, MISSING_ID)]
-  text = cols.first_as_text(found)
-  missing = text.strings.is_null().to_numpy(zero_copy_only=False)
-  problems = [Problem(missing & ~text.not_utf8, MISSING_ID,
-                      f"missing id column {name!r}")]
-  if text.not_utf8.any():
-    problems.append(Problem(text.not_utf8, BAD_ID,
-                            "id is not valid UTF-8: {value}", text.raw))
-  return text.strings, problems
-
-
-def _slices(batch: pa.RecordBatch,
-            name: str) -> Tuple[pa.Array, List[Problem]]:
-  """Reads slice values `(N,)` as strings; `(missing)` where there is none."""
-  found = cols.optional_column(batch, name)
-  if found is None:
-    return pa.nulls(batch.num_rows, pa.string()).fill_null("(missing)"), []
-  text = cols.first_as_text(found)
-  problems = []
-  if text.not_utf8.any():
-    problems.append(Problem(text.not_utf8, BAD_SLICE,
-                            f"slice {name!r} is not valid UTF-8: {{value}}",
-                            text.raw))
-  return text.strings.fill_null("(missing)"), problems
-
-
-def _rows_finite(tensors) -> "tf.Tensor":
+def _rows_finite(tensors: List[tf.Tensor]) -> tf.Tensor:
   """`(N,)` bool: whether every float value of row n of each `(N, ...)` is
   finite."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   finite = None
   for x in tensors:
     if not x.dtype.is_floating:
@@ -385,12 +237,38 @@ def _rows_finite(tensors) -> "tf.Tensor":
   return finite
 
 
-def _width(shape: Tuple[int, ...]) -> int:
-  return int(math.prod(shape)) if shape else 1
+def _check_loss_shapes(terms: Tuple[LossTerm, ...],
+                       result: Mapping[str, np.ndarray], n: int) -> None:
+  """Raises LossShapeError unless each term's loss is `(n,)`."""
+  for term in terms:
+    shape = result[f"loss_{term.name}"].shape
+    if shape != (n,):
+      raise LossShapeError(
+          f"{term.custom or term.loss_name!r} must return one loss per"
+          f" example, shape ({n},); it returned shape {shape}")
+
+
+def _nan_where_not_finite(result: Dict[str, np.ndarray]
+                          ) -> Dict[str, np.ndarray]:
+  """`result` without `finite`, its losses NaN in the rows not `finite`.
+
+  Keras losses clip probabilities, which can turn a NaN prediction into a
+  finite loss: an example with a non-finite input or prediction gets a NaN
+  loss instead, so it is counted and flagged `non_finite`.
+  """
+  finite = result.pop("finite")
+  if not finite.all():
+    for key in [k for k in result if k == "loss" or k.startswith("loss_")]:
+      result[key] = np.where(finite, result[key], np.nan)
+  return result
 
 
 class BatchScorer:
   """Scores Arrow record batches with one model and its loss terms.
+
+  Reading a batch (`model_inputs`), its dead letters (`dead_letters`), the
+  loss graph (`loss_graph`) and the scored batch (`scored_batch`) are each
+  their own function; this class holds the model and the traced graph.
 
   Args:
     spec: what to score and how.
@@ -399,59 +277,11 @@ class BatchScorer:
   """
 
   def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     self.spec = spec
     self.device = select_device(spec.device)
     with tf.device(self.device):
-      self._build(model)
-
-  def _build(self, model: Optional[AuditModel]) -> None:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    spec = self.spec
-    self.model = model or AuditModel(spec.model_path, spec.signature)
-    self._loss_fns = [term.build_loss() for term in spec.terms]
-    feature_specs = {
-        name: tf.TensorSpec((None,) + tuple(shape), tf.as_dtype(dtype))
-        for name, _, shape, dtype in spec.features
-    }
-    label_specs = {
-        t.name: tf.TensorSpec((None,) + tuple(t.label_shape),
-                              tf.as_dtype(t.label_dtype)) for t in spec.terms
-    }
-    self._score = tf.function(
-        self._score_graph, input_signature=[feature_specs, label_specs])
-
-  def _score_graph(self, features, labels):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    predictions = self.model(features)
-    outputs = {"finite": _rows_finite(
-        list(features.values()) +
-        [predictions[term.output] for term in self.spec.terms])}
-    total = None
-    for term, loss_fn in zip(self.spec.terms, self._loss_fns):
-      y_pred = predictions[term.output]
-      part = losses.reduce_per_sample(loss_fn(labels[term.name], y_pred),
-                                      term.reduce)
-      outputs[f"loss_{term.name}"] = part
-      weighted = part if term.weight == 1 else part * term.weight
-      total = weighted if total is None else total + weighted
-      if term is self.spec.classifier:
-        label = labels[term.name]
-        probs = losses.class_probabilities(y_pred, term.signals,
-                                           term.from_logits)
-        if term.signals == "categorical":
-          given = tf.argmax(label, axis=1, output_type=tf.int64)
-        else:
-          given = tf.cast(tf.reshape(label, [-1]), tf.int64)
-        outputs["given_label"] = given
-        outputs.update(losses.classification_signals(probs, given))
-        if self.spec.keep_probs:
-          outputs["probs"] = probs
-    outputs["loss"] = total
-    return outputs
+      self.model = model or AuditModel(spec.model_path, spec.signature)
+      self._score = loss_graph(spec, self.model)
 
   def score_arrays(self, features: Mapping[str, np.ndarray],
                    labels: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -460,132 +290,71 @@ class BatchScorer:
     Raises:
       LossShapeError: when a loss does not give one value per example.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     with tf.device(self.device):
       result = {k: v.numpy() for k, v in self._score(dict(features),
                                                      dict(labels)).items()}
-    n = len(next(iter(labels.values())))
-    for term in self.spec.terms:
-      shape = result[f"loss_{term.name}"].shape
-      if shape != (n,):
-        raise LossShapeError(
-            f"{term.custom or term.loss_name!r} must return one loss per"
-            f" example, shape ({n},); it returned shape {shape}")
-    # Keras losses clip probabilities, which can turn a NaN prediction into a
-    # finite loss: an example with a non-finite input or prediction gets a
-    # NaN loss instead, so it is counted and flagged `non_finite`.
-    finite = result.pop("finite")
-    if not finite.all():
-      for key in [k for k in result if k == "loss" or k.startswith("loss_")]:
-        result[key] = np.where(finite, result[key], np.nan)
-    return result
+    _check_loss_shapes(self.spec.terms, result,
+                       len(next(iter(labels.values()))))
+    return _nan_where_not_finite(result)
 
   def score(self, source: str, batch: pa.RecordBatch
            ) -> Tuple[Optional[pa.RecordBatch], List[Dict[str, Any]]]:
     """Scores one batch read from `source`.
 
-    Rows that cannot be scored (a missing, mis-sized or mistyped feature,
-    label or weight; an id or slice that is not UTF-8; a class label that is
-    not an integer or out of range; a weight that is not finite or is
-    negative) become dead-letter entries; the rest are scored together.
+    Rows that cannot be scored (see `read_model_inputs`) become dead-letter
+    entries; the rest are scored together.
 
     Returns:
       `(scored, dead_letters)`: the scored batch (schema `scored_schema()`),
       None when no row could be scored, and the dead-letter entries.
     """
-    spec = self.spec
-    n = batch.num_rows
-    problems: List[Problem] = []
-    ids = None
-    if spec.id_column:
-      ids, found = _ids(batch, spec.id_column)
-      problems += found
-    features = {}
-    for name, column, shape, dtype in spec.features:
-      features[name], found = _dense(batch, column, "feature",
-                                     MISSING_FEATURE, shape, np.dtype(dtype))
-      problems += found
-    labels = {}
-    for term in spec.terms:
-      if term.signals in ("sparse", "binary") or term.label_dtype == "int64":
-        labels[term.name], found = _class_labels(batch, term)
-      else:
-        labels[term.name], found = _dense(
-            batch, term.label_column, "label", MISSING_LABEL,
-            term.label_shape, np.dtype(term.label_dtype))
-      problems += found
-    weights = None
-    if spec.weight_column:
-      weights, found = _weights(batch, spec.weight_column)
-      problems += found
-    slices = None
-    if spec.slice_column:
-      slices, found = _slices(batch, spec.slice_column)
-      problems += found
-
-    bad = np.zeros(n, dtype=bool)
-    for problem in problems:
-      bad |= problem.rows
-    dead = self._dead_letters(source, ids, problems, bad)
-    if bad.all():
+    checked = read_model_inputs(self.spec, batch)
+    dead = dead_letters.from_problems(source, checked.inputs.ids,
+                                      checked.problems, checked.bad)
+    if checked.bad.all():
       return None, dead
-    if bad.any():
-      keep = ~bad
-      features = {k: v[keep] for k, v in features.items()}
-      labels = {k: v[keep] for k, v in labels.items()}
-      keep_arrow = pa.array(keep)
-      ids = ids.filter(keep_arrow) if ids is not None else None
-      weights = weights[keep] if weights is not None else None
-      slices = slices.filter(keep_arrow) if slices is not None else None
-    if ids is None:
-      ids = cols.fingerprints(*[features[name] for name, *_ in spec.features],
-                              *labels.values())
-    result = self.score_arrays(features, labels)
-    return self._to_record_batch(ids, result, weights, slices), dead
+    inputs = checked.inputs
+    if checked.bad.any():
+      inputs = inputs.rows(~checked.bad)
+    result = self.score_arrays(inputs.features, inputs.labels)
+    return scored_batch(self.spec, inputs, result), dead
 
-  @staticmethod
-  def _dead_letters(source: str, ids: Optional[pa.Array],
-                    problems: Sequence[Problem],
-                    bad: np.ndarray) -> List[Dict[str, Any]]:
-    """One entry per `bad` row `(N,)`: the first problem's reason, and every
-    problem's message."""
-    entries = []
-    for row in np.flatnonzero(bad).tolist():
-      found = [p for p in problems if p.rows[row]]
-      messages = [p.message if p.values is None else
-                  p.message.replace("{value}", _format_value(p.values[row]))
-                  for p in found]
-      id_ = ids[row].as_py() if ids is not None else None
-      entries.append(dead_letter(source, id_, "; ".join(messages),
-                                 found[0].reason))
-    return entries
 
-  def _to_record_batch(self, ids, result, weights, slices) -> pa.RecordBatch:
-    spec = self.spec
-    loss = result["loss"].astype(np.float64)
-    arrays = {"id": ids, "loss": pa.array(loss)}
-    if spec.weight_column:
-      arrays["weighted_loss"] = pa.array(loss * weights)
-    if spec.multi_output:
-      for term in spec.terms:
-        key = f"loss_{term.name}"
-        arrays[key] = pa.array(result[key].astype(np.float64))
-    if spec.is_classification:
-      arrays["given_label"] = pa.array(result["given_label"].astype(np.int64))
-      arrays["predicted_label"] = pa.array(
-          result["predicted_label"].astype(np.int64))
-      arrays["self_confidence"] = pa.array(
-          result["self_confidence"].astype(np.float64))
-      arrays["margin"] = pa.array(result["margin"].astype(np.float64))
-    if spec.slice_column:
-      arrays[SLICE_COLUMN] = slices
-    if spec.keep_probs:
-      probs = np.ascontiguousarray(result["probs"], dtype=np.float32)
-      arrays[PROBS_COLUMN] = pa.FixedSizeListArray.from_arrays(
-          pa.array(probs.reshape(-1)), probs.shape[1])
-    return pa.RecordBatch.from_arrays(list(arrays.values()),
-                                      schema=spec.scored_schema())
+def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
+                 result: Mapping[str, np.ndarray]) -> pa.RecordBatch:
+  """The scored batch of N rows, schema `spec.scored_schema()`.
+
+  Args:
+    spec: what was scored.
+    inputs: the N rows scored; rows without ids get content fingerprints.
+    result: `BatchScorer.score_arrays`' `(N,)` arrays.
+  """
+  ids = inputs.ids
+  if ids is None:
+    ids = cols.fingerprints(*inputs.features.values(), *inputs.labels.values())
+  loss = result["loss"].astype(np.float64)
+  arrays = {"id": ids, "loss": pa.array(loss)}
+  if spec.weight_column:
+    arrays["weighted_loss"] = pa.array(loss * inputs.weights)
+  if spec.multi_output:
+    for term in spec.terms:
+      key = f"loss_{term.name}"
+      arrays[key] = pa.array(result[key].astype(np.float64))
+  if spec.is_classification:
+    arrays["given_label"] = pa.array(result["given_label"].astype(np.int64))
+    arrays["predicted_label"] = pa.array(
+        result["predicted_label"].astype(np.int64))
+    arrays["self_confidence"] = pa.array(
+        result["self_confidence"].astype(np.float64))
+    arrays["margin"] = pa.array(result["margin"].astype(np.float64))
+  if spec.slice_column:
+    arrays[SLICE_COLUMN] = inputs.slices
+  if spec.keep_probs:
+    probs = np.ascontiguousarray(result["probs"], dtype=np.float32)
+    arrays[PROBS_COLUMN] = pa.FixedSizeListArray.from_arrays(
+        pa.array(probs.reshape(-1)), probs.shape[1])
+  return pa.RecordBatch.from_arrays(list(arrays.values()),
+                                    schema=spec.scored_schema())
 
 
 def feature_inputs(model_inputs: Tuple[TensorInfo, ...],
@@ -600,8 +369,6 @@ def feature_inputs(model_inputs: Tuple[TensorInfo, ...],
   Returns:
     `[(model input name, column name)]` in the model's input order.
   """
-  from lossaudit.config import ConfigError  # pylint: disable=g-import-not-at-top
-
   names = [t.name for t in model_inputs]
   if feature_columns is None:
     return [(n, n) for n in names]

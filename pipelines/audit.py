@@ -1,4 +1,6 @@
-"""The audit pipeline: read → score → statistics → flag → write.
+"""`lossaudit run`: config, ownership of output.dir, plan, run, summary.
+
+The graph itself (read → score → rules → write) is `lossaudit.pipelines.graph`.
 
 `python -m lossaudit.pipelines.audit --config FILE [--set KEY=VALUE ...]
 [Beam options]` is the same as `lossaudit run`.
@@ -14,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,7 +27,7 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
-from lossaudit import outputs, ownership, preflight
+from lossaudit import METRICS_NAMESPACE, drift, outputs, ownership
 from lossaudit.config import (
   AuditConfig,
   ConfigError,
@@ -33,134 +35,6 @@ from lossaudit.config import (
   load_config,
   one_line,
 )
-from lossaudit.scoring import NOT_A_REGULAR_FILE, dead_letter
-from lossaudit.stats import rule_thresholds
-from lossaudit.transforms.duplicates import CountDuplicateIds
-from lossaudit.transforms.flag import (
-  FlagExamples,
-  count_reasons,
-  flagged_schema,
-  sum_counts,
-)
-from lossaudit.transforms.label_issues import FindLabelIssues
-from lossaudit.transforms.read import (
-  DEAD_LETTER,
-  ReadParquetBatches,
-  ReadTFExampleBatches,
-)
-from lossaudit.transforms.score import NAMESPACE, TIMING, ScoreBatches
-from lossaudit.transforms.spill import ReadSpilled, SpillBatches
-from lossaudit.transforms.stats import (
-  LossStats,
-  TopKCombineFn,
-  TopRowsCombineFn,
-)
-from lossaudit.transforms.write import (
-  WriteDeadLetters,
-  WriteParquetShards,
-  WriteSummary,
-  public_schema,
-)
-
-TOP_FLAGGED_IN_REPORT = 50
-LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
-                 "SwitchingDirectRunner")
-
-
-def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
-          runner: str, run: Dict, baseline: Optional[Tuple[str, Dict]]
-          ) -> None:
-  """Adds the audit graph to `p`.
-
-  Args:
-    run: `run_id` and `start_time` of this run.
-    baseline: `(output.dir, summary)` of the run to compare with, or None.
-  """
-  spec, out, flag = plan.spec, config.output.dir, config.flag
-  if config.input.format == "tfrecord":
-    read = p | "Read" >> ReadTFExampleBatches(plan.files, plan.tf_schema,
-                                              config.batch_size)
-  else:
-    read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
-                                            config.batch_size)
-  score = ScoreBatches(spec, progress_interval=(
-      config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None))
-  if config.runtime.accelerator:
-    score = score.with_resource_hints(accelerator=config.runtime.accelerator)
-  scored = read["batches"] | "ScoreBatches" >> score
-  quantiles = set(config.stats.quantiles) | {
-      q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
-  column = "weighted_loss" if config.stats.weighted else "loss"
-  stats = scored.scored | "LossStats" >> LossStats(
-      config.stats.epsilon, sorted(quantiles), bool(spec.slice_column), column)
-  top_k = (scored.scored | "TopK" >> beam.CombineGlobally(
-      TopKCombineFn(flag.top_k, column))
-           if flag.top_k else p | "NoTopK" >> beam.Create([None]))
-  schema = spec.scored_schema()
-  spilled = scored.scored | "Spill" >> SpillBatches(
-      outputs.scratch_prefix(out, run["run_id"], "scored"), schema)
-
-  def reread(purpose: str):
-    return spilled | f"Reread{purpose}" >> ReadSpilled()
-
-  label_rules = (scored.scored | "FindLabelIssues" >> FindLabelIssues(
-      flag.label_issues, spec.classifier.num_classes, reread)
-                 if flag.label_issues else p | "NoLabelIssues" >> beam.Create(
-                     [None]))
-  slice_stats = stats.get("slices") or p | "NoSlices" >> beam.Create([])
-  thresholds = stats["global"] | "Thresholds" >> beam.Map(
-      rule_thresholds, flag, beam.pvalue.AsSingleton(top_k),
-      beam.pvalue.AsSingleton(label_rules), beam.pvalue.AsDict(slice_stats))
-  flagged = reread("ForFlags") | "FlagExamples" >> FlagExamples(
-      thresholds, schema, column)
-  not_regular = p | "NotRegularFiles" >> beam.Create([
-      dead_letter(path, None, "not a regular file (a FIFO, device, socket or"
-                  " directory); never opened", NOT_A_REGULAR_FILE)
-      for path in plan.not_regular])
-  dead = ((read[DEAD_LETTER], scored[DEAD_LETTER], not_regular)
-          | "DeadLetters" >> beam.Flatten())
-
-  written = {
-      outputs.FLAGGED: flagged | "WriteFlagged" >> WriteParquetShards(
-          out, outputs.FLAGGED, flagged_schema(schema),
-          config.output.num_shards),
-      outputs.DEAD_LETTER: dead | "WriteDeadLetters" >> WriteDeadLetters(
-          out, config.output.num_shards),
-      outputs.LOSSES: (
-          scored.scored | "WriteLosses" >> WriteParquetShards(
-              out, outputs.LOSSES, public_schema(schema),
-              config.output.num_shards)
-          if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
-  }
-  _ = p | "WriteSummary" >> WriteSummary(
-      out, config.to_dict(), dict(run, runner=runner), baseline,
-      loss_stats=stats["global"],
-      slice_stats=slice_stats,
-      thresholds=thresholds,
-      flag_counts=(flagged
-                   | "CountReasons" >> beam.Map(count_reasons)
-                   | "SumCounts" >> beam.CombineGlobally(sum_counts)),
-      dead_letter_reasons=(
-          dead
-          | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
-          | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
-      duplicates=scored.scored | "CountDuplicateIds" >> CountDuplicateIds(
-          outputs.scratch_prefix(out, run["run_id"], "ids")),
-      top_flagged=flagged | "TopFlagged" >> beam.CombineGlobally(
-          TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
-      timing=(scored[TIMING]
-              | "BatchTimes" >> beam.Map(lambda t: (1, t[0], t[1], t[1]))
-              | "SumTimes" >> beam.CombineGlobally(_sum_times)),
-      devices=scored["device"] | "Devices" >> beam.Distinct(),
-      written=written)
-
-
-def _sum_times(times: Iterable[Tuple[int, int, float, float]]
-               ) -> Tuple[int, int, float, float]:
-  """`(batches, rows, seconds, slowest batch's seconds)`, summed."""
-  times = list(times)
-  return (sum(t[0] for t in times), sum(t[1] for t in times),
-          sum(t[2] for t in times), max((t[3] for t in times), default=0.0))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -218,10 +92,15 @@ def run(argv: Optional[Sequence[str]] = None,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
   try:
     baseline = _baseline(config.gate.baseline, template)
+    # TensorFlow loads here, once the config is known to be good: a bad one
+    # is told in a second, without TensorFlow's start-up lines before it.
+    from lossaudit import preflight  # pylint: disable=g-import-not-at-top
+    from lossaudit.pipelines import graph  # pylint: disable=g-import-not-at-top
+
     plan = preflight.plan(config)
     runner = _runner(options)
     p = test_pipeline or _pipeline(options)
-    build(p, config, plan, runner,
+    graph.build(p, config, plan, runner,
           {"run_id": run_id, "start_time": start_time}, baseline)
     # Last, once nothing is left to refuse: an earlier run's outputs stay
     # until this run can start.
@@ -287,8 +166,8 @@ def _check_template(config: AuditConfig, template: str) -> None:
 
 
 def _baseline(baseline: Optional[str], template: str
-              ) -> Optional[Tuple[str, Dict]]:
-  """`(output.dir, summary)` of the run `gate.baseline` names, or None."""
+              ) -> Optional[drift.Baseline]:
+  """The run `gate.baseline` names, or None."""
   if baseline is None:
     return None
   if baseline == "latest":
@@ -296,7 +175,8 @@ def _baseline(baseline: Optional[str], template: str
     if directory is None:
       return None
     baseline = directory
-  return baseline, outputs.read_summary(baseline, "gate.baseline")
+  return drift.Baseline(baseline,
+                        outputs.read_summary(baseline, "gate.baseline"))
 
 
 class _StopOnSignals:
@@ -366,7 +246,8 @@ _SIGNALS = _StopOnSignals()
 def run_metrics(result) -> Dict:
   """The run's `lossaudit` Beam counters and distributions, committed values."""
   try:
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    found = result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE))
   except Exception:  # pylint: disable=broad-except
     return {}  # Some runners report no metrics.
   counters: Dict[str, int] = {}

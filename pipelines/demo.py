@@ -26,7 +26,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from lossaudit import datasets, ownership
-from lossaudit.config import ConfigError, one_line, short_repr
+from lossaudit.errors import ConfigError, one_line, short_repr
 
 NOISE_RATE = 0.10
 NUM_SHARDS = 4

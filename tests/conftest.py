@@ -6,41 +6,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import socket
 
-import numpy as np
 import pytest
 import yaml
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import datasets
-
-NUM_EXAMPLES = 3000
-NUM_FEATURES = 16
-NUM_CLASSES = 5
-
-
-def make_columns(n=NUM_EXAMPLES, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
-  y = rng.integers(0, NUM_CLASSES, n).astype(np.int64)
-  return {
-      "id": np.array([f"ex-{i:05d}" for i in range(n)]),
-      "x": x,
-      "label": y,
-      "group": np.array(["abc"[i % 3] for i in range(n)]),
-      "target": x[:, :2].sum(axis=1, keepdims=True).astype(np.float32),
-  }
-
-
-def build_classifier(activation="softmax"):
-  import keras
-
-  keras.utils.set_random_seed(1)
-  inputs = keras.Input((NUM_FEATURES,), name="x")
-  hidden = keras.layers.Dense(16, activation="relu")(inputs)
-  outputs = keras.layers.Dense(NUM_CLASSES, activation=activation,
-                               name="probs")(hidden)
-  return keras.Model(inputs, outputs)
+from tests.helpers import (
+  GCS_BUCKET,
+  NUM_FEATURES,
+  build_classifier,
+  make_columns,
+)
 
 
 @pytest.fixture(scope="session")
@@ -125,28 +100,6 @@ def write_config(tmp_path):
   return write
 
 
-def base_config(pattern, model_path, output_dir, **sections):
-  config = {
-      "input": {"pattern": str(pattern), "format": "tfrecord",
-                "id_column": "id", "label_column": "label"},
-      "model": {"path": str(model_path)},
-      "loss": {"name": "sparse_categorical_crossentropy"},
-      "batch_size": 256,
-      "stats": {"epsilon": 0.001},
-      "flag": {"loss_quantile": 0.95},
-      "output": {"dir": str(output_dir)},
-  }
-  for key, value in sections.items():
-    if isinstance(value, dict):
-      config.setdefault(key, {}).update(value)
-    else:
-      config[key] = value
-  return config
-
-
-GCS_BUCKET = "lossaudit-test"
-
-
 @pytest.fixture(scope="session")
 def gcs():
   """A gcp-storage-emulator server on a free loopback port, with a bucket.
@@ -177,17 +130,3 @@ def gcs():
   else:
     os.environ["STORAGE_EMULATOR_HOST"] = old
   server.stop()
-
-
-def upload(local: str, remote: str) -> None:
-  """Copies a file or a directory tree, bytes as they are (no re-gzip)."""
-  pairs = [(local, remote)] if os.path.isfile(local) else [
-      (os.path.join(root, name),
-       remote + "/" + os.path.relpath(os.path.join(root, name), local))
-      for root, _, files in os.walk(local) for name in files]
-  for path, target in pairs:
-    with open(path, "rb") as src, FileSystems.create(
-        target, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
-      dst.write(src.read())
-
-

@@ -1,7 +1,5 @@
 """Custom losses imported by path in the tests (`loss.custom`)."""
 
-import time
-
 import keras
 import tensorflow as tf
 
@@ -21,18 +19,6 @@ def per_class_mean(y_true, y_pred):
   """Wrong on purpose: reduces over the batch axis, one value per class."""
   y_true = tf.one_hot(tf.cast(y_true, tf.int32), tf.shape(y_pred)[-1])
   return tf.reduce_mean(tf.square(y_true - y_pred), axis=0)
-
-
-def slow_nll(y_true, y_pred):
-  """Right, but sleeps 0.5 s a batch: lets a test stop a run midway."""
-
-  def sleep(values):
-    time.sleep(0.5)
-    return values
-
-  slowed = tf.py_function(sleep, [y_pred], y_pred.dtype)
-  return keras.losses.sparse_categorical_crossentropy(
-      y_true, tf.reshape(slowed, tf.shape(y_pred)))
 
 
 _BATCHES_SEEN = []

@@ -19,7 +19,7 @@ from lossaudit import columns as cols
 from lossaudit import datasets
 from lossaudit.pipelines import audit
 from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
-from tests.conftest import NUM_CLASSES, NUM_FEATURES, base_config, make_columns
+from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config, make_columns
 
 CLASSES = f"expected an integer class in [0, {NUM_CLASSES})"
 WEIGHT = "is not a valid sample weight: expected a finite number >= 0"

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lossaudit.pipelines import audit
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCKED = "lossaudit-test: blocked"

@@ -7,20 +7,7 @@ from cleanlab.filter import find_label_issues
 
 from lossaudit import confident
 from lossaudit.stats import top_k_merge
-
-
-def noisy_probs(n, k, noise, seed):
-  """Probabilities of a decent model and labels with asymmetric noise."""
-  rng = np.random.default_rng(seed)
-  truth = rng.integers(0, k, n)
-  logits = rng.normal(size=(n, k))
-  logits[np.arange(n), truth] += 4.0
-  probs = np.exp(logits)
-  probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-  given = truth.copy()
-  flip = rng.random(n) < noise * (1 + truth / k)  # Class-dependent rates.
-  given[flip] = (truth[flip] + 1 + (truth[flip] % 2)) % k  # Asymmetric.
-  return probs, given, truth
+from tests.helpers import noisy_probs
 
 
 def _pieces(probs, given, k, batches=3):

@@ -1,5 +1,6 @@
 """The typed config: each error names the key, the expected and the received."""
 
+import dataclasses
 import os
 
 import pytest
@@ -497,3 +498,27 @@ def test_config_that_is_a_directory(tmp_path, capsys):
   assert capsys.readouterr().err == (
       f"lossaudit: error: --config: expected a YAML file. Received:"
       f" '{tmp_path}' (a directory)\n")
+
+
+def test_every_key_is_checked_by_its_field_rule():
+  # `loss.outputs` is parsed by LossConfig itself; `index` is not a key.
+  explicit = {("LossConfig", "outputs"), ("LossOutputConfig", "index")}
+  from lossaudit import config as config_module
+
+  sections = [*config_module._SECTIONS.values(),
+              config_module.LossOutputConfig]
+  for section in sections:
+    for field in dataclasses.fields(section):
+      rule = field.metadata.get(config_module.RULE)
+      if (section.__name__, field.name) in explicit:
+        assert rule is None
+      else:
+        assert isinstance(rule, config_module.Rule), (section, field.name)
+  robust_z = {f.name: f for f in dataclasses.fields(config_module.FlagConfig)
+              }["robust_z"]
+  rule = robust_z.metadata[config_module.RULE]
+  assert rule.apply("flag.robust_z", None) is None
+  with pytest.raises(ConfigError) as info:
+    rule.apply("flag.robust_z", 0)
+  assert str(info.value) == (
+      "flag.robust_z: expected a number in (0, inf]. Received: 0")

@@ -15,7 +15,7 @@ import keras
 import pytest
 
 from lossaudit.pipelines import audit
-from tests.conftest import NUM_CLASSES, NUM_FEATURES, base_config
+from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config
 
 # At import time (module level), then `(status, message)` from the CLI.
 IMPORT_CASES = {

@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from lossaudit.pipelines import dataflow
-from tests.conftest import upload
+from tests.helpers import upload
 
 IMAGE = "us-central1-docker.pkg.dev/test-project-123/images/lossaudit:1"
 

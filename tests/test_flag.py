@@ -6,12 +6,13 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from lossaudit.flag_counts import FlagCounts, LabelPair, sum_counts
+from lossaudit.stats import Thresholds, TopKBound
 from lossaudit.transforms.flag import (
   FlagExamples,
   count_reasons,
   flag_batch,
   flagged_schema,
-  sum_counts,
 )
 
 SCORED = pa.schema([("id", pa.string()), ("loss", pa.float64()),
@@ -26,8 +27,9 @@ def _scored(ids, losses):
 
 def test_flag_batch_lists_each_reason_once():
   batch = _scored(list("abcde"), [0.1, 2.0, float("nan"), 5.0, 3.0])
-  flagged = flag_batch(batch, {"loss_quantile": 2.5, "loss_threshold": 1.0,
-                               "top_k": (5.0, "d")}, flagged_schema(SCORED))
+  thresholds = Thresholds(loss_quantile=2.5, loss_threshold=1.0,
+                          top_k=TopKBound(5.0, "d"))
+  flagged = flag_batch(batch, thresholds, flagged_schema(SCORED))
   got = flagged.to_pydict()
   np.testing.assert_array_equal(got.pop("loss"), [2.0, np.nan, 5.0, 3.0])
   assert got == {
@@ -38,22 +40,46 @@ def test_flag_batch_lists_each_reason_once():
       "score": [2.0, float("inf"), 5.0, 3.0],
       "given_label": [1, 2, 3, 4],
   }
-  assert count_reasons(flagged) == {"loss_threshold": 3, "non_finite": 1,
-                                    "loss_quantile": 2, "top_k": 1, "total": 4}
+  assert count_reasons(flagged) == FlagCounts(
+      total=4, by_reason={"loss_threshold": 3, "non_finite": 1,
+                          "loss_quantile": 2, "top_k": 1})
 
 
 def test_nothing_flagged_gives_an_empty_batch():
-  flagged = flag_batch(_scored(["a"], [1.0]), {"loss_threshold": 3.0},
+  flagged = flag_batch(_scored(["a"], [1.0]), Thresholds(loss_threshold=3.0),
                        flagged_schema(SCORED))
   assert flagged.num_rows == 0
 
 
 def test_flag_examples_with_side_input_thresholds():
   with TestPipeline() as p:
-    thresholds = p | "T" >> beam.Create([{"loss_threshold": 1.5}])
+    thresholds = p | "T" >> beam.Create([Thresholds(loss_threshold=1.5)])
     flagged = (p | beam.Create([_scored(["a", "b"], [1.0, 2.0]),
                                 _scored(["c"], [3.0])])
                | FlagExamples(thresholds, SCORED))
     counts = (flagged | beam.Map(count_reasons)
               | beam.CombineGlobally(sum_counts))
-    assert_that(counts, equal_to([{"loss_threshold": 2, "total": 2}]))
+    assert_that(counts, equal_to([
+        FlagCounts(total=2, by_reason={"loss_threshold": 2})]))
+
+
+def test_flag_counts_merge_and_write_summary_json():
+  a = FlagCounts(total=3, by_reason={"top_k": 2, "label_issue": 1},
+                 by_pair={LabelPair(10, 2): 1})
+  b = FlagCounts(total=2, by_reason={"label_issue": 2},
+                 by_pair={LabelPair(2, 1): 1, LabelPair(10, 2): 1})
+  merged = sum_counts([a, b])
+  assert merged == FlagCounts(
+      total=5, by_reason={"top_k": 2, "label_issue": 3},
+      by_pair={LabelPair(10, 2): 2, LabelPair(2, 1): 1})
+  assert sum_counts([]) == FlagCounts()
+  assert merged.to_dict() == {"total": 5,
+                              "by_reason": {"label_issue": 3, "top_k": 2}}
+  # Sorted as strings, as summary.json always listed them.
+  assert list(merged.pairs_to_dict().items()) == [("10->2", 2), ("2->1", 1)]
+  summary = {"flagged": merged.to_dict(),
+             "label_issues": {"issues_by_pair": merged.pairs_to_dict()}}
+  assert FlagCounts.from_summary(summary) == merged
+  np.testing.assert_array_equal(merged.issue_matrix(11)[[10, 2], [2, 1]],
+                                [2, 1])
+  assert merged.issues_by_given(11) == [0, 0, 1] + [0] * 7 + [2]

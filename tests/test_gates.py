@@ -8,7 +8,7 @@ import pytest
 
 from lossaudit import drift
 from lossaudit.pipelines import audit, cli, demo
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {"max_flagged_fraction": 0.15, "max_quantile_shift": 1.0}

@@ -7,7 +7,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit.pipelines import audit
-from tests.conftest import base_config, upload
+from tests.helpers import base_config, upload
 
 
 def _read_parquet(directory: str) -> pd.DataFrame:

@@ -10,8 +10,7 @@ from cleanlab.filter import find_label_issues
 from lossaudit import datasets
 from lossaudit.config import ConfigError
 from lossaudit.pipelines import audit, demo
-from tests.conftest import base_config
-from tests.test_confident import noisy_probs
+from tests.helpers import base_config, noisy_probs
 
 NUM_CLASSES = 10
 MIN_JACCARD = {"confident_learning": 0.98, "prune_by_noise_rate": 0.95}

@@ -9,7 +9,7 @@ import pytest
 from lossaudit import datasets
 from lossaudit.config import ConfigError
 from lossaudit.pipelines import audit
-from tests.conftest import NUM_CLASSES, NUM_FEATURES, base_config
+from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config
 
 
 @pytest.fixture(scope="module")

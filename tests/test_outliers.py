@@ -8,7 +8,7 @@ import pytest
 from lossaudit import datasets
 from lossaudit.pipelines import audit
 from lossaudit.stats import LossAccumulator, median_and_mad
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 N, OUTLIERS = 20_000, 200
 

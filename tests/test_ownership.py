@@ -18,7 +18,7 @@ import pytest
 from lossaudit import inputs, ownership
 from lossaudit.config import ConfigError
 from lossaudit.pipelines import audit
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 RUN_A = "20261123T010000Z-aaaaaa"
 RUN_B = "20261123T020000Z-bbbbbb"

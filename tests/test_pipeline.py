@@ -12,7 +12,7 @@ import pytest
 
 from lossaudit.config import ConfigError
 from lossaudit.pipelines import audit
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 
 def _read(out, kind):
@@ -224,7 +224,7 @@ def test_setup_errors_stop_before_running(tmp_path, tfrecord_dir,
 def test_label_out_of_range_and_missing_features_are_dead_lettered(
     tmp_path, classifier_path, write_config):
   from lossaudit import datasets
-  from tests.conftest import make_columns
+  from tests.helpers import make_columns
 
   cols = make_columns(n=300, seed=5)
   cols["label"][[3, 50]] = [7, -1]
@@ -279,7 +279,7 @@ def test_cli_exit_codes(tmp_path, tfrecord_dir, classifier_path, write_config):
 def test_non_finite_losses_counted_and_flagged(tmp_path, regressor_path,
                                                write_config):
   from lossaudit import datasets
-  from tests.conftest import make_columns
+  from tests.helpers import make_columns
 
   cols = make_columns(n=200, seed=9)
   cols["target"][5] = np.nan

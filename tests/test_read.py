@@ -391,7 +391,7 @@ def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(
   import tensorflow as tf
 
   from lossaudit.pipelines import audit
-  from tests.conftest import base_config
+  from tests.helpers import base_config
 
   written = 100
   records = datasets.to_examples({k: v[:written] for k, v in

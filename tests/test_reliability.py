@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,7 @@ import tensorflow as tf
 from lossaudit import datasets, duplicates
 from lossaudit.pipelines import audit
 from lossaudit.scoring import BatchScorer
-from tests.conftest import base_config, make_columns
+from tests.helpers import base_config, make_columns, start_blocked_audit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,22 +164,20 @@ def test_killed_run_leaves_no_summary_and_a_rerun_replaces_it(
   fast = base_config(tfrecord_dir / "*.gz", classifier_path, out)
   first = audit.run(["--config", write_config(fast, "fast.yaml")])
   assert (out / "summary.json").exists()
-  slow = base_config(tfrecord_dir / "*.gz", classifier_path, out,
-                     loss={"custom": "tests.custom_losses:slow_nll"})
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  process = subprocess.Popen(
-      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
-       write_config(slow, "slow.yaml")], cwd=REPO, env=env,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  blocked = base_config(tfrecord_dir / "*.gz", classifier_path, out,
+                        loss={"custom": "tests.custom_losses:blocking_nll"})
+  # Stopped at its 6th scored batch (the pre-run probe is the 1st), midway
+  # through the pipeline's first pass: scratch written, no summary yet.
+  process = start_blocked_audit(write_config(blocked, "blocked.yaml"),
+                                block_at=6)
   try:
-    deadline = time.time() + 120
-    while not list((out / ".scratch").glob("*")) and time.time() < deadline:
-      assert process.poll() is None, "the slow run ended before it was killed"
-      time.sleep(0.2)
+    assert list((out / ".scratch").glob("*/*"))
     assert not (out / "summary.json").exists()
   finally:
     process.send_signal(signal.SIGKILL)
     process.wait()
+    process.stdin.close()
+    process.stderr.close()
   assert not (out / "summary.json").exists()
   assert not (out / "report.html").exists()
   again = audit.run(["--config", write_config(fast, "fast.yaml")])

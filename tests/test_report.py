@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from lossaudit.pipelines import audit
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",

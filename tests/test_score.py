@@ -9,9 +9,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit import datasets
-from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
+from lossaudit.scoring import BatchScorer
 from lossaudit.transforms.score import DEAD_LETTER, ScoreBatches
-from tests.conftest import NUM_CLASSES, NUM_FEATURES
+from tests.helpers import NUM_CLASSES, NUM_FEATURES
+from tests.helpers import classifier_spec as _spec
+from tests.helpers import first_rows as _batch
 
 
 def _assert_keras_losses(scored, model_path, loss_class, x, y) -> np.ndarray:
@@ -23,22 +25,6 @@ def _assert_keras_losses(scored, model_path, loss_class, x, y) -> np.ndarray:
   np.testing.assert_allclose(scored.column("loss").to_numpy(), expected,
                              rtol=1e-5)
   return expected
-
-def _spec(model_path, output=None, weight_column=None, **term):
-  fields = dict(output=output or "probs", name="out", label_column="label",
-                loss_name="sparse_categorical_crossentropy", label_shape=(),
-                label_dtype="int64", signals="sparse", num_classes=NUM_CLASSES)
-  fields.update(term)
-  return ScoringSpec(
-      model_path=model_path, signature="serving_default",
-      features=(("x", "x", (NUM_FEATURES,), "float32"),),
-      terms=(LossTerm(**fields),), id_column="id",
-      weight_column=weight_column)
-
-
-def _batch(columns, n=100):
-  return datasets.to_arrow({k: columns[k][:n] for k in ("id", "x", "label")
-                            }).to_batches()[0]
 
 
 @pytest.mark.parametrize("fixture", ["classifier_path", "saved_model_path"])

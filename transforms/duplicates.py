@@ -10,13 +10,14 @@ worker holds one bucket, about 1/64 of them.
 from __future__ import annotations
 
 import functools
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable
 
 import apache_beam as beam
 import pyarrow as pa
 
 from lossaudit import duplicates
 from lossaudit.transforms.spill import (
+  SpillFile,
   in_global_window,
   open_spill,
   read_spilled,
@@ -36,7 +37,7 @@ class _BucketIdsFn(beam.DoFn):
 
   def start_bundle(self):
     self._buffer, self._buffered = [], 0
-    self._files: Dict[int, Tuple] = {}
+    self._files: Dict[int, SpillFile] = {}
 
   def process(self, batch: pa.RecordBatch):
     self._buffer.append(batch.column("id"))
@@ -46,10 +47,9 @@ class _BucketIdsFn(beam.DoFn):
 
   def finish_bundle(self):
     self._flush()
-    for bucket, (path, f, writer) in sorted(self._files.items()):
-      writer.close()
-      f.close()
-      yield in_global_window((bucket, path))
+    for bucket, spill in sorted(self._files.items()):
+      spill.close()
+      yield in_global_window((bucket, spill.path))
 
   def _flush(self):
     if not self._buffer:
@@ -59,13 +59,12 @@ class _BucketIdsFn(beam.DoFn):
     for bucket, part in duplicates.split_by_bucket(ids, self._num_buckets):
       if bucket not in self._files:
         self._files[bucket] = open_spill(f"{self._prefix}-b{bucket}", _SCHEMA)
-      _, _, writer = self._files[bucket]
-      writer.write_batch(pa.RecordBatch.from_arrays([part], schema=_SCHEMA))
+      self._files[bucket].writer.write_batch(
+          pa.RecordBatch.from_arrays([part], schema=_SCHEMA))
 
 
-def _find_in_bucket(element: Tuple[int, Iterable[str]]
+def _find_in_bucket(unused_bucket: int, paths: Iterable[str]
                     ) -> duplicates.Duplicates:
-  _, paths = element
   return duplicates.find_duplicates([
       batch.column("id") for path in paths for batch in read_spilled(path)])
 
@@ -96,5 +95,5 @@ class CountDuplicateIds(beam.PTransform):
             | "Bucket" >> beam.ParDo(_BucketIdsFn(self._prefix,
                                                   self._num_buckets))
             | "GroupBuckets" >> beam.GroupByKey()
-            | "FindInBucket" >> beam.Map(_find_in_bucket)
+            | "FindInBucket" >> beam.MapTuple(_find_in_bucket)
             | "Merge" >> beam.CombineGlobally(_merge_all))

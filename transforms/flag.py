@@ -7,7 +7,6 @@ the model never runs twice.
 from __future__ import annotations
 
 import collections
-from typing import Dict, Iterable
 
 import apache_beam as beam
 import numpy as np
@@ -15,12 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from lossaudit import confident
+from lossaudit import METRICS_NAMESPACE
+from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
-from lossaudit.stats import flag_masks
+from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.label_issues import class_arrays
 
-_NAMESPACE = "lossaudit"
 _CARRIED = ("given_label", "predicted_label", "self_confidence")
 
 
@@ -43,18 +42,8 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
   return pa.schema(fields)
 
 
-def prepare_thresholds(thresholds: Dict) -> Dict:
-  """`thresholds` with the label-issue cells as arrays, ready for batches."""
-  rules = thresholds.get("label_issues")
-  if rules is None or "cells" not in rules:
-    return thresholds
-  return dict(thresholds, label_issues=dict(
-      rules, cells=confident.cell_bounds(rules["cells"],
-                                         len(rules["thresholds"]))))
-
-
-def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
-               column: str = "loss") -> pa.RecordBatch:
+def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
+               schema: pa.Schema, column: str = "loss") -> pa.RecordBatch:
   """The flagged rows of one scored batch, each with every reason once.
 
   The rules compare `column` (`loss`, or `weighted_loss` under
@@ -69,10 +58,11 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Dict, schema: pa.Schema,
   rules = flag_masks(losses, ids, thresholds, slices)
   score = np.where(np.isfinite(losses), losses, np.inf)
   suggested = None
-  label_rules = thresholds.get("label_issues")
+  label_rules = thresholds.label_issues
   if label_rules is not None:
-    probs, given, _ = class_arrays(batch, len(label_rules["thresholds"]))
-    issues, suggested = confident.issue_mask(probs, given, ids, label_rules)
+    arrays = class_arrays(batch, label_rules.num_classes)
+    probs, given = arrays.probs, arrays.given
+    issues, suggested = label_rules.issue_mask(probs, given, ids)
     rules.append(("label_issue", issues))
     # cleanlab's self-confidence ranking, on the cross-entropy scale.
     self_confidence = probs[np.arange(len(given)), given].astype(np.float64)
@@ -103,48 +93,37 @@ class _FlagFn(beam.DoFn):
   def __init__(self, schema: pa.Schema, column: str):
     self._schema = schema
     self._column = column
-    self._flagged = Metrics.counter(_NAMESPACE, "examples_flagged")
+    self._flagged = Metrics.counter(METRICS_NAMESPACE, "examples_flagged")
 
-  def process(self, batch: pa.RecordBatch, thresholds: Dict):
-    # The side input is the same object for a whole bundle: prepare the
-    # label-issue rules once, not per batch.
-    if thresholds is not getattr(self, "_source", None):
-      self._source = thresholds
-      self._prepared = prepare_thresholds(thresholds)
-    flagged = flag_batch(batch, self._prepared, self._schema, self._column)
+  def process(self, batch: pa.RecordBatch, thresholds: Thresholds):
+    flagged = flag_batch(batch, thresholds, self._schema, self._column)
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged
 
 
-def count_reasons(batch: pa.RecordBatch) -> Dict[str, int]:
-  """`{reason: count}` of a flagged batch, plus `total` and, for label
-  issues, `pair:GIVEN->SUGGESTED` counts."""
-  counts = collections.Counter(
+def count_reasons(batch: pa.RecordBatch) -> FlagCounts:
+  """The counts of a flagged batch: its rows, each reason, and for label
+  issues each (given, suggested) pair."""
+  reasons = collections.Counter(
       batch.column("reasons").flatten().to_numpy(zero_copy_only=False))
-  counts = {str(k): int(v) for k, v in counts.items()}
-  counts["total"] = batch.num_rows
+  pairs = {}
   if "suggested_label" in batch.schema.names:
     issues = batch.filter(pc.is_valid(batch.column("suggested_label")))
-    pairs = collections.Counter(zip(
+    pairs = collections.Counter(map(LabelPair._make, zip(
         issues.column("given_label").to_pylist(),
-        issues.column("suggested_label").to_pylist()))
-    counts.update({f"pair:{g}->{s}": int(n) for (g, s), n in pairs.items()})
-  return counts
-
-
-def sum_counts(counts: Iterable[Dict[str, int]]) -> Dict[str, int]:
-  total: Dict[str, int] = collections.Counter()
-  for c in counts:
-    total.update(c)
-  return dict(total)
+        issues.column("suggested_label").to_pylist())))
+  return FlagCounts(
+      total=batch.num_rows,
+      by_reason={str(k): int(v) for k, v in reasons.items()},
+      by_pair={pair: int(n) for pair, n in pairs.items()})
 
 
 class FlagExamples(beam.PTransform):
   """Scored batches → flagged batches (schema `flagged_schema`).
 
   Args:
-    thresholds: a singleton PCollection of `rule_thresholds()`.
+    thresholds: a singleton PCollection of `Thresholds`.
     scored_schema: the schema of the scored batches.
     column: the loss column the rules compare.
   """
@@ -159,4 +138,4 @@ class FlagExamples(beam.PTransform):
   def expand(self, scored):
     return scored | "Flag" >> beam.ParDo(
         _FlagFn(self._schema, self._column),
-        beam.pvalue.AsSingleton(self._thresholds))
+        thresholds=beam.pvalue.AsSingleton(self._thresholds))

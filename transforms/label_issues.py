@@ -7,41 +7,73 @@ examples or an N×K array. See `lossaudit/confident.py` for the math.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Tuple
+import dataclasses
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
 from lossaudit import confident
+from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules
 from lossaudit.scoring import PROBS_COLUMN
 from lossaudit.stats import top_k_merge
+from lossaudit.transforms.spill import ReadSpilled, in_global_window
 
 
-def class_arrays(batch: pa.RecordBatch, num_classes: int
-                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """`(probs (N, K), given (N,), ids (N,))` of a scored batch, zero-copy."""
+class ClassArrays(NamedTuple):
+  """A scored batch's class signals.
+
+  Attributes:
+    probs: `(N, K)` class probabilities.
+    given: `(N,)` given labels.
+    ids: `(N,)` ids.
+  """
+
+  probs: np.ndarray
+  given: np.ndarray
+  ids: np.ndarray
+
+
+def class_arrays(batch: pa.RecordBatch, num_classes: int) -> ClassArrays:
+  """The class signals of a scored batch, zero-copy."""
   probs = batch.column(PROBS_COLUMN).flatten().to_numpy(
       zero_copy_only=False).reshape(batch.num_rows, num_classes)
   given = batch.column("given_label").to_numpy(zero_copy_only=False)
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
-  return probs, given, ids
+  return ClassArrays(probs, given, ids)
 
 
-def _sum_arrays(parts: Iterable[Tuple[np.ndarray, ...]]):
-  total = None
+@dataclasses.dataclass(frozen=True)
+class _ClassSums:
+  """Per given class: self-confidences summed `(K,)`, and examples `(K,)`."""
+
+  sums: np.ndarray
+  counts: np.ndarray
+
+  def merge(self, other: "_ClassSums") -> "_ClassSums":
+    return _ClassSums(self.sums + other.sums, self.counts + other.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _JointCounts:
+  """Raw confident-joint counts `(K, K)` and given-label counts `(K,)`."""
+
+  joint: np.ndarray
+  labels: np.ndarray
+
+  def merge(self, other: "_JointCounts") -> "_JointCounts":
+    return _JointCounts(self.joint + other.joint, self.labels + other.labels)
+
+
+def _merge_all(parts: Iterable):
+  """`parts` merged in order (each has `merge`), or None for none."""
+  parts = iter(parts)
+  total = next(parts, None)
   for part in parts:
-    total = part if total is None else tuple(a + b for a, b in zip(total,
-                                                                   part))
+    total = total.merge(part)
   return total
-
-
-def _global(value):
-  return WindowedValue(value, window.GlobalWindow().max_timestamp(),
-                       [window.GlobalWindow()])
 
 
 class _JointCountsFn(beam.DoFn):
@@ -54,15 +86,15 @@ class _JointCountsFn(beam.DoFn):
     self._joint = np.zeros((self._k, self._k), dtype=np.int64)
     self._labels = np.zeros(self._k, dtype=np.int64)
 
-  def process(self, batch: pa.RecordBatch, thresholds: Dict):
-    probs, given, _ = class_arrays(batch, self._k)
-    guess, ok = confident.confident_guess(
-        probs, np.asarray(thresholds["thresholds"]))
-    self._joint += confident.joint_counts(given, guess, ok, self._k)
-    self._labels += np.bincount(given, minlength=self._k)
+  def process(self, batch: pa.RecordBatch, thresholds: List[float]):
+    arrays = class_arrays(batch, self._k)
+    guess, ok = confident.confident_guess(arrays.probs,
+                                          np.asarray(thresholds))
+    self._joint += confident.joint_counts(arrays.given, guess, ok, self._k)
+    self._labels += np.bincount(arrays.given, minlength=self._k)
 
   def finish_bundle(self):
-    yield _global((self._joint, self._labels))
+    yield in_global_window(_JointCounts(self._joint, self._labels))
 
 
 class _CellCandidatesFn(beam.DoFn):
@@ -74,18 +106,19 @@ class _CellCandidatesFn(beam.DoFn):
   def start_bundle(self):
     self._candidates = None
 
-  def process(self, batch: pa.RecordBatch, joint: Dict):
+  def process(self, batch: pa.RecordBatch, joint: LabelRules):
     if self._candidates is None:
       self._candidates = confident.CellCandidates(
-          np.asarray(joint["prune_counts"]))
-    self._candidates.add(*class_arrays(batch, self._k))
+          np.asarray(joint.prune_counts))
+    arrays = class_arrays(batch, self._k)
+    self._candidates.add(arrays.probs, arrays.given, arrays.ids)
 
   def finish_bundle(self):
     if self._candidates is None:
       return
     prune = self._candidates.prune
     for cell, values, kept in self._candidates.cells():
-      yield _global((cell, (int(prune[cell]), values, kept)))
+      yield in_global_window((cell, (int(prune[cell]), values, kept)))
 
 
 class CellTopNCombineFn(beam.CombineFn):
@@ -110,75 +143,86 @@ class CellTopNCombineFn(beam.CombineFn):
     return (float(values[-1]), str(ids[-1])) if len(values) else None
 
 
-def _finish_joint(counts, method: str, thresholds: Dict,
-                  num_classes: int) -> Dict:
+def _finish_joint(counts: Optional[_JointCounts], method: str,
+                  thresholds: List[float], num_classes: int) -> LabelRules:
   if counts is None:
-    counts = (np.zeros((num_classes, num_classes), dtype=np.int64),
-              np.zeros(num_classes, dtype=np.int64))
-  raw, label_counts = counts
-  joint = confident.calibrated_joint(raw, label_counts)
-  result = {
-      "method": method,
-      "thresholds": list(map(float, thresholds["thresholds"])),
-      "label_counts": label_counts.tolist(),
-      "confident_joint": joint.tolist(),
-      "noise_rate": confident.noise_rates(joint).tolist(),
-  }
-  if method == "prune_by_noise_rate":
-    result["prune_counts"] = confident.prune_counts(joint,
-                                                    label_counts).tolist()
-  return result
+    counts = _JointCounts(
+        np.zeros((num_classes, num_classes), dtype=np.int64),
+        np.zeros(num_classes, dtype=np.int64))
+  joint = confident.calibrated_joint(counts.joint, counts.labels)
+  return LabelRules(
+      method=method,
+      thresholds=list(map(float, thresholds)),
+      label_counts=counts.labels.tolist(),
+      confident_joint=joint.tolist(),
+      noise_rate=confident.noise_rates(joint).tolist(),
+      prune_counts=(confident.prune_counts(joint, counts.labels).tolist()
+                    if method == PRUNE_BY_NOISE_RATE else None))
 
 
-def _thresholds(sums_counts, num_classes: int) -> Dict:
-  if sums_counts is None:
-    return {"thresholds": [confident.MISSING_CLASS_THRESHOLD] * num_classes}
-  sums, counts = sums_counts
-  return {"thresholds": confident.confident_thresholds(sums, counts).tolist()}
+def _thresholds(sums: Optional[_ClassSums], num_classes: int) -> List[float]:
+  """Per-class self-confidence thresholds `(K,)`."""
+  if sums is None:
+    return [confident.MISSING_CLASS_THRESHOLD] * num_classes
+  return confident.confident_thresholds(sums.sums, sums.counts).tolist()
 
 
-def _self_confidence_sums(batch: pa.RecordBatch, num_classes: int):
-  probs, given, _ = class_arrays(batch, num_classes)
-  return confident.self_confidence_sums(probs, given, num_classes)
+def _self_confidence_sums(batch: pa.RecordBatch,
+                          num_classes: int) -> _ClassSums:
+  arrays = class_arrays(batch, num_classes)
+  sums, counts = confident.self_confidence_sums(arrays.probs, arrays.given,
+                                                num_classes)
+  return _ClassSums(sums=sums, counts=counts)
 
 
-def _with_cells(joint: Dict, cells) -> Dict:
-  return dict(joint, cells={tuple(k): v for k, v in cells if v is not None})
+def _with_cells(joint: LabelRules,
+                cells: Iterable[Tuple[Tuple[int, int],
+                                      Optional[Tuple[float, str]]]]
+                ) -> LabelRules:
+  """`joint` with each cell's n-th `(margin, id)`, from `((k, j), n-th)`
+  pairs."""
+  return dataclasses.replace(
+      joint, cells={tuple(k): v for k, v in cells if v is not None})
 
 
 class FindLabelIssues(beam.PTransform):
-  """Scored batches → the label-issue rules (a singleton dict).
+  """The scored batches → the label-issue rules (a singleton `LabelRules`).
+
+  Takes `{"scored": the scored RecordBatches, "spilled": the names of the
+  scratch files SpillBatches wrote them to}`. The first pass (the
+  thresholds) reads the batches as they are scored; each later pass needs
+  the one before as a side input, so reads the batches back from the files.
 
   Args:
     method: `confident_learning` or `prune_by_noise_rate`.
     num_classes: K.
-    reread: a callable giving a fresh PCollection of the scored batches for
-      each pass that needs an earlier pass's result as side input.
   """
 
-  def __init__(self, method: str, num_classes: int, reread):
+  def __init__(self, method: str, num_classes: int):
     super().__init__()
     self._method = method
     self._k = num_classes
-    self._reread = reread
 
-  def expand(self, scored):
+  def expand(self, inputs: Dict[str, beam.PCollection]):
     k = self._k
-    thresholds = (scored
+    thresholds = (inputs["scored"]
                   | "SelfConfidence" >> beam.Map(_self_confidence_sums, k)
-                  | "SumSelfConfidence" >> beam.CombineGlobally(_sum_arrays)
+                  | "SumSelfConfidence" >> beam.CombineGlobally(_merge_all)
                   | "Thresholds" >> beam.Map(_thresholds, k))
     thresholds = beam.pvalue.AsSingleton(thresholds)
-    joint = (self._reread("ForJoint")
-             | "JointCounts" >> beam.ParDo(_JointCountsFn(k), thresholds)
-             | "SumJoint" >> beam.CombineGlobally(_sum_arrays)
-             | "Calibrate" >> beam.Map(_finish_joint, self._method,
-                                       thresholds, k))
-    if self._method != "prune_by_noise_rate":
-      return joint | "NoCells" >> beam.Map(_with_cells, [])
-    cells = (self._reread("ForCells")
+    joint = (inputs["spilled"]
+             | "RereadForJoint" >> ReadSpilled()
+             | "JointCounts" >> beam.ParDo(_JointCountsFn(k),
+                                           thresholds=thresholds)
+             | "SumJoint" >> beam.CombineGlobally(_merge_all)
+             | "Calibrate" >> beam.Map(_finish_joint, method=self._method,
+                                       thresholds=thresholds, num_classes=k))
+    if self._method != PRUNE_BY_NOISE_RATE:
+      return joint | "NoCells" >> beam.Map(_with_cells, cells=[])
+    cells = (inputs["spilled"]
+             | "RereadForCells" >> ReadSpilled()
              | "CellCandidates" >> beam.ParDo(
-                 _CellCandidatesFn(k), beam.pvalue.AsSingleton(joint))
+                 _CellCandidatesFn(k), joint=beam.pvalue.AsSingleton(joint))
              | "TopNPerCell" >> beam.CombinePerKey(CellTopNCombineFn()))
-    return joint | "WithCells" >> beam.Map(_with_cells,
-                                           beam.pvalue.AsList(cells))
+    return joint | "WithCells" >> beam.Map(
+        _with_cells, cells=beam.pvalue.AsList(cells))

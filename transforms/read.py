@@ -18,11 +18,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from google.protobuf.message import DecodeError
+from tensorflow.core.example import example_pb2
 
-from lossaudit import scoring, tfrecord
+from lossaudit import METRICS_NAMESPACE, dead_letters, tfrecord
+from lossaudit.errors import first_line
 
-DEAD_LETTER = "dead_letter"
-_NAMESPACE = "lossaudit"
+DEAD_LETTER = dead_letters.TAG
+
 
 
 class _ReadTFExampleFile(beam.DoFn):
@@ -36,8 +39,9 @@ class _ReadTFExampleFile(beam.DoFn):
   def __init__(self, schema: bytes, batch_size: int):
     self._schema = schema
     self._batch_size = batch_size
-    self._records_read = Metrics.counter(_NAMESPACE, "records_read")
-    self._unreadable = Metrics.counter(_NAMESPACE, "unreadable_stretches")
+    self._records_read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+    self._unreadable = Metrics.counter(METRICS_NAMESPACE,
+                                       "unreadable_stretches")
 
   def setup(self):
     self._new_decoder()
@@ -53,8 +57,9 @@ class _ReadTFExampleFile(beam.DoFn):
         if isinstance(item, tfrecord.Unreadable):
           self._unreadable.inc()
           yield beam.pvalue.TaggedOutput(
-              DEAD_LETTER, scoring.dead_letter(
-                  path, None, item.describe(), scoring.UNREADABLE_STRETCH))
+              DEAD_LETTER, dead_letters.dead_letter(
+                  path, None, item.describe(),
+                  dead_letters.UNREADABLE_STRETCH))
           continue
         self._records_read.inc(len(item))
         yield from self._decode(path, item)
@@ -79,27 +84,26 @@ class _ReadTFExampleFile(beam.DoFn):
         self._new_decoder()
         reason, what = _why_undecodable(record)
         yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER, scoring.dead_letter(
-                path, None, f"{what}: {_first_line(e)}", reason))
+            DEAD_LETTER, dead_letters.dead_letter(
+                path, None, _explained(what, e), reason))
     if good:
       yield path, self._decoder.DecodeBatch(good)
 
 
 def _why_undecodable(record: bytes) -> Tuple[str, str]:
   """`(reason code, description)` of a record the decoder refused."""
-  from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
-
   try:
     example_pb2.Example.FromString(record)
   except DecodeError:
-    return scoring.NOT_AN_EXAMPLE, "not a tf.train.Example"
-  return scoring.WRONG_TYPE, "a feature has the wrong type"
+    return dead_letters.NOT_AN_EXAMPLE, "not a tf.train.Example"
+  return dead_letters.WRONG_TYPE, "a feature has the wrong type"
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else ""
+def _explained(what: str, error: Exception) -> str:
+  """`what: first line of error's message`; just `what: ` when the message
+  is empty (`first_line` would name the error's type)."""
+  line = first_line(error) if str(error).strip() else ""
+  return f"{what}: {line}"
 
 
 class ReadTFExampleBatches(beam.PTransform):
@@ -130,9 +134,9 @@ def _open(path: str):
 
 
 def _unreadable_file(path: str, error: Exception):
-  return beam.pvalue.TaggedOutput(DEAD_LETTER, scoring.dead_letter(
-      path, None, f"unreadable file: {type(error).__name__}:"
-      f" {_first_line(error)}", scoring.UNREADABLE_FILE))
+  return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letters.dead_letter(
+      path, None, _explained(f"unreadable file: {type(error).__name__}",
+                             error), dead_letters.UNREADABLE_FILE))
 
 
 class _ListRowGroups(beam.DoFn):
@@ -159,8 +163,9 @@ class _ReadRowGroup(beam.DoFn):
   def __init__(self, columns: Optional[Sequence[str]], batch_size: int):
     self._columns = list(columns) if columns else None
     self._batch_size = batch_size
-    self._records_read = Metrics.counter(_NAMESPACE, "records_read")
-    self._unreadable = Metrics.counter(_NAMESPACE, "unreadable_stretches")
+    self._records_read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+    self._unreadable = Metrics.counter(METRICS_NAMESPACE,
+                                       "unreadable_stretches")
 
   def process(self, element: Tuple[str, int]):
     path, index = element
@@ -172,9 +177,10 @@ class _ReadRowGroup(beam.DoFn):
         table = parquet.read_row_group(index, columns=columns)
     except Exception as e:  # pylint: disable=broad-except
       self._unreadable.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, scoring.dead_letter(
-          path, None, f"unreadable row group {index}: {type(e).__name__}:"
-          f" {_first_line(e)}", scoring.UNREADABLE_STRETCH))
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letters.dead_letter(
+          path, None, _explained(
+              f"unreadable row group {index}: {type(e).__name__}", e),
+          dead_letters.UNREADABLE_STRETCH))
       return
     self._records_read.inc(table.num_rows)
     for batch in table.combine_chunks().to_batches(

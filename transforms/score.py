@@ -11,13 +11,13 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from lossaudit import progress
+from lossaudit import METRICS_NAMESPACE, dead_letters, progress
 from lossaudit.scoring import BatchScorer, ScoringSpec
 
-DEAD_LETTER = "dead_letter"
+DEAD_LETTER = dead_letters.TAG
 DEVICE = "device"
 TIMING = "timing"
-NAMESPACE = "lossaudit"
+
 
 
 class _ScorerHandle:
@@ -38,9 +38,9 @@ class _ScoreBatchFn(beam.DoFn):
     self._spec = spec
     self._progress_interval = progress_interval
     self._shared_handle = shared.Shared()
-    self._scored = Metrics.counter(NAMESPACE, "examples_scored")
-    self._dead = Metrics.counter(NAMESPACE, "examples_dead_lettered")
-    self._latency = Metrics.distribution(NAMESPACE, "batch_latency_ms")
+    self._scored = Metrics.counter(METRICS_NAMESPACE, "examples_scored")
+    self._dead = Metrics.counter(METRICS_NAMESPACE, "examples_dead_lettered")
+    self._latency = Metrics.distribution(METRICS_NAMESPACE, "batch_latency_ms")
 
   def setup(self):
     spec = self._spec

@@ -17,7 +17,7 @@ contributes a partial file.
 from __future__ import annotations
 
 import uuid
-from typing import Iterable
+from typing import Any, Iterable, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -35,29 +35,43 @@ class _SpillFn(beam.DoFn):
     self._schema = schema
 
   def start_bundle(self):
-    self._path = None
-    self._file = None
-    self._writer = None
+    self._spill = None
 
   def process(self, batch: pa.RecordBatch):
-    if self._writer is None:
-      self._path, self._file, self._writer = open_spill(self._prefix,
-                                                        self._schema)
-    self._writer.write_batch(batch)
+    if self._spill is None:
+      self._spill = open_spill(self._prefix, self._schema)
+    self._spill.writer.write_batch(batch)
 
   def finish_bundle(self):
-    if self._writer is None:
+    if self._spill is None:
       return
-    self._writer.close()
-    self._file.close()
-    yield in_global_window(self._path)
+    self._spill.close()
+    yield in_global_window(self._spill.path)
 
 
-def open_spill(prefix: str, schema: pa.Schema):
-  """`(path, file, IPC stream writer)` of a new scratch file `prefix-*`."""
+class SpillFile(NamedTuple):
+  """A scratch file being written.
+
+  Attributes:
+    path: its name.
+    file: the open file.
+    writer: an Arrow IPC stream writer on `file`.
+  """
+
+  path: str
+  file: Any
+  writer: pa.ipc.RecordBatchStreamWriter
+
+  def close(self) -> None:
+    self.writer.close()
+    self.file.close()
+
+
+def open_spill(prefix: str, schema: pa.Schema) -> SpillFile:
+  """A new scratch file `prefix-*`, for RecordBatches of `schema`."""
   path = f"{prefix}-{uuid.uuid4().hex}.arrows"
   f = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-  return path, f, pa.ipc.new_stream(f, schema)
+  return SpillFile(path, f, pa.ipc.new_stream(f, schema))
 
 
 def in_global_window(value) -> WindowedValue:

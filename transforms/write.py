@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import parquetio, textio
 
 from lossaudit import drift, outputs, ownership
+from lossaudit.duplicates import Duplicates
+from lossaudit.flag_counts import FlagCounts
 from lossaudit.report import build_summary, render_report
 from lossaudit.scoring import is_internal
+from lossaudit.stats import Thresholds
+from lossaudit.timings import Timings
 
 
 def public_schema(schema: pa.Schema) -> pa.Schema:
@@ -73,27 +77,30 @@ class _WriteSummaryFn(beam.DoFn):
   """
 
   def __init__(self, directory: str, config: Dict, run: Dict,
-               baseline: Optional[Tuple[str, Dict]]):
+               baseline: Optional[drift.Baseline]):
     self._directory = directory
     self._config = config
     self._run = run
     self._baseline = baseline
 
-  def process(self, unused_trigger, loss_stats, slice_stats, thresholds,
-              flag_counts, top_flagged, duplicates, timing,
-              dead_letter_reasons, devices, losses_files, flagged_files,
-              dead_letter_files):
+  def process(self, unused_trigger, *, loss_stats: Dict,
+              slice_stats: List[Tuple[str, Dict]], thresholds: Thresholds,
+              flag_counts: FlagCounts, top_flagged: List[Dict],
+              duplicates: Optional[Duplicates], timings: Optional[Timings],
+              dead_letter_reasons: List[Tuple[str, int]],
+              devices: List[str], losses_files: List[str],
+              flagged_files: List[str], dead_letter_files: List[str]):
     summary = build_summary(
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
         thresholds=thresholds,
         flag_counts=flag_counts,
         dead_letter_reasons=dict(dead_letter_reasons),
-        duplicates=duplicates.to_dict() if duplicates else None,
+        duplicates=duplicates,
         config=self._config,
         run=self._run,
         seconds=time.time() - self._run["start_time"],
-        timing=timing,
+        timings=timings,
         devices=sorted(set(devices)),
         files={
             outputs.LOSSES: sorted(losses_files),
@@ -117,14 +124,16 @@ class _WriteSummaryFn(beam.DoFn):
     gate = self._config["gate"]
     if not any(v is not None for v in gate.values()):
       return None
-    baseline_dir, baseline = self._baseline or (None, None)
+    baseline = self._baseline
     found = drift.compare(
-        summary, baseline,
+        summary, baseline.summary if baseline else None,
         max_flagged_fraction=gate["max_flagged_fraction"],
         max_quantile_shift=gate["max_quantile_shift"],
         shift_quantiles=gate["shift_quantiles"],
-        current_dir=self._directory, baseline_dir=baseline_dir)
-    summary["gate"] = {"baseline": baseline_dir, "passed": found["passed"],
+        current_dir=self._directory,
+        baseline_dir=baseline.dir if baseline else None)
+    summary["gate"] = {"baseline": baseline.dir if baseline else None,
+                       "passed": found["passed"],
                        "failed": drift.failed_gates(found)}
     return found
 
@@ -132,42 +141,50 @@ class _WriteSummaryFn(beam.DoFn):
 class WriteSummary(beam.PTransform):
   """Writes `drift.json`, `report.html` and `summary.json` last.
 
-  Outputs the summary.
+  Outputs the summary. Every input but the first four is a PCollection,
+  read whole as a side input of the one step that writes.
 
   Args:
     directory: `output.dir`.
     config: the resolved config as a dict.
     run: `run_id`, `start_time` (`time.time()`) and `runner` of this run.
-    baseline: `(output.dir, summary)` of the run to compare with, or None.
-    side: singleton PCollections (`loss_stats`, `thresholds`, `flag_counts`,
-      `top_flagged`, `timing`, `duplicates`: may be empty) and list
-      PCollections (`slice_stats`, `dead_letter_reasons`: `(reason, count)`,
-      `devices`), as `_WriteSummaryFn.process` takes them.
+    baseline: the run to compare with, or None.
+    loss_stats: one `LossAccumulator.summary()`.
+    slice_stats: `(slice, LossAccumulator.summary())` pairs.
+    thresholds: one `Thresholds`.
+    flag_counts: one `FlagCounts`.
+    top_flagged: one list of the top flagged rows, as dicts.
+    timings: one `Timings`, or none.
+    duplicates: one `Duplicates`, or none.
+    dead_letter_reasons: `(reason, count)` pairs.
+    devices: `host:device` of each scoring DoFn.
+    written: the names of the files written, by `outputs.LOSSES`,
+      `outputs.FLAGGED` and `outputs.DEAD_LETTER`.
   """
 
   def __init__(self, directory: str, config: Dict, run: Dict,
-               baseline: Optional[Tuple[str, Dict]], *, loss_stats,
-               slice_stats, thresholds, flag_counts, top_flagged, timing,
+               baseline: Optional[drift.Baseline], *, loss_stats,
+               slice_stats, thresholds, flag_counts, top_flagged, timings,
                duplicates, dead_letter_reasons, devices,
                written: Dict[str, beam.PCollection]):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config, run, baseline)
-    self._side = (loss_stats, slice_stats, thresholds, flag_counts,
-                  top_flagged, duplicates, timing, dead_letter_reasons,
-                  devices)
-    self._written = written
+    one, many = beam.pvalue.AsSingleton, beam.pvalue.AsList
+    self._side_inputs = dict(
+        loss_stats=one(loss_stats),
+        slice_stats=many(slice_stats),
+        thresholds=one(thresholds),
+        flag_counts=one(flag_counts),
+        top_flagged=one(top_flagged),
+        duplicates=one(duplicates, default_value=None),
+        timings=one(timings, default_value=None),
+        dead_letter_reasons=many(dead_letter_reasons),
+        devices=many(devices),
+        losses_files=many(written[outputs.LOSSES]),
+        flagged_files=many(written[outputs.FLAGGED]),
+        dead_letter_files=many(written[outputs.DEAD_LETTER]))
 
   def expand(self, pbegin):
-    one, many = beam.pvalue.AsSingleton, beam.pvalue.AsList
-    (loss_stats, slice_stats, thresholds, flag_counts, top_flagged,
-     duplicates, timing, dead_letter_reasons, devices) = self._side
     return (pbegin
             | "Trigger" >> beam.Create([None])
-            | "Write" >> beam.ParDo(
-                self._fn, one(loss_stats), many(slice_stats), one(thresholds),
-                one(flag_counts), one(top_flagged),
-                one(duplicates, default_value=None),
-                one(timing, default_value=None), many(dead_letter_reasons),
-                many(devices),
-                *[many(self._written[k]) for k in (
-                    outputs.LOSSES, outputs.FLAGGED, outputs.DEAD_LETTER)]))
+            | "Write" >> beam.ParDo(self._fn, **self._side_inputs))

@@ -1,0 +1,96 @@
+"""`FlagCounts`: how many examples were flagged, by reason and label pair.
+
+Counted per flagged batch (`lossaudit.transforms.flag.count_reasons`) and
+merged. `summary.json` writes them as `flagged` and, with label issues on,
+`label_issues.issues_by_pair` (`"given->suggested"` keys); `from_summary`
+reads them back, so no other module parses those keys.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Dict, Iterable, List, NamedTuple
+
+import numpy as np
+
+
+class LabelPair(NamedTuple):
+  """A label issue's given label and the label the model suggests."""
+
+  given: int
+  suggested: int
+
+  def key(self) -> str:
+    """The pair as `summary.json` writes it: `"given->suggested"`."""
+    return f"{self.given}->{self.suggested}"
+
+  @classmethod
+  def from_key(cls, key: str) -> "LabelPair":
+    given, suggested = key.split("->")
+    return cls(int(given), int(suggested))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagCounts:
+  """Flagged examples, counted.
+
+  Attributes:
+    total: flagged examples (an example with several reasons counts once).
+    by_reason: `{reason: examples}`; an example counts under each reason.
+    by_pair: label issues by `LabelPair`; empty with label issues off.
+  """
+
+  total: int = 0
+  by_reason: Dict[str, int] = dataclasses.field(default_factory=dict)
+  by_pair: Dict[LabelPair, int] = dataclasses.field(default_factory=dict)
+
+  def merge(self, other: "FlagCounts") -> "FlagCounts":
+    return FlagCounts(self.total + other.total,
+                      _add(self.by_reason, other.by_reason),
+                      _add(self.by_pair, other.by_pair))
+
+  def to_dict(self) -> Dict:
+    """`flagged` in `summary.json`: `total` and `by_reason`, by name."""
+    return {"total": self.total,
+            "by_reason": dict(sorted(self.by_reason.items()))}
+
+  def pairs_to_dict(self) -> Dict[str, int]:
+    """`label_issues.issues_by_pair` in `summary.json`, sorted by key."""
+    return dict(sorted((pair.key(), n) for pair, n in self.by_pair.items()))
+
+  @classmethod
+  def from_summary(cls, summary: Dict) -> "FlagCounts":
+    """The counts a `summary.json` document records."""
+    flagged = summary["flagged"]
+    pairs = (summary.get("label_issues") or {}).get("issues_by_pair", {})
+    return cls(flagged["total"], dict(flagged.get("by_reason", {})),
+               {LabelPair.from_key(k): n for k, n in pairs.items()})
+
+  def issue_matrix(self, num_classes: int) -> np.ndarray:
+    """Label issues `(K, K)` by given label (rows) and suggested label."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for pair, n in self.by_pair.items():
+      counts[pair.given, pair.suggested] = n
+    return counts
+
+  def issues_by_given(self, num_classes: int) -> List[int]:
+    """Label issues `(K,)` by given label."""
+    issues = [0] * num_classes
+    for pair, n in self.by_pair.items():
+      issues[pair.given] += n
+    return issues
+
+
+def _add(a: Dict, b: Dict) -> Dict:
+  total = collections.Counter(a)
+  total.update(b)
+  return dict(total)
+
+
+def sum_counts(counts: Iterable[FlagCounts]) -> FlagCounts:
+  """All of `counts` merged (`FlagCounts()` for none)."""
+  total = FlagCounts()
+  for c in counts:
+    total = total.merge(c)
+  return total

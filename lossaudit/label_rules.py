@@ -1,0 +1,83 @@
+"""`LabelRules`: what confident learning found, as the flag stage applies it.
+
+`FindLabelIssues` (lossaudit/transforms/label_issues.py) computes the rules
+in passes over the scored batches; `FlagExamples` applies them to each batch
+(`issue_mask`), and `summary.json` records them (`to_dict`). See
+`lossaudit/confident.py` for the math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from lossaudit import confident
+
+CONFIDENT_LEARNING = "confident_learning"
+PRUNE_BY_NOISE_RATE = "prune_by_noise_rate"
+
+# Each cell's n-th `(margin, id)`, by `(given k, true j)`.
+CellLast = Dict[Tuple[int, int], Tuple[float, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRules:
+  """The label-issue rules of one run (K classes).
+
+  Attributes:
+    method: `confident_learning` or `prune_by_noise_rate`.
+    thresholds: per-class self-confidence thresholds `(K,)`.
+    label_counts: how many examples were given each class `(K,)`.
+    confident_joint: the calibrated confident joint `(K, K)`, given label by
+      confidently guessed label.
+    noise_rate: the estimated fraction of each given class that is
+      mislabeled `(K,)`.
+    prune_counts: `prune_by_noise_rate` only: how many issues each cell
+      `(K, K)` holds.
+    cells: `prune_by_noise_rate` only: each cell's n-th `(margin, id)`.
+  """
+
+  method: str
+  thresholds: List[float]
+  label_counts: List[int]
+  confident_joint: List[List[int]]
+  noise_rate: List[float]
+  prune_counts: Optional[List[List[int]]] = None
+  cells: CellLast = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.thresholds)
+
+  @functools.cached_property
+  def _cell_bounds(self) -> Tuple[np.ndarray, Dict]:
+    # Computed once per object: a side input is one object for many batches.
+    return confident.cell_bounds(self.cells, self.num_classes)
+
+  def issue_mask(self, probs: np.ndarray, given: np.ndarray, ids: np.ndarray
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Which examples are label issues, and the label each should have.
+
+    Args:
+      probs: `(N, K)` class probabilities.
+      given: `(N,)` given labels.
+      ids: `(N,)` ids (tie breaks inside a cell).
+
+    Returns:
+      `(mask (N,), suggested (N,))`; `suggested` is -1 where not an issue.
+    """
+    rules = {"method": self.method, "thresholds": self.thresholds}
+    if self.method == PRUNE_BY_NOISE_RATE:
+      rules["cells"] = self._cell_bounds
+    return confident.issue_mask(probs, given, ids, rules)
+
+  def to_dict(self) -> Dict:
+    """`label_issues` in `summary.json`, less `issues_by_pair` (which the
+    flag counts give: `FlagCounts.pairs_to_dict`)."""
+    return {"method": self.method, "thresholds": self.thresholds,
+            "label_counts": self.label_counts,
+            "confident_joint": self.confident_joint,
+            "noise_rate": self.noise_rate}

@@ -1,0 +1,290 @@
+"""An Arrow batch → the model's inputs, with the problems of each row.
+
+Pure numpy and Arrow, no TensorFlow: `read_model_inputs` reads the ids,
+features, labels, sample weights and slices a `ScoringSpec` names from one
+RecordBatch, column by column and never row by row, and says which rows
+cannot be scored and why (`dead_letters.Problem`s). Scoring the rest is
+`scoring.BatchScorer`'s part.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from lossaudit import columns as cols
+from lossaudit.dead_letters import (
+  BAD_ID,
+  BAD_SLICE,
+  BAD_WEIGHT,
+  LABEL_NOT_INTEGER,
+  LABEL_OUT_OF_RANGE,
+  MISSING_FEATURE,
+  MISSING_ID,
+  MISSING_LABEL,
+  MISSING_WEIGHT,
+  WRONG_SIZE,
+  WRONG_TYPE,
+  Problem,
+)
+
+if TYPE_CHECKING:
+  from lossaudit.scoring import LossTerm, ScoringSpec
+
+# What a row with no slice value is counted under.
+NO_SLICE = "(missing)"
+
+
+class Column(NamedTuple):
+  """One column read for the model, with what was wrong in its rows.
+
+  Attributes:
+    values: `(N, ...)` numpy or `(N,)` Arrow array; a row with a problem
+      holds zero (numpy) or null (Arrow ids).
+    problems: the problems found, each naming its rows.
+  """
+
+  values: Any
+  problems: List[Problem]
+
+
+class ModelInputs(NamedTuple):
+  """What the model, its losses and the scored batch need of N rows.
+
+  Attributes:
+    features: `{model input: (N,) + shape}` arrays, in the spec's order.
+    labels: `{term name: (N,) + label_shape}` arrays, in the spec's order.
+    ids: `(N,)` Arrow strings; None when the spec has no id column (the
+      ids are then content fingerprints of the features and labels).
+    weights: `(N,)` float64 sample weights; None without a weight column.
+    slices: `(N,)` Arrow strings; None without a slice column.
+  """
+
+  features: Dict[str, np.ndarray]
+  labels: Dict[str, np.ndarray]
+  ids: Optional[pa.Array] = None
+  weights: Optional[np.ndarray] = None
+  slices: Optional[pa.Array] = None
+
+  def rows(self, keep: np.ndarray) -> ModelInputs:
+    """The rows where `keep` `(N,)` bool is set."""
+    keep_arrow = pa.array(keep)
+    return ModelInputs(
+        features={k: v[keep] for k, v in self.features.items()},
+        labels={k: v[keep] for k, v in self.labels.items()},
+        ids=None if self.ids is None else self.ids.filter(keep_arrow),
+        weights=None if self.weights is None else self.weights[keep],
+        slices=None if self.slices is None else self.slices.filter(keep_arrow))
+
+
+class CheckedBatch(NamedTuple):
+  """A batch of N rows read for the model.
+
+  Attributes:
+    inputs: every row's inputs; zero (or null) where a row has a problem.
+    problems: what is wrong, in the order found: features, labels, weights,
+      slices, after the ids (a dead letter's reason is its first problem).
+    bad: `(N,)` bool, the rows with at least one problem.
+  """
+
+  inputs: ModelInputs
+  problems: List[Problem]
+  bad: np.ndarray
+
+
+def read_model_inputs(spec: ScoringSpec,
+                      batch: pa.RecordBatch) -> CheckedBatch:
+  """Reads and checks the columns `spec` names from `batch` (N rows).
+
+  A row cannot be scored when a feature, label or weight is missing, of the
+  wrong size or not a number; when its id or slice is not UTF-8; when a
+  class label is not an integer or out of range; or when a weight is not
+  finite or is negative.
+  """
+  problems: List[Problem] = []
+
+  def values(column: Column) -> Any:
+    """`column`'s values; its problems join `problems`, in reading order."""
+    problems.extend(column.problems)
+    return column.values
+
+  ids = values(_ids(batch, spec.id_column)) if spec.id_column else None
+  features = {
+      name: values(_dense(batch, column, "feature", MISSING_FEATURE, shape,
+                          np.dtype(dtype)))
+      for name, column, shape, dtype in spec.features
+  }
+  labels = {term.name: values(_labels(batch, term)) for term in spec.terms}
+  weights = (values(_weights(batch, spec.weight_column))
+             if spec.weight_column else None)
+  slices = (values(_slices(batch, spec.slice_column))
+            if spec.slice_column else None)
+  bad = np.zeros(batch.num_rows, dtype=bool)
+  for problem in problems:
+    bad |= problem.rows
+  return CheckedBatch(ModelInputs(features, labels, ids, weights, slices),
+                      problems, bad)
+
+
+def _missing(n: int, what: str, name: str, reason: str) -> Problem:
+  return Problem(np.ones(n, dtype=bool), reason, f"missing {what} {name!r}")
+
+
+def _width(shape: Tuple[int, ...]) -> int:
+  return int(math.prod(shape)) if shape else 1
+
+
+def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
+           shape: Tuple[int, ...], dtype: np.dtype,
+           expected: Optional[str] = None) -> Column:
+  """Reads column `name` as `(N,) + shape` values of `dtype`.
+
+  Args:
+    batch: N rows.
+    name: the column.
+    what: `feature`, `label` or `weight`, for messages.
+    missing: the reason code of a missing value.
+    shape: the per-example shape.
+    dtype: numpy dtype of the values.
+    expected: the value type messages expect; `dtype`'s name when None.
+
+  Returns:
+    Values `(N,) + shape`, zero in the rows that are missing, of the wrong
+    size or not numbers.
+  """
+  n, shape = batch.num_rows, tuple(shape)
+  expected = expected or np.dtype(dtype).name
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return Column(np.zeros((n,) + shape, dtype),
+                  [_missing(n, what, name, missing)])
+  wrong_type = (f"{what} {name!r} has type {found.type}, expected {expected}"
+                " values")
+  width = _width(shape)
+  try:
+    dense = cols.dense_numbers(found, width, dtype)
+  except (ValueError, TypeError, pa.ArrowException):
+    return Column(np.zeros((n,) + shape, dtype),
+                  [Problem(np.ones(n, dtype=bool), WRONG_TYPE, wrong_type)])
+  counts = dense.counts
+  problems = [Problem(counts < 0, missing, f"missing {what} {name!r}")]
+  wrong = (counts >= 0) & (counts != width)
+  if wrong.any():
+    problems.append(Problem(wrong, WRONG_SIZE, f"{what} {name!r} has {{value}}"
+                            f" values, expected {width}", counts))
+  if dense.not_numbers.any():
+    if dense.not_numbers[counts == width].all():
+      # Not one value parses: the column's type is wrong, not a value.
+      problems.append(Problem(dense.not_numbers, WRONG_TYPE, wrong_type))
+    else:
+      subject = f"feature {name!r} value" if what == "feature" else what
+      problems.append(Problem(dense.not_numbers, WRONG_TYPE,
+                              f"{subject} {{value}} is not a number",
+                              dense.text))
+  return Column(dense.values.reshape((n,) + shape), problems)
+
+
+def _labels(batch: pa.RecordBatch, term: LossTerm) -> Column:
+  """Reads the labels `(N,) + term.label_shape` of one loss term: class
+  indices are checked to be classes, other labels only to be numbers."""
+  if term.signals in ("sparse", "binary") or term.label_dtype == "int64":
+    return _class_labels(batch, term)
+  return _dense(batch, term.label_column, "label", MISSING_LABEL,
+                term.label_shape, np.dtype(term.label_dtype))
+
+
+def _first_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """`(N,)`: for each row of `values` `(N, W)`, its first value where `mask`
+  `(N, W)` is set (its first value when none is)."""
+  return values[np.arange(len(values)), mask.argmax(axis=1)]
+
+
+def _class_labels(batch: pa.RecordBatch, term: LossTerm) -> Column:
+  """Reads class labels `(N,) + term.label_shape` and checks each is a class.
+
+  Labels are checked before any cast to an integer type: a floating column
+  is read in its own float type and a text column as float64, so 2.5 or NaN
+  is reported rather than read as class 2 or as the smallest int64. Integer
+  columns are read as they are, exact for every int64.
+
+  Returns:
+    Labels of `term.label_dtype`, zero in the rows that are not classes.
+  """
+  n = batch.num_rows
+  dtype = np.dtype(term.label_dtype)
+  found = cols.optional_column(batch, term.label_column)
+  if found is not None:
+    type_ = cols.column_type(found)
+    if pa.types.is_floating(type_):
+      dtype = np.dtype(type_.to_pandas_dtype())
+    elif not (pa.types.is_integer(type_) or pa.types.is_boolean(type_) or
+              pa.types.is_null(type_)):
+      dtype = np.dtype(np.float64)
+  read = _dense(batch, term.label_column, "label", MISSING_LABEL,
+                term.label_shape, dtype, term.label_dtype)
+  problems = read.problems
+  per_row = read.values.reshape(n, _width(term.label_shape))
+  classes = f"expected an integer class in [0, {term.num_classes})"
+  if per_row.dtype.kind == "f":
+    integral = np.isfinite(per_row) & (per_row == np.floor(per_row))
+    if not integral.all():
+      problems.append(Problem(
+          ~integral.all(axis=1), LABEL_NOT_INTEGER,
+          f"label {{value}} is not an integer class: {classes}",
+          _first_where(per_row, ~integral)))
+      per_row = np.where(integral, per_row, 0)
+  outside = (per_row < 0) | (per_row >= term.num_classes)
+  problems.append(Problem(outside.any(axis=1), LABEL_OUT_OF_RANGE,
+                          f"label {{value}} out of range: {classes}",
+                          _first_where(per_row, outside)))
+  return Column(per_row.astype(term.label_dtype).reshape(read.values.shape),
+                problems)
+
+
+def _weights(batch: pa.RecordBatch, name: str) -> Column:
+  """Reads sample weights `(N,)` float64; each must be finite and >= 0."""
+  read = _dense(batch, name, "weight", MISSING_WEIGHT, (),
+                np.dtype(np.float64))
+  weights, problems = read.values, read.problems
+  invalid = ~(np.isfinite(weights) & (weights >= 0))
+  if invalid.any():
+    problems.append(Problem(invalid, BAD_WEIGHT, "weight {value} is not a"
+                            " valid sample weight: expected a finite number"
+                            " >= 0", weights))
+  return Column(weights, problems)
+
+
+def _ids(batch: pa.RecordBatch, name: str) -> Column:
+  """Reads ids `(N,)` as Arrow strings, null in the rows with a problem
+  (values None when the column is missing)."""
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return Column(None,
+                  [_missing(batch.num_rows, "id column", name, MISSING_ID)])
+  text = cols.first_as_text(found)
+  missing = text.strings.is_null().to_numpy(zero_copy_only=False)
+  problems = [Problem(missing & ~text.not_utf8, MISSING_ID,
+                      f"missing id column {name!r}")]
+  if text.not_utf8.any():
+    problems.append(Problem(text.not_utf8, BAD_ID,
+                            "id is not valid UTF-8: {value}", text.raw))
+  return Column(text.strings, problems)
+
+
+def _slices(batch: pa.RecordBatch, name: str) -> Column:
+  """Reads slice values `(N,)` as Arrow strings; `NO_SLICE` where a row has
+  none."""
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return Column(pa.nulls(batch.num_rows, pa.string()).fill_null(NO_SLICE),
+                  [])
+  text = cols.first_as_text(found)
+  problems = []
+  if text.not_utf8.any():
+    problems.append(Problem(text.not_utf8, BAD_SLICE,
+                            f"slice {name!r} is not valid UTF-8: {{value}}",
+                            text.raw))
+  return Column(text.strings.fill_null(NO_SLICE), problems)

@@ -1,0 +1,299 @@
+"""The data probe: the first records of the data, checked against the plan.
+
+`read_sample` reads a first small batch of the data; `check_columns`,
+`fit_custom_labels` and `check_scoring` hold it against what
+`lossaudit.planning` derived from the config and the model, scoring it with
+the real scorer. So a column that does not exist, a model that does not fit
+the data or a loss that cannot be computed stops the run with exit 2 and a
+one-line message, instead of failing on a worker an hour later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from lossaudit import columns as cols
+from lossaudit import tfrecord
+from lossaudit.config import AuditConfig
+from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
+from lossaudit.errors import ConfigError, describe_error, first_line, short_repr
+from lossaudit.model import AuditModel
+from lossaudit.planning import Feature
+from lossaudit.scoring import BatchScorer, LossShapeError, LossTerm, ScoringSpec
+
+PROBE_RECORDS = 64
+# Labels outside the model's classes in at least this share of the first
+# records stop the run: the model and the data do not match.
+CLASS_MISMATCH_SHARE = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """The first records of the dataset, as one batch, and their file."""
+
+  batch: pa.RecordBatch
+  path: str
+
+  @property
+  def num_rows(self) -> int:
+    return self.batch.num_rows
+
+  @property
+  def columns(self) -> List[str]:
+    return self.batch.schema.names
+
+  def value_type(self, name: str) -> Optional[pa.DataType]:
+    """The value type of column `name`; None when it is absent (or named
+    twice) or all null."""
+    column = cols.optional_column(self.batch, name)
+    if column is None or pa.types.is_null(cols.column_type(column)):
+      return None
+    return cols.column_type(column)
+
+
+def read_tfrecords(path: str, limit: int) -> List[bytes]:
+  """The first records of a TFRecord file (up to `limit`, fewer if damaged).
+
+  Raises:
+    ValueError: when not even the first record can be read.
+  """
+  for item in tfrecord.read_batches(path, limit,
+                                    tfrecord.compression_of(path)):
+    if isinstance(item, tfrecord.Unreadable):
+      raise ValueError(item.describe())
+    return item
+  return []
+
+
+def read_sample(config: AuditConfig, files: Sequence[str]
+                ) -> Optional[Sample]:
+  """The first few records of the dataset; None when every file is empty.
+
+  A file that cannot be read is passed over (the run dead-letters it), unless
+  no file can be read at all: then the data is not what the config says.
+
+  Raises:
+    ConfigError: not one of `files` could be read.
+  """
+  failures = []
+  for path in files:
+    try:
+      if config.input.format == "tfrecord":
+        records = read_tfrecords(path, PROBE_RECORDS)
+        if not records:
+          continue
+        return Sample(decode_examples(records), path)
+      with FileSystems.open(path,
+                            compression_type=CompressionTypes.UNCOMPRESSED
+                            ) as f:
+        parquet = pq.ParquetFile(f)
+        if parquet.metadata.num_rows == 0:
+          continue
+        first = next(parquet.iter_batches(batch_size=PROBE_RECORDS))
+        return Sample(first, path)
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append((path, e))
+  if failures and len(failures) == len(files):
+    path, e = failures[0]
+    raise ConfigError(
+        f"input.pattern: expected {config.input.format} files. None of the"
+        f" {len(files)} matched files could be read; {path!r}:"
+        f" {describe_error(e)}")
+  return None
+
+
+def decode_examples(records: Sequence[bytes]) -> pa.RecordBatch:
+  """tf.train.Examples as one batch, decoded with no schema.
+
+  When they do not decode together (a feature typed differently in some of
+  them), the largest group of records whose features agree on their types
+  is the batch (on a tie, the group of the first decodable record); the
+  others are dead-lettered by the pipeline like any wrong-typed record.
+
+  Raises:
+    Whatever the decoder raises when not one record decodes.
+  """
+  from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
+
+  new_decoder = example_coder.ExamplesToRecordBatchDecoder
+  try:
+    return new_decoder().DecodeBatch(list(records))
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  # A decoder that failed once keeps half-built columns (tfx_bsl 1.21):
+  # a fresh one after every failure.
+  groups: List[Tuple[dict, List[bytes]]] = []  # (name → type, records)
+  decoder = new_decoder()
+  for record in records:
+    try:
+      schema = decoder.DecodeBatch([record]).schema
+    except Exception:  # pylint: disable=broad-except
+      decoder = new_decoder()
+      continue
+    types = {f.name: f.type for f in schema if not pa.types.is_null(f.type)}
+    for group_types, members in groups:
+      if all(group_types.get(n, t) == t for n, t in types.items()):
+        group_types.update(types)
+        members.append(record)
+        break
+    else:
+      groups.append((types, [record]))
+  if not groups:
+    raise error
+  _, largest = max(groups, key=lambda g: len(g[1]))  # First on a tie.
+  return new_decoder().DecodeBatch(largest)
+
+
+def check_columns(config: AuditConfig, features: Sequence[Feature],
+                  sample: Sample) -> None:
+  """Every column the config and the model's inputs name is in `sample`.
+
+  Raises:
+    ConfigError: naming the first key whose column is missing.
+  """
+  inp = config.input
+  present = set(sample.columns)
+  wanted = [("input.id_column", inp.id_column),
+            ("input.weight_column", inp.weight_column),
+            ("stats.slice_by", config.stats.slice_by)]
+  if config.loss.outputs:
+    wanted += [(f"loss.outputs[{o.index}].label_column", o.label_column)
+               for o in config.loss.outputs]
+  else:
+    wanted.append(("input.label_column", inp.label_column))
+  wanted += [(f"feature column for model input {n!r}", c)
+             for n, c, _, _ in features]
+  for key, column in wanted:
+    if column is not None and column not in present:
+      raise ConfigError(
+          f"{key}: column {column!r} not found in the first"
+          f" {sample.num_rows} records of {sample.path}; found columns"
+          f" {sorted(present)}")
+
+
+def fit_custom_labels(terms: Sequence[LossTerm], sample: Sample
+                      ) -> Tuple[LossTerm, ...]:
+  """`terms`, the labels of each custom loss keeping the size they have in
+  `sample` (when its column is there)."""
+  return tuple(
+      dataclasses.replace(term, label_shape=_custom_label_shape(
+          sample.batch, term.label_column, term.label_shape))
+      if term.custom and term.label_column in sample.columns else term
+      for term in terms)
+
+
+def _custom_label_shape(batch: pa.RecordBatch, column: str,
+                        out_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+  """Labels of a custom loss keep the size they have in the data."""
+  counts = cols.value_counts(batch.column(column))
+  width = int(counts.max()) if len(counts) else 1
+  if width == (int(math.prod(out_shape)) if out_shape else 1):
+    return out_shape
+  return () if width == 1 else (width,)
+
+
+def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
+                  sample: Sample) -> None:
+  """Scores `sample` with the real scorer; any failure is exit 2.
+
+  A custom loss is the user's code, imported and first called here: whatever
+  it raises, SystemExit and any Exception alike (only KeyboardInterrupt goes
+  through), is a ConfigError naming its key (`loss.custom` or
+  `loss.outputs[i].custom`), the exception type and its first line. With
+  several custom losses, the one that fails is found by scoring each alone.
+
+  Raises:
+    ConfigError: the loss cannot be built, the model does not fit the data,
+      no record of `sample` can be scored, or many labels are outside the
+      model's classes.
+  """
+  batch, path = sample.batch, sample.path
+  prefixes = ([f"loss.outputs[{o.index}]" for o in config.loss.outputs]
+              if config.loss.outputs else ["loss"])
+  custom = [(f"{prefix}.custom", term)
+            for prefix, term in zip(prefixes, spec.terms) if term.custom]
+  for key, term in custom:  # One by one, to name the one that fails.
+    try:
+      term.build_loss()
+    except KeyboardInterrupt:
+      raise
+    except BaseException as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"{key}: could not build the loss: {describe_error(e)}; expected an"
+          " importable 'package.module:function'. Received:"
+          f" {short_repr(term.custom)}") from None
+  cpu = dataclasses.replace(spec, device="cpu")
+
+  def failing_custom(error: BaseException):
+    """`(key, term)` of the custom loss behind `error`, or None."""
+    if not custom:
+      return None
+    if len(spec.terms) == 1:
+      return custom[0]
+    for key, term in custom:
+      alone = dataclasses.replace(cpu, terms=(term,), keep_probs=False)
+      try:
+        BatchScorer(alone, model=model).score(path, batch)
+      except KeyboardInterrupt:
+        raise
+      except BaseException:  # pylint: disable=broad-except
+        return key, term
+    return None if isinstance(error, Exception) else custom[0]
+
+  try:
+    scorer = BatchScorer(cpu, model=model)
+  except (ImportError, AttributeError, TypeError, ValueError) as e:
+    key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
+    raise ConfigError(
+        f"{key}: could not build the loss: {type(e).__name__}:"
+        f" {first_line(e)}") from None
+  try:
+    scored, dead = scorer.score(path, batch)
+  except KeyboardInterrupt:
+    raise
+  except LossShapeError as e:
+    key = next((f"{prefix}.{'custom' if t.custom else 'name'}"
+                for prefix, t in zip(prefixes, spec.terms)
+                if str(e).startswith(repr(t.custom or t.loss_name))),
+               "loss.custom" if custom else "loss.name")
+    raise ConfigError(f"{key}: {e}") from None
+  except BaseException as e:  # pylint: disable=broad-except
+    culprit = failing_custom(e)
+    if culprit:
+      key, term = culprit
+      raise ConfigError(
+          f"{key}: {short_repr(term.custom)} failed on the first"
+          f" {batch.num_rows} records of {path}:"
+          f" {describe_error(e)}") from None
+    if not isinstance(e, Exception):
+      raise
+    raise ConfigError(
+        f"model.path: the model {config.model.path!r} does not fit the data"
+        f" of {path} with loss"
+        f" {[t.custom or t.loss_name for t in spec.terms]}:"
+        f" {describe_error(e)}") from None
+  if scored is None and dead:
+    raise ConfigError(
+        f"input: none of the first {batch.num_rows} records of {path}"
+        f" can be scored; first problem: {dead[0]['error']}")
+  _check_classes(batch.num_rows, path, dead)
+
+
+def _check_classes(num_rows: int, path: str, dead: Sequence[dict]) -> None:
+  """A few labels out of range are bad records (dead letters); many mean the
+  model was trained on other classes than the data has."""
+  out_of_range = [d for d in dead if d["reason"] == LABEL_OUT_OF_RANGE]
+  if len(out_of_range) < max(1, CLASS_MISMATCH_SHARE * num_rows):
+    return
+  raise ConfigError(
+      f"input.label_column: {len(out_of_range)} of the first {num_rows}"
+      f" labels of {path} are outside the model's classes (first:"
+      f" {out_of_range[0]['error']}); expected a model trained on the"
+      " data's classes")

@@ -1,0 +1,270 @@
+"""The audit graph: read → score → rules → write, each a labelled helper.
+
+`build` adds it to a pipeline; `lossaudit.pipelines.audit` validates the
+config, plans the run and calls it. This module imports TensorFlow (through
+the scorer), so the CLI imports it only once the config is known to be good.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional
+
+import apache_beam as beam
+
+from lossaudit import drift, outputs, preflight
+from lossaudit.config import AuditConfig
+from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
+from lossaudit.flag_counts import sum_counts
+from lossaudit.stats import rule_thresholds
+from lossaudit.timings import Timings, sum_timings
+from lossaudit.transforms.duplicates import CountDuplicateIds
+from lossaudit.transforms.flag import (
+  FlagExamples,
+  count_reasons,
+  flagged_schema,
+)
+from lossaudit.transforms.label_issues import FindLabelIssues
+from lossaudit.transforms.read import (
+  DEAD_LETTER,
+  ReadParquetBatches,
+  ReadTFExampleBatches,
+)
+from lossaudit.transforms.score import DEVICE, TIMING, ScoreBatches
+from lossaudit.transforms.spill import ReadSpilled, SpillBatches
+from lossaudit.transforms.stats import (
+  LossStats,
+  TopKCombineFn,
+  TopRowsCombineFn,
+)
+from lossaudit.transforms.write import (
+  WriteDeadLetters,
+  WriteParquetShards,
+  WriteSummary,
+  public_schema,
+)
+
+TOP_FLAGGED_IN_REPORT = 50
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
+                 "SwitchingDirectRunner")
+
+
+def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
+          runner: str, run: Dict, baseline: Optional[drift.Baseline]
+          ) -> None:
+  """Adds the audit graph to `p`: read → score → rules → write.
+
+  Args:
+    run: `run_id` and `start_time` of this run.
+    baseline: the run to compare with, or None.
+  """
+  scratch = outputs.scratch_prefix(config.output.dir, run["run_id"], "scored")
+  read = _read(p, config, plan)
+  scored = _score(read, config, plan, runner)
+  rules = _rules(p, scored, config, plan, scratch)
+  _write(p, config, plan, read, scored, rules, run=dict(run, runner=runner),
+         baseline=baseline)
+
+
+class _Read(NamedTuple):
+  """What `_read` gives.
+
+  Attributes:
+    batches: `(file, RecordBatch)` of the examples read.
+    dead_letters: entries for the input that could not be read.
+  """
+
+  batches: beam.PCollection
+  dead_letters: beam.PCollection
+
+
+class _Scored(NamedTuple):
+  """What `_score` gives.
+
+  Attributes:
+    batches: scored RecordBatches (schema `spec.scored_schema()`).
+    dead_letters: entries for the rows that could not be scored.
+    timings: `(rows, seconds)` per batch scored.
+    devices: `host:device` of each scoring DoFn instance.
+  """
+
+  batches: beam.PCollection
+  dead_letters: beam.PCollection
+  timings: beam.PCollection
+  devices: beam.PCollection
+
+
+class _Statistics(NamedTuple):
+  """What `_statistics` gives.
+
+  Attributes:
+    loss: one `LossAccumulator.summary()` of every loss.
+    slices: `(slice, LossAccumulator.summary())` pairs.
+    top_k: one `TopKCombineFn` output, or None when `flag.top_k` is off.
+  """
+
+  loss: beam.PCollection
+  slices: beam.PCollection
+  top_k: beam.PCollection
+
+
+class _Rules(NamedTuple):
+  """What `_rules` gives.
+
+  Attributes:
+    statistics: the loss statistics the rules read.
+    thresholds: one `Thresholds`.
+    flagged: flagged RecordBatches (schema `flagged_schema`).
+  """
+
+  statistics: _Statistics
+  thresholds: beam.PCollection
+  flagged: beam.PCollection
+
+
+def _read(p: beam.Pipeline, config: AuditConfig,
+          plan: preflight.Plan) -> _Read:
+  """The input files → batches of examples."""
+  if config.input.format == "tfrecord":
+    read = p | "Read" >> ReadTFExampleBatches(plan.files, plan.tf_schema,
+                                              config.batch_size)
+  else:
+    read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
+                                            config.batch_size)
+  return _Read(batches=read["batches"], dead_letters=read[DEAD_LETTER])
+
+
+def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
+           runner: str) -> _Scored:
+  """Each batch scored once, by the model and loss of `plan.spec`."""
+  score = ScoreBatches(plan.spec, progress_interval=(
+      config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None))
+  if config.runtime.accelerator:
+    score = score.with_resource_hints(accelerator=config.runtime.accelerator)
+  scored = read.batches | "ScoreBatches" >> score
+  return _Scored(batches=scored.scored, dead_letters=scored[DEAD_LETTER],
+                 timings=scored[TIMING], devices=scored[DEVICE])
+
+
+def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
+           plan: preflight.Plan, scratch: str) -> _Rules:
+  """Statistics → thresholds → the flagged rows.
+
+  The thresholds need every loss first, so the scored batches are spilled
+  to scratch files `scratch-*` and read back for the passes after.
+  """
+  statistics = _statistics(p, scored.batches, config, plan)
+  schema = plan.spec.scored_schema()
+  spilled = scored.batches | "Spill" >> SpillBatches(scratch, schema)
+  label_rules = _label_rules(p, scored.batches, spilled, config, plan)
+  thresholds = statistics.loss | "Thresholds" >> beam.Map(
+      rule_thresholds, flag_config=config.flag,
+      top_k=beam.pvalue.AsSingleton(statistics.top_k),
+      label_rules=beam.pvalue.AsSingleton(label_rules),
+      slice_stats=beam.pvalue.AsDict(statistics.slices))
+  flagged = (spilled
+             | "RereadForFlags" >> ReadSpilled()
+             | "FlagExamples" >> FlagExamples(thresholds, schema,
+                                              _loss_column(config)))
+  return _Rules(statistics, thresholds, flagged)
+
+
+def _statistics(p: beam.Pipeline, scored: beam.PCollection,
+                config: AuditConfig, plan: preflight.Plan) -> _Statistics:
+  """The loss statistics of the scored batches, globally and per slice, and
+  the top k losses."""
+  flag, column = config.flag, _loss_column(config)
+  quantiles = set(config.stats.quantiles) | {
+      q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
+  stats = scored | "LossStats" >> LossStats(
+      config.stats.epsilon, sorted(quantiles), bool(plan.spec.slice_column),
+      column)
+  if flag.top_k:
+    top_k = scored | "TopK" >> beam.CombineGlobally(
+        TopKCombineFn(flag.top_k, column))
+  else:
+    top_k = p | "NoTopK" >> beam.Create([None])
+  return _Statistics(
+      loss=stats["global"],
+      slices=stats.get("slices") or p | "NoSlices" >> beam.Create([]),
+      top_k=top_k)
+
+
+def _label_rules(p: beam.Pipeline, scored: beam.PCollection,
+                 spilled: beam.PCollection, config: AuditConfig,
+                 plan: preflight.Plan) -> beam.PCollection:
+  """One `LabelRules`, or None when `flag.label_issues` is off."""
+  method = config.flag.label_issues
+  if not method:
+    return p | "NoLabelIssues" >> beam.Create([None])
+  return ({"scored": scored, "spilled": spilled}
+          | "FindLabelIssues" >> FindLabelIssues(
+              method, plan.spec.classifier.num_classes))
+
+
+def _loss_column(config: AuditConfig) -> str:
+  """The loss column the statistics and rules read."""
+  return "weighted_loss" if config.stats.weighted else "loss"
+
+
+def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
+           read: _Read, scored: _Scored, rules: _Rules, *, run: Dict,
+           baseline: Optional[drift.Baseline]) -> None:
+  """The flagged rows, dead letters and losses as shards; then the summary,
+  last."""
+  out, num_shards = config.output.dir, config.output.num_shards
+  schema = plan.spec.scored_schema()
+  dead = _dead_letters(p, plan, read, scored)
+  written = {
+      outputs.FLAGGED: rules.flagged | "WriteFlagged" >> WriteParquetShards(
+          out, outputs.FLAGGED, flagged_schema(schema), num_shards),
+      outputs.DEAD_LETTER: dead | "WriteDeadLetters" >> WriteDeadLetters(
+          out, num_shards),
+      outputs.LOSSES: (
+          scored.batches | "WriteLosses" >> WriteParquetShards(
+              out, outputs.LOSSES, public_schema(schema), num_shards)
+          if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
+  }
+  _write_summary(p, config, scored, rules, dead, written, run=run,
+                 baseline=baseline)
+
+
+def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
+                  scored: _Scored) -> beam.PCollection:
+  """Every dead-letter entry: unread input, unscored rows, and the input
+  paths that are not regular files."""
+  not_regular = p | "NotRegularFiles" >> beam.Create([
+      dead_letter(path, None, "not a regular file (a FIFO, device, socket or"
+                  " directory); never opened", NOT_A_REGULAR_FILE)
+      for path in plan.not_regular])
+  return ((read.dead_letters, scored.dead_letters, not_regular)
+          | "DeadLetters" >> beam.Flatten())
+
+
+def _write_summary(p: beam.Pipeline, config: AuditConfig, scored: _Scored,
+                   rules: _Rules, dead: beam.PCollection,
+                   written: Dict[str, beam.PCollection], *, run: Dict,
+                   baseline: Optional[drift.Baseline]) -> None:
+  """`summary.json`, `report.html` and `drift.json`, from what every stage
+  counted."""
+  out = config.output.dir
+  _ = p | "WriteSummary" >> WriteSummary(
+      out, config.to_dict(), run, baseline,
+      loss_stats=rules.statistics.loss,
+      slice_stats=rules.statistics.slices,
+      thresholds=rules.thresholds,
+      flag_counts=(rules.flagged
+                   | "CountReasons" >> beam.Map(count_reasons)
+                   | "SumCounts" >> beam.CombineGlobally(sum_counts)),
+      dead_letter_reasons=(
+          dead
+          | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
+          | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
+      duplicates=scored.batches | "CountDuplicateIds" >> CountDuplicateIds(
+          outputs.scratch_prefix(out, run["run_id"], "ids")),
+      top_flagged=rules.flagged | "TopFlagged" >> beam.CombineGlobally(
+          TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
+      timings=(scored.timings
+               | "BatchTimes" >> beam.MapTuple(Timings.of_batch)
+               | "SumTimes" >> beam.CombineGlobally(sum_timings)),
+      devices=scored.devices | "Devices" >> beam.Distinct(),
+      written=written)

@@ -1,0 +1,231 @@
+"""Helpers shared by the tests (fixtures are in conftest.py, which uses these).
+
+Test files import from here, never from one another or from conftest.py.
+"""
+
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+NUM_EXAMPLES = 3000
+NUM_FEATURES = 16
+NUM_CLASSES = 5
+GCS_BUCKET = "lossaudit-test"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_columns(n=NUM_EXAMPLES, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
+  y = rng.integers(0, NUM_CLASSES, n).astype(np.int64)
+  return {
+      "id": np.array([f"ex-{i:05d}" for i in range(n)]),
+      "x": x,
+      "label": y,
+      "group": np.array(["abc"[i % 3] for i in range(n)]),
+      "target": x[:, :2].sum(axis=1, keepdims=True).astype(np.float32),
+  }
+
+
+def build_classifier(activation="softmax"):
+  import keras
+
+  keras.utils.set_random_seed(1)
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  hidden = keras.layers.Dense(16, activation="relu")(inputs)
+  outputs = keras.layers.Dense(NUM_CLASSES, activation=activation,
+                               name="probs")(hidden)
+  return keras.Model(inputs, outputs)
+
+
+def base_config(pattern, model_path, output_dir, **sections):
+  config = {
+      "input": {"pattern": str(pattern), "format": "tfrecord",
+                "id_column": "id", "label_column": "label"},
+      "model": {"path": str(model_path)},
+      "loss": {"name": "sparse_categorical_crossentropy"},
+      "batch_size": 256,
+      "stats": {"epsilon": 0.001},
+      "flag": {"loss_quantile": 0.95},
+      "output": {"dir": str(output_dir)},
+  }
+  for key, value in sections.items():
+    if isinstance(value, dict):
+      config.setdefault(key, {}).update(value)
+    else:
+      config[key] = value
+  return config
+
+
+def upload(local: str, remote: str) -> None:
+  """Copies a file or a directory tree, bytes as they are (no re-gzip)."""
+  from apache_beam.io.filesystem import CompressionTypes
+  from apache_beam.io.filesystems import FileSystems
+
+  pairs = [(local, remote)] if os.path.isfile(local) else [
+      (os.path.join(root, name),
+       remote + "/" + os.path.relpath(os.path.join(root, name), local))
+      for root, _, files in os.walk(local) for name in files]
+  for path, target in pairs:
+    with open(path, "rb") as src, FileSystems.create(
+        target, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
+      dst.write(src.read())
+
+
+def classifier_spec(model_path, output=None, weight_column=None, **term):
+  """A `ScoringSpec` for the conftest classifier (sparse labels, K classes);
+  `term` overrides fields of its one `LossTerm`."""
+  from lossaudit.scoring import LossTerm, ScoringSpec
+
+  fields = dict(output=output or "probs", name="out", label_column="label",
+                loss_name="sparse_categorical_crossentropy", label_shape=(),
+                label_dtype="int64", signals="sparse", num_classes=NUM_CLASSES)
+  fields.update(term)
+  return ScoringSpec(
+      model_path=model_path, signature="serving_default",
+      features=(("x", "x", (NUM_FEATURES,), "float32"),),
+      terms=(LossTerm(**fields),), id_column="id",
+      weight_column=weight_column)
+
+
+def first_rows(columns, n=100):
+  """The first `n` rows of `columns` (id, x, label) as one RecordBatch."""
+  from lossaudit import datasets
+
+  return datasets.to_arrow({k: columns[k][:n] for k in ("id", "x", "label")
+                            }).to_batches()[0]
+
+
+def noisy_probs(n, k, noise, seed):
+  """Probabilities of a decent model and labels with asymmetric noise."""
+  rng = np.random.default_rng(seed)
+  truth = rng.integers(0, k, n)
+  logits = rng.normal(size=(n, k))
+  logits[np.arange(n), truth] += 4.0
+  probs = np.exp(logits)
+  probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+  given = truth.copy()
+  flip = rng.random(n) < noise * (1 + truth / k)  # Class-dependent rates.
+  given[flip] = (truth[flip] + 1 + (truth[flip] % 2)) % k  # Asymmetric.
+  return probs, given, truth
+
+
+class FakeClock:
+  """A clock for code that takes `clock: Callable[[], float]`: it stands
+  still until the test moves it on."""
+
+  def __init__(self, now: float = 1000.0):
+    self.now = now
+
+  def __call__(self) -> float:
+    return self.now
+
+  def advance(self, seconds: float) -> None:
+    self.now += seconds
+
+
+# The custom loss `tests.custom_losses:blocking_nll` prints this and waits
+# for a line on stdin at the batch named by LOSSAUDIT_TEST_BLOCK_AT.
+BLOCKED = "lossaudit-test: blocked"
+
+
+def start_blocked_audit(config_path: str, block_at: int = 2,
+                        **env) -> subprocess.Popen:
+  """Starts `lossaudit.pipelines.audit` on a config whose loss is
+  `blocking_nll`; returns once the run is blocked at batch `block_at`.
+
+  Waits on the run's own words, not on a clock. `env` adds environment
+  variables. The process's stdin and stderr are pipes: write a line to
+  stdin to let it go on (then read stderr to its end), or kill it.
+  """
+  environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3",
+                     LOSSAUDIT_TEST_BLOCK_AT=str(block_at))
+  environment.update(env)
+  process = subprocess.Popen(
+      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
+       config_path], cwd=REPO, env=environment,
+      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in process.stderr:
+    if BLOCKED in line:
+      return process
+    seen.append(line)
+  process.wait()
+  raise AssertionError(f"the run ended (exit {process.returncode}) before"
+                       f" it blocked: {''.join(seen)[-2000:]}")
+
+
+def check_combine_fn(fn: Any, inputs: Sequence[Any], expected_output: Any,
+                     check: Optional[Callable[[Any, Any], None]] = None
+                     ) -> None:
+  """Runs a CombineFn every way a runner may and checks each output.
+
+  As TFDV's combiner tests do, the inputs go through
+  `create_accumulator` / `add_input` into one accumulator, and also split
+  over two and over three accumulators; each accumulator is compacted and
+  sent through the accumulator coder (as between workers), then they are
+  merged, with an empty accumulator among them, in two orders and from an
+  iterator (Beam may pass one); the merged one is compacted, sent through
+  the coder again and extracted. Accumulators merged into the first must
+  come out of `merge_accumulators` unchanged. Every way must give
+  `expected_output`, which the caller computes independently of `fn` (numpy,
+  a formula, sorting).
+
+  Args:
+    fn: a `beam.CombineFn`, or a callable that Beam wraps into one
+      (`beam.CombineGlobally(callable)`).
+    inputs: the elements to combine (may be empty).
+    expected_output: what `extract_output` must give.
+    check: `check(actual, expected_output)` raises AssertionError when they
+      disagree; default `actual == expected_output`.
+  """
+  import apache_beam as beam
+
+  fn = beam.CombineFn.maybe_from_callable(fn)
+  coder = fn.get_accumulator_coder()
+
+  def ship(accumulator):
+    return coder.decode(coder.encode(fn.compact(accumulator)))
+
+  def accumulate(part):
+    accumulator = fn.create_accumulator()
+    for element in part:
+      accumulator = fn.add_input(accumulator, element)
+    return ship(accumulator)
+
+  def merge(accumulators):
+    rest = [coder.encode(a) for a in accumulators[1:]]
+    merged = fn.merge_accumulators(iter(accumulators))
+    assert [coder.encode(a) for a in accumulators[1:]] == rest, (
+        "merge_accumulators changed an accumulator other than the first")
+    return ship(merged)
+
+  inputs = list(inputs)
+  half = len(inputs) // 2
+  ways = {
+      "one accumulator": lambda: accumulate(inputs),
+      "two halves and an empty one": lambda: merge([
+          accumulate(inputs[:half]), accumulate([]),
+          accumulate(inputs[half:])]),
+      "an empty one first, then three interleaved": lambda: merge([
+          accumulate([])] + [accumulate(inputs[i::3]) for i in range(3)]),
+      "three interleaved, reversed": lambda: merge([
+          accumulate(inputs[i::3]) for i in (2, 1, 0)]),
+  }
+  fn.setup()
+  try:
+    for way, combine in ways.items():
+      try:
+        actual = fn.extract_output(combine())
+        if check is None:
+          assert actual == expected_output, f"{actual!r} != {expected_output!r}"
+        else:
+          check(actual, expected_output)
+      except AssertionError as e:
+        raise AssertionError(f"{type(fn).__name__}, {way}: {e}") from e
+  finally:
+    fn.teardown()
