@@ -20,6 +20,10 @@ def audit_module(code_dir: str) -> types.ModuleType:
   """`lossaudit.pipelines.audit` as the checkout at `code_dir` has it."""
   code_dir = os.path.abspath(code_dir)
   sys.path.insert(0, code_dir)
+  # Whatever this process imported of the installed project goes first.
+  for name in [m for m in sys.modules
+               if m.split(".")[0] in ("lossaudit", "pipelines", "transforms")]:
+    del sys.modules[name]
   import lossaudit  # pylint: disable=g-import-not-at-top
 
   if os.path.dirname(os.path.abspath(lossaudit.__file__)) != os.path.join(

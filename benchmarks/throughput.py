@@ -38,6 +38,7 @@ import numpy as np
 from lossaudit import datasets
 
 QUANTILES = (0.5, 0.9, 0.99)
+BASELINE = "@baseline"  # A mode's twin, run with --baseline-code.
 
 
 def build(directory: str, examples: int, shards: int, features: int,
@@ -261,7 +262,7 @@ def _keras_tensor_handler(path: str):
 def _child(argv: List[str]) -> Dict:
   """Runs one mode in a fresh process; returns its JSON result."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  done = subprocess.run([sys.executable, "-m", "lossaudit.pipelines.benchmark",
+  done = subprocess.run([sys.executable, os.path.abspath(__file__),
                          "--child"] + argv, capture_output=True, text=True,
                         env=env, check=False)
   if done.returncode:
@@ -313,12 +314,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.child:
     out = os.path.join(args.dir, "out", args.mode)
     os.makedirs(out, exist_ok=True)
-    if args.mode == "a-baseline":
+    mode = args.mode.removesuffix(BASELINE)
+    at_baseline = mode != args.mode
+    if mode == "a" or mode.startswith("a-"):
       result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
-                             None, args.baseline_code)
-    elif args.mode == "a" or args.mode.startswith("a-"):
-      result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
-                             args.label_issues if args.mode != "a" else None)
+                             args.label_issues if mode != "a" else None,
+                             args.baseline_code if at_baseline else None)
     elif args.mode == "b":
       result = run_plain_tf(data_dir, out, args.batch_size)
     else:
@@ -340,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     modes.append(f"a-{args.label_issues}")
     common.append(f"--label-issues={args.label_issues}")
   if args.baseline_code:
-    modes.append("a-baseline")
+    modes += [m + BASELINE for m in modes if m.split("-")[0] == "a"]
     common.append(f"--baseline-code={os.path.abspath(args.baseline_code)}")
   runs = {mode: [] for mode in modes}
   for repeat in range(args.repeat):
@@ -377,15 +378,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          results["a"]["seconds"])
     print("label issues on / off time ="
           f" {report['label_issues_time_ratio']:.2f}")
-  if "a" in results and "a-baseline" in results:
-    report["time_over_baseline"] = (results["a"]["seconds"] /
-                                    results["a-baseline"]["seconds"])
-    report["peak_rss_over_baseline"] = (
-        results["a"]["median_peak_rss_mb"] /
-        results["a-baseline"]["median_peak_rss_mb"])
-    print(f"this checkout / baseline: median time"
-          f" {report['time_over_baseline']:.3f}, peak memory"
-          f" {report['peak_rss_over_baseline']:.3f}")
+  for mode in [m for m in results if m + BASELINE in results]:
+    new, old = results[mode], results[mode + BASELINE]
+    report[f"{mode}_over_baseline"] = {
+        "median_time": new["seconds"] / old["seconds"],
+        "median_peak_rss": (new["median_peak_rss_mb"] /
+                            old["median_peak_rss_mb"])}
+    print(f"({mode}) this checkout / baseline: median time"
+          f" {new['seconds'] / old['seconds']:.3f}, median peak memory"
+          f" {new['median_peak_rss_mb'] / old['median_peak_rss_mb']:.3f}")
   print(json.dumps(report))
   if args.json:
     with open(args.json, "w") as f:
