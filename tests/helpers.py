@@ -130,23 +130,39 @@ class FakeClock:
 # The custom loss `tests.custom_losses:blocking_nll` prints this and waits
 # for a line on stdin at the batch named by LOSSAUDIT_TEST_BLOCK_AT.
 BLOCKED = "lossaudit-test: blocked"
+# `lossaudit run` in a child process. Beam looks for Google credentials for
+# ~25 s before it settles for anonymous access; the emulator needs none (as
+# in conftest's `gcs`).
+RUN_AUDIT = """
+import os, sys
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+  from apache_beam.internal.gcp import auth
+  auth._Credentials._credentials_init = True
+from lossaudit.pipelines import audit
+sys.exit(audit.main(sys.argv[1:]))
+"""
+
+
+def audit_env(**extra: str) -> dict:
+  """The environment of a child run: this checkout, quiet TensorFlow."""
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("LOSSAUDIT_TEST_BLOCK_AT", None)
+  env.update(extra)
+  return env
 
 
 def start_blocked_audit(config_path: str, block_at: int = 2,
-                        **env) -> subprocess.Popen:
-  """Starts `lossaudit.pipelines.audit` on a config whose loss is
-  `blocking_nll`; returns once the run is blocked at batch `block_at`.
+                        **env: str) -> subprocess.Popen:
+  """Starts `lossaudit run` on a config whose loss is `blocking_nll`;
+  returns once the run is blocked at batch `block_at`.
 
   Waits on the run's own words, not on a clock. `env` adds environment
   variables. The process's stdin and stderr are pipes: write a line to
   stdin to let it go on (then read stderr to its end), or kill it.
   """
-  environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3",
-                     LOSSAUDIT_TEST_BLOCK_AT=str(block_at))
-  environment.update(env)
   process = subprocess.Popen(
-      [sys.executable, "-m", "lossaudit.pipelines.audit", "--config",
-       config_path], cwd=REPO, env=environment,
+      [sys.executable, "-c", RUN_AUDIT, "--config", config_path], cwd=REPO,
+      env=audit_env(LOSSAUDIT_TEST_BLOCK_AT=str(block_at), **env),
       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)
   seen = []

@@ -10,50 +10,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
 from lossaudit.pipelines import audit
-from tests.helpers import base_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCKED = "lossaudit-test: blocked"
-# Beam looks for Google credentials for ~25 s before it settles for
-# anonymous access; the emulator needs none (as in conftest's `gcs`).
-_MAIN = """
-import os, sys
-if os.environ.get("STORAGE_EMULATOR_HOST"):
-  from apache_beam.internal.gcp import auth
-  auth._Credentials._credentials_init = True
-from lossaudit.pipelines import audit
-sys.exit(audit.main(sys.argv[1:]))
-"""
-
-
-def _env(**extra):
-  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("LOSSAUDIT_TEST_BLOCK_AT", None)
-  env.update(extra)
-  return env
-
-
-def start_blocked_run(config_path):
-  """Starts a run and returns once it is blocked inside its pipeline."""
-  process = subprocess.Popen(
-      [sys.executable, "-c", _MAIN, "--config", config_path], cwd=REPO,
-      env=_env(LOSSAUDIT_TEST_BLOCK_AT="2"), stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  seen = []
-  for line in process.stderr:
-    if BLOCKED in line:
-      return process
-    seen.append(line)
-  process.wait()
-  pytest.fail(f"the first run ended (exit {process.returncode}) before its"
-              f" pipeline started: {''.join(seen)[-2000:]}")
+from tests.helpers import base_config, start_blocked_audit
 
 
 def finish(process):
@@ -88,7 +50,7 @@ def test_a_second_run_is_refused_and_the_first_completes(
     out = f"{request.getfixturevalue('gcs')}/concurrent"
   else:
     out = str(tmp_path / "out")
-  first = start_blocked_run(write_config(
+  first = start_blocked_audit(write_config(
       blocking_config(tfrecord_dir, classifier_path, out), "first.yaml"))
   try:
     lock = read_json(f"{out}/.lossaudit-lock.json")
@@ -132,7 +94,7 @@ def test_a_second_run_is_refused_and_the_first_completes(
 def test_a_signal_stops_the_run_cleanly(tmp_path, tfrecord_dir,
                                         classifier_path, write_config, signum):
   out = tmp_path / "out"
-  first = start_blocked_run(write_config(
+  first = start_blocked_audit(write_config(
       blocking_config(tfrecord_dir, classifier_path, out)))
   run_id = json.loads((out / ".lossaudit-lock.json").read_text())["run_id"]
   first.send_signal(signum)
