@@ -1,9 +1,8 @@
 """The typed audit configuration: loaded from YAML, validated on construction.
 
-Every error names the dotted key, what was expected and what was received, so
-the CLI can print it on one line and exit 2 before the pipeline starts.
-Received values are shown through `reprlib` and the CLI prints messages
-through `one_line`, so a 1 MB value never makes a 1 MB message.
+Every error (`lossaudit.errors.ConfigError`) names the dotted key, what was
+expected and what was received, so the CLI can print it on one line and exit
+2 before the pipeline starts.
 
 What each key accepts is declared next to it, as a `Rule` in its dataclass
 field's metadata (`metadata={RULE: Rule(...)}`); one validator, `_validate`,
@@ -40,13 +39,7 @@ from typing import (
 
 import yaml
 
-from lossaudit import errors
-
-# Re-exported: callers of the config catch and print its errors.
-from lossaudit.errors import ConfigError as ConfigError
-from lossaudit.errors import describe_error as describe_error
-from lossaudit.errors import one_line as one_line
-from lossaudit.errors import short_repr
+from lossaudit.errors import ConfigError, expected, one_line, short_repr
 
 FORMATS = ("tfrecord", "parquet")
 REDUCTIONS = ("mean", "sum")
@@ -75,8 +68,8 @@ _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 RULE = "rule"
 
 
-def _fail(key: str, expected: str, received: Any) -> None:
-  raise errors.expected(key, expected, received)
+def _fail(key: str, what: str, received: Any) -> None:
+  raise expected(key, what, received)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,15 +6,17 @@ import datetime
 import html
 import math
 import platform
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from lossaudit import drift
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
-from lossaudit.stats import Thresholds
 from lossaudit.timings import Timings
+
+if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl's sketches.
+  from lossaudit.stats import Thresholds
 
 HISTOGRAM_BINS = 40
 
@@ -308,6 +310,9 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
     dead_reasons = "<p>Every input was scored.</p>" + dead_reasons
   # A long tail leaves the linear view one tall bar: start on the log view.
   skewed = counts.size and counts.max() > 20 * max(np.median(counts), 1.0)
+  log_scale_checkbox = (
+      f'<input type="checkbox" id="log-scale"{" checked" if skewed else ""}>'
+      '<label for="log-scale"> log scale\n(counts)</label><br>')
   duplicate_html = (
       f"<p>{summary['duplicate_ids']} ids occur on more than one example"
       f" ({summary['duplicate_id_rows']} examples). Each example was scored"
@@ -347,8 +352,7 @@ its reason. Quantiles are approximate: each is within rank error
 <h2>Overview</h2>{_overview(summary)}
 <h2>Comparison with the baseline</h2>{_comparison(found)}
 <h2>Loss distribution</h2>
-<input type="checkbox" id="log-scale"{" checked" if skewed else ""}>
-<label for="log-scale"> log scale (counts)</label><br>
+{log_scale_checkbox}
 {_svg_histogram(edges, counts, summary["thresholds"])}
 {_svg_histogram(edges, counts, summary["thresholds"], log=True)}
 {moments}

@@ -28,13 +28,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from lossaudit import METRICS_NAMESPACE, drift, outputs, ownership
-from lossaudit.config import (
-  AuditConfig,
-  ConfigError,
-  describe_error,
-  load_config,
-  one_line,
-)
+from lossaudit.config import AuditConfig, load_config
+from lossaudit.errors import ConfigError, describe_error, one_line
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -101,7 +96,7 @@ def run(argv: Optional[Sequence[str]] = None,
     runner = _runner(options)
     p = test_pipeline or _pipeline(options)
     graph.build(p, config, plan, runner,
-          {"run_id": run_id, "start_time": start_time}, baseline)
+                {"run_id": run_id, "start_time": start_time}, baseline)
     # Last, once nothing is left to refuse: an earlier run's outputs stay
     # until this run can start.
     claim.clear_previous()
@@ -135,8 +130,9 @@ def _pipeline(options: PipelineOptions) -> beam.Pipeline:
   Raises:
     ConfigError: an unknown runner or options the runner would refuse.
   """
+  # pylint: disable-next=g-import-not-at-top
   from apache_beam.options.pipeline_options_validator import (
-    PipelineOptionsValidator,  # pylint: disable=g-import-not-at-top
+    PipelineOptionsValidator,
   )
 
   try:

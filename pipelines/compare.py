@@ -13,7 +13,8 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from lossaudit import drift, outputs, ownership
-from lossaudit.config import ConfigError, GateConfig, short_repr
+from lossaudit.config import GateConfig
+from lossaudit.errors import ConfigError, short_repr
 
 # lossaudit's own file names that --output must not take (drift.json is what
 # it writes).

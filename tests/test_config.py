@@ -6,13 +6,8 @@ import os
 import pytest
 import yaml
 
-from lossaudit.config import (
-  AuditConfig,
-  ConfigError,
-  apply_override,
-  load_config,
-  load_yaml,
-)
+from lossaudit.config import AuditConfig, apply_override, load_config, load_yaml
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
 
 BASE = {"input": {"pattern": "data/*.tfrecord"}, "model": {"path": "m.keras"}}
@@ -324,7 +319,7 @@ def test_huge_received_values_give_short_messages():
 
 
 def test_one_line():
-  from lossaudit.config import one_line
+  from lossaudit.errors import one_line
 
   assert one_line("a\n  b\t\tc\r\n") == "a b c"
   assert one_line("x" * 300) == "x" * 300
@@ -334,7 +329,7 @@ def test_one_line():
 
 
 def test_describe_error():
-  from lossaudit.config import describe_error
+  from lossaudit.errors import describe_error
 
   assert describe_error(RuntimeError("first\nsecond")) == "RuntimeError: first"
   assert describe_error(SystemExit(3)) == "SystemExit: 3"

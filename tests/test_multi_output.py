@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lossaudit import datasets
-from lossaudit.config import ConfigError
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
 from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from lossaudit import inputs, ownership
-from lossaudit.config import ConfigError
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
 from tests.helpers import base_config
 

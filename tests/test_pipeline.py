@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lossaudit.config import ConfigError
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
 from tests.helpers import base_config
 
