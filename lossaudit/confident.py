@@ -19,7 +19,7 @@ Shapes: N examples, K classes; `probs` is `(N, K)`, `given` `(N,)`.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -265,25 +265,27 @@ def noise_rates(joint: np.ndarray) -> np.ndarray:
 
 
 def issue_mask(probs: np.ndarray, given: np.ndarray, ids: np.ndarray,
-               rules: Dict) -> Tuple[np.ndarray, np.ndarray]:
+               thresholds: Sequence[float], cells=None
+               ) -> Tuple[np.ndarray, np.ndarray]:
   """Which examples are label issues, and the label each should have.
 
   Args:
     probs: `(N, K)` class probabilities.
     given: `(N,)` given labels.
     ids: `(N,)` ids (tie breaks inside a cell).
-    rules: `method`, `thresholds` `(K,)` and, for `prune_by_noise_rate`,
-      `cells`: each cell's n-th `(margin, id)`.
+    thresholds: per-class self-confidence thresholds `(K,)`.
+    cells: `prune_by_noise_rate`: each cell's n-th `(margin, id)`, or
+      `cell_bounds` of it; None (the default): `confident_learning`.
 
   Returns:
     `(mask (N,), suggested (N,))`; `suggested` is -1 where not an issue.
   """
-  thresholds = np.asarray(rules["thresholds"])
-  if rules["method"] == "confident_learning":
+  thresholds = np.asarray(thresholds)
+  if cells is None:
     guess, ok = confident_guess(probs, thresholds)
     mask = ok & (guess != given)
   else:
-    mask = in_cell_top(probs, given, ids, rules["cells"])
+    mask = in_cell_top(probs, given, ids, cells)
   rows = np.flatnonzero(mask)
   mask[rows[keeps_given_label(probs[rows], given[rows])]] = False
   suggested = np.full(len(given), -1)

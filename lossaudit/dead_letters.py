@@ -67,21 +67,22 @@ class Problem(NamedTuple):
 
 def from_problems(source: str, ids: Optional[pa.Array],
                   problems: Sequence[Problem],
-                  rows: np.ndarray) -> List[Dict[str, Any]]:
-  """One entry per row set in `rows` `(N,)` bool.
+                  bad: np.ndarray) -> List[Dict[str, Any]]:
+  """One entry per row set in `bad` `(N,)` bool.
 
   Args:
     source: the file the N rows came from.
     ids: `(N,)` their ids (null where unreadable), or None.
     problems: the problems found in the N rows, in the order found.
-    rows: the rows to enter, each with at least one problem.
+    bad: the rows to enter, each with at least one problem (the union of
+      the problems' `rows`, or part of it).
 
   Returns:
     Entries whose reason is the row's first problem's, and whose error is
     the messages of all its problems, joined by "; ".
   """
   entries = []
-  for row in np.flatnonzero(rows).tolist():
+  for row in np.flatnonzero(bad).tolist():
     found = [p for p in problems if p.rows[row]]
     messages = [p.message if p.values is None else
                 p.message.replace("{value}", _format_value(p.values[row]))

@@ -53,6 +53,17 @@ def first_line(error: BaseException) -> str:
   return lines[0] if lines else type(error).__name__
 
 
+def explained(what: str, error: BaseException) -> str:
+  """`what: first line of error's message`; just `what: ` when the message
+  is empty (where `first_line` would name the error's type).
+
+  Unlike `describe_error`, the caller names the error (`what` is often its
+  type's name) and the line is neither cut nor unwrapped.
+  """
+  line = first_line(error) if _message(error).strip() else ""
+  return f"{what}: {line}"
+
+
 def describe_error(error: BaseException, limit: int = 200) -> str:
   """`Type: first line of its message` (just `Type` when it has none).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Dict, Iterable, List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 
@@ -88,9 +88,4 @@ def _add(a: Dict, b: Dict) -> Dict:
   return dict(total)
 
 
-def sum_counts(counts: Iterable[FlagCounts]) -> FlagCounts:
-  """All of `counts` merged (`FlagCounts()` for none)."""
-  total = FlagCounts()
-  for c in counts:
-    total = total.merge(c)
-  return total
+# `merge_all` for `FlagCounts`: the pipeline graph's combiner of the counts.

@@ -15,9 +15,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from lossaudit import confident
+from lossaudit.config import LABEL_ISSUE_METHODS
 
-CONFIDENT_LEARNING = "confident_learning"
-PRUNE_BY_NOISE_RATE = "prune_by_noise_rate"
+# `flag.label_issues`: `confident_learning` or `prune_by_noise_rate`.
+_, PRUNE_BY_NOISE_RATE = LABEL_ISSUE_METHODS
 
 # Each cell's n-th `(margin, id)`, by `(given k, true j)`.
 CellLast = Dict[Tuple[int, int], Tuple[float, str]]
@@ -69,10 +70,10 @@ class LabelRules:
     Returns:
       `(mask (N,), suggested (N,))`; `suggested` is -1 where not an issue.
     """
-    rules = {"method": self.method, "thresholds": self.thresholds}
-    if self.method == PRUNE_BY_NOISE_RATE:
-      rules["cells"] = self._cell_bounds
-    return confident.issue_mask(probs, given, ids, rules)
+    return confident.issue_mask(
+        probs, given, ids, self.thresholds,
+        cells=self._cell_bounds if self.method == PRUNE_BY_NOISE_RATE
+        else None)
 
   def to_dict(self) -> Dict:
     """`label_issues` in `summary.json`, less `issues_by_pair` (which the

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from lossaudit.errors import ConfigError, first_line
+from lossaudit.errors import ConfigError, explained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ class AuditModel:
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"model.path: expected a Keras model file. Received: {path!r}"
-          f" ({_load_error(e)})") from None
+          f" ({explained(type(e).__name__, e)})") from None
     self._keras_model = model
     self.inputs = tuple(
         TensorInfo(t.name, tuple(t.shape[1:]), _dtype_name(t.dtype))
@@ -134,7 +134,7 @@ class AuditModel:
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"model.path: expected a loadable SavedModel. Received: {path!r}"
-          f" ({_load_error(e)})") from None
+          f" ({explained(type(e).__name__, e)})") from None
     if signature not in loaded.signatures:
       raise ConfigError(
           f"model.signature: expected one of {sorted(loaded.signatures)}."
@@ -182,13 +182,6 @@ class AuditModel:
 
 def _dtype_name(dtype) -> str:
   return getattr(dtype, "name", str(dtype))
-
-
-def _load_error(error: Exception) -> str:
-  """`Type: first line of its message` of an error loading a model; just
-  `Type: ` when the message is empty."""
-  line = first_line(error) if str(error).strip() else ""
-  return f"{type(error).__name__}: {line}"
 
 
 def select_device(device: str) -> str:

@@ -58,7 +58,9 @@ class ModelInputs(NamedTuple):
     features: `{model input: (N,) + shape}` arrays, in the spec's order.
     labels: `{term name: (N,) + label_shape}` arrays, in the spec's order.
     ids: `(N,)` Arrow strings; None when the spec has no id column (the
-      ids are then content fingerprints of the features and labels).
+      ids are then content fingerprints of the features and labels), and
+      when the batch lacks the spec's id column (every row is then a dead
+      letter, with no id).
     weights: `(N,)` float64 sample weights; None without a weight column.
     slices: `(N,)` Arrow strings; None without a slice column.
   """
@@ -113,9 +115,10 @@ def read_model_inputs(spec: ScoringSpec,
 
   ids = values(_ids(batch, spec.id_column)) if spec.id_column else None
   features = {
-      name: values(_dense(batch, column, "feature", MISSING_FEATURE, shape,
-                          np.dtype(dtype)))
-      for name, column, shape, dtype in spec.features
+      f.model_input: values(_dense(batch, f.column, "feature",
+                                   MISSING_FEATURE, f.shape,
+                                   np.dtype(f.dtype)))
+      for f in spec.features
   }
   labels = {term.name: values(_labels(batch, term)) for term in spec.terms}
   weights = (values(_weights(batch, spec.weight_column))

@@ -1,40 +1,27 @@
 """Planning a run from its config and its model's signature; no data read.
 
 What the pipeline scores, with what loss, and which columns it reads, follows
-from the config and the model's inputs and outputs alone: `scoring_spec`
-(in stages: `check_labels`, `model_features`, `loss_terms`, `assemble_spec`),
-`needed_columns` and `tf_schema`. Every function here is pure but for loading
-the model; checking the plan against the data is `lossaudit.probe`'s part.
+from the config and the inputs and outputs of the loaded model alone. The
+`ScoringSpec` is made in stages (`check_labels`, `model_features`,
+`loss_terms`, `assemble_spec`), which `lossaudit.preflight.plan` interleaves
+with the probe's checks; `needed_columns` and `tf_schema` follow from it.
+Every function here is pure: none loads a model or reads data, and each
+either returns or raises ConfigError. Checking the plan against the data is
+`lossaudit.probe`'s part.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import pyarrow as pa
 
 from lossaudit import losses
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError
-from lossaudit.model import AuditModel
-from lossaudit.scoring import LossTerm, ScoringSpec, feature_inputs
-
-# `(model input, column, per-example shape, dtype)`, as in `ScoringSpec`.
-Feature = Tuple[str, str, Tuple[int, ...], str]
-
-
-def scoring_spec(config: AuditConfig, model: AuditModel) -> ScoringSpec:
-  """What workers need to score batches, from the config and the model.
-
-  Raises:
-    ConfigError: the config and the model do not go together (no labels,
-      inputs or outputs without a fixed size, string inputs, a loss that
-      does not fit its output, label issues without a classification loss).
-  """
-  check_labels(config)
-  features = model_features(config, model)
-  return assemble_spec(config, features, loss_terms(config, model))
+from lossaudit.model import AuditModel, TensorInfo
+from lossaudit.scoring import Feature, LossTerm, ScoringSpec
 
 
 def check_labels(config: AuditConfig) -> None:
@@ -57,9 +44,43 @@ def model_features(config: AuditConfig, model: AuditModel
     if info.dtype == "string":
       raise ConfigError(
           f"model input {name!r} takes strings; expected numeric inputs")
-    features.append((name, column, tuple(int(d) for d in info.shape),
-                     info.dtype))
+    features.append(Feature(model_input=name, column=column,
+                            shape=tuple(int(d) for d in info.shape),
+                            dtype=info.dtype))
   return tuple(features)
+
+
+def feature_inputs(model_inputs: Tuple[TensorInfo, ...],
+                   feature_columns) -> List[Tuple[str, str]]:
+  """Pairs each model input with its data column.
+
+  Args:
+    model_inputs: the model's inputs.
+    feature_columns: None (columns named as the inputs), a list (in the
+      model's input order) or a mapping `{model input: column}`.
+
+  Returns:
+    `[(model input name, column name)]` in the model's input order.
+
+  Raises:
+    ConfigError: `feature_columns` does not name one column per input.
+  """
+  names = [t.name for t in model_inputs]
+  if feature_columns is None:
+    return [(n, n) for n in names]
+  if isinstance(feature_columns, Mapping):
+    missing = [n for n in names if n not in feature_columns]
+    extra = [k for k in feature_columns if k not in names]
+    if missing or extra:
+      raise ConfigError(
+          f"input.feature_columns: expected a column for each model input"
+          f" {names}. Received: {dict(feature_columns)!r}")
+    return [(n, feature_columns[n]) for n in names]
+  if len(feature_columns) != len(names):
+    raise ConfigError(
+        f"input.feature_columns: expected {len(names)} columns, one per model"
+        f" input {names}. Received: {list(feature_columns)!r}")
+  return list(zip(names, feature_columns))
 
 
 def loss_terms(config: AuditConfig, model: AuditModel
@@ -150,7 +171,7 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
 
 def needed_columns(spec: ScoringSpec) -> Tuple[str, ...]:
   """The columns to read: features, labels, id, weight and slice, once."""
-  names = [c for _, c, _, _ in spec.features]
+  names = [f.column for f in spec.features]
   names += [t.label_column for t in spec.terms]
   names += [spec.id_column, spec.weight_column, spec.slice_column]
   return tuple(dict.fromkeys(n for n in names if n))
@@ -177,7 +198,7 @@ def tf_schema(spec: ScoringSpec,
       return schema_pb2.FLOAT
     return schema_pb2.BYTES
 
-  defaults = {c: schema_pb2.FLOAT for _, c, _, _ in spec.features}
+  defaults = {f.column: schema_pb2.FLOAT for f in spec.features}
   for term in spec.terms:
     defaults[term.label_column] = (schema_pb2.INT if term.label_dtype ==
                                    "int64" else schema_pb2.FLOAT)

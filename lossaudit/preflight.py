@@ -1,12 +1,14 @@
 """Checks made before the pipeline starts, and the reading schema they derive.
 
-`plan` expands the globs, loads the model and plans the run from the config
-and the model's signature alone (`lossaudit.planning`, which reads no data);
-then it holds that plan against a first small batch of the data, scored with
-the real scorer (`lossaudit.probe`). So a column that does not exist, a model
-that does not fit the data or a loss that cannot be computed stops the run
-with exit 2 and a one-line message, instead of failing on a worker an hour
-later.
+`plan` expands the globs, loads the model and reads a first small batch of
+the data (`lossaudit.probe.read_sample`); then it makes the plan in stages
+from the config and the model's signature (`lossaudit.planning`, which reads
+no data), holding each stage against that batch as soon as it is made:
+the columns, the labels of custom losses, and last the whole spec, scored
+with the real scorer (`lossaudit.probe`). So a column that does not exist, a
+model that does not fit the data or a loss that cannot be computed stops the
+run with exit 2 and a one-line message, instead of failing on a worker an
+hour later.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ from lossaudit import inputs, planning, probe
 from lossaudit.config import AuditConfig
 from lossaudit.model import AuditModel
 from lossaudit.scoring import ScoringSpec
-
-# The probe's decoder, still read here by tests/test_read.py.
-_decode_probe = probe.decode_examples
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,8 +25,13 @@ from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
 from lossaudit.errors import ConfigError, describe_error, first_line, short_repr
 from lossaudit.model import AuditModel
-from lossaudit.planning import Feature
-from lossaudit.scoring import BatchScorer, LossShapeError, LossTerm, ScoringSpec
+from lossaudit.scoring import (
+  BatchScorer,
+  Feature,
+  LossShapeError,
+  LossTerm,
+  ScoringSpec,
+)
 
 PROBE_RECORDS = 64
 # Labels outside the model's classes in at least this share of the first
@@ -168,8 +173,8 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
                for o in config.loss.outputs]
   else:
     wanted.append(("input.label_column", inp.label_column))
-  wanted += [(f"feature column for model input {n!r}", c)
-             for n, c, _, _ in features]
+  wanted += [(f"feature column for model input {f.model_input!r}", f.column)
+             for f in features]
   for key, column in wanted:
     if column is not None and column not in present:
       raise ConfigError(
@@ -214,12 +219,48 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
       no record of `sample` can be scored, or many labels are outside the
       model's classes.
   """
-  batch, path = sample.batch, sample.path
-  prefixes = ([f"loss.outputs[{o.index}]" for o in config.loss.outputs]
-              if config.loss.outputs else ["loss"])
-  custom = [(f"{prefix}.custom", term)
-            for prefix, term in zip(prefixes, spec.terms) if term.custom]
-  for key, term in custom:  # One by one, to name the one that fails.
+  _build_custom_losses(_custom_terms(config, spec))
+  scorer = _cpu_scorer(spec, model)
+  try:
+    scored, dead = scorer.score(sample.path, sample.batch)
+  except KeyboardInterrupt:
+    raise
+  except BaseException as e:  # pylint: disable=broad-except
+    error = _scoring_error(config, spec, model, sample, e)
+    if error is None:
+      raise
+    raise error from None
+  if scored is None and dead:
+    raise ConfigError(
+        f"input: none of the first {sample.num_rows} records of"
+        f" {sample.path} can be scored; first problem: {dead[0]['error']}")
+  _check_classes(sample.num_rows, sample.path, dead)
+
+
+def _term_keys(config: AuditConfig) -> List[str]:
+  """The config key of each loss term, in order: `loss.outputs[i]`, or
+  `loss` for the one term of `loss`."""
+  if config.loss.outputs:
+    return [f"loss.outputs[{o.index}]" for o in config.loss.outputs]
+  return ["loss"]
+
+
+def _custom_terms(config: AuditConfig, spec: ScoringSpec
+                  ) -> List[Tuple[str, LossTerm]]:
+  """`(key, term)` of each term with a custom loss; `key` is its
+  `....custom` config key."""
+  return [(f"{prefix}.custom", term)
+          for prefix, term in zip(_term_keys(config), spec.terms)
+          if term.custom]
+
+
+def _build_custom_losses(custom: Sequence[Tuple[str, LossTerm]]) -> None:
+  """Imports each custom loss, one by one, to name the one that fails.
+
+  Raises:
+    ConfigError: naming the key of the first loss that cannot be built.
+  """
+  for key, term in custom:
     try:
       term.build_loss()
     except KeyboardInterrupt:
@@ -229,61 +270,76 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
           f"{key}: could not build the loss: {describe_error(e)}; expected an"
           " importable 'package.module:function'. Received:"
           f" {short_repr(term.custom)}") from None
-  cpu = dataclasses.replace(spec, device="cpu")
 
-  def failing_custom(error: BaseException):
-    """`(key, term)` of the custom loss behind `error`, or None."""
-    if not custom:
-      return None
-    if len(spec.terms) == 1:
-      return custom[0]
-    for key, term in custom:
-      alone = dataclasses.replace(cpu, terms=(term,), keep_probs=False)
-      try:
-        BatchScorer(alone, model=model).score(path, batch)
-      except KeyboardInterrupt:
-        raise
-      except BaseException:  # pylint: disable=broad-except
-        return key, term
-    return None if isinstance(error, Exception) else custom[0]
 
+def _cpu_scorer(spec: ScoringSpec, model: AuditModel) -> BatchScorer:
+  """The real scorer of `spec` on `model`, on the CPU.
+
+  Raises:
+    ConfigError: the loss graph cannot be built.
+  """
   try:
-    scorer = BatchScorer(cpu, model=model)
+    return BatchScorer(dataclasses.replace(spec, device="cpu"), model=model)
   except (ImportError, AttributeError, TypeError, ValueError) as e:
     key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
     raise ConfigError(
         f"{key}: could not build the loss: {type(e).__name__}:"
         f" {first_line(e)}") from None
-  try:
-    scored, dead = scorer.score(path, batch)
-  except KeyboardInterrupt:
-    raise
-  except LossShapeError as e:
-    key = next((f"{prefix}.{'custom' if t.custom else 'name'}"
-                for prefix, t in zip(prefixes, spec.terms)
-                if str(e).startswith(repr(t.custom or t.loss_name))),
-               "loss.custom" if custom else "loss.name")
-    raise ConfigError(f"{key}: {e}") from None
-  except BaseException as e:  # pylint: disable=broad-except
-    culprit = failing_custom(e)
-    if culprit:
-      key, term = culprit
-      raise ConfigError(
-          f"{key}: {short_repr(term.custom)} failed on the first"
-          f" {batch.num_rows} records of {path}:"
-          f" {describe_error(e)}") from None
-    if not isinstance(e, Exception):
+
+
+def _failing_custom(spec: ScoringSpec, model: AuditModel, sample: Sample,
+                    error: BaseException, custom: Sequence[Tuple[str, LossTerm]]
+                    ) -> Optional[Tuple[str, LossTerm]]:
+  """`(key, term)` of the custom loss behind `error` (raised scoring
+  `sample` with `spec`), or None.
+
+  With several terms, each custom loss scores `sample` alone, on the CPU;
+  the first that fails is the one. When none fails alone, an error that is
+  not an Exception (SystemExit, ...) is still put down to the first.
+  """
+  if not custom:
+    return None
+  if len(spec.terms) == 1:
+    return custom[0]
+  for key, term in custom:
+    alone = dataclasses.replace(spec, device="cpu", terms=(term,),
+                                keep_probs=False)
+    try:
+      BatchScorer(alone, model=model).score(sample.path, sample.batch)
+    except KeyboardInterrupt:
       raise
-    raise ConfigError(
-        f"model.path: the model {config.model.path!r} does not fit the data"
-        f" of {path} with loss"
-        f" {[t.custom or t.loss_name for t in spec.terms]}:"
-        f" {describe_error(e)}") from None
-  if scored is None and dead:
-    raise ConfigError(
-        f"input: none of the first {batch.num_rows} records of {path}"
-        f" can be scored; first problem: {dead[0]['error']}")
-  _check_classes(batch.num_rows, path, dead)
+    except BaseException:  # pylint: disable=broad-except
+      return key, term
+  return None if isinstance(error, Exception) else custom[0]
+
+
+def _scoring_error(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
+                   sample: Sample, error: BaseException
+                   ) -> Optional[ConfigError]:
+  """The ConfigError `error`, raised scoring `sample`, stops the run with;
+  None when it is not an Exception and no custom loss raised it (it is then
+  raised as it is)."""
+  custom = _custom_terms(config, spec)
+  if isinstance(error, LossShapeError):
+    key = next((f"{prefix}.{'custom' if t.custom else 'name'}"
+                for prefix, t in zip(_term_keys(config), spec.terms)
+                if str(error).startswith(repr(t.custom or t.loss_name))),
+               "loss.custom" if custom else "loss.name")
+    return ConfigError(f"{key}: {error}")
+  culprit = _failing_custom(spec, model, sample, error, custom)
+  if culprit:
+    key, term = culprit
+    return ConfigError(
+        f"{key}: {short_repr(term.custom)} failed on the first"
+        f" {sample.num_rows} records of {sample.path}:"
+        f" {describe_error(error)}")
+  if not isinstance(error, Exception):
+    return None
+  return ConfigError(
+      f"model.path: the model {config.model.path!r} does not fit the data"
+      f" of {sample.path} with loss"
+      f" {[t.custom or t.loss_name for t in spec.terms]}:"
+      f" {describe_error(error)}")
 
 
 def _check_classes(num_rows: int, path: str, dead: Sequence[dict]) -> None:

@@ -17,7 +17,16 @@ Loading the model and choosing its device are `lossaudit.model`'s.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import (
+  Any,
+  Callable,
+  Dict,
+  List,
+  Mapping,
+  NamedTuple,
+  Optional,
+  Tuple,
+)
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +34,7 @@ import tensorflow as tf
 
 from lossaudit import columns as cols
 from lossaudit import dead_letters, losses
-from lossaudit.errors import ConfigError
-from lossaudit.model import AuditModel, TensorInfo, select_device
+from lossaudit.model import AuditModel, select_device
 from lossaudit.model_inputs import ModelInputs, read_model_inputs
 
 # Columns of the scored batches that are not written to losses/.
@@ -36,6 +44,22 @@ PROBS_COLUMN = "__probs__"
 
 def is_internal(column: str) -> bool:
   return column.startswith("__")
+
+
+class Feature(NamedTuple):
+  """One model input and the data column it is read from.
+
+  Attributes:
+    model_input: the model input's name.
+    column: the data column.
+    shape: the per-example shape (no batch axis), every axis fixed.
+    dtype: the input's dtype name.
+  """
+
+  model_input: str
+  column: str
+  shape: Tuple[int, ...]
+  dtype: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +110,8 @@ class ScoringSpec:
   Attributes:
     model_path: the model file or directory.
     signature: the SavedModel signature.
-    features: `(model input, column, per-example shape, dtype)` per input.
+    features: one `Feature` per model input, in the model's order (plain
+      `(model input, column, shape, dtype)` tuples are made `Feature`s).
     terms: the loss terms, one per scored output.
     id_column: the id column, None for content fingerprints.
     weight_column: the sample-weight column or None.
@@ -98,7 +123,7 @@ class ScoringSpec:
 
   model_path: str
   signature: str
-  features: Tuple[Tuple[str, str, Tuple[int, ...], str], ...]
+  features: Tuple[Feature, ...]
   terms: Tuple[LossTerm, ...]
   id_column: Optional[str] = None
   weight_column: Optional[str] = None
@@ -178,8 +203,9 @@ def loss_graph(spec: ScoringSpec, model: AuditModel) -> Callable[..., Any]:
     return outputs
 
   feature_specs = {
-      name: tf.TensorSpec((None,) + tuple(shape), tf.as_dtype(dtype))
-      for name, _, shape, dtype in spec.features
+      f.model_input: tf.TensorSpec((None,) + tuple(f.shape),
+                                   tf.as_dtype(f.dtype))
+      for f in spec.features
   }
   label_specs = {
       t.name: tf.TensorSpec((None,) + tuple(t.label_shape),
@@ -356,32 +382,3 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
   return pa.RecordBatch.from_arrays(list(arrays.values()),
                                     schema=spec.scored_schema())
 
-
-def feature_inputs(model_inputs: Tuple[TensorInfo, ...],
-                   feature_columns) -> List[Tuple[str, str]]:
-  """Pairs each model input with its data column.
-
-  Args:
-    model_inputs: the model's inputs.
-    feature_columns: None (columns named as the inputs), a list (in the
-      model's input order) or a mapping `{model input: column}`.
-
-  Returns:
-    `[(model input name, column name)]` in the model's input order.
-  """
-  names = [t.name for t in model_inputs]
-  if feature_columns is None:
-    return [(n, n) for n in names]
-  if isinstance(feature_columns, Mapping):
-    missing = [n for n in names if n not in feature_columns]
-    extra = [k for k in feature_columns if k not in names]
-    if missing or extra:
-      raise ConfigError(
-          f"input.feature_columns: expected a column for each model input"
-          f" {names}. Received: {dict(feature_columns)!r}")
-    return [(n, feature_columns[n]) for n in names]
-  if len(feature_columns) != len(names):
-    raise ConfigError(
-        f"input.feature_columns: expected {len(names)} columns, one per model"
-        f" input {names}. Received: {list(feature_columns)!r}")
-  return list(zip(names, feature_columns))

@@ -1,13 +1,13 @@
 """`Timings`: time spent in the model and loss, summed over workers.
 
-`ScoreBatches` emits `(rows, seconds)` per batch; `Timings.of_batch` makes
-each one a `Timings`, merged into one for `summary.json` → `timings`.
+`ScoreBatches` emits one `Timings.of_batch(rows, seconds)` per batch; they
+are merged into one for `summary.json` → `timings`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable
+from typing import Any, Dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Timings:
         "wall_seconds": round(wall_seconds, 3),
         "examples_per_second": (round(scored / wall_seconds, 1)
                                 if wall_seconds else None),
-        "scoring_seconds": round(self.seconds, 3),
+        # Int 0 when nothing was scored, as summary.json always wrote it.
+        "scoring_seconds": round(self.seconds, 3) if self.batches else 0,
         "batches": self.batches,
         "mean_batch_ms": (round(1000 * self.seconds / self.batches, 3)
                           if self.batches else None),
@@ -56,9 +57,4 @@ class Timings:
     }
 
 
-def sum_timings(timings: Iterable[Timings]) -> Timings:
-  """All of `timings` merged (`Timings()` for none)."""
-  total = Timings()
-  for t in timings:
-    total = total.merge(t)
-  return total
+# `merge_all` for `Timings`: the pipeline graph's combiner of the timings.

@@ -11,24 +11,21 @@ from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
 
-from lossaudit import drift, outputs, preflight
+from lossaudit import dead_letters, drift, outputs, preflight
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
-from lossaudit.flag_counts import sum_counts
+from lossaudit.flag_counts import FlagCounts
+from lossaudit.merging import merge_all
 from lossaudit.stats import rule_thresholds
-from lossaudit.timings import Timings, sum_timings
+from lossaudit.timings import Timings
 from lossaudit.transforms.duplicates import CountDuplicateIds
 from lossaudit.transforms.flag import (
   FlagExamples,
   count_reasons,
   flagged_schema,
 )
-from lossaudit.transforms.label_issues import FindLabelIssues
-from lossaudit.transforms.read import (
-  DEAD_LETTER,
-  ReadParquetBatches,
-  ReadTFExampleBatches,
-)
+from lossaudit.transforms.label_issues import FindLabelIssues, ScoredBatches
+from lossaudit.transforms.read import ReadParquetBatches, ReadTFExampleBatches
 from lossaudit.transforms.score import DEVICE, TIMING, ScoreBatches
 from lossaudit.transforms.spill import ReadSpilled, SpillBatches
 from lossaudit.transforms.stats import (
@@ -83,7 +80,7 @@ class _Scored(NamedTuple):
   Attributes:
     batches: scored RecordBatches (schema `spec.scored_schema()`).
     dead_letters: entries for the rows that could not be scored.
-    timings: `(rows, seconds)` per batch scored.
+    timings: one `Timings` per batch scored.
     devices: `host:device` of each scoring DoFn instance.
   """
 
@@ -107,12 +104,12 @@ class _Statistics(NamedTuple):
   top_k: beam.PCollection
 
 
-class _Rules(NamedTuple):
-  """What `_rules` gives.
+class _Flagged(NamedTuple):
+  """What `_rules` gives: the flagged rows, and what flagged them.
 
   Attributes:
     statistics: the loss statistics the rules read.
-    thresholds: one `Thresholds`.
+    thresholds: one `Thresholds`: the rules.
     flagged: flagged RecordBatches (schema `flagged_schema`).
   """
 
@@ -130,7 +127,7 @@ def _read(p: beam.Pipeline, config: AuditConfig,
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size)
-  return _Read(batches=read["batches"], dead_letters=read[DEAD_LETTER])
+  return _Read(batches=read["batches"], dead_letters=read[dead_letters.TAG])
 
 
 def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
@@ -141,12 +138,13 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
   if config.runtime.accelerator:
     score = score.with_resource_hints(accelerator=config.runtime.accelerator)
   scored = read.batches | "ScoreBatches" >> score
-  return _Scored(batches=scored.scored, dead_letters=scored[DEAD_LETTER],
+  return _Scored(batches=scored.scored,
+                 dead_letters=scored[dead_letters.TAG],
                  timings=scored[TIMING], devices=scored[DEVICE])
 
 
 def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
-           plan: preflight.Plan, scratch: str) -> _Rules:
+           plan: preflight.Plan, scratch: str) -> _Flagged:
   """Statistics → thresholds → the flagged rows.
 
   The thresholds need every loss first, so the scored batches are spilled
@@ -165,7 +163,7 @@ def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
              | "RereadForFlags" >> ReadSpilled()
              | "FlagExamples" >> FlagExamples(thresholds, schema,
                                               _loss_column(config)))
-  return _Rules(statistics, thresholds, flagged)
+  return _Flagged(statistics, thresholds, flagged)
 
 
 def _statistics(p: beam.Pipeline, scored: beam.PCollection,
@@ -196,7 +194,7 @@ def _label_rules(p: beam.Pipeline, scored: beam.PCollection,
   method = config.flag.label_issues
   if not method:
     return p | "NoLabelIssues" >> beam.Create([None])
-  return ({"scored": scored, "spilled": spilled}
+  return (ScoredBatches(scored=scored, spilled=spilled)
           | "FindLabelIssues" >> FindLabelIssues(
               method, plan.spec.classifier.num_classes))
 
@@ -207,7 +205,7 @@ def _loss_column(config: AuditConfig) -> str:
 
 
 def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
-           read: _Read, scored: _Scored, rules: _Rules, *, run: Dict,
+           read: _Read, scored: _Scored, rules: _Flagged, *, run: Dict,
            baseline: Optional[drift.Baseline]) -> None:
   """The flagged rows, dead letters and losses as shards; then the summary,
   last."""
@@ -241,20 +239,21 @@ def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
 
 
 def _write_summary(p: beam.Pipeline, config: AuditConfig, scored: _Scored,
-                   rules: _Rules, dead: beam.PCollection,
+                   rules: _Flagged, dead: beam.PCollection,
                    written: Dict[str, beam.PCollection], *, run: Dict,
                    baseline: Optional[drift.Baseline]) -> None:
   """`summary.json`, `report.html` and `drift.json`, from what every stage
   counted."""
   out = config.output.dir
   _ = p | "WriteSummary" >> WriteSummary(
-      out, config.to_dict(), run, baseline,
+      out, config, run, baseline,
       loss_stats=rules.statistics.loss,
       slice_stats=rules.statistics.slices,
       thresholds=rules.thresholds,
       flag_counts=(rules.flagged
                    | "CountReasons" >> beam.Map(count_reasons)
-                   | "SumCounts" >> beam.CombineGlobally(sum_counts)),
+                   | "SumCounts" >> beam.CombineGlobally(
+                       merge_all, empty=FlagCounts())),
       dead_letter_reasons=(
           dead
           | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
@@ -263,8 +262,7 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig, scored: _Scored,
           outputs.scratch_prefix(out, run["run_id"], "ids")),
       top_flagged=rules.flagged | "TopFlagged" >> beam.CombineGlobally(
           TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
-      timings=(scored.timings
-               | "BatchTimes" >> beam.MapTuple(Timings.of_batch)
-               | "SumTimes" >> beam.CombineGlobally(sum_timings)),
+      timings=scored.timings | "SumTimes" >> beam.CombineGlobally(
+          merge_all, empty=Timings()),
       devices=scored.devices | "Devices" >> beam.Distinct(),
       written=written)

@@ -78,7 +78,7 @@ def upload(local: str, remote: str) -> None:
 def classifier_spec(model_path, output=None, weight_column=None, **term):
   """A `ScoringSpec` for the conftest classifier (sparse labels, K classes);
   `term` overrides fields of its one `LossTerm`."""
-  from lossaudit.scoring import LossTerm, ScoringSpec
+  from lossaudit.scoring import Feature, LossTerm, ScoringSpec
 
   fields = dict(output=output or "probs", name="out", label_column="label",
                 loss_name="sparse_categorical_crossentropy", label_shape=(),
@@ -86,7 +86,7 @@ def classifier_spec(model_path, output=None, weight_column=None, **term):
   fields.update(term)
   return ScoringSpec(
       model_path=model_path, signature="serving_default",
-      features=(("x", "x", (NUM_FEATURES,), "float32"),),
+      features=(Feature("x", "x", (NUM_FEATURES,), "float32"),),
       terms=(LossTerm(**fields),), id_column="id",
       weight_column=weight_column)
 

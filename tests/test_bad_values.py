@@ -18,7 +18,7 @@ import pytest
 from lossaudit import columns as cols
 from lossaudit import datasets
 from lossaudit.pipelines import audit
-from lossaudit.scoring import BatchScorer, LossTerm, ScoringSpec
+from lossaudit.scoring import BatchScorer, Feature, LossTerm, ScoringSpec
 from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config, make_columns
 
 CLASSES = f"expected an integer class in [0, {NUM_CLASSES})"
@@ -45,7 +45,8 @@ def _spec(model_path, **fields):
                   label_dtype="int64", signals="sparse",
                   num_classes=NUM_CLASSES)
   return ScoringSpec(model_path=model_path, signature="serving_default",
-                     features=(("x", "x", (NUM_FEATURES,), "float32"),),
+                     features=(Feature("x", "x", (NUM_FEATURES,),
+                                       "float32"),),
                      terms=(term,), id_column="id", **fields)
 
 

@@ -7,6 +7,7 @@ quantiles within the sketch's rank error `epsilon`.
 """
 
 import collections
+import functools
 import math
 
 import numpy as np
@@ -14,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from lossaudit import duplicates
-from lossaudit.flag_counts import FlagCounts, LabelPair, sum_counts
-from lossaudit.timings import Timings, sum_timings
-from lossaudit.transforms import duplicates as duplicate_transforms
+from lossaudit.flag_counts import FlagCounts, LabelPair
+from lossaudit.merging import merge_all
+from lossaudit.timings import Timings
 from lossaudit.transforms.label_issues import CellTopNCombineFn
 from lossaudit.transforms.stats import (
   LossStatsCombineFn,
@@ -215,9 +216,9 @@ def test_duplicates_merged_over_buckets_are_counted_exactly():
       ids=len(repeated), rows=sum(repeated.values()),
       listed=sorted(((c, i) for i, c in repeated.items()),
                     key=lambda p: (-p[0], p[1]))[:duplicates.LISTED])
-  merge_all = duplicate_transforms._merge_all  # pylint: disable=protected-access
-  check_combine_fn(merge_all, inputs, expected)
-  check_combine_fn(merge_all, [], duplicates.Duplicates())
+  merge = functools.partial(merge_all, empty=duplicates.Duplicates())
+  check_combine_fn(merge, inputs, expected)
+  check_combine_fn(merge, [], duplicates.Duplicates())
 
 
 # Flag counts and timings: summed over batches ------------------------------
@@ -239,8 +240,9 @@ def test_flag_counts_sum_by_reason_and_pair():
     by_reason.update(batch_reasons)
     by_pair.update(batch_pairs)
   expected = FlagCounts(total, dict(by_reason), dict(by_pair))
-  check_combine_fn(sum_counts, inputs, expected)
-  check_combine_fn(sum_counts, [], FlagCounts())
+  merge = functools.partial(merge_all, empty=FlagCounts())
+  check_combine_fn(merge, inputs, expected)
+  check_combine_fn(merge, [], FlagCounts())
 
 
 def test_timings_sum_batches_rows_seconds_and_keep_the_slowest():
@@ -251,5 +253,6 @@ def test_timings_sum_batches_rows_seconds_and_keep_the_slowest():
                     slowest=float(s)) for r, s in zip(rows, seconds)]
   expected = Timings(batches=23, rows=int(rows.sum()),
                      seconds=float(seconds.sum()), slowest=float(seconds.max()))
-  check_combine_fn(sum_timings, inputs, expected)
-  check_combine_fn(sum_timings, [], Timings())
+  merge = functools.partial(merge_all, empty=Timings())
+  check_combine_fn(merge, inputs, expected)
+  check_combine_fn(merge, [], Timings())

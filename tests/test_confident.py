@@ -41,10 +41,8 @@ def test_issues_match_cleanlab(method):
   probs, given, _ = noisy_probs(6000, k, 0.1, 1)
   ids = np.char.add("id-", np.arange(len(given)).astype(str)).astype(object)
   thresholds, raw, counts = _pieces(probs, given, k)
-  keep = confident.keeps_given_label(probs, given)
   if method == "confident_learning":
-    guess, ok = confident.confident_guess(probs, thresholds)
-    mask = ok & (guess != given) & ~keep
+    mask, _ = confident.issue_mask(probs, given, ids, thresholds)
   else:
     prune = confident.prune_counts(confident.calibrated_joint(raw, counts),
                                    counts)
@@ -61,7 +59,7 @@ def test_issues_match_cleanlab(method):
                                      np.concatenate([old[1], kept]),
                                      int(prune[cell]))
     last = {cell: (v[-1], i[-1]) for cell, (v, i) in best.items() if len(v)}
-    mask = confident.in_cell_top(probs, given, ids, last) & ~keep
+    mask, _ = confident.issue_mask(probs, given, ids, thresholds, cells=last)
   expected = find_label_issues(given, probs, filter_by=method)
   assert mask.sum() > 100
   np.testing.assert_array_equal(mask, expected)

@@ -6,7 +6,8 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from lossaudit.flag_counts import FlagCounts, LabelPair, sum_counts
+from lossaudit.flag_counts import FlagCounts, LabelPair
+from lossaudit.merging import merge_all
 from lossaudit.stats import Thresholds, TopKBound
 from lossaudit.transforms.flag import (
   FlagExamples,
@@ -58,7 +59,7 @@ def test_flag_examples_with_side_input_thresholds():
                                 _scored(["c"], [3.0])])
                | FlagExamples(thresholds, SCORED))
     counts = (flagged | beam.Map(count_reasons)
-              | beam.CombineGlobally(sum_counts))
+              | beam.CombineGlobally(merge_all, empty=FlagCounts()))
     assert_that(counts, equal_to([
         FlagCounts(total=2, by_reason={"loss_threshold": 2})]))
 
@@ -68,11 +69,11 @@ def test_flag_counts_merge_and_write_summary_json():
                  by_pair={LabelPair(10, 2): 1})
   b = FlagCounts(total=2, by_reason={"label_issue": 2},
                  by_pair={LabelPair(2, 1): 1, LabelPair(10, 2): 1})
-  merged = sum_counts([a, b])
+  merged = merge_all([a, b], FlagCounts())
   assert merged == FlagCounts(
       total=5, by_reason={"top_k": 2, "label_issue": 3},
       by_pair={LabelPair(10, 2): 2, LabelPair(2, 1): 1})
-  assert sum_counts([]) == FlagCounts()
+  assert merge_all([], FlagCounts()) == FlagCounts()
   assert merged.to_dict() == {"total": 5,
                               "by_reason": {"label_issue": 3, "top_k": 2}}
   # Sorted as strings, as summary.json always listed them.

@@ -60,7 +60,8 @@ def test_quantile_shift_gate_watches_only_the_chosen_quantiles():
 
 
 def test_shift_quantiles_must_be_configured_quantiles():
-  from lossaudit.config import AuditConfig, ConfigError
+  from lossaudit.config import AuditConfig
+  from lossaudit.errors import ConfigError
 
   with pytest.raises(ConfigError, match=re.escape(
       "gate.shift_quantiles: expected quantiles of stats.quantiles [0.5, 0.9]."

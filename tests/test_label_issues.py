@@ -8,7 +8,7 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from lossaudit import datasets
-from lossaudit.config import ConfigError
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit, demo
 from tests.helpers import base_config, noisy_probs
 

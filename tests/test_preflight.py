@@ -8,8 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lossaudit import planning, probe
-from lossaudit.config import AuditConfig, ConfigError
+from lossaudit.config import AuditConfig
+from lossaudit.errors import ConfigError
 from lossaudit.model import AuditModel, TensorInfo
+from lossaudit.scoring import Feature
 
 
 def _model(inputs, outputs):
@@ -35,8 +37,12 @@ def _config(**sections):
 def test_planning_needs_only_the_config_and_the_signature():
   config = _config(input={"weight_column": "w"},
                    flag={"label_issues": "confident_learning"})
-  spec = planning.scoring_spec(config, CLASSIFIER)
-  assert spec.features == (("x", "x", (4,), "float32"),)
+  planning.check_labels(config)
+  features = planning.model_features(config, CLASSIFIER)
+  terms = planning.loss_terms(config, CLASSIFIER)
+  spec = planning.assemble_spec(config, features, terms)
+  assert spec.features == (
+      Feature(model_input="x", column="x", shape=(4,), dtype="float32"),)
   (term,) = spec.terms
   assert (term.output, term.label_column, term.label_dtype) == (
       "probs", "label", "int64")
@@ -59,13 +65,14 @@ def test_planning_needs_only_the_config_and_the_signature():
 
 def test_planning_errors():
   with pytest.raises(ConfigError, match="^input.label_column: expected a"):
-    planning.scoring_spec(_config(input={"label_column": None}), CLASSIFIER)
+    planning.check_labels(_config(input={"label_column": None}))
   with pytest.raises(ConfigError, match="^model.output: expected one of"):
-    planning.scoring_spec(_config(model={"output": "nope"}), CLASSIFIER)
+    planning.loss_terms(_config(model={"output": "nope"}), CLASSIFIER)
   regression = _config(loss={"name": "mean_squared_error"},
                        flag={"label_issues": "confident_learning"})
+  terms = planning.loss_terms(regression, CLASSIFIER)
   with pytest.raises(ConfigError, match="^flag.label_issues: needs a"):
-    planning.scoring_spec(regression, CLASSIFIER)
+    planning.assemble_spec(regression, (), terms)
 
 
 def _sample(**columns):

@@ -8,12 +8,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from lossaudit import datasets
-from lossaudit.transforms.read import (
-  DEAD_LETTER,
-  ReadParquetBatches,
-  ReadTFExampleBatches,
-)
+from lossaudit import datasets, dead_letters
+from lossaudit.transforms.read import ReadParquetBatches, ReadTFExampleBatches
 
 
 def _schema():
@@ -67,7 +63,7 @@ def test_undecodable_record_goes_to_dead_letter(tmp_path, columns):
     read = p | ReadTFExampleBatches([path], _schema(), batch_size=10)
     assert_that(read["batches"] | beam.Map(lambda e: e[1].num_rows),
                 equal_to([2]), label="good")
-    assert_that(read[DEAD_LETTER] | beam.Map(
+    assert_that(read[dead_letters.TAG] | beam.Map(
         lambda d: (d["source"], d["id"], d["error"].split(":")[0],
                    d["reason"])),
                 equal_to([(path, None, "not a tf.train.Example",
@@ -106,7 +102,7 @@ def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
                                     batch_size=3)
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("damaged.tfrecord", 4), ("truncated.tfrecord", 9)]), label="rows")
-    assert_that(read[DEAD_LETTER] | beam.Map(
+    assert_that(read[dead_letters.TAG] | beam.Map(
         lambda d: (d["source"].rsplit("/", 1)[-1], d["error"])), equal_to([
             ("damaged.tfrecord", f"unreadable from record 4 (byte"
              f" {4 * record_size}): corrupted record (bad CRC)"),
@@ -140,7 +136,7 @@ def test_compression_found_by_content_and_bad_files_dead_lettered(
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("gzip-inside.tfrecord", 10), ("plain-inside.tfrecord.gz", 10)]),
                 label="rows")
-    assert_that(read[DEAD_LETTER] | beam.Map(
+    assert_that(read[dead_letters.TAG] | beam.Map(
         lambda d: (d["source"].rsplit("/", 1)[-1], d["reason"],
                    d["error"].split(":")[0])), equal_to([
                        ("notes.tfrecord", "unreadable_stretch",
@@ -158,7 +154,7 @@ def test_parquet_file_that_is_not_parquet_is_one_dead_letter(
                                   ["id", "x", "label"], batch_size=400)
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("part-00000-of-00001.parquet", 30)]), label="rows")
-    assert_that(read[DEAD_LETTER] | beam.Map(
+    assert_that(read[dead_letters.TAG] | beam.Map(
         lambda d: (d["source"].rsplit("/", 1)[-1], d["reason"],
                    d["error"].split(":")[0])), equal_to([
                        ("zz-not-parquet.parquet", "unreadable_file",
@@ -185,7 +181,7 @@ def test_damaged_gzip_stream_keeps_the_records_before_it(tmp_path, columns):
     read = p | ReadTFExampleBatches([str(path)], _schema(), batch_size=500)
     kept = (read["batches"] | beam.Map(lambda e: e[1].num_rows)
             | beam.CombineGlobally(sum) | beam.Map(lambda n: ("kept", n)))
-    dead = read[DEAD_LETTER] | beam.Map(
+    dead = read[dead_letters.TAG] | beam.Map(
         lambda d: ("dead", d["reason"], d["error"]))
 
     def check(found):
@@ -344,7 +340,7 @@ def test_short_files_and_gzip_damage_through_the_pipeline(tmp_path, columns):
                                     _schema(), batch_size=100)
     assert_that(_summed(read["batches"], "All"), equal_to([
         (n, written) for n in files if n != "tiny.tfrecord"]), label="rows")
-    assert_that(read[DEAD_LETTER] | beam.Map(
+    assert_that(read[dead_letters.TAG] | beam.Map(
         lambda d: (d["source"].rsplit("/", 1)[-1], d["reason"],
                    d["error"].split(":")[0])), equal_to([
                        (n, "unreadable_stretch",
@@ -368,18 +364,18 @@ def _label_record(label):
 
 
 def test_probe_decodes_the_largest_group_of_agreeing_records():
-  from lossaudit import preflight
+  from lossaudit import probe
 
   ints = [_label_record(i) for i in range(3)]
-  batch = preflight._decode_probe([_label_record(1.5)] + ints + [b"\xff"])
+  batch = probe.decode_examples([_label_record(1.5)] + ints + [b"\xff"])
   assert (batch.num_rows, str(batch.schema.field("label").type)) == (
       3, "large_list<item: int64>")
   # A tie: the group of the first record that decodes.
-  batch = preflight._decode_probe([b"\xff", _label_record(2.5), ints[0]])
+  batch = probe.decode_examples([b"\xff", _label_record(2.5), ints[0]])
   assert (batch.num_rows, str(batch.schema.field("label").type)) == (
       1, "large_list<item: float>")
   with pytest.raises(Exception):
-    preflight._decode_probe([b"\xff", b"\xfe"])
+    probe.decode_examples([b"\xff", b"\xfe"])
 
 
 def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(

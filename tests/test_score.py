@@ -8,9 +8,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from lossaudit import datasets
+from lossaudit import datasets, dead_letters
 from lossaudit.scoring import BatchScorer
-from lossaudit.transforms.score import DEAD_LETTER, ScoreBatches
+from lossaudit.transforms.score import ScoreBatches
 from tests.helpers import NUM_CLASSES, NUM_FEATURES
 from tests.helpers import classifier_spec as _spec
 from tests.helpers import first_rows as _batch
@@ -151,5 +151,18 @@ def test_score_batches_transform(classifier_path, columns):
     scored = p | beam.Create(batches) | ScoreBatches(_spec(classifier_path))
     assert_that(scored.scored | beam.Map(lambda b: b.num_rows),
                 equal_to([30]), label="scored")
-    assert_that(scored[DEAD_LETTER] | beam.Map(lambda d: d["id"]),
+    assert_that(scored[dead_letters.TAG] | beam.Map(lambda d: d["id"]),
                 equal_to(["z"]), label="dead")
+
+
+def test_each_batch_is_timed_by_the_injected_clock(classifier_path, columns):
+  from lossaudit.timings import Timings
+  from lossaudit.transforms.score import TIMING, _ScoreBatchFn
+
+  ticks = iter([10.0, 10.25])
+  fn = _ScoreBatchFn(_spec(classifier_path), None, clock=lambda: next(ticks))
+  fn.setup()
+  tagged = [o for o in fn.process(("f", _batch(columns, 30)))
+            if isinstance(o, beam.pvalue.TaggedOutput)]
+  assert [o.value for o in tagged if o.tag == TIMING] == [
+      Timings.of_batch(30, 0.25)]

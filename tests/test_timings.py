@@ -2,12 +2,13 @@
 
 import pytest
 
-from lossaudit.timings import Timings, sum_timings
+from lossaudit.merging import merge_all
+from lossaudit.timings import Timings
 
 
 def test_batches_sum_and_the_slowest_is_kept():
-  total = sum_timings([Timings.of_batch(256, 0.5), Timings.of_batch(100, 0.25),
-                       Timings.of_batch(256, 0.75)])
+  total = merge_all([Timings.of_batch(256, 0.5), Timings.of_batch(100, 0.25),
+                     Timings.of_batch(256, 0.75)], Timings())
   assert total == Timings(batches=3, rows=612, seconds=1.5, slowest=0.75)
   assert total.to_dict(wall_seconds=4.0, scored=600) == {
       "wall_seconds": 4.0,
@@ -21,8 +22,11 @@ def test_batches_sum_and_the_slowest_is_kept():
 
 
 def test_no_batches():
-  found = sum_timings([]).to_dict(wall_seconds=0.0, scored=0)
+  found = merge_all([], Timings()).to_dict(wall_seconds=0.0, scored=0)
   assert found["batches"] == 0
+  # An int, as summary.json has always written it.
+  assert found["scoring_seconds"] == 0
+  assert isinstance(found["scoring_seconds"], int)
   assert found["mean_batch_ms"] is None
   assert found["examples_per_second"] is None
   assert found["slowest_batch_ms"] == pytest.approx(0.0)

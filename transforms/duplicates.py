@@ -9,13 +9,13 @@ worker holds one bucket, about 1/64 of them.
 
 from __future__ import annotations
 
-import functools
 from typing import Dict, Iterable
 
 import apache_beam as beam
 import pyarrow as pa
 
 from lossaudit import duplicates
+from lossaudit.merging import merge_all
 from lossaudit.transforms.spill import (
   SpillFile,
   in_global_window,
@@ -69,11 +69,6 @@ def _find_in_bucket(unused_bucket: int, paths: Iterable[str]
       batch.column("id") for path in paths for batch in read_spilled(path)])
 
 
-def _merge_all(found) -> duplicates.Duplicates:
-  return functools.reduce(duplicates.Duplicates.merge, found,
-                          duplicates.Duplicates())
-
-
 class CountDuplicateIds(beam.PTransform):
   """Scored RecordBatches → one `lossaudit.duplicates.Duplicates`.
 
@@ -96,4 +91,5 @@ class CountDuplicateIds(beam.PTransform):
                                                   self._num_buckets))
             | "GroupBuckets" >> beam.GroupByKey()
             | "FindInBucket" >> beam.MapTuple(_find_in_bucket)
-            | "Merge" >> beam.CombineGlobally(_merge_all))
+            | "Merge" >> beam.CombineGlobally(
+                merge_all, empty=duplicates.Duplicates()))

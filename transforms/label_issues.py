@@ -8,7 +8,7 @@ examples or an N×K array. See `lossaudit/confident.py` for the math.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from lossaudit import confident
 from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules
+from lossaudit.merging import merge_all
 from lossaudit.scoring import PROBS_COLUMN
 from lossaudit.stats import top_k_merge
 from lossaudit.transforms.spill import ReadSpilled, in_global_window
@@ -52,6 +53,10 @@ class _ClassSums:
   sums: np.ndarray
   counts: np.ndarray
 
+  @classmethod
+  def zeros(cls, num_classes: int) -> "_ClassSums":
+    return cls(np.zeros(num_classes), np.zeros(num_classes, dtype=np.int64))
+
   def merge(self, other: "_ClassSums") -> "_ClassSums":
     return _ClassSums(self.sums + other.sums, self.counts + other.counts)
 
@@ -63,17 +68,13 @@ class _JointCounts:
   joint: np.ndarray
   labels: np.ndarray
 
+  @classmethod
+  def zeros(cls, num_classes: int) -> "_JointCounts":
+    return cls(np.zeros((num_classes, num_classes), dtype=np.int64),
+               np.zeros(num_classes, dtype=np.int64))
+
   def merge(self, other: "_JointCounts") -> "_JointCounts":
     return _JointCounts(self.joint + other.joint, self.labels + other.labels)
-
-
-def _merge_all(parts: Iterable):
-  """`parts` merged in order (each has `merge`), or None for none."""
-  parts = iter(parts)
-  total = next(parts, None)
-  for part in parts:
-    total = total.merge(part)
-  return total
 
 
 class _JointCountsFn(beam.DoFn):
@@ -106,10 +107,10 @@ class _CellCandidatesFn(beam.DoFn):
   def start_bundle(self):
     self._candidates = None
 
-  def process(self, batch: pa.RecordBatch, joint: LabelRules):
+  def process(self, batch: pa.RecordBatch, rules: LabelRules):
     if self._candidates is None:
       self._candidates = confident.CellCandidates(
-          np.asarray(joint.prune_counts))
+          np.asarray(rules.prune_counts))
     arrays = class_arrays(batch, self._k)
     self._candidates.add(arrays.probs, arrays.given, arrays.ids)
 
@@ -118,37 +119,52 @@ class _CellCandidatesFn(beam.DoFn):
       return
     prune = self._candidates.prune
     for cell, values, kept in self._candidates.cells():
-      yield in_global_window((cell, (int(prune[cell]), values, kept)))
+      yield in_global_window((cell, CellTop(int(prune[cell]), values, kept)))
+
+
+class CellTop(NamedTuple):
+  """A cell's best candidates: its largest margins first.
+
+  Attributes:
+    n: how many the cell keeps (`prune[k, j]`).
+    margins: at most `n` margins `p_j - p_k`, largest first.
+    ids: their ids (ties: smaller id first).
+  """
+
+  n: int
+  margins: np.ndarray
+  ids: np.ndarray
 
 
 class CellTopNCombineFn(beam.CombineFn):
-  """Merges a cell's candidates, keeping the top n; extracts the n-th."""
+  """Merges a cell's candidates, keeping the top n; extracts the n-th.
 
-  def create_accumulator(self):
-    return 0, np.zeros(0), np.zeros(0, dtype=object)
+  Inputs and accumulators are `CellTop`s (or `(n, margins, ids)` tuples).
+  """
 
-  def add_input(self, accumulator, candidates):
-    return self.merge_accumulators([accumulator, candidates])
+  def create_accumulator(self) -> CellTop:
+    return CellTop(0, np.zeros(0), np.zeros(0, dtype=object))
 
-  def merge_accumulators(self, accumulators):
+  def add_input(self, accumulator: CellTop, candidates) -> CellTop:
+    return self.merge_accumulators([accumulator, CellTop(*candidates)])
+
+  def merge_accumulators(self, accumulators: Iterable[CellTop]) -> CellTop:
     accumulators = list(accumulators)
-    n = max(a[0] for a in accumulators)
-    values, ids = top_k_merge(
-        np.concatenate([a[1] for a in accumulators]),
-        np.concatenate([a[2] for a in accumulators]), n)
-    return n, values, ids
+    n = max(a.n for a in accumulators)
+    margins, ids = top_k_merge(
+        np.concatenate([a.margins for a in accumulators]),
+        np.concatenate([a.ids for a in accumulators]), n)
+    return CellTop(n, margins, ids)
 
-  def extract_output(self, accumulator):
-    _, values, ids = accumulator
-    return (float(values[-1]), str(ids[-1])) if len(values) else None
+  def extract_output(self, accumulator: CellTop
+                     ) -> Optional[Tuple[float, str]]:
+    if not len(accumulator.margins):
+      return None
+    return float(accumulator.margins[-1]), str(accumulator.ids[-1])
 
 
-def _finish_joint(counts: Optional[_JointCounts], method: str,
-                  thresholds: List[float], num_classes: int) -> LabelRules:
-  if counts is None:
-    counts = _JointCounts(
-        np.zeros((num_classes, num_classes), dtype=np.int64),
-        np.zeros(num_classes, dtype=np.int64))
+def _finish_joint(counts: _JointCounts, method: str,
+                  thresholds: List[float]) -> LabelRules:
   joint = confident.calibrated_joint(counts.joint, counts.labels)
   return LabelRules(
       method=method,
@@ -160,10 +176,8 @@ def _finish_joint(counts: Optional[_JointCounts], method: str,
                     if method == PRUNE_BY_NOISE_RATE else None))
 
 
-def _thresholds(sums: Optional[_ClassSums], num_classes: int) -> List[float]:
-  """Per-class self-confidence thresholds `(K,)`."""
-  if sums is None:
-    return [confident.MISSING_CLASS_THRESHOLD] * num_classes
+def _thresholds(sums: _ClassSums) -> List[float]:
+  """Per-class self-confidence thresholds `(K,)` (2 for an absent class)."""
   return confident.confident_thresholds(sums.sums, sums.counts).tolist()
 
 
@@ -175,23 +189,34 @@ def _self_confidence_sums(batch: pa.RecordBatch,
   return _ClassSums(sums=sums, counts=counts)
 
 
-def _with_cells(joint: LabelRules,
+def _with_cells(rules: LabelRules,
                 cells: Iterable[Tuple[Tuple[int, int],
                                       Optional[Tuple[float, str]]]]
                 ) -> LabelRules:
-  """`joint` with each cell's n-th `(margin, id)`, from `((k, j), n-th)`
+  """`rules` with each cell's n-th `(margin, id)`, from `((k, j), n-th)`
   pairs."""
   return dataclasses.replace(
-      joint, cells={tuple(k): v for k, v in cells if v is not None})
+      rules, cells={tuple(k): v for k, v in cells if v is not None})
+
+
+class ScoredBatches(NamedTuple):
+  """What `FindLabelIssues` reads: the scored batches, twice over.
+
+  Attributes:
+    scored: the scored RecordBatches.
+    spilled: the names of the scratch files `SpillBatches` wrote them to.
+  """
+
+  scored: beam.PCollection
+  spilled: beam.PCollection
 
 
 class FindLabelIssues(beam.PTransform):
-  """The scored batches → the label-issue rules (a singleton `LabelRules`).
+  """`ScoredBatches` → the label-issue rules (a singleton `LabelRules`).
 
-  Takes `{"scored": the scored RecordBatches, "spilled": the names of the
-  scratch files SpillBatches wrote them to}`. The first pass (the
-  thresholds) reads the batches as they are scored; each later pass needs
-  the one before as a side input, so reads the batches back from the files.
+  The first pass (the thresholds) reads the batches as they are scored;
+  each later pass needs the one before as a side input, so reads the
+  batches back from the scratch files.
 
   Args:
     method: `confident_learning` or `prune_by_noise_rate`.
@@ -203,26 +228,28 @@ class FindLabelIssues(beam.PTransform):
     self._method = method
     self._k = num_classes
 
-  def expand(self, inputs: Dict[str, beam.PCollection]):
+  def expand(self, batches: ScoredBatches):
     k = self._k
-    thresholds = (inputs["scored"]
+    thresholds = (batches.scored
                   | "SelfConfidence" >> beam.Map(_self_confidence_sums, k)
-                  | "SumSelfConfidence" >> beam.CombineGlobally(_merge_all)
-                  | "Thresholds" >> beam.Map(_thresholds, k))
+                  | "SumSelfConfidence" >> beam.CombineGlobally(
+                      merge_all, empty=_ClassSums.zeros(k))
+                  | "Thresholds" >> beam.Map(_thresholds))
     thresholds = beam.pvalue.AsSingleton(thresholds)
-    joint = (inputs["spilled"]
+    rules = (batches.spilled
              | "RereadForJoint" >> ReadSpilled()
              | "JointCounts" >> beam.ParDo(_JointCountsFn(k),
                                            thresholds=thresholds)
-             | "SumJoint" >> beam.CombineGlobally(_merge_all)
+             | "SumJoint" >> beam.CombineGlobally(
+                 merge_all, empty=_JointCounts.zeros(k))
              | "Calibrate" >> beam.Map(_finish_joint, method=self._method,
-                                       thresholds=thresholds, num_classes=k))
+                                       thresholds=thresholds))
     if self._method != PRUNE_BY_NOISE_RATE:
-      return joint | "NoCells" >> beam.Map(_with_cells, cells=[])
-    cells = (inputs["spilled"]
+      return rules | "NoCells" >> beam.Map(_with_cells, cells=[])
+    cells = (batches.spilled
              | "RereadForCells" >> ReadSpilled()
              | "CellCandidates" >> beam.ParDo(
-                 _CellCandidatesFn(k), joint=beam.pvalue.AsSingleton(joint))
+                 _CellCandidatesFn(k), rules=beam.pvalue.AsSingleton(rules))
              | "TopNPerCell" >> beam.CombinePerKey(CellTopNCombineFn()))
-    return joint | "WithCells" >> beam.Map(
+    return rules | "WithCells" >> beam.Map(
         _with_cells, cells=beam.pvalue.AsList(cells))

@@ -22,10 +22,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, tfrecord
-from lossaudit.errors import first_line
-
-DEAD_LETTER = dead_letters.TAG
-
+from lossaudit.errors import explained
 
 
 class _ReadTFExampleFile(beam.DoFn):
@@ -57,7 +54,7 @@ class _ReadTFExampleFile(beam.DoFn):
         if isinstance(item, tfrecord.Unreadable):
           self._unreadable.inc()
           yield beam.pvalue.TaggedOutput(
-              DEAD_LETTER, dead_letters.dead_letter(
+              dead_letters.TAG, dead_letters.dead_letter(
                   path, None, item.describe(),
                   dead_letters.UNREADABLE_STRETCH))
           continue
@@ -84,8 +81,8 @@ class _ReadTFExampleFile(beam.DoFn):
         self._new_decoder()
         reason, what = _why_undecodable(record)
         yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER, dead_letters.dead_letter(
-                path, None, _explained(what, e), reason))
+            dead_letters.TAG, dead_letters.dead_letter(
+                path, None, explained(what, e), reason))
     if good:
       yield path, self._decoder.DecodeBatch(good)
 
@@ -97,13 +94,6 @@ def _why_undecodable(record: bytes) -> Tuple[str, str]:
   except DecodeError:
     return dead_letters.NOT_AN_EXAMPLE, "not a tf.train.Example"
   return dead_letters.WRONG_TYPE, "a feature has the wrong type"
-
-
-def _explained(what: str, error: Exception) -> str:
-  """`what: first line of error's message`; just `what: ` when the message
-  is empty (`first_line` would name the error's type)."""
-  line = first_line(error) if str(error).strip() else ""
-  return f"{what}: {line}"
 
 
 class ReadTFExampleBatches(beam.PTransform):
@@ -126,7 +116,7 @@ class ReadTFExampleBatches(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
             | "ReadAndDecode" >> beam.ParDo(_ReadTFExampleFile(
                 self._schema, self._batch_size)).with_outputs(
-                    DEAD_LETTER, main="batches"))
+                    dead_letters.TAG, main="batches"))
 
 
 def _open(path: str):
@@ -134,9 +124,9 @@ def _open(path: str):
 
 
 def _unreadable_file(path: str, error: Exception):
-  return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letters.dead_letter(
-      path, None, _explained(f"unreadable file: {type(error).__name__}",
-                             error), dead_letters.UNREADABLE_FILE))
+  return beam.pvalue.TaggedOutput(dead_letters.TAG, dead_letters.dead_letter(
+      path, None, explained(f"unreadable file: {type(error).__name__}",
+                            error), dead_letters.UNREADABLE_FILE))
 
 
 class _ListRowGroups(beam.DoFn):
@@ -177,10 +167,11 @@ class _ReadRowGroup(beam.DoFn):
         table = parquet.read_row_group(index, columns=columns)
     except Exception as e:  # pylint: disable=broad-except
       self._unreadable.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letters.dead_letter(
-          path, None, _explained(
-              f"unreadable row group {index}: {type(e).__name__}", e),
-          dead_letters.UNREADABLE_STRETCH))
+      yield beam.pvalue.TaggedOutput(
+          dead_letters.TAG, dead_letters.dead_letter(
+              path, None, explained(
+                  f"unreadable row group {index}: {type(e).__name__}", e),
+              dead_letters.UNREADABLE_STRETCH))
       return
     self._records_read.inc(table.num_rows)
     for batch in table.combine_chunks().to_batches(
@@ -208,12 +199,12 @@ class ReadParquetBatches(beam.PTransform):
                   | "Files" >> beam.Create(self._files)
                   | "ListRowGroups" >> beam.ParDo(
                       _ListRowGroups()
-                      ).with_outputs(DEAD_LETTER, main="groups"))
+                      ).with_outputs(dead_letters.TAG, main="groups"))
     read = (row_groups.groups
             | "Spread" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(
                 self._columns, self._batch_size)).with_outputs(
-                    DEAD_LETTER, main="batches"))
-    dead = ((row_groups[DEAD_LETTER], read[DEAD_LETTER])
+                    dead_letters.TAG, main="batches"))
+    dead = ((row_groups[dead_letters.TAG], read[dead_letters.TAG])
             | "DeadLetters" >> beam.Flatten())
-    return {"batches": read.batches, DEAD_LETTER: dead}
+    return {"batches": read.batches, dead_letters.TAG: dead}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -13,11 +13,10 @@ from apache_beam.utils import shared
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, progress
 from lossaudit.scoring import BatchScorer, ScoringSpec
+from lossaudit.timings import Timings
 
-DEAD_LETTER = dead_letters.TAG
 DEVICE = "device"
 TIMING = "timing"
-
 
 
 class _ScorerHandle:
@@ -31,12 +30,16 @@ class _ScoreBatchFn(beam.DoFn):
   """Scores `(file, RecordBatch)` → scored RecordBatch, plus dead letters.
 
   The model is loaded once per worker process in `setup()` and shared by all
-  the DoFn instances of that process through `shared.Shared`.
+  the DoFn instances of that process through `shared.Shared`. Each batch's
+  scoring is timed by `clock` (seconds; pickled with the DoFn, so a
+  module-level function).
   """
 
-  def __init__(self, spec: ScoringSpec, progress_interval: Optional[float]):
+  def __init__(self, spec: ScoringSpec, progress_interval: Optional[float],
+               clock: Callable[[], float] = time.perf_counter):
     self._spec = spec
     self._progress_interval = progress_interval
+    self._clock = clock
     self._shared_handle = shared.Shared()
     self._scored = Metrics.counter(METRICS_NAMESPACE, "examples_scored")
     self._dead = Metrics.counter(METRICS_NAMESPACE, "examples_dead_lettered")
@@ -56,13 +59,14 @@ class _ScoreBatchFn(beam.DoFn):
       self._device_reported = True
       yield beam.pvalue.TaggedOutput(
           DEVICE, f"{socket.gethostname()}:{self._scorer.device}")
-    start = time.perf_counter()
+    start = self._clock()
     scored, dead = self._scorer.score(source, batch)
-    seconds = time.perf_counter() - start
+    seconds = self._clock() - start
     self._latency.update(int(seconds * 1000))
-    yield beam.pvalue.TaggedOutput(TIMING, (batch.num_rows, seconds))
+    yield beam.pvalue.TaggedOutput(TIMING,
+                                   Timings.of_batch(batch.num_rows, seconds))
     for entry in dead:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
+      yield beam.pvalue.TaggedOutput(dead_letters.TAG, entry)
     self._dead.inc(len(dead))
     num_scored = 0 if scored is None else scored.num_rows
     progress.add(num_scored, len(dead))
@@ -76,8 +80,8 @@ class ScoreBatches(beam.PTransform):
 
   Outputs: `scored` RecordBatches (schema `spec.scored_schema()`),
   `dead_letter` entries for rows that could not be scored, `device`:
-  `host:device` of each scoring DoFn instance, and `timing`: `(rows,
-  seconds)` per batch.
+  `host:device` of each scoring DoFn instance, and `timing`: one
+  `lossaudit.timings.Timings` per batch.
 
   Args:
     spec: what to score and how.
@@ -94,4 +98,4 @@ class ScoreBatches(beam.PTransform):
   def expand(self, batches):
     return batches | "Score" >> beam.ParDo(
         _ScoreBatchFn(self._spec, self._progress_interval)).with_outputs(
-            DEAD_LETTER, DEVICE, TIMING, main="scored")
+            dead_letters.TAG, DEVICE, TIMING, main="scored")

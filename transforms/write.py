@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Dict, List, Optional, Tuple
@@ -11,6 +12,7 @@ import pyarrow as pa
 from apache_beam.io import parquetio, textio
 
 from lossaudit import drift, outputs, ownership
+from lossaudit.config import AuditConfig, GateConfig
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
 from lossaudit.report import build_summary, render_report
@@ -76,10 +78,11 @@ class _WriteSummaryFn(beam.DoFn):
   complete.
   """
 
-  def __init__(self, directory: str, config: Dict, run: Dict,
-               baseline: Optional[drift.Baseline]):
+  def __init__(self, directory: str, config: Dict, gate: GateConfig,
+               run: Dict, baseline: Optional[drift.Baseline]):
     self._directory = directory
     self._config = config
+    self._gate = gate
     self._run = run
     self._baseline = baseline
 
@@ -121,15 +124,15 @@ class _WriteSummaryFn(beam.DoFn):
   def _drift(self, summary: Dict) -> Optional[Dict]:
     """The comparison with the baseline and the gates, when any is set;
     records the outcome in `summary["gate"]`."""
-    gate = self._config["gate"]
-    if not any(v is not None for v in gate.values()):
+    gate = self._gate
+    if all(v is None for v in dataclasses.astuple(gate)):
       return None
     baseline = self._baseline
     found = drift.compare(
         summary, baseline.summary if baseline else None,
-        max_flagged_fraction=gate["max_flagged_fraction"],
-        max_quantile_shift=gate["max_quantile_shift"],
-        shift_quantiles=gate["shift_quantiles"],
+        max_flagged_fraction=gate.max_flagged_fraction,
+        max_quantile_shift=gate.max_quantile_shift,
+        shift_quantiles=gate.shift_quantiles,
         current_dir=self._directory,
         baseline_dir=baseline.dir if baseline else None)
     summary["gate"] = {"baseline": baseline.dir if baseline else None,
@@ -146,7 +149,7 @@ class WriteSummary(beam.PTransform):
 
   Args:
     directory: `output.dir`.
-    config: the resolved config as a dict.
+    config: the resolved config (`summary.json` records it as a dict).
     run: `run_id`, `start_time` (`time.time()`) and `runner` of this run.
     baseline: the run to compare with, or None.
     loss_stats: one `LossAccumulator.summary()`.
@@ -162,13 +165,14 @@ class WriteSummary(beam.PTransform):
       `outputs.FLAGGED` and `outputs.DEAD_LETTER`.
   """
 
-  def __init__(self, directory: str, config: Dict, run: Dict,
+  def __init__(self, directory: str, config: AuditConfig, run: Dict,
                baseline: Optional[drift.Baseline], *, loss_stats,
                slice_stats, thresholds, flag_counts, top_flagged, timings,
                duplicates, dead_letter_reasons, devices,
                written: Dict[str, beam.PCollection]):
     super().__init__()
-    self._fn = _WriteSummaryFn(directory, config, run, baseline)
+    self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
+                               baseline)
     one, many = beam.pvalue.AsSingleton, beam.pvalue.AsList
     self._side_inputs = dict(
         loss_stats=one(loss_stats),
