@@ -46,35 +46,37 @@ def class_arrays(batch: pa.RecordBatch, num_classes: int) -> ClassArrays:
   return ClassArrays(probs, given, ids)
 
 
+class _SummedArrays:
+  """Numpy arrays (dataclass fields) that merge by element-wise sums."""
+
+  def merge(self, other):
+    return type(self)(*(getattr(self, f.name) + getattr(other, f.name)
+                        for f in dataclasses.fields(self)))
+
+
 @dataclasses.dataclass(frozen=True)
-class _ClassSums:
+class _ClassSums(_SummedArrays):
   """Per given class: self-confidences summed `(K,)`, and examples `(K,)`."""
 
   sums: np.ndarray
   counts: np.ndarray
 
-  @classmethod
-  def zeros(cls, num_classes: int) -> "_ClassSums":
-    return cls(np.zeros(num_classes), np.zeros(num_classes, dtype=np.int64))
-
-  def merge(self, other: "_ClassSums") -> "_ClassSums":
-    return _ClassSums(self.sums + other.sums, self.counts + other.counts)
-
 
 @dataclasses.dataclass(frozen=True)
-class _JointCounts:
+class _JointCounts(_SummedArrays):
   """Raw confident-joint counts `(K, K)` and given-label counts `(K,)`."""
 
   joint: np.ndarray
   labels: np.ndarray
 
-  @classmethod
-  def zeros(cls, num_classes: int) -> "_JointCounts":
-    return cls(np.zeros((num_classes, num_classes), dtype=np.int64),
-               np.zeros(num_classes, dtype=np.int64))
 
-  def merge(self, other: "_JointCounts") -> "_JointCounts":
-    return _JointCounts(self.joint + other.joint, self.labels + other.labels)
+def _no_class_sums(k: int) -> _ClassSums:
+  return _ClassSums(np.zeros(k), np.zeros(k, dtype=np.int64))
+
+
+def _no_joint_counts(k: int) -> _JointCounts:
+  return _JointCounts(np.zeros((k, k), dtype=np.int64),
+                      np.zeros(k, dtype=np.int64))
 
 
 class _JointCountsFn(beam.DoFn):
@@ -233,7 +235,7 @@ class FindLabelIssues(beam.PTransform):
     thresholds = (batches.scored
                   | "SelfConfidence" >> beam.Map(_self_confidence_sums, k)
                   | "SumSelfConfidence" >> beam.CombineGlobally(
-                      merge_all, empty=_ClassSums.zeros(k))
+                      merge_all, empty=_no_class_sums(k))
                   | "Thresholds" >> beam.Map(_thresholds))
     thresholds = beam.pvalue.AsSingleton(thresholds)
     rules = (batches.spilled
@@ -241,7 +243,7 @@ class FindLabelIssues(beam.PTransform):
              | "JointCounts" >> beam.ParDo(_JointCountsFn(k),
                                            thresholds=thresholds)
              | "SumJoint" >> beam.CombineGlobally(
-                 merge_all, empty=_JointCounts.zeros(k))
+                 merge_all, empty=_no_joint_counts(k))
              | "Calibrate" >> beam.Map(_finish_joint, method=self._method,
                                        thresholds=thresholds))
     if self._method != PRUNE_BY_NOISE_RATE:
