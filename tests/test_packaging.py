@@ -58,7 +58,20 @@ def test_the_wheel_installs_one_top_level_package(wheel):
     (entry,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     entry_points = archive.read(entry).decode()
   assert "License-Expression: Apache-2.0" in metadata
+  assert [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
   assert "lossaudit = lossaudit.pipelines.cli:main" in entry_points
+
+
+def test_a_source_checkout_imports_as_one_package_without_an_install():
+  # `-S`: no site-packages, so neither the editable finder nor an installed
+  # wheel; the checkout's root is the current directory, as in a Docker
+  # image's WORKDIR or `python -m` in the repository.
+  done = subprocess.run(
+      [sys.executable, "-S", "-c", "import lossaudit.pipelines.cli as c,"
+       " lossaudit.transforms, lossaudit.configs; print(c.__file__)"],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == os.path.join(ROOT, "pipelines", "cli.py")
 
 
 def _imported_modules(source):
@@ -130,6 +143,13 @@ def test_a_fresh_venv_runs_the_demo_from_the_wheel_under_output_only(
        " print(a.__file__)"], cwd=empty, env=env, capture_output=True,
       text=True, check=True).stdout.strip()
   assert where.startswith(site)
+  # From the source checkout, the installed wheel works too (the checkout's
+  # lossaudit/ comes first on sys.path there).
+  for argv in (["-m", "lossaudit.pipelines.audit", "--help"],
+               ["-m", "lossaudit", "--help"]):
+    done = subprocess.run([str(python)] + argv, cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
   shown = subprocess.run(
       [sys.executable, "-m", "pip", "--python", str(python), "show", "-f",
        "lossaudit"], capture_output=True, text=True, check=True).stdout

@@ -1,0 +1,7 @@
+"""`python -m lossaudit` is the `lossaudit` command."""
+
+import sys
+
+from lossaudit.pipelines import cli
+
+sys.exit(cli.main())
