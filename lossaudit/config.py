@@ -201,8 +201,11 @@ def _integer(low: int, high: float, expected: Optional[str] = None, *,
 
 
 def _one_of(choices: Sequence[Any], *, nullable: bool = False) -> Rule:
+  """One of `choices`, listed in the message in the order given (a set's
+  order would change from run to run)."""
   null = "null or " if nullable else ""
-  return Rule(f"{null}one of {set(choices)}", choices=tuple(choices),
+  listed = ", ".join(repr(c) for c in choices)
+  return Rule(f"{null}one of {{{listed}}}", choices=tuple(choices),
               nullable=nullable)
 
 
@@ -658,17 +661,47 @@ class YamlNestingError(YamlLimitError):
   expected = "nested less deeply"
 
 
+class YamlDuplicateKeyError(yaml.YAMLError):
+  """A mapping that holds the same key twice (PyYAML keeps the last).
+
+  Attributes:
+    path: the dotted key of the mapping ("" for the document itself;
+      `[i]` for the items of a list, as in `loss.outputs[0]`).
+    key: the key held twice.
+    line: the 1-based line of its second occurrence.
+    first_line: the line of its first.
+  """
+
+  def __init__(self, path: str, key: Any, line: int, first_line: int):
+    super().__init__(f"duplicate key {short_repr(key)} (line {line})")
+    self.path = path
+    self.key = key
+    self.line = line
+    self.first_line = first_line
+
+  def received(self, lines: bool = True) -> str:
+    """`duplicate key 'k' (line N, first on line M)` (no lines unless
+    `lines`), to follow "Received: "."""
+    where = (f" (line {self.line}, first on line {self.first_line})"
+             if lines else "")
+    return f"duplicate key {short_repr(self.key)}{where}"
+
+
 class LimitedLoader(yaml.SafeLoader):
-  """A `yaml.SafeLoader` that refuses alias bombs before constructing values.
+  """A `yaml.SafeLoader` that refuses alias bombs and duplicate keys before
+  constructing values.
 
   It counts alias references while composing, then how many values expanding
   every alias would add to the document (each shared node counted once per
   reference, in linear time); a recursive alias is refused too. A long
-  document without aliases adds nothing and passes.
+  document without aliases adds nothing and passes. A key written twice in
+  one mapping is refused (keys given by a `<<` merge may still be
+  overridden).
 
   Raises:
     YamlLimitError: more than `MAX_YAML_ALIASES` alias references, aliases
       adding more than `MAX_YAML_VALUES` values, or a recursive alias.
+    YamlDuplicateKeyError: a key twice in one mapping.
   """
 
   def __init__(self, stream):
@@ -690,7 +723,44 @@ class LimitedLoader(yaml.SafeLoader):
       if expanded - distinct > MAX_YAML_VALUES:
         raise YamlLimitError(
             f"aliases that add {expanded - distinct} values once expanded")
+    if node is not None:
+      self._check_duplicate_keys(node)
     return node
+
+  def _check_duplicate_keys(self, root: yaml.Node) -> None:
+    """Refuses a mapping under `root` that holds a key twice; each node is
+    visited once (aliases share theirs)."""
+    seen = set()
+    stack = [(root, "")]
+    while stack:
+      node, path = stack.pop()
+      if id(node) in seen:
+        continue
+      seen.add(id(node))
+      if isinstance(node, yaml.SequenceNode):
+        stack.extend((item, f"{path}[{i}]")
+                     for i, item in reversed(list(enumerate(node.value))))
+        continue
+      if not isinstance(node, yaml.MappingNode):
+        continue
+      lines = {}
+      children = []
+      for key_node, value_node in node.value:
+        if (not isinstance(key_node, yaml.ScalarNode) or
+            key_node.tag == "tag:yaml.org,2002:merge"):
+          continue
+        # Compared as constructed: `1` and `0x1`, `true` and `True` are one.
+        key = self.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        try:
+          first = lines.get(key)
+        except TypeError:  # Unhashable: refused when the mapping is built.
+          continue
+        if first is not None:
+          raise YamlDuplicateKeyError(path, key, line, first)
+        lines[key] = line
+        children.append((value_node, f"{path}.{key}" if path else str(key)))
+      stack.extend(reversed(children))
 
 
 # YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: an exponent
@@ -740,6 +810,7 @@ def load_yaml(text: str) -> Any:
     yaml.YAMLError: invalid YAML.
     YamlLimitError: an alias bomb; YamlNestingError: nesting deeper than
       Python's recursion limit.
+    YamlDuplicateKeyError: a key twice in one mapping.
   """
   try:
     return yaml.load(text, Loader=LimitedLoader)
@@ -770,6 +841,11 @@ def apply_override(raw: dict, assignment: str) -> None:
     raise ConfigError(
         f"--set {shown}: expected a YAML value {e.expected}. Received: {e}"
         ) from None
+  except YamlDuplicateKeyError as e:
+    inner = f".{one_line(e.path, 80)}" if e.path else ""
+    raise ConfigError(
+        f"--set {shown}{inner}: expected each key once. Received:"
+        f" {e.received(lines=False)}") from None
   except yaml.YAMLError as e:
     raise ConfigError(
         f"--set {shown}: expected a YAML value. Received:"
@@ -813,6 +889,10 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> AuditConfig:
     raise ConfigError(
         f"--config {path}: expected YAML {e.expected}. Received: {e}"
         ) from None
+  except YamlDuplicateKeyError as e:
+    key = one_line(e.path, 80) if e.path else f"--config {path}"
+    raise ConfigError(f"{key}: expected each key once. Received:"
+                      f" {e.received()}") from None
   except (yaml.YAMLError, UnicodeDecodeError) as e:
     raise ConfigError(
         f"--config {path}: expected valid YAML."

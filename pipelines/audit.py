@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import difflib
+import importlib
 import logging
+import os
+import re
 import signal
 import sys
 import threading
@@ -21,6 +25,7 @@ from typing import Callable, Dict, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options import pipeline_options as beam_options
 from apache_beam.options.pipeline_options import (
   GoogleCloudOptions,
   PipelineOptions,
@@ -29,7 +34,14 @@ from apache_beam.options.pipeline_options import (
 
 from lossaudit import METRICS_NAMESPACE, drift, outputs, ownership
 from lossaudit.config import AuditConfig, load_config
-from lossaudit.errors import ConfigError, describe_error, one_line
+from lossaudit.errors import ConfigError, describe_error, one_line, short_repr
+
+# The options `lossaudit run` takes itself; every other goes to Beam.
+RUN_FLAGS = ("--config", "--set")
+# Runners whose job service adds options of its own, which only it knows.
+_PORTABLE_RUNNERS = ("portable", "flink", "spark", "prism", "kafkastreams")
+_ARGPARSE_ERROR = re.compile(r"argument (\S+): (.*)", re.DOTALL)
+_TYPE_NAMES = {"int": "an integer", "float": "a number"}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -42,6 +54,108 @@ def parse_args(argv: Optional[Sequence[str]] = None):
       "--set", action="append", default=[], metavar="KEY=VALUE",
       help="override one dotted config key (value parsed as YAML)")
   return parser.parse_known_args(argv)
+
+
+class _BeamArgs(beam_options._BeamArgumentParser):  # pylint: disable=protected-access
+  """Beam's option parser, telling a refused value as a `ConfigError`
+  rather than printing its usage (every Beam option) and exiting."""
+
+  def error(self, message):
+    if message.startswith("ambiguous option: "):
+      return  # Left unknown, as Beam's parser leaves it.
+    raise ConfigError(_beam_value_error(message))
+
+
+def _beam_value_error(message: str) -> str:
+  """argparse's `argument --x: ...` as `--x: expected .... Received: ...`."""
+  match = _ARGPARSE_ERROR.fullmatch(message)
+  if match is None:
+    return f"Beam options: {message}"
+  name, problem = match.groups()
+  invalid = re.fullmatch(r"invalid (\S+) value: (.*)", problem, re.DOTALL)
+  if invalid:
+    what = _TYPE_NAMES.get(invalid.group(1), "a valid value")
+    return f"{name}: expected {what}. Received: {invalid.group(2)}"
+  choice = re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", problem,
+                        re.DOTALL)
+  if choice:
+    return (f"{name}: expected one of {{{choice.group(2)}}}. Received:"
+            f" {choice.group(1)}")
+  if problem == "expected one argument":
+    return f"{name}: expected a value. Received: none"
+  explicit = re.fullmatch(r"ignored explicit argument (.*)", problem,
+                          re.DOTALL)
+  if explicit:
+    return (f"{name}: expected no value (the option is a switch). Received:"
+            f" {explicit.group(1)}")
+  return f"{name}: expected a valid value. Received: {problem}"
+
+
+def check_beam_args(args: Sequence[str],
+                    own_flags: Sequence[str] = RUN_FLAGS) -> None:
+  """Refuses the arguments that neither lossaudit nor Beam knows.
+
+  Beam drops an option it does not know with a warning ("Discarding
+  unparseable args"), so a mistyped `--sett` or `--ouput` would be ignored.
+  `args` are parsed as `PipelineOptions.get_all_options` parses them (the
+  options of every Beam options class, no abbreviations), with `own_flags`
+  (each taking a value) known too. With a portable runner (Flink, Spark,
+  Prism, PortableRunner), whose job service adds options of its own, only the
+  values of known options are checked.
+
+  Args:
+    args: the arguments lossaudit passes on to Beam; they may still hold
+      `own_flags` (the demo passes them on to `lossaudit run`).
+    own_flags: lossaudit's options where `args` come from, suggested with
+      Beam's for a mistyped option.
+
+  Raises:
+    ConfigError: an unknown option (the nearest known one suggested), a
+      value that follows no option, or a value a Beam option refuses
+      (`--direct_num_workers=two`).
+  """
+  parser = _beam_parser(own_flags)
+  parsed, unknown = parser.parse_known_args(list(args))
+  runner = getattr(parsed, "runner", None)
+  if unknown and isinstance(runner, str) and "." in runner:
+    # A runner named by its path may bring options classes of its own
+    # (DaskRunner); a module that fails to import is Beam's to report.
+    with contextlib.suppress(Exception):
+      importlib.import_module(runner.rsplit(".", 1)[0])
+      parser = _beam_parser(own_flags)
+      unknown = parser.parse_known_args(list(args))[1]
+  runner_name = str(runner).rsplit(".", 1)[-1].lower().removesuffix("runner")
+  if not unknown or runner_name in _PORTABLE_RUNNERS:
+    return
+  token = unknown[0]
+  known = (f"a lossaudit option ({', '.join(own_flags)}) or a Beam pipeline"
+           " option")
+  if not token.startswith("-") or token in ("-", "--"):
+    raise ConfigError(f"Beam options: expected {known}. Received:"
+                      f" {short_repr(token)} (a value that follows no option"
+                      " taking one)")
+  option = token.split("=", 1)[0]
+  beam = [s for action in parser._actions  # pylint: disable=protected-access
+          for s in action.option_strings if s not in own_flags]
+  suggestion = difflib.get_close_matches(option, [*own_flags, *beam], n=1)
+  hint = f". Did you mean {suggestion[0]}?" if suggestion else ""
+  raise ConfigError(f"{one_line(option, 80)}: expected {known}. Received:"
+                    f" {short_repr(token)}{hint}")
+
+
+def _beam_parser(own_flags: Sequence[str]) -> _BeamArgs:
+  """A parser of the options of every Beam options class imported, as
+  `PipelineOptions.get_all_options` builds it, and of `own_flags`."""
+  parser = _BeamArgs(allow_abbrev=False, add_help=False)
+  classes = {}
+  for cls in PipelineOptions.__subclasses__():
+    classes.setdefault(str(cls), cls)
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  for flag in own_flags:
+    with contextlib.suppress(argparse.ArgumentError):  # Beam's too.
+      parser.add_argument(flag, action="append", dest="_lossaudit_flags")
+  return parser
 
 
 class Interrupted(KeyboardInterrupt):
@@ -69,6 +183,7 @@ def run(argv: Optional[Sequence[str]] = None,
     ConfigError: a bad config or set-up, before the pipeline starts.
   """
   known, beam_args = parse_args(argv)
+  check_beam_args(beam_args)
   config = load_config(known.config, known.set)
   start_time = clock()
   now = datetime.datetime.fromtimestamp(start_time, datetime.timezone.utc)
@@ -263,6 +378,15 @@ def run_metrics(result) -> Dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code (3: a gate failed)."""
+  # Before TensorFlow loads: its C++ INFO and WARNING lines go, a user's own
+  # TF_CPP_MIN_LOG_LEVEL wins. Level 2, not 3: 3 would hide TensorFlow's
+  # ERROR lines too (such as "failed call to cuInit" on a GPU machine with a
+  # broken driver). Neither level removes what TensorFlow 2.21's libraries
+  # log while they load, before the variable is read: "WARNING: All log
+  # messages before absl::InitializeLog() is called are written to STDERR",
+  # oneDNN's port.cc line and, without CUDA, cudart_stub.cc's (each twice);
+  # level 2 removes cpu_feature_guard's two lines.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
   try:
     with _SIGNALS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -19,6 +20,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(USAGE)
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
+  # Before TensorFlow loads, for every command: TensorFlow's C++ INFO and
+  # WARNING lines go, its ERROR lines stay (why 2: in `audit.main`). A
+  # user's own setting wins.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     if command == "run":
       from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top

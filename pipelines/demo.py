@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.resources
 import json
 import os
 import re
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -32,8 +33,11 @@ NOISE_RATE = 0.10
 NUM_SHARDS = 4
 TRUTH = "flipped_ids.json"
 # What `build` writes into the data directory, and nothing else.
-_DATA_FILE = re.compile(
-    rf"part-\d{{5}}-of-\d{{5}}\.tfrecord\.gz|{re.escape(TRUTH)}")
+_DATA_FILES = frozenset(
+    [f"part-{index:05d}-of-{NUM_SHARDS:05d}.tfrecord.gz"
+     for index in range(NUM_SHARDS)] + [TRUTH])
+# The audit's flagged shards (Beam's names); a user's files there are kept.
+_FLAGGED_SHARD = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
 
 
 def digits_split(seed: int = 0):
@@ -77,7 +81,10 @@ def flip_labels(y: np.ndarray, rate: float, seed: int = 0):
 def build(data_dir: str = "data/demo",
           model_path: Optional[str] = "models/demo.keras", seed: int = 0,
           noise_rate: float = NOISE_RATE) -> Dict:
-  """Writes the demo model and the noisy audit shards; returns the truth.
+  """Writes the noisy audit shards and the demo model; returns the truth.
+
+  The truth (`flipped_ids.json`, written last) also records the model
+  written (`model_record`), so a later run may overwrite it, and only it.
 
   Args:
     data_dir: where the shards and `flipped_ids.json` go.
@@ -87,15 +94,16 @@ def build(data_dir: str = "data/demo",
     noise_rate: the share of audit labels flipped.
   """
   train_x, train_y, audit_x, audit_y = digits_split(seed)
-  if model_path is not None:
-    model = train_classifier(train_x, train_y, seed)
-    os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
-    model.save(model_path)
   noisy, flipped = flip_labels(audit_y, noise_rate, seed)
   ids = np.array([f"digit-{i:04d}" for i in range(len(noisy))])
   datasets.write_tfrecords(data_dir, {"id": ids, "pixels": audit_x,
                                       "label": noisy}, num_shards=NUM_SHARDS)
   truth = {"flipped_ids": ids[flipped].tolist(), "examples": len(ids)}
+  if model_path is not None:
+    model = train_classifier(train_x, train_y, seed)
+    os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
+    model.save(model_path)
+    truth.update(model_record(model_path))
   with open(os.path.join(data_dir, TRUTH), "w") as f:
     json.dump(truth, f)
   return truth
@@ -108,17 +116,76 @@ def precision_recall(flagged_ids, flipped_ids):
           hits / len(flipped) if flipped else 0.0)
 
 
+def model_record(model_path: str) -> Dict[str, str]:
+  """How `flipped_ids.json` records the model `build` wrote: its real path
+  and the SHA-256 of its bytes."""
+  digest = hashlib.sha256()
+  with open(model_path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return {"model": os.path.realpath(model_path),
+          "model_sha256": digest.hexdigest()}
+
+
+def _demo_wrote(model_path: str, data_dir: str) -> bool:
+  """Whether `model_path` is, unchanged, the model `data_dir`'s truth
+  records writing."""
+  try:
+    with open(os.path.join(data_dir, TRUTH)) as f:
+      record = json.load(f)
+    if (os.path.islink(model_path)
+        or record.get("model") != os.path.realpath(model_path)):
+      return False
+    return record.get("model_sha256") == model_record(model_path)[
+        "model_sha256"]
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _file_above(path: str) -> Optional[str]:
+  """The nearest existing parent of `path` when it is not a directory (so
+  nothing can be made under it); None otherwise."""
+  path = os.path.normpath(path)
+  while True:
+    parent = os.path.dirname(path)
+    if not parent or parent == path:
+      return None
+    if os.path.lexists(parent):
+      return None if os.path.isdir(parent) else parent
+    path = parent
+
+
+def _overlaps(path: str, directory: str) -> bool:
+  """Whether `path` is `directory`, inside it, or holds it (real paths)."""
+  path, directory = os.path.realpath(path), os.path.realpath(directory)
+  return os.path.commonpath([path, directory]) in (path, directory)
+
+
 def check_paths(output: str, data: str, model: str) -> None:
   """Refuses, before anything is written, paths where the demo would
   overwrite or mix with the user's files.
 
   `output` follows `lossaudit run`'s rule (not `.`, the home directory or a
   root; new, empty, or holding an earlier run's marker); `data` must be new,
-  empty or hold only what `build` writes; `model` must not be a directory.
+  empty or hold only what `build` writes, and be apart from `output`;
+  `model` must end in `.keras`, be apart from both, and be new or the model
+  that `data`'s `flipped_ids.json` records writing. None may lie under a
+  file, and `data` and `model` must be local.
 
   Raises:
     ConfigError: naming the flag.
   """
+  for flag, path in (("--data", data), ("--model", model)):
+    if path.startswith("gs://"):
+      raise ConfigError(f"{flag}: expected a local path (the demo builds its"
+                        f" data and model there). Received: {short_repr(path)}")
+  for flag, path in (("--output", output), ("--data", data),
+                     ("--model", model)):
+    blocker = None if path.startswith("gs://") else _file_above(path)
+    if blocker is not None:
+      raise ConfigError(f"{flag}: expected a path whose parents are"
+                        f" directories. Received: {short_repr(path)}"
+                        f" ({short_repr(blocker)} is a file)")
   ownership.check_not_protected(output)
   if not output.startswith("gs://") and os.path.exists(output):
     if not os.path.isdir(output):
@@ -135,18 +202,49 @@ def check_paths(output: str, data: str, model: str) -> None:
     if not os.path.isdir(data):
       raise ConfigError(f"--data: expected a directory. Received:"
                         f" {short_repr(data)} (a file)")
-    foreign = sorted(n for n in os.listdir(data) if not _DATA_FILE.fullmatch(n))
+    foreign = sorted(
+        n for n in os.listdir(data) if n not in _DATA_FILES
+        or os.path.islink(os.path.join(data, n))
+        or not os.path.isfile(os.path.join(data, n)))
     if foreign:
+      kind = ", not a plain file" if foreign[0] in _DATA_FILES else ""
       raise ConfigError(
           f"--data: expected a new or empty directory, or one holding only"
-          f" the demo's part-*.tfrecord.gz and {TRUTH}. Received:"
-          f" {short_repr(data)} (holds {short_repr(foreign[0])})")
-  if os.path.realpath(data) == os.path.realpath(output):
-    raise ConfigError(f"--data: expected a directory other than the"
-                      f" audit's output. Received: {short_repr(data)}")
+          f" the demo's {NUM_SHARDS} part-NNNNN-of-{NUM_SHARDS:05d}"
+          f".tfrecord.gz and {TRUTH}. Received: {short_repr(data)} (holds"
+          f" {short_repr(foreign[0])}{kind})")
+  if _overlaps(data, output):
+    raise ConfigError(f"--data: expected a directory apart from the audit's"
+                      f" output (not it, inside it or holding it). Received:"
+                      f" {short_repr(data)}")
   if os.path.isdir(model):
     raise ConfigError(f"--model: expected a .keras file. Received:"
                       f" {short_repr(model)} (a directory)")
+  if not model.endswith(".keras"):
+    raise ConfigError(f"--model: expected a path ending in .keras (the only"
+                      f" kind Keras saves). Received: {short_repr(model)}")
+  for name, directory in (("--data", data), ("the audit's output", output)):
+    if _overlaps(model, directory):
+      raise ConfigError(f"--model: expected a path apart from {name} (not"
+                        f" in it or holding it). Received: {short_repr(model)}")
+  if os.path.lexists(model) and not _demo_wrote(model, data):
+    raise ConfigError(
+        f"--model: expected a new file or the demo's own earlier model (as"
+        f" --data's {TRUTH} records it). Received: {short_repr(model)} (a"
+        f" file the demo did not write)")
+
+
+def flagged_ids(directory: str) -> List[str]:
+  """The ids in the audit's flagged shards in `directory`; other files there
+  (a user's, which lossaudit keeps) are not read."""
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  ids = []
+  for name in sorted(os.listdir(directory)):
+    if _FLAGGED_SHARD.fullmatch(name):
+      ids += pq.read_table(os.path.join(directory, name),
+                           columns=["id"]).column("id").to_pylist()
+  return ids
 
 
 def demo_config() -> contextlib.AbstractContextManager:
@@ -156,8 +254,6 @@ def demo_config() -> contextlib.AbstractContextManager:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-
   from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(prog="lossaudit demo")
@@ -170,6 +266,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--model", default=None,
                       help="where the model goes (DIR/models/demo.keras)")
   args, beam_args = parser.parse_known_args(argv)
+  try:  # The rest goes to `lossaudit run`: its options, then Beam's.
+    audit.check_beam_args(beam_args, own_flags=(
+        "--output", "--data", "--model", *audit.RUN_FLAGS))
+  except ConfigError as e:
+    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
+    return 2
 
   def under(*names: str) -> str:
     return os.path.normpath(os.path.join(args.output, *names))
@@ -193,13 +295,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   truth = build(data, model)
   with demo_config() as config:
     code = audit.main(["--config", str(config),
-                       "--set", f"input.pattern={data}/part-*.tfrecord.gz",
+                       "--set", f"input.pattern={data}/part-*-of-"
+                       f"{NUM_SHARDS:05d}.tfrecord.gz",
                        "--set", f"model.path={model}",
                        "--set", f"output.dir={audit_dir}"] + beam_args)
   if code:
     return code
-  flagged = pq.read_table(os.path.join(audit_dir, "flagged"),
-                          columns=["id"]).column("id").to_pylist()
+  flagged = flagged_ids(os.path.join(audit_dir, "flagged"))
   precision, recall = precision_recall(flagged, truth["flipped_ids"])
   print(f"Flipped labels: {len(truth['flipped_ids'])} of"
         f" {truth['examples']}; flagged: {len(flagged)}; precision"

@@ -40,7 +40,8 @@ def test_list_of_patterns():
 
 @pytest.mark.parametrize("changes, message", [
     ({"input__format": "csv"},
-     r"input.format: expected one of \{.*'parquet'.*\}. Received: 'csv'"),
+     r"input.format: expected one of \{'tfrecord', 'parquet'\}. Received:"
+     r" 'csv'"),
     ({"input__pattern": ""},
      r"input.pattern: expected a non-empty glob or list of globs."
      r" Received: ''"),
@@ -52,7 +53,7 @@ def test_list_of_patterns():
     ({"batch_size": True},
      r"batch_size: expected an integer in \[1, 1048576\]. Received: True"),
     ({"loss__reduce": "avg"},
-     r"loss.reduce: expected one of \{.*\}. Received: 'avg'"),
+     r"loss.reduce: expected one of \{'mean', 'sum'\}. Received: 'avg'"),
     ({"loss__name": "sparse_categorical_crosentropy"},
      r"loss.name: expected one of \[.*\]. Received:"
      r" 'sparse_categorical_crosentropy'. Did you mean"
@@ -70,7 +71,11 @@ def test_list_of_patterns():
     ({"flag__top_k": 0},
      r"flag.top_k: expected a positive integer. Received: 0"),
     ({"flag__label_issues": "magic"},
-     r"flag.label_issues: expected null or one of \{.*\}. Received: 'magic'"),
+     r"flag.label_issues: expected null or one of \{'confident_learning',"
+     r" 'prune_by_noise_rate'\}. Received: 'magic'"),
+    ({"runtime__device": "tpu"},
+     r"runtime.device: expected one of \{'auto', 'cpu', 'gpu'\}. Received:"
+     r" 'tpu'"),
     ({"output__num_shards": -1},
      r"output.num_shards: expected an integer in \[0, 10000\]. Received: -1"),
     ({"gate__max_flagged_fraction": 1.5},
@@ -80,6 +85,16 @@ def test_list_of_patterns():
 def test_invalid_values_name_key_expected_and_received(changes, message):
   with pytest.raises(ConfigError, match=message):
     _config(**changes)
+
+
+def test_choices_are_listed_in_their_declared_order():
+  # A set's order changes from run to run (string hashes are salted).
+  from lossaudit import config as config_module
+
+  for choices in (config_module.FORMATS, config_module.REDUCTIONS,
+                  config_module.LABEL_ISSUE_METHODS, config_module.DEVICES):
+    rule = config_module._one_of(choices)
+    assert rule.expected == "one of {" + ", ".join(map(repr, choices)) + "}"
 
 
 def test_unknown_keys_suggest_the_nearest():
@@ -425,6 +440,56 @@ def test_cli_bad_configs_exit_2_on_one_short_line(tmp_path, capsys, text,
   assert err.startswith("lossaudit: error: ") and err.endswith(message + "\n")
   assert err.count("\n") == 1 and len(err) < 400
   assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input: {pattern: a}\nbatch_size: 8\nmodel: {path: m}\nbatch_size: 9\n",
+     "--config {path}: expected each key once. Received: duplicate key"
+     " 'batch_size' (line 4, first on line 2)"),
+    ("input: {pattern: a}\nmodel: {path: m}\nflag:\n  top_k: 1\n"
+     "  loss_quantile: 0.5\n  top_k: 2\n",
+     "flag: expected each key once. Received: duplicate key 'top_k' (line 6,"
+     " first on line 4)"),
+    ("input: {pattern: a, pattern: b}\nmodel: {path: m}\n",
+     "input: expected each key once. Received: duplicate key 'pattern' (line"
+     " 1, first on line 1)"),
+    ("input: {pattern: a}\nmodel: {path: m}\nloss:\n  outputs:\n"
+     "  - {output: a, label_column: y, output: b}\n",
+     "loss.outputs[0]: expected each key once. Received: duplicate key"
+     " 'output' (line 5, first on line 5)"),
+    # Keys are compared as loaded: 1 and 0x1 are one key.
+    ("input: {pattern: a}\nmodel: {path: m}\nloss:\n  args: {1: a, 0x1: b}\n",
+     "loss.args: expected each key once. Received: duplicate key 1 (line 4,"
+     " first on line 4)"),
+])
+def test_duplicate_keys_are_refused(tmp_path, capsys, text, message):
+  path = tmp_path / "c.yaml"
+  path.write_text(text)
+  message = message.format(path=path)
+  with pytest.raises(ConfigError) as info:
+    load_config(str(path))
+  assert str(info.value) == message
+  assert audit.main(["--config", str(path)]) == 2
+  assert capsys.readouterr().err == f"lossaudit: error: {message}\n"
+
+
+def test_duplicate_keys_in_set_are_refused():
+  with pytest.raises(ConfigError) as info:
+    apply_override({}, "flag={top_k: 1, top_k: 2}")
+  assert str(info.value) == (
+      "--set flag: expected each key once. Received: duplicate key 'top_k'")
+  with pytest.raises(ConfigError) as info:
+    apply_override({}, "loss={args: {a: 1, a: 2}}")
+  assert str(info.value) == (
+      "--set loss.args: expected each key once. Received: duplicate key 'a'")
+
+
+def test_merge_keys_may_still_be_overridden():
+  loaded = load_yaml("base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")
+  assert loaded["c"] == {"x": 3, "y": 2}
+  # A key repeated in different mappings, or an alias used twice, is fine.
+  assert load_yaml("a: {k: 1}\nb: {k: 2}\nc: &s {k: 3}\nd: [*s, *s]\n") == {
+      "a": {"k": 1}, "b": {"k": 2}, "c": {"k": 3}, "d": [{"k": 3}] * 2}
 
 
 @pytest.mark.parametrize("text, value", [

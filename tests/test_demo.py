@@ -6,6 +6,7 @@ import os
 import pytest
 
 from lossaudit import ownership
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import demo
 
 
@@ -34,6 +35,17 @@ def test_demo_finds_the_flipped_labels(tmp_path, capsys, monkeypatch):
   assert os.listdir(cwd) == []
   assert sorted(os.listdir(demo_dir)) == ["data", "models", "out"]
   assert os.listdir(demo_dir / "models") == ["demo.keras"]
+  model = demo_dir / "models" / "demo.keras"
+  assert truth["model"] == os.path.realpath(model)
+  # A rerun overwrites its own model, and reads only the audit's own flagged
+  # shards: a user's file there is kept, and not read.
+  (out / "flagged" / "mine.csv").write_text("id\nnot-a-digit\n")
+  assert demo.main(["--output", str(demo_dir)]) == 0
+  assert "Flipped labels: 90 of 899" in capsys.readouterr().out
+  assert (out / "flagged" / "mine.csv").read_text() == "id\nnot-a-digit\n"
+  truth = json.loads(
+      (demo_dir / "data" / "demo" / "flipped_ids.json").read_text())
+  assert truth["model_sha256"] == demo.model_record(model)["model_sha256"]
 
 
 def _tree(directory):
@@ -94,9 +106,40 @@ def test_demo_refuses_data_with_user_files(tmp_path, user_files, capsys):
   _refused(["--output", str(tmp_path / "out"), "--data", str(user_files),
             "--model", str(tmp_path / "m.keras")], capsys,
            "--data: expected a new or empty directory, or one holding only"
-           " the demo's part-*.tfrecord.gz and flipped_ids.json. Received:"
-           f" '{user_files}' (holds 'data.csv')")
+           " the demo's 4 part-NNNNN-of-00004.tfrecord.gz and flipped_ids.json."
+           f" Received: '{user_files}' (holds 'data.csv')")
   assert _tree(tmp_path) == before
+
+
+def test_demo_refuses_data_with_other_shards(tmp_path, capsys, monkeypatch):
+  # Shards of another layout are the user's: never overwritten, nor audited.
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "d").mkdir()
+  for index in range(8):
+    (tmp_path / "d" / f"part-{index:05d}-of-00008.tfrecord.gz").write_text(
+        "theirs")
+  before = _tree(tmp_path)
+  _refused(["--output", "o", "--data", "d"], capsys,
+           "--data: expected a new or empty directory, or one holding only"
+           " the demo's 4 part-NNNNN-of-00004.tfrecord.gz and flipped_ids.json."
+           " Received: 'd' (holds 'part-00000-of-00008.tfrecord.gz')")
+  assert _tree(tmp_path) == before
+
+
+def test_demo_refuses_data_with_a_link_named_as_a_shard(tmp_path, capsys,
+                                                       monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "d").mkdir()
+  (tmp_path / "theirs.gz").write_text("theirs")
+  os.symlink(tmp_path / "theirs.gz",
+             tmp_path / "d" / "part-00000-of-00004.tfrecord.gz")
+  _refused(["--output", "o", "--data", "d"], capsys,
+           "--data: expected a new or empty directory, or one holding only"
+           " the demo's 4 part-NNNNN-of-00004.tfrecord.gz and flipped_ids.json."
+           " Received: 'd' (holds 'part-00000-of-00004.tfrecord.gz', not a"
+           " plain file)")
+  assert (tmp_path / "theirs.gz").read_text() == "theirs"
+  assert sorted(os.listdir(tmp_path)) == ["d", "theirs.gz"]
 
 
 def test_demo_refuses_data_that_is_a_file(tmp_path, user_files, capsys):
@@ -106,12 +149,75 @@ def test_demo_refuses_data_that_is_a_file(tmp_path, user_files, capsys):
   assert data.read_text() == "keep me"
 
 
-def test_demo_refuses_data_in_the_output_directory(tmp_path, capsys):
-  same = str(tmp_path / "out" / "demo")
-  _refused(["--output", str(tmp_path), "--data", same], capsys,
-           f"--data: expected a directory other than the audit's output."
-           f" Received: '{same}'")
+@pytest.mark.parametrize("data", ["out/demo", "out/demo/data", "."])
+def test_demo_refuses_data_in_or_around_the_audit_directory(
+    tmp_path, capsys, monkeypatch, data):
+  # The same, inside it (lossaudit run would refuse it after the build), or
+  # holding it (the next run would refuse the data directory).
+  monkeypatch.chdir(tmp_path)
+  _refused(["--data", data], capsys,
+           "--data: expected a directory apart from the audit's output (not"
+           f" it, inside it or holding it). Received: '{data}'")
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv,name", [
+    (["--model", "data/demo/m.keras"], "--data"),
+    (["--model", "m.keras", "--data", "m.keras/data"], "--data"),
+    (["--model", "out/demo/m.keras"], "the audit's output")])
+def test_demo_refuses_a_model_in_or_around_the_other_directories(
+    tmp_path, capsys, monkeypatch, argv, name):
+  monkeypatch.chdir(tmp_path)
+  _refused(argv, capsys, f"--model: expected a path apart from {name} (not in"
+           f" it or holding it). Received: '{argv[1]}'")
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flag", ["--data", "--model"])
+def test_demo_refuses_a_bucket_for_data_or_model(tmp_path, capsys, flag):
+  path = "gs://bucket/demo.keras"
+  _refused(["--output", str(tmp_path), flag, path], capsys,
+           f"{flag}: expected a local path (the demo builds its data and"
+           f" model there). Received: '{path}'")
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("blocker,flag,path", [
+    ("data", "--data", "data/demo"), ("models", "--model", "models/demo.keras"),
+    ("out", "--output", "out/demo")])
+def test_demo_refuses_paths_under_a_file(tmp_path, capsys, monkeypatch,
+                                         blocker, flag, path):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / blocker).write_text("keep me")
+  before = _tree(tmp_path)
+  _refused([], capsys, f"{flag}: expected a path whose parents are"
+           f" directories. Received: '{path}' ('{blocker}' is a file)")
+  assert _tree(tmp_path) == before
+
+
+def test_demo_refuses_a_model_path_not_ending_in_keras(tmp_path, capsys,
+                                                       monkeypatch):
+  # Keras would refuse it only after the training.
+  monkeypatch.chdir(tmp_path)
+  _refused(["--model", "m.txt"], capsys,
+           "--model: expected a path ending in .keras (the only kind Keras"
+           " saves). Received: 'm.txt'")
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("model", ["mine.keras", "models/demo.keras"])
+def test_demo_refuses_a_model_it_did_not_write(tmp_path, capsys, monkeypatch,
+                                               model):
+  monkeypatch.chdir(tmp_path)
+  os.makedirs(os.path.dirname(model) or ".", exist_ok=True)
+  with open(model, "w") as f:
+    f.write("the user's model")
+  before = _tree(tmp_path)
+  _refused(["--model", model] if model == "mine.keras" else [], capsys,
+           "--model: expected a new file or the demo's own earlier model (as"
+           " --data's flipped_ids.json records it). Received:"
+           f" '{model}' (a file the demo did not write)")
+  assert _tree(tmp_path) == before
 
 
 def test_demo_refuses_a_model_directory(tmp_path, user_files, capsys):
@@ -131,13 +237,21 @@ def test_demo_accepts_its_own_earlier_files(tmp_path):
   out.mkdir()
   for index in range(demo.NUM_SHARDS):
     (data / f"part-{index:05d}-of-00004.tfrecord.gz").write_bytes(b"")
-  (data / "flipped_ids.json").write_text("{}")
   (out / ownership.MARKER).write_text("{}")
   (out / "mine.txt").write_text("a run deletes only its own files")
-  (tmp_path / "m.keras").write_bytes(b"")
-  demo.check_paths(str(out), str(data), str(tmp_path / "m.keras"))
+  model = tmp_path / "m.keras"
+  model.write_bytes(b"the demo's model")
+  (data / "flipped_ids.json").write_text(
+      json.dumps(demo.model_record(str(model))))
+  demo.check_paths(str(out), str(data), str(model))
   demo.check_paths(str(tmp_path / "new"), str(tmp_path / "new-data"),
                    str(tmp_path / "new.keras"))
   empty = tmp_path / "empty"
   empty.mkdir()
-  demo.check_paths(str(empty), str(data), str(tmp_path / "m.keras"))
+  demo.check_paths(str(empty), str(data), str(model))
+  # Not once the user replaced it, nor through another data directory.
+  with pytest.raises(ConfigError, match="a file the demo did not write"):
+    demo.check_paths(str(empty), str(tmp_path / "other"), str(model))
+  model.write_bytes(b"the user's model")
+  with pytest.raises(ConfigError, match="a file the demo did not write"):
+    demo.check_paths(str(out), str(data), str(model))

@@ -54,6 +54,7 @@ def test_gs_input_model_and_output_equal_local_run(
     pd.testing.assert_frame_equal(got, want)
 
 
+@pytest.mark.slow  # Three runs against the emulator (~16 s).
 def test_gs_config_and_latest_baseline_on_gcs(gcs, tmp_path, tfrecord_dir,
                                               classifier_path, write_config):
   remote = f"{gcs}/nightly"

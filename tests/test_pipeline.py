@@ -301,6 +301,7 @@ def test_non_finite_losses_counted_and_flagged(tmp_path, regressor_path,
   assert summary["flagged"]["by_reason"] == {"non_finite": 2}
 
 
+@pytest.mark.slow  # Two worker processes each load TensorFlow (~12 s).
 def test_two_worker_processes_give_the_same_results(tmp_path, tfrecord_dir,
                                                     classifier_path,
                                                     write_config):
@@ -338,3 +339,105 @@ def test_empty_dataset_completes_with_zero_counts(tmp_path, classifier_path,
           summary["examples_dead_lettered"]) == (0, 0, 0)
   assert summary["loss"]["count"] == 0 and summary["flagged"]["total"] == 0
   assert (out / "report.html").exists()
+
+
+# What `lossaudit run` refuses of the arguments it passes on to Beam (before
+# the config is read): the option as typed, what was expected, the nearest
+# known option.
+KNOWN = ("expected a lossaudit option (--config, --set) or a Beam pipeline"
+         " option")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sett", "flag.loss_quantile=0.5"],
+     f"--sett: {KNOWN}. Received: '--sett'. Did you mean --set?"),
+    (["--sett=flag.loss_quantile=0.5"],
+     f"--sett: {KNOWN}. Received: '--sett=flag.loss_quantile=0.5'. Did you"
+     " mean --set?"),
+    (["--direct_num_workrs=2"],
+     f"--direct_num_workrs: {KNOWN}. Received: '--direct_num_workrs=2'. Did"
+     " you mean --direct_num_workers?"),
+    (["--runner=DirectRunner", "--temp_locaton", "/tmp/x"],
+     f"--temp_locaton: {KNOWN}. Received: '--temp_locaton'. Did you mean"
+     " --temp_location?"),
+    (["extra.yaml"],
+     f"Beam options: {KNOWN}. Received: 'extra.yaml' (a value that follows"
+     " no option taking one)"),
+    (["--direct_num_workers=two"],
+     "--direct_num_workers: expected an integer. Received: 'two'"),
+    (["--direct_running_mode", "threads"],
+     "--direct_running_mode: expected one of {'in_memory', 'multi_threading',"
+     " 'multi_processing'}. Received: 'threads'"),
+    (["--project"], "--project: expected a value. Received: none"),
+    (["--save_main_session=yes"],
+     "--save_main_session: expected no value (the option is a switch)."
+     " Received: 'yes'"),
+])
+def test_cli_unknown_beam_options_stop_the_run(tmp_path, capsys, write_config,
+                                               args, message):
+  out = tmp_path / "out"
+  path = write_config(base_config(tmp_path / "*.gz", tmp_path / "m.keras",
+                                  out))
+  with pytest.raises(ConfigError) as info:
+    audit.run(["--config", path] + args)
+  assert str(info.value) == message
+  assert audit.main(["--config", path] + args) == 2
+  assert capsys.readouterr().err == f"lossaudit: error: {message}\n"
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["--runner=DirectRunner", "--direct_num_workers=2",
+     "--direct_running_mode=multi_processing"],
+    ["--runner", "DirectRunner", "--direct_num_workers", "2",
+     "--direct_running_mode", "multi_threading"],
+    ["--runner=DataflowRunner", "--project=p", "--region=us-central1",
+     "--temp_location=gs://b/tmp", "--staging_location=gs://b/staging",
+     "--sdk_container_image=gcr.io/p/lossaudit:1", "--sdk_location=container",
+     "--machine_type=n1-standard-8", "--max_num_workers=8",
+     "--experiments=use_runner_v2", "--experiments",
+     "no_use_multiple_sdk_containers",
+     "--dataflow_service_options=worker_accelerator=type:t;count:1",
+     "--job_name=audit", "--template_location=gs://b/templates/audit.json"],
+    ["--project", "p", "--region", "r", "--temp_location", "gs://b/tmp",
+     "--sdk_container_image", "img", "--experiments", "x",
+     "--template_location", "gs://b/t.json", "--no_use_public_ips",
+     "--save_main_session", "--direct_num_workers", "-1"],
+    # The job service of a portable runner adds options only it knows.
+    ["--runner=FlinkRunner", "--flink_master=localhost:8081",
+     "--checkpointing_interval=1000"],
+])
+def test_cli_valid_beam_options_pass(args):
+  audit.check_beam_args(args)
+
+
+def test_cli_demo_refuses_unknown_options(tmp_path, monkeypatch, capsys):
+  from lossaudit.pipelines import demo
+
+  monkeypatch.chdir(tmp_path)
+  assert demo.main(["--ouput", str(tmp_path / "d")]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: --ouput: expected a lossaudit option (--output,"
+      " --data, --model, --config, --set) or a Beam pipeline option."
+      " Received: '--ouput'. Did you mean --output?\n")
+  assert not os.listdir(tmp_path)
+  # What the demo passes on to `lossaudit run`: its options, then Beam's.
+  audit.check_beam_args(
+      ["--set", "flag.top_k=3", "--direct_num_workers=2"],
+      own_flags=("--output", "--data", "--model", "--config", "--set"))
+
+
+@pytest.mark.parametrize("preset, level", [(None, "2"), ("0", "0")])
+def test_cli_quiets_tensorflow_unless_told(tmp_path, monkeypatch, capsys,
+                                           preset, level):
+  from lossaudit.pipelines import cli
+
+  if preset is None:
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  else:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", preset)
+  assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--sett"]
+                  ) == 2
+  assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == level
+  assert "--sett" in capsys.readouterr().err

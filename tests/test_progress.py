@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from lossaudit import progress
 from tests.helpers import FakeClock, base_config
 
@@ -63,6 +65,7 @@ def test_the_process_prints_its_lines_to_stderr(monkeypatch, capsys):
       "lossaudit: 200 examples scored (100/s), 3 dead-lettered, 2 s\n")
 
 
+@pytest.mark.slow  # A whole run in a child; lines are unit-tested above.
 def test_progress_lines_and_metrics(tmp_path, tfrecord_dir, classifier_path,
                                     write_config):
   out = tmp_path / "out"
