@@ -8,8 +8,8 @@ against the flipped ones are printed.
 `lossaudit demo --output DIR` writes everything under DIR, laid out as the
 demo config (`lossaudit.configs/demo.yaml`) names it relative to where it
 runs: `DIR/data/demo/`, `DIR/models/demo.keras` and the audit's
-`DIR/out/demo/`. So `lossaudit run --config demo.yaml` run in DIR audits the
-same data again.
+`DIR/out/demo/`. So the shipped demo config, run in DIR with `lossaudit run
+--config`, audits the same data again.
 """
 
 from __future__ import annotations
