@@ -47,7 +47,7 @@ _TYPE_NAMES = {"int": "an integer", "float": "a number"}
 def parse_args(argv: Optional[Sequence[str]] = None):
   """`--config`, `--set` and the Beam options that pass through."""
   parser = argparse.ArgumentParser(
-      prog="lossaudit run",
+      prog="lossaudit run", allow_abbrev=False,
       description="Audit a dataset with a saved model's per-sample losses.")
   parser.add_argument("--config", required=True, help="YAML config file")
   parser.add_argument(
@@ -124,6 +124,10 @@ def check_beam_args(args: Sequence[str],
       importlib.import_module(runner.rsplit(".", 1)[0])
       parser = _beam_parser(own_flags)
       unknown = parser.parse_known_args(list(args))[1]
+  workers = getattr(parsed, "direct_num_workers", None)
+  if workers is not None and workers < 0:
+    raise ConfigError("--direct_num_workers: expected an integer >= 0 (0: one"
+                      f" a CPU). Received: {workers}")
   runner_name = str(runner).rsplit(".", 1)[-1].lower().removesuffix("runner")
   if not unknown or runner_name in _PORTABLE_RUNNERS:
     return

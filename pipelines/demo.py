@@ -83,8 +83,9 @@ def build(data_dir: str = "data/demo",
           noise_rate: float = NOISE_RATE) -> Dict:
   """Writes the noisy audit shards and the demo model; returns the truth.
 
-  The truth (`flipped_ids.json`, written last) also records the model
-  written (`model_record`), so a later run may overwrite it, and only it.
+  The truth (`flipped_ids.json`, written last) also records the shards and
+  the model written (their SHA-256s, `model_record`), so a later run may
+  overwrite them, and only them.
 
   Args:
     data_dir: where the shards and `flipped_ids.json` go.
@@ -98,7 +99,9 @@ def build(data_dir: str = "data/demo",
   ids = np.array([f"digit-{i:04d}" for i in range(len(noisy))])
   datasets.write_tfrecords(data_dir, {"id": ids, "pixels": audit_x,
                                       "label": noisy}, num_shards=NUM_SHARDS)
-  truth = {"flipped_ids": ids[flipped].tolist(), "examples": len(ids)}
+  truth = {"flipped_ids": ids[flipped].tolist(), "examples": len(ids),
+           "shards_sha256": {name: _sha256(os.path.join(data_dir, name))
+                             for name in sorted(_DATA_FILES - {TRUTH})}}
   if model_path is not None:
     model = train_classifier(train_x, train_y, seed)
     os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
@@ -116,15 +119,33 @@ def precision_recall(flagged_ids, flipped_ids):
           hits / len(flipped) if flipped else 0.0)
 
 
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def model_record(model_path: str) -> Dict[str, str]:
   """How `flipped_ids.json` records the model `build` wrote: its real path
   and the SHA-256 of its bytes."""
-  digest = hashlib.sha256()
-  with open(model_path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
   return {"model": os.path.realpath(model_path),
-          "model_sha256": digest.hexdigest()}
+          "model_sha256": _sha256(model_path)}
+
+
+def _not_written_here(data_dir: str, names) -> Optional[str]:
+  """The first of `names` (the demo's names, in `data_dir`) that the truth
+  there does not record as the demo's own, unchanged; None if all are."""
+  try:
+    with open(os.path.join(data_dir, TRUTH)) as f:
+      recorded = json.load(f)["shards_sha256"]
+    for name in sorted(set(names) - {TRUTH}):
+      if recorded.get(name) != _sha256(os.path.join(data_dir, name)):
+        return name
+    return None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return TRUTH if TRUTH in names else sorted(names)[0]
 
 
 def _demo_wrote(model_path: str, data_dir: str) -> bool:
@@ -206,6 +227,13 @@ def check_paths(output: str, data: str, model: str) -> None:
         n for n in os.listdir(data) if n not in _DATA_FILES
         or os.path.islink(os.path.join(data, n))
         or not os.path.isfile(os.path.join(data, n)))
+    if not foreign and os.listdir(data):
+      unknown = _not_written_here(data, os.listdir(data))
+      if unknown is not None:
+        raise ConfigError(
+            f"--data: expected a new or empty directory, or the demo's own"
+            f" earlier data (as its {TRUTH} records it). Received:"
+            f" {short_repr(data)} ({short_repr(unknown)} is not the demo's)")
     if foreign:
       kind = ", not a plain file" if foreign[0] in _DATA_FILES else ""
       raise ConfigError(
@@ -256,7 +284,7 @@ def demo_config() -> contextlib.AbstractContextManager:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(prog="lossaudit demo")
+  parser = argparse.ArgumentParser(prog="lossaudit demo", allow_abbrev=False)
   parser.add_argument(
       "--output", default=".",
       help="where the demo writes everything: DIR/data/demo,"
@@ -266,9 +294,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--model", default=None,
                       help="where the model goes (DIR/models/demo.keras)")
   args, beam_args = parser.parse_known_args(argv)
-  try:  # The rest goes to `lossaudit run`: its options, then Beam's.
-    audit.check_beam_args(beam_args, own_flags=(
-        "--output", "--data", "--model", *audit.RUN_FLAGS))
+  try:  # The rest goes to Beam (the demo sets --config and --set itself).
+    audit.check_beam_args(beam_args,
+                          own_flags=("--output", "--data", "--model"))
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2

@@ -1,5 +1,6 @@
 """The demo end to end: real digits, a trained model, flipped labels found."""
 
+import hashlib
 import json
 import os
 
@@ -241,8 +242,10 @@ def test_demo_accepts_its_own_earlier_files(tmp_path):
   (out / "mine.txt").write_text("a run deletes only its own files")
   model = tmp_path / "m.keras"
   model.write_bytes(b"the demo's model")
-  (data / "flipped_ids.json").write_text(
-      json.dumps(demo.model_record(str(model))))
+  shards = {f"part-{index:05d}-of-00004.tfrecord.gz": hashlib.sha256(
+      b"").hexdigest() for index in range(demo.NUM_SHARDS)}
+  (data / "flipped_ids.json").write_text(json.dumps(
+      dict(demo.model_record(str(model)), shards_sha256=shards)))
   demo.check_paths(str(out), str(data), str(model))
   demo.check_paths(str(tmp_path / "new"), str(tmp_path / "new-data"),
                    str(tmp_path / "new.keras"))
@@ -255,3 +258,35 @@ def test_demo_accepts_its_own_earlier_files(tmp_path):
   model.write_bytes(b"the user's model")
   with pytest.raises(ConfigError, match="a file the demo did not write"):
     demo.check_paths(str(out), str(data), str(model))
+
+
+def test_demo_refuses_user_files_with_the_demo_names(tmp_path, capsys):
+  data = tmp_path / "data" / "demo"
+  data.mkdir(parents=True)
+  shard = data / "part-00000-of-00004.tfrecord.gz"
+  shard.write_text("USERDATA")
+  before = _tree(tmp_path)
+  _refused(["--output", str(tmp_path)], capsys,
+           "--data: expected a new or empty directory, or the demo's own"
+           " earlier data (as its flipped_ids.json records it). Received:"
+           f" '{data}' ('part-00000-of-00004.tfrecord.gz' is not the demo's)")
+  (data / "flipped_ids.json").write_text('{"mine": 1}')
+  _refused(["--output", str(tmp_path)], capsys,
+           "--data: expected a new or empty directory, or the demo's own"
+           " earlier data (as its flipped_ids.json records it). Received:"
+           f" '{data}' ('flipped_ids.json' is not the demo's)")
+  assert _tree(tmp_path) == dict(before, **{
+      os.path.join("data", "demo", "flipped_ids.json"): b'{"mine": 1}'})
+
+
+def test_demo_build_records_its_shards(tmp_path):
+  data = tmp_path / "data"
+  demo.build(str(data), None)
+  demo.check_paths(str(tmp_path / "out"), str(data),
+                   str(tmp_path / "m.keras"))
+  shard = data / "part-00002-of-00004.tfrecord.gz"
+  shard.write_bytes(shard.read_bytes() + b"\0")
+  with pytest.raises(ConfigError, match="'part-00002-of-00004.tfrecord.gz'"
+                     " is not the demo's"):
+    demo.check_paths(str(tmp_path / "out"), str(data),
+                     str(tmp_path / "m.keras"))

@@ -403,7 +403,7 @@ def test_cli_unknown_beam_options_stop_the_run(tmp_path, capsys, write_config,
     ["--project", "p", "--region", "r", "--temp_location", "gs://b/tmp",
      "--sdk_container_image", "img", "--experiments", "x",
      "--template_location", "gs://b/t.json", "--no_use_public_ips",
-     "--save_main_session", "--direct_num_workers", "-1"],
+     "--save_main_session", "--direct_num_workers", "0"],
     # The job service of a portable runner adds options only it knows.
     ["--runner=FlinkRunner", "--flink_master=localhost:8081",
      "--checkpointing_interval=1000"],
@@ -419,13 +419,23 @@ def test_cli_demo_refuses_unknown_options(tmp_path, monkeypatch, capsys):
   assert demo.main(["--ouput", str(tmp_path / "d")]) == 2
   assert capsys.readouterr().err == (
       "lossaudit: error: --ouput: expected a lossaudit option (--output,"
-      " --data, --model, --config, --set) or a Beam pipeline option."
-      " Received: '--ouput'. Did you mean --output?\n")
+      " --data, --model) or a Beam pipeline option. Received: '--ouput'."
+      " Did you mean --output?\n")
+  # The demo sets the audit's --config and --set itself.
+  assert demo.main(["--set", "output.dir=elsewhere"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "lossaudit: error: --set: expected a lossaudit option (--output,"
+      " --data, --model) or a Beam pipeline option. Received: '--set'")
+  assert demo.main(["--out", "d"]) == 2  # No abbreviations.
+  assert "Received: '--out'" in capsys.readouterr().err
   assert not os.listdir(tmp_path)
-  # What the demo passes on to `lossaudit run`: its options, then Beam's.
-  audit.check_beam_args(
-      ["--set", "flag.top_k=3", "--direct_num_workers=2"],
-      own_flags=("--output", "--data", "--model", "--config", "--set"))
+
+
+def test_cli_negative_worker_count_is_refused():
+  with pytest.raises(ConfigError, match=(
+      r"^--direct_num_workers: expected an integer >= 0 \(0: one a CPU\)."
+      r" Received: -3$")):
+    audit.check_beam_args(["--direct_num_workers=-3"])
 
 
 @pytest.mark.parametrize("preset, level", [(None, "2"), ("0", "0")])
