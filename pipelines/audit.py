@@ -66,28 +66,29 @@ class _BeamArgs(beam_options._BeamArgumentParser):  # pylint: disable=protected-
     raise ConfigError(_beam_value_error(message))
 
 
+# argparse's problems with a value, read as (expected, received).
+_VALUE_PROBLEMS = (
+    (re.compile(r"invalid (\S+) value: (.*)", re.DOTALL),
+     lambda m: (_TYPE_NAMES.get(m[1], "a valid value"), m[2])),
+    (re.compile(r"invalid choice: (.*) \(choose from (.*)\)", re.DOTALL),
+     lambda m: (f"one of {{{m[2]}}}", m[1])),
+    (re.compile(r"expected one argument"), lambda m: ("a value", "none")),
+    (re.compile(r"ignored explicit argument (.*)", re.DOTALL),
+     lambda m: ("no value (the option is a switch)", m[1])),
+)
+
+
 def _beam_value_error(message: str) -> str:
   """argparse's `argument --x: ...` as `--x: expected .... Received: ...`."""
   match = _ARGPARSE_ERROR.fullmatch(message)
   if match is None:
     return f"Beam options: {message}"
   name, problem = match.groups()
-  invalid = re.fullmatch(r"invalid (\S+) value: (.*)", problem, re.DOTALL)
-  if invalid:
-    what = _TYPE_NAMES.get(invalid.group(1), "a valid value")
-    return f"{name}: expected {what}. Received: {invalid.group(2)}"
-  choice = re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", problem,
-                        re.DOTALL)
-  if choice:
-    return (f"{name}: expected one of {{{choice.group(2)}}}. Received:"
-            f" {choice.group(1)}")
-  if problem == "expected one argument":
-    return f"{name}: expected a value. Received: none"
-  explicit = re.fullmatch(r"ignored explicit argument (.*)", problem,
-                          re.DOTALL)
-  if explicit:
-    return (f"{name}: expected no value (the option is a switch). Received:"
-            f" {explicit.group(1)}")
+  for pattern, read in _VALUE_PROBLEMS:
+    found = pattern.fullmatch(problem)
+    if found:
+      expected, received = read(found)
+      return f"{name}: expected {expected}. Received: {received}"
   return f"{name}: expected a valid value. Received: {problem}"
 
 
