@@ -13,6 +13,21 @@ import numpy as np
 NUM_EXAMPLES = 3000
 NUM_FEATURES = 16
 NUM_CLASSES = 5
+
+
+def two_heads_model(seed: int, width: int, heads: Sequence[str]):
+  """A Keras model on `x` with a softmax head and a regression head (named
+  by `heads`) over one hidden layer of `width` units."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  hidden = keras.layers.Dense(width, activation="relu")(inputs)
+  classes, value = heads
+  return keras.Model(inputs, {
+      classes: keras.layers.Dense(NUM_CLASSES, activation="softmax")(hidden),
+      value: keras.layers.Dense(1)(hidden),
+  })
 GCS_BUCKET = "lossaudit-test"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,11 +11,10 @@ exit code 2, no traceback, and nothing written.
 import sys
 import textwrap
 
-import keras
 import pytest
 
 from lossaudit.pipelines import audit
-from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config
+from tests.helpers import base_config, two_heads_model
 
 # At import time (module level), then `(status, message)` from the CLI.
 IMPORT_CASES = {
@@ -148,47 +147,32 @@ def test_keyboard_interrupt_is_an_interrupted_run(
 @pytest.fixture(scope="module")
 def two_heads_path(tmp_path_factory):
   """A softmax head `probs` and a regression head `value` on the same x."""
-  keras.utils.set_random_seed(11)
-  inputs = keras.Input((NUM_FEATURES,), name="x")
-  hidden = keras.layers.Dense(8, activation="relu")(inputs)
-  model = keras.Model(inputs, {
-      "probs": keras.layers.Dense(NUM_CLASSES, activation="softmax")(hidden),
-      "value": keras.layers.Dense(1)(hidden),
-  })
+  model = two_heads_model(11, 8, ("probs", "value"))
   path = tmp_path_factory.mktemp("two_heads") / "two_heads.keras"
   model.save(str(path))
   return path
 
 
-def test_multi_output_import_error_names_its_output(
+@pytest.mark.parametrize("module, source, first_loss, message, ending", [
+    ("multi_import", "import sys\nsys.exit(0)\n",
+     {"name": "sparse_categorical_crossentropy"},
+     "loss.outputs[1].custom: could not build the loss: SystemExit: 0;", ""),
+    ("multi_call", "def loss(y_true, y_pred):\n"
+     "  raise RuntimeError('value head broke')\n",
+     {"custom": "tests.custom_losses:per_sample_nll"},
+     "loss.outputs[1].custom: 'multi_call:loss' failed on the first 64"
+     " records of ", ".tfrecord.gz: RuntimeError: value head broke\n"),
+])
+def test_multi_output_errors_name_the_failing_output(
     tmp_path, tfrecord_dir, two_heads_path, write_config, write_module,
-    capsys):
-  name = write_module("multi_import", "import sys\nsys.exit(0)\n")
+    capsys, module, source, first_loss, message, ending):
+  name = write_module(module, source)
   outputs = [
-      {"output": "probs", "label_column": "label",
-       "name": "sparse_categorical_crossentropy"},
+      dict(first_loss, output="probs", label_column="label"),
       {"output": "value", "label_column": "target", "custom": f"{name}:loss"},
   ]
   code, err = _run(tmp_path, write_config, tfrecord_dir / "*.tfrecord.gz",
                    two_heads_path, capsys, loss={"outputs": outputs})
   _assert_config_error(code, err, tmp_path,
-                       "loss.outputs[1].custom: could not build the loss:"
-                       " SystemExit: 0;")
-
-
-def test_multi_output_call_error_names_the_failing_output(
-    tmp_path, tfrecord_dir, two_heads_path, write_config, write_module,
-    capsys):
-  name = write_module("multi_call", "def loss(y_true, y_pred):\n"
-                      "  raise RuntimeError('value head broke')\n")
-  outputs = [
-      {"output": "probs", "label_column": "label",
-       "custom": "tests.custom_losses:per_sample_nll"},
-      {"output": "value", "label_column": "target", "custom": f"{name}:loss"},
-  ]
-  code, err = _run(tmp_path, write_config, tfrecord_dir / "*.tfrecord.gz",
-                   two_heads_path, capsys, loss={"outputs": outputs})
-  _assert_config_error(code, err, tmp_path,
-                       f"loss.outputs[1].custom: '{name}:loss' failed on the"
-                       " first 64 records of ")
-  assert err.endswith(".tfrecord.gz: RuntimeError: value head broke\n")
+                       message.replace("multi_call", name))
+  assert err.endswith(ending)

@@ -9,20 +9,14 @@ import pytest
 from lossaudit import datasets
 from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
-from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config
+from tests.helpers import base_config, two_heads_model
 
 
 @pytest.fixture(scope="module")
 def two_heads(tmp_path_factory, columns):
   """A softmax head and a regression head, trained jointly in Keras' way."""
   root = tmp_path_factory.mktemp("two_heads")
-  keras.utils.set_random_seed(7)
-  inputs = keras.Input((NUM_FEATURES,), name="x")
-  hidden = keras.layers.Dense(16, activation="relu")(inputs)
-  model = keras.Model(inputs, {
-      "digit": keras.layers.Dense(NUM_CLASSES, activation="softmax")(hidden),
-      "size": keras.layers.Dense(1)(hidden),
-  })
+  model = two_heads_model(7, 16, ("digit", "size"))
   model.save(str(root / "two_heads.keras"))
   n = 1000
   data = {k: v[:n] for k, v in columns.items()}
