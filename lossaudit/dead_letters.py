@@ -26,6 +26,7 @@ WRONG_TYPE = "wrong_type"
 LABEL_OUT_OF_RANGE = "label_out_of_range"
 NOT_AN_EXAMPLE = "not_an_example"
 UNREADABLE_STRETCH = "unreadable_stretch"
+UNREADABLE_RECORD = "unreadable_record"  # One record; the rest were read.
 UNREADABLE_FILE = "unreadable_file"
 BAD_ID = "bad_id"
 BAD_SLICE = "bad_slice"

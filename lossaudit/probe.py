@@ -72,6 +72,8 @@ def read_tfrecords(path: str, limit: int) -> List[bytes]:
   for item in tfrecord.read_batches(path, limit,
                                     tfrecord.compression_of(path)):
     if isinstance(item, tfrecord.Unreadable):
+      if item.one_record:  # The run dead-letters it and reads on.
+        continue
       raise ValueError(item.describe())
     return item
   return []

@@ -48,14 +48,20 @@ _MASK_DELTA = 0xA282EAD8
 
 @dataclasses.dataclass(frozen=True)
 class Unreadable:
-  """Where a file stopped being readable."""
+  """Where a file stopped being readable, or the one record that was not."""
 
   record: int  # Index of the first record that could not be read.
   offset: Optional[int]  # Its byte offset in the decompressed stream.
   reason: str
+  # Only this record: its framing was sound, so the records after it were
+  # read.
+  one_record: bool = False
 
   def describe(self) -> str:
     where = "" if self.offset is None else f" (byte {self.offset})"
+    if self.one_record:
+      return (f"unreadable record {self.record}{where}: {self.reason}; the"
+              " records after it were read")
     return f"unreadable from record {self.record}{where}: {self.reason}"
 
 
@@ -147,10 +153,17 @@ def read_batches(path: str, batch_size: int,
         data = buffer[pos + 12:pos + 12 + length]
         (data_crc,) = struct.unpack_from("<I", buffer, stop - 4)
         if masked_crc(data) != data_crc:
-          if records:
-            yield records
-          yield Unreadable(index, consumed + pos, "corrupted record (bad CRC)")
-          return
+          # Its length passed its own CRC, so the next record starts where
+          # this one ends: only this record is lost.
+          if index >= skip:
+            if records:
+              yield records
+              records = []
+            yield Unreadable(index, consumed + pos,
+                             "corrupted record (bad CRC)", one_record=True)
+          index += 1
+          pos = stop
+          continue
         if index >= skip:
           records.append(data)
         index += 1

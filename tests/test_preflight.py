@@ -123,3 +123,24 @@ def test_probe_reads_the_first_records(tmp_path):
   with pytest.raises(ConfigError, match="^input.pattern: expected parquet"
                      " files. None of the 1 matched files could be read"):
     probe.read_sample(config, [str(bad)])
+
+
+def test_the_sample_reads_past_a_record_whose_data_fails_its_crc(tmp_path):
+  from lossaudit.tfrecord import masked_crc
+
+  def framed(record, data_crc=None):
+    length = len(record).to_bytes(8, "little")
+    crc = masked_crc(record) if data_crc is None else data_crc
+    return (length + masked_crc(length).to_bytes(4, "little") + record +
+            crc.to_bytes(4, "little"))
+
+  path = tmp_path / "first-bad.tfrecord"
+  path.write_bytes(framed(b"one", data_crc=0) + framed(b"two") +
+                   framed(b"three"))
+  assert probe.read_tfrecords(str(path), 64) == [b"two", b"three"]
+  broken_length = bytearray(framed(b"one") + framed(b"two"))
+  broken_length[0] ^= 0xFF
+  path.write_bytes(bytes(broken_length))
+  with pytest.raises(ValueError, match=r"^unreadable from record 0 \(byte 0\):"
+                     r" corrupted length \(bad CRC\)$"):
+    probe.read_tfrecords(str(path), 64)

@@ -101,11 +101,12 @@ def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
     read = p | ReadTFExampleBatches([str(path), str(truncated)], _schema(),
                                     batch_size=3)
     assert_that(_summed(read["batches"], "All"), equal_to([
-        ("damaged.tfrecord", 4), ("truncated.tfrecord", 9)]), label="rows")
+        ("damaged.tfrecord", 9), ("truncated.tfrecord", 9)]), label="rows")
     assert_that(read[dead_letters.TAG] | beam.Map(
         lambda d: (d["source"].rsplit("/", 1)[-1], d["error"])), equal_to([
-            ("damaged.tfrecord", f"unreadable from record 4 (byte"
-             f" {4 * record_size}): corrupted record (bad CRC)"),
+            ("damaged.tfrecord", f"unreadable record 4 (byte"
+             f" {4 * record_size}): corrupted record (bad CRC); the records"
+             " after it were read"),
             ("truncated.tfrecord", f"unreadable from record 9 (byte"
              f" {9 * record_size}): truncated ({record_size - 7} trailing"
              " bytes)")]), label="dead")
@@ -186,16 +187,25 @@ def test_damaged_gzip_stream_keeps_the_records_before_it(tmp_path, columns):
 
     def check(found):
       (_, kept), = [f for f in found if f[0] == "kept"]
-      (_, reason, error), = [f for f in found if f[0] == "dead"]
+      dead = {reason: error for tag, reason, error in
+              [f for f in found if f[0] == "dead"]}
       assert 0 < kept < len(columns["id"])
-      assert reason == "unreadable_stretch"
       # Inflated up to the damage: it is found by zlib or, when the flipped
-      # byte inflates to garbage, by the CRC of the record's length or data;
-      # either way it is named by record and byte.
-      assert error.startswith(f"unreadable from record {kept} (byte ")
+      # byte inflates to garbage, by the CRC of a record's length (the rest
+      # of the stream) or of its data (that record alone, first); each is
+      # named by record and byte, and every record before is kept.
+      assert set(dead) <= {"unreadable_stretch", "unreadable_record"}
+      error = dead["unreadable_stretch"]
+      assert error.startswith("unreadable from record ")
       assert error.split("): ", 1)[1].startswith((
-          "damaged compressed stream", "corrupted length (bad CRC)",
-          "corrupted record (bad CRC)"))
+          "damaged compressed stream", "corrupted length (bad CRC)"))
+      stretch_from = int(error.split()[3])
+      singles = int("unreadable_record" in dead)
+      if singles:
+        single = dead["unreadable_record"]
+        assert single.startswith("unreadable record ")
+        assert int(single.split()[2]) < stretch_from
+      assert kept + singles == stretch_from
 
     assert_that((kept, dead) | beam.Flatten(), check)
 

@@ -313,11 +313,15 @@ def test_demo_data_damaged_every_way_at_once_adds_up(
   dead = _dead_letters(out)
   stretches = {d["source"].rsplit("/", 1)[-1]: d for d in dead
                if d["reason"] == "unreadable_stretch"}
-  assert sorted(stretches) == ["b-bad-crc.tfrecord", "c-truncated.tfrecord",
-                               "f-notes.tfrecord",
+  assert sorted(stretches) == ["c-truncated.tfrecord", "f-notes.tfrecord",
                                "h-truncated-gzip.tfrecord.gz"]
-  assert stretches["b-bad-crc.tfrecord"]["error"].startswith(
-      f"unreadable from record 100 (byte {offset}): corrupted record")
+  # Record 100's data fails its CRC but its length does not: only it is
+  # lost, and the records after it are read.
+  (bad_record,) = [d for d in dead if d["reason"] == "unreadable_record"]
+  assert bad_record["source"].endswith("b-bad-crc.tfrecord")
+  assert bad_record["error"] == (
+      f"unreadable record 100 (byte {offset}): corrupted record (bad CRC);"
+      " the records after it were read")
   assert stretches["c-truncated.tfrecord"]["error"].startswith(
       f"unreadable from record {len(records[2]) - 1} ")
   assert stretches["f-notes.tfrecord"]["error"].startswith(
@@ -326,7 +330,8 @@ def test_demo_data_damaged_every_way_at_once_adds_up(
                        .split("record ")[1].split()[0])
   assert 0 < kept_from_gzip < 50
   assert summary["dead_letter"]["by_reason"] == {
-      "unreadable_stretch": 4, "missing_feature": 3, "missing_label": 2,
+      "unreadable_stretch": 3, "unreadable_record": 1, "missing_feature": 3,
+      "missing_label": 2,
       "wrong_size": 2, "wrong_type": 1, "label_out_of_range": 2,
       "not_an_example": 1}
   by_id = {d["id"]: d for d in dead if d["id"]}
@@ -336,7 +341,8 @@ def test_demo_data_damaged_every_way_at_once_adds_up(
   wrong_type = [d for d in dead if d["reason"] == "wrong_type"][0]
   assert "expected float_list, found bytes_list" in wrong_type["error"]
 
-  scored_by_file = (len(records[0]) + 100 + len(records[2]) - 1 +
+  scored_by_file = (len(records[0]) + len(records[1]) - 1 +
+                    len(records[2]) - 1 +
                     len(records[3]) + 5 + kept_from_gzip)
   assert summary["examples_scored"] == scored_by_file
   assert _losses(out).num_rows == scored_by_file
@@ -346,7 +352,7 @@ def test_demo_data_damaged_every_way_at_once_adds_up(
   assert summary["duplicate_ids"] == 2 + kept_from_gzip
   assert summary["duplicate_id_rows"] == 2 * (2 + kept_from_gzip)
   record_dead_letters = len(dead) - len(stretches)
-  lost_in_stretches = (len(records[1]) - 100) + 1 + (50 - kept_from_gzip)
+  lost_in_stretches = 1 + (50 - kept_from_gzip)
   written = sum(len(r) for r in records) + len(broken) + 50
   assert (summary["examples_scored"] + record_dead_letters +
           lost_in_stretches) == written

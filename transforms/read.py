@@ -56,7 +56,8 @@ class _ReadTFExampleFile(beam.DoFn):
           yield beam.pvalue.TaggedOutput(
               dead_letters.TAG, dead_letters.dead_letter(
                   path, None, item.describe(),
-                  dead_letters.UNREADABLE_STRETCH))
+                  dead_letters.UNREADABLE_RECORD if item.one_record
+                  else dead_letters.UNREADABLE_STRETCH))
           continue
         self._records_read.inc(len(item))
         yield from self._decode(path, item)
