@@ -187,25 +187,26 @@ def test_damaged_gzip_stream_keeps_the_records_before_it(tmp_path, columns):
 
     def check(found):
       (_, kept), = [f for f in found if f[0] == "kept"]
-      dead = {reason: error for tag, reason, error in
-              [f for f in found if f[0] == "dead"]}
+      dead = [f[1:] for f in found if f[0] == "dead"]
       assert 0 < kept < len(columns["id"])
       # Inflated up to the damage: it is found by zlib or, when the flipped
       # byte inflates to garbage, by the CRC of a record's length (the rest
-      # of the stream) or of its data (that record alone, first); each is
-      # named by record and byte, and every record before is kept.
-      assert set(dead) <= {"unreadable_stretch", "unreadable_record"}
-      error = dead["unreadable_stretch"]
+      # of the stream) or of its data (that record alone); each is named by
+      # record and byte, and every record is kept or named.
+      assert {reason for reason, _ in dead} <= {"unreadable_stretch",
+                                               "unreadable_record"}
+      (error,) = [e for reason, e in dead if reason == "unreadable_stretch"]
       assert error.startswith("unreadable from record ")
       assert error.split("): ", 1)[1].startswith((
           "damaged compressed stream", "corrupted length (bad CRC)"))
       stretch_from = int(error.split()[3])
-      singles = int("unreadable_record" in dead)
-      if singles:
-        single = dead["unreadable_record"]
-        assert single.startswith("unreadable record ")
-        assert int(single.split()[2]) < stretch_from
-      assert kept + singles == stretch_from
+      singles = {int(e.split()[2]) for reason, e in dead
+                 if reason == "unreadable_record"}
+      assert all(e.startswith("unreadable record ") for reason, e in dead
+                 if reason == "unreadable_record")
+      assert len(singles) == len(dead) - 1
+      assert all(index < stretch_from for index in singles)
+      assert kept + len(singles) == stretch_from
 
     assert_that((kept, dead) | beam.Flatten(), check)
 
