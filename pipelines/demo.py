@@ -134,12 +134,21 @@ def model_record(model_path: str) -> Dict[str, str]:
           "model_sha256": _sha256(model_path)}
 
 
+def _record(data_dir: str) -> Dict:
+  """What `build` recorded in `data_dir`'s truth file.
+
+  Raises:
+    OSError, ValueError: no readable JSON there.
+  """
+  with open(os.path.join(data_dir, TRUTH)) as f:
+    return json.load(f)
+
+
 def _not_written_here(data_dir: str, names) -> Optional[str]:
   """The first of `names` (the demo's names, in `data_dir`) that the truth
   there does not record as the demo's own, unchanged; None if all are."""
   try:
-    with open(os.path.join(data_dir, TRUTH)) as f:
-      recorded = json.load(f)["shards_sha256"]
+    recorded = _record(data_dir)["shards_sha256"]
     for name in sorted(set(names) - {TRUTH}):
       if recorded.get(name) != _sha256(os.path.join(data_dir, name)):
         return name
@@ -152,8 +161,7 @@ def _demo_wrote(model_path: str, data_dir: str) -> bool:
   """Whether `model_path` is, unchanged, the model `data_dir`'s truth
   records writing."""
   try:
-    with open(os.path.join(data_dir, TRUTH)) as f:
-      record = json.load(f)
+    record = _record(data_dir)
     if (os.path.islink(model_path)
         or record.get("model") != os.path.realpath(model_path)):
       return False

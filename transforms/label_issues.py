@@ -86,18 +86,18 @@ class _JointCountsFn(beam.DoFn):
     self._k = num_classes
 
   def start_bundle(self):
-    self._joint = np.zeros((self._k, self._k), dtype=np.int64)
-    self._labels = np.zeros(self._k, dtype=np.int64)
+    self._counts = _no_joint_counts(self._k)
 
   def process(self, batch: pa.RecordBatch, thresholds: List[float]):
     arrays = class_arrays(batch, self._k)
     guess, ok = confident.confident_guess(arrays.probs,
                                           np.asarray(thresholds))
-    self._joint += confident.joint_counts(arrays.given, guess, ok, self._k)
-    self._labels += np.bincount(arrays.given, minlength=self._k)
+    self._counts = self._counts.merge(_JointCounts(
+        confident.joint_counts(arrays.given, guess, ok, self._k),
+        np.bincount(arrays.given, minlength=self._k)))
 
   def finish_bundle(self):
-    yield in_global_window(_JointCounts(self._joint, self._labels))
+    yield in_global_window(self._counts)
 
 
 class _CellCandidatesFn(beam.DoFn):
