@@ -98,23 +98,12 @@ def dense_numbers(column: pa.Array, width: int,
   counts = value_counts(column)
   n = len(column)
   good = counts == width
-  if _is_list(column.type):
-    flat = (column if good.all() else column.filter(pa.array(good))).flatten()
-  else:
-    flat = column if good.all() else column.filter(pa.array(good))
-  if pa.types.is_null(flat.type):
-    flat = flat.cast(pa.float64())
+  kept = column if good.all() else column.filter(pa.array(good))
+  flat = _flatten(kept)
+  flat_values, bad, shown = _flat_numbers(flat, dtype)
   not_numbers, text = np.zeros(n, dtype=bool), None
-  if _is_text(flat.type):
-    strings, not_utf8 = _utf8(flat)
-    parsed, bad = _parse_numbers(strings)
-    if bad is not None:
-      # Messages quote text as text, and bytes only when one is not UTF-8.
-      shown = flat if not_utf8.any() else strings
-      not_numbers, text = _rows_not_numbers(shown, bad, good, width)
-    flat = parsed
-  flat_values = np.asarray(flat.to_numpy(zero_copy_only=False)).astype(
-      dtype, copy=False)
+  if bad is not None:
+    not_numbers, text = _rows_not_numbers(shown, bad, good, width)
   if good.all():
     values = flat_values.reshape(n, width)
   else:
@@ -123,6 +112,93 @@ def dense_numbers(column: pa.Array, width: int,
   if text is not None:
     values = np.where(not_numbers[:, None], values.dtype.type(0), values)
   return Dense(values, counts, not_numbers, text)
+
+
+def list_numbers(column: pa.Array, dtype: np.dtype) -> Dense:
+  """Reads a scalar or list column of numbers, rows of any length, flat.
+
+  Args:
+    column: N rows; text is parsed as numbers, as in `dense_numbers`.
+    dtype: numpy dtype of the result.
+
+  Returns:
+    A `Dense` whose `values` are `(M,)`: the values of every row in order,
+    `max(counts, 0)` of them per row (zero where not a number).
+  """
+  if isinstance(column, pa.ChunkedArray):
+    column = column.combine_chunks()
+  counts = value_counts(column)
+  flat = _flatten(column)
+  values, bad, shown = _flat_numbers(flat, dtype)
+  n = len(column)
+  if bad is None:
+    return Dense(values, counts, np.zeros(n, dtype=bool))
+  lengths = np.maximum(counts, 0)
+  row_of = np.repeat(np.arange(n), lengths)
+  not_numbers = np.zeros(n, dtype=bool)
+  not_numbers[row_of[bad]] = True
+  first = np.zeros(n, dtype=np.int64)
+  # Reversed, so the first bad value of a row is the one written last.
+  bad_at = np.flatnonzero(bad)[::-1]
+  first[row_of[bad_at]] = bad_at
+  values = np.where(bad, values.dtype.type(0), values)
+  return Dense(values, counts, not_numbers,
+               shown.take(pa.array(first, mask=~not_numbers)))
+
+
+def list_bytes(column: pa.Array) -> Tuple[np.ndarray, np.ndarray]:
+  """Reads a scalar or list column of strings or bytes, rows of any length.
+
+  Returns:
+    `(values, counts)`: `(M,)` object array of `bytes` (UTF-8 for strings),
+    every row's values in order, and `(N,)` counts as in `value_counts`.
+
+  Raises:
+    TypeError: the values are not strings or bytes.
+  """
+  if isinstance(column, pa.ChunkedArray):
+    column = column.combine_chunks()
+  counts = value_counts(column)
+  flat = _flatten(column)
+  if pa.types.is_null(flat.type):
+    flat = flat.cast(pa.binary())
+  if not is_text(flat.type):
+    raise TypeError(f"expected strings or bytes. Received: {flat.type}")
+  if not (pa.types.is_binary(flat.type) or
+          pa.types.is_large_binary(flat.type)):
+    flat = flat.cast(pa.large_binary())
+  values = flat.to_numpy(zero_copy_only=False)
+  return values.astype(object, copy=False), counts
+
+
+def _flatten(column: pa.Array) -> pa.Array:
+  """The values of a list column's rows in order (a null row has none), or
+  a scalar column's non-null values."""
+  if _is_list(column.type):
+    return column.flatten()
+  return column.drop_null() if column.null_count else column
+
+
+def _flat_numbers(flat: pa.Array, dtype: np.dtype
+                  ) -> Tuple[np.ndarray, Optional[np.ndarray], pa.Array]:
+  """Values `(M,)` as numbers of `dtype`; text is parsed.
+
+  Returns:
+    `(values, bad, shown)`: the values (zero where not a number), `(M,)`
+    bool of the text values that are not numbers or None when all are, and
+    the values as messages quote them (bytes only when one is not UTF-8).
+  """
+  if pa.types.is_null(flat.type):
+    flat = flat.cast(pa.float64())
+  bad, shown = None, flat
+  if is_text(flat.type):
+    strings, not_utf8 = _utf8(flat)
+    parsed, bad = _parse_numbers(strings)
+    shown = flat if not_utf8.any() else strings
+    flat = parsed
+  values = np.asarray(flat.to_numpy(zero_copy_only=False)).astype(
+      dtype, copy=False)
+  return values, bad, shown
 
 
 def dense_values(column: pa.Array, width: int,
@@ -144,7 +220,8 @@ def dense_values(column: pa.Array, width: int,
   return dense.values, dense.counts
 
 
-def _is_text(type_: pa.DataType) -> bool:
+def is_text(type_: pa.DataType) -> bool:
+  """Whether values of `type_` are strings or bytes."""
   return (pa.types.is_string(type_) or pa.types.is_large_string(type_) or
           pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or
           pa.types.is_fixed_size_binary(type_))
@@ -269,18 +346,25 @@ def fingerprints(*arrays: np.ndarray) -> pa.Array:
   Returns:
     A string array `(N,)`.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   n = len(arrays[0])
   rows = np.concatenate(
       [np.ascontiguousarray(a).reshape(n, -1).view(np.uint8).reshape(n, -1)
        for a in arrays], axis=1)
-  rows = np.ascontiguousarray(rows)
-  as_bytes = rows.view(f"S{rows.shape[1]}").reshape(n) if n else np.zeros(
-      0, dtype="S1")
-  digest = tf.fingerprint(tf.constant(as_bytes)).numpy()
-  ids = np.ascontiguousarray(digest).view("<u8").reshape(n)
-  return pa.array(ids.astype(str), type=pa.string())
+  return pa.array(fingerprints_u64(rows).astype(str), type=pa.string())
+
+
+def fingerprints_u64(rows: np.ndarray) -> np.ndarray:
+  """FarmHash fingerprints (`tf.fingerprint`) `(N,)` uint64 of each row of
+  `rows`: `(N, W)` uint8, or `(N,)` object array of bytes."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  n = len(rows)
+  if rows.dtype != object:
+    rows = np.ascontiguousarray(rows)
+    rows = (rows.view(f"S{rows.shape[1]}").reshape(n) if n and rows.shape[1]
+            else np.zeros(n, dtype="S1"))
+  digest = tf.fingerprint(tf.constant(rows, dtype=tf.string)).numpy()
+  return np.ascontiguousarray(digest).view("<u8").reshape(n)
 
 
 def optional_column(batch: pa.RecordBatch, name: Optional[str]):

@@ -239,6 +239,21 @@ def _check_globs(key: str, value: Union[str, Sequence[str]]) -> None:
     _check_location(key, pattern)
 
 
+_VOCABULARY = ("null, a non-empty list of distinct class names or the path of"
+               " a file with one class name per line")
+
+
+def _check_vocabulary(key: str, value: Any) -> None:
+  if isinstance(value, str):
+    _check_location(key, value)
+    return
+  if not all(isinstance(name, str) and name for name in value):
+    _fail(key, _VOCABULARY, value)
+  repeated = sorted({name for name in value if value.count(name) > 1})
+  if repeated:
+    _fail(key, f"distinct class names; repeated: {repeated}", value)
+
+
 def _check_feature_columns(key: str, value: Any) -> None:
   if isinstance(value, collections.abc.Mapping):
     ok = all(isinstance(k, str) and isinstance(v, str)
@@ -264,6 +279,12 @@ class InputConfig:
            nullable=True, nonempty=True, check=_check_feature_columns,
            convert=lambda v: (dict(v) if isinstance(
                v, collections.abc.Mapping) else tuple(v))), None)
+  label_vocabulary: Optional[Union[str, Sequence[str]]] = _field(
+      Rule(_VOCABULARY, types=(str, list, tuple), nullable=True,
+           nonempty=True, check=_check_vocabulary,
+           convert=lambda v: v if isinstance(v, str) else tuple(v)), None)
+  pad_value: Optional[float] = _field(_number(), None)
+  truncate: bool = _field(_BOOLEAN, False)
 
   def __post_init__(self):
     _validate(self, "input")
@@ -279,6 +300,9 @@ class ModelConfig:
                           types=(str,), nonempty=True, location=True), "")
   signature: str = _field(_STRING, "serving_default")
   output: Optional[str] = _field(_OPTIONAL_STRING, None)
+  serialized_examples_input: Optional[str] = _field(
+      Rule("null or the name of a signature input", types=(str,),
+           nullable=True, nonempty=True), None)
 
   def __post_init__(self):
     _validate(self, "model")

@@ -33,6 +33,7 @@ BAD_SLICE = "bad_slice"
 LABEL_NOT_INTEGER = "label_not_integer"
 BAD_WEIGHT = "bad_weight"
 NOT_A_REGULAR_FILE = "not_a_regular_file"
+MODEL_ERROR = "model_error"  # The model raised a data error on the record.
 
 
 def dead_letter(source: str, id_: Optional[str], error: str,

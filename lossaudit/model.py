@@ -23,11 +23,13 @@ from lossaudit.errors import ConfigError, explained
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-  """Name, per-example shape (no batch axis) and dtype name of a tensor."""
+  """Name, per-example shape (no batch axis) and dtype name of a tensor,
+  and whether it is a `tf.RaggedTensor`."""
 
   name: str
   shape: Tuple[Optional[int], ...]
   dtype: str
+  ragged: bool = False
 
 
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), "lossaudit-models")
@@ -143,7 +145,8 @@ class AuditModel:
     self._signature = loaded.signatures[signature]
     specs = self._signature.structured_input_signature[1]
     self.inputs = tuple(
-        TensorInfo(name, tuple(spec.shape[1:]), spec.dtype.name)
+        TensorInfo(name, tuple(spec.shape[1:]), spec.dtype.name,
+                   isinstance(spec, tf.RaggedTensorSpec))
         for name, spec in sorted(specs.items()))
     self.outputs = {
         name: TensorInfo(name, tuple(spec.shape[1:]), spec.dtype.name)

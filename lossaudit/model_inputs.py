@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lossaudit import columns as cols
 from lossaudit.dead_letters import (
@@ -32,10 +33,50 @@ from lossaudit.dead_letters import (
 )
 
 if TYPE_CHECKING:
-  from lossaudit.scoring import LossTerm, ScoringSpec
+  from lossaudit.scoring import Feature, LossTerm, ScoringSpec
 
 # What a row with no slice value is counted under.
 NO_SLICE = "(missing)"
+# The column of serialized tf.Examples appended to TFRecord batches for a
+# model input that takes them (`model.serialized_examples_input`).
+RAW_RECORD_COLUMN = "__raw_record__"
+
+
+def with_raw_records(batch: pa.RecordBatch, records: List[bytes]
+                     ) -> pa.RecordBatch:
+  """`batch` decoded from `records`, with their bytes as
+  `RAW_RECORD_COLUMN`."""
+  return batch.append_column(RAW_RECORD_COLUMN,
+                             pa.array(records, pa.large_binary()))
+
+
+class Ragged(NamedTuple):
+  """Rows of different lengths: their values, flat, and each row's length.
+
+  Attributes:
+    values: `(M,) + inner` values of every row in order, M = Σ lengths.
+    lengths: `(N,)` int64 rows' lengths along their first axis.
+  """
+
+  values: np.ndarray
+  lengths: np.ndarray
+
+  def rows(self, keep: np.ndarray) -> Ragged:
+    """The rows where `keep` `(N,)` bool is set."""
+    return Ragged(self.values[np.repeat(keep, self.lengths)],
+                  self.lengths[keep])
+
+  def padded(self, pad_value: Any) -> np.ndarray:
+    """`(N, L) + inner`, L the longest row's length, rows padded at the end
+    with `pad_value`."""
+    n, inner = len(self.lengths), self.values.shape[1:]
+    longest = int(self.lengths.max()) if n else 0
+    out = np.full((n, longest) + inner, pad_value, dtype=self.values.dtype)
+    row_of = np.repeat(np.arange(n), self.lengths)
+    starts = np.cumsum(self.lengths) - self.lengths
+    out[row_of, np.arange(len(row_of)) - np.repeat(starts, self.lengths)] = (
+        self.values)
+    return out
 
 
 class Column(NamedTuple):
@@ -55,7 +96,9 @@ class ModelInputs(NamedTuple):
   """What the model, its losses and the scored batch need of N rows.
 
   Attributes:
-    features: `{model input: (N,) + shape}` arrays, in the spec's order.
+    features: `{model input: (N,) + shape}` arrays, in the spec's order;
+      a `Ragged` for an input whose first axis has no fixed size. String
+      inputs are object arrays of `bytes`.
     labels: `{term name: (N,) + label_shape}` arrays, in the spec's order.
     ids: `(N,)` Arrow strings; None when the spec has no id column (the
       ids are then content fingerprints of the features and labels), and
@@ -75,7 +118,8 @@ class ModelInputs(NamedTuple):
     """The rows where `keep` `(N,)` bool is set."""
     keep_arrow = pa.array(keep)
     return ModelInputs(
-        features={k: v[keep] for k, v in self.features.items()},
+        features={k: v.rows(keep) if isinstance(v, Ragged) else v[keep]
+                  for k, v in self.features.items()},
         labels={k: v[keep] for k, v in self.labels.items()},
         ids=None if self.ids is None else self.ids.filter(keep_arrow),
         weights=None if self.weights is None else self.weights[keep],
@@ -114,13 +158,10 @@ def read_model_inputs(spec: ScoringSpec,
     return column.values
 
   ids = values(_ids(batch, spec.id_column)) if spec.id_column else None
-  features = {
-      f.model_input: values(_dense(batch, f.column, "feature",
-                                   MISSING_FEATURE, f.shape,
-                                   np.dtype(f.dtype)))
-      for f in spec.features
-  }
-  labels = {term.name: values(_labels(batch, term)) for term in spec.terms}
+  features = {f.model_input: values(_feature(batch, f, spec))
+              for f in spec.features}
+  labels = {term.name: values(_labels(batch, term, spec.class_names))
+            for term in spec.terms}
   weights = (values(_weights(batch, spec.weight_column))
              if spec.weight_column else None)
   slices = (values(_slices(batch, spec.slice_column))
@@ -190,10 +231,110 @@ def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
   return Column(dense.values.reshape((n,) + shape), problems)
 
 
-def _labels(batch: pa.RecordBatch, term: LossTerm) -> Column:
+def _feature(batch: pa.RecordBatch, feature: Feature,
+             spec: ScoringSpec) -> Column:
+  """Reads one model input's column: `(N,) + shape`, or a `Ragged` when its
+  first axis has no fixed size."""
+  fixed = all(d is not None for d in feature.shape)
+  if (fixed and feature.dtype != "string" and spec.pad_value is None and
+      not spec.truncate):
+    return _dense(batch, feature.column, "feature", MISSING_FEATURE,
+                  feature.shape, np.dtype(feature.dtype))
+  read = _lists(batch, feature)
+  if not fixed or not isinstance(read.values, Ragged):
+    return read
+  return _fit_rows(read, feature, spec)
+
+
+def _lists(batch: pa.RecordBatch, feature: Feature) -> Column:
+  """Reads a feature whose rows may differ in length, as a `Ragged` over its
+  first axis (inner axes fixed); `values` is None when none can be read."""
+  n, name = batch.num_rows, feature.column
+  found = cols.optional_column(batch, name)
+  if found is None:
+    return Column(None, [_missing(n, "feature", name, MISSING_FEATURE)])
+  strings = feature.dtype == "string"
+  expected = "string or bytes" if strings else feature.dtype
+  text = None
+  try:
+    if strings:
+      flat, counts = cols.list_bytes(found)
+      not_numbers = np.zeros(n, dtype=bool)
+    else:
+      dense = cols.list_numbers(found, np.dtype(feature.dtype))
+      flat, counts = dense.values, dense.counts
+      not_numbers, text = dense.not_numbers, dense.text
+  except (ValueError, TypeError, pa.ArrowException):
+    return Column(None, [Problem(
+        np.ones(n, dtype=bool), WRONG_TYPE,
+        f"feature {name!r} has type {found.type}, expected {expected}"
+        " values")])
+  inner = tuple(feature.shape[1:]) if feature.shape else ()
+  width = _width(inner)
+  lengths = np.maximum(counts, 0)
+  problems = [Problem(counts < 0, MISSING_FEATURE,
+                      f"missing feature {name!r}")]
+  uneven = lengths % width != 0
+  if uneven.any():
+    problems.append(Problem(uneven, WRONG_SIZE, f"feature {name!r} has"
+                            f" {{value}} values, expected a multiple of"
+                            f" {width}", counts))
+    keep = np.repeat(~uneven, lengths)
+    flat, lengths = flat[keep], np.where(uneven, 0, lengths)
+  if not_numbers.any():
+    problems.append(Problem(not_numbers, WRONG_TYPE,
+                            f"feature {name!r} value {{value}} is not a"
+                            " number", text))
+  return Column(Ragged(flat.reshape((-1,) + inner), lengths // width),
+                problems)
+
+
+def _fit_rows(read: Column, feature: Feature, spec: ScoringSpec) -> Column:
+  """A fixed-shape feature read as `Ragged` rows → `(N,) + shape`: rows of
+  another length are padded with `spec.pad_value` (when set) or cut to
+  length (with `spec.truncate`); the others are `wrong_size`."""
+  rows, problems = read.values, list(read.problems)
+  shape = tuple(feature.shape)
+  length = shape[0] if shape else 1
+  lengths = rows.lengths
+  short, long = lengths < length, lengths > length
+  wrong = (short if spec.pad_value is None else np.zeros_like(short)) | (
+      long if not spec.truncate else np.zeros_like(long))
+  if wrong.any():
+    missing = problems[0].rows
+    wrong &= ~missing
+    problems.append(Problem(
+        wrong, WRONG_SIZE, f"feature {feature.column!r} has {{value}}"
+        f" values, expected {_width(shape)}",
+        lengths * _width(shape[1:])))
+  fitted = Ragged(rows.values[_within(lengths, length)],
+                  np.minimum(lengths, length))
+  pad = b"" if feature.dtype == "string" else (spec.pad_value or 0)
+  values = fitted.padded(pad)
+  if values.shape[1] < length:
+    values = np.concatenate([values, np.full(
+        (len(lengths), length - values.shape[1]) + values.shape[2:], pad,
+        dtype=values.dtype)], axis=1)
+  return Column(values.reshape((len(lengths),) + shape), problems)
+
+
+def _within(lengths: np.ndarray, length: int) -> np.ndarray:
+  """`(Σ lengths,)` bool: each value of a row is among its first `length`."""
+  starts = np.cumsum(lengths) - lengths
+  position = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+  return position < length
+
+
+def _labels(batch: pa.RecordBatch, term: LossTerm,
+            class_names: Optional[Tuple[str, ...]] = None) -> Column:
   """Reads the labels `(N,) + term.label_shape` of one loss term: class
-  indices are checked to be classes, other labels only to be numbers."""
+  indices are checked to be classes, other labels only to be numbers.
+  With `class_names`, a text column holds class names."""
   if term.signals in ("sparse", "binary") or term.label_dtype == "int64":
+    found = cols.optional_column(batch, term.label_column)
+    if (class_names and found is not None and
+        cols.is_text(cols.column_type(found))):
+      return _named_labels(batch.num_rows, found, term, class_names)
     return _class_labels(batch, term)
   return _dense(batch, term.label_column, "label", MISSING_LABEL,
                 term.label_shape, np.dtype(term.label_dtype))
@@ -245,6 +386,30 @@ def _class_labels(batch: pa.RecordBatch, term: LossTerm) -> Column:
                           _first_where(per_row, outside)))
   return Column(per_row.astype(term.label_dtype).reshape(read.values.shape),
                 problems)
+
+
+def _named_labels(n: int, found: pa.Array, term: LossTerm,
+                  class_names: Tuple[str, ...]) -> Column:
+  """Class names `(N,)` → their indices in `class_names`; a name that is not
+  there is `label_out_of_range`."""
+  name = term.label_column
+  text = cols.first_as_text(found)
+  index = pc.index_in(text.strings, value_set=pa.array(class_names))
+  counts = cols.value_counts(found)
+  missing = counts <= 0
+  problems = [Problem(missing, MISSING_LABEL, f"missing label {name!r}")]
+  wrong = counts > 1
+  if wrong.any():
+    problems.append(Problem(wrong, WRONG_SIZE, "label {value} values,"
+                            " expected 1 class name", counts))
+  unknown = (index.is_null().to_numpy(zero_copy_only=False) & ~missing &
+             ~wrong)
+  if unknown.any():
+    problems.append(Problem(
+        unknown, LABEL_OUT_OF_RANGE, "label {value} is not a class of"
+        f" input.label_vocabulary ({len(class_names)} classes)", text.raw))
+  labels = index.fill_null(0).to_numpy(zero_copy_only=False)
+  return Column(labels.astype(term.label_dtype), problems)
 
 
 def _weights(batch: pa.RecordBatch, name: str) -> Column:

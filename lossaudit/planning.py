@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from lossaudit import losses
 from lossaudit.config import AuditConfig
-from lossaudit.errors import ConfigError
+from lossaudit.errors import ConfigError, describe_error
 from lossaudit.model import AuditModel, TensorInfo
+from lossaudit.model_inputs import RAW_RECORD_COLUMN
 from lossaudit.scoring import Feature, LossTerm, ScoringSpec
 
 
@@ -31,22 +32,72 @@ def check_labels(config: AuditConfig) -> None:
                       " needs labels. Received: None")
 
 
+SERIALIZED_EXAMPLES_INPUT = "examples"
+
+
+def serialized_examples_input(config: AuditConfig, model: AuditModel
+                              ) -> Optional[str]:
+  """The model input that takes serialized tf.Examples, or None.
+
+  `model.serialized_examples_input` names it; when null, a model whose only
+  input is a string input named `examples` (the TFX / TFMA convention)
+  takes them, with TFRecord input.
+
+  Raises:
+    ConfigError: the named input is not a string input of the model, or
+      the input is Parquet (which has no serialized records).
+  """
+  key = "model.serialized_examples_input"
+  name = config.model.serialized_examples_input
+  if name is None:
+    only = model.inputs[0] if len(model.inputs) == 1 else None
+    detected = (only is not None and only.dtype == "string" and
+                only.name == SERIALIZED_EXAMPLES_INPUT and not only.shape)
+    return (only.name if detected and config.input.format == "tfrecord"
+            else None)
+  strings = [t.name for t in model.inputs if t.dtype == "string"]
+  if name not in strings:
+    raise ConfigError(f"{key}: expected one of the model's string inputs"
+                      f" {strings}. Received: {name!r}")
+  if config.input.format != "tfrecord":
+    raise ConfigError(
+        f"{key}: needs input.format 'tfrecord' (Parquet rows are not"
+        f" serialized tf.Examples). Received: {name!r} with input.format"
+        f" {config.input.format!r}")
+  return name
+
+
 def model_features(config: AuditConfig, model: AuditModel
                    ) -> Tuple[Feature, ...]:
-  """Each model input with its data column, fixed shape and dtype."""
-  pairs = feature_inputs(model.inputs, config.input.feature_columns)
+  """Each model input with its data column, shape and dtype.
+
+  The input that takes serialized tf.Examples (`serialized_examples_input`)
+  reads each record's bytes; the others read their columns.
+  """
+  serialized = serialized_examples_input(config, model)
+  others = tuple(t for t in model.inputs if t.name != serialized)
+  pairs = dict(feature_inputs(others, config.input.feature_columns))
   features = []
-  for info, (name, column) in zip(model.inputs, pairs):
-    if any(d is None for d in info.shape):
+  for info in model.inputs:
+    if info.name == serialized:
+      if info.shape:
+        raise ConfigError(
+            f"model.serialized_examples_input: input {info.name!r} has shape"
+            f" {(None,) + info.shape}; expected (None,), one serialized"
+            " tf.Example per row")
+      features.append(Feature(model_input=info.name,
+                              column=RAW_RECORD_COLUMN, shape=(),
+                              dtype="string"))
+      continue
+    if any(d is None for d in info.shape[1:]):
       raise ConfigError(
-          f"model input {name!r} has shape {(None,) + info.shape}; expected a"
-          " fixed size for every axis but the batch")
-    if info.dtype == "string":
-      raise ConfigError(
-          f"model input {name!r} takes strings; expected numeric inputs")
-    features.append(Feature(model_input=name, column=column,
-                            shape=tuple(int(d) for d in info.shape),
-                            dtype=info.dtype))
+          f"model input {info.name!r} has shape {(None,) + info.shape};"
+          " expected a fixed size for every axis but the batch and the"
+          " first (a sequence)")
+    features.append(Feature(
+        model_input=info.name, column=pairs[info.name],
+        shape=tuple(None if d is None else int(d) for d in info.shape),
+        dtype=info.dtype, ragged=info.ragged))
   return tuple(features)
 
 
@@ -143,12 +194,20 @@ def loss_term(model: AuditModel, output: str, name: str, label_column: str,
 
 
 def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
-                  terms: Tuple[LossTerm, ...]) -> ScoringSpec:
+                  terms: Tuple[LossTerm, ...],
+                  class_names: Optional[Tuple[str, ...]] = None
+                  ) -> ScoringSpec:
   """The `ScoringSpec` of `features` and `terms`.
 
+  Args:
+    class_names: `input.label_vocabulary`, read (`read_vocabulary`).
+
   Raises:
-    ConfigError: `flag.label_issues` is set but no term gives class signals.
+    ConfigError: `flag.label_issues` is set but no term gives class signals,
+      or `class_names` are not one per class of the classifier.
   """
+  if class_names is not None:
+    check_vocabulary(class_names, terms)
   if config.flag.label_issues and not any(t.signals for t in terms):
     raise ConfigError(
         f"flag.label_issues: needs a classification loss (sparse or"
@@ -166,12 +225,76 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
       keep_probs=config.flag.label_issues is not None,
       # The launcher may have no GPU: it checks on the CPU, workers decide.
       device=config.runtime.device,
+      pad_value=config.input.pad_value,
+      truncate=config.input.truncate,
+      class_names=class_names,
   )
+
+
+def check_vocabulary(class_names: Tuple[str, ...],
+                     terms: Tuple[LossTerm, ...]) -> None:
+  """One class name per class of each term with class labels.
+
+  Raises:
+    ConfigError: a term has class labels of another number of classes, or
+      none has class labels.
+  """
+  key = "input.label_vocabulary"
+  classified = [t for t in terms if t.num_classes is not None]
+  if not classified:
+    raise ConfigError(
+        f"{key}: needs a classification loss (labels that are class"
+        f" indices). Received: {len(class_names)} class names with loss"
+        f" {[t.custom or t.loss_name for t in terms]}")
+  for term in classified:
+    if term.num_classes != len(class_names):
+      raise ConfigError(
+          f"{key}: expected {term.num_classes} class names, one per class of"
+          f" model output {term.output!r}. Received: {len(class_names)}")
+
+
+def read_vocabulary(value) -> Optional[Tuple[str, ...]]:
+  """`input.label_vocabulary` as class names: the list itself, or the lines
+  of the file it names (local or gs://; blank lines at the end ignored).
+
+  Raises:
+    ConfigError: the file cannot be read, is not UTF-8, is empty or repeats
+      a name.
+  """
+  if value is None or not isinstance(value, str):
+    return value
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  key = "input.label_vocabulary"
+  try:
+    with FileSystems.open(value, compression_type=(
+        CompressionTypes.UNCOMPRESSED)) as f:
+      text = f.read().decode("utf-8")
+  except UnicodeDecodeError:
+    raise ConfigError(f"{key}: expected a UTF-8 text file with one class name"
+                      f" per line. Received: {value!r} (not UTF-8)") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"{key}: expected a readable file with one class name per line."
+        f" Received: {value!r} ({describe_error(e)})") from None
+  names = tuple(line.rstrip("\r") for line in text.rstrip("\r\n").split("\n"))
+  if not text.strip() or not all(names):
+    raise ConfigError(f"{key}: expected one non-empty class name per line."
+                      f" Received: {value!r} ({len(names)} lines, a blank"
+                      " one among them)" if text.strip() else
+                      f"{key}: expected one class name per line. Received:"
+                      f" {value!r} (an empty file)")
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ConfigError(f"{key}: expected distinct class names. Received:"
+                      f" {value!r}, which repeats {repeated}")
+  return names
 
 
 def needed_columns(spec: ScoringSpec) -> Tuple[str, ...]:
   """The columns to read: features, labels, id, weight and slice, once."""
-  names = [f.column for f in spec.features]
+  names = [f.column for f in spec.features if f.column != RAW_RECORD_COLUMN]
   names += [t.label_column for t in spec.terms]
   names += [spec.id_column, spec.weight_column, spec.slice_column]
   return tuple(dict.fromkeys(n for n in names if n))
@@ -198,10 +321,13 @@ def tf_schema(spec: ScoringSpec,
       return schema_pb2.FLOAT
     return schema_pb2.BYTES
 
-  defaults = {f.column: schema_pb2.FLOAT for f in spec.features}
+  defaults = {f.column: schema_pb2.BYTES if f.dtype == "string" else
+              schema_pb2.INT if f.dtype.startswith(("int", "uint")) else
+              schema_pb2.FLOAT for f in spec.features}
   for term in spec.terms:
-    defaults[term.label_column] = (schema_pb2.INT if term.label_dtype ==
-                                   "int64" else schema_pb2.FLOAT)
+    defaults[term.label_column] = (
+        schema_pb2.BYTES if spec.class_names and term.num_classes else
+        schema_pb2.INT if term.label_dtype == "int64" else schema_pb2.FLOAT)
   for name in (spec.id_column, spec.slice_column):
     if name:
       defaults[name] = schema_pb2.BYTES

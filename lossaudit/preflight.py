@@ -31,6 +31,9 @@ class Plan:
   spec: ScoringSpec
   tf_schema: Optional[bytes]  # Serialized tensorflow_metadata Schema.
   columns: Tuple[str, ...]  # Columns to read.
+  # `logits` or `outputs` (`scoring.BatchScorer.computed_from`); None when
+  # no data was probed.
+  loss_computed_from: Optional[str] = None
 
 
 def plan(config: AuditConfig) -> Plan:
@@ -53,10 +56,14 @@ def plan(config: AuditConfig) -> Plan:
   terms = planning.loss_terms(config, model)
   if sample is not None:
     terms = probe.fit_custom_labels(terms, sample)
-  spec = planning.assemble_spec(config, features, terms)
+  spec = planning.assemble_spec(
+      config, features, terms,
+      planning.read_vocabulary(config.input.label_vocabulary))
+  computed_from = None
   if sample is not None:
-    probe.check_scoring(config, spec, model, sample)
+    computed_from = probe.check_scoring(config, spec, model, sample)
   value_type = sample.value_type if sample is not None else (lambda _: None)
   return Plan(files=found.files, not_regular=found.not_regular, spec=spec,
               tf_schema=planning.tf_schema(spec, value_type),
-              columns=planning.needed_columns(spec))
+              columns=planning.needed_columns(spec),
+              loss_computed_from=computed_from)

@@ -25,6 +25,7 @@ from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
 from lossaudit.errors import ConfigError, describe_error, first_line, short_repr
 from lossaudit.model import AuditModel
+from lossaudit.model_inputs import RAW_RECORD_COLUMN, with_raw_records
 from lossaudit.scoring import (
   BatchScorer,
   Feature,
@@ -96,7 +97,7 @@ def read_sample(config: AuditConfig, files: Sequence[str]
         records = read_tfrecords(path, PROBE_RECORDS)
         if not records:
           continue
-        return Sample(decode_examples(records), path)
+        return Sample(decode_examples(records, raw_records=True), path)
       with FileSystems.open(path,
                             compression_type=CompressionTypes.UNCOMPRESSED
                             ) as f:
@@ -116,8 +117,10 @@ def read_sample(config: AuditConfig, files: Sequence[str]
   return None
 
 
-def decode_examples(records: Sequence[bytes]) -> pa.RecordBatch:
-  """tf.train.Examples as one batch, decoded with no schema.
+def decode_examples(records: Sequence[bytes], raw_records: bool = False
+                    ) -> pa.RecordBatch:
+  """tf.train.Examples as one batch, decoded with no schema; with
+  `raw_records`, each record's bytes too, as `RAW_RECORD_COLUMN`.
 
   When they do not decode together (a feature typed differently in some of
   them), the largest group of records whose features agree on their types
@@ -130,8 +133,13 @@ def decode_examples(records: Sequence[bytes]) -> pa.RecordBatch:
   from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
 
   new_decoder = example_coder.ExamplesToRecordBatchDecoder
+
+  def decoded(kept: List[bytes]) -> pa.RecordBatch:
+    batch = new_decoder().DecodeBatch(kept)
+    return with_raw_records(batch, kept) if raw_records else batch
+
   try:
-    return new_decoder().DecodeBatch(list(records))
+    return decoded(list(records))
   except Exception as e:  # pylint: disable=broad-except
     error = e
   # A decoder that failed once keeps half-built columns (tfx_bsl 1.21):
@@ -155,7 +163,7 @@ def decode_examples(records: Sequence[bytes]) -> pa.RecordBatch:
   if not groups:
     raise error
   _, largest = max(groups, key=lambda g: len(g[1]))  # First on a tie.
-  return new_decoder().DecodeBatch(largest)
+  return decoded(largest)
 
 
 def check_columns(config: AuditConfig, features: Sequence[Feature],
@@ -166,7 +174,7 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
     ConfigError: naming the first key whose column is missing.
   """
   inp = config.input
-  present = set(sample.columns)
+  present = set(sample.columns) - {RAW_RECORD_COLUMN}
   wanted = [("input.id_column", inp.id_column),
             ("input.weight_column", inp.weight_column),
             ("stats.slice_by", config.stats.slice_by)]
@@ -207,7 +215,7 @@ def _custom_label_shape(batch: pa.RecordBatch, column: str,
 
 
 def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
-                  sample: Sample) -> None:
+                  sample: Sample) -> Optional[str]:
   """Scores `sample` with the real scorer; any failure is exit 2.
 
   A custom loss is the user's code, imported and first called here: whatever
@@ -215,6 +223,10 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
   through), is a ConfigError naming its key (`loss.custom` or
   `loss.outputs[i].custom`), the exception type and its first line. With
   several custom losses, the one that fails is found by scoring each alone.
+
+  Returns:
+    `logits` or `outputs`: what the losses were computed from
+    (`scoring.computed_from`); None when no record reached the model.
 
   Raises:
     ConfigError: the loss cannot be built, the model does not fit the data,
@@ -237,6 +249,7 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
         f"input: none of the first {sample.num_rows} records of"
         f" {sample.path} can be scored; first problem: {dead[0]['error']}")
   _check_classes(sample.num_rows, sample.path, dead)
+  return scorer.computed_from
 
 
 def _term_keys(config: AuditConfig) -> List[str]:

@@ -17,6 +17,7 @@ Loading the model and choosing its device are `lossaudit.model`'s.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import (
   Any,
   Callable,
@@ -34,8 +35,17 @@ import tensorflow as tf
 
 from lossaudit import columns as cols
 from lossaudit import dead_letters, losses
+from lossaudit.errors import first_line
 from lossaudit.model import AuditModel, select_device
-from lossaudit.model_inputs import ModelInputs, read_model_inputs
+from lossaudit.model_inputs import (
+  RAW_RECORD_COLUMN,
+  ModelInputs,
+  Ragged,
+  read_model_inputs,
+)
+
+# The model's errors that a record's data can cause: one record is rejected.
+DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 
 # Columns of the scored batches that are not written to losses/.
 SLICE_COLUMN = "__slice__"
@@ -52,14 +62,21 @@ class Feature(NamedTuple):
   Attributes:
     model_input: the model input's name.
     column: the data column.
-    shape: the per-example shape (no batch axis), every axis fixed.
-    dtype: the input's dtype name.
+    shape: the per-example shape (no batch axis); only the first axis may
+      be None (rows of any length, padded per batch or ragged).
+    dtype: the input's dtype name (`string` for text and encoded images).
+    ragged: whether the model takes a `tf.RaggedTensor`.
   """
 
   model_input: str
   column: str
-  shape: Tuple[int, ...]
+  shape: Tuple[Optional[int], ...]
   dtype: str
+  ragged: bool = False
+
+  @property
+  def variable_length(self) -> bool:
+    return bool(self.shape) and self.shape[0] is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +136,11 @@ class ScoringSpec:
     keep_probs: whether scored batches carry the class probabilities
       (`__probs__`, for label-issue detection).
     device: `auto`, `cpu` or `gpu` (`runtime.device`).
+    pad_value: pads rows shorter than their input (`input.pad_value`);
+      inputs of unknown length are padded with 0 when None.
+    truncate: cuts rows longer than a fixed-length input (`input.truncate`).
+    class_names: the classifier's class names by index
+      (`input.label_vocabulary`), or None.
   """
 
   model_path: str
@@ -130,6 +152,9 @@ class ScoringSpec:
   slice_column: Optional[str] = None
   keep_probs: bool = False
   device: str = "auto"
+  pad_value: Optional[float] = None
+  truncate: bool = False
+  class_names: Optional[Tuple[str, ...]] = None
 
   @property
   def classifier(self) -> Optional[LossTerm]:
@@ -139,6 +164,11 @@ class ScoringSpec:
   @property
   def is_classification(self) -> bool:
     return self.classifier is not None
+
+  @property
+  def reads_raw_records(self) -> bool:
+    """Whether a model input takes each record's serialized bytes."""
+    return any(f.column == RAW_RECORD_COLUMN for f in self.features)
 
   @property
   def multi_output(self) -> bool:
@@ -158,6 +188,9 @@ class ScoringSpec:
           pa.field("self_confidence", pa.float64()),
           pa.field("margin", pa.float64()),
       ]
+      if self.class_names:
+        fields += [pa.field("given_class", pa.string()),
+                   pa.field("predicted_class", pa.string())]
     if self.slice_column:
       fields.append(pa.field(SLICE_COLUMN, pa.string()))
     if self.keep_probs:
@@ -174,7 +207,8 @@ class LossShapeError(ValueError):
 # `(N,)` losses and class signals.
 
 
-def loss_graph(spec: ScoringSpec, model: AuditModel) -> Callable[..., Any]:
+def loss_graph(spec: ScoringSpec, model: AuditModel,
+               traced: Optional[Dict[str, str]] = None) -> Callable[..., Any]:
   """The spec's losses on `model`'s predictions, as one traced function.
 
   Its batch axis is unknown, so batches of any size reuse one graph. Builds
@@ -187,11 +221,16 @@ def loss_graph(spec: ScoringSpec, model: AuditModel) -> Callable[..., Any]:
     predictions are finite), plus `given_label`, `predicted_label`,
     `self_confidence`, `margin` and `probs` `(N, K)` (with `keep_probs`) for
     a classifier.
+
+    When it is traced, `traced["computed_from"]` is set to `computed_from`
+    of the predictions.
   """
   loss_fns = [term.build_loss() for term in spec.terms]
 
   def graph(features, labels):
     predictions = model(features)
+    if traced is not None:
+      traced["computed_from"] = computed_from(spec.terms, predictions)
     outputs = {"finite": _rows_finite(
         list(features.values()) +
         [predictions[term.output] for term in spec.terms])}
@@ -202,16 +241,64 @@ def loss_graph(spec: ScoringSpec, model: AuditModel) -> Callable[..., Any]:
                                     predictions[term.output], spec.keep_probs))
     return outputs
 
-  feature_specs = {
-      f.model_input: tf.TensorSpec((None,) + tuple(f.shape),
-                                   tf.as_dtype(f.dtype))
-      for f in spec.features
-  }
+  feature_specs = {f.model_input: _input_spec(f) for f in spec.features}
   label_specs = {
       t.name: tf.TensorSpec((None,) + tuple(t.label_shape),
                             tf.as_dtype(t.label_dtype)) for t in spec.terms
   }
   return tf.function(graph, input_signature=[feature_specs, label_specs])
+
+
+_CROSSENTROPIES = ("sparse_categorical_crossentropy",
+                   "categorical_crossentropy", "binary_crossentropy")
+
+
+def computed_from(terms: Tuple[LossTerm, ...],
+                  predictions: Mapping[str, tf.Tensor]) -> str:
+  """`logits` when every crossentropy is computed from logits, else
+  `outputs`.
+
+  Keras computes a crossentropy from the logits of a softmax or sigmoid
+  output layer (the `_keras_logits` its activation leaves on the output,
+  or its op), as `fit` does: no probability is clipped at 1e-7. A SavedModel
+  signature returns only the probabilities: they are clipped.
+  """
+  for term in terms:
+    if term.custom or term.loss_name not in _CROSSENTROPIES:
+      continue
+    output = predictions[term.output]
+    from_activation = hasattr(output, "_keras_logits") or (
+        getattr(getattr(output, "op", None), "type", None) in (
+            "Softmax", "Sigmoid"))
+    if not (term.from_logits or from_activation):
+      return "outputs"
+  return "logits"
+
+
+def _input_spec(feature: Feature):
+  """The tensor spec of one batched model input."""
+  shape = (None,) + tuple(feature.shape)
+  if feature.ragged:
+    return tf.RaggedTensorSpec(shape, tf.as_dtype(feature.dtype),
+                               ragged_rank=1, row_splits_dtype=tf.int64)
+  return tf.TensorSpec(shape, tf.as_dtype(feature.dtype))
+
+
+def model_feeds(spec: ScoringSpec, features: Mapping[str, Any]
+                ) -> Dict[str, Any]:
+  """`features` as the model takes them: a `Ragged` feature padded with
+  `spec.pad_value` (0 when None), or a `tf.RaggedTensor`."""
+  feeds = {}
+  for feature in spec.features:
+    value = features[feature.model_input]
+    if isinstance(value, Ragged):
+      if feature.ragged:
+        value = tf.RaggedTensor.from_row_lengths(value.values, value.lengths)
+      else:
+        pad = b"" if feature.dtype == "string" else spec.pad_value or 0
+        value = value.padded(pad)
+    feeds[feature.model_input] = value
+  return feeds
 
 
 def _term_losses(terms: Tuple[LossTerm, ...], loss_fns: List[Callable],
@@ -252,14 +339,20 @@ def _rows_finite(tensors: List[tf.Tensor]) -> tf.Tensor:
   """`(N,)` bool: whether every float value of row n of each `(N, ...)` is
   finite."""
   finite = None
+  tensors = [x for x in tensors if x.dtype != tf.string] or tensors[:1]
   for x in tensors:
     if not x.dtype.is_floating:
       continue
+    if isinstance(x, tf.RaggedTensor):
+      x = x.to_tensor()  # Padded with 0, which is finite.
     rows = tf.reduce_all(
         tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
     finite = rows if finite is None else finite & rows
   if finite is None:
-    finite = tf.ones([tf.shape(tensors[0])[0]], tf.bool)
+    first = tensors[0]
+    rows = first.nrows() if isinstance(first, tf.RaggedTensor) else tf.shape(
+        first)[0]
+    finite = tf.ones([rows], tf.bool)
   return finite
 
 
@@ -304,10 +397,19 @@ class BatchScorer:
 
   def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None):
     self.spec = spec
+    self.max_rows: Optional[int] = None  # Set on running out of memory.
+    self.halvings = 0
     self.device = select_device(spec.device)
+    self._traced: Dict[str, str] = {}
     with tf.device(self.device):
       self.model = model or AuditModel(spec.model_path, spec.signature)
-      self._score = loss_graph(spec, self.model)
+      self._score = loss_graph(spec, self.model, self._traced)
+
+  @property
+  def computed_from(self) -> Optional[str]:
+    """`logits` or `outputs` (see `computed_from`); None before the first
+    batch is scored."""
+    return self._traced.get("computed_from")
 
   def score_arrays(self, features: Mapping[str, np.ndarray],
                    labels: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -317,8 +419,8 @@ class BatchScorer:
       LossShapeError: when a loss does not give one value per example.
     """
     with tf.device(self.device):
-      result = {k: v.numpy() for k, v in self._score(dict(features),
-                                                     dict(labels)).items()}
+      result = {k: v.numpy() for k, v in self._score(
+          model_feeds(self.spec, features), dict(labels)).items()}
     _check_loss_shapes(self.spec.terms, result,
                        len(next(iter(labels.values()))))
     return _nan_where_not_finite(result)
@@ -328,7 +430,7 @@ class BatchScorer:
     """Scores one batch read from `source`.
 
     Rows that cannot be scored (see `read_model_inputs`) become dead-letter
-    entries; the rest are scored together.
+    entries; the rest are scored together (see `score_inputs`).
 
     Returns:
       `(scored, dead_letters)`: the scored batch (schema `scored_schema()`),
@@ -342,8 +444,101 @@ class BatchScorer:
     inputs = checked.inputs
     if checked.bad.any():
       inputs = inputs.rows(~checked.bad)
-    result = self.score_arrays(inputs.features, inputs.labels)
-    return scored_batch(self.spec, inputs, result), dead
+    scored, rejected = self.score_inputs(inputs)
+    dead += [dead_letters.dead_letter(
+        source, None if inputs.ids is None else inputs.ids[row].as_py(),
+        message, dead_letters.MODEL_ERROR) for row, message in rejected]
+    return scored, dead
+
+  def score_inputs(self, inputs: ModelInputs
+                   ) -> Tuple[Optional[pa.RecordBatch], List[Tuple[int, str]]]:
+    """Scores N rows, in parts of at most `max_rows`.
+
+    A data error of the model (`DATA_ERRORS`: a corrupt image in
+    `decode_png`, ...) on a part splits it in halves until the rows that
+    raise it are alone; those are rejected and the others scored. When every
+    row of several fails alone, the error is not the data's, and it is
+    raised. Running out of memory halves `max_rows` for the rest of this
+    scorer's life (down to 1, then it is raised) and scores the part again.
+
+    Returns:
+      `(scored, rejected)`: the scored rows in order (None when none), and
+      `(row, first line of the error)` of each rejected row.
+
+    Raises:
+      LossShapeError: a loss does not give one value per example.
+    """
+    n = len(next(iter(inputs.labels.values())))
+    parts, rejected, errors = [], [], []
+    pending = [np.arange(n)]
+    while pending:
+      rows = pending.pop(0)
+      if self.max_rows and len(rows) > self.max_rows:
+        pending[:0] = np.array_split(rows, -(-len(rows) // self.max_rows))
+        continue
+      part = inputs if len(rows) == n else inputs.rows(_mask(rows, n))
+      try:
+        result = self.score_arrays(part.features, part.labels)
+      except tf.errors.ResourceExhaustedError:
+        if len(rows) == 1:
+          raise
+        self.max_rows = len(rows) // 2
+        self.halvings += 1
+        logging.warning("lossaudit: out of memory scoring %d rows; batches"
+                        " are now at most %d rows", len(rows), self.max_rows)
+        pending.insert(0, rows)
+        continue
+      except DATA_ERRORS as e:
+        if len(rows) > 1:
+          pending[:0] = np.array_split(rows, 2)
+          continue
+        errors.append(e)
+        rejected.append((int(rows[0]), f"{type(e).__name__}:"
+                         f" {first_line(e)}"))
+        continue
+      parts.append(scored_batch(self.spec, part, result))
+    if not parts and len(rejected) > 1:
+      raise errors[0]
+    if not parts:
+      return None, rejected
+    if len(parts) == 1:
+      return parts[0], rejected
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0], \
+        rejected
+
+
+def _mask(rows: np.ndarray, n: int) -> np.ndarray:
+  """`(n,)` bool, set at `rows`."""
+  mask = np.zeros(n, dtype=bool)
+  mask[rows] = True
+  return mask
+
+
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _hashable(value: Any) -> np.ndarray:
+  """A feature `(N, ...)` as fixed-size numeric rows for `cols.fingerprints`:
+  strings become their 64-bit fingerprints, and a `Ragged` feature one
+  64-bit hash of each row's length and values (so a row hashes the same
+  whatever the batch it is in)."""
+  if isinstance(value, Ragged):
+    n = len(value.lengths)
+    flat = _hashable(value.values.reshape(len(value.values), -1))
+    flat = flat.reshape(len(flat), -1)
+    words = np.ascontiguousarray(flat).view(np.uint8).reshape(len(flat), -1)
+    per_value = cols.fingerprints_u64(words)
+    starts = np.cumsum(value.lengths) - value.lengths
+    position = (np.arange(len(per_value)) -
+                np.repeat(starts, value.lengths)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+      terms = per_value * (_HASH_MULTIPLIER ** (position + np.uint64(1)))
+    hashes = value.lengths.astype(np.uint64) * _HASH_MULTIPLIER
+    np.add.at(hashes, np.repeat(np.arange(n), value.lengths), terms)
+    return hashes
+  if value.dtype == object:
+    return cols.fingerprints_u64(value.reshape(-1)).reshape(len(value), -1)
+  return value
 
 
 def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
@@ -357,7 +552,8 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
   """
   ids = inputs.ids
   if ids is None:
-    ids = cols.fingerprints(*inputs.features.values(), *inputs.labels.values())
+    ids = cols.fingerprints(*map(_hashable, inputs.features.values()),
+                            *inputs.labels.values())
   loss = result["loss"].astype(np.float64)
   arrays = {"id": ids, "loss": pa.array(loss)}
   if spec.weight_column:
@@ -373,6 +569,10 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
     arrays["self_confidence"] = pa.array(
         result["self_confidence"].astype(np.float64))
     arrays["margin"] = pa.array(result["margin"].astype(np.float64))
+    if spec.class_names:
+      names = pa.array(spec.class_names, pa.string())
+      arrays["given_class"] = names.take(arrays["given_label"])
+      arrays["predicted_class"] = names.take(arrays["predicted_label"])
   if spec.slice_column:
     arrays[SLICE_COLUMN] = inputs.slices
   if spec.keep_probs:

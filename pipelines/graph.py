@@ -122,8 +122,9 @@ def _read(p: beam.Pipeline, config: AuditConfig,
           plan: preflight.Plan) -> _Read:
   """The input files → batches of examples."""
   if config.input.format == "tfrecord":
-    read = p | "Read" >> ReadTFExampleBatches(plan.files, plan.tf_schema,
-                                              config.batch_size)
+    read = p | "Read" >> ReadTFExampleBatches(
+        plan.files, plan.tf_schema, config.batch_size,
+        raw_records=plan.spec.reads_raw_records)
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size)

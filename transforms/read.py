@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -23,6 +24,7 @@ from tensorflow.core.example import example_pb2
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, tfrecord
 from lossaudit.errors import explained
+from lossaudit.model_inputs import with_raw_records
 
 
 class _ReadTFExampleFile(beam.DoFn):
@@ -33,9 +35,10 @@ class _ReadTFExampleFile(beam.DoFn):
   dead letter.
   """
 
-  def __init__(self, schema: bytes, batch_size: int):
+  def __init__(self, schema: bytes, batch_size: int, raw_records: bool):
     self._schema = schema
     self._batch_size = batch_size
+    self._raw_records = raw_records
     self._records_read = Metrics.counter(METRICS_NAMESPACE, "records_read")
     self._unreadable = Metrics.counter(METRICS_NAMESPACE,
                                        "unreadable_stretches")
@@ -65,9 +68,13 @@ class _ReadTFExampleFile(beam.DoFn):
       self._unreadable.inc()
       yield _unreadable_file(path, e)
 
+  def _decoded(self, records: List[bytes]) -> pa.RecordBatch:
+    batch = self._decoder.DecodeBatch(records)
+    return with_raw_records(batch, records) if self._raw_records else batch
+
   def _decode(self, path: str, records: List[bytes]):
     try:
-      yield path, self._decoder.DecodeBatch(records)
+      yield path, self._decoded(records)
       return
     except Exception:  # pylint: disable=broad-except
       # A decoder that failed once fails the next batch too (tfx_bsl 1.21
@@ -85,7 +92,7 @@ class _ReadTFExampleFile(beam.DoFn):
             dead_letters.TAG, dead_letters.dead_letter(
                 path, None, explained(what, e), reason))
     if good:
-      yield path, self._decoder.DecodeBatch(good)
+      yield path, self._decoded(good)
 
 
 def _why_undecodable(record: bytes) -> Tuple[str, str]:
@@ -102,21 +109,26 @@ class ReadTFExampleBatches(beam.PTransform):
 
   Files are spread over workers (a TFRecord file cannot be split: records
   are found only by walking it). Outputs: the main output of batches, and
-  `dead_letter` entries.
+  `dead_letter` entries. With `raw_records`, each batch also holds its
+  records' bytes (`model_inputs.RAW_RECORD_COLUMN`), for a model that takes
+  serialized tf.Examples.
   """
 
-  def __init__(self, files: Sequence[str], schema: bytes, batch_size: int):
+  def __init__(self, files: Sequence[str], schema: bytes, batch_size: int,
+               raw_records: bool = False):
     super().__init__()
     self._files = list(files)
     self._schema = schema
     self._batch_size = batch_size
+    self._raw_records = raw_records
 
   def expand(self, pbegin):
     return (pbegin
             | "Files" >> beam.Create(self._files)
             | "Spread" >> beam.Reshuffle()
             | "ReadAndDecode" >> beam.ParDo(_ReadTFExampleFile(
-                self._schema, self._batch_size)).with_outputs(
+                self._schema, self._batch_size, self._raw_records)
+                ).with_outputs(
                     dead_letters.TAG, main="batches"))
 
 

@@ -44,6 +44,7 @@ class _ScoreBatchFn(beam.DoFn):
     self._scored = Metrics.counter(METRICS_NAMESPACE, "examples_scored")
     self._dead = Metrics.counter(METRICS_NAMESPACE, "examples_dead_lettered")
     self._latency = Metrics.distribution(METRICS_NAMESPACE, "batch_latency_ms")
+    self._halvings = Metrics.counter(METRICS_NAMESPACE, "batch_size_halvings")
 
   def setup(self):
     spec = self._spec
@@ -59,9 +60,10 @@ class _ScoreBatchFn(beam.DoFn):
       self._device_reported = True
       yield beam.pvalue.TaggedOutput(
           DEVICE, f"{socket.gethostname()}:{self._scorer.device}")
-    start = self._clock()
+    start, halvings = self._clock(), self._scorer.halvings
     scored, dead = self._scorer.score(source, batch)
     seconds = self._clock() - start
+    self._halvings.inc(self._scorer.halvings - halvings)
     self._latency.update(int(seconds * 1000))
     yield beam.pvalue.TaggedOutput(TIMING,
                                    Timings.of_batch(batch.num_rows, seconds))
