@@ -10,6 +10,7 @@ code is named in a message or a dead letter.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
@@ -86,3 +87,27 @@ def _message(error: BaseException) -> str:
     return str(error)
   except Exception:  # pylint: disable=broad-except
     return ""
+
+
+_NOT_THE_CAUSE = ("Graph execution error", "Detected at node", "<stack trace")
+
+
+def op_error_line(error: BaseException) -> str:
+  """What a TensorFlow op error says went wrong, on one line.
+
+  `"InvalidArgumentError at map/while/DecodePng: Unknown image file format.
+  ..."`: a graph's error begins "Graph execution error:", then the node and
+  its stack; the cause is the first line that is neither those nor
+  indented (node lists, stack frames), without an eager op's
+  `{{function_node ...}}` prefix or its `[Op:...]` suffix.
+  """
+  message = str(getattr(error, "message", None) or _message(error))
+  node = re.search(r"Detected at node (\S+)", message)
+  causes = [line for line in message.splitlines()
+            if line.strip() and not line[0].isspace() and
+            not line.startswith(_NOT_THE_CAUSE)]
+  cause = causes[0] if causes else first_line(error)
+  cause = re.sub(r"\s*\[Op:[^\]]*\].*$", "", re.sub(r"^\{\{[^}]*\}\}\s*", "",
+                                                   cause))
+  where = f" at {node.group(1)}" if node else ""
+  return one_line(f"{type(error).__name__}{where}: {cause}")

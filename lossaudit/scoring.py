@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from lossaudit import columns as cols
 from lossaudit import dead_letters, losses
-from lossaudit.errors import first_line
+from lossaudit.errors import op_error_line
 from lossaudit.model import AuditModel, select_device
 from lossaudit.model_inputs import (
   RAW_RECORD_COLUMN,
@@ -463,7 +463,7 @@ class BatchScorer:
 
     Returns:
       `(scored, rejected)`: the scored rows in order (None when none), and
-      `(row, first line of the error)` of each rejected row.
+      `(row, the error on one line)` of each rejected row.
 
     Raises:
       LossShapeError: a loss does not give one value per example.
@@ -493,8 +493,7 @@ class BatchScorer:
           pending[:0] = np.array_split(rows, 2)
           continue
         errors.append(e)
-        rejected.append((int(rows[0]), f"{type(e).__name__}:"
-                         f" {first_line(e)}"))
+        rejected.append((int(rows[0]), op_error_line(e)))
         continue
       parts.append(scored_batch(self.spec, part, result))
     if not parts and len(rejected) > 1:

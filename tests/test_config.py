@@ -582,3 +582,12 @@ def test_every_key_is_checked_by_its_field_rule():
     rule.apply("flag.robust_z", 0)
   assert str(info.value) == (
       "flag.robust_z: expected a number in (0, inf]. Received: 0")
+
+
+@pytest.mark.parametrize("name", ["demo", "nightly", "dataflow_gpu", "text",
+                                  "images"])
+def test_shipped_configs_load(name):
+  from lossaudit import configs  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.path.dirname(configs.__file__), f"{name}.yaml")
+  assert load_config(path).model.path
