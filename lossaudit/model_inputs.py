@@ -400,7 +400,7 @@ def _named_labels(n: int, found: pa.Array, term: LossTerm,
   problems = [Problem(missing, MISSING_LABEL, f"missing label {name!r}")]
   wrong = counts > 1
   if wrong.any():
-    problems.append(Problem(wrong, WRONG_SIZE, "label {value} values,"
+    problems.append(Problem(wrong, WRONG_SIZE, "label has {value} values,"
                             " expected 1 class name", counts))
   unknown = (index.is_null().to_numpy(zero_copy_only=False) & ~missing &
              ~wrong)
