@@ -48,6 +48,18 @@ def label_issue_rates(summary: Dict) -> Optional[Dict[str, float]]:
           for k, n in enumerate(label_issues["label_counts"])}
 
 
+def class_names(summary: Optional[Dict]) -> Optional[Dict[str, str]]:
+  """`{class id: name}` (`input.label_vocabulary`) of a summary, or None.
+
+  The ids are strings, as the keys of `label_issue_rate`.
+  """
+  if not summary:
+    return None
+  names = summary.get("class_names") or (
+      summary.get("label_issues") or {}).get("class_names")
+  return {str(k): str(name) for k, name in enumerate(names)} if names else None
+
+
 def quantile_shift(baseline: Optional[float], current: Optional[float]
                    ) -> Optional[float]:
   """`|current - baseline| / |baseline|`: the relative move of a quantile."""
@@ -91,8 +103,10 @@ def compare(current: Dict, baseline: Optional[Dict], *,
 
   Returns:
     `{"baseline", "current", "quantiles", "flagged_rate", "dead_letter_rate",
-    "label_issue_rate", "gates", "passed"}`; each gate has its `limit`,
-    `value`, `passed` and `exceeded_by`.
+    "label_issue_rate", "class_names", "gates", "passed"}`; each gate has
+    its `limit`, `value`, `passed` and `exceeded_by`; `class_names` names
+    the class ids of `label_issue_rate` (`{id: name}`, the current run's
+    vocabulary, else the baseline's), or is None without a vocabulary.
   """
   quantiles = {}
   if baseline is not None:
@@ -135,6 +149,7 @@ def compare(current: Dict, baseline: Optional[Dict], *,
           dead_letter_rate(baseline) if baseline is not None else None,
           dead_letter_rate(current)),
       "label_issue_rate": label_rates,
+      "class_names": class_names(current) or class_names(baseline),
       "gates": gates,
       "passed": all(g["passed"] for g in gates),
   }

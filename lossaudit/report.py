@@ -16,6 +16,7 @@ from lossaudit.flag_counts import FlagCounts
 from lossaudit.timings import Timings
 
 if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl's sketches.
+  from lossaudit.previews import Previews
   from lossaudit.stats import Thresholds
 
 HISTOGRAM_BINS = 40
@@ -41,26 +42,35 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                   duplicates: Optional[Duplicates], config: Dict, run: Dict,
                   seconds: float, files: Dict[str, List[str]],
                   timings: Optional[Timings] = None,
-                  devices: Sequence[str] = ()) -> Dict:
+                  devices: Sequence[str] = (),
+                  class_names: Optional[Sequence[str]] = None,
+                  loss_computed_from: Optional[str] = None) -> Dict:
   """The `summary.json` document (see CONTRACT.md).
 
   Args:
     run: `run_id`, `runner` and `start_time` of the run.
     timings: the time spent in the model and loss, summed over workers.
+    class_names: the class names by index (`input.label_vocabulary`), or
+      None; written as `class_names`, at top level and in `label_issues`.
+    loss_computed_from: `logits` or `outputs` (what the crossentropy was
+      computed from), or None; written as `loss.computed_from`.
   """
   scored = loss_stats["count"] + loss_stats["nan_count"]
   dead_lettered = sum(dead_letter_reasons.values())
+  names = list(class_names) if class_names else None
   label_issues = None
   if thresholds.label_issues is not None:
     label_issues = dict(thresholds.label_issues.to_dict(),
-                        issues_by_pair=flag_counts.pairs_to_dict())
+                        issues_by_pair=flag_counts.pairs_to_dict(),
+                        class_names=names)
   return {
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,
       "examples_dead_lettered": dead_lettered,
       "dead_letter": {"by_reason": dict(sorted(dead_letter_reasons.items()))},
       **(duplicates or Duplicates()).to_dict(),
-      "loss": {k: v for k, v in loss_stats.items() if k != "cdf"},
+      "loss": dict({k: v for k, v in loss_stats.items() if k != "cdf"},
+                   computed_from=loss_computed_from),
       "slices": {
           str(k): {"count": v["count"] + v["nan_count"],
                    "quantiles": v["quantiles"]}
@@ -69,6 +79,7 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       "thresholds": thresholds.to_dict(),
       "flagged": flag_counts.to_dict(),
       "label_issues": label_issues,
+      "class_names": names,
       "config": config,
       "versions": versions(),
       "runner": run["runner"],
@@ -142,12 +153,26 @@ def _svg_histogram(edges: np.ndarray, counts: np.ndarray,
           f'{"".join(lines)}{axis}</svg>')
 
 
-def _svg_heat_map(counts: np.ndarray) -> str:
+def _class_label(k: int, class_names: Optional[Sequence[str]]) -> str:
+  """Class `k` as the report shows it: `"k name"`, or `"k"` without names."""
+  return f"{k} {class_names[k]}" if class_names else str(k)
+
+
+def _svg_heat_map(counts: np.ndarray,
+                  class_names: Optional[Sequence[str]] = None) -> str:
   """The label-issue matrix: given label (rows) × suggested label (columns),
-  darker for more issues; `counts` is `FlagCounts.issue_matrix()` `(K, K)`."""
+  darker for more issues; `counts` is `FlagCounts.issue_matrix()` `(K, K)`.
+
+  Axes and cells name each class `"id name"` when `class_names` (by index)
+  are given; the column labels are then written upwards.
+  """
   num_classes = len(counts)
   cell = max(4, min(36, 480 // max(num_classes, 1)))
-  pad = 56
+  labels = [_class_label(k, class_names) for k in range(num_classes)]
+  # Long names are cut on the axes (each cell's title has the whole name).
+  shown = [t if len(t) <= 24 else t[:23] + "…" for t in labels]
+  pad = 56 if not class_names else max(
+      56, 24 + 6 * max((len(t) for t in shown), default=0))
   size = pad + cell * num_classes + 8
   top = max(int(counts.max()), 1)
   parts = []
@@ -158,17 +183,23 @@ def _svg_heat_map(counts: np.ndarray) -> str:
       fill = f"rgb(255,{shade},{shade})" if c else "#fafafa"
       x, y = pad + j * cell, pad + g * cell
       parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}"'
-                   f' fill="{fill}" stroke="#ddd"><title>given {g}, suggested'
-                   f" {j}: {c}</title></rect>")
+                   f' fill="{fill}" stroke="#ddd"><title>given'
+                   f" {html.escape(labels[g])}, suggested"
+                   f" {html.escape(labels[j])}: {c}</title></rect>")
       if c and cell >= 20:
         parts.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}"'
                      f' font-size="10" text-anchor="middle">{c}</text>')
   if cell >= 12:
     for k in range(num_classes):
-      parts.append(f'<text x="{pad + k * cell + cell / 2}" y="{pad - 4}"'
-                   f' font-size="10" text-anchor="middle">{k}</text>'
+      text = html.escape(shown[k])
+      x, y = pad + k * cell + cell / 2, pad - 4
+      column = (f'<text x="{x}" y="{y}" font-size="10" text-anchor="start"'
+                f' transform="rotate(-90 {x} {y})">' if class_names else
+                f'<text x="{x}" y="{y}" font-size="10"'
+                ' text-anchor="middle">')
+      parts.append(f"{column}{text}</text>"
                    f'<text x="{pad - 4}" y="{pad + k * cell + cell / 2 + 4}"'
-                   f' font-size="10" text-anchor="end">{k}</text>')
+                   f' font-size="10" text-anchor="end">{text}</text>')
   parts.append(f'<text x="{pad + cell * num_classes / 2}" y="14"'
                ' font-size="11" text-anchor="middle">suggested label</text>'
                f'<text x="14" y="{pad + cell * num_classes / 2}" font-size="11"'
@@ -234,9 +265,11 @@ def _comparison(found: Optional[Dict]) -> str:
        for q, d in found["quantiles"].items()], "quantile-shifts")
   label = ""
   if found["label_issue_rate"]:
+    names = found.get("class_names") or {}
     label = "<h3>Label-issue rate by given class</h3>" + _table(
         ["class", "baseline", "current", "change"],
-        [[k, d["baseline"], d["current"], d["change"]]
+        [[f"{k} {names[k]}" if k in names else k, d["baseline"],
+          d["current"], d["change"]]
          for k, d in found["label_issue_rate"].items()], "label-issue-rates")
   return (verdict + f"<p>Baseline: <code>{html.escape(baseline)}</code></p>"
           + gates + rates + "<h3>Loss quantiles</h3>" + shifts + label)
@@ -249,23 +282,66 @@ def _label_issues(summary: Dict) -> str:
             " confident_learning</code> or <code>prune_by_noise_rate</code>)."
             "</p>")
   num_classes = len(label_issues["label_counts"])
+  names = label_issues.get("class_names")
   counts = FlagCounts.from_summary(summary)
   per_class = _table(
       ["class", "examples", "label issues", "self-confidence threshold",
        "noise rate"],
-      [[k, n, issues, t, r] for k, (n, issues, t, r) in enumerate(zip(
-          label_issues["label_counts"], counts.issues_by_given(num_classes),
-          label_issues["thresholds"], label_issues["noise_rate"]))],
+      [[_class_label(k, names), n, issues, t, r]
+       for k, (n, issues, t, r) in enumerate(zip(
+           label_issues["label_counts"], counts.issues_by_given(num_classes),
+           label_issues["thresholds"], label_issues["noise_rate"]))],
       "label-issue-classes")
   return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
           " the examples given the row's label that the model suggests belong"
           " to the column's class.</p>" +
-          _svg_heat_map(counts.issue_matrix(num_classes)) + per_class)
+          _svg_heat_map(counts.issue_matrix(num_classes), names) + per_class)
+
+
+def _flagged_table(columns: Sequence[str], rows: Sequence[Dict[str, Any]],
+                   previews: Optional[Previews]) -> str:
+  """The top flagged rows, with a preview of each string input of the
+  model after their `columns` (a note instead when there are none)."""
+  headers = [c.replace("_", " ") for c in columns]
+  values = [[r.get(c) for c in columns] for r in rows]
+  if previews is None:
+    return _table(headers, values, "flagged")
+  if previews.note:
+    return (f'<p class="note">{html.escape(previews.note)}</p>' +
+            _table(headers, values, "flagged"))
+  head = "".join(f"<th>{html.escape(h)}</th>"
+                 for h in headers + list(previews.inputs))
+  body = "".join(
+      "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) +
+      "".join(_preview_cell(previews.by_id.get(row.get("id"), {}).get(name))
+              for name in previews.inputs) + "</tr>"
+      for row, cells in zip(rows, values))
+  return (f'<p class="note">The model\'s string inputs: images scaled down,'
+          " text cut to its first characters.</p>"
+          f'<table id="flagged"><tr>{head}</tr>{body}</table>')
+
+
+def _preview_cell(shown: Optional[Dict]) -> str:
+  """One `lossaudit.previews` preview as a table cell."""
+  style = ' style="text-align: left; max-width: 30em"'
+  if shown is None:
+    return f"<td{style}><em>not found in the input</em></td>"
+  more = (f" <em>(+{shown['more']} more)</em>" if shown.get("more") else "")
+  if shown["kind"] == "image":
+    alt = html.escape(f"{shown['format']} image, {shown['bytes']:,} bytes")
+    return (f'<td{style}><img src="{html.escape(shown["uri"])}"'
+            f' width="{int(shown["width"])}" height="{int(shown["height"])}"'
+            f' alt="{alt}" title="{alt}">{more}</td>')
+  text = html.escape(shown["text"])
+  if shown["kind"] == "note":
+    text = f"<em>{text}</em>"
+  return f"<td{style}>{text}{more}</td>"
 
 
 def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                   top_flagged: Sequence[Dict[str, Any]],
-                  found: Optional[Dict] = None) -> str:
+                  found: Optional[Dict] = None, *,
+                  previews: Optional[Previews] = None) -> str:
   """A self-contained HTML page (inline SVG and CSS, no script, no network).
 
   Args:
@@ -273,6 +349,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
     cdf: evenly spaced loss quantiles `(M+1,)` for the histogram.
     top_flagged: the highest-scored flagged rows, as dicts.
     found: the `drift.json` document, when gates or a baseline are set.
+    previews: thumbnails and text of the top flagged rows' string inputs,
+      shown beside them; None when the model has none.
   """
   loss = summary["loss"]
   edges, counts = _histogram(cdf, loss["count"])
@@ -291,12 +369,11 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
         [[name, s["count"]] + [s["quantiles"][k] for k in keys]
          for name, s in slices.items()], "slices")
   columns = [c for c in ("id", "score", "loss", "reasons", "given_label",
-                         "predicted_label", "suggested_label",
+                         "given_class", "predicted_label", "predicted_class",
+                         "suggested_label", "suggested_class",
                          "self_confidence")
              if any(c in r for r in top_flagged) or c in ("id", "score")]
-  flagged = _table([c.replace("_", " ") for c in columns],
-                   [[r.get(c) for c in columns] for r in top_flagged],
-                   "flagged")
+  flagged = _flagged_table(columns, top_flagged, previews)
   reasons = _table(["reason", "count"],
                    list(summary["flagged"]["by_reason"].items()), "reasons")
   thresholds = _table(

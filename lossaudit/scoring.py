@@ -255,24 +255,25 @@ _CROSSENTROPIES = ("sparse_categorical_crossentropy",
 
 def computed_from(terms: Tuple[LossTerm, ...],
                   predictions: Mapping[str, tf.Tensor]) -> str:
-  """`logits` when every crossentropy is computed from logits, else
-  `outputs`.
+  """`logits` when there is a crossentropy and every one is computed from
+  logits, else `outputs`.
 
   Keras computes a crossentropy from the logits of a softmax or sigmoid
   output layer (the `_keras_logits` its activation leaves on the output,
   or its op), as `fit` does: no probability is clipped at 1e-7. A SavedModel
-  signature returns only the probabilities: they are clipped.
+  signature returns only the probabilities: they are clipped. Other losses
+  are computed from the outputs as they are.
   """
-  for term in terms:
-    if term.custom or term.loss_name not in _CROSSENTROPIES:
-      continue
+  crossentropies = [t for t in terms
+                    if not t.custom and t.loss_name in _CROSSENTROPIES]
+  for term in crossentropies:
     output = predictions[term.output]
     from_activation = hasattr(output, "_keras_logits") or (
         getattr(getattr(output, "op", None), "type", None) in (
             "Softmax", "Sigmoid"))
     if not (term.from_logits or from_activation):
       return "outputs"
-  return "logits"
+  return "logits" if crossentropies else "outputs"
 
 
 def _input_spec(feature: Feature):

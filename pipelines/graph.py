@@ -16,6 +16,7 @@ from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.flag_counts import FlagCounts
 from lossaudit.merging import merge_all
+from lossaudit.previews import Previews
 from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.duplicates import CountDuplicateIds
@@ -25,6 +26,7 @@ from lossaudit.transforms.flag import (
   flagged_schema,
 )
 from lossaudit.transforms.label_issues import FindLabelIssues, ScoredBatches
+from lossaudit.transforms.previews import FetchPreviews, preview_inputs
 from lossaudit.transforms.read import ReadParquetBatches, ReadTFExampleBatches
 from lossaudit.transforms.score import DEVICE, TIMING, ScoreBatches
 from lossaudit.transforms.spill import ReadSpilled, SpillBatches
@@ -162,8 +164,9 @@ def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
       slice_stats=beam.pvalue.AsDict(statistics.slices))
   flagged = (spilled
              | "RereadForFlags" >> ReadSpilled()
-             | "FlagExamples" >> FlagExamples(thresholds, schema,
-                                              _loss_column(config)))
+             | "FlagExamples" >> FlagExamples(
+                 thresholds, schema, _loss_column(config),
+                 class_names=plan.spec.class_names))
   return _Flagged(statistics, thresholds, flagged)
 
 
@@ -223,7 +226,7 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
               out, outputs.LOSSES, public_schema(schema), num_shards)
           if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
   }
-  _write_summary(p, config, scored, rules, dead, written, run=run,
+  _write_summary(p, config, plan, scored, rules, dead, written, run=run,
                  baseline=baseline)
 
 
@@ -239,15 +242,20 @@ def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
           | "DeadLetters" >> beam.Flatten())
 
 
-def _write_summary(p: beam.Pipeline, config: AuditConfig, scored: _Scored,
-                   rules: _Flagged, dead: beam.PCollection,
+def _write_summary(p: beam.Pipeline, config: AuditConfig,
+                   plan: preflight.Plan, scored: _Scored, rules: _Flagged,
+                   dead: beam.PCollection,
                    written: Dict[str, beam.PCollection], *, run: Dict,
                    baseline: Optional[drift.Baseline]) -> None:
   """`summary.json`, `report.html` and `drift.json`, from what every stage
   counted."""
   out = config.output.dir
+  top_flagged = rules.flagged | "TopFlagged" >> beam.CombineGlobally(
+      TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
   _ = p | "WriteSummary" >> WriteSummary(
       out, config, run, baseline,
+      class_names=plan.spec.class_names,
+      loss_computed_from=plan.loss_computed_from,
       loss_stats=rules.statistics.loss,
       slice_stats=rules.statistics.slices,
       thresholds=rules.thresholds,
@@ -261,9 +269,29 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig, scored: _Scored,
           | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
       duplicates=scored.batches | "CountDuplicateIds" >> CountDuplicateIds(
           outputs.scratch_prefix(out, run["run_id"], "ids")),
-      top_flagged=rules.flagged | "TopFlagged" >> beam.CombineGlobally(
-          TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")),
+      top_flagged=top_flagged,
+      previews=_previews(p, config, plan, top_flagged),
       timings=scored.timings | "SumTimes" >> beam.CombineGlobally(
           merge_all, empty=Timings()),
       devices=scored.devices | "Devices" >> beam.Distinct(),
       written=written)
+
+
+def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
+              top_flagged: beam.PCollection
+              ) -> Optional[beam.PCollection]:
+  """One `Previews` of the top flagged rows' string inputs (thumbnails,
+  text), or None when the model has no string input."""
+  inputs = preview_inputs(plan.spec)
+  if not inputs:
+    return None
+  if not plan.spec.id_column:
+    return p | "NoPreviews" >> beam.Create([Previews(
+        tuple(name for name, _ in inputs), {},
+        note="Examples are not shown: their ids are content fingerprints"
+        " (input.id_column: null), and finding them in the input again would"
+        " mean fingerprinting every record a second time. Set"
+        " input.id_column to see them.")])
+  return top_flagged | "FetchPreviews" >> FetchPreviews(
+      plan.files, config.input.format, plan.spec, plan.tf_schema,
+      config.batch_size)

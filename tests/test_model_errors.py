@@ -1,6 +1,7 @@
 """How a model's own error on one record reads in its dead letter."""
 
 import tensorflow as tf
+
 from lossaudit.errors import op_error_line
 
 

@@ -7,6 +7,7 @@ the model never runs twice.
 from __future__ import annotations
 
 import collections
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -20,14 +21,16 @@ from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
 from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.label_issues import class_arrays
 
-_CARRIED = ("given_label", "predicted_label", "self_confidence")
+_CARRIED = ("given_label", "predicted_label", "self_confidence",
+            "given_class", "predicted_class")
 
 
 def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
   """Schema of `flagged/` rows: id, loss, reasons, score, class signals.
 
   With label issues on (the scored batches carry probabilities),
-  `suggested_label` too.
+  `suggested_label` too; and `suggested_class` when the scored batches
+  carry class names (`given_class`, with `input.label_vocabulary`).
   """
   fields = [
       pa.field("id", pa.string()),
@@ -39,17 +42,35 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
              if c in scored_schema.names]
   if PROBS_COLUMN in scored_schema.names:
     fields.append(pa.field("suggested_label", pa.int64()))
+    if "given_class" in scored_schema.names:
+      fields.append(pa.field("suggested_class", pa.string()))
   return pa.schema(fields)
 
 
 def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
-               schema: pa.Schema, column: str = "loss") -> pa.RecordBatch:
+               schema: pa.Schema, column: str = "loss",
+               class_names: Optional[Sequence[str]] = None
+               ) -> pa.RecordBatch:
   """The flagged rows of one scored batch, each with every reason once.
 
   The rules compare `column` (`loss`, or `weighted_loss` under
   `stats.weighted`); `score` orders the flagged rows by suspicion: that
   value, +inf when it is not finite.
+
+  Args:
+    batch: a scored batch.
+    thresholds: the rules.
+    schema: `flagged_schema` of the scored schema.
+    column: the loss column the rules compare.
+    class_names: the class names by index (`input.label_vocabulary`);
+      needed when `schema` has `suggested_class`.
+
+  Raises:
+    ValueError: `schema` has `suggested_class` and `class_names` is None.
   """
+  if "suggested_class" in schema.names and class_names is None:
+    raise ValueError("flag_batch: the flagged schema has suggested_class;"
+                     " expected class_names. Received: None")
   losses = batch.column(column).to_numpy(zero_copy_only=False)
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
@@ -84,19 +105,27 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
              if c in schema.names]
   if "suggested_label" in schema.names:
     is_issue = [mask for name, mask in rules if name == "label_issue"][0][rows]
-    arrays.append(pa.array(suggested[rows].astype(np.int64), mask=~is_issue))
+    suggested_label = pa.array(suggested[rows].astype(np.int64),
+                               mask=~is_issue)
+    arrays.append(suggested_label)
+    if "suggested_class" in schema.names:
+      arrays.append(pa.array(list(class_names), pa.string()).take(
+          suggested_label))
   return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 class _FlagFn(beam.DoFn):
 
-  def __init__(self, schema: pa.Schema, column: str):
+  def __init__(self, schema: pa.Schema, column: str,
+               class_names: Optional[Sequence[str]]):
     self._schema = schema
     self._column = column
+    self._class_names = class_names
     self._flagged = Metrics.counter(METRICS_NAMESPACE, "examples_flagged")
 
   def process(self, batch: pa.RecordBatch, thresholds: Thresholds):
-    flagged = flag_batch(batch, thresholds, self._schema, self._column)
+    flagged = flag_batch(batch, thresholds, self._schema, self._column,
+                         self._class_names)
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged
@@ -126,16 +155,25 @@ class FlagExamples(beam.PTransform):
     thresholds: a singleton PCollection of `Thresholds`.
     scored_schema: the schema of the scored batches.
     column: the loss column the rules compare.
+    class_names: the class names by index (`input.label_vocabulary`), or
+      None; they name `suggested_class`.
   """
 
   def __init__(self, thresholds, scored_schema: pa.Schema,
-               column: str = "loss"):
+               column: str = "loss",
+               class_names: Optional[Sequence[str]] = None):
     super().__init__()
     self._thresholds = thresholds
     self._schema = flagged_schema(scored_schema)
     self._column = column
+    self._class_names = tuple(class_names) if class_names else None
+    if ("suggested_class" in self._schema.names and
+        self._class_names is None):
+      raise ValueError("FlagExamples: the scored batches carry class names"
+                       " (given_class); expected class_names. Received:"
+                       " None")
 
   def expand(self, scored):
     return scored | "Flag" >> beam.ParDo(
-        _FlagFn(self._schema, self._column),
+        _FlagFn(self._schema, self._column, self._class_names),
         thresholds=beam.pvalue.AsSingleton(self._thresholds))

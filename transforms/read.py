@@ -35,13 +35,15 @@ class _ReadTFExampleFile(beam.DoFn):
   dead letter.
   """
 
-  def __init__(self, schema: bytes, batch_size: int, raw_records: bool):
+  def __init__(self, schema: bytes, batch_size: int, raw_records: bool,
+               metrics_prefix: str = ""):
     self._schema = schema
     self._batch_size = batch_size
     self._raw_records = raw_records
-    self._records_read = Metrics.counter(METRICS_NAMESPACE, "records_read")
-    self._unreadable = Metrics.counter(METRICS_NAMESPACE,
-                                       "unreadable_stretches")
+    self._records_read = Metrics.counter(METRICS_NAMESPACE,
+                                         f"{metrics_prefix}records_read")
+    self._unreadable = Metrics.counter(
+        METRICS_NAMESPACE, f"{metrics_prefix}unreadable_stretches")
 
   def setup(self):
     self._new_decoder()
@@ -163,12 +165,14 @@ class _ReadRowGroup(beam.DoFn):
   dead-letters its rows when they are scored, naming the column.
   """
 
-  def __init__(self, columns: Optional[Sequence[str]], batch_size: int):
+  def __init__(self, columns: Optional[Sequence[str]], batch_size: int,
+               metrics_prefix: str = ""):
     self._columns = list(columns) if columns else None
     self._batch_size = batch_size
-    self._records_read = Metrics.counter(METRICS_NAMESPACE, "records_read")
-    self._unreadable = Metrics.counter(METRICS_NAMESPACE,
-                                       "unreadable_stretches")
+    self._records_read = Metrics.counter(METRICS_NAMESPACE,
+                                         f"{metrics_prefix}records_read")
+    self._unreadable = Metrics.counter(
+        METRICS_NAMESPACE, f"{metrics_prefix}unreadable_stretches")
 
   def process(self, element: Tuple[str, int]):
     path, index = element

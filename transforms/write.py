@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -15,6 +15,7 @@ from lossaudit import drift, outputs, ownership
 from lossaudit.config import AuditConfig, GateConfig
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
+from lossaudit.previews import Previews
 from lossaudit.report import build_summary, render_report
 from lossaudit.scoring import is_internal
 from lossaudit.stats import Thresholds
@@ -79,12 +80,16 @@ class _WriteSummaryFn(beam.DoFn):
   """
 
   def __init__(self, directory: str, config: Dict, gate: GateConfig,
-               run: Dict, baseline: Optional[drift.Baseline]):
+               run: Dict, baseline: Optional[drift.Baseline],
+               class_names: Optional[Sequence[str]] = None,
+               loss_computed_from: Optional[str] = None):
     self._directory = directory
     self._config = config
     self._gate = gate
     self._run = run
     self._baseline = baseline
+    self._class_names = list(class_names) if class_names else None
+    self._loss_computed_from = loss_computed_from
 
   def process(self, unused_trigger, *, loss_stats: Dict,
               slice_stats: List[Tuple[str, Dict]], thresholds: Thresholds,
@@ -92,7 +97,8 @@ class _WriteSummaryFn(beam.DoFn):
               duplicates: Optional[Duplicates], timings: Optional[Timings],
               dead_letter_reasons: List[Tuple[str, int]],
               devices: List[str], losses_files: List[str],
-              flagged_files: List[str], dead_letter_files: List[str]):
+              flagged_files: List[str], dead_letter_files: List[str],
+              previews: Optional[Previews] = None):
     summary = build_summary(
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
@@ -105,6 +111,8 @@ class _WriteSummaryFn(beam.DoFn):
         seconds=time.time() - self._run["start_time"],
         timings=timings,
         devices=sorted(set(devices)),
+        class_names=self._class_names,
+        loss_computed_from=self._loss_computed_from,
         files={
             outputs.LOSSES: sorted(losses_files),
             outputs.FLAGGED: sorted(flagged_files),
@@ -116,7 +124,7 @@ class _WriteSummaryFn(beam.DoFn):
     outputs.write_text(
         outputs.join(self._directory, outputs.REPORT),
         render_report(summary, loss_stats.get("cdf", []), top_flagged,
-                      found))
+                      found, previews=previews))
     ownership.remove_scratch(self._directory, self._run["run_id"])
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
     yield summary
@@ -152,6 +160,10 @@ class WriteSummary(beam.PTransform):
     config: the resolved config (`summary.json` records it as a dict).
     run: `run_id`, `start_time` (`time.time()`) and `runner` of this run.
     baseline: the run to compare with, or None.
+    class_names: the class names by index (`input.label_vocabulary`), or
+      None.
+    loss_computed_from: `logits` or `outputs`: what the crossentropy was
+      computed from (`preflight.Plan.loss_computed_from`), or None.
     loss_stats: one `LossAccumulator.summary()`.
     slice_stats: `(slice, LossAccumulator.summary())` pairs.
     thresholds: one `Thresholds`.
@@ -163,16 +175,21 @@ class WriteSummary(beam.PTransform):
     devices: `host:device` of each scoring DoFn.
     written: the names of the files written, by `outputs.LOSSES`,
       `outputs.FLAGGED` and `outputs.DEAD_LETTER`.
+    previews: one `Previews` of the top flagged rows' string inputs, or
+      None (no PCollection) when the model has none.
   """
 
   def __init__(self, directory: str, config: AuditConfig, run: Dict,
                baseline: Optional[drift.Baseline], *, loss_stats,
                slice_stats, thresholds, flag_counts, top_flagged, timings,
                duplicates, dead_letter_reasons, devices,
-               written: Dict[str, beam.PCollection]):
+               written: Dict[str, beam.PCollection],
+               class_names: Optional[Sequence[str]] = None,
+               loss_computed_from: Optional[str] = None,
+               previews: Optional[beam.PCollection] = None):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
-                               baseline)
+                               baseline, class_names, loss_computed_from)
     one, many = beam.pvalue.AsSingleton, beam.pvalue.AsList
     self._side_inputs = dict(
         loss_stats=one(loss_stats),
@@ -187,6 +204,8 @@ class WriteSummary(beam.PTransform):
         losses_files=many(written[outputs.LOSSES]),
         flagged_files=many(written[outputs.FLAGGED]),
         dead_letter_files=many(written[outputs.DEAD_LETTER]))
+    if previews is not None:
+      self._side_inputs["previews"] = one(previews)
 
   def expand(self, pbegin):
     return (pbegin

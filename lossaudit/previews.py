@@ -1,0 +1,204 @@
+"""Previews of flagged examples for the report: thumbnails and text snippets.
+
+A model's string inputs hold raw text or encoded images. For the few rows
+the report lists, each value becomes one small preview: an image (known by
+its magic bytes) is decoded, scaled down to at most `THUMBNAIL_SIZE` pixels
+and re-encoded as a PNG data URI; valid UTF-8 becomes its first
+`TEXT_CHARS` characters; anything else a short note. A value that claims to
+be an image but does not decode is a note too, never an error.
+
+Previews are plain dicts (`kind` `image`, `text` or `note`), so they pickle
+between workers and the report escapes what it shows.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lossaudit import columns as cols
+
+THUMBNAIL_SIZE = 96  # Largest side of a thumbnail, in pixels.
+TEXT_CHARS = 200  # Characters of a text snippet.
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+
+
+class Previews(NamedTuple):
+  """The previews of the report's flagged rows.
+
+  Attributes:
+    inputs: the model inputs previewed (string inputs), in model order.
+    by_id: id → model input → preview dict (`image_preview`, ...).
+    note: why rows have no preview (e.g. content-fingerprint ids), or None.
+  """
+
+  inputs: Tuple[str, ...]
+  by_id: Dict[str, Dict[str, Dict]]
+  note: Optional[str] = None
+
+
+def batch_previews(batch: pa.RecordBatch, id_column: str,
+                   inputs: Sequence[Tuple[str, str]],
+                   wanted: pa.Array) -> Dict[str, Dict[str, Dict]]:
+  """The previews of the rows of `batch` whose id is wanted.
+
+  Ids are read as the scorer reads them (`columns.first_as_text`), so they
+  match the scored ids. Only the matching rows are previewed, each id once.
+
+  Args:
+    batch: N rows holding `id_column` and the input columns.
+    id_column: the id column.
+    inputs: `(model input, column)` of each string input.
+    wanted: `(K,)` string ids to preview.
+
+  Returns:
+    id → model input → preview, for the wanted ids `batch` holds.
+  """
+  found = cols.optional_column(batch, id_column)
+  if found is None or not len(wanted):
+    return {}
+  ids = cols.first_as_text(found).strings
+  keep = pc.is_in(ids, value_set=wanted).fill_null(False)
+  if not pc.any(keep).as_py():
+    return {}
+  rows = batch.filter(keep)
+  ids = ids.filter(keep).to_pylist()
+  _, first = np.unique(np.asarray(ids, dtype=object), return_index=True)
+  rows = rows.take(pa.array(np.sort(first)))
+  ids = [ids[i] for i in np.sort(first)]
+  result: Dict[str, Dict[str, Dict]] = {id_: {} for id_ in ids}
+  for model_input, column in inputs:
+    for id_, shown in zip(ids, _column_previews(rows, column)):
+      result[id_][model_input] = shown
+  return result
+
+
+def _column_previews(rows: pa.RecordBatch, column: str):
+  """One preview per row of `column` (a note for each row when the column
+  is missing or holds no strings)."""
+  found = cols.optional_column(rows, column)
+  if found is None:
+    return [_note(f"no column {column!r}")] * rows.num_rows
+  try:
+    values, counts = cols.list_bytes(found)
+  except TypeError as e:
+    return [_note(str(e))] * rows.num_rows
+  counts = np.maximum(counts, 0)  # A null row (-1) has no values.
+  ends = np.cumsum(counts)
+  return [preview_values(values[end - n:end].tolist())
+          for n, end in zip(counts.tolist(), ends.tolist())]
+
+
+def merge(previews: Sequence[Dict[str, Dict[str, Dict]]]
+          ) -> Dict[str, Dict[str, Dict]]:
+  """Several `batch_previews` results as one; the first preview of an id
+  wins."""
+  merged: Dict[str, Dict[str, Dict]] = {}
+  for part in previews:
+    for id_, shown in part.items():
+      merged.setdefault(id_, shown)
+  return merged
+
+
+def image_format(value: bytes) -> Optional[str]:
+  """The image format `value` starts like (`PNG`, `JPEG`, `GIF`, `BMP`), or
+  None."""
+  for magic, name in _MAGIC:
+    if value.startswith(magic):
+      return name
+  # "BM", the file size, then two reserved 16-bit fields that are zero: text
+  # that happens to start with "BM" has no NUL bytes there.
+  if value[:2] == b"BM" and len(value) >= 26 and value[6:10] == bytes(4):
+    return "BMP"
+  return None
+
+
+def preview(value: bytes) -> Dict:
+  """One value of a string input → its preview.
+
+  Args:
+    value: the raw bytes of one value.
+
+  Returns:
+    `{"kind": "image", "uri": "data:image/png;base64,...", "width": w,
+    "height": h, "format": "JPEG", "bytes": n}` for an image,
+    `{"kind": "text", "text": snippet, "chars": n}` for UTF-8 text (the
+    snippet is the first `TEXT_CHARS` characters, with "…" when cut), else
+    `{"kind": "note", "text": "..."}`.
+  """
+  value = bytes(value)
+  found = image_format(value)
+  if found:
+    try:
+      return thumbnail(value, found)
+    except Exception as e:  # pylint: disable=broad-except
+      first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+      return _note(f"{len(value):,} bytes: a {found} image that does not"
+                   f" decode ({first[:120]})")
+  try:
+    text = value.decode("utf-8")
+  except UnicodeDecodeError:
+    return _note(f"{len(value):,} bytes, neither an image nor UTF-8 text")
+  snippet = text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else "")
+  return {"kind": "text", "text": snippet, "chars": len(text)}
+
+
+def preview_values(values: Sequence[bytes]) -> Dict:
+  """The values of one row of a string input → one preview.
+
+  One value is previewed as it is; several text values are joined with
+  spaces (tokens); otherwise the first is previewed and `more` counts the
+  rest.
+  """
+  if not values:
+    return _note("no value")
+  if len(values) == 1:
+    return preview(values[0])
+  if not any(image_format(bytes(v)) for v in values):
+    joined = b" ".join(bytes(v) for v in values)
+    try:
+      joined.decode("utf-8")
+    except UnicodeDecodeError:
+      pass
+    else:
+      return preview(joined)
+  return dict(preview(values[0]), more=len(values) - 1)
+
+
+def thumbnail(value: bytes, found: str = "image") -> Dict:
+  """Encoded image bytes → an image preview scaled to at most
+  `THUMBNAIL_SIZE` pixels on its longer side (never enlarged).
+
+  Raises:
+    tf.errors.InvalidArgumentError: the bytes do not decode.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  image = tf.io.decode_image(value, expand_animations=False)  # (H, W, C)
+  height, width = int(image.shape[0]), int(image.shape[1])
+  if not height or not width:
+    raise ValueError(f"empty image {width}x{height}")
+  scale = min(1.0, THUMBNAIL_SIZE / max(height, width))
+  size = (max(1, round(height * scale)), max(1, round(width * scale)))
+  if size != (height, width):
+    image = tf.image.resize(image, size, antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  png = tf.io.encode_png(image).numpy()
+  return {"kind": "image",
+          "uri": "data:image/png;base64," + base64.b64encode(png).decode(),
+          "width": size[1], "height": size[0], "format": found,
+          "bytes": len(value)}
+
+
+def _note(text: str) -> Dict:
+  return {"kind": "note", "text": text}

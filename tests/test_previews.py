@@ -1,0 +1,315 @@
+"""Previews of the flagged examples in the report: image thumbnails and text
+snippets of a model's string inputs, fetched by re-reading the input."""
+
+import base64
+import html
+import re
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+import yaml
+
+from lossaudit import previews, report
+from lossaudit.pipelines import audit
+from tests.helpers import base_config
+from tests.test_report import CHROMIUM, render
+
+BOUND = 96  # The largest side of a thumbnail, in pixels.
+NUM_IMAGES = 24
+NUM_TEXTS = 24
+
+
+def _png(height, width, color=None, seed=0):
+  if color is None:
+    pixels = np.random.default_rng(seed).integers(
+        0, 256, (height, width, 3), dtype=np.uint8)
+  else:
+    pixels = np.broadcast_to(np.array(color, np.uint8), (height, width, 3))
+  return tf.io.encode_png(tf.constant(pixels)).numpy()
+
+
+def _decoded_uri(uri):
+  """A `data:image/png;base64,` URI → its PNG bytes and `(H, W, C)` pixels."""
+  prefix = "data:image/png;base64,"
+  assert uri.startswith(prefix)
+  png = base64.b64decode(uri[len(prefix):], validate=True)
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  return png, tf.io.decode_png(png).numpy()
+
+
+# Pure functions.
+
+
+def test_a_large_png_becomes_a_png_thumbnail_within_the_bound():
+  shown = previews.preview(_png(150, 300))
+  assert shown["kind"] == "image" and shown["format"] == "PNG"
+  _, pixels = _decoded_uri(shown["uri"])
+  assert pixels.shape == (48, 96, 3)
+  assert (shown["height"], shown["width"]) == (48, 96)
+
+
+def test_a_small_image_is_not_enlarged_and_keeps_its_pixels():
+  value = _png(10, 20, seed=3)
+  _, pixels = _decoded_uri(previews.preview(value)["uri"])
+  assert np.array_equal(pixels, tf.io.decode_png(value).numpy())
+
+
+def test_jpeg_and_bmp_are_images():
+  jpeg = tf.io.encode_jpeg(tf.fill([200, 100, 3], tf.constant(200, tf.uint8)))
+  shown = previews.preview(jpeg.numpy())
+  assert shown["format"] == "JPEG"
+  _, pixels = _decoded_uri(shown["uri"])
+  assert pixels.shape == (96, 48, 3)
+  assert np.abs(pixels.astype(int) - 200).max() <= 3
+  # A 2×1 24-bit BMP, bottom row first, BGR, rows padded to 4 bytes.
+  pixel_data = bytes([0, 0, 255, 0, 255, 0, 0, 0])
+  bmp = (b"BM" + struct.pack("<IHHI", 54 + len(pixel_data), 0, 0, 54) +
+         struct.pack("<IiiHHIIiiII", 40, 2, 1, 1, 24, 0, len(pixel_data),
+                     2835, 2835, 0, 0) + pixel_data)
+  shown = previews.preview(bmp)
+  assert shown["format"] == "BMP"
+  _, pixels = _decoded_uri(shown["uri"])
+  assert pixels.tolist() == [[[255, 0, 0], [0, 255, 0]]]
+
+
+def test_text_is_cut_to_200_characters():
+  text = "é<b>" * 100
+  shown = previews.preview(text.encode())
+  assert shown["kind"] == "text" and shown["chars"] == 400
+  assert shown["text"] == text[:200] + "…"
+  assert previews.preview(b"BMW is a car")["text"] == "BMW is a car"
+  assert previews.preview(b"")["text"] == ""
+
+
+def test_bytes_that_are_neither_image_nor_text_are_a_note():
+  shown = previews.preview(b"\xff\xfe\x00\x81" * 4)
+  assert shown == {"kind": "note",
+                   "text": "16 bytes, neither an image nor UTF-8 text"}
+
+
+def test_a_corrupt_image_is_a_note():
+  shown = previews.preview(_png(20, 20)[:40])
+  assert shown["kind"] == "note"
+  assert shown["text"].startswith("40 bytes: a PNG image that does not decode")
+  shown = previews.preview(b"\xff\xd8\xff" + b"\x00" * 50)
+  assert shown["kind"] == "note" and "JPEG image" in shown["text"]
+
+
+def test_batch_previews_keeps_the_wanted_ids_once():
+  batch = pa.RecordBatch.from_pydict({
+      "id": pa.array([[1], [2], [3], [2], [4]], pa.list_(pa.int64())),
+      "text": pa.array([[b"one"], [b"two"], [b"three"], [b"again"], None],
+                       pa.list_(pa.binary())),
+      "tokens": pa.array([["a", "b"], ["c"], [], ["d"], ["e"]]),
+  })
+  found = previews.batch_previews(
+      batch, "id", [("text_in", "text"), ("tokens_in", "tokens"),
+                    ("gone_in", "gone")],
+      pa.array(["2", "4", "9"]))
+  assert found == {
+      "2": {"text_in": {"kind": "text", "text": "two", "chars": 3},
+            "tokens_in": {"kind": "text", "text": "c", "chars": 1},
+            "gone_in": {"kind": "note", "text": "no column 'gone'"}},
+      "4": {"text_in": {"kind": "note", "text": "no value"},
+            "tokens_in": {"kind": "text", "text": "e", "chars": 1},
+            "gone_in": {"kind": "note", "text": "no column 'gone'"}},
+  }
+  found = previews.batch_previews(batch, "id", [("tokens_in", "tokens")],
+                                  pa.array(["1"]))
+  assert found == {"1": {"tokens_in": {"kind": "text", "text": "a b",
+                                       "chars": 3}}}
+  assert previews.batch_previews(batch, "id", [], pa.array(["7"])) == {}
+
+
+def test_the_flagged_table_escapes_previews():
+  shown = previews.Previews(("text", "image"), {
+      "a": {"text": {"kind": "text", "text": '<b>x</b> & "y"', "chars": 16},
+            "image": {"kind": "note", "text": "3 bytes, <odd>"}}})
+  table = report._flagged_table(["id", "score"], [
+      {"id": "a", "score": 2.0}, {"id": "b<", "score": 1.0}], shown)
+  cells = re.findall(r"<td[^>]*>(.*?)</td>", table)
+  assert cells == ["a", "2", "&lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;",
+                   "<em>3 bytes, &lt;odd&gt;</em>",
+                   "b&lt;", "1", "<em>not found in the input</em>",
+                   "<em>not found in the input</em>"]
+  assert re.findall(r"<th>(.*?)</th>", table) == ["id", "score", "text",
+                                                  "image"]
+
+
+# End to end: an image SavedModel on TFRecords, a text model on Parquet.
+
+
+def _color(i):
+  """The solid color of image `i`: distinct per image."""
+  return [(37 * i) % 256, (91 * i + 50) % 256, (23 * i + 120) % 256]
+
+
+class _ImageClassifier(tf.Module):
+  """Encoded PNG bytes `(N,)` → 3-class softmax of the mean color."""
+
+  def __init__(self):
+    super().__init__()
+    self.kernel = tf.Variable([[4.0, -2.0, 0.0], [-3.0, 5.0, 1.0],
+                               [0.0, -1.0, 2.0]])
+    self.bias = tf.Variable([0.1, 0.0, -0.1])
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string,
+                                              name="image")])
+  def serve(self, image):
+    def mean_color(png):
+      pixels = tf.cast(tf.io.decode_png(png, channels=3), tf.float32) / 255
+      return tf.reduce_mean(pixels, axis=[0, 1])
+
+    colors = tf.map_fn(mean_color, image,
+                       fn_output_signature=tf.TensorSpec([3], tf.float32))
+    return {"probs": tf.nn.softmax(colors @ self.kernel + self.bias)}
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+  """An audit of PNGs (some larger than a thumbnail) with a SavedModel that
+  decodes them; the 8 highest losses are flagged."""
+  root = tmp_path_factory.mktemp("image_previews")
+  module = _ImageClassifier()
+  model = root / "model"
+  tf.saved_model.save(module, str(model),
+                      signatures={"serving_default": module.serve})
+  sizes = [(150, 300), (200, 40), (30, 20), (96, 97)]
+  with tf.io.TFRecordWriter(str(root / "images.tfrecord")) as writer:
+    for i in range(NUM_IMAGES):
+      height, width = sizes[i % len(sizes)]
+      features = {
+          "id": tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[f"img-{i}".encode()])),
+          "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[_png(height, width, _color(i))])),
+          "label": tf.train.Feature(int64_list=tf.train.Int64List(
+              value=[i % 3])),
+      }
+      writer.write(tf.train.Example(features=tf.train.Features(
+          feature=features)).SerializeToString())
+  config = base_config(
+      root / "images.tfrecord", model, root / "out",
+      input={"feature_columns": {"image": "image/encoded"}},
+      flag={"loss_quantile": None, "top_k": 8})
+  path = root / "config.yaml"
+  path.write_text(yaml.safe_dump(config))
+  summary = audit.run(["--config", str(path)])
+  return root / "out" / "report.html", summary
+
+
+def _flagged_rows(page):
+  table = re.search(r'<table id="flagged">(.*?)</table>', page, re.S)
+  return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1:]
+
+
+def test_report_shows_a_thumbnail_of_each_flagged_image(image_run):
+  path, summary = image_run
+  assert summary["examples_scored"] == NUM_IMAGES
+  assert summary["flagged"]["total"] == 8
+  assert summary["metrics"]["counters"]["records_read"] == NUM_IMAGES
+  page = path.read_text()
+  rows = _flagged_rows(page)
+  assert len(rows) == 8
+  for row in rows:
+    i = int(re.search(r"<td>img-(\d+)</td>", row).group(1))
+    uris = re.findall(r'<img src="([^"]+)"', row)
+    assert len(uris) == 1
+    _, pixels = _decoded_uri(uris[0])
+    height, width = [(150, 300), (200, 40), (30, 20), (96, 97)][i % 4]
+    scale = min(1, BOUND / max(height, width))
+    assert pixels.shape == (round(height * scale), round(width * scale), 3)
+    assert max(pixels.shape[:2]) <= BOUND
+    # The thumbnail is of this row's image: its solid color.
+    assert np.abs(pixels.astype(int) - _color(i)).max() <= 2
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_thumbnails_decode_in_chromium(image_run, tmp_path):
+  path, _ = image_run
+  page = path.read_text()
+  # The report has no script; a copy reports each image's natural width.
+  probe = page.replace("</body>", """<pre id="widths"></pre><script>
+window.addEventListener("load", () => {
+  document.getElementById("widths").textContent = Array.from(
+      document.images, (image) => image.naturalWidth).join(",");
+});
+</script></body>""")
+  copy = tmp_path / "report.html"
+  copy.write_text(probe)
+  dom, log = render(copy, "--dump-dom")
+  assert "CONSOLE" not in log, [line for line in log.splitlines()
+                                 if "CONSOLE" in line]
+  widths = re.search(r'<pre id="widths">([^<]*)</pre>', dom).group(1)
+  widths = [int(w) for w in widths.split(",")]
+  assert len(widths) == 8 and all(w > 0 for w in widths), widths
+  _, log = render(path, "--dump-dom")
+  assert "CONSOLE" not in log
+
+
+TEXTS = [
+    '<b>bold</b> & "quoted" text',
+    "<script>alert(1)</script> nothing runs",
+    "a long one: " + "la " * 120,
+    "café ünïcödé ✓",
+]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+  import keras
+
+  keras.utils.set_random_seed(0)
+  vectorize = keras.layers.TextVectorization(max_tokens=30,
+                                             output_sequence_length=6)
+  vectorize.adapt(tf.constant(TEXTS))
+  inputs = keras.Input(shape=(1,), dtype="string", name="text")
+  hidden = keras.layers.GlobalAveragePooling1D()(
+      keras.layers.Embedding(30, 4)(vectorize(inputs)))
+  outputs = keras.layers.Dense(3, activation="softmax")(hidden)
+  path = tmp_path_factory.mktemp("text_model") / "text.keras"
+  keras.Model(inputs, outputs).save(path)
+  return path
+
+
+def _text_run(tmp_path, model, id_column):
+  texts = [TEXTS[i % len(TEXTS)] + f" #{i}" for i in range(NUM_TEXTS)]
+  pq.write_table(pa.table({
+      "key": [f"t{i}" for i in range(NUM_TEXTS)], "text": texts,
+      "label": [i % 3 for i in range(NUM_TEXTS)]}),
+      tmp_path / "texts.parquet")
+  config = base_config(
+      tmp_path / "texts.parquet", model, tmp_path / "out",
+      input={"format": "parquet", "id_column": id_column},
+      flag={"loss_quantile": None, "top_k": NUM_TEXTS})
+  path = tmp_path / "config.yaml"
+  path.write_text(yaml.safe_dump(config))
+  audit.run(["--config", str(path)])
+  return texts, (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_report_shows_escaped_text_snippets(tmp_path, text_model):
+  texts, page = _text_run(tmp_path, text_model, "key")
+  rows = _flagged_rows(page)
+  assert len(rows) == NUM_TEXTS
+  assert "<th>text</th>" in page
+  for row in rows:
+    i = int(re.search(r"<td>t(\d+)</td>", row).group(1))
+    text = texts[i]
+    snippet = text if len(text) <= 200 else text[:200] + "…"
+    assert html.escape(snippet) in row
+    assert (f" #{i}<" in row) == (len(text) <= 200)
+    assert "<script>" not in row and "<b>" not in row
+
+
+@pytest.mark.slow
+def test_content_fingerprint_ids_get_a_note_instead(tmp_path, text_model):
+  _, page = _text_run(tmp_path, text_model, None)
+  assert len(_flagged_rows(page)) == NUM_TEXTS
+  assert "input.id_column: null" in page
+  assert "<th>text</th>" not in page and "nothing runs" not in page
