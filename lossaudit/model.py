@@ -144,6 +144,11 @@ class AuditModel:
     self._saved_model = loaded  # Keeps the variables alive.
     self._signature = loaded.signatures[signature]
     specs = self._signature.structured_input_signature[1]
+    ragged = _ragged_function(loaded, self._signature)
+    if ragged is not None:
+      # The signature takes each ragged input as flat tensors (`x`, `x_1`);
+      # the function it wraps takes the tf.RaggedTensor itself.
+      self._signature, specs = ragged
     self.inputs = tuple(
         TensorInfo(name, tuple(spec.shape[1:]), spec.dtype.name,
                    isinstance(spec, tf.RaggedTensorSpec))
@@ -181,6 +186,33 @@ class AuditModel:
     if isinstance(result, (list, tuple)):
       return dict(zip(self.outputs, result))
     return {next(iter(self.outputs)): result}
+
+
+def _ragged_function(loaded, signature):
+  """The restored function that `signature` wraps, when it takes a
+  tf.RaggedTensor, and its `{input: spec}`; else None.
+
+  A SavedModel signature flattens a RaggedTensorSpec input into its values
+  and row splits; the function it calls keeps the spec.
+  """
+  called = [op.get_attr("f").name for op in signature.graph.get_operations()
+            if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+  if len(called) != 1:
+    return None
+  for value in list(vars(loaded).values()):
+    for function in getattr(value, "concrete_functions", None) or ():
+      if function.name.decode() != called[0]:
+        continue
+      args, kwargs = function.structured_input_signature
+      names = list(function.function_type.parameters)
+      specs = dict(zip(names, args), **kwargs)
+      outputs = function.structured_outputs
+      if not (any(isinstance(s, tf.RaggedTensorSpec) for s in specs.values())
+              and isinstance(outputs, dict) and
+              set(outputs) == set(signature.structured_outputs)):
+        return None
+      return function, specs
+  return None
 
 
 def _dtype_name(dtype) -> str:

@@ -184,7 +184,7 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
   else:
     wanted.append(("input.label_column", inp.label_column))
   wanted += [(f"feature column for model input {f.model_input!r}", f.column)
-             for f in features]
+             for f in features if f.column != RAW_RECORD_COLUMN]
   for key, column in wanted:
     if column is not None and column not in present:
       raise ConfigError(
