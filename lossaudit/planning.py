@@ -270,7 +270,7 @@ def read_vocabulary(value) -> Optional[Tuple[str, ...]]:
   try:
     with FileSystems.open(value, compression_type=(
         CompressionTypes.UNCOMPRESSED)) as f:
-      text = f.read().decode("utf-8")
+      text = f.read().decode("utf-8-sig")  # A byte-order mark is no name.
   except UnicodeDecodeError:
     raise ConfigError(f"{key}: expected a UTF-8 text file with one class name"
                       f" per line. Received: {value!r} (not UTF-8)") from None

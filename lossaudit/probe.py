@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -23,10 +24,18 @@ from lossaudit import columns as cols
 from lossaudit import tfrecord
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
-from lossaudit.errors import ConfigError, describe_error, first_line, short_repr
+from lossaudit.errors import (
+  ConfigError,
+  describe_error,
+  first_line,
+  op_error_line,
+  short_repr,
+)
 from lossaudit.model import AuditModel
 from lossaudit.model_inputs import RAW_RECORD_COLUMN, with_raw_records
+from lossaudit.planning import SERIALIZED_EXAMPLES_INPUT
 from lossaudit.scoring import (
+  DATA_ERRORS,
   BatchScorer,
   Feature,
   LossShapeError,
@@ -187,6 +196,15 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
              for f in features if f.column != RAW_RECORD_COLUMN]
   for key, column in wanted:
     if column is not None and column not in present:
+      if (config.input.format != "tfrecord" and len(features) == 1 and
+          features[0].dtype == "string" and
+          features[0].model_input == SERIALIZED_EXAMPLES_INPUT == column):
+        raise ConfigError(
+            "model.serialized_examples_input: the model's only input,"
+            " 'examples', is a string input, which usually takes serialized"
+            " tf.Examples; they need input.format 'tfrecord'. Received:"
+            f" input.format {config.input.format!r}, and no column"
+            f" 'examples' in {sample.path}")
       raise ConfigError(
           f"{key}: column {column!r} not found in the first"
           f" {sample.num_rows} records of {sample.path}; found columns"
@@ -350,11 +368,18 @@ def _scoring_error(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
         f" {describe_error(error)}")
   if not isinstance(error, Exception):
     return None
+  if isinstance(error, tf.errors.OpError):
+    cause = op_error_line(error)
+    if isinstance(error, DATA_ERRORS):
+      cause += (f"; every one of the first {sample.num_rows} records failed"
+                " alone (a record the model rejects is a dead letter only"
+                " when others score)")
+  else:
+    cause = describe_error(error)
   return ConfigError(
       f"model.path: the model {config.model.path!r} does not fit the data"
       f" of {sample.path} with loss"
-      f" {[t.custom or t.loss_name for t in spec.terms]}:"
-      f" {describe_error(error)}")
+      f" {[t.custom or t.loss_name for t in spec.terms]}: {cause}")
 
 
 def _check_classes(num_rows: int, path: str, dead: Sequence[dict]) -> None:

@@ -394,10 +394,16 @@ class BatchScorer:
     spec: what to score and how.
     model: an already loaded model (the pre-run check passes its own);
       loaded from `spec.model_path` when None.
+    model_checked: whether the model is known to score this data (the
+      pre-run check scored some of it): then a part whose every row fails
+      alone is rejected row by row too (a shard of corrupt images), rather
+      than raised as the model's error.
   """
 
-  def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None):
+  def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None,
+               model_checked: bool = False):
     self.spec = spec
+    self.model_checked = model_checked
     self.max_rows: Optional[int] = None  # Set on running out of memory.
     self.halvings = 0
     self.device = select_device(spec.device)
@@ -458,9 +464,10 @@ class BatchScorer:
     A data error of the model (`DATA_ERRORS`: a corrupt image in
     `decode_png`, ...) on a part splits it in halves until the rows that
     raise it are alone; those are rejected and the others scored. When every
-    row of several fails alone, the error is not the data's, and it is
-    raised. Running out of memory halves `max_rows` for the rest of this
-    scorer's life (down to 1, then it is raised) and scores the part again.
+    row of several fails alone and the model is not `model_checked`, the
+    error is not the data's, and it is raised. Running out of memory halves
+    `max_rows` for the rest of this scorer's life (down to 1, then it is
+    raised) and scores the part again.
 
     Returns:
       `(scored, rejected)`: the scored rows in order (None when none), and
@@ -497,7 +504,7 @@ class BatchScorer:
         rejected.append((int(rows[0]), op_error_line(e)))
         continue
       parts.append(scored_batch(self.spec, part, result))
-    if not parts and len(rejected) > 1:
+    if not parts and len(rejected) > 1 and not self.model_checked:
       raise errors[0]
     if not parts:
       return None, rejected

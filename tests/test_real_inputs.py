@@ -696,10 +696,43 @@ def test_model_errors_are_bisected_to_their_rows(png):
   np.testing.assert_allclose(scored.column("loss").to_numpy(),
                              _keras_loss_on(png.given[keep], probs),
                              rtol=RTOL, atol=ATOL)
-  # When every row fails alone, the model is at fault, not the data.
+  # When every row fails alone, the model is at fault, not the data...
+  corrupt = _png_batch(png.ids[:3], [b"x", b"y", b"z"], png.given[:3])
   with pytest.raises(tf.errors.InvalidArgumentError):
-    scorer.score("images", _png_batch(png.ids[:3], [b"x", b"y", b"z"],
-                                      png.given[:3]))
+    scorer.score("images", corrupt)
+  # ... unless the model is known to score this data (a run's workers,
+  # after the pre-run check): then a shard of corrupt records is dead
+  # letters.
+  checked = BatchScorer(_png_spec(png), model=scorer.model,
+                        model_checked=True)
+  scored, dead = checked.score("images", corrupt)
+  assert scored is None
+  assert [(d["id"], d["reason"]) for d in dead] == [
+      (i, "model_error") for i in png.ids[:3]]
+
+
+def test_first_records_all_rejected_stop_the_run_with_the_cause(
+    root, png, tmp_path, capsys):
+  data = tmp_path / "corrupt.tfrecord"
+  with tf.io.TFRecordWriter(str(data)) as writer:
+    for record in _examples({
+        "image/id": [f"bad-{i}" for i in range(5)],
+        "image/encoded": [b"\x89PNG garbage"] * 5,
+        "image/class/label": [0] * 5}):
+      writer.write(record)
+  config = {
+      "input": {"pattern": str(data), "format": "tfrecord",
+                "id_column": "image/id", "label_column": "image/class/label",
+                "feature_columns": {"image_bytes": "image/encoded"}},
+      "model": {"path": str(png.path)},
+      "output": {"dir": str(tmp_path / "out")},
+  }
+  path = tmp_path / "config.yaml"
+  path.write_text(yaml.safe_dump(config))
+  assert audit.main(["--config", str(path)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("lossaudit: error: model.path: the model")
+  assert "InvalidArgumentError at " in err and "DecodePng" in err
 
 
 # 9. A fixed-length input fed rows of other lengths.
@@ -775,3 +808,20 @@ def test_fixed_length_input_in_a_run(root, sequences, fixed):
   _, _, x = _expected_fit(sequences.rows, 0, True)
   expected, probs = _keras_in_graph(fixed, tf.constant(x), sequences.given)
   _check(out, summary, sequences.ids, sequences.given, expected, probs)
+
+
+def test_lone_examples_input_on_parquet_hints_at_tfrecord(root, serialized,
+                                                          capsys):
+  config = base_config(root / "examples.parquet", serialized.path,
+                       root / "out-examples-parquet-auto")
+  config["input"]["format"] = "parquet"
+  path = root / "examples-parquet-auto.yaml"
+  path.write_text(yaml.safe_dump(config))
+  assert audit.main(["--config", str(path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith(
+      "lossaudit: error: model.serialized_examples_input: the model's only"
+      " input, 'examples', is a string input, which usually takes serialized"
+      " tf.Examples; they need input.format 'tfrecord'. Received:"
+      " input.format 'parquet', and no column 'examples' in ")

@@ -55,7 +55,7 @@ def test_serialized_examples_input_must_be_a_name():
 
 def test_vocabulary_file_is_read_line_by_line(tmp_path):
   path = tmp_path / "labels.txt"
-  path.write_bytes(b"spam\r\nham\ncaf\xc3\xa9\n\n")
+  path.write_bytes(b"\xef\xbb\xbfspam\r\nham\ncaf\xc3\xa9\n\n")
   assert planning.read_vocabulary(str(path)) == ("spam", "ham", "café")
   assert planning.read_vocabulary(["a", "b"]) == ["a", "b"]
   assert planning.read_vocabulary(None) is None

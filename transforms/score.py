@@ -49,7 +49,8 @@ class _ScoreBatchFn(beam.DoFn):
   def setup(self):
     spec = self._spec
     self._scorer = self._shared_handle.acquire(
-        lambda: _ScorerHandle(BatchScorer(spec)),
+        # The pre-run check scored the first records with this model.
+        lambda: _ScorerHandle(BatchScorer(spec, model_checked=True)),
         tag=repr(spec)).scorer
     self._device_reported = False
     progress.enable(self._progress_interval)
