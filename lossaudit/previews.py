@@ -99,6 +99,62 @@ def _column_previews(rows: pa.RecordBatch, column: str):
           for n, end in zip(counts.tolist(), ends.tolist())]
 
 
+# The score column of a candidate table: the flag rules' score.
+SCORE_COLUMN = "__score__"
+
+
+def candidates(batch: pa.RecordBatch, scored: pa.RecordBatch,
+               id_column: str, columns: Sequence[str], score_column: str,
+               k: int) -> Optional[pa.Table]:
+  """The `k` highest-scored rows of one scored batch, as read: their id and
+  string columns from `batch`, and their score.
+
+  Flagged rows are ordered by this score (non-finite: +inf), so the report's
+  top flagged rows are among the `k` highest-scored rows of the run
+  whenever the top `k` are flagged, as under `flag.loss_quantile`.
+
+  Args:
+    batch: the N rows read.
+    scored: its M <= N scored rows (`ScoringSpec.scored_schema`).
+    id_column: the id column of `batch`.
+    columns: the string input columns of `batch`.
+    score_column: the scored column the flags compare (`loss`, ...).
+    k: how many rows to keep.
+
+  Returns:
+    Up to `k` rows: `id_column`, `columns` as read, and `SCORE_COLUMN`;
+    None when no row was scored.
+  """
+  if not scored.num_rows:
+    return None
+  scores = scored.column(score_column).to_numpy(zero_copy_only=False)
+  scores = np.where(np.isfinite(scores), scores, np.inf)
+  top = np.argsort(-scores, kind="stable")[:k]
+  ids = cols.first_as_text(batch.column(id_column)).strings
+  rows = pc.index_in(scored.column("id").take(pa.array(top)),
+                     value_set=ids)
+  found = rows.is_valid()
+  rows, top = rows.filter(found), top[found.to_numpy(zero_copy_only=False)]
+  present = [c for c in columns if c in batch.schema.names]
+  return pa.table([ids.take(rows)] + [batch.column(c).take(rows)
+                                     for c in present] +
+                  [pa.array(scores[top], pa.float64())],
+                  names=[id_column, *present, SCORE_COLUMN])
+
+
+def top_candidates(tables: Sequence[Optional[pa.Table]], k: int
+                   ) -> Optional[pa.Table]:
+  """The `k` highest-scored rows of several `candidates` tables."""
+  tables = [t for t in tables if t is not None and t.num_rows]
+  if not tables:
+    return None
+  table = pa.concat_tables(tables, promote_options="permissive")
+  if table.num_rows <= k and len(tables) == 1:
+    return table
+  order = pc.sort_indices(table, [(SCORE_COLUMN, "descending")])
+  return table.take(order[:k])
+
+
 def merge(previews: Sequence[Dict[str, Dict[str, Dict]]]
           ) -> Dict[str, Dict[str, Dict]]:
   """Several `batch_previews` results as one; the first preview of an id

@@ -26,9 +26,19 @@ from lossaudit.transforms.flag import (
   flagged_schema,
 )
 from lossaudit.transforms.label_issues import FindLabelIssues, ScoredBatches
-from lossaudit.transforms.previews import FetchPreviews, preview_inputs
+from lossaudit.transforms.previews import (
+  FetchPreviews,
+  TopCandidatesCombineFn,
+  preview_inputs,
+)
 from lossaudit.transforms.read import ReadParquetBatches, ReadTFExampleBatches
-from lossaudit.transforms.score import DEVICE, TIMING, ScoreBatches
+from lossaudit.transforms.score import (
+  CANDIDATES,
+  DEVICE,
+  TIMING,
+  Candidates,
+  ScoreBatches,
+)
 from lossaudit.transforms.spill import ReadSpilled, SpillBatches
 from lossaudit.transforms.stats import (
   LossStats,
@@ -84,12 +94,15 @@ class _Scored(NamedTuple):
     dead_letters: entries for the rows that could not be scored.
     timings: one `Timings` per batch scored.
     devices: `host:device` of each scoring DoFn instance.
+    candidates: each batch's highest-scored rows as read, for the report's
+      previews (`previews.candidates` tables; empty without previews).
   """
 
   batches: beam.PCollection
   dead_letters: beam.PCollection
   timings: beam.PCollection
   devices: beam.PCollection
+  candidates: beam.PCollection
 
 
 class _Statistics(NamedTuple):
@@ -136,14 +149,20 @@ def _read(p: beam.Pipeline, config: AuditConfig,
 def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
            runner: str) -> _Scored:
   """Each batch scored once, by the model and loss of `plan.spec`."""
+  inputs = preview_inputs(plan.spec)
+  candidates = Candidates(
+      tuple(column for _, column in inputs), _loss_column(config),
+      TOP_FLAGGED_IN_REPORT) if inputs and plan.spec.id_column else None
   score = ScoreBatches(plan.spec, progress_interval=(
-      config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None))
+      config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None),
+                       candidates=candidates)
   if config.runtime.accelerator:
     score = score.with_resource_hints(accelerator=config.runtime.accelerator)
   scored = read.batches | "ScoreBatches" >> score
   return _Scored(batches=scored.scored,
                  dead_letters=scored[dead_letters.TAG],
-                 timings=scored[TIMING], devices=scored[DEVICE])
+                 timings=scored[TIMING], devices=scored[DEVICE],
+                 candidates=scored[CANDIDATES])
 
 
 def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
@@ -270,7 +289,7 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       duplicates=scored.batches | "CountDuplicateIds" >> CountDuplicateIds(
           outputs.scratch_prefix(out, run["run_id"], "ids")),
       top_flagged=top_flagged,
-      previews=_previews(p, config, plan, top_flagged),
+      previews=_previews(p, config, plan, top_flagged, scored.candidates),
       timings=scored.timings | "SumTimes" >> beam.CombineGlobally(
           merge_all, empty=Timings()),
       devices=scored.devices | "Devices" >> beam.Distinct(),
@@ -278,7 +297,7 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
 
 
 def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
-              top_flagged: beam.PCollection
+              top_flagged: beam.PCollection, candidates: beam.PCollection
               ) -> Optional[beam.PCollection]:
   """One `Previews` of the top flagged rows' string inputs (thumbnails,
   text), or None when the model has no string input."""
@@ -292,6 +311,8 @@ def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
         " (input.id_column: null), and finding them in the input again would"
         " mean fingerprinting every record a second time. Set"
         " input.id_column to see them.")])
+  top = candidates | "TopCandidates" >> beam.CombineGlobally(
+      TopCandidatesCombineFn(TOP_FLAGGED_IN_REPORT))
   return top_flagged | "FetchPreviews" >> FetchPreviews(
       plan.files, config.input.format, plan.spec, plan.tf_schema,
-      config.batch_size)
+      config.batch_size, candidates=top)

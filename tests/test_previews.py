@@ -313,3 +313,57 @@ def test_content_fingerprint_ids_get_a_note_instead(tmp_path, text_model):
   assert len(_flagged_rows(page)) == NUM_TEXTS
   assert "input.id_column: null" in page
   assert "<th>text</th>" not in page and "nothing runs" not in page
+
+
+def _text_spec():
+  from lossaudit.scoring import Feature, LossTerm, ScoringSpec  # pylint: disable=g-import-not-at-top
+
+  return ScoringSpec(
+      model_path="m", signature="serving_default",
+      features=(Feature("text", "review", (), "string"),),
+      terms=(LossTerm(output="p", name="p", label_column="label",
+                      loss_name="sparse_categorical_crossentropy",
+                      label_dtype="int64", signals="sparse",
+                      num_classes=2),),
+      id_column="id")
+
+
+def test_candidates_keep_the_highest_scores_as_read():
+  batch = pa.record_batch({"id": ["a", "b", "c", "d"],
+                           "review": ["w", "x", "y", "z"]})
+  scored = pa.record_batch({"id": ["a", "c", "d"],
+                            "loss": [1.0, float("nan"), 0.5]})
+  table = previews.candidates(batch, scored, "id", ["review"], "loss", 2)
+  assert table.to_pydict() == {"id": ["c", "a"], "review": ["y", "w"],
+                               previews.SCORE_COLUMN: [np.inf, 1.0]}
+  other = previews.candidates(
+      pa.record_batch({"id": ["e"], "review": ["v"]}),
+      pa.record_batch({"id": ["e"], "loss": [3.0]}), "id", ["review"],
+      "loss", 2)
+  assert previews.top_candidates([table, None, other], 2).column(
+      "id").to_pylist() == ["c", "e"]
+
+
+@pytest.mark.parametrize("covered", [True, False])
+def test_fetch_previews_reads_the_input_only_for_ids_not_kept(tmp_path,
+                                                              covered):
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.testing.util import assert_that, equal_to  # pylint: disable=g-import-not-at-top
+
+  from lossaudit.transforms.previews import FetchPreviews  # pylint: disable=g-import-not-at-top
+
+  path = str(tmp_path / "reviews.parquet")
+  pq.write_table(pa.table({"id": ["a", "b", "c"],
+                           "review": ["from the file a", "from the file b",
+                                      "from the file c"]}), path)
+  kept = pa.table({"id": ["b"], "review": ["kept b"],
+                   previews.SCORE_COLUMN: [9.0]})
+  with beam.Pipeline() as p:
+    top = p | "Top" >> beam.Create([[{"id": "b"}, {"id": "c"}]])
+    candidates = p | "Kept" >> beam.Create([kept if covered else None])
+    found = top | FetchPreviews([path], "parquet", _text_spec(), None, 2,
+                                candidates=candidates)
+    assert_that(found | beam.Map(lambda f: {
+        id_: shown["text"]["text"] for id_, shown in f.by_id.items()}),
+                equal_to([{"b": "kept b" if covered else "from the file b",
+                           "c": "from the file c"}]))

@@ -1,14 +1,17 @@
-"""Previews of the report's flagged examples, fetched by re-reading the input.
+"""Previews of the report's flagged examples: thumbnails and text.
 
-Scored batches carry no example bytes (a dataset may hold 500M images), so
-once the top flagged rows are known the input files are read again, with
-only the id column and the string inputs' columns, and each batch keeps only
-the rows with a top flagged id (`lossaudit.previews.batch_previews`). The
-file list is derived from the top flagged rows, so the re-read starts only
-once they are known (and not at all when nothing was flagged). Dead letters
-of the re-read are dropped: the main read counted them. The re-read uses
-the readers' DoFns with `preview_` counters, so `records_read` stays the
-number of records the audit read once.
+Scored batches carry no example bytes (a dataset may hold 500M images). The
+scorer keeps, per batch, the few highest-scored rows as read (id and string
+columns, `lossaudit.previews.candidates`), and `TopCandidatesCombineFn`
+keeps the run's highest; the report's top flagged rows are found there
+whenever they are the highest-scored rows (as under `flag.loss_quantile`).
+Only the flagged ids not found there are looked up by reading the input
+files again, with only the id and string columns, each batch keeping the
+rows with a wanted id (`lossaudit.previews.batch_previews`). That file list
+is derived from the missing ids, so the re-read starts only once they are
+known, and not at all when none is missing. Dead letters of the re-read are
+dropped: the main read counted them. The re-read counts into `preview_`
+counters, so `records_read` stays the number of records the audit read.
 """
 
 from __future__ import annotations
@@ -51,27 +54,49 @@ _METRICS_PREFIX = "preview_"
 
 
 class _PreviewRows(beam.DoFn):
-  """`(file, RecordBatch)` → the previews of its top flagged rows (an
+  """`(file, RecordBatch)` → the previews of its rows with a wanted id (an
   `{id: {model input: preview}}` dict), when it has any."""
 
   def __init__(self, id_column: str, inputs: Sequence[Tuple[str, str]]):
     self._id_column = id_column
     self._inputs = tuple(inputs)
-    self._wanted: Optional[Tuple[List, pa.Array]] = None
+    self._wanted: Optional[Tuple[List[str], pa.Array]] = None
 
-  def process(self, element, top_flagged: List[Dict]):
+  def process(self, element, wanted: List[str]):
     _, batch = element
     found = previews_lib.batch_previews(
-        batch, self._id_column, self._inputs, self._ids(top_flagged))
+        batch, self._id_column, self._inputs, self._ids(wanted))
     if found:
       yield found
 
-  def _ids(self, top_flagged: List[Dict]) -> pa.Array:
-    """The top flagged ids as an Arrow array, built once per side input."""
-    if self._wanted is None or self._wanted[0] is not top_flagged:
-      self._wanted = (top_flagged, pa.array(
-          sorted({r["id"] for r in top_flagged}), pa.string()))
+  def _ids(self, wanted: List[str]) -> pa.Array:
+    """The wanted ids as an Arrow array, built once per side input."""
+    if self._wanted is None or self._wanted[0] is not wanted:
+      self._wanted = (wanted, pa.array(wanted, pa.string()))
     return self._wanted[1]
+
+
+class TopCandidatesCombineFn(beam.CombineFn):
+  """`previews.candidates` tables → the `k` highest-scored rows (or None).
+
+  The accumulator holds at most `k` rows, so lifted into each bundle only
+  `k` rows' bytes per bundle are shuffled.
+  """
+
+  def __init__(self, k: int):
+    self._k = k
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, accumulator, table):
+    return previews_lib.top_candidates([accumulator, table], self._k)
+
+  def merge_accumulators(self, accumulators):
+    return previews_lib.top_candidates(list(accumulators), self._k)
+
+  def extract_output(self, accumulator):
+    return accumulator
 
 
 class _MergePreviews(beam.CombineFn):
@@ -90,8 +115,16 @@ class _MergePreviews(beam.CombineFn):
     return accumulator
 
 
+def _wanted_ids(top_flagged: List[Dict]) -> List[str]:
+  return sorted({row["id"] for row in top_flagged})
+
+
 class FetchPreviews(beam.PTransform):
   """The top flagged rows → one `lossaudit.previews.Previews`.
+
+  The rows are looked up first among `candidates` (the highest-scored rows
+  the scorer kept, bytes and all); the input files are read again only when
+  some flagged row is not there, and then only for those ids.
 
   Args:
     files: the input files (`preflight.Plan.files`).
@@ -99,11 +132,13 @@ class FetchPreviews(beam.PTransform):
     spec: what is scored; needs an `id_column` and string inputs.
     tf_schema: the run's serialized tensorflow_metadata Schema (TFRecord).
     batch_size: rows per batch read.
+    candidates: a singleton PCollection of the `TopCandidatesCombineFn`
+      table (or None).
   """
 
   def __init__(self, files: Sequence[str], input_format: str,
                spec: ScoringSpec, tf_schema: Optional[bytes],
-               batch_size: int):
+               batch_size: int, candidates: beam.PCollection):
     super().__init__()
     if not spec.id_column:
       raise ValueError("previews need an id column")
@@ -117,16 +152,32 @@ class FetchPreviews(beam.PTransform):
     self._tf_schema = (preview_tf_schema(tf_schema, columns)
                        if input_format == "tfrecord" else None)
     self._batch_size = batch_size
+    self._candidates = candidates
 
   def expand(self, top_flagged):
-    files = top_flagged | "Files" >> beam.FlatMap(
-        lambda top, files: files if top else [], self._files)
-    batches = self._read(files)
-    names = tuple(model_input for model_input, _ in self._inputs)
-    return (batches
-            | "PreviewRows" >> beam.ParDo(
-                _PreviewRows(self._id_column, self._inputs),
-                top_flagged=beam.pvalue.AsSingleton(top_flagged))
+    id_column, inputs = self._id_column, self._inputs
+
+    def from_candidates(top, table):
+      if table is None:
+        return {}
+      return previews_lib.batch_previews(
+          table.combine_chunks().to_batches()[0], id_column, inputs,
+          pa.array(_wanted_ids(top), pa.string()))
+
+    found = top_flagged | "FromCandidates" >> beam.Map(
+        from_candidates, table=beam.pvalue.AsSingleton(self._candidates))
+    missing = top_flagged | "Missing" >> beam.Map(
+        lambda top, found: [i for i in _wanted_ids(top) if i not in found],
+        found=beam.pvalue.AsSingleton(found))
+    files = missing | "Files" >> beam.FlatMap(
+        lambda ids, files: files if ids else [], self._files)
+    reread = (self._read(files)
+              | "PreviewRows" >> beam.ParDo(
+                  _PreviewRows(id_column, inputs),
+                  wanted=beam.pvalue.AsSingleton(missing)))
+    names = tuple(model_input for model_input, _ in inputs)
+    return ((found, reread)
+            | "Both" >> beam.Flatten()
             | "Merge" >> beam.CombineGlobally(_MergePreviews())
             | "AsPreviews" >> beam.Map(
                 lambda by_id: previews_lib.Previews(names, by_id)))

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from lossaudit import METRICS_NAMESPACE, dead_letters, progress
+from lossaudit import METRICS_NAMESPACE, dead_letters, previews, progress
 from lossaudit.scoring import BatchScorer, ScoringSpec
 from lossaudit.timings import Timings
 
 DEVICE = "device"
 TIMING = "timing"
+CANDIDATES = "candidates"
+
+
+class Candidates(NamedTuple):
+  """Which rows of each batch to keep for the report's previews
+  (`lossaudit.previews.candidates`).
+
+  Attributes:
+    columns: the string input columns.
+    score_column: the scored column the flags compare.
+    k: rows kept per batch.
+  """
+
+  columns: Tuple[str, ...]
+  score_column: str
+  k: int
 
 
 class _ScorerHandle:
@@ -36,8 +52,10 @@ class _ScoreBatchFn(beam.DoFn):
   """
 
   def __init__(self, spec: ScoringSpec, progress_interval: Optional[float],
-               clock: Callable[[], float] = time.perf_counter):
+               clock: Callable[[], float] = time.perf_counter,
+               candidates: Optional[Candidates] = None):
     self._spec = spec
+    self._candidates = candidates
     self._progress_interval = progress_interval
     self._clock = clock
     self._shared_handle = shared.Shared()
@@ -75,6 +93,11 @@ class _ScoreBatchFn(beam.DoFn):
     progress.add(num_scored, len(dead))
     if scored is not None:
       self._scored.inc(num_scored)
+      if self._candidates:
+        c = self._candidates
+        yield beam.pvalue.TaggedOutput(CANDIDATES, previews.candidates(
+            batch, scored, self._spec.id_column, c.columns, c.score_column,
+            c.k))
       yield scored
 
 
@@ -83,22 +106,27 @@ class ScoreBatches(beam.PTransform):
 
   Outputs: `scored` RecordBatches (schema `spec.scored_schema()`),
   `dead_letter` entries for rows that could not be scored, `device`:
-  `host:device` of each scoring DoFn instance, and `timing`: one
-  `lossaudit.timings.Timings` per batch.
+  `host:device` of each scoring DoFn instance, `timing`: one
+  `lossaudit.timings.Timings` per batch, and with `candidates`,
+  `candidates`: each batch's highest-scored rows as read.
 
   Args:
     spec: what to score and how.
     progress_interval: seconds between progress lines on stderr from each
       worker process; None: none.
+    candidates: which rows to keep for the report's previews, or None.
   """
 
   def __init__(self, spec: ScoringSpec,
-               progress_interval: Optional[float] = None):
+               progress_interval: Optional[float] = None,
+               candidates: Optional[Candidates] = None):
     super().__init__()
     self._spec = spec
     self._progress_interval = progress_interval
+    self._candidates = candidates
 
   def expand(self, batches):
     return batches | "Score" >> beam.ParDo(
-        _ScoreBatchFn(self._spec, self._progress_interval)).with_outputs(
-            dead_letters.TAG, DEVICE, TIMING, main="scored")
+        _ScoreBatchFn(self._spec, self._progress_interval,
+                      candidates=self._candidates)).with_outputs(
+            dead_letters.TAG, DEVICE, TIMING, CANDIDATES, main="scored")
