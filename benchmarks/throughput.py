@@ -15,6 +15,16 @@ each in its own process so its peak memory is its own. It checks that (a)
 and (b) agree on the losses, quantiles and flagged ids, and prints
 examples/s, the ratios a/b and a/c and peak memory, also as JSON.
 
+`--case text|image|serialized` times other inputs instead (see cases.py):
+raw strings into a `.keras` TextVectorization model, PNG bytes into a
+SavedModel that decodes them, and serialized tf.Examples into a SavedModel
+that parses them. For text and image, (a) is compared with (b), that case's
+plain tf.data loop; for serialized, (a) is lossaudit with the
+serialized-example SavedModel, (b) the plain loop calling the same
+signature, and (d) lossaudit's own decode path (the same MLP as a SavedModel
+taking the parsed features); it prints a/b and a/d. Each case checks that
+its sides agree on the losses.
+
 With `--baseline-code DIR` (a checkout of another commit, e.g. from
 `git worktree add`) it also times (a) with that code, interleaved with the
 others, and prints the ratios of median time and of peak memory (this
@@ -33,6 +43,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import audit_at
+import cases
 import numpy as np
 
 from lossaudit import datasets
@@ -105,8 +116,12 @@ def _peak_rss_mb() -> float:
 
 def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
                   label_issues: Optional[str],
-                  code_dir: Optional[str] = None) -> Dict:
-  """Times `lossaudit run`; with `code_dir`, the code of that checkout."""
+                  code_dir: Optional[str] = None, case: str = "numeric",
+                  mode: str = "a") -> Dict:
+  """Times `lossaudit run`; with `code_dir`, the code of that checkout.
+
+  `case` and `mode` pick the data and model (`cases.audit_sections`).
+  """
   import yaml  # pylint: disable=g-import-not-at-top
 
   if code_dir:
@@ -123,6 +138,9 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
       "flag": {"loss_quantile": 0.99, "label_issues": label_issues},
       "output": {"dir": out},
   }
+  if case != "numeric":
+    config["input"], config["model"] = cases.audit_sections(case, directory,
+                                                            mode)
   path = os.path.join(out + ".yaml")
   with open(path, "w") as f:
     yaml.safe_dump(config, f)
@@ -141,14 +159,37 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
 # ---- (b) plain TensorFlow ------------------------------------------------
 
 
-def run_plain_tf(directory: str, out: str, batch_size: int) -> Dict:
+def run_plain_tf(directory: str, out: str, batch_size: int,
+                 case: str = "numeric") -> Dict:
+  """Times the plain TensorFlow loop of `case`, then quantiles and flagged
+  ids with numpy; saves its ids, losses and flagged ids for `_compare`.
+  Like (a)'s, the time leaves out importing TensorFlow and Keras."""
+  import keras  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+  start = time.perf_counter()
+  if case == "numeric":
+    ids, losses = _plain_tf_numeric(directory, batch_size)
+  else:
+    ids, losses = cases.plain_tf_losses(case, directory, batch_size)
+  quantiles = {str(q): float(v) for q, v in zip(
+      QUANTILES, np.quantile(losses, QUANTILES, method="inverted_cdf"))}
+  threshold = float(np.quantile(losses, 0.99, method="inverted_cdf"))
+  flagged = ids[losses > threshold]
+  seconds = time.perf_counter() - start
+  np.savez(os.path.join(out, "plain_tf.npz"), ids=ids, losses=losses,
+           flagged=flagged)
+  return {"seconds": seconds, "examples": int(losses.size),
+          "quantiles": quantiles, "flagged": int(flagged.size)}
+
+
+def _plain_tf_numeric(directory: str, batch_size: int):
   import glob  # pylint: disable=g-import-not-at-top
 
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   meta = json.load(open(os.path.join(directory, "meta.json")))
-  start = time.perf_counter()
   model = keras.models.load_model(os.path.join(directory, "model.keras"),
                                   compile=False)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
@@ -173,17 +214,8 @@ def run_plain_tf(directory: str, out: str, batch_size: int) -> Dict:
   for batch in dataset:
     losses.append(score(batch).numpy())
     ids.append(batch["id"].numpy())
-  losses = np.concatenate(losses).astype(np.float64)
-  ids = np.concatenate(ids).astype(str)
-  quantiles = {str(q): float(v) for q, v in zip(
-      QUANTILES, np.quantile(losses, QUANTILES, method="inverted_cdf"))}
-  threshold = float(np.quantile(losses, 0.99, method="inverted_cdf"))
-  flagged = ids[losses > threshold]
-  seconds = time.perf_counter() - start
-  np.savez(os.path.join(out, "plain_tf.npz"), ids=ids, losses=losses,
-           flagged=flagged)
-  return {"seconds": seconds, "examples": int(losses.size),
-          "quantiles": quantiles, "flagged": int(flagged.size)}
+  return (np.concatenate(ids).astype(str),
+          np.concatenate(losses).astype(np.float64))
 
 
 # ---- (c) Beam RunInference, per element ----------------------------------
@@ -270,24 +302,46 @@ def _child(argv: List[str]) -> Dict:
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _compare(out_a: str, out_b: str) -> Dict:
+def _losses_of(out: str):
+  """`(ids, losses, flagged ids)` of a run's output folder: the plain loop's
+  `plain_tf.npz`, or lossaudit's `losses/` and `flagged/`."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
 
-  plain = np.load(os.path.join(out_b, "plain_tf.npz"))
-  ours = pd.read_parquet(os.path.join(out_a, "losses"), columns=["id", "loss"])
-  ours = ours.set_index("id")["loss"].reindex(plain["ids"])
-  diff = np.abs(ours.to_numpy() - plain["losses"])
-  rel = float(np.max(diff / np.maximum(np.abs(plain["losses"]), 1e-6)))
-  flagged = set(pd.read_parquet(os.path.join(out_a, "flagged"),
+  path = os.path.join(out, "plain_tf.npz")
+  if os.path.exists(path):
+    plain = np.load(path)
+    return plain["ids"], plain["losses"], set(plain["flagged"])
+  table = pd.read_parquet(os.path.join(out, "losses"), columns=["id", "loss"])
+  flagged = set(pd.read_parquet(os.path.join(out, "flagged"),
                                 columns=["id"])["id"])
-  return {"max_relative_loss_difference": rel,
-          "flagged_jaccard": len(flagged & set(plain["flagged"])) /
-                             max(1, len(flagged | set(plain["flagged"])))}
+  return table["id"].to_numpy(), table["loss"].to_numpy(), flagged
+
+
+def _compare(out_a: str, out_b: str) -> Dict:
+  """How far (a)'s losses and flagged ids are from (b)'s (the reference)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+
+  ids_b, losses_b, flagged_b = _losses_of(out_b)
+  ids_a, losses_a, flagged_a = _losses_of(out_a)
+  ours = pd.Series(losses_a, index=ids_a).reindex(ids_b).to_numpy()
+  diff = np.abs(ours - losses_b)
+  rel = float(np.max(diff / np.maximum(np.abs(losses_b), 1e-6)))
+  return {"examples_compared": int(len(ids_b)),
+          "examples_missing": int(np.isnan(ours).sum()),
+          "max_relative_loss_difference": rel,
+          "agree_1e-5": bool(rel <= 1e-5 and not np.isnan(ours).any()),
+          "flagged_jaccard": len(flagged_a & flagged_b) /
+                             max(1, len(flagged_a | flagged_b))}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="scripts/benchmark")
-  parser.add_argument("--examples", type=int, default=1_000_000)
+  parser.add_argument("--case", choices=cases.CASES, default="numeric",
+                      help="what is scored (default numeric: the MLP on"
+                      " float features)")
+  parser.add_argument("--examples", type=int, default=None,
+                      help="default: 1,000,000 (numeric, serialized),"
+                      " 200,000 (text), 50,000 (image)")
   parser.add_argument("--shards", type=int, default=8)
   parser.add_argument("--features", type=int, default=64)
   parser.add_argument("--hidden", type=int, default=256)
@@ -298,30 +352,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--runinference-subset", type=int, default=20_000)
   parser.add_argument("--label-issues", default=None,
                       help="also time (a) with flag.label_issues=METHOD")
-  parser.add_argument("--modes", default="a,b,c")
+  parser.add_argument("--modes", default=None,
+                      help="default a,b,c (numeric), a,b (text, image),"
+                      " a,b,d (serialized)")
   parser.add_argument("--baseline-code", default=None,
                       help="also time (a) with the checkout in this folder")
-  parser.add_argument("--repeat", type=int, default=1,
-                      help="runs of each mode, interleaved; medians reported")
+  parser.add_argument("--repeat", "--runs", type=int, default=None,
+                      help="runs of each mode, interleaved; medians reported"
+                      " (default 1 for numeric, 3 for the other cases)")
   parser.add_argument("--dir", default="bench")
   parser.add_argument("--json", default=None, help="also write results here")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  numeric = args.case in ("numeric", "serialized")
+  if args.examples is None:
+    args.examples = cases.DEFAULT_EXAMPLES[args.case]
+  if args.modes is None:
+    args.modes = {"numeric": "a,b,c", "serialized": "a,b,d"}.get(args.case,
+                                                                 "a,b")
+  if args.repeat is None:
+    args.repeat = 1 if args.case == "numeric" else 3
 
-  data_dir = os.path.join(args.dir, f"n{args.examples}-k{args.classes}"
-                          f"-h{args.hidden}-f{args.features}")
+  if numeric:
+    data_dir = os.path.join(args.dir, f"n{args.examples}-k{args.classes}"
+                            f"-h{args.hidden}-f{args.features}")
+  else:
+    data_dir = os.path.join(args.dir, f"{args.case}-n{args.examples}")
+  out_root = os.path.join(args.dir, "out")
+  if args.case != "numeric":
+    out_root = os.path.join(out_root, args.case)
+  if args.case != "numeric" and "c" in args.modes.split(","):
+    parser.error("--modes: (c), RunInference, is timed in the numeric case"
+                 " only")
   if args.child:
-    out = os.path.join(args.dir, "out", args.mode)
+    out = os.path.join(out_root, args.mode)
     os.makedirs(out, exist_ok=True)
     mode = args.mode.removesuffix(BASELINE)
     at_baseline = mode != args.mode
-    if mode == "a" or mode.startswith("a-"):
+    if mode in ("a", "d") or mode.startswith("a-"):
       result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
-                             args.label_issues if mode != "a" else None,
-                             args.baseline_code if at_baseline else None)
+                             args.label_issues if mode.startswith("a-")
+                             else None,
+                             args.baseline_code if at_baseline else None,
+                             args.case, mode)
     elif args.mode == "b":
-      result = run_plain_tf(data_dir, out, args.batch_size)
+      result = run_plain_tf(data_dir, out, args.batch_size, args.case)
     else:
       result = run_inference(data_dir, args.runinference_subset)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -329,11 +405,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
   print(f"Building {args.examples} examples in {data_dir} ...", flush=True)
-  build(data_dir, args.examples, args.shards, args.features, args.hidden,
-        args.classes)
-  common = [f"--examples={args.examples}", f"--shards={args.shards}",
-            f"--features={args.features}", f"--hidden={args.hidden}",
-            f"--classes={args.classes}", f"--batch-size={args.batch_size}",
+  started = time.perf_counter()
+  if numeric:
+    build(data_dir, args.examples, args.shards, args.features, args.hidden,
+          args.classes)
+  if args.case == "serialized":
+    cases.build_serialized(data_dir, args.features)
+  elif args.case == "text":
+    cases.build_text(data_dir, args.examples, args.shards)
+  elif args.case == "image":
+    cases.build_image(data_dir, args.examples, args.shards)
+  print(f"  ready in {time.perf_counter() - started:.0f} s", flush=True)
+  common = [f"--case={args.case}", f"--examples={args.examples}",
+            f"--shards={args.shards}", f"--features={args.features}",
+            f"--hidden={args.hidden}", f"--classes={args.classes}",
+            f"--batch-size={args.batch_size}",
             f"--workers={args.workers}", f"--dir={args.dir}",
             f"--runinference-subset={args.runinference_subset}"]
   modes = args.modes.split(",")
@@ -364,10 +450,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if "a" in results and "b" in results:
     report["a_over_b"] = (results["a"]["examples_per_s"] /
                           results["b"]["examples_per_s"])
-    report["agreement"] = _compare(os.path.join(args.dir, "out", "a"),
-                                   os.path.join(args.dir, "out", "b"))
+    report["agreement"] = _compare(os.path.join(out_root, "a"),
+                                   os.path.join(out_root, "b"))
     print(f"a/b = {report['a_over_b']:.2f}; agreement:"
           f" {report['agreement']}")
+  if "a" in results and "d" in results:
+    report["a_over_d"] = (results["a"]["examples_per_s"] /
+                          results["d"]["examples_per_s"])
+    report["agreement_a_d"] = _compare(os.path.join(out_root, "a"),
+                                       os.path.join(out_root, "d"))
+    print(f"a/d (serialized-example model / decode path) ="
+          f" {report['a_over_d']:.2f}; agreement: {report['agreement_a_d']}")
   if "a" in results and "c" in results:
     report["a_over_c"] = (results["a"]["examples_per_s"] /
                           results["c"]["examples_per_s"])
