@@ -138,9 +138,9 @@ def list_numbers(column: pa.Array, dtype: np.dtype) -> Dense:
   not_numbers = np.zeros(n, dtype=bool)
   not_numbers[row_of[bad]] = True
   first = np.zeros(n, dtype=np.int64)
-  # Reversed, so the first bad value of a row is the one written last.
-  bad_at = np.flatnonzero(bad)[::-1]
-  first[row_of[bad_at]] = bad_at
+  bad_at = np.flatnonzero(bad)
+  rows, at = np.unique(row_of[bad_at], return_index=True)
+  first[rows] = bad_at[at]
   values = np.where(bad, values.dtype.type(0), values)
   return Dense(values, counts, not_numbers,
                shown.take(pa.array(first, mask=~not_numbers)))

@@ -290,10 +290,13 @@ def _lists(batch: pa.RecordBatch, feature: Feature) -> Column:
 
 
 def _fit_rows(read: Column, feature: Feature, spec: ScoringSpec) -> Column:
+  from lossaudit.scoring import pad_value  # pylint: disable=g-import-not-at-top
+
   """A fixed-shape feature read as `Ragged` rows → `(N,) + shape`: rows of
   another length are padded with `spec.pad_value` (when set) or cut to
   length (with `spec.truncate`); the others are `wrong_size`."""
   rows, problems = read.values, list(read.problems)
+  missing = next(p.rows for p in problems if p.reason == MISSING_FEATURE)
   shape = tuple(feature.shape)
   length = shape[0] if shape else 1
   lengths = rows.lengths
@@ -301,7 +304,6 @@ def _fit_rows(read: Column, feature: Feature, spec: ScoringSpec) -> Column:
   wrong = (short if spec.pad_value is None else np.zeros_like(short)) | (
       long if not spec.truncate else np.zeros_like(long))
   if wrong.any():
-    missing = problems[0].rows
     wrong &= ~missing
     problems.append(Problem(
         wrong, WRONG_SIZE, f"feature {feature.column!r} has {{value}}"
@@ -309,7 +311,7 @@ def _fit_rows(read: Column, feature: Feature, spec: ScoringSpec) -> Column:
         lengths * _width(shape[1:])))
   fitted = Ragged(rows.values[_within(lengths, length)],
                   np.minimum(lengths, length))
-  pad = b"" if feature.dtype == "string" else (spec.pad_value or 0)
+  pad = pad_value(spec, feature)
   values = fitted.padded(pad)
   if values.shape[1] < length:
     values = np.concatenate([values, np.full(
@@ -409,7 +411,8 @@ def _named_labels(n: int, found: pa.Array, term: LossTerm,
         unknown, LABEL_OUT_OF_RANGE, "label {value} is not a class of"
         f" input.label_vocabulary ({len(class_names)} classes)", text.raw))
   labels = index.fill_null(0).to_numpy(zero_copy_only=False)
-  return Column(labels.astype(term.label_dtype), problems)
+  return Column(labels.astype(term.label_dtype).reshape(
+      (n,) + tuple(term.label_shape)), problems)
 
 
 def _weights(batch: pa.RecordBatch, name: str) -> Column:

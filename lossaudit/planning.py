@@ -240,11 +240,14 @@ def check_vocabulary(class_names: Tuple[str, ...],
       none has class labels.
   """
   key = "input.label_vocabulary"
-  classified = [t for t in terms if t.num_classes is not None]
+  classified = [t for t in terms if t.num_classes is not None and
+                t.signals in ("sparse", "binary") and
+                math.prod(t.label_shape) == 1]
   if not classified:
     raise ConfigError(
-        f"{key}: needs a classification loss (labels that are class"
-        f" indices). Received: {len(class_names)} class names with loss"
+        f"{key}: needs a classification loss with one class index per"
+        f" example (sparse or binary crossentropy). Received:"
+        f" {len(class_names)} class names with loss"
         f" {[t.custom or t.loss_name for t in terms]}")
   for term in classified:
     if term.num_classes != len(class_names):

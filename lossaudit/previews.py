@@ -136,10 +136,25 @@ def candidates(batch: pa.RecordBatch, scored: pa.RecordBatch,
   found = rows.is_valid()
   rows, top = rows.filter(found), top[found.to_numpy(zero_copy_only=False)]
   present = [c for c in columns if c in batch.schema.names]
-  return pa.table([ids.take(rows)] + [batch.column(c).take(rows)
+  return pa.table([ids.take(rows)] + [_as_byte_lists(batch.column(c).take(rows))
                                      for c in present] +
                   [pa.array(scores[top], pa.float64())],
                   names=[id_column, *present, SCORE_COLUMN])
+
+
+def _as_byte_lists(column: pa.Array) -> pa.Array:
+  """A string or bytes column, scalar or list, as `large_list<large_binary>`
+  (so the candidates of every file concatenate); a column of other values is
+  kept as it is."""
+  try:
+    values, counts = cols.list_bytes(column)
+  except TypeError:
+    return column
+  lengths = np.maximum(counts, 0)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  return pa.LargeListArray.from_arrays(
+      pa.array(offsets), pa.array(list(values), pa.large_binary()),
+      mask=pa.array(counts < 0))
 
 
 def top_candidates(tables: Sequence[Optional[pa.Table]], k: int

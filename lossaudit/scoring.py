@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import (
   Any,
   Callable,
@@ -74,9 +75,6 @@ class Feature(NamedTuple):
   dtype: str
   ragged: bool = False
 
-  @property
-  def variable_length(self) -> bool:
-    return bool(self.shape) and self.shape[0] is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,8 +247,10 @@ def loss_graph(spec: ScoringSpec, model: AuditModel,
   return tf.function(graph, input_signature=[feature_specs, label_specs])
 
 
-_CROSSENTROPIES = ("sparse_categorical_crossentropy",
-                   "categorical_crossentropy", "binary_crossentropy")
+# Each crossentropy, and the activation op whose logits Keras takes for it.
+_CROSSENTROPIES = {"sparse_categorical_crossentropy": "Softmax",
+                   "categorical_crossentropy": "Softmax",
+                   "binary_crossentropy": "Sigmoid"}
 
 
 def computed_from(terms: Tuple[LossTerm, ...],
@@ -268,9 +268,11 @@ def computed_from(terms: Tuple[LossTerm, ...],
                     if not t.custom and t.loss_name in _CROSSENTROPIES]
   for term in crossentropies:
     output = predictions[term.output]
-    from_activation = hasattr(output, "_keras_logits") or (
-        getattr(getattr(output, "op", None), "type", None) in (
-            "Softmax", "Sigmoid"))
+    op = getattr(getattr(output, "op", None), "type", None)
+    # Keras' own rule (`_get_logits`): logits left by any Keras activation,
+    # or the loss's own activation op.
+    from_activation = (hasattr(output, "_keras_logits") or
+                       op == _CROSSENTROPIES[term.loss_name])
     if not (term.from_logits or from_activation):
       return "outputs"
   return "logits" if crossentropies else "outputs"
@@ -285,6 +287,14 @@ def _input_spec(feature: Feature):
   return tf.TensorSpec(shape, tf.as_dtype(feature.dtype))
 
 
+def pad_value(spec: ScoringSpec, feature: Feature) -> Any:
+  """What pads `feature`'s short rows: `spec.pad_value` (0 when None), or
+  the empty string for a string input."""
+  if feature.dtype == "string":
+    return b""
+  return spec.pad_value or 0
+
+
 def model_feeds(spec: ScoringSpec, features: Mapping[str, Any]
                 ) -> Dict[str, Any]:
   """`features` as the model takes them: a `Ragged` feature padded with
@@ -296,8 +306,7 @@ def model_feeds(spec: ScoringSpec, features: Mapping[str, Any]
       if feature.ragged:
         value = tf.RaggedTensor.from_row_lengths(value.values, value.lengths)
       else:
-        pad = b"" if feature.dtype == "string" else spec.pad_value or 0
-        value = value.padded(pad)
+        value = value.padded(pad_value(spec, feature))
     feeds[feature.model_input] = value
   return feeds
 
@@ -406,6 +415,8 @@ class BatchScorer:
     self.model_checked = model_checked
     self.max_rows: Optional[int] = None  # Set on running out of memory.
     self.halvings = 0
+    self._lock = threading.Lock()
+    self._thread = threading.local()
     self.device = select_device(spec.device)
     self._traced: Dict[str, str] = {}
     with tf.device(self.device):
@@ -466,8 +477,8 @@ class BatchScorer:
     raise it are alone; those are rejected and the others scored. When every
     row of several fails alone and the model is not `model_checked`, the
     error is not the data's, and it is raised. Running out of memory halves
-    `max_rows` for the rest of this scorer's life (down to 1, then it is
-    raised) and scores the part again.
+    `max_rows` for the rest of this scorer's life and scores the part again;
+    a single row that does not fit is rejected.
 
     Returns:
       `(scored, rejected)`: the scored rows in order (None when none), and
@@ -487,13 +498,12 @@ class BatchScorer:
       part = inputs if len(rows) == n else inputs.rows(_mask(rows, n))
       try:
         result = self.score_arrays(part.features, part.labels)
-      except tf.errors.ResourceExhaustedError:
-        if len(rows) == 1:
-          raise
-        self.max_rows = len(rows) // 2
-        self.halvings += 1
-        logging.warning("lossaudit: out of memory scoring %d rows; batches"
-                        " are now at most %d rows", len(rows), self.max_rows)
+      except tf.errors.ResourceExhaustedError as e:
+        if len(rows) == 1:  # This one record does not fit: it alone is lost.
+          errors.append(e)
+          rejected.append((int(rows[0]), op_error_line(e)))
+          continue
+        self._halve(len(rows))
         pending.insert(0, rows)
         continue
       except DATA_ERRORS as e:
@@ -514,6 +524,21 @@ class BatchScorer:
         rejected
 
 
+  def _halve(self, rows: int) -> None:
+    """Scores at most `rows // 2` rows at a time from now on (the threads
+    sharing this scorer too)."""
+    with self._lock:
+      self.max_rows = min(self.max_rows or rows, rows) // 2 or 1
+      self.halvings += 1
+      self._thread.halvings = self.halvings_in_thread() + 1
+    logging.warning("lossaudit: out of memory scoring %d rows; batches are"
+                    " now at most %d rows", rows, self.max_rows)
+
+  def halvings_in_thread(self) -> int:
+    """How many times this thread halved `max_rows` (for its metric)."""
+    return getattr(self._thread, "halvings", 0)
+
+
 def _mask(rows: np.ndarray, n: int) -> np.ndarray:
   """`(n,)` bool, set at `rows`."""
   mask = np.zeros(n, dtype=bool)
@@ -530,10 +555,12 @@ def _hashable(value: Any) -> np.ndarray:
   64-bit hash of each row's length and values (so a row hashes the same
   whatever the batch it is in)."""
   if isinstance(value, Ragged):
-    n = len(value.lengths)
-    flat = _hashable(value.values.reshape(len(value.values), -1))
-    flat = flat.reshape(len(flat), -1)
-    words = np.ascontiguousarray(flat).view(np.uint8).reshape(len(flat), -1)
+    n, m = len(value.lengths), len(value.values)
+    flat = _hashable(value.values.reshape(
+        m, int(np.prod(value.values.shape[1:], dtype=np.int64))))
+    flat = flat.reshape(m, int(np.prod(flat.shape[1:], dtype=np.int64)))
+    words = np.ascontiguousarray(flat).view(np.uint8).reshape(
+        m, flat.shape[1] * flat.dtype.itemsize)
     per_value = cols.fingerprints_u64(words)
     starts = np.cumsum(value.lengths) - value.lengths
     position = (np.arange(len(per_value)) -

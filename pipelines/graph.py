@@ -155,7 +155,8 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
       TOP_FLAGGED_IN_REPORT) if inputs and plan.spec.id_column else None
   score = ScoreBatches(plan.spec, progress_interval=(
       config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None),
-                       candidates=candidates)
+                       candidates=candidates,
+                       model_checked=plan.loss_computed_from is not None)
   if config.runtime.accelerator:
     score = score.with_resource_hints(accelerator=config.runtime.accelerator)
   scored = read.batches | "ScoreBatches" >> score

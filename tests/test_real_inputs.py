@@ -620,8 +620,8 @@ class _SmallMemoryScorer(BatchScorer):
 
   limit = 100
 
-  def __init__(self, spec):
-    super().__init__(spec)
+  def __init__(self, spec, **kwargs):
+    super().__init__(spec, **kwargs)
     self.scored_sizes = []
 
   def score_arrays(self, features, labels):
@@ -661,6 +661,31 @@ def test_out_of_memory_halves_the_batch(sequences):
     start += size
   np.testing.assert_allclose(scored.column("loss").to_numpy(),
                              np.concatenate(expected), rtol=RTOL, atol=ATOL)
+  assert scorer.halvings_in_thread() == 4
+
+
+def test_a_record_too_large_alone_is_one_dead_letter(sequences):
+  spec = ScoringSpec(
+      model_path=str(sequences.path), signature="serving_default",
+      features=(Feature("tokens", "tokens", (None,), "int32"),),
+      terms=(_sparse_term("probs"),), id_column="id")
+  batch = pa.RecordBatch.from_pydict({
+      "id": ["a", "b", "c"], "tokens": [[1], [2, 3], [4]],
+      "label": [0, 1, 2]})
+  unchecked = _SmallMemoryScorer(spec)
+  unchecked.limit = 0  # Not even one row fits: not the data's fault...
+  with pytest.raises(tf.errors.ResourceExhaustedError):
+    unchecked.score("memory", batch)
+  # ... unless the model is known to score this data.
+  scorer = _SmallMemoryScorer(spec, model=unchecked.model,
+                              model_checked=True)
+  scorer.limit = 0
+  scored, dead = scorer.score("memory", batch)
+  assert scored is None
+  assert [(d["id"], d["reason"], d["error"]) for d in dead] == [
+      (i, "model_error", "ResourceExhaustedError: OOM: test")
+      for i in ("a", "b", "c")]
+  assert scorer.max_rows == 1
 
 
 def _png_spec(png):

@@ -85,6 +85,33 @@ def test_a_row_fingerprints_the_same_in_any_batch():
   assert len(set(first + second)) == 3
 
 
+def test_empty_rows_alone_fingerprint_too():
+  spec = _spec((None,), id_column=None)
+  empty = read_model_inputs(spec, _batch([[], []])).inputs
+  result = {"loss": np.zeros(2), "given_label": np.zeros(2),
+            "predicted_label": np.zeros(2), "self_confidence": np.zeros(2),
+            "margin": np.zeros(2)}
+  ids = scored_batch(spec, empty, result).column("id").to_pylist()
+  assert ids[0] == ids[1]
+
+
+def test_class_names_fit_a_binary_output_of_one_unit():
+  term = LossTerm(output="p", name="p", label_column="label",
+                  loss_name="binary_crossentropy", label_shape=(1,),
+                  label_dtype="float32", signals="binary", num_classes=2)
+  spec = ScoringSpec(model_path="m", signature="serving_default",
+                     features=(Feature("x", "x", (1,), "float32"),),
+                     terms=(term,), id_column="id",
+                     class_names=("ham", "spam"))
+  checked = read_model_inputs(spec, pa.RecordBatch.from_pydict({
+      "id": ["a", "b", "c"], "x": [1.0, 2.0, 3.0],
+      "label": ["spam", "ham", "eggs"]}))
+  labels = checked.inputs.labels["p"]
+  assert labels.shape == (3, 1)
+  assert labels[:2, 0].tolist() == [1, 0]
+  assert checked.bad.tolist() == [False, False, True]
+
+
 def test_strings_are_read_as_bytes_from_text_and_binary_columns():
   spec = _spec((), dtype="string")
   for rows in (["a b", "", None], [b"\x89PNG", b"", None]):

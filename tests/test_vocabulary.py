@@ -107,9 +107,9 @@ def test_vocabulary_must_name_every_class():
   with pytest.raises(ConfigError) as raised:
     planning.check_vocabulary(("a", "b"), (regression,))
   assert str(raised.value) == (
-      "input.label_vocabulary: needs a classification loss (labels that are"
-      " class indices). Received: 2 class names with loss"
-      " ['mean_squared_error']")
+      "input.label_vocabulary: needs a classification loss with one class"
+      " index per example (sparse or binary crossentropy). Received: 2 class"
+      " names with loss ['mean_squared_error']")
 
 
 class _Model:

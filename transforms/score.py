@@ -53,9 +53,11 @@ class _ScoreBatchFn(beam.DoFn):
 
   def __init__(self, spec: ScoringSpec, progress_interval: Optional[float],
                clock: Callable[[], float] = time.perf_counter,
-               candidates: Optional[Candidates] = None):
+               candidates: Optional[Candidates] = None,
+               model_checked: bool = False):
     self._spec = spec
     self._candidates = candidates
+    self._model_checked = model_checked
     self._progress_interval = progress_interval
     self._clock = clock
     self._shared_handle = shared.Shared()
@@ -65,10 +67,9 @@ class _ScoreBatchFn(beam.DoFn):
     self._halvings = Metrics.counter(METRICS_NAMESPACE, "batch_size_halvings")
 
   def setup(self):
-    spec = self._spec
+    spec, checked = self._spec, self._model_checked
     self._scorer = self._shared_handle.acquire(
-        # The pre-run check scored the first records with this model.
-        lambda: _ScorerHandle(BatchScorer(spec, model_checked=True)),
+        lambda: _ScorerHandle(BatchScorer(spec, model_checked=checked)),
         tag=repr(spec)).scorer
     self._device_reported = False
     progress.enable(self._progress_interval)
@@ -79,10 +80,10 @@ class _ScoreBatchFn(beam.DoFn):
       self._device_reported = True
       yield beam.pvalue.TaggedOutput(
           DEVICE, f"{socket.gethostname()}:{self._scorer.device}")
-    start, halvings = self._clock(), self._scorer.halvings
+    start, halvings = self._clock(), self._scorer.halvings_in_thread()
     scored, dead = self._scorer.score(source, batch)
     seconds = self._clock() - start
-    self._halvings.inc(self._scorer.halvings - halvings)
+    self._halvings.inc(self._scorer.halvings_in_thread() - halvings)
     self._latency.update(int(seconds * 1000))
     yield beam.pvalue.TaggedOutput(TIMING,
                                    Timings.of_batch(batch.num_rows, seconds))
@@ -115,18 +116,23 @@ class ScoreBatches(beam.PTransform):
     progress_interval: seconds between progress lines on stderr from each
       worker process; None: none.
     candidates: which rows to keep for the report's previews, or None.
+    model_checked: whether the pre-run check scored records with this model
+      (`BatchScorer`'s `model_checked`).
   """
 
   def __init__(self, spec: ScoringSpec,
                progress_interval: Optional[float] = None,
-               candidates: Optional[Candidates] = None):
+               candidates: Optional[Candidates] = None,
+               model_checked: bool = False):
     super().__init__()
     self._spec = spec
     self._progress_interval = progress_interval
     self._candidates = candidates
+    self._model_checked = model_checked
 
   def expand(self, batches):
     return batches | "Score" >> beam.ParDo(
         _ScoreBatchFn(self._spec, self._progress_interval,
-                      candidates=self._candidates)).with_outputs(
+                      candidates=self._candidates,
+                      model_checked=self._model_checked)).with_outputs(
             dead_letters.TAG, DEVICE, TIMING, CANDIDATES, main="scored")
