@@ -334,10 +334,11 @@ def test_candidates_keep_the_highest_scores_as_read():
   scored = pa.record_batch({"id": ["a", "c", "d"],
                             "loss": [1.0, float("nan"), 0.5]})
   table = previews.candidates(batch, scored, "id", ["review"], "loss", 2)
-  assert table.to_pydict() == {"id": ["c", "a"], "review": ["y", "w"],
+  assert table.to_pydict() == {"id": ["c", "a"], "review": [[b"y"], [b"w"]],
                                previews.SCORE_COLUMN: [np.inf, 1.0]}
   other = previews.candidates(
-      pa.record_batch({"id": ["e"], "review": ["v"]}),
+      # A list column in another file: candidates still concatenate.
+      pa.record_batch({"id": ["e"], "review": pa.array([[b"v", b"u"]])}),
       pa.record_batch({"id": ["e"], "loss": [3.0]}), "id", ["review"],
       "loss", 2)
   assert previews.top_candidates([table, None, other], 2).column(
