@@ -451,20 +451,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          peak_rss_mb=max(r["peak_rss_mb"] for r in done),
                          examples_per_s=median["examples"] / median["seconds"])
   report = {"config": vars(args), "results": results}
-  if "a" in results and "b" in results:
-    report["a_over_b"] = (results["a"]["examples_per_s"] /
-                          results["b"]["examples_per_s"])
-    report["agreement"] = _compare(os.path.join(out_root, "a"),
-                                   os.path.join(out_root, "b"))
-    print(f"a/b = {report['a_over_b']:.2f}; agreement:"
-          f" {report['agreement']}")
-  if "a" in results and "d" in results:
-    report["a_over_d"] = (results["a"]["examples_per_s"] /
-                          results["d"]["examples_per_s"])
-    report["agreement_a_d"] = _compare(os.path.join(out_root, "a"),
-                                       os.path.join(out_root, "d"))
-    print(f"a/d (serialized-example model / decode path) ="
-          f" {report['a_over_d']:.2f}; agreement: {report['agreement_a_d']}")
+  for other, agreement, what in (("b", "agreement", "a/b"),
+                                 ("d", "agreement_a_d",
+                                  "a/d (serialized-example model / decode"
+                                  " path)")):
+    if "a" in results and other in results:
+      report[f"a_over_{other}"] = (results["a"]["examples_per_s"] /
+                                   results[other]["examples_per_s"])
+      report[agreement] = _compare(os.path.join(out_root, "a"),
+                                   os.path.join(out_root, other))
+      print(f"{what} = {report[f'a_over_{other}']:.2f}; agreement:"
+            f" {report[agreement]}")
   if "a" in results and "c" in results:
     report["a_over_c"] = (results["a"]["examples_per_s"] /
                           results["c"]["examples_per_s"])

@@ -419,6 +419,17 @@ def _padded(rows, length=None):
   return out
 
 
+def _token_classifier(length):
+  """Token ids `(N, length)` (None: any length) → K softmax classes, over
+  the mean of their embeddings (padding counts in the mean)."""
+  keras.utils.set_random_seed(SEED)
+  inputs = keras.Input((length,), dtype="int32", name="tokens")
+  hidden = keras.layers.GlobalAveragePooling1D()(
+      keras.layers.Embedding(VOCAB, 8)(inputs))
+  return keras.Model(inputs, keras.layers.Dense(
+      K, activation="softmax", name="probs")(hidden))
+
+
 @pytest.fixture(scope="module")
 def sequences(root):
   """A `.keras` model on token ids of any length (Input (None,), Embedding,
@@ -427,12 +438,7 @@ def sequences(root):
   rng = np.random.default_rng(SEED + 3)
   truth = rng.integers(0, K, N)
   rows = _token_rows(truth, rng)
-  keras.utils.set_random_seed(SEED)
-  inputs = keras.Input((None,), dtype="int32", name="tokens")
-  hidden = keras.layers.GlobalAveragePooling1D()(
-      keras.layers.Embedding(VOCAB, 8)(inputs))
-  model = keras.Model(inputs, keras.layers.Dense(
-      K, activation="softmax", name="probs")(hidden))
+  model = _token_classifier(None)
   _fit(model, _padded(rows).astype(np.int32), truth)
   path = root / "tokens.keras"
   model.save(path)
@@ -779,12 +785,7 @@ LENGTH = 6
 @pytest.fixture(scope="module")
 def fixed(root, sequences):
   """A `.keras` model on exactly LENGTH token ids (rows here have 2 to 9)."""
-  keras.utils.set_random_seed(SEED)
-  inputs = keras.Input((LENGTH,), dtype="int32", name="tokens")
-  hidden = keras.layers.GlobalAveragePooling1D()(
-      keras.layers.Embedding(VOCAB, 8)(inputs))
-  model = keras.Model(inputs, keras.layers.Dense(
-      K, activation="softmax", name="probs")(hidden))
+  model = _token_classifier(LENGTH)
   _fit(model, _padded(sequences.rows, LENGTH).astype(np.int32),
        sequences.truth)
   path = root / "fixed.keras"
