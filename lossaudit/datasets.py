@@ -23,6 +23,8 @@ def _list_column(values: np.ndarray) -> pa.Array:
   elif values.dtype.kind == "f":
     flat = flat.astype(np.float32)
   items = pa.array(flat.reshape(-1))
+  if isinstance(items, pa.ChunkedArray):  # Arrow splits very long text.
+    items = items.combine_chunks()
   if pa.types.is_string(items.type) or pa.types.is_large_string(items.type):
     items = items.cast(pa.binary())
   return pa.ListArray.from_arrays(pa.array(offsets), items)
