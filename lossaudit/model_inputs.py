@@ -290,8 +290,6 @@ def _lists(batch: pa.RecordBatch, feature: Feature) -> Column:
 
 
 def _fit_rows(read: Column, feature: Feature, spec: ScoringSpec) -> Column:
-  from lossaudit.scoring import pad_value  # pylint: disable=g-import-not-at-top
-
   """A fixed-shape feature read as `Ragged` rows → `(N,) + shape`: rows of
   another length are padded with `spec.pad_value` (when set) or cut to
   length (with `spec.truncate`); the others are `wrong_size`."""
@@ -318,6 +316,14 @@ def _fit_rows(read: Column, feature: Feature, spec: ScoringSpec) -> Column:
         (len(lengths), length - values.shape[1]) + values.shape[2:], pad,
         dtype=values.dtype)], axis=1)
   return Column(values.reshape((len(lengths),) + shape), problems)
+
+
+def pad_value(spec: ScoringSpec, feature: Feature) -> Any:
+  """What pads `feature`'s short rows: `spec.pad_value` (0 when None), or
+  the empty string for a string input."""
+  if feature.dtype == "string":
+    return b""
+  return spec.pad_value or 0
 
 
 def _within(lengths: np.ndarray, length: int) -> np.ndarray:

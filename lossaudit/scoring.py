@@ -42,6 +42,7 @@ from lossaudit.model_inputs import (
   RAW_RECORD_COLUMN,
   ModelInputs,
   Ragged,
+  pad_value,
   read_model_inputs,
 )
 
@@ -285,14 +286,6 @@ def _input_spec(feature: Feature):
     return tf.RaggedTensorSpec(shape, tf.as_dtype(feature.dtype),
                                ragged_rank=1, row_splits_dtype=tf.int64)
   return tf.TensorSpec(shape, tf.as_dtype(feature.dtype))
-
-
-def pad_value(spec: ScoringSpec, feature: Feature) -> Any:
-  """What pads `feature`'s short rows: `spec.pad_value` (0 when None), or
-  the empty string for a string input."""
-  if feature.dtype == "string":
-    return b""
-  return spec.pad_value or 0
 
 
 def model_feeds(spec: ScoringSpec, features: Mapping[str, Any]
