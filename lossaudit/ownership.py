@@ -50,13 +50,14 @@ GCS_DEADLINE = 8.0
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{6}"
 _TEMPORARY = r"\.tmp-[0-9a-f]{8}"
+_BEAM_TEMP = r"beam-temp-part-[0-9a-f]{32}"  # Beam's folder for a write.
 # Paths relative to `output.dir` that lossaudit writes, and nothing else.
 _OWN = re.compile(
     rf"(?:{'|'.join(re.escape(n) for n in outputs.TOP_LEVEL_FILES)})"
     rf"(?:{_TEMPORARY})?"
     rf"|(?:{'|'.join(re.escape(k) for k in outputs.SHARD_DIRS)})/"
     r"(?:part-\d{5}-of-\d{5}\.(?:parquet|jsonl)"
-    r"|beam-temp-part-[0-9a-f]{32}/[^/]+)"
+    rf"|{_BEAM_TEMP}/[^/]+)"
     rf"|{re.escape(outputs.SCRATCH)}/{_RUN_ID}/[^/]+")
 
 
@@ -470,10 +471,29 @@ def remove_own_files(directory: str,
   if doomed:
     FileSystems.delete([p for p, _ in doomed])
   if not _is_gcs(directory):
-    parents = {os.path.dirname(p) for p, _ in doomed}
+    # A run stopped before its first write leaves Beam's temporary
+    # directory empty: no file names it, so it is found by its own name.
+    parents = {os.path.dirname(p) for p, _ in doomed} | {
+        os.path.join(directory, rel) for rel in _own_temp_dirs(directory)
+        if which(rel + "/")}
     for parent in sorted(parents, key=len, reverse=True):
       _remove_empty_dirs(parent, directory)
   return [p for p, _ in doomed]
+
+
+def _own_temp_dirs(directory: str) -> List[str]:
+  """The Beam temporary directories of the shard folders of the local
+  `directory`, relative to it."""
+  found = []
+  for kind in outputs.SHARD_DIRS:
+    try:
+      names = os.listdir(os.path.join(directory, kind))
+    except OSError:
+      continue
+    found += [f"{kind}/{name}" for name in names
+              if re.fullmatch(_BEAM_TEMP, name)
+              and os.path.isdir(os.path.join(directory, kind, name))]
+  return found
 
 
 def _remove_empty_dirs(path: str, stop: str) -> None:

@@ -105,7 +105,7 @@ SCORE_COLUMN = "__score__"
 
 def candidates(batch: pa.RecordBatch, scored: pa.RecordBatch,
                id_column: str, columns: Sequence[str], score_column: str,
-               k: int) -> Optional[pa.Table]:
+               k: int, above: float = -np.inf) -> Optional[pa.Table]:
   """The `k` highest-scored rows of one scored batch, as read: their id and
   string columns from `batch`, and their score.
 
@@ -120,16 +120,21 @@ def candidates(batch: pa.RecordBatch, scored: pa.RecordBatch,
     columns: the string input columns of `batch`.
     score_column: the scored column the flags compare (`loss`, ...).
     k: how many rows to keep.
+    above: only rows scored higher are kept (`RunningTop.bar`: rows that
+      cannot be among the `k` highest).
 
   Returns:
     Up to `k` rows: `id_column`, `columns` as read, and `SCORE_COLUMN`;
-    None when no row was scored.
+    None when no row was scored above `above`.
   """
   if not scored.num_rows:
     return None
   scores = scored.column(score_column).to_numpy(zero_copy_only=False)
   scores = np.where(np.isfinite(scores), scores, np.inf)
-  top = np.argsort(-scores, kind="stable")[:k]
+  higher = np.flatnonzero(scores > above)
+  if not higher.size:
+    return None
+  top = higher[np.argsort(-scores[higher], kind="stable")[:k]]
   ids = cols.first_as_text(batch.column(id_column)).strings
   rows = pc.index_in(scored.column("id").take(pa.array(top)),
                      value_set=ids)
@@ -140,6 +145,30 @@ def candidates(batch: pa.RecordBatch, scored: pa.RecordBatch,
                                      for c in present] +
                   [pa.array(scores[top], pa.float64())],
                   names=[id_column, *present, SCORE_COLUMN])
+
+
+class RunningTop:
+  """The `k` highest scores of the candidates kept so far.
+
+  A row scored at or below `bar` cannot be among the `k` highest, so
+  `candidates(..., above=bar)` skips it: after the first batches, most
+  batches keep no row and cost one comparison.
+  """
+
+  def __init__(self, k: int):
+    self._k = k
+    self._scores = np.empty(0)  # Ascending, at most k.
+
+  @property
+  def bar(self) -> float:
+    """The k-th highest score kept; -inf while fewer than k are kept."""
+    return float(self._scores[0]) if len(self._scores) == self._k else (
+        -np.inf)
+
+  def add(self, table: pa.Table) -> None:
+    """Counts the scores of a `candidates` table as kept."""
+    scores = table.column(SCORE_COLUMN).to_numpy()
+    self._scores = np.sort(np.concatenate([self._scores, scores]))[-self._k:]
 
 
 def _as_byte_lists(column: pa.Array) -> pa.Array:

@@ -245,7 +245,12 @@ def loss_graph(spec: ScoringSpec, model: AuditModel,
       t.name: tf.TensorSpec((None,) + tuple(t.label_shape),
                             tf.as_dtype(t.label_dtype)) for t in spec.terms
   }
-  return tf.function(graph, input_signature=[feature_specs, label_specs])
+  # No AutoGraph: this code has no tensor-dependent Python control flow, and
+  # what it calls is traced as Keras' `fit` traces it (AutoGraph never
+  # converts `keras`, nor a custom loss Keras calls). Converting it cost
+  # about half a second of each run's pre-run check.
+  return tf.function(graph, input_signature=[feature_specs, label_specs],
+                     autograph=False)
 
 
 # Each crossentropy, and the activation op whose logits Keras takes for it.

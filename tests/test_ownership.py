@@ -165,6 +165,22 @@ def test_overwrite_deletes_only_lossaudit_names(tmp_path):
   assert set(snapshot(project)) == set(user_files) | {ownership.MARKER}
 
 
+def test_an_empty_beam_temp_folder_of_a_stopped_run_is_removed(tmp_path):
+  out = tmp_path / "out"
+  held = claim(out)
+  held.clear_previous()
+  empty = out / "flagged" / ("beam-temp-part-" + "0a" * 16)
+  empty.mkdir(parents=True)
+  mine = out / "losses" / "beam-temp-part-mine"  # Not Beam's name: kept.
+  mine.mkdir(parents=True)
+  held.release()
+  again = claim(out, run_info(RUN_B))
+  assert again.clear_previous() == []
+  assert not (out / "flagged").exists()
+  assert mine.is_dir()
+  again.release()
+
+
 def test_a_directory_with_the_marker_is_taken_and_refused_without_it(
     tmp_path):
   out = tmp_path / "out"

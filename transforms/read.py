@@ -11,7 +11,7 @@ is not Parquet fails the whole run there, while here it is one dead letter.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
 
-from lossaudit import METRICS_NAMESPACE, dead_letters, tfrecord
+from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
 from lossaudit.errors import explained
 from lossaudit.model_inputs import with_raw_records
 
@@ -54,21 +54,26 @@ class _ReadTFExampleFile(beam.DoFn):
     self._decoder = example_coder.ExamplesToRecordBatchDecoder(self._schema)
 
   def process(self, path: str):
+    # Reading and decoding the next batches overlaps the steps fused after
+    # this one (the model); counters stay on this thread, as Beam needs.
+    for piece in prefetch.prefetched(self._pieces(path)):
+      self._records_read.inc(piece.records_read)
+      self._unreadable.inc(piece.unreadable)
+      yield from piece.outputs
+
+  def _pieces(self, path: str) -> Iterator[_Piece]:
     try:
       for item in tfrecord.tf_data_batches(path, self._batch_size):
         if isinstance(item, tfrecord.Unreadable):
-          self._unreadable.inc()
-          yield beam.pvalue.TaggedOutput(
+          yield _Piece(0, 1, [beam.pvalue.TaggedOutput(
               dead_letters.TAG, dead_letters.dead_letter(
                   path, None, item.describe(),
                   dead_letters.UNREADABLE_RECORD if item.one_record
-                  else dead_letters.UNREADABLE_STRETCH))
+                  else dead_letters.UNREADABLE_STRETCH))])
           continue
-        self._records_read.inc(len(item))
-        yield from self._decode(path, item)
+        yield _Piece(len(item), 0, list(self._decode(path, item)))
     except Exception as e:  # pylint: disable=broad-except
-      self._unreadable.inc()
-      yield _unreadable_file(path, e)
+      yield _Piece(0, 1, [_unreadable_file(path, e)])
 
   def _decoded(self, records: List[bytes]) -> pa.RecordBatch:
     batch = self._decoder.DecodeBatch(records)
@@ -95,6 +100,20 @@ class _ReadTFExampleFile(beam.DoFn):
                 path, None, explained(what, e), reason))
     if good:
       yield path, self._decoded(good)
+
+
+class _Piece(NamedTuple):
+  """What reading one stretch of a file gave.
+
+  Attributes:
+    records_read: records read (decodable or not).
+    unreadable: unreadable stretches or files met (0 or 1).
+    outputs: `(file, RecordBatch)` and dead-letter outputs to emit.
+  """
+
+  records_read: int
+  unreadable: int
+  outputs: List[Any]
 
 
 def _why_undecodable(record: bytes) -> Tuple[str, str]:

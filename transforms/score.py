@@ -74,6 +74,11 @@ class _ScoreBatchFn(beam.DoFn):
     self._device_reported = False
     progress.enable(self._progress_interval)
 
+  def start_bundle(self):
+    # Per bundle: the candidates of a bundle that fails are dropped with it.
+    self._top = (previews.RunningTop(self._candidates.k)
+                 if self._candidates else None)
+
   def process(self, element: Tuple[str, pa.RecordBatch]):
     source, batch = element
     if not self._device_reported:
@@ -95,11 +100,17 @@ class _ScoreBatchFn(beam.DoFn):
     if scored is not None:
       self._scored.inc(num_scored)
       if self._candidates:
-        c = self._candidates
-        yield beam.pvalue.TaggedOutput(CANDIDATES, previews.candidates(
-            batch, scored, self._spec.id_column, c.columns, c.score_column,
-            c.k))
+        yield from self._kept_candidates(batch, scored)
       yield scored
+
+  def _kept_candidates(self, batch: pa.RecordBatch, scored: pa.RecordBatch):
+    c = self._candidates
+    table = previews.candidates(batch, scored, self._spec.id_column,
+                                c.columns, c.score_column, c.k,
+                                above=self._top.bar)
+    if table is not None:
+      self._top.add(table)
+      yield beam.pvalue.TaggedOutput(CANDIDATES, table)
 
 
 class ScoreBatches(beam.PTransform):
