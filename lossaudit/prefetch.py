@@ -30,7 +30,8 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
   """`items`, in order, produced by a thread up to `depth` items ahead.
 
   What producing raises is raised here, where the caller reaches that item.
-  A caller that stops early (closes the generator) stops the thread. The
+  A caller that stops early (closes the generator) stops the thread, which
+  closes `items` when it is a generator. The
   thread must not touch Beam's per-thread state (metrics, outputs): items
   are values for the caller to count and emit.
 
@@ -54,13 +55,20 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     return False
 
   def produce():
+    iterator = iter(items)
     try:
-      for item in items:
+      for item in iterator:
         if not put(item):
           return
       put(_DONE)
     except BaseException as e:  # pylint: disable=broad-except
       put(_Raised(e))
+    finally:
+      # A generator stopped early closes here, on its own thread: its
+      # files are closed before the caller goes on.
+      close = getattr(iterator, "close", None)
+      if close is not None:
+        close()
 
   thread = threading.Thread(target=produce, name="lossaudit-prefetch",
                             daemon=True)

@@ -405,13 +405,16 @@ class BatchScorer:
       pre-run check scored some of it): then a part whose every row fails
       alone is rejected row by row too (a shard of corrupt images), rather
       than raised as the model's error.
+    max_rows: rows per call of the model (`batch_size`; a batch scored may
+      hold more); None: a whole batch at a time. Halved on running out of
+      memory.
   """
 
   def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None,
-               model_checked: bool = False):
+               model_checked: bool = False, max_rows: Optional[int] = None):
     self.spec = spec
     self.model_checked = model_checked
-    self.max_rows: Optional[int] = None  # Set on running out of memory.
+    self.max_rows = max_rows
     self.halvings = 0
     self._lock = threading.Lock()
     self._thread = threading.local()

@@ -69,7 +69,7 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   scratch = outputs.scratch_prefix(config.output.dir, run["run_id"], "scored")
   read = _read(p, config, plan)
   scored = _score(read, config, plan, runner)
-  rules = _rules(p, scored, config, plan, scratch)
+  rules = _rules(scored, config, plan, scratch)
   _write(p, config, plan, read, scored, rules, run=dict(run, runner=runner),
          baseline=baseline)
 
@@ -110,13 +110,14 @@ class _Statistics(NamedTuple):
 
   Attributes:
     loss: one `LossAccumulator.summary()` of every loss.
-    slices: `(slice, LossAccumulator.summary())` pairs.
+    slices: `(slice, LossAccumulator.summary())` pairs, or None without
+      `input.slice_column`.
     top_k: one `TopKCombineFn` output, or None when `flag.top_k` is off.
   """
 
   loss: beam.PCollection
-  slices: beam.PCollection
-  top_k: beam.PCollection
+  slices: Optional[beam.PCollection]
+  top_k: Optional[beam.PCollection]
 
 
 class _Flagged(NamedTuple):
@@ -156,7 +157,8 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
   score = ScoreBatches(plan.spec, progress_interval=(
       config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None),
                        candidates=candidates,
-                       model_checked=plan.loss_computed_from is not None)
+                       model_checked=plan.loss_computed_from is not None,
+                       batch_size=config.batch_size)
   if config.runtime.accelerator:
     score = score.with_resource_hints(accelerator=config.runtime.accelerator)
   scored = read.batches | "ScoreBatches" >> score
@@ -166,22 +168,23 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
                  candidates=scored[CANDIDATES])
 
 
-def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
-           plan: preflight.Plan, scratch: str) -> _Flagged:
+def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
+           scratch: str) -> _Flagged:
   """Statistics → thresholds → the flagged rows.
 
   The thresholds need every loss first, so the scored batches are spilled
   to scratch files `scratch-*` and read back for the passes after.
   """
-  statistics = _statistics(p, scored.batches, config, plan)
+  statistics = _statistics(scored.batches, config, plan)
   schema = plan.spec.scored_schema()
   spilled = scored.batches | "Spill" >> SpillBatches(scratch, schema)
-  label_rules = _label_rules(p, scored.batches, spilled, config, plan)
+  label_rules = _label_rules(scored.batches, spilled, config, plan)
   thresholds = statistics.loss | "Thresholds" >> beam.Map(
       rule_thresholds, flag_config=config.flag,
-      top_k=beam.pvalue.AsSingleton(statistics.top_k),
-      label_rules=beam.pvalue.AsSingleton(label_rules),
-      slice_stats=beam.pvalue.AsDict(statistics.slices))
+      top_k=_singleton(statistics.top_k),
+      label_rules=_singleton(label_rules),
+      slice_stats=(None if statistics.slices is None
+                   else beam.pvalue.AsDict(statistics.slices)))
   flagged = (spilled
              | "RereadForFlags" >> ReadSpilled()
              | "FlagExamples" >> FlagExamples(
@@ -190,8 +193,8 @@ def _rules(p: beam.Pipeline, scored: _Scored, config: AuditConfig,
   return _Flagged(statistics, thresholds, flagged)
 
 
-def _statistics(p: beam.Pipeline, scored: beam.PCollection,
-                config: AuditConfig, plan: preflight.Plan) -> _Statistics:
+def _statistics(scored: beam.PCollection, config: AuditConfig,
+                plan: preflight.Plan) -> _Statistics:
   """The loss statistics of the scored batches, globally and per slice, and
   the top k losses."""
   flag, column = config.flag, _loss_column(config)
@@ -200,27 +203,28 @@ def _statistics(p: beam.Pipeline, scored: beam.PCollection,
   stats = scored | "LossStats" >> LossStats(
       config.stats.epsilon, sorted(quantiles), bool(plan.spec.slice_column),
       column)
-  if flag.top_k:
-    top_k = scored | "TopK" >> beam.CombineGlobally(
-        TopKCombineFn(flag.top_k, column))
-  else:
-    top_k = p | "NoTopK" >> beam.Create([None])
-  return _Statistics(
-      loss=stats["global"],
-      slices=stats.get("slices") or p | "NoSlices" >> beam.Create([]),
-      top_k=top_k)
+  top_k = scored | "TopK" >> beam.CombineGlobally(
+      TopKCombineFn(flag.top_k, column)) if flag.top_k else None
+  return _Statistics(loss=stats["global"], slices=stats.get("slices"),
+                     top_k=top_k)
 
 
-def _label_rules(p: beam.Pipeline, scored: beam.PCollection,
-                 spilled: beam.PCollection, config: AuditConfig,
-                 plan: preflight.Plan) -> beam.PCollection:
+def _label_rules(scored: beam.PCollection, spilled: beam.PCollection,
+                 config: AuditConfig, plan: preflight.Plan
+                 ) -> Optional[beam.PCollection]:
   """One `LabelRules`, or None when `flag.label_issues` is off."""
   method = config.flag.label_issues
   if not method:
-    return p | "NoLabelIssues" >> beam.Create([None])
+    return None
   return (ScoredBatches(scored=scored, spilled=spilled)
           | "FindLabelIssues" >> FindLabelIssues(
               method, plan.spec.classifier.num_classes))
+
+
+def _singleton(pcoll: Optional[beam.PCollection]):
+  """`pcoll` as a singleton side input; None (a plain argument) for a rule
+  that is off. Each stage saved is a fixed cost of every run."""
+  return None if pcoll is None else beam.pvalue.AsSingleton(pcoll)
 
 
 def _loss_column(config: AuditConfig) -> str:
@@ -244,7 +248,7 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
       outputs.LOSSES: (
           scored.batches | "WriteLosses" >> WriteParquetShards(
               out, outputs.LOSSES, public_schema(schema), num_shards)
-          if config.output.write_losses else p | "NoLosses" >> beam.Create([])),
+          if config.output.write_losses else None),
   }
   _write_summary(p, config, plan, scored, rules, dead, written, run=run,
                  baseline=baseline)
@@ -254,18 +258,20 @@ def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
                   scored: _Scored) -> beam.PCollection:
   """Every dead-letter entry: unread input, unscored rows, and the input
   paths that are not regular files."""
-  not_regular = p | "NotRegularFiles" >> beam.Create([
-      dead_letter(path, None, "not a regular file (a FIFO, device, socket or"
-                  " directory); never opened", NOT_A_REGULAR_FILE)
-      for path in plan.not_regular])
-  return ((read.dead_letters, scored.dead_letters, not_regular)
-          | "DeadLetters" >> beam.Flatten())
+  parts = (read.dead_letters, scored.dead_letters)
+  if plan.not_regular:
+    parts += (p | "NotRegularFiles" >> beam.Create([
+        dead_letter(path, None, "not a regular file (a FIFO, device, socket"
+                    " or directory); never opened", NOT_A_REGULAR_FILE)
+        for path in plan.not_regular]),)
+  return parts | "DeadLetters" >> beam.Flatten()
 
 
 def _write_summary(p: beam.Pipeline, config: AuditConfig,
                    plan: preflight.Plan, scored: _Scored, rules: _Flagged,
                    dead: beam.PCollection,
-                   written: Dict[str, beam.PCollection], *, run: Dict,
+                   written: Dict[str, Optional[beam.PCollection]], *,
+                   run: Dict,
                    baseline: Optional[drift.Baseline]) -> None:
   """`summary.json`, `report.html` and `drift.json`, from what every stage
   counted."""

@@ -345,6 +345,33 @@ def test_candidates_keep_the_highest_scores_as_read():
       "id").to_pylist() == ["c", "e"]
 
 
+def test_candidates_above_a_running_top_keep_the_overall_top_k():
+  rng = np.random.default_rng(7)
+  k, kept, every = 5, [], []
+  top = previews.RunningTop(k)
+  assert top.bar == -np.inf
+  for b in range(40):
+    ids = [f"r{b}-{i}" for i in range(50)]
+    # Later batches score higher on the whole, so some keep rows after
+    # the bar has risen; ties at the bar are kept out.
+    losses = np.round(rng.exponential(1 + b / 10, 50), 1)
+    every += zip(losses.tolist(), ids)
+    table = previews.candidates(
+        pa.record_batch({"id": ids, "text": ids}),
+        pa.record_batch({"id": ids, "loss": losses}), "id", ["text"],
+        "loss", k, above=top.bar)
+    if table is not None:
+      assert min(table.column(previews.SCORE_COLUMN).to_pylist()) > top.bar
+      top.add(table)
+      kept.append(table)
+  assert 1 < len(kept) < 40
+  found = previews.top_candidates(kept, k)
+  expected = sorted(every, reverse=True)[:k]
+  assert sorted(found.column(previews.SCORE_COLUMN).to_pylist(),
+                reverse=True) == [loss for loss, _ in expected]
+  assert top.bar == expected[-1][0]
+
+
 @pytest.mark.parametrize("covered", [True, False])
 def test_fetch_previews_reads_the_input_only_for_ids_not_kept(tmp_path,
                                                               covered):

@@ -8,7 +8,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from lossaudit import datasets, dead_letters
+from lossaudit import datasets, dead_letters, tfrecord
+from lossaudit.transforms import read as read_module
 from lossaudit.transforms.read import ReadParquetBatches, ReadTFExampleBatches
 
 
@@ -30,10 +31,13 @@ def _summed(pcoll, label):
           | f"{label}Sum" >> beam.CombinePerKey(sum))
 
 
-def test_tfrecord_plain_and_gzip_batched_per_file(tmp_path, columns):
+def test_tfrecord_plain_and_gzip_gathered_per_file(tmp_path, columns,
+                                                   monkeypatch):
   datasets.write_tfrecords(str(tmp_path / "gz"), columns, num_shards=2)
   datasets.write_tfrecords(str(tmp_path / "plain"), columns, num_shards=1,
                            compression=None)
+  # Read 500 at a time, gathered into elements of up to 1,000 rows.
+  monkeypatch.setattr(read_module, "ELEMENT_ROWS", 1000)
   with TestPipeline() as p:
     files = sorted(glob.glob(str(tmp_path / "gz" / "*.gz"))) + glob.glob(
         str(tmp_path / "plain" / "*"))
@@ -42,12 +46,30 @@ def test_tfrecord_plain_and_gzip_batched_per_file(tmp_path, columns):
         ("part-00000-of-00002.tfrecord.gz", 1500),
         ("part-00001-of-00002.tfrecord.gz", 1500),
         ("part-00000-of-00001.tfrecord", 3000)]), label="rows")
-    sizes = read["batches"] | beam.Map(lambda e: e[1].num_rows <= 500)
-    assert_that(sizes | beam.combiners.Count.PerElement(),
-                equal_to([(True, 12)]) , label="sizes")
+    assert_that(read["batches"] | beam.Map(_rows_per_file), equal_to([
+        ("part-00000-of-00002.tfrecord.gz", 1000),
+        ("part-00000-of-00002.tfrecord.gz", 500),
+        ("part-00001-of-00002.tfrecord.gz", 1000),
+        ("part-00001-of-00002.tfrecord.gz", 500)] + [
+            ("part-00000-of-00001.tfrecord", 1000)] * 3), label="sizes")
     columns_ = read["batches"] | "Cols" >> beam.Map(
         lambda e: tuple(e[1].schema.names)) | beam.Distinct()
     assert_that(columns_, equal_to([("id", "x", "label")]), label="columns")
+
+
+def test_records_are_gathered_up_to_rows_or_bytes(monkeypatch):
+  unreadable = tfrecord.Unreadable(0, 0, "damaged", False)
+  items = [[b"a"] * 3, [b"b"] * 3, unreadable, [b"c"] * 2, [b"d" * 10],
+           [b"e"]]
+  gathered = list(read_module._gathered(iter(items), rows=6))
+  assert gathered == [[b"a"] * 3 + [b"b"] * 3, unreadable,
+                      [b"c"] * 2 + [b"d" * 10] + [b"e"]]
+  monkeypatch.setattr(read_module, "ELEMENT_BYTES", 10)
+  gathered = list(read_module._gathered(iter(items), rows=6))
+  assert gathered == [[b"a"] * 3 + [b"b"] * 3, unreadable,
+                      [b"c"] * 2 + [b"d" * 10], [b"e"]]
+  assert read_module.element_rows(100) == read_module.ELEMENT_ROWS
+  assert read_module.element_rows(1 << 20) == 1 << 20
 
 
 def test_undecodable_record_goes_to_dead_letter(tmp_path, columns):
@@ -80,8 +102,12 @@ def test_parquet_split_into_batches(tmp_path, columns):
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("part-00000-of-00002.parquet", 1500),
         ("part-00001-of-00002.parquet", 1500)]), label="rows")
-    assert_that(read["batches"] | beam.Map(lambda e: e[1].num_rows <= 400)
-                | beam.Distinct(), equal_to([True]), label="sizes")
+    # Row groups of 1,000 rows, cut at `element_rows(400)` (8,192).
+    assert_that(read["batches"] | beam.Map(_rows_per_file), equal_to([
+        ("part-00000-of-00002.parquet", 1000),
+        ("part-00000-of-00002.parquet", 500),
+        ("part-00001-of-00002.parquet", 1000),
+        ("part-00001-of-00002.parquet", 500)]), label="sizes")
 
 
 def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(

@@ -124,7 +124,8 @@ def test_two_runs_give_identical_losses_quantiles_and_flags(
 
 def test_failed_bundles_are_retried_and_each_example_written_once(
     tmp_path, classifier_path, write_config, monkeypatch):
-  """The first attempt at every full batch fails; Beam retries the bundle.
+  """The first attempt at every batch read (each file's 150 rows, scored
+  100 at a time) fails; Beam retries the bundle.
 
   Beam's portable DirectRunner fails a pipeline on the first error, as a
   test runner should; the bundle-based DirectRunner retries a failed bundle
@@ -136,7 +137,7 @@ def test_failed_bundles_are_retried_and_each_example_written_once(
 
   def fail_first_attempt(self, source, batch):
     key = (source, batch.column("id")[0].as_py())
-    if batch.num_rows == 100 and key not in failed:
+    if batch.num_rows == 150 and key not in failed:  # Not the probe's 64.
       failed.append(key)
       raise RuntimeError(f"injected failure for {key}")
     return score(self, source, batch)

@@ -11,7 +11,17 @@ is not Parquet fails the whole run there, while here it is one dead letter.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+  Any,
+  Iterable,
+  Iterator,
+  List,
+  NamedTuple,
+  Optional,
+  Sequence,
+  Tuple,
+  Union,
+)
 
 import apache_beam as beam
 import pyarrow as pa
@@ -26,13 +36,51 @@ from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
 from lossaudit.errors import explained
 from lossaudit.model_inputs import with_raw_records
 
+# Each stage after reading pays a fixed cost per element (a few Arrow and
+# numpy calls): elements of this many rows keep it small beside the model's
+# work, while the model still takes `batch_size` rows at a time. Measured on
+# 1M short texts: 11.5 s with elements of 1,024 rows, 7.6 s with 8,192 (the
+# model's batches 8,192 too). Elements stay under ELEMENT_BYTES of records.
+ELEMENT_ROWS = 8192
+ELEMENT_BYTES = 64 << 20
+
+
+def element_rows(batch_size: int) -> int:
+  """Rows per element read, for model batches of `batch_size` rows."""
+  return max(batch_size, ELEMENT_ROWS)
+
+
+def _gathered(items: Iterable[Union[List[bytes], tfrecord.Unreadable]],
+              rows: int) -> Iterator[Union[List[bytes],
+                                           tfrecord.Unreadable]]:
+  """The record lists of `items` gathered up to `rows` records or
+  `ELEMENT_BYTES` (at least one list each); an `Unreadable` passes through
+  in its place."""
+  pending: List[bytes] = []
+  size = 0
+  for item in items:
+    if isinstance(item, tfrecord.Unreadable):
+      if pending:
+        yield pending
+        pending, size = [], 0
+      yield item
+      continue
+    if pending and (len(pending) + len(item) > rows or
+                    size >= ELEMENT_BYTES):
+      yield pending
+      pending, size = [], 0
+    pending += item
+    size += sum(map(len, item))
+  if pending:
+    yield pending
+
 
 class _ReadTFExampleFile(beam.DoFn):
   """Reads one TFRecord file of tf.train.Examples as RecordBatches.
 
-  Each batch of up to `batch_size` records is decoded at once; a record that
-  is not a tf.train.Example, or a damaged stretch of the file, goes to the
-  dead letter.
+  Records are read `batch_size` at a time and decoded in elements of up to
+  `element_rows(batch_size)` rows; a record that is not a tf.train.Example,
+  or a damaged stretch of the file, goes to the dead letter.
   """
 
   def __init__(self, schema: bytes, batch_size: int, raw_records: bool,
@@ -63,7 +111,9 @@ class _ReadTFExampleFile(beam.DoFn):
 
   def _pieces(self, path: str) -> Iterator[_Piece]:
     try:
-      for item in tfrecord.tf_data_batches(path, self._batch_size):
+      for item in _gathered(
+          tfrecord.tf_data_batches(path, self._batch_size),
+          element_rows(self._batch_size)):
         if isinstance(item, tfrecord.Unreadable):
           yield _Piece(0, 1, [beam.pvalue.TaggedOutput(
               dead_letters.TAG, dead_letters.dead_letter(
@@ -178,7 +228,8 @@ class _ListRowGroups(beam.DoFn):
 
 
 class _ReadRowGroup(beam.DoFn):
-  """`(file, row group)` → `(file, RecordBatch)`s of up to `batch_size` rows.
+  """`(file, row group)` → `(file, RecordBatch)`s of up to
+  `element_rows(batch_size)` rows.
 
   Only the needed columns that the file has are read: a missing column
   dead-letters its rows when they are scored, naming the column.
@@ -211,7 +262,7 @@ class _ReadRowGroup(beam.DoFn):
       return
     self._records_read.inc(table.num_rows)
     for batch in table.combine_chunks().to_batches(
-        max_chunksize=self._batch_size):
+        max_chunksize=element_rows(self._batch_size)):
       if batch.num_rows:
         yield path, batch
 

@@ -54,8 +54,10 @@ class _ScoreBatchFn(beam.DoFn):
   def __init__(self, spec: ScoringSpec, progress_interval: Optional[float],
                clock: Callable[[], float] = time.perf_counter,
                candidates: Optional[Candidates] = None,
-               model_checked: bool = False):
+               model_checked: bool = False,
+               batch_size: Optional[int] = None):
     self._spec = spec
+    self._batch_size = batch_size
     self._candidates = candidates
     self._model_checked = model_checked
     self._progress_interval = progress_interval
@@ -67,10 +69,11 @@ class _ScoreBatchFn(beam.DoFn):
     self._halvings = Metrics.counter(METRICS_NAMESPACE, "batch_size_halvings")
 
   def setup(self):
-    spec, checked = self._spec, self._model_checked
+    spec, checked, rows = self._spec, self._model_checked, self._batch_size
     self._scorer = self._shared_handle.acquire(
-        lambda: _ScorerHandle(BatchScorer(spec, model_checked=checked)),
-        tag=repr(spec)).scorer
+        lambda: _ScorerHandle(BatchScorer(spec, model_checked=checked,
+                                          max_rows=rows)),
+        tag=repr((spec, rows))).scorer
     self._device_reported = False
     progress.enable(self._progress_interval)
 
@@ -129,14 +132,18 @@ class ScoreBatches(beam.PTransform):
     candidates: which rows to keep for the report's previews, or None.
     model_checked: whether the pre-run check scored records with this model
       (`BatchScorer`'s `model_checked`).
+    batch_size: rows per call of the model (`BatchScorer`'s `max_rows`); the
+      batches scored may hold more.
   """
 
   def __init__(self, spec: ScoringSpec,
                progress_interval: Optional[float] = None,
                candidates: Optional[Candidates] = None,
-               model_checked: bool = False):
+               model_checked: bool = False,
+               batch_size: Optional[int] = None):
     super().__init__()
     self._spec = spec
+    self._batch_size = batch_size
     self._progress_interval = progress_interval
     self._candidates = candidates
     self._model_checked = model_checked
@@ -145,5 +152,6 @@ class ScoreBatches(beam.PTransform):
     return batches | "Score" >> beam.ParDo(
         _ScoreBatchFn(self._spec, self._progress_interval,
                       candidates=self._candidates,
-                      model_checked=self._model_checked)).with_outputs(
+                      model_checked=self._model_checked,
+                      batch_size=self._batch_size)).with_outputs(
             dead_letters.TAG, DEVICE, TIMING, CANDIDATES, main="scored")

@@ -202,7 +202,8 @@ class WriteSummary(beam.PTransform):
     loss_computed_from: `logits` or `outputs`: what the crossentropy was
       computed from (`preflight.Plan.loss_computed_from`), or None.
     loss_stats: one `LossAccumulator.summary()`.
-    slice_stats: `(slice, LossAccumulator.summary())` pairs.
+    slice_stats: `(slice, LossAccumulator.summary())` pairs, or None (no
+      PCollection) without slices.
     thresholds: one `Thresholds`.
     flag_counts: one `FlagCounts`.
     top_flagged: one list of the top flagged rows, as dicts.
@@ -211,7 +212,7 @@ class WriteSummary(beam.PTransform):
     dead_letter_reasons: `(reason, count)` pairs.
     devices: `host:device` of each scoring DoFn.
     written: the names of the files written, by `outputs.LOSSES`,
-      `outputs.FLAGGED` and `outputs.DEAD_LETTER`.
+      `outputs.FLAGGED` and `outputs.DEAD_LETTER` (None: nothing written).
     previews: one `Previews` of the top flagged rows' string inputs, or
       None (no PCollection) when the model has none.
   """
@@ -227,7 +228,11 @@ class WriteSummary(beam.PTransform):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
                                baseline, class_names, loss_computed_from)
-    one, many = beam.pvalue.AsSingleton, beam.pvalue.AsList
+    one = beam.pvalue.AsSingleton
+
+    def many(pcoll: Optional[beam.PCollection]):
+      return [] if pcoll is None else beam.pvalue.AsList(pcoll)
+
     self._side_inputs = dict(
         loss_stats=one(loss_stats),
         slice_stats=many(slice_stats),
