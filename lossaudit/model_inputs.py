@@ -66,6 +66,13 @@ class Ragged(NamedTuple):
     return Ragged(self.values[np.repeat(keep, self.lengths)],
                   self.lengths[keep])
 
+  def slice(self, start: int, stop: int) -> Ragged:
+    """Rows `start` to `stop` (excluded)."""
+    ends = np.cumsum(self.lengths)
+    first = int(ends[start - 1]) if start else 0
+    last = int(ends[stop - 1]) if stop > start else first
+    return Ragged(self.values[first:last], self.lengths[start:stop])
+
   def padded(self, pad_value: Any) -> np.ndarray:
     """`(N, L) + inner`, L the longest row's length, rows padded at the end
     with `pad_value`."""
@@ -124,6 +131,18 @@ class ModelInputs(NamedTuple):
         ids=None if self.ids is None else self.ids.filter(keep_arrow),
         weights=None if self.weights is None else self.weights[keep],
         slices=None if self.slices is None else self.slices.filter(keep_arrow))
+
+  def slice(self, start: int, stop: int) -> ModelInputs:
+    """Rows `start` to `stop` (excluded), without copying."""
+    size = stop - start
+    return ModelInputs(
+        features={k: v.slice(start, stop) if isinstance(v, Ragged)
+                  else v[start:stop] for k, v in self.features.items()},
+        labels={k: v[start:stop] for k, v in self.labels.items()},
+        ids=None if self.ids is None else self.ids.slice(start, size),
+        weights=None if self.weights is None else self.weights[start:stop],
+        slices=None if self.slices is None else self.slices.slice(start,
+                                                                  size))
 
 
 class CheckedBatch(NamedTuple):

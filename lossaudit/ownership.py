@@ -461,7 +461,9 @@ def _relative_files(directory: str) -> List[Tuple[str, str]]:
 def remove_own_files(directory: str,
                      which: Callable[[str], bool]) -> List[str]:
   """Deletes the files under `directory` that lossaudit writes and `which`
-  accepts (by relative path); then the directories that this left empty.
+  accepts (by relative path); then the directories that this left empty,
+  and Beam's empty temporary folders that `which` accepts (by relative path
+  ending in `/`).
 
   Returns:
     The paths deleted.

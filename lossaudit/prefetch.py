@@ -27,21 +27,26 @@ class _Raised:
 
 
 def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-  """`items`, in order, produced by a thread up to `depth` items ahead.
+  """`items`, in order, produced by a thread ahead of the caller.
 
-  What producing raises is raised here, where the caller reaches that item.
-  A caller that stops early (closes the generator) stops the thread, which
-  closes `items` when it is a generator. The
-  thread must not touch Beam's per-thread state (metrics, outputs): items
-  are values for the caller to count and emit.
+  Besides the item the caller holds, up to `depth` items wait in a queue
+  and the thread holds one more, finished or being produced. What
+  producing raises is raised here, where the caller reaches that item. A
+  caller that stops early (closes the generator) stops the thread, which
+  closes `items` when it is a generator. The thread must not touch Beam's
+  per-thread state (metrics, outputs): items are values for the caller to
+  count and emit.
 
   Args:
     items: any iterable; consumed on the thread.
-    depth: how many produced items may wait for the caller.
+    depth: how many produced items may wait for the caller (>= 1).
 
   Yields:
     The items of `items`.
   """
+  if depth < 1:
+    raise ValueError(f"depth: expected an integer >= 1. Received: {depth!r}")
+  iterator = iter(items)  # Raises here, before any thread starts.
   ready: queue.Queue = queue.Queue(maxsize=depth)
   stop = threading.Event()
 
@@ -55,7 +60,6 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     return False
 
   def produce():
-    iterator = iter(items)
     try:
       for item in iterator:
         if not put(item):
@@ -83,4 +87,7 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
       yield item
   finally:
     stop.set()
-    thread.join()
+    # A generator dropped unfinished may be closed by the garbage collector
+    # on any thread, this one included.
+    if thread is not threading.current_thread():
+      thread.join()

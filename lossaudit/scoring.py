@@ -224,7 +224,10 @@ def loss_graph(spec: ScoringSpec, model: AuditModel,
     When it is traced, `traced["computed_from"]` is set to `computed_from`
     of the predictions.
   """
-  loss_fns = [term.build_loss() for term in spec.terms]
+  # A custom loss keeps AutoGraph (Python `if` on a tensor works, as it did
+  # before): it is a `tf.function` of its own, traced inside this one.
+  loss_fns = [tf.function(term.build_loss()) if term.custom
+              else term.build_loss() for term in spec.terms]
 
   def graph(features, labels):
     predictions = model(features)
@@ -246,9 +249,8 @@ def loss_graph(spec: ScoringSpec, model: AuditModel,
                             tf.as_dtype(t.label_dtype)) for t in spec.terms
   }
   # No AutoGraph: this code has no tensor-dependent Python control flow, and
-  # what it calls is traced as Keras' `fit` traces it (AutoGraph never
-  # converts `keras`, nor a custom loss Keras calls). Converting it cost
-  # about half a second of each run's pre-run check.
+  # AutoGraph never converts `keras` (the model, its losses) anyway.
+  # Converting it cost about half a second of each run's pre-run check.
   return tf.function(graph, input_signature=[feature_specs, label_specs],
                      autograph=False)
 
@@ -471,7 +473,7 @@ class BatchScorer:
 
   def score_inputs(self, inputs: ModelInputs
                    ) -> Tuple[Optional[pa.RecordBatch], List[Tuple[int, str]]]:
-    """Scores N rows, in parts of at most `max_rows`.
+    """Scores N rows, in consecutive parts of `max_rows` (the last fewer).
 
     A data error of the model (`DATA_ERRORS`: a corrupt image in
     `decode_png`, ...) on a part splits it in halves until the rows that
@@ -490,29 +492,32 @@ class BatchScorer:
     """
     n = len(next(iter(inputs.labels.values())))
     parts, rejected, errors = [], [], []
-    pending = [np.arange(n)]
+    pending = [(0, n)]  # Row ranges [start, stop) still to score, in order.
     while pending:
-      rows = pending.pop(0)
-      if self.max_rows and len(rows) > self.max_rows:
-        pending[:0] = np.array_split(rows, -(-len(rows) // self.max_rows))
+      start, stop = pending.pop(0)
+      size = stop - start
+      if self.max_rows and size > self.max_rows:
+        pending[:0] = [(at, min(at + self.max_rows, stop))
+                       for at in range(start, stop, self.max_rows)]
         continue
-      part = inputs if len(rows) == n else inputs.rows(_mask(rows, n))
+      part = inputs if size == n else inputs.slice(start, stop)
       try:
         result = self.score_arrays(part.features, part.labels)
       except tf.errors.ResourceExhaustedError as e:
-        if len(rows) == 1:  # This one record does not fit: it alone is lost.
+        if size == 1:  # This one record does not fit: it alone is lost.
           errors.append(e)
-          rejected.append((int(rows[0]), op_error_line(e)))
+          rejected.append((start, op_error_line(e)))
           continue
-        self._halve(len(rows))
-        pending.insert(0, rows)
+        self._halve(size)
+        pending.insert(0, (start, stop))
         continue
       except DATA_ERRORS as e:
-        if len(rows) > 1:
-          pending[:0] = np.array_split(rows, 2)
+        if size > 1:
+          middle = start + size // 2
+          pending[:0] = [(start, middle), (middle, stop)]
           continue
         errors.append(e)
-        rejected.append((int(rows[0]), op_error_line(e)))
+        rejected.append((start, op_error_line(e)))
         continue
       parts.append(scored_batch(self.spec, part, result))
     if not parts and len(rejected) > 1 and not self.model_checked:
@@ -523,7 +528,6 @@ class BatchScorer:
       return parts[0], rejected
     return pa.Table.from_batches(parts).combine_chunks().to_batches()[0], \
         rejected
-
 
   def _halve(self, rows: int) -> None:
     """Scores at most `rows // 2` rows at a time from now on (the threads
@@ -539,12 +543,6 @@ class BatchScorer:
     """How many times this thread halved `max_rows` (for its metric)."""
     return getattr(self._thread, "halvings", 0)
 
-
-def _mask(rows: np.ndarray, n: int) -> np.ndarray:
-  """`(n,)` bool, set at `rows`."""
-  mask = np.zeros(n, dtype=bool)
-  mask[rows] = True
-  return mask
 
 
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)

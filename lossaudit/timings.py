@@ -1,7 +1,8 @@
 """`Timings`: time spent in the model and loss, summed over workers.
 
-`ScoreBatches` emits one `Timings.of_batch(rows, seconds)` per batch; they
-are merged into one for `summary.json` → `timings`.
+`ScoreBatches` emits one `Timings.of_batch(rows, seconds)` per batch read
+(up to `max(batch_size, 8192)` rows, scored `batch_size` rows a call of the
+model); they are merged into one for `summary.json` → `timings`.
 """
 
 from __future__ import annotations

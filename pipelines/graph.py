@@ -94,7 +94,7 @@ class _Scored(NamedTuple):
     dead_letters: entries for the rows that could not be scored.
     timings: one `Timings` per batch scored.
     devices: `host:device` of each scoring DoFn instance.
-    candidates: each batch's highest-scored rows as read, for the report's
+    candidates: each bundle's running top rows as read, for the report's
       previews (`previews.candidates` tables; empty without previews).
   """
 
@@ -203,8 +203,10 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
   stats = scored | "LossStats" >> LossStats(
       config.stats.epsilon, sorted(quantiles), bool(plan.spec.slice_column),
       column)
-  top_k = scored | "TopK" >> beam.CombineGlobally(
-      TopKCombineFn(flag.top_k, column)) if flag.top_k else None
+  top_k = None
+  if flag.top_k:
+    top_k = scored | "TopK" >> beam.CombineGlobally(
+        TopKCombineFn(flag.top_k, column))
   return _Statistics(loss=stats["global"], slices=stats.get("slices"),
                      top_k=top_k)
 

@@ -81,11 +81,13 @@ def test_weighted_statistics(tmp_path, two_heads, write_config):
       got.loc[top, "weighted_loss"])
 
 
+@pytest.mark.parametrize("function", ["per_sample_nll",
+                                      "per_sample_nll_branching"])
 def test_custom_loss_by_module_path(tmp_path, tfrecord_dir, classifier_path,
-                                    columns, write_config):
+                                    columns, write_config, function):
   out = tmp_path / "out"
   config = base_config(tfrecord_dir / "*.gz", classifier_path, out,
-                       loss={"custom": "tests.custom_losses:per_sample_nll"})
+                       loss={"custom": f"tests.custom_losses:{function}"})
   summary = audit.run(["--config", write_config(config)])
   assert summary["examples_scored"] == len(columns["id"])
   probs = keras.models.load_model(classifier_path, compile=False).predict(

@@ -26,20 +26,30 @@ def test_items_come_in_order_from_another_thread():
 
 
 def test_producer_runs_at_most_depth_ahead():
-  produced = []
+  produced, holding = [], threading.Event()
 
   def items():
     for i in range(10):
       produced.append(i)
+      if i == 3:
+        holding.set()
       yield i
 
   found = prefetch.prefetched(items(), depth=2)
   assert next(found) == 0
-  # One taken, two waiting in the queue, one blocked on putting: no more.
-  while len(produced) < 4:
-    pass
-  assert len(produced) == 4
+  # 0 taken, 1 and 2 in the queue, 3 held by the thread until one is taken.
+  assert holding.wait(timeout=60)
+  assert produced == [0, 1, 2, 3]
   assert list(found) == list(range(1, 10))
+
+
+def test_depth_below_one_and_a_non_iterable_are_refused():
+  with pytest.raises(ValueError, match="depth: expected an integer >= 1."
+                     " Received: 0"):
+    next(prefetch.prefetched(iter(()), depth=0))
+  with pytest.raises(TypeError, match="not iterable"):
+    next(prefetch.prefetched(5))
+  assert not _prefetch_threads()
 
 
 def test_an_error_is_raised_where_its_item_would_have_been():
@@ -70,6 +80,16 @@ def test_stopping_early_stops_the_thread():
   assert next(found) == 0
   found.close()
   assert closed.is_set()
+  assert not _prefetch_threads()
+
+
+def test_an_error_before_the_first_item_is_raised_at_once():
+  def items():
+    raise OSError("no such file")
+    yield  # pylint: disable=unreachable
+
+  with pytest.raises(OSError, match="no such file"):
+    next(prefetch.prefetched(items()))
   assert not _prefetch_threads()
 
 

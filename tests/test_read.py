@@ -3,6 +3,7 @@
 import glob
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -66,8 +67,8 @@ def test_records_are_gathered_up_to_rows_or_bytes(monkeypatch):
                       [b"c"] * 2 + [b"d" * 10] + [b"e"]]
   monkeypatch.setattr(read_module, "ELEMENT_BYTES", 10)
   gathered = list(read_module._gathered(iter(items), rows=6))
-  assert gathered == [[b"a"] * 3 + [b"b"] * 3, unreadable,
-                      [b"c"] * 2 + [b"d" * 10], [b"e"]]
+  assert gathered == [[b"a"] * 3 + [b"b"] * 3, unreadable, [b"c"] * 2,
+                      [b"d" * 10], [b"e"]]
   assert read_module.element_rows(100) == read_module.ELEMENT_ROWS
   assert read_module.element_rows(1 << 20) == 1 << 20
 
@@ -91,6 +92,40 @@ def test_undecodable_record_goes_to_dead_letter(tmp_path, columns):
                 equal_to([(path, None, "not a tf.train.Example",
                            "not_an_example")]),
                 label="dead")
+
+
+def test_scattered_undecodable_records_are_found_and_the_rest_kept(
+    tmp_path, columns):
+  import tensorflow as tf
+
+  path = str(tmp_path / "scattered.tfrecord")
+  good = datasets.to_examples({k: v[:200] for k, v in columns.items()})
+  bad = {5: b"\xff\xfenot an example", 100: b"junk", 199: b"\x00"}
+  with tf.io.TFRecordWriter(path) as writer:
+    for i, record in enumerate(good):
+      writer.write(bad.get(i, record))
+  with TestPipeline() as p:
+    read = p | ReadTFExampleBatches([path], _schema(), batch_size=64)
+    assert_that(read["batches"] | beam.Map(
+        lambda e: [v[0] for v in e[1].column("id").to_pylist()]),
+                equal_to([[columns["id"][i].encode() for i in range(200)
+                           if i not in bad]]), label="good")
+    assert_that(read[dead_letters.TAG] | beam.Map(lambda d: d["reason"]),
+                equal_to(["not_an_example"] * 3), label="dead")
+
+
+def test_parquet_elements_of_wide_rows_stay_near_the_byte_bound(
+    tmp_path, columns, monkeypatch):
+  datasets.write_parquet(str(tmp_path), columns, num_shards=1,
+                         row_group_size=3000)
+  nbytes = pq.read_table(next(tmp_path.iterdir()),
+                         columns=["id", "x", "label"]).nbytes
+  monkeypatch.setattr(read_module, "ELEMENT_BYTES", -(-700 * nbytes // 3000))
+  with TestPipeline() as p:
+    read = p | ReadParquetBatches([str(next(tmp_path.iterdir()))],
+                                  ["id", "x", "label"], batch_size=100)
+    assert_that(read["batches"] | beam.Map(lambda e: e[1].num_rows),
+                equal_to([700] * 4 + [200]), label="sizes")
 
 
 def test_parquet_split_into_batches(tmp_path, columns):

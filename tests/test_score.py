@@ -48,6 +48,27 @@ def test_batches_of_any_size_reuse_one_trace(classifier_path, columns):
   assert scorer._score.experimental_get_tracing_count() == 1
 
 
+def test_the_model_takes_max_rows_consecutive_rows_a_call(classifier_path,
+                                                          columns):
+  calls = []
+
+  class CountingScorer(BatchScorer):
+
+    def score_arrays(self, features, labels):
+      calls.append(features["x"].copy())
+      return super().score_arrays(features, labels)
+
+  scorer = CountingScorer(_spec(classifier_path), max_rows=32)
+  scored, dead = scorer.score("f", _batch(columns, 100))
+  assert dead == []
+  assert [len(x) for x in calls] == [32, 32, 32, 4]
+  np.testing.assert_array_equal(np.concatenate(calls), columns["x"][:100])
+  _assert_keras_losses(scored, classifier_path,
+                       keras.losses.SparseCategoricalCrossentropy,
+                       columns["x"][:100], columns["label"][:100])
+  assert scored.column("id").to_pylist() == list(columns["id"][:100])
+
+
 def test_one_hot_labels_and_logits(workdir, columns):
   import tensorflow as tf
 

@@ -52,3 +52,19 @@ def test_row_groups_end_at_the_row_bound(tmp_path, monkeypatch):
   sizes = [found.metadata.row_group(i).num_rows
            for i in range(found.metadata.num_row_groups)]
   assert sorted(sizes) == [840, 1080, 1080]
+
+
+def test_row_groups_end_at_the_byte_bound_of_the_kept_columns(monkeypatch):
+  public = SCHEMA.names
+  batches = _batches([100] * 10)
+  row_bytes = batches[0].select(public).nbytes // 100
+  monkeypatch.setattr(write, "ROW_GROUP_BYTES", 250 * row_bytes)
+  fn = write._ToRowGroups(SCHEMA)  # pylint: disable=protected-access
+  fn.start_bundle()
+  tables = [t for b in batches for t in fn.process(b)]
+  tables += [v.value for v in fn.finish_bundle()]
+  # Only the kept columns count: `__probs__` would cut groups at 100 rows.
+  assert [t.num_rows for t in tables] == [300, 300, 300, 100]
+  assert all(t.schema.equals(SCHEMA) for t in tables)
+  fn.start_bundle()  # A new bundle starts empty.
+  assert list(fn.finish_bundle()) == []

@@ -1,8 +1,8 @@
 """Previews of the report's flagged examples: thumbnails and text.
 
 Scored batches carry no example bytes (a dataset may hold 500M images). The
-scorer keeps, per batch, the few highest-scored rows as read (id and string
-columns, `lossaudit.previews.candidates`), and `TopCandidatesCombineFn`
+scorer keeps each bundle's running top highest-scored rows as read (id and
+string columns, `lossaudit.previews.candidates`), and `TopCandidatesCombineFn`
 keeps the run's highest; the report's top flagged rows are found there
 whenever they are the highest-scored rows (as under `flag.loss_quantile`).
 Only the flagged ids not found there are looked up by reading the input

@@ -38,9 +38,10 @@ from lossaudit.model_inputs import with_raw_records
 
 # Each stage after reading pays a fixed cost per element (a few Arrow and
 # numpy calls): elements of this many rows keep it small beside the model's
-# work, while the model still takes `batch_size` rows at a time. Measured on
-# 1M short texts: 11.5 s with elements of 1,024 rows, 7.6 s with 8,192 (the
-# model's batches 8,192 too). Elements stay under ELEMENT_BYTES of records.
+# work, while the model still takes `batch_size` rows a call. Measured on 1M
+# short texts, batch_size 1024: 11.5 s with elements of 1,024 rows, 8.6 s
+# with 8,192. Elements hold at most ELEMENT_BYTES of records (or of a Parquet
+# row group's columns), unless one batch_size of them is larger.
 ELEMENT_ROWS = 8192
 ELEMENT_BYTES = 64 << 20
 
@@ -50,12 +51,13 @@ def element_rows(batch_size: int) -> int:
   return max(batch_size, ELEMENT_ROWS)
 
 
-def _gathered(items: Iterable[Union[List[bytes], tfrecord.Unreadable]],
-              rows: int) -> Iterator[Union[List[bytes],
-                                           tfrecord.Unreadable]]:
-  """The record lists of `items` gathered up to `rows` records or
-  `ELEMENT_BYTES` (at least one list each); an `Unreadable` passes through
-  in its place."""
+Item = Union[List[bytes], tfrecord.Unreadable]
+
+
+def _gathered(items: Iterable[Item], rows: int) -> Iterator[Item]:
+  """The record lists of `items` gathered up to `rows` records and
+  `ELEMENT_BYTES` (a list larger alone is kept whole); an `Unreadable`
+  passes through in its place."""
   pending: List[bytes] = []
   size = 0
   for item in items:
@@ -65,14 +67,53 @@ def _gathered(items: Iterable[Union[List[bytes], tfrecord.Unreadable]],
         pending, size = [], 0
       yield item
       continue
+    item_size = sum(map(len, item))
     if pending and (len(pending) + len(item) > rows or
-                    size >= ELEMENT_BYTES):
+                    size + item_size > ELEMENT_BYTES):
       yield pending
       pending, size = [], 0
     pending += item
-    size += sum(map(len, item))
+    size += item_size
   if pending:
     yield pending
+
+
+class _Piece(NamedTuple):
+  """What reading one stretch of a file gave.
+
+  Attributes:
+    records_read: records read (decodable or not).
+    unreadable: unreadable stretches or files met (0 or 1).
+    outputs: `(file, RecordBatch)` pairs and dead-letter `TaggedOutput`s.
+  """
+
+  records_read: int
+  unreadable: int
+  outputs: List[Union[Tuple[str, pa.RecordBatch], beam.pvalue.TaggedOutput]]
+
+
+class _Decoder:
+  """tfx_bsl's `ExamplesToRecordBatchDecoder` for one schema.
+
+  A decoder that failed once fails the next batch too (tfx_bsl 1.21 keeps
+  half-built columns), so every failure gets a fresh one.
+  """
+
+  def __init__(self, schema: bytes):
+    self._schema = schema
+    self._renew()
+
+  def _renew(self):
+    from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
+
+    self._decoder = example_coder.ExamplesToRecordBatchDecoder(self._schema)
+
+  def decode(self, records: List[bytes]) -> pa.RecordBatch:
+    try:
+      return self._decoder.DecodeBatch(records)
+    except Exception:  # pylint: disable=broad-except
+      self._renew()
+      raise
 
 
 class _ReadTFExampleFile(beam.DoFn):
@@ -93,16 +134,8 @@ class _ReadTFExampleFile(beam.DoFn):
     self._unreadable = Metrics.counter(
         METRICS_NAMESPACE, f"{metrics_prefix}unreadable_stretches")
 
-  def setup(self):
-    self._new_decoder()
-
-  def _new_decoder(self):
-    from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
-
-    self._decoder = example_coder.ExamplesToRecordBatchDecoder(self._schema)
-
   def process(self, path: str):
-    # Reading and decoding the next batches overlaps the steps fused after
+    # Reading and decoding the next elements overlaps the steps fused after
     # this one (the model); counters stay on this thread, as Beam needs.
     for piece in prefetch.prefetched(self._pieces(path)):
       self._records_read.inc(piece.records_read)
@@ -110,60 +143,50 @@ class _ReadTFExampleFile(beam.DoFn):
       yield from piece.outputs
 
   def _pieces(self, path: str) -> Iterator[_Piece]:
+    """Runs on the prefetch thread, with a decoder of its own."""
+    decoder = _Decoder(self._schema)
     try:
       for item in _gathered(
           tfrecord.tf_data_batches(path, self._batch_size),
           element_rows(self._batch_size)):
         if isinstance(item, tfrecord.Unreadable):
-          yield _Piece(0, 1, [beam.pvalue.TaggedOutput(
-              dead_letters.TAG, dead_letters.dead_letter(
-                  path, None, item.describe(),
-                  dead_letters.UNREADABLE_RECORD if item.one_record
-                  else dead_letters.UNREADABLE_STRETCH))])
+          yield _Piece(records_read=0, unreadable=1, outputs=[
+              beam.pvalue.TaggedOutput(
+                  dead_letters.TAG, dead_letters.dead_letter(
+                      path, None, item.describe(),
+                      dead_letters.UNREADABLE_RECORD if item.one_record
+                      else dead_letters.UNREADABLE_STRETCH))])
           continue
-        yield _Piece(len(item), 0, list(self._decode(path, item)))
+        yield _Piece(records_read=len(item), unreadable=0,
+                     outputs=self._decoded(decoder, path, item))
     except Exception as e:  # pylint: disable=broad-except
-      yield _Piece(0, 1, [_unreadable_file(path, e)])
+      yield _Piece(records_read=0, unreadable=1,
+                   outputs=[_unreadable_file(path, e)])
 
-  def _decoded(self, records: List[bytes]) -> pa.RecordBatch:
-    batch = self._decoder.DecodeBatch(records)
-    return with_raw_records(batch, records) if self._raw_records else batch
-
-  def _decode(self, path: str, records: List[bytes]):
-    try:
-      yield path, self._decoded(records)
-      return
-    except Exception:  # pylint: disable=broad-except
-      # A decoder that failed once fails the next batch too (tfx_bsl 1.21
-      # keeps half-built columns), so every failure gets a fresh one.
-      self._new_decoder()
-    good = []
-    for record in records:
+  def _decoded(self, decoder: _Decoder, path: str, records: List[bytes]
+               ) -> List[Any]:
+    """`records` decoded as one batch; those the decoder refuses are found
+    by halves (a few calls, not one a record) and dead-lettered."""
+    good, dead, pending = [], [], [records]
+    while pending:
+      part = pending.pop(0)
       try:
-        self._decoder.DecodeBatch([record])
-        good.append(record)
+        batch = decoder.decode(part)
       except Exception as e:  # pylint: disable=broad-except
-        self._new_decoder()
-        reason, what = _why_undecodable(record)
-        yield beam.pvalue.TaggedOutput(
+        if len(part) > 1:
+          pending[:0] = [part[:len(part) // 2], part[len(part) // 2:]]
+          continue
+        reason, what = _why_undecodable(part[0])
+        dead.append(beam.pvalue.TaggedOutput(
             dead_letters.TAG, dead_letters.dead_letter(
-                path, None, explained(what, e), reason))
-    if good:
-      yield path, self._decoded(good)
-
-
-class _Piece(NamedTuple):
-  """What reading one stretch of a file gave.
-
-  Attributes:
-    records_read: records read (decodable or not).
-    unreadable: unreadable stretches or files met (0 or 1).
-    outputs: `(file, RecordBatch)` and dead-letter outputs to emit.
-  """
-
-  records_read: int
-  unreadable: int
-  outputs: List[Any]
+                path, None, explained(what, e), reason)))
+        continue
+      good.append((part, batch))
+    if len(good) > 1:  # Decoded once more, together, as one batch.
+      kept = [record for part, _ in good for record in part]
+      good = [(kept, decoder.decode(kept))]
+    return [(path, with_raw_records(batch, part) if self._raw_records
+             else batch) for part, batch in good] + dead
 
 
 def _why_undecodable(record: bytes) -> Tuple[str, str]:
@@ -229,7 +252,7 @@ class _ListRowGroups(beam.DoFn):
 
 class _ReadRowGroup(beam.DoFn):
   """`(file, row group)` → `(file, RecordBatch)`s of up to
-  `element_rows(batch_size)` rows.
+  `element_rows(batch_size)` rows and about `ELEMENT_BYTES`.
 
   Only the needed columns that the file has are read: a missing column
   dead-letters its rows when they are scored, naming the column.
@@ -261,8 +284,11 @@ class _ReadRowGroup(beam.DoFn):
               dead_letters.UNREADABLE_STRETCH))
       return
     self._records_read.inc(table.num_rows)
-    for batch in table.combine_chunks().to_batches(
-        max_chunksize=element_rows(self._batch_size)):
+    rows = element_rows(self._batch_size)
+    if table.nbytes > ELEMENT_BYTES:
+      rows = max(self._batch_size,
+                 min(rows, ELEMENT_BYTES * table.num_rows // table.nbytes))
+    for batch in table.combine_chunks().to_batches(max_chunksize=rows):
       if batch.num_rows:
         yield path, batch
 

@@ -21,13 +21,14 @@ CANDIDATES = "candidates"
 
 
 class Candidates(NamedTuple):
-  """Which rows of each batch to keep for the report's previews
+  """Which scored rows to keep for the report's previews
   (`lossaudit.previews.candidates`).
 
   Attributes:
     columns: the string input columns.
     score_column: the scored column the flags compare.
-    k: rows kept per batch.
+    k: the highest-scored rows kept: each batch keeps those above the k-th
+      highest its bundle kept so far (`previews.RunningTop`).
   """
 
   columns: Tuple[str, ...]
@@ -123,7 +124,8 @@ class ScoreBatches(beam.PTransform):
   `dead_letter` entries for rows that could not be scored, `device`:
   `host:device` of each scoring DoFn instance, `timing`: one
   `lossaudit.timings.Timings` per batch, and with `candidates`,
-  `candidates`: each batch's highest-scored rows as read.
+  `candidates`: each bundle's running top `k` rows as read (tables of the
+  rows of a batch scored above the bundle's bar so far).
 
   Args:
     spec: what to score and how.

@@ -55,7 +55,8 @@ class _ToRowGroups(beam.DoFn):
   def process(self, batch: pa.RecordBatch):
     if not batch.num_rows:
       return
-    self._batches.append(batch.select(self._schema.names))
+    batch = batch.select(self._schema.names)
+    self._batches.append(batch)
     self._rows += batch.num_rows
     self._bytes += batch.nbytes
     if self._rows >= ROW_GROUP_ROWS or self._bytes >= ROW_GROUP_BYTES:
@@ -221,7 +222,7 @@ class WriteSummary(beam.PTransform):
                baseline: Optional[drift.Baseline], *, loss_stats,
                slice_stats, thresholds, flag_counts, top_flagged, timings,
                duplicates, dead_letter_reasons, devices,
-               written: Dict[str, beam.PCollection],
+               written: Dict[str, Optional[beam.PCollection]],
                class_names: Optional[Sequence[str]] = None,
                loss_computed_from: Optional[str] = None,
                previews: Optional[beam.PCollection] = None):
