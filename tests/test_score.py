@@ -177,13 +177,29 @@ def test_score_batches_transform(classifier_path, columns):
 
 
 def test_each_batch_is_timed_by_the_injected_clock(classifier_path, columns):
+  from apache_beam.utils.windowed_value import WindowedValue
+
   from lossaudit.timings import Timings
   from lossaudit.transforms.score import TIMING, _ScoreBatchFn
 
-  ticks = iter([10.0, 10.25])
+  ticks = iter([10.0, 10.25, 11.0, 11.5])
   fn = _ScoreBatchFn(_spec(classifier_path), None, clock=lambda: next(ticks))
   fn.setup()
-  tagged = [o for o in fn.process(("f", _batch(columns, 30)))
-            if isinstance(o, beam.pvalue.TaggedOutput)]
-  assert [o.value for o in tagged if o.tag == TIMING] == [
-      Timings.of_batch(30, 0.25)]
+  fn.start_bundle()
+  # A batch's outputs leave with the next batch (it is scored meanwhile),
+  # the last one's when the bundle finishes, in the global window.
+  first = list(fn.process(("f", _batch(columns, 30))))
+  second = list(fn.process(("f", _batch(columns, 20))))
+  last = list(fn.finish_bundle())
+  fn.teardown()
+
+  def timings(outputs):
+    return [o.value.value if isinstance(o.value, WindowedValue) else o.value
+            for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)
+            and o.tag == TIMING]
+
+  assert timings(first) == []
+  assert timings(second) == [Timings.of_batch(30, 0.25)]
+  assert timings(last) == [Timings.of_batch(20, 0.5)]
+  scored = [o.value for o in last if isinstance(o, WindowedValue)]
+  assert [b.num_rows for b in scored] == [20]

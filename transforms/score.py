@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, NamedTuple, Optional, Tuple
+from concurrent import futures
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -14,6 +15,7 @@ from apache_beam.utils import shared
 from lossaudit import METRICS_NAMESPACE, dead_letters, previews, progress
 from lossaudit.scoring import BatchScorer, ScoringSpec
 from lossaudit.timings import Timings
+from lossaudit.transforms.spill import in_global_window
 
 DEVICE = "device"
 TIMING = "timing"
@@ -43,13 +45,32 @@ class _ScorerHandle:
     self.scorer = scorer
 
 
+class _Scored(NamedTuple):
+  """A batch scored on the scoring thread (`BatchScorer.score`), timed."""
+
+  scored: Optional[pa.RecordBatch]
+  dead: List[Dict[str, Any]]
+  seconds: float
+  halvings: int
+
+
+class _Pending(NamedTuple):
+  """A batch read, and its scoring under way."""
+
+  batch: pa.RecordBatch
+  result: "futures.Future[_Scored]"
+
+
 class _ScoreBatchFn(beam.DoFn):
   """Scores `(file, RecordBatch)` → scored RecordBatch, plus dead letters.
 
   The model is loaded once per worker process in `setup()` and shared by all
-  the DoFn instances of that process through `shared.Shared`. Each batch's
-  scoring is timed by `clock` (seconds; pickled with the DoFn, so a
-  module-level function).
+  the DoFn instances of that process through `shared.Shared`. A batch is
+  scored on a thread of this DoFn while the batch before leaves (its outputs
+  are emitted with the next batch's `process`, the last in
+  `finish_bundle`): the steps fused after this one overlap the model.
+  Counters and outputs stay on Beam's thread. Each batch's scoring is timed
+  by `clock` (seconds; pickled with the DoFn, so a module-level function).
   """
 
   def __init__(self, spec: ScoringSpec, progress_interval: Optional[float],
@@ -75,27 +96,59 @@ class _ScoreBatchFn(beam.DoFn):
         lambda: _ScorerHandle(BatchScorer(spec, model_checked=checked,
                                           max_rows=rows)),
         tag=repr((spec, rows))).scorer
+    # The model scores one batch on this thread while the steps fused after
+    # this one handle the batch before (TensorFlow releases the GIL).
+    self._executor = futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="lossaudit-score")
     self._device_reported = False
     progress.enable(self._progress_interval)
+
+  def teardown(self):
+    self._executor.shutdown(wait=True)
 
   def start_bundle(self):
     # Per bundle: the candidates of a bundle that fails are dropped with it.
     self._top = (previews.RunningTop(self._candidates.k)
                  if self._candidates else None)
+    self._pending: Optional[_Pending] = None
 
   def process(self, element: Tuple[str, pa.RecordBatch]):
-    source, batch = element
     if not self._device_reported:
       self._device_reported = True
       yield beam.pvalue.TaggedOutput(
           DEVICE, f"{socket.gethostname()}:{self._scorer.device}")
+    source, batch = element
+    previous, self._pending = self._pending, _Pending(
+        batch, self._executor.submit(self._score, source, batch))
+    if previous is not None:
+      yield from self._outputs(previous)
+
+  def finish_bundle(self):
+    if self._pending is None:
+      return
+    for output in self._outputs(self._pending):
+      if isinstance(output, beam.pvalue.TaggedOutput):
+        yield beam.pvalue.TaggedOutput(output.tag,
+                                       in_global_window(output.value))
+      else:
+        yield in_global_window(output)
+    self._pending = None
+
+  def _score(self, source: str, batch: pa.RecordBatch) -> _Scored:
+    """Runs on the scoring thread."""
     start, halvings = self._clock(), self._scorer.halvings_in_thread()
     scored, dead = self._scorer.score(source, batch)
-    seconds = self._clock() - start
-    self._halvings.inc(self._scorer.halvings_in_thread() - halvings)
-    self._latency.update(int(seconds * 1000))
-    yield beam.pvalue.TaggedOutput(TIMING,
-                                   Timings.of_batch(batch.num_rows, seconds))
+    return _Scored(scored, dead, self._clock() - start,
+                   self._scorer.halvings_in_thread() - halvings)
+
+  def _outputs(self, pending: _Pending):
+    """The outputs of a batch scored on the scoring thread; its counters."""
+    batch, result = pending.batch, pending.result.result()
+    scored, dead = result.scored, result.dead
+    self._halvings.inc(result.halvings)
+    self._latency.update(int(result.seconds * 1000))
+    yield beam.pvalue.TaggedOutput(
+        TIMING, Timings.of_batch(batch.num_rows, result.seconds))
     for entry in dead:
       yield beam.pvalue.TaggedOutput(dead_letters.TAG, entry)
     self._dead.inc(len(dead))
