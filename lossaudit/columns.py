@@ -13,7 +13,7 @@ vectorised UTF-8 check that says which value is bad).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -327,6 +327,17 @@ def _first_element(column: pa.Array) -> pa.Array:
   index = np.full(len(column), -1, dtype=np.int64)
   index[present] = np.arange(int(present.sum()))
   return taken.take(pa.array(index, mask=~present))
+
+
+def without_dictionaries(data: Union[pa.Table, pa.RecordBatch]
+                         ) -> Union[pa.Table, pa.RecordBatch]:
+  """`data` with its dictionary-encoded columns (pandas categoricals in
+  Parquet) decoded to plain columns of their values."""
+  for index, field in enumerate(data.schema):
+    if pa.types.is_dictionary(field.type):
+      data = data.set_column(index, field.name, data.column(index).cast(
+          field.type.value_type))
+  return data
 
 
 def column_type(column: pa.Array) -> pa.DataType:

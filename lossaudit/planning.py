@@ -13,8 +13,10 @@ either returns or raises ConfigError. Checking the plan against the data is
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Mapping, Optional, Tuple
+import os
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
 
 from lossaudit import losses
@@ -214,6 +216,7 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
         f" categorical crossentropy, or binary crossentropy on one sigmoid"
         f" output). Received: {config.flag.label_issues!r} with loss"
         f" {[t.custom or t.loss_name for t in terms]}")
+  _check_pad_value(config.input.pad_value, features)
   return ScoringSpec(
       model_path=config.model.path,
       signature=config.model.signature,
@@ -229,6 +232,31 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
       truncate=config.input.truncate,
       class_names=class_names,
   )
+
+
+_INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16",
+                   "uint32", "uint64")
+
+
+def _check_pad_value(value: Optional[float],
+                     features: Sequence[Feature]) -> None:
+  """An integer model input is padded with an integer it can hold.
+
+  Raises:
+    ConfigError: `input.pad_value` is not a whole number, or out of the
+      range of an integer input's dtype.
+  """
+  if value is None:
+    return
+  for feature in features:
+    if feature.dtype not in _INTEGER_DTYPES:
+      continue
+    info = np.iinfo(feature.dtype)
+    if not (float(value).is_integer() and info.min <= value <= info.max):
+      raise ConfigError(
+          f"input.pad_value: expected an integer in [{info.min}, {info.max}]"
+          f" for model input {feature.model_input!r} ({feature.dtype})."
+          f" Received: {value!r}")
 
 
 def check_vocabulary(class_names: Tuple[str, ...],
@@ -256,13 +284,18 @@ def check_vocabulary(class_names: Tuple[str, ...],
           f" model output {term.output!r}. Received: {len(class_names)}")
 
 
+# A vocabulary file is read whole before the run; past this, it is no list
+# of class names.
+VOCABULARY_BYTES = 16 << 20
+
+
 def read_vocabulary(value) -> Optional[Tuple[str, ...]]:
   """`input.label_vocabulary` as class names: the list itself, or the lines
   of the file it names (local or gs://; blank lines at the end ignored).
 
   Raises:
-    ConfigError: the file cannot be read, is not UTF-8, is empty or repeats
-      a name.
+    ConfigError: the file is not a regular file or cannot be read, is larger
+      than `VOCABULARY_BYTES`, is not UTF-8, is empty or repeats a name.
   """
   if value is None or not isinstance(value, str):
     return value
@@ -270,10 +303,21 @@ def read_vocabulary(value) -> Optional[Tuple[str, ...]]:
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
   key = "input.label_vocabulary"
+  if "://" not in value and os.path.exists(value) and not os.path.isfile(
+      value):  # A FIFO would block, /dev/zero never end.
+    raise ConfigError(f"{key}: expected a regular file with one class name per"
+                      f" line. Received: {value!r} (not a regular file)")
   try:
     with FileSystems.open(value, compression_type=(
         CompressionTypes.UNCOMPRESSED)) as f:
-      text = f.read().decode("utf-8-sig")  # A byte-order mark is no name.
+      data = f.read(VOCABULARY_BYTES + 1)
+    if len(data) > VOCABULARY_BYTES:
+      raise ConfigError(
+          f"{key}: expected a file of at most {VOCABULARY_BYTES:,} bytes of"
+          f" class names. Received: {value!r} (larger)")
+    text = data.decode("utf-8-sig")  # A byte-order mark is no name.
+  except ConfigError:
+    raise
   except UnicodeDecodeError:
     raise ConfigError(f"{key}: expected a UTF-8 text file with one class name"
                       f" per line. Received: {value!r} (not UTF-8)") from None

@@ -114,7 +114,7 @@ def read_sample(config: AuditConfig, files: Sequence[str]
         if parquet.metadata.num_rows == 0:
           continue
         first = next(parquet.iter_batches(batch_size=PROBE_RECORDS))
-        return Sample(first, path)
+        return Sample(cols.without_dictionaries(first), path)
     except Exception as e:  # pylint: disable=broad-except
       failures.append((path, e))
   if failures and len(failures) == len(files):

@@ -3,6 +3,7 @@
 import glob
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -476,3 +477,20 @@ def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(
   assert summary["dead_letter"]["by_reason"] == {"wrong_type": 1}
   assert (summary["examples_read"], summary["examples_scored"],
           summary["examples_dead_lettered"]) == (written, written - 1, 1)
+
+
+def test_parquet_categorical_columns_are_read_as_their_values(tmp_path):
+  path = tmp_path / "categorical.parquet"
+  pq.write_table(pa.table({
+      "id": ["a", "b", "c"],
+      "text": pa.array(["good", "bad", "good"]).dictionary_encode(),
+      "label": pa.array(["spam", "ham", "spam"]).dictionary_encode()}), path)
+  assert pa.types.is_dictionary(pq.read_schema(path).field("label").type)
+  with TestPipeline() as p:
+    read = p | ReadParquetBatches([str(path)], ["id", "text", "label"],
+                                  batch_size=10)
+    assert_that(read["batches"] | beam.Map(
+        lambda e: (str(e[1].schema.field("text").type),
+                   str(e[1].schema.field("label").type),
+                   e[1].column("label").to_pylist())),
+                equal_to([("string", "string", ["spam", "ham", "spam"])]))

@@ -1,13 +1,15 @@
 """`input.label_vocabulary`, `input.pad_value`, `input.truncate` and
 `model.serialized_examples_input`: their set-up errors, one line each."""
 
+import os
+
 import pytest
 
 from lossaudit import planning
 from lossaudit.config import InputConfig, ModelConfig
 from lossaudit.errors import ConfigError
 from lossaudit.model import TensorInfo
-from lossaudit.scoring import LossTerm
+from lossaudit.scoring import Feature, LossTerm
 
 
 @pytest.mark.parametrize("value, message", [
@@ -43,6 +45,22 @@ def test_padding_config_errors(key, value, message):
   with pytest.raises(ConfigError) as raised:
     InputConfig(pattern="x", **{key: value})
   assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("value, message", [
+    (1.5, "input.pad_value: expected an integer in [-2147483648, 2147483647]"
+     " for model input 'tokens' (int32). Received: 1.5"),
+    (1e20, "input.pad_value: expected an integer in [-2147483648,"
+     " 2147483647] for model input 'tokens' (int32). Received: 1e+20"),
+])
+def test_an_integer_input_is_padded_with_an_integer_it_holds(value, message):
+  features = [Feature("text", "text", (), "string"),
+              Feature("tokens", "tokens", (None,), "int32")]
+  with pytest.raises(ConfigError) as raised:
+    planning._check_pad_value(value, features)  # pylint: disable=protected-access
+  assert str(raised.value) == message
+  planning._check_pad_value(-1.0, features)  # pylint: disable=protected-access
+  planning._check_pad_value(0.5, features[:1])  # pylint: disable=protected-access
 
 
 def test_serialized_examples_input_must_be_a_name():
@@ -86,6 +104,26 @@ def test_missing_vocabulary_file(tmp_path):
   assert str(raised.value).startswith(
       f"input.label_vocabulary: expected a readable file with one class name"
       f" per line. Received: {path!r} (")
+
+
+def test_a_vocabulary_that_is_no_regular_file_or_too_large(tmp_path,
+                                                           monkeypatch):
+  fifo = tmp_path / "labels.fifo"
+  os.mkfifo(fifo)
+  for path in (str(fifo), "/dev/zero", str(tmp_path)):
+    with pytest.raises(ConfigError) as raised:
+      planning.read_vocabulary(path)
+    assert str(raised.value) == (
+        "input.label_vocabulary: expected a regular file with one class name"
+        f" per line. Received: {path!r} (not a regular file)")
+  big = tmp_path / "big.txt"
+  big.write_text("a\nb\nc\n")
+  monkeypatch.setattr(planning, "VOCABULARY_BYTES", 5)
+  with pytest.raises(ConfigError) as raised:
+    planning.read_vocabulary(str(big))
+  assert str(raised.value) == (
+      "input.label_vocabulary: expected a file of at most 5 bytes of class"
+      f" names. Received: {str(big)!r} (larger)")
 
 
 def _term(num_classes):

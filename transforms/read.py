@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
+from lossaudit import columns as cols
 from lossaudit.errors import explained
 from lossaudit.model_inputs import with_raw_records
 
@@ -274,7 +275,8 @@ class _ReadRowGroup(beam.DoFn):
         parquet = pq.ParquetFile(f)
         columns = self._columns and [
             c for c in self._columns if c in parquet.schema_arrow.names]
-        table = parquet.read_row_group(index, columns=columns)
+        table = cols.without_dictionaries(
+            parquet.read_row_group(index, columns=columns))
     except Exception as e:  # pylint: disable=broad-except
       self._unreadable.inc()
       yield beam.pvalue.TaggedOutput(
