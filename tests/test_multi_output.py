@@ -81,8 +81,10 @@ def test_weighted_statistics(tmp_path, two_heads, write_config):
       got.loc[top, "weighted_loss"])
 
 
-@pytest.mark.parametrize("function", ["per_sample_nll",
-                                      "per_sample_nll_branching"])
+@pytest.mark.parametrize("function", [
+    "per_sample_nll",
+    # A whole run more, for AutoGraph in custom losses: in the slow suite.
+    pytest.param("per_sample_nll_branching", marks=pytest.mark.slow)])
 def test_custom_loss_by_module_path(tmp_path, tfrecord_dir, classifier_path,
                                     columns, write_config, function):
   out = tmp_path / "out"
