@@ -42,7 +42,10 @@ def exists(path):
   return FileSystems.exists(path)
 
 
-@pytest.mark.parametrize("where", ["local", "gs"])
+@pytest.mark.parametrize("where", [
+    "local",
+    # 12 s against the emulator; the gs:// lock has its own fast tests.
+    pytest.param("gs", marks=pytest.mark.slow)])
 def test_a_second_run_is_refused_and_the_first_completes(
     request, tmp_path, tfrecord_dir, classifier_path, write_config, capsys,
     where):
