@@ -11,6 +11,7 @@ from lossaudit.errors import ConfigError
 from lossaudit.pipelines import demo
 
 
+@pytest.mark.slow  # 12 s: builds the demo and audits it, as scripts/demo does.
 def test_demo_finds_the_flipped_labels(tmp_path, capsys, monkeypatch):
   cwd = tmp_path / "cwd"
   cwd.mkdir()
