@@ -44,6 +44,10 @@ from lossaudit.errors import ConfigError, expected, one_line, short_repr
 FORMATS = ("tfrecord", "parquet")
 REDUCTIONS = ("mean", "sum")
 LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
+PREDICTIONS_KINDS = ("probabilities", "logits")
+MODEL_PLACEHOLDERS = ("fold", "checkpoint")
+MAX_FOLDS = 1000
+MAX_CHECKPOINTS = 1000
 DEVICES = ("auto", "cpu", "gpu")
 
 MAX_BATCH_SIZE = 1 << 20
@@ -285,6 +289,9 @@ class InputConfig:
            convert=lambda v: v if isinstance(v, str) else tuple(v)), None)
   pad_value: Optional[float] = _field(_number(), None)
   truncate: bool = _field(_BOOLEAN, False)
+  fold_column: Optional[str] = _field(
+      Rule("null or a column name", types=(str,), nullable=True,
+           nonempty=True), None)
 
   def __post_init__(self):
     _validate(self, "input")
@@ -294,18 +301,125 @@ class InputConfig:
     return (self.pattern,) if isinstance(self.pattern, str) else self.pattern
 
 
+def _check_model_path(key: str, template: str) -> None:
+  """Refuses any brace in `template` but a bare `{fold}` or `{checkpoint}`."""
+  expected = "a path whose only placeholders are {fold} and {checkpoint}"
+  try:
+    parsed = list(string.Formatter().parse(template))
+  except ValueError:  # A stray "{" or "}".
+    _fail(key, expected, template)
+  for literal, field, spec, conversion in parsed:
+    if "{" in literal or "}" in literal:
+      _fail(key, expected, template)
+    if field is not None and (field not in MODEL_PLACEHOLDERS or spec or
+                              conversion):
+      _fail(key, expected, template)
+
+
+def model_placeholders(template: str) -> Tuple[str, ...]:
+  """The placeholders (`fold`, `checkpoint`) in a checked `model.path`."""
+  return tuple(field for _, field, _, _ in string.Formatter().parse(template)
+               if field is not None)
+
+
+_CHECKPOINTS = (f"null or a list of 2 to {MAX_CHECKPOINTS} distinct"
+                " checkpoint names (strings or integers) filling"
+                " {checkpoint}")
+
+
+def _check_checkpoints(key: str, value: Sequence[Any]) -> None:
+  names = [str(v) for v in value]
+  if (not all(isinstance(v, (str, int)) and not isinstance(v, bool) and
+              str(v) for v in value) or
+      not 2 <= len(value) <= MAX_CHECKPOINTS or
+      len(set(names)) != len(names)):
+    _fail(key, _CHECKPOINTS, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  """The model, or models, that score each example.
+
+  Attributes:
+    path: a `.keras` file or SavedModel directory (local or gs://); holds
+      `{fold}` with `folds` and `{checkpoint}` with `checkpoints`. Empty
+      with `predictions_column`.
+    folds: K: example scored by the model of its held-out fold
+      (`input.fold_column`, else `lossaudit.folds.fold_of` of its id).
+    checkpoints: names filling `{checkpoint}`, oldest first: every example
+      is scored by each (training dynamics); the losses are the last's.
+    predictions_column: no model: the column holds each example's class
+      probabilities or logits (`predictions_kind`).
+  """
+
   path: str = _field(Rule("a .keras file or a SavedModel directory",
-                          types=(str,), nonempty=True, location=True), "")
+                          types=(str,), location=True,
+                          check=_check_model_path), "")
   signature: str = _field(_STRING, "serving_default")
   output: Optional[str] = _field(_OPTIONAL_STRING, None)
   serialized_examples_input: Optional[str] = _field(
       Rule("null or the name of a signature input", types=(str,),
            nullable=True, nonempty=True), None)
+  folds: Optional[int] = _field(_integer(
+      2, MAX_FOLDS, f"null or an integer in [2, {MAX_FOLDS}]",
+      nullable=True), None)
+  checkpoints: Optional[Sequence[str]] = _field(
+      Rule(_CHECKPOINTS, types=(list, tuple), nullable=True,
+           check=_check_checkpoints,
+           convert=lambda v: tuple(str(c) for c in v)), None)
+  predictions_column: Optional[str] = _field(
+      Rule("null or a column name", types=(str,), nullable=True,
+           nonempty=True), None)
+  predictions_kind: str = _field(_one_of(PREDICTIONS_KINDS), "probabilities")
 
   def __post_init__(self):
     _validate(self, "model")
+    self._check_sources()
+    self._check_placeholders()
+
+  def _check_sources(self) -> None:
+    """Exactly one of a model path and a predictions column."""
+    column = self.predictions_column
+    if column is not None and self.path:
+      raise ConfigError(
+          f"model.predictions_column: expected model.path to be empty (the"
+          f" predictions are read, no model runs). Received:"
+          f" predictions_column={column!r} with model.path={self.path!r}")
+    if column is None and not self.path:
+      _fail("model.path", "a .keras file or a SavedModel directory, or"
+            " model.predictions_column set", self.path)
+    if column is not None and (self.folds or self.checkpoints):
+      used = "model.folds" if self.folds else "model.checkpoints"
+      raise ConfigError(
+          f"{used}: needs model.path (a predictions column is already"
+          f" out-of-sample or one set of predictions). Received:"
+          f" model.predictions_column={column!r}")
+
+  def _check_placeholders(self) -> None:
+    """`{fold}` in the path exactly when `folds` is set; `{checkpoint}`
+    exactly when `checkpoints` is."""
+    found = model_placeholders(self.path)
+    for placeholder, key, value in (("fold", "folds", self.folds),
+                                    ("checkpoint", "checkpoints",
+                                     self.checkpoints)):
+      holds = placeholder in found
+      if value is not None and not holds:
+        raise ConfigError(
+            f"model.path: expected a path holding {{{placeholder}}}, filled"
+            f" in from model.{key}. Received: {self.path!r}")
+      if holds and value is None:
+        raise ConfigError(
+            f"model.{key}: expected a value to fill {{{placeholder}}} in"
+            f" model.path {self.path!r}. Received: None")
+
+  def paths(self, fold: Optional[int] = None) -> Tuple[str, ...]:
+    """The model paths of `fold` (None without folds), one per checkpoint
+    (oldest first) or one."""
+    values = {} if fold is None else {"fold": fold}
+    if not self.checkpoints:
+      return (self.path.format(**values),)
+    return tuple(self.path.format(checkpoint=c, **values)
+                 for c in self.checkpoints)
 
 
 def _check_loss_name(key: str, name: str) -> None:
@@ -420,6 +534,8 @@ class FlagConfig:
   slice_quantile: Optional[float] = _field(_number(0, 1), None)
   label_issues: Optional[str] = _field(
       _one_of(LABEL_ISSUE_METHODS, nullable=True), None)
+  aum_quantile: Optional[float] = _field(_number(0, 1), None)
+  aum_below: Optional[float] = _field(_number(), None)
 
   def __post_init__(self):
     # The order errors have always been reported in.
@@ -563,6 +679,20 @@ class RuntimeConfig:
     _validate(self, "runtime", first=("progress_seconds",))
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicsConfig:
+  """The regions of the data map (`model.checkpoints`), after Swayamdipta
+  et al. (2020): `ambiguous` when `variability >= ambiguous_variability`,
+  else `easy` when `confidence >= easy_confidence`, else `hard`."""
+
+  easy_confidence: float = _field(_number(0, 1, nullable=False), 0.5)
+  ambiguous_variability: float = _field(_number(0, 0.5, nullable=False),
+                                        0.2)
+
+  def __post_init__(self):
+    _validate(self, "dynamics")
+
+
 _SECTIONS = {
     "input": InputConfig,
     "model": ModelConfig,
@@ -572,6 +702,7 @@ _SECTIONS = {
     "output": OutputConfig,
     "gate": GateConfig,
     "runtime": RuntimeConfig,
+    "dynamics": DynamicsConfig,
 }
 
 
@@ -588,12 +719,38 @@ class AuditConfig:
   output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
   gate: GateConfig = dataclasses.field(default_factory=GateConfig)
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+  dynamics: DynamicsConfig = dataclasses.field(
+      default_factory=DynamicsConfig)
 
   def __post_init__(self):
     _validate(self, "")
+    self._check_folds()
+    self._check_dynamics()
     self._check_slices()
     self._check_shift_quantiles()
     self._check_weights()
+
+  def _check_folds(self) -> None:
+    """A fold column scores by folds; folds need a fold for each example."""
+    folds, column = self.model.folds, self.input.fold_column
+    if column is not None and folds is None:
+      raise ConfigError(
+          f"input.fold_column: needs model.folds to be set. Received:"
+          f" input.fold_column={column!r} with model.folds=None")
+    if folds is not None and column is None and self.input.id_column is None:
+      raise ConfigError(
+          "model.folds: needs input.fold_column or input.id_column (the"
+          " fold of an example is fold_of(its id)). Received: both null")
+
+  def _check_dynamics(self) -> None:
+    """The AUM rules need checkpoints."""
+    for key in ("aum_quantile", "aum_below"):
+      value = getattr(self.flag, key)
+      if value is not None and not self.model.checkpoints:
+        raise ConfigError(
+            f"flag.{key}: needs model.checkpoints (AUM is a mean over"
+            f" checkpoints). Received: flag.{key}={value!r} with"
+            f" model.checkpoints=None")
 
   def _check_slices(self) -> None:
     """`flag.slice_quantile` flags within slices: it needs them."""
