@@ -32,6 +32,7 @@ BAD_ID = "bad_id"
 BAD_SLICE = "bad_slice"
 LABEL_NOT_INTEGER = "label_not_integer"
 BAD_WEIGHT = "bad_weight"
+BAD_FOLD = "bad_fold"  # Missing, or no integer in [0, model.folds).
 NOT_A_REGULAR_FILE = "not_a_regular_file"
 MODEL_ERROR = "model_error"  # The model raised a data error on the record.
 

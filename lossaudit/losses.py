@@ -187,3 +187,74 @@ def classification_signals(probs, given):
       "self_confidence": self_confidence,
       "margin": self_confidence - tf.reduce_max(others, axis=1),
   }
+
+
+def class_log_probabilities(y_pred, kind: str, from_logits: bool):
+  """Class log-probabilities `(N, K)` from model outputs.
+
+  From logits (`from_logits`, or the logits Keras leaves on a softmax or
+  sigmoid output as `_keras_logits`) they are exact; from probabilities
+  they are `log(clip(p, 1e-7, 1))`, as Keras clips them for crossentropy.
+  A difference of log-probabilities of two classes is the difference of
+  their logits, so margins are the same either way (up to the clipping).
+
+  Args:
+    y_pred: `(N, K)` scores, or `(N, 1)` / `(N,)` for a single sigmoid output.
+    kind: `sparse`, `categorical` or `binary`, see `label_kind`.
+    from_logits: whether `y_pred` are logits.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  logits = getattr(y_pred, "_keras_logits", None)
+  if not from_logits and logits is not None:
+    y_pred, from_logits = logits, True
+  if not from_logits:
+    probs = class_probabilities(y_pred, kind, False)
+    return tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
+  y_pred = tf.cast(y_pred, tf.float32)
+  if kind == "binary":
+    z = tf.reshape(y_pred, [-1])
+    return tf.stack([tf.math.log_sigmoid(-z), tf.math.log_sigmoid(z)], axis=1)
+  y_pred = tf.reshape(y_pred, [tf.shape(y_pred)[0], -1])
+  return tf.nn.log_softmax(y_pred, axis=-1)
+
+
+def training_dynamics(probs, log_probs, given):
+  """Dataset cartography and the area under the margin, over checkpoints.
+
+  Swayamdipta et al. (2020), "Dataset Cartography": `confidence` is the mean
+  probability of the given label over checkpoints, `variability` its
+  standard deviation (ddof 0), `correctness` the fraction of checkpoints
+  whose most probable class is the given label. Pleiss et al. (2020),
+  "Identifying Mislabeled Data using the Area Under the Margin Ranking":
+  `aum` is the mean over checkpoints of the given label's logit minus the
+  largest other logit, here its log-probability minus the largest other
+  (equal for softmax outputs).
+
+  Args:
+    probs: `(C, N, K)` class probabilities of C checkpoints.
+    log_probs: `(C, N, K)` their log-probabilities.
+    given: `(N,)` int given labels, in `[0, K)`.
+
+  Returns:
+    A dict of `(N,)` float tensors `confidence`, `variability`,
+    `correctness` and `aum`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  given = tf.cast(given, tf.int64)
+  num_classes = tf.shape(probs)[2]
+  mask = tf.one_hot(given, num_classes, on_value=True, off_value=False)
+  own = tf.reduce_sum(tf.where(mask, probs, 0.0), axis=2)  # (C, N)
+  own_log = tf.reduce_sum(tf.where(mask, log_probs, 0.0), axis=2)
+  other_log = tf.reduce_max(
+      tf.where(mask, tf.constant(-float("inf"), log_probs.dtype), log_probs),
+      axis=2)
+  correct = tf.cast(tf.equal(tf.argmax(probs, axis=2, output_type=tf.int64),
+                             given), tf.float32)
+  return {
+      "confidence": tf.reduce_mean(own, axis=0),
+      "variability": tf.math.reduce_std(own, axis=0),
+      "correctness": tf.reduce_mean(correct, axis=0),
+      "aum": tf.reduce_mean(own_log - other_log, axis=0),
+  }

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -242,3 +242,64 @@ def select_device(device: str) -> str:
   name = "/GPU:0" if gpus else "/CPU:0"
   logging.info("lossaudit scores on %s", name)
   return name
+
+
+PREDICTIONS_OUTPUT = "predictions"
+
+
+class PredictionsModel:
+  """Predictions read from a column, in place of a model
+  (`model.predictions_column`): its one output is its one input.
+
+  Attributes:
+    inputs: the column, `(K,)` float32.
+    outputs: `predictions`, `(K,)` float32.
+  """
+
+  def __init__(self, column: str, width: int):
+    self.path = None
+    self.inputs = (TensorInfo(column, (width,), "float32"),)
+    self.outputs = {PREDICTIONS_OUTPUT: TensorInfo(PREDICTIONS_OUTPUT,
+                                                   (width,), "float32")}
+
+  def output(self, name: Optional[str], key: str = "model.output"
+             ) -> TensorInfo:
+    if name not in (None, PREDICTIONS_OUTPUT):
+      raise ConfigError(f"{key}: expected null or {PREDICTIONS_OUTPUT!r}"
+                        f" with model.predictions_column. Received: {name!r}")
+    return self.outputs[PREDICTIONS_OUTPUT]
+
+  def __call__(self, features: Dict[str, tf.Tensor]
+               ) -> Dict[str, tf.Tensor]:
+    return {PREDICTIONS_OUTPUT: features[self.inputs[0].name]}
+
+
+def load_models(paths: Sequence[Sequence[str]], signature: str
+                ) -> Tuple[Tuple[AuditModel, ...], ...]:
+  """The models of a run, `[fold][checkpoint]`, each loaded once.
+
+  Every model must have the first's inputs and outputs: each example is
+  scored by one of them (folds) or by all (checkpoints) in one graph.
+
+  Raises:
+    ConfigError: a model is missing or cannot be loaded (naming its path),
+      or its inputs or outputs differ from the first's.
+  """
+  loaded = tuple(tuple(AuditModel(path, signature) for path in group)
+                 for group in paths)
+  first = loaded[0][0]
+  for model in (m for group in loaded for m in group):
+    for what, mine, theirs in (("inputs", model.inputs, first.inputs),
+                               ("outputs", model.outputs, first.outputs)):
+      if mine != theirs:
+        raise ConfigError(
+            f"model.path: expected every fold and checkpoint model to have"
+            f" the {what} of {first.path!r}: {_shapes(theirs)}. Received:"
+            f" {model.path!r} with {_shapes(mine)}")
+  return loaded
+
+
+def _shapes(infos) -> str:
+  infos = infos.values() if isinstance(infos, dict) else infos
+  return ", ".join(f"{t.name} {(None,) + tuple(t.shape)} {t.dtype}"
+                   for t in infos)

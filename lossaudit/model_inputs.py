@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from lossaudit import columns as cols
 from lossaudit.dead_letters import (
+  BAD_FOLD,
   BAD_ID,
   BAD_SLICE,
   BAD_WEIGHT,
@@ -73,6 +74,14 @@ class Ragged(NamedTuple):
     last = int(ends[stop - 1]) if stop > start else first
     return Ragged(self.values[first:last], self.lengths[start:stop])
 
+  def take(self, order: np.ndarray) -> Ragged:
+    """Rows `order` `(M,)` int, in that order."""
+    lengths = self.lengths[order]
+    starts = np.cumsum(self.lengths) - self.lengths
+    moved = starts[order] - (np.cumsum(lengths) - lengths)
+    index = np.arange(int(lengths.sum())) + np.repeat(moved, lengths)
+    return Ragged(self.values[index], lengths)
+
   def padded(self, pad_value: Any) -> np.ndarray:
     """`(N, L) + inner`, L the longest row's length, rows padded at the end
     with `pad_value`."""
@@ -113,6 +122,7 @@ class ModelInputs(NamedTuple):
       letter, with no id).
     weights: `(N,)` float64 sample weights; None without a weight column.
     slices: `(N,)` Arrow strings; None without a slice column.
+    folds: `(N,)` int64 held-out folds in `[0, K)`; None without folds.
   """
 
   features: Dict[str, np.ndarray]
@@ -120,6 +130,7 @@ class ModelInputs(NamedTuple):
   ids: Optional[pa.Array] = None
   weights: Optional[np.ndarray] = None
   slices: Optional[pa.Array] = None
+  folds: Optional[np.ndarray] = None
 
   def rows(self, keep: np.ndarray) -> ModelInputs:
     """The rows where `keep` `(N,)` bool is set."""
@@ -130,7 +141,20 @@ class ModelInputs(NamedTuple):
         labels={k: v[keep] for k, v in self.labels.items()},
         ids=None if self.ids is None else self.ids.filter(keep_arrow),
         weights=None if self.weights is None else self.weights[keep],
-        slices=None if self.slices is None else self.slices.filter(keep_arrow))
+        slices=None if self.slices is None else self.slices.filter(keep_arrow),
+        folds=None if self.folds is None else self.folds[keep])
+
+  def take(self, order: np.ndarray) -> ModelInputs:
+    """Rows `order` `(M,)` int, in that order."""
+    order_arrow = pa.array(order)
+    return ModelInputs(
+        features={k: v.take(order) if isinstance(v, Ragged) else v[order]
+                  for k, v in self.features.items()},
+        labels={k: v[order] for k, v in self.labels.items()},
+        ids=None if self.ids is None else self.ids.take(order_arrow),
+        weights=None if self.weights is None else self.weights[order],
+        slices=None if self.slices is None else self.slices.take(order_arrow),
+        folds=None if self.folds is None else self.folds[order])
 
   def slice(self, start: int, stop: int) -> ModelInputs:
     """Rows `start` to `stop` (excluded), without copying."""
@@ -142,7 +166,8 @@ class ModelInputs(NamedTuple):
         ids=None if self.ids is None else self.ids.slice(start, size),
         weights=None if self.weights is None else self.weights[start:stop],
         slices=None if self.slices is None else self.slices.slice(start,
-                                                                  size))
+                                                                  size),
+        folds=None if self.folds is None else self.folds[start:stop])
 
 
 class CheckedBatch(NamedTuple):
@@ -185,11 +210,13 @@ def read_model_inputs(spec: ScoringSpec,
              if spec.weight_column else None)
   slices = (values(_slices(batch, spec.slice_column))
             if spec.slice_column else None)
+  folds = (values(_folds(batch, spec, ids)) if spec.num_folds else None)
   bad = np.zeros(batch.num_rows, dtype=bool)
   for problem in problems:
     bad |= problem.rows
-  return CheckedBatch(ModelInputs(features, labels, ids, weights, slices),
-                      problems, bad)
+  return CheckedBatch(
+      ModelInputs(features, labels, ids, weights, slices, folds), problems,
+      bad)
 
 
 def _missing(n: int, what: str, name: str, reason: str) -> Problem:
@@ -468,6 +495,26 @@ def _ids(batch: pa.RecordBatch, name: str) -> Column:
     problems.append(Problem(text.not_utf8, BAD_ID,
                             "id is not valid UTF-8: {value}", text.raw))
   return Column(text.strings, problems)
+
+
+def _folds(batch: pa.RecordBatch, spec: ScoringSpec,
+           ids: Optional[pa.Array]) -> Column:
+  """Each row's held-out fold `(N,)` int64: its `spec.fold_column`, which
+  must be an integer in `[0, K)`, else `fold_of` its id."""
+  k = spec.num_folds
+  if spec.fold_column is None:
+    if ids is None:  # No id column: every row is already a dead letter.
+      return Column(np.zeros(batch.num_rows, np.int64), [])
+    from lossaudit.folds import fold_of  # pylint: disable=g-import-not-at-top
+    return Column(fold_of(ids.fill_null(""), k), [])
+  read = _dense(batch, spec.fold_column, "fold", BAD_FOLD, (),
+                np.dtype(np.float64))
+  values, problems = read.values, read.problems
+  bad = ~((values >= 0) & (values < k) & (values == np.floor(values)))
+  if bad.any():
+    problems.append(Problem(bad, BAD_FOLD, f"fold {{value}} is not an integer"
+                            f" in [0, {k})", values))
+  return Column(np.where(bad, 0, values).astype(np.int64), problems)
 
 
 def _slices(batch: pa.RecordBatch, name: str) -> Column:

@@ -18,6 +18,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lossaudit import losses
 from lossaudit.config import AuditConfig
@@ -35,6 +36,57 @@ def check_labels(config: AuditConfig) -> None:
 
 
 SERIALIZED_EXAMPLES_INPUT = "examples"
+
+
+def model_paths(config: AuditConfig) -> Tuple[Tuple[str, ...], ...]:
+  """Each fold's model (one without `model.folds`), as each checkpoint's
+  path (one without `model.checkpoints`); empty with a predictions
+  column."""
+  if config.model.predictions_column:
+    return ()
+  folds = range(config.model.folds) if config.model.folds else (None,)
+  return tuple(config.model.paths(fold) for fold in folds)
+
+
+def predictions_width(config: AuditConfig, batch: Optional[pa.RecordBatch],
+                      path: str,
+                      class_names: Optional[Sequence[str]]) -> int:
+  """How many values each row of `model.predictions_column` holds: as in
+  the first row of `batch` that has them, else one per class name.
+
+  Raises:
+    ConfigError: the column is not in `batch`, holds no list of numbers, or
+      its width is not the number of class names.
+  """
+  key, name = "model.predictions_column", config.model.predictions_column
+  found = None if batch is None else batch.schema.get_field_index(name)
+  width = None
+  if found is not None:
+    if found < 0:
+      raise ConfigError(
+          f"{key}: column {name!r} not found in the first {batch.num_rows}"
+          f" records of {path}; found columns {sorted(batch.schema.names)}")
+    column = batch.column(found)
+    if not (pa.types.is_list(column.type) or
+            pa.types.is_large_list(column.type) or
+            pa.types.is_fixed_size_list(column.type)):
+      raise ConfigError(
+          f"{key}: expected a column of lists of class probabilities or"
+          f" logits. Received: {name!r} of type {column.type} in {path}")
+    lengths = pc.list_value_length(column).drop_null().to_numpy()
+    width = int(lengths[0]) if len(lengths) else None
+  if class_names is not None and width not in (None, len(class_names)):
+    raise ConfigError(
+        f"{key}: expected {len(class_names)} values per row, one per class"
+        f" of input.label_vocabulary. Received: {width} in the first row of"
+        f" {name!r} in {path}")
+  width = width or (len(class_names) if class_names is not None else None)
+  if not width or width < 2:
+    raise ConfigError(
+        f"{key}: expected rows of at least 2 class probabilities or logits."
+        f" Received: {name!r} with {width or 'no'} values in the first"
+        " records" + (f" of {path}" if path else ""))
+  return width
 
 
 def serialized_examples_input(config: AuditConfig, model: AuditModel
@@ -148,9 +200,13 @@ def loss_terms(config: AuditConfig, model: AuditModel
         for o in config.loss.outputs)
   loss = config.loss
   output = model.output(config.model.output)
+  # Logits in a predictions column are what a model's logits output is.
+  from_logits = loss.from_logits or (
+      config.model.predictions_column is not None and
+      config.model.predictions_kind == "logits")
   return (loss_term(model, output.name, output.name,
                     config.input.label_column, loss.name, 1.0,
-                    loss.from_logits, loss.reduce, loss.args, loss.custom,
+                    from_logits, loss.reduce, loss.args, loss.custom,
                     "loss"),)
 
 
@@ -217,6 +273,11 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
         f" output). Received: {config.flag.label_issues!r} with loss"
         f" {[t.custom or t.loss_name for t in terms]}")
   _check_pad_value(config.input.pad_value, features)
+  if config.model.checkpoints and not any(t.signals for t in terms):
+    raise ConfigError(
+        f"model.checkpoints: needs a classification loss (training dynamics"
+        f" are the given label's probabilities). Received: loss"
+        f" {[t.custom or t.loss_name for t in terms]}")
   return ScoringSpec(
       model_path=config.model.path,
       signature=config.model.signature,
@@ -231,6 +292,12 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
       pad_value=config.input.pad_value,
       truncate=config.input.truncate,
       class_names=class_names,
+      model_paths=model_paths(config),
+      fold_column=config.input.fold_column,
+      predictions_kind=(config.model.predictions_kind
+                        if config.model.predictions_column else None),
+      regions=(config.dynamics.easy_confidence,
+               config.dynamics.ambiguous_variability),
   )
 
 
@@ -343,7 +410,8 @@ def needed_columns(spec: ScoringSpec) -> Tuple[str, ...]:
   """The columns to read: features, labels, id, weight and slice, once."""
   names = [f.column for f in spec.features if f.column != RAW_RECORD_COLUMN]
   names += [t.label_column for t in spec.terms]
-  names += [spec.id_column, spec.weight_column, spec.slice_column]
+  names += [spec.id_column, spec.weight_column, spec.slice_column,
+            spec.fold_column]
   return tuple(dict.fromkeys(n for n in names if n))
 
 
@@ -378,6 +446,8 @@ def tf_schema(spec: ScoringSpec,
   for name in (spec.id_column, spec.slice_column):
     if name:
       defaults[name] = schema_pb2.BYTES
+  if spec.fold_column:
+    defaults[spec.fold_column] = schema_pb2.INT
   if spec.weight_column:
     defaults[spec.weight_column] = schema_pb2.FLOAT
   schema = schema_pb2.Schema()

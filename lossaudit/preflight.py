@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 from lossaudit import inputs, planning, probe
 from lossaudit.config import AuditConfig
-from lossaudit.model import AuditModel
+from lossaudit.model import PredictionsModel, load_models
 from lossaudit.scoring import ScoringSpec
 
 
@@ -47,8 +47,16 @@ def plan(config: AuditConfig) -> Plan:
     ConfigError: naming the key, flag, file or column at fault.
   """
   found = inputs.expand(config.input.patterns, config.output.dir)
-  model = AuditModel(config.model.path, config.model.signature)
+  paths = planning.model_paths(config)
+  models = paths and load_models(paths, config.model.signature)
   sample = probe.read_sample(config, found.files)
+  class_names = planning.read_vocabulary(config.input.label_vocabulary)
+  if not models:
+    models = ((PredictionsModel(
+        config.model.predictions_column, planning.predictions_width(
+            config, sample and sample.batch, sample and sample.path,
+            class_names)),),)
+  model = models[0][-1]
   planning.check_labels(config)
   features = planning.model_features(config, model)
   if sample is not None:
@@ -56,12 +64,10 @@ def plan(config: AuditConfig) -> Plan:
   terms = planning.loss_terms(config, model)
   if sample is not None:
     terms = probe.fit_custom_labels(terms, sample)
-  spec = planning.assemble_spec(
-      config, features, terms,
-      planning.read_vocabulary(config.input.label_vocabulary))
+  spec = planning.assemble_spec(config, features, terms, class_names)
   computed_from = None
   if sample is not None:
-    computed_from = probe.check_scoring(config, spec, model, sample)
+    computed_from = probe.check_scoring(config, spec, models, sample)
   value_type = sample.value_type if sample is not None else (lambda _: None)
   return Plan(files=found.files, not_regular=found.not_regular, spec=spec,
               tf_schema=planning.tf_schema(spec, value_type),

@@ -43,6 +43,9 @@ from lossaudit.scoring import (
   ScoringSpec,
 )
 
+# The models of a run, `[fold][checkpoint]` (`model.load_models`).
+Models = Sequence[Sequence[AuditModel]]
+
 PROBE_RECORDS = 64
 # Labels outside the model's classes in at least this share of the first
 # records stop the run: the model and the data do not match.
@@ -232,9 +235,10 @@ def _custom_label_shape(batch: pa.RecordBatch, column: str,
   return () if width == 1 else (width,)
 
 
-def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
+def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
                   sample: Sample) -> Optional[str]:
-  """Scores `sample` with the real scorer; any failure is exit 2.
+  """Scores `sample` with the real scorer and `models` (`[fold][checkpoint]`,
+  `model.load_models`); any failure is exit 2.
 
   A custom loss is the user's code, imported and first called here: whatever
   it raises, SystemExit and any Exception alike (only KeyboardInterrupt goes
@@ -252,13 +256,13 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
       model's classes.
   """
   _build_custom_losses(_custom_terms(config, spec))
-  scorer = _cpu_scorer(spec, model)
+  scorer = _cpu_scorer(spec, models)
   try:
     scored, dead = scorer.score(sample.path, sample.batch)
   except KeyboardInterrupt:
     raise
   except BaseException as e:  # pylint: disable=broad-except
-    error = _scoring_error(config, spec, model, sample, e)
+    error = _scoring_error(config, spec, models, sample, e)
     if error is None:
       raise
     raise error from None
@@ -305,14 +309,15 @@ def _build_custom_losses(custom: Sequence[Tuple[str, LossTerm]]) -> None:
           f" {short_repr(term.custom)}") from None
 
 
-def _cpu_scorer(spec: ScoringSpec, model: AuditModel) -> BatchScorer:
-  """The real scorer of `spec` on `model`, on the CPU.
+def _cpu_scorer(spec: ScoringSpec, models: Models) -> BatchScorer:
+  """The real scorer of `spec` on `models`, on the CPU.
 
   Raises:
     ConfigError: the loss graph cannot be built.
   """
   try:
-    return BatchScorer(dataclasses.replace(spec, device="cpu"), model=model)
+    return BatchScorer(dataclasses.replace(spec, device="cpu"),
+                       models=models)
   except (ImportError, AttributeError, TypeError, ValueError) as e:
     key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
     raise ConfigError(
@@ -320,7 +325,7 @@ def _cpu_scorer(spec: ScoringSpec, model: AuditModel) -> BatchScorer:
         f" {first_line(e)}") from None
 
 
-def _failing_custom(spec: ScoringSpec, model: AuditModel, sample: Sample,
+def _failing_custom(spec: ScoringSpec, models: Models, sample: Sample,
                     error: BaseException, custom: Sequence[Tuple[str, LossTerm]]
                     ) -> Optional[Tuple[str, LossTerm]]:
   """`(key, term)` of the custom loss behind `error` (raised scoring
@@ -338,7 +343,7 @@ def _failing_custom(spec: ScoringSpec, model: AuditModel, sample: Sample,
     alone = dataclasses.replace(spec, device="cpu", terms=(term,),
                                 keep_probs=False)
     try:
-      BatchScorer(alone, model=model).score(sample.path, sample.batch)
+      BatchScorer(alone, models=models).score(sample.path, sample.batch)
     except KeyboardInterrupt:
       raise
     except BaseException:  # pylint: disable=broad-except
@@ -346,7 +351,7 @@ def _failing_custom(spec: ScoringSpec, model: AuditModel, sample: Sample,
   return None if isinstance(error, Exception) else custom[0]
 
 
-def _scoring_error(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
+def _scoring_error(config: AuditConfig, spec: ScoringSpec, models: Models,
                    sample: Sample, error: BaseException
                    ) -> Optional[ConfigError]:
   """The ConfigError `error`, raised scoring `sample`, stops the run with;
@@ -359,7 +364,7 @@ def _scoring_error(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
                 if str(error).startswith(repr(t.custom or t.loss_name))),
                "loss.custom" if custom else "loss.name")
     return ConfigError(f"{key}: {error}")
-  culprit = _failing_custom(spec, model, sample, error, custom)
+  culprit = _failing_custom(spec, models, sample, error, custom)
   if culprit:
     key, term = culprit
     return ConfigError(
@@ -376,9 +381,14 @@ def _scoring_error(config: AuditConfig, spec: ScoringSpec, model: AuditModel,
                 " when others score)")
   else:
     cause = describe_error(error)
+  if spec.predictions_kind:
+    subject = (f"model.predictions_column: the predictions in"
+               f" {config.model.predictions_column!r}")
+  else:
+    subject = f"model.path: the model {config.model.path!r}"
   return ConfigError(
-      f"model.path: the model {config.model.path!r} does not fit the data"
-      f" of {sample.path} with loss"
+      f"{subject} do{'' if spec.predictions_kind else 'es'} not fit the"
+      f" data of {sample.path} with loss"
       f" {[t.custom or t.loss_name for t in spec.terms]}: {cause}")
 
 

@@ -17,6 +17,7 @@ Loading the model and choosing its device are `lossaudit.model`'s.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from typing import (
@@ -27,6 +28,7 @@ from typing import (
   Mapping,
   NamedTuple,
   Optional,
+  Sequence,
   Tuple,
 )
 
@@ -37,7 +39,12 @@ import tensorflow as tf
 from lossaudit import columns as cols
 from lossaudit import dead_letters, losses
 from lossaudit.errors import op_error_line
-from lossaudit.model import AuditModel, select_device
+from lossaudit.model import (
+  AuditModel,
+  PredictionsModel,
+  load_models,
+  select_device,
+)
 from lossaudit.model_inputs import (
   RAW_RECORD_COLUMN,
   ModelInputs,
@@ -52,6 +59,10 @@ DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 # Columns of the scored batches that are not written to losses/.
 SLICE_COLUMN = "__slice__"
 PROBS_COLUMN = "__probs__"
+# The training-dynamics columns of `model.checkpoints`
+# (`losses.training_dynamics`), and the regions of the data map.
+DYNAMICS = ("confidence", "variability", "correctness", "aum")
+EASY, AMBIGUOUS, HARD = "easy", "ambiguous", "hard"
 
 
 def is_internal(column: str) -> bool:
@@ -140,6 +151,15 @@ class ScoringSpec:
     truncate: cuts rows longer than a fixed-length input (`input.truncate`).
     class_names: the classifier's class names by index
       (`input.label_vocabulary`), or None.
+    model_paths: the model of each fold (one without folds), as each
+      checkpoint's path (one without checkpoints), oldest first; empty with
+      `predictions_kind`.
+    fold_column: the column of each example's held-out fold, or None: then
+      `lossaudit.folds.fold_of(id, len(model_paths))` with folds.
+    predictions_kind: `probabilities` or `logits` of the one feature, read
+      in place of a model (`model.predictions_column`); None: a model.
+    regions: `(easy_confidence, ambiguous_variability)` of the data map
+      (`dynamics`).
   """
 
   model_path: str
@@ -154,6 +174,20 @@ class ScoringSpec:
   pad_value: Optional[float] = None
   truncate: bool = False
   class_names: Optional[Tuple[str, ...]] = None
+  model_paths: Tuple[Tuple[str, ...], ...] = ()
+  fold_column: Optional[str] = None
+  predictions_kind: Optional[str] = None
+  regions: Tuple[float, float] = (0.5, 0.2)
+
+  @property
+  def num_folds(self) -> Optional[int]:
+    """K with `model.folds`, else None."""
+    return len(self.model_paths) if len(self.model_paths) > 1 else None
+
+  @property
+  def dynamics(self) -> bool:
+    """Whether several checkpoints score each example."""
+    return bool(self.model_paths) and len(self.model_paths[0]) > 1
 
   @property
   def classifier(self) -> Optional[LossTerm]:
@@ -190,6 +224,11 @@ class ScoringSpec:
       if self.class_names:
         fields += [pa.field("given_class", pa.string()),
                    pa.field("predicted_class", pa.string())]
+    if self.num_folds:
+      fields.append(pa.field("fold", pa.int64()))
+    if self.dynamics:
+      fields += [pa.field(name, pa.float64()) for name in DYNAMICS]
+      fields.append(pa.field("region", pa.string()))
     if self.slice_column:
       fields.append(pa.field(SLICE_COLUMN, pa.string()))
     if self.keep_probs:
@@ -206,12 +245,20 @@ class LossShapeError(ValueError):
 # `(N,)` losses and class signals.
 
 
-def loss_graph(spec: ScoringSpec, model: AuditModel,
+def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
                traced: Optional[Dict[str, str]] = None) -> Callable[..., Any]:
-  """The spec's losses on `model`'s predictions, as one traced function.
+  """The spec's losses on the predictions of `models`, as one traced function.
 
   Its batch axis is unknown, so batches of any size reuse one graph. Builds
   the loss functions (custom ones are imported here).
+
+  Args:
+    spec: what to score.
+    models: the checkpoints that score each example, oldest first (one
+      model without checkpoints); the losses and class signals are the
+      last's, the training dynamics everyone's.
+    traced: when the function is traced, `traced["computed_from"]` is set
+      to `computed_from` of the (last model's) predictions.
 
   Returns:
     A `tf.function` of `(features, labels)`: `{model input: (N,) + shape}`
@@ -219,29 +266,12 @@ def loss_graph(spec: ScoringSpec, model: AuditModel,
     `loss_<name>` per term and `finite` (whether the row's inputs and
     predictions are finite), plus `given_label`, `predicted_label`,
     `self_confidence`, `margin` and `probs` `(N, K)` (with `keep_probs`) for
-    a classifier.
-
-    When it is traced, `traced["computed_from"]` is set to `computed_from`
-    of the predictions.
+    a classifier, and the `DYNAMICS` over several checkpoints.
   """
   # A custom loss keeps AutoGraph (Python `if` on a tensor works, as it did
   # before): it is a `tf.function` of its own, traced inside this one.
   loss_fns = [tf.function(term.build_loss()) if term.custom
               else term.build_loss() for term in spec.terms]
-
-  def graph(features, labels):
-    predictions = model(features)
-    if traced is not None:
-      traced["computed_from"] = computed_from(spec.terms, predictions)
-    outputs = {"finite": _rows_finite(
-        list(features.values()) +
-        [predictions[term.output] for term in spec.terms])}
-    outputs.update(_term_losses(spec.terms, loss_fns, labels, predictions))
-    if spec.classifier:
-      term = spec.classifier
-      outputs.update(_class_signals(term, labels[term.name],
-                                    predictions[term.output], spec.keep_probs))
-    return outputs
 
   feature_specs = {f.model_input: _input_spec(f) for f in spec.features}
   label_specs = {
@@ -251,8 +281,47 @@ def loss_graph(spec: ScoringSpec, model: AuditModel,
   # No AutoGraph: this code has no tensor-dependent Python control flow, and
   # AutoGraph never converts `keras` (the model, its losses) anyway.
   # Converting it cost about half a second of each run's pre-run check.
+  # A partial, not a closure: TensorFlow counts the traces of closures of
+  # one code together, and warns of retracing at the fifth fold's graph.
+  graph = functools.partial(_loss_outputs, spec, tuple(models), loss_fns,
+                            traced)
   return tf.function(graph, input_signature=[feature_specs, label_specs],
                      autograph=False)
+
+
+def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
+                  loss_fns: List[Callable], traced: Optional[Dict[str, str]],
+                  features: Mapping[str, tf.Tensor],
+                  labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """The body of `loss_graph`'s function."""
+  every = [model(features) for model in models]
+  predictions = every[-1]
+  if traced is not None:
+    traced["computed_from"] = computed_from(spec.terms, predictions)
+  outputs = {"finite": _rows_finite(
+      list(features.values()) +
+      [p[term.output] for p in every for term in spec.terms])}
+  outputs.update(_term_losses(spec.terms, loss_fns, labels, predictions))
+  if spec.classifier:
+    term = spec.classifier
+    outputs.update(_class_signals(term, labels[term.name],
+                                  predictions[term.output], spec.keep_probs))
+    if len(every) > 1:
+      outputs.update(_dynamics(term, outputs["given_label"],
+                               [p[term.output] for p in every]))
+  return outputs
+
+
+def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor]
+              ) -> Dict[str, tf.Tensor]:
+  """`losses.training_dynamics` of the C checkpoints' `outputs` `(N, ...)`."""
+  probs = tf.stack([losses.class_probabilities(y, term.signals,
+                                               term.from_logits)
+                    for y in outputs])
+  log_probs = tf.stack([losses.class_log_probabilities(y, term.signals,
+                                                       term.from_logits)
+                        for y in outputs])
+  return losses.training_dynamics(probs, log_probs, given)
 
 
 # Each crossentropy, and the activation op whose logits Keras takes for it.
@@ -387,7 +456,8 @@ def _nan_where_not_finite(result: Dict[str, np.ndarray]
   """
   finite = result.pop("finite")
   if not finite.all():
-    for key in [k for k in result if k == "loss" or k.startswith("loss_")]:
+    for key in [k for k in result if k == "loss" or k.startswith("loss_") or
+                k in DYNAMICS]:
       result[key] = np.where(finite, result[key], np.nan)
   return result
 
@@ -410,10 +480,13 @@ class BatchScorer:
     max_rows: rows per call of the model (`batch_size`; a batch scored may
       hold more); None: a whole batch at a time. Halved on running out of
       memory.
+    models: already loaded models `[fold][checkpoint]` (`load_models`), in
+      place of `model`.
   """
 
   def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None,
-               model_checked: bool = False, max_rows: Optional[int] = None):
+               model_checked: bool = False, max_rows: Optional[int] = None,
+               models: Optional[Sequence[Sequence[AuditModel]]] = None):
     self.spec = spec
     self.model_checked = model_checked
     self.max_rows = max_rows
@@ -423,8 +496,12 @@ class BatchScorer:
     self.device = select_device(spec.device)
     self._traced: Dict[str, str] = {}
     with tf.device(self.device):
-      self.model = model or AuditModel(spec.model_path, spec.signature)
-      self._score = loss_graph(spec, self.model, self._traced)
+      if models is None:
+        models = ((model,),) if model is not None else spec_models(spec)
+      self.models = models
+      # One graph per fold; each holds every checkpoint's model.
+      self._scores = [loss_graph(spec, group, self._traced)
+                      for group in models]
 
   @property
   def computed_from(self) -> Optional[str]:
@@ -433,14 +510,16 @@ class BatchScorer:
     return self._traced.get("computed_from")
 
   def score_arrays(self, features: Mapping[str, np.ndarray],
-                   labels: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Runs the traced function on dense arrays; returns `(N,)` numpy arrays.
+                   labels: Mapping[str, np.ndarray], fold: int = 0
+                   ) -> Dict[str, np.ndarray]:
+    """Runs the traced function of `fold`'s model on dense arrays; returns
+    `(N,)` numpy arrays.
 
     Raises:
       LossShapeError: when a loss does not give one value per example.
     """
     with tf.device(self.device):
-      result = {k: v.numpy() for k, v in self._score(
+      result = {k: v.numpy() for k, v in self._scores[fold](
           model_feeds(self.spec, features), dict(labels)).items()}
     _check_loss_shapes(self.spec.terms, result,
                        len(next(iter(labels.values()))))
@@ -465,6 +544,8 @@ class BatchScorer:
     inputs = checked.inputs
     if checked.bad.any():
       inputs = inputs.rows(~checked.bad)
+    if inputs.folds is not None:  # Each fold's rows together, in order.
+      inputs = inputs.take(np.argsort(inputs.folds, kind="stable"))
     scored, rejected = self.score_inputs(inputs)
     dead += [dead_letters.dead_letter(
         source, None if inputs.ids is None else inputs.ids[row].as_py(),
@@ -474,6 +555,9 @@ class BatchScorer:
   def score_inputs(self, inputs: ModelInputs
                    ) -> Tuple[Optional[pa.RecordBatch], List[Tuple[int, str]]]:
     """Scores N rows, in consecutive parts of `max_rows` (the last fewer).
+
+    With folds, the rows are sorted by fold and each part is one fold's,
+    scored by its model.
 
     A data error of the model (`DATA_ERRORS`: a corrupt image in
     `decode_png`, ...) on a part splits it in halves until the rows that
@@ -492,7 +576,8 @@ class BatchScorer:
     """
     n = len(next(iter(inputs.labels.values())))
     parts, rejected, errors = [], [], []
-    pending = [(0, n)]  # Row ranges [start, stop) still to score, in order.
+    # Row ranges [start, stop) still to score, in order.
+    pending = [(0, n)] if inputs.folds is None else _runs(inputs.folds)
     while pending:
       start, stop = pending.pop(0)
       size = stop - start
@@ -501,8 +586,9 @@ class BatchScorer:
                        for at in range(start, stop, self.max_rows)]
         continue
       part = inputs if size == n else inputs.slice(start, stop)
+      fold = 0 if inputs.folds is None else int(inputs.folds[start])
       try:
-        result = self.score_arrays(part.features, part.labels)
+        result = self.score_arrays(part.features, part.labels, fold)
       except tf.errors.ResourceExhaustedError as e:
         if size == 1:  # This one record does not fit: it alone is lost.
           errors.append(e)
@@ -543,6 +629,37 @@ class BatchScorer:
     """How many times this thread halved `max_rows` (for its metric)."""
     return getattr(self._thread, "halvings", 0)
 
+
+def _runs(values: np.ndarray) -> List[Tuple[int, int]]:
+  """The `[start, stop)` ranges of equal consecutive `values` `(N,)`."""
+  if not len(values):
+    return [(0, 0)]
+  cuts = np.flatnonzero(values[1:] != values[:-1]) + 1
+  bounds = [0, *cuts.tolist(), len(values)]
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
+def spec_models(spec: ScoringSpec) -> Tuple[Tuple[Any, ...], ...]:
+  """The models of `spec`, `[fold][checkpoint]`: loaded from its paths, or
+  a `PredictionsModel` reading its one feature."""
+  if spec.predictions_kind:
+    feature = spec.features[0]
+    return ((PredictionsModel(feature.column, feature.shape[0]),),)
+  return load_models(spec.model_paths or ((spec.model_path,),),
+                     spec.signature)
+
+
+def regions(confidence: np.ndarray, variability: np.ndarray,
+            thresholds: Tuple[float, float]) -> pa.Array:
+  """The data-map region of each row `(N,)`: `ambiguous` when its
+  variability is at least `thresholds[1]`, else `easy` when its confidence
+  is at least `thresholds[0]`, else `hard`; null when either is NaN."""
+  easy, ambiguous = thresholds
+  codes = np.where(variability >= ambiguous, 1,
+                   np.where(confidence >= easy, 0, 2))
+  names = np.array([EASY, AMBIGUOUS, HARD], dtype=object)
+  return pa.array(names[codes], pa.string(), mask=~(
+      np.isfinite(confidence) & np.isfinite(variability)))
 
 
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
@@ -606,6 +723,13 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
       names = pa.array(spec.class_names, pa.string())
       arrays["given_class"] = names.take(arrays["given_label"])
       arrays["predicted_class"] = names.take(arrays["predicted_label"])
+  if spec.num_folds:
+    arrays["fold"] = pa.array(inputs.folds.astype(np.int64))
+  if spec.dynamics:
+    for name in DYNAMICS:
+      arrays[name] = pa.array(result[name].astype(np.float64))
+    arrays["region"] = regions(result["confidence"], result["variability"],
+                               spec.regions)
   if spec.slice_column:
     arrays[SLICE_COLUMN] = inputs.slices
   if spec.keep_probs:

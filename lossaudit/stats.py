@@ -217,9 +217,9 @@ def exceeds_top_k(losses: np.ndarray, ids: np.ndarray,
   return (losses > kth.loss) | ((losses == kth.loss) & (ids <= kth.id))
 
 
-# The loss rules, in the order `summary.json` → `thresholds` lists them.
+# The value rules, in the order `summary.json` → `thresholds` lists them.
 LOSS_RULES = ("loss_quantile", "loss_threshold", "robust_z",
-              "slice_quantile", "top_k")
+              "slice_quantile", "top_k", "aum_quantile", "aum_below")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +233,7 @@ class Thresholds:
     loss_quantile, loss_threshold, robust_z: flag a loss above this.
     slice_quantile: `{slice: value}`: flag a loss above its slice's value.
     top_k: the k-th largest `(loss, id)`.
+    aum_quantile, aum_below: flag an area under the margin below this.
     label_issues: the label-issue rules, when `flag.label_issues` is on.
     rules: the loss rules in force, in `LOSS_RULES` order (the keys of
       `to_dict()`); by default those with a value.
@@ -243,6 +244,8 @@ class Thresholds:
   robust_z: Optional[float] = None
   slice_quantile: Optional[Dict[str, Optional[float]]] = None
   top_k: Optional[TopKBound] = None
+  aum_quantile: Optional[float] = None
+  aum_below: Optional[float] = None
   label_issues: Optional[LabelRules] = None
   rules: Optional[Tuple[str, ...]] = None
 
@@ -262,15 +265,18 @@ def _json_value(value):
 
 
 def flag_masks(losses: np.ndarray, ids: np.ndarray, thresholds: Thresholds,
-               slices: Optional[np.ndarray] = None
+               slices: Optional[np.ndarray] = None,
+               aum: Optional[np.ndarray] = None
                ) -> List[Tuple[str, np.ndarray]]:
-  """The loss rules that flag each example, as `[(reason, mask (N,))]`.
+  """The value rules that flag each example, as `[(reason, mask (N,))]`.
 
   Args:
     losses: `(N,)` per-sample losses.
     ids: `(N,)` string ids (for top-k tie breaks).
     thresholds: the rules' values.
     slices: `(N,)` slice values, for `slice_quantile`.
+    aum: `(N,)` areas under the margin, for `aum_quantile` and `aum_below`
+      (a NaN one is flagged by neither: its row is `non_finite`).
   """
   finite = np.isfinite(losses)
   masks = [("non_finite", ~finite)]
@@ -289,14 +295,18 @@ def flag_masks(losses: np.ndarray, ids: np.ndarray, thresholds: Thresholds,
   if "top_k" in thresholds.rules:
     masks.append(("top_k", finite & exceeds_top_k(safe, ids,
                                                   thresholds.top_k)))
+  for rule in ("aum_quantile", "aum_below"):
+    value = getattr(thresholds, rule)
+    if value is not None and aum is not None:
+      masks.append((rule, np.where(np.isnan(aum), np.inf, aum) < value))
   return masks
 
 
 def rule_thresholds(loss_summary: Dict, flag_config,
                     top_k: Optional[Sequence[Tuple[float, str]]] = None,
                     label_rules: Optional[LabelRules] = None,
-                    slice_stats: Optional[Dict[str, Dict]] = None
-                    ) -> Thresholds:
+                    slice_stats: Optional[Dict[str, Dict]] = None,
+                    aum_summary: Optional[Dict] = None) -> Thresholds:
   """The value each enabled flag rule compares against.
 
   Args:
@@ -306,6 +316,8 @@ def rule_thresholds(loss_summary: Dict, flag_config,
     top_k: the `TopKCombineFn` output when `flag.top_k` is on.
     label_rules: the `FindLabelIssues` output when `flag.label_issues` is on.
     slice_stats: `{slice: summary}` when `flag.slice_quantile` is on.
+    aum_summary: `LossAccumulator.summary()` of the areas under the margin
+      when `flag.aum_quantile` is on; its quantiles include it.
 
   `robust_z` is turned into the loss it means: (loss - median) / (1.4826 ·
   MAD) > z ⇔ loss > median + z · 1.4826 · MAD, with the median and MAD read
@@ -327,4 +339,9 @@ def rule_thresholds(loss_summary: Dict, flag_config,
         for name, stats in (slice_stats or {}).items()}
   if flag_config.top_k is not None:
     values["top_k"] = TopKBound._make(top_k[-1]) if top_k else None
+  if flag_config.aum_quantile is not None:
+    values["aum_quantile"] = aum_summary["quantiles"][format_quantile(
+        flag_config.aum_quantile)]
+  if flag_config.aum_below is not None:
+    values["aum_below"] = float(flag_config.aum_below)
   return Thresholds(**values, label_issues=label_rules, rules=tuple(values))

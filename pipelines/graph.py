@@ -113,11 +113,17 @@ class _Statistics(NamedTuple):
     slices: `(slice, LossAccumulator.summary())` pairs, or None without
       `input.slice_column`.
     top_k: one `TopKCombineFn` output, or None when `flag.top_k` is off.
+    folds: `(fold, LossAccumulator.summary())` pairs, or None without
+      `model.folds`.
+    aum: one `LossAccumulator.summary()` of the areas under the margin, or
+      None unless `flag.aum_quantile` is on.
   """
 
   loss: beam.PCollection
   slices: Optional[beam.PCollection]
   top_k: Optional[beam.PCollection]
+  folds: Optional[beam.PCollection] = None
+  aum: Optional[beam.PCollection] = None
 
 
 class _Flagged(NamedTuple):
@@ -184,7 +190,8 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
       top_k=_singleton(statistics.top_k),
       label_rules=_singleton(label_rules),
       slice_stats=(None if statistics.slices is None
-                   else beam.pvalue.AsDict(statistics.slices)))
+                   else beam.pvalue.AsDict(statistics.slices)),
+      aum_summary=_singleton(statistics.aum))
   flagged = (spilled
              | "RereadForFlags" >> ReadSpilled()
              | "FlagExamples" >> FlagExamples(
@@ -202,13 +209,16 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
       q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
   stats = scored | "LossStats" >> LossStats(
       config.stats.epsilon, sorted(quantiles), bool(plan.spec.slice_column),
-      column)
-  top_k = None
+      column, by_fold=bool(plan.spec.num_folds))
+  top_k = aum = None
   if flag.top_k:
     top_k = scored | "TopK" >> beam.CombineGlobally(
         TopKCombineFn(flag.top_k, column))
+  if flag.aum_quantile is not None:
+    aum = (scored | "AumStats" >> LossStats(
+        config.stats.epsilon, [flag.aum_quantile], column="aum"))["global"]
   return _Statistics(loss=stats["global"], slices=stats.get("slices"),
-                     top_k=top_k)
+                     top_k=top_k, folds=stats.get("folds"), aum=aum)
 
 
 def _label_rules(scored: beam.PCollection, spilled: beam.PCollection,

@@ -641,12 +641,12 @@ class _SmallMemoryScorer(BatchScorer):
     super().__init__(spec, **kwargs)
     self.scored_sizes = []
 
-  def score_arrays(self, features, labels):
+  def score_arrays(self, features, labels, fold=0):
     n = len(next(iter(labels.values())))
     if n > self.limit:
       raise tf.errors.ResourceExhaustedError(None, None, "OOM: test")
     self.scored_sizes.append(n)
-    return super().score_arrays(features, labels)
+    return super().score_arrays(features, labels, fold)
 
 
 def test_out_of_memory_halves_the_batch(sequences):

@@ -45,7 +45,7 @@ def test_batches_of_any_size_reuse_one_trace(classifier_path, columns):
   for n in (1, 7, 100, 33):
     scored, _ = scorer.score("f", _batch(columns, n))
     assert scored.num_rows == n
-  assert scorer._score.experimental_get_tracing_count() == 1
+  assert scorer._scores[0].experimental_get_tracing_count() == 1
 
 
 def test_the_model_takes_max_rows_consecutive_rows_a_call(classifier_path,
@@ -54,9 +54,9 @@ def test_the_model_takes_max_rows_consecutive_rows_a_call(classifier_path,
 
   class CountingScorer(BatchScorer):
 
-    def score_arrays(self, features, labels):
+    def score_arrays(self, features, labels, fold=0):
       calls.append(features["x"].copy())
-      return super().score_arrays(features, labels)
+      return super().score_arrays(features, labels, fold)
 
   scorer = CountingScorer(_spec(classifier_path), max_rows=32)
   scored, dead = scorer.score("f", _batch(columns, 100))

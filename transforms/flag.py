@@ -76,7 +76,9 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
                    dtype=object)
   slices = (batch.column(SLICE_COLUMN).to_numpy(zero_copy_only=False)
             if SLICE_COLUMN in batch.schema.names else None)
-  rules = flag_masks(losses, ids, thresholds, slices)
+  aum = (batch.column("aum").to_numpy(zero_copy_only=False)
+         if "aum" in batch.schema.names else None)
+  rules = flag_masks(losses, ids, thresholds, slices, aum)
   score = np.where(np.isfinite(losses), losses, np.inf)
   suggested = None
   label_rules = thresholds.label_issues

@@ -47,38 +47,45 @@ class LossStatsCombineFn(beam.CombineFn):
     return accumulator.summary(self._quantiles)
 
 
-def _losses_by_slice(batch: pa.RecordBatch, column: str = "loss"
+def _losses_by_slice(batch: pa.RecordBatch, column: str = "loss",
+                     key: str = SLICE_COLUMN
                      ) -> Iterable[Tuple[str, np.ndarray]]:
-  """Splits a scored batch's losses by slice value: `(slice, (n,))` pairs."""
-  encoded = pc.dictionary_encode(batch.column(SLICE_COLUMN))
+  """Splits a scored batch's losses by the values of column `key` (the
+  slice, or the fold): `(value as a string, (n,))` pairs."""
+  encoded = pc.dictionary_encode(batch.column(key))
   codes = encoded.indices.to_numpy(zero_copy_only=False)
   losses = loss_values(batch, column)
   order = np.argsort(codes, kind="stable")
   bounds = np.flatnonzero(np.diff(codes[order])) + 1
   for group in np.split(order, bounds):
     if group.size:
-      yield encoded.dictionary[int(codes[group[0]])].as_py(), losses[group]
+      yield str(encoded.dictionary[int(codes[group[0]])].as_py()), \
+          losses[group]
 
 
 class LossStats(beam.PTransform):
   """Scored batches → one statistics dict (and one per slice).
 
   Outputs a dict with `global` (a singleton PCollection) and, when
-  `by_slice`, `slices` (`(slice value, statistics)` pairs).
+  `by_slice`, `slices` (`(slice value, statistics)` pairs), and when
+  `by_fold`, `folds` (`(fold as a string, statistics)` pairs).
 
   Args:
     epsilon: rank-error bound of the quantiles.
     quantiles: the quantiles to report.
     by_slice: whether to compute per-slice statistics too.
     column: the loss column (`loss`, or `weighted_loss` for weighted stats).
+    by_fold: whether to compute per-fold statistics too (`model.folds`).
   """
 
   def __init__(self, epsilon: float, quantiles: Sequence[float],
-               by_slice: bool = False, column: str = "loss"):
+               by_slice: bool = False, column: str = "loss",
+               by_fold: bool = False):
     super().__init__()
     self._epsilon = epsilon
     self._quantiles = quantiles
     self._by_slice = by_slice
+    self._by_fold = by_fold
     self._column = column
 
   def expand(self, scored):
@@ -93,6 +100,11 @@ class LossStats(beam.PTransform):
                           | "LossesBySlice" >> beam.FlatMap(_losses_by_slice,
                                                           self._column)
                           | "CombinePerSlice" >> beam.CombinePerKey(combine))
+    if self._by_fold:
+      result["folds"] = (scored
+                         | "LossesByFold" >> beam.FlatMap(
+                             _losses_by_slice, self._column, "fold")
+                         | "CombinePerFold" >> beam.CombinePerKey(combine))
     return result
 
 

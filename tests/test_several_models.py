@@ -1,0 +1,266 @@
+"""Several models per pass: K folds, C checkpoints, or a predictions column.
+
+Golden values come from Keras (each saved model's own predictions) and from
+numpy formulas of dataset cartography and the area under the margin.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lossaudit import planning, preflight
+from lossaudit.config import AuditConfig
+from lossaudit.errors import ConfigError
+from lossaudit.model_inputs import ModelInputs, Ragged, read_model_inputs
+from lossaudit.scoring import BatchScorer, Feature, regions
+from lossaudit.stats import Thresholds, flag_masks
+from tests.helpers import NUM_CLASSES, NUM_FEATURES, classifier_spec
+
+N = 120
+
+
+def _classifier(seed: int, path: str, activation: str = "softmax") -> str:
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  hidden = keras.layers.Dense(16, activation="relu")(inputs)
+  outputs = keras.layers.Dense(NUM_CLASSES, activation=activation,
+                               name="probs")(hidden)
+  keras.Model(inputs, outputs).save(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def data():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(N, NUM_FEATURES)).astype(np.float32)
+  label = rng.integers(0, NUM_CLASSES, N)
+  return {"id": np.array([f"r{i:04d}" for i in range(N)]), "x": x,
+          "label": label, "fold": (np.arange(N) * 7) % 3}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("models")
+  for k in range(3):
+    _classifier(10 + k, str(root / f"fold{k}.keras"))
+  for c in range(1, 5):
+    _classifier(20 + c, str(root / f"epoch{c}.keras"))
+  return root
+
+
+def _batch(data, **extra) -> pa.RecordBatch:
+  columns = {"id": pa.array(data["id"]),
+             "x": pa.FixedSizeListArray.from_arrays(
+                 pa.array(data["x"].reshape(-1)), NUM_FEATURES),
+             "label": pa.array(data["label"]),
+             "fold": pa.array(data["fold"])}
+  columns.update(extra)
+  return pa.RecordBatch.from_pydict(columns)
+
+
+def _predict(path, x):
+  return keras.models.load_model(str(path), compile=False).predict(
+      x, verbose=0)
+
+
+def _sparse_ce(probs, label):
+  return keras.losses.SparseCategoricalCrossentropy(reduction=None)(
+      label, probs).numpy()
+
+
+def test_each_example_is_scored_by_its_folds_model(models, data):
+  paths = tuple((str(models / f"fold{k}.keras"),) for k in range(3))
+  spec = dataclasses.replace(classifier_spec(paths[0][0]),
+                             model_paths=paths, fold_column="fold")
+  scored, dead = BatchScorer(spec, max_rows=16).score("f", _batch(data))
+  assert dead == []
+  by_id = dict(zip(scored.column("id").to_pylist(),
+                   scored.column("loss").to_pylist()))
+  folds = dict(zip(scored.column("id").to_pylist(),
+                   scored.column("fold").to_pylist()))
+  for k in range(3):
+    rows = data["fold"] == k
+    expected = _sparse_ce(_predict(paths[k][0], data["x"][rows]),
+                          data["label"][rows])
+    got = [by_id[i] for i in data["id"][rows]]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert {folds[i] for i in data["id"][rows]} == {k}
+
+
+def test_a_fold_outside_range_is_a_dead_letter(models, data):
+  paths = tuple((str(models / f"fold{k}.keras"),) for k in range(3))
+  spec = dataclasses.replace(classifier_spec(paths[0][0]),
+                             model_paths=paths, fold_column="fold")
+  fold = pa.array([3, -1, None, 1.5] + list(data["fold"][4:]),
+                  pa.float64())
+  scored, dead = BatchScorer(spec).score("f", _batch(data, fold=fold))
+  assert scored.num_rows == N - 4
+  assert [d["reason"] for d in dead] == ["bad_fold"] * 4
+  assert [d["id"] for d in dead] == list(data["id"][:4])
+  assert "not an integer in [0, 3)" in dead[0]["error"]
+
+
+def test_training_dynamics_equal_numpy_over_checkpoints(models, data):
+  paths = ((tuple(str(models / f"epoch{c}.keras") for c in range(1, 5))),)
+  spec = dataclasses.replace(classifier_spec(paths[0][0]),
+                             model_paths=paths, regions=(0.3, 0.05))
+  scored, _ = BatchScorer(spec).score("f", _batch(data))
+  probs = np.stack([_predict(p, data["x"]) for p in paths[0]])  # (C, N, K)
+  given = data["label"]
+  own = probs[:, np.arange(N), given]
+  log_p = np.log(np.clip(probs.astype(np.float64), 1e-7, 1))
+  others = np.where(np.arange(NUM_CLASSES) == given[:, None], -np.inf, log_p)
+  aum = (log_p[:, np.arange(N), given] - others.max(axis=2)).mean(axis=0)
+  expected = {"confidence": own.mean(axis=0), "variability": own.std(axis=0),
+              "correctness": (probs.argmax(axis=2) == given).mean(axis=0),
+              "aum": aum}
+  for name, values in expected.items():
+    np.testing.assert_allclose(scored.column(name).to_numpy(), values,
+                               atol=1e-6, err_msg=name)
+  # The losses are the last checkpoint's.
+  np.testing.assert_allclose(scored.column("loss").to_numpy(),
+                             _sparse_ce(probs[-1], given), rtol=1e-5)
+  region = np.where(expected["variability"] >= 0.05, "ambiguous",
+                    np.where(expected["confidence"] >= 0.3, "easy", "hard"))
+  assert scored.column("region").to_pylist() == region.tolist()
+
+
+def test_aum_from_logits_of_a_logits_model(tmp_path, data):
+  paths = ((tuple(_classifier(30 + c, str(tmp_path / f"l{c}.keras"),
+                              activation=None) for c in range(2))),)
+  spec = classifier_spec(paths[0][0], from_logits=True)
+  spec = dataclasses.replace(spec, model_paths=paths)
+  scored, _ = BatchScorer(spec).score("f", _batch(data))
+  logits = np.stack([_predict(p, data["x"]) for p in paths[0]])
+  given = data["label"]
+  own = logits[:, np.arange(N), given]
+  others = np.where(np.arange(NUM_CLASSES) == given[:, None], -np.inf, logits)
+  np.testing.assert_allclose(scored.column("aum").to_numpy(),
+                             (own - others.max(axis=2)).mean(axis=0),
+                             atol=1e-5)
+
+
+def test_predictions_column_scores_as_the_model_would(models, data):
+  probs = _predict(models / "fold0.keras", data["x"])
+  column = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)),
+                                             NUM_CLASSES)
+  for kind, values in (("probabilities", column),
+                       ("logits", pa.FixedSizeListArray.from_arrays(
+                           pa.array(np.log(probs).reshape(-1)),
+                           NUM_CLASSES))):
+    spec = classifier_spec("", from_logits=kind == "logits")
+    spec = dataclasses.replace(
+        spec, predictions_kind=kind,
+        features=(Feature("p", "p", (NUM_CLASSES,), "float32"),),
+        terms=(dataclasses.replace(spec.terms[0], output="predictions"),))
+    scored, dead = BatchScorer(spec).score("f", _batch(data, p=values))
+    assert dead == []
+    np.testing.assert_allclose(scored.column("loss").to_numpy(),
+                               _sparse_ce(probs, data["label"]), rtol=1e-4)
+    np.testing.assert_array_equal(scored.column("predicted_label"),
+                                  probs.argmax(axis=1))
+
+
+def test_rows_taken_in_any_order():
+  ragged = Ragged(np.arange(10), np.array([3, 0, 2, 5]))
+  taken = ragged.take(np.array([3, 1, 0]))
+  np.testing.assert_array_equal(taken.lengths, [5, 0, 3])
+  np.testing.assert_array_equal(taken.values, [5, 6, 7, 8, 9, 0, 1, 2])
+  inputs = ModelInputs({"x": ragged}, {"y": np.arange(4)},
+                       ids=pa.array(list("abcd")), folds=np.arange(4))
+  taken = inputs.take(np.array([2, 0]))
+  assert taken.ids.to_pylist() == ["c", "a"]
+  np.testing.assert_array_equal(taken.folds, [2, 0])
+
+
+def test_regions_and_aum_rules():
+  confidence = np.array([0.9, 0.9, 0.1, np.nan])
+  variability = np.array([0.1, 0.3, 0.1, 0.1])
+  assert regions(confidence, variability, (0.5, 0.2)).to_pylist() == [
+      "easy", "ambiguous", "hard", None]
+  aum = np.array([-1.0, 0.5, np.nan, 2.0])
+  masks = dict(flag_masks(np.zeros(4), np.array(list("abcd"), object),
+                          Thresholds(aum_below=0.6, aum_quantile=-0.5),
+                          aum=aum))
+  np.testing.assert_array_equal(masks["aum_below"], [1, 1, 0, 0])
+  np.testing.assert_array_equal(masks["aum_quantile"], [1, 0, 0, 0])
+
+
+def _parquet(tmp_path, data, **extra) -> str:
+  path = str(tmp_path / "data.parquet")
+  pq.write_table(pa.Table.from_batches([_batch(data, **extra)]), path)
+  return path
+
+
+def _config(pattern, model, **sections):
+  raw = {"input": {"pattern": pattern, "format": "parquet"}, "model": model,
+         "output": {"dir": "unused"}}
+  for name, values in sections.items():
+    raw[name] = {**raw.get(name, {}), **values}
+  return AuditConfig.from_dict(raw)
+
+
+def test_set_up_errors(tmp_path, models, data):
+  pattern = _parquet(tmp_path, data, p=pa.FixedSizeListArray.from_arrays(
+      pa.array(np.full(N * 4, 0.25, np.float32)), 4))
+  fold_model = str(models / "fold{fold}.keras")
+  with pytest.raises(ConfigError, match=r"fold3\.keras.*no such file"):
+    preflight.plan(_config(pattern, {"path": fold_model, "folds": 4}))
+  _classifier(1, str(tmp_path / "wide.keras"))
+  keras.utils.set_random_seed(1)
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(
+      inputs)).save(str(tmp_path / "narrow.keras"))
+  with pytest.raises(ConfigError, match=r"model.path: expected every fold"
+                     r".*Received: .*narrow\.keras"):
+    preflight.plan(_config(pattern, {"path": str(tmp_path / "{checkpoint}"
+                                                 ".keras"),
+                                     "checkpoints": ["wide", "narrow"]}))
+  with pytest.raises(ConfigError, match=r"model.predictions_column: expected"
+                     r" 3 values per row.*Received: 4"):
+    preflight.plan(_config(pattern, {"predictions_column": "p"},
+                           input={"label_vocabulary": ["a", "b", "c"]}))
+  with pytest.raises(ConfigError, match=r"model.predictions_column: column"
+                     r" 'q' not found"):
+    preflight.plan(_config(pattern, {"predictions_column": "q"}))
+  with pytest.raises(ConfigError, match=r"model.checkpoints: needs a"
+                     r" classification loss"):
+    preflight.plan(_config(pattern, {
+        "path": str(models / "epoch{checkpoint}.keras"),
+        "checkpoints": [1, 2]}, loss={"name": "mean_squared_error"},
+        input={"label_column": "x"}))
+
+
+def test_plan_of_folds_checkpoints_and_predictions(tmp_path, models, data):
+  pattern = _parquet(tmp_path, data, p=pa.FixedSizeListArray.from_arrays(
+      pa.array(np.full(N * NUM_CLASSES, 1 / NUM_CLASSES, np.float32)),
+      NUM_CLASSES))
+  plan = preflight.plan(_config(pattern, {
+      "path": str(models / "fold{fold}.keras"), "folds": 3},
+      input={"fold_column": "fold"}))
+  assert plan.spec.num_folds == 3 and "fold" in plan.columns
+  assert plan.spec.model_paths[2] == (str(models / "fold2.keras"),)
+  plan = preflight.plan(_config(pattern, {
+      "path": str(models / "epoch{checkpoint}.keras"),
+      "checkpoints": [1, 2, 3]}))
+  assert plan.spec.dynamics and len(plan.spec.model_paths[0]) == 3
+  plan = preflight.plan(_config(pattern, {"predictions_column": "p",
+                                          "predictions_kind": "logits"}))
+  assert plan.spec.predictions_kind == "logits"
+  assert plan.spec.terms[0].from_logits
+  assert plan.columns == ("p", "label", "id")
+  assert planning.model_paths(_config(pattern, {"predictions_column": "p"}
+                                      )) == ()
+
+
+def test_read_model_inputs_folds_from_ids(models, data):
+  paths = tuple((str(models / f"fold{k}.keras"),) for k in range(3))
+  spec = dataclasses.replace(classifier_spec(paths[0][0]), model_paths=paths)
+  from lossaudit.folds import fold_of
+  checked = read_model_inputs(spec, _batch(data))
+  np.testing.assert_array_equal(checked.inputs.folds,
+                                fold_of(list(data["id"]), 3))
