@@ -25,6 +25,10 @@ signature, and (d) lossaudit's own decode path (the same MLP as a SavedModel
 taking the parsed features); it prints a/b and a/d. Each case checks that
 its sides agree on the losses.
 
+`--several` also times (a) with K=5 fold models (`model.folds`) and with
+5 checkpoints (`model.checkpoints`), MLPs of the same shape, and prints
+each one's median time and peak memory over (a)'s, one model.
+
 With `--baseline-code DIR` (a checkout of another commit, e.g. from
 `git worktree add`) it also times (a) with that code, interleaved with the
 others, and prints the ratios of median time and of peak memory (this
@@ -95,6 +99,39 @@ def build(directory: str, examples: int, shards: int, features: int,
   return meta
 
 
+SEVERAL = 5  # Folds, or checkpoints, of `--several`.
+SEVERAL_MODES = ("a-folds", "a-checkpoints")
+
+
+def build_several(directory: str, features: int, hidden: int, classes: int,
+                  seed: int = 0) -> None:
+  """Writes `several-{k}.keras`, k < SEVERAL: MLPs shaped as `model.keras`
+  with other weights, the folds or checkpoints of `--several`."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  for k in range(SEVERAL):
+    path = os.path.join(directory, f"several-{k}.keras")
+    if os.path.exists(path):
+      continue
+    keras.utils.set_random_seed(seed + 1 + k)
+    inputs = keras.Input((features,), name="x")
+    h = keras.layers.Dense(hidden, activation="relu")(inputs)
+    h = keras.layers.Dense(hidden, activation="relu")(h)
+    outputs = keras.layers.Dense(
+        classes, activation="softmax", name="probs",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
+    keras.Model(inputs, outputs).save(path)
+
+
+def several_model(directory: str, mode: str) -> Dict:
+  """The `model` config section of a `SEVERAL_MODES` mode."""
+  if mode == "a-folds":
+    return {"path": os.path.join(directory, "several-{fold}.keras"),
+            "folds": SEVERAL}
+  return {"path": os.path.join(directory, "several-{checkpoint}.keras"),
+          "checkpoints": list(range(SEVERAL))}
+
+
 def _peak_rss_mb() -> float:
   """This process's peak resident memory, in MiB.
 
@@ -145,6 +182,8 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
   if case != "numeric":
     config["input"], config["model"] = cases.audit_sections(case, directory,
                                                             mode)
+  if mode in SEVERAL_MODES:
+    config["model"] = several_model(directory, mode)
   path = os.path.join(out + ".yaml")
   with open(path, "w") as f:
     yaml.safe_dump(config, f)
@@ -356,6 +395,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--runinference-subset", type=int, default=20_000)
   parser.add_argument("--label-issues", default=None,
                       help="also time (a) with flag.label_issues=METHOD")
+  parser.add_argument("--several", action="store_true",
+                      help="also time (a) with 5 fold models and with 5"
+                      " checkpoints (numeric case)")
   parser.add_argument("--modes", default=None,
                       help="default a,b,c (numeric), a,b (text, image),"
                       " a,b,d (serialized)")
@@ -396,8 +438,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     at_baseline = mode != args.mode
     if mode in ("a", "d") or mode.startswith("a-"):
       result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
-                             args.label_issues if mode.startswith("a-")
-                             else None,
+                             args.label_issues if mode.startswith("a-") and
+                             mode not in SEVERAL_MODES else None,
                              args.baseline_code if at_baseline else None,
                              args.case, mode)
     elif args.mode == "b":
@@ -413,6 +455,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if numeric:
     build(data_dir, args.examples, args.shards, args.features, args.hidden,
           args.classes)
+  if args.several:
+    if args.case != "numeric":
+      parser.error("--several: the numeric case only")
+    build_several(data_dir, args.features, args.hidden, args.classes)
   if args.case == "serialized":
     cases.build_serialized(data_dir, args.features)
   elif args.case == "text":
@@ -430,6 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.label_issues:
     modes.append(f"a-{args.label_issues}")
     common.append(f"--label-issues={args.label_issues}")
+  if args.several:
+    modes += list(SEVERAL_MODES)
   if args.baseline_code:
     modes += [m + BASELINE for m in modes if m.split("-")[0] == "a"]
     common.append(f"--baseline-code={os.path.abspath(args.baseline_code)}")
@@ -472,6 +520,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          results["a"]["seconds"])
     print("label issues on / off time ="
           f" {report['label_issues_time_ratio']:.2f}")
+  for mode in [m for m in SEVERAL_MODES if m in results and "a" in results]:
+    report[f"{mode}_over_a"] = {
+        "median_time": results[mode]["seconds"] / results["a"]["seconds"],
+        "median_peak_rss": (results[mode]["median_peak_rss_mb"] /
+                            results["a"]["median_peak_rss_mb"])}
+    print(f"({mode}) / (a), one model: median time"
+          f" {report[f'{mode}_over_a']['median_time']:.2f}, median peak"
+          f" memory {report[f'{mode}_over_a']['median_peak_rss']:.2f}")
   for mode in [m for m in results if m + BASELINE in results]:
     new, old = results[mode], results[mode + BASELINE]
     report[f"{mode}_over_baseline"] = {

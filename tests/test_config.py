@@ -591,3 +591,76 @@ def test_shipped_configs_load(name):
 
   path = os.path.join(os.path.dirname(configs.__file__), f"{name}.yaml")
   assert load_config(path).model.path
+
+
+def _model(**values):
+  return {**BASE, "model": values}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_model(path="m.keras", folds=5),
+     "model.path: expected a path holding {fold}, filled in from"
+     " model.folds. Received: 'm.keras'"),
+    (_model(path="m{fold}.keras"),
+     "model.folds: expected a value to fill {fold} in model.path"
+     " 'm{fold}.keras'. Received: None"),
+    (_model(path="e{checkpoint}.keras"),
+     "model.checkpoints: expected a value to fill {checkpoint} in model.path"
+     " 'e{checkpoint}.keras'. Received: None"),
+    (_model(path="e.keras", checkpoints=[1, 2]),
+     "model.path: expected a path holding {checkpoint}, filled in from"
+     " model.checkpoints. Received: 'e.keras'"),
+    (_model(path="m{fold}.keras", folds=1),
+     "model.folds: expected null or an integer in [2, 1000]. Received: 1"),
+    (_model(path="m{epoch}.keras"),
+     "model.path: expected a path whose only placeholders are {fold} and"
+     " {checkpoint}. Received: 'm{epoch}.keras'"),
+    (_model(path="m{fold!r}.keras", folds=2),
+     "model.path: expected a path whose only placeholders are {fold} and"
+     " {checkpoint}. Received: 'm{fold!r}.keras'"),
+    (_model(path="e{checkpoint}", checkpoints=[3]),
+     "model.checkpoints: expected null or a list of 2 to 1000 distinct"
+     " checkpoint names (strings or integers) filling {checkpoint}."
+     " Received: [3]"),
+    (_model(path="e{checkpoint}", checkpoints=[3, "3"]),
+     "model.checkpoints: expected null or a list of 2 to 1000 distinct"
+     " checkpoint names (strings or integers) filling {checkpoint}."
+     " Received: [3, '3']"),
+    (_model(path="m.keras", predictions_column="p"),
+     "model.predictions_column: expected model.path to be empty (the"
+     " predictions are read, no model runs). Received:"
+     " predictions_column='p' with model.path='m.keras'"),
+    (_model(),
+     "model.path: expected a .keras file or a SavedModel directory, or"
+     " model.predictions_column set. Received: ''"),
+    (_model(predictions_column="p", predictions_kind="softmax"),
+     "model.predictions_kind: expected one of {'probabilities', 'logits'}."
+     " Received: 'softmax'"),
+    ({**_with("input", fold_column="f")},
+     "input.fold_column: needs model.folds to be set. Received:"
+     " input.fold_column='f' with model.folds=None"),
+    ({**_with("input", id_column=None), "model": {"path": "m{fold}",
+                                                  "folds": 3}},
+     "model.folds: needs input.fold_column or input.id_column (the fold of an"
+     " example is fold_of(its id)). Received: both null"),
+    (_with("flag", aum_below=0.0),
+     "flag.aum_below: needs model.checkpoints (AUM is a mean over"
+     " checkpoints). Received: flag.aum_below=0.0 with"
+     " model.checkpoints=None"),
+    (_with("flag", aum_quantile=2),
+     "flag.aum_quantile: expected a number in [0, 1]. Received: 2"),
+    (_with("dynamics", ambiguous_variability=0.7),
+     "dynamics.ambiguous_variability: expected a number in [0, 0.5]."
+     " Received: 0.7"),
+])
+def test_several_models_errors(raw, message):
+  assert _error(raw) == message
+
+
+def test_fold_and_checkpoint_paths():
+  config = AuditConfig.from_dict(_model(
+      path="gs://b/f{fold}/e{checkpoint}-{fold}.keras", folds=2,
+      checkpoints=[5, "last"]))
+  assert config.model.paths(1) == ("gs://b/f1/e5-1.keras",
+                                   "gs://b/f1/elast-1.keras")
+  assert config.model.checkpoints == ("5", "last")
