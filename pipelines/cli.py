@@ -1,4 +1,4 @@
-"""The `lossaudit` command: `run`, `demo` and `compare`."""
+"""The `lossaudit` command: `run`, `demo`, `compare` and `folds`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
        lossaudit demo [--output DIR]
        lossaudit compare BASELINE_DIR CURRENT_DIR [--max-flagged-fraction X]
                          [--max-quantile-shift X] [--shift-quantiles Q ...]
-                         [--output FILE]"""
+                         [--output FILE]
+       lossaudit folds --config FILE.yaml --output DIR [--set KEY=VALUE ...]
+                       [Beam options ...]"""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,11 +36,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command == "compare":
       from lossaudit.pipelines import compare  # pylint: disable=g-import-not-at-top
       return compare.main(rest)
+    if command == "folds":
+      from lossaudit.pipelines import folds  # pylint: disable=g-import-not-at-top
+      return folds.main(rest)
   except KeyboardInterrupt:  # Ctrl-C while TensorFlow and Beam load.
     print("lossaudit: interrupted by SIGINT", file=sys.stderr)
     return 130
   print(f"lossaudit: error: unknown command {command!r}; expected one of"
-        " {'run', 'demo', 'compare'}\n" + USAGE, file=sys.stderr)
+        " {'run', 'demo', 'compare', 'folds'}\n" + USAGE, file=sys.stderr)
   return 2
 
 
