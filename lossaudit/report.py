@@ -6,7 +6,7 @@ import datetime
 import html
 import math
 import platform
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from lossaudit.flag_counts import FlagCounts
 from lossaudit.timings import Timings
 
 if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl's sketches.
+  from lossaudit.data_map import DataMap
   from lossaudit.previews import Previews
   from lossaudit.stats import Thresholds
 
@@ -44,7 +45,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                   timings: Optional[Timings] = None,
                   devices: Sequence[str] = (),
                   class_names: Optional[Sequence[str]] = None,
-                  loss_computed_from: Optional[str] = None) -> Dict:
+                  loss_computed_from: Optional[str] = None,
+                  fold_stats: Optional[Dict[str, Dict]] = None) -> Dict:
   """The `summary.json` document (see CONTRACT.md).
 
   Args:
@@ -54,6 +56,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       None; written as `class_names`, at top level and in `label_issues`.
     loss_computed_from: `logits` or `outputs` (what the crossentropy was
       computed from), or None; written as `loss.computed_from`.
+    fold_stats: `{fold: LossAccumulator.summary()}` with `model.folds`,
+      written as `folds` (count and quantiles of each); None: no folds.
   """
   scored = loss_stats["count"] + loss_stats["nan_count"]
   dead_lettered = sum(dead_letter_reasons.values())
@@ -63,6 +67,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
     label_issues = dict(thresholds.label_issues.to_dict(),
                         issues_by_pair=flag_counts.pairs_to_dict(),
                         class_names=names)
+  folds = {} if fold_stats is None else {"folds": _counts_and_quantiles(
+      sorted(fold_stats.items(), key=lambda kv: int(kv[0])))}
   return {
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,
@@ -71,11 +77,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       **(duplicates or Duplicates()).to_dict(),
       "loss": dict({k: v for k, v in loss_stats.items() if k != "cdf"},
                    computed_from=loss_computed_from),
-      "slices": {
-          str(k): {"count": v["count"] + v["nan_count"],
-                   "quantiles": v["quantiles"]}
-          for k, v in sorted(slice_stats.items())
-      },
+      "slices": _counts_and_quantiles(sorted(slice_stats.items())),
+      **folds,
       "thresholds": thresholds.to_dict(),
       "flagged": flag_counts.to_dict(),
       "label_issues": label_issues,
@@ -92,6 +95,14 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       "timings": (timings or Timings()).to_dict(seconds, scored),
       "files": files,
   }
+
+
+def _counts_and_quantiles(stats: Sequence[Tuple[Any, Dict]]
+                          ) -> Dict[str, Dict]:
+  """`{key: {count, quantiles}}` of `(key, LossAccumulator.summary())`
+  pairs, in their order; the count includes non-finite losses."""
+  return {str(k): {"count": v["count"] + v["nan_count"],
+                   "quantiles": v["quantiles"]} for k, v in stats}
 
 
 def _histogram(cdf: Sequence[Optional[float]], count: int,
@@ -208,6 +219,15 @@ def _svg_heat_map(counts: np.ndarray,
   return (f'<svg id="label-issue-matrix" xmlns="http://www.w3.org/2000/svg"'
           f' width="{size}" height="{size}" role="img" aria-label="label'
           f' issues, given by suggested label">{"".join(parts)}</svg>')
+
+
+def _quantile_table(what: str, groups: Dict[str, Dict], css_id: str) -> str:
+  """A table of each group's count and loss quantiles (`summary.json`'s
+  `slices` or `folds`)."""
+  keys = list(next(iter(groups.values()))["quantiles"])
+  return _table([what, "count"] + [f"q{k}" for k in keys],
+                [[name, g["count"]] + [g["quantiles"][k] for k in keys]
+                 for name, g in groups.items()], css_id)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -338,10 +358,36 @@ def _preview_cell(shown: Optional[Dict]) -> str:
   return f"<td{style}>{text}{more}</td>"
 
 
+def _data_map_section(data_map: Optional[DataMap], easy_confidence: float,
+                      ambiguous_variability: float) -> str:
+  """The "Data map" section; empty without training dynamics."""
+  if data_map is None:
+    return ""
+  # Imported here: lossaudit.data_map loads Beam (its CombineFn).
+  from lossaudit.data_map import data_map_svg  # pylint: disable=g-import-not-at-top
+
+  return f"""
+<h2>Data map (training dynamics)</h2>
+<p class="note">Each point is an example, placed by how the probability of
+its given label moved over the model's checkpoints: its mean
+(<em>confidence</em>) and its standard deviation (<em>variability</em>), after
+Swayamdipta et al. (2020); coloured by the fraction of checkpoints that
+predicted the label (<em>correctness</em>). Left of variability
+{float(ambiguous_variability):g} an example is <em>easy</em> above confidence
+{float(easy_confidence):g} and <em>hard</em> below it (hard examples are often
+mislabelled); right of it, <em>ambiguous</em>. Flagged examples are ringed.
+The sample is the same in every run over the same ids.</p>
+{data_map_svg(data_map, easy_confidence=easy_confidence,
+              ambiguous_variability=ambiguous_variability)}"""
+
+
 def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                   top_flagged: Sequence[Dict[str, Any]],
                   found: Optional[Dict] = None, *,
-                  previews: Optional[Previews] = None) -> str:
+                  previews: Optional[Previews] = None,
+                  data_map: Optional[DataMap] = None,
+                  easy_confidence: float = 0.5,
+                  ambiguous_variability: float = 0.2) -> str:
   """A self-contained HTML page (inline SVG and CSS, no script, no network).
 
   Args:
@@ -351,6 +397,10 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
     found: the `drift.json` document, when gates or a baseline are set.
     previews: thumbnails and text of the top flagged rows' string inputs,
       shown beside them; None when the model has none.
+    data_map: a sample of the examples' training dynamics, drawn in a "Data
+      map" section; None (no section) without `model.checkpoints`.
+    easy_confidence, ambiguous_variability: the region bounds drawn on the
+      data map (`dynamics.*`).
   """
   loss = summary["loss"]
   edges, counts = _histogram(cdf, loss["count"])
@@ -363,11 +413,12 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
   slices = summary["slices"]
   slice_html = "<p>No slicing configured (stats.slice_by).</p>"
   if slices:
-    keys = list(next(iter(slices.values()))["quantiles"])
-    slice_html = _table(
-        ["slice", "count"] + [f"q{k}" for k in keys],
-        [[name, s["count"]] + [s["quantiles"][k] for k in keys]
-         for name, s in slices.items()], "slices")
+    slice_html = _quantile_table("slice", slices, "slices")
+  fold_html = ""
+  if summary.get("folds"):
+    fold_html = ("<h2>Folds</h2><p>Each example was scored by the model of"
+                 " its held-out fold: its count and loss quantiles.</p>" +
+                 _quantile_table("fold", summary["folds"], "folds"))
   columns = [c for c in ("id", "score", "loss", "reasons", "given_label",
                          "given_class", "predicted_label", "predicted_class",
                          "suggested_label", "suggested_class",
@@ -435,9 +486,11 @@ its reason. Quantiles are approximate: each is within rank error
 {moments}
 <h2>Quantiles</h2>{quantiles}
 <h2>Slices</h2>{slice_html}
+{fold_html}
 <h2>Flag rules</h2><p>Thresholds each rule used, and how many examples each
 flagged (an example can have several reasons).</p>{thresholds}{reasons}
-<h2>Label issues</h2>{_label_issues(summary)}
+<h2>Label issues</h2>{_label_issues(summary)}{_data_map_section(
+    data_map, easy_confidence, ambiguous_variability)}
 <h2>Most suspicious examples (top {len(top_flagged)})</h2>
 <p class="note">Ordered by score: the loss, or for label issues the
 negative log of the probability of the given label.</p>{flagged}

@@ -21,6 +21,7 @@ from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.duplicates import CountDuplicateIds
 from lossaudit.transforms.flag import (
+  DATA_MAP,
   FlagExamples,
   count_reasons,
   flagged_schema,
@@ -133,11 +134,13 @@ class _Flagged(NamedTuple):
     statistics: the loss statistics the rules read.
     thresholds: one `Thresholds`: the rules.
     flagged: flagged RecordBatches (schema `flagged_schema`).
+    data_map: one `DataMap`, or None without `model.checkpoints`.
   """
 
   statistics: _Statistics
   thresholds: beam.PCollection
   flagged: beam.PCollection
+  data_map: Optional[beam.PCollection] = None
 
 
 def _read(p: beam.Pipeline, config: AuditConfig,
@@ -196,7 +199,11 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
              | "RereadForFlags" >> ReadSpilled()
              | "FlagExamples" >> FlagExamples(
                  thresholds, schema, _loss_column(config),
-                 class_names=plan.spec.class_names))
+                 class_names=plan.spec.class_names,
+                 data_map=plan.spec.dynamics))
+  if plan.spec.dynamics:
+    return _Flagged(statistics, thresholds, flagged["flagged"],
+                    data_map=flagged[DATA_MAP])
   return _Flagged(statistics, thresholds, flagged)
 
 
@@ -312,7 +319,9 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       timings=scored.timings | "SumTimes" >> beam.CombineGlobally(
           merge_all, empty=Timings()),
       devices=scored.devices | "Devices" >> beam.Distinct(),
-      written=written)
+      written=written,
+      data_map=rules.data_map,
+      fold_stats=rules.statistics.folds)
 
 
 def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from lossaudit import METRICS_NAMESPACE
+from lossaudit.data_map import DataMap, DataMapCombineFn, sample_rows
 from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
 from lossaudit.stats import Thresholds, flag_masks
@@ -116,18 +117,38 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
   return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+# The output tag of `FlagExamples`' data-map samples.
+DATA_MAP = "data_map"
+
+
+def data_map_sample(batch: pa.RecordBatch, flagged: pa.RecordBatch
+                    ) -> DataMap:
+  """The data-map points of a scored batch with training dynamics (at most
+  `DATA_MAP_POINTS`, by id hash), marked when among `flagged`'s ids."""
+  ids = batch.column("id")
+  marked = pc.is_in(ids, value_set=flagged.column("id")).to_numpy(
+      zero_copy_only=False)
+  return sample_rows(ids, batch.column("confidence"),
+                     batch.column("variability"), batch.column("correctness"),
+                     marked)
+
+
 class _FlagFn(beam.DoFn):
 
   def __init__(self, schema: pa.Schema, column: str,
-               class_names: Optional[Sequence[str]]):
+               class_names: Optional[Sequence[str]], data_map: bool = False):
     self._schema = schema
     self._column = column
     self._class_names = class_names
+    self._data_map = data_map
     self._flagged = Metrics.counter(METRICS_NAMESPACE, "examples_flagged")
 
   def process(self, batch: pa.RecordBatch, thresholds: Thresholds):
     flagged = flag_batch(batch, thresholds, self._schema, self._column,
                          self._class_names)
+    if self._data_map:
+      yield beam.pvalue.TaggedOutput(DATA_MAP, data_map_sample(batch,
+                                                               flagged))
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged
@@ -159,12 +180,17 @@ class FlagExamples(beam.PTransform):
     column: the loss column the rules compare.
     class_names: the class names by index (`input.label_vocabulary`), or
       None; they name `suggested_class`.
+    data_map: whether to sample the data map too (scored batches with
+      training dynamics): then the output is the flagged batches as
+      `flagged`, and `data_map`, one `DataMap` of every batch.
   """
 
   def __init__(self, thresholds, scored_schema: pa.Schema,
                column: str = "loss",
-               class_names: Optional[Sequence[str]] = None):
+               class_names: Optional[Sequence[str]] = None,
+               data_map: bool = False):
     super().__init__()
+    self._data_map = data_map
     self._thresholds = thresholds
     self._schema = flagged_schema(scored_schema)
     self._column = column
@@ -176,6 +202,13 @@ class FlagExamples(beam.PTransform):
                        " None")
 
   def expand(self, scored):
-    return scored | "Flag" >> beam.ParDo(
-        _FlagFn(self._schema, self._column, self._class_names),
+    flag = beam.ParDo(
+        _FlagFn(self._schema, self._column, self._class_names,
+                self._data_map),
         thresholds=beam.pvalue.AsSingleton(self._thresholds))
+    if not self._data_map:
+      return scored | "Flag" >> flag
+    result = scored | "Flag" >> flag.with_outputs(DATA_MAP, main="flagged")
+    return {"flagged": result.flagged,
+            DATA_MAP: result[DATA_MAP] | "CombineDataMap" >> (
+                beam.CombineGlobally(DataMapCombineFn()))}

@@ -12,7 +12,8 @@ import pyarrow as pa
 from apache_beam.io import parquetio, textio
 
 from lossaudit import drift, outputs, ownership
-from lossaudit.config import AuditConfig, GateConfig
+from lossaudit.config import AuditConfig, DynamicsConfig, GateConfig
+from lossaudit.data_map import DataMap
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
 from lossaudit.previews import Previews
@@ -120,7 +121,8 @@ class _WriteSummaryFn(beam.DoFn):
   def __init__(self, directory: str, config: Dict, gate: GateConfig,
                run: Dict, baseline: Optional[drift.Baseline],
                class_names: Optional[Sequence[str]] = None,
-               loss_computed_from: Optional[str] = None):
+               loss_computed_from: Optional[str] = None,
+               dynamics: Optional[DynamicsConfig] = None):
     self._directory = directory
     self._config = config
     self._gate = gate
@@ -128,6 +130,7 @@ class _WriteSummaryFn(beam.DoFn):
     self._baseline = baseline
     self._class_names = list(class_names) if class_names else None
     self._loss_computed_from = loss_computed_from
+    self._dynamics = dynamics or DynamicsConfig()
 
   def process(self, unused_trigger, *, loss_stats: Dict,
               slice_stats: List[Tuple[str, Dict]], thresholds: Thresholds,
@@ -136,10 +139,13 @@ class _WriteSummaryFn(beam.DoFn):
               dead_letter_reasons: List[Tuple[str, int]],
               devices: List[str], losses_files: List[str],
               flagged_files: List[str], dead_letter_files: List[str],
-              previews: Optional[Previews] = None):
+              previews: Optional[Previews] = None,
+              data_map: Optional[DataMap] = None,
+              fold_stats: Optional[List[Tuple[str, Dict]]] = None):
     summary = build_summary(
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
+        fold_stats=None if fold_stats is None else dict(fold_stats),
         thresholds=thresholds,
         flag_counts=flag_counts,
         dead_letter_reasons=dict(dead_letter_reasons),
@@ -156,13 +162,19 @@ class _WriteSummaryFn(beam.DoFn):
             outputs.FLAGGED: sorted(flagged_files),
             outputs.DEAD_LETTER: sorted(dead_letter_files),
         })
+    if data_map is not None:
+      summary["data_map"] = {"points": data_map.points,
+                             "total": int(data_map.total)}
     found = self._drift(summary)
     if found is not None:
       outputs.write_json(outputs.join(self._directory, outputs.DRIFT), found)
     outputs.write_text(
         outputs.join(self._directory, outputs.REPORT),
         render_report(summary, loss_stats.get("cdf", []), top_flagged,
-                      found, previews=previews))
+                      found, previews=previews, data_map=data_map,
+                      easy_confidence=self._dynamics.easy_confidence,
+                      ambiguous_variability=(
+                          self._dynamics.ambiguous_variability)))
     ownership.remove_scratch(self._directory, self._run["run_id"])
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
     yield summary
@@ -216,6 +228,12 @@ class WriteSummary(beam.PTransform):
       `outputs.FLAGGED` and `outputs.DEAD_LETTER` (None: nothing written).
     previews: one `Previews` of the top flagged rows' string inputs, or
       None (no PCollection) when the model has none.
+    data_map: one `DataMap` (`DataMapCombineFn`) of the examples' training
+      dynamics, drawn in the report (its regions by `config.dynamics`) and
+      counted in `summary.json` as `data_map`; or None (no PCollection)
+      without `model.checkpoints`.
+    fold_stats: `(fold, LossAccumulator.summary())` pairs, or None (no
+      PCollection) without `model.folds`.
   """
 
   def __init__(self, directory: str, config: AuditConfig, run: Dict,
@@ -225,10 +243,13 @@ class WriteSummary(beam.PTransform):
                written: Dict[str, Optional[beam.PCollection]],
                class_names: Optional[Sequence[str]] = None,
                loss_computed_from: Optional[str] = None,
-               previews: Optional[beam.PCollection] = None):
+               previews: Optional[beam.PCollection] = None,
+               data_map: Optional[beam.PCollection] = None,
+               fold_stats: Optional[beam.PCollection] = None):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
-                               baseline, class_names, loss_computed_from)
+                               baseline, class_names, loss_computed_from,
+                               config.dynamics)
     one = beam.pvalue.AsSingleton
 
     def many(pcoll: Optional[beam.PCollection]):
@@ -249,6 +270,10 @@ class WriteSummary(beam.PTransform):
         dead_letter_files=many(written[outputs.DEAD_LETTER]))
     if previews is not None:
       self._side_inputs["previews"] = one(previews)
+    if data_map is not None:
+      self._side_inputs["data_map"] = one(data_map)
+    if fold_stats is not None:
+      self._side_inputs["fold_stats"] = many(fold_stats)
 
   def expand(self, pbegin):
     return (pbegin
