@@ -39,6 +39,9 @@ class LabelRules:
     prune_counts: `prune_by_noise_rate` only: how many issues each cell
       `(K, K)` holds.
     cells: `prune_by_noise_rate` only: each cell's n-th `(margin, id)`.
+    non_finite_left_out: the examples left out of the thresholds, the joint
+      and the ranking for a non-finite probability or loss (each is flagged
+      `non_finite`).
   """
 
   method: str
@@ -48,6 +51,7 @@ class LabelRules:
   noise_rate: List[float]
   prune_counts: Optional[List[List[int]]] = None
   cells: CellLast = dataclasses.field(default_factory=dict)
+  non_finite_left_out: int = 0
 
   @property
   def num_classes(self) -> int:
@@ -81,4 +85,5 @@ class LabelRules:
     return {"method": self.method, "thresholds": self.thresholds,
             "label_counts": self.label_counts,
             "confident_joint": self.confident_joint,
-            "noise_rate": self.noise_rate}
+            "noise_rate": self.noise_rate,
+            "non_finite_left_out": self.non_finite_left_out}

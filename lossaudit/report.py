@@ -312,9 +312,14 @@ def _label_issues(summary: Dict) -> str:
            label_issues["label_counts"], counts.issues_by_given(num_classes),
            label_issues["thresholds"], label_issues["noise_rate"]))],
       "label-issue-classes")
+  left_out = label_issues.get("non_finite_left_out") or 0
+  left_out_note = (
+      f"<p class=\"note\">{left_out} examples with a non-finite probability"
+      " or loss (flagged non_finite) were left out of the thresholds, the"
+      " confident joint and the ranking.</p>" if left_out else "")
   return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
           " the examples given the row's label that the model suggests belong"
-          " to the column's class.</p>" +
+          " to the column's class.</p>" + left_out_note +
           _svg_heat_map(counts.issue_matrix(num_classes), names) + per_class)
 
 

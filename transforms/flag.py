@@ -87,6 +87,7 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
     arrays = class_arrays(batch, label_rules.num_classes)
     probs, given = arrays.probs, arrays.given
     issues, suggested = label_rules.issue_mask(probs, given, ids)
+    issues &= arrays.finite  # Left out of confident learning.
     rules.append(("label_issue", issues))
     # cleanlab's self-confidence ranking, on the cross-entropy scale.
     self_confidence = probs[np.arange(len(given)), given].astype(np.float64)

@@ -29,11 +29,22 @@ class ClassArrays(NamedTuple):
     probs: `(N, K)` class probabilities.
     given: `(N,)` given labels.
     ids: `(N,)` ids.
+    finite: `(N,)` whether the row's probabilities and loss are finite:
+      the others (flagged `non_finite`) are left out of confident learning.
   """
 
   probs: np.ndarray
   given: np.ndarray
   ids: np.ndarray
+  finite: np.ndarray
+
+  def finite_rows(self) -> "ClassArrays":
+    """The rows that are `finite`."""
+    if self.finite.all():
+      return self
+    keep = self.finite
+    return ClassArrays(self.probs[keep], self.given[keep], self.ids[keep],
+                       keep[keep])
 
 
 def class_arrays(batch: pa.RecordBatch, num_classes: int) -> ClassArrays:
@@ -43,7 +54,9 @@ def class_arrays(batch: pa.RecordBatch, num_classes: int) -> ClassArrays:
   given = batch.column("given_label").to_numpy(zero_copy_only=False)
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
-  return ClassArrays(probs, given, ids)
+  loss = batch.column("loss").to_numpy(zero_copy_only=False)
+  finite = np.isfinite(probs).all(axis=1) & np.isfinite(loss)
+  return ClassArrays(probs, given, ids, finite)
 
 
 class _SummedArrays:
@@ -64,10 +77,12 @@ class _ClassSums(_SummedArrays):
 
 @dataclasses.dataclass(frozen=True)
 class _JointCounts(_SummedArrays):
-  """Raw confident-joint counts `(K, K)` and given-label counts `(K,)`."""
+  """Raw confident-joint counts `(K, K)`, given-label counts `(K,)` and the
+  rows left out for a non-finite probability or loss `()`."""
 
   joint: np.ndarray
   labels: np.ndarray
+  non_finite: np.ndarray
 
 
 def _no_class_sums(k: int) -> _ClassSums:
@@ -76,7 +91,7 @@ def _no_class_sums(k: int) -> _ClassSums:
 
 def _no_joint_counts(k: int) -> _JointCounts:
   return _JointCounts(np.zeros((k, k), dtype=np.int64),
-                      np.zeros(k, dtype=np.int64))
+                      np.zeros(k, dtype=np.int64), np.zeros((), np.int64))
 
 
 class _JointCountsFn(beam.DoFn):
@@ -89,12 +104,14 @@ class _JointCountsFn(beam.DoFn):
     self._counts = _no_joint_counts(self._k)
 
   def process(self, batch: pa.RecordBatch, thresholds: List[float]):
-    arrays = class_arrays(batch, self._k)
+    every = class_arrays(batch, self._k)
+    arrays = every.finite_rows()
     guess, ok = confident.confident_guess(arrays.probs,
                                           np.asarray(thresholds))
     self._counts = self._counts.merge(_JointCounts(
         confident.joint_counts(arrays.given, guess, ok, self._k),
-        np.bincount(arrays.given, minlength=self._k)))
+        np.bincount(arrays.given, minlength=self._k),
+        np.asarray(len(every.given) - len(arrays.given), np.int64)))
 
   def finish_bundle(self):
     yield in_global_window(self._counts)
@@ -113,7 +130,7 @@ class _CellCandidatesFn(beam.DoFn):
     if self._candidates is None:
       self._candidates = confident.CellCandidates(
           np.asarray(rules.prune_counts))
-    arrays = class_arrays(batch, self._k)
+    arrays = class_arrays(batch, self._k).finite_rows()
     self._candidates.add(arrays.probs, arrays.given, arrays.ids)
 
   def finish_bundle(self):
@@ -175,7 +192,8 @@ def _finish_joint(counts: _JointCounts, method: str,
       confident_joint=joint.tolist(),
       noise_rate=confident.noise_rates(joint).tolist(),
       prune_counts=(confident.prune_counts(joint, counts.labels).tolist()
-                    if method == PRUNE_BY_NOISE_RATE else None))
+                    if method == PRUNE_BY_NOISE_RATE else None),
+      non_finite_left_out=int(counts.non_finite))
 
 
 def _thresholds(sums: _ClassSums) -> List[float]:
@@ -185,7 +203,7 @@ def _thresholds(sums: _ClassSums) -> List[float]:
 
 def _self_confidence_sums(batch: pa.RecordBatch,
                           num_classes: int) -> _ClassSums:
-  arrays = class_arrays(batch, num_classes)
+  arrays = class_arrays(batch, num_classes).finite_rows()
   sums, counts = confident.self_confidence_sums(arrays.probs, arrays.given,
                                                 num_classes)
   return _ClassSums(sums=sums, counts=counts)
