@@ -694,7 +694,7 @@ def test_a_record_too_large_alone_is_one_dead_letter(sequences):
   with pytest.raises(tf.errors.ResourceExhaustedError):
     unchecked.score("memory", batch)
   # ... unless the model is known to score this data.
-  scorer = _SmallMemoryScorer(spec, model=unchecked.model,
+  scorer = _SmallMemoryScorer(spec, models=unchecked.models,
                               model_checked=True)
   scorer.limit = 0
   scored, dead = scorer.score("memory", batch)
@@ -745,7 +745,7 @@ def test_model_errors_are_bisected_to_their_rows(png):
   # ... unless the model is known to score this data (a run's workers,
   # after the pre-run check): then a shard of corrupt records is dead
   # letters.
-  checked = BatchScorer(_png_spec(png), model=scorer.model,
+  checked = BatchScorer(_png_spec(png), models=scorer.models,
                         model_checked=True)
   scored, dead = checked.score("images", corrupt)
   assert scored is None
