@@ -48,6 +48,7 @@ PREDICTIONS_KINDS = ("probabilities", "logits")
 MODEL_PLACEHOLDERS = ("fold", "checkpoint")
 MAX_FOLDS = 1000
 MAX_CHECKPOINTS = 1000
+MAX_MODELS = 1000  # Folds × checkpoints: each worker loads every one.
 DEVICES = ("auto", "cpu", "gpu")
 
 MAX_BATCH_SIZE = 1 << 20
@@ -394,6 +395,18 @@ class ModelConfig:
           f"{used}: needs model.path (a predictions column is already"
           f" out-of-sample or one set of predictions). Received:"
           f" model.predictions_column={column!r}")
+    if column is None and self.predictions_kind != "probabilities":
+      raise ConfigError(
+          f"model.predictions_kind: needs model.predictions_column (a"
+          f" model's outputs are described by loss.from_logits). Received:"
+          f" {self.predictions_kind!r} with model.path={self.path!r}")
+    models = (self.folds or 1) * len(self.checkpoints or (None,))
+    if models > MAX_MODELS:
+      raise ConfigError(
+          f"model.checkpoints: expected at most {MAX_MODELS} models in all"
+          f" (model.folds × model.checkpoints), each loaded by every worker."
+          f" Received: {self.folds} folds × {len(self.checkpoints)}"
+          f" checkpoints = {models}")
 
   def _check_placeholders(self) -> None:
     """`{fold}` in the path exactly when `folds` is set; `{checkpoint}`
@@ -725,6 +738,7 @@ class AuditConfig:
   def __post_init__(self):
     _validate(self, "")
     self._check_folds()
+    self._check_predictions()
     self._check_dynamics()
     self._check_slices()
     self._check_shift_quantiles()
@@ -741,6 +755,22 @@ class AuditConfig:
       raise ConfigError(
           "model.folds: needs input.fold_column or input.id_column (the"
           " fold of an example is fold_of(its id)). Received: both null")
+
+  def _check_predictions(self) -> None:
+    """A predictions column is the one input; its kind sets from_logits."""
+    column = self.model.predictions_column
+    if column is None:
+      return
+    if self.input.feature_columns is not None:
+      raise ConfigError(
+          f"input.feature_columns: expected null with"
+          f" model.predictions_column (the column is the only input)."
+          f" Received: {self.input.feature_columns!r}")
+    if self.loss.from_logits and self.model.predictions_kind != "logits":
+      raise ConfigError(
+          f"loss.from_logits: expected false with model.predictions_kind"
+          f" 'probabilities' (set predictions_kind: logits for logits)."
+          f" Received: true with model.predictions_column={column!r}")
 
   def _check_dynamics(self) -> None:
     """The AUM rules need checkpoints."""

@@ -219,7 +219,37 @@ def class_log_probabilities(y_pred, kind: str, from_logits: bool):
   return tf.nn.log_softmax(y_pred, axis=-1)
 
 
-def training_dynamics(probs, log_probs, given):
+def given_label_signals(probs, log_probs, given):
+  """What training dynamics need of one checkpoint's class scores.
+
+  Args:
+    probs: `(N, K)` class probabilities.
+    log_probs: `(N, K)` their log-probabilities (`class_log_probabilities`).
+    given: `(N,)` int given labels, in `[0, K)`.
+
+  Returns:
+    A dict of `(N,)` tensors: `own` (the given label's probability),
+    `margin` (its log-probability minus the largest other) and `correct`
+    (1.0 when the most probable class is the given label, else 0.0).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  given = tf.cast(given, tf.int64)
+  mask = tf.one_hot(given, tf.shape(probs)[1], on_value=True,
+                    off_value=False)
+  own_log = tf.gather(log_probs, given, axis=1, batch_dims=1)
+  other_log = tf.reduce_max(
+      tf.where(mask, tf.constant(-float("inf"), log_probs.dtype), log_probs),
+      axis=1)
+  return {
+      "own": tf.gather(probs, given, axis=1, batch_dims=1),
+      "margin": own_log - other_log,
+      "correct": tf.cast(tf.equal(
+          tf.argmax(probs, axis=1, output_type=tf.int64), given), tf.float32),
+  }
+
+
+def training_dynamics(own, margin, correct):
   """Dataset cartography and the area under the margin, over checkpoints.
 
   Swayamdipta et al. (2020), "Dataset Cartography": `confidence` is the mean
@@ -232,9 +262,9 @@ def training_dynamics(probs, log_probs, given):
   (equal for softmax outputs).
 
   Args:
-    probs: `(C, N, K)` class probabilities of C checkpoints.
-    log_probs: `(C, N, K)` their log-probabilities.
-    given: `(N,)` int given labels, in `[0, K)`.
+    own: `(C, N)` the given label's probability at each of C checkpoints.
+    margin: `(C, N)` its log-probability minus the largest other.
+    correct: `(C, N)` 1.0 where the checkpoint predicts the given label.
 
   Returns:
     A dict of `(N,)` float tensors `confidence`, `variability`,
@@ -242,19 +272,9 @@ def training_dynamics(probs, log_probs, given):
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  given = tf.cast(given, tf.int64)
-  num_classes = tf.shape(probs)[2]
-  mask = tf.one_hot(given, num_classes, on_value=True, off_value=False)
-  own = tf.reduce_sum(tf.where(mask, probs, 0.0), axis=2)  # (C, N)
-  own_log = tf.reduce_sum(tf.where(mask, log_probs, 0.0), axis=2)
-  other_log = tf.reduce_max(
-      tf.where(mask, tf.constant(-float("inf"), log_probs.dtype), log_probs),
-      axis=2)
-  correct = tf.cast(tf.equal(tf.argmax(probs, axis=2, output_type=tf.int64),
-                             given), tf.float32)
   return {
       "confidence": tf.reduce_mean(own, axis=0),
       "variability": tf.math.reduce_std(own, axis=0),
       "correctness": tf.reduce_mean(correct, axis=0),
-      "aum": tf.reduce_mean(own_log - other_log, axis=0),
+      "aum": tf.reduce_mean(margin, axis=0),
   }

@@ -32,7 +32,11 @@ from lossaudit.errors import (
   short_repr,
 )
 from lossaudit.model import AuditModel
-from lossaudit.model_inputs import RAW_RECORD_COLUMN, with_raw_records
+from lossaudit.model_inputs import (
+  RAW_RECORD_COLUMN,
+  read_model_inputs,
+  with_raw_records,
+)
 from lossaudit.planning import SERIALIZED_EXAMPLES_INPUT
 from lossaudit.scoring import (
   DATA_ERRORS,
@@ -271,7 +275,39 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
         f"input: none of the first {sample.num_rows} records of"
         f" {sample.path} can be scored; first problem: {dead[0]['error']}")
   _check_classes(sample.num_rows, sample.path, dead)
+  if spec.num_folds:
+    _check_every_fold(spec, scorer, sample)
   return scorer.computed_from
+
+
+FOLD_PROBE_ROWS = 8
+
+
+def _check_every_fold(spec: ScoringSpec, scorer: BatchScorer,
+                      sample: Sample) -> None:
+  """Every fold's model scores a few rows of `sample`, whatever their folds
+  (the first records may miss a fold).
+
+  Raises:
+    ConfigError: a fold's model fails on them, naming its path.
+  """
+  checked = read_model_inputs(spec, sample.batch)
+  inputs = checked.inputs.rows(~checked.bad)
+  rows = min(FOLD_PROBE_ROWS, len(checked.bad) - int(checked.bad.sum()))
+  if not rows:
+    return
+  part = inputs.slice(0, rows)
+  for fold, paths in enumerate(spec.model_paths):
+    try:
+      scorer.score_arrays(part.features, part.labels, fold)
+    except KeyboardInterrupt:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      cause = (op_error_line(e) if isinstance(e, tf.errors.OpError)
+               else describe_error(e))
+      raise ConfigError(
+          f"model.path: the model of fold {fold}, {paths[-1]!r}, does not"
+          f" fit the data of {sample.path}: {cause}") from None
 
 
 def _term_keys(config: AuditConfig) -> List[str]:

@@ -46,7 +46,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                   devices: Sequence[str] = (),
                   class_names: Optional[Sequence[str]] = None,
                   loss_computed_from: Optional[str] = None,
-                  fold_stats: Optional[Dict[str, Dict]] = None) -> Dict:
+                  fold_stats: Optional[Dict[str, Dict]] = None,
+                  num_folds: Optional[int] = None) -> Dict:
   """The `summary.json` document (see CONTRACT.md).
 
   Args:
@@ -57,7 +58,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
     loss_computed_from: `logits` or `outputs` (what the crossentropy was
       computed from), or None; written as `loss.computed_from`.
     fold_stats: `{fold: LossAccumulator.summary()}` with `model.folds`,
-      written as `folds` (count and quantiles of each); None: no folds.
+      written as `folds` (count and quantiles of each of the `num_folds`,
+      an empty fold too); None: no folds.
   """
   scored = loss_stats["count"] + loss_stats["nan_count"]
   dead_lettered = sum(dead_letter_reasons.values())
@@ -67,8 +69,13 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
     label_issues = dict(thresholds.label_issues.to_dict(),
                         issues_by_pair=flag_counts.pairs_to_dict(),
                         class_names=names)
-  folds = {} if fold_stats is None else {"folds": _counts_and_quantiles(
-      sorted(fold_stats.items(), key=lambda kv: int(kv[0])))}
+  folds = {}
+  if fold_stats is not None:  # Every fold: an empty one means a bad split.
+    empty = {"count": 0, "nan_count": 0,
+             "quantiles": {q: None for q in loss_stats["quantiles"]}}
+    every = range(max(num_folds or 0, len(fold_stats)))
+    folds["folds"] = _counts_and_quantiles(
+        [(k, fold_stats.get(str(k), empty)) for k in every])
   return {
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,
@@ -427,7 +434,7 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
   columns = [c for c in ("id", "score", "loss", "reasons", "given_label",
                          "given_class", "predicted_label", "predicted_class",
                          "suggested_label", "suggested_class",
-                         "self_confidence")
+                         "self_confidence", "aum", "region", "fold")
              if any(c in r for r in top_flagged) or c in ("id", "score")]
   flagged = _flagged_table(columns, top_flagged, previews)
   reasons = _table(["reason", "count"],

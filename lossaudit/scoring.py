@@ -300,7 +300,7 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
     traced["computed_from"] = computed_from(spec.terms, predictions)
   outputs = {"finite": _rows_finite(
       list(features.values()) +
-      [p[term.output] for p in every for term in spec.terms])}
+      [predictions[term.output] for term in spec.terms])}
   outputs.update(_term_losses(spec.terms, loss_fns, labels, predictions))
   if spec.classifier:
     term = spec.classifier
@@ -314,14 +314,21 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
 
 def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor]
               ) -> Dict[str, tf.Tensor]:
-  """`losses.training_dynamics` of the C checkpoints' `outputs` `(N, ...)`."""
-  probs = tf.stack([losses.class_probabilities(y, term.signals,
-                                               term.from_logits)
-                    for y in outputs])
-  log_probs = tf.stack([losses.class_log_probabilities(y, term.signals,
-                                                       term.from_logits)
-                        for y in outputs])
-  return losses.training_dynamics(probs, log_probs, given)
+  """`losses.training_dynamics` of the C checkpoints' `outputs` `(N, ...)`,
+  and `dynamics_finite` `(N,)`: whether every checkpoint's output is finite.
+
+  Each checkpoint is reduced to `(N,)` values before they are stacked, so
+  a step holds `(C, N)`, never `(C, N, K)`.
+  """
+  parts = [losses.given_label_signals(
+      losses.class_probabilities(y, term.signals, term.from_logits),
+      losses.class_log_probabilities(y, term.signals, term.from_logits),
+      given) for y in outputs]
+  stacked = {key: tf.stack([part[key] for part in parts])
+             for key in parts[0]}
+  result = losses.training_dynamics(**stacked)
+  result["dynamics_finite"] = _rows_finite(outputs)
+  return result
 
 
 # Each crossentropy, and the activation op whose logits Keras takes for it.
@@ -448,17 +455,23 @@ def _check_loss_shapes(terms: Tuple[LossTerm, ...],
 
 def _nan_where_not_finite(result: Dict[str, np.ndarray]
                           ) -> Dict[str, np.ndarray]:
-  """`result` without `finite`, its losses NaN in the rows not `finite`.
+  """`result` without `finite` and `dynamics_finite`: its losses NaN in the
+  rows not `finite`, its training dynamics NaN where a checkpoint's output
+  is not finite either.
 
   Keras losses clip probabilities, which can turn a NaN prediction into a
-  finite loss: an example with a non-finite input or prediction gets a NaN
-  loss instead, so it is counted and flagged `non_finite`.
+  finite loss: an example with a non-finite input or (last) prediction gets
+  a NaN loss instead, so it is counted and flagged `non_finite`.
   """
   finite = result.pop("finite")
+  dynamics = result.pop("dynamics_finite", finite) & finite
   if not finite.all():
-    for key in [k for k in result if k == "loss" or k.startswith("loss_") or
-                k in DYNAMICS]:
+    for key in [k for k in result if k == "loss" or k.startswith("loss_")]:
       result[key] = np.where(finite, result[key], np.nan)
+  if not dynamics.all():
+    for key in DYNAMICS:
+      if key in result:
+        result[key] = np.where(dynamics, result[key], np.nan)
   return result
 
 
@@ -542,10 +555,13 @@ class BatchScorer:
     if checked.bad.all():
       return None, dead
     inputs = checked.inputs
-    if checked.bad.any():
+    if inputs.folds is not None:  # Each fold's good rows together, in order.
+      good = np.flatnonzero(~checked.bad)
+      order = good[np.argsort(inputs.folds[good], kind="stable")]
+      if len(order) != len(checked.bad) or (np.diff(order) < 0).any():
+        inputs = inputs.take(order)
+    elif checked.bad.any():
       inputs = inputs.rows(~checked.bad)
-    if inputs.folds is not None:  # Each fold's rows together, in order.
-      inputs = inputs.take(np.argsort(inputs.folds, kind="stable"))
     scored, rejected = self.score_inputs(inputs)
     dead += [dead_letters.dead_letter(
         source, None if inputs.ids is None else inputs.ids[row].as_py(),

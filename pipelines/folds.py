@@ -196,6 +196,11 @@ def _check_config(config: AuditConfig) -> None:
     raise ConfigError(
         "input.id_column: expected the id column (lossaudit folds hashes"
         " ids). Received: None")
+  if config.input.fold_column is not None:
+    raise ConfigError(
+        f"input.fold_column: expected null for lossaudit folds (an audit of"
+        f" this config reads the folds from that column, not from"
+        f" fold_of). Received: {config.input.fold_column!r}")
 
 
 def _files(directory: str) -> List[str]:

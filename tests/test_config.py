@@ -649,6 +649,27 @@ def _model(**values):
      " model.checkpoints=None"),
     (_with("flag", aum_quantile=2),
      "flag.aum_quantile: expected a number in [0, 1]. Received: 2"),
+    (_model(path="m{fold}/{checkpoint}", folds=100,
+            checkpoints=list(range(11))),
+     "model.checkpoints: expected at most 1000 models in all (model.folds ×"
+     " model.checkpoints), each loaded by every worker. Received: 100 folds"
+     " × 11 checkpoints = 1100"),
+    (_model(path="m", predictions_kind="logits"),
+     "model.predictions_kind: needs model.predictions_column (a model's"
+     " outputs are described by loss.from_logits). Received: 'logits' with"
+     " model.path='m'"),
+    (_model(predictions_column="p", folds=2),
+     "model.folds: needs model.path (a predictions column is already"
+     " out-of-sample or one set of predictions). Received:"
+     " model.predictions_column='p'"),
+    ({**_model(predictions_column="p"),
+      "input": {"pattern": "x", "feature_columns": ["q"]}},
+     "input.feature_columns: expected null with model.predictions_column"
+     " (the column is the only input). Received: ('q',)"),
+    ({**_model(predictions_column="p"), "loss": {"from_logits": True}},
+     "loss.from_logits: expected false with model.predictions_kind"
+     " 'probabilities' (set predictions_kind: logits for logits). Received:"
+     " true with model.predictions_column='p'"),
     (_with("dynamics", ambiguous_variability=0.7),
      "dynamics.ambiguous_variability: expected a number in [0, 0.5]."
      " Received: 0.7"),

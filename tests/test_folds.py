@@ -239,3 +239,20 @@ def test_foreign_output_is_refused_and_left_intact(
            for root, _, names in os.walk(output) for n in names}
   assert sorted(found) == sorted(layout)
   assert (output / "notes.txt").read_text() == "mine"
+
+
+def test_with_a_fold_column(tfrecord_dir, write_config, tmp_path, capsys):
+  config = _config(write_config, tfrecord_dir / "*.tfrecord.gz", "tfrecord",
+                   input={"fold_column": "label"})
+  err = _exit_2(capsys, config, tmp_path / "folds")
+  assert err.strip() == (
+      "lossaudit: error: input.fold_column: expected null for lossaudit"
+      " folds (an audit of this config reads the folds from that column, not"
+      " from fold_of). Received: 'label'")
+
+
+def test_without_an_id_column(tfrecord_dir, write_config, tmp_path, capsys):
+  config = _config(write_config, tfrecord_dir / "*.tfrecord.gz", "tfrecord",
+                   input={"id_column": None, "fold_column": "label"})
+  err = _exit_2(capsys, config, tmp_path / "folds")
+  assert "input.id_column: expected the id column" in err

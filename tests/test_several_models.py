@@ -18,6 +18,7 @@ from lossaudit.errors import ConfigError
 from lossaudit.model_inputs import ModelInputs, Ragged, read_model_inputs
 from lossaudit.scoring import BatchScorer, Feature, regions
 from lossaudit.stats import Thresholds, flag_masks
+from lossaudit.transforms.flag import flag_batch, flagged_schema
 from tests.helpers import NUM_CLASSES, NUM_FEATURES, classifier_spec
 
 N = 120
@@ -264,3 +265,150 @@ def test_read_model_inputs_folds_from_ids(models, data):
   checked = read_model_inputs(spec, _batch(data))
   np.testing.assert_array_equal(checked.inputs.folds,
                                 fold_of(list(data["id"]), 3))
+
+
+def _nan_bias_copy(source: str, path: str) -> str:
+  model = keras.models.load_model(source, compile=False)
+  layer = model.get_layer("probs")
+  kernel, bias = layer.get_weights()
+  layer.set_weights([kernel, np.full_like(bias, np.nan)])
+  model.save(path)
+  return path
+
+
+def test_a_non_finite_early_checkpoint_spares_the_last_ones_loss(
+    tmp_path, models, data):
+  early = _nan_bias_copy(str(models / "epoch1.keras"),
+                         str(tmp_path / "nan.keras"))
+  last = str(models / "epoch2.keras")
+  spec = dataclasses.replace(classifier_spec(last),
+                             model_paths=((early, last),))
+  scored, _ = BatchScorer(spec).score("f", _batch(data))
+  np.testing.assert_allclose(
+      scored.column("loss").to_numpy(),
+      _sparse_ce(_predict(last, data["x"]), data["label"]), rtol=1e-5)
+  assert np.isnan(scored.column("aum").to_numpy()).all()
+  assert scored.column("region").null_count == N
+
+
+def test_folds_of_checkpoints(models, data):
+  paths = ((str(models / "epoch1.keras"), str(models / "epoch2.keras")),
+           (str(models / "epoch3.keras"), str(models / "epoch4.keras")))
+  two = dict(data, fold=data["fold"] % 2)
+  spec = dataclasses.replace(classifier_spec(paths[0][0]), model_paths=paths,
+                             fold_column="fold")
+  scored, _ = BatchScorer(spec).score("f", _batch(two))
+  by_id = {i: n for n, i in enumerate(scored.column("id").to_pylist())}
+  order = [by_id[i] for i in data["id"]]
+  for fold, (first, last) in enumerate(paths):
+    rows = two["fold"] == fold
+    own = [_predict(p, data["x"][rows])[np.arange(rows.sum()),
+                                          data["label"][rows]]
+           for p in (first, last)]
+    confidence = scored.column("confidence").to_numpy()[order][rows]
+    np.testing.assert_allclose(confidence, np.mean(own, axis=0), atol=1e-6)
+
+
+def _saved_module(path: str, seed: int, fails: bool = False) -> str:
+  """A SavedModel `x (None, F)` → `probs (None, K)`; with `fails`, every
+  call raises InvalidArgumentError (a data error, as a corrupt record's)."""
+  import tensorflow as tf
+
+  class Module(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.w = tf.Variable(np.random.default_rng(seed).normal(
+          size=(NUM_FEATURES, NUM_CLASSES)).astype(np.float32))
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, NUM_FEATURES], tf.float32, name="x")])
+    def serve(self, x):
+      if fails:
+        tf.debugging.assert_less(tf.reduce_sum(x) * 0.0, -1.0)
+      return {"probs": tf.nn.softmax(x @ self.w)}
+
+  module = Module()
+  tf.saved_model.save(module, path, signatures={"serving_default":
+                                                module.serve})
+  return path
+
+
+def test_every_fold_model_is_checked_before_the_run(tmp_path, data):
+  pattern = _parquet(tmp_path, data)
+  for k in range(3):
+    _saved_module(str(tmp_path / f"f{k}"), k, fails=k == 2)
+  with pytest.raises(ConfigError) as info:
+    preflight.plan(_config(pattern, {"path": str(tmp_path / "f{fold}"),
+                                     "folds": 3},
+                           input={"fold_column": "fold"}))
+  assert str(info.value).startswith(
+      f"model.path: the model of fold 2, {str(tmp_path / 'f2')!r}, does not"
+      f" fit the data of {pattern}: ")
+
+
+def test_fold_models_of_other_outputs_are_refused(tmp_path, models, data):
+  pattern = _parquet(tmp_path, data)
+  for k in (0, 2):
+    keras.models.load_model(str(models / f"fold{k}.keras"),
+                            compile=False).save(str(tmp_path / f"f{k}.keras"))
+  keras.utils.set_random_seed(4)
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  wide = keras.layers.Dense(NUM_CLASSES + 1, activation="softmax",
+                            name="probs")(inputs)
+  keras.Model(inputs, wide).save(str(tmp_path / "f1.keras"))
+  with pytest.raises(ConfigError) as info:
+    preflight.plan(_config(pattern, {
+        "path": str(tmp_path / "f{fold}.keras"), "folds": 3},
+        input={"fold_column": "fold"}))
+  assert str(info.value) == (
+      f"model.path: expected every fold and checkpoint model to have the"
+      f" outputs of {str(tmp_path / 'f0.keras')!r}: probs (None, 5) float32."
+      f" Received: {str(tmp_path / 'f1.keras')!r} with probs (None, 6)"
+      f" float32")
+
+
+def test_predictions_column_errors(tmp_path, data):
+  pattern = _parquet(tmp_path, data, p=pa.array(np.ones(N, np.float32)),
+                     one=pa.array([[0.5]] * N, pa.list_(pa.float32())))
+  with pytest.raises(ConfigError) as info:
+    preflight.plan(_config(pattern, {"predictions_column": "p"}))
+  assert str(info.value) == (
+      f"model.predictions_column: expected a column of lists of class"
+      f" probabilities or logits. Received: 'p' of type float in {pattern}")
+  with pytest.raises(ConfigError) as info:
+    preflight.plan(_config(pattern, {"predictions_column": "one"}))
+  assert str(info.value) == (
+      f"model.predictions_column: expected rows of at least 2 class"
+      f" probabilities or logits. Received: 'one' with 1 values in the first"
+      f" records of {pattern}")
+  with pytest.raises(ConfigError) as info:
+    preflight.plan(_config(pattern, {"predictions_column": "x",
+                                     "output": "probs"}))
+  assert str(info.value) == (
+      "model.output: expected null or 'predictions' with"
+      " model.predictions_column. Received: 'probs'")
+
+
+def test_a_bad_fold_names_its_value(models, data):
+  paths = tuple((str(models / f"fold{k}.keras"),) for k in range(3))
+  spec = dataclasses.replace(classifier_spec(paths[0][0]),
+                             model_paths=paths, fold_column="fold")
+  fold = pa.array([7] + list(data["fold"][1:]))
+  _, dead = BatchScorer(spec).score("f", _batch(data, fold=fold))
+  assert dead == [{"source": "f", "id": data["id"][0],
+                   "error": "fold 7 is not an integer in [0, 3)",
+                   "reason": "bad_fold"}]
+
+
+def test_rows_flagged_by_aum_alone_are_scored_by_minus_aum():
+  scored = pa.RecordBatch.from_pydict({
+      "id": ["a", "b", "c"], "loss": [0.1, 5.0, 0.2],
+      "aum": [-3.0, -2.0, 1.0], "region": ["hard", "hard", "easy"]})
+  schema = flagged_schema(scored.schema)
+  flagged = flag_batch(scored, Thresholds(loss_threshold=1.0, aum_below=0.0),
+                       schema)
+  assert flagged.to_pydict() == {
+      "id": ["a", "b"], "loss": [0.1, 5.0],
+      "reasons": [["aum_below"], ["loss_threshold", "aum_below"]],
+      "score": [3.0, 5.0], "aum": [-3.0, -2.0], "region": ["hard", "hard"]}

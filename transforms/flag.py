@@ -7,7 +7,7 @@ the model never runs twice.
 from __future__ import annotations
 
 import collections
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -23,7 +23,8 @@ from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.label_issues import class_arrays
 
 _CARRIED = ("given_label", "predicted_label", "self_confidence",
-            "given_class", "predicted_class")
+            "given_class", "predicted_class", "fold", "aum", "region")
+_AUM_RULES = ("aum_quantile", "aum_below")
 
 
 def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
@@ -56,7 +57,8 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
 
   The rules compare `column` (`loss`, or `weighted_loss` under
   `stats.weighted`); `score` orders the flagged rows by suspicion: that
-  value, +inf when it is not finite.
+  value, +inf when it is not finite; `-log(self_confidence)` for a label
+  issue; `-aum` for a row only the AUM rules flag.
 
   Args:
     batch: a scored batch.
@@ -69,6 +71,15 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
   Raises:
     ValueError: `schema` has `suggested_class` and `class_names` is None.
   """
+  return flagged_rows(batch, thresholds, schema, column, class_names)[0]
+
+
+def flagged_rows(batch: pa.RecordBatch, thresholds: Thresholds,
+                 schema: pa.Schema, column: str = "loss",
+                 class_names: Optional[Sequence[str]] = None
+                 ) -> Tuple[pa.RecordBatch, np.ndarray]:
+  """`flag_batch`'s flagged rows, and which rows of `batch` they are
+  `(N,)` bool."""
   if "suggested_class" in schema.names and class_names is None:
     raise ValueError("flag_batch: the flagged schema has suggested_class;"
                      " expected class_names. Received: None")
@@ -96,6 +107,10 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
   names = np.array([name for name, _ in rules])
   matrix = np.stack([mask for _, mask in rules], axis=1)
   flagged = matrix.any(axis=1)
+  by_aum = np.isin(names, _AUM_RULES)
+  if by_aum.any():
+    only_aum = matrix[:, by_aum].any(axis=1) & ~matrix[:, ~by_aum].any(axis=1)
+    score = np.where(only_aum, -aum, score)
   rows = np.flatnonzero(flagged)
   hits = matrix[rows]
   offsets = np.concatenate([[0], np.cumsum(hits.sum(axis=1))]).astype(np.int32)
@@ -115,23 +130,19 @@ def flag_batch(batch: pa.RecordBatch, thresholds: Thresholds,
     if "suggested_class" in schema.names:
       arrays.append(pa.array(list(class_names), pa.string()).take(
           suggested_label))
-  return pa.RecordBatch.from_arrays(arrays, schema=schema)
+  return pa.RecordBatch.from_arrays(arrays, schema=schema), flagged
 
 
 # The output tag of `FlagExamples`' data-map samples.
 DATA_MAP = "data_map"
 
 
-def data_map_sample(batch: pa.RecordBatch, flagged: pa.RecordBatch
-                    ) -> DataMap:
+def data_map_sample(batch: pa.RecordBatch, flagged: np.ndarray) -> DataMap:
   """The data-map points of a scored batch with training dynamics (at most
-  `DATA_MAP_POINTS`, by id hash), marked when among `flagged`'s ids."""
-  ids = batch.column("id")
-  marked = pc.is_in(ids, value_set=flagged.column("id")).to_numpy(
-      zero_copy_only=False)
-  return sample_rows(ids, batch.column("confidence"),
+  `DATA_MAP_POINTS`, by id hash), marked where `flagged` `(N,)`."""
+  return sample_rows(batch.column("id"), batch.column("confidence"),
                      batch.column("variability"), batch.column("correctness"),
-                     marked)
+                     flagged)
 
 
 class _FlagFn(beam.DoFn):
@@ -145,11 +156,10 @@ class _FlagFn(beam.DoFn):
     self._flagged = Metrics.counter(METRICS_NAMESPACE, "examples_flagged")
 
   def process(self, batch: pa.RecordBatch, thresholds: Thresholds):
-    flagged = flag_batch(batch, thresholds, self._schema, self._column,
-                         self._class_names)
+    flagged, rows = flagged_rows(batch, thresholds, self._schema,
+                                 self._column, self._class_names)
     if self._data_map:
-      yield beam.pvalue.TaggedOutput(DATA_MAP, data_map_sample(batch,
-                                                               flagged))
+      yield beam.pvalue.TaggedOutput(DATA_MAP, data_map_sample(batch, rows))
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged

@@ -146,6 +146,7 @@ class _WriteSummaryFn(beam.DoFn):
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
         fold_stats=None if fold_stats is None else dict(fold_stats),
+        num_folds=self._config["model"].get("folds"),
         thresholds=thresholds,
         flag_counts=flag_counts,
         dead_letter_reasons=dict(dead_letter_reasons),
