@@ -35,7 +35,7 @@ import re
 import socket
 import time
 import uuid
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -481,6 +481,18 @@ def remove_own_files(directory: str,
     for parent in sorted(parents, key=len, reverse=True):
       _remove_empty_dirs(parent, directory)
   return [p for p, _ in doomed]
+
+
+def remove_named(directory: str, relative: Sequence[str]) -> None:
+  """Deletes the files `relative` to `directory` that another lossaudit
+  command wrote and named itself (`lossaudit folds`' shards), then the
+  local folders this left empty."""
+  if not relative:
+    return
+  FileSystems.delete([outputs.join(directory, r) for r in relative])
+  if not _is_gcs(directory):
+    for folder in sorted({os.path.dirname(r) for r in relative} - {""}):
+      _remove_empty_dirs(os.path.join(directory, folder), directory)
 
 
 def _own_temp_dirs(directory: str) -> List[str]:

@@ -63,7 +63,7 @@ class _BeamArgs(beam_options._BeamArgumentParser):  # pylint: disable=protected-
   def error(self, message):
     if message.startswith("ambiguous option: "):
       return  # Left unknown, as Beam's parser leaves it.
-    raise ConfigError(_beam_value_error(message))
+    raise ConfigError(beam_value_error(message))
 
 
 # argparse's problems with a value, read as (expected, received).
@@ -78,7 +78,7 @@ _VALUE_PROBLEMS = (
 )
 
 
-def _beam_value_error(message: str) -> str:
+def beam_value_error(message: str) -> str:
   """argparse's `argument --x: ...` as `--x: expected .... Received: ...`."""
   match = _ARGPARSE_ERROR.fullmatch(message)
   if match is None:
@@ -213,8 +213,8 @@ def run(argv: Optional[Sequence[str]] = None,
     from lossaudit.pipelines import graph  # pylint: disable=g-import-not-at-top
 
     plan = preflight.plan(config)
-    runner = _runner(options)
-    p = test_pipeline or _pipeline(options)
+    runner = runner_name(options)
+    p = test_pipeline or new_pipeline(options)
     graph.build(p, config, plan, runner,
                 {"run_id": run_id, "start_time": start_time}, baseline)
     # Last, once nothing is left to refuse: an earlier run's outputs stay
@@ -232,11 +232,11 @@ def run(argv: Optional[Sequence[str]] = None,
       outputs.write_json(summary_path, summary)
     return summary
   finally:
-    with _SIGNALS.held():
+    with SIGNALS.held():
       claim.release()
 
 
-def _runner(options: PipelineOptions) -> str:
+def runner_name(options: PipelineOptions) -> str:
   """The runner's name (DirectRunner unless the options say otherwise)."""
   standard = options.view_as(StandardOptions)
   if standard.runner is None:
@@ -244,7 +244,7 @@ def _runner(options: PipelineOptions) -> str:
   return str(standard.runner)
 
 
-def _pipeline(options: PipelineOptions) -> beam.Pipeline:
+def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
   """A pipeline for `options`, checked as the runner would check them.
 
   Raises:
@@ -305,7 +305,7 @@ class _StopOnSignals:
   every 0.1 s until the clean-up starts (`held`).
   """
 
-  _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self):
     self.received: Optional[int] = None
@@ -328,7 +328,7 @@ class _StopOnSignals:
     self.received = None
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._interrupt)
-                        for s in self._SIGNALS}
+                        for s in self.SIGNALS}
       self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM,
                                                      self._repeat)
     return self
@@ -348,7 +348,7 @@ class _StopOnSignals:
       yield
       return
     signal.setitimer(signal.ITIMER_REAL, 0)
-    blocked = set(self._SIGNALS) | {signal.SIGALRM}
+    blocked = set(self.SIGNALS) | {signal.SIGALRM}
     signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
       yield
@@ -356,7 +356,7 @@ class _StopOnSignals:
       signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
 
-_SIGNALS = _StopOnSignals()
+SIGNALS = _StopOnSignals()
 
 
 def run_metrics(result) -> Dict:
@@ -394,14 +394,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
   try:
-    with _SIGNALS:
+    with SIGNALS:
       summary = run(argv)
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2
   except BaseException as e:  # pylint: disable=broad-except
     # Beam re-raises what a DoFn raised as a RuntimeError of its own.
-    received = _SIGNALS.received or (
+    received = SIGNALS.received or (
         signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
     if received is None:
       raise

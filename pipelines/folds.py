@@ -77,7 +77,7 @@ class _Parser(argparse.ArgumentParser):
       raise ConfigError(f"{missing[1]}: expected a value (required)."
                         " Received: none")
     # pylint: disable-next=protected-access
-    raise ConfigError(audit._beam_value_error(message))
+    raise ConfigError(audit.beam_value_error(message))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -248,20 +248,6 @@ def check_output(directory: str) -> None:
         f" did not write, and is left untouched. Received: {directory!r}")
 
 
-def _remove_earlier(directory: str) -> None:
-  """Deletes an earlier run's shards and Beam temporary files (by name)."""
-  doomed = _own_files(_files(directory))
-  if not doomed:
-    return
-  FileSystems.delete([outputs.join(directory, r) for r in doomed])
-  if not FileSystems.get_scheme(directory):
-    for folder in sorted({os.path.dirname(r) for r in doomed} - {""}):
-      try:
-        os.rmdir(os.path.join(directory, folder))  # Only an empty one.
-      except OSError:
-        pass
-
-
 def _naming_output(error: ConfigError) -> ConfigError:
   """An error of `ownership` or `inputs` about `output.dir`, naming
   `--output` instead."""
@@ -326,13 +312,14 @@ def run(argv: Optional[Sequence[str]] = None
   now = datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
   claim = _claim(output, config, outputs.new_run_id(now), start)
   try:
-    audit._runner(options)  # pylint: disable=protected-access
-    p = audit._pipeline(options)  # pylint: disable=protected-access
+    audit.runner_name(options)
+    p = audit.new_pipeline(options)
     build(p, config, found.files, output, schema)
     # Last, once nothing is left to refuse: writes the marker, then the
     # earlier shards go.
+    check_output(output)  # Again, under the lock.
     claim.clear_previous()
-    _remove_earlier(output)
+    ownership.remove_named(output, _own_files(_files(output)))
     result = p.run()
     result.wait_until_finish()
     counters = audit.run_metrics(result).get("counters", {})
@@ -341,7 +328,7 @@ def run(argv: Optional[Sequence[str]] = None
                               len(found.not_regular))
     return output, counters
   finally:
-    with audit._SIGNALS.held():  # pylint: disable=protected-access
+    with audit.SIGNALS.held():
       claim.release()
 
 
@@ -365,7 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
-  signals = audit._SIGNALS  # pylint: disable=protected-access
+  signals = audit.SIGNALS
   try:
     with signals:
       output, counts = run(argv)
