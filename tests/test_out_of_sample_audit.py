@@ -101,12 +101,9 @@ def test_predictions_column_gives_the_k_fold_flags(data, tmp_path,
                              {"predictions_column": column,
                               "predictions_kind": kind})
     assert _issues(by_column) == _issues(by_folds), kind
-    if kind == "logits":  # As the .keras fold models: from their logits.
-      pd.testing.assert_frame_equal(
-          by_column.sort_values("id").reset_index(drop=True)[
-              ["id", "reasons"]],
-          by_folds.sort_values("id").reset_index(drop=True)[
-              ["id", "reasons"]])
+    pd.testing.assert_frame_equal(
+        by_column.sort_values("id").reset_index(drop=True)[["id", "reasons"]],
+        by_folds.sort_values("id").reset_index(drop=True)[["id", "reasons"]])
 
 
 def _dynamics(data):
