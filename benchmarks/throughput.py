@@ -67,19 +67,10 @@ def build(directory: str, examples: int, shards: int, features: int,
     with open(meta_path) as f:
       if json.load(f) == meta:
         return meta
-  import keras  # pylint: disable=g-import-not-at-top
-
   os.makedirs(directory, exist_ok=True)
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((features,), name="x")
-  h = keras.layers.Dense(hidden, activation="relu")(inputs)
-  h = keras.layers.Dense(hidden, activation="relu")(h)
-  # A confident model (peaked softmax) whose labels are its own predictions
-  # with 10% flipped, so label-issue detection has real work to do.
-  outputs = keras.layers.Dense(
-      classes, activation="softmax", name="probs",
-      kernel_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
-  model = keras.Model(inputs, outputs)
+  # Labels are the model's own predictions with 10% flipped, so label-issue
+  # detection has real work to do.
+  model = _mlp(features, hidden, classes, seed)
   model.save(os.path.join(directory, "model.keras"))
   rng = np.random.default_rng(seed)
   data_dir = os.path.join(directory, "data")
@@ -99,6 +90,21 @@ def build(directory: str, examples: int, shards: int, features: int,
   return meta
 
 
+def _mlp(features: int, hidden: int, classes: int, seed: int):
+  """The benchmark's MLP: two hidden layers and a confident (peaked)
+  softmax output `probs`."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((features,), name="x")
+  h = keras.layers.Dense(hidden, activation="relu")(inputs)
+  h = keras.layers.Dense(hidden, activation="relu")(h)
+  outputs = keras.layers.Dense(
+      classes, activation="softmax", name="probs",
+      kernel_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
+  return keras.Model(inputs, outputs)
+
+
 SEVERAL = 5  # Folds, or checkpoints, of `--several`.
 SEVERAL_MODES = ("a-folds", "a-checkpoints")
 
@@ -107,20 +113,10 @@ def build_several(directory: str, features: int, hidden: int, classes: int,
                   seed: int = 0) -> None:
   """Writes `several-{k}.keras`, k < SEVERAL: MLPs shaped as `model.keras`
   with other weights, the folds or checkpoints of `--several`."""
-  import keras  # pylint: disable=g-import-not-at-top
-
   for k in range(SEVERAL):
     path = os.path.join(directory, f"several-{k}.keras")
-    if os.path.exists(path):
-      continue
-    keras.utils.set_random_seed(seed + 1 + k)
-    inputs = keras.Input((features,), name="x")
-    h = keras.layers.Dense(hidden, activation="relu")(inputs)
-    h = keras.layers.Dense(hidden, activation="relu")(h)
-    outputs = keras.layers.Dense(
-        classes, activation="softmax", name="probs",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
-    keras.Model(inputs, outputs).save(path)
+    if not os.path.exists(path):
+      _mlp(features, hidden, classes, seed + 1 + k).save(path)
 
 
 def several_model(directory: str, mode: str) -> Dict:

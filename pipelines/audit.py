@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -40,6 +40,8 @@ from lossaudit.errors import ConfigError, describe_error, one_line, short_repr
 RUN_FLAGS = ("--config", "--set")
 # Runners whose job service adds options of its own, which only it knows.
 _PORTABLE_RUNNERS = ("portable", "flink", "spark", "prism", "kafkastreams")
+T = TypeVar("T")
+
 _ARGPARSE_ERROR = re.compile(r"argument (\S+): (.*)", re.DOTALL)
 _TYPE_NAMES = {"int": "an integer", "float": "a number"}
 
@@ -381,6 +383,32 @@ def run_metrics(result) -> Dict:
           "distributions": distributions}
 
 
+def run_command(body: Callable[[], T], interrupted: str
+                ) -> Tuple[Optional[int], Optional[T]]:
+  """Runs a command's `body` under `SIGNALS`.
+
+  Returns:
+    `(None, its result)`, or the exit code and None: 2 after printing a
+    ConfigError on one line; 128 + the signal after printing `interrupted`
+    (what became of the command) when a signal stopped it.
+  """
+  try:
+    with SIGNALS:
+      return None, body()
+  except ConfigError as e:
+    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
+    return 2, None
+  except BaseException as e:  # pylint: disable=broad-except
+    # Beam re-raises what a DoFn raised as a RuntimeError of its own.
+    received = SIGNALS.received or (
+        signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+    if received is None:
+      raise
+    print(f"lossaudit: interrupted by {signal.Signals(received).name};"
+          f" {interrupted}", file=sys.stderr)
+    return 128 + received, None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code (3: a gate failed)."""
   # Before TensorFlow loads: its C++ INFO and WARNING lines go, a user's own
@@ -393,22 +421,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # level 2 removes cpu_feature_guard's two lines.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
-  try:
-    with SIGNALS:
-      summary = run(argv)
-  except ConfigError as e:
-    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
-  except BaseException as e:  # pylint: disable=broad-except
-    # Beam re-raises what a DoFn raised as a RuntimeError of its own.
-    received = SIGNALS.received or (
-        signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
-    if received is None:
-      raise
-    print(f"lossaudit: interrupted by {signal.Signals(received).name}; the"
-          " run stopped, its scratch files and lock are removed and no"
-          " summary.json was written", file=sys.stderr)
-    return 128 + received
+  code, summary = run_command(
+      lambda: run(argv), "the run stopped, its scratch files and lock are"
+      " removed and no summary.json was written")
+  if code is not None:
+    return code
   if "template" in summary:
     print(f"lossaudit: wrote the job template {summary['template']}")
     return 0

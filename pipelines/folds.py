@@ -27,7 +27,6 @@ import datetime
 import logging
 import os
 import re
-import signal
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,7 +46,7 @@ from lossaudit import (
 )
 from lossaudit import columns as cols
 from lossaudit.config import AuditConfig, load_config
-from lossaudit.errors import ConfigError, one_line
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
 
 FOLDS_FLAGS = ("--config", "--set", "--output")
@@ -352,22 +351,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
-  signals = audit.SIGNALS
-  try:
-    with signals:
-      output, counts = run(argv)
-  except ConfigError as e:
-    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
-  except BaseException as e:  # pylint: disable=broad-except
-    received = signals.received or (
-        signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
-    if received is None:
-      raise
-    print(f"lossaudit: interrupted by {signal.Signals(received).name}; the"
-          " job stopped and its lock is removed (run it again for the"
-          " folds)", file=sys.stderr)
-    return 128 + received
+  code, result = audit.run_command(
+      lambda: run(argv), "the job stopped and its lock is removed (run it"
+      " again for the folds)")
+  if code is not None:
+    return code
+  output, counts = result
   print(summary_line(counts, output))
   return 0
 
