@@ -18,7 +18,7 @@ from lossaudit import outputs, report
 from lossaudit.columns import fingerprints_u64
 from lossaudit.flag_counts import FlagCounts
 from tests.helpers import check_combine_fn
-from tests.test_report import CHROMIUM, render
+from tests.test_report import CHROMIUM, probe_page, render
 
 SVG = "{http://www.w3.org/2000/svg}"
 N = 20000
@@ -277,28 +277,18 @@ def test_the_report_has_a_data_map_section_only_when_given(rows):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_the_data_map_renders_in_chromium(rows, tmp_path):
   page = _page(dm.sample_rows(*rows, k=K))
-  # The report has no script; a copy reports what Chromium laid out.
-  probe = page.replace("</body>", """<pre id="probe"></pre><script>
-window.addEventListener("load", () => {
+  found = json.loads(probe_page(page, """(() => {
   const svg = document.getElementById("data-map");
   const box = svg.getBoundingClientRect();
   const style = getComputedStyle(svg);
-  document.getElementById("probe").textContent = JSON.stringify({
+  return JSON.stringify({
       width: box.width, height: box.height,
       visible: style.display !== "none" && style.visibility !== "hidden",
       points: svg.querySelectorAll("g.points circle").length,
       rings: svg.querySelectorAll("g.flagged circle").length,
       drawn: Array.from(svg.querySelectorAll("g.points circle")).filter(
           (c) => c.getBBox().width > 0).length});
-});
-</script></body>""")
-  path = tmp_path / "report.html"
-  path.write_text(probe)
-  dom, log = render(path, "--dump-dom")
-  assert "CONSOLE" not in log, [line for line in log.splitlines()
-                                 if "CONSOLE" in line]
-  found = json.loads(re.search(r'<pre id="probe">([^<]*)</pre>',
-                               dom).group(1))
+})()""", tmp_path))
   flagged = int(dm.sample_rows(*rows, k=K).flagged.sum())
   assert found == {"width": 720, "height": 440, "visible": True, "points": K,
                    "rings": flagged, "drawn": K}

@@ -16,7 +16,7 @@ import yaml
 from lossaudit import previews, report
 from lossaudit.pipelines import audit
 from tests.helpers import base_config
-from tests.test_report import CHROMIUM, render
+from tests.test_report import CHROMIUM, probe_page, render
 
 BOUND = 96  # The largest side of a thumbnail, in pixels.
 NUM_IMAGES = 24
@@ -232,19 +232,8 @@ def test_report_shows_a_thumbnail_of_each_flagged_image(image_run):
 def test_thumbnails_decode_in_chromium(image_run, tmp_path):
   path, _ = image_run
   page = path.read_text()
-  # The report has no script; a copy reports each image's natural width.
-  probe = page.replace("</body>", """<pre id="widths"></pre><script>
-window.addEventListener("load", () => {
-  document.getElementById("widths").textContent = Array.from(
-      document.images, (image) => image.naturalWidth).join(",");
-});
-</script></body>""")
-  copy = tmp_path / "report.html"
-  copy.write_text(probe)
-  dom, log = render(copy, "--dump-dom")
-  assert "CONSOLE" not in log, [line for line in log.splitlines()
-                                 if "CONSOLE" in line]
-  widths = re.search(r'<pre id="widths">([^<]*)</pre>', dom).group(1)
+  widths = probe_page(page, """Array.from(
+      document.images, (image) => image.naturalWidth).join(",")""", tmp_path)
   widths = [int(w) for w in widths.split(",")]
   assert len(widths) == 8 and all(w > 0 for w in widths), widths
   _, log = render(path, "--dump-dom")

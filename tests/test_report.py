@@ -4,6 +4,7 @@
 without one the browser test is skipped.
 """
 
+import html
 import json
 import re
 import shutil
@@ -28,6 +29,23 @@ def render(path, *flags, timeout=120):
       capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-2000:]
   return result.stdout, result.stderr
+
+
+def probe_page(page: str, expression: str, tmp_path) -> str:
+  """What `expression` (JavaScript, a string) gives once Chromium loaded a
+  copy of `page`: the report has no script, the copy runs one."""
+  probe = page.replace("</body>", f"""<pre id="probe"></pre><script>
+window.addEventListener("load", () => {{
+  document.getElementById("probe").textContent = ({expression});
+}});
+</script></body>""")
+  path = tmp_path / "probed.html"
+  path.write_text(probe)
+  dom, log = render(path, "--dump-dom")
+  assert "CONSOLE" not in log, [line for line in log.splitlines()
+                                 if "CONSOLE" in line]
+  return html.unescape(re.search(r'<pre id="probe">([^<]*)</pre>',
+                                 dom).group(1))
 
 
 @pytest.fixture(scope="module")
