@@ -134,15 +134,7 @@ class ModelInputs(NamedTuple):
 
   def rows(self, keep: np.ndarray) -> ModelInputs:
     """The rows where `keep` `(N,)` bool is set."""
-    keep_arrow = pa.array(keep)
-    return ModelInputs(
-        features={k: v.rows(keep) if isinstance(v, Ragged) else v[keep]
-                  for k, v in self.features.items()},
-        labels={k: v[keep] for k, v in self.labels.items()},
-        ids=None if self.ids is None else self.ids.filter(keep_arrow),
-        weights=None if self.weights is None else self.weights[keep],
-        slices=None if self.slices is None else self.slices.filter(keep_arrow),
-        folds=None if self.folds is None else self.folds[keep])
+    return self.take(np.flatnonzero(keep))
 
   def take(self, order: np.ndarray) -> ModelInputs:
     """Rows `order` `(M,)` int, in that order."""
