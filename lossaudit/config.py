@@ -44,6 +44,7 @@ from lossaudit.errors import ConfigError, expected, one_line, short_repr
 FORMATS = ("tfrecord", "parquet")
 REDUCTIONS = ("mean", "sum")
 LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
+FLAG_SCORES = ("loss", "deviance")
 PREDICTIONS_KINDS = ("probabilities", "logits")
 MODEL_PLACEHOLDERS = ("fold", "checkpoint")
 MAX_FOLDS = 1000
@@ -438,12 +439,37 @@ class ModelConfig:
 def _check_loss_name(key: str, name: str) -> None:
   from lossaudit import losses  # Local: keeps config import light.
 
+  reason = losses.NOT_PER_SAMPLE.get(name.lower())
+  if reason:
+    raise ConfigError(
+        f"{key}: {name!r} has no per-sample loss: {reason}. Received:"
+        f" {name!r}")
   if losses.canonical_loss_name(name) is None:
     suggestion = difflib.get_close_matches(name, losses.SUPPORTED_LOSSES, n=1)
     hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
     raise ConfigError(
         f"{key}: expected one of {sorted(losses.SUPPORTED_LOSSES)}."
         f" Received: {short_repr(name)}.{hint}")
+
+
+def _check_loss_term(key: str, term: Any) -> None:
+  """Checks a `loss` or `loss.outputs[i]` section's fields together: no
+  argument lossaudit sets itself in `args`, and `from_logits` only for a
+  loss of logits."""
+  from lossaudit import losses  # Local: keeps config import light.
+
+  if term.custom is not None:
+    return
+  for arg, instead in losses.RESERVED_ARGS.items():
+    if arg in term.args:
+      raise ConfigError(
+          f"{key}.args.{arg}: expected {instead.format(key=key)}. Received:"
+          f" {key}.args={short_repr(dict(term.args))}")
+  name = losses.canonical_loss_name(term.name)
+  if term.from_logits and name not in losses.TAKES_FROM_LOGITS:
+    raise ConfigError(
+        f"{key}.from_logits: expected false: {term.name!r} takes no logits"
+        f" (only {list(losses.TAKES_FROM_LOGITS)} do). Received: true")
 
 
 # Shared by `loss` and each of `loss.outputs`.
@@ -476,6 +502,7 @@ class LossOutputConfig:
               first=("output", "label_column", "name", "weight",
                      "from_logits", "reduce", "custom"),
               skip=() if self.custom is None else ("name",))
+    _check_loss_term(f"loss.outputs[{self.index}]", self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,12 +513,15 @@ class LossConfig:
   custom: Optional[str] = _field(_CUSTOM, None)
   outputs: Optional[Sequence[Mapping[str, Any]]] = None  # _parse_outputs.
   args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict)
+  from_logits_check: bool = _field(_BOOLEAN, True)
 
   def __post_init__(self):
     # The name is unused with a custom loss or per-output losses.
     unused = self.custom is not None or self.outputs
     _validate(self, "loss", skip=("name",) if unused else ())
     self._parse_outputs()
+    if not self.outputs:
+      _check_loss_term("loss", self)
 
   def _parse_outputs(self) -> None:
     """`outputs` as a tuple of `LossOutputConfig`, each output once."""
@@ -549,6 +579,7 @@ class FlagConfig:
       _one_of(LABEL_ISSUE_METHODS, nullable=True), None)
   aum_quantile: Optional[float] = _field(_number(0, 1), None)
   aum_below: Optional[float] = _field(_number(), None)
+  score: str = _field(_one_of(FLAG_SCORES), "loss")
 
   def __post_init__(self):
     # The order errors have always been reported in.
@@ -740,6 +771,7 @@ class AuditConfig:
     self._check_folds()
     self._check_predictions()
     self._check_dynamics()
+    self._check_deviance()
     self._check_slices()
     self._check_shift_quantiles()
     self._check_weights()
@@ -781,6 +813,23 @@ class AuditConfig:
             f"flag.{key}: needs model.checkpoints (AUM is a mean over"
             f" checkpoints). Received: flag.{key}={value!r} with"
             f" model.checkpoints=None")
+
+  def _check_deviance(self) -> None:
+    """`flag.score: deviance` needs one loss that has a deviance."""
+    from lossaudit import losses  # Local: keeps config import light.
+
+    if self.flag.score != "deviance":
+      return
+    loss = self.loss
+    name = None if loss.custom or loss.outputs else (
+        losses.canonical_loss_name(loss.name))
+    if name not in losses.DEVIANCE_LOSSES:
+      received = ("loss.custom" if loss.custom else "loss.outputs"
+                  if loss.outputs else f"loss.name={loss.name!r}")
+      raise ConfigError(
+          f"flag.score: 'deviance' needs loss.name to be one of"
+          f" {list(losses.DEVIANCE_LOSSES)} (count and positive regression)."
+          f" Received: flag.score='deviance' with {received}")
 
   def _check_slices(self) -> None:
     """`flag.slice_quantile` flags within slices: it needs them."""

@@ -8,8 +8,12 @@ here: statistics are the pipeline's job.
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Any, Callable, Mapping, Optional
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+
+import numpy as np
 
 # Snake-case names users write in configs, mapped to Keras loss classes.
 _CLASS_NAMES = {
@@ -30,6 +34,19 @@ _CLASS_NAMES = {
     "squared_hinge": "SquaredHinge",
     "categorical_hinge": "CategoricalHinge",
     "cosine_similarity": "CosineSimilarity",
+    "dice": "Dice",
+    "tversky": "Tversky",
+    "ctc": "CTC",
+    "categorical_generalized_cross_entropy":
+        "CategoricalGeneralizedCrossEntropy",
+}
+# Losses of lossaudit's own, for positive regression (Keras has none).
+_OWN_LOSSES = ("gamma", "tweedie")
+# Keras losses with no per-sample value, and why.
+NOT_PER_SAMPLE = {
+    "circle": "its value for one example depends on the other examples of"
+              " its batch (it compares every pair of embeddings), so an"
+              " example's loss would change with the batch it is scored in",
 }
 _ALIASES = {
     "mse": "mean_squared_error",
@@ -40,21 +57,38 @@ _ALIASES = {
     "kld": "kl_divergence",
     "kullback_leibler_divergence": "kl_divergence",
 }
-SUPPORTED_LOSSES = tuple(_CLASS_NAMES)
+SUPPORTED_LOSSES = tuple(_CLASS_NAMES) + _OWN_LOSSES
 
 # Losses whose y_pred are class scores and whose labels name a class.
-SPARSE_CLASSIFICATION = ("sparse_categorical_crossentropy",)
+SPARSE_CLASSIFICATION = ("sparse_categorical_crossentropy",
+                         "categorical_generalized_cross_entropy")
 DENSE_CLASSIFICATION = ("categorical_crossentropy",
                         "categorical_focal_crossentropy")
 BINARY_CLASSIFICATION = ("binary_crossentropy", "binary_focal_crossentropy")
-_TAKES_FROM_LOGITS = SPARSE_CLASSIFICATION + DENSE_CLASSIFICATION + (
-    BINARY_CLASSIFICATION)
+TAKES_FROM_LOGITS = ("sparse_categorical_crossentropy",) + (
+    DENSE_CLASSIFICATION + BINARY_CLASSIFICATION)
+# Losses of class probabilities (or logits, with `from_logits`).
+TAKES_PROBABILITIES = TAKES_FROM_LOGITS + (
+    "categorical_generalized_cross_entropy",)
+# Losses whose label at each position is a class index (a sequence for CTC).
+INDEX_LABELS = SPARSE_CLASSIFICATION + ("ctc",)
+# Losses whose `axis` defaults to every axis but the batch's: Keras' default
+# (None) would reduce over the whole batch.
+PER_EXAMPLE_AXIS = ("dice", "tversky")
+# Loss arguments lossaudit sets itself: what `loss.args` should hold instead.
+RESERVED_ARGS = {
+    "from_logits": "{key}.from_logits instead (it also says how class signals"
+                   " are read from the outputs)",
+    "reduction": "no reduction: every example keeps its own loss, and"
+                 " {key}.reduce (mean or sum) reduces the axes within one"
+                 " example",
+}
 
 
 def canonical_loss_name(name: str) -> Optional[str]:
   """Returns the snake-case Keras loss name for `name`, or None if unknown."""
   key = _ALIASES.get(name, name)
-  if key in _CLASS_NAMES:
+  if key in _CLASS_NAMES or key in _OWN_LOSSES:
     return key
   by_class = {v.lower(): k for k, v in _CLASS_NAMES.items()}
   return by_class.get(name.replace("_", "").lower())
@@ -66,9 +100,12 @@ def label_kind(loss_name: str, num_outputs: int) -> str:
   Returns:
     `sparse` (one int class per example), `categorical` (a one-hot or
     probability vector), `binary` (one 0/1 target with a single sigmoid
-    output) or `regression` (no class signals).
+    output), `sequence` (CTC: a sequence of class indices, of its own
+    length) or `regression` (no class signals).
   """
   name = canonical_loss_name(loss_name)
+  if name == "ctc":
+    return "sequence"
   if name in SPARSE_CLASSIFICATION:
     return "sparse"
   if name in DENSE_CLASSIFICATION:
@@ -79,22 +116,134 @@ def label_kind(loss_name: str, num_outputs: int) -> str:
 
 
 def keras_loss(name: str, from_logits: bool = False,
-               args: Optional[Mapping[str, Any]] = None):
-  """Builds the Keras loss object for `name` with no reduction over the batch.
+               args: Optional[Mapping[str, Any]] = None) -> Callable:
+  """The per-element loss function of `name`, with no reduction over the
+  batch: Keras' loss object (`reduction=None`), or lossaudit's own `gamma`
+  and `tweedie`.
 
   Raises:
-    TypeError: when `args` holds an argument the Keras loss does not take.
+    TypeError: when `args` holds an argument the loss does not take.
   """
-  import keras  # pylint: disable=g-import-not-at-top
-
   canonical = canonical_loss_name(name)
   if canonical is None:
     raise ValueError(f"Unknown loss {name!r}")
   kwargs = dict(args or {})
-  if canonical in _TAKES_FROM_LOGITS:
+  if canonical in _OWN_LOSSES:
+    own = {"gamma": gamma, "tweedie": tweedie}[canonical]
+    inspect.signature(own).bind(None, None, **kwargs)
+    if canonical == "tweedie":
+      _check_power(kwargs.get("power", 1.5))
+    return functools.partial(own, **kwargs)
+  import keras  # pylint: disable=g-import-not-at-top
+
+  if canonical in TAKES_FROM_LOGITS:
     kwargs.setdefault("from_logits", from_logits)
   cls = getattr(keras.losses, _CLASS_NAMES[canonical])
   return cls(reduction=None, **kwargs)
+
+
+class LossArgumentsError(TypeError):
+  """A custom loss that does not take the arguments of `loss.args`."""
+
+
+def with_arguments(fn: Callable, args: Mapping[str, Any], path: str
+                   ) -> Callable:
+  """A custom loss `fn(y_true, y_pred, **args)` with `args` bound.
+
+  Raises:
+    LossArgumentsError: `fn` takes no such keyword arguments.
+  """
+  if not args:
+    return fn
+  try:
+    inspect.signature(fn).bind(None, None, **args)
+  except TypeError as e:
+    raise LossArgumentsError(
+        f"expected keyword arguments that {path} takes: {e}. Received:"
+        f" {dict(args)!r}") from None
+  except ValueError:  # No signature (a builtin): let the call tell.
+    pass
+  return functools.partial(fn, **args)
+
+
+# Positive regression: the negative log-likelihood of each value up to terms
+# of `y_true` alone (as scikit-learn's `HalfGammaLoss` and
+# `HalfTweedieLoss`), and the unit deviance that makes values comparable.
+
+
+def gamma(y_true, y_pred):
+  """Gamma regression loss `log(mu) + y / mu` per value `(N, ...)`.
+
+  `y_pred` is the mean `mu > 0` (a log link's output, exponentiated).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  y_pred = tf.convert_to_tensor(y_pred)
+  y_true = tf.cast(y_true, y_pred.dtype)
+  return tf.math.log(y_pred) + y_true / y_pred
+
+
+def tweedie(y_true, y_pred, power: float = 1.5):
+  """Tweedie regression loss `mu^(2-p) / (2-p) - y mu^(1-p) / (1-p)` per
+  value `(N, ...)`, for a power `1 < p < 2` (compound Poisson-Gamma).
+
+  Raises:
+    ValueError: `power` is not in (1, 2).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  _check_power(power)
+  y_pred = tf.convert_to_tensor(y_pred)
+  y_true = tf.cast(y_true, y_pred.dtype)
+  return (tf.pow(y_pred, 2.0 - power) / (2.0 - power) -
+          y_true * tf.pow(y_pred, 1.0 - power) / (1.0 - power))
+
+
+def _check_power(power) -> None:
+  if isinstance(power, bool) or not isinstance(power, (int, float)) or not (
+      1 < power < 2):
+    raise ValueError(
+        "power: expected a number strictly between 1 and 2 (use poisson for"
+        f" 1 and gamma for 2). Received: {power!r}")
+
+
+# Losses whose unit deviance `flag.score: deviance` can use.
+DEVIANCE_LOSSES = ("poisson", "gamma", "tweedie")
+# Keras' Poisson loss adds this to `y_pred` inside its log.
+_POISSON_EPSILON = 1e-7
+
+
+def unit_deviance(name: str, y_true, y_pred, args=None):
+  """The unit deviance `(N, ...)` of each value, for `DEVIANCE_LOSSES`.
+
+  Per-sample losses of count and positive regression are not comparable
+  across targets (a Poisson loss `mu - y log mu` is smallest near y = 0 and
+  can be negative): the deviance `2 (loglik(y; y) - loglik(y; mu))` is 0
+  for a perfect prediction and grows with the surprise of y given mu,
+  whatever y is.
+
+  - poisson: `2 (y log(y / mu) - (y - mu))`, with Keras' `mu + 1e-7`;
+  - gamma: `2 (log(mu / y) + y / mu - 1)`, for y > 0;
+  - tweedie: `2 (y^(2-p) / ((1-p)(2-p)) - y mu^(1-p) / (1-p)
+    + mu^(2-p) / (2-p))`, for y >= 0.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  # In float64: near y = mu a deviance is a small difference of large terms.
+  mu = tf.cast(y_pred, tf.float64)
+  y = tf.cast(y_true, tf.float64)
+  if name == "poisson":
+    mu = mu + _POISSON_EPSILON
+    return 2.0 * (tf.math.xlogy(y, y) - tf.math.xlogy(y, mu) - (y - mu))
+  if name == "gamma":
+    return 2.0 * (tf.math.log(mu / y) + y / mu - 1.0)
+  if name == "tweedie":
+    p = float(dict(args or {}).get("power", 1.5))
+    _check_power(p)
+    return 2.0 * (tf.pow(tf.maximum(y, 0.0), 2.0 - p) / ((1 - p) * (2 - p)) -
+                  y * tf.pow(mu, 1.0 - p) / (1 - p) +
+                  tf.pow(mu, 2.0 - p) / (2 - p))
+  raise ValueError(f"expected one of {DEVIANCE_LOSSES}. Received: {name!r}")
 
 
 def import_custom_loss(path: str) -> Callable:
@@ -127,8 +276,72 @@ def import_custom_loss(path: str) -> Callable:
   return fn
 
 
-def reduce_per_sample(values, reduce: str = "mean"):
-  """Reduces `(N, ...)` loss values to `(N,)` over the non-batch axes."""
+# How far from [0, 1], and from a sum of 1, probabilities may be (float32
+# softmax outputs, probabilities written rounded to a few decimals).
+PROBABILITY_TOLERANCE = 1e-6
+ROW_SUM_TOLERANCE = 1e-2
+
+
+class OutputRange(NamedTuple):
+  """What one output's values look like on a sample of examples.
+
+  Attributes:
+    low, high: the smallest and largest value.
+    row_sums: the smallest and largest sum over the class axis, for outputs
+      that are one distribution over classes (softmax-shaped); else None.
+  """
+
+  low: float
+  high: float
+  row_sums: Optional[Tuple[float, float]] = None
+
+  @property
+  def probabilities(self) -> bool:
+    """Whether every value is in [0, 1] and every distribution sums to 1."""
+    unit = (self.low >= -PROBABILITY_TOLERANCE and
+            self.high <= 1 + PROBABILITY_TOLERANCE)
+    if self.row_sums is None:
+      return unit
+    return unit and all(abs(v - 1) <= ROW_SUM_TOLERANCE
+                        for v in self.row_sums)
+
+  def describe(self) -> str:
+    text = f"min {self.low:.4g}, max {self.high:.4g}"
+    if self.row_sums is not None:
+      text += f", row sums {self.row_sums[0]:.4g} to {self.row_sums[1]:.4g}"
+    return text
+
+
+def output_range(values: np.ndarray, distribution: bool
+                 ) -> Optional[OutputRange]:
+  """The `OutputRange` of an output's finite rows; None when none is.
+
+  Args:
+    values: `(N, ..., K)` one output's values on N examples.
+    distribution: whether its last axis holds a distribution over K classes.
+  """
+  values = np.asarray(values, dtype=np.float64)
+  rows = values.reshape(len(values), -1)
+  values = values[np.isfinite(rows).all(axis=1)]
+  if not values.size:
+    return None
+  sums = None
+  if distribution:
+    total = values.sum(axis=-1)
+    sums = (float(total.min()), float(total.max()))
+  return OutputRange(float(values.min()), float(values.max()), sums)
+
+
+def reduce_per_sample(values, reduce: str = "mean", mask=None):
+  """Reduces `(N, ...)` loss values to `(N,)` over the non-batch axes.
+
+  Args:
+    values: `(N, ...)` loss values.
+    reduce: `mean` or `sum`.
+    mask: `(N, ...)` bool, False at the positions a loss ignores
+      (`ignore_class`), or None. A `mean` is then over each example's other
+      positions, as Keras' masked mean is (0 when it has none).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   values = tf.convert_to_tensor(values)
@@ -137,6 +350,10 @@ def reduce_per_sample(values, reduce: str = "mean"):
   axes = tf.range(1, tf.rank(values))
   if reduce == "sum":
     return tf.reduce_sum(values, axis=axes)
+  if mask is not None:
+    kept = tf.cast(tf.reshape(mask, tf.shape(values)), values.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(values * kept, axis=axes),
+                                 tf.reduce_sum(kept, axis=axes))
   return tf.reduce_mean(values, axis=axes)
 
 

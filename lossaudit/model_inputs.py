@@ -10,7 +10,16 @@ cannot be scored and why (`dead_letters.Problem`s). Scoring the rest is
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import (
+  TYPE_CHECKING,
+  Any,
+  Dict,
+  List,
+  Mapping,
+  NamedTuple,
+  Optional,
+  Tuple,
+)
 
 import numpy as np
 import pyarrow as pa
@@ -221,7 +230,8 @@ def _width(shape: Tuple[int, ...]) -> int:
 
 def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
            shape: Tuple[int, ...], dtype: np.dtype,
-           expected: Optional[str] = None) -> Column:
+           expected: Optional[str] = None,
+           size_hints: Optional[Mapping[int, str]] = None) -> Column:
   """Reads column `name` as `(N,) + shape` values of `dtype`.
 
   Args:
@@ -232,6 +242,8 @@ def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
     shape: the per-example shape.
     dtype: numpy dtype of the values.
     expected: the value type messages expect; `dtype`'s name when None.
+    size_hints: `{size: the likely fix}` added to the message of the rows
+      holding that many values (not the expected number).
 
   Returns:
     Values `(N,) + shape`, zero in the rows that are missing, of the wrong
@@ -254,9 +266,15 @@ def _dense(batch: pa.RecordBatch, name: str, what: str, missing: str,
   counts = dense.counts
   problems = [Problem(counts < 0, missing, f"missing {what} {name!r}")]
   wrong = (counts >= 0) & (counts != width)
+  message = f"{what} {name!r} has {{value}} values, expected {width}"
+  for size, hint in (size_hints or {}).items():
+    hinted = wrong & (counts == size)
+    if hinted.any():
+      problems.append(Problem(hinted, WRONG_SIZE, f"{message}: {hint}",
+                              counts))
+      wrong &= ~hinted
   if wrong.any():
-    problems.append(Problem(wrong, WRONG_SIZE, f"{what} {name!r} has {{value}}"
-                            f" values, expected {width}", counts))
+    problems.append(Problem(wrong, WRONG_SIZE, message, counts))
   if dense.not_numbers.any():
     if dense.not_numbers[counts == width].all():
       # Not one value parses: the column's type is wrong, not a value.
@@ -383,7 +401,20 @@ def _labels(batch: pa.RecordBatch, term: LossTerm,
       return _named_labels(batch.num_rows, found, term, class_names)
     return _class_labels(batch, term)
   return _dense(batch, term.label_column, "label", MISSING_LABEL,
-                term.label_shape, np.dtype(term.label_dtype))
+                term.label_shape, np.dtype(term.label_dtype),
+                size_hints=_size_hints(term))
+
+
+def _size_hints(term: LossTerm) -> Dict[int, str]:
+  """The likely fix of labels of the wrong size: class indices with a loss
+  of one-hot labels, or one-hot labels with a loss of class indices."""
+  if term.signals == "categorical":
+    return {1: "class indices (one integer a row) need"
+               " sparse_categorical_crossentropy"}
+  if term.signals == "sparse" and term.num_classes != 1:
+    return {term.num_classes: "one-hot labels (one value per class) need"
+                              " categorical_crossentropy"}
+  return {}
 
 
 def _first_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -414,7 +445,8 @@ def _class_labels(batch: pa.RecordBatch, term: LossTerm) -> Column:
               pa.types.is_null(type_)):
       dtype = np.dtype(np.float64)
   read = _dense(batch, term.label_column, "label", MISSING_LABEL,
-                term.label_shape, dtype, term.label_dtype)
+                term.label_shape, dtype, term.label_dtype,
+                size_hints=_size_hints(term))
   problems = read.problems
   per_row = read.values.reshape(n, _width(term.label_shape))
   classes = f"expected an integer class in [0, {term.num_classes})"
@@ -427,6 +459,9 @@ def _class_labels(batch: pa.RecordBatch, term: LossTerm) -> Column:
           _first_where(per_row, ~integral)))
       per_row = np.where(integral, per_row, 0)
   outside = (per_row < 0) | (per_row >= term.num_classes)
+  if term.ignore_class is not None:
+    outside &= per_row != term.ignore_class
+    classes += f" or ignore_class {term.ignore_class}"
   problems.append(Problem(outside.any(axis=1), LABEL_OUT_OF_RANGE,
                           f"label {{value}} out of range: {classes}",
                           _first_where(per_row, outside)))

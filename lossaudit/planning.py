@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from lossaudit import losses
 from lossaudit.config import AuditConfig
-from lossaudit.errors import ConfigError, describe_error
+from lossaudit.errors import ConfigError, describe_error, first_line
 from lossaudit.model import AuditModel, TensorInfo
 from lossaudit.model_inputs import RAW_RECORD_COLUMN
 from lossaudit.scoring import Feature, LossTerm, ScoringSpec
@@ -215,7 +215,7 @@ def loss_term(model: AuditModel, output: str, name: str, label_column: str,
               args, custom: Optional[str], key: str) -> LossTerm:
   """A loss term, with the label shape and class signals its loss implies.
 
-  A custom loss's labels are given the output's shape here;
+  A custom loss's and CTC's labels are given the output's shape here;
   `probe.fit_custom_labels` gives them the size they have in the data.
   """
   info = model.output(output, f"{key}.output" if key != "loss" else
@@ -228,27 +228,72 @@ def loss_term(model: AuditModel, output: str, name: str, label_column: str,
   shape = tuple(int(d) for d in shape)
   width = int(math.prod(shape)) if shape else 1
   canonical = losses.canonical_loss_name(loss_name)
+  args = dict(args)
+  if not custom:
+    args = _loss_args(canonical, args, len(shape) + 1, f"{key}.args")
   term = dict(output=info.name, name=name, label_column=label_column,
               loss_name=canonical or loss_name, weight=float(weight),
               from_logits=from_logits, reduce=reduce,
-              args=tuple(sorted(dict(args).items())), custom=custom,
+              args=tuple(sorted(args.items())), custom=custom,
               label_shape=shape)
   if custom:
     return LossTerm(**term)
   kind = losses.label_kind(canonical, width)
-  if kind == "sparse":
-    if not shape:
+  if kind in ("sparse", "sequence"):
+    if len(shape) < (2 if kind == "sequence" else 1):
+      expects = "(batch, time, classes)" if kind == "sequence" else (
+          "(batch, ..., classes)")
       raise ConfigError(
-          f"{key}.name: {loss_name!r} expects (batch, ..., classes) model"
-          f" outputs; output {info.name!r} has shape (None,)")
+          f"{key}.name: {loss_name!r} expects {expects} model outputs;"
+          f" output {info.name!r} has shape {(None,) + shape}")
+  if kind == "sparse":
+    per_example = len(shape) == 1 and "ignore_class" not in args
     term.update(label_shape=shape[:-1], label_dtype="int64",
                 num_classes=shape[-1],
-                signals="sparse" if len(shape) == 1 else None)
+                signals="sparse" if per_example else None)
+  elif kind == "sequence":  # CTC: class 0 is the blank, and pads labels.
+    term.update(label_shape=(shape[0],), label_dtype="int64",
+                num_classes=shape[-1])
   elif kind == "categorical" and len(shape) == 1 and shape[0] >= 2:
     term.update(signals="categorical", num_classes=shape[0])
   elif kind == "binary":
     term.update(signals="binary", num_classes=2)
   return LossTerm(**term)
+
+
+def _loss_args(name: str, args: Dict[str, Any], rank: int, key: str
+               ) -> Dict[str, Any]:
+  """`args` of Keras loss `name` on outputs of `rank` (batch axis
+  included), checked: an `axis` must not hold the batch axis, and Dice and
+  Tversky get every other axis when they have none.
+
+  Raises:
+    ConfigError: an `axis` holds the batch axis or is not an axis, or the
+      loss does not take `args`.
+  """
+  if "axis" in args:
+    axes = args["axis"]
+    listed = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+    if not listed or not all(isinstance(a, int) and not isinstance(a, bool)
+                             and -rank <= a < rank for a in listed):
+      raise ConfigError(
+          f"{key}.axis: expected an axis or a list of axes of the outputs,"
+          f" in [{-rank}, {rank}). Received: {axes!r}")
+    if any(a % rank == 0 for a in listed):
+      raise ConfigError(
+          f"{key}.axis: expected axes within one example, 1 to {rank - 1}"
+          f" (or negative): axis 0 is the batch axis, and reducing over it"
+          f" mixes examples. Received: {axes!r}")
+    if isinstance(axes, list):
+      args["axis"] = tuple(axes)
+  elif name in losses.PER_EXAMPLE_AXIS and rank > 1:
+    args["axis"] = tuple(range(1, rank))
+  try:
+    losses.keras_loss(name, False, args)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{key}: {name!r} does not take {args!r}:"
+                      f" {first_line(e)}") from None
+  return args
 
 
 def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],

@@ -21,7 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
-from lossaudit import tfrecord
+from lossaudit import losses, tfrecord
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
 from lossaudit.errors import (
@@ -40,6 +40,7 @@ from lossaudit.model_inputs import (
 from lossaudit.planning import SERIALIZED_EXAMPLES_INPUT
 from lossaudit.scoring import (
   DATA_ERRORS,
+  OUTPUT_PREFIX,
   BatchScorer,
   Feature,
   LossShapeError,
@@ -220,20 +221,25 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
 
 def fit_custom_labels(terms: Sequence[LossTerm], sample: Sample
                       ) -> Tuple[LossTerm, ...]:
-  """`terms`, the labels of each custom loss keeping the size they have in
-  `sample` (when its column is there)."""
+  """`terms`, the labels of each custom loss and of CTC keeping the size
+  they have in `sample` (when its column is there)."""
   return tuple(
       dataclasses.replace(term, label_shape=_custom_label_shape(
-          sample.batch, term.label_column, term.label_shape))
-      if term.custom and term.label_column in sample.columns else term
+          sample.batch, term))
+      if (term.custom or term.loss_name == "ctc") and
+      term.label_column in sample.columns else term
       for term in terms)
 
 
-def _custom_label_shape(batch: pa.RecordBatch, column: str,
-                        out_shape: Tuple[int, ...]) -> Tuple[int, ...]:
-  """Labels of a custom loss keep the size they have in the data."""
-  counts = cols.value_counts(batch.column(column))
+def _custom_label_shape(batch: pa.RecordBatch, term: LossTerm
+                        ) -> Tuple[int, ...]:
+  """Labels of a custom loss keep the size they have in the data; CTC's
+  are `(label length,)`, padded with 0 (its blank class) to one length."""
+  counts = cols.value_counts(batch.column(term.label_column))
   width = int(counts.max()) if len(counts) else 1
+  if term.loss_name == "ctc":
+    return (max(width, 1),)
+  out_shape = term.label_shape
   if width == (int(math.prod(out_shape)) if out_shape else 1):
     return out_shape
   return () if width == 1 else (width,)
@@ -275,9 +281,65 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
         f"input: none of the first {sample.num_rows} records of"
         f" {sample.path} can be scored; first problem: {dead[0]['error']}")
   _check_classes(sample.num_rows, sample.path, dead)
+  if config.loss.from_logits_check:
+    _check_outputs(config, spec, scorer, sample)
   if spec.num_folds:
     _check_every_fold(spec, scorer, sample)
   return scorer.computed_from
+
+
+def _check_outputs(config: AuditConfig, spec: ScoringSpec,
+                   scorer: BatchScorer, sample: Sample) -> None:
+  """Each loss of probabilities gets probabilities, and each of logits
+  gets logits: on the sample's rows, an output read as probabilities must
+  be in [0, 1] and, when it is one distribution over classes, sum to 1; an
+  output read as logits must not look like that.
+
+  Raises:
+    ConfigError: naming `from_logits` (or `model.predictions_kind`) of the
+      term at fault, what was expected and what the outputs hold.
+  """
+  checked = [(key, t) for key, t in zip(_term_keys(config), spec.terms)
+             if not t.custom and t.loss_name in losses.TAKES_PROBABILITIES]
+  if not checked:
+    return
+  read = read_model_inputs(spec, sample.batch)
+  if read.bad.all():
+    return
+  inputs = read.inputs.rows(~read.bad)
+  result = scorer.score_arrays(inputs.features, inputs.labels)
+  for key, term in checked:
+    values = result[OUTPUT_PREFIX + term.output]
+    distribution = (term.loss_name not in losses.BINARY_CLASSIFICATION and
+                    values.ndim > 1 and values.shape[-1] > 1)
+    seen = losses.output_range(values, distribution)
+    if seen is None or seen.probabilities != term.from_logits:
+      continue
+    where = f"in the first {sample.num_rows} records ({seen.describe()})"
+    if spec.predictions_kind:
+      kind = "logits" if term.from_logits else "probabilities"
+      looks = "look like probabilities" if term.from_logits else (
+          "are not probabilities")
+      raise ConfigError(
+          f"model.predictions_kind: expected"
+          f" {'probabilities' if term.from_logits else 'logits'}: the values"
+          f" of {config.model.predictions_column!r} {looks} {where}."
+          f" Received: {kind!r} ({_SKIP})")
+    if term.from_logits:
+      raise ConfigError(
+          f"{key}.from_logits: expected false: output {term.output!r} looks"
+          f" like probabilities {where}. Received: true ({_SKIP})")
+    if term.loss_name not in losses.TAKES_FROM_LOGITS:
+      raise ConfigError(
+          f"{key}.name: {term.loss_name!r} takes probabilities, and output"
+          f" {term.output!r} is not probabilities {where}; expected a softmax"
+          f" output. Received: {term.loss_name!r}")
+    raise ConfigError(
+        f"{key}.from_logits: expected true: output {term.output!r} is not"
+        f" probabilities {where}. Received: false ({_SKIP})")
+
+
+_SKIP = "loss.from_logits_check: false skips this check"
 
 
 FOLD_PROBE_ROWS = 8
@@ -338,6 +400,8 @@ def _build_custom_losses(custom: Sequence[Tuple[str, LossTerm]]) -> None:
       term.build_loss()
     except KeyboardInterrupt:
       raise
+    except losses.LossArgumentsError as e:
+      raise ConfigError(f"{key[:-len('custom')]}args: {e}") from None
     except BaseException as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"{key}: could not build the loss: {describe_error(e)}; expected an"
@@ -346,14 +410,15 @@ def _build_custom_losses(custom: Sequence[Tuple[str, LossTerm]]) -> None:
 
 
 def _cpu_scorer(spec: ScoringSpec, models: Models) -> BatchScorer:
-  """The real scorer of `spec` on `models`, on the CPU.
+  """The real scorer of `spec` on `models`, on the CPU; it returns the
+  model outputs too (`_check_outputs` reads them).
 
   Raises:
     ConfigError: the loss graph cannot be built.
   """
   try:
     return BatchScorer(dataclasses.replace(spec, device="cpu"),
-                       models=models)
+                       models=models, with_outputs=True)
   except (ImportError, AttributeError, TypeError, ValueError) as e:
     key = "loss.custom" if any(t.custom for t in spec.terms) else "loss"
     raise ConfigError(

@@ -83,7 +83,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
       "dead_letter": {"by_reason": dict(sorted(dead_letter_reasons.items()))},
       **(duplicates or Duplicates()).to_dict(),
       "loss": dict({k: v for k, v in loss_stats.items() if k != "cdf"},
-                   computed_from=loss_computed_from),
+                   computed_from=loss_computed_from,
+                   score=config.get("flag", {}).get("score", "loss")),
       "slices": _counts_and_quantiles(sorted(slice_stats.items())),
       **folds,
       "thresholds": thresholds.to_dict(),
@@ -252,6 +253,16 @@ def _fmt(value: Any) -> str:
   if isinstance(value, (list, tuple)):
     return ", ".join(_fmt(v) for v in value)
   return "" if value is None else str(value)
+
+
+def _score_note(loss: Dict) -> str:
+  """Says when the statistics and rules are of the deviance, not the loss."""
+  if loss.get("score") != "deviance":
+    return ""
+  return ('<p class="note">The statistics and loss rules below are of each'
+          " example's unit deviance (<code>flag.score: deviance</code>),"
+          " which is comparable across targets; the losses themselves are in"
+          " <code>losses/</code>.</p>")
 
 
 def _overview(summary: Dict) -> str:
@@ -434,7 +445,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
   columns = [c for c in ("id", "score", "loss", "reasons", "given_label",
                          "given_class", "predicted_label", "predicted_class",
                          "suggested_label", "suggested_class",
-                         "self_confidence", "aum", "region", "fold")
+                         "self_confidence", "target", "prediction",
+                         "error_norm", "deviance", "aum", "region", "fold")
              if any(c in r for r in top_flagged) or c in ("id", "score")]
   flagged = _flagged_table(columns, top_flagged, previews)
   reasons = _table(["reason", "count"],
@@ -491,7 +503,7 @@ its reason. Quantiles are approximate: each is within rank error
 {loss["epsilon"]} of the exact value.</p>
 <h2>Overview</h2>{_overview(summary)}
 <h2>Comparison with the baseline</h2>{_comparison(found)}
-<h2>Loss distribution</h2>
+<h2>Loss distribution</h2>{_score_note(loss)}
 {log_scale_checkbox}
 {_svg_histogram(edges, counts, summary["thresholds"])}
 {_svg_histogram(edges, counts, summary["thresholds"], log=True)}

@@ -59,6 +59,8 @@ DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 # Columns of the scored batches that are not written to losses/.
 SLICE_COLUMN = "__slice__"
 PROBS_COLUMN = "__probs__"
+# Prefix of the model outputs `loss_graph(with_outputs=True)` returns.
+OUTPUT_PREFIX = "output:"
 # The training-dynamics columns of `model.checkpoints`
 # (`losses.training_dynamics`), and the regions of the data map.
 DYNAMICS = ("confidence", "variability", "correctness", "aum")
@@ -124,9 +126,15 @@ class LossTerm:
   signals: Optional[str] = None
   num_classes: Optional[int] = None
 
+  @property
+  def ignore_class(self) -> Optional[int]:
+    """The label Keras' `ignore_class` argument ignores, or None."""
+    return None if self.custom else dict(self.args).get("ignore_class")
+
   def build_loss(self):
     if self.custom:
-      return losses.import_custom_loss(self.custom)
+      return losses.with_arguments(losses.import_custom_loss(self.custom),
+                                   dict(self.args), self.custom)
     return losses.keras_loss(self.loss_name, self.from_logits, dict(self.args))
 
 
@@ -199,6 +207,30 @@ class ScoringSpec:
     return self.classifier is not None
 
   @property
+  def deviance_term(self) -> Optional[LossTerm]:
+    """The one term, when its loss has a unit deviance
+    (`losses.DEVIANCE_LOSSES`); else None."""
+    if len(self.terms) != 1 or self.terms[0].custom:
+      return None
+    term = self.terms[0]
+    return term if term.loss_name in losses.DEVIANCE_LOSSES else None
+
+  @property
+  def target_term(self) -> Optional[LossTerm]:
+    """The first term when it scores values, not classes (regression): its
+    target and prediction go with each row. None otherwise."""
+    term = self.terms[0]
+    if (term.custom or term.signals or term.label_dtype != "float32" or
+        losses.label_kind(term.loss_name, 2) != "regression"):
+      return None
+    return term
+
+  @property
+  def target_width(self) -> int:
+    """Values of one example's target (1 for a scalar)."""
+    return int(np.prod(self.target_term.label_shape, dtype=np.int64))
+
+  @property
   def reads_raw_records(self) -> bool:
     """Whether a model input takes each record's serialized bytes."""
     return any(f.column == RAW_RECORD_COLUMN for f in self.features)
@@ -224,6 +256,12 @@ class ScoringSpec:
       if self.class_names:
         fields += [pa.field("given_class", pa.string()),
                    pa.field("predicted_class", pa.string())]
+    if self.deviance_term:
+      fields.append(pa.field("deviance", pa.float64()))
+      if self.weight_column:
+        fields.append(pa.field("weighted_deviance", pa.float64()))
+    if self.target_term:
+      fields += _target_fields(self.target_width)
     if self.num_folds:
       fields.append(pa.field("fold", pa.int64()))
     if self.dynamics:
@@ -237,6 +275,24 @@ class ScoringSpec:
     return pa.schema(fields)
 
 
+# Targets of at most this many values are written with each row; larger
+# ones (images, sequences) only as the L2 norm of the error.
+MAX_TARGET_WIDTH = 16
+
+
+def _target_fields(width: int) -> List[pa.Field]:
+  """`target` and `prediction` (float64, or fixed-size lists of `width`
+  values), and `error_norm` (`||prediction - target||_2`) for vectors."""
+  if width == 1:
+    return [pa.field("target", pa.float64()),
+            pa.field("prediction", pa.float64())]
+  fields = []
+  if width <= MAX_TARGET_WIDTH:
+    fields = [pa.field(name, pa.list_(pa.float64(), width))
+              for name in ("target", "prediction")]
+  return fields + [pa.field("error_norm", pa.float64())]
+
+
 class LossShapeError(ValueError):
   """A loss that does not give one value per example."""
 
@@ -246,7 +302,8 @@ class LossShapeError(ValueError):
 
 
 def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
-               traced: Optional[Dict[str, str]] = None) -> Callable[..., Any]:
+               traced: Optional[Dict[str, str]] = None,
+               with_outputs: bool = False) -> Callable[..., Any]:
   """The spec's losses on the predictions of `models`, as one traced function.
 
   Its batch axis is unknown, so batches of any size reuse one graph. Builds
@@ -259,6 +316,8 @@ def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
       last's, the training dynamics everyone's.
     traced: when the function is traced, `traced["computed_from"]` is set
       to `computed_from` of the (last model's) predictions.
+    with_outputs: whether to return each term's model output `(N, ...)` as
+      `OUTPUT_PREFIX + output` too (the pre-run check reads them).
 
   Returns:
     A `tf.function` of `(features, labels)`: `{model input: (N,) + shape}`
@@ -284,14 +343,14 @@ def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
   # A partial, not a closure: TensorFlow counts the traces of closures of
   # one code together, and warns of retracing at the fifth fold's graph.
   graph = functools.partial(_loss_outputs, spec, tuple(models), loss_fns,
-                            traced)
+                            traced, with_outputs)
   return tf.function(graph, input_signature=[feature_specs, label_specs],
                      autograph=False)
 
 
 def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
                   loss_fns: List[Callable], traced: Optional[Dict[str, str]],
-                  features: Mapping[str, tf.Tensor],
+                  with_outputs: bool, features: Mapping[str, tf.Tensor],
                   labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """The body of `loss_graph`'s function."""
   every = [model(features) for model in models]
@@ -302,6 +361,17 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
       list(features.values()) +
       [predictions[term.output] for term in spec.terms])}
   outputs.update(_term_losses(spec.terms, loss_fns, labels, predictions))
+  if with_outputs:
+    outputs.update({OUTPUT_PREFIX + t.output: predictions[t.output]
+                    for t in spec.terms})
+  if spec.deviance_term:
+    term = spec.deviance_term
+    outputs["deviance"] = losses.reduce_per_sample(losses.unit_deviance(
+        term.loss_name, labels[term.name], predictions[term.output],
+        dict(term.args)), term.reduce)
+  if spec.target_term:
+    outputs.update(_targets(labels[spec.target_term.name],
+                            predictions[spec.target_term.output]))
   if spec.classifier:
     term = spec.classifier
     outputs.update(_class_signals(term, labels[term.name],
@@ -395,13 +465,25 @@ def _term_losses(terms: Tuple[LossTerm, ...], loss_fns: List[Callable],
   outputs = {}
   total = None
   for term, loss_fn in zip(terms, loss_fns):
+    label = labels[term.name]
+    kept = None if term.ignore_class is None else tf.not_equal(
+        label, tf.cast(term.ignore_class, label.dtype))
     part = losses.reduce_per_sample(
-        loss_fn(labels[term.name], predictions[term.output]), term.reduce)
+        loss_fn(label, predictions[term.output]), term.reduce, kept)
     outputs[f"loss_{term.name}"] = part
     weighted = part if term.weight == 1 else part * term.weight
     total = weighted if total is None else total + weighted
   outputs["loss"] = total
   return outputs
+
+
+def _targets(label: tf.Tensor, y_pred: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """`target` and `prediction` `(N, W)` float64, and `error_norm` `(N,)`."""
+  rows = tf.shape(y_pred)[0]
+  target = tf.reshape(tf.cast(label, tf.float64), [rows, -1])
+  prediction = tf.reshape(tf.cast(y_pred, tf.float64), [rows, -1])
+  return {"target": target, "prediction": prediction,
+          "error_norm": tf.norm(prediction - target, axis=1)}
 
 
 def _class_signals(term: LossTerm, label: tf.Tensor, y_pred: tf.Tensor,
@@ -466,7 +548,8 @@ def _nan_where_not_finite(result: Dict[str, np.ndarray]
   finite = result.pop("finite")
   dynamics = result.pop("dynamics_finite", finite) & finite
   if not finite.all():
-    for key in [k for k in result if k == "loss" or k.startswith("loss_")]:
+    for key in [k for k in result
+                if k in ("loss", "deviance") or k.startswith("loss_")]:
       result[key] = np.where(finite, result[key], np.nan)
   if not dynamics.all():
     for key in DYNAMICS:
@@ -495,11 +578,14 @@ class BatchScorer:
       memory.
     models: already loaded models `[fold][checkpoint]` (`load_models`), in
       place of `model`.
+    with_outputs: whether `score_arrays` returns the model outputs too (see
+      `loss_graph`).
   """
 
   def __init__(self, spec: ScoringSpec, model: Optional[AuditModel] = None,
                model_checked: bool = False, max_rows: Optional[int] = None,
-               models: Optional[Sequence[Sequence[AuditModel]]] = None):
+               models: Optional[Sequence[Sequence[AuditModel]]] = None,
+               with_outputs: bool = False):
     self.spec = spec
     self.model_checked = model_checked
     self.max_rows = max_rows
@@ -513,7 +599,7 @@ class BatchScorer:
         models = ((model,),) if model is not None else spec_models(spec)
       self.models = models
       # One graph per fold; each holds every checkpoint's model.
-      self._scores = [loss_graph(spec, group, self._traced)
+      self._scores = [loss_graph(spec, group, self._traced, with_outputs)
                       for group in models]
 
   @property
@@ -739,6 +825,13 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
       names = pa.array(spec.class_names, pa.string())
       arrays["given_class"] = names.take(arrays["given_label"])
       arrays["predicted_class"] = names.take(arrays["predicted_label"])
+  if spec.deviance_term:
+    deviance = result["deviance"].astype(np.float64)
+    arrays["deviance"] = pa.array(deviance)
+    if spec.weight_column:
+      arrays["weighted_deviance"] = pa.array(deviance * inputs.weights)
+  if spec.target_term:
+    arrays.update(_target_arrays(result, spec.target_width))
   if spec.num_folds:
     arrays["fold"] = pa.array(inputs.folds.astype(np.int64))
   if spec.dynamics:
@@ -755,3 +848,18 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
   return pa.RecordBatch.from_arrays(list(arrays.values()),
                                     schema=spec.scored_schema())
 
+
+def _target_arrays(result: Mapping[str, np.ndarray], width: int
+                   ) -> Dict[str, pa.Array]:
+  """The `_target_fields` columns of `result`'s `(N, width)` targets and
+  predictions."""
+  if width == 1:
+    return {name: pa.array(result[name].reshape(-1))
+            for name in ("target", "prediction")}
+  arrays = {}
+  if width <= MAX_TARGET_WIDTH:
+    arrays = {name: pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ascontiguousarray(result[name]).reshape(-1)), width)
+              for name in ("target", "prediction")}
+  arrays["error_norm"] = pa.array(result["error_norm"])
+  return arrays

@@ -247,8 +247,10 @@ def _singleton(pcoll: Optional[beam.PCollection]):
 
 
 def _loss_column(config: AuditConfig) -> str:
-  """The loss column the statistics and rules read."""
-  return "weighted_loss" if config.stats.weighted else "loss"
+  """The column the statistics and rules read: `flag.score` (`loss` or
+  `deviance`), weighted with `stats.weighted`."""
+  score = config.flag.score
+  return f"weighted_{score}" if config.stats.weighted else score
 
 
 def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,

@@ -51,3 +51,10 @@ def per_sample_nll_branching(y_true, y_pred):
   if tf.reduce_min(y_pred) < 0.0:
     y_pred = tf.nn.softmax(y_pred)
   return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+
+def generalized_nll(y_true, y_pred, q=0.7):
+  """Right, and takes an argument: the generalized crossentropy
+  `(1 - p^q) / q` of the given class (`loss.args: {q: ...}`)."""
+  p = tf.gather(y_pred, tf.cast(y_true, tf.int32), axis=1, batch_dims=1)
+  return (1.0 - tf.pow(p, q)) / q

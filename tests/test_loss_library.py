@@ -169,6 +169,20 @@ def test_scorer_matches_keras(heads, tmp_path, name, cls_name, output, label,
                              rtol=1e-6, atol=1e-7)
   term = plan.spec.terms[0]
   assert ("given_label" in scored.schema.names) == (term.signals is not None)
+  if plan.spec.target_term:  # Regression: its target and prediction too.
+    width = int(np.prod(y_true.shape[1:]))
+    target = y_true.reshape(N, width).astype(np.float64)
+    prediction = np.asarray(y_pred, np.float64).reshape(N, width)
+    np.testing.assert_allclose(
+        scored.column("error_norm" if width > 1 else "target").to_numpy(),
+        np.linalg.norm(prediction - target, axis=1) if width > 1 else
+        target[:, 0], rtol=1e-6)
+    if width <= 16:
+      got = np.stack(scored.column("prediction").to_pylist()).reshape(
+          N, width)
+      np.testing.assert_allclose(got, prediction, rtol=1e-6)
+  else:
+    assert "target" not in scored.schema.names
 
 
 # Every loss `loss.name` takes, as Keras names its loss function.
@@ -182,8 +196,27 @@ KERAS_LOSSES = (
 )
 
 
+# Keras losses with per-sample values that need their own shapes or
+# arguments (tests/test_keras_losses_test.py runs Keras' own cases on them),
+# and lossaudit's own positive-regression losses.
+OTHER_KERAS_LOSSES = ("dice", "tversky", "ctc",
+                      "categorical_generalized_cross_entropy")
+OWN_LOSSES = ("gamma", "tweedie")
+
+
 def test_the_supported_losses_are_the_keras_losses_checked_here():
-  assert sorted(losses.SUPPORTED_LOSSES) == sorted(KERAS_LOSSES)
+  assert sorted(losses.SUPPORTED_LOSSES) == sorted(
+      KERAS_LOSSES + OTHER_KERAS_LOSSES + OWN_LOSSES)
+
+
+def test_every_keras_loss_class_is_supported_or_refused_with_a_reason():
+  classes = {name for name in dir(keras.losses)
+             if name[0].isupper() and name != "Loss"}
+  supported = {name for name in classes
+               if losses.canonical_loss_name(name) is not None}
+  refused = classes - supported
+  assert {name.lower() for name in refused} == set(losses.NOT_PER_SAMPLE)
+  assert len(supported) == len(KERAS_LOSSES + OTHER_KERAS_LOSSES)
 
 
 def _keras_function(name, from_logits, y_true, y_pred, reduce):

@@ -237,9 +237,9 @@ def test_set_up_errors(tmp_path, models, data):
 
 
 def test_plan_of_folds_checkpoints_and_predictions(tmp_path, models, data):
+  logits = np.random.default_rng(2).normal(0, 3, N * NUM_CLASSES)
   pattern = _parquet(tmp_path, data, p=pa.FixedSizeListArray.from_arrays(
-      pa.array(np.full(N * NUM_CLASSES, 1 / NUM_CLASSES, np.float32)),
-      NUM_CLASSES))
+      pa.array(logits.astype(np.float32)), NUM_CLASSES))
   plan = preflight.plan(_config(pattern, {
       "path": str(models / "fold{fold}.keras"), "folds": 3},
       input={"fold_column": "fold"}))

@@ -23,7 +23,8 @@ from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.label_issues import class_arrays
 
 _CARRIED = ("given_label", "predicted_label", "self_confidence",
-            "given_class", "predicted_class", "fold", "aum", "region")
+            "given_class", "predicted_class", "target", "prediction",
+            "error_norm", "deviance", "fold", "aum", "region")
 _AUM_RULES = ("aum_quantile", "aum_below")
 
 
