@@ -109,7 +109,13 @@ def compare(current: Dict, baseline: Optional[Dict], *,
     vocabulary, else the baseline's), or is None without a vocabulary.
   """
   quantiles = {}
-  if baseline is not None:
+  skipped = "; skipped: no baseline run"
+  if baseline is not None and score_of(baseline) != score_of(current):
+    skipped = (f"; skipped: the baseline's quantiles are of the"
+               f" {score_of(baseline)}, this run's of the {score_of(current)}"
+               f" (flag.score)")
+  elif baseline is not None:
+    skipped = ""
     for q, value in current["loss"]["quantiles"].items():
       before = baseline["loss"]["quantiles"].get(q)
       quantiles[q] = dict(_change(before, value),
@@ -135,8 +141,7 @@ def compare(current: Dict, baseline: Optional[Dict], *,
         "max_quantile_shift", max_quantile_shift,
         shifts[worst] if worst else None,
         "the largest |current - baseline| / |baseline| over the loss"
-        " quantiles" + ("" if baseline is not None else
-                        "; skipped: no baseline run"),
+        " quantiles" + skipped,
         quantile=worst))
   return {
       "baseline": baseline_dir,
@@ -153,6 +158,12 @@ def compare(current: Dict, baseline: Optional[Dict], *,
       "gates": gates,
       "passed": all(g["passed"] for g in gates),
   }
+
+
+def score_of(summary: Dict) -> str:
+  """What a summary's loss statistics are of: `loss` or `deviance`
+  (`flag.score`; summaries from before it are of the loss)."""
+  return summary["loss"].get("score") or "loss"
 
 
 def _quantile_key(q: float, summary: Dict) -> str:

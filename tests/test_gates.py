@@ -59,6 +59,19 @@ def test_quantile_shift_gate_watches_only_the_chosen_quantiles():
   assert upper["quantiles"]["0.01"]["shift"] == pytest.approx(2.0)
 
 
+def test_quantiles_of_the_loss_and_of_the_deviance_are_not_compared():
+  baseline = _summary({"0.9": 1.0}, 10)  # From before flag.score: the loss.
+  current = _summary({"0.9": 40.0}, 10)
+  current["loss"]["score"] = "deviance"
+  found = drift.compare(current, baseline, max_quantile_shift=0.5)
+  assert found["quantiles"] == {}
+  gate = found["gates"][0]
+  assert gate["value"] is None and gate["passed"]
+  assert gate["what"].endswith(
+      "; skipped: the baseline's quantiles are of the loss, this run's of"
+      " the deviance (flag.score)")
+
+
 def test_shift_quantiles_must_be_configured_quantiles():
   from lossaudit.config import AuditConfig
   from lossaudit.errors import ConfigError
