@@ -690,6 +690,9 @@ class GateConfig:
            check=_check_baseline), None)
   max_flagged_fraction: Optional[float] = _field(_number(0, 1), None)
   max_quantile_shift: Optional[float] = _field(_number(0), None)
+  # Fail when the flags the baseline did not have, over examples_scored,
+  # exceed it (flag history: gate.baseline).
+  max_new_flagged_fraction: Optional[float] = _field(_number(0, 1), None)
   # The quantiles `max_quantile_shift` watches (null: all of stats.quantiles).
   # Low quantiles of a good model are near 0, where any change is large.
   shift_quantiles: Optional[Sequence[float]] = _field(

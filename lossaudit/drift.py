@@ -7,7 +7,7 @@ by `lossaudit run` when a gate or `gate.baseline` is set.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from lossaudit.flag_counts import FlagCounts
 
@@ -20,16 +20,42 @@ class Baseline(NamedTuple):
   Attributes:
     dir: its `output.dir`.
     summary: its `summary.json`.
+    flagged_files: its `flagged/` Parquet files (copies in this run's
+      scratch when the baseline is this run's own `output.dir`).
   """
 
   dir: str
   summary: Dict
+  flagged_files: Tuple[str, ...] = ()
+
+  @property
+  def run_id(self) -> str:
+    return str(self.summary.get("run_id") or "")
 
 
 def flagged_rate(summary: Dict) -> float:
   """`flagged.total / examples_scored` (0 for an empty run)."""
   scored = summary["examples_scored"]
   return summary["flagged"]["total"] / scored if scored else 0.0
+
+
+def new_flagged_rate(summary: Dict) -> Optional[float]:
+  """`flagged.new / examples_scored`, or None without flag history."""
+  new = summary["flagged"].get("new")
+  if new is None:
+    return None
+  scored = summary["examples_scored"]
+  return new / scored if scored else 0.0
+
+
+def flag_history(summary: Dict) -> Optional[Dict[str, int]]:
+  """`{new, persistent, resolved, baseline_not_scored}` of a summary made
+  with flag history, or None."""
+  flagged = summary["flagged"]
+  if flagged.get("new") is None:
+    return None
+  return {k: flagged.get(k) for k in ("new", "persistent", "resolved",
+                                      "baseline_not_scored")}
 
 
 def dead_letter_rate(summary: Dict) -> float:
@@ -86,6 +112,7 @@ def compare(current: Dict, baseline: Optional[Dict], *,
             max_flagged_fraction: Optional[float] = None,
             max_quantile_shift: Optional[float] = None,
             shift_quantiles: Optional[Sequence[float]] = None,
+            max_new_flagged_fraction: Optional[float] = None,
             current_dir: Optional[str] = None,
             baseline_dir: Optional[str] = None) -> Dict:
   """The `drift.json` document.
@@ -99,11 +126,14 @@ def compare(current: Dict, baseline: Optional[Dict], *,
     max_quantile_shift: fail when any loss quantile moves by more than this
       fraction of its baseline value.
     shift_quantiles: the quantiles that gate watches; None: all.
+    max_new_flagged_fraction: fail when `flagged.new / examples_scored`
+      (flag history) exceeds it; skipped without a baseline.
     current_dir, baseline_dir: where the summaries came from, for the record.
 
   Returns:
     `{"baseline", "current", "quantiles", "flagged_rate", "dead_letter_rate",
-    "label_issue_rate", "class_names", "gates", "passed"}`; each gate has
+    "label_issue_rate", "class_names", "flag_history", "gates", "passed"}`;
+    `flag_history` is `flag_history(current)`; each gate has
     its `limit`, `value`, `passed` and `exceeded_by`; `class_names` names
     the class ids of `label_issue_rate` (`{id: name}`, the current run's
     vocabulary, else the baseline's), or is None without a vocabulary.
@@ -143,6 +173,16 @@ def compare(current: Dict, baseline: Optional[Dict], *,
         "the largest |current - baseline| / |baseline| over the loss"
         " quantiles" + skipped,
         quantile=worst))
+  if max_new_flagged_fraction is not None:
+    history = flag_history(current)
+    why = ("; skipped: no baseline run" if baseline is None else
+           "; skipped: this run has no flag history (gate.baseline)"
+           if history is None else "")
+    gates.append(_gate(
+        "max_new_flagged_fraction", max_new_flagged_fraction,
+        None if why else new_flagged_rate(current),
+        "flagged.new / examples_scored: flags the baseline did not have"
+        + why))
   return {
       "baseline": baseline_dir,
       "current": current_dir,
@@ -155,6 +195,7 @@ def compare(current: Dict, baseline: Optional[Dict], *,
           dead_letter_rate(current)),
       "label_issue_rate": label_rates,
       "class_names": class_names(current) or class_names(baseline),
+      "flag_history": flag_history(current),
       "gates": gates,
       "passed": all(g["passed"] for g in gates),
   }

@@ -8,7 +8,7 @@ ids are counted with Arrow's `value_counts`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,14 +26,6 @@ def hash_buckets(ids: pa.Array, num_buckets: int = NUM_BUCKETS) -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
   return tf.strings.to_hash_bucket_fast(
       ids.to_numpy(zero_copy_only=False), num_buckets).numpy()
-
-
-def split_by_bucket(ids: pa.Array, num_buckets: int = NUM_BUCKETS
-                    ) -> Iterable[Tuple[int, pa.Array]]:
-  """`(bucket, the ids (M,) of `ids` (N,) in that bucket)` per bucket used."""
-  buckets = hash_buckets(ids, num_buckets)
-  for bucket in np.unique(buckets):
-    yield int(bucket), ids.filter(pa.array(buckets == bucket))
 
 
 @dataclasses.dataclass

@@ -21,11 +21,12 @@ from lossaudit.errors import ConfigError
 LOSSES = "losses"
 FLAGGED = "flagged"
 DEAD_LETTER = "dead_letter"
+RESOLVED = "resolved"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 DRIFT = "drift.json"
 SCRATCH = ".scratch"
-SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER)
+SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER, RESOLVED)
 TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT)
 
 
@@ -117,6 +118,12 @@ def join(directory: str, *parts: str) -> str:
 def shard_prefix(directory: str, kind: str) -> str:
   """`DIR/losses/part`: Beam appends `-SSSSS-of-NNNNN.parquet`."""
   return join(directory, kind, "part")
+
+
+def shard_files(directory: str, kind: str) -> list:
+  """The `part-*` files under `DIR/KIND/`, sorted."""
+  found = FileSystems.match([shard_prefix(directory, kind) + "-*"])[0]
+  return sorted(m.path for m in found.metadata_list)
 
 
 def scratch_prefix(directory: str, run_id: str, kind: str) -> str:

@@ -319,12 +319,15 @@ class Claim:
     self._released = False
 
   def clear_previous(self) -> List[str]:
-    """Deletes the outputs of earlier runs (by name) and writes the marker.
+    """Deletes the outputs of earlier runs (by name), not this run's
+    scratch, and writes the marker.
 
     Returns:
       The paths deleted.
     """
-    deleted = remove_own_files(self.directory, lambda rel: True)
+    own_scratch = f"{outputs.SCRATCH}/{self.run.run_id}/"
+    deleted = remove_own_files(
+        self.directory, lambda rel: not rel.startswith(own_scratch))
     outputs.write_text(outputs.join(self.directory, MARKER),
                        self.run.to_json().decode("utf-8") + "\n")
     return deleted

@@ -313,6 +313,30 @@ def _comparison(found: Optional[Dict]) -> str:
           + gates + rates + "<h3>Loss quantiles</h3>" + shifts + label)
 
 
+def _history_section(summary: Dict, columns: Sequence[str],
+                     top_new: Sequence[Dict[str, Any]]) -> str:
+  """New, persistent and resolved flags, and the top new ones; empty
+  without flag history."""
+  counts = drift.flag_history(summary)
+  if counts is None:
+    return ""
+  baseline = (summary.get("flag_history") or {}).get("baseline")
+  note = ("" if baseline else "<p>No baseline run yet: every flag is"
+          " new.</p>")
+  table = _table(["new", "persistent", "resolved", "baseline flags not"
+                  " scored"],
+                 [[counts["new"], counts["persistent"], counts["resolved"],
+                   counts["baseline_not_scored"]]], "flag-history")
+  new = (_table(columns, [[row.get(c) for c in columns] for row in top_new],
+                "new-flags") if top_new else "<p>No new flags.</p>")
+  return (f"<h2>Flag history</h2>{note}<p>New: flagged now, not in the"
+          " baseline run; persistent: flagged in both (first_flagged is the"
+          " run where the streak began); resolved: flagged in the baseline,"
+          " scored now and no longer flagged (listed under"
+          f" <code>resolved/</code>).</p>{table}"
+          f"<h3>New flags (top {len(top_new)})</h3>{new}")
+
+
 def _label_issues(summary: Dict) -> str:
   label_issues = summary.get("label_issues")
   if not label_issues:
@@ -410,7 +434,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                   previews: Optional[Previews] = None,
                   data_map: Optional[DataMap] = None,
                   easy_confidence: float = 0.5,
-                  ambiguous_variability: float = 0.2) -> str:
+                  ambiguous_variability: float = 0.2,
+                  top_new_flagged: Sequence[Dict[str, Any]] = ()) -> str:
   """A self-contained HTML page (inline SVG and CSS, no script, no network).
 
   Args:
@@ -424,6 +449,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
       map" section; None (no section) without `model.checkpoints`.
     easy_confidence, ambiguous_variability: the region bounds drawn on the
       data map (`dynamics.*`).
+    top_new_flagged: the highest-scored flags the baseline did not have
+      (flag history), shown first.
   """
   loss = summary["loss"]
   edges, counts = _histogram(cdf, loss["count"])
@@ -442,13 +469,15 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
     fold_html = ("<h2>Folds</h2><p>Each example was scored by the model of"
                  " its held-out fold: its count and loss quantiles.</p>" +
                  _quantile_table("fold", summary["folds"], "folds"))
-  columns = [c for c in ("id", "score", "loss", "reasons", "given_label",
+  columns = [c for c in ("id", "score", "loss", "reasons", "status",
+                         "first_flagged", "times_flagged", "given_label",
                          "given_class", "predicted_label", "predicted_class",
                          "suggested_label", "suggested_class",
                          "self_confidence", "target", "prediction",
                          "error_norm", "deviance", "aum", "region", "fold")
              if any(c in r for r in top_flagged) or c in ("id", "score")]
   flagged = _flagged_table(columns, top_flagged, previews)
+  history_html = _history_section(summary, columns, top_new_flagged)
   reasons = _table(["reason", "count"],
                    list(summary["flagged"]["by_reason"].items()), "reasons")
   thresholds = _table(
@@ -503,7 +532,7 @@ its reason. Quantiles are approximate: each is within rank error
 {loss["epsilon"]} of the exact value.</p>
 <h2>Overview</h2>{_overview(summary)}
 <h2>Comparison with the baseline</h2>{_comparison(found)}
-<h2>Loss distribution</h2>{_score_note(loss)}
+{history_html}<h2>Loss distribution</h2>{_score_note(loss)}
 {log_scale_checkbox}
 {_svg_histogram(edges, counts, summary["thresholds"])}
 {_svg_histogram(edges, counts, summary["thresholds"], log=True)}

@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options import pipeline_options as beam_options
@@ -209,6 +211,10 @@ def run(argv: Optional[Sequence[str]] = None,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
   try:
     baseline = _baseline(config.gate.baseline, template)
+    if baseline is not None and _same_dir(baseline.dir, config.output.dir):
+      # Its flags are cleared with the earlier outputs before the run.
+      baseline = _keep_flags(baseline, outputs.scratch_prefix(
+          config.output.dir, run_id, "baseline-flagged"))
     # TensorFlow loads here, once the config is known to be good: a bad one
     # is told in a second, without TensorFlow's start-up lines before it.
     from lossaudit import preflight  # pylint: disable=g-import-not-at-top
@@ -293,8 +299,32 @@ def _baseline(baseline: Optional[str], template: str
     if directory is None:
       return None
     baseline = directory
-  return drift.Baseline(baseline,
-                        outputs.read_summary(baseline, "gate.baseline"))
+  summary = outputs.read_summary(baseline, "gate.baseline")
+  flagged = outputs.shard_files(baseline, outputs.FLAGGED)
+  if not flagged and summary["flagged"]["total"]:
+    raise ConfigError(
+        f"gate.baseline: expected the {outputs.FLAGGED}/ files of its"
+        f" {summary['flagged']['total']} flagged examples (flag history)."
+        f" Received: {baseline!r}, with none")
+  return drift.Baseline(baseline, summary, tuple(flagged))
+
+
+def _same_dir(a: str, b: str) -> bool:
+  if FileSystems.get_scheme(a) or FileSystems.get_scheme(b):
+    return a.rstrip("/") == b.rstrip("/")
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _keep_flags(baseline: drift.Baseline, prefix: str) -> drift.Baseline:
+  """`baseline` with its `flagged/` files copied to `prefix-*` (scratch)."""
+  copies = []
+  for i, path in enumerate(baseline.flagged_files):
+    copies.append(f"{prefix}-{i:05d}.parquet")
+    plain = CompressionTypes.UNCOMPRESSED
+    with FileSystems.open(path, compression_type=plain) as source, \
+        FileSystems.create(copies[-1], compression_type=plain) as copy:
+      shutil.copyfileobj(source, copy, 1 << 20)
+  return baseline._replace(flagged_files=tuple(copies))
 
 
 class _StopOnSignals:

@@ -12,9 +12,18 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
 from lossaudit import drift, outputs, ownership
 from lossaudit.config import GateConfig
 from lossaudit.errors import ConfigError, short_repr
+from lossaudit.history import HistoryCounts
+
+_PLAIN = CompressionTypes.UNCOMPRESSED
 
 # lossaudit's own file names that --output must not take (drift.json is what
 # it writes).
@@ -37,6 +46,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--max-quantile-shift", type=float, default=None,
                       help="fail when a loss quantile moves by more than this"
                       " fraction (default: the current run's gate config)")
+  parser.add_argument("--max-new-flagged-fraction", type=float,
+                      default=None, help="fail when flags the baseline did"
+                      " not have, over examples_scored, exceed it (default:"
+                      " the current run's gate config)")
   parser.add_argument("--shift-quantiles", type=float, nargs="+",
                       default=None, help="the quantiles --max-quantile-shift"
                       " watches (default: the current run's gate config, or"
@@ -62,17 +75,67 @@ def compare_runs(args: argparse.Namespace) -> dict:
       max_quantile_shift=_pick(args.max_quantile_shift,
                                configured.get("max_quantile_shift")),
       shift_quantiles=_pick(args.shift_quantiles,
-                            configured.get("shift_quantiles")))
+                            configured.get("shift_quantiles")),
+      max_new_flagged_fraction=_pick(
+          args.max_new_flagged_fraction,
+          configured.get("max_new_flagged_fraction")))
   if args.shift_quantiles is not None or (
       gate.max_quantile_shift is not None and gate.shift_quantiles):
     key = ("--shift-quantiles" if args.shift_quantiles is not None else
            "gate.shift_quantiles")
     check_shift_quantiles(key, gate.shift_quantiles, baseline, current)
+  recorded = (current.get("flag_history") or {}).get("baseline")
+  if recorded is None or recorded.rstrip("/") != args.baseline.rstrip("/"):
+    counts = history_of_dirs(args.baseline, baseline, args.current, current)
+    flagged = {k: v for k, v in current["flagged"].items() if k not in (
+        "new", "persistent", "resolved", "baseline_not_scored")}
+    current = dict(current, flagged=dict(
+        flagged, **(counts.to_dict() if counts else {})))
   return drift.compare(
       current, baseline, max_flagged_fraction=gate.max_flagged_fraction,
       max_quantile_shift=gate.max_quantile_shift,
-      shift_quantiles=gate.shift_quantiles, current_dir=args.current,
-      baseline_dir=args.baseline)
+      shift_quantiles=gate.shift_quantiles,
+      max_new_flagged_fraction=gate.max_new_flagged_fraction,
+      current_dir=args.current, baseline_dir=args.baseline)
+
+
+def _ids(files: Sequence[str]) -> pa.ChunkedArray:
+  """The `id` column of Parquet `files`."""
+  chunks = []
+  for path in files:
+    with FileSystems.open(path, compression_type=_PLAIN) as f:
+      chunks += pq.read_table(f, columns=["id"]).column("id").chunks
+  return pa.chunked_array(chunks, pa.string())
+
+
+def history_of_dirs(baseline_dir: str, baseline: Dict, current_dir: str,
+                    current: Dict) -> Optional[HistoryCounts]:
+  """New, persistent and resolved flags of two runs' outputs, by id.
+
+  A run made with another baseline (or none) has no history against this
+  one, so it is worked out here from the `flagged/` ids of both runs and
+  the current `losses/` ids (read one file at a time against the baseline's
+  flagged ids; without `losses/`, no flag counts as resolved). None when a
+  run with flags has no `flagged/` files.
+  """
+  files = [outputs.shard_files(baseline_dir, outputs.FLAGGED),
+           outputs.shard_files(current_dir, outputs.FLAGGED)]
+  if any(not found and summary["flagged"]["total"]
+         for found, summary in zip(files, (baseline, current))):
+    return None
+  base = pc.unique(_ids(files[0]))
+  now = _ids(files[1])
+  in_base = pc.is_in(now, value_set=base)
+  persistent = int(pc.sum(in_base).as_py() or 0)
+  gone = pc.filter(base, pc.invert(pc.is_in(base, value_set=pc.unique(now))))
+  scored = 0
+  for path in outputs.shard_files(current_dir, outputs.LOSSES):
+    ids = _ids([path])
+    hit = pc.unique(pc.filter(ids, pc.is_in(ids, value_set=gone)))
+    gone = pc.filter(gone, pc.invert(pc.is_in(gone, value_set=hit)))
+    scored += len(hit)
+  return HistoryCounts(new=len(now) - persistent, persistent=persistent,
+                       resolved=scored, not_scored=len(gone))
 
 
 def _pick(given, configured):
@@ -144,6 +207,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     worst = max(shifts, key=shifts.get)
     print(f"lossaudit: largest quantile shift: q{worst} moved"
           f" {shifts[worst]:.2%}")
+  flags = found["flag_history"]
+  if flags:
+    print(f"lossaudit: flags: {flags['new']} new, {flags['persistent']}"
+          f" persistent, {flags['resolved']} resolved")
   for g in found["gates"]:
     verdict = "passed" if g["passed"] else "FAILED"
     print(f"lossaudit: gate {g['gate']}: {verdict}"

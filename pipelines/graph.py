@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
+import pyarrow.compute as pc
 
 from lossaudit import dead_letters, drift, outputs, preflight
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.flag_counts import FlagCounts
+from lossaudit.history import NEW, RESOLVED_SCHEMA, with_history_schema
 from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
 from lossaudit.stats import rule_thresholds
@@ -25,6 +27,12 @@ from lossaudit.transforms.flag import (
   FlagExamples,
   count_reasons,
   flagged_schema,
+)
+from lossaudit.transforms.history import (
+  COUNTS,
+  RESOLVED,
+  FlagHistory,
+  HistoryInputs,
 )
 from lossaudit.transforms.label_issues import FindLabelIssues, ScoredBatches
 from lossaudit.transforms.previews import (
@@ -71,8 +79,9 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   read = _read(p, config, plan)
   scored = _score(read, config, plan, runner)
   rules = _rules(scored, config, plan, scratch)
-  _write(p, config, plan, read, scored, rules, run=dict(run, runner=runner),
-         baseline=baseline)
+  history = _history(scored, rules, config, plan, run, baseline)
+  _write(p, config, plan, read, scored, rules, history,
+         run=dict(run, runner=runner), baseline=baseline)
 
 
 class _Read(NamedTuple):
@@ -207,6 +216,37 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
   return _Flagged(statistics, thresholds, flagged)
 
 
+class _History(NamedTuple):
+  """What `_history` gives (see `FlagHistory`).
+
+  Attributes:
+    flagged: the flagged rows with `status`, `first_flagged`,
+      `times_flagged`.
+    resolved: the baseline's flags no longer flagged today.
+    counts: one `HistoryCounts`.
+  """
+
+  flagged: beam.PCollection
+  resolved: beam.PCollection
+  counts: beam.PCollection
+
+
+def _history(scored: _Scored, rules: _Flagged, config: AuditConfig,
+             plan: preflight.Plan, run: Dict,
+             baseline: Optional[drift.Baseline]) -> Optional[_History]:
+  """Today's flags joined with the baseline's by id, when `gate.baseline`
+  is set (no baseline run yet: every flag is new); else None."""
+  if config.gate.baseline is None:
+    return None
+  joined = HistoryInputs(flagged=rules.flagged, scored=scored.batches) | (
+      "FlagHistory" >> FlagHistory(
+          outputs.scratch_prefix(config.output.dir, run["run_id"], "history"),
+          flagged_schema(plan.spec.scored_schema()),
+          baseline.flagged_files if baseline else (),
+          baseline.run_id if baseline else "", run["run_id"]))
+  return _History(joined["flagged"], joined[RESOLVED], joined[COUNTS])
+
+
 def _statistics(scored: beam.PCollection, config: AuditConfig,
                 plan: preflight.Plan) -> _Statistics:
   """The loss statistics of the scored batches, globally and per slice, and
@@ -254,16 +294,21 @@ def _loss_column(config: AuditConfig) -> str:
 
 
 def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
-           read: _Read, scored: _Scored, rules: _Flagged, *, run: Dict,
+           read: _Read, scored: _Scored, rules: _Flagged,
+           history: Optional[_History], *, run: Dict,
            baseline: Optional[drift.Baseline]) -> None:
-  """The flagged rows, dead letters and losses as shards; then the summary,
-  last."""
+  """The flagged rows, dead letters and losses as shards (and with flag
+  history, the resolved flags); then the summary, last."""
   out, num_shards = config.output.dir, config.output.num_shards
   schema = plan.spec.scored_schema()
   dead = _dead_letters(p, plan, read, scored)
+  flagged, flagged_columns = rules.flagged, flagged_schema(schema)
+  if history is not None:
+    flagged = history.flagged
+    flagged_columns = with_history_schema(flagged_columns)
   written = {
-      outputs.FLAGGED: rules.flagged | "WriteFlagged" >> WriteParquetShards(
-          out, outputs.FLAGGED, flagged_schema(schema), num_shards),
+      outputs.FLAGGED: flagged | "WriteFlagged" >> WriteParquetShards(
+          out, outputs.FLAGGED, flagged_columns, num_shards),
       outputs.DEAD_LETTER: dead | "WriteDeadLetters" >> WriteDeadLetters(
           out, num_shards),
       outputs.LOSSES: (
@@ -271,8 +316,12 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
               out, outputs.LOSSES, public_schema(schema), num_shards)
           if config.output.write_losses else None),
   }
-  _write_summary(p, config, plan, scored, rules, dead, written, run=run,
-                 baseline=baseline)
+  if history is not None:
+    written[outputs.RESOLVED] = history.resolved | (
+        "WriteResolved" >> WriteParquetShards(
+            out, outputs.RESOLVED, RESOLVED_SCHEMA, num_shards))
+  _write_summary(p, config, plan, scored, rules, history, dead, written,
+                 run=run, baseline=baseline)
 
 
 def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
@@ -290,15 +339,24 @@ def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
 
 def _write_summary(p: beam.Pipeline, config: AuditConfig,
                    plan: preflight.Plan, scored: _Scored, rules: _Flagged,
-                   dead: beam.PCollection,
+                   history: Optional[_History], dead: beam.PCollection,
                    written: Dict[str, Optional[beam.PCollection]], *,
                    run: Dict,
                    baseline: Optional[drift.Baseline]) -> None:
   """`summary.json`, `report.html` and `drift.json`, from what every stage
   counted."""
   out = config.output.dir
-  top_flagged = rules.flagged | "TopFlagged" >> beam.CombineGlobally(
+  flagged = rules.flagged if history is None else history.flagged
+  top_flagged = flagged | "TopFlagged" >> beam.CombineGlobally(
       TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
+  top_new = None
+  if history is not None:
+    top_new = (history.flagged
+               | "NewFlags" >> beam.Map(
+                   lambda batch: batch.filter(pc.equal(
+                       batch.column("status"), NEW)))
+               | "TopNewFlags" >> beam.CombineGlobally(
+                   TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")))
   _ = p | "WriteSummary" >> WriteSummary(
       out, config, run, baseline,
       class_names=plan.spec.class_names,
@@ -323,7 +381,9 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       devices=scored.devices | "Devices" >> beam.Distinct(),
       written=written,
       data_map=rules.data_map,
-      fold_stats=rules.statistics.folds)
+      fold_stats=rules.statistics.folds,
+      flag_history=None if history is None else history.counts,
+      top_new_flagged=top_new)
 
 
 def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,

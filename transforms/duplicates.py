@@ -1,72 +1,28 @@
 """`CountDuplicateIds`: how many ids occur on more than one scored example.
 
-Each bundle splits its ids by hash into buckets and writes each bucket's ids
-to a scratch Arrow IPC file, named only when the bundle succeeds (as the
-spill does); each bucket's files are then read and counted on one worker.
-Only file names are shuffled, so no runner holds all the ids in memory: a
-worker holds one bucket, about 1/64 of them.
+The ids are split into hash buckets of scratch files (`BucketRows`); each
+bucket's files are then read and counted on one worker, which holds about
+1/64 of the ids.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
 
 from lossaudit import duplicates
 from lossaudit.merging import merge_all
-from lossaudit.transforms.spill import (
-  SpillFile,
-  in_global_window,
-  open_spill,
-  read_spilled,
-)
+from lossaudit.transforms.buckets import BucketRows, read_bucket
 
 _SCHEMA = pa.schema([pa.field("id", pa.string())])
-# Ids buffered before they are split into buckets and written.
-_FLUSH_IDS = 1 << 16
-
-
-class _BucketIdsFn(beam.DoFn):
-  """Scored RecordBatches → `(bucket, scratch file of its ids)` per bundle."""
-
-  def __init__(self, prefix: str, num_buckets: int):
-    self._prefix = prefix
-    self._num_buckets = num_buckets
-
-  def start_bundle(self):
-    self._buffer, self._buffered = [], 0
-    self._files: Dict[int, SpillFile] = {}
-
-  def process(self, batch: pa.RecordBatch):
-    self._buffer.append(batch.column("id"))
-    self._buffered += batch.num_rows
-    if self._buffered >= _FLUSH_IDS:
-      self._flush()
-
-  def finish_bundle(self):
-    self._flush()
-    for bucket, spill in sorted(self._files.items()):
-      spill.close()
-      yield in_global_window((bucket, spill.path))
-
-  def _flush(self):
-    if not self._buffer:
-      return
-    ids = pa.concat_arrays(self._buffer)
-    self._buffer, self._buffered = [], 0
-    for bucket, part in duplicates.split_by_bucket(ids, self._num_buckets):
-      if bucket not in self._files:
-        self._files[bucket] = open_spill(f"{self._prefix}-b{bucket}", _SCHEMA)
-      self._files[bucket].writer.write_batch(
-          pa.RecordBatch.from_arrays([part], schema=_SCHEMA))
 
 
 def _find_in_bucket(unused_bucket: int, paths: Iterable[str]
                     ) -> duplicates.Duplicates:
-  return duplicates.find_duplicates([
-      batch.column("id") for path in paths for batch in read_spilled(path)])
+  ids = read_bucket(paths, _SCHEMA).column("id")
+  return duplicates.find_duplicates(ids.chunks)
 
 
 class CountDuplicateIds(beam.PTransform):
@@ -87,8 +43,7 @@ class CountDuplicateIds(beam.PTransform):
 
   def expand(self, batches):
     return (batches
-            | "Bucket" >> beam.ParDo(_BucketIdsFn(self._prefix,
-                                                  self._num_buckets))
+            | "Bucket" >> BucketRows(self._prefix, _SCHEMA, self._num_buckets)
             | "GroupBuckets" >> beam.GroupByKey()
             | "FindInBucket" >> beam.MapTuple(_find_in_bucket)
             | "Merge" >> beam.CombineGlobally(

@@ -16,6 +16,7 @@ from lossaudit.config import AuditConfig, DynamicsConfig, GateConfig
 from lossaudit.data_map import DataMap
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
+from lossaudit.history import HistoryCounts
 from lossaudit.previews import Previews
 from lossaudit.report import build_summary, render_report
 from lossaudit.scoring import is_internal
@@ -141,7 +142,10 @@ class _WriteSummaryFn(beam.DoFn):
               flagged_files: List[str], dead_letter_files: List[str],
               previews: Optional[Previews] = None,
               data_map: Optional[DataMap] = None,
-              fold_stats: Optional[List[Tuple[str, Dict]]] = None):
+              fold_stats: Optional[List[Tuple[str, Dict]]] = None,
+              flag_history: Optional[HistoryCounts] = None,
+              resolved_files: Sequence[str] = (),
+              top_new_flagged: Sequence[Dict] = ()):
     summary = build_summary(
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
@@ -162,7 +166,15 @@ class _WriteSummaryFn(beam.DoFn):
             outputs.LOSSES: sorted(losses_files),
             outputs.FLAGGED: sorted(flagged_files),
             outputs.DEAD_LETTER: sorted(dead_letter_files),
+            **({outputs.RESOLVED: sorted(resolved_files)}
+               if flag_history is not None else {}),
         })
+    if flag_history is not None:
+      summary["flagged"].update(flag_history.to_dict())
+      summary["flag_history"] = {
+          "baseline": self._baseline.dir if self._baseline else None,
+          "baseline_run_id": (self._baseline.run_id if self._baseline
+                              else None)}
     if data_map is not None:
       summary["data_map"] = {"points": data_map.points,
                              "total": int(data_map.total)}
@@ -173,6 +185,7 @@ class _WriteSummaryFn(beam.DoFn):
         outputs.join(self._directory, outputs.REPORT),
         render_report(summary, loss_stats.get("cdf", []), top_flagged,
                       found, previews=previews, data_map=data_map,
+                      top_new_flagged=top_new_flagged,
                       easy_confidence=self._dynamics.easy_confidence,
                       ambiguous_variability=(
                           self._dynamics.ambiguous_variability)))
@@ -192,6 +205,7 @@ class _WriteSummaryFn(beam.DoFn):
         max_flagged_fraction=gate.max_flagged_fraction,
         max_quantile_shift=gate.max_quantile_shift,
         shift_quantiles=gate.shift_quantiles,
+        max_new_flagged_fraction=gate.max_new_flagged_fraction,
         current_dir=self._directory,
         baseline_dir=baseline.dir if baseline else None)
     summary["gate"] = {"baseline": baseline.dir if baseline else None,
@@ -235,6 +249,10 @@ class WriteSummary(beam.PTransform):
       without `model.checkpoints`.
     fold_stats: `(fold, LossAccumulator.summary())` pairs, or None (no
       PCollection) without `model.folds`.
+    flag_history: one `HistoryCounts`, or None (no PCollection) without
+      `gate.baseline`; `written` then has `outputs.RESOLVED` too.
+    top_new_flagged: one list of the top new flags, as dicts (with
+      `flag_history`).
   """
 
   def __init__(self, directory: str, config: AuditConfig, run: Dict,
@@ -246,7 +264,9 @@ class WriteSummary(beam.PTransform):
                loss_computed_from: Optional[str] = None,
                previews: Optional[beam.PCollection] = None,
                data_map: Optional[beam.PCollection] = None,
-               fold_stats: Optional[beam.PCollection] = None):
+               fold_stats: Optional[beam.PCollection] = None,
+               flag_history: Optional[beam.PCollection] = None,
+               top_new_flagged: Optional[beam.PCollection] = None):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
                                baseline, class_names, loss_computed_from,
@@ -275,6 +295,11 @@ class WriteSummary(beam.PTransform):
       self._side_inputs["data_map"] = one(data_map)
     if fold_stats is not None:
       self._side_inputs["fold_stats"] = many(fold_stats)
+    if flag_history is not None:
+      self._side_inputs.update(
+          flag_history=one(flag_history),
+          resolved_files=many(written[outputs.RESOLVED]),
+          top_new_flagged=one(top_new_flagged))
 
   def expand(self, pbegin):
     return (pbegin

@@ -1,0 +1,251 @@
+"""Flag history over three nights: new, persistent and resolved flags,
+`first_flagged` and `times_flagged` exactly as injected; the new-flags gate;
+the same on gs://. And `lossaudit.history.join_bucket` on its own."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lossaudit import history
+from lossaudit.pipelines import audit, compare
+from tests.helpers import GCS_BUCKET, upload
+
+K = 3
+N = 240
+# Nights: the ids whose label is wrong that night. A: fixed after night 1;
+# B: wrong on nights 1-2; C: wrong from night 2; E: wrong every night; D:
+# wrong on night 3 only. Night 3 also drops c0 from the dataset.
+A = [f"a{i}" for i in range(5)]
+B = [f"b{i}" for i in range(4)]
+C = [f"c{i}" for i in range(6)]
+D = [f"d{i}" for i in range(3)]
+E = [f"e{i}" for i in range(2)]
+WRONG = {1: A + B + E, 2: B + C + E, 3: C[1:] + D + E}
+DROPPED = {3: ["c0"]}
+
+
+def _ids():
+  return A + B + C + D + E + [f"r{i}" for i in range(N - 20)]
+
+
+def _night_table(night):
+  """`id`, `label`, `p`: a model sure (0.9) of class id-hash % K; the label
+  is that class unless the id is wrong tonight."""
+  ids = [i for i in _ids() if i not in DROPPED.get(night, [])]
+  truth = np.array([sum(map(ord, i)) % K for i in ids])
+  probs = np.full((len(ids), K), 0.05, np.float32)
+  probs[np.arange(len(ids)), truth] = 0.9
+  wrong = np.isin(ids, WRONG[night])
+  label = np.where(wrong, (truth + 1) % K, truth)
+  return pa.table({"id": ids, "label": label.astype(np.int64),
+                   "p": list(probs)})
+
+
+def _config(data, out, **gate):
+  return {
+      "input": {"pattern": data, "format": "parquet", "id_column": "id",
+                "label_column": "label"},
+      "model": {"predictions_column": "p"},
+      "loss": {"name": "sparse_categorical_crossentropy"},
+      "flag": {"loss_quantile": None, "loss_threshold": 1.0},
+      "output": {"dir": out},
+      "gate": {"baseline": "latest", **gate},
+  }
+
+
+def _read(directory, kind):
+  return pd.read_parquet(os.path.join(directory, kind)).set_index("id")
+
+
+def _three_nights(root, write_config, out_dir, data_dir, put):
+  """Runs the three nights; returns `[(run dir, summary)]` and night 3's
+  exit code (its gate: at most 1% new flags)."""
+  runs, codes = [], []
+  for night in (1, 2, 3):
+    local = root / f"night{night}.parquet"
+    pq.write_table(_night_table(night), local)
+    put(str(local), f"{data_dir}/part-0.parquet")
+    gate = {"max_new_flagged_fraction": 0.01} if night == 3 else {}
+    config = write_config(_config(f"{data_dir}/*.parquet",
+                                  f"{out_dir}/{{run_id}}", **gate),
+                          name=f"night{night}.yaml")
+    codes.append(audit.main(["--config", config]))
+    done = sorted(p for p in _list(out_dir) if p not in [r for r, _ in runs])
+    runs.append((done[-1], json.loads(_cat(f"{done[-1]}/summary.json"))))
+  return runs, codes
+
+
+def _list(directory):
+  if directory.startswith("gs://"):
+    from apache_beam.io.filesystems import FileSystems
+    found = FileSystems.match([f"{directory}/*/summary.json"])[0]
+    return sorted(m.path[:-len("/summary.json")]
+                  for m in found.metadata_list)
+  return sorted(os.path.join(directory, d) for d in os.listdir(directory))
+
+
+def _cat(path):
+  from apache_beam.io.filesystems import FileSystems
+  with FileSystems.open(path) as f:
+    return f.read().decode()
+
+
+def _local_put(local, remote):
+  os.makedirs(os.path.dirname(remote), exist_ok=True)
+  with open(local, "rb") as src, open(remote, "wb") as dst:
+    dst.write(src.read())
+
+
+def _check(runs, codes, read):
+  (d1, s1), (d2, s2), (d3, s3) = runs
+  assert codes == [0, 0, 3]
+  r1, r2, r3 = s1["run_id"], s2["run_id"], s3["run_id"]
+  expected = {
+      1: {i: ("new", r1, 1) for i in A + B + E},
+      2: {**{i: ("persistent", r1, 2) for i in B},
+          **{i: ("new", r2, 1) for i in C},
+          **{i: ("persistent", r1, 2) for i in E}},
+      3: {**{i: ("persistent", r2, 2) for i in C[1:]},
+          **{i: ("new", r3, 1) for i in D},
+          **{i: ("persistent", r1, 3) for i in E}},
+  }
+  for night, directory in ((1, d1), (2, d2), (3, d3)):
+    flagged = read(directory, "flagged")
+    got = {i: (r.status, r.first_flagged, int(r.times_flagged))
+           for i, r in flagged.iterrows()}
+    assert got == expected[night], night
+  resolved2, resolved3 = read(d2, "resolved"), read(d3, "resolved")
+  assert sorted(resolved2.index) == sorted(A)
+  assert sorted(resolved3.index) == sorted(B)
+  # Old reasons, today's loss (-log 0.9: right again), the old loss.
+  assert all(list(r) == ["loss_threshold"] for r in resolved3["reasons"])
+  np.testing.assert_allclose(resolved3["loss"], -np.log(0.9), rtol=1e-5)
+  np.testing.assert_allclose(resolved3["baseline_loss"], -np.log(0.05),
+                             rtol=1e-5)
+  assert set(resolved3["first_flagged"]) == {r1}
+  assert set(resolved3["times_flagged"]) == {2}
+  counts = [{k: s["flagged"][k] for k in ("total", "new", "persistent",
+                                          "resolved", "baseline_not_scored")}
+            for s in (s1, s2, s3)]
+  assert counts == [
+      {"total": 11, "new": 11, "persistent": 0, "resolved": 0,
+       "baseline_not_scored": 0},
+      {"total": 12, "new": 6, "persistent": 6, "resolved": 5,
+       "baseline_not_scored": 0},
+      {"total": 10, "new": 3, "persistent": 7, "resolved": 4,
+       "baseline_not_scored": 1},
+  ]
+  rate = 3 / s3["examples_scored"]
+  assert s3["examples_scored"] == N - 1
+  assert s3["gate"]["failed"] == [
+      f"gate max_new_flagged_fraction failed: {rate:.4g} > 0.01, by"
+      f" {rate - 0.01:.4g}"]
+  return counts
+
+
+@pytest.mark.slow
+def test_three_nights_on_gcs(tmp_path, gcs, write_config, capsys):
+  data = f"gs://{GCS_BUCKET}/history/data"
+  out = f"gs://{GCS_BUCKET}/history/runs"
+
+  def read(directory, kind):
+    from apache_beam.io.filesystems import FileSystems
+    files = FileSystems.match([f"{directory}/{kind}/part-*"])[0]
+    tables = [pq.read_table(FileSystems.open(m.path))
+              for m in files.metadata_list]
+    return pa.concat_tables(tables).to_pandas().set_index("id")
+
+  runs, codes = _three_nights(tmp_path, write_config, out, data, upload)
+  _check(runs, codes, read)
+
+
+def test_three_nights(tmp_path, write_config, capsys):
+  data, out = str(tmp_path / "data"), str(tmp_path / "runs")
+  runs, codes = _three_nights(tmp_path, write_config, out, data, _local_put)
+  counts = _check(runs, codes, _read)
+  (d1, _), (d2, _), (d3, s3) = runs
+  # drift.json and the report carry the counts; the top new flags are the
+  # injected ones.
+  found = json.loads(open(os.path.join(d3, "drift.json")).read())
+  assert found["flag_history"] == {k: counts[2][k] for k in (
+      "new", "persistent", "resolved", "baseline_not_scored")}
+  page = open(os.path.join(d3, "report.html")).read()
+  assert '<table id="flag-history">' in page
+  assert '<table id="new-flags">' in page
+  new_table = page.split('<table id="new-flags">')[1].split("</table>")[0]
+  assert sorted(i for i in D if f"<td>{i}</td>" in new_table) == D
+  # lossaudit compare works it out for runs made against other baselines.
+  capsys.readouterr()
+  code = compare.main([d1, d3, "--output", str(tmp_path / "d13.json"),
+                       "--max-new-flagged-fraction", "0.05"])
+  assert code == 0
+  d13 = json.loads((tmp_path / "d13.json").read_text())
+  # Night 1 → 3: E persists; C[1:] and D are new; A and B resolved.
+  assert d13["flag_history"] == {"new": 8, "persistent": 2, "resolved": 9,
+                                 "baseline_not_scored": 0}
+  assert "flags: 8 new, 2 persistent, 9 resolved" in capsys.readouterr().out
+
+
+def test_a_fixed_output_dir_is_its_own_baseline(tmp_path, write_config):
+  """`gate.baseline: latest` with a fixed output.dir: the earlier outputs
+  are cleared before the run, but its flags were kept for the join."""
+  data = tmp_path / "data"
+  data.mkdir()
+  codes, summaries = [], []
+  for night in (1, 2):
+    pq.write_table(_night_table(night), data / "part-0.parquet")
+    config = write_config(_config(str(data / "*.parquet"),
+                                  str(tmp_path / "out")))
+    codes.append(audit.main(["--config", config]))
+    summaries.append(json.loads((tmp_path / "out" / "summary.json"
+                                 ).read_text()))
+  assert codes == [0, 0]
+  assert summaries[1]["flagged"]["persistent"] == len(B + E)
+  assert summaries[1]["flagged"]["resolved"] == len(A)
+  assert not (tmp_path / "out" / ".scratch").exists() or not any(
+      (tmp_path / "out" / ".scratch").rglob("*.parquet"))
+
+
+def _flagged(ids, losses):
+  return pa.table({"id": ids, "loss": losses,
+                   "reasons": [["top_k"]] * len(ids)})
+
+
+def test_join_bucket_new_persistent_resolved_and_not_scored():
+  flagged = _flagged(["x", "y"], [5.0, 6.0])
+  baseline = history.baseline_rows(pa.table({
+      "id": ["y", "z", "w", "y"], "loss": [1.0, 2.0, 3.0, 9.0],
+      "reasons": [["a"], ["b"], ["c"], ["d"]],
+      "first_flagged": ["r0", "r1", "r1", "r9"],
+      "times_flagged": [4, 1, 2, 7]}), "unused")
+  scored = pa.table({"id": ["x", "y", "z"], "loss": [5.0, 6.0, 0.5]})
+  joined = history.join_bucket(flagged, baseline, scored, "r2")
+  assert joined.flagged.select(["id", "status", "first_flagged",
+                                "times_flagged"]).to_pylist() == [
+      {"id": "x", "status": "new", "first_flagged": "r2", "times_flagged": 1},
+      {"id": "y", "status": "persistent", "first_flagged": "r0",
+       "times_flagged": 5}]
+  assert joined.resolved.to_pylist() == [
+      {"id": "z", "loss": 0.5, "reasons": ["b"], "baseline_loss": 2.0,
+       "first_flagged": "r1", "times_flagged": 1}]
+  assert joined.counts == history.HistoryCounts(
+      new=1, persistent=1, resolved=1, not_scored=1)
+
+
+def test_a_baseline_without_history_was_first_flagged_by_its_run():
+  rows = history.baseline_rows(_flagged(["q"], [1.0]), "r0")
+  joined = history.join_bucket(_flagged(["q"], [2.0]), rows, None, "r1")
+  assert joined.flagged.column("first_flagged").to_pylist() == ["r0"]
+  assert joined.flagged.column("times_flagged").to_pylist() == [2]
+
+
+def test_history_counts_merge():
+  total = history.HistoryCounts(1, 2, 3, 4).merge(
+      history.HistoryCounts(10, 20, 30, 40))
+  assert total.to_dict() == {"new": 11, "persistent": 22, "resolved": 33,
+                             "baseline_not_scored": 44}
