@@ -29,6 +29,12 @@ its sides agree on the losses.
 5 checkpoints (`model.checkpoints`), MLPs of the same shape, and prints
 each one's median time and peak memory over (a)'s, one model.
 
+`--nightly` also times (a) with flag history (`gate.baseline`: the (a) run
+just before it, so every flag is persistent) and `output.clean` (a copy of
+every input file less its flags), and prints its median time and peak
+memory over (a)'s. `--flag-quantile 0` flags nearly every example (1M
+flagged rows at 1M).
+
 With `--baseline-code DIR` (a checkout of another commit, e.g. from
 `git worktree add`) it also times (a) with that code, interleaved with the
 others, and prints the ratios of median time and of peak memory (this
@@ -107,6 +113,7 @@ def _mlp(features: int, hidden: int, classes: int, seed: int):
 
 SEVERAL = 5  # Folds, or checkpoints, of `--several`.
 SEVERAL_MODES = ("a-folds", "a-checkpoints")
+NIGHTLY = "a-nightly"  # (a) with flag history (against (a)) and clean/.
 
 
 def build_several(directory: str, features: int, hidden: int, classes: int,
@@ -150,7 +157,7 @@ def _peak_rss_mb() -> float:
 def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
                   label_issues: Optional[str],
                   code_dir: Optional[str] = None, case: str = "numeric",
-                  mode: str = "a") -> Dict:
+                  mode: str = "a", flag_quantile: float = 0.99) -> Dict:
   """Times `lossaudit run`; with `code_dir`, the code of that checkout.
 
   `case` and `mode` pick the data and model (`cases.audit_sections`). Like
@@ -172,9 +179,12 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
       "loss": {"name": "sparse_categorical_crossentropy"},
       "batch_size": batch_size,
       "stats": {"quantiles": list(QUANTILES), "epsilon": 0.001},
-      "flag": {"loss_quantile": 0.99, "label_issues": label_issues},
+      "flag": {"loss_quantile": flag_quantile, "label_issues": label_issues},
       "output": {"dir": out},
   }
+  if mode == NIGHTLY:  # Today's flags joined with (a)'s; the clean copy.
+    config["gate"] = {"baseline": os.path.join(os.path.dirname(out), "a")}
+    config["output"]["clean"] = {}
   if case != "numeric":
     config["input"], config["model"] = cases.audit_sections(case, directory,
                                                             mode)
@@ -192,7 +202,9 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
   seconds = time.perf_counter() - start
   return {"seconds": seconds, "examples": summary["examples_scored"],
           "quantiles": summary["loss"]["quantiles"],
-          "flagged": summary["flagged"]["total"]}
+          "flagged": summary["flagged"]["total"],
+          "clean": summary.get("clean"),
+          "persistent": summary["flagged"].get("persistent")}
 
 
 # ---- (b) plain TensorFlow ------------------------------------------------
@@ -394,6 +406,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--several", action="store_true",
                       help="also time (a) with 5 fold models and with 5"
                       " checkpoints (numeric case)")
+  parser.add_argument("--nightly", action="store_true",
+                      help="also time (a) with flag history against (a)'s"
+                      " run and output.clean (numeric case)")
+  parser.add_argument("--flag-quantile", type=float, default=0.99,
+                      help="(a)'s flag.loss_quantile (0: nearly every example"
+                      " is flagged)")
   parser.add_argument("--modes", default=None,
                       help="default a,b,c (numeric), a,b (text, image),"
                       " a,b,d (serialized)")
@@ -435,9 +453,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if mode in ("a", "d") or mode.startswith("a-"):
       result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
                              args.label_issues if mode.startswith("a-") and
-                             mode not in SEVERAL_MODES else None,
+                             mode not in (*SEVERAL_MODES, NIGHTLY) else None,
                              args.baseline_code if at_baseline else None,
-                             args.case, mode)
+                             args.case, mode, args.flag_quantile)
     elif args.mode == "b":
       result = run_plain_tf(data_dir, out, args.batch_size, args.case)
     else:
@@ -467,13 +485,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"--hidden={args.hidden}", f"--classes={args.classes}",
             f"--batch-size={args.batch_size}",
             f"--workers={args.workers}", f"--dir={args.dir}",
-            f"--runinference-subset={args.runinference_subset}"]
+            f"--runinference-subset={args.runinference_subset}",
+            f"--flag-quantile={args.flag_quantile}"]
   modes = args.modes.split(",")
   if args.label_issues:
     modes.append(f"a-{args.label_issues}")
     common.append(f"--label-issues={args.label_issues}")
   if args.several:
     modes += list(SEVERAL_MODES)
+  if args.nightly:
+    if "a" not in modes or args.case != "numeric":
+      parser.error("--nightly: the numeric case, with (a) among --modes")
+    modes.insert(modes.index("a") + 1, NIGHTLY)
   if args.baseline_code:
     modes += [m + BASELINE for m in modes if m.split("-")[0] == "a"]
     common.append(f"--baseline-code={os.path.abspath(args.baseline_code)}")
@@ -516,12 +539,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          results["a"]["seconds"])
     print("label issues on / off time ="
           f" {report['label_issues_time_ratio']:.2f}")
-  for mode in [m for m in SEVERAL_MODES if m in results and "a" in results]:
+  for mode in [m for m in (*SEVERAL_MODES, NIGHTLY)
+               if m in results and "a" in results]:
     report[f"{mode}_over_a"] = {
         "median_time": results[mode]["seconds"] / results["a"]["seconds"],
         "median_peak_rss": (results[mode]["median_peak_rss_mb"] /
                             results["a"]["median_peak_rss_mb"])}
-    print(f"({mode}) / (a), one model: median time"
+    print(f"({mode}) / (a): median time"
           f" {report[f'{mode}_over_a']['median_time']:.2f}, median peak"
           f" memory {report[f'{mode}_over_a']['median_peak_rss']:.2f}")
   for mode in [m for m in results if m + BASELINE in results]:

@@ -634,6 +634,86 @@ def _check_duration(key: str, value: Any) -> None:
     _fail(key, _LOCK_TIMEOUT, value)
 
 
+# Every reason a row can be flagged for (as `lossaudit.clean.REASONS`).
+FLAG_REASONS = ("loss_quantile", "loss_threshold", "robust_z",
+                "slice_quantile", "top_k", "aum_quantile", "aum_below",
+                "label_issue", "non_finite")
+WEIGHT_SCHEMES = ("drop_flagged", "downweight_flagged", "loss_bins")
+
+
+def _check_reasons(key: str, value: Sequence[Any]) -> None:
+  unknown = [r for r in value if r not in FLAG_REASONS]
+  if unknown:
+    suggestion = difflib.get_close_matches(str(unknown[0]), FLAG_REASONS,
+                                           n=1)
+    hint = f" (did you mean {suggestion[0]!r}?)" if suggestion else ""
+    _fail(key, f"a list of flag reasons, each one of {list(FLAG_REASONS)}"
+          + hint, list(value))
+
+
+_REASONS = Rule("null or a non-empty list of flag reasons",
+                types=(list, tuple), nullable=True, nonempty=True,
+                check=_check_reasons, convert=tuple)
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanConfig:
+  """`output.clean`: a copy of the input without the flagged examples.
+
+  Attributes:
+    drop_reasons: the flag reasons that drop an example (null: all).
+    relabel: keep examples flagged only as `label_issue`, with the
+      suggested label.
+  """
+
+  drop_reasons: Optional[Sequence[str]] = _field(_REASONS, None)
+  relabel: bool = _field(_BOOLEAN, False)
+
+  def __post_init__(self):
+    _validate(self, "output.clean")
+
+  @property
+  def dropping(self) -> Tuple[str, ...]:
+    return tuple(self.drop_reasons or FLAG_REASONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsConfig:
+  """`output.weights`: `(id, weight)` of every scored example.
+
+  Attributes:
+    scheme: `drop_flagged` (0 flagged, else 1), `downweight_flagged`
+      (`factor` flagged, else 1) or `loss_bins` (the loss's bin, 0 for the
+      easiest `1/bins` of examples to `bins - 1`).
+    factor: the weight of a flagged example (`downweight_flagged`).
+    bins: how many loss bins (`loss_bins`; 10: deciles).
+    reasons: the flag reasons that count (null: all).
+  """
+
+  scheme: str = _field(_one_of(WEIGHT_SCHEMES), "drop_flagged")
+  factor: float = _field(_number(0, 1, nullable=False), 0.1)
+  bins: int = _field(_integer(2, 1000), 10)
+  reasons: Optional[Sequence[str]] = _field(_REASONS, None)
+
+  def __post_init__(self):
+    _validate(self, "output.weights")
+
+  @property
+  def counting(self) -> Tuple[str, ...]:
+    return tuple(self.reasons or FLAG_REASONS)
+
+
+def _sub_config(key: str, value: Any, cls: type) -> Any:
+  """`value` (a mapping, or None) as `cls`."""
+  if value is None or isinstance(value, cls):
+    return value
+  names = sorted(f.name for f in dataclasses.fields(cls))
+  if not isinstance(value, Mapping):
+    _fail(key, f"null or a mapping of {names}", value)
+  _reject_unknown(f"{key}.", value, names)
+  return cls(**value)
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
   """Where a run writes.
@@ -658,9 +738,15 @@ class OutputConfig:
   overwrite: bool = _field(_BOOLEAN, False)
   lock_timeout: Union[str, float] = _field(
       Rule(_LOCK_TIMEOUT, check=_check_duration), "6h")
+  clean: Optional[CleanConfig] = None  # Parsed in __post_init__.
+  weights: Optional[WeightsConfig] = None
 
   def __post_init__(self):
     _validate(self, "output")
+    object.__setattr__(self, "clean",
+                       _sub_config("output.clean", self.clean, CleanConfig))
+    object.__setattr__(self, "weights", _sub_config(
+        "output.weights", self.weights, WeightsConfig))
 
   @property
   def lock_timeout_seconds(self) -> float:
@@ -778,6 +864,15 @@ class AuditConfig:
     self._check_slices()
     self._check_shift_quantiles()
     self._check_weights()
+    self._check_clean()
+
+  def _check_clean(self) -> None:
+    """Relabelling needs label issues to take the labels from."""
+    clean = self.output.clean
+    if clean is not None and clean.relabel and not self.flag.label_issues:
+      raise ConfigError(
+          "output.clean.relabel: needs flag.label_issues (the suggested"
+          " labels). Received: relabel=true with flag.label_issues=None")
 
   def _check_folds(self) -> None:
     """A fold column scores by folds; folds need a fold for each example."""

@@ -6,7 +6,9 @@ reached twice through `.`, `..` or a symbolic link) is read once. Special
 files (FIFOs, devices, sockets) and directories are set apart, never opened:
 opening a FIFO blocks forever. And since a run must never read what it or an
 earlier run wrote, a glob that can match this run's outputs, or a file inside
-a directory holding lossaudit's marker, stops the run before it starts.
+a directory holding lossaudit's marker, stops the run before it starts;
+but for an earlier run's cleaned dataset (`clean/`), which is there to be
+read.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ _OUTPUT_SAMPLES = (
     f"{outputs.LOSSES}/beam-temp-part-0/0",
     f"{outputs.SCRATCH}/20260101T000000Z-000000/scored-0.arrows",
 )
+
+
+# The cleaned dataset of an earlier run (`output.clean`) is a dataset
+# handed back to be used: it may be read, the rest of that run's outputs
+# not.
+_CLEAN_COPY = re.compile(
+    rf"{re.escape(outputs.CLEAN)}/part-\d{{5}}-of-\d{{5}}-[^/]+"
+    r"(?<!\.tmp-[0-9a-f]{8})")
 
 
 class InputFiles(NamedTuple):
@@ -130,7 +140,8 @@ def _refuse_inputs_in_outputs(paths: Sequence[str], output_dir: str) -> None:
           f" input and output that do not overlap. Received:"
           f" output.dir={output_dir!r}")
     owner = _owner(_parent(where), owners)
-    if owner is not None:
+    if owner is not None and not _CLEAN_COPY.fullmatch(
+        where[len(owner):].lstrip("/")):
       raise ConfigError(
           f"input.pattern: matches {path!r}, written by an earlier lossaudit"
           f" run ({owner!r} holds {MARKER}); a run never reads lossaudit's"

@@ -50,6 +50,9 @@ NO_SLICE = "(missing)"
 # The column of serialized tf.Examples appended to TFRecord batches for a
 # model input that takes them (`model.serialized_examples_input`).
 RAW_RECORD_COLUMN = "__raw_record__"
+# Each row's position in its source file (the record's index in a TFRecord
+# file, the row's in a Parquet file), read for `output.clean`.
+POSITION_COLUMN = "__position__"
 
 
 def with_raw_records(batch: pa.RecordBatch, records: List[bytes]
@@ -132,6 +135,9 @@ class ModelInputs(NamedTuple):
     weights: `(N,)` float64 sample weights; None without a weight column.
     slices: `(N,)` Arrow strings; None without a slice column.
     folds: `(N,)` int64 held-out folds in `[0, K)`; None without folds.
+    positions: `(N,)` int64 positions in the source file
+      (`POSITION_COLUMN`); None unless the batch has them.
+    source: the file the rows were read from, with `positions`.
   """
 
   features: Dict[str, np.ndarray]
@@ -140,6 +146,8 @@ class ModelInputs(NamedTuple):
   weights: Optional[np.ndarray] = None
   slices: Optional[pa.Array] = None
   folds: Optional[np.ndarray] = None
+  positions: Optional[np.ndarray] = None
+  source: Optional[str] = None
 
   def rows(self, keep: np.ndarray) -> ModelInputs:
     """The rows where `keep` `(N,)` bool is set."""
@@ -155,7 +163,9 @@ class ModelInputs(NamedTuple):
         ids=None if self.ids is None else self.ids.take(order_arrow),
         weights=None if self.weights is None else self.weights[order],
         slices=None if self.slices is None else self.slices.take(order_arrow),
-        folds=None if self.folds is None else self.folds[order])
+        folds=None if self.folds is None else self.folds[order],
+        positions=None if self.positions is None else self.positions[order],
+        source=self.source)
 
   def slice(self, start: int, stop: int) -> ModelInputs:
     """Rows `start` to `stop` (excluded), without copying."""
@@ -168,7 +178,10 @@ class ModelInputs(NamedTuple):
         weights=None if self.weights is None else self.weights[start:stop],
         slices=None if self.slices is None else self.slices.slice(start,
                                                                   size),
-        folds=None if self.folds is None else self.folds[start:stop])
+        folds=None if self.folds is None else self.folds[start:stop],
+        positions=(None if self.positions is None
+                   else self.positions[start:stop]),
+        source=self.source)
 
 
 class CheckedBatch(NamedTuple):
@@ -212,12 +225,16 @@ def read_model_inputs(spec: ScoringSpec,
   slices = (values(_slices(batch, spec.slice_column))
             if spec.slice_column else None)
   folds = (values(_folds(batch, spec, ids)) if spec.num_folds else None)
+  positions = None
+  if POSITION_COLUMN in batch.schema.names:
+    positions = np.asarray(batch.column(POSITION_COLUMN).to_numpy(
+        zero_copy_only=False), np.int64)
   bad = np.zeros(batch.num_rows, dtype=bool)
   for problem in problems:
     bad |= problem.rows
   return CheckedBatch(
-      ModelInputs(features, labels, ids, weights, slices, folds), problems,
-      bad)
+      ModelInputs(features, labels, ids, weights, slices, folds, positions),
+      problems, bad)
 
 
 def _missing(n: int, what: str, name: str, reason: str) -> Problem:

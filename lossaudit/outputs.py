@@ -22,11 +22,14 @@ LOSSES = "losses"
 FLAGGED = "flagged"
 DEAD_LETTER = "dead_letter"
 RESOLVED = "resolved"
+CLEAN = "clean"  # The cleaned dataset: `clean.clean_name` files.
+RELABELLED = "clean/relabelled"
+WEIGHTS = "weights"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 DRIFT = "drift.json"
 SCRATCH = ".scratch"
-SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER, RESOLVED)
+SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER, RESOLVED, RELABELLED, WEIGHTS)
 TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT)
 
 

@@ -58,6 +58,7 @@ _OWN = re.compile(
     rf"|(?:{'|'.join(re.escape(k) for k in outputs.SHARD_DIRS)})/"
     r"(?:part-\d{5}-of-\d{5}\.(?:parquet|jsonl)"
     rf"|{_BEAM_TEMP}/[^/]+)"
+    rf"|{re.escape(outputs.CLEAN)}/part-\d{{5}}-of-\d{{5}}-[^/]+"
     rf"|{re.escape(outputs.SCRATCH)}/{_RUN_ID}/[^/]+")
 
 

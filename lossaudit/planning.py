@@ -343,6 +343,7 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
                         if config.model.predictions_column else None),
       regions=(config.dynamics.easy_confidence,
                config.dynamics.ambiguous_variability),
+      positions=config.output.clean is not None,
   )
 
 

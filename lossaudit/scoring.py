@@ -46,6 +46,7 @@ from lossaudit.model import (
   select_device,
 )
 from lossaudit.model_inputs import (
+  POSITION_COLUMN,
   RAW_RECORD_COLUMN,
   ModelInputs,
   Ragged,
@@ -59,6 +60,8 @@ DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 # Columns of the scored batches that are not written to losses/.
 SLICE_COLUMN = "__slice__"
 PROBS_COLUMN = "__probs__"
+# The file each scored row was read from (with `POSITION_COLUMN`).
+SOURCE_COLUMN = "__source__"
 # Prefix of the model outputs `loss_graph(with_outputs=True)` returns.
 OUTPUT_PREFIX = "output:"
 # The training-dynamics columns of `model.checkpoints`
@@ -166,6 +169,8 @@ class ScoringSpec:
       `lossaudit.folds.fold_of(id, len(model_paths))` with folds.
     predictions_kind: `probabilities` or `logits` of the one feature, read
       in place of a model (`model.predictions_column`); None: a model.
+    positions: whether scored batches carry each row's `POSITION_COLUMN`
+      and `SOURCE_COLUMN` (`output.clean`).
     regions: `(easy_confidence, ambiguous_variability)` of the data map
       (`dynamics`).
   """
@@ -186,6 +191,7 @@ class ScoringSpec:
   fold_column: Optional[str] = None
   predictions_kind: Optional[str] = None
   regions: Tuple[float, float] = (0.5, 0.2)
+  positions: bool = False
 
   @property
   def num_folds(self) -> Optional[int]:
@@ -272,6 +278,9 @@ class ScoringSpec:
     if self.keep_probs:
       fields.append(pa.field(PROBS_COLUMN, pa.list_(
           pa.float32(), self.classifier.num_classes)))
+    if self.positions:
+      fields += [pa.field(POSITION_COLUMN, pa.int64()),
+                 pa.field(SOURCE_COLUMN, pa.string())]
     return pa.schema(fields)
 
 
@@ -636,6 +645,9 @@ class BatchScorer:
       None when no row could be scored, and the dead-letter entries.
     """
     checked = read_model_inputs(self.spec, batch)
+    if self.spec.positions:
+      checked = checked._replace(inputs=checked.inputs._replace(
+          source=source))
     dead = dead_letters.from_problems(source, checked.inputs.ids,
                                       checked.problems, checked.bad)
     if checked.bad.all():
@@ -845,6 +857,12 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
     probs = np.ascontiguousarray(result["probs"], dtype=np.float32)
     arrays[PROBS_COLUMN] = pa.FixedSizeListArray.from_arrays(
         pa.array(probs.reshape(-1)), probs.shape[1])
+  if spec.positions:
+    # None in batches not read from a file (the pre-run probe's).
+    arrays[POSITION_COLUMN] = pa.array(inputs.positions, pa.int64()) if (
+        inputs.positions is not None) else pa.nulls(len(loss), pa.int64())
+    arrays[SOURCE_COLUMN] = pa.array([inputs.source] * len(loss),
+                                     pa.string())
   return pa.RecordBatch.from_arrays(list(arrays.values()),
                                     schema=spec.scored_schema())
 

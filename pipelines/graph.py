@@ -12,7 +12,7 @@ from typing import Dict, NamedTuple, Optional
 import apache_beam as beam
 import pyarrow.compute as pc
 
-from lossaudit import dead_letters, drift, outputs, preflight
+from lossaudit import dead_letters, drift, outputs, preflight, weights
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.flag_counts import FlagCounts
@@ -21,9 +21,15 @@ from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
 from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
+from lossaudit.transforms.clean import CleanTarget, WriteCleanFiles
 from lossaudit.transforms.duplicates import CountDuplicateIds
 from lossaudit.transforms.flag import (
   DATA_MAP,
+  MARKS,
+  RELABELLED,
+  RELABELLED_SCHEMA,
+  WEIGHTS,
+  CleanRule,
   FlagExamples,
   count_reasons,
   flagged_schema,
@@ -60,6 +66,7 @@ from lossaudit.transforms.write import (
   WriteSummary,
   public_schema,
 )
+from lossaudit.weights import WeightRule
 
 TOP_FLAGGED_IN_REPORT = 50
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
@@ -144,12 +151,18 @@ class _Flagged(NamedTuple):
     thresholds: one `Thresholds`: the rules.
     flagged: flagged RecordBatches (schema `flagged_schema`).
     data_map: one `DataMap`, or None without `model.checkpoints`.
+    marks: `(source, FileMarks)` of each input file, or None without
+      `output.clean`; `relabelled`: the rows `clean/` relabels.
+    weights: `(id, weight)` batches, or None without `output.weights`.
   """
 
   statistics: _Statistics
   thresholds: beam.PCollection
   flagged: beam.PCollection
   data_map: Optional[beam.PCollection] = None
+  marks: Optional[beam.PCollection] = None
+  relabelled: Optional[beam.PCollection] = None
+  weights: Optional[beam.PCollection] = None
 
 
 def _read(p: beam.Pipeline, config: AuditConfig,
@@ -158,10 +171,12 @@ def _read(p: beam.Pipeline, config: AuditConfig,
   if config.input.format == "tfrecord":
     read = p | "Read" >> ReadTFExampleBatches(
         plan.files, plan.tf_schema, config.batch_size,
-        raw_records=plan.spec.reads_raw_records)
+        raw_records=plan.spec.reads_raw_records,
+        positions=plan.spec.positions)
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
-                                            config.batch_size)
+                                            config.batch_size,
+                                            positions=plan.spec.positions)
   return _Read(batches=read["batches"], dead_letters=read[dead_letters.TAG])
 
 
@@ -204,16 +219,29 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
       slice_stats=(None if statistics.slices is None
                    else beam.pvalue.AsDict(statistics.slices)),
       aum_summary=_singleton(statistics.aum))
+  clean, weights = config.output.clean, config.output.weights
   flagged = (spilled
              | "RereadForFlags" >> ReadSpilled()
              | "FlagExamples" >> FlagExamples(
                  thresholds, schema, _loss_column(config),
                  class_names=plan.spec.class_names,
-                 data_map=plan.spec.dynamics))
-  if plan.spec.dynamics:
-    return _Flagged(statistics, thresholds, flagged["flagged"],
-                    data_map=flagged[DATA_MAP])
-  return _Flagged(statistics, thresholds, flagged)
+                 data_map=plan.spec.dynamics,
+                 clean_rule=clean and CleanRule(clean.dropping,
+                                                clean.relabel),
+                 weight_rule=_weight_rule(config),
+                 loss_stats=statistics.loss if weights else None))
+  if not isinstance(flagged, dict):
+    return _Flagged(statistics, thresholds, flagged)
+  return _Flagged(statistics, thresholds, flagged["flagged"],
+                  data_map=flagged.get(DATA_MAP), marks=flagged.get(MARKS),
+                  relabelled=flagged.get(RELABELLED),
+                  weights=flagged.get(WEIGHTS))
+
+
+def _weight_rule(config: AuditConfig) -> Optional[WeightRule]:
+  weights = config.output.weights
+  return weights and WeightRule(weights.scheme, weights.factor, weights.bins,
+                                weights.counting)
 
 
 class _History(NamedTuple):
@@ -254,6 +282,9 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
   flag, column = config.flag, _loss_column(config)
   quantiles = set(config.stats.quantiles) | {
       q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
+  rule = _weight_rule(config)
+  if rule is not None:  # The loss bins' edges.
+    quantiles |= set(rule.quantiles())
   stats = scored | "LossStats" >> LossStats(
       config.stats.epsilon, sorted(quantiles), bool(plan.spec.slice_column),
       column, by_fold=bool(plan.spec.num_folds))
@@ -320,8 +351,24 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
     written[outputs.RESOLVED] = history.resolved | (
         "WriteResolved" >> WriteParquetShards(
             out, outputs.RESOLVED, RESOLVED_SCHEMA, num_shards))
+  if rules.weights is not None:
+    written[outputs.WEIGHTS] = rules.weights | (
+        "WriteWeights" >> WriteParquetShards(
+            out, outputs.WEIGHTS, weights.SCHEMA, num_shards))
+  clean_counts = None
+  if rules.marks is not None:
+    written[outputs.RELABELLED] = rules.relabelled | (
+        "WriteRelabelled" >> WriteParquetShards(
+            out, outputs.RELABELLED, RELABELLED_SCHEMA, num_shards))
+    clean_counts = rules.marks | "WriteClean" >> WriteCleanFiles(CleanTarget(
+        out, tuple(plan.files), config.input.format,
+        label_column=(plan.spec.classifier.label_column
+                      if plan.spec.classifier else None),
+        class_names=plan.spec.class_names,
+        num_classes=(plan.spec.classifier.num_classes
+                     if plan.spec.classifier else None)))
   _write_summary(p, config, plan, scored, rules, history, dead, written,
-                 run=run, baseline=baseline)
+                 run=run, baseline=baseline, clean_counts=clean_counts)
 
 
 def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
@@ -342,7 +389,8 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
                    history: Optional[_History], dead: beam.PCollection,
                    written: Dict[str, Optional[beam.PCollection]], *,
                    run: Dict,
-                   baseline: Optional[drift.Baseline]) -> None:
+                   baseline: Optional[drift.Baseline],
+                   clean_counts: Optional[beam.PCollection] = None) -> None:
   """`summary.json`, `report.html` and `drift.json`, from what every stage
   counted."""
   out = config.output.dir
@@ -383,7 +431,8 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       data_map=rules.data_map,
       fold_stats=rules.statistics.folds,
       flag_history=None if history is None else history.counts,
-      top_new_flagged=top_new)
+      top_new_flagged=top_new,
+      clean_counts=clean_counts)
 
 
 def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,

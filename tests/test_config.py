@@ -562,7 +562,8 @@ def test_config_that_is_a_directory(tmp_path, capsys):
 
 def test_every_key_is_checked_by_its_field_rule():
   # `loss.outputs` is parsed by LossConfig itself; `index` is not a key.
-  explicit = {("LossConfig", "outputs"), ("LossOutputConfig", "index")}
+  explicit = {("LossConfig", "outputs"), ("LossOutputConfig", "index"),
+              ("OutputConfig", "clean"), ("OutputConfig", "weights")}
   from lossaudit import config as config_module
 
   sections = [*config_module._SECTIONS.values(),

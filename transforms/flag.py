@@ -7,7 +7,7 @@ the model never runs twice.
 from __future__ import annotations
 
 import collections
-from typing import Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -15,12 +15,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from lossaudit import METRICS_NAMESPACE
+from lossaudit import METRICS_NAMESPACE, clean, weights
+from lossaudit.clean import FileMarks
 from lossaudit.data_map import DataMap, DataMapCombineFn, sample_rows
 from lossaudit.flag_counts import FlagCounts, LabelPair
-from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
+from lossaudit.merging import merge_all
+from lossaudit.model_inputs import POSITION_COLUMN
+from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN, SOURCE_COLUMN
 from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.label_issues import class_arrays
+from lossaudit.weights import WeightRule
 
 _CARRIED = ("given_label", "predicted_label", "self_confidence",
             "given_class", "predicted_class", "target", "prediction",
@@ -146,21 +150,115 @@ def data_map_sample(batch: pa.RecordBatch, flagged: np.ndarray) -> DataMap:
                      flagged)
 
 
+# The output tags of `FlagExamples`' clean-dataset marks and relabelled rows.
+MARKS = "marks"
+RELABELLED = "relabelled"
+WEIGHTS = "weights"
+RELABELLED_SCHEMA = pa.schema([pa.field("id", pa.string()),
+                               pa.field("given_label", pa.int64()),
+                               pa.field("suggested_label", pa.int64())])
+
+
+class CleanRule(NamedTuple):
+  """Which flags `clean/` leaves out (`output.clean`).
+
+  Attributes:
+    drop_reasons: the reasons that drop a row.
+    relabel: keep label issues with their suggested label instead.
+  """
+
+  drop_reasons: Tuple[str, ...]
+  relabel: bool
+
+
+def clean_marks(batch: pa.RecordBatch, flagged: pa.RecordBatch,
+                rows: np.ndarray, rule: CleanRule
+                ) -> Tuple[List[Tuple[str, FileMarks]], pa.RecordBatch]:
+  """`(source, FileMarks)` of each source file of a scored batch, and its
+  relabelled rows (`RELABELLED_SCHEMA`).
+
+  Args:
+    batch: a scored batch with `POSITION_COLUMN` and `SOURCE_COLUMN`.
+    flagged: its flagged rows (`flagged_rows`).
+    rows: `(N,)` bool, which rows of `batch` `flagged` holds.
+  """
+  actions = clean.drop_actions(flagged.column("reasons"), rule.drop_reasons,
+                               rule.relabel)
+  suggested = None
+  if "suggested_label" in flagged.schema.names:
+    suggested = np.asarray(pc.fill_null(flagged.column("suggested_label"), 0
+                                        ).to_numpy(zero_copy_only=False))
+  positions = batch.column(POSITION_COLUMN).to_numpy(zero_copy_only=False)
+  sources = batch.column(SOURCE_COLUMN)
+  flagged_at = np.flatnonzero(rows)
+  marks = []
+  for source in pc.unique(sources).to_pylist():
+    mine = pc.equal(sources, source).to_numpy(zero_copy_only=False)
+    index = np.cumsum(mine) - 1  # Row of `batch` → row among `mine`.
+    picked = mine[flagged_at]
+    marks.append((source, clean.file_marks(
+        positions[mine], index[flagged_at[picked]],
+        clean.Actions(actions.dropped[picked], actions.relabelled[picked]),
+        None if suggested is None else suggested[picked])))
+  relabelled = pa.RecordBatch.from_arrays(
+      [flagged.column(c).filter(pa.array(actions.relabelled))
+       for c in RELABELLED_SCHEMA.names] if rule.relabel else
+      [pa.array([], f.type) for f in RELABELLED_SCHEMA],
+      schema=RELABELLED_SCHEMA)
+  return marks, relabelled
+
+
+def weights_batch(batch: pa.RecordBatch, flagged: pa.RecordBatch,
+                  rows: np.ndarray, rule: WeightRule, column: str,
+                  loss_stats: Optional[dict]) -> pa.RecordBatch:
+  """`(id, weight)` of every row of a scored batch (`weights.SCHEMA`).
+
+  Args:
+    flagged: its flagged rows; `rows` `(N,)` bool, which they are.
+    column: the loss column the statistics are of (`loss_bins`).
+    loss_stats: the `LossAccumulator.summary()` of `column` (`loss_bins`).
+  """
+  counted = np.zeros(batch.num_rows, bool)
+  counted[np.flatnonzero(rows)] = clean.drop_actions(
+      flagged.column("reasons"), rule.reasons, relabel=False).dropped
+  losses = batch.column(column).to_numpy(zero_copy_only=False)
+  weight = weights.example_weights(
+      rule, counted, losses,
+      None if loss_stats is None else weights.bin_edges(rule, loss_stats))
+  return pa.RecordBatch.from_arrays([batch.column("id"), pa.array(weight)],
+                                    schema=weights.SCHEMA)
+
+
 class _FlagFn(beam.DoFn):
 
   def __init__(self, schema: pa.Schema, column: str,
-               class_names: Optional[Sequence[str]], data_map: bool = False):
+               class_names: Optional[Sequence[str]], data_map: bool = False,
+               clean_rule: Optional[CleanRule] = None,
+               weight_rule: Optional[WeightRule] = None):
     self._schema = schema
     self._column = column
     self._class_names = class_names
     self._data_map = data_map
+    self._clean_rule = clean_rule
+    self._weight_rule = weight_rule
     self._flagged = Metrics.counter(METRICS_NAMESPACE, "examples_flagged")
 
-  def process(self, batch: pa.RecordBatch, thresholds: Thresholds):
+  def process(self, batch: pa.RecordBatch, thresholds: Thresholds,
+              loss_stats: Optional[dict] = None):
     flagged, rows = flagged_rows(batch, thresholds, self._schema,
                                  self._column, self._class_names)
+    if self._weight_rule is not None:
+      yield beam.pvalue.TaggedOutput(WEIGHTS, weights_batch(
+          batch, flagged, rows, self._weight_rule, self._column,
+          loss_stats))
     if self._data_map:
       yield beam.pvalue.TaggedOutput(DATA_MAP, data_map_sample(batch, rows))
+    if self._clean_rule is not None:
+      marks, relabelled = clean_marks(batch, flagged, rows, self._clean_rule)
+      for mark in marks:
+        yield beam.pvalue.TaggedOutput(MARKS, mark)
+      if relabelled.num_rows:
+        yield beam.pvalue.TaggedOutput(RELABELLED, relabelled)
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged
@@ -193,16 +291,32 @@ class FlagExamples(beam.PTransform):
     class_names: the class names by index (`input.label_vocabulary`), or
       None; they name `suggested_class`.
     data_map: whether to sample the data map too (scored batches with
-      training dynamics): then the output is the flagged batches as
-      `flagged`, and `data_map`, one `DataMap` of every batch.
+      training dynamics): then the output has `data_map`, one `DataMap` of
+      every batch.
+    clean_rule: with `output.clean` (scored batches with positions): the
+      output has `marks`, `(source, FileMarks)` merged per source file, and
+      `relabelled`, the rows kept with a new label (`RELABELLED_SCHEMA`).
+    weight_rule: with `output.weights`: the output has `weights`, `(id,
+      weight)` batches of every row (`lossaudit.weights.SCHEMA`).
+    loss_stats: a singleton `LossAccumulator.summary()` of `column`, for
+      `loss_bins` weights.
+
+  The output is the flagged batches; with any of `data_map`, `clean_rule`
+  or `weight_rule`, a dict of them as `flagged` and the other outputs.
   """
 
   def __init__(self, thresholds, scored_schema: pa.Schema,
                column: str = "loss",
                class_names: Optional[Sequence[str]] = None,
-               data_map: bool = False):
+               data_map: bool = False,
+               clean_rule: Optional[CleanRule] = None,
+               weight_rule: Optional[WeightRule] = None,
+               loss_stats=None):
     super().__init__()
     self._data_map = data_map
+    self._clean_rule = clean_rule
+    self._weight_rule = weight_rule
+    self._loss_stats = loss_stats
     self._thresholds = thresholds
     self._schema = flagged_schema(scored_schema)
     self._column = column
@@ -214,13 +328,25 @@ class FlagExamples(beam.PTransform):
                        " None")
 
   def expand(self, scored):
+    side_inputs = {"thresholds": beam.pvalue.AsSingleton(self._thresholds)}
+    if self._weight_rule is not None and self._loss_stats is not None:
+      side_inputs["loss_stats"] = beam.pvalue.AsSingleton(self._loss_stats)
     flag = beam.ParDo(
         _FlagFn(self._schema, self._column, self._class_names,
-                self._data_map),
-        thresholds=beam.pvalue.AsSingleton(self._thresholds))
-    if not self._data_map:
+                self._data_map, self._clean_rule, self._weight_rule),
+        **side_inputs)
+    if not (self._data_map or self._clean_rule or self._weight_rule):
       return scored | "Flag" >> flag
-    result = scored | "Flag" >> flag.with_outputs(DATA_MAP, main="flagged")
-    return {"flagged": result.flagged,
-            DATA_MAP: result[DATA_MAP] | "CombineDataMap" >> (
-                beam.CombineGlobally(DataMapCombineFn()))}
+    result = scored | "Flag" >> flag.with_outputs(
+        DATA_MAP, MARKS, RELABELLED, WEIGHTS, main="flagged")
+    found = {"flagged": result.flagged}
+    if self._data_map:
+      found[DATA_MAP] = result[DATA_MAP] | "CombineDataMap" >> (
+          beam.CombineGlobally(DataMapCombineFn()))
+    if self._clean_rule is not None:
+      found[MARKS] = result[MARKS] | "MergeMarks" >> beam.CombinePerKey(
+          lambda marks: merge_all(marks, FileMarks()))
+      found[RELABELLED] = result[RELABELLED]
+    if self._weight_rule is not None:
+      found[WEIGHTS] = result[WEIGHTS]
+    return found

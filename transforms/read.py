@@ -24,6 +24,7 @@ from typing import (
 )
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -35,7 +36,7 @@ from tensorflow.core.example import example_pb2
 from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
 from lossaudit import columns as cols
 from lossaudit.errors import explained
-from lossaudit.model_inputs import with_raw_records
+from lossaudit.model_inputs import POSITION_COLUMN, with_raw_records
 
 # Each stage after reading pays a fixed cost per element (a few Arrow and
 # numpy calls): elements of this many rows keep it small beside the model's
@@ -126,10 +127,11 @@ class _ReadTFExampleFile(beam.DoFn):
   """
 
   def __init__(self, schema: bytes, batch_size: int, raw_records: bool,
-               metrics_prefix: str = ""):
+               metrics_prefix: str = "", positions: bool = False):
     self._schema = schema
     self._batch_size = batch_size
     self._raw_records = raw_records
+    self._positions = positions
     self._records_read = Metrics.counter(METRICS_NAMESPACE,
                                          f"{metrics_prefix}records_read")
     self._unreadable = Metrics.counter(
@@ -146,11 +148,13 @@ class _ReadTFExampleFile(beam.DoFn):
   def _pieces(self, path: str) -> Iterator[_Piece]:
     """Runs on the prefetch thread, with a decoder of its own."""
     decoder = _Decoder(self._schema)
+    position = 0  # Of the next record in the file.
     try:
       for item in _gathered(
           tfrecord.tf_data_batches(path, self._batch_size),
           element_rows(self._batch_size)):
         if isinstance(item, tfrecord.Unreadable):
+          position = item.record + 1
           yield _Piece(records_read=0, unreadable=1, outputs=[
               beam.pvalue.TaggedOutput(
                   dead_letters.TAG, dead_letters.dead_letter(
@@ -159,35 +163,52 @@ class _ReadTFExampleFile(beam.DoFn):
                       else dead_letters.UNREADABLE_STRETCH))])
           continue
         yield _Piece(records_read=len(item), unreadable=0,
-                     outputs=self._decoded(decoder, path, item))
+                     outputs=self._decoded(decoder, path, item, position))
+        position += len(item)
     except Exception as e:  # pylint: disable=broad-except
       yield _Piece(records_read=0, unreadable=1,
                    outputs=[_unreadable_file(path, e)])
 
-  def _decoded(self, decoder: _Decoder, path: str, records: List[bytes]
-               ) -> List[Any]:
-    """`records` decoded as one batch; those the decoder refuses are found
-    by halves (a few calls, not one a record) and dead-lettered."""
-    good, dead, pending = [], [], [records]
+  def _decoded(self, decoder: _Decoder, path: str, records: List[bytes],
+               first: int) -> List[Any]:
+    """`records` (the first at position `first` of the file) decoded as one
+    batch; those the decoder refuses are found by halves (a few calls, not
+    one a record) and dead-lettered."""
+    good, dead, pending = [], [], [(first, records)]
     while pending:
-      part = pending.pop(0)
+      start, part = pending.pop(0)
       try:
         batch = decoder.decode(part)
       except Exception as e:  # pylint: disable=broad-except
         if len(part) > 1:
-          pending[:0] = [part[:len(part) // 2], part[len(part) // 2:]]
+          half = len(part) // 2
+          pending[:0] = [(start, part[:half]), (start + half, part[half:])]
           continue
         reason, what = _why_undecodable(part[0])
         dead.append(beam.pvalue.TaggedOutput(
             dead_letters.TAG, dead_letters.dead_letter(
                 path, None, explained(what, e), reason)))
         continue
-      good.append((part, batch))
+      good.append((start, part, batch))
+    positions = [np.arange(start, start + len(part)) for start, part, _ in good]
     if len(good) > 1:  # Decoded once more, together, as one batch.
-      kept = [record for part, _ in good for record in part]
-      good = [(kept, decoder.decode(kept))]
-    return [(path, with_raw_records(batch, part) if self._raw_records
-             else batch) for part, batch in good] + dead
+      kept = [record for _, part, _ in good for record in part]
+      good = [(first, kept, decoder.decode(kept))]
+    outputs = []
+    for _, part, batch in good:
+      if self._raw_records:
+        batch = with_raw_records(batch, part)
+      if self._positions:
+        batch = with_positions(batch, np.concatenate(positions))
+      outputs.append((path, batch))
+    return outputs + dead
+
+
+def with_positions(batch: pa.RecordBatch, positions: np.ndarray
+                   ) -> pa.RecordBatch:
+  """`batch` with each row's position in its file as `POSITION_COLUMN`."""
+  return batch.append_column(POSITION_COLUMN,
+                             pa.array(positions, pa.int64()))
 
 
 def _why_undecodable(record: bytes) -> Tuple[str, str]:
@@ -210,20 +231,21 @@ class ReadTFExampleBatches(beam.PTransform):
   """
 
   def __init__(self, files: Sequence[str], schema: bytes, batch_size: int,
-               raw_records: bool = False):
+               raw_records: bool = False, positions: bool = False):
     super().__init__()
     self._files = list(files)
     self._schema = schema
     self._batch_size = batch_size
     self._raw_records = raw_records
+    self._positions = positions
 
   def expand(self, pbegin):
     return (pbegin
             | "Files" >> beam.Create(self._files)
             | "Spread" >> beam.Reshuffle()
             | "ReadAndDecode" >> beam.ParDo(_ReadTFExampleFile(
-                self._schema, self._batch_size, self._raw_records)
-                ).with_outputs(
+                self._schema, self._batch_size, self._raw_records,
+                positions=self._positions)).with_outputs(
                     dead_letters.TAG, main="batches"))
 
 
@@ -260,9 +282,10 @@ class _ReadRowGroup(beam.DoFn):
   """
 
   def __init__(self, columns: Optional[Sequence[str]], batch_size: int,
-               metrics_prefix: str = ""):
+               metrics_prefix: str = "", positions: bool = False):
     self._columns = list(columns) if columns else None
     self._batch_size = batch_size
+    self._positions = positions
     self._records_read = Metrics.counter(METRICS_NAMESPACE,
                                          f"{metrics_prefix}records_read")
     self._unreadable = Metrics.counter(
@@ -277,6 +300,8 @@ class _ReadRowGroup(beam.DoFn):
             c for c in self._columns if c in parquet.schema_arrow.names]
         table = cols.without_dictionaries(
             parquet.read_row_group(index, columns=columns))
+        first = sum(parquet.metadata.row_group(i).num_rows
+                    for i in range(index))
     except Exception as e:  # pylint: disable=broad-except
       self._unreadable.inc()
       yield beam.pvalue.TaggedOutput(
@@ -292,6 +317,10 @@ class _ReadRowGroup(beam.DoFn):
                  min(rows, ELEMENT_BYTES * table.num_rows // table.nbytes))
     for batch in table.combine_chunks().to_batches(max_chunksize=rows):
       if batch.num_rows:
+        if self._positions:
+          batch = with_positions(
+              batch, np.arange(first, first + batch.num_rows))
+        first += batch.num_rows
         yield path, batch
 
 
@@ -303,11 +332,12 @@ class ReadParquetBatches(beam.PTransform):
   """
 
   def __init__(self, files: Sequence[str], columns: Optional[Sequence[str]],
-               batch_size: int):
+               batch_size: int, positions: bool = False):
     super().__init__()
     self._files = list(files)
     self._columns = columns
     self._batch_size = batch_size
+    self._positions = positions
 
   def expand(self, pbegin):
     row_groups = (pbegin
@@ -318,7 +348,8 @@ class ReadParquetBatches(beam.PTransform):
     read = (row_groups.groups
             | "Spread" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(
-                self._columns, self._batch_size)).with_outputs(
+                self._columns, self._batch_size,
+                positions=self._positions)).with_outputs(
                     dead_letters.TAG, main="batches"))
     dead = ((row_groups[dead_letters.TAG], read[dead_letters.TAG])
             | "DeadLetters" >> beam.Flatten())

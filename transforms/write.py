@@ -12,6 +12,7 @@ import pyarrow as pa
 from apache_beam.io import parquetio, textio
 
 from lossaudit import drift, outputs, ownership
+from lossaudit.clean import CleanCounts
 from lossaudit.config import AuditConfig, DynamicsConfig, GateConfig
 from lossaudit.data_map import DataMap
 from lossaudit.duplicates import Duplicates
@@ -145,7 +146,10 @@ class _WriteSummaryFn(beam.DoFn):
               fold_stats: Optional[List[Tuple[str, Dict]]] = None,
               flag_history: Optional[HistoryCounts] = None,
               resolved_files: Sequence[str] = (),
-              top_new_flagged: Sequence[Dict] = ()):
+              top_new_flagged: Sequence[Dict] = (),
+              weights_files: Optional[Sequence[str]] = None,
+              relabelled_files: Optional[Sequence[str]] = None,
+              clean_counts: Optional[CleanCounts] = None):
     summary = build_summary(
         loss_stats=loss_stats,
         slice_stats=dict(slice_stats),
@@ -168,7 +172,16 @@ class _WriteSummaryFn(beam.DoFn):
             outputs.DEAD_LETTER: sorted(dead_letter_files),
             **({outputs.RESOLVED: sorted(resolved_files)}
                if flag_history is not None else {}),
+            **({outputs.WEIGHTS: sorted(weights_files)}
+               if weights_files is not None else {}),
+            **({outputs.RELABELLED: sorted(relabelled_files)}
+               if relabelled_files is not None else {}),
         })
+    if clean_counts is not None:
+      summary["clean"] = dict(
+          clean_counts.to_dict(),
+          adds_up=(clean_counts.kept + clean_counts.dropped
+                   == summary["examples_scored"]))
     if flag_history is not None:
       summary["flagged"].update(flag_history.to_dict())
       summary["flag_history"] = {
@@ -253,6 +266,9 @@ class WriteSummary(beam.PTransform):
       `gate.baseline`; `written` then has `outputs.RESOLVED` too.
     top_new_flagged: one list of the top new flags, as dicts (with
       `flag_history`).
+    clean_counts: one `CleanCounts`, or None (no PCollection) without
+      `output.clean`; `written` then has `outputs.RELABELLED` too (and
+      `outputs.WEIGHTS` with `output.weights`).
   """
 
   def __init__(self, directory: str, config: AuditConfig, run: Dict,
@@ -266,7 +282,8 @@ class WriteSummary(beam.PTransform):
                data_map: Optional[beam.PCollection] = None,
                fold_stats: Optional[beam.PCollection] = None,
                flag_history: Optional[beam.PCollection] = None,
-               top_new_flagged: Optional[beam.PCollection] = None):
+               top_new_flagged: Optional[beam.PCollection] = None,
+               clean_counts: Optional[beam.PCollection] = None):
     super().__init__()
     self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
                                baseline, class_names, loss_computed_from,
@@ -300,6 +317,12 @@ class WriteSummary(beam.PTransform):
           flag_history=one(flag_history),
           resolved_files=many(written[outputs.RESOLVED]),
           top_new_flagged=one(top_new_flagged))
+    if clean_counts is not None:
+      self._side_inputs.update(
+          clean_counts=one(clean_counts),
+          relabelled_files=many(written[outputs.RELABELLED]))
+    if written.get(outputs.WEIGHTS) is not None:
+      self._side_inputs["weights_files"] = many(written[outputs.WEIGHTS])
 
   def expand(self, pbegin):
     return (pbegin
