@@ -16,11 +16,17 @@ from lossaudit import dead_letters, drift, outputs, preflight, weights
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.flag_counts import FlagCounts
-from lossaudit.history import NEW, RESOLVED_SCHEMA, with_history_schema
+from lossaudit.history import (
+  NEW,
+  RESOLVED_SCHEMA,
+  SCORED_SCHEMA,
+  with_history_schema,
+)
 from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
 from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
+from lossaudit.transforms.buckets import BucketRows
 from lossaudit.transforms.clean import CleanTarget, WriteCleanFiles
 from lossaudit.transforms.duplicates import CountDuplicateIds
 from lossaudit.transforms.flag import (
@@ -85,6 +91,9 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   scratch = outputs.scratch_prefix(config.output.dir, run["run_id"], "scored")
   read = _read(p, config, plan)
   scored = _score(read, config, plan, runner)
+  scored = scored._replace(id_buckets=scored.batches | "BucketIds" >> (
+      BucketRows(outputs.scratch_prefix(config.output.dir, run["run_id"],
+                                        "ids"), SCORED_SCHEMA)))
   rules = _rules(scored, config, plan, scratch)
   history = _history(scored, rules, config, plan, run, baseline)
   _write(p, config, plan, read, scored, rules, history,
@@ -113,6 +122,9 @@ class _Scored(NamedTuple):
     devices: `host:device` of each scoring DoFn instance.
     candidates: each bundle's running top rows as read, for the report's
       previews (`previews.candidates` tables; empty without previews).
+    id_buckets: `(bucket, scratch file)` of the scored `(id, loss)`, split
+      by id hash (`BucketRows`): the duplicate ids are counted, and the flag
+      history joined, from them.
   """
 
   batches: beam.PCollection
@@ -120,6 +132,7 @@ class _Scored(NamedTuple):
   timings: beam.PCollection
   devices: beam.PCollection
   candidates: beam.PCollection
+  id_buckets: Optional[beam.PCollection] = None
 
 
 class _Statistics(NamedTuple):
@@ -266,7 +279,7 @@ def _history(scored: _Scored, rules: _Flagged, config: AuditConfig,
   is set (no baseline run yet: every flag is new); else None."""
   if config.gate.baseline is None:
     return None
-  joined = HistoryInputs(flagged=rules.flagged, scored=scored.batches) | (
+  joined = HistoryInputs(flagged=rules.flagged, scored=scored.id_buckets) | (
       "FlagHistory" >> FlagHistory(
           outputs.scratch_prefix(config.output.dir, run["run_id"], "history"),
           flagged_schema(plan.spec.scored_schema()),
@@ -420,8 +433,8 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
           dead
           | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
           | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
-      duplicates=scored.batches | "CountDuplicateIds" >> CountDuplicateIds(
-          outputs.scratch_prefix(out, run["run_id"], "ids")),
+      duplicates=scored.id_buckets | "CountDuplicateIds" >> (
+          CountDuplicateIds()),
       top_flagged=top_flagged,
       previews=_previews(p, config, plan, top_flagged, scored.candidates),
       timings=scored.timings | "SumTimes" >> beam.CombineGlobally(

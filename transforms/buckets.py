@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 
 from lossaudit import duplicates
@@ -65,12 +66,18 @@ class _BucketRowsFn(beam.DoFn):
     self._buffer, self._buffered = [], 0
     buckets = duplicates.hash_buckets(table.column("id").combine_chunks(),
                                        self._num_buckets)
-    for bucket in sorted(set(buckets.tolist())):
+    # One sort, then each bucket is a slice (not one filter a bucket).
+    order = np.argsort(buckets, kind="stable")
+    table = table.take(pa.array(order))
+    buckets = buckets[order]
+    starts = np.flatnonzero(np.diff(buckets, prepend=-1))
+    stops = np.append(starts[1:], len(buckets))
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+      bucket = int(buckets[start])
       if bucket not in self._files:
         self._files[bucket] = open_spill(f"{self._prefix}-b{bucket}",
                                          self._schema)
-      part = table.filter(pa.array(buckets == bucket))
-      for batch in part.to_batches():
+      for batch in table.slice(start, stop - start).to_batches():
         self._files[bucket].writer.write_batch(batch)
 
 
@@ -95,7 +102,7 @@ class BucketRows(beam.PTransform):
 
 
 def read_bucket(paths: Iterable[str], schema: pa.Schema) -> pa.Table:
-  """The rows of one bucket's scratch files, as one table of `schema`."""
+  """The `schema` columns of one bucket's scratch files, as one table."""
   return pa.Table.from_batches(
-      [batch for path in paths for batch in read_spilled(path)],
-      schema=schema)
+      [batch.select(schema.names) for path in paths
+       for batch in read_spilled(path)], schema=schema)

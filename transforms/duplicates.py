@@ -1,8 +1,8 @@
 """`CountDuplicateIds`: how many ids occur on more than one scored example.
 
-The ids are split into hash buckets of scratch files (`BucketRows`); each
-bucket's files are then read and counted on one worker, which holds about
-1/64 of the ids.
+The ids come split into hash buckets of scratch files (`BucketRows`, shared
+with the flag history's join); each bucket's files are read and counted on
+one worker, which holds about 1/64 of the ids.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from lossaudit import duplicates
 from lossaudit.merging import merge_all
-from lossaudit.transforms.buckets import BucketRows, read_bucket
+from lossaudit.transforms.buckets import read_bucket
 
 _SCHEMA = pa.schema([pa.field("id", pa.string())])
 
@@ -26,24 +26,15 @@ def _find_in_bucket(unused_bucket: int, paths: Iterable[str]
 
 
 class CountDuplicateIds(beam.PTransform):
-  """Scored RecordBatches → one `lossaudit.duplicates.Duplicates`.
+  """`(bucket, scratch file)` pairs of `BucketRows` (with an `id` column) →
+  one `lossaudit.duplicates.Duplicates`.
 
   Duplicates are counted, never merged: every example is scored and written
   under its id.
-
-  Args:
-    prefix: scratch files are `prefix-b<bucket>-*.arrows`.
-    num_buckets: how many buckets the ids are split into.
   """
 
-  def __init__(self, prefix: str, num_buckets: int = duplicates.NUM_BUCKETS):
-    super().__init__()
-    self._prefix = prefix
-    self._num_buckets = num_buckets
-
-  def expand(self, batches):
-    return (batches
-            | "Bucket" >> BucketRows(self._prefix, _SCHEMA, self._num_buckets)
+  def expand(self, buckets):
+    return (buckets
             | "GroupBuckets" >> beam.GroupByKey()
             | "FindInBucket" >> beam.MapTuple(_find_in_bucket)
             | "Merge" >> beam.CombineGlobally(

@@ -2,7 +2,8 @@
 
 Today's flagged rows, today's scored `(id, loss)` and the baseline's
 `flagged/` rows are each split into hash buckets of scratch files
-(`BucketRows`); only the `(bucket, (kind, file))` names are grouped, and each
+(`BucketRows`; the scored ones are the buckets the duplicate-id count
+reads too); only the `(bucket, (kind, file))` names are grouped, and each
 bucket is joined on one worker (`lossaudit.history.join_bucket`). No side
 input holds the ids, and a worker holds one bucket's rows: memory stays flat
 however many examples are flagged. A bucket without baseline flags never
@@ -34,7 +35,8 @@ class HistoryInputs(NamedTuple):
 
   Attributes:
     flagged: today's flagged RecordBatches.
-    scored: today's scored RecordBatches (their `id` and `loss` are read).
+    scored: `(bucket, scratch file)` of today's scored `(id, loss)`
+      (`BucketRows` with `SCORED_SCHEMA`).
   """
 
   flagged: beam.PCollection
@@ -112,8 +114,8 @@ class FlagHistory(beam.PTransform):
     parts = (
         inputs.flagged | "BucketFlagged" >> BucketRows(
             f"{prefix}-{_FLAGGED}", self._flagged_schema, tag=_FLAGGED),
-        inputs.scored | "BucketScored" >> BucketRows(
-            f"{prefix}-{_SCORED}", SCORED_SCHEMA, tag=_SCORED),
+        inputs.scored | "TagScored" >> beam.MapTuple(
+            lambda bucket, path: (bucket, (_SCORED, path))),
         (inputs.flagged.pipeline
          | "BaselineFiles" >> beam.Create(self._baseline_files)
          | "Spread" >> beam.Reshuffle()
