@@ -426,6 +426,14 @@ class ModelConfig:
             f"model.{key}: expected a value to fill {{{placeholder}}} in"
             f" model.path {self.path!r}. Received: None")
 
+  def path_groups(self) -> Tuple[Tuple[str, ...], ...]:
+    """Each fold's model (one without `folds`), as each checkpoint's path
+    (one without `checkpoints`); empty with a predictions column."""
+    if self.predictions_column:
+      return ()
+    folds = range(self.folds) if self.folds else (None,)
+    return tuple(self.paths(fold) for fold in folds)
+
   def paths(self, fold: Optional[int] = None) -> Tuple[str, ...]:
     """The model paths of `fold` (None without folds), one per checkpoint
     (oldest first) or one."""
@@ -1225,13 +1233,13 @@ def apply_override(raw: dict, assignment: str) -> None:
 def load_config(path: str, overrides: Sequence[str] = ()) -> AuditConfig:
   """Reads a YAML config file (safely; local or gs://) and applies `--set`
   overrides."""
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-
   if not isinstance(path, str) or not path:
     raise ConfigError(
         f"--config: expected a YAML file. Received: {short_repr(path)}")
   _check_location("--config", path)
   remote = _SCHEME.match(path) is not None
+  if remote:  # Beam loads in a second: only for a config that needs it.
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   # Any existing path but a directory: `--config <(...)` is a pipe.
   if not (FileSystems.exists(path) if remote else os.path.exists(path)):
     raise ConfigError(f"--config: expected a YAML file. Received:"

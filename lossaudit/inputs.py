@@ -102,6 +102,24 @@ def expand(patterns: Sequence[str], output_dir: str) -> InputFiles:
   return InputFiles(tuple(files), tuple(not_regular))
 
 
+def check_model_paths(groups: Sequence[Sequence[str]]) -> None:
+  """Refuses a local model path that does not exist, before TensorFlow
+  loads (a remote one is found missing when it is copied to load it).
+
+  Args:
+    groups: each fold's model paths, one a checkpoint
+      (`ModelConfig.path_groups`).
+
+  Raises:
+    ConfigError: naming `model.path` and the first missing path.
+  """
+  for path in (p for group in groups for p in group):
+    if not _is_remote(path) and not os.path.exists(path):
+      raise ConfigError(
+          f"model.path: expected a .keras file or a SavedModel directory."
+          f" Received: {path!r} (no such file or directory)")
+
+
 def _is_regular(path: str) -> bool:
   """Whether `path` is a regular file; objects in a bucket always are."""
   if _is_remote(path):

@@ -38,16 +38,6 @@ def check_labels(config: AuditConfig) -> None:
 SERIALIZED_EXAMPLES_INPUT = "examples"
 
 
-def model_paths(config: AuditConfig) -> Tuple[Tuple[str, ...], ...]:
-  """Each fold's model (one without `model.folds`), as each checkpoint's
-  path (one without `model.checkpoints`); empty with a predictions
-  column."""
-  if config.model.predictions_column:
-    return ()
-  folds = range(config.model.folds) if config.model.folds else (None,)
-  return tuple(config.model.paths(fold) for fold in folds)
-
-
 def predictions_width(config: AuditConfig, batch: Optional[pa.RecordBatch],
                       path: str,
                       class_names: Optional[Sequence[str]]) -> int:
@@ -337,7 +327,7 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
       pad_value=config.input.pad_value,
       truncate=config.input.truncate,
       class_names=class_names,
-      model_paths=model_paths(config),
+      model_paths=config.model.path_groups(),
       fold_column=config.input.fold_column,
       predictions_kind=(config.model.predictions_kind
                         if config.model.predictions_column else None),

@@ -20,6 +20,7 @@ from lossaudit import inputs, planning, probe
 from lossaudit.config import AuditConfig
 from lossaudit.model import PredictionsModel, load_models
 from lossaudit.scoring import ScoringSpec
+from lossaudit.timings import StartupTimes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,19 +37,30 @@ class Plan:
   loss_computed_from: Optional[str] = None
 
 
-def plan(config: AuditConfig) -> Plan:
+def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
+         startup: Optional[StartupTimes] = None) -> Plan:
   """Runs every pre-run check and returns what the pipeline needs.
 
   In the order errors are reported: the globs are expanded, the model is
   loaded, the first records are read (`probe.read_sample`), then each stage
   of the plan (`planning`) is checked against them as soon as it is made.
 
+  Args:
+    config: the run's config.
+    found: the input files, when the caller has expanded the globs already
+      (`inputs.expand`).
+    startup: times the model's loading (`model_load`) and the rest
+      (`probe`), when given.
+
   Raises:
     ConfigError: naming the key, flag, file or column at fault.
   """
-  found = inputs.expand(config.input.patterns, config.output.dir)
-  paths = planning.model_paths(config)
+  startup = startup or StartupTimes()
+  if found is None:
+    found = inputs.expand(config.input.patterns, config.output.dir)
+  paths = config.model.path_groups()
   models = paths and load_models(paths, config.model.signature)
+  startup.lap("model_load")
   sample = probe.read_sample(config, found.files)
   class_names = planning.read_vocabulary(config.input.label_vocabulary)
   if not models:
@@ -69,6 +81,7 @@ def plan(config: AuditConfig) -> Plan:
   if sample is not None:
     computed_from = probe.check_scoring(config, spec, models, sample)
   value_type = sample.value_type if sample is not None else (lambda _: None)
+  startup.lap("probe")
   return Plan(files=found.files, not_regular=found.not_regular, spec=spec,
               tf_schema=planning.tf_schema(spec, value_type),
               columns=planning.needed_columns(spec),

@@ -502,7 +502,9 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
           [[d["id"], d["count"]] for d in summary["duplicate_id_examples"]],
           "duplicate-ids")
       if summary["duplicate_ids"] else "<p>Every id is unique.</p>")
-  timings = _table(["", "value"], list(summary["timings"].items()), "timings")
+  timings = _table(["", "value"], [
+      (k, v) for k, v in summary["timings"].items()
+      if k != "first_batch_time"], "timings")
   versions_ = _table(["package", "version"],
                      list(summary["versions"].items()), "versions")
   run = _table(["run id", "started (UTC)", "runner", "devices"],

@@ -34,30 +34,18 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
-from lossaudit import METRICS_NAMESPACE, drift, outputs, ownership
+from lossaudit import METRICS_NAMESPACE, drift, inputs, outputs, ownership
 from lossaudit.config import AuditConfig, load_config
 from lossaudit.errors import ConfigError, describe_error, one_line, short_repr
+from lossaudit.pipelines.arguments import RUN_FLAGS, parse_args
+from lossaudit.timings import StartupTimes, process_start_time
 
-# The options `lossaudit run` takes itself; every other goes to Beam.
-RUN_FLAGS = ("--config", "--set")
 # Runners whose job service adds options of its own, which only it knows.
 _PORTABLE_RUNNERS = ("portable", "flink", "spark", "prism", "kafkastreams")
 T = TypeVar("T")
 
 _ARGPARSE_ERROR = re.compile(r"argument (\S+): (.*)", re.DOTALL)
 _TYPE_NAMES = {"int": "an integer", "float": "a number"}
-
-
-def parse_args(argv: Optional[Sequence[str]] = None):
-  """`--config`, `--set` and the Beam options that pass through."""
-  parser = argparse.ArgumentParser(
-      prog="lossaudit run", allow_abbrev=False,
-      description="Audit a dataset with a saved model's per-sample losses.")
-  parser.add_argument("--config", required=True, help="YAML config file")
-  parser.add_argument(
-      "--set", action="append", default=[], metavar="KEY=VALUE",
-      help="override one dotted config key (value parsed as YAML)")
-  return parser.parse_known_args(argv)
 
 
 class _BeamArgs(beam_options._BeamArgumentParser):  # pylint: disable=protected-access
@@ -191,9 +179,12 @@ def run(argv: Optional[Sequence[str]] = None,
   Raises:
     ConfigError: a bad config or set-up, before the pipeline starts.
   """
+  startup = StartupTimes()
+  run_started = time.time()
   known, beam_args = parse_args(argv)
   check_beam_args(beam_args)
   config = load_config(known.config, known.set)
+  startup.lap("config")
   start_time = clock()
   now = datetime.datetime.fromtimestamp(start_time, datetime.timezone.utc)
   run_id = outputs.new_run_id(now)
@@ -215,12 +206,17 @@ def run(argv: Optional[Sequence[str]] = None,
       # Its flags are cleared with the earlier outputs before the run.
       baseline = _keep_flags(baseline, outputs.scratch_prefix(
           config.output.dir, run_id, "baseline-flagged"))
-    # TensorFlow loads here, once the config is known to be good: a bad one
-    # is told in a second, without TensorFlow's start-up lines before it.
+    startup.lap("claim")
+    files = inputs.expand(config.input.patterns, config.output.dir)
+    inputs.check_model_paths(config.model.path_groups())
+    startup.lap("glob")
+    # TensorFlow loads here, once the config and paths are known to be good:
+    # a bad one is told in a second, without TensorFlow's start-up lines.
     from lossaudit import preflight  # pylint: disable=g-import-not-at-top
     from lossaudit.pipelines import graph  # pylint: disable=g-import-not-at-top
 
-    plan = preflight.plan(config)
+    startup.lap("import_tensorflow")
+    plan = preflight.plan(config, files, startup)
     runner = runner_name(options)
     p = test_pipeline or new_pipeline(options)
     graph.build(p, config, plan, runner,
@@ -228,16 +224,20 @@ def run(argv: Optional[Sequence[str]] = None,
     # Last, once nothing is left to refuse: an earlier run's outputs stay
     # until this run can start.
     claim.clear_previous()
+    startup.lap("graph")
     result = p.run()
     if template_location:
       return {"template": template_location}
     result.wait_until_finish()
     summary_path = outputs.join(config.output.dir, outputs.SUMMARY)
     summary = outputs.read_json(summary_path)
+    summary["timings"]["startup"] = startup.to_dict(
+        process_start_time(), run_started,
+        summary["timings"].get("first_batch_time"))
     found = run_metrics(result)
     if found:
       summary["metrics"] = found
-      outputs.write_json(summary_path, summary)
+    outputs.write_json(summary_path, summary)
     return summary
   finally:
     with SIGNALS.held():

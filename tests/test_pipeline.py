@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from lossaudit.errors import ConfigError
 from lossaudit.pipelines import audit
@@ -447,7 +448,9 @@ def test_cli_quiets_tensorflow_unless_told(tmp_path, monkeypatch, capsys,
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
   else:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", preset)
-  assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--sett"]
-                  ) == 2
+  config = tmp_path / "c.yaml"
+  config.write_text(yaml.safe_dump(base_config(
+      tmp_path / "*.tfrecord", tmp_path / "m.keras", tmp_path / "out")))
+  assert cli.main(["run", "--config", str(config), "--sett"]) == 2
   assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == level
   assert "--sett" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lossaudit import planning, preflight
+from lossaudit import preflight
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError
 from lossaudit.model_inputs import ModelInputs, Ragged, read_model_inputs
@@ -254,8 +254,8 @@ def test_plan_of_folds_checkpoints_and_predictions(tmp_path, models, data):
   assert plan.spec.predictions_kind == "logits"
   assert plan.spec.terms[0].from_logits
   assert plan.columns == ("p", "label", "id")
-  assert planning.model_paths(_config(pattern, {"predictions_column": "p"}
-                                      )) == ()
+  assert _config(pattern, {"predictions_column": "p"}
+                 ).model.path_groups() == ()
 
 
 def test_read_model_inputs_folds_from_ids(models, data):

@@ -52,6 +52,7 @@ class _Scored(NamedTuple):
   dead: List[Dict[str, Any]]
   seconds: float
   halvings: int
+  finished: float  # Seconds since the epoch (the run's first batch).
 
 
 class _Pending(NamedTuple):
@@ -139,7 +140,7 @@ class _ScoreBatchFn(beam.DoFn):
     start, halvings = self._clock(), self._scorer.halvings_in_thread()
     scored, dead = self._scorer.score(source, batch)
     return _Scored(scored, dead, self._clock() - start,
-                   self._scorer.halvings_in_thread() - halvings)
+                   self._scorer.halvings_in_thread() - halvings, time.time())
 
   def _outputs(self, pending: _Pending):
     """The outputs of a batch scored on the scoring thread; its counters."""
@@ -148,7 +149,8 @@ class _ScoreBatchFn(beam.DoFn):
     self._halvings.inc(result.halvings)
     self._latency.update(int(result.seconds * 1000))
     yield beam.pvalue.TaggedOutput(
-        TIMING, Timings.of_batch(batch.num_rows, result.seconds))
+        TIMING, Timings.of_batch(batch.num_rows, result.seconds,
+                                 result.finished))
     for entry in dead:
       yield beam.pvalue.TaggedOutput(dead_letters.TAG, entry)
     self._dead.inc(len(dead))

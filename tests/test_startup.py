@@ -1,0 +1,98 @@
+"""Start-up: set-up errors before Beam and TensorFlow load, and
+`timings.startup` in `summary.json`.
+
+What loads is seen in a child process's `sys.modules` (this one has
+TensorFlow already); no test here reads a clock.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lossaudit.pipelines import audit
+from tests.helpers import audit_env, base_config
+
+# Runs `lossaudit run` in a child, then prints which heavy modules loaded.
+_CHILD = """
+import json, sys
+from lossaudit.pipelines import cli
+code = cli.main(["run", *sys.argv[1:]])
+print(json.dumps({"code": code, "loaded": sorted(
+    m for m in ("apache_beam", "tensorflow", "keras") if m in sys.modules)}))
+"""
+
+
+def _child_run(*args):
+  done = subprocess.run([sys.executable, "-c", _CHILD, *args],
+                        capture_output=True, text=True, env=audit_env(),
+                        timeout=120, check=False)
+  return json.loads(done.stdout.splitlines()[-1]), done.stderr.strip()
+
+
+def test_a_bad_key_is_told_before_beam_and_tensorflow_load(
+    write_config, tfrecord_dir, classifier_path, tmp_path):
+  config = base_config(tfrecord_dir / "*.tfrecord*", classifier_path,
+                       tmp_path / "out")
+  config["flag"] = {"loss_quantil": 0.9}
+  found, stderr = _child_run("--config", write_config(config))
+  assert found == {"code": 2, "loaded": []}
+  assert stderr == (
+      "lossaudit: error: flag.loss_quantil: unknown config key; expected one"
+      " of ['aum_below', 'aum_quantile', 'label_issues', 'loss_quantile',"
+      " 'loss_threshold', 'robust_z', 'score', 'slice_quantile', 'top_k']."
+      " Did you mean flag.loss_quantile?")
+
+
+def test_a_bad_set_override_is_told_before_beam_loads(
+    write_config, tfrecord_dir, classifier_path, tmp_path):
+  config = base_config(tfrecord_dir / "*.tfrecord*", classifier_path,
+                       tmp_path / "out")
+  found, stderr = _child_run("--config", write_config(config),
+                             "--set", "batch_size=-3")
+  assert found == {"code": 2, "loaded": []}
+  assert stderr.startswith("lossaudit: error: batch_size:")
+
+
+@pytest.mark.parametrize("broken, expected", [
+    ({"input": {"pattern": "{dir}/nothing-*.tfrecord"}},
+     "lossaudit: error: input.pattern: no file matches"
+     " '{dir}/nothing-*.tfrecord'"),
+    ({"model": {"path": "{dir}/missing.keras"}},
+     "lossaudit: error: model.path: expected a .keras file or a SavedModel"
+     " directory. Received: '{dir}/missing.keras' (no such file or"
+     " directory)"),
+])
+def test_missing_paths_are_told_before_tensorflow_loads(
+    write_config, tfrecord_dir, classifier_path, tmp_path, broken, expected):
+  config = base_config(tfrecord_dir / "*.tfrecord*", classifier_path,
+                       tmp_path / "out")
+  for section, values in broken.items():
+    config[section].update({k: v.format(dir=tmp_path)
+                            for k, v in values.items()})
+  found, stderr = _child_run("--config", write_config(config))
+  assert found == {"code": 2, "loaded": ["apache_beam"]}
+  assert stderr == expected.format(dir=tmp_path)
+
+
+def test_summary_has_the_startup_steps(write_config, tfrecord_dir,
+                                       classifier_path, tmp_path):
+  config = base_config(tfrecord_dir / "*.tfrecord*", classifier_path,
+                       tmp_path / "out")
+  summary = audit.run(["--config", write_config(config)])
+  startup = summary["timings"]["startup"]
+  steps = ["config", "claim", "glob", "import_tensorflow", "model_load",
+           "probe", "graph"]
+  assert list(startup) == ["before_run", *steps, "to_first_batch", "total"]
+  assert all(startup[s] >= 0 for s in steps)
+  assert startup["to_first_batch"] > 0
+  # The parts add up to the whole (each rounded to 1 ms).
+  parts = startup["before_run"] + sum(startup[s] for s in steps)
+  assert startup["total"] == pytest.approx(
+      parts + startup["to_first_batch"], abs=0.01)
+  # What was written is what was returned.
+  written = json.loads((tmp_path / "out" / "summary.json").read_text())
+  assert written["timings"]["startup"] == startup
+  assert written["timings"]["first_batch_time"] == pytest.approx(
+      summary["timings"]["first_batch_time"])
