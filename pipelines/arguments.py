@@ -10,7 +10,8 @@ RUN_FLAGS = ("--config", "--set")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
-  """`--config`, `--set` and the Beam options that pass through."""
+  """`--config`, `--set`, `--verbose` and the Beam options that pass
+  through."""
   parser = argparse.ArgumentParser(
       prog="lossaudit run", allow_abbrev=False,
       description="Audit a dataset with a saved model's per-sample losses.")
@@ -18,4 +19,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument(
       "--set", action="append", default=[], metavar="KEY=VALUE",
       help="override one dotted config key (value parsed as YAML)")
+  parser.add_argument(
+      "--verbose", action="store_true",
+      help="show TensorFlow's start-up log lines (oneDNN, CUDA)")
   return parser.parse_known_args(argv)

@@ -34,7 +34,14 @@ from apache_beam.options.pipeline_options import (
   StandardOptions,
 )
 
-from lossaudit import METRICS_NAMESPACE, drift, inputs, outputs, ownership
+from lossaudit import (
+  METRICS_NAMESPACE,
+  drift,
+  inputs,
+  outputs,
+  ownership,
+  quiet,
+)
 from lossaudit.config import AuditConfig, load_config
 from lossaudit.errors import ConfigError, describe_error, one_line, short_repr
 from lossaudit.pipelines.arguments import RUN_FLAGS, parse_args
@@ -212,11 +219,12 @@ def run(argv: Optional[Sequence[str]] = None,
     startup.lap("glob")
     # TensorFlow loads here, once the config and paths are known to be good:
     # a bad one is told in a second, without TensorFlow's start-up lines.
-    from lossaudit import preflight  # pylint: disable=g-import-not-at-top
-    from lossaudit.pipelines import graph  # pylint: disable=g-import-not-at-top
+    with quiet.tensorflow_start_up_lines(known.verbose):
+      from lossaudit import preflight  # pylint: disable=g-import-not-at-top
+      from lossaudit.pipelines import graph  # pylint: disable=g-import-not-at-top
 
-    startup.lap("import_tensorflow")
-    plan = preflight.plan(config, files, startup)
+      startup.lap("import_tensorflow")
+      plan = preflight.plan(config, files, startup)
     runner = runner_name(options)
     p = test_pipeline or new_pipeline(options)
     graph.build(p, config, plan, runner,
@@ -444,12 +452,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # Before TensorFlow loads: its C++ INFO and WARNING lines go, a user's own
   # TF_CPP_MIN_LOG_LEVEL wins. Level 2, not 3: 3 would hide TensorFlow's
   # ERROR lines too (such as "failed call to cuInit" on a GPU machine with a
-  # broken driver). Neither level removes what TensorFlow 2.21's libraries
-  # log while they load, before the variable is read: "WARNING: All log
-  # messages before absl::InitializeLog() is called are written to STDERR",
-  # oneDNN's port.cc line and, without CUDA, cudart_stub.cc's (each twice);
-  # level 2 removes cpu_feature_guard's two lines.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # broken driver). What TensorFlow logs while it loads, before the variable
+  # is read, is held back by `quiet.tensorflow_start_up_lines`; `--verbose`
+  # shows it all.
+  if "--verbose" not in (sys.argv[1:] if argv is None else argv):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
   code, summary = run_command(
       lambda: run(argv), "the run stopped, its scratch files and lock are"

@@ -25,7 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # Before TensorFlow loads, for every command: TensorFlow's C++ INFO and
   # WARNING lines go, its ERROR lines stay (why 2: in `audit.main`). A
   # user's own setting wins.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if "--verbose" not in rest:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     if command == "run":
       code = _refuse_bad_config(rest)
