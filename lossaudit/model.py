@@ -7,6 +7,7 @@ with `tf.saved_model.load` and called through their serving signature.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -17,6 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
+from apache_beam.utils import shared
 
 from lossaudit.errors import ConfigError, explained
 
@@ -274,19 +276,75 @@ class PredictionsModel:
     return {PREDICTIONS_OUTPUT: features[self.inputs[0].name]}
 
 
-def load_models(paths: Sequence[Sequence[str]], signature: str
-                ) -> Tuple[Tuple[AuditModel, ...], ...]:
-  """The models of a run, `[fold][checkpoint]`, each loaded once.
+class _LoadedModels:
+  """What `_LOADED` holds. `shared.Shared` keeps weak references: each
+  model refers back to this, so whoever holds a model keeps them all."""
+
+  def __init__(self, models: Tuple[Tuple[AuditModel, ...], ...]):
+    self.models = models
+    for model in (m for group in models for m in group):
+      model.loaded_with = self
+
+
+# The models loaded in this process: the pre-run check's are the workers'
+# when they run in the launcher's process (the DirectRunner's default).
+_LOADED = shared.Shared()
+
+
+def model_version(path: str) -> Tuple:
+  """What says that the model at `path` changed: a local file's or
+  directory's files' sizes and modification times; for a remote model, its
+  local copy (named by the remote files' sizes and times)."""
+  path = local_copy(path)
+  if not os.path.isdir(path):
+    try:
+      found = os.stat(path)
+    except OSError:
+      return (path,)
+    return (path, found.st_size, found.st_mtime_ns)
+  files = []
+  for root, _, names in os.walk(path):
+    for name in names:
+      found = os.stat(os.path.join(root, name))
+      files.append((os.path.relpath(os.path.join(root, name), path),
+                    found.st_size, found.st_mtime_ns))
+  return (path, *sorted(files))
+
+
+def load_models(paths: Sequence[Sequence[str]], signature: str,
+                device: str = "auto") -> Tuple[Tuple[AuditModel, ...], ...]:
+  """The models of a run, `[fold][checkpoint]`, each loaded once a process.
 
   Every model must have the first's inputs and outputs: each example is
-  scored by one of them (folds) or by all (checkpoints) in one graph.
+  scored by one of them (folds) or by all (checkpoints) in one graph. The
+  same paths, unchanged on disk (`model_version`), with the same signature
+  and device give the models already loaded in this process (the pre-run
+  check's, to the DirectRunner's workers).
+
+  Args:
+    paths: each fold's model paths, one a checkpoint.
+    signature: the SavedModel signature.
+    device: `runtime.device`: `cpu` places the models' variables on the
+      CPU, any other value where TensorFlow places them (its first GPU, if
+      it sees one, as `select_device` picks).
 
   Raises:
     ConfigError: a model is missing or cannot be loaded (naming its path),
       or its inputs or outputs differ from the first's.
   """
-  loaded = tuple(tuple(AuditModel(path, signature) for path in group)
-                 for group in paths)
+  paths = tuple(tuple(group) for group in paths)
+  on_cpu = device == "cpu"
+  versions = tuple(model_version(p) for group in paths for p in group)
+  return _LOADED.acquire(
+      lambda: _LoadedModels(_load_models(paths, signature, on_cpu)),
+      tag=repr((paths, versions, signature, on_cpu))).models
+
+
+def _load_models(paths: Tuple[Tuple[str, ...], ...], signature: str,
+                 on_cpu: bool) -> Tuple[Tuple[AuditModel, ...], ...]:
+  with tf.device("/CPU:0") if on_cpu else contextlib.nullcontext():
+    loaded = tuple(tuple(AuditModel(path, signature) for path in group)
+                   for group in paths)
   first = loaded[0][0]
   for model in (m for group in loaded for m in group):
     for what, mine, theirs in (("inputs", model.inputs, first.inputs),

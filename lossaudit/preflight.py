@@ -35,6 +35,9 @@ class Plan:
   # `logits` or `outputs` (`scoring.BatchScorer.computed_from`); None when
   # no data was probed.
   loss_computed_from: Optional[str] = None
+  # The models loaded for the check, held for the run: workers in this
+  # process get them from `model.load_models` rather than loading again.
+  models: Tuple = dataclasses.field(default=(), compare=False, repr=False)
 
 
 def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
@@ -59,7 +62,8 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   if found is None:
     found = inputs.expand(config.input.patterns, config.output.dir)
   paths = config.model.path_groups()
-  models = paths and load_models(paths, config.model.signature)
+  models = paths and load_models(paths, config.model.signature,
+                                 config.runtime.device)
   startup.lap("model_load")
   sample = probe.read_sample(config, found.files)
   class_names = planning.read_vocabulary(config.input.label_vocabulary)
@@ -85,4 +89,4 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   return Plan(files=found.files, not_regular=found.not_regular, spec=spec,
               tf_schema=planning.tf_schema(spec, value_type),
               columns=planning.needed_columns(spec),
-              loss_computed_from=computed_from)
+              loss_computed_from=computed_from, models=models)

@@ -760,7 +760,7 @@ def spec_models(spec: ScoringSpec) -> Tuple[Tuple[Any, ...], ...]:
     feature = spec.features[0]
     return ((PredictionsModel(feature.column, feature.shape[0]),),)
   return load_models(spec.model_paths or ((spec.model_path,),),
-                     spec.signature)
+                     spec.signature, spec.device)
 
 
 def regions(confidence: np.ndarray, variability: np.ndarray,

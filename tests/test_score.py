@@ -183,7 +183,8 @@ def test_each_batch_is_timed_by_the_injected_clock(classifier_path, columns):
   from lossaudit.transforms.score import TIMING, _ScoreBatchFn
 
   ticks = iter([10.0, 10.25, 11.0, 11.5])
-  fn = _ScoreBatchFn(_spec(classifier_path), None, clock=lambda: next(ticks))
+  fn = _ScoreBatchFn(_spec(classifier_path), None, clock=lambda: next(ticks),
+                     wall_clock=lambda: 1000.5)
   fn.setup()
   fn.start_bundle()
   # A batch's outputs leave with the next batch (it is scored meanwhile),
@@ -199,7 +200,7 @@ def test_each_batch_is_timed_by_the_injected_clock(classifier_path, columns):
             and o.tag == TIMING]
 
   assert timings(first) == []
-  assert timings(second) == [Timings.of_batch(30, 0.25)]
-  assert timings(last) == [Timings.of_batch(20, 0.5)]
+  assert timings(second) == [Timings.of_batch(30, 0.25, 1000.5)]
+  assert timings(last) == [Timings.of_batch(20, 0.5, 1000.5)]
   scored = [o.value for o in last if isinstance(o, WindowedValue)]
   assert [b.num_rows for b in scored] == [20]

@@ -6,13 +6,18 @@ TensorFlow already); no test here reads a clock.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
+import keras
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from lossaudit import model as model_lib
 from lossaudit.pipelines import audit
-from tests.helpers import audit_env, base_config
+from tests.helpers import audit_env, base_config, build_classifier
 
 # Runs `lossaudit run` in a child, then prints which heavy modules loaded.
 _CHILD = """
@@ -96,3 +101,39 @@ def test_summary_has_the_startup_steps(write_config, tfrecord_dir,
   assert written["timings"]["startup"] == startup
   assert written["timings"]["first_batch_time"] == pytest.approx(
       summary["timings"]["first_batch_time"])
+
+
+class _CountedModel(model_lib.AuditModel):
+  loads = []
+
+  def __init__(self, path, signature="serving_default"):
+    _CountedModel.loads.append(path)
+    super().__init__(path, signature)
+
+
+def test_the_model_is_loaded_once_a_process(write_config, tfrecord_dir,
+                                            classifier_path, tmp_path,
+                                            monkeypatch, columns):
+  monkeypatch.setattr(model_lib, "AuditModel", _CountedModel)
+  monkeypatch.setattr(_CountedModel, "loads", [])
+  model = tmp_path / "model.keras"  # A path no other test loaded.
+  shutil.copy(classifier_path, model)
+  config = base_config(tfrecord_dir / "*.tfrecord*", model, tmp_path / "a")
+  first = audit.run(["--config", write_config(config)])
+  # The pre-run check's model is the worker's.
+  assert _CountedModel.loads == [str(model)]
+  assert first["examples_scored"] > 0
+
+  # A model saved again at the same path is loaded again.
+  keras.utils.set_random_seed(7)
+  other = build_classifier()
+  other.save(model)
+  config["output"]["dir"] = str(tmp_path / "b")
+  audit.run(["--config", write_config(config)])
+  assert _CountedModel.loads == [str(model)] * 2
+  losses = pq.read_table(tmp_path / "b" / "losses").sort_by("id")
+  rows = [int(i.split("-")[1]) for i in losses.column("id").to_pylist()]
+  expected = keras.losses.sparse_categorical_crossentropy(
+      columns["label"][rows], other.predict(columns["x"][rows], verbose=0))
+  np.testing.assert_allclose(losses.column("loss").to_numpy(),
+                             np.asarray(expected), rtol=1e-5, atol=1e-6)

@@ -71,16 +71,19 @@ class _ScoreBatchFn(beam.DoFn):
   are emitted with the next batch's `process`, the last in
   `finish_bundle`): the steps fused after this one overlap the model.
   Counters and outputs stay on Beam's thread. Each batch's scoring is timed
-  by `clock` (seconds; pickled with the DoFn, so a module-level function).
+  by `clock` (seconds), and its end by `wall_clock` (seconds since the
+  epoch); both are pickled with the DoFn, so module-level functions.
   """
 
   def __init__(self, spec: ScoringSpec, progress_interval: Optional[float],
                clock: Callable[[], float] = time.perf_counter,
                candidates: Optional[Candidates] = None,
                model_checked: bool = False,
-               batch_size: Optional[int] = None):
+               batch_size: Optional[int] = None,
+               wall_clock: Callable[[], float] = time.time):
     self._spec = spec
     self._batch_size = batch_size
+    self._wall_clock = wall_clock
     self._candidates = candidates
     self._model_checked = model_checked
     self._progress_interval = progress_interval
@@ -140,7 +143,8 @@ class _ScoreBatchFn(beam.DoFn):
     start, halvings = self._clock(), self._scorer.halvings_in_thread()
     scored, dead = self._scorer.score(source, batch)
     return _Scored(scored, dead, self._clock() - start,
-                   self._scorer.halvings_in_thread() - halvings, time.time())
+                   self._scorer.halvings_in_thread() - halvings,
+                   self._wall_clock())
 
   def _outputs(self, pending: _Pending):
     """The outputs of a batch scored on the scoring thread; its counters."""
