@@ -39,6 +39,8 @@ With `--baseline-code DIR` (a checkout of another commit, e.g. from
 `git worktree add`) it also times (a) with that code, interleaved with the
 others, and prints the ratios of median time and of peak memory (this
 checkout over DIR's).
+
+`--startup` times start-up instead (see startup.py).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Dict, List, Optional, Sequence
 import audit_at
 import cases
 import numpy as np
+import startup
 
 from lossaudit import datasets
 
@@ -424,7 +427,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--json", default=None, help="also write results here")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--startup", action="store_true",
+                      help="time start-up instead: the demo config from the"
+                      " command to the first scored batch, and a bad key"
+                      " (startup.py; --repeat, default 5)")
   args = parser.parse_args(argv)
+  if args.startup:
+    found = startup.measure(args.dir, args.repeat or 5)
+    startup.report(found)
+    if args.json:
+      with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(found, f, indent=1)
+    return 0
   numeric = args.case in ("numeric", "serialized")
   if args.examples is None:
     args.examples = cases.DEFAULT_EXAMPLES[args.case]
