@@ -589,6 +589,15 @@ class FlagConfig:
   aum_below: Optional[float] = _field(_number(), None)
   score: str = _field(_one_of(FLAG_SCORES), "loss")
 
+  @property
+  def needs_global_statistics(self) -> bool:
+    """Whether a rule compares each row with something known only once
+    every row is scored (a quantile, the median, the top k, label-issue
+    thresholds); `loss_threshold` and `aum_below` alone do not."""
+    return any(value is not None for value in (
+        self.loss_quantile, self.robust_z, self.top_k, self.slice_quantile,
+        self.label_issues, self.aum_quantile))
+
   def __post_init__(self):
     # The order errors have always been reported in.
     _validate(self, "flag", first=("loss_quantile", "loss_threshold",

@@ -218,23 +218,31 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
            scratch: str) -> _Flagged:
   """Statistics → thresholds → the flagged rows.
 
-  The thresholds need every loss first, so the scored batches are spilled
-  to scratch files `scratch-*` and read back for the passes after.
+  When a rule needs every loss first (`FlagConfig.needs_global_statistics`,
+  or `loss_bins` weights), the scored batches are spilled to scratch files
+  `scratch-*` and read back for the passes after; otherwise each batch is
+  flagged as it is scored, in one pass.
   """
   statistics = _statistics(scored.batches, config, plan)
   schema = plan.spec.scored_schema()
-  spilled = scored.batches | "Spill" >> SpillBatches(scratch, schema)
-  label_rules = _label_rules(scored.batches, spilled, config, plan)
-  thresholds = statistics.loss | "Thresholds" >> beam.Map(
-      rule_thresholds, flag_config=config.flag,
-      top_k=_singleton(statistics.top_k),
-      label_rules=_singleton(label_rules),
-      slice_stats=(None if statistics.slices is None
-                   else beam.pvalue.AsDict(statistics.slices)),
-      aum_summary=_singleton(statistics.aum))
   clean, weights = config.output.clean, config.output.weights
-  flagged = (spilled
-             | "RereadForFlags" >> ReadSpilled()
+  if (config.flag.needs_global_statistics
+      or (weights and weights.scheme == "loss_bins")):
+    spilled = scored.batches | "Spill" >> SpillBatches(scratch, schema)
+    label_rules = _label_rules(scored.batches, spilled, config, plan)
+    thresholds = statistics.loss | "Thresholds" >> beam.Map(
+        rule_thresholds, flag_config=config.flag,
+        top_k=_singleton(statistics.top_k),
+        label_rules=_singleton(label_rules),
+        slice_stats=(None if statistics.slices is None
+                     else beam.pvalue.AsDict(statistics.slices)),
+        aum_summary=_singleton(statistics.aum))
+    to_flag = spilled | "RereadForFlags" >> ReadSpilled()
+  else:
+    thresholds = scored.batches.pipeline | "Thresholds" >> beam.Create(
+        [rule_thresholds({}, config.flag)])
+    to_flag = scored.batches
+  flagged = (to_flag
              | "FlagExamples" >> FlagExamples(
                  thresholds, schema, _loss_column(config),
                  class_names=plan.spec.class_names,

@@ -137,3 +137,51 @@ def test_the_model_is_loaded_once_a_process(write_config, tfrecord_dir,
       columns["label"][rows], other.predict(columns["x"][rows], verbose=0))
   np.testing.assert_allclose(losses.column("loss").to_numpy(),
                              np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def _labels(config, tmp_path, write_config):
+  """The transform labels of the audit graph of `config`."""
+  import apache_beam as beam
+
+  from lossaudit import preflight
+  from lossaudit.config import load_config
+  from lossaudit.pipelines import graph
+
+  loaded = load_config(write_config(config, "graph.yaml"))
+  p = beam.Pipeline()
+  graph.build(p, loaded, preflight.plan(loaded), "DirectRunner",
+              {"run_id": "r", "start_time": 0.0}, None)
+  labels = []
+
+  class Visitor(beam.pipeline.PipelineVisitor):
+    def enter_composite_transform(self, node):
+      labels.append(node.full_label)
+
+  p.visit(Visitor())
+  return labels
+
+
+@pytest.mark.parametrize("flag, passes", [
+    ({"loss_quantile": None, "loss_threshold": 1.5}, 1),
+    ({"loss_quantile": None, "loss_threshold": None}, 1),
+    ({"loss_quantile": None, "loss_threshold": 1.5, "robust_z": 3.0}, 2),
+    ({"loss_quantile": 0.9}, 2),
+])
+def test_rules_without_global_statistics_flag_in_one_pass(
+    write_config, tfrecord_dir, classifier_path, tmp_path, flag, passes):
+  config = base_config(tfrecord_dir / "*.tfrecord*", classifier_path,
+                       tmp_path / "out", flag=flag)
+  labels = _labels(config, tmp_path, write_config)
+  assert ("Spill" in labels) == (passes == 2)
+  assert ("RereadForFlags" in labels) == (passes == 2)
+  summary = audit.run(["--config", write_config(config)])
+  losses = pq.read_table(tmp_path / "out" / "losses")
+  flagged = pq.read_table(tmp_path / "out" / "flagged")
+  values = losses.column("loss").to_numpy()
+  ids = np.asarray(losses.column("id").to_pylist())
+  if passes == 1:
+    threshold = flag["loss_threshold"]
+    expected = set() if threshold is None else set(ids[values > threshold])
+    assert set(flagged.column("id").to_pylist()) == expected
+    assert summary["flagged"]["total"] == len(expected)
+  assert summary["examples_scored"] == len(ids)
