@@ -1,11 +1,14 @@
 """`WriteParquetShards`: small scored batches become large row groups."""
 
 import glob
+import io
+import threading
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from lossaudit.transforms import write
@@ -68,3 +71,48 @@ def test_row_groups_end_at_the_byte_bound_of_the_kept_columns(monkeypatch):
   assert all(t.schema.equals(SCHEMA) for t in tables)
   fn.start_bundle()  # A new bundle starts empty.
   assert list(fn.finish_bundle()) == []
+
+
+class _RecordingWriter:
+  """A ParquetWriter that notes the thread of each `write_table`."""
+
+  def __init__(self, writer):
+    self.writer = writer
+    self.threads = []
+
+  def write_table(self, table):
+    self.threads.append(threading.current_thread().name)
+    self.writer.write_table(table)
+
+  def close(self):
+    self.writer.close()
+
+
+def test_row_groups_are_encoded_off_the_calling_thread():
+  buffer = io.BytesIO()
+  buffer.close = lambda: None  # Read back below.
+  writer = write._RowGroupWriter(buffer, SCHEMA, "snappy")  # pylint: disable=protected-access
+  recording = writer._writer = _RecordingWriter(writer._writer)  # pylint: disable=protected-access
+  tables = [pa.Table.from_batches([b.select(SCHEMA.names)])
+            for b in _batches([100, 50, 7])]
+  for table in tables:
+    writer.write(table)
+  writer.close()
+  assert len(recording.threads) == 3
+  assert threading.current_thread().name not in recording.threads
+  found = pq.ParquetFile(io.BytesIO(buffer.getvalue()))
+  assert [found.metadata.row_group(i).num_rows for i in range(3)] == [
+      100, 50, 7]
+  assert found.read().equals(pa.concat_tables(tables))
+
+
+@pytest.mark.parametrize("then", ["write", "close"])
+def test_an_encoding_error_is_raised_by_the_next_write_or_close(then):
+  wrong = pa.table({"id": pa.array(["a"]), "other": pa.array([1.0])})
+  writer = write._RowGroupWriter(io.BytesIO(), SCHEMA, "snappy")  # pylint: disable=protected-access
+  writer.write(wrong)
+  with pytest.raises(ValueError, match="schema"):
+    if then == "write":
+      writer.write(wrong)
+    else:
+      writer.close()

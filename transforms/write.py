@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import time
@@ -9,7 +10,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import parquetio, textio
+import pyarrow.parquet as pq
+from apache_beam.io import filebasedsink, iobase, textio
+from apache_beam.io.filesystem import CompressionTypes
 
 from lossaudit import drift, outputs, ownership
 from lossaudit.clean import CleanCounts
@@ -75,10 +78,69 @@ class _ToRowGroups(beam.DoFn):
     return table
 
 
+class _RowGroupWriter:
+  """A Parquet file whose row groups are encoded on a thread of their own.
+
+  `write` hands a table to the thread and returns once the one before it
+  is written: the caller scores the next batches while a row group is
+  encoded and compressed (pyarrow releases the GIL), and at most one table
+  waits besides the one it is building. The thread's errors are raised by
+  the next `write` or by `close`.
+  """
+
+  def __init__(self, file_handle, schema: pa.Schema, codec: str):
+    self._file = file_handle
+    self._writer = pq.ParquetWriter(file_handle, schema, compression=codec)
+    self._thread = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="lossaudit-parquet")
+    self._pending: Optional[concurrent.futures.Future] = None
+
+  def write(self, table: pa.Table):
+    self._wait()
+    self._pending = self._thread.submit(self._writer.write_table, table)
+
+  def _wait(self):
+    pending, self._pending = self._pending, None
+    if pending is not None:
+      pending.result()
+
+  def close(self):
+    try:
+      self._wait()
+      self._writer.close()
+    finally:
+      self._thread.shutdown()
+      self._file.close()
+
+
+class _ParquetSink(filebasedsink.FileBasedSink):
+  """Beam's Parquet sink of tables, each a row group written by a thread."""
+
+  def __init__(self, file_path_prefix: str, schema: pa.Schema, codec: str,
+               num_shards: int):
+    super().__init__(
+        file_path_prefix, coder=None, file_name_suffix=".parquet",
+        num_shards=num_shards, mime_type="application/x-parquet",
+        compression_type=CompressionTypes.UNCOMPRESSED)
+    self._schema = schema
+    self._codec = codec
+
+  def open(self, temp_path):
+    return _RowGroupWriter(super().open(temp_path), self._schema,
+                           self._codec)
+
+  def write_record(self, file_handle, value):
+    file_handle.write(value)
+
+  def close(self, file_handle):
+    file_handle.close()
+
+
 class WriteParquetShards(beam.PTransform):
   """RecordBatches → `DIR/KIND/part-SSSSS-of-NNNNN.parquet`.
 
-  Outputs the PCollection of written file names.
+  Each row group is encoded off the thread that scores and flags (see
+  `_RowGroupWriter`). Outputs the PCollection of written file names.
   """
 
   def __init__(self, directory: str, kind: str, schema: pa.Schema,
@@ -91,9 +153,9 @@ class WriteParquetShards(beam.PTransform):
   def expand(self, batches):
     return (batches
             | "ToRowGroups" >> beam.ParDo(_ToRowGroups(self._schema))
-            | "Write" >> parquetio.WriteToParquetBatched(
+            | "Write" >> iobase.Write(_ParquetSink(
                 self._prefix, self._schema, codec="snappy",
-                file_name_suffix=".parquet", num_shards=self._num_shards))
+                num_shards=self._num_shards)))
 
 
 class WriteDeadLetters(beam.PTransform):
