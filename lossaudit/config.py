@@ -462,8 +462,8 @@ def _check_loss_name(key: str, name: str) -> None:
 
 def _check_loss_term(key: str, term: Any) -> None:
   """Checks a `loss` or `loss.outputs[i]` section's fields together: no
-  argument lossaudit sets itself in `args`, and `from_logits` only for a
-  loss of logits."""
+  argument lossaudit sets itself in `args`, the values of Keras arguments
+  that have bounds, and `from_logits` only for a loss of logits."""
   from lossaudit import losses  # Local: keeps config import light.
 
   if term.custom is not None:
@@ -473,6 +473,11 @@ def _check_loss_term(key: str, term: Any) -> None:
       raise ConfigError(
           f"{key}.args.{arg}: expected {instead.format(key=key)}. Received:"
           f" {key}.args={short_repr(dict(term.args))}")
+  for arg, value in term.args.items():
+    if arg in losses.ARGUMENT_VALUES:
+      what, holds = losses.ARGUMENT_VALUES[arg]
+      if not holds(value):
+        _fail(f"{key}.args.{arg}", what, value)
   name = losses.canonical_loss_name(term.name)
   if term.from_logits and name not in losses.TAKES_FROM_LOGITS:
     raise ConfigError(

@@ -85,6 +85,28 @@ RESERVED_ARGS = {
 }
 
 
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Keras loss arguments whose values are checked before the run (Keras takes
+# any value and gives negative or meaningless losses): what each expects.
+ARGUMENT_VALUES: Mapping[str, Tuple[str, Callable[[Any], bool]]] = {
+    "label_smoothing": ("a number in [0, 1]",
+                        lambda v: _is_number(v) and 0 <= v <= 1),
+    "delta": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "gamma": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "alpha": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "beta": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "ignore_class": ("an integer class label, or null",
+                     lambda v: v is None or (isinstance(v, int) and
+                                             not isinstance(v, bool))),
+    "apply_class_balancing": ("true or false",
+                              lambda v: isinstance(v, bool)),
+}
+
+
 def canonical_loss_name(name: str) -> Optional[str]:
   """Returns the snake-case Keras loss name for `name`, or None if unknown."""
   key = _ALIASES.get(name, name)
@@ -226,6 +248,9 @@ def unit_deviance(name: str, y_true, y_pred, args=None):
   - gamma: `2 (log(mu / y) + y / mu - 1)`, for y > 0;
   - tweedie: `2 (y^(2-p) / ((1-p)(2-p)) - y mu^(1-p) / (1-p)
     + mu^(2-p) / (2-p))`, for y >= 0.
+
+  NaN where y is outside those bounds or mu <= 0 (the row is then flagged
+  `non_finite`).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -234,16 +259,23 @@ def unit_deviance(name: str, y_true, y_pred, args=None):
   y = tf.cast(y_true, tf.float64)
   if name == "poisson":
     mu = mu + _POISSON_EPSILON
-    return 2.0 * (tf.math.xlogy(y, y) - tf.math.xlogy(y, mu) - (y - mu))
-  if name == "gamma":
-    return 2.0 * (tf.math.log(mu / y) + y / mu - 1.0)
-  if name == "tweedie":
+    deviance = 2.0 * (tf.math.xlogy(y, y) - tf.math.xlogy(y, mu) - (y - mu))
+    valid = (y >= 0.0) & (mu > 0.0)
+  elif name == "gamma":
+    deviance = 2.0 * (tf.math.log(mu / y) + y / mu - 1.0)
+    valid = (y > 0.0) & (mu > 0.0)
+  elif name == "tweedie":
     p = float(dict(args or {}).get("power", 1.5))
     _check_power(p)
-    return 2.0 * (tf.pow(tf.maximum(y, 0.0), 2.0 - p) / ((1 - p) * (2 - p)) -
-                  y * tf.pow(mu, 1.0 - p) / (1 - p) +
-                  tf.pow(mu, 2.0 - p) / (2 - p))
-  raise ValueError(f"expected one of {DEVIANCE_LOSSES}. Received: {name!r}")
+    deviance = 2.0 * (
+        tf.pow(tf.maximum(y, 0.0), 2.0 - p) / ((1 - p) * (2 - p)) -
+        y * tf.pow(mu, 1.0 - p) / (1 - p) + tf.pow(mu, 2.0 - p) / (2 - p))
+    valid = (y >= 0.0) & (mu > 0.0)
+  else:
+    raise ValueError(f"expected one of {DEVIANCE_LOSSES}. Received: {name!r}")
+  # Outside the model's domain (mu <= 0) a formula can give a finite,
+  # negative deviance that would rank the row as the best fit of all.
+  return tf.where(valid, deviance, tf.constant(np.nan, tf.float64))
 
 
 def import_custom_loss(path: str) -> Callable:

@@ -417,9 +417,31 @@ def _labels(batch: pa.RecordBatch, term: LossTerm,
         cols.is_text(cols.column_type(found))):
       return _named_labels(batch.num_rows, found, term, class_names)
     return _class_labels(batch, term)
-  return _dense(batch, term.label_column, "label", MISSING_LABEL,
+  read = _dense(batch, term.label_column, "label", MISSING_LABEL,
                 term.label_shape, np.dtype(term.label_dtype),
                 size_hints=_size_hints(term))
+  bound = None if term.custom else _TARGET_BOUNDS.get(term.loss_name)
+  if bound is None:
+    return read
+  low, strict, what = bound
+  per_row = read.values.reshape(batch.num_rows, -1)
+  outside = per_row <= low if strict else per_row < low
+  if not outside.any():
+    return read
+  problems = read.problems + [Problem(
+      outside.any(axis=1), LABEL_OUT_OF_RANGE,
+      f"label {{value}} out of range: {term.loss_name} expects {what}",
+      _first_where(per_row, outside))]
+  return Column(np.where(outside, 0, per_row).astype(read.values.dtype)
+                .reshape(read.values.shape), problems)
+
+
+# Targets of count and positive regression: (bound, strict, what).
+_TARGET_BOUNDS = {
+    "poisson": (0.0, False, "a count or rate y >= 0"),
+    "tweedie": (0.0, False, "a target y >= 0"),
+    "gamma": (0.0, True, "a positive target y > 0"),
+}
 
 
 def _size_hints(term: LossTerm) -> Dict[int, str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
@@ -268,7 +270,12 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
   _build_custom_losses(_custom_terms(config, spec))
   scorer = _cpu_scorer(spec, models)
   try:
-    scored, dead = scorer.score(sample.path, sample.batch)
+    with warnings.catch_warnings():
+      # The checks below say the same in one line, with the key to change.
+      warnings.filterwarnings("ignore", _KERAS_ONE_CLASS_WARNING)
+      if config.loss.from_logits_check:
+        warnings.filterwarnings("ignore", _KERAS_FROM_LOGITS_WARNING)
+      scored, dead = scorer.score(sample.path, sample.batch)
   except KeyboardInterrupt:
     raise
   except BaseException as e:  # pylint: disable=broad-except
@@ -281,15 +288,75 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
         f"input: none of the first {sample.num_rows} records of"
         f" {sample.path} can be scored; first problem: {dead[0]['error']}")
   _check_classes(sample.num_rows, sample.path, dead)
-  if config.loss.from_logits_check:
-    _check_outputs(config, spec, scorer, sample)
+  outputs = _sample_outputs(spec, scorer, sample)
+  if outputs is not None:
+    _check_output_shapes(config, spec, outputs)
+    _check_means(config, spec, outputs, sample.num_rows)
+    if config.loss.from_logits_check:
+      _check_outputs(config, spec, outputs, sample.num_rows)
   if spec.num_folds:
     _check_every_fold(spec, scorer, sample)
   return scorer.computed_from
 
 
+def _sample_outputs(spec: ScoringSpec, scorer: BatchScorer,
+                    sample: Sample) -> Optional[Dict[str, np.ndarray]]:
+  """Each model output `(n, ...)` on the sample's n good rows; None when no
+  row is good."""
+  read = read_model_inputs(spec, sample.batch)
+  if read.bad.all():
+    return None
+  inputs = read.inputs.rows(~read.bad)
+  result = scorer.score_arrays(inputs.features, inputs.labels)
+  return {term.output: np.asarray(result[OUTPUT_PREFIX + term.output])
+          for term in spec.terms}
+
+
+def _check_output_shapes(config: AuditConfig, spec: ScoringSpec,
+                         outputs: Dict[str, np.ndarray]) -> None:
+  """A categorical crossentropy of one output unit is 0 for every row.
+
+  Raises:
+    ConfigError: naming the term's loss name, with the binary loss to use.
+  """
+  for key, term in zip(_term_keys(config), spec.terms):
+    values = outputs[term.output]
+    if (not term.custom and term.loss_name in losses.DENSE_CLASSIFICATION
+        and values.ndim > 1 and values.shape[-1] == 1):
+      binary = term.loss_name.replace("categorical", "binary")
+      raise ConfigError(
+          f"{key}.name: expected {binary} for output {term.output!r} of one"
+          f" unit: {term.loss_name} over one class is 0 for every example."
+          f" Received: {term.loss_name!r}")
+
+
+def _check_means(config: AuditConfig, spec: ScoringSpec,
+                 outputs: Dict[str, np.ndarray], num_rows: int) -> None:
+  """Count and positive regression losses read the output as a mean mu > 0
+  (an exp or softplus output layer); a linear output gives negative losses
+  and deviances.
+
+  Raises:
+    ConfigError: naming the term's loss name and the smallest output seen.
+  """
+  for key, term in zip(_term_keys(config), spec.terms):
+    if term.custom or term.loss_name not in losses.DEVIANCE_LOSSES:
+      continue
+    values = outputs[term.output]
+    finite = values[np.isfinite(values)]
+    low = 0.0 if term.loss_name == "poisson" else np.nextafter(0.0, 1.0)
+    if finite.size and finite.min() < low:
+      raise ConfigError(
+          f"{key}.name: {term.loss_name!r} reads output {term.output!r} as a"
+          f" mean mu {'>= 0' if term.loss_name == 'poisson' else '> 0'} (an"
+          f" exp or softplus output layer), but it has values down to"
+          f" {finite.min():.4g} in the first {num_rows} records"
+          f" ({np.mean(finite < low):.0%} of its values); expected a model"
+          f" of such means. Received: {term.loss_name!r}")
+
+
 def _check_outputs(config: AuditConfig, spec: ScoringSpec,
-                   scorer: BatchScorer, sample: Sample) -> None:
+                   outputs: Dict[str, np.ndarray], num_rows: int) -> None:
   """Each loss of probabilities gets probabilities, and each of logits
   gets logits: on the sample's rows, an output read as probabilities must
   be in [0, 1] and, when it is one distribution over classes, sum to 1; an
@@ -301,21 +368,14 @@ def _check_outputs(config: AuditConfig, spec: ScoringSpec,
   """
   checked = [(key, t) for key, t in zip(_term_keys(config), spec.terms)
              if not t.custom and t.loss_name in losses.TAKES_PROBABILITIES]
-  if not checked:
-    return
-  read = read_model_inputs(spec, sample.batch)
-  if read.bad.all():
-    return
-  inputs = read.inputs.rows(~read.bad)
-  result = scorer.score_arrays(inputs.features, inputs.labels)
   for key, term in checked:
-    values = result[OUTPUT_PREFIX + term.output]
+    values = outputs[term.output]
     distribution = (term.loss_name not in losses.BINARY_CLASSIFICATION and
                     values.ndim > 1 and values.shape[-1] > 1)
     seen = losses.output_range(values, distribution)
     if seen is None or seen.probabilities != term.from_logits:
       continue
-    where = f"in the first {sample.num_rows} records ({seen.describe()})"
+    where = f"in the first {num_rows} records ({seen.describe()})"
     if spec.predictions_kind:
       kind = "logits" if term.from_logits else "probabilities"
       looks = "look like probabilities" if term.from_logits else (
@@ -340,6 +400,9 @@ def _check_outputs(config: AuditConfig, spec: ScoringSpec,
 
 
 _SKIP = "loss.from_logits_check: false skips this check"
+_KERAS_FROM_LOGITS_WARNING = (
+    r".*received `from_logits=True`, but the `output` argument was produced")
+_KERAS_ONE_CLASS_WARNING = r".*expected y_pred.shape to be .* num_classes > 1"
 
 
 FOLD_PROBE_ROWS = 8

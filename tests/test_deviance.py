@@ -170,3 +170,19 @@ def test_the_report_and_flagged_show_target_and_prediction(
     assert float(cells[head.index("target")]) == pytest.approx(y[row])
     assert float(cells[head.index("prediction")]) == pytest.approx(
         mu[row], rel=1e-5)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("poisson", {}), ("gamma", {}), ("tweedie", {"power": 1.5})])
+def test_deviance_is_nan_outside_the_domain_never_negative(name, args):
+  """A linear model's mu <= 0, or a target out of range, gives NaN (the row
+  is flagged `non_finite`), not a negative deviance ranked as the best fit:
+  Poisson's formula at y = 0 and mu = -1 would give -2."""
+  y = np.array([0.0, 2.0, 1.0, -1.0, 1.0])
+  mu = np.array([-1.0, -0.5, 0.0, 1.0, 1.0])
+  got = losses.unit_deviance(name, y, mu, args).numpy()
+  if name == "poisson":  # mu = 0 is Keras' mu + 1e-7 > 0.
+    assert np.isnan(got[[0, 1, 3]]).all() and np.isfinite(got[[2, 4]]).all()
+  else:
+    assert np.isnan(got[:4]).all() and np.isfinite(got[4])
+  assert (got[np.isfinite(got)] >= 0).all()

@@ -2,6 +2,8 @@
 arguments, `ignore_class`, labels of the wrong kind and custom-loss
 arguments, each through `lossaudit run` (exit 2 and the exact line)."""
 
+import warnings
+
 import keras
 import numpy as np
 import pandas as pd
@@ -186,6 +188,20 @@ def test_a_predictions_column_of_the_other_kind_is_refused(
     ({"name": "huber", "args": {"q": 0.5}},
      "loss.args: 'huber' does not take {'q': 0.5}:"
      " Huber.__init__() got an unexpected keyword argument 'q'"),
+    ({"args": {"ignore_class": True}},
+     "loss.args.ignore_class: expected an integer class label, or null."
+     " Received: True"),
+    ({"args": {"ignore_class": 1.5}},
+     "loss.args.ignore_class: expected an integer class label, or null."
+     " Received: 1.5"),
+    ({"name": "huber", "args": {"delta": -1}},
+     "loss.args.delta: expected a number > 0. Received: -1"),
+    ({"name": "huber", "args": {"delta": "one"}},
+     "loss.args.delta: expected a number > 0. Received: 'one'"),
+    ({"name": "categorical_crossentropy", "args": {"label_smoothing": 5}},
+     "loss.args.label_smoothing: expected a number in [0, 1]. Received: 5"),
+    ({"name": "binary_focal_crossentropy", "args": {"gamma": "two"}},
+     "loss.args.gamma: expected a number >= 0. Received: 'two'"),
 ])
 def test_loss_arguments_are_checked(data, tmp_path, write_config, capsys,
                                     loss, message):
@@ -300,3 +316,89 @@ class _FixedModel:
   def output(self, name, key=None):
     del key
     return TensorInfo(name, self.shape, "float32")
+
+
+def _one_unit_model(root, name, activation):
+  keras.utils.set_random_seed(2)
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  outputs = keras.layers.Dense(1, activation=activation, name="out")(inputs)
+  model = keras.Model(inputs, outputs)
+  path = str(root / f"{name}.keras")
+  model.save(path)
+  return model, path
+
+
+def test_a_categorical_crossentropy_of_one_unit_names_the_binary_loss(
+    data, tmp_path, write_config, capsys):
+  root, path, _, _, _ = data
+  _, model = _one_unit_model(tmp_path, "sigmoid", "sigmoid")
+  config = _config(root, path, model, tmp_path,
+                   name="categorical_crossentropy")
+  assert _refused(config, write_config, capsys) == (
+      "loss.name: expected binary_crossentropy for output 'out' of one unit:"
+      " categorical_crossentropy over one class is 0 for every example."
+      " Received: 'categorical_crossentropy'")
+
+
+def test_a_count_loss_of_a_linear_output_is_refused(data, tmp_path,
+                                                    write_config, capsys):
+  root, path, x, _, _ = data
+  linear, model = _one_unit_model(tmp_path, "linear", None)
+  values = linear.predict(x, verbose=0)
+  assert values.min() < 0
+  config = _config(root, path, model, tmp_path, name="poisson")
+  assert _refused(config, write_config, capsys) == (
+      f"loss.name: 'poisson' reads output 'out' as a mean mu >= 0 (an exp or"
+      f" softplus output layer), but it has values down to"
+      f" {values.min():.4g} in the first {N} records"
+      f" ({np.mean(values < 0):.0%} of its values); expected a model of such"
+      f" means. Received: 'poisson'")
+
+
+@pytest.mark.parametrize("model, loss", [
+    ("softmax", {"from_logits": True}),
+    ("sigmoid", {"name": "categorical_crossentropy"})])
+def test_keras_warnings_of_a_refused_config_are_not_shown(
+    data, tmp_path, write_config, capsys, model, loss):
+  """Only the refusal's line: Keras' own warning of the same mistake
+  (`from_logits=True` on a Softmax output, one class) is held back."""
+  root, path, _, _, models = data
+  if model == "sigmoid":
+    _, models = _one_unit_model(tmp_path, "sigmoid", "sigmoid")
+  else:
+    models = models[model]
+  with warnings.catch_warnings(record=True) as shown:
+    warnings.simplefilter("always")
+    _refused(_config(root, path, models, tmp_path, **loss), write_config,
+             capsys)
+  assert not [w for w in shown if "y_pred" in str(w.message) or
+              "from_logits" in str(w.message)]
+
+
+@pytest.mark.parametrize("name, labels, errors", [
+    ("poisson", [-1.0, 0.0, 3.0],
+     ["label -1 out of range: poisson expects a count or rate y >= 0", None,
+      None]),
+    ("gamma", [0.0, -2.0, 0.5],
+     ["label 0 out of range: gamma expects a positive target y > 0",
+      "label -2 out of range: gamma expects a positive target y > 0", None]),
+    ("tweedie", [-2.0, 0.0, 1.0],
+     ["label -2 out of range: tweedie expects a target y >= 0", None, None]),
+    ("mse", [-2.0, 0.0, 1.0], [None, None, None]),
+])
+def test_count_and_positive_targets_outside_their_range_are_dead_letters(
+    name, labels, errors):
+  term = LossTerm(output="p", name="p", label_column="label",
+                  loss_name=name, label_shape=(), label_dtype="float32")
+  spec = ScoringSpec(model_path="", signature="serving_default",
+                     features=(Feature("x", "x", (2,), "float32"),),
+                     terms=(term,), id_column="id")
+  batch = pa.RecordBatch.from_pydict({
+      "id": ["a", "b", "c"], "x": [[0.0, 1.0]] * 3, "label": labels})
+  checked = read_model_inputs(spec, batch)
+  dead = {d["id"]: d["error"] for d in dead_letters.from_problems(
+      "f", checked.inputs.ids, checked.problems, checked.bad)}
+  assert [dead.get(i) for i in "abc"] == errors
+  assert {d["reason"] for d in dead_letters.from_problems(
+      "f", checked.inputs.ids, checked.problems, checked.bad)} <= {
+          dead_letters.LABEL_OUT_OF_RANGE}
