@@ -11,12 +11,12 @@ import json
 import os
 import stat
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from lossaudit.errors import ConfigError
+from lossaudit.errors import ConfigError, describe_error
 
 LOSSES = "losses"
 FLAGGED = "flagged"
@@ -156,3 +156,45 @@ def write_json(path: str, value: Any) -> None:
 def read_json(path: str) -> Any:
   with FileSystems.open(path) as f:
     return json.loads(f.read().decode("utf-8"))
+
+
+def check_flagged_outputs(key: str, directory: str, summary: Dict[str, Any],
+                          flagged_files: Sequence[str],
+                          id_column: Optional[str]) -> None:
+  """Refuses a run (a baseline) whose flags cannot be matched with today's:
+  one that identified examples by another `input.id_column`, or whose
+  `flagged/` files are not lossaudit's Parquet flags. Checked before the
+  run, so that a bad baseline costs nothing of the earlier outputs.
+
+  Raises:
+    ConfigError: naming `key`, what was expected and what was found.
+  """
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  recorded = summary.get("config", {}).get("input", {})
+  if "id_column" in recorded and recorded["id_column"] != id_column:
+    raise ConfigError(
+        f"{key}: expected a run with input.id_column {id_column!r}: flags are"
+        f" matched by id, and the baseline's ids are of"
+        f" {recorded['id_column']!r}. Received: {directory!r}")
+  needed = {"id", "reasons", "loss"}
+  for path in flagged_files:
+    try:
+      with FileSystems.open(
+          path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        names = set(pq.ParquetFile(f).schema_arrow.names)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"{key}: expected the {FLAGGED}/ files of a completed run;"
+          f" {_in_run(path)!r} is not Parquet ({describe_error(e, 60)})."
+          f" Received: {directory!r}") from None
+    if not needed <= names:
+      raise ConfigError(
+          f"{key}: expected the {FLAGGED}/ files of a completed run, with"
+          f" the columns {sorted(needed)}; {_in_run(path)!r} lacks"
+          f" {sorted(needed - names)}. Received: {directory!r}")
+
+
+def _in_run(path: str) -> str:
+  """`flagged/part-...` of a shard's path: the part named in messages."""
+  return "/".join(path.rstrip("/").split("/")[-2:])

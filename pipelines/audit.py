@@ -208,7 +208,8 @@ def run(argv: Optional[Sequence[str]] = None,
       overwrite=config.output.overwrite,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
   try:
-    baseline = _baseline(config.gate.baseline, template)
+    baseline = _baseline(config.gate.baseline, template,
+                         config.input.id_column)
     if baseline is not None and _same_dir(baseline.dir, config.output.dir):
       # Its flags are cleared with the earlier outputs before the run.
       baseline = _keep_flags(baseline, outputs.scratch_prefix(
@@ -297,9 +298,10 @@ def _check_template(config: AuditConfig, template: str) -> None:
         " (templates/flex) for scheduled runs. Received: 'latest'")
 
 
-def _baseline(baseline: Optional[str], template: str
-              ) -> Optional[drift.Baseline]:
-  """The run `gate.baseline` names, or None."""
+def _baseline(baseline: Optional[str], template: str,
+              id_column: Optional[str]) -> Optional[drift.Baseline]:
+  """The run `gate.baseline` names (checked against this run's
+  `input.id_column`), or None."""
   if baseline is None:
     return None
   if baseline == "latest":
@@ -314,6 +316,8 @@ def _baseline(baseline: Optional[str], template: str
         f"gate.baseline: expected the {outputs.FLAGGED}/ files of its"
         f" {summary['flagged']['total']} flagged examples (flag history)."
         f" Received: {baseline!r}, with none")
+  outputs.check_flagged_outputs("gate.baseline", baseline, summary,
+                                flagged, id_column)
   return drift.Baseline(baseline, summary, tuple(flagged))
 
 

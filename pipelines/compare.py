@@ -68,6 +68,12 @@ def compare_runs(args: argparse.Namespace) -> dict:
   """
   baseline = outputs.read_summary(args.baseline, "BASELINE_DIR")
   current = outputs.read_summary(args.current, "CURRENT_DIR")
+  id_column = current.get("config", {}).get("input", {}).get("id_column")
+  for key, directory, summary in (("BASELINE_DIR", args.baseline, baseline),
+                                  ("CURRENT_DIR", args.current, current)):
+    outputs.check_flagged_outputs(
+        key, directory, summary,
+        outputs.shard_files(directory, outputs.FLAGGED), id_column)
   configured = current.get("config", {}).get("gate", {})
   gate = GateConfig(
       max_flagged_fraction=_pick(args.max_flagged_fraction,
@@ -169,8 +175,9 @@ def check_shift_quantiles(key: str, shift_quantiles: Sequence[float],
 
 
 def check_output(path: str) -> None:
-  """Refuses an --output that is a directory or one of lossaudit's own
-  files (a run's summary.json, report.html, marker or lock).
+  """Refuses an --output that is a directory, one of lossaudit's own files
+  (a run's summary.json, report.html, marker or lock) or an existing file
+  that is not a drift.json.
 
   Raises:
     ConfigError: naming --output.
@@ -184,6 +191,22 @@ def check_output(path: str) -> None:
     raise ConfigError(
         f"--output: expected a file name other than lossaudit's own outputs"
         f" {list(RESERVED_OUTPUTS)}. Received: {short_repr(path)}")
+  if FileSystems.exists(path) and not _is_drift_document(path):
+    raise ConfigError(
+        "--output: expected a new file, or a drift.json lossaudit wrote:"
+        " the file there is something else, and compare does not overwrite"
+        f" it. Received: {short_repr(path)}")
+
+
+def _is_drift_document(path: str) -> bool:
+  try:
+    found = outputs.read_json(path)
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return isinstance(found, dict) and _DRIFT_KEYS <= set(found)
+
+
+_DRIFT_KEYS = {"baseline", "current", "quantiles", "flagged_rate"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

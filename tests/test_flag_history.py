@@ -249,3 +249,86 @@ def test_history_counts_merge():
       history.HistoryCounts(10, 20, 30, 40))
   assert total.to_dict() == {"new": 11, "persistent": 22, "resolved": 33,
                              "baseline_not_scored": 44}
+
+
+def _one_night(tmp_path, write_config, out, **input_keys):
+  data = tmp_path / "data"
+  data.mkdir(exist_ok=True)
+  pq.write_table(_night_table(1), data / "part-0.parquet")
+  config = _config(str(data / "*.parquet"), str(out))
+  config["input"].update(input_keys)
+  return audit.main(["--config", write_config(config)])
+
+
+def _refused_line(capsys):
+  err = capsys.readouterr().err
+  assert err.startswith("lossaudit: error: ") and err.count("\n") == 1, err
+  return err[len("lossaudit: error: "):-1]
+
+
+def test_a_damaged_baseline_is_refused_before_the_earlier_outputs_go(
+    tmp_path, write_config, capsys):
+  """A baseline `flagged/` file that is not Parquet: exit 2 naming
+  gate.baseline, and the output.dir's earlier run is still whole."""
+  base, out = tmp_path / "base", tmp_path / "out"
+  assert _one_night(tmp_path, write_config, base) == 0
+  assert _one_night(tmp_path, write_config, out) == 0
+  (shard,) = (base / "flagged").glob("part-*.parquet")
+  shard.write_text("not parquet")
+  before = sorted(p.relative_to(out) for p in out.rglob("*"))
+  config = _config(str(tmp_path / "data" / "*.parquet"), str(out))
+  config["gate"]["baseline"] = str(base)
+  capsys.readouterr()
+  assert audit.main(["--config", write_config(config)]) == 2
+  message = _refused_line(capsys)
+  assert message.startswith(
+      f"gate.baseline: expected the flagged/ files of a completed run;"
+      f" 'flagged/{shard.name}' is not Parquet (ArrowInvalid: Parquet magic")
+  assert message.endswith(f"). Received: {str(base)!r}")
+  assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+  code = compare.main([str(base), str(out)])
+  assert code == 2
+  assert _refused_line(capsys).startswith(
+      "compare: BASELINE_DIR: expected the flagged/ files of a completed"
+      " run;")
+
+
+def test_a_baseline_of_another_id_column_is_refused(tmp_path, write_config,
+                                                    capsys):
+  """Flags are matched by id: a baseline that used other ids would make
+  every flag new (and fail a new-flags gate for nothing)."""
+  base = tmp_path / "base"
+  assert _one_night(tmp_path, write_config, base) == 0
+  data = tmp_path / "data"
+  table = _night_table(1)
+  pq.write_table(table.append_column("num", pa.array(
+      np.arange(table.num_rows))), data / "part-0.parquet")
+  config = _config(str(data / "*.parquet"), str(tmp_path / "out"))
+  config["input"]["id_column"] = "num"
+  config["gate"]["baseline"] = str(base)
+  capsys.readouterr()
+  assert audit.main(["--config", write_config(config)]) == 2
+  assert _refused_line(capsys) == (
+      f"gate.baseline: expected a run with input.id_column 'num': flags are"
+      f" matched by id, and the baseline's ids are of 'id'. Received:"
+      f" {str(base)!r}")
+
+
+def test_compare_does_not_overwrite_a_file_it_did_not_write(
+    tmp_path, write_config, capsys):
+  out = tmp_path / "out"
+  assert _one_night(tmp_path, write_config, out) == 0
+  users = tmp_path / "users.parquet"
+  users.write_bytes(b"PAR1 the user's data")
+  capsys.readouterr()
+  assert compare.main([str(out), str(out), "--output", str(users)]) == 2
+  assert _refused_line(capsys) == (
+      "compare: --output: expected a new file, or a drift.json lossaudit"
+      " wrote: the file there is something else, and compare does not"
+      f" overwrite it. Received: {str(users)!r}")
+  assert users.read_bytes() == b"PAR1 the user's data"
+  drift_path = tmp_path / "drift.json"
+  for _ in range(2):  # A new file, then its own earlier output.
+    assert compare.main([str(out), str(out), "--output",
+                         str(drift_path)]) == 0
+  assert json.loads(drift_path.read_text())["baseline"] == str(out)
