@@ -19,6 +19,7 @@ drops is kept with its suggested label.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -192,11 +193,29 @@ class CleanCounts:
     return dataclasses.asdict(self)
 
 
+# Bytes of a file name under `clean/` (file systems allow 255), leaving room
+# for the `.tmp-xxxxxxxx` suffix of the file being written.
+CLEAN_NAME_BYTES = 240
+
+
 def clean_name(index: int, count: int, source: str) -> str:
   """`part-00003-of-00010-<the source's file name>`: the name under `clean/`
-  of input file `index` of `count`."""
+  of input file `index` of `count`.
+
+  A source name too long for that prefix keeps its start and its extension
+  (`.tfrecord.gz`, `.parquet`) around a hash of the whole name.
+  """
   name = source.rstrip("/").rsplit("/", 1)[-1]
-  return f"part-{index:05d}-of-{count:05d}-{name}"
+  prefix = f"part-{index:05d}-of-{count:05d}-"
+  if len((prefix + name).encode()) <= CLEAN_NAME_BYTES:
+    return prefix + name
+  dot = name.find(".", 1)
+  extension = name[dot:] if dot > 0 and len(name) - dot <= 24 else ""
+  digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+  room = CLEAN_NAME_BYTES - len(prefix) - len(extension.encode()) - 13
+  head = name[:len(name) - len(extension)].encode()[:room].decode(
+      errors="ignore")
+  return f"{prefix}{head}-{digest}{extension}"
 
 
 def relabelled_value(label: int, kind: str, width: int,

@@ -272,3 +272,19 @@ def test_bad_clean_weights_and_gate_configs_are_refused(
   config["gate"] = gate
   assert audit.main(["--config", write_config(config)]) == 2
   assert capsys.readouterr().err == f"lossaudit: error: {message}\n"
+
+
+def test_clean_names_of_long_file_names_fit_a_file_system():
+  """A valid 240-byte input name would make `part-...-of-...-<name>.tmp-...`
+  longer than the 255 bytes a file name may have: it keeps its start and
+  extension around a hash, unique per name."""
+  assert clean.clean_name(3, 10, "gs://b/d/data-0.tfrecord.gz") == (
+      "part-00003-of-00010-data-0.tfrecord.gz")
+  names = [clean.clean_name(0, 1, f"/d/{c * 235}.tfrecord.gz") for c in "xy"]
+  names.append(clean.clean_name(0, 1, "/d/" + "é" * 120 + ".parquet"))
+  for name in names:
+    assert len((name + ".tmp-0123abcd").encode()) <= 255
+    name.encode().decode()  # Not cut inside a character.
+  assert names[0].startswith("part-00000-of-00001-xxx")
+  assert names[0].endswith(".tfrecord.gz") and names[2].endswith(".parquet")
+  assert len(set(names)) == 3
