@@ -194,7 +194,8 @@ def _number(low: float = -math.inf, high: float = math.inf, *,
   left = "(" if open_low else "["
   right = ")" if open_high else "]"
   within = f"a number in {left}{low}, {high}{right}"
-  return Rule("a number or null", types=(int, float), nullable=nullable,
+  return Rule("a number or null" if nullable else within,
+              types=(int, float), nullable=nullable,
               null_expected=null_expected or within,
               range=Range(low, high, open_low, open_high, within))
 

@@ -263,6 +263,8 @@ def test_drop_actions():
     ({}, {}, {"max_new_flagged_fraction": 1.5},
      "gate.max_new_flagged_fraction: expected a number in [0, 1]. Received:"
      " 1.5"),
+    ({"weights": {"scheme": "downweight_flagged", "factor": "0.5"}}, {}, {},
+     "output.weights.factor: expected a number in [0, 1]. Received: '0.5'"),
 ])
 def test_bad_clean_weights_and_gate_configs_are_refused(
     dataset, tmp_path, write_config, capsys, output, flag, gate, message):
