@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import uuid
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -127,6 +127,34 @@ def shard_files(directory: str, kind: str) -> list:
   """The `part-*` files under `DIR/KIND/`, sorted."""
   found = FileSystems.match([shard_prefix(directory, kind) + "-*"])[0]
   return sorted(m.path for m in found.metadata_list)
+
+
+# The scratch copy of a run's own baseline (its output.dir's earlier run):
+# `KEPT_BASELINE-NNNNN.parquet` flags and `KEPT_BASELINE-summary.json`.
+KEPT_BASELINE = "baseline-flagged"
+
+
+def kept_baseline(directory: str) -> Optional[Tuple[Dict[str, Any],
+                                                   Tuple[str, ...]]]:
+  """The summary and `flagged/` copies of the earlier run of `directory`
+  that an interrupted run kept in its scratch, or None.
+
+  A run whose baseline is its own output.dir clears that run's outputs
+  before it starts; stopped before it completes, it leaves its copy of them
+  so that the next run still has the flag history. The newest such copy.
+  """
+  pattern = join(directory, SCRATCH, "*", f"{KEPT_BASELINE}-summary.json")
+  found = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+  for path in reversed(found):
+    try:
+      summary = read_json(path)
+    except (ValueError, UnicodeDecodeError, OSError):
+      continue
+    prefix = path[:-len("-summary.json")]
+    flagged = sorted(m.path for m in FileSystems.match(
+        [f"{prefix}-[0-9]*.parquet"])[0].metadata_list)
+    return summary, tuple(flagged)
+  return None
 
 
 def scratch_prefix(directory: str, run_id: str, kind: str) -> str:

@@ -338,7 +338,11 @@ class Claim:
     if self._released:
       return
     self._released = True
-    remove_scratch(self.directory, self.run.run_id)
+    completed = FileSystems.exists(
+        outputs.join(self.directory, outputs.SUMMARY))
+    # A run stopped after it cleared its own baseline keeps the copy.
+    remove_scratch(self.directory, self.run.run_id,
+                   keep=None if completed else outputs.KEPT_BASELINE)
     held = self._lock.read()
     if held is not None and held.holder == self.run:
       self._lock.delete(held)
@@ -535,7 +539,11 @@ def _first_missing(directory: str) -> Optional[str]:
   return missing
 
 
-def remove_scratch(directory: str, run_id: str) -> None:
-  """Deletes the scratch files of run `run_id`."""
+def remove_scratch(directory: str, run_id: str,
+                   keep: Optional[str] = None) -> None:
+  """Deletes the scratch files of run `run_id`, but those whose names
+  start with `keep`."""
   prefix = f"{outputs.SCRATCH}/{run_id}/"
-  remove_own_files(directory, lambda rel: rel.startswith(prefix))
+  kept = prefix + keep if keep else None
+  remove_own_files(directory, lambda rel: rel.startswith(prefix) and not (
+      kept and rel.startswith(kept)))

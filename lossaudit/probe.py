@@ -288,7 +288,11 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
         f"input: none of the first {sample.num_rows} records of"
         f" {sample.path} can be scored; first problem: {dead[0]['error']}")
   _check_classes(sample.num_rows, sample.path, dead)
-  outputs = _sample_outputs(spec, scorer, sample)
+  checked = losses.DENSE_CLASSIFICATION + losses.DEVIANCE_LOSSES + (
+      losses.TAKES_PROBABILITIES if config.loss.from_logits_check else ())
+  outputs = None
+  if any(not t.custom and t.loss_name in checked for t in spec.terms):
+    outputs = _sample_outputs(spec, scorer, sample)
   if outputs is not None:
     _check_output_shapes(config, spec, outputs)
     _check_means(config, spec, outputs, sample.num_rows)

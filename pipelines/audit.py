@@ -213,7 +213,7 @@ def run(argv: Optional[Sequence[str]] = None,
     if baseline is not None and _same_dir(baseline.dir, config.output.dir):
       # Its flags are cleared with the earlier outputs before the run.
       baseline = _keep_flags(baseline, outputs.scratch_prefix(
-          config.output.dir, run_id, "baseline-flagged"))
+          config.output.dir, run_id, outputs.KEPT_BASELINE))
     startup.lap("claim")
     files = inputs.expand(config.input.patterns, config.output.dir)
     inputs.check_model_paths(config.model.path_groups())
@@ -304,13 +304,26 @@ def _baseline(baseline: Optional[str], template: str,
   `input.id_column`), or None."""
   if baseline is None:
     return None
-  if baseline == "latest":
-    directory = outputs.latest_complete_run(template)
-    if directory is None:
+  fixed = template.format(date="", run_id="") == template
+  latest = baseline == "latest"
+  if latest:
+    baseline = outputs.latest_complete_run(template) or (
+        template if fixed else None)
+    if baseline is None:
       return None
-    baseline = directory
-  summary = outputs.read_summary(baseline, "gate.baseline")
-  flagged = outputs.shard_files(baseline, outputs.FLAGGED)
+  kept = None
+  if fixed and _same_dir(baseline, template) and not FileSystems.exists(
+      outputs.join(baseline, outputs.SUMMARY)):
+    # A run stopped before it completed cleared the earlier outputs; the
+    # copy of them it kept is the baseline.
+    kept = outputs.kept_baseline(baseline)
+    if kept is None and latest:
+      return None
+  if kept is not None:
+    summary, flagged = kept
+  else:
+    summary = outputs.read_summary(baseline, "gate.baseline")
+    flagged = outputs.shard_files(baseline, outputs.FLAGGED)
   if not flagged and summary["flagged"]["total"]:
     raise ConfigError(
         f"gate.baseline: expected the {outputs.FLAGGED}/ files of its"
@@ -328,7 +341,10 @@ def _same_dir(a: str, b: str) -> bool:
 
 
 def _keep_flags(baseline: drift.Baseline, prefix: str) -> drift.Baseline:
-  """`baseline` with its `flagged/` files copied to `prefix-*` (scratch)."""
+  """`baseline` with its `flagged/` files copied to `prefix-NNNNN.parquet`
+  (scratch), and its summary to `prefix-summary.json`
+  (`outputs.kept_baseline` reads them back after an interrupted run)."""
+  outputs.write_json(f"{prefix}-summary.json", baseline.summary)
   copies = []
   for i, path in enumerate(baseline.flagged_files):
     copies.append(f"{prefix}-{i:05d}.parquet")

@@ -5,6 +5,7 @@ the same on gs://. And `lossaudit.history.join_bucket` on its own."""
 import json
 import os
 
+import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -332,3 +333,39 @@ def test_compare_does_not_overwrite_a_file_it_did_not_write(
     assert compare.main([str(out), str(out), "--output",
                          str(drift_path)]) == 0
   assert json.loads(drift_path.read_text())["baseline"] == str(out)
+
+
+class _StoppedPipeline(beam.Pipeline):
+  """A pipeline stopped as it starts: after the earlier outputs went."""
+
+  def run(self, test_runner_api="AUTO"):
+    raise KeyboardInterrupt
+
+
+def test_a_run_stopped_after_clearing_its_own_baseline_keeps_the_history(
+    tmp_path, write_config):
+  """A fixed output.dir is its own baseline: a run stopped once it has
+  cleared the earlier outputs keeps their flags and summary in its scratch,
+  and the next run takes its history from that copy."""
+  data, out = tmp_path / "data", tmp_path / "out"
+  data.mkdir()
+
+  def night(n, **kw):
+    pq.write_table(_night_table(n), data / "part-0.parquet")
+    config = write_config(_config(str(data / "*.parquet"), str(out)))
+    return audit.run(["--config", config], **kw)
+
+  first = night(1)
+  with pytest.raises(KeyboardInterrupt):
+    night(2, test_pipeline=_StoppedPipeline())
+  assert not (out / "summary.json").exists()
+  (kept,) = (out / ".scratch").glob("*/baseline-flagged-summary.json")
+  assert json.loads(kept.read_text())["run_id"] == first["run_id"]
+  second = night(2)
+  assert second["flag_history"]["baseline_run_id"] == first["run_id"]
+  assert second["flagged"]["persistent"] == len(B + E)
+  assert second["flagged"]["resolved"] == len(A)
+  flagged = _read(str(out), "flagged")
+  assert set(flagged.loc[B + E, "first_flagged"]) == {first["run_id"]}
+  assert set(flagged.loc[B + E, "times_flagged"]) == {2}
+  assert not list((out / ".scratch").rglob("*.json"))

@@ -105,9 +105,24 @@ class _RowGroupWriter:
       pending.result()
 
   def close(self):
+    """Writes the footer and closes the file; a failed write's error is the
+    one raised (the writer is closed all the same, before its file)."""
     try:
       self._wait()
+    except Exception:
+      self._close_quietly()
+      raise
+    try:
       self._writer.close()
+    finally:
+      self._thread.shutdown()
+      self._file.close()
+
+  def _close_quietly(self):
+    try:
+      self._writer.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
     finally:
       self._thread.shutdown()
       self._file.close()
