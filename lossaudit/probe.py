@@ -36,6 +36,7 @@ from lossaudit.errors import (
 from lossaudit.model import AuditModel
 from lossaudit.model_inputs import (
   RAW_RECORD_COLUMN,
+  ModelInputs,
   read_model_inputs,
   with_raw_records,
 )
@@ -305,15 +306,33 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
 
 def _sample_outputs(spec: ScoringSpec, scorer: BatchScorer,
                     sample: Sample) -> Optional[Dict[str, np.ndarray]]:
-  """Each model output `(n, ...)` on the sample's n good rows; None when no
-  row is good."""
+  """Each model output `(n, ...)` on the sample's n good rows, those the
+  model takes (a corrupt image is left out, found by halves as the scorer
+  finds it); None when no row is good."""
   read = read_model_inputs(spec, sample.batch)
   if read.bad.all():
     return None
-  inputs = read.inputs.rows(~read.bad)
-  result = scorer.score_arrays(inputs.features, inputs.labels)
-  return {term.output: np.asarray(result[OUTPUT_PREFIX + term.output])
+  parts = _outputs_by_halves(spec, scorer, read.inputs.rows(~read.bad),
+                             int((~read.bad).sum()))
+  if not parts:
+    return None
+  return {term.output: np.concatenate([p[term.output] for p in parts])
           for term in spec.terms}
+
+
+def _outputs_by_halves(spec: ScoringSpec, scorer: BatchScorer,
+                       inputs: ModelInputs, n: int
+                       ) -> List[Dict[str, np.ndarray]]:
+  try:
+    result = scorer.score_arrays(inputs.features, inputs.labels)
+  except DATA_ERRORS:
+    if n == 1:
+      return []
+    half = n // 2
+    return (_outputs_by_halves(spec, scorer, inputs.slice(0, half), half) +
+            _outputs_by_halves(spec, scorer, inputs.slice(half, n), n - half))
+  return [{term.output: np.asarray(result[OUTPUT_PREFIX + term.output])
+           for term in spec.terms}]
 
 
 def _check_output_shapes(config: AuditConfig, spec: ScoringSpec,
