@@ -231,6 +231,12 @@ def _check_power(power) -> None:
 
 # Losses whose unit deviance `flag.score: deviance` can use.
 DEVIANCE_LOSSES = ("poisson", "gamma", "tweedie")
+# Their targets: (bound, strict, what); a row outside is a dead letter.
+TARGET_BOUNDS = {
+    "poisson": (0.0, False, "a count or rate y >= 0"),
+    "tweedie": (0.0, False, "a target y >= 0"),
+    "gamma": (0.0, True, "a positive target y > 0"),
+}
 # Keras' Poisson loss adds this to `y_pred` inside its log.
 _POISSON_EPSILON = 1e-7
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lossaudit import columns as cols
+from lossaudit import losses
 from lossaudit.dead_letters import (
   BAD_FOLD,
   BAD_ID,
@@ -420,7 +421,7 @@ def _labels(batch: pa.RecordBatch, term: LossTerm,
   read = _dense(batch, term.label_column, "label", MISSING_LABEL,
                 term.label_shape, np.dtype(term.label_dtype),
                 size_hints=_size_hints(term))
-  bound = None if term.custom else _TARGET_BOUNDS.get(term.loss_name)
+  bound = None if term.custom else losses.TARGET_BOUNDS.get(term.loss_name)
   if bound is None:
     return read
   low, strict, what = bound
@@ -435,13 +436,6 @@ def _labels(batch: pa.RecordBatch, term: LossTerm,
   return Column(np.where(outside, 0, per_row).astype(read.values.dtype)
                 .reshape(read.values.shape), problems)
 
-
-# Targets of count and positive regression: (bound, strict, what).
-_TARGET_BOUNDS = {
-    "poisson": (0.0, False, "a count or rate y >= 0"),
-    "tweedie": (0.0, False, "a target y >= 0"),
-    "gamma": (0.0, True, "a positive target y > 0"),
-}
 
 
 def _size_hints(term: LossTerm) -> Dict[int, str]:

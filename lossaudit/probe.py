@@ -367,15 +367,16 @@ def _check_means(config: AuditConfig, spec: ScoringSpec,
       continue
     values = outputs[term.output]
     finite = values[np.isfinite(values)]
-    low = 0.0 if term.loss_name == "poisson" else np.nextafter(0.0, 1.0)
-    if finite.size and finite.min() < low:
+    poisson = term.loss_name == "poisson"
+    outside = finite < 0 if poisson else finite <= 0
+    if outside.any():
       raise ConfigError(
           f"{key}.name: {term.loss_name!r} reads output {term.output!r} as a"
-          f" mean mu {'>= 0' if term.loss_name == 'poisson' else '> 0'} (an"
-          f" exp or softplus output layer), but it has values down to"
-          f" {finite.min():.4g} in the first {num_rows} records"
-          f" ({np.mean(finite < low):.0%} of its values); expected a model"
-          f" of such means. Received: {term.loss_name!r}")
+          f" mean mu {'>= 0' if poisson else '> 0'} (an exp or softplus"
+          f" output layer), but it has values down to {finite.min():.4g} in"
+          f" the first {num_rows} records ({outside.mean():.0%} of its"
+          f" values); expected a model of such means. Received:"
+          f" {term.loss_name!r}")
 
 
 def _check_outputs(config: AuditConfig, spec: ScoringSpec,

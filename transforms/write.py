@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import time
@@ -109,20 +110,11 @@ class _RowGroupWriter:
     one raised (the writer is closed all the same, before its file)."""
     try:
       self._wait()
+      self._writer.close()
     except Exception:
-      self._close_quietly()
+      with contextlib.suppress(Exception):
+        self._writer.close()
       raise
-    try:
-      self._writer.close()
-    finally:
-      self._thread.shutdown()
-      self._file.close()
-
-  def _close_quietly(self):
-    try:
-      self._writer.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
     finally:
       self._thread.shutdown()
       self._file.close()
