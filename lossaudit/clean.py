@@ -18,6 +18,7 @@ drops is kept with its suggested label.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
@@ -124,17 +125,20 @@ class Actions(NamedTuple):
 
 
 def drop_actions(reasons: pa.ListArray, drop_reasons: Sequence[str],
-                 relabel: bool) -> Actions:
+                 relabel: bool, confident: Optional[np.ndarray] = None
+                 ) -> Actions:
   """The `Actions` of F flagged rows from their `reasons` (list<string>).
 
-  A row is dropped when one of its reasons is in `drop_reasons`; with
-  `relabel`, `label_issue` does not count, and a label issue not dropped is
-  relabelled.
+  A row is dropped when one of its reasons is in `drop_reasons`. With
+  `relabel`, a label issue that no other of them drops is relabelled where
+  `confident` `(F,)` (the model's probability of the suggested label is
+  high enough; None: everywhere), and otherwise follows `drop_reasons`.
   """
+  n = len(reasons)
+  sure = np.ones(n, bool) if confident is None else np.asarray(confident)
   counted = [r for r in drop_reasons if not (relabel and r == LABEL_ISSUE)]
   flat = reasons.flatten()
   rows = pc.list_parent_indices(reasons).to_numpy(zero_copy_only=False)
-  n = len(reasons)
 
   def rows_with(values: Sequence[str]) -> np.ndarray:
     hit = np.zeros(n, bool)
@@ -144,9 +148,12 @@ def drop_actions(reasons: pa.ListArray, drop_reasons: Sequence[str],
     return hit
 
   dropped = rows_with(counted)
-  relabelled = (rows_with([LABEL_ISSUE]) & ~dropped if relabel
-                else np.zeros(n, bool))
-  return Actions(dropped, relabelled)
+  if not relabel:
+    return Actions(dropped, np.zeros(n, bool))
+  issues = rows_with([LABEL_ISSUE]) & ~dropped
+  if LABEL_ISSUE in drop_reasons:
+    dropped |= issues & ~sure
+  return Actions(dropped, issues & sure)
 
 
 def file_marks(positions: np.ndarray, flagged_rows: np.ndarray,
@@ -198,24 +205,44 @@ class CleanCounts:
 CLEAN_NAME_BYTES = 240
 
 
-def clean_name(index: int, count: int, source: str) -> str:
-  """`part-00003-of-00010-<the source's file name>`: the name under `clean/`
-  of input file `index` of `count`.
-
-  A source name too long for that prefix keeps its start and its extension
-  (`.tfrecord.gz`, `.parquet`) around a hash of the whole name.
-  """
-  name = source.rstrip("/").rsplit("/", 1)[-1]
-  prefix = f"part-{index:05d}-of-{count:05d}-"
-  if len((prefix + name).encode()) <= CLEAN_NAME_BYTES:
-    return prefix + name
+def _split_extension(name: str) -> Tuple[str, str]:
+  """`part-0`, `.tfrecord.gz` of `part-0.tfrecord.gz` (an extension of at
+  most 24 characters, from the first dot after the first character)."""
   dot = name.find(".", 1)
-  extension = name[dot:] if dot > 0 and len(name) - dot <= 24 else ""
-  digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-  room = CLEAN_NAME_BYTES - len(prefix) - len(extension.encode()) - 13
-  head = name[:len(name) - len(extension)].encode()[:room].decode(
-      errors="ignore")
-  return f"{prefix}{head}-{digest}{extension}"
+  if dot > 0 and len(name) - dot <= 24:
+    return name[:dot], name[dot:]
+  return name, ""
+
+
+def _digest(text: str) -> str:
+  return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def clean_names(sources: Sequence[str]) -> Dict[str, str]:
+  """The name under `clean/` of each input file: its own file name, so
+  that `clean/` reads as the dataset did and a cleaned dataset audited
+  again keeps its names night after night.
+
+  Two inputs with one file name (`a/part-0.parquet`, `b/part-0.parquet`)
+  each get `-` and 8 hex digits of a hash of their whole path before the
+  extension, stable from run to run. A name too long for a file system
+  keeps its start and extension around a hash of the whole name.
+  """
+  names = {source: source.rstrip("/").rsplit("/", 1)[-1]
+           for source in sources}
+  shared = collections.Counter(names.values())
+  found = {}
+  for source, name in names.items():
+    stem, extension = _split_extension(name)
+    if shared[name] > 1:
+      name = f"{stem}-{_digest(source)[:8]}{extension}"
+    if len(name.encode("utf-8", "surrogateescape")) > CLEAN_NAME_BYTES:
+      room = CLEAN_NAME_BYTES - len(extension.encode()) - 13
+      head = stem.encode("utf-8", "surrogateescape")[:room].decode(
+          errors="ignore")
+      name = f"{head}-{_digest(name)[:12]}{extension}"
+    found[source] = name
+  return found
 
 
 def relabelled_value(label: int, kind: str, width: int,

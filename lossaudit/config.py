@@ -662,6 +662,7 @@ FLAG_REASONS = ("loss_quantile", "loss_threshold", "robust_z",
                 "slice_quantile", "top_k", "aum_quantile", "aum_below",
                 "label_issue", "non_finite")
 WEIGHT_SCHEMES = ("drop_flagged", "downweight_flagged", "loss_bins")
+CLEAN_WHEN = ("passed", "always")
 
 
 def _check_reasons(key: str, value: Sequence[Any]) -> None:
@@ -686,11 +687,19 @@ class CleanConfig:
   Attributes:
     drop_reasons: the flag reasons that drop an example (null: all).
     relabel: keep examples flagged only as `label_issue`, with the
-      suggested label.
+      suggested label, where the model gives that label at least
+      `relabel_min_probability`; a less certain label issue follows
+      `drop_reasons`.
+    relabel_min_probability: see `relabel`.
+    when: `passed`: `clean/` (and `weights/`) are handed back only by a run
+      whose gates all pass; `always`: by every completed run.
   """
 
   drop_reasons: Optional[Sequence[str]] = _field(_REASONS, None)
   relabel: bool = _field(_BOOLEAN, False)
+  relabel_min_probability: float = _field(_number(0, 1, nullable=False),
+                                          0.9)
+  when: str = _field(_one_of(CLEAN_WHEN), "passed")
 
   def __post_init__(self):
     _validate(self, "output.clean")
@@ -746,6 +755,8 @@ class OutputConfig:
       `{run_id}` (UTC start time and a random suffix), filled in at the start.
     num_shards: files per output table; 0 lets the runner decide.
     write_losses: whether to write the per-example `losses/` table.
+    write_probabilities: whether `losses/` gets `probabilities`, those the
+      label issues use (out-of-fold with `model.folds`).
     overwrite: allow a non-empty `dir` that lacks lossaudit's marker (a run
       still deletes only its own files).
     lock_timeout: a lock on `dir` older than this is taken over: a positive
@@ -758,6 +769,7 @@ class OutputConfig:
                          check=_check_placeholders), "out/audit")
   num_shards: int = _field(_integer(0, MAX_NUM_SHARDS), 0)
   write_losses: bool = _field(_BOOLEAN, True)
+  write_probabilities: bool = _field(_BOOLEAN, False)
   overwrite: bool = _field(_BOOLEAN, False)
   lock_timeout: Union[str, float] = _field(
       Rule(_LOCK_TIMEOUT, check=_check_duration), "6h")
@@ -792,7 +804,8 @@ def _check_numbers(key: str, value: Sequence[Any]) -> None:
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
   """Quality gates. `baseline`: an earlier run's `output.dir`, or `latest`:
-  the newest complete run (one with `summary.json`) beside this one."""
+  the newest earlier complete run (one with `summary.json`) beside this
+  one whose gates passed (or that had none)."""
 
   baseline: Optional[str] = _field(
       Rule("a string or null", types=(str,), nullable=True,
@@ -802,6 +815,9 @@ class GateConfig:
   # Fail when the flags the baseline did not have, over examples_scored,
   # exceed it (flag history: gate.baseline).
   max_new_flagged_fraction: Optional[float] = _field(_number(0, 1), None)
+  # Fail when the new flags on ids the baseline scored (and did not flag),
+  # over the ids scored in both runs, exceed it.
+  max_regression_fraction: Optional[float] = _field(_number(0, 1), None)
   # The quantiles `max_quantile_shift` watches (null: all of stats.quantiles).
   # Low quantiles of a good model are near 0, where any change is large.
   shift_quantiles: Optional[Sequence[float]] = _field(

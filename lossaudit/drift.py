@@ -21,12 +21,20 @@ class Baseline(NamedTuple):
     dir: its `output.dir`.
     summary: its `summary.json`.
     flagged_files: its `flagged/` Parquet files (copies in this run's
-      scratch when the baseline is this run's own `output.dir`).
+      scratch, once the run has taken them).
+    ids_files: Parquet files with an `id` column of every id it scored
+      (its `scored_ids/`, else its `losses/`; copies, as above).
+    ids_known: whether it is known which ids it scored (false for a run
+      that wrote neither).
+    copied: whether these are already a copy an earlier run kept.
   """
 
   dir: str
   summary: Dict
   flagged_files: Tuple[str, ...] = ()
+  ids_files: Tuple[str, ...] = ()
+  ids_known: bool = False
+  copied: bool = False
 
   @property
   def run_id(self) -> str:
@@ -55,7 +63,8 @@ def flag_history(summary: Dict) -> Optional[Dict[str, int]]:
   if flagged.get("new") is None:
     return None
   return {k: flagged.get(k) for k in ("new", "persistent", "resolved",
-                                      "baseline_not_scored")}
+                                      "baseline_not_scored", "new_rows",
+                                      "regressions", "scored_in_both")}
 
 
 def dead_letter_rate(summary: Dict) -> float:
@@ -113,6 +122,7 @@ def compare(current: Dict, baseline: Optional[Dict], *,
             max_quantile_shift: Optional[float] = None,
             shift_quantiles: Optional[Sequence[float]] = None,
             max_new_flagged_fraction: Optional[float] = None,
+            max_regression_fraction: Optional[float] = None,
             current_dir: Optional[str] = None,
             baseline_dir: Optional[str] = None) -> Dict:
   """The `drift.json` document.
@@ -128,6 +138,10 @@ def compare(current: Dict, baseline: Optional[Dict], *,
     shift_quantiles: the quantiles that gate watches; None: all.
     max_new_flagged_fraction: fail when `flagged.new / examples_scored`
       (flag history) exceeds it; skipped without a baseline.
+    max_regression_fraction: fail when `flagged.regressions /
+      flagged.scored_in_both` (new flags on ids the baseline scored, over
+      the ids both runs scored) exceeds it; skipped without a baseline or
+      its scored ids.
     current_dir, baseline_dir: where the summaries came from, for the record.
 
   Returns:
@@ -183,6 +197,17 @@ def compare(current: Dict, baseline: Optional[Dict], *,
         None if why else new_flagged_rate(current),
         "flagged.new / examples_scored: flags the baseline did not have"
         + why))
+  if max_regression_fraction is not None:
+    flagged = current["flagged"]
+    both = flagged.get("scored_in_both")
+    why = ("; skipped: no baseline run" if baseline is None else
+           "; skipped: the baseline's scored ids are unknown (it wrote"
+           " neither losses/ nor scored_ids/)" if both is None else "")
+    gates.append(_gate(
+        "max_regression_fraction", max_regression_fraction,
+        None if why else (flagged["regressions"] / both if both else 0.0),
+        "flagged.regressions / flagged.scored_in_both: new flags on ids the"
+        " baseline scored and did not flag" + why))
   return {
       "baseline": baseline_dir,
       "current": current_dir,

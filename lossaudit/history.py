@@ -16,6 +16,12 @@ The join is by id, one hash bucket of ids at a time
 
 A baseline from before flag history (no `first_flagged` column) counts each
 of its flags as first flagged by the baseline run, once.
+
+New flags are told apart by the ids the baseline scored (its `scored_ids/`
+or `losses/`): a flagged row is `in_baseline` when the baseline scored its
+id; a new flag on such an id is a regression, one on an id the baseline
+never scored is on a new row. The regression rate's denominator is the
+ids scored in both runs.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ NEW = "new"
 PERSISTENT = "persistent"
 HISTORY_FIELDS = (pa.field("status", pa.string()),
                   pa.field("first_flagged", pa.string()),
-                  pa.field("times_flagged", pa.int64()))
+                  pa.field("times_flagged", pa.int64()),
+                  pa.field("in_baseline", pa.bool_()))
+# The ids a run scored (`scored_ids/`, or the `id` column of `losses/`).
+SCORED_IDS_SCHEMA = pa.schema([pa.field("id", pa.string())])
 # What a baseline's `flagged/` gives the join, one row per id.
 BASELINE_SCHEMA = pa.schema([
     pa.field("id", pa.string()),
@@ -67,21 +76,36 @@ class HistoryCounts:
     persistent: today's flagged rows the baseline flagged too.
     resolved: baseline flags scored today and no longer flagged.
     not_scored: baseline flags whose id was not scored today.
+    new_rows: new flags on ids the baseline never scored.
+    regressions: new flags on ids the baseline scored (and did not flag).
+    scored_in_both: distinct ids scored today and by the baseline.
   """
 
   new: int = 0
   persistent: int = 0
   resolved: int = 0
   not_scored: int = 0
+  new_rows: int = 0
+  regressions: int = 0
+  scored_in_both: int = 0
 
   def merge(self, other: "HistoryCounts") -> "HistoryCounts":
     return HistoryCounts(*(a + b for a, b in zip(
         dataclasses.astuple(self), dataclasses.astuple(other))))
 
-  def to_dict(self) -> Dict[str, int]:
+  def to_dict(self, ids_known: bool = True) -> Dict[str, Optional[int]]:
+    """`summary.json` → `flagged`'s history counts; without the baseline's
+    scored ids (`ids_known` false), `new_rows`, `regressions` and
+    `scored_in_both` are None."""
+    def known(value: int) -> Optional[int]:
+      return value if ids_known else None
+
     return {"new": self.new, "persistent": self.persistent,
             "resolved": self.resolved,
-            "baseline_not_scored": self.not_scored}
+            "baseline_not_scored": self.not_scored,
+            "new_rows": known(self.new_rows),
+            "regressions": known(self.regressions),
+            "scored_in_both": known(self.scored_in_both)}
 
 
 class BucketHistory(NamedTuple):
@@ -126,16 +150,25 @@ def _first_per_id(table: pa.Table) -> pa.Table:
   return table.take(pa.array(np.sort(first)))
 
 
+def _distinct(ids: pa.ChunkedArray) -> pa.Array:
+  return pc.unique(ids.combine_chunks() if isinstance(
+      ids, pa.ChunkedArray) else ids)
+
+
 def join_bucket(flagged: pa.Table, baseline: pa.Table,
-                scored: Optional[pa.Table], run_id: str) -> BucketHistory:
+                scored: Optional[pa.Table], run_id: str,
+                baseline_ids: Optional[pa.Table] = None) -> BucketHistory:
   """Today's flags of one bucket of ids against the baseline's.
 
   Args:
     flagged: today's flagged rows `(F,)` (the `flagged/` schema).
     baseline: the baseline's flags `(B,)`, `BASELINE_SCHEMA`.
     scored: today's scored `(id, loss)` `(S,)` of this bucket; may be None
-      when `baseline` is empty (nothing can be resolved).
+      when `baseline` and `baseline_ids` are empty.
     run_id: this run's id, the `first_flagged` of a new flag.
+    baseline_ids: the ids the baseline scored `(I,)` of this bucket
+      (`SCORED_IDS_SCHEMA`), or None when unknown (`in_baseline` is then
+      null).
   """
   baseline = _first_per_id(baseline)
   at = pc.index_in(flagged.column("id"), value_set=baseline.column("id"))
@@ -152,12 +185,24 @@ def join_bucket(flagged: pa.Table, baseline: pa.Table,
   else:
     first = pa.array([run_id] * flagged.num_rows, pa.string())
     times = np.ones(flagged.num_rows, np.int64)
+  counts = HistoryCounts(new=int((~found).sum()), persistent=int(found.sum()))
+  if baseline_ids is None:
+    in_baseline = pa.nulls(flagged.num_rows, pa.bool_())
+  else:
+    known = _distinct(baseline_ids.column("id"))
+    was_scored = pc.is_in(flagged.column("id"), value_set=known).to_numpy(
+        zero_copy_only=False)
+    in_baseline = pa.array(was_scored)
+    counts.regressions = int((~found & was_scored).sum())
+    counts.new_rows = int((~found & ~was_scored).sum())
+    if scored is not None and len(known):
+      counts.scored_in_both = int(pc.sum(pc.is_in(
+          _distinct(scored.column("id")), value_set=known)).as_py() or 0)
   annotated = flagged
   for field, values in zip(HISTORY_FIELDS, (
       pa.array(status.astype(str), pa.string()), first,
-      pa.array(times.astype(np.int64)))):
+      pa.array(times.astype(np.int64)), in_baseline)):
     annotated = annotated.append_column(field, values)
-  counts = HistoryCounts(new=int((~found).sum()), persistent=int(found.sum()))
   resolved = RESOLVED_SCHEMA.empty_table()
   gone = ~pc.is_in(baseline.column("id"),
                    value_set=flagged.column("id")).to_numpy(

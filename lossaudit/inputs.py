@@ -39,8 +39,7 @@ _OUTPUT_SAMPLES = (
 # handed back to be used: it may be read, the rest of that run's outputs
 # not.
 _CLEAN_COPY = re.compile(
-    rf"{re.escape(outputs.CLEAN)}/part-\d{{5}}-of-\d{{5}}-[^/]+"
-    r"(?<!\.tmp-[0-9a-f]{8})")
+    rf"{re.escape(outputs.CLEAN)}/[^/]+(?<!\.tmp-[0-9a-f]{{8}})")
 
 
 class InputFiles(NamedTuple):

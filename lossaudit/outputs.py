@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import uuid
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -22,15 +22,25 @@ LOSSES = "losses"
 FLAGGED = "flagged"
 DEAD_LETTER = "dead_letter"
 RESOLVED = "resolved"
-CLEAN = "clean"  # The cleaned dataset: `clean.clean_name` files.
-RELABELLED = "clean/relabelled"
+CLEAN = "clean"  # The cleaned dataset: files named as the input's.
+RELABELLED = "relabelled"
 WEIGHTS = "weights"
+SCORED_IDS = "scored_ids"  # The ids a run scored, when losses/ is off.
 SUMMARY = "summary.json"
 REPORT = "report.html"
 DRIFT = "drift.json"
 SCRATCH = ".scratch"
-SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER, RESOLVED, RELABELLED, WEIGHTS)
-TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT)
+# The names of the files promoted into `clean/`, written before they are
+# (`clean/` holds nothing but the dataset's files).
+CLEAN_MANIFEST = ".lossaudit-clean.json"
+# Where a run stages `clean/`, `relabelled/` and `weights/` (under its
+# scratch) until its gates have passed (`promote_staged`).
+STAGE = "stage"
+# Earlier versions wrote the relabelled rows inside `clean/`.
+_OLD_RELABELLED = "clean/relabelled"
+SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER, RESOLVED, RELABELLED, WEIGHTS,
+              SCORED_IDS, _OLD_RELABELLED)
+TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT, CLEAN_MANIFEST)
 
 
 _DIGIT = "[0-9]"
@@ -48,21 +58,47 @@ def expand_dir(template: str, now: datetime.datetime, run_id: str) -> str:
   return template.format(date=f"{now:%Y-%m-%d}", run_id=run_id)
 
 
-def latest_complete_run(template: str) -> Optional[str]:
-  """The newest earlier run of `template` that completed, or None.
+def latest_complete_run(template: str,
+                        exclude: Optional[str] = None) -> Optional[str]:
+  """The newest earlier run of `template` that completed and whose gates
+  passed (or that had none), or None.
 
   Runs are the directories the template can expand to (placeholders match
-  any date and run id) that hold a `summary.json`; the newest by that file's
-  time. With no placeholders, that is the template's own directory: call
-  this before `Claim.clear_previous` clears it.
+  any date and run id) that hold a `summary.json`, newest by that file's
+  time; one whose `gate.passed` is false is never a baseline, so a failed
+  night retried against the same history fails again. `exclude` (this
+  run's own directory) is left out. With no placeholders, that is the
+  template's own directory: call this before `Claim.clear_previous` clears
+  it.
   """
   pattern = join(template.format(date=_DATE_GLOB, run_id=_RUN_ID_GLOB),
                  SUMMARY)
   found = FileSystems.match([pattern])[0].metadata_list
-  if not found:
-    return None
-  newest = max(found, key=lambda m: (m.last_updated_in_seconds, m.path))
-  return newest.path[:-len(SUMMARY)].rstrip("/")
+  for newest in sorted(found, reverse=True,
+                       key=lambda m: (m.last_updated_in_seconds, m.path)):
+    directory = newest.path[:-len(SUMMARY)].rstrip("/")
+    if exclude is not None and same_dir(directory, exclude):
+      continue
+    if gate_passed(newest.path):
+      return directory
+  return None
+
+
+def same_dir(a: str, b: str) -> bool:
+  """Whether `a` and `b` name one directory (links resolved, locally)."""
+  if _is_gcs(a) or _is_gcs(b):
+    return a.rstrip("/") == b.rstrip("/")
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def gate_passed(summary_path: str) -> bool:
+  """Whether the run of `summary_path` passed its gates (true without
+  gates; false when the summary cannot be read)."""
+  try:
+    gate = read_json(summary_path).get("gate")
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return not isinstance(gate, dict) or gate.get("passed") is not False
 
 
 # What `drift.compare` and the report read from a baseline's summary.json,
@@ -134,14 +170,17 @@ def shard_files(directory: str, kind: str) -> list:
 KEPT_BASELINE = "baseline-flagged"
 
 
-def kept_baseline(directory: str) -> Optional[Tuple[Dict[str, Any],
-                                                   Tuple[str, ...]]]:
-  """The summary and `flagged/` copies of the earlier run of `directory`
-  that an interrupted run kept in its scratch, or None.
+def kept_baseline(directory: str
+                  ) -> Optional[Tuple[Dict[str, Any], Tuple[str, ...],
+                                      Optional[Tuple[str, ...]]]]:
+  """The summary, `flagged/` and scored-id copies of the baseline that an
+  earlier run of `directory` kept in its scratch, or None; the ids are
+  None when that baseline had none.
 
   A run whose baseline is its own output.dir clears that run's outputs
-  before it starts; stopped before it completes, it leaves its copy of them
-  so that the next run still has the flag history. The newest such copy.
+  before it starts; stopped before it completes, or failing its gates, it
+  leaves its copy of them so that the next run still has the flag history
+  it was judged against. The newest such copy.
   """
   pattern = join(directory, SCRATCH, "*", f"{KEPT_BASELINE}-summary.json")
   found = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
@@ -151,9 +190,25 @@ def kept_baseline(directory: str) -> Optional[Tuple[Dict[str, Any],
     except (ValueError, UnicodeDecodeError, OSError):
       continue
     prefix = path[:-len("-summary.json")]
-    flagged = sorted(m.path for m in FileSystems.match(
-        [f"{prefix}-[0-9]*.parquet"])[0].metadata_list)
-    return summary, tuple(flagged)
+
+    def copies(name: str) -> Tuple[str, ...]:
+      return tuple(sorted(m.path for m in FileSystems.match(
+          [f"{prefix}-{name}"])[0].metadata_list))
+
+    ids = copies("ids-[0-9]*.parquet")
+    return (summary, copies("[0-9]*.parquet"),
+            ids if ids or not summary.get("examples_scored") else None)
+  return None
+
+
+def scored_id_files(directory: str) -> Optional[List[str]]:
+  """Files with an `id` column of every id the run in `directory` scored:
+  its `scored_ids/` shards, else its `losses/` shards; None when it wrote
+  neither."""
+  for kind in (SCORED_IDS, LOSSES):
+    found = shard_files(directory, kind)
+    if found:
+      return found
   return None
 
 
@@ -161,6 +216,67 @@ def scratch_prefix(directory: str, run_id: str, kind: str) -> str:
   """Prefix of the `kind` files run `run_id` spills between passes; removed
   when the run ends (`ownership.remove_scratch`)."""
   return join(directory, SCRATCH, run_id, kind)
+
+
+def stage_dir(directory: str, run_id: str) -> str:
+  """Where run `run_id` writes `clean/`, `relabelled/` and `weights/` until
+  its gates pass (`promote_staged`)."""
+  return join(directory, SCRATCH, run_id, STAGE)
+
+
+def relative_files(directory: str) -> List[Tuple[str, str]]:
+  """`(path, path relative to directory)` of every file under it."""
+  base = directory.rstrip("/") + "/"
+  if _is_gcs(directory):
+    found = FileSystems.match([base + "**"])[0].metadata_list
+    paths = [m.path for m in found]
+  else:
+    paths = [os.path.join(root, name)
+             for root, _, names in os.walk(directory) for name in names]
+  return [(p, p[len(base):]) for p in paths if p.startswith(base)]
+
+
+def promote_staged(directory: str, run_id: str) -> Dict[str, List[str]]:
+  """Moves what run `run_id` staged into `directory`, each file to the same
+  relative path; the names going into `clean/` are first recorded in
+  `CLEAN_MANIFEST` (what a later run may delete there).
+
+  Returns:
+    The final paths, by folder (`clean`, `relabelled`, `weights`).
+  """
+  staged = relative_files(stage_dir(directory, run_id))
+  clean = sorted(rel.split("/", 1)[1] for _, rel in staged
+                 if rel.startswith(CLEAN + "/"))
+  if clean:
+    write_json(join(directory, CLEAN_MANIFEST), {"files": clean})
+  targets = [join(directory, rel) for _, rel in staged]
+  if not _is_gcs(directory):
+    for folder in {os.path.dirname(t) for t in targets}:
+      os.makedirs(folder, exist_ok=True)
+  if staged:
+    FileSystems.rename([p for p, _ in staged], targets)
+  promoted: Dict[str, List[str]] = {}
+  for (_, rel), target in zip(staged, targets):
+    promoted.setdefault(rel.split("/", 1)[0], []).append(target)
+  return {kind: sorted(paths) for kind, paths in promoted.items()}
+
+
+def clean_manifest(directory: str) -> List[str]:
+  """The `clean/` file names an earlier run promoted (`CLEAN_MANIFEST`);
+  none when it is missing or damaged. Only plain names, never a path."""
+  try:
+    found = read_json(join(directory, CLEAN_MANIFEST))["files"]
+  except Exception:  # pylint: disable=broad-except
+    return []
+  if not isinstance(found, list):
+    return []
+  return [name for name in found if isinstance(name, str) and name
+          and "/" not in name and "\\" not in name
+          and name not in (".", "..")]
+
+
+def _is_gcs(path: str) -> bool:
+  return path.startswith("gs://")
 
 
 def write_text(path: str, text: str) -> None:

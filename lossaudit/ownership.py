@@ -35,7 +35,7 @@ import re
 import socket
 import time
 import uuid
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -58,8 +58,10 @@ _OWN = re.compile(
     rf"|(?:{'|'.join(re.escape(k) for k in outputs.SHARD_DIRS)})/"
     r"(?:part-\d{5}-of-\d{5}\.(?:parquet|jsonl)"
     rf"|{_BEAM_TEMP}/[^/]+)"
+    # Earlier versions' names in `clean/`; today's are listed in
+    # `outputs.CLEAN_MANIFEST` (see `clean_files`).
     rf"|{re.escape(outputs.CLEAN)}/part-\d{{5}}-of-\d{{5}}-[^/]+"
-    rf"|{re.escape(outputs.SCRATCH)}/{_RUN_ID}/[^/]+")
+    rf"|{re.escape(outputs.SCRATCH)}/{_RUN_ID}/.+")
 
 
 def is_own_output(relative: str) -> bool:
@@ -318,6 +320,9 @@ class Claim:
     self._lock = lock
     self._created = created  # The topmost directory the claim created.
     self._released = False
+    # Whether the run's baseline is this directory's earlier run, whose
+    # copy a run that does not complete, or fails its gates, keeps.
+    self.keep_baseline_copy = False
 
   def clear_previous(self) -> List[str]:
     """Deletes the outputs of earlier runs (by name), not this run's
@@ -327,7 +332,14 @@ class Claim:
       The paths deleted.
     """
     own_scratch = f"{outputs.SCRATCH}/{self.run.run_id}/"
-    deleted = remove_own_files(
+    clean = [outputs.join(self.directory, outputs.CLEAN, name)
+             for name in outputs.clean_manifest(self.directory)]
+    clean = [path for path in clean if FileSystems.exists(path)]
+    if clean:
+      FileSystems.delete(clean)
+      if not _is_gcs(self.directory):
+        _remove_empty_dirs(os.path.dirname(clean[0]), self.directory)
+    deleted = clean + remove_own_files(
         self.directory, lambda rel: not rel.startswith(own_scratch))
     outputs.write_text(outputs.join(self.directory, MARKER),
                        self.run.to_json().decode("utf-8") + "\n")
@@ -338,11 +350,13 @@ class Claim:
     if self._released:
       return
     self._released = True
-    completed = FileSystems.exists(
-        outputs.join(self.directory, outputs.SUMMARY))
-    # A run stopped after it cleared its own baseline keeps the copy.
+    summary = outputs.join(self.directory, outputs.SUMMARY)
+    passed = FileSystems.exists(summary) and outputs.gate_passed(summary)
+    # A run stopped after it cleared its own baseline, or failing its
+    # gates, keeps the copy (`outputs.kept_baseline`).
+    keep = self.keep_baseline_copy and not passed
     remove_scratch(self.directory, self.run.run_id,
-                   keep=None if completed else outputs.KEPT_BASELINE)
+                   keep=outputs.KEPT_BASELINE if keep else None)
     held = self._lock.read()
     if held is not None and held.holder == self.run:
       self._lock.delete(held)
@@ -454,18 +468,6 @@ def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
         f" deletes only lossaudit's own files). Received: {directory!r}")
 
 
-def _relative_files(directory: str) -> List[Tuple[str, str]]:
-  """`(path, path relative to directory)` of every file under it."""
-  base = directory.rstrip("/") + "/"
-  if _is_gcs(directory):
-    found = FileSystems.match([base + "**"])[0].metadata_list
-    paths = [m.path for m in found]
-  else:
-    paths = [os.path.join(root, name)
-             for root, _, names in os.walk(directory) for name in names]
-  return [(p, p[len(base):]) for p in paths if p.startswith(base)]
-
-
 def remove_own_files(directory: str,
                      which: Callable[[str], bool]) -> List[str]:
   """Deletes the files under `directory` that lossaudit writes and `which`
@@ -476,7 +478,7 @@ def remove_own_files(directory: str,
   Returns:
     The paths deleted.
   """
-  doomed = [(p, rel) for p, rel in _relative_files(directory)
+  doomed = [(p, rel) for p, rel in outputs.relative_files(directory)
             if is_own_output(rel) and which(rel)]
   if doomed:
     FileSystems.delete([p for p, _ in doomed])

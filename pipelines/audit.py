@@ -16,7 +16,6 @@ import importlib
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -24,7 +23,6 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options import pipeline_options as beam_options
@@ -208,12 +206,16 @@ def run(argv: Optional[Sequence[str]] = None,
       overwrite=config.output.overwrite,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
   try:
-    baseline = _baseline(config.gate.baseline, template,
+    baseline = _baseline(config.gate.baseline, template, config.output.dir,
                          config.input.id_column)
-    if baseline is not None and _same_dir(baseline.dir, config.output.dir):
-      # Its flags are cleared with the earlier outputs before the run.
-      baseline = _keep_flags(baseline, outputs.scratch_prefix(
+    if baseline is not None:
+      baseline = _snapshot(baseline, outputs.scratch_prefix(
           config.output.dir, run_id, outputs.KEPT_BASELINE))
+      # A baseline that is this run's own directory is cleared with the
+      # earlier outputs: a run that does not complete, or fails its gates,
+      # keeps the copy for the next.
+      claim.keep_baseline_copy = outputs.same_dir(baseline.dir,
+                                                  config.output.dir)
     startup.lap("claim")
     files = inputs.expand(config.input.patterns, config.output.dir)
     inputs.check_model_paths(config.model.path_groups())
@@ -298,32 +300,41 @@ def _check_template(config: AuditConfig, template: str) -> None:
         " (templates/flex) for scheduled runs. Received: 'latest'")
 
 
-def _baseline(baseline: Optional[str], template: str,
+def _baseline(baseline: Optional[str], template: str, output_dir: str,
               id_column: Optional[str]) -> Optional[drift.Baseline]:
   """The run `gate.baseline` names (checked against this run's
-  `input.id_column`), or None."""
+  `input.id_column`), or None.
+
+  `latest` is the newest earlier completed run whose gates passed
+  (`outputs.latest_complete_run`). A fixed `output.dir` is its own
+  baseline; when its last run failed its gates (or was stopped after it
+  cleared the run before), the baseline that run kept a copy of is used,
+  so a retried night is judged against the same history.
+  """
   if baseline is None:
     return None
   fixed = template.format(date="", run_id="") == template
   latest = baseline == "latest"
   if latest:
-    baseline = outputs.latest_complete_run(template) or (
-        template if fixed else None)
+    baseline = outputs.latest_complete_run(
+        template, exclude=None if fixed else output_dir) or (
+            template if fixed else None)
     if baseline is None:
       return None
   kept = None
-  if fixed and _same_dir(baseline, template) and not FileSystems.exists(
-      outputs.join(baseline, outputs.SUMMARY)):
-    # A run stopped before it completed cleared the earlier outputs; the
-    # copy of them it kept is the baseline.
-    kept = outputs.kept_baseline(baseline)
-    if kept is None and latest:
-      return None
+  if fixed and outputs.same_dir(baseline, template):
+    summary_path = outputs.join(baseline, outputs.SUMMARY)
+    if not FileSystems.exists(summary_path) or (
+        latest and not outputs.gate_passed(summary_path)):
+      kept = outputs.kept_baseline(baseline)
+      if kept is None and latest:
+        return None
   if kept is not None:
-    summary, flagged = kept
+    summary, flagged, ids = kept
   else:
     summary = outputs.read_summary(baseline, "gate.baseline")
     flagged = outputs.shard_files(baseline, outputs.FLAGGED)
+    ids = outputs.scored_id_files(baseline)
   if not flagged and summary["flagged"]["total"]:
     raise ConfigError(
         f"gate.baseline: expected the {outputs.FLAGGED}/ files of its"
@@ -331,28 +342,41 @@ def _baseline(baseline: Optional[str], template: str,
         f" Received: {baseline!r}, with none")
   outputs.check_flagged_outputs("gate.baseline", baseline, summary,
                                 flagged, id_column)
-  return drift.Baseline(baseline, summary, tuple(flagged))
+  ids_known = ids is not None or not summary["examples_scored"]
+  return drift.Baseline(baseline, summary, tuple(flagged), tuple(ids or ()),
+                        ids_known=ids_known, copied=kept is not None)
 
 
-def _same_dir(a: str, b: str) -> bool:
-  if FileSystems.get_scheme(a) or FileSystems.get_scheme(b):
-    return a.rstrip("/") == b.rstrip("/")
-  return os.path.realpath(a) == os.path.realpath(b)
+def _snapshot(baseline: drift.Baseline, prefix: str) -> drift.Baseline:
+  """`baseline` with its summary, `flagged/` and scored-id files copied
+  into this run's scratch (`prefix-summary.json`, `prefix-NNNNN.parquet`,
+  `prefix-ids-NNNNN.parquet`), which is all the run reads of it: a
+  baseline re-written while this run goes cannot mix two runs. The
+  baseline's summary is read again once copied, to make sure the copy is
+  of one run.
 
-
-def _keep_flags(baseline: drift.Baseline, prefix: str) -> drift.Baseline:
-  """`baseline` with its `flagged/` files copied to `prefix-NNNNN.parquet`
-  (scratch), and its summary to `prefix-summary.json`
-  (`outputs.kept_baseline` reads them back after an interrupted run)."""
+  Raises:
+    ConfigError: the baseline changed (or vanished) while it was copied.
+  """
+  flagged = [f"{prefix}-{i:05d}.parquet"
+             for i in range(len(baseline.flagged_files))]
+  ids = [f"{prefix}-ids-{i:05d}.parquet"
+         for i in range(len(baseline.ids_files))]
+  changed = (f"gate.baseline: expected a completed run that stays as it is"
+             f" while this run copies it; it changed (another run is writing"
+             f" there?). Received: {baseline.dir!r}")
   outputs.write_json(f"{prefix}-summary.json", baseline.summary)
-  copies = []
-  for i, path in enumerate(baseline.flagged_files):
-    copies.append(f"{prefix}-{i:05d}.parquet")
-    plain = CompressionTypes.UNCOMPRESSED
-    with FileSystems.open(path, compression_type=plain) as source, \
-        FileSystems.create(copies[-1], compression_type=plain) as copy:
-      shutil.copyfileobj(source, copy, 1 << 20)
-  return baseline._replace(flagged_files=tuple(copies))
+  sources = [*baseline.flagged_files, *baseline.ids_files]
+  try:
+    if sources:
+      FileSystems.copy(sources, flagged + ids)
+    again = (baseline.summary if baseline.copied else outputs.read_json(
+        outputs.join(baseline.dir, outputs.SUMMARY)))
+  except Exception:  # pylint: disable=broad-except
+    raise ConfigError(changed) from None
+  if again != baseline.summary:
+    raise ConfigError(changed)
+  return baseline._replace(flagged_files=tuple(flagged), ids_files=tuple(ids))
 
 
 class _StopOnSignals:
@@ -467,8 +491,13 @@ def run_command(body: Callable[[], T], interrupted: str
     return 128 + received, None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Command-line entry point; returns the exit code (3: a gate failed)."""
+def main(argv: Optional[Sequence[str]] = None,
+         clock: Callable[[], float] = time.time) -> int:
+  """Command-line entry point; returns the exit code (3: a gate failed).
+
+  Args:
+    clock: as for `run` (a scheduler's nights, in tests).
+  """
   # Before TensorFlow loads: its C++ INFO and WARNING lines go, a user's own
   # TF_CPP_MIN_LOG_LEVEL wins. Level 2, not 3: 3 would hide TensorFlow's
   # ERROR lines too (such as "failed call to cuInit" on a GPU machine with a
@@ -479,7 +508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
   code, summary = run_command(
-      lambda: run(argv), "the run stopped, its scratch files and lock are"
+      lambda: run(argv, clock=clock), "the run stopped, its scratch files and lock are"
       " removed and no summary.json was written")
   if code is not None:
     return code

@@ -93,10 +93,11 @@ def compare_runs(args: argparse.Namespace) -> dict:
   recorded = (current.get("flag_history") or {}).get("baseline")
   if recorded is None or recorded.rstrip("/") != args.baseline.rstrip("/"):
     counts = history_of_dirs(args.baseline, baseline, args.current, current)
-    flagged = {k: v for k, v in current["flagged"].items() if k not in (
-        "new", "persistent", "resolved", "baseline_not_scored")}
+    flagged = {k: v for k, v in current["flagged"].items()
+               if k not in HistoryCounts().to_dict()}
+    # New rows and regressions are told apart by `lossaudit run` only.
     current = dict(current, flagged=dict(
-        flagged, **(counts.to_dict() if counts else {})))
+        flagged, **(counts.to_dict(ids_known=False) if counts else {})))
   return drift.compare(
       current, baseline, max_flagged_fraction=gate.max_flagged_fraction,
       max_quantile_shift=gate.max_quantile_shift,

@@ -19,6 +19,7 @@ from lossaudit.flag_counts import FlagCounts
 from lossaudit.history import (
   NEW,
   RESOLVED_SCHEMA,
+  SCORED_IDS_SCHEMA,
   SCORED_SCHEMA,
   with_history_schema,
 )
@@ -33,12 +34,12 @@ from lossaudit.transforms.flag import (
   DATA_MAP,
   MARKS,
   RELABELLED,
-  RELABELLED_SCHEMA,
   WEIGHTS,
   CleanRule,
   FlagExamples,
   count_reasons,
   flagged_schema,
+  relabelled_schema,
 )
 from lossaudit.transforms.history import (
   COUNTS,
@@ -247,8 +248,9 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
                  thresholds, schema, _loss_column(config),
                  class_names=plan.spec.class_names,
                  data_map=plan.spec.dynamics,
-                 clean_rule=clean and CleanRule(clean.dropping,
-                                                clean.relabel),
+                 clean_rule=clean and CleanRule(
+                     clean.dropping, clean.relabel,
+                     clean.relabel_min_probability, plan.spec.class_names),
                  weight_rule=_weight_rule(config),
                  loss_stats=statistics.loss if weights else None))
   if not isinstance(flagged, dict):
@@ -292,7 +294,9 @@ def _history(scored: _Scored, rules: _Flagged, config: AuditConfig,
           outputs.scratch_prefix(config.output.dir, run["run_id"], "history"),
           flagged_schema(plan.spec.scored_schema()),
           baseline.flagged_files if baseline else (),
-          baseline.run_id if baseline else "", run["run_id"]))
+          baseline.run_id if baseline else "", run["run_id"],
+          baseline_ids=(() if baseline is None else baseline.ids_files
+                        if baseline.ids_known else None)))
   return _History(joined["flagged"], joined[RESOLVED], joined[COUNTS])
 
 
@@ -372,17 +376,29 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
     written[outputs.RESOLVED] = history.resolved | (
         "WriteResolved" >> WriteParquetShards(
             out, outputs.RESOLVED, RESOLVED_SCHEMA, num_shards))
+  if config.gate.baseline is not None and not config.output.write_losses:
+    # What the next run's flag history needs of this one (else losses/).
+    written[outputs.SCORED_IDS] = (
+        scored.batches
+        | "ScoredIds" >> beam.Map(lambda batch: batch.select(["id"]))
+        | "WriteScoredIds" >> WriteParquetShards(
+            out, outputs.SCORED_IDS, SCORED_IDS_SCHEMA, num_shards))
+  # What a scheduler feeds back into training waits in the scratch until
+  # the gates pass (`WriteSummary` hands it back).
+  staged = outputs.stage_dir(out, run["run_id"])
   if rules.weights is not None:
     written[outputs.WEIGHTS] = rules.weights | (
         "WriteWeights" >> WriteParquetShards(
-            out, outputs.WEIGHTS, weights.SCHEMA, num_shards))
+            staged, outputs.WEIGHTS, weights.SCHEMA, num_shards))
   clean_counts = None
   if rules.marks is not None:
-    written[outputs.RELABELLED] = rules.relabelled | (
-        "WriteRelabelled" >> WriteParquetShards(
-            out, outputs.RELABELLED, RELABELLED_SCHEMA, num_shards))
+    if config.output.clean.relabel:
+      written[outputs.RELABELLED] = rules.relabelled | (
+          "WriteRelabelled" >> WriteParquetShards(
+              staged, outputs.RELABELLED,
+              relabelled_schema(plan.spec.class_names), num_shards))
     clean_counts = rules.marks | "WriteClean" >> WriteCleanFiles(CleanTarget(
-        out, tuple(plan.files), config.input.format,
+        staged, tuple(plan.files), config.input.format,
         label_column=(plan.spec.classifier.label_column
                       if plan.spec.classifier else None),
         class_names=plan.spec.class_names,

@@ -99,8 +99,7 @@ def _run(config, write_config):
 
 def _clean_files(out):
   folder = os.path.join(out, "clean")
-  return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                if f.startswith("part-"))
+  return sorted(os.path.join(folder, f) for f in os.listdir(folder))
 
 
 def _id_of(record):
@@ -119,8 +118,7 @@ def test_tfrecord_clean_copy_is_the_unflagged_records_byte_for_byte(
           for line in f.read_text().splitlines()}
   files = _clean_files(str(out))
   assert [os.path.basename(f) for f in files] == [
-      "part-00000-of-00002-data-0.tfrecord.gz",
-      "part-00001-of-00002-data-1.tfrecord.gz"]
+      "data-0.tfrecord.gz", "data-1.tfrecord.gz"]
   for source, copy in zip(sorted(records), files):
     expected = [r for r in records[source]
                 if r != b"\x00not an example" and _id_of(r) not in flagged
@@ -134,7 +132,8 @@ def test_tfrecord_clean_copy_is_the_unflagged_records_byte_for_byte(
   assert {f"id{i:03d}" for i in OUT_OF_RANGE} <= dead
   assert summary["clean"] == {
       "kept": N - 2 - len(WRONG), "dropped": len(WRONG), "relabelled": 0,
-      "files": 2, "adds_up": True}
+      "files": 2, "adds_up": True, "written": True,
+      "withheld_because": None}
   assert (summary["clean"]["kept"] + summary["clean"]["dropped"]
           == summary["examples_scored"])
   # A re-audit of clean/ with the same model flags none of the dropped ids.
@@ -159,7 +158,7 @@ def test_relabel_keeps_label_issues_with_the_suggested_label(
   flagged = pd.read_parquet(out / "flagged").set_index("id")
   assert all(list(r) == ["label_issue"] for r in flagged["reasons"])
   assert set(flagged.index) == {f"id{i:03d}" for i in WRONG}
-  relabelled = pd.read_parquet(out / "clean" / "relabelled").set_index("id")
+  relabelled = pd.read_parquet(out / "relabelled").set_index("id")
   assert sorted(relabelled.index) == sorted(flagged.index)
   assert (relabelled["suggested_label"] == flagged.loc[
       relabelled.index, "suggested_label"]).all()
@@ -249,10 +248,20 @@ def test_drop_actions():
      " reasons. Received: []"),
     ({"clean": "yes"}, {}, {},
      "output.clean: expected null or a mapping of ['drop_reasons',"
-     " 'relabel']. Received: 'yes'"),
+     " 'relabel', 'relabel_min_probability', 'when']. Received: 'yes'"),
     ({"clean": {"relabel": True, "drop_reason": ["top_k"]}}, {}, {},
      "output.clean.drop_reason: unknown config key; expected one of"
-     " ['drop_reasons', 'relabel']. Did you mean output.clean.drop_reasons?"),
+     " ['drop_reasons', 'relabel', 'relabel_min_probability', 'when']. Did"
+     " you mean output.clean.drop_reasons?"),
+    ({"clean": {"when": "sometimes"}}, {}, {},
+     "output.clean.when: expected one of {'passed', 'always'}. Received:"
+     " 'sometimes'"),
+    ({"clean": {"relabel_min_probability": 1.5}}, {}, {},
+     "output.clean.relabel_min_probability: expected a number in [0, 1]."
+     " Received: 1.5"),
+    ({}, {}, {"max_regression_fraction": -0.1},
+     "gate.max_regression_fraction: expected a number in [0, 1]. Received:"
+     " -0.1"),
     ({"weights": {"scheme": "loss_deciles"}}, {}, {},
      "output.weights.scheme: expected one of {'drop_flagged',"
      " 'downweight_flagged', 'loss_bins'}. Received: 'loss_deciles'"),
@@ -276,17 +285,25 @@ def test_bad_clean_weights_and_gate_configs_are_refused(
   assert capsys.readouterr().err == f"lossaudit: error: {message}\n"
 
 
-def test_clean_names_of_long_file_names_fit_a_file_system():
-  """A valid 240-byte input name would make `part-...-of-...-<name>.tmp-...`
-  longer than the 255 bytes a file name may have: it keeps its start and
-  extension around a hash, unique per name."""
-  assert clean.clean_name(3, 10, "gs://b/d/data-0.tfrecord.gz") == (
-      "part-00003-of-00010-data-0.tfrecord.gz")
-  names = [clean.clean_name(0, 1, f"/d/{c * 235}.tfrecord.gz") for c in "xy"]
-  names.append(clean.clean_name(0, 1, "/d/" + "é" * 120 + ".parquet"))
-  for name in names:
+def test_clean_names_are_the_input_names():
+  """Each input keeps its file name; two inputs with one name get a stable
+  suffix of their path; a name too long for a file system (with the
+  `.tmp-...` of the file being written) keeps its start and extension
+  around a hash, unique per name."""
+  names = clean.clean_names(["gs://b/d/data-0.tfrecord.gz",
+                             "gs://b/e/data-0.tfrecord.gz", "/x/other.parquet"])
+  assert names["/x/other.parquet"] == "other.parquet"
+  import hashlib
+  for source in ("gs://b/d/data-0.tfrecord.gz", "gs://b/e/data-0.tfrecord.gz"):
+    suffix = hashlib.sha1(source.encode()).hexdigest()[:8]
+    assert names[source] == f"data-0-{suffix}.tfrecord.gz"
+  long = [f"/d/{c * 235}.tfrecord.gz" for c in "xy"] + [
+      "/d/" + "é" * 120 + ".parquet"]
+  found = clean.clean_names(long)
+  for name in found.values():
     assert len((name + ".tmp-0123abcd").encode()) <= 255
     name.encode().decode()  # Not cut inside a character.
-  assert names[0].startswith("part-00000-of-00001-xxx")
-  assert names[0].endswith(".tfrecord.gz") and names[2].endswith(".parquet")
-  assert len(set(names)) == 3
+  assert found[long[0]].startswith("xxx")
+  assert found[long[0]].endswith(".tfrecord.gz")
+  assert found[long[2]].endswith(".parquet")
+  assert len(set(found.values())) == 3

@@ -130,16 +130,21 @@ def _check(runs, codes, read):
                              rtol=1e-5)
   assert set(resolved3["first_flagged"]) == {r1}
   assert set(resolved3["times_flagged"]) == {2}
-  counts = [{k: s["flagged"][k] for k in ("total", "new", "persistent",
-                                          "resolved", "baseline_not_scored")}
-            for s in (s1, s2, s3)]
+  counts = [{k: s["flagged"][k] for k in (
+      "total", "new", "persistent", "resolved", "baseline_not_scored",
+      "new_rows", "regressions", "scored_in_both")} for s in (s1, s2, s3)]
+  # Every id but c0 is in every night: each new flag after night 1 is a
+  # regression.
   assert counts == [
       {"total": 11, "new": 11, "persistent": 0, "resolved": 0,
-       "baseline_not_scored": 0},
+       "baseline_not_scored": 0, "new_rows": 11, "regressions": 0,
+       "scored_in_both": 0},
       {"total": 12, "new": 6, "persistent": 6, "resolved": 5,
-       "baseline_not_scored": 0},
+       "baseline_not_scored": 0, "new_rows": 0, "regressions": 6,
+       "scored_in_both": N},
       {"total": 10, "new": 3, "persistent": 7, "resolved": 4,
-       "baseline_not_scored": 1},
+       "baseline_not_scored": 1, "new_rows": 0, "regressions": 3,
+       "scored_in_both": N - 1},
   ]
   rate = 3 / s3["examples_scored"]
   assert s3["examples_scored"] == N - 1
@@ -173,8 +178,8 @@ def test_three_nights(tmp_path, write_config, capsys):
   # drift.json and the report carry the counts; the top new flags are the
   # injected ones.
   found = json.loads(open(os.path.join(d3, "drift.json")).read())
-  assert found["flag_history"] == {k: counts[2][k] for k in (
-      "new", "persistent", "resolved", "baseline_not_scored")}
+  assert found["flag_history"] == {
+      k: v for k, v in counts[2].items() if k != "total"}
   page = open(os.path.join(d3, "report.html")).read()
   assert '<table id="flag-history">' in page
   assert '<table id="new-flags">' in page
@@ -188,7 +193,9 @@ def test_three_nights(tmp_path, write_config, capsys):
   d13 = json.loads((tmp_path / "d13.json").read_text())
   # Night 1 → 3: E persists; C[1:] and D are new; A and B resolved.
   assert d13["flag_history"] == {"new": 8, "persistent": 2, "resolved": 9,
-                                 "baseline_not_scored": 0}
+                                 "baseline_not_scored": 0, "new_rows": None,
+                                 "regressions": None,
+                                 "scored_in_both": None}
   assert "flags: 8 new, 2 persistent, 9 resolved" in capsys.readouterr().out
 
 
@@ -246,10 +253,12 @@ def test_a_baseline_without_history_was_first_flagged_by_its_run():
 
 
 def test_history_counts_merge():
-  total = history.HistoryCounts(1, 2, 3, 4).merge(
-      history.HistoryCounts(10, 20, 30, 40))
+  total = history.HistoryCounts(1, 2, 3, 4, 5, 6, 7).merge(
+      history.HistoryCounts(10, 20, 30, 40, 50, 60, 70))
   assert total.to_dict() == {"new": 11, "persistent": 22, "resolved": 33,
-                             "baseline_not_scored": 44}
+                             "baseline_not_scored": 44, "new_rows": 55,
+                             "regressions": 66, "scored_in_both": 77}
+  assert total.to_dict(ids_known=False)["regressions"] is None
 
 
 def _one_night(tmp_path, write_config, out, **input_keys):

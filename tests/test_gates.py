@@ -198,7 +198,8 @@ def test_nightly_config_twice_compares_with_the_latest_run(
   first, second = (json.loads((r / "summary.json").read_text()) for r in runs)
   assert runs[0].name.endswith(first["run_id"])
   assert runs[0].name.startswith(first["started"][:10])
-  assert first["gate"] == {"baseline": None, "passed": True, "failed": []}
+  assert first["gate"] == {"baseline": None, "passed": True,
+                          "failures": [], "failed": []}
   assert second["gate"]["baseline"] == str(runs[0])
   found = json.loads((runs[1] / "drift.json").read_text())
   assert found["passed"]

@@ -35,8 +35,8 @@ class CleanTarget(NamedTuple):
   """Where and how `clean/` is written.
 
   Attributes:
-    directory: `output.dir`.
-    files: the input files, in plan order (a file's index names its copy).
+    directory: where `clean/` is written (the run's staging folder).
+    files: the input files (`clean.clean_names` names their copies).
     format: `tfrecord` or `parquet`.
     label_column: the label column or feature a relabel rewrites.
     class_names: the class names by index, for string labels.
@@ -160,13 +160,12 @@ class _WriteCleanFileFn(beam.DoFn):
 
   def __init__(self, target: CleanTarget):
     self._target = target
-    self._index = {path: i for i, path in enumerate(target.files)}
+    self._names = clean.clean_names(target.files)
 
   def process(self, element: Tuple[str, FileMarks]):
     source, marks = element
     target = self._target
-    path = outputs.join(target.directory, outputs.CLEAN, clean.clean_name(
-        self._index[source], len(target.files), source))
+    path = outputs.join(target.directory, outputs.CLEAN, self._names[source])
     temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     write = _write_tfrecord if target.format == "tfrecord" else _write_parquet
     counts = write(source, temporary, marks, target)

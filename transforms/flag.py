@@ -154,9 +154,19 @@ def data_map_sample(batch: pa.RecordBatch, flagged: np.ndarray) -> DataMap:
 MARKS = "marks"
 RELABELLED = "relabelled"
 WEIGHTS = "weights"
-RELABELLED_SCHEMA = pa.schema([pa.field("id", pa.string()),
-                               pa.field("given_label", pa.int64()),
-                               pa.field("suggested_label", pa.int64())])
+_RELABELLED_FIELDS = (pa.field("id", pa.string()),
+                      pa.field("given_label", pa.int64()),
+                      pa.field("suggested_label", pa.int64()),
+                      pa.field("suggested_probability", pa.float64()))
+_RELABELLED_NAMES = (pa.field("given_class", pa.string()),
+                     pa.field("suggested_class", pa.string()))
+
+
+def relabelled_schema(class_names: Optional[Sequence[str]]) -> pa.Schema:
+  """`relabelled/`: id, old and new label, the model's probability of the
+  new one; and the class names with a vocabulary."""
+  return pa.schema(list(_RELABELLED_FIELDS)
+                   + (list(_RELABELLED_NAMES) if class_names else []))
 
 
 class CleanRule(NamedTuple):
@@ -164,30 +174,44 @@ class CleanRule(NamedTuple):
 
   Attributes:
     drop_reasons: the reasons that drop a row.
-    relabel: keep label issues with their suggested label instead.
+    relabel: keep label issues with their suggested label instead, where
+      the model gives it at least `min_probability`.
+    min_probability: `output.clean.relabel_min_probability`.
+    class_names: the class names by index, or None.
   """
 
   drop_reasons: Tuple[str, ...]
   relabel: bool
+  min_probability: float = 0.9
+  class_names: Optional[Tuple[str, ...]] = None
 
 
 def clean_marks(batch: pa.RecordBatch, flagged: pa.RecordBatch,
                 rows: np.ndarray, rule: CleanRule
-                ) -> Tuple[List[Tuple[str, FileMarks]], pa.RecordBatch]:
+                ) -> Tuple[List[Tuple[str, FileMarks]],
+                           Optional[pa.RecordBatch]]:
   """`(source, FileMarks)` of each source file of a scored batch, and its
-  relabelled rows (`RELABELLED_SCHEMA`).
+  relabelled rows (`relabelled_schema`; None without `rule.relabel`).
 
   Args:
     batch: a scored batch with `POSITION_COLUMN` and `SOURCE_COLUMN`.
     flagged: its flagged rows (`flagged_rows`).
     rows: `(N,)` bool, which rows of `batch` `flagged` holds.
   """
-  actions = clean.drop_actions(flagged.column("reasons"), rule.drop_reasons,
-                               rule.relabel)
-  suggested = None
+  suggested = probability = None
   if "suggested_label" in flagged.schema.names:
     suggested = np.asarray(pc.fill_null(flagged.column("suggested_label"), 0
                                         ).to_numpy(zero_copy_only=False))
+  if rule.relabel:
+    probs = batch.column(PROBS_COLUMN)
+    num_classes = len(probs.flatten()) // max(batch.num_rows, 1)
+    probs = class_arrays(batch, num_classes).probs[np.flatnonzero(rows)]
+    # Compared in the model's precision: float32(0.9) < 0.9.
+    probability = probs[np.arange(len(suggested)), suggested]
+    confident = probability >= probability.dtype.type(rule.min_probability)
+  actions = clean.drop_actions(
+      flagged.column("reasons"), rule.drop_reasons, rule.relabel,
+      None if probability is None else confident)
   positions = batch.column(POSITION_COLUMN).to_numpy(zero_copy_only=False)
   sources = batch.column(SOURCE_COLUMN)
   flagged_at = np.flatnonzero(rows)
@@ -200,12 +224,26 @@ def clean_marks(batch: pa.RecordBatch, flagged: pa.RecordBatch,
         positions[mine], index[flagged_at[picked]],
         clean.Actions(actions.dropped[picked], actions.relabelled[picked]),
         None if suggested is None else suggested[picked])))
-  relabelled = pa.RecordBatch.from_arrays(
-      [flagged.column(c).filter(pa.array(actions.relabelled))
-       for c in RELABELLED_SCHEMA.names] if rule.relabel else
-      [pa.array([], f.type) for f in RELABELLED_SCHEMA],
-      schema=RELABELLED_SCHEMA)
-  return marks, relabelled
+  return marks, (_relabelled_rows(flagged, actions.relabelled, probability,
+                                  rule.class_names)
+                 if rule.relabel else None)
+
+
+def _relabelled_rows(flagged: pa.RecordBatch, relabelled: np.ndarray,
+                     probability: np.ndarray,
+                     class_names: Optional[Sequence[str]]
+                     ) -> pa.RecordBatch:
+  """The `relabelled_schema` rows of the flagged rows `relabelled` `(F,)`
+  bool, whose suggested labels have `probability` `(F,)`."""
+  keep = pa.array(relabelled)
+  arrays = [flagged.column(c).filter(keep)
+            for c in ("id", "given_label", "suggested_label")]
+  arrays.append(pa.array(probability[relabelled], pa.float64()))
+  if class_names:
+    names = pa.array(list(class_names), pa.string())
+    arrays += [names.take(arrays[1]), names.take(arrays[2])]
+  return pa.RecordBatch.from_arrays(arrays,
+                                    schema=relabelled_schema(class_names))
 
 
 def weights_batch(batch: pa.RecordBatch, flagged: pa.RecordBatch,
@@ -257,7 +295,7 @@ class _FlagFn(beam.DoFn):
       marks, relabelled = clean_marks(batch, flagged, rows, self._clean_rule)
       for mark in marks:
         yield beam.pvalue.TaggedOutput(MARKS, mark)
-      if relabelled.num_rows:
+      if relabelled is not None and relabelled.num_rows:
         yield beam.pvalue.TaggedOutput(RELABELLED, relabelled)
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
@@ -295,7 +333,7 @@ class FlagExamples(beam.PTransform):
       every batch.
     clean_rule: with `output.clean` (scored batches with positions): the
       output has `marks`, `(source, FileMarks)` merged per source file, and
-      `relabelled`, the rows kept with a new label (`RELABELLED_SCHEMA`).
+      `relabelled`, the rows kept with a new label (`relabelled_schema`).
     weight_rule: with `output.weights`: the output has `weights`, `(id,
       weight)` batches of every row (`lossaudit.weights.SCHEMA`).
     loss_stats: a singleton `LossAccumulator.summary()` of `column`, for

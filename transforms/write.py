@@ -193,8 +193,10 @@ class _WriteSummaryFn(beam.DoFn):
                run: Dict, baseline: Optional[drift.Baseline],
                class_names: Optional[Sequence[str]] = None,
                loss_computed_from: Optional[str] = None,
-               dynamics: Optional[DynamicsConfig] = None):
+               dynamics: Optional[DynamicsConfig] = None,
+               release_when: Optional[str] = None):
     self._directory = directory
+    self._release_when = release_when
     self._config = config
     self._gate = gate
     self._run = run
@@ -218,6 +220,7 @@ class _WriteSummaryFn(beam.DoFn):
               top_new_flagged: Sequence[Dict] = (),
               weights_files: Optional[Sequence[str]] = None,
               relabelled_files: Optional[Sequence[str]] = None,
+              scored_ids_files: Optional[Sequence[str]] = None,
               clean_counts: Optional[CleanCounts] = None):
     summary = build_summary(
         loss_stats=loss_stats,
@@ -245,6 +248,8 @@ class _WriteSummaryFn(beam.DoFn):
                if weights_files is not None else {}),
             **({outputs.RELABELLED: sorted(relabelled_files)}
                if relabelled_files is not None else {}),
+            **({outputs.SCORED_IDS: sorted(scored_ids_files)}
+               if scored_ids_files is not None else {}),
         })
     if clean_counts is not None:
       summary["clean"] = dict(
@@ -252,7 +257,8 @@ class _WriteSummaryFn(beam.DoFn):
           adds_up=(clean_counts.kept + clean_counts.dropped
                    == summary["examples_scored"]))
     if flag_history is not None:
-      summary["flagged"].update(flag_history.to_dict())
+      summary["flagged"].update(flag_history.to_dict(
+          self._baseline is None or self._baseline.ids_known))
       summary["flag_history"] = {
           "baseline": self._baseline.dir if self._baseline else None,
           "baseline_run_id": (self._baseline.run_id if self._baseline
@@ -261,6 +267,7 @@ class _WriteSummaryFn(beam.DoFn):
       summary["data_map"] = {"points": data_map.points,
                              "total": int(data_map.total)}
     found = self._drift(summary)
+    self._hand_back(summary)
     if found is not None:
       outputs.write_json(outputs.join(self._directory, outputs.DRIFT), found)
     outputs.write_text(
@@ -271,9 +278,37 @@ class _WriteSummaryFn(beam.DoFn):
                       easy_confidence=self._dynamics.easy_confidence,
                       ambiguous_variability=(
                           self._dynamics.ambiguous_variability)))
-    ownership.remove_scratch(self._directory, self._run["run_id"])
+    baseline = self._baseline
+    # A run failing its gates keeps the copy of its own directory's earlier
+    # run: the next run is judged against it (`outputs.kept_baseline`).
+    keep = (baseline is not None and not summary.get("gate", {}).get(
+        "passed", True) and outputs.same_dir(baseline.dir, self._directory))
+    ownership.remove_scratch(self._directory, self._run["run_id"],
+                             keep=outputs.KEPT_BASELINE if keep else None)
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
     yield summary
+
+  def _hand_back(self, summary: Dict) -> None:
+    """Moves the staged `clean/`, `relabelled/` and `weights/` into
+    `output.dir` when the gates passed (or `output.clean.when: always`);
+    else leaves them to be removed with the scratch, and says why in
+    `summary["clean"]["withheld_because"]`."""
+    if self._release_when is None:
+      return
+    gate = summary.get("gate") or {"passed": True, "failures": []}
+    handed_back = gate["passed"] or self._release_when == "always"
+    promoted = (outputs.promote_staged(self._directory, self._run["run_id"])
+                if handed_back else {})
+    for kind in (outputs.RELABELLED, outputs.WEIGHTS):
+      if kind in summary["files"]:
+        summary["files"][kind] = promoted.get(kind, [])
+    summary["files"][outputs.CLEAN] = promoted.get(outputs.CLEAN, [])
+    if "clean" in summary or not handed_back:
+      summary.setdefault("clean", {}).update(
+          written=handed_back and outputs.CLEAN in promoted,
+          withheld_because=None if handed_back else (
+              "the gates failed (output.clean.when: passed): "
+              + "; ".join(gate["failures"])))
 
   def _drift(self, summary: Dict) -> Optional[Dict]:
     """The comparison with the baseline and the gates, when any is set;
@@ -288,11 +323,13 @@ class _WriteSummaryFn(beam.DoFn):
         max_quantile_shift=gate.max_quantile_shift,
         shift_quantiles=gate.shift_quantiles,
         max_new_flagged_fraction=gate.max_new_flagged_fraction,
+        max_regression_fraction=gate.max_regression_fraction,
         current_dir=self._directory,
         baseline_dir=baseline.dir if baseline else None)
+    failures = drift.failed_gates(found)
     summary["gate"] = {"baseline": baseline.dir if baseline else None,
-                       "passed": found["passed"],
-                       "failed": drift.failed_gates(found)}
+                       "passed": found["passed"], "failures": failures,
+                       "failed": failures}
     return found
 
 
@@ -336,8 +373,9 @@ class WriteSummary(beam.PTransform):
     top_new_flagged: one list of the top new flags, as dicts (with
       `flag_history`).
     clean_counts: one `CleanCounts`, or None (no PCollection) without
-      `output.clean`; `written` then has `outputs.RELABELLED` too (and
-      `outputs.WEIGHTS` with `output.weights`).
+      `output.clean`. `written` may have `outputs.RELABELLED`
+      (`output.clean.relabel`), `outputs.WEIGHTS` (`output.weights`) and
+      `outputs.SCORED_IDS`.
   """
 
   def __init__(self, directory: str, config: AuditConfig, run: Dict,
@@ -354,9 +392,12 @@ class WriteSummary(beam.PTransform):
                top_new_flagged: Optional[beam.PCollection] = None,
                clean_counts: Optional[beam.PCollection] = None):
     super().__init__()
-    self._fn = _WriteSummaryFn(directory, config.to_dict(), config.gate, run,
-                               baseline, class_names, loss_computed_from,
-                               config.dynamics)
+    clean, weights = config.output.clean, config.output.weights
+    self._fn = _WriteSummaryFn(
+        directory, config.to_dict(), config.gate, run, baseline, class_names,
+        loss_computed_from, config.dynamics,
+        release_when=(clean.when if clean else "passed"
+                      if weights else None))
     one = beam.pvalue.AsSingleton
 
     def many(pcoll: Optional[beam.PCollection]):
@@ -387,11 +428,10 @@ class WriteSummary(beam.PTransform):
           resolved_files=many(written[outputs.RESOLVED]),
           top_new_flagged=one(top_new_flagged))
     if clean_counts is not None:
-      self._side_inputs.update(
-          clean_counts=one(clean_counts),
-          relabelled_files=many(written[outputs.RELABELLED]))
-    if written.get(outputs.WEIGHTS) is not None:
-      self._side_inputs["weights_files"] = many(written[outputs.WEIGHTS])
+      self._side_inputs["clean_counts"] = one(clean_counts)
+    for kind in (outputs.RELABELLED, outputs.WEIGHTS, outputs.SCORED_IDS):
+      if written.get(kind) is not None:
+        self._side_inputs[f"{kind}_files"] = many(written[kind])
 
   def expand(self, pbegin):
     return (pbegin
