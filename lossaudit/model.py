@@ -123,7 +123,11 @@ class AuditModel:
     self.inputs = tuple(
         TensorInfo(t.name, tuple(t.shape[1:]), _dtype_name(t.dtype))
         for t in model.inputs)
-    if isinstance(model.output, dict):
+    if isinstance(model, keras.Sequential):
+      # A loaded Sequential has `outputs` but no `output` or `output_names`
+      # until it is called: its one output is its last layer's.
+      named = [(model.layers[-1].name, model.outputs[0])]
+    elif isinstance(model.output, dict):
       named = list(model.output.items())
     else:
       named = list(zip(model.output_names, model.outputs))
@@ -174,17 +178,35 @@ class AuditModel:
       raise ConfigError(f"{key}: expected one of {names}. Received: {name!r}")
     return self.outputs[name]
 
+  def take_names(self, other: "AuditModel") -> None:
+    """Answers to `other`'s input and output names, which it has in the
+    same order, shapes and dtypes: a fold or checkpoint model built in the
+    same Python process as the first gets other names from Keras
+    (`dense_3`, `input_layer_2`), and only its structure must match."""
+    own_inputs = {public.name: own.name
+                  for public, own in zip(other.inputs, self.inputs)}
+    own_outputs = {own: public
+                   for own, public in zip(self.outputs, other.outputs)}
+    self._names = (own_inputs, own_outputs)
+    self.inputs = other.inputs
+    self.outputs = dict(other.outputs)
+
   def __call__(self, features: Dict[str, tf.Tensor]
                ) -> Dict[str, tf.Tensor]:
     """Runs the model on `{input: (N, ...) tensor}` → `{output: (N, ...)}`."""
+    own_inputs, own_outputs = getattr(self, "_names", ({}, {}))
+    if own_inputs:
+      features = {own_inputs.get(k, k): v for k, v in features.items()}
     if hasattr(self, "_signature"):
-      return self._signature(**features)
-    if len(self.inputs) == 1:
-      result = self._keras_model(features[self.inputs[0].name], training=False)
+      result = self._signature(**features)
+    elif len(self.inputs) == 1:
+      name = self.inputs[0].name
+      result = self._keras_model(features[own_inputs.get(name, name)],
+                                 training=False)
     else:
       result = self._keras_model(features, training=False)
     if isinstance(result, dict):
-      return result
+      return {own_outputs.get(k, k): v for k, v in result.items()}
     if isinstance(result, (list, tuple)):
       return dict(zip(self.outputs, result))
     return {next(iter(self.outputs)): result}
@@ -347,14 +369,30 @@ def _load_models(paths: Tuple[Tuple[str, ...], ...], signature: str,
                    for group in paths)
   first = loaded[0][0]
   for model in (m for group in loaded for m in group):
+    if _by_name(model) == _by_name(first):
+      continue  # Routed by name (a multi-output model's names matter).
     for what, mine, theirs in (("inputs", model.inputs, first.inputs),
                                ("outputs", model.outputs, first.outputs)):
-      if mine != theirs:
+      if _structure(mine) != _structure(theirs):
         raise ConfigError(
             f"model.path: expected every fold and checkpoint model to have"
-            f" the {what} of {first.path!r}: {_shapes(theirs)}. Received:"
-            f" {model.path!r} with {_shapes(mine)}")
+            f" the {what} of {first.path!r} (shapes and dtypes, in order):"
+            f" {_shapes(theirs)}. Received: {model.path!r} with"
+            f" {_shapes(mine)}")
+    model.take_names(first)
   return loaded
+
+
+def _by_name(model: AuditModel) -> Tuple:
+  """A model's inputs and outputs, by name."""
+  return (sorted((t.name, t) for t in model.inputs),
+          sorted(model.outputs.items()))
+
+
+def _structure(infos) -> Tuple:
+  """Shapes, dtypes and raggedness of tensors, in order, names aside."""
+  infos = infos.values() if isinstance(infos, dict) else infos
+  return tuple((t.shape, t.dtype, t.ragged) for t in infos)
 
 
 def _shapes(infos) -> str:

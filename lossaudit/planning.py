@@ -308,6 +308,11 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
         f" output). Received: {config.flag.label_issues!r} with loss"
         f" {[t.custom or t.loss_name for t in terms]}")
   _check_pad_value(config.input.pad_value, features)
+  if config.output.write_probabilities and not any(t.signals for t in terms):
+    raise ConfigError(
+        f"output.write_probabilities: needs a classification loss (class"
+        f" probabilities). Received: loss"
+        f" {[t.custom or t.loss_name for t in terms]}")
   if config.model.checkpoints and not any(t.signals for t in terms):
     raise ConfigError(
         f"model.checkpoints: needs a classification loss (training dynamics"
@@ -321,7 +326,8 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
       id_column=config.input.id_column,
       weight_column=config.input.weight_column,
       slice_column=config.stats.slice_by,
-      keep_probs=config.flag.label_issues is not None,
+      keep_probs=(config.flag.label_issues is not None
+                  or config.output.write_probabilities),
       # The launcher may have no GPU: it checks on the CPU, workers decide.
       device=config.runtime.device,
       pad_value=config.input.pad_value,

@@ -76,6 +76,7 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   planning.check_labels(config)
   features = planning.model_features(config, model)
   if sample is not None:
+    features = probe.match_lone_input(config, features, sample)
     probe.check_columns(config, features, sample)
   terms = planning.loss_terms(config, model)
   if sample is not None:

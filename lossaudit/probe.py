@@ -186,6 +186,35 @@ def decode_examples(records: Sequence[bytes], raw_records: bool = False
   return decoded(largest)
 
 
+def _other_columns(config: AuditConfig) -> set:
+  """The columns the config gives a role other than a model input."""
+  inp, model = config.input, config.model
+  named = {inp.id_column, inp.label_column, inp.weight_column,
+           inp.fold_column, config.stats.slice_by, model.predictions_column,
+           RAW_RECORD_COLUMN}
+  named |= {o.label_column for o in config.loss.outputs or ()}
+  return {c for c in named if c is not None}
+
+
+def match_lone_input(config: AuditConfig, features: Sequence[Feature],
+                     sample: Sample) -> Tuple[Feature, ...]:
+  """`features`, with a one-input model's input read from the data's one
+  candidate column when no column has the input's name: an unnamed
+  `keras.Input` is called `input_layer` (or `input_layer_3`) by Keras, which
+  names no column. A candidate is a column the config gives no other role
+  (id, label, weight, fold, slice). With `input.feature_columns` set, or
+  none or several candidates, `features` are returned as they are
+  (`check_columns` then names `input.feature_columns`)."""
+  if (config.input.feature_columns is not None or len(features) != 1
+      or features[0].column == RAW_RECORD_COLUMN
+      or features[0].column in sample.columns):
+    return tuple(features)
+  candidates = [c for c in sample.columns if c not in _other_columns(config)]
+  if len(candidates) != 1:
+    return tuple(features)
+  return (features[0]._replace(column=candidates[0]),)
+
+
 def check_columns(config: AuditConfig, features: Sequence[Feature],
                   sample: Sample) -> None:
   """Every column the config and the model's inputs name is in `sample`.
@@ -203,23 +232,34 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
                for o in config.loss.outputs]
   else:
     wanted.append(("input.label_column", inp.label_column))
+  named = config.input.feature_columns is not None
   wanted += [(f"feature column for model input {f.model_input!r}", f.column)
-             for f in features if f.column != RAW_RECORD_COLUMN]
+             for f in features if f.column != RAW_RECORD_COLUMN and named]
   for key, column in wanted:
     if column is not None and column not in present:
-      if (config.input.format != "tfrecord" and len(features) == 1 and
-          features[0].dtype == "string" and
-          features[0].model_input == SERIALIZED_EXAMPLES_INPUT == column):
-        raise ConfigError(
-            "model.serialized_examples_input: the model's only input,"
-            " 'examples', is a string input, which usually takes serialized"
-            " tf.Examples; they need input.format 'tfrecord'. Received:"
-            f" input.format {config.input.format!r}, and no column"
-            f" 'examples' in {sample.path}")
       raise ConfigError(
           f"{key}: column {column!r} not found in the first"
           f" {sample.num_rows} records of {sample.path}; found columns"
           f" {sorted(present)}")
+  for f in features:
+    if f.column == RAW_RECORD_COLUMN or f.column in present:
+      continue
+    if (config.input.format != "tfrecord" and len(features) == 1 and
+        f.dtype == "string" and
+        f.model_input == SERIALIZED_EXAMPLES_INPUT == f.column):
+      raise ConfigError(
+          "model.serialized_examples_input: the model's only input,"
+          " 'examples', is a string input, which usually takes serialized"
+          " tf.Examples; they need input.format 'tfrecord'. Received:"
+          f" input.format {config.input.format!r}, and no column"
+          f" 'examples' in {sample.path}")
+    candidates = sorted(present - _other_columns(config))
+    raise ConfigError(
+        f"input.feature_columns: expected a column for each model input"
+        f" (null reads the columns named as the inputs); no column is named"
+        f" {f.column!r} in the first {sample.num_rows} records of"
+        f" {sample.path}. Set input.feature_columns: {{{f.model_input}:"
+        f" COLUMN}}, COLUMN one of {candidates}")
 
 
 def fit_custom_labels(terms: Sequence[LossTerm], sample: Sample

@@ -25,6 +25,7 @@ from lossaudit.history import (
 )
 from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
+from lossaudit.scoring import PROBS_COLUMN
 from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.buckets import BucketRows
@@ -68,10 +69,11 @@ from lossaudit.transforms.stats import (
   TopRowsCombineFn,
 )
 from lossaudit.transforms.write import (
+  PROBABILITIES,
   WriteDeadLetters,
   WriteParquetShards,
   WriteSummary,
-  public_schema,
+  losses_schema,
 )
 from lossaudit.weights import WeightRule
 
@@ -368,8 +370,11 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
       outputs.DEAD_LETTER: dead | "WriteDeadLetters" >> WriteDeadLetters(
           out, num_shards),
       outputs.LOSSES: (
-          scored.batches | "WriteLosses" >> WriteParquetShards(
-              out, outputs.LOSSES, public_schema(schema), num_shards)
+          _losses(scored.batches, schema, config.output.write_probabilities)
+          | "WriteLosses" >> WriteParquetShards(
+              out, outputs.LOSSES,
+              losses_schema(schema, config.output.write_probabilities),
+              num_shards)
           if config.output.write_losses else None),
   }
   if history is not None:
@@ -406,6 +411,17 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
                      if plan.spec.classifier else None)))
   _write_summary(p, config, plan, scored, rules, history, dead, written,
                  run=run, baseline=baseline, clean_counts=clean_counts)
+
+
+def _losses(scored: beam.PCollection, schema, probabilities: bool
+            ) -> beam.PCollection:
+  """The scored batches as `losses/` has them: with `probabilities` (the
+  internal probabilities column, renamed), when asked for."""
+  if not probabilities:
+    return scored
+  names = [PROBABILITIES if n == PROBS_COLUMN else n for n in schema.names]
+  return scored | "NameProbabilities" >> beam.Map(
+      lambda batch: batch.rename_columns(names))
 
 
 def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,

@@ -70,7 +70,8 @@ def _summary(directory):
 IDS = [f"r{i}" for i in range(200)]
 
 
-@pytest.mark.parametrize("dated", [True, False])
+@pytest.mark.parametrize("dated", [
+    True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_failed_night_stays_failed_through_retries(
     tmp_path, write_config, capsys, dated):
   data = tmp_path / "data"
@@ -181,3 +182,88 @@ def test_three_nights_tell_new_rows_from_regressions(tmp_path, write_config):
   }
   assert summaries[3]["gate"]["failures"] == [
       "gate max_regression_fraction failed: 0.024 > 0.02, by 0.004"]
+
+
+def _write_tfrecord(path, table):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for i, label, p in zip(table["id"].to_pylist(),
+                           table["label"].to_pylist(), table["p"].to_pylist()):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "id": tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[i.encode()])),
+          "label": tf.train.Feature(int64_list=tf.train.Int64List(
+              value=[label])),
+          "p": tf.train.Feature(float_list=tf.train.FloatList(value=p)),
+      })).SerializeToString())
+
+
+@pytest.mark.parametrize("fmt", [
+    "parquet", pytest.param("tfrecord", marks=pytest.mark.slow)])
+def test_clean_is_a_dataset_night_after_night(tmp_path, write_config, fmt):
+  """Each night audits the night before's `clean/`: pandas and
+  pyarrow.dataset (Parquet) or a tf.data glob (TFRecord) read exactly the
+  kept rows, and the file names stay the input's."""
+  suffix = ".parquet" if fmt == "parquet" else ".tfrecord"
+  first = tmp_path / "data"
+  first.mkdir()
+  names = [f"part-{i}{suffix}" for i in range(2)]
+  wrong = IDS[:6] + IDS[100:103]
+  halves = [IDS[:100], IDS[100:]]
+  for name, ids in zip(names, halves):
+    table = _table(ids, wrong)
+    if fmt == "parquet":
+      pq.write_table(table, first / name)
+    else:
+      _write_tfrecord(first / name, table)
+  out = str(tmp_path / "runs" / "{date}")
+  pattern, kept = str(first / f"*{suffix}"), set(IDS)
+  for night in (1, 2, 3):
+    config = write_config(_config(
+        pattern, out, fmt=fmt, output={"clean": {}},
+        gate={"baseline": None}), name=f"night{night}.yaml")
+    assert audit.main(["--config", config], clock=_clock(night)) == 0
+    clean = os.path.join(out.format(date=f"2026-12-0{night}"), "clean")
+    assert sorted(os.listdir(clean)) == names, night
+    kept -= set(wrong)  # Night 1 drops them; then nothing is flagged.
+    if fmt == "parquet":
+      assert sorted(pd.read_parquet(clean)["id"]) == sorted(kept)
+      assert sorted(ds.dataset(clean).to_table()["id"].to_pylist()) == (
+          sorted(kept))
+    else:
+      records = tf.data.TFRecordDataset(tf.io.gfile.glob(
+          os.path.join(clean, "*")))
+      got = [tf.train.Example.FromString(r.numpy()).features.feature[
+          "id"].bytes_list.value[0].decode() for r in records]
+      assert sorted(got) == sorted(kept)
+    pattern = os.path.join(clean, f"*{suffix}")
+
+
+def test_a_baseline_rewritten_while_it_is_copied_stops_the_run(
+    tmp_path, write_config, capsys, monkeypatch):
+  """Another run completing in the baseline's folder while this run copies
+  it: exit 2 naming gate.baseline, nothing of this run's folder touched."""
+  data = tmp_path / "data"
+  data.mkdir()
+  pq.write_table(_table(IDS, IDS[:3]), data / "part-0.parquet")
+  base, out = tmp_path / "base", tmp_path / "out"
+  assert audit.main(["--config", write_config(_config(
+      str(data / "*.parquet"), str(base), gate={"baseline": None}),
+      name="base.yaml")]) == 0
+  from apache_beam.io.filesystems import FileSystems
+  copy = FileSystems.copy
+
+  def copy_then_rewrite(sources, targets):
+    copy(sources, targets)
+    summary = _summary(base)
+    summary["run_id"] = "20261202T023000Z-abcdef"
+    (base / "summary.json").write_text(json.dumps(summary))
+
+  monkeypatch.setattr(FileSystems, "copy", copy_then_rewrite)
+  code = audit.main(["--config", write_config(_config(
+      str(data / "*.parquet"), str(out), gate={"baseline": str(base)}))])
+  assert code == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: gate.baseline: expected a completed run that stays"
+      " as it is while this run copies it; it changed (another run is"
+      f" writing there?). Received: {str(base)!r}\n")
+  assert not (out / "summary.json").exists()

@@ -85,10 +85,21 @@ def test_probe_checks_the_plans_columns():
   sample = _sample(id=["a", "b"], x=[[0.0] * 4] * 2, label=[0, 1])
   probe.check_columns(config, features, sample)
   with pytest.raises(ConfigError) as info:
-    probe.check_columns(config, features, _sample(id=["a"], label=[0]))
+    probe.check_columns(config, features, _sample(
+        id=["a", "b"], label=[0, 1], pixels=[[0.0] * 4] * 2,
+        pixels2=[[0.0] * 4] * 2))
   assert str(info.value) == (
-      "feature column for model input 'x': column 'x' not found in the first"
-      " 1 records of data.parquet; found columns ['id', 'label']")
+      "input.feature_columns: expected a column for each model input (null"
+      " reads the columns named as the inputs); no column is named 'x' in the"
+      " first 2 records of data.parquet. Set input.feature_columns: {x:"
+      " COLUMN}, COLUMN one of ['pixels', 'pixels2']")
+  # One candidate column (not the id or the label): the lone input reads it.
+  lone = _sample(id=["a"], label=[0], pixels=[[0.0] * 4])
+  (feature,) = probe.match_lone_input(config, features, lone)
+  assert feature.column == "pixels" and feature.model_input == "x"
+  probe.check_columns(config, (feature,), lone)
+  named = _config(input={"feature_columns": ["x"]})
+  assert probe.match_lone_input(named, features, lone) == tuple(features)
   assert sample.value_type("x") == pa.float64()
   assert sample.value_type("nope") is None
   assert _sample(n=[None]).value_type("n") is None

@@ -363,7 +363,8 @@ def test_fold_models_of_other_outputs_are_refused(tmp_path, models, data):
         input={"fold_column": "fold"}))
   assert str(info.value) == (
       f"model.path: expected every fold and checkpoint model to have the"
-      f" outputs of {str(tmp_path / 'f0.keras')!r}: probs (None, 5) float32."
+      f" outputs of {str(tmp_path / 'f0.keras')!r} (shapes and dtypes, in"
+      f" order): probs (None, 5) float32."
       f" Received: {str(tmp_path / 'f1.keras')!r} with probs (None, 6)"
       f" float32")
 

@@ -24,7 +24,7 @@ from lossaudit.flag_counts import FlagCounts
 from lossaudit.history import HistoryCounts
 from lossaudit.previews import Previews
 from lossaudit.report import build_summary, render_report
-from lossaudit.scoring import is_internal
+from lossaudit.scoring import PROBS_COLUMN, is_internal
 from lossaudit.stats import Thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.spill import in_global_window
@@ -33,6 +33,20 @@ from lossaudit.transforms.spill import in_global_window
 def public_schema(schema: pa.Schema) -> pa.Schema:
   """`schema` without the internal (`__...`) columns."""
   return pa.schema([f for f in schema if not is_internal(f.name)])
+
+
+# `losses/`' column of the class probabilities (`output.write_probabilities`).
+PROBABILITIES = "probabilities"
+
+
+def losses_schema(scored_schema: pa.Schema, probabilities: bool) -> pa.Schema:
+  """The columns of `losses/`: the public ones, and with `probabilities`
+  the class probabilities `(K,)` float32 of each row."""
+  schema = public_schema(scored_schema)
+  if probabilities:
+    schema = schema.append(pa.field(
+        PROBABILITIES, scored_schema.field(PROBS_COLUMN).type))
+  return schema
 
 
 # A row group of the Parquet outputs holds up to this many rows, or bytes

@@ -1,0 +1,79 @@
+"""A k-fold audit from an ordinary training loop (README "Label issues with
+k folds"): five fold models, each saved at four epochs, built one after the
+other in one Python process with Keras' own names (`input_layer_3`,
+`dense_7`, ...) and a data column that is not called as the input. The
+audit runs (exit 0); its label issues equal cleanlab's on the out-of-fold
+probabilities, and `output.write_probabilities` writes exactly what each
+row's fold model predicts."""
+
+import os
+
+import cleanlab.filter
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lossaudit.pipelines import audit
+from tests.out_of_sample import default_folds, make_data
+
+N, K, FOLDS, EPOCHS = 600, 4, 5, (1, 2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("loop")
+  x, labels, _, _ = make_data(n=N, num_classes=K, noise=0.15, seed=3,
+                              num_features=8)
+  folds = default_folds(N, FOLDS, seed=3)
+  pq.write_table(pa.table({
+      "id": [f"row{i}" for i in range(N)], "pixels": list(x),
+      "label": labels, "fold": folds}), root / "data.parquet")
+  oof = np.zeros((N, K), np.float32)
+  keras.utils.set_random_seed(0)
+  for k in range(FOLDS):  # Layers unnamed: Keras numbers them.
+    model = keras.Sequential([keras.Input((x.shape[1],)),
+                              keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(K, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    train = folds != k
+    done = 0
+    for epoch in EPOCHS:
+      model.fit(x[train], labels[train], epochs=epoch - done, verbose=0,
+                batch_size=64)
+      done = epoch
+      model.save(root / f"fold{k}-epoch{epoch}.keras")
+    oof[~train] = model.predict(x[~train], verbose=0)
+  return root, labels, oof
+
+
+def test_fold_models_from_one_process_audit_like_cleanlab(
+    trained, tmp_path, write_config):
+  root, labels, oof = trained
+  names = {keras.models.load_model(root / f"fold{k}-epoch8.keras").layers[
+      -1].name for k in range(FOLDS)}
+  assert len(names) == FOLDS  # dense_1, dense_3, ...: five names.
+  out = tmp_path / "out"
+  config = write_config({
+      "input": {"pattern": str(root / "*.parquet"), "format": "parquet",
+                "id_column": "id", "label_column": "label",
+                "fold_column": "fold"},
+      "model": {"path": str(root / "fold{fold}-epoch{checkpoint}.keras"),
+                "folds": FOLDS, "checkpoints": list(EPOCHS)},
+      "flag": {"loss_quantile": None, "label_issues": "confident_learning"},
+      "output": {"dir": str(out), "write_probabilities": True},
+  })
+  assert audit.main(["--config", config]) == 0
+  losses = pd.read_parquet(out / "losses")
+  index = np.array([int(i[3:]) for i in losses["id"]])
+  written = np.stack(losses["probabilities"].to_numpy())
+  np.testing.assert_allclose(written, oof[index], rtol=0, atol=1e-6)
+  expected = cleanlab.filter.find_label_issues(
+      labels, oof, filter_by="confident_learning")
+  flagged = pd.read_parquet(out / "flagged")
+  issues = {int(i[3:]) for i, r in zip(flagged["id"], flagged["reasons"])
+            if "label_issue" in list(r)}
+  assert issues == set(np.flatnonzero(expected))
+  assert len(issues) > 10
