@@ -172,7 +172,8 @@ class Interrupted(KeyboardInterrupt):
 
 def run(argv: Optional[Sequence[str]] = None,
         test_pipeline: Optional[beam.Pipeline] = None,
-        clock: Callable[[], float] = time.time) -> Dict:
+        clock: Callable[[], float] = time.time,
+        loaded: Optional[AuditConfig] = None) -> Dict:
   """Runs an audit and returns its summary.
 
   The summary's `gate.passed` says whether the quality gates passed; its
@@ -190,7 +191,10 @@ def run(argv: Optional[Sequence[str]] = None,
   run_started = time.time()
   known, beam_args = parse_args(argv)
   check_beam_args(beam_args)
-  config = load_config(known.config, known.set)
+  # `loaded`: the config of these arguments, already read (by the CLI's
+  # early check): `--config <(...)` or /dev/stdin can be read only once.
+  config = loaded if loaded is not None else load_config(known.config,
+                                                         known.set)
   startup.lap("config")
   start_time = clock()
   now = datetime.datetime.fromtimestamp(start_time, datetime.timezone.utc)
@@ -467,8 +471,13 @@ def run_command(body: Callable[[], T], interrupted: str
     return 128 + received, None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Command-line entry point; returns the exit code (3: a gate failed)."""
+def main(argv: Optional[Sequence[str]] = None,
+         loaded: Optional[AuditConfig] = None) -> int:
+  """Command-line entry point; returns the exit code (3: a gate failed).
+
+  `loaded`: the config that `argv`'s `--config` and `--set` give, when the
+  caller has read it already (a pipe can be read only once).
+  """
   # Before TensorFlow loads: its C++ INFO and WARNING lines go, a user's own
   # TF_CPP_MIN_LOG_LEVEL wins. Level 2, not 3: 3 would hide TensorFlow's
   # ERROR lines too (such as "failed call to cuInit" on a GPU machine with a
@@ -479,8 +488,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
   code, summary = run_command(
-      lambda: run(argv), "the run stopped, its scratch files and lock are"
-      " removed and no summary.json was written")
+      lambda: run(argv, loaded=loaded), "the run stopped, its scratch files"
+      " and lock are removed and no summary.json was written")
   if code is not None:
     return code
   if "template" in summary:
