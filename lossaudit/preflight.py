@@ -77,6 +77,7 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   features = planning.model_features(config, model)
   if sample is not None:
     probe.check_columns(config, features, sample)
+    probe.check_slices(config, sample)
   terms = planning.loss_terms(config, model)
   if sample is not None:
     terms = probe.fit_custom_labels(terms, sample)

@@ -43,7 +43,13 @@ from lossaudit import (
   quiet,
 )
 from lossaudit.config import AuditConfig, load_config
-from lossaudit.errors import ConfigError, describe_error, one_line, short_repr
+from lossaudit.errors import (
+  ConfigError,
+  describe_error,
+  one_line,
+  run_failure,
+  short_repr,
+)
 from lossaudit.pipelines.arguments import RUN_FLAGS, parse_args
 from lossaudit.timings import StartupTimes, process_start_time
 
@@ -445,6 +451,33 @@ def run_metrics(result) -> Dict:
           "distributions": distributions}
 
 
+class _RunFailureFilter(logging.Filter):
+  """Drops a runner's log of a failure the CLI tells on one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (run_failure(error) if error else
+                run_failure(RuntimeError(record.getMessage())))
+
+
+@contextlib.contextmanager
+def _quiet_run_failures():
+  """Beam logs what a worker raised, with its traceback, before the run
+  fails; for `stats.max_slices` the one line of `run_command` says it."""
+  found = _RunFailureFilter()
+  loggers = [logging.getLogger(name) for name in (
+      "apache_beam.runners.common",
+      "apache_beam.runners.worker.bundle_processor",
+      "apache_beam.runners.portability.fn_api_runner.fn_runner")]
+  for logger in loggers:
+    logger.addFilter(found)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(found)
+
+
 def run_command(body: Callable[[], T], interrupted: str
                 ) -> Tuple[Optional[int], Optional[T]]:
   """Runs a command's `body` under `SIGNALS`.
@@ -455,7 +488,7 @@ def run_command(body: Callable[[], T], interrupted: str
     (what became of the command) when a signal stopped it.
   """
   try:
-    with SIGNALS:
+    with SIGNALS, _quiet_run_failures():
       return None, body()
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
@@ -464,6 +497,10 @@ def run_command(body: Callable[[], T], interrupted: str
     # Beam re-raises what a DoFn raised as a RuntimeError of its own.
     received = SIGNALS.received or (
         signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+    failure = run_failure(e) if received is None else ""
+    if failure:  # The run's own limit (stats.max_slices): one line.
+      print(f"lossaudit: error: {one_line(failure)}", file=sys.stderr)
+      return 1, None
     if received is None:
       raise
     print(f"lossaudit: interrupted by {signal.Signals(received).name};"

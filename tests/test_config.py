@@ -27,6 +27,7 @@ def test_defaults_follow_the_contract():
   assert config.batch_size == 1024
   assert config.stats.epsilon == 0.001
   assert config.stats.quantiles[-1] == 0.999
+  assert config.stats.max_slices == 1000
   assert config.flag.loss_quantile == 0.99
   assert config.output.num_shards == 0
   assert config.input.patterns == ("data/*.tfrecord",)
@@ -66,6 +67,18 @@ def test_list_of_patterns():
      r"stats.epsilon: expected a number in \[1e-06, 0.5\]. Received: 0"),
     ({"stats__quantiles": [0.5, 1.5]},
      r"stats.quantiles: expected a non-empty list of numbers in \[0, 1\]"),
+    ({"stats__max_slices": 0},
+     r"^stats.max_slices: expected a positive integer. Received: 0$"),
+    ({"stats__max_slices": -5},
+     r"^stats.max_slices: expected a positive integer. Received: -5$"),
+    ({"stats__max_slices": 2.5},
+     r"^stats.max_slices: expected a positive integer. Received: 2.5$"),
+    ({"stats__max_slices": True},
+     r"^stats.max_slices: expected a positive integer. Received: True$"),
+    ({"stats__max_slices": "1000"},
+     r"^stats.max_slices: expected a positive integer. Received: '1000'$"),
+    ({"stats__max_slices": None},
+     r"^stats.max_slices: expected a positive integer. Received: None$"),
     ({"flag__loss_quantile": 2},
      r"flag.loss_quantile: expected a number in \[0, 1\]. Received: 2"),
     ({"flag__top_k": 0},
