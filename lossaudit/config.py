@@ -575,6 +575,8 @@ class StatsConfig:
       (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999))
   epsilon: float = _field(_number(MIN_EPSILON, 0.5, nullable=False), 0.001)
   slice_by: Optional[str] = _field(_OPTIONAL_STRING, None)
+  # Distinct values of slice_by a run holds statistics for: more stop it.
+  max_slices: int = _field(_integer(1, math.inf, "a positive integer"), 1000)
   weighted: bool = _field(_BOOLEAN, False)
 
   def __post_init__(self):

@@ -26,6 +26,48 @@ class ConfigError(ValueError):
   """A bad configuration or set-up, detected before the pipeline runs."""
 
 
+class TooManySlicesError(ValueError):
+  """During a run: more distinct values of `stats.slice_by` than
+  `stats.max_slices` (`transforms.stats.SliceStatsCombineFn`). The CLI
+  tells it on one line (`run_failure`) and exits 1."""
+
+  def __init__(self, column: str, max_slices: int, found: int):
+    self.column, self.max_slices, self.found = column, max_slices, found
+    super().__init__(
+        f"stats.slice_by: expected at most stats.max_slices ({max_slices})"
+        f" slices. Received: column {column!r} with more than {max_slices}"
+        f" distinct values ({found} so far); the run stopped before holding"
+        " statistics for each. Slice by a coarser column or raise"
+        " stats.max_slices")
+
+  def __reduce__(self):  # Beam pickles what a worker raised.
+    return TooManySlicesError, (self.column, self.max_slices, self.found)
+
+
+# How a runner re-raises a worker's TooManySlicesError: its type's full name
+# and message in the text of an error of its own.
+_RUN_FAILURES = (TooManySlicesError,)
+
+
+def run_failure(error: BaseException) -> str:
+  """The message of a `TooManySlicesError` that stopped a pipeline, found
+  in `error`, its causes, or (as a runner words it) their text; "" when
+  there is none."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, _RUN_FAILURES):
+      return str(error)
+    text = _message(error)
+    for kind in _RUN_FAILURES:
+      found = re.search(rf"\b{kind.__name__}: (.*?)(?: \[while running"
+                        r" '[^']*'\])?$", text, re.MULTILINE)
+      if found:
+        return found.group(1)
+    error = error.__cause__ or error.__context__
+  return ""
+
+
 def expected(key: str, what: str, received: Any) -> ConfigError:
   """`key: expected what. Received: repr(received)`, to raise."""
   return ConfigError(

@@ -4,7 +4,8 @@ A run deletes only what lossaudit wrote. Before anything is read, it claims
 its output directory:
 
 1. `.`, the home directory and filesystem roots (a bucket's root) are
-   refused, always.
+   refused, always; so is a symbolic link at any path lossaudit writes
+   there (`WRITTEN_PATHS`): a run never writes or deletes through a link.
 2. The lock `.lossaudit-lock.json` is created atomically (local: an exclusive
    create; gs://: an object written with the precondition
    `ifGenerationMatch=0` through google-cloud-storage). It holds the run id,
@@ -331,6 +332,7 @@ class Claim:
     Returns:
       The paths deleted.
     """
+    refuse_links(self.directory)  # One made since the claim.
     own_scratch = f"{outputs.SCRATCH}/{self.run.run_id}/"
     clean = [outputs.join(self.directory, outputs.CLEAN, name)
              for name in outputs.clean_manifest(self.directory)]
@@ -382,6 +384,7 @@ def claim(directory: str, run: RunInfo, *, overwrite: bool,
       location that cannot be written.
   """
   check_not_protected(directory)
+  refuse_links(directory)
   _refuse_foreign(directory, overwrite)
   created = None
   try:
@@ -446,6 +449,37 @@ def _stale(held: _Held, lock_timeout: float,
   return None
 
 
+# Paths relative to `output.dir` that lossaudit writes through or reads
+# back: none may be a symbolic link. A parent comes before its children.
+WRITTEN_PATHS = (*outputs.TOP_LEVEL_FILES, MARKER, LOCK, outputs.SCRATCH,
+                 outputs.CLEAN,
+                 *sorted(outputs.SHARD_DIRS, key=lambda k: k.count("/")))
+
+
+def refuse_links(directory: str) -> None:
+  """Refuses a local `directory` where a folder or file that lossaudit
+  writes (`WRITTEN_PATHS`) is a symbolic link: a run would write through
+  it, over a file elsewhere (or into its own input). `directory` itself may
+  be a link to a directory.
+
+  Raises:
+    ConfigError: naming the link and its target.
+  """
+  if _is_gcs(directory):
+    return
+  for relative in WRITTEN_PATHS:
+    path = os.path.join(directory, relative)
+    if not os.path.islink(path):
+      continue
+    try:
+      target = os.readlink(path)
+    except OSError as e:
+      target = f"unreadable: {describe_error(e)}"
+    raise ConfigError(
+        "output.dir: expected no symbolic link where lossaudit writes (a"
+        f" run never writes through one). Received: {path!r} -> {target!r}")
+
+
 def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
   """Refuses a non-empty directory without the marker, unless `overwrite`."""
   if overwrite:
@@ -478,8 +512,12 @@ def remove_own_files(directory: str,
   Returns:
     The paths deleted.
   """
+  local = not _is_gcs(directory)
+  # os.walk enters no linked folder (followlinks=False); a link to a file
+  # is listed, and deleting it deletes the link, not its target.
   doomed = [(p, rel) for p, rel in outputs.relative_files(directory)
-            if is_own_output(rel) and which(rel)]
+            if is_own_output(rel) and which(rel) and not (
+                local and _through_link(directory, os.path.dirname(rel)))]
   if doomed:
     FileSystems.delete([p for p, _ in doomed])
   if not _is_gcs(directory):
@@ -510,14 +548,29 @@ def _own_temp_dirs(directory: str) -> List[str]:
   `directory`, relative to it."""
   found = []
   for kind in outputs.SHARD_DIRS:
+    folder = os.path.join(directory, kind)
+    if _through_link(directory, kind):
+      continue  # Never into a linked folder.
     try:
-      names = os.listdir(os.path.join(directory, kind))
+      names = os.listdir(folder)
     except OSError:
       continue
     found += [f"{kind}/{name}" for name in names
               if re.fullmatch(_BEAM_TEMP, name)
-              and os.path.isdir(os.path.join(directory, kind, name))]
+              and not os.path.islink(os.path.join(folder, name))
+              and os.path.isdir(os.path.join(folder, name))]
   return found
+
+
+def _through_link(directory: str, relative: str) -> bool:
+  """Whether `directory/relative` or a folder on the way (below
+  `directory`) is a symbolic link."""
+  path = directory
+  for part in filter(None, relative.split("/")):
+    path = os.path.join(path, part)
+    if os.path.islink(path):
+      return True
+  return False
 
 
 def _remove_empty_dirs(path: str, stop: str) -> None:

@@ -78,6 +78,7 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   if sample is not None:
     features = probe.match_lone_input(config, features, sample)
     probe.check_columns(config, features, sample)
+    probe.check_slices(config, sample)
   terms = planning.loss_terms(config, model)
   if sample is not None:
     terms = probe.fit_custom_labels(terms, sample)

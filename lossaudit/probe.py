@@ -35,6 +35,7 @@ from lossaudit.errors import (
 )
 from lossaudit.model import AuditModel
 from lossaudit.model_inputs import (
+  NO_SLICE,
   RAW_RECORD_COLUMN,
   ModelInputs,
   read_model_inputs,
@@ -260,6 +261,43 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
         f" {f.column!r} in the first {sample.num_rows} records of"
         f" {sample.path}. Set input.feature_columns: {{{f.model_input}:"
         f" COLUMN}}, COLUMN one of {candidates}")
+
+
+# A sample of at least this many rows, every one with its own slice value,
+# shows a column with a value per row (an id): refused before the run.
+MIN_ROWS_ONE_SLICE_EACH = 50
+
+
+def check_slices(config: AuditConfig, sample: Sample) -> None:
+  """Refuses a `stats.slice_by` column whose values in `sample` show more
+  slices than `stats.max_slices`: more distinct values than that already,
+  or (in 50 rows or more) a value of its own on every row, when that many
+  rows all distinct are unlikely from `max_slices` values or fewer (n rows
+  drawn from K equally common values are all distinct with probability at
+  most exp(-n(n-1)/2K); refused when n(n-1)/2 >= K).
+
+  Raises:
+    ConfigError: naming stats.slice_by and stats.max_slices.
+  """
+  stats = config.stats
+  column = cols.optional_column(sample.batch, stats.slice_by)
+  if column is None:
+    return
+  values = cols.first_as_text(column).strings.fill_null(NO_SLICE)
+  distinct = len(set(values.to_pylist()))
+  rows = sample.num_rows
+  one_each = (rows >= MIN_ROWS_ONE_SLICE_EACH and distinct == rows and
+              rows * (rows - 1) // 2 >= stats.max_slices)
+  if distinct <= stats.max_slices and not one_each:
+    return
+  found = f"{distinct} distinct values in the first {rows} records"
+  if one_each:
+    found += ", one per record"
+  raise ConfigError(
+      f"stats.slice_by: expected at most stats.max_slices"
+      f" ({stats.max_slices}) slices (each holds statistics in memory and"
+      f" summary.json). Received: column {short_repr(stats.slice_by)} with"
+      f" {found}; slice by a coarser column or raise stats.max_slices")
 
 
 def fit_custom_labels(terms: Sequence[LossTerm], sample: Sample

@@ -41,7 +41,13 @@ from lossaudit import (
   quiet,
 )
 from lossaudit.config import AuditConfig, load_config
-from lossaudit.errors import ConfigError, describe_error, one_line, short_repr
+from lossaudit.errors import (
+  ConfigError,
+  describe_error,
+  one_line,
+  run_failure,
+  short_repr,
+)
 from lossaudit.pipelines.arguments import RUN_FLAGS, parse_args
 from lossaudit.timings import StartupTimes, process_start_time
 
@@ -170,7 +176,8 @@ class Interrupted(KeyboardInterrupt):
 
 def run(argv: Optional[Sequence[str]] = None,
         test_pipeline: Optional[beam.Pipeline] = None,
-        clock: Callable[[], float] = time.time) -> Dict:
+        clock: Callable[[], float] = time.time,
+        loaded: Optional[AuditConfig] = None) -> Dict:
   """Runs an audit and returns its summary.
 
   The summary's `gate.passed` says whether the quality gates passed; its
@@ -188,7 +195,10 @@ def run(argv: Optional[Sequence[str]] = None,
   run_started = time.time()
   known, beam_args = parse_args(argv)
   check_beam_args(beam_args)
-  config = load_config(known.config, known.set)
+  # `loaded`: the config of these arguments, already read (by the CLI's
+  # early check): `--config <(...)` or /dev/stdin can be read only once.
+  config = loaded if loaded is not None else load_config(known.config,
+                                                         known.set)
   startup.lap("config")
   start_time = clock()
   now = datetime.datetime.fromtimestamp(start_time, datetime.timezone.utc)
@@ -465,6 +475,33 @@ def run_metrics(result) -> Dict:
           "distributions": distributions}
 
 
+class _RunFailureFilter(logging.Filter):
+  """Drops a runner's log of a failure the CLI tells on one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (run_failure(error) if error else
+                run_failure(RuntimeError(record.getMessage())))
+
+
+@contextlib.contextmanager
+def _quiet_run_failures():
+  """Beam logs what a worker raised, with its traceback, before the run
+  fails; for `stats.max_slices` the one line of `run_command` says it."""
+  found = _RunFailureFilter()
+  loggers = [logging.getLogger(name) for name in (
+      "apache_beam.runners.common",
+      "apache_beam.runners.worker.bundle_processor",
+      "apache_beam.runners.portability.fn_api_runner.fn_runner")]
+  for logger in loggers:
+    logger.addFilter(found)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(found)
+
+
 def run_command(body: Callable[[], T], interrupted: str
                 ) -> Tuple[Optional[int], Optional[T]]:
   """Runs a command's `body` under `SIGNALS`.
@@ -475,7 +512,7 @@ def run_command(body: Callable[[], T], interrupted: str
     (what became of the command) when a signal stopped it.
   """
   try:
-    with SIGNALS:
+    with SIGNALS, _quiet_run_failures():
       return None, body()
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
@@ -484,6 +521,10 @@ def run_command(body: Callable[[], T], interrupted: str
     # Beam re-raises what a DoFn raised as a RuntimeError of its own.
     received = SIGNALS.received or (
         signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+    failure = run_failure(e) if received is None else ""
+    if failure:  # The run's own limit (stats.max_slices): one line.
+      print(f"lossaudit: error: {one_line(failure)}", file=sys.stderr)
+      return 1, None
     if received is None:
       raise
     print(f"lossaudit: interrupted by {signal.Signals(received).name};"
@@ -492,10 +533,13 @@ def run_command(body: Callable[[], T], interrupted: str
 
 
 def main(argv: Optional[Sequence[str]] = None,
+         loaded: Optional[AuditConfig] = None,
          clock: Callable[[], float] = time.time) -> int:
   """Command-line entry point; returns the exit code (3: a gate failed).
 
   Args:
+    loaded: the config that `argv`'s `--config` and `--set` give, when the
+      caller has read it already (a pipe can be read only once).
     clock: as for `run` (a scheduler's nights, in tests).
   """
   # Before TensorFlow loads: its C++ INFO and WARNING lines go, a user's own
@@ -508,8 +552,8 @@ def main(argv: Optional[Sequence[str]] = None,
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger().setLevel(logging.WARNING)
   code, summary = run_command(
-      lambda: run(argv, clock=clock), "the run stopped, its scratch files and lock are"
-      " removed and no summary.json was written")
+      lambda: run(argv, loaded=loaded, clock=clock), "the run stopped, its"
+      " scratch files and lock are removed and no summary.json was written")
   if code is not None:
     return code
   if "template" in summary:

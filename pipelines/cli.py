@@ -29,11 +29,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     if command == "run":
-      code = _refuse_bad_config(rest)
+      code, loaded = _refuse_bad_config(rest)
       if code is not None:
         return code
       from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
-      return audit.main(rest)
+      return audit.main(rest, loaded)
     if command == "demo":
       from lossaudit.pipelines import demo  # pylint: disable=g-import-not-at-top
       return demo.main(rest)
@@ -51,11 +51,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 2
 
 
-def _refuse_bad_config(argv: Sequence[str]) -> Optional[int]:
-  """2, after printing the error, when `lossaudit run`'s config (with its
-  `--set` overrides) is bad; None otherwise. Before Beam and TensorFlow
-  load (1 s and 3–4 s): a mistyped key is told at once. `audit.run` loads
-  the config again, with the rest of its checks.
+def _refuse_bad_config(argv: Sequence[str]):
+  """`(2, None)`, after printing the error, when `lossaudit run`'s config
+  (with its `--set` overrides) is bad; `(None, the config)` otherwise.
+  Before Beam and TensorFlow load (1 s and 3–4 s): a mistyped key is told
+  at once. `audit.run` takes this config, read once: `--config <(...)` and
+  `--config /dev/stdin` are pipes, which a second read finds empty.
   """
   # pylint: disable=g-import-not-at-top
   from lossaudit.config import load_config
@@ -65,11 +66,11 @@ def _refuse_bad_config(argv: Sequence[str]) -> Optional[int]:
 
   known, _ = parse_args(argv)
   try:
-    load_config(known.config, known.set)
+    loaded = load_config(known.config, known.set)
   except ConfigError as e:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
-  return None
+    return 2, None
+  return None, loaded
 
 
 if __name__ == "__main__":

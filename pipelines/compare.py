@@ -8,8 +8,13 @@ are the current run's `gate:` config unless given here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import stat
 import sys
+import tempfile
+import uuid
 from typing import Dict, List, Optional, Sequence
 
 import pyarrow as pa
@@ -20,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import drift, outputs, ownership
 from lossaudit.config import GateConfig
-from lossaudit.errors import ConfigError, short_repr
+from lossaudit.errors import ConfigError, describe_error, short_repr
 from lossaudit.history import HistoryCounts
 
 _PLAIN = CompressionTypes.UNCOMPRESSED
@@ -175,10 +180,17 @@ def check_shift_quantiles(key: str, shift_quantiles: Sequence[float],
         f" {both}. Received: {short_repr(list(shift_quantiles))}")
 
 
+# A drift.json is a few kilobytes; a larger file is not one, and is not
+# read to find out.
+_MAX_DRIFT_BYTES = 16 << 20
+
+
 def check_output(path: str) -> None:
   """Refuses an --output that is a directory, one of lossaudit's own files
-  (a run's summary.json, report.html, marker or lock) or an existing file
-  that is not a drift.json.
+  (a run's summary.json, report.html, marker or lock), an existing file
+  that is not a drift.json, anything but a regular file (a FIFO, device,
+  socket or symbolic link: its type is read with `lstat`, and it is never
+  opened), or a local location that cannot be written.
 
   Raises:
     ConfigError: naming --output.
@@ -192,11 +204,99 @@ def check_output(path: str) -> None:
     raise ConfigError(
         f"--output: expected a file name other than lossaudit's own outputs"
         f" {list(RESERVED_OUTPUTS)}. Received: {short_repr(path)}")
-  if FileSystems.exists(path) and not _is_drift_document(path):
+  if FileSystems.get_scheme(path):
+    exists = FileSystems.exists(path)
+  else:
+    exists = _check_local_output(path)
+  if exists and not _is_drift_document(path):
     raise ConfigError(
         "--output: expected a new file, or a drift.json lossaudit wrote:"
         " the file there is something else, and compare does not overwrite"
         f" it. Received: {short_repr(path)}")
+
+
+def _check_local_output(path: str) -> bool:
+  """Whether the local `path` exists as a regular file that may be a
+  drift.json; refuses any other file type, and a location where no file
+  can be created.
+
+  Raises:
+    ConfigError: naming --output.
+  """
+  try:
+    found = os.lstat(path)
+  except FileNotFoundError:
+    found = None
+  except OSError as e:  # A parent that is a file, no search permission.
+    raise _unwritable(path, e) from None
+  if found is not None:
+    if not stat.S_ISREG(found.st_mode):
+      raise ConfigError(
+          "--output: expected a new file, or a drift.json lossaudit wrote:"
+          " the path is not a regular file (a FIFO, device, socket or"
+          " symbolic link), which compare never opens or replaces."
+          f" Received: {short_repr(path)}")
+    if found.st_size > _MAX_DRIFT_BYTES:
+      raise ConfigError(
+          "--output: expected a new file, or a drift.json lossaudit wrote:"
+          f" the file there is {found.st_size} bytes, not a drift.json, and"
+          f" compare does not overwrite it. Received: {short_repr(path)}")
+  # The folder that will hold it: the nearest one that exists must be a
+  # directory this process can create a file in.
+  folder = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".lossaudit-probe-", dir=folder)
+  except OSError as e:
+    raise _unwritable(path, e) from None
+  os.close(fd)
+  os.remove(probe)
+  return found is not None
+
+
+def _unwritable(path: str, error: OSError,
+                key: str = "--output") -> ConfigError:
+  why = error.strerror or describe_error(error)
+  return ConfigError(f"{key}: expected a location where drift.json can"
+                     f" be written. Received: {short_repr(path)} ({why})")
+
+
+def write_output(path: str, found: dict, key: str = "--output") -> None:
+  """Writes the drift document to `path` whole or not at all: a failed
+  write leaves no temporary file behind.
+
+  Raises:
+    ConfigError: naming `key` (--output, or CURRENT_DIR for its
+      drift.json), when `path` cannot be written.
+  """
+  text = json.dumps(found, indent=2, sort_keys=False) + "\n"
+  if FileSystems.get_scheme(path):
+    try:
+      outputs.write_text(path, text)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(
+          f"{key}: expected a location where drift.json can be written."
+          f" Received: {short_repr(path)} ({describe_error(e)})") from None
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  temporary = None
+  try:
+    os.makedirs(folder, exist_ok=True)
+    name = f"{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}"
+    fd = os.open(os.path.join(folder, name),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    temporary = os.path.join(folder, name)
+    with os.fdopen(fd, "wb") as f:
+      f.write(text.encode("utf-8"))
+    os.replace(temporary, path)  # Never opens what is at `path`.
+    temporary = None
+  except OSError as e:
+    raise _unwritable(path, e, key) from None
+  finally:
+    if temporary is not None:
+      with contextlib.suppress(OSError):
+        os.remove(temporary)
 
 
 def _is_drift_document(path: str) -> bool:
@@ -221,7 +321,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"lossaudit: error: compare: {e}", file=sys.stderr)
     return 2
   path = args.output or outputs.join(args.current, outputs.DRIFT)
-  outputs.write_json(path, found)
+  try:
+    write_output(path, found,
+                 "--output" if args.output else "CURRENT_DIR")
+  except ConfigError as e:
+    print(f"lossaudit: error: compare: {e}", file=sys.stderr)
+    return 2
   rate = found["flagged_rate"]
   print(f"lossaudit: flagged rate {rate['baseline']:.4%} ->"
         f" {rate['current']:.4%}")

@@ -314,7 +314,9 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
     quantiles |= set(rule.quantiles())
   stats = scored | "LossStats" >> LossStats(
       config.stats.epsilon, sorted(quantiles), bool(plan.spec.slice_column),
-      column, by_fold=bool(plan.spec.num_folds))
+      column, by_fold=bool(plan.spec.num_folds),
+      max_slices=config.stats.max_slices,
+      slice_name=plan.spec.slice_column or "")
   top_k = aum = None
   if flag.top_k:
     top_k = scored | "TopK" >> beam.CombineGlobally(

@@ -27,6 +27,7 @@ def test_defaults_follow_the_contract():
   assert config.batch_size == 1024
   assert config.stats.epsilon == 0.001
   assert config.stats.quantiles[-1] == 0.999
+  assert config.stats.max_slices == 1000
   assert config.flag.loss_quantile == 0.99
   assert config.output.num_shards == 0
   assert config.input.patterns == ("data/*.tfrecord",)
@@ -66,6 +67,18 @@ def test_list_of_patterns():
      r"stats.epsilon: expected a number in \[1e-06, 0.5\]. Received: 0"),
     ({"stats__quantiles": [0.5, 1.5]},
      r"stats.quantiles: expected a non-empty list of numbers in \[0, 1\]"),
+    ({"stats__max_slices": 0},
+     r"^stats.max_slices: expected a positive integer. Received: 0$"),
+    ({"stats__max_slices": -5},
+     r"^stats.max_slices: expected a positive integer. Received: -5$"),
+    ({"stats__max_slices": 2.5},
+     r"^stats.max_slices: expected a positive integer. Received: 2.5$"),
+    ({"stats__max_slices": True},
+     r"^stats.max_slices: expected a positive integer. Received: True$"),
+    ({"stats__max_slices": "1000"},
+     r"^stats.max_slices: expected a positive integer. Received: '1000'$"),
+    ({"stats__max_slices": None},
+     r"^stats.max_slices: expected a positive integer. Received: None$"),
     ({"flag__loss_quantile": 2},
      r"flag.loss_quantile: expected a number in \[0, 1\]. Received: 2"),
     ({"flag__top_k": 0},
@@ -686,3 +699,58 @@ def test_fold_and_checkpoint_paths():
   assert config.model.paths(1) == ("gs://b/f1/e5-1.keras",
                                    "gs://b/f1/elast-1.keras")
   assert config.model.checkpoints == ("5", "last")
+
+
+# --- A config from a pipe: read once -------------------------------------
+
+
+def _config_to_a_missing_input(tmp_path):
+  """A config that loads, and stops the run at its input glob: what it
+  says proves the pipe's content was read."""
+  return yaml.safe_dump({
+      "input": {"pattern": str(tmp_path / "none" / "*.gz"),
+                "format": "tfrecord", "id_column": "id",
+                "label_column": "label"},
+      "model": {"path": str(tmp_path / "model")},
+      "loss": {"name": "sparse_categorical_crossentropy"},
+      "output": {"dir": str(tmp_path / "out")}})
+
+
+def test_run_reads_a_config_from_a_pipe_once(tmp_path, capsys):
+  import threading  # pylint: disable=g-import-not-at-top
+
+  from lossaudit.pipelines import cli  # pylint: disable=g-import-not-at-top
+
+  text = _config_to_a_missing_input(tmp_path).encode("utf-8")
+  read_end, write_end = os.pipe()
+
+  def feed():
+    with os.fdopen(write_end, "wb") as f:
+      f.write(text)
+
+  writer = threading.Thread(target=feed)
+  writer.start()
+  try:
+    code = cli.main(["run", "--config", f"/dev/fd/{read_end}"])
+  finally:
+    writer.join()
+    os.close(read_end)
+  assert (code, capsys.readouterr().err) == (
+      2, "lossaudit: error: input.pattern: no file matches"
+         f" {str(tmp_path / 'none' / '*.gz')!r}\n")
+  assert not (tmp_path / "out").exists()
+
+
+def test_run_reads_a_config_from_dev_stdin(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, "-m", "lossaudit", "run", "--config", "/dev/stdin"],
+      input=_config_to_a_missing_input(tmp_path).encode("utf-8"),
+      capture_output=True, cwd=tmp_path, timeout=120,
+      env=dict(os.environ, PYTHONPATH=repo), check=False)
+  assert (done.returncode, done.stderr.decode()) == (
+      2, "lossaudit: error: input.pattern: no file matches"
+         f" {str(tmp_path / 'none' / '*.gz')!r}\n")

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import stat
 
 import pytest
 
@@ -363,3 +364,76 @@ def test_compare_checks_the_configured_shift_quantiles(tmp_path, capsys):
   assert capsys.readouterr().err == (
       "lossaudit: error: compare: gate.shift_quantiles: expected quantiles in"
       " [0, 1] that both runs computed [0.5]. Received: [0.99]\n")
+
+
+def _not_regular(path):
+  return (
+      "lossaudit: error: compare: --output: expected a new file, or a"
+      " drift.json lossaudit wrote: the path is not a regular file (a FIFO,"
+      " device, socket or symbolic link), which compare never opens or"
+      f" replaces. Received: '{path}'\n")
+
+
+def test_compare_output_refuses_a_fifo_without_opening_it(two_runs, capsys):
+  base, cur = two_runs
+  fifo = base.parent / "drift.fifo"
+  os.mkfifo(fifo)  # Opening it would block: no writer, no reader.
+  assert cli.main(["compare", str(base), str(cur), "--output",
+                   str(fifo)]) == 2
+  assert capsys.readouterr().err == _not_regular(fifo)
+  assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+  assert sorted(p.name for p in base.parent.iterdir()) == [
+      "base", "cur", "drift.fifo"]
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_compare_output_refuses_a_device_without_reading_it(
+    two_runs, capsys, device):
+  base, cur = two_runs
+  assert cli.main(["compare", str(base), str(cur), "--output", device]) == 2
+  assert capsys.readouterr().err == _not_regular(device)
+  assert stat.S_ISCHR(os.lstat(device).st_mode)
+  assert sorted(p.name for p in cur.iterdir()) == ["summary.json"]
+
+
+def test_compare_output_refuses_a_link(two_runs, capsys):
+  base, cur = two_runs
+  mine = base.parent / "mine.json"
+  mine.write_text("{}")
+  os.symlink(mine, base.parent / "drift-link.json")
+  assert cli.main(["compare", str(base), str(cur), "--output",
+                   str(base.parent / "drift-link.json")]) == 2
+  assert capsys.readouterr().err == _not_regular(
+      base.parent / "drift-link.json")
+  assert mine.read_text() == "{}"
+
+
+def test_compare_output_under_a_file_is_refused_before_comparing(
+    two_runs, capsys):
+  base, cur = two_runs
+  (base.parent / "somefile").write_text("mine")
+  output = str(base.parent / "somefile" / "x.json")
+  assert cli.main(["compare", str(base), str(cur), "--output", output]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: compare: --output: expected a location where"
+      f" drift.json can be written. Received: '{output}' (Not a directory)\n")
+  assert (base.parent / "somefile").read_text() == "mine"
+  assert sorted(p.name for p in base.parent.iterdir()) == [
+      "base", "cur", "somefile"]
+
+
+def test_a_failed_drift_write_leaves_no_temporary_file(two_runs, capsys):
+  base, cur = two_runs
+  # CURRENT_DIR/drift.json is a folder of the user's: the write fails
+  # after its temporary file exists.
+  (cur / "drift.json").mkdir()
+  (cur / "drift.json" / "keep.txt").write_text("mine")
+  assert cli.main(["compare", str(base), str(cur)]) == 2
+  err = capsys.readouterr().err
+  assert err == (
+      "lossaudit: error: compare: CURRENT_DIR: expected a location where"
+      f" drift.json can be written. Received: '{cur / 'drift.json'}'"
+      " (Is a directory)\n")
+  assert sorted(p.name for p in cur.iterdir()) == ["drift.json",
+                                                   "summary.json"]
+  assert (cur / "drift.json" / "keep.txt").read_text() == "mine"

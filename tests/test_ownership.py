@@ -571,3 +571,107 @@ def test_bad_beam_options_stop_the_run_before_it_deletes_anything(
   assert err.startswith("lossaudit: error: Beam options: ValueError:"
                         " Unexpected pipeline runner: DirectRuner.")
   assert snapshot(out) == before
+
+
+# --- Links inside output.dir ------------------------------------------------
+
+
+def _link_message(out, relative, target):
+  return (
+      "output.dir: expected no symbolic link where lossaudit writes (a run"
+      f" never writes through one). Received: {str(out / relative)!r} ->"
+      f" {str(target)!r}")
+
+
+@pytest.mark.parametrize("relative", [
+    "losses", "flagged", "dead_letter", "resolved", "clean",
+    "clean/relabelled", "weights", ".scratch", "summary.json", "report.html",
+    "drift.json", ownership.MARKER, ownership.LOCK])
+def test_a_link_where_lossaudit_writes_is_refused_before_anything(
+    tmp_path, relative):
+  users = tmp_path / "users"
+  users.mkdir()
+  (users / "part-00000-of-00001.parquet").write_text("the user's")
+  (users / "summary.json").write_text("the user's")
+  out = tmp_path / "out"
+  (out / relative).parent.mkdir(parents=True, exist_ok=True)
+  if relative != ownership.MARKER:
+    (out / ownership.MARKER).write_text("{}")
+  (out / "report.html.tmp-0123abcd").write_text("old run")
+  target = users if "." not in relative[1:] else users / "summary.json"
+  os.symlink(target, out / relative)
+  before, users_before = snapshot(out), snapshot(users)
+  with pytest.raises(ConfigError) as e:
+    claim(out, overwrite=True)
+  assert str(e.value) == _link_message(out, relative, target)
+  assert snapshot(out) == before and snapshot(users) == users_before
+  assert not os.path.lexists(out / ownership.LOCK) or relative == (
+      ownership.LOCK)
+
+
+def test_a_link_made_after_the_claim_is_refused_before_clearing(tmp_path):
+  out = tmp_path / "out"
+  held = claim(out)
+  held.clear_previous()
+  (out / "summary.json").write_text("old run")
+  users = tmp_path / "users"
+  users.mkdir()
+  (users / "part-00000-of-00001.parquet").write_text("the user's")
+  os.symlink(users, out / "losses")
+  with pytest.raises(ConfigError) as e:
+    held.clear_previous()
+  assert str(e.value) == _link_message(out, "losses", users)
+  assert (out / "summary.json").read_text() == "old run"
+  held.release()
+  assert snapshot(users) == {"part-00000-of-00001.parquet": hashlib.sha256(
+      b"the user's").hexdigest()}
+
+
+def test_clearing_earlier_outputs_never_follows_a_link(tmp_path):
+  out, users = tmp_path / "out", tmp_path / "users"
+  temp = "beam-temp-part-" + "0a" * 16
+  (users / temp).mkdir(parents=True)  # Empty: what a stopped run leaves.
+  (users / "part-00000-of-00001.parquet").write_text("the user's")
+  (users / RUN_B).mkdir()
+  (users / RUN_B / "scored-1.arrows").write_text("the user's")
+  (out / ".scratch").mkdir(parents=True)
+  os.symlink(users, out / "flagged")
+  os.symlink(users / RUN_B, out / ".scratch" / RUN_B)
+  os.symlink(users / "part-00000-of-00001.parquet",
+             out / "summary.json")
+  deleted = ownership.remove_own_files(str(out), lambda rel: True)
+  assert deleted == [str(out / "summary.json")]  # The link, not its target.
+  assert sorted(os.listdir(users)) == sorted(
+      [temp, RUN_B, "part-00000-of-00001.parquet"])
+  assert (users / RUN_B / "scored-1.arrows").read_text() == "the user's"
+  assert (users / "part-00000-of-00001.parquet").read_text() == "the user's"
+  assert os.path.islink(out / "flagged")
+
+
+def test_an_output_dir_that_is_a_link_to_a_folder_is_taken(tmp_path):
+  real = tmp_path / "real"
+  real.mkdir()
+  os.symlink(real, tmp_path / "out")
+  held = claim(tmp_path / "out")
+  held.clear_previous()
+  assert sorted(os.listdir(real)) == [ownership.LOCK, ownership.MARKER]
+  held.release()
+  assert os.listdir(real) == [ownership.MARKER]
+
+
+def test_cli_refuses_a_clean_folder_linked_into_the_input(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  data = tmp_path / "data"
+  shutil.copytree(tfrecord_dir, data)
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / ownership.MARKER).write_text("{}")
+  os.symlink(data, out / "clean")
+  before = snapshot(data)
+  config = base_config(data / "*.gz", classifier_path, out,
+                       output={"clean": {"relabel": False}})
+  code, err = _main(config, write_config, capsys)
+  assert (code, err) == (
+      2, f"lossaudit: error: {_link_message(out, 'clean', data)}\n")
+  assert snapshot(data) == before
+  assert sorted(os.listdir(out)) == [ownership.MARKER, "clean"]

@@ -1,6 +1,7 @@
 """Loss statistics: moments and sketch quantiles against numpy, merged."""
 
 import math
+import os
 import pickle
 
 import apache_beam as beam
@@ -21,7 +22,12 @@ from lossaudit.stats import (
   rule_thresholds,
   top_k_merge,
 )
-from lossaudit.transforms.stats import LossStats, TopKCombineFn
+from lossaudit.transforms.stats import (
+  LossStats,
+  SliceStatsCombineFn,
+  TooManySlicesError,
+  TopKCombineFn,
+)
 
 QUANTILES = (0.001, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999)
 
@@ -156,3 +162,105 @@ def test_top_k_combine_fn_over_batches():
   with TestPipeline() as p:
     top = p | beam.Create(batches) | beam.CombineGlobally(TopKCombineFn(3))
     assert_that(top, equal_to([[(9.0, "b"), (9.0, "d"), (3.0, "c")]]))
+
+
+# --- stats.max_slices ---------------------------------------------------------
+
+
+def test_slice_stats_hold_at_most_max_slices():
+  batches = [_batch(["a", "b", "c"], [1.0, 2.0, 3.0], ["x", "y", "x"]),
+             _batch(["d", "e"], [4.0, 5.0], ["y", "y"])]
+  with TestPipeline() as p:
+    stats = (p | beam.Create(batches)
+             | LossStats(0.01, [0.5], by_slice=True, max_slices=2,
+                         slice_name="group"))
+    assert_that(stats["slices"] | beam.MapTuple(
+        lambda k, s: (k, s["count"], s["max"])),
+                equal_to([("x", 2, 3.0), ("y", 3, 5.0)]))
+  fn = SliceStatsCombineFn(0.01, [0.5], "loss", 2, "group")
+  held = fn.add_input(fn.create_accumulator(), batches[0])
+  assert sorted(held) == ["x", "y"]
+  with pytest.raises(TooManySlicesError) as e:
+    fn.add_input(held, _batch(["f"], [6.0], ["z"]))
+  assert str(e.value) == (
+      "stats.slice_by: expected at most stats.max_slices (2) slices."
+      " Received: column 'group' with more than 2 distinct values (3 so"
+      " far); the run stopped before holding statistics for each. Slice by"
+      " a coarser column or raise stats.max_slices")
+  other = fn.add_input(fn.create_accumulator(), _batch(["g"], [7.0], ["w"]))
+  with pytest.raises(TooManySlicesError, match=r"\(3 so far\)"):
+    fn.merge_accumulators([fn.add_input(fn.create_accumulator(),
+                                        batches[0]), other])
+  again = pickle.loads(pickle.dumps(e.value))
+  assert (type(again), str(again)) == (TooManySlicesError, str(e.value))
+
+
+def _slice_run(tmp_path, classifier_path, write_config, slices, max_slices):
+  """A config over a Parquet copy of 300 rows whose `group` is `slices`."""
+  from lossaudit import datasets  # pylint: disable=g-import-not-at-top
+  from tests.helpers import base_config, make_columns  # pylint: disable=g-import-not-at-top
+
+  columns = dict(make_columns(300), group=np.array(slices))
+  datasets.write_parquet(str(tmp_path / "data"), columns, num_shards=1)
+  config = base_config(tmp_path / "data" / "*.parquet", classifier_path,
+                       tmp_path / "out", stats={"slice_by": "group",
+                                                "max_slices": max_slices})
+  config["input"]["format"] = "parquet"
+  return write_config(config)
+
+
+@pytest.mark.parametrize("column, max_slices, found", [
+    ("id", 1000, "64 distinct values in the first 64 records, one per record"),
+    ("group", 2, "3 distinct values in the first 64 records"),
+])
+def test_a_slice_column_with_too_many_values_is_refused_before_the_run(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys, column,
+    max_slices, found):
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+  from tests.helpers import base_config  # pylint: disable=g-import-not-at-top
+
+  config = base_config(tfrecord_dir / "*.gz", classifier_path,
+                       tmp_path / "out", stats={"slice_by": column,
+                                                "max_slices": max_slices})
+  assert audit.main(["--config", write_config(config)]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: stats.slice_by: expected at most stats.max_slices"
+      f" ({max_slices}) slices (each holds statistics in memory and"
+      f" summary.json). Received: column {column!r} with {found}; slice by a"
+      " coarser column or raise stats.max_slices\n")
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_few_rows_each_with_its_own_slice_are_not_refused(
+    tmp_path, classifier_path, write_config):
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+
+  # 300 rows in 40 slices: the first 64 rows hold 40 values, not 64.
+  config = _slice_run(tmp_path, classifier_path, write_config,
+                      [f"s{i % 40}" for i in range(300)], 40)
+  summary = audit.run(["--config", config])
+  assert sorted(summary["slices"]) == sorted(f"s{i}" for i in range(40))
+  assert sum(s["count"] for s in summary["slices"].values()) == 300
+
+
+def test_more_slices_than_max_slices_during_the_run_stop_it(
+    tmp_path, classifier_path, write_config, capsys):
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+
+  # The first 64 rows hold 2 slices; the rest a slice each.
+  slices = ["a" if i % 2 else "b" for i in range(64)] + [
+      f"row-{i}" for i in range(64, 300)]
+  config = _slice_run(tmp_path, classifier_path, write_config, slices, 10)
+  assert audit.main(["--config", config]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(
+      "lossaudit: error: stats.slice_by: expected at most stats.max_slices"
+      " (10) slices. Received: column 'group' with more than 10 distinct"
+      " values (11 so far); the run stopped before holding statistics for"
+      " each. Slice by a coarser column or raise stats.max_slices")
+  assert len(err.splitlines()) == 1
+  # No summary.json, no shards: only the marker (and Beam's empty
+  # temporary folders, which the next run clears).
+  assert [os.path.relpath(os.path.join(d, n), tmp_path / "out")
+          for d, _, names in os.walk(tmp_path / "out") for n in names] == [
+              ".lossaudit-run.json"]

@@ -6,7 +6,6 @@ audit runs (exit 0); its label issues equal cleanlab's on the out-of-fold
 probabilities, and `output.write_probabilities` writes exactly what each
 row's fold model predicts."""
 
-import os
 
 import cleanlab.filter
 import keras

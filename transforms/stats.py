@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lossaudit.errors import TooManySlicesError
 from lossaudit.scoring import SLICE_COLUMN
 from lossaudit.stats import LossAccumulator, top_k_merge, top_k_order
 
@@ -63,6 +64,61 @@ def _losses_by_slice(batch: pa.RecordBatch, column: str = "loss",
           losses[group]
 
 
+class SliceStatsCombineFn(beam.CombineFn):
+  """Scored batches → `[(slice value, LossAccumulator.summary())]`, sorted.
+
+  One accumulator holds a `LossAccumulator` per slice, and never more than
+  `max_slices` of them: one slice more raises `TooManySlicesError`, so a
+  column with a value per row costs `max_slices` sketches, not one each.
+  """
+
+  def __init__(self, epsilon: float, quantiles: Sequence[float],
+               column: str, max_slices: int, slice_name: str = ""):
+    self._epsilon = epsilon
+    self._quantiles = tuple(quantiles)
+    self._column = column
+    self._max_slices = max_slices
+    self._slice_name = slice_name
+
+  def create_accumulator(self) -> Dict[str, LossAccumulator]:
+    return {}
+
+  def _check(self, accumulator: Dict[str, LossAccumulator]) -> None:
+    if len(accumulator) > self._max_slices:
+      raise TooManySlicesError(self._slice_name, self._max_slices,
+                               len(accumulator))
+
+  def add_input(self, accumulator: Dict[str, LossAccumulator],
+                batch: pa.RecordBatch) -> Dict[str, LossAccumulator]:
+    for name, losses in _losses_by_slice(batch, self._column):
+      found = accumulator.get(name)
+      if found is None:
+        found = accumulator[name] = LossAccumulator(self._epsilon)
+        self._check(accumulator)
+      found.add(losses)
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    accumulators = iter(accumulators)
+    result = next(accumulators)
+    for accumulator in accumulators:
+      for name, found in accumulator.items():
+        mine = result.get(name)
+        if mine is None:
+          result[name] = found
+          self._check(result)
+        else:
+          mine.merge(found)
+    return result
+
+  def compact(self, accumulator):
+    return {name: found.compact() for name, found in accumulator.items()}
+
+  def extract_output(self, accumulator) -> List[Tuple[str, Dict]]:
+    return [(name, accumulator[name].summary(self._quantiles))
+            for name in sorted(accumulator)]
+
+
 class LossStats(beam.PTransform):
   """Scored batches → one statistics dict (and one per slice).
 
@@ -76,12 +132,18 @@ class LossStats(beam.PTransform):
     by_slice: whether to compute per-slice statistics too.
     column: the loss column (`loss`, or `weighted_loss` for weighted stats).
     by_fold: whether to compute per-fold statistics too (`model.folds`).
+    max_slices: `stats.max_slices`: more slices fail the run
+      (`TooManySlicesError`).
+    slice_name: the `stats.slice_by` column, for that error.
   """
 
   def __init__(self, epsilon: float, quantiles: Sequence[float],
                by_slice: bool = False, column: str = "loss",
-               by_fold: bool = False):
+               by_fold: bool = False, max_slices: int = 1000,
+               slice_name: str = ""):
     super().__init__()
+    self._max_slices = max_slices
+    self._slice_name = slice_name
     self._epsilon = epsilon
     self._quantiles = quantiles
     self._by_slice = by_slice
@@ -96,10 +158,14 @@ class LossStats(beam.PTransform):
                    | "Combine" >> beam.CombineGlobally(combine))
     }
     if self._by_slice:
-      result["slices"] = (scored
-                          | "LossesBySlice" >> beam.FlatMap(_losses_by_slice,
-                                                          self._column)
-                          | "CombinePerSlice" >> beam.CombinePerKey(combine))
+      # One accumulator of at most max_slices sketches, not one per key:
+      # a column with a value per row stops the run, not the machine.
+      result["slices"] = (
+          scored
+          | "CombineSlices" >> beam.CombineGlobally(SliceStatsCombineFn(
+              self._epsilon, self._quantiles, self._column,
+              self._max_slices, self._slice_name))
+          | "Slices" >> beam.FlatMap(lambda pairs: pairs))
     if self._by_fold:
       result["folds"] = (scored
                          | "LossesByFold" >> beam.FlatMap(
