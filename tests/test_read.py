@@ -171,7 +171,8 @@ def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
              " after it were read"),
             ("truncated.tfrecord", f"unreadable from record 9 (byte"
              f" {9 * record_size}): truncated ({record_size - 7} trailing"
-             " bytes)")]), label="dead")
+             f" bytes; the record's header gives a length of"
+             f" {record_size - 16})")]), label="dead")
 
 
 def test_compression_found_by_content_and_bad_files_dead_lettered(
@@ -425,6 +426,77 @@ def test_short_files_and_gzip_damage_through_the_pipeline(tmp_path, columns):
                            ("bad-crc.tfrecord.gz", written, len(raw)),
                            ("junk.tfrecord.gz", written, len(raw))]]),
                 label="dead")
+
+
+
+# Read in a child process: before the check, tf.data's plain-file reader
+# allocated the crafted length and the process died (SIGSEGV).
+_READ_CHILD = """
+import json, sys
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from tests.test_read import _schema
+from lossaudit import dead_letters
+from lossaudit.transforms.read import ReadTFExampleBatches
+
+with TestPipeline() as p:
+  read = p | ReadTFExampleBatches(sys.argv[1:], _schema(), batch_size=100)
+  (read["batches"] | beam.Map(lambda e: ("rows", e[0], e[1].num_rows))
+   | "Rows" >> beam.Map(lambda r: print(json.dumps(r), flush=True)))
+  (read[dead_letters.TAG]
+   | beam.Map(lambda d: ("dead", d["source"], d["reason"], d["error"]))
+   | "Dead" >> beam.Map(lambda r: print(json.dumps(r), flush=True)))
+"""
+
+
+def _overlong(raw: bytes, length: int) -> bytes:
+  """`raw`, then a header of `length` with a valid CRC and a few bytes."""
+  import struct
+
+  header = struct.pack("<Q", length)
+  return raw + header + struct.pack("<I", tfrecord.masked_crc(header)) + (
+      b"\x07" * 30)
+
+
+def test_a_length_past_the_end_is_one_unreadable_stretch_not_a_crash(
+    tmp_path, columns):
+  import json
+  import subprocess
+  import sys
+
+  from tests.helpers import REPO, audit_env
+
+  raw, written = _plain_records(tmp_path, columns)
+  files = {"good.tfrecord": raw,
+           "overlong.tfrecord": _overlong(raw, 1 << 40),
+           "overlong.tfrecord.gz": _gzip(_overlong(raw, 1 << 40)),
+           "past-end.tfrecord": _overlong(raw, 1000)}
+  for name, data in files.items():
+    (tmp_path / name).write_bytes(data)
+  child = subprocess.run(
+      [sys.executable, "-c", _READ_CHILD] + [str(tmp_path / n)
+                                            for n in files],
+      cwd=REPO, env=audit_env(), capture_output=True, text=True, check=False)
+  assert child.returncode == 0, child.stderr[-2000:]
+  lines = [json.loads(line) for line in child.stdout.splitlines()]
+  rows = {}
+  for _, source, n in (line for line in lines if line[0] == "rows"):
+    name = source.rsplit("/", 1)[-1]
+    rows[name] = rows.get(name, 0) + n
+  assert rows == {name: written for name in files}
+  dead = sorted((d[1].rsplit("/", 1)[-1], d[2], d[3]) for d in lines
+                if d[0] == "dead")
+  where = f"unreadable from record {written} (byte {len(raw)}): truncated"
+  assert dead == [
+      ("overlong.tfrecord", "unreadable_stretch",
+       f"{where} (42 trailing bytes; the record's header gives a length of"
+       f" {1 << 40})"),
+      ("overlong.tfrecord.gz", "unreadable_stretch",
+       f"{where} (42 trailing bytes; the record's header gives a length of"
+       f" {1 << 40})"),
+      ("past-end.tfrecord", "unreadable_stretch",
+       f"{where} (42 trailing bytes; the record's header gives a length of"
+       " 1000)")]
 
 
 def _label_record(label):
