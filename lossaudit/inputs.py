@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 import re
 import stat
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from lossaudit import outputs
+from lossaudit import outputs, progress
 from lossaudit.errors import ConfigError, describe_error
 from lossaudit.ownership import LOCK, MARKER
 
@@ -72,8 +73,12 @@ def _spellings(path: str) -> Tuple[str, ...]:
   return tuple(dict.fromkeys((os.path.abspath(path), os.path.realpath(path))))
 
 
-def expand(patterns: Sequence[str], output_dir: str) -> InputFiles:
+def expand(patterns: Sequence[str], output_dir: str,
+           clock: Callable[[], float] = time.monotonic) -> InputFiles:
   """Expands the globs of `input.pattern` for a run writing to `output_dir`.
+
+  A glob of many files prints a progress line every
+  `progress.CHECK_SECONDS` (by `clock`) while its files are checked.
 
   Raises:
     ConfigError: a glob that cannot be read or matches nothing, or input
@@ -92,13 +97,16 @@ def expand(patterns: Sequence[str], output_dir: str) -> InputFiles:
           f" ({describe_error(e)})") from None
     if not matched:
       raise ConfigError(f"input.pattern: no file matches {pattern!r}")
-    for path in sorted(m.path for m in matched):
+    ticker = progress.Ticker(f"checking the files {pattern!r} matched",
+                             len(matched), clock=clock)
+    for done, path in enumerate(sorted(m.path for m in matched)):
+      ticker.tick(done)
       key = path if _is_remote(path) else os.path.realpath(path)
       if key in seen:
         continue
       seen.add(key)
       (files if _is_regular(path) else not_regular).append(path)
-  _refuse_inputs_in_outputs(files + not_regular, output_dir)
+  _refuse_inputs_in_outputs(files + not_regular, output_dir, clock)
   return InputFiles(tuple(files), tuple(not_regular))
 
 
@@ -145,12 +153,16 @@ def _refuse_globs_over_output(patterns: Sequence[str],
           f" overlap. Received: output.dir={output_dir!r}")
 
 
-def _refuse_inputs_in_outputs(paths: Sequence[str], output_dir: str) -> None:
+def _refuse_inputs_in_outputs(paths: Sequence[str], output_dir: str,
+                              clock: Callable[[], float]) -> None:
   """Refuses matched files under `output_dir`, or under any directory that
   holds lossaudit's marker (an earlier run's outputs)."""
   bases = [b.rstrip("/") + "/" for b in _spellings(output_dir)]
   owners: Dict[str, Optional[str]] = {}
-  for path in paths:
+  ticker = progress.Ticker("checking where the input files are",
+                           len(paths), clock=clock)
+  for done, path in enumerate(paths):
+    ticker.tick(done)
     where = _spellings(path)[-1]
     if any(w.startswith(b) for w in _spellings(path) for b in bases):
       raise ConfigError(

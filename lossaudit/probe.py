@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
-from lossaudit import losses, tfrecord
+from lossaudit import losses, progress, tfrecord
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
 from lossaudit.errors import (
@@ -100,9 +101,13 @@ def read_tfrecords(path: str, limit: int) -> List[bytes]:
   return []
 
 
-def read_sample(config: AuditConfig, files: Sequence[str]
+def read_sample(config: AuditConfig, files: Sequence[str],
+                clock: Callable[[], float] = time.monotonic
                 ) -> Optional[Sample]:
   """The first few records of the dataset; None when every file is empty.
+
+  Many empty files first print a progress line every
+  `progress.CHECK_SECONDS` (by `clock`).
 
   A file that cannot be read is passed over (the run dead-letters it), unless
   no file can be read at all: then the data is not what the config says.
@@ -111,7 +116,10 @@ def read_sample(config: AuditConfig, files: Sequence[str]
     ConfigError: not one of `files` could be read.
   """
   failures = []
-  for path in files:
+  ticker = progress.Ticker("looking for the first records", len(files),
+                           clock=clock)
+  for done, path in enumerate(files):
+    ticker.tick(done)
     try:
       if config.input.format == "tfrecord":
         records = read_tfrecords(path, PROBE_RECORDS)

@@ -43,6 +43,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CHUNK_BYTES = 16 << 20
+# tf.data takes ~30 ms to set up its reader, a file: a shorter file (on
+# disk) is read by the walker (~1.5 µs a record), an empty one at once.
+TF_DATA_MIN_BYTES = 1 << 20
 # Compressed bytes inflated at a time: what a damaged piece could cost
 # without the step-by-step retry of `_inflate_until_damage`.
 GZIP_PIECE_BYTES = 1 << 20
@@ -334,7 +337,8 @@ def _overlong_record(path: str) -> bool:
 def tf_data_batches(path: str, batch_size: int
                     ) -> Iterator[Union[List[bytes], Unreadable]]:
   """Like `read_batches`, through tf.data's C++ reader for local plain or
-  gzip files; other files go through `read_batches`.
+  gzip files of `TF_DATA_MIN_BYTES` or more; other files go through
+  `read_batches`.
 
   tf.data reads and checks the next batch on its own threads while the
   caller works on this one. When it finds damage it cannot say which record
@@ -345,7 +349,8 @@ def tf_data_batches(path: str, batch_size: int
 
   compression_type = compression_of(path)
   remote = "://" in path  # TensorFlow's own gs:// support may be absent.
-  if remote or compression_type not in _TF_COMPRESSION:
+  if (remote or compression_type not in _TF_COMPRESSION or
+      os.path.getsize(path) < TF_DATA_MIN_BYTES):
     yield from read_batches(path, batch_size, compression_type)
     return
   if (compression_type == CompressionTypes.UNCOMPRESSED and

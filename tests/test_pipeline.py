@@ -454,3 +454,28 @@ def test_cli_quiets_tensorflow_unless_told(tmp_path, monkeypatch, capsys,
   assert cli.main(["run", "--config", str(config), "--sett"]) == 2
   assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == level
   assert "--sett" in capsys.readouterr().err
+
+
+def test_an_audit_over_two_thousand_files_mostly_empty_counts_every_record(
+    tmp_path, columns, classifier_path, write_config):
+  """A glob of 2,000 files, 1,997 of them empty: each file costs little (no
+  tf.data reader is set up for a small one), and every record is scored."""
+  from lossaudit import datasets
+
+  data = tmp_path / "data"
+  datasets.write_tfrecords(str(tmp_path / "real"), {
+      k: v[:300] for k, v in columns.items()}, num_shards=3, compression=None)
+  data.mkdir()
+  for i, shard in enumerate(sorted((tmp_path / "real").iterdir())):
+    shard.rename(data / f"shard-{700 * i + 5:04d}.tfrecord")
+  for i in range(2000):
+    path = data / f"shard-{i:04d}.tfrecord"
+    if not path.exists():
+      path.write_bytes(b"")
+  out = tmp_path / "out"
+  summary = audit.run(["--config", write_config(base_config(
+      data / "*.tfrecord", classifier_path, out))])
+  assert (summary["examples_scored"], summary["examples_dead_lettered"]) == (
+      300, 0)
+  assert summary["metrics"]["counters"]["records_read"] == 300
+  assert sorted(_read(out, "losses")["id"]) == sorted(columns["id"][:300])

@@ -291,12 +291,22 @@ def _plain_records(tmp_path, columns, n=_WRITTEN):
 
 def _walk(path):
   """`(records read, Unreadable markers)` of one file, as the pipeline
-  reads it."""
+  reads it: by the walker (a small file), and the same through tf.data."""
   from lossaudit import tfrecord
 
-  items = list(tfrecord.tf_data_batches(str(path), batch_size=100))
-  read = sum(len(i) for i in items if isinstance(i, list))
-  return read, [i for i in items if isinstance(i, tfrecord.Unreadable)]
+  def walked():
+    items = list(tfrecord.tf_data_batches(str(path), batch_size=100))
+    read = sum(len(i) for i in items if isinstance(i, list))
+    return read, [i for i in items if isinstance(i, tfrecord.Unreadable)]
+
+  by_walker = walked()
+  least = tfrecord.TF_DATA_MIN_BYTES
+  tfrecord.TF_DATA_MIN_BYTES = 0
+  try:
+    assert walked() == by_walker
+  finally:
+    tfrecord.TF_DATA_MIN_BYTES = least
+  return by_walker
 
 
 def _gzip(data: bytes) -> bytes:
@@ -436,9 +446,10 @@ import json, sys
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from tests.test_read import _schema
-from lossaudit import dead_letters
+from lossaudit import dead_letters, tfrecord
 from lossaudit.transforms.read import ReadTFExampleBatches
 
+tfrecord.TF_DATA_MIN_BYTES = 0  # tf.data reads these small files too.
 with TestPipeline() as p:
   read = p | ReadTFExampleBatches(sys.argv[1:], _schema(), batch_size=100)
   (read["batches"] | beam.Map(lambda e: ("rows", e[0], e[1].num_rows))
