@@ -101,6 +101,7 @@ def expand(patterns: Sequence[str], output_dir: str,
                              len(matched), clock=clock)
     for done, path in enumerate(sorted(m.path for m in matched)):
       ticker.tick(done)
+      _refuse_undecodable_name(pattern, path)
       key = path if _is_remote(path) else os.path.realpath(path)
       if key in seen:
         continue
@@ -108,6 +109,19 @@ def expand(patterns: Sequence[str], output_dir: str,
       (files if _is_regular(path) else not_regular).append(path)
   _refuse_inputs_in_outputs(files + not_regular, output_dir, clock)
   return InputFiles(tuple(files), tuple(not_regular))
+
+
+def _refuse_undecodable_name(pattern: str, path: str) -> None:
+  """Refuses a matched file whose name is not UTF-8 (Python holds its bad
+  bytes as lone surrogates, which Beam cannot encode)."""
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:
+    shown = os.fsencode(path) if not _is_remote(path) else path.encode(
+        "utf-8", "backslashreplace")
+    raise ConfigError(
+        f"input.pattern: expected file names that are valid UTF-8; {pattern!r}"
+        f" matches one that is not. Received: {shown!r}") from None
 
 
 def check_model_paths(groups: Sequence[Sequence[str]]) -> None:

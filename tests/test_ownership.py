@@ -571,3 +571,20 @@ def test_bad_beam_options_stop_the_run_before_it_deletes_anything(
   assert err.startswith("lossaudit: error: Beam options: ValueError:"
                         " Unexpected pipeline runner: DirectRuner.")
   assert snapshot(out) == before
+
+
+def test_a_file_name_that_is_not_utf8_stops_the_run_naming_it(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  data = tmp_path / "data"
+  shutil.copytree(tfrecord_dir, data)
+  bad = os.fsencode(data) + b"/bad\xff.tfrecord.gz"
+  with open(bad, "wb") as f:
+    f.write((tfrecord_dir / "part-00000-of-00003.tfrecord.gz").read_bytes())
+  pattern = str(data / "*.tfrecord.gz")
+  code, err = _main(base_config(pattern, classifier_path, tmp_path / "out"),
+                    write_config, capsys)
+  assert (code, err) == (
+      2, f"lossaudit: error: input.pattern: expected file names that are"
+      f" valid UTF-8; {pattern!r} matches one that is not. Received:"
+      f" {bad!r}\n")
+  assert not (tmp_path / "out").exists()
