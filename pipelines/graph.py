@@ -192,7 +192,7 @@ def _read(p: beam.Pipeline, config: AuditConfig,
     read = p | "Read" >> ReadTFExampleBatches(
         plan.files, plan.tf_schema, config.batch_size,
         raw_records=plan.spec.reads_raw_records,
-        positions=plan.spec.positions)
+        positions=plan.spec.positions, id_column=config.input.id_column)
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size,

@@ -560,6 +560,55 @@ def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(
   assert summary["dead_letter"]["by_reason"] == {"wrong_type": 1}
   assert (summary["examples_read"], summary["examples_scored"],
           summary["examples_dead_lettered"]) == (written, written - 1, 1)
+  (dead,) = [json.loads(line) for line in next(
+      (out / "dead_letter").iterdir()).read_text().splitlines()]
+  assert (dead["id"], dead["reason"]) == ("odd-1.0", "wrong_type")
+  assert dead["error"].startswith("feature 'label' has the wrong type:")
+
+
+def test_wrong_typed_records_carry_their_id_and_name_the_feature(tmp_path):
+  import numpy as np
+  from tensorflow.core.example import example_pb2
+
+  def record(id_kind, x_kind, label_kind):
+    example = example_pb2.Example()
+    feature = example.features.feature
+    values = {"bytes_list": [b"r-7"], "int64_list": [7],
+              "float_list": [7.0]}
+    for name, kind in (("id", id_kind), ("x", x_kind),
+                       ("label", label_kind)):
+      getattr(feature[name], kind).value.extend(
+          values[kind] * (16 if name == "x" else 1))
+    return example.SerializeToString()
+
+  good = datasets.to_examples({"id": np.array(["ok-0", "ok-1"]),
+                               "x": np.zeros((2, 16), np.float32),
+                               "label": np.array([1, 2])})
+  bad_x = record("bytes_list", "bytes_list", "int64_list")
+  bad_label = record("bytes_list", "float_list", "float_list")
+  bad_id = record("float_list", "float_list", "int64_list")
+  example = example_pb2.Example.FromString(bad_x)
+  example.features.feature["id"].bytes_list.value[0] = b"\xffr-7"
+  not_utf8 = example.SerializeToString()
+  path = tmp_path / "mixed.tfrecord"
+  import tensorflow as tf
+
+  with tf.io.TFRecordWriter(str(path)) as w:
+    for r in [good[0], bad_x, bad_label, bad_id, not_utf8, good[1]]:
+      w.write(r)
+  with TestPipeline() as p:
+    read = p | ReadTFExampleBatches([str(path)], _schema(), batch_size=10,
+                                    id_column="id")
+    assert_that(_summed(read["batches"], "All"),
+                equal_to([("mixed.tfrecord", 2)]), label="rows")
+    assert_that(read[dead_letters.TAG] | beam.Map(
+        lambda d: (d["id"], d["reason"], d["error"].split(":")[0])),
+        equal_to([
+            ("r-7", "wrong_type", "feature 'x' has the wrong type"),
+            ("r-7", "wrong_type", "feature 'label' has the wrong type"),
+            (None, "wrong_type", "feature 'id' has the wrong type"),
+            (None, "wrong_type", "feature 'x' has the wrong type")]),
+        label="dead")
 
 
 def test_parquet_categorical_columns_are_read_as_their_values(tmp_path):
