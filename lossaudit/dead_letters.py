@@ -34,6 +34,9 @@ LABEL_NOT_INTEGER = "label_not_integer"
 BAD_WEIGHT = "bad_weight"
 BAD_FOLD = "bad_fold"  # Missing, or no integer in [0, model.folds).
 NOT_A_REGULAR_FILE = "not_a_regular_file"
+# A row of `model.predictions_column` that is not what `predictions_kind`
+# says: probabilities outside [0, 1] or not summing to 1; a non-finite logit.
+BAD_PREDICTION = "bad_prediction"
 MODEL_ERROR = "model_error"  # The model raised a data error on the record.
 
 

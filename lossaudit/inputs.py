@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 import re
 import stat
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from lossaudit import outputs
+from lossaudit import outputs, progress
 from lossaudit.errors import ConfigError, describe_error
 from lossaudit.ownership import LOCK, MARKER
 
@@ -71,8 +72,12 @@ def _spellings(path: str) -> Tuple[str, ...]:
   return tuple(dict.fromkeys((os.path.abspath(path), os.path.realpath(path))))
 
 
-def expand(patterns: Sequence[str], output_dir: str) -> InputFiles:
+def expand(patterns: Sequence[str], output_dir: str,
+           clock: Callable[[], float] = time.monotonic) -> InputFiles:
   """Expands the globs of `input.pattern` for a run writing to `output_dir`.
+
+  A glob of many files prints a progress line every
+  `progress.CHECK_SECONDS` (by `clock`) while its files are checked.
 
   Raises:
     ConfigError: a glob that cannot be read or matches nothing, or input
@@ -91,14 +96,31 @@ def expand(patterns: Sequence[str], output_dir: str) -> InputFiles:
           f" ({describe_error(e)})") from None
     if not matched:
       raise ConfigError(f"input.pattern: no file matches {pattern!r}")
-    for path in sorted(m.path for m in matched):
+    ticker = progress.Ticker(f"checking the files {pattern!r} matched",
+                             len(matched), clock=clock)
+    for done, path in enumerate(sorted(m.path for m in matched)):
+      ticker.tick(done)
+      _refuse_undecodable_name(pattern, path)
       key = path if _is_remote(path) else os.path.realpath(path)
       if key in seen:
         continue
       seen.add(key)
       (files if _is_regular(path) else not_regular).append(path)
-  _refuse_inputs_in_outputs(files + not_regular, output_dir)
+  _refuse_inputs_in_outputs(files + not_regular, output_dir, clock)
   return InputFiles(tuple(files), tuple(not_regular))
+
+
+def _refuse_undecodable_name(pattern: str, path: str) -> None:
+  """Refuses a matched file whose name is not UTF-8 (Python holds its bad
+  bytes as lone surrogates, which Beam cannot encode)."""
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:
+    shown = os.fsencode(path) if not _is_remote(path) else path.encode(
+        "utf-8", "backslashreplace")
+    raise ConfigError(
+        f"input.pattern: expected file names that are valid UTF-8; {pattern!r}"
+        f" matches one that is not. Received: {shown!r}") from None
 
 
 def check_model_paths(groups: Sequence[Sequence[str]]) -> None:
@@ -144,12 +166,16 @@ def _refuse_globs_over_output(patterns: Sequence[str],
           f" overlap. Received: output.dir={output_dir!r}")
 
 
-def _refuse_inputs_in_outputs(paths: Sequence[str], output_dir: str) -> None:
+def _refuse_inputs_in_outputs(paths: Sequence[str], output_dir: str,
+                              clock: Callable[[], float]) -> None:
   """Refuses matched files under `output_dir`, or under any directory that
   holds lossaudit's marker (an earlier run's outputs)."""
   bases = [b.rstrip("/") + "/" for b in _spellings(output_dir)]
   owners: Dict[str, Optional[str]] = {}
-  for path in paths:
+  ticker = progress.Ticker("checking where the input files are",
+                           len(paths), clock=clock)
+  for done, path in enumerate(paths):
+    ticker.tick(done)
     where = _spellings(path)[-1]
     if any(w.startswith(b) for w in _spellings(path) for b in bases):
       raise ConfigError(

@@ -30,6 +30,7 @@ from lossaudit import losses
 from lossaudit.dead_letters import (
   BAD_FOLD,
   BAD_ID,
+  BAD_PREDICTION,
   BAD_SLICE,
   BAD_WEIGHT,
   LABEL_NOT_INTEGER,
@@ -233,9 +234,51 @@ def read_model_inputs(spec: ScoringSpec,
   bad = np.zeros(batch.num_rows, dtype=bool)
   for problem in problems:
     bad |= problem.rows
+  if spec.predictions_kind:
+    feature = spec.features[0]
+    wrong = _bad_predictions(spec, features[feature.model_input], bad)
+    if wrong is not None:
+      problems.append(wrong)
+      bad |= wrong.rows
   return CheckedBatch(
       ModelInputs(features, labels, ids, weights, slices, folds, positions),
       problems, bad)
+
+
+# How far a row of probabilities may sum from 1.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def _bad_predictions(spec: ScoringSpec, values: np.ndarray,
+                     bad: np.ndarray) -> Optional[Problem]:
+  """The rows of `model.predictions_column` `(N, K)` (those not `bad`
+  already) that are not what `predictions_kind` says: with `probabilities`,
+  a value outside [0, 1] or NaN, or (one distribution over K classes, as
+  for any loss but a binary one) a sum off 1 by more than
+  `PROBABILITY_SUM_TOLERANCE`; with `logits`, a value that is not finite.
+  None when every row is sound."""
+  rows = np.asarray(values, np.float64).reshape(len(values), -1)
+  if spec.predictions_kind == "logits":
+    wrong = ~np.isfinite(rows).all(axis=1)
+    what = "holds a logit that is not finite"
+  else:
+    with np.errstate(invalid="ignore"):
+      wrong = ~((rows >= 0) & (rows <= 1)).all(axis=1)
+      if rows.shape[1] > 1 and not any(
+          t.loss_name in losses.BINARY_CLASSIFICATION for t in spec.terms):
+        wrong |= ~(np.abs(rows.sum(axis=1) - 1) <= PROBABILITY_SUM_TOLERANCE)
+    what = ("is not a probability vector (values in [0, 1] summing to 1"
+            f" within {PROBABILITY_SUM_TOLERANCE:g})")
+  wrong &= ~bad
+  if not wrong.any():
+    return None
+  shown = np.empty(len(rows), dtype=object)
+  for row in np.flatnonzero(wrong).tolist():
+    shown[row] = [float(f"{v:.6g}") for v in rows[row].tolist()]
+  return Problem(wrong, BAD_PREDICTION,
+                 f"prediction {{value}} in {spec.features[0].column!r}"
+                 f" {what}; model.predictions_kind: {spec.predictions_kind}",
+                 shown)
 
 
 def _missing(n: int, what: str, name: str, reason: str) -> Problem:

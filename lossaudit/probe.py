@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,9 +24,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
-from lossaudit import losses, tfrecord
+from lossaudit import losses, progress, tfrecord
 from lossaudit.config import AuditConfig
-from lossaudit.dead_letters import LABEL_OUT_OF_RANGE
+from lossaudit.dead_letters import BAD_PREDICTION, LABEL_OUT_OF_RANGE
 from lossaudit.errors import (
   ConfigError,
   describe_error,
@@ -101,9 +102,13 @@ def read_tfrecords(path: str, limit: int) -> List[bytes]:
   return []
 
 
-def read_sample(config: AuditConfig, files: Sequence[str]
+def read_sample(config: AuditConfig, files: Sequence[str],
+                clock: Callable[[], float] = time.monotonic
                 ) -> Optional[Sample]:
   """The first few records of the dataset; None when every file is empty.
+
+  Many empty files first print a progress line every
+  `progress.CHECK_SECONDS` (by `clock`).
 
   A file that cannot be read is passed over (the run dead-letters it), unless
   no file can be read at all: then the data is not what the config says.
@@ -112,7 +117,10 @@ def read_sample(config: AuditConfig, files: Sequence[str]
     ConfigError: not one of `files` could be read.
   """
   failures = []
-  for path in files:
+  ticker = progress.Ticker("looking for the first records", len(files),
+                           clock=clock)
+  for done, path in enumerate(files):
+    ticker.tick(done)
     try:
       if config.input.format == "tfrecord":
         records = read_tfrecords(path, PROBE_RECORDS)
@@ -362,10 +370,15 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
     if error is None:
       raise
     raise error from None
+  none_scored = None
   if scored is None and dead:
-    raise ConfigError(
+    none_scored = ConfigError(
         f"input: none of the first {sample.num_rows} records of"
         f" {sample.path} can be scored; first problem: {dead[0]['error']}")
+    # Predictions of the other kind are told by the output checks below.
+    if not (spec.predictions_kind and config.loss.from_logits_check and any(
+        d["reason"] == BAD_PREDICTION for d in dead)):
+      raise none_scored
   _check_classes(sample.num_rows, sample.path, dead)
   checked = losses.DENSE_CLASSIFICATION + losses.DEVIANCE_LOSSES + (
       losses.TAKES_PROBABILITIES if config.loss.from_logits_check else ())
@@ -377,6 +390,8 @@ def check_scoring(config: AuditConfig, spec: ScoringSpec, models: Models,
     _check_means(config, spec, outputs, sample.num_rows)
     if config.loss.from_logits_check:
       _check_outputs(config, spec, outputs, sample.num_rows)
+  if none_scored is not None:
+    raise none_scored
   if spec.num_folds:
     _check_every_fold(spec, scorer, sample)
   return scorer.computed_from
@@ -388,10 +403,18 @@ def _sample_outputs(spec: ScoringSpec, scorer: BatchScorer,
   model takes (a corrupt image is left out, found by halves as the scorer
   finds it); None when no row is good."""
   read = read_model_inputs(spec, sample.batch)
-  if read.bad.all():
+  bad = read.bad
+  # Rows of a predictions column that are not of its kind are dead-lettered
+  # one by one; but when they are most of the sample, the kind is wrong, as
+  # `_check_outputs` says.
+  wrong = next((p.rows for p in read.problems
+                if p.reason == BAD_PREDICTION), None)
+  if wrong is not None and 2 * wrong.sum() > (~bad).sum() + wrong.sum():
+    bad = bad & ~wrong
+  if bad.all():
     return None
-  parts = _outputs_by_halves(spec, scorer, read.inputs.rows(~read.bad),
-                             int((~read.bad).sum()))
+  parts = _outputs_by_halves(spec, scorer, read.inputs.rows(~bad),
+                             int((~bad).sum()))
   if not parts:
     return None
   return {term.output: np.concatenate([p[term.output] for p in parts])

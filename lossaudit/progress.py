@@ -64,3 +64,38 @@ def add(scored: int = 0, dead_lettered: int = 0) -> None:
                                                         dead_lettered)
   if line is not None:
     print(line, file=sys.stderr, flush=True)
+
+
+# Seconds between the lines of a long step before the run (checking input
+# files, looking for the first records), at least.
+CHECK_SECONDS = 10.0
+
+
+class Ticker:
+  """A progress line for a step done item by item before the run, printed
+  to stderr at most every `interval` seconds (none for a quick step).
+
+  Args:
+    what: the step, e.g. "checking input files".
+    total: how many items the step has.
+    interval: seconds between lines, at least.
+    clock: seconds since any fixed point, read at start and on each `tick`.
+  """
+
+  def __init__(self, what: str, total: int,
+               interval: float = CHECK_SECONDS,
+               clock: Callable[[], float] = time.monotonic):
+    self._what = what
+    self._total = total
+    self._interval = float(interval)
+    self._clock = clock
+    self._start = self._last = clock()
+
+  def tick(self, done: int) -> None:
+    """`done` items of the step are done: prints a line if one is due."""
+    now = self._clock()
+    if now - self._last < self._interval:
+      return
+    self._last = now
+    print(f"lossaudit: {self._what}: {done:,} of {self._total:,},"
+          f" {now - self._start:.0f} s", file=sys.stderr, flush=True)

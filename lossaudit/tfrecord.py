@@ -20,11 +20,19 @@ tf.data takes a partial 12-byte header at the end of a file for its end, so
 `tf_data_batches` checks that the records it read account for the whole
 stream (file size, or the gzip ISIZE trailer) and re-walks the file with
 `read_batches` when they do not.
+
+tf.data's reader of a plain file allocates a record's whole length before
+reading it, so a header whose length passes its CRC but runs past the end
+of the file (2**40, say) crashes the process. `_overlong_record` walks the
+headers of a plain file first (no data read, no CRC checked); a file with
+such a header goes to `read_batches`, which names it. tf.data's gzip reader
+grows its buffer as it inflates, and reports such a record as truncated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import struct
 import zlib
@@ -35,6 +43,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CHUNK_BYTES = 16 << 20
+# tf.data takes ~30 ms to set up its reader, a file: a shorter file (on
+# disk) is read by the walker (~1.5 µs a record), an empty one at once.
+TF_DATA_MIN_BYTES = 1 << 20
 # Compressed bytes inflated at a time: what a damaged piece could cost
 # without the step-by-step retry of `_inflate_until_damage`.
 GZIP_PIECE_BYTES = 1 << 20
@@ -43,6 +54,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _TF_COMPRESSION = {CompressionTypes.GZIP: "GZIP",
                    CompressionTypes.UNCOMPRESSED: ""}
 _HEADER = struct.Struct("<QI")
+_LENGTH = struct.Struct("<Q")
 _MASK_DELTA = 0xA282EAD8
 
 
@@ -176,8 +188,18 @@ def read_batches(path: str, batch_size: int,
   if records:
     yield records
   if pos < len(buffer):
-    yield Unreadable(index, consumed + pos,
-                     f"truncated ({len(buffer) - pos} trailing bytes)")
+    yield Unreadable(index, consumed + pos, _truncated(buffer, pos))
+
+
+def _truncated(buffer: bytes, pos: int) -> str:
+  """Why the stream ends inside the record framed at `buffer[pos:]`."""
+  left = len(buffer) - pos
+  if left >= 12:
+    length, length_crc = _HEADER.unpack_from(buffer, pos)
+    if masked_crc(buffer[pos:pos + 8]) == length_crc:
+      return (f"truncated ({left} trailing bytes; the record's header gives"
+              f" a length of {length})")
+  return f"truncated ({left} trailing bytes)"
 
 
 class _AfterStream(Exception):
@@ -290,10 +312,33 @@ def _accounts_for_stream(path: str, compression_type: str,
   return consumed % (1 << 32) == isize
 
 
+def _overlong_record(path: str) -> bool:
+  """Whether, following the record lengths of the local plain file `path`
+  from its start, one runs past the end of the file.
+
+  Lengths are not checked against their CRCs: up to the first header with
+  a bad one the chain is tf.data's, and tf.data stops there without
+  allocating; a chain gone astray after it only sends the file to the
+  slower walker.
+  """
+  size = os.path.getsize(path)
+  if size < _HEADER.size:
+    return False
+  unpack = _LENGTH.unpack_from
+  with open(path, "rb") as f, mmap.mmap(
+      f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+    pos = 0
+    last = size - _HEADER.size  # The last offset a whole header fits at.
+    while pos <= last:
+      pos += unpack(view, pos)[0] + 16
+    return pos > size
+
+
 def tf_data_batches(path: str, batch_size: int
                     ) -> Iterator[Union[List[bytes], Unreadable]]:
   """Like `read_batches`, through tf.data's C++ reader for local plain or
-  gzip files; other files go through `read_batches`.
+  gzip files of `TF_DATA_MIN_BYTES` or more; other files go through
+  `read_batches`.
 
   tf.data reads and checks the next batch on its own threads while the
   caller works on this one. When it finds damage it cannot say which record
@@ -304,7 +349,12 @@ def tf_data_batches(path: str, batch_size: int
 
   compression_type = compression_of(path)
   remote = "://" in path  # TensorFlow's own gs:// support may be absent.
-  if remote or compression_type not in _TF_COMPRESSION:
+  if (remote or compression_type not in _TF_COMPRESSION or
+      os.path.getsize(path) < TF_DATA_MIN_BYTES):
+    yield from read_batches(path, batch_size, compression_type)
+    return
+  if (compression_type == CompressionTypes.UNCOMPRESSED and
+      _overlong_record(path)):
     yield from read_batches(path, batch_size, compression_type)
     return
   compression = _TF_COMPRESSION[compression_type]

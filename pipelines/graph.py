@@ -12,7 +12,14 @@ from typing import Dict, NamedTuple, Optional
 import apache_beam as beam
 import pyarrow.compute as pc
 
-from lossaudit import dead_letters, drift, outputs, preflight, weights
+from lossaudit import (
+  METRICS_NAMESPACE,
+  dead_letters,
+  drift,
+  outputs,
+  preflight,
+  weights,
+)
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.flag_counts import FlagCounts
@@ -188,7 +195,7 @@ def _read(p: beam.Pipeline, config: AuditConfig,
     read = p | "Read" >> ReadTFExampleBatches(
         plan.files, plan.tf_schema, config.batch_size,
         raw_records=plan.spec.reads_raw_records,
-        positions=plan.spec.positions)
+        positions=plan.spec.positions, id_column=config.input.id_column)
   else:
     read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
                                             config.batch_size,
@@ -436,7 +443,25 @@ def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,
         dead_letter(path, None, "not a regular file (a FIFO, device, socket"
                     " or directory); never opened", NOT_A_REGULAR_FILE)
         for path in plan.not_regular]),)
-  return parts | "DeadLetters" >> beam.Flatten()
+  return (parts | "DeadLetters" >> beam.Flatten()
+          | "CountDeadLetters" >> beam.ParDo(_CountDeadLetters()))
+
+
+class _CountDeadLetters(beam.DoFn):
+  """Counts every dead-letter entry in the `examples_dead_lettered` metric,
+  whatever stage made it (as `summary.json` counts them), and passes it
+  on."""
+
+  def __init__(self):
+    self._dead = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                              "examples_dead_lettered")
+
+  def start_bundle(self):
+    self._dead.inc(0)  # Reported as 0 when nothing is dead-lettered.
+
+  def process(self, entry):
+    self._dead.inc()
+    yield entry
 
 
 def _write_summary(p: beam.Pipeline, config: AuditConfig,

@@ -11,6 +11,7 @@ import json
 
 import keras
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -382,3 +383,59 @@ def test_run_parquet_with_bad_labels_and_weights(
                              rtol=1e-5)
   np.testing.assert_allclose(losses.column("weighted_loss").to_numpy(),
                              expected * weights[keep], rtol=1e-5)
+
+
+def _dead_letters(out):
+  return [json.loads(line) for path in sorted((out / "dead_letter").iterdir())
+          for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["probabilities", "logits"])
+def test_every_row_of_a_predictions_column_is_checked(tmp_path, write_config,
+                                                      kind):
+  """Rows past the first 64 (the pre-run sample) that are not of
+  `predictions_kind` are dead-lettered one by one; the rest of each batch
+  is scored, with Keras' losses."""
+  n, k = 300, 3
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(n, k))
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  values = (probs if kind == "probabilities" else logits).astype(np.float32)
+  bad = {"probabilities": {100: [2, -1, 0], 150: [0.5, 0.6, 0.1],
+                           200: [np.nan, 0.5, 0.5], 299: [0.2, 0.3, 1.5]},
+         "logits": {100: [np.inf, 0, 1], 200: [0, np.nan, 1],
+                    299: [-np.inf, 2, 3]}}[kind]
+  for row, value in bad.items():
+    values[row] = value
+  labels = rng.integers(0, k, n)
+  ids = np.array([f"row-{i:03d}" for i in range(n)])
+  pq.write_table(pa.table({
+      "id": ids, "label": labels,
+      "p": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
+  }), tmp_path / "data.parquet")
+  out = tmp_path / "out"
+  config = base_config(tmp_path / "data.parquet", "", out, batch_size=128,
+                       model={"predictions_column": "p",
+                              "predictions_kind": kind},
+                       loss={"from_logits": kind == "logits"})
+  config["input"]["format"] = "parquet"
+  summary = audit.run(["--config", write_config(config)])
+  dead = sorted(_dead_letters(out), key=lambda d: d["id"])
+  assert [(d["id"], d["reason"]) for d in dead] == [
+      (ids[row], "bad_prediction") for row in sorted(bad)]
+  described = ("is not a probability vector (values in [0, 1] summing to 1"
+               " within 0.001)" if kind == "probabilities" else
+               "holds a logit that is not finite")
+  for d, row in zip(dead, sorted(bad)):
+    shown = [float(f"{v:.6g}") for v in values[row].tolist()]
+    assert d["error"] == (f"prediction {shown} in 'p' {described};"
+                          f" model.predictions_kind: {kind}")
+  assert (summary["examples_scored"], summary["examples_dead_lettered"]) == (
+      n - len(bad), len(bad))
+  good = np.array([i for i in range(n) if i not in bad])
+  losses = pd.read_parquet(out / "losses").set_index("id").loc[ids[good]]
+  expected = keras.losses.SparseCategoricalCrossentropy(
+      from_logits=kind == "logits", reduction=None)(
+          labels[good], values[good]).numpy()
+  np.testing.assert_allclose(losses["loss"], expected, rtol=1e-5, atol=1e-6)
+  assert (losses["self_confidence"] >= 0).all()

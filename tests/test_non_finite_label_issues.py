@@ -3,6 +3,9 @@
 Two NaN-probability rows among 344 once made every per-class threshold NaN;
 now they are flagged `non_finite`, left out of the thresholds, the joint and
 the ranking, and counted. The expectation is cleanlab's on the finite rows.
+The probabilities come from a model that passes its input through (a
+`model.predictions_column` row with a NaN is a `bad_prediction` dead letter,
+see test_bad_values.py).
 """
 
 import numpy as np
@@ -23,6 +26,12 @@ NAN_ROWS = (17, 200)
     "confident_learning",
     pytest.param("prune_by_noise_rate", marks=pytest.mark.slow)])
 def test_nan_probability_rows_are_left_out(tmp_path, write_config, method):
+  import keras
+
+  inputs = keras.Input((K,), name="p")
+  model_path = str(tmp_path / "pass-through.keras")
+  keras.Model(inputs, keras.layers.Activation("linear", name="probs")(
+      inputs)).save(model_path)
   probs, given, _ = noisy_probs(N, K, 0.15, seed=3)
   probs[list(NAN_ROWS), 1] = np.nan
   ids = np.array([f"row-{i:03d}" for i in range(N)])
@@ -31,8 +40,7 @@ def test_nan_probability_rows_are_left_out(tmp_path, write_config, method):
       "p": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K),
   }), tmp_path / "data.parquet")
   out = tmp_path / "out"
-  config = base_config(tmp_path / "data.parquet", "", out,
-                       model={"predictions_column": "p"},
+  config = base_config(tmp_path / "data.parquet", model_path, out,
                        flag={"loss_quantile": None, "label_issues": method})
   config["input"]["format"] = "parquet"
   summary = audit.run(["--config", write_config(config)])

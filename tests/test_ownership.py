@@ -675,3 +675,20 @@ def test_cli_refuses_a_clean_folder_linked_into_the_input(
       2, f"lossaudit: error: {_link_message(out, 'clean', data)}\n")
   assert snapshot(data) == before
   assert sorted(os.listdir(out)) == [ownership.MARKER, "clean"]
+
+
+def test_a_file_name_that_is_not_utf8_stops_the_run_naming_it(
+    tmp_path, tfrecord_dir, classifier_path, write_config, capsys):
+  data = tmp_path / "data"
+  shutil.copytree(tfrecord_dir, data)
+  bad = os.fsencode(data) + b"/bad\xff.tfrecord.gz"
+  with open(bad, "wb") as f:
+    f.write((tfrecord_dir / "part-00000-of-00003.tfrecord.gz").read_bytes())
+  pattern = str(data / "*.tfrecord.gz")
+  code, err = _main(base_config(pattern, classifier_path, tmp_path / "out"),
+                    write_config, capsys)
+  assert (code, err) == (
+      2, f"lossaudit: error: input.pattern: expected file names that are"
+      f" valid UTF-8; {pattern!r} matches one that is not. Received:"
+      f" {bad!r}\n")
+  assert not (tmp_path / "out").exists()

@@ -454,3 +454,59 @@ def test_cli_quiets_tensorflow_unless_told(tmp_path, monkeypatch, capsys,
   assert cli.main(["run", "--config", str(config), "--sett"]) == 2
   assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == level
   assert "--sett" in capsys.readouterr().err
+
+
+def test_an_audit_over_two_thousand_files_mostly_empty_counts_every_record(
+    tmp_path, columns, classifier_path, write_config):
+  """A glob of 2,000 files, 1,997 of them empty: each file costs little (no
+  tf.data reader is set up for a small one), and every record is scored."""
+  from lossaudit import datasets
+
+  data = tmp_path / "data"
+  datasets.write_tfrecords(str(tmp_path / "real"), {
+      k: v[:300] for k, v in columns.items()}, num_shards=3, compression=None)
+  data.mkdir()
+  for i, shard in enumerate(sorted((tmp_path / "real").iterdir())):
+    shard.rename(data / f"shard-{700 * i + 5:04d}.tfrecord")
+  for i in range(2000):
+    path = data / f"shard-{i:04d}.tfrecord"
+    if not path.exists():
+      path.write_bytes(b"")
+  out = tmp_path / "out"
+  summary = audit.run(["--config", write_config(base_config(
+      data / "*.tfrecord", classifier_path, out))])
+  assert (summary["examples_scored"], summary["examples_dead_lettered"]) == (
+      300, 0)
+  counters = summary["metrics"]["counters"]
+  assert (counters["records_read"], counters["examples_dead_lettered"]) == (
+      300, 0)
+  assert sorted(_read(out, "losses")["id"]) == sorted(columns["id"][:300])
+
+
+def test_the_dead_letter_metric_counts_every_kind_of_dead_letter(
+    tmp_path, classifier_path, write_config):
+  """Read-side dead letters (an unreadable stretch, a file that is not
+  regular, a record that is not a tf.train.Example) and scoring-side ones
+  alike: the Beam counter agrees with the summary's count."""
+  from lossaudit import datasets
+  from tests.helpers import make_columns
+
+  cols = make_columns(n=200, seed=6)
+  cols["label"][[3, 50]] = [7, -1]  # label_out_of_range, twice.
+  data = tmp_path / "data"
+  datasets.write_tfrecords(str(data), cols, num_shards=1, compression=None)
+  datasets.write_tfrecords(str(data), {"id": np.array(["broken"]),
+                                       "label": np.array([1])},
+                           num_shards=1, compression=None, prefix="zz-missing")
+  shard = next(data.glob("part-*.tfrecord")).read_bytes()
+  (data / "truncated.tfrecord").write_bytes(shard[:-5])
+  (data / "text.tfrecord").write_text("not a TFRecord file\n" * 10)
+  os.mkfifo(data / "pipe.tfrecord")
+  out = tmp_path / "out"
+  summary = audit.run(["--config", write_config(base_config(
+      data / "*.tfrecord", classifier_path, out))])
+  assert summary["dead_letter"]["by_reason"] == {
+      "label_out_of_range": 4, "missing_feature": 1,
+      "not_a_regular_file": 1, "unreadable_stretch": 2}
+  assert summary["examples_dead_lettered"] == 8
+  assert summary["metrics"]["counters"]["examples_dead_lettered"] == 8

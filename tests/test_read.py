@@ -171,7 +171,8 @@ def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
              " after it were read"),
             ("truncated.tfrecord", f"unreadable from record 9 (byte"
              f" {9 * record_size}): truncated ({record_size - 7} trailing"
-             " bytes)")]), label="dead")
+             f" bytes; the record's header gives a length of"
+             f" {record_size - 16})")]), label="dead")
 
 
 def test_compression_found_by_content_and_bad_files_dead_lettered(
@@ -290,12 +291,22 @@ def _plain_records(tmp_path, columns, n=_WRITTEN):
 
 def _walk(path):
   """`(records read, Unreadable markers)` of one file, as the pipeline
-  reads it."""
+  reads it: by the walker (a small file), and the same through tf.data."""
   from lossaudit import tfrecord
 
-  items = list(tfrecord.tf_data_batches(str(path), batch_size=100))
-  read = sum(len(i) for i in items if isinstance(i, list))
-  return read, [i for i in items if isinstance(i, tfrecord.Unreadable)]
+  def walked():
+    items = list(tfrecord.tf_data_batches(str(path), batch_size=100))
+    read = sum(len(i) for i in items if isinstance(i, list))
+    return read, [i for i in items if isinstance(i, tfrecord.Unreadable)]
+
+  by_walker = walked()
+  least = tfrecord.TF_DATA_MIN_BYTES
+  tfrecord.TF_DATA_MIN_BYTES = 0
+  try:
+    assert walked() == by_walker
+  finally:
+    tfrecord.TF_DATA_MIN_BYTES = least
+  return by_walker
 
 
 def _gzip(data: bytes) -> bytes:
@@ -427,6 +438,78 @@ def test_short_files_and_gzip_damage_through_the_pipeline(tmp_path, columns):
                 label="dead")
 
 
+
+# Read in a child process: before the check, tf.data's plain-file reader
+# allocated the crafted length and the process died (SIGSEGV).
+_READ_CHILD = """
+import json, sys
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from tests.test_read import _schema
+from lossaudit import dead_letters, tfrecord
+from lossaudit.transforms.read import ReadTFExampleBatches
+
+tfrecord.TF_DATA_MIN_BYTES = 0  # tf.data reads these small files too.
+with TestPipeline() as p:
+  read = p | ReadTFExampleBatches(sys.argv[1:], _schema(), batch_size=100)
+  (read["batches"] | beam.Map(lambda e: ("rows", e[0], e[1].num_rows))
+   | "Rows" >> beam.Map(lambda r: print(json.dumps(r), flush=True)))
+  (read[dead_letters.TAG]
+   | beam.Map(lambda d: ("dead", d["source"], d["reason"], d["error"]))
+   | "Dead" >> beam.Map(lambda r: print(json.dumps(r), flush=True)))
+"""
+
+
+def _overlong(raw: bytes, length: int) -> bytes:
+  """`raw`, then a header of `length` with a valid CRC and a few bytes."""
+  import struct
+
+  header = struct.pack("<Q", length)
+  return raw + header + struct.pack("<I", tfrecord.masked_crc(header)) + (
+      b"\x07" * 30)
+
+
+def test_a_length_past_the_end_is_one_unreadable_stretch_not_a_crash(
+    tmp_path, columns):
+  import json
+  import subprocess
+  import sys
+
+  from tests.helpers import REPO, audit_env
+
+  raw, written = _plain_records(tmp_path, columns)
+  files = {"good.tfrecord": raw,
+           "overlong.tfrecord": _overlong(raw, 1 << 40),
+           "overlong.tfrecord.gz": _gzip(_overlong(raw, 1 << 40)),
+           "past-end.tfrecord": _overlong(raw, 1000)}
+  for name, data in files.items():
+    (tmp_path / name).write_bytes(data)
+  child = subprocess.run(
+      [sys.executable, "-c", _READ_CHILD] + [str(tmp_path / n)
+                                            for n in files],
+      cwd=REPO, env=audit_env(), capture_output=True, text=True, check=False)
+  assert child.returncode == 0, child.stderr[-2000:]
+  lines = [json.loads(line) for line in child.stdout.splitlines()]
+  rows = {}
+  for _, source, n in (line for line in lines if line[0] == "rows"):
+    name = source.rsplit("/", 1)[-1]
+    rows[name] = rows.get(name, 0) + n
+  assert rows == {name: written for name in files}
+  dead = sorted((d[1].rsplit("/", 1)[-1], d[2], d[3]) for d in lines
+                if d[0] == "dead")
+  where = f"unreadable from record {written} (byte {len(raw)}): truncated"
+  assert dead == [
+      ("overlong.tfrecord", "unreadable_stretch",
+       f"{where} (42 trailing bytes; the record's header gives a length of"
+       f" {1 << 40})"),
+      ("overlong.tfrecord.gz", "unreadable_stretch",
+       f"{where} (42 trailing bytes; the record's header gives a length of"
+       f" {1 << 40})"),
+      ("past-end.tfrecord", "unreadable_stretch",
+       f"{where} (42 trailing bytes; the record's header gives a length of"
+       " 1000)")]
+
+
 def _label_record(label):
   import numpy as np
 
@@ -477,6 +560,55 @@ def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(
   assert summary["dead_letter"]["by_reason"] == {"wrong_type": 1}
   assert (summary["examples_read"], summary["examples_scored"],
           summary["examples_dead_lettered"]) == (written, written - 1, 1)
+  (dead,) = [json.loads(line) for line in next(
+      (out / "dead_letter").iterdir()).read_text().splitlines()]
+  assert (dead["id"], dead["reason"]) == ("odd-1.0", "wrong_type")
+  assert dead["error"].startswith("feature 'label' has the wrong type:")
+
+
+def test_wrong_typed_records_carry_their_id_and_name_the_feature(tmp_path):
+  import numpy as np
+  from tensorflow.core.example import example_pb2
+
+  def record(id_kind, x_kind, label_kind):
+    example = example_pb2.Example()
+    feature = example.features.feature
+    values = {"bytes_list": [b"r-7"], "int64_list": [7],
+              "float_list": [7.0]}
+    for name, kind in (("id", id_kind), ("x", x_kind),
+                       ("label", label_kind)):
+      getattr(feature[name], kind).value.extend(
+          values[kind] * (16 if name == "x" else 1))
+    return example.SerializeToString()
+
+  good = datasets.to_examples({"id": np.array(["ok-0", "ok-1"]),
+                               "x": np.zeros((2, 16), np.float32),
+                               "label": np.array([1, 2])})
+  bad_x = record("bytes_list", "bytes_list", "int64_list")
+  bad_label = record("bytes_list", "float_list", "float_list")
+  bad_id = record("float_list", "float_list", "int64_list")
+  example = example_pb2.Example.FromString(bad_x)
+  example.features.feature["id"].bytes_list.value[0] = b"\xffr-7"
+  not_utf8 = example.SerializeToString()
+  path = tmp_path / "mixed.tfrecord"
+  import tensorflow as tf
+
+  with tf.io.TFRecordWriter(str(path)) as w:
+    for r in [good[0], bad_x, bad_label, bad_id, not_utf8, good[1]]:
+      w.write(r)
+  with TestPipeline() as p:
+    read = p | ReadTFExampleBatches([str(path)], _schema(), batch_size=10,
+                                    id_column="id")
+    assert_that(_summed(read["batches"], "All"),
+                equal_to([("mixed.tfrecord", 2)]), label="rows")
+    assert_that(read[dead_letters.TAG] | beam.Map(
+        lambda d: (d["id"], d["reason"], d["error"].split(":")[0])),
+        equal_to([
+            ("r-7", "wrong_type", "feature 'x' has the wrong type"),
+            ("r-7", "wrong_type", "feature 'label' has the wrong type"),
+            (None, "wrong_type", "feature 'id' has the wrong type"),
+            (None, "wrong_type", "feature 'x' has the wrong type")]),
+        label="dead")
 
 
 def test_parquet_categorical_columns_are_read_as_their_values(tmp_path):

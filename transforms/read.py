@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import (
   Any,
+  Dict,
   Iterable,
   Iterator,
   List,
@@ -32,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
 from lossaudit import columns as cols
@@ -94,6 +96,10 @@ class _Piece(NamedTuple):
   outputs: List[Union[Tuple[str, pa.RecordBatch], beam.pvalue.TaggedOutput]]
 
 
+_KINDS = {schema_pb2.BYTES: "bytes_list", schema_pb2.INT: "int64_list",
+          schema_pb2.FLOAT: "float_list"}
+
+
 class _Decoder:
   """tfx_bsl's `ExamplesToRecordBatchDecoder` for one schema.
 
@@ -103,6 +109,9 @@ class _Decoder:
 
   def __init__(self, schema: bytes):
     self._schema = schema
+    # Each feature's tf.train.Feature kind, as the schema decodes it.
+    self.kinds = {f.name: _KINDS.get(f.type) for f in
+                  schema_pb2.Schema.FromString(schema).feature}
     self._renew()
 
   def _renew(self):
@@ -127,11 +136,13 @@ class _ReadTFExampleFile(beam.DoFn):
   """
 
   def __init__(self, schema: bytes, batch_size: int, raw_records: bool,
-               metrics_prefix: str = "", positions: bool = False):
+               metrics_prefix: str = "", positions: bool = False,
+               id_column: Optional[str] = None):
     self._schema = schema
     self._batch_size = batch_size
     self._raw_records = raw_records
     self._positions = positions
+    self._id_column = id_column
     self._records_read = Metrics.counter(METRICS_NAMESPACE,
                                          f"{metrics_prefix}records_read")
     self._unreadable = Metrics.counter(
@@ -184,10 +195,11 @@ class _ReadTFExampleFile(beam.DoFn):
           half = len(part) // 2
           pending[:0] = [(start, part[:half]), (start + half, part[half:])]
           continue
-        reason, what = _why_undecodable(part[0])
+        reason, what, id_ = _why_undecodable(part[0], decoder.kinds,
+                                             self._id_column)
         dead.append(beam.pvalue.TaggedOutput(
             dead_letters.TAG, dead_letters.dead_letter(
-                path, None, explained(what, e), reason)))
+                path, id_, explained(what, e), reason)))
         continue
       good.append((start, part, batch))
     positions = [np.arange(start, start + len(part)) for start, part, _ in good]
@@ -211,13 +223,48 @@ def with_positions(batch: pa.RecordBatch, positions: np.ndarray
                              pa.array(positions, pa.int64()))
 
 
-def _why_undecodable(record: bytes) -> Tuple[str, str]:
-  """`(reason code, description)` of a record the decoder refused."""
+def _why_undecodable(record: bytes, kinds: Dict[str, Optional[str]],
+                     id_column: Optional[str]
+                     ) -> Tuple[str, str, Optional[str]]:
+  """`(reason code, description, id)` of a record the decoder refused.
+
+  The description names the first feature (in the schema's order) stored
+  as another kind than `kinds` says; the id is the record's first value of
+  `id_column` when that is of its kind (and UTF-8), else None.
+  """
   try:
-    example_pb2.Example.FromString(record)
+    example = example_pb2.Example.FromString(record)
   except DecodeError:
-    return dead_letters.NOT_AN_EXAMPLE, "not a tf.train.Example"
-  return dead_letters.WRONG_TYPE, "a feature has the wrong type"
+    return dead_letters.NOT_AN_EXAMPLE, "not a tf.train.Example", None
+  features = example.features.feature
+  stored = {name: features[name].WhichOneof("kind") for name in kinds
+            if name in features}
+  wrong = next((name for name, kind in stored.items()
+                if kind is not None and kind != kinds[name]), None)
+  what = ("a feature has the wrong type" if wrong is None else
+          f"feature {wrong!r} has the wrong type")
+  return dead_letters.WRONG_TYPE, what, _record_id(features, kinds, id_column)
+
+
+def _record_id(features, kinds: Dict[str, Optional[str]],
+               id_column: Optional[str]) -> Optional[str]:
+  """The first value of `id_column` in a record's `features`, as text;
+  None when it is missing, of another kind than `kinds` says, or bytes
+  that are not UTF-8."""
+  if id_column is None or id_column not in features:
+    return None
+  kind = features[id_column].WhichOneof("kind")
+  if kind is None or kind != kinds.get(id_column):
+    return None
+  values = getattr(features[id_column], kind).value
+  if not values:
+    return None
+  if kind == "bytes_list":
+    try:
+      return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+      return None
+  return str(values[0])
 
 
 class ReadTFExampleBatches(beam.PTransform):
@@ -227,17 +274,20 @@ class ReadTFExampleBatches(beam.PTransform):
   are found only by walking it). Outputs: the main output of batches, and
   `dead_letter` entries. With `raw_records`, each batch also holds its
   records' bytes (`model_inputs.RAW_RECORD_COLUMN`), for a model that takes
-  serialized tf.Examples.
+  serialized tf.Examples. With `id_column`, a record dead-lettered for a
+  feature of the wrong type carries its id when that one is readable.
   """
 
   def __init__(self, files: Sequence[str], schema: bytes, batch_size: int,
-               raw_records: bool = False, positions: bool = False):
+               raw_records: bool = False, positions: bool = False,
+               id_column: Optional[str] = None):
     super().__init__()
     self._files = list(files)
     self._schema = schema
     self._batch_size = batch_size
     self._raw_records = raw_records
     self._positions = positions
+    self._id_column = id_column
 
   def expand(self, pbegin):
     return (pbegin
@@ -245,7 +295,8 @@ class ReadTFExampleBatches(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
             | "ReadAndDecode" >> beam.ParDo(_ReadTFExampleFile(
                 self._schema, self._batch_size, self._raw_records,
-                positions=self._positions)).with_outputs(
+                positions=self._positions,
+                id_column=self._id_column)).with_outputs(
                     dead_letters.TAG, main="batches"))
 
 

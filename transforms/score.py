@@ -90,7 +90,6 @@ class _ScoreBatchFn(beam.DoFn):
     self._clock = clock
     self._shared_handle = shared.Shared()
     self._scored = Metrics.counter(METRICS_NAMESPACE, "examples_scored")
-    self._dead = Metrics.counter(METRICS_NAMESPACE, "examples_dead_lettered")
     self._latency = Metrics.distribution(METRICS_NAMESPACE, "batch_latency_ms")
     self._halvings = Metrics.counter(METRICS_NAMESPACE, "batch_size_halvings")
 
@@ -157,7 +156,6 @@ class _ScoreBatchFn(beam.DoFn):
                                  result.finished))
     for entry in dead:
       yield beam.pvalue.TaggedOutput(dead_letters.TAG, entry)
-    self._dead.inc(len(dead))
     num_scored = 0 if scored is None else scored.num_rows
     progress.add(num_scored, len(dead))
     if scored is not None:
