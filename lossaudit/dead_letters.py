@@ -41,7 +41,8 @@ MODEL_ERROR = "model_error"  # The model raised a data error on the record.
 
 
 def dead_letter(source: str, id_: Optional[str], error: str,
-                reason: str) -> Dict[str, Any]:
+                reason: str, column: Optional[str] = None
+                ) -> Dict[str, Any]:
   """One dead-letter entry, as written to `dead_letter/*.jsonl`.
 
   Args:
@@ -49,8 +50,13 @@ def dead_letter(source: str, id_: Optional[str], error: str,
     id_: its id, when one could be read.
     error: what was wrong, for a person.
     reason: a reason code (the first problem found), for counting.
+    column: the column (feature) to blame, when one is; the entry then has
+      `column`.
   """
-  return {"source": source, "id": id_, "error": error, "reason": reason}
+  entry = {"source": source, "id": id_, "error": error, "reason": reason}
+  if column is not None:
+    entry["column"] = column
+  return entry
 
 
 class Problem(NamedTuple):
@@ -63,12 +69,14 @@ class Problem(NamedTuple):
       entry of `values`.
     values: `(N,)` numpy or Arrow array, the value each row's message
       names; None when the message names none.
+    column: the column to blame, when one is (the entry's `column`).
   """
 
   rows: np.ndarray
   reason: str
   message: str
   values: Any = None
+  column: Optional[str] = None
 
 
 def from_problems(source: str, ids: Optional[pa.Array],
@@ -95,7 +103,7 @@ def from_problems(source: str, ids: Optional[pa.Array],
                 for p in found]
     id_ = ids[row].as_py() if ids is not None else None
     entries.append(dead_letter(source, id_, "; ".join(messages),
-                               found[0].reason))
+                               found[0].reason, found[0].column))
   return entries
 
 

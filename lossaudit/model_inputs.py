@@ -278,7 +278,7 @@ def _bad_predictions(spec: ScoringSpec, values: np.ndarray,
   return Problem(wrong, BAD_PREDICTION,
                  f"prediction {{value}} in {spec.features[0].column!r}"
                  f" {what}; model.predictions_kind: {spec.predictions_kind}",
-                 shown)
+                 shown, column=spec.features[0].column)
 
 
 def _missing(n: int, what: str, name: str, reason: str) -> Problem:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -205,17 +206,21 @@ def _other_columns(config: AuditConfig) -> set:
   return {c for c in named if c is not None}
 
 
+# The names Keras gives an unnamed `keras.Input` (`input_layer_3`; Keras 2:
+# `input_1`).
+_KERAS_INPUT_NAME = re.compile(r"input(?:_layer)?(?:_\d+)?")
+
+
 def match_lone_input(config: AuditConfig, features: Sequence[Feature],
                      sample: Sample) -> Tuple[Feature, ...]:
   """`features`, with a one-input model's input read from the data's one
-  candidate column when no column has the input's name: an unnamed
-  `keras.Input` is called `input_layer` (or `input_layer_3`) by Keras, which
-  names no column. A candidate is a column the config gives no other role
+  candidate column when the input has a name Keras made up (an unnamed
+  `keras.Input` is `input_layer`, `input_layer_3`) and no column has it. A candidate is a column the config gives no other role
   (id, label, weight, fold, slice). With `input.feature_columns` set, or
   none or several candidates, `features` are returned as they are
   (`check_columns` then names `input.feature_columns`)."""
   if (config.input.feature_columns is not None or len(features) != 1
-      or features[0].column == RAW_RECORD_COLUMN
+      or not _KERAS_INPUT_NAME.fullmatch(features[0].model_input)
       or features[0].column in sample.columns):
     return tuple(features)
   candidates = [c for c in sample.columns if c not in _other_columns(config)]

@@ -313,6 +313,10 @@ def _comparison(found: Optional[Dict]) -> str:
           + gates + rates + "<h3>Loss quantiles</h3>" + shifts + label)
 
 
+def _or(value: Any, otherwise: str) -> Any:
+  return otherwise if value is None else value
+
+
 def _history_section(summary: Dict, columns: Sequence[str],
                      top_new: Sequence[Dict[str, Any]]) -> str:
   """New, persistent and resolved flags, and the top new ones; empty
@@ -323,14 +327,20 @@ def _history_section(summary: Dict, columns: Sequence[str],
   baseline = (summary.get("flag_history") or {}).get("baseline")
   note = ("" if baseline else "<p>No baseline run yet: every flag is"
           " new.</p>")
-  table = _table(["new", "persistent", "resolved", "baseline flags not"
-                  " scored"],
-                 [[counts["new"], counts["persistent"], counts["resolved"],
+  unknown = "unknown (the baseline kept no ids)"
+  table = _table(["new", "of them on new rows", "of them regressions",
+                  "persistent", "resolved", "baseline flags not scored"],
+                 [[counts["new"],
+                   _or(counts.get("new_rows"), unknown),
+                   _or(counts.get("regressions"), unknown),
+                   counts["persistent"], counts["resolved"],
                    counts["baseline_not_scored"]]], "flag-history")
   new = (_table(columns, [[row.get(c) for c in columns] for row in top_new],
                 "new-flags") if top_new else "<p>No new flags.</p>")
   return (f"<h2>Flag history</h2>{note}<p>New: flagged now, not in the"
-          " baseline run; persistent: flagged in both (first_flagged is the"
+          " baseline run, on rows the baseline never scored (new data) or"
+          " on rows it scored and did not flag (regressions); persistent:"
+          " flagged in both (first_flagged is the"
           " run where the streak began); resolved: flagged in the baseline,"
           " scored now and no longer flagged (listed under"
           f" <code>resolved/</code>).</p>{table}"

@@ -390,8 +390,8 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
     written[outputs.RESOLVED] = history.resolved | (
         "WriteResolved" >> WriteParquetShards(
             out, outputs.RESOLVED, RESOLVED_SCHEMA, num_shards))
-  if config.gate.baseline is not None and not config.output.write_losses:
-    # What the next run's flag history needs of this one (else losses/).
+  if not config.output.write_losses:
+    # What a later run's flag history needs of this one (else losses/).
     written[outputs.SCORED_IDS] = (
         scored.batches
         | "ScoredIds" >> beam.Map(lambda batch: batch.select(["id"]))

@@ -174,6 +174,24 @@ def test_relabel_keeps_label_issues_with_the_suggested_label(
   assert summary["clean"]["dropped"] == 0
 
 
+def test_an_unsure_label_issue_is_dropped_not_relabelled(
+    dataset, tmp_path, write_config):
+  """The model gives the suggested labels 0.9: under a bar of 0.95 nothing
+  is relabelled, and the label issues follow drop_reasons (all)."""
+  out = tmp_path / "out"
+  summary = _run(_config(
+      dataset[0], "parquet", out,
+      flag={"loss_threshold": None, "label_issues": "confident_learning"},
+      output={"clean": {"relabel": True, "relabel_min_probability": 0.95}}),
+      write_config)
+  assert summary["clean"]["relabelled"] == 0
+  assert summary["clean"]["dropped"] == len(WRONG)
+  assert set(_read_clean_labels(str(out), "parquet")) == {
+      f"id{i:03d}" for i in range(N)} - {
+          f"id{i:03d}" for i in WRONG | OUT_OF_RANGE}
+  assert summary["files"]["relabelled"] == []
+
+
 def _read_clean_labels(out, fmt):
   labels = {}
   for path in _clean_files(out):
@@ -232,6 +250,16 @@ def test_drop_actions():
   assert actions.relabelled.tolist() == [False, True, False, False]
   plain = clean.drop_actions(reasons, clean.REASONS, False)
   assert plain.dropped.all() and not plain.relabelled.any()
+  # A label issue the model is not sure of (relabel_min_probability) follows
+  # drop_reasons: dropped when they hold label_issue, else kept as it is.
+  unsure = np.array([True, False, True, True])
+  actions = clean.drop_actions(reasons, ("top_k", "label_issue"), True,
+                               unsure)
+  assert actions.dropped.tolist() == [True, True, True, False]
+  assert actions.relabelled.tolist() == [False, False, False, False]
+  kept = clean.drop_actions(reasons, ("top_k",), True, unsure)
+  assert kept.dropped.tolist() == [True, False, True, False]
+  assert not kept.relabelled.any()
 
 
 @pytest.mark.parametrize("output,flag,gate,message", [

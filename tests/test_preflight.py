@@ -93,13 +93,17 @@ def test_probe_checks_the_plans_columns():
       " reads the columns named as the inputs); no column is named 'x' in the"
       " first 2 records of data.parquet. Set input.feature_columns: {x:"
       " COLUMN}, COLUMN one of ['pixels', 'pixels2']")
-  # One candidate column (not the id or the label): the lone input reads it.
+  # A lone input Keras named (`input_layer_2`) reads the one candidate
+  # column (not the id or the label); an input named by its user does not.
   lone = _sample(id=["a"], label=[0], pixels=[[0.0] * 4])
-  (feature,) = probe.match_lone_input(config, features, lone)
-  assert feature.column == "pixels" and feature.model_input == "x"
+  assert probe.match_lone_input(config, features, lone) == tuple(features)
+  unnamed = (features[0]._replace(model_input="input_layer_2",
+                                  column="input_layer_2"),)
+  (feature,) = probe.match_lone_input(config, unnamed, lone)
+  assert feature == unnamed[0]._replace(column="pixels")
   probe.check_columns(config, (feature,), lone)
   named = _config(input={"feature_columns": ["x"]})
-  assert probe.match_lone_input(named, features, lone) == tuple(features)
+  assert probe.match_lone_input(named, unnamed, lone) == unnamed
   assert sample.value_type("x") == pa.float64()
   assert sample.value_type("nope") is None
   assert _sample(n=[None]).value_type("n") is None

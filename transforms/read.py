@@ -195,11 +195,11 @@ class _ReadTFExampleFile(beam.DoFn):
           half = len(part) // 2
           pending[:0] = [(start, part[:half]), (start + half, part[half:])]
           continue
-        reason, what, id_ = _why_undecodable(part[0], decoder.kinds,
-                                             self._id_column)
+        reason, what, id_, column = _why_undecodable(
+            part[0], decoder.kinds, self._id_column)
         dead.append(beam.pvalue.TaggedOutput(
             dead_letters.TAG, dead_letters.dead_letter(
-                path, id_, explained(what, e), reason)))
+                path, id_, explained(what, e), reason, column)))
         continue
       good.append((start, part, batch))
     positions = [np.arange(start, start + len(part)) for start, part, _ in good]
@@ -225,8 +225,9 @@ def with_positions(batch: pa.RecordBatch, positions: np.ndarray
 
 def _why_undecodable(record: bytes, kinds: Dict[str, Optional[str]],
                      id_column: Optional[str]
-                     ) -> Tuple[str, str, Optional[str]]:
-  """`(reason code, description, id)` of a record the decoder refused.
+                     ) -> Tuple[str, str, Optional[str], Optional[str]]:
+  """`(reason code, description, id, column)` of a record the decoder
+  refused (the column: the feature stored as another kind, when found).
 
   The description names the first feature (in the schema's order) stored
   as another kind than `kinds` says; the id is the record's first value of
@@ -235,7 +236,7 @@ def _why_undecodable(record: bytes, kinds: Dict[str, Optional[str]],
   try:
     example = example_pb2.Example.FromString(record)
   except DecodeError:
-    return dead_letters.NOT_AN_EXAMPLE, "not a tf.train.Example", None
+    return dead_letters.NOT_AN_EXAMPLE, "not a tf.train.Example", None, None
   features = example.features.feature
   stored = {name: features[name].WhichOneof("kind") for name in kinds
             if name in features}
@@ -243,7 +244,8 @@ def _why_undecodable(record: bytes, kinds: Dict[str, Optional[str]],
                 if kind is not None and kind != kinds[name]), None)
   what = ("a feature has the wrong type" if wrong is None else
           f"feature {wrong!r} has the wrong type")
-  return dead_letters.WRONG_TYPE, what, _record_id(features, kinds, id_column)
+  return (dead_letters.WRONG_TYPE, what,
+          _record_id(features, kinds, id_column), wrong)
 
 
 def _record_id(features, kinds: Dict[str, Optional[str]],
