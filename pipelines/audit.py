@@ -36,6 +36,7 @@ from apache_beam.options.pipeline_options import (
 
 from lossaudit import (
   METRICS_NAMESPACE,
+  children,
   drift,
   inputs,
   outputs,
@@ -188,6 +189,10 @@ def run(argv: Optional[Sequence[str]] = None,
   """
   startup = StartupTimes()
   run_started = time.time()
+  # What the pipeline starts (the multi-process DirectRunner's workers) is
+  # ended before the lock goes, when the run stops short.
+  processes_before = children.descendants()
+  threads_before = frozenset(threading.enumerate())
   known, beam_args = parse_args(argv)
   check_beam_args(beam_args)
   config = load_config(known.config, known.set)
@@ -250,7 +255,38 @@ def run(argv: Optional[Sequence[str]] = None,
     return summary
   finally:
     with SIGNALS.held():
+      if sys.exc_info()[0] is not None:
+        _end_workers(processes_before, threads_before)
       claim.release()
+
+
+def _end_workers(processes_before: frozenset,
+                 threads_before: frozenset) -> None:
+  """Ends the processes started since `processes_before` (Beam's SDK
+  workers and the shells that started them) and waits for the threads
+  started since `threads_before` (Beam's, each waiting for its worker: the
+  interpreter waits for them at exit), dropping what those threads raise as
+  their worker is killed."""
+  threads = [t for t in threading.enumerate()
+             if t not in threads_before and not t.daemon
+             and t is not threading.current_thread()]
+  previous = threading.excepthook
+
+  def hook(args):
+    if args.thread not in threads:
+      previous(args)
+
+  threading.excepthook = hook
+  try:
+    for _ in range(5):  # A worker being started as the run stopped.
+      if not children.descendants() - processes_before:
+        break
+      children.end_since(processes_before)
+    deadline = time.monotonic() + 3.0
+    for thread in threads:
+      thread.join(max(0.0, deadline - time.monotonic()))
+  finally:
+    threading.excepthook = previous
 
 
 def runner_name(options: PipelineOptions) -> str:
