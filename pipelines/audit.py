@@ -234,7 +234,8 @@ def run(argv: Optional[Sequence[str]] = None,
     runner = runner_name(options)
     p = test_pipeline or new_pipeline(options)
     graph.build(p, config, plan, runner,
-                {"run_id": run_id, "start_time": start_time}, baseline)
+                {"run_id": run_id, "start_time": start_time,
+                 "wall_start": run_started}, baseline)
     # Last, once nothing is left to refuse: an earlier run's outputs stay
     # until this run can start.
     claim.clear_previous()

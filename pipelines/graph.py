@@ -85,7 +85,8 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   """Adds the audit graph to `p`: read → score → rules → write.
 
   Args:
-    run: `run_id` and `start_time` of this run.
+    run: `run_id` and `start_time` of this run, and `wall_start` (when
+      `run()` began: `timings.wall_seconds` counts from it).
     baseline: the run to compare with, or None.
   """
   scratch = outputs.scratch_prefix(config.output.dir, run["run_id"], "scored")
