@@ -212,6 +212,9 @@ def run(argv: Optional[Sequence[str]] = None,
       config.output.dir, ownership.RunInfo.this_process(run_id, start_time),
       overwrite=config.output.overwrite,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
+  previous_hook = threading.excepthook
+  threading.excepthook = _quiet_when_interrupted(previous_hook,
+                                                 threads_before)
   try:
     baseline = _baseline(config.gate.baseline, template,
                          config.input.id_column)
@@ -256,9 +259,12 @@ def run(argv: Optional[Sequence[str]] = None,
     return summary
   finally:
     with SIGNALS.held():
-      if sys.exc_info()[0] is not None:
-        _end_workers(processes_before, threads_before)
-      claim.release()
+      try:
+        if sys.exc_info()[0] is not None:
+          _end_workers(processes_before, threads_before)
+        claim.release()
+      finally:
+        threading.excepthook = previous_hook
 
 
 def _end_workers(processes_before: frozenset,
@@ -266,28 +272,33 @@ def _end_workers(processes_before: frozenset,
   """Ends the processes started since `processes_before` (Beam's SDK
   workers and the shells that started them) and waits for the threads
   started since `threads_before` (Beam's, each waiting for its worker: the
-  interpreter waits for them at exit), dropping what those threads raise as
-  their worker is killed."""
+  interpreter waits for them at exit)."""
   threads = [t for t in threading.enumerate()
              if t not in threads_before and not t.daemon
              and t is not threading.current_thread()]
-  previous = threading.excepthook
+  for _ in range(5):  # A worker being started as the run stopped.
+    if not children.descendants() - processes_before:
+      break
+    children.end_since(processes_before)
+  deadline = time.monotonic() + 3.0
+  for thread in threads:
+    thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _quiet_when_interrupted(previous: Callable, threads_before: frozenset
+                            ) -> Callable:
+  """A `threading.excepthook` that drops what the run's own threads (Beam's,
+  started since `threads_before`) raise once a signal stopped the run: they
+  fail as their workers go (`Worker subprocess exited with return code`, a
+  broken gRPC stream), whether the workers got the signal too (Ctrl-C in a
+  terminal) or `_end_workers` ended them."""
 
   def hook(args):
-    if args.thread not in threads:
+    if (SIGNALS.received is None or args.thread is None
+        or args.thread in threads_before):
       previous(args)
 
-  threading.excepthook = hook
-  try:
-    for _ in range(5):  # A worker being started as the run stopped.
-      if not children.descendants() - processes_before:
-        break
-      children.end_since(processes_before)
-    deadline = time.monotonic() + 3.0
-    for thread in threads:
-      thread.join(max(0.0, deadline - time.monotonic()))
-  finally:
-    threading.excepthook = previous
+  return hook
 
 
 def runner_name(options: PipelineOptions) -> str:
