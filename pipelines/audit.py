@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -189,10 +189,6 @@ def run(argv: Optional[Sequence[str]] = None,
   """
   startup = StartupTimes()
   run_started = time.time()
-  # What the pipeline starts (the multi-process DirectRunner's workers) is
-  # ended before the lock goes, when the run stops short.
-  processes_before = children.descendants()
-  threads_before = frozenset(threading.enumerate())
   known, beam_args = parse_args(argv)
   check_beam_args(beam_args)
   config = load_config(known.config, known.set)
@@ -212,10 +208,9 @@ def run(argv: Optional[Sequence[str]] = None,
       config.output.dir, ownership.RunInfo.this_process(run_id, start_time),
       overwrite=config.output.overwrite,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
-  previous_hook = threading.excepthook
-  threading.excepthook = _quiet_when_interrupted(previous_hook,
-                                                 threads_before)
-  try:
+  # What the pipeline starts (the multi-process DirectRunner's workers) is
+  # ended before the lock goes, when the run stops short.
+  with ending_workers_then(claim.release):
     baseline = _baseline(config.gate.baseline, template,
                          config.input.id_column)
     if baseline is not None and _same_dir(baseline.dir, config.output.dir):
@@ -257,12 +252,26 @@ def run(argv: Optional[Sequence[str]] = None,
       summary["metrics"] = found
     outputs.write_json(summary_path, summary)
     return summary
+
+
+@contextlib.contextmanager
+def ending_workers_then(release: Callable[[], None]) -> Iterator[None]:
+  """Runs the block, which runs a pipeline; then, signals held, ends what
+  the pipeline started if the block failed (`_end_workers`), and calls
+  `release` (which frees what nothing may write to any more)."""
+  processes_before = children.descendants()
+  threads_before = frozenset(threading.enumerate())
+  previous_hook = threading.excepthook
+  threading.excepthook = _quiet_when_interrupted(previous_hook,
+                                                 threads_before)
+  try:
+    yield
   finally:
     with SIGNALS.held():
       try:
         if sys.exc_info()[0] is not None:
           _end_workers(processes_before, threads_before)
-        claim.release()
+        release()
       finally:
         threading.excepthook = previous_hook
 

@@ -317,7 +317,7 @@ def run(argv: Optional[Sequence[str]] = None
   start = time.time()
   now = datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
   claim = _claim(output, config, outputs.new_run_id(now), start)
-  try:
+  with audit.ending_workers_then(claim.release):
     audit.runner_name(options)
     p = audit.new_pipeline(options)
     build(p, config, found.files, output, schema)
@@ -333,9 +333,6 @@ def run(argv: Optional[Sequence[str]] = None
       counters[UNREADABLE] = (counters.get(UNREADABLE, 0) +
                               len(found.not_regular))
     return output, counters
-  finally:
-    with audit.SIGNALS.held():
-      claim.release()
 
 
 def summary_line(counts: Dict[str, int], output: str) -> str:

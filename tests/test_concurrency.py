@@ -163,16 +163,29 @@ def _under(pid, processes):
 # 15-20 s: the launcher and two SDK worker processes each load TensorFlow.
 @pytest.mark.slow
 # "group": Ctrl-C in a terminal, SIGINT to the run and its workers at once.
-@pytest.mark.parametrize("signum, to", [
-    (signal.SIGTERM, "run"), (signal.SIGINT, "run"),
-    (signal.SIGINT, "group")])
+@pytest.mark.parametrize("command, signum, to", [
+    ("run", signal.SIGTERM, "run"), ("run", signal.SIGINT, "run"),
+    ("run", signal.SIGINT, "group"), ("folds", signal.SIGTERM, "run")])
 def test_a_signal_ends_a_multi_process_run_and_its_workers(
-    tmp_path, tfrecord_dir, classifier_path, write_config, signum, to):
+    tmp_path, tfrecord_dir, classifier_path, write_config, command, signum,
+    to):
   out = tmp_path / "out"
-  config = write_config(base_config(tfrecord_dir / "*.gz", classifier_path,
-                                    out))
+  if command == "run":
+    config = write_config(base_config(tfrecord_dir / "*.gz",
+                                      classifier_path, out))
+    args = ["-c", RUN_AUDIT, "--config", config]
+    stopped = ("the run stopped, its scratch files and lock are removed and"
+               " no summary.json was written")
+  else:
+    config = write_config(base_config(
+        tfrecord_dir / "*.gz", str(tmp_path / "fold-{fold}.keras"),
+        tmp_path / "unused", model={"folds": 3}))
+    args = ["-m", "lossaudit", "folds", "--config", config, "--output",
+            str(out)]
+    stopped = ("the job stopped and its lock is removed (run it again for"
+               " the folds)")
   process = subprocess.Popen(
-      [sys.executable, "-c", RUN_AUDIT, "--config", config,
+      [sys.executable, *args,
        "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
       cwd=REPO, env=audit_env(), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True, start_new_session=to == "group")
@@ -217,6 +230,4 @@ def test_a_signal_ends_a_multi_process_run_and_its_workers(
     assert "Traceback" not in err
   ours = [line for line in err.splitlines() if "lossaudit" in line.lower()]
   assert ours[-1] == (
-      f"lossaudit: interrupted by {signal.Signals(signum).name}; the run"
-      " stopped, its scratch files and lock are removed and no summary.json"
-      " was written")
+      f"lossaudit: interrupted by {signal.Signals(signum).name}; {stopped}")
