@@ -847,7 +847,7 @@ class RuntimeConfig:
       Rule("null or a Beam accelerator hint such as"
            " 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
            types=(str,), nullable=True, pattern=_ACCELERATOR), None)
-  progress_seconds: Optional[float] = _field(_number(0, open_low=True), 5.0)
+  progress_seconds: Optional[float] = _field(_number(0, open_low=True), 10.0)
 
   def __post_init__(self):
     _validate(self, "runtime", first=("progress_seconds",))

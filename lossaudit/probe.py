@@ -215,8 +215,9 @@ def match_lone_input(config: AuditConfig, features: Sequence[Feature],
                      sample: Sample) -> Tuple[Feature, ...]:
   """`features`, with a one-input model's input read from the data's one
   candidate column when the input has a name Keras made up (an unnamed
-  `keras.Input` is `input_layer`, `input_layer_3`) and no column has it. A candidate is a column the config gives no other role
-  (id, label, weight, fold, slice). With `input.feature_columns` set, or
+  `keras.Input` is `input_layer`, `input_layer_3`) and no column has it. A
+  candidate is a column the config gives no other role (id, label, weight,
+  fold, slice). With `input.feature_columns` set, or
   none or several candidates, `features` are returned as they are
   (`check_columns` then names `input.feature_columns`)."""
   if (config.input.feature_columns is not None or len(features) != 1

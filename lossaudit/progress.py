@@ -1,8 +1,12 @@
 """Progress lines from the workers of a local run.
 
 Each worker process keeps its own totals and prints a line to stderr at most
-every `interval` seconds, from the DoFns as they work: the DirectRunner runs
-the whole pipeline inside `run()`, so nothing outside the workers could ask.
+every `interval` seconds (`runtime.progress_seconds`), from the DoFns as they
+work: the DirectRunner runs the whole pipeline inside `run()`, so nothing
+outside the workers could ask. The scoring pass counts the examples scored;
+each later pass over the spilled batches (the label-issue passes, the
+flagging pass) counts the examples it has read back, of the total scored
+(known once scoring is done), with its rate and the time it has left.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
 
 class Progress:
   """Totals of work done, and the progress line each time one is due.
+
+  One line at most every `interval` seconds, whichever pass it is about.
 
   Args:
     interval: seconds between lines, at least.
@@ -28,20 +34,58 @@ class Progress:
     self._start = self._last = clock()
     self.scored = 0
     self.dead = 0
+    # Per pass after scoring: [when it began, examples read back].
+    self._passes: Dict[str, List[float]] = {}
 
-  def add(self, scored: int = 0, dead_lettered: int = 0) -> Optional[str]:
-    """Counts work done; returns the progress line if one is due, else
-    None."""
-    self.scored += scored
-    self.dead += dead_lettered
+  def _due(self) -> Optional[float]:
+    """The time now if a line is due (and the next one is timed from
+    now), else None."""
     now = self._clock()
     if now - self._last < self._interval:
       return None
     self._last = now
+    return now
+
+  def add(self, scored: int = 0, dead_lettered: int = 0) -> Optional[str]:
+    """Counts work done while scoring; returns the progress line if one is
+    due, else None."""
+    self.scored += scored
+    self.dead += dead_lettered
+    now = self._due()
+    if now is None:
+      return None
     elapsed = now - self._start
     return (f"lossaudit: {self.scored:,} examples scored"
             f" ({self.scored / max(elapsed, 1e-9):,.0f}/s),"
             f" {self.dead:,} dead-lettered, {elapsed:.0f} s")
+
+  def begin(self, name: str) -> None:
+    """Notes that the pass `name` has begun (its rate counts from the first
+    call)."""
+    if name not in self._passes:
+      self._passes[name] = [self._clock(), 0]
+
+  def add_pass(self, name: str, done: int,
+               total: Optional[int] = None) -> Optional[str]:
+    """Counts `done` more examples read back by the pass `name`, of `total`
+    (None: not known); returns the progress line if one is due, else
+    None."""
+    self.begin(name)
+    counts = self._passes[name]
+    counts[1] += done
+    now = self._due()
+    if now is None:
+      return None
+    began, done = counts
+    elapsed = now - began
+    rate = done / max(elapsed, 1e-9)
+    line = f"lossaudit: {name}: {done:,}"
+    if total is not None:
+      line += f" of {total:,}"
+    line += f" examples ({rate:,.0f}/s), {elapsed:.0f} s"
+    if total is not None and rate > 0:
+      line += f", ETA {max(total - done, 0) / rate:.0f} s"
+    return line
 
 
 _lock = threading.Lock()
@@ -62,6 +106,26 @@ def add(scored: int = 0, dead_lettered: int = 0) -> None:
   with _lock:
     line = None if _progress is None else _progress.add(scored,
                                                         dead_lettered)
+  _print(line)
+
+
+def begin(name: str) -> None:
+  """Notes that the pass `name` has begun in this process."""
+  with _lock:
+    if _progress is not None:
+      _progress.begin(name)
+
+
+def add_pass(name: str, done: int, total: Optional[int] = None) -> None:
+  """Counts examples read back by the pass `name` (of `total`); prints a
+  progress line to stderr when one is due."""
+  with _lock:
+    line = (None if _progress is None
+            else _progress.add_pass(name, done, total))
+  _print(line)
+
+
+def _print(line: Optional[str]) -> None:
   if line is not None:
     print(line, file=sys.stderr, flush=True)
 

@@ -6,8 +6,10 @@ absl::InitializeLog()" line, oneDNN's notice, cudart_stub's "Could not find
 cuda drivers" (each twice), and on a machine without a GPU device, "failed
 call to cuInit" when the runtime starts. `tensorflow_start_up_lines()`
 sends descriptor 2 to a scratch file while TensorFlow loads and the
-pre-run check runs, then writes back every line but those (a Python
-warning, a traceback, a crash's last words all come through).
+pre-run check runs (`lossaudit run`), while the first records are read
+(`lossaudit folds`) or while the demo model trains (`lossaudit demo`), then
+writes back every line but those (a Python warning, a traceback, a crash's
+last words all come through).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def kept_lines(text: str, has_gpu_device: bool) -> str:
 def has_gpu_device() -> bool:
   """Whether this machine has an NVIDIA device node."""
   return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def start_tensorflow() -> None:
+  """Loads TensorFlow and starts its runtime (listing the devices is when
+  it calls cuInit), so that what it writes then falls inside
+  `tensorflow_start_up_lines` rather than in the pipeline's first step."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tf.config.list_physical_devices()
 
 
 @contextlib.contextmanager

@@ -115,7 +115,9 @@ class StartupTimes:
       the imports before it); None where the start is unknown;
     - `to_first_batch`: from the pipeline's start to the end of the first
       scored batch (the runner's start-up, reading, the first model call);
-    - `total`: from the process start (else from `run()`) to that batch.
+    - `total`: from `run()` to that batch: the steps and `to_first_batch`.
+      `timings.wall_seconds` counts from `run()` too, so `total` never
+      exceeds it; the command's own start is `before_run` earlier.
 
     Args:
       started: when the process started (`process_start_time`), or None.
@@ -131,7 +133,7 @@ class StartupTimes:
     found.update({k: round(v, 3) for k, v in self.steps.items()})
     found["to_first_batch"] = (round(first_batch - pipeline_started, 3)
                                if first_batch is not None else None)
-    found["total"] = (round(first_batch - (started or run_started), 3)
+    found["total"] = (round(first_batch - run_started, 3)
                       if first_batch is not None else None)
     return found
 

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -34,6 +34,7 @@ from apache_beam.options.pipeline_options import (
 
 from lossaudit import (
   METRICS_NAMESPACE,
+  children,
   drift,
   inputs,
   outputs,
@@ -215,7 +216,9 @@ def run(argv: Optional[Sequence[str]] = None,
       config.output.dir, ownership.RunInfo.this_process(run_id, start_time),
       overwrite=config.output.overwrite,
       lock_timeout=config.output.lock_timeout_seconds, clock=clock)
-  try:
+  # What the pipeline starts (the multi-process DirectRunner's workers) is
+  # ended before the lock goes, when the run stops short.
+  with ending_workers_then(claim.release):
     baseline = _baseline(config.gate.baseline, template, config.output.dir,
                          config.input.id_column)
     if baseline is not None:
@@ -241,7 +244,8 @@ def run(argv: Optional[Sequence[str]] = None,
     runner = runner_name(options)
     p = test_pipeline or new_pipeline(options)
     graph.build(p, config, plan, runner,
-                {"run_id": run_id, "start_time": start_time}, baseline)
+                {"run_id": run_id, "start_time": start_time,
+                 "wall_start": run_started}, baseline)
     # Last, once nothing is left to refuse: an earlier run's outputs stay
     # until this run can start.
     claim.clear_previous()
@@ -260,9 +264,62 @@ def run(argv: Optional[Sequence[str]] = None,
       summary["metrics"] = found
     outputs.write_json(summary_path, summary)
     return summary
+
+
+@contextlib.contextmanager
+def ending_workers_then(release: Callable[[], None]) -> Iterator[None]:
+  """Runs the block, which runs a pipeline; then, signals held, ends what
+  the pipeline started if the block failed (`_end_workers`), and calls
+  `release` (which frees what nothing may write to any more)."""
+  processes_before = children.descendants()
+  threads_before = frozenset(threading.enumerate())
+  previous_hook = threading.excepthook
+  threading.excepthook = _quiet_when_interrupted(previous_hook,
+                                                 threads_before)
+  try:
+    yield
   finally:
     with SIGNALS.held():
-      claim.release()
+      try:
+        if sys.exc_info()[0] is not None:
+          _end_workers(processes_before, threads_before)
+        release()
+      finally:
+        threading.excepthook = previous_hook
+
+
+def _end_workers(processes_before: frozenset,
+                 threads_before: frozenset) -> None:
+  """Ends the processes started since `processes_before` (Beam's SDK
+  workers and the shells that started them) and waits for the threads
+  started since `threads_before` (Beam's, each waiting for its worker: the
+  interpreter waits for them at exit)."""
+  threads = [t for t in threading.enumerate()
+             if t not in threads_before and not t.daemon
+             and t is not threading.current_thread()]
+  for _ in range(5):  # A worker being started as the run stopped.
+    if not children.descendants() - processes_before:
+      break
+    children.end_since(processes_before)
+  deadline = time.monotonic() + 3.0
+  for thread in threads:
+    thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _quiet_when_interrupted(previous: Callable, threads_before: frozenset
+                            ) -> Callable:
+  """A `threading.excepthook` that drops what the run's own threads (Beam's,
+  started since `threads_before`) raise once a signal stopped the run: they
+  fail as their workers go (`Worker subprocess exited with return code`, a
+  broken gRPC stream), whether the workers got the signal too (Ctrl-C in a
+  terminal) or `_end_workers` ended them."""
+
+  def hook(args):
+    if (SIGNALS.received is None or args.thread is None
+        or args.thread in threads_before):
+      previous(args)
+
+  return hook
 
 
 def runner_name(options: PipelineOptions) -> str:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Optional, Sequence
 
+# Every command: its module under lossaudit.pipelines (whose `main(argv)`
+# runs it), and its line in `lossaudit --help`.
+COMMANDS = {
+    "run": ("audit", "audit a dataset: per-example losses, flags, report"),
+    "demo": ("demo", "train the digits demo model, audit its noisy labels"),
+    "compare": ("compare", "compare two runs and apply the quality gates"),
+    "folds": ("folds", "write each input id's fold, for out-of-fold models"),
+}
+
 USAGE = """\
-usage: lossaudit run --config FILE.yaml [--set KEY=VALUE ...] [Beam options ...]
-       lossaudit demo [--output DIR]
-       lossaudit compare BASELINE_DIR CURRENT_DIR [--max-flagged-fraction X]
-                         [--max-quantile-shift X] [--shift-quantiles Q ...]
-                         [--output FILE]
-       lossaudit folds --config FILE.yaml --output DIR [--set KEY=VALUE ...]
-                       [Beam options ...]"""
+usage: lossaudit COMMAND [ARGS ...]     (lossaudit COMMAND --help: its options)
+
+commands:
+""" + "\n".join(f"  {name:<9}{line}" for name, (_, line) in COMMANDS.items())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -22,6 +29,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(USAGE)
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
+  if command not in COMMANDS:
+    print(f"lossaudit: error: unknown command {command!r}; expected one of"
+          f" {{{', '.join(map(repr, COMMANDS))}}}\n" + USAGE,
+          file=sys.stderr)
+    return 2
   # Before TensorFlow loads, for every command: TensorFlow's C++ INFO and
   # WARNING lines go, its ERROR lines stay (why 2: in `audit.main`). A
   # user's own setting wins.
@@ -34,21 +46,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
       from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
       return audit.main(rest, loaded)
-    if command == "demo":
-      from lossaudit.pipelines import demo  # pylint: disable=g-import-not-at-top
-      return demo.main(rest)
-    if command == "compare":
-      from lossaudit.pipelines import compare  # pylint: disable=g-import-not-at-top
-      return compare.main(rest)
-    if command == "folds":
-      from lossaudit.pipelines import folds  # pylint: disable=g-import-not-at-top
-      return folds.main(rest)
+    module = importlib.import_module(
+        f"lossaudit.pipelines.{COMMANDS[command][0]}")
+    return module.main(rest)
   except KeyboardInterrupt:  # Ctrl-C while TensorFlow and Beam load.
     print("lossaudit: interrupted by SIGINT", file=sys.stderr)
     return 130
-  print(f"lossaudit: error: unknown command {command!r}; expected one of"
-        " {'run', 'demo', 'compare', 'folds'}\n" + USAGE, file=sys.stderr)
-  return 2
 
 
 def _refuse_bad_config(argv: Sequence[str]):

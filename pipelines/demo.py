@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from lossaudit import datasets, ownership
+from lossaudit import datasets, ownership, quiet
 from lossaudit.errors import ConfigError, one_line, short_repr
 
 NOISE_RATE = 0.10
@@ -301,6 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="where the demo shards go (DIR/data/demo)")
   parser.add_argument("--model", default=None,
                       help="where the model goes (DIR/models/demo.keras)")
+  parser.add_argument(
+      "--verbose", action="store_true",
+      help="show TensorFlow's start-up log lines (oneDNN, CUDA)")
   args, beam_args = parser.parse_known_args(argv)
   try:  # The rest goes to Beam (the demo sets --config and --set itself).
     audit.check_beam_args(beam_args,
@@ -328,13 +331,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
     return 2
   print(f"Building the demo data in {data} and model {model} ...")
-  truth = build(data, model)
+  # TensorFlow loads and starts as the model trains: its start-up lines are
+  # held back, as `lossaudit run` holds them back.
+  with quiet.tensorflow_start_up_lines(args.verbose):
+    quiet.start_tensorflow()
+    truth = build(data, model)
   with demo_config() as config:
     code = audit.main(["--config", str(config),
                        "--set", f"input.pattern={data}/part-*-of-"
                        f"{NUM_SHARDS:05d}.tfrecord.gz",
                        "--set", f"model.path={model}",
-                       "--set", f"output.dir={audit_dir}"] + beam_args)
+                       "--set", f"output.dir={audit_dir}"] + beam_args
+                      + (["--verbose"] if args.verbose else []))
   if code:
     return code
   flagged = flagged_ids(os.path.join(audit_dir, "flagged"))

@@ -43,6 +43,7 @@ from lossaudit import (
   inputs,
   outputs,
   ownership,
+  quiet,
 )
 from lossaudit import columns as cols
 from lossaudit.config import AuditConfig, load_config
@@ -91,6 +92,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument(
       "--set", action="append", default=[], metavar="KEY=VALUE",
       help="override one dotted config key (value parsed as YAML)")
+  parser.add_argument(
+      "--verbose", action="store_true",
+      help="show TensorFlow's start-up log lines (oneDNN, CUDA)")
   return parser.parse_known_args(argv)
 
 
@@ -295,10 +299,13 @@ def run(argv: Optional[Sequence[str]] = None
     found = inputs.expand(config.input.patterns, output)
   except ConfigError as e:
     raise _naming_output(e) from None
-  # TensorFlow loads here, once the config is known to be good.
-  from lossaudit import probe  # pylint: disable=g-import-not-at-top
+  # TensorFlow loads and starts here, once the config is known to be good,
+  # its start-up lines held back.
+  with quiet.tensorflow_start_up_lines(known.verbose):
+    from lossaudit import probe  # pylint: disable=g-import-not-at-top
 
-  sample = probe.read_sample(config, found.files)
+    quiet.start_tensorflow()
+    sample = probe.read_sample(config, found.files)
   column = config.input.id_column
   if sample is not None and column not in sample.columns:
     raise ConfigError(
@@ -310,7 +317,7 @@ def run(argv: Optional[Sequence[str]] = None
   start = time.time()
   now = datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
   claim = _claim(output, config, outputs.new_run_id(now), start)
-  try:
+  with audit.ending_workers_then(claim.release):
     audit.runner_name(options)
     p = audit.new_pipeline(options)
     build(p, config, found.files, output, schema)
@@ -326,9 +333,6 @@ def run(argv: Optional[Sequence[str]] = None
       counters[UNREADABLE] = (counters.get(UNREADABLE, 0) +
                               len(found.not_regular))
     return output, counters
-  finally:
-    with audit.SIGNALS.held():
-      claim.release()
 
 
 def summary_line(counts: Dict[str, int], output: str) -> str:
@@ -349,7 +353,8 @@ def summary_line(counts: Dict[str, int], output: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point; returns the exit code."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if "--verbose" not in (sys.argv[1:] if argv is None else argv):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Why: audit.main.
   logging.getLogger().setLevel(logging.WARNING)
   code, result = audit.run_command(
       lambda: run(argv), "the job stopped and its lock is removed (run it"

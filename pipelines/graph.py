@@ -69,7 +69,7 @@ from lossaudit.transforms.score import (
   Candidates,
   ScoreBatches,
 )
-from lossaudit.transforms.spill import ReadSpilled, SpillBatches
+from lossaudit.transforms.spill import CountRows, ReadSpilled, SpillBatches
 from lossaudit.transforms.stats import (
   LossStats,
   TopKCombineFn,
@@ -95,7 +95,8 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   """Adds the audit graph to `p`: read → score → rules → write.
 
   Args:
-    run: `run_id` and `start_time` of this run.
+    run: `run_id` and `start_time` of this run, and `wall_start` (when
+      `run()` began: `timings.wall_seconds` counts from it).
     baseline: the run to compare with, or None.
   """
   scratch = outputs.scratch_prefix(config.output.dir, run["run_id"], "scored")
@@ -104,7 +105,8 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   scored = scored._replace(id_buckets=scored.batches | "BucketIds" >> (
       BucketRows(outputs.scratch_prefix(config.output.dir, run["run_id"],
                                         "ids"), SCORED_SCHEMA)))
-  rules = _rules(scored, config, plan, scratch)
+  rules = _rules(scored, config, plan, scratch,
+                 _progress_interval(config, runner))
   history = _history(scored, rules, config, plan, run, baseline)
   _write(p, config, plan, read, scored, rules, history,
          run=dict(run, runner=runner), baseline=baseline)
@@ -210,8 +212,8 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
   candidates = Candidates(
       tuple(column for _, column in inputs), _loss_column(config),
       TOP_FLAGGED_IN_REPORT) if inputs and plan.spec.id_column else None
-  score = ScoreBatches(plan.spec, progress_interval=(
-      config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None),
+  score = ScoreBatches(plan.spec, progress_interval=_progress_interval(
+      config, runner),
                        candidates=candidates,
                        model_checked=plan.loss_computed_from is not None,
                        batch_size=config.batch_size)
@@ -224,8 +226,14 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
                  candidates=scored[CANDIDATES])
 
 
+def _progress_interval(config: AuditConfig, runner: str) -> Optional[float]:
+  """Seconds between progress lines (None: none; only local runners print
+  them)."""
+  return config.runtime.progress_seconds if runner in LOCAL_RUNNERS else None
+
+
 def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
-           scratch: str) -> _Flagged:
+           scratch: str, progress_interval: Optional[float]) -> _Flagged:
   """Statistics → thresholds → the flagged rows.
 
   When a rule needs every loss first (`FlagConfig.needs_global_statistics`,
@@ -239,7 +247,11 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
   if (config.flag.needs_global_statistics
       or (weights and weights.scheme == "loss_bins")):
     spilled = scored.batches | "Spill" >> SpillBatches(scratch, schema)
-    label_rules = _label_rules(scored.batches, spilled, config, plan)
+    # The passes that read the batches back tell how far they are of it.
+    total = (scored.batches | "CountScored" >> CountRows()
+             if progress_interval else None)
+    label_rules = _label_rules(scored.batches, spilled, total, config, plan,
+                               progress_interval)
     thresholds = statistics.loss | "Thresholds" >> beam.Map(
         rule_thresholds, flag_config=config.flag,
         top_k=_singleton(statistics.top_k),
@@ -247,7 +259,8 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
         slice_stats=(None if statistics.slices is None
                      else beam.pvalue.AsDict(statistics.slices)),
         aum_summary=_singleton(statistics.aum))
-    to_flag = spilled | "RereadForFlags" >> ReadSpilled()
+    to_flag = spilled | "RereadForFlags" >> ReadSpilled(
+        "flagging", progress_interval, total)
   else:
     thresholds = scored.batches.pipeline | "Thresholds" >> beam.Create(
         [rule_thresholds({}, config.flag)])
@@ -336,15 +349,16 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
 
 
 def _label_rules(scored: beam.PCollection, spilled: beam.PCollection,
-                 config: AuditConfig, plan: preflight.Plan
+                 total: Optional[beam.PCollection], config: AuditConfig,
+                 plan: preflight.Plan, progress_interval: Optional[float]
                  ) -> Optional[beam.PCollection]:
   """One `LabelRules`, or None when `flag.label_issues` is off."""
   method = config.flag.label_issues
   if not method:
     return None
-  return (ScoredBatches(scored=scored, spilled=spilled)
+  return (ScoredBatches(scored=scored, spilled=spilled, total=total)
           | "FindLabelIssues" >> FindLabelIssues(
-              method, plan.spec.classifier.num_classes))
+              method, plan.spec.classifier.num_classes, progress_interval))
 
 
 def _singleton(pcoll: Optional[beam.PCollection]):

@@ -6,16 +6,26 @@ a line on stdin; the test acts while that run holds the directory, with no
 sleeps.
 """
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from lossaudit.pipelines import audit
-from tests.helpers import base_config, start_blocked_audit
+from tests.helpers import (
+  REPO,
+  RUN_AUDIT,
+  audit_env,
+  base_config,
+  start_blocked_audit,
+)
 
 
 def finish(process):
@@ -118,3 +128,106 @@ def test_a_signal_stops_the_run_cleanly(tmp_path, tfrecord_dir,
   assert not (out / ".lossaudit-lock.json").exists()
   assert not (out / ".scratch").exists()
   assert not (out / "summary.json").exists()
+
+
+def _live_processes():
+  """`{pid: (ppid, command line)}` of every process not yet a zombie."""
+  found = {}
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+      with open(f"/proc/{name}/cmdline", "rb") as f:
+        command = f.read().replace(b"\0", b" ").decode()
+    except (OSError, ValueError):
+      continue
+    if state not in ("Z", "X"):
+      found[int(name)] = (int(ppid), command)
+  return found
+
+
+def _under(pid, processes):
+  """The pids under `pid` in `processes`, at any depth."""
+  found, todo = set(), [pid]
+  while todo:
+    parent = todo.pop()
+    for child, (ppid, _) in processes.items():
+      if ppid == parent and child not in found:
+        found.add(child)
+        todo.append(child)
+  return found
+
+
+# 15-20 s: the launcher and two SDK worker processes each load TensorFlow.
+@pytest.mark.slow
+# "group": Ctrl-C in a terminal, SIGINT to the run and its workers at once.
+@pytest.mark.parametrize("command, signum, to", [
+    ("run", signal.SIGTERM, "run"), ("run", signal.SIGINT, "run"),
+    ("run", signal.SIGINT, "group"), ("folds", signal.SIGTERM, "run")])
+def test_a_signal_ends_a_multi_process_run_and_its_workers(
+    tmp_path, tfrecord_dir, classifier_path, write_config, command, signum,
+    to):
+  out = tmp_path / "out"
+  if command == "run":
+    config = write_config(base_config(tfrecord_dir / "*.gz",
+                                      classifier_path, out))
+    args = ["-c", RUN_AUDIT, "--config", config]
+    stopped = ("the run stopped, its scratch files and lock are removed and"
+               " no summary.json was written")
+  else:
+    config = write_config(base_config(
+        tfrecord_dir / "*.gz", str(tmp_path / "fold-{fold}.keras"),
+        tmp_path / "unused", model={"folds": 3}))
+    args = ["-m", "lossaudit", "folds", "--config", config, "--output",
+            str(out)]
+    stopped = ("the job stopped and its lock is removed (run it again for"
+               " the folds)")
+  process = subprocess.Popen(
+      [sys.executable, *args,
+       "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+      cwd=REPO, env=audit_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True, start_new_session=to == "group")
+  try:
+    # Until both SDK worker processes run (each under a shell), or the run
+    # ends: the wait between looks ends early if it does.
+    workers, started = set(), set()
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+      processes = _live_processes()
+      under = _under(process.pid, processes)
+      workers = {p for p in under if "sdk_worker_main" in processes[p][1]
+                 and not processes[p][1].startswith("/bin/sh")}
+      if len(workers) == 2:
+        break
+      with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(0.05)
+    assert len(workers) == 2, process.stderr.read() if process.poll() else ""
+    started = under
+    assert (out / ".lossaudit-lock.json").exists()
+    if to == "group":
+      os.killpg(process.pid, signum)
+    else:
+      process.send_signal(signum)
+    _, err = process.communicate(timeout=10)
+  except subprocess.TimeoutExpired:
+    err = "still running 10 s after the signal"
+  finally:
+    if process.poll() is None:  # What the run left is the test's to end.
+      for pid in [process.pid, *_under(process.pid, _live_processes())]:
+        with contextlib.suppress(OSError):
+          os.kill(pid, signal.SIGKILL)
+      process.communicate()
+  assert process.returncode == 128 + signum, err
+  assert not started & set(_live_processes()), err
+  assert not (out / ".lossaudit-lock.json").exists()
+  assert not (out / ".scratch").exists()
+  assert not (out / "summary.json").exists()
+  # The workers, stopped by the same Ctrl-C, may say so themselves.
+  assert "Exception in thread" not in err
+  if to == "run":
+    assert "Traceback" not in err
+  ours = [line for line in err.splitlines() if "lossaudit" in line.lower()]
+  assert ours[-1] == (
+      f"lossaudit: interrupted by {signal.Signals(signum).name}; {stopped}")

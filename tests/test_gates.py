@@ -4,12 +4,13 @@ import json
 import os
 import re
 import stat
+import subprocess
 
 import pytest
 
 from lossaudit import drift
 from lossaudit.pipelines import audit, cli, demo
-from tests.helpers import base_config
+from tests.helpers import audit_env, base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {"max_flagged_fraction": 0.15, "max_quantile_shift": 1.0}
@@ -183,6 +184,39 @@ def test_missing_baseline_stops_before_the_run(tmp_path, demo_build,
   assert cli.main(["compare", str(tmp_path / "nowhere"), str(tmp_path)]) == 2
   assert "BASELINE_DIR: expected the output.dir of a completed run" in (
       capsys.readouterr().err)
+
+
+def _nightly(cwd, *args):
+  """`scripts/nightly ARGS` run from `cwd`; `(exit code, stdout, stderr)`."""
+  done = subprocess.run(["bash", os.path.join(REPO, "scripts", "nightly"),
+                         *args], cwd=cwd, env=audit_env(),
+                        capture_output=True, text=True, timeout=120,
+                        check=False)
+  return done.returncode, done.stdout, done.stderr
+
+
+def test_nightly_reads_a_relative_config_from_the_callers_directory(
+    tmp_path, tfrecord_dir, classifier_path):
+  # A config beside the caller, not in the checkout, with a mistyped key:
+  # told before Beam loads, once the file is found.
+  (tmp_path / "mine").mkdir()
+  config = base_config(tfrecord_dir / "*.gz", classifier_path,
+                       tmp_path / "out", flag={"loss_quantil": 0.9})
+  (tmp_path / "mine" / "nightly.yaml").write_text(json.dumps(config))
+  code, out, err = _nightly(tmp_path, "mine/nightly.yaml")
+  assert code == 2, err
+  assert err.startswith("lossaudit: error: flag.loss_quantil: unknown config"
+                        " key"), err
+  lines = out.splitlines()
+  assert lines[0].endswith(
+      f" lossaudit run --config {tmp_path}/mine/nightly.yaml ")
+  assert lines[-1].endswith(" exit 2")  # Also when the run fails.
+
+  code, out, err = _nightly(tmp_path / "mine", "../missing.yaml")
+  assert code == 2
+  assert err.strip() == (
+      "lossaudit: error: --config: expected a YAML file. Received:"
+      f" '{tmp_path}/mine/../missing.yaml' (no such file)")
 
 
 def test_nightly_config_twice_compares_with_the_latest_run(

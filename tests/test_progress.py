@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from lossaudit import progress
+from lossaudit.pipelines import audit
 from tests.helpers import FakeClock, base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +64,85 @@ def test_the_process_prints_its_lines_to_stderr(monkeypatch, capsys):
   progress.add(100, dead_lettered=3)
   assert capsys.readouterr().err == (
       "lossaudit: 200 examples scored (100/s), 3 dead-lettered, 2 s\n")
+
+
+def test_a_line_at_most_every_10_s_by_default():
+  from lossaudit.config import RuntimeConfig
+
+  assert RuntimeConfig().progress_seconds == 10.0
+
+
+def test_a_pass_after_scoring_tells_its_share_of_the_total_and_eta():
+  clock = FakeClock()
+  tracker = progress.Progress(10.0, clock)
+  clock.advance(3.0)
+  assert tracker.add(600) is None  # Scoring.
+  clock.advance(7.0)
+  assert tracker.add(400) == (
+      "lossaudit: 1,000 examples scored (100/s), 0 dead-lettered, 10 s")
+  tracker.begin("label issues, confident joint")
+  for _ in range(4):  # 250 examples a second.
+    clock.advance(2.0)
+    assert tracker.add_pass("label issues, confident joint", 500,
+                            total=3000) is None
+  clock.advance(2.0)  # 10 s since the last line, whichever pass it told.
+  assert tracker.add_pass("label issues, confident joint", 500, 3000) == (
+      "lossaudit: label issues, confident joint: 2,500 of 3,000 examples"
+      " (250/s), 10 s, ETA 2 s")
+  tracker.begin("flagging")
+  clock.advance(10.0)
+  assert tracker.add_pass("flagging", 200) == (  # Total not known.
+      "lossaudit: flagging: 200 examples (20/s), 10 s")
+  clock.advance(9.0)
+  assert tracker.add_pass("flagging", 3000, 3000) is None
+  clock.advance(1.0)
+  assert tracker.add_pass("flagging", 0, 3000) == (
+      "lossaudit: flagging: 3,200 of 3,000 examples (160/s), 20 s, ETA 0 s")
+
+
+class TickingClock:
+  """A clock that moves on `step` seconds each time it is read."""
+
+  def __init__(self, step: float):
+    self.now, self.step = 0.0, step
+
+  def __call__(self) -> float:
+    self.now += self.step
+    return self.now
+
+
+PASS_LINE = re.compile(r"^lossaudit: ([a-z ,]+): ([\d,]+) of 3,000 examples"
+                       r" \(([\d,]+)/s\), (\d+) s, ETA (\d+) s$")
+
+
+def test_every_pass_of_a_run_prints_progress(monkeypatch, capsys, tmp_path,
+                                             tfrecord_dir, classifier_path,
+                                             write_config):
+  # The run's steps read this process's tracker, whose clock moves on 5 s
+  # each time it is read: a line is due every other reading.
+  monkeypatch.setattr(progress, "_progress", None)
+  progress.enable(10.0, TickingClock(5.0))
+  config = base_config(tfrecord_dir / "*.gz", classifier_path,
+                       tmp_path / "out", batch_size=100,
+                       flag={"loss_quantile": 0.95,
+                             "label_issues": "prune_by_noise_rate"})
+  summary = audit.run(["--config", write_config(config)])
+  assert summary["examples_scored"] == 3000
+  err = capsys.readouterr().err.splitlines()
+  scoring = [m for m in map(PROGRESS.match, err) if m]
+  passes = [m for m in map(PASS_LINE.match, err) if m]
+  assert scoring and passes, err
+  assert {m[1] for m in passes} == {"label issues, confident joint",
+                                    "label issues, cell rankings",
+                                    "flagging"}
+  for m in passes:
+    done, rate, seconds, eta = (int(m[i].replace(",", ""))
+                                for i in range(2, 6))
+    assert 0 < done <= 3000
+    assert rate == pytest.approx(done / seconds, abs=1, rel=0.02)
+    assert eta == pytest.approx((3000 - done) / (done / seconds), abs=1)
+  # Never two lines less than 10 s apart.
+  assert len(scoring) + len(passes) <= progress._progress._clock.now / 10
 
 
 @pytest.mark.slow  # A whole run in a child; lines are unit-tested above.

@@ -4,6 +4,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from lossaudit import quiet
 from tests.helpers import audit_env, base_config
 
@@ -68,3 +70,38 @@ def test_a_run_writes_only_its_own_lines(write_config, tfrecord_dir,
   lines = (done.stdout + done.stderr).splitlines()
   assert lines and all(line.startswith("lossaudit: ") for line in lines), (
       lines)
+
+
+def _command(*args):
+  """`lossaudit ARGS` in a child with TensorFlow's own log level (the
+  command sets 2 itself); returns `(stdout, stderr)`."""
+  env = audit_env()
+  env.pop("TF_CPP_MIN_LOG_LEVEL")
+  done = subprocess.run([sys.executable, "-m", "lossaudit", *args],
+                        capture_output=True, text=True, env=env, timeout=300,
+                        check=True)
+  return done.stdout, done.stderr
+
+
+def test_folds_writes_only_its_own_lines(write_config, tfrecord_dir,
+                                         tmp_path):
+  config = write_config(base_config(
+      tfrecord_dir / "*.tfrecord*", str(tmp_path / "fold-{fold}.keras"),
+      tmp_path / "unused", model={"folds": 3}))
+  out, err = _command("folds", "--config", config, "--output",
+                      str(tmp_path / "folds"))
+  assert err == ""
+  assert out.splitlines() == [
+      f"lossaudit: wrote 3,000 rows (id, fold) to {tmp_path / 'folds'};"
+      " skipped 0 rows (0 without an id, 0 whose id is not UTF-8)"]
+
+
+@pytest.mark.slow  # 15 s: trains the demo model and audits it.
+def test_the_demo_writes_only_its_own_lines(tmp_path):
+  out, err = _command("demo", "--output", str(tmp_path))
+  lines = (out + err).splitlines()
+  # Its own lines, and lossaudit run's.
+  assert lines[0].startswith("Building the demo data in ")
+  assert any(line.startswith("Flipped labels: 90 of 899;") for line in lines)
+  assert all(line.startswith(("lossaudit: ", "Building ", "Flipped ", "  "))
+             for line in lines), lines

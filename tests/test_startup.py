@@ -92,10 +92,19 @@ def test_summary_has_the_startup_steps(write_config, tfrecord_dir,
   assert list(startup) == ["before_run", *steps, "to_first_batch", "total"]
   assert all(startup[s] >= 0 for s in steps)
   assert startup["to_first_batch"] > 0
-  # The parts add up to the whole (each rounded to 1 ms).
-  parts = startup["before_run"] + sum(startup[s] for s in steps)
+  # The run's wall seconds count from the same start, and end later, at the
+  # summary.
+  timings = summary["timings"]
+  assert 0 < startup["total"] <= timings["wall_seconds"]
+  assert timings["examples_per_second"] == pytest.approx(
+      summary["examples_scored"] / timings["wall_seconds"], rel=0.01)
+  # The parts add up to the whole (each rounded to 1 ms), from run()'s
+  # start; the process began `before_run` earlier (this test's process, long
+  # before this run).
+  parts = sum(startup[s] for s in steps)
   assert startup["total"] == pytest.approx(
       parts + startup["to_first_batch"], abs=0.01)
+  assert startup["before_run"] > 0
   # What was written is what was returned.
   written = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert written["timings"]["startup"] == startup

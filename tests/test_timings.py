@@ -44,10 +44,11 @@ def test_startup_steps_are_laps_of_the_clock():
   for step in ("config", "glob", "model_load", "graph"):
     startup.lap(step)
   # The process started at 100.0, run() at 100.5; the steps took 3.5 s, so
-  # the pipeline started at 104.0 and its first batch was scored at 105.25.
+  # the pipeline started at 104.0 and its first batch was scored at 105.25:
+  # 4.75 s after run() began (as `wall_seconds`, from run()).
   assert startup.to_dict(100.0, 100.5, 105.25) == {
       "before_run": 0.5, "config": 0.25, "glob": 0.75, "model_load": 0.0,
-      "graph": 2.5, "to_first_batch": 1.25, "total": 5.25}
+      "graph": 2.5, "to_first_batch": 1.25, "total": 4.75}
   assert startup.to_dict(None, 100.5, None) == {
       "before_run": None, "config": 0.25, "glob": 0.75, "model_load": 0.0,
       "graph": 2.5, "to_first_batch": None, "total": None}

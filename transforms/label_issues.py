@@ -225,10 +225,13 @@ class ScoredBatches(NamedTuple):
   Attributes:
     scored: the scored RecordBatches.
     spilled: the names of the scratch files `SpillBatches` wrote them to.
+    total: a singleton, how many rows they hold (told in the progress
+      lines of the passes that read them back), or None.
   """
 
   scored: beam.PCollection
   spilled: beam.PCollection
+  total: Optional[beam.PCollection] = None
 
 
 class FindLabelIssues(beam.PTransform):
@@ -241,12 +244,16 @@ class FindLabelIssues(beam.PTransform):
   Args:
     method: `confident_learning` or `prune_by_noise_rate`.
     num_classes: K.
+    progress_interval: seconds between progress lines of the passes that
+      read the batches back, at least (None: none).
   """
 
-  def __init__(self, method: str, num_classes: int):
+  def __init__(self, method: str, num_classes: int,
+               progress_interval: Optional[float] = None):
     super().__init__()
     self._method = method
     self._k = num_classes
+    self._progress_interval = progress_interval
 
   def expand(self, batches: ScoredBatches):
     k = self._k
@@ -257,7 +264,9 @@ class FindLabelIssues(beam.PTransform):
                   | "Thresholds" >> beam.Map(_thresholds))
     thresholds = beam.pvalue.AsSingleton(thresholds)
     rules = (batches.spilled
-             | "RereadForJoint" >> ReadSpilled()
+             | "RereadForJoint" >> ReadSpilled(
+                 "label issues, confident joint", self._progress_interval,
+                 batches.total)
              | "JointCounts" >> beam.ParDo(_JointCountsFn(k),
                                            thresholds=thresholds)
              | "SumJoint" >> beam.CombineGlobally(
@@ -267,7 +276,9 @@ class FindLabelIssues(beam.PTransform):
     if self._method != PRUNE_BY_NOISE_RATE:
       return rules | "NoCells" >> beam.Map(_with_cells, cells=[])
     cells = (batches.spilled
-             | "RereadForCells" >> ReadSpilled()
+             | "RereadForCells" >> ReadSpilled(
+                 "label issues, cell rankings", self._progress_interval,
+                 batches.total)
              | "CellCandidates" >> beam.ParDo(
                  _CellCandidatesFn(k), rules=beam.pvalue.AsSingleton(rules))
              | "TopNPerCell" >> beam.CombinePerKey(CellTopNCombineFn()))

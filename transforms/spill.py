@@ -17,7 +17,7 @@ contributes a partial file.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -25,6 +25,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
+
+from lossaudit import progress
 
 
 class _SpillFn(beam.DoFn):
@@ -99,10 +101,60 @@ def read_spilled(path: str) -> Iterable[pa.RecordBatch]:
     yield from pa.ipc.open_stream(f)
 
 
+class _ReadSpilledFn(beam.DoFn):
+  """A scratch file's RecordBatches; counts them as the pass's progress."""
+
+  def __init__(self, stage: Optional[str], progress_interval: Optional[float]):
+    self._stage = stage
+    self._progress_interval = progress_interval if stage else None
+
+  def setup(self):
+    progress.enable(self._progress_interval)
+
+  def start_bundle(self):
+    if self._progress_interval:
+      progress.begin(self._stage)
+
+  def process(self, path: str, total: Optional[int] = None):
+    for batch in read_spilled(path):
+      yield batch  # The steps fused after this one handle it first.
+      if self._progress_interval:
+        progress.add_pass(self._stage, batch.num_rows, total)
+
+
 class ReadSpilled(beam.PTransform):
-  """Scratch file names → their RecordBatches, spread over workers."""
+  """Scratch file names → their RecordBatches, spread over workers.
+
+  Args:
+    stage: the pass's name in its progress lines (`lossaudit.progress`);
+      None: no lines.
+    progress_interval: seconds between progress lines, at least (None:
+      none).
+    total: a singleton PCollection of the examples spilled, told in the
+      progress lines; None: not told.
+  """
+
+  def __init__(self, stage: Optional[str] = None,
+               progress_interval: Optional[float] = None,
+               total: Optional[beam.PCollection] = None):
+    super().__init__()
+    self._stage = stage
+    self._progress_interval = progress_interval
+    self._total = total
 
   def expand(self, files):
+    side = ({} if self._total is None
+            else {"total": beam.pvalue.AsSingleton(self._total)})
     return (files
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(read_spilled))
+            | "Read" >> beam.ParDo(
+                _ReadSpilledFn(self._stage, self._progress_interval), **side))
+
+
+class CountRows(beam.PTransform):
+  """RecordBatches → a singleton: how many rows they hold."""
+
+  def expand(self, batches):
+    return (batches
+            | "Rows" >> beam.Map(lambda batch: batch.num_rows)
+            | "Sum" >> beam.CombineGlobally(sum))

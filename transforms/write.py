@@ -247,7 +247,9 @@ class _WriteSummaryFn(beam.DoFn):
         duplicates=duplicates,
         config=self._config,
         run=self._run,
-        seconds=time.time() - self._run["start_time"],
+        # From `run()`'s start, as `timings.startup.total` counts.
+        seconds=time.time() - self._run.get("wall_start",
+                                            self._run["start_time"]),
         timings=timings,
         devices=sorted(set(devices)),
         class_names=self._class_names,
@@ -356,7 +358,9 @@ class WriteSummary(beam.PTransform):
   Args:
     directory: `output.dir`.
     config: the resolved config (`summary.json` records it as a dict).
-    run: `run_id`, `start_time` (`time.time()`) and `runner` of this run.
+    run: `run_id`, `start_time` (`time.time()`) and `runner` of this run;
+      `wall_start`, when `run()` began (`timings.wall_seconds` counts from
+      it; default `start_time`).
     baseline: the run to compare with, or None.
     class_names: the class names by index (`input.label_vocabulary`), or
       None.
