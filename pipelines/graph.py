@@ -356,9 +356,10 @@ def _label_rules(scored: beam.PCollection, spilled: beam.PCollection,
   method = config.flag.label_issues
   if not method:
     return None
-  return (ScoredBatches(scored=scored, spilled=spilled, total=total)
+  return (ScoredBatches(scored=scored, spilled=spilled)
           | "FindLabelIssues" >> FindLabelIssues(
-              method, plan.spec.classifier.num_classes, progress_interval))
+              method, plan.spec.classifier.num_classes, progress_interval,
+              total=total))
 
 
 def _singleton(pcoll: Optional[beam.PCollection]):

@@ -225,13 +225,10 @@ class ScoredBatches(NamedTuple):
   Attributes:
     scored: the scored RecordBatches.
     spilled: the names of the scratch files `SpillBatches` wrote them to.
-    total: a singleton, how many rows they hold (told in the progress
-      lines of the passes that read them back), or None.
   """
 
   scored: beam.PCollection
   spilled: beam.PCollection
-  total: Optional[beam.PCollection] = None
 
 
 class FindLabelIssues(beam.PTransform):
@@ -246,14 +243,19 @@ class FindLabelIssues(beam.PTransform):
     num_classes: K.
     progress_interval: seconds between progress lines of the passes that
       read the batches back, at least (None: none).
+    total: a singleton, how many rows the batches hold (told in those
+      progress lines), or None. Not a field of `ScoredBatches`: Beam takes
+      every field of a tuple input as a PCollection.
   """
 
   def __init__(self, method: str, num_classes: int,
-               progress_interval: Optional[float] = None):
+               progress_interval: Optional[float] = None,
+               total: Optional[beam.PCollection] = None):
     super().__init__()
     self._method = method
     self._k = num_classes
     self._progress_interval = progress_interval
+    self._total = total
 
   def expand(self, batches: ScoredBatches):
     k = self._k
@@ -266,7 +268,7 @@ class FindLabelIssues(beam.PTransform):
     rules = (batches.spilled
              | "RereadForJoint" >> ReadSpilled(
                  "label issues, confident joint", self._progress_interval,
-                 batches.total)
+                 self._total)
              | "JointCounts" >> beam.ParDo(_JointCountsFn(k),
                                            thresholds=thresholds)
              | "SumJoint" >> beam.CombineGlobally(
@@ -278,7 +280,7 @@ class FindLabelIssues(beam.PTransform):
     cells = (batches.spilled
              | "RereadForCells" >> ReadSpilled(
                  "label issues, cell rankings", self._progress_interval,
-                 batches.total)
+                 self._total)
              | "CellCandidates" >> beam.ParDo(
                  _CellCandidatesFn(k), rules=beam.pvalue.AsSingleton(rules))
              | "TopNPerCell" >> beam.CombinePerKey(CellTopNCombineFn()))

@@ -315,13 +315,15 @@ class _WriteSummaryFn(beam.DoFn):
     handed_back = gate["passed"] or self._release_when == "always"
     promoted = (outputs.promote_staged(self._directory, self._run["run_id"])
                 if handed_back else {})
+    has_clean = "clean" in summary  # `output.clean` is set.
     for kind in (outputs.RELABELLED, outputs.WEIGHTS):
       if kind in summary["files"]:
         summary["files"][kind] = promoted.get(kind, [])
-    summary["files"][outputs.CLEAN] = promoted.get(outputs.CLEAN, [])
-    if "clean" in summary or not handed_back:
+    if has_clean:
+      summary["files"][outputs.CLEAN] = promoted.get(outputs.CLEAN, [])
+    if has_clean or not handed_back:
       summary.setdefault("clean", {}).update(
-          written=handed_back and outputs.CLEAN in promoted,
+          written=has_clean and handed_back,
           withheld_because=None if handed_back else (
               "the gates failed (output.clean.when: passed): "
               + "; ".join(gate["failures"])))
