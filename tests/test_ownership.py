@@ -692,3 +692,25 @@ def test_a_file_name_that_is_not_utf8_stops_the_run_naming_it(
       f" valid UTF-8; {pattern!r} matches one that is not. Received:"
       f" {bad!r}\n")
   assert not (tmp_path / "out").exists()
+
+
+def test_clean_files_are_deleted_by_the_earlier_runs_list_only(tmp_path):
+  """`clean/` files keep the input's names: a run deletes those the earlier
+  run listed in `.lossaudit-clean.json`, never a user's file beside them,
+  and a list naming a path outside `clean/` deletes nothing."""
+  out = tmp_path / "out"
+  held = claim(out)
+  held.clear_previous()
+  (out / "clean").mkdir()
+  for name in ("part-0.parquet", "mine.parquet", "x"):
+    (out / "clean" / name).write_text(name)
+  (out / "summary.json").write_text("{}")
+  (out / ".lossaudit-clean.json").write_text(json.dumps(
+      {"files": ["part-0.parquet", "../summary.json", "gone.parquet"]}))
+  held.release()
+  again = claim(out)
+  again.clear_previous()
+  assert sorted(os.listdir(out / "clean")) == ["mine.parquet", "x"]
+  assert not (out / ".lossaudit-clean.json").exists()
+  assert not (out / "summary.json").exists()  # Its own name, not the list.
+  again.release()
