@@ -251,6 +251,14 @@ def failed_gates(drift: Dict) -> List[str]:
   return lines
 
 
+def skipped_gates(drift: Dict) -> List[str]:
+  """One line per gate that could not be measured, and why (no baseline
+  yet, or a baseline that kept no scored ids)."""
+  return [f"gate {g['gate']} skipped: {g['what'].split('; skipped: ')[1]}"
+          for g in drift["gates"]
+          if g["value"] is None and "; skipped: " in g["what"]]
+
+
 def _num(value: float) -> str:
   return f"{value:.4g}" if isinstance(value, float) and math.isfinite(
       value) else str(value)

@@ -89,7 +89,9 @@ def expand(patterns: Sequence[str], output_dir: str,
   not_regular: List[str] = []
   for pattern in patterns:
     try:
-      matched = FileSystems.match([pattern])[0].metadata_list
+      # Beam matches a local glob with no folder (`*.parquet`) against
+      # nothing: its folder is made explicit.
+      matched = FileSystems.match([_absolute(pattern)])[0].metadata_list
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"input.pattern: expected a readable glob. Received: {pattern!r}"

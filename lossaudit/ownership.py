@@ -602,3 +602,7 @@ def remove_scratch(directory: str, run_id: str,
   kept = prefix + keep if keep else None
   remove_own_files(directory, lambda rel: rel.startswith(prefix) and not (
       kept and rel.startswith(kept)))
+  if not _is_gcs(directory):  # Folders emptied by a move (the stage).
+    own = os.path.join(directory, outputs.SCRATCH, run_id)
+    for root, _, _ in sorted(os.walk(own), key=lambda w: -len(w[0])):
+      _remove_empty_dirs(root, directory)

@@ -635,6 +635,8 @@ def main(argv: Optional[Sequence[str]] = None,
     print(f"lossaudit: gates {'passed' if gate['passed'] else 'FAILED'}"
           f" (baseline: {gate['baseline'] or 'none'}); see"
           f" {outputs.join(summary['config']['output']['dir'], outputs.DRIFT)}")
+    for line in gate.get("skipped", ()):
+      print(f"lossaudit: warning: {line}", file=sys.stderr)
     if gate["failed"]:
       print("lossaudit: " + "\nlossaudit: ".join(gate["failed"]),
             file=sys.stderr)

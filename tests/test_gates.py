@@ -233,8 +233,13 @@ def test_nightly_config_twice_compares_with_the_latest_run(
   first, second = (json.loads((r / "summary.json").read_text()) for r in runs)
   assert runs[0].name.endswith(first["run_id"])
   assert runs[0].name.startswith(first["started"][:10])
-  assert first["gate"] == {"baseline": None, "passed": True,
-                          "failures": [], "failed": []}
+  no_baseline = "skipped: no baseline run"
+  assert first["gate"] == {
+      "baseline": None, "passed": True, "failures": [], "failed": [],
+      "skipped": [f"gate {name} {no_baseline}" for name in (
+          "max_quantile_shift", "max_new_flagged_fraction",
+          "max_regression_fraction")]}
+  assert second["gate"]["skipped"] == []
   assert second["gate"]["baseline"] == str(runs[0])
   found = json.loads((runs[1] / "drift.json").read_text())
   assert found["passed"]

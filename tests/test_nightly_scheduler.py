@@ -90,9 +90,11 @@ def test_a_failed_night_stays_failed_through_retries(
 
   code, d1, s1 = night(1, IDS[:4])
   assert code == 0 and s1["gate"] == {
-      "baseline": None, "passed": True, "failures": [], "failed": []}
+      "baseline": None, "passed": True, "failures": [], "failed": [],
+      "skipped": ["gate max_new_flagged_fraction skipped: no baseline run"]}
   assert sorted(os.listdir(os.path.join(d1, "clean"))) == ["part-0.parquet"]
   assert os.listdir(os.path.join(d1, "weights"))
+  assert not os.path.exists(os.path.join(d1, ".scratch"))  # Stage emptied.
   # Night 2: 20 new wrong labels, 10% new flags against night 1.
   wrong2 = IDS[:4] + IDS[100:120]
   failures = ["gate max_new_flagged_fraction failed: 0.1 > 0.05, by 0.05"]
@@ -268,3 +270,28 @@ def test_a_baseline_rewritten_while_it_is_copied_stops_the_run(
       " as it is while this run copies it; it changed (another run is"
       f" writing there?). Received: {str(base)!r}")
   assert not (out / "summary.json").exists()
+
+
+def test_a_regression_gate_without_the_baselines_ids_says_it_is_skipped(
+    tmp_path, write_config, capsys):
+  """A baseline that kept neither losses/ nor scored_ids/ (pruned, or from
+  before scored_ids/): the gate is skipped, and the run says so."""
+  data = tmp_path / "data"
+  data.mkdir()
+  out = str(tmp_path / "runs" / "{date}")
+  config = write_config(_config(str(data / "*.parquet"), out, gate={
+      "max_regression_fraction": 0.01}))
+  for night in (1, 2):
+    pq.write_table(_table(IDS, IDS[:night * 5]), data / "part-0.parquet")
+    assert audit.main(["--config", config], clock=_clock(night)) == 0
+    if night == 1:
+      import shutil
+      shutil.rmtree(tmp_path / "runs" / "2026-12-01" / "losses")
+  second = _summary(tmp_path / "runs" / "2026-12-02")
+  assert second["flagged"]["regressions"] is None
+  line = ("gate max_regression_fraction skipped: the baseline's scored ids"
+          " are unknown (it wrote neither losses/ nor scored_ids/)")
+  assert second["gate"]["skipped"] == [line]
+  assert f"lossaudit: warning: {line}\n" in capsys.readouterr().err
+  flagged = pd.read_parquet(tmp_path / "runs" / "2026-12-02" / "flagged")
+  assert flagged["in_baseline"].isna().all()

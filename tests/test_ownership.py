@@ -714,3 +714,19 @@ def test_clean_files_are_deleted_by_the_earlier_runs_list_only(tmp_path):
   assert not (out / ".lossaudit-clean.json").exists()
   assert not (out / "summary.json").exists()  # Its own name, not the list.
   again.release()
+
+
+def test_a_relative_glob_with_no_folder_matches_the_current_one(
+    tmp_path, monkeypatch):
+  """`*.parquet` and `*/d.parquet`, relative to the current directory (Beam
+  alone matches them against nothing)."""
+  for folder in ("a", "b"):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "d.parquet").write_text("x")
+  (tmp_path / "top.parquet").write_text("x")
+  monkeypatch.chdir(tmp_path)
+  out = str(tmp_path / "out")
+  assert inputs.expand(["*.parquet"], out).files == (
+      str(tmp_path / "top.parquet"),)
+  assert inputs.expand(["*/d.parquet"], out).files == (
+      str(tmp_path / "a" / "d.parquet"), str(tmp_path / "b" / "d.parquet"))

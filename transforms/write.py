@@ -347,7 +347,8 @@ class _WriteSummaryFn(beam.DoFn):
     failures = drift.failed_gates(found)
     summary["gate"] = {"baseline": baseline.dir if baseline else None,
                        "passed": found["passed"], "failures": failures,
-                       "failed": failures}
+                       "failed": failures,
+                       "skipped": drift.skipped_gates(found)}
     return found
 
 
