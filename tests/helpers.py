@@ -75,6 +75,17 @@ def base_config(pattern, model_path, output_dir, **sections):
   return config
 
 
+def predictions_config(pattern, output_dir, fmt="parquet", **sections):
+  """A config auditing the probabilities column `p` (no model), flagging
+  losses over 1 (p(given label) < 0.37), with `sections` merged in."""
+  config = base_config(pattern, "", output_dir, input={"format": fmt},
+                       flag={"loss_quantile": None, "loss_threshold": 1.0})
+  config["model"] = {"predictions_column": "p"}
+  for key, value in sections.items():
+    config.setdefault(key, {}).update(value)
+  return config
+
+
 def upload(local: str, remote: str) -> None:
   """Copies a file or a directory tree, bytes as they are (no re-gzip)."""
   from apache_beam.io.filesystem import CompressionTypes

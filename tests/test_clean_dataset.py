@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from lossaudit import clean
 from lossaudit.pipelines import audit
+from tests.helpers import predictions_config
 
 K = 3
 N = 300
@@ -77,14 +78,7 @@ def dataset(tmp_path_factory):
 def _config(root, fmt, out, **extra):
   pattern = str(root / fmt / ("*.tfrecord.gz" if fmt == "tfrecord"
                               else "*.parquet"))
-  config = {
-      "input": {"pattern": pattern, "format": fmt, "id_column": "id",
-                "label_column": "label"},
-      "model": {"predictions_column": "p"},
-      "loss": {"name": "sparse_categorical_crossentropy"},
-      "flag": {"loss_quantile": None, "loss_threshold": 1.0},
-      "output": {"dir": str(out), "clean": {}},
-  }
+  config = predictions_config(pattern, str(out), fmt, output={"clean": {}})
   for key, value in extra.items():
     config[key].update(value)
   return config

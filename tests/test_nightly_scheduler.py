@@ -25,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 from lossaudit.pipelines import audit
+from tests.helpers import predictions_config
 
 K = 3
 DAY = 24 * 3600
@@ -48,15 +49,7 @@ def _table(ids, wrong=()):
 
 
 def _config(pattern, out, fmt="parquet", **sections):
-  config = {
-      "input": {"pattern": pattern, "format": fmt, "id_column": "id",
-                "label_column": "label"},
-      "model": {"predictions_column": "p"},
-      "loss": {"name": "sparse_categorical_crossentropy"},
-      "flag": {"loss_quantile": None, "loss_threshold": 1.0},
-      "output": {"dir": out},
-      "gate": {"baseline": "latest"},
-  }
+  config = predictions_config(pattern, out, fmt, gate={"baseline": "latest"})
   for key, value in sections.items():
     config[key].update(value)
   return config
