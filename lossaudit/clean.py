@@ -228,21 +228,35 @@ def clean_names(sources: Sequence[str]) -> Dict[str, str]:
   extension, stable from run to run. A name too long for a file system
   keeps its start and extension around a hash of the whole name.
   """
-  names = {source: source.rstrip("/").rsplit("/", 1)[-1]
-           for source in sources}
-  shared = collections.Counter(names.values())
-  found = {}
-  for source, name in names.items():
-    stem, extension = _split_extension(name)
-    if shared[name] > 1:
-      name = f"{stem}-{_digest(source)[:8]}{extension}"
-    if len(name.encode("utf-8", "surrogateescape")) > CLEAN_NAME_BYTES:
-      room = CLEAN_NAME_BYTES - len(extension.encode()) - 13
-      head = stem.encode("utf-8", "surrogateescape")[:room].decode(
-          errors="ignore")
-      name = f"{head}-{_digest(name)[:12]}{extension}"
-    found[source] = name
+  own = {source: source.rstrip("/").rsplit("/", 1)[-1] for source in sources}
+  found = {source: _fitting(name) for source, name in own.items()}
+  # Suffixed names are stretched until no two inputs share one: a suffixed
+  # name may be another input's own (`d-167bf55b.parquet`, a cleaned file
+  # fed back in beside new data).
+  for digits in (8, 16, 40):
+    shared = collections.Counter(found.values())
+    if len(shared) == len(found):
+      break
+    for source, name in found.items():
+      if shared[name] > 1:
+        stem, extension = _split_extension(own[source])
+        found[source] = _fitting(
+            f"{stem}-{_digest(source)[:digits]}{extension}")
+  if len(set(found.values())) != len(found):  # Only for equal paths.
+    raise ValueError(f"clean_names: two inputs share a path: {sources}")
   return found
+
+
+def _fitting(name: str) -> str:
+  """`name`, or when too long for a file system its start and extension
+  around a hash of the whole name."""
+  if len(name.encode("utf-8", "surrogateescape")) <= CLEAN_NAME_BYTES:
+    return name
+  stem, extension = _split_extension(name)
+  room = CLEAN_NAME_BYTES - len(extension.encode()) - 13
+  head = stem.encode("utf-8", "surrogateescape")[:room].decode(
+      errors="ignore")
+  return f"{head}-{_digest(name)[:12]}{extension}"
 
 
 def relabelled_value(label: int, kind: str, width: int,

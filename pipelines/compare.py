@@ -55,6 +55,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       default=None, help="fail when flags the baseline did"
                       " not have, over examples_scored, exceed it (default:"
                       " the current run's gate config)")
+  parser.add_argument("--max-regression-fraction", type=float,
+                      default=None, help="fail when new flags on ids the"
+                      " baseline scored, over the ids both scored, exceed it"
+                      " (default: the current run's gate config; measured"
+                      " only when CURRENT_DIR was run against BASELINE_DIR)")
   parser.add_argument("--shift-quantiles", type=float, nargs="+",
                       default=None, help="the quantiles --max-quantile-shift"
                       " watches (default: the current run's gate config, or"
@@ -89,7 +94,10 @@ def compare_runs(args: argparse.Namespace) -> dict:
                             configured.get("shift_quantiles")),
       max_new_flagged_fraction=_pick(
           args.max_new_flagged_fraction,
-          configured.get("max_new_flagged_fraction")))
+          configured.get("max_new_flagged_fraction")),
+      max_regression_fraction=_pick(
+          args.max_regression_fraction,
+          configured.get("max_regression_fraction")))
   if args.shift_quantiles is not None or (
       gate.max_quantile_shift is not None and gate.shift_quantiles):
     key = ("--shift-quantiles" if args.shift_quantiles is not None else
@@ -108,6 +116,7 @@ def compare_runs(args: argparse.Namespace) -> dict:
       max_quantile_shift=gate.max_quantile_shift,
       shift_quantiles=gate.shift_quantiles,
       max_new_flagged_fraction=gate.max_new_flagged_fraction,
+      max_regression_fraction=gate.max_regression_fraction,
       current_dir=args.current, baseline_dir=args.baseline)
 
 
@@ -195,6 +204,9 @@ def check_output(path: str) -> None:
   Raises:
     ConfigError: naming --output.
   """
+  if not path:
+    raise ConfigError("--output: expected a file path for drift.json."
+                      " Received: '' (an empty path)")
   if path.endswith("/") or (
       not path.startswith("gs://") and os.path.isdir(path)):
     raise ConfigError(f"--output: expected a file path for drift.json."

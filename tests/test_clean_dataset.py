@@ -319,6 +319,14 @@ def test_clean_names_are_the_input_names():
   for source in ("gs://b/d/data-0.tfrecord.gz", "gs://b/e/data-0.tfrecord.gz"):
     suffix = hashlib.sha1(source.encode()).hexdigest()[:8]
     assert names[source] == f"data-0-{suffix}.tfrecord.gz"
+  # A suffixed name that is a third input's own: each name stays unique.
+  suffix = hashlib.sha1(b"gs://b/d/data-0.tfrecord.gz").hexdigest()[:8]
+  third = f"gs://b/f/data-0-{suffix}.tfrecord.gz"
+  three = clean.clean_names(["gs://b/d/data-0.tfrecord.gz",
+                             "gs://b/e/data-0.tfrecord.gz", third])
+  assert len(set(three.values())) == 3
+  assert three["gs://b/e/data-0.tfrecord.gz"] == names[
+      "gs://b/e/data-0.tfrecord.gz"]
   long = [f"/d/{c * 235}.tfrecord.gz" for c in "xy"] + [
       "/d/" + "é" * 120 + ".parquet"]
   found = clean.clean_names(long)

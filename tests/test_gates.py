@@ -476,3 +476,50 @@ def test_a_failed_drift_write_leaves_no_temporary_file(two_runs, capsys):
   assert sorted(p.name for p in cur.iterdir()) == ["drift.json",
                                                    "summary.json"]
   assert (cur / "drift.json" / "keep.txt").read_text() == "mine"
+
+
+def test_compare_output_refuses_an_empty_path(two_runs, capsys):
+  base, cur = two_runs
+  assert cli.main(["compare", str(base), str(cur), "--output", ""]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: compare: --output: expected a file path for"
+      " drift.json. Received: '' (an empty path)\n")
+  assert sorted(p.name for p in cur.iterdir()) == ["summary.json"]
+
+
+def test_compare_applies_the_regression_gate_of_a_run_against_its_baseline(
+    tmp_path, write_config, capsys):
+  """A night that `run` failed on its regressions fails `compare` too (its
+  config's gate, or --max-regression-fraction)."""
+  import numpy as np
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  from tests.helpers import predictions_config
+
+  data = tmp_path / "data"
+  data.mkdir()
+  runs = []
+  for night, wrong in enumerate((range(2), range(12))):
+    ids = [f"r{i}" for i in range(200)]
+    probs = np.full((200, 3), 0.05, np.float32)
+    probs[:, 0] = 0.9
+    label = np.zeros(200, np.int64)
+    label[list(wrong)] = 1
+    pq.write_table(pa.table({"id": ids, "label": label, "p": list(probs)}),
+                   data / "part-0.parquet")
+    out = tmp_path / f"night{night}"
+    config = predictions_config(str(data / "*.parquet"), str(out), gate={
+        "baseline": str(runs[-1]) if runs else None,
+        "max_regression_fraction": 0.02})
+    code = audit.main(["--config", write_config(config)])
+    assert code == (0 if night == 0 else 3)
+    runs.append(out)
+  capsys.readouterr()
+  assert cli.main(["compare", str(runs[0]), str(runs[1]), "--output",
+                   str(tmp_path / "d.json")]) == 3
+  assert ("gate max_regression_fraction failed: 0.05 > 0.02, by 0.03"
+          in capsys.readouterr().err)
+  assert cli.main(["compare", str(runs[0]), str(runs[1]), "--output",
+                   str(tmp_path / "d.json"),
+                   "--max-regression-fraction", "0.1"]) == 0
