@@ -399,6 +399,7 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
   if kept is not None:
     summary, flagged, ids = kept
   else:
+    _refuse_baseline_being_written(baseline)
     summary = outputs.read_summary(baseline, "gate.baseline")
     flagged = outputs.shard_files(baseline, outputs.FLAGGED)
     ids = outputs.scored_id_files(baseline)
@@ -412,6 +413,21 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
   ids_known = ids is not None or not summary["examples_scored"]
   return drift.Baseline(baseline, summary, tuple(flagged), tuple(ids or ()),
                         ids_known=ids_known, copied=kept is not None)
+
+
+def _refuse_baseline_being_written(directory: str) -> None:
+  """Refuses, saying so, a baseline another run is writing (its summary
+  gone, its lock held).
+
+  Raises:
+    ConfigError: naming gate.baseline.
+  """
+  if (not FileSystems.exists(outputs.join(directory, outputs.SUMMARY))
+      and FileSystems.exists(outputs.join(directory, ownership.LOCK))):
+    raise ConfigError(
+        f"gate.baseline: expected a completed run; another run is writing"
+        f" there now (it holds {ownership.LOCK}): wait for it to end, or"
+        f" name another run. Received: {directory!r}")
 
 
 def _snapshot(baseline: drift.Baseline, prefix: str) -> drift.Baseline:

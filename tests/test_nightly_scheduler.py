@@ -288,3 +288,23 @@ def test_a_regression_gate_without_the_baselines_ids_says_it_is_skipped(
   assert f"lossaudit: warning: {line}\n" in capsys.readouterr().err
   flagged = pd.read_parquet(tmp_path / "runs" / "2026-12-02" / "flagged")
   assert flagged["in_baseline"].isna().all()
+
+
+def test_a_baseline_another_run_is_writing_is_refused_saying_so(
+    tmp_path, write_config, capsys):
+  from lossaudit import ownership
+
+  base = tmp_path / "base"
+  base.mkdir()
+  (base / ownership.MARKER).write_text("{}")
+  (base / ownership.LOCK).write_text("{}")  # Cleared, being written.
+  data = tmp_path / "data"
+  data.mkdir()
+  pq.write_table(_table(IDS), data / "part-0.parquet")
+  config = write_config(_config(str(data / "*.parquet"), str(tmp_path / "o"),
+                                gate={"baseline": str(base)}))
+  assert audit.main(["--config", config]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: gate.baseline: expected a completed run; another"
+      " run is writing there now (it holds .lossaudit-lock.json): wait for"
+      f" it to end, or name another run. Received: {str(base)!r}\n")
