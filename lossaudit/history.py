@@ -76,8 +76,9 @@ class HistoryCounts:
     persistent: today's flagged rows the baseline flagged too.
     resolved: baseline flags scored today and no longer flagged.
     not_scored: baseline flags whose id was not scored today.
-    new_rows: new flags on ids the baseline never scored.
-    regressions: new flags on ids the baseline scored (and did not flag).
+    new_rows: distinct ids newly flagged that the baseline never scored.
+    regressions: distinct ids newly flagged that the baseline scored (and
+      did not flag): over `scored_in_both`, a fraction of ids.
     scored_in_both: distinct ids scored today and by the baseline.
   """
 
@@ -150,6 +151,11 @@ def _first_per_id(table: pa.Table) -> pa.Table:
   return table.take(pa.array(np.sort(first)))
 
 
+def _count_distinct(ids: pa.ChunkedArray, rows: np.ndarray) -> int:
+  """Distinct ids among `rows` `(N,)` bool of `ids` `(N,)`."""
+  return len(_distinct(ids.filter(pa.array(rows))))
+
+
 def _distinct(ids: pa.ChunkedArray) -> pa.Array:
   return pc.unique(ids.combine_chunks() if isinstance(
       ids, pa.ChunkedArray) else ids)
@@ -193,8 +199,9 @@ def join_bucket(flagged: pa.Table, baseline: pa.Table,
     was_scored = pc.is_in(flagged.column("id"), value_set=known).to_numpy(
         zero_copy_only=False)
     in_baseline = pa.array(was_scored)
-    counts.regressions = int((~found & was_scored).sum())
-    counts.new_rows = int((~found & ~was_scored).sum())
+    ids = flagged.column("id")
+    counts.regressions = _count_distinct(ids, ~found & was_scored)
+    counts.new_rows = _count_distinct(ids, ~found & ~was_scored)
     if scored is not None and len(known):
       counts.scored_in_both = int(pc.sum(pc.is_in(
           _distinct(scored.column("id")), value_set=known)).as_py() or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import stat
 import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -71,17 +72,50 @@ def latest_complete_run(template: str,
   template's own directory: call this before `Claim.clear_previous` clears
   it.
   """
+  if not _is_gcs(template):  # Beam matches `{date}/...` against nothing.
+    template = os.path.abspath(template)
   pattern = join(template.format(date=_DATE_GLOB, run_id=_RUN_ID_GLOB),
                  SUMMARY)
   found = FileSystems.match([pattern])[0].metadata_list
-  for newest in sorted(found, reverse=True,
-                       key=lambda m: (m.last_updated_in_seconds, m.path)):
+  started = _start_in_name(template)
+  for newest in sorted(found, reverse=True, key=lambda m: (
+      started(m.path), m.last_updated_in_seconds, m.path)):
     directory = newest.path[:-len(SUMMARY)].rstrip("/")
     if exclude is not None and same_dir(directory, exclude):
       continue
     if gate_passed(newest.path):
       return directory
   return None
+
+
+def _start_in_name(template: str):
+  """A function of a run's path (of `template`) giving when the run started
+  as its name says: its run id (`20261207T023000Z-...`, which sorts by
+  start time), else its date as `20261207`, else "". Runs are ordered by it
+  before their summary's time, which a copy or a `touch` changes."""
+  parts = re.split(r"(\{date\}|\{run_id\})", template)
+  named = set()
+  regex = ""
+  for part in parts:
+    name = part[1:-1] if part in ("{date}", "{run_id}") else None
+    if name is None:
+      regex += re.escape(part)
+    elif name in named:
+      regex += f"(?P={name})"
+    else:
+      named.add(name)
+      regex += (r"(?P<date>\d{4}-\d{2}-\d{2})" if name == "date"
+                else r"(?P<run_id>\d{8}T\d{6}Z-[0-9a-f]{6})")
+  compiled = re.compile(regex.rstrip("/") + "/")
+
+  def started(path: str) -> str:
+    found = compiled.search(path)
+    if found is None:
+      return ""
+    groups = found.groupdict()
+    return groups.get("run_id") or (groups.get("date") or "").replace("-", "")
+
+  return started
 
 
 def same_dir(a: str, b: str) -> bool:

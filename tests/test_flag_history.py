@@ -245,6 +245,24 @@ def test_join_bucket_new_persistent_resolved_and_not_scored():
       new=1, persistent=1, resolved=1, not_scored=1)
 
 
+def test_join_bucket_tells_new_rows_from_regressions_per_id():
+  """`r` is flagged 3 times (a duplicated id) and `n` once: one regressed
+  id and one new row, whatever the duplicates; `in_baseline` per row."""
+  flagged = _flagged(["r", "r", "r", "n", "p"], [5.0] * 5)
+  baseline = history.baseline_rows(_flagged(["p"], [4.0]), "r0")
+  scored = pa.table({"id": ["r", "r", "r", "n", "p", "q"],
+                     "loss": [5.0] * 6})
+  ids = pa.table({"id": ["p", "q", "r", "r", "gone"]})
+  joined = history.join_bucket(flagged, baseline, scored, "r1", ids)
+  assert joined.flagged.column("in_baseline").to_pylist() == [
+      True, True, True, False, True]
+  assert (joined.counts.new, joined.counts.regressions,
+          joined.counts.new_rows, joined.counts.scored_in_both) == (
+              4, 1, 1, 3)
+  unknown = history.join_bucket(flagged, baseline, scored, "r1", None)
+  assert unknown.flagged.column("in_baseline").null_count == 5
+
+
 def test_a_baseline_without_history_was_first_flagged_by_its_run():
   rows = history.baseline_rows(_flagged(["q"], [1.0]), "r0")
   joined = history.join_bucket(_flagged(["q"], [2.0]), rows, None, "r1")

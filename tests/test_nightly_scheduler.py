@@ -308,3 +308,26 @@ def test_a_baseline_another_run_is_writing_is_refused_saying_so(
       "lossaudit: error: gate.baseline: expected a completed run; another"
       " run is writing there now (it holds .lossaudit-lock.json): wait for"
       f" it to end, or name another run. Received: {str(base)!r}\n")
+
+
+def test_latest_is_the_newest_by_the_runs_names_not_file_times(tmp_path):
+  """A copied or touched older run keeps its place: runs are ordered by the
+  date and run id in their names, then by their summary's time; a failed
+  run is never the baseline."""
+  from lossaudit import outputs
+
+  runs = tmp_path / "runs"
+  gates = {"2026-12-01-20261201T023000Z-aaaaaa": True,
+           "2026-12-02-20261202T023000Z-bbbbbb": True,
+           "2026-12-03-20261203T023000Z-cccccc": False}
+  for i, (name, passed) in enumerate(gates.items()):
+    (runs / name).mkdir(parents=True)
+    (runs / name / "summary.json").write_text(json.dumps(
+        {"gate": {"passed": passed}}))
+    os.utime(runs / name / "summary.json", (3000 - i * 1000,) * 2)
+  template = str(runs / "{date}-{run_id}")
+  assert outputs.latest_complete_run(template) == str(
+      runs / "2026-12-02-20261202T023000Z-bbbbbb")
+  assert outputs.latest_complete_run(
+      template, exclude=str(runs / "2026-12-02-20261202T023000Z-bbbbbb")
+  ) == str(runs / "2026-12-01-20261201T023000Z-aaaaaa")
