@@ -908,7 +908,19 @@ class AuditConfig:
     self._check_clean()
 
   def _check_clean(self) -> None:
-    """Relabelling needs label issues to take the labels from."""
+    """Relabelling needs label issues to take the labels from; the gates
+    on new flags need a baseline; probabilities are written in losses/."""
+    for key in ("max_new_flagged_fraction", "max_regression_fraction"):
+      if getattr(self.gate, key) is not None and self.gate.baseline is None:
+        raise ConfigError(
+            f"gate.{key}: needs gate.baseline (the run whose flags and ids"
+            f" are compared with). Received: {key}={getattr(self.gate, key)}"
+            " with gate.baseline=None")
+    if self.output.write_probabilities and not self.output.write_losses:
+      raise ConfigError(
+          "output.write_probabilities: needs output.write_losses (the"
+          " probabilities are a column of losses/). Received:"
+          " write_probabilities=true with write_losses=false")
     clean = self.output.clean
     if clean is not None and clean.relabel and not self.flag.label_issues:
       raise ConfigError(

@@ -64,6 +64,17 @@ def _absolute(path: str) -> str:
   return path if _is_remote(path) else os.path.abspath(path)
 
 
+def _matchable(pattern: str) -> str:
+  """`pattern` as Beam can match it: Beam matches a local glob whose first
+  part is a wildcard (`*.parquet`, `*/d.parquet`) against nothing, so that
+  one is made absolute; the others stay as written (the paths matched are
+  the files' names in the outputs)."""
+  first = pattern.split("/", 1)[0]
+  if _is_remote(pattern) or not any(c in first for c in "*?["):
+    return pattern
+  return os.path.abspath(pattern)
+
+
 def _spellings(path: str) -> Tuple[str, ...]:
   """`path` as written (absolute) and with symbolic links resolved: a glob
   over `in/**` reaches `link/out` when `link` points at `in`."""
@@ -89,9 +100,7 @@ def expand(patterns: Sequence[str], output_dir: str,
   not_regular: List[str] = []
   for pattern in patterns:
     try:
-      # Beam matches a local glob with no folder (`*.parquet`) against
-      # nothing: its folder is made explicit.
-      matched = FileSystems.match([_absolute(pattern)])[0].metadata_list
+      matched = FileSystems.match([_matchable(pattern)])[0].metadata_list
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
           f"input.pattern: expected a readable glob. Received: {pattern!r}"

@@ -277,6 +277,15 @@ def _overview(summary: Dict) -> str:
       "overview")
 
 
+def _withheld(summary: Dict) -> str:
+  """Why a run whose gates failed handed back no `clean/` or `weights/`."""
+  withheld = (summary.get("clean") or {}).get("withheld_because")
+  if not withheld:
+    return ""
+  return ('<p id="withheld"><strong>No clean/ or weights/ were handed'
+          f" back:</strong> {html.escape(withheld)}.</p>")
+
+
 def _comparison(found: Optional[Dict]) -> str:
   if found is None:
     return ("<p>No gate or baseline is set (<code>gate:</code> in the"
@@ -337,6 +346,7 @@ def _history_section(summary: Dict, columns: Sequence[str],
                    counts["baseline_not_scored"]]], "flag-history")
   new = (_table(columns, [[row.get(c) for c in columns] for row in top_new],
                 "new-flags") if top_new else "<p>No new flags.</p>")
+
   return (f"<h2>Flag history</h2>{note}<p>New: flagged now, not in the"
           " baseline run, on rows the baseline never scored (new data) or"
           " on rows it scored and did not flag (regressions); persistent:"
@@ -480,7 +490,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                  " its held-out fold: its count and loss quantiles.</p>" +
                  _quantile_table("fold", summary["folds"], "folds"))
   columns = [c for c in ("id", "score", "loss", "reasons", "status",
-                         "first_flagged", "times_flagged", "given_label",
+                         "in_baseline", "first_flagged", "times_flagged",
+                         "given_label",
                          "given_class", "predicted_label", "predicted_class",
                          "suggested_label", "suggested_class",
                          "self_confidence", "target", "prediction",
@@ -543,7 +554,7 @@ first. Inputs that could not be scored are <em>dead-lettered</em>, each with
 its reason. Quantiles are approximate: each is within rank error
 {loss["epsilon"]} of the exact value.</p>
 <h2>Overview</h2>{_overview(summary)}
-<h2>Comparison with the baseline</h2>{_comparison(found)}
+<h2>Comparison with the baseline</h2>{_comparison(found)}{_withheld(summary)}
 {history_html}<h2>Loss distribution</h2>{_score_note(loss)}
 {log_scale_checkbox}
 {_svg_histogram(edges, counts, summary["thresholds"])}

@@ -281,6 +281,14 @@ def test_drop_actions():
     ({"clean": {"relabel_min_probability": 1.5}}, {}, {},
      "output.clean.relabel_min_probability: expected a number in [0, 1]."
      " Received: 1.5"),
+    ({}, {}, {"max_regression_fraction": 0.1},
+     "gate.max_regression_fraction: needs gate.baseline (the run whose flags"
+     " and ids are compared with). Received: max_regression_fraction=0.1"
+     " with gate.baseline=None"),
+    ({"write_losses": False, "write_probabilities": True}, {}, {},
+     "output.write_probabilities: needs output.write_losses (the"
+     " probabilities are a column of losses/). Received:"
+     " write_probabilities=true with write_losses=false"),
     ({}, {}, {"max_regression_fraction": -0.1},
      "gate.max_regression_fraction: expected a number in [0, 1]. Received:"
      " -0.1"),

@@ -103,6 +103,9 @@ def test_a_failed_night_stays_failed_through_retries(
     assert s2["clean"]["withheld_because"] == (
         "the gates failed (output.clean.when: passed): " + failures[0])
     assert s2["files"]["clean"] == [] and s2["files"]["weights"] == []
+    page = open(os.path.join(d2, "report.html")).read()
+    assert ('<p id="withheld"><strong>No clean/ or weights/ were handed'
+            " back:</strong> the gates failed") in page
     if dated:
       assert s2["gate"]["baseline"] == d1
   assert capsys.readouterr().err.count(failures[0]) == 2
