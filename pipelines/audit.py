@@ -254,6 +254,7 @@ def run(argv: Optional[Sequence[str]] = None,
     if template_location:
       return {"template": template_location}
     result.wait_until_finish()
+    SIGNALS.completed = True
     summary_path = outputs.join(config.output.dir, outputs.SUMMARY)
     summary = outputs.read_json(summary_path)
     summary["timings"]["startup"] = startup.to_dict(
@@ -374,9 +375,10 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
 
   `latest` is the newest earlier completed run whose gates passed
   (`outputs.latest_complete_run`). A fixed `output.dir` is its own
-  baseline; when its last run failed its gates (or was stopped after it
-  cleared the run before), the baseline that run kept a copy of is used,
-  so a retried night is judged against the same history.
+  baseline (with `latest`, or named); when its last run failed its gates
+  (or was stopped after it cleared the run before), the baseline that run
+  kept a copy of is used, so a retried night is judged against the same
+  history; before its first run, there is none.
   """
   if baseline is None:
     return None
@@ -390,11 +392,14 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
       return None
   kept = None
   if fixed and outputs.same_dir(baseline, template):
+    # Its own directory, named or `latest`: its last run, unless that one
+    # failed its gates or never completed; then the baseline that run kept
+    # (none before the first run).
     summary_path = outputs.join(baseline, outputs.SUMMARY)
-    if not FileSystems.exists(summary_path) or (
-        latest and not outputs.gate_passed(summary_path)):
+    if not FileSystems.exists(summary_path) or not outputs.gate_passed(
+        summary_path):
       kept = outputs.kept_baseline(baseline)
-      if kept is None and latest:
+      if kept is None:
         return None
   if kept is not None:
     summary, flagged, ids = kept
@@ -476,9 +481,15 @@ class _StopOnSignals:
 
   def __init__(self):
     self.received: Optional[int] = None
+    # Set once the run's outputs are whole (its summary.json written): a
+    # signal then is noted, not obeyed, and the exit code is the run's.
+    self.completed = False
     self._previous = {}
 
   def _interrupt(self, signum, unused_frame):
+    if self.completed:
+      self.received = self.received or signum
+      return
     if self.received is None:
       self.received = signum
       # The runner logs the interruption as a failure, traceback and all;
@@ -493,6 +504,7 @@ class _StopOnSignals:
 
   def __enter__(self):
     self.received = None
+    self.completed = False
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._interrupt)
                         for s in self.SIGNALS}
@@ -629,6 +641,33 @@ def main(argv: Optional[Sequence[str]] = None,
       " scratch files and lock are removed and no summary.json was written")
   if code is not None:
     return code
+  with _noting_signals(SIGNALS.received):
+    return _report(summary)
+
+
+@contextlib.contextmanager
+def _noting_signals(received: Optional[int]) -> Iterator[None]:
+  """While a completed run is reported, SIGINT and SIGTERM are noted, not
+  obeyed (a scheduler would take the completed night for a failed one);
+  a line says so at the end. `received`: one that arrived already."""
+  noted = [received] if received else []
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    previous = {s: signal.signal(s, lambda signum, _: noted.append(signum))
+                for s in _StopOnSignals.SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    if noted:
+      print(f"lossaudit: {signal.Signals(noted[0]).name} arrived after the"
+            " run completed; its outputs are whole, and the exit code is"
+            " the run's", file=sys.stderr)
+
+
+def _report(summary: Dict) -> int:
+  """Prints what a completed run did; returns its exit code."""
   if "template" in summary:
     print(f"lossaudit: wrote the job template {summary['template']}")
     return 0

@@ -231,3 +231,29 @@ def test_a_signal_ends_a_multi_process_run_and_its_workers(
   ours = [line for line in err.splitlines() if "lossaudit" in line.lower()]
   assert ours[-1] == (
       f"lossaudit: interrupted by {signal.Signals(signum).name}; {stopped}")
+
+
+def test_a_signal_after_the_run_completed_is_noted_not_obeyed(capsys):
+  """SIGTERM while a completed run is reported: the run's exit code, and a
+  line saying so (a scheduler would retry a completed night)."""
+  import signal as signals
+
+  from lossaudit.pipelines import audit as audit_module
+
+  with audit_module.SIGNALS:
+    audit_module.SIGNALS.completed = True
+    os.kill(os.getpid(), signals.SIGTERM)  # Handled before the next line.
+    received = audit_module.SIGNALS.received
+  assert received == signals.SIGTERM
+  summary = {"examples_scored": 1, "examples_read": 1,
+             "examples_dead_lettered": 0, "flagged": {"total": 0},
+             "config": {"output": {"dir": "out"}},
+             "gate": {"passed": False, "baseline": None, "failed": ["g"],
+                      "skipped": []}}
+  with audit_module._noting_signals(received):
+    os.kill(os.getpid(), signals.SIGINT)
+    code = audit_module._report(summary)
+  assert code == 3
+  assert capsys.readouterr().err.endswith(
+      "lossaudit: SIGTERM arrived after the run completed; its outputs are"
+      " whole, and the exit code is the run's\n")

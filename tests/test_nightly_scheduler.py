@@ -63,17 +63,21 @@ def _summary(directory):
 IDS = [f"r{i}" for i in range(200)]
 
 
-@pytest.mark.parametrize("dated", [
-    True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("dated,named", [
+    (True, False), pytest.param(False, False, marks=pytest.mark.slow),
+    pytest.param(False, True, marks=pytest.mark.slow)])
 def test_a_failed_night_stays_failed_through_retries(
-    tmp_path, write_config, capsys, dated):
+    tmp_path, write_config, capsys, dated, named):
+  """With dated folders; with one fixed folder and `latest`; with one fixed
+  folder named as its own baseline (before its first run there is none)."""
   data = tmp_path / "data"
   data.mkdir()
   out = str(tmp_path / "runs" / ("{date}" if dated else "fixed"))
   config = write_config(_config(
       str(data / "*.parquet"), out,
       output={"clean": {}, "weights": {"scheme": "drop_flagged"}},
-      gate={"max_new_flagged_fraction": 0.05}))
+      gate={"max_new_flagged_fraction": 0.05,
+            "baseline": out if named else "latest"}))
 
   def night(number, wrong):
     pq.write_table(_table(IDS, wrong), data / "part-0.parquet")
