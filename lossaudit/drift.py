@@ -201,8 +201,9 @@ def compare(current: Dict, baseline: Optional[Dict], *,
     flagged = current["flagged"]
     both = flagged.get("scored_in_both")
     why = ("; skipped: no baseline run" if baseline is None else
-           "; skipped: the baseline's scored ids are unknown (it wrote"
-           " neither losses/ nor scored_ids/)" if both is None else "")
+           "; skipped: new rows and regressions are unknown (the baseline"
+           " wrote neither losses/ nor scored_ids/, or this run was not made"
+           " against it)" if both is None else "")
     gates.append(_gate(
         "max_regression_fraction", max_regression_fraction,
         None if why else (flagged["regressions"] / both if both else 0.0),

@@ -289,8 +289,9 @@ def test_a_regression_gate_without_the_baselines_ids_says_it_is_skipped(
       shutil.rmtree(tmp_path / "runs" / "2026-12-01" / "losses")
   second = _summary(tmp_path / "runs" / "2026-12-02")
   assert second["flagged"]["regressions"] is None
-  line = ("gate max_regression_fraction skipped: the baseline's scored ids"
-          " are unknown (it wrote neither losses/ nor scored_ids/)")
+  line = ("gate max_regression_fraction skipped: new rows and regressions"
+          " are unknown (the baseline wrote neither losses/ nor scored_ids/,"
+          " or this run was not made against it)")
   assert second["gate"]["skipped"] == [line]
   assert f"lossaudit: warning: {line}\n" in capsys.readouterr().err
   flagged = pd.read_parquet(tmp_path / "runs" / "2026-12-02" / "flagged")

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from lossaudit import inputs, ownership
-from lossaudit.errors import ConfigError
+from lossaudit.errors import ConfigError, one_line
 from lossaudit.pipelines import audit
 from tests.helpers import base_config
 
@@ -455,7 +455,8 @@ def test_cli_refusals_leave_user_files_intact(
   for index, (config, message) in enumerate(cases):
     monkeypatch.chdir(project if index == 0 else tmp_path)
     code, err = _main(config, write_config, capsys)
-    assert (code, err) == (2, message + "\n")
+    prefix = "lossaudit: error: "  # A long path is cut (`one_line`).
+    assert (code, err) == (2, prefix + one_line(message[len(prefix):]) + "\n")
   assert snapshot(project) == before
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from lossaudit import datasets, duplicates
+from lossaudit.errors import one_line
 from lossaudit.pipelines import audit
 from lossaudit.scoring import BatchScorer
 from tests.helpers import base_config, make_columns, start_blocked_audit
@@ -377,12 +378,12 @@ def test_model_with_fewer_classes_than_the_labels_stops_before_running(
                        tmp_path / "out")
   assert audit.main(["--config", write_config(config)]) == 2
   err = capsys.readouterr().err
-  assert err.startswith(
-      "lossaudit: error: input.label_column: 24 of the first 64 labels of ")
-  assert err.endswith(
-      "are outside the model's classes (first: label 5 out of range: expected"
-      " an integer class in [0, 5)); expected a model trained on the data's"
-      " classes\n")
+  path = str(tmp_path / "data" / "part-00000-of-00001.tfrecord.gz")
+  assert err == "lossaudit: error: " + one_line(
+      f"input.label_column: 24 of the first 64 labels of {path} are outside"
+      " the model's classes (first: label 5 out of range: expected an integer"
+      " class in [0, 5)); expected a model trained on the data's"
+      " classes") + "\n"
   assert not (tmp_path / "out").exists()
 
 
