@@ -86,6 +86,20 @@ def predictions_config(pattern, output_dir, fmt="parquet", **sections):
   return config
 
 
+def write_predictions(path, ids, labels, probs) -> None:
+  """A Parquet file of `id`, `label` and `p`: the `(N, K)` rows of `probs`
+  as a fixed-size list column."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  probs = np.asarray(probs, np.float32)
+  pq.write_table(pa.table({
+      "id": ids, "label": labels,
+      "p": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)),
+                                             probs.shape[1]),
+  }), path)
+
+
 def upload(local: str, remote: str) -> None:
   """Copies a file or a directory tree, bytes as they are (no re-gzip)."""
   from apache_beam.io.filesystem import CompressionTypes

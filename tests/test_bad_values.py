@@ -20,7 +20,13 @@ from lossaudit import columns as cols
 from lossaudit import datasets
 from lossaudit.pipelines import audit
 from lossaudit.scoring import BatchScorer, Feature, LossTerm, ScoringSpec
-from tests.helpers import NUM_CLASSES, NUM_FEATURES, base_config, make_columns
+from tests.helpers import (
+  NUM_CLASSES,
+  NUM_FEATURES,
+  base_config,
+  make_columns,
+  write_predictions,
+)
 
 CLASSES = f"expected an integer class in [0, {NUM_CLASSES})"
 WEIGHT = "is not a valid sample weight: expected a finite number >= 0"
@@ -409,10 +415,7 @@ def test_every_row_of_a_predictions_column_is_checked(tmp_path, write_config,
     values[row] = value
   labels = rng.integers(0, k, n)
   ids = np.array([f"row-{i:03d}" for i in range(n)])
-  pq.write_table(pa.table({
-      "id": ids, "label": labels,
-      "p": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
-  }), tmp_path / "data.parquet")
+  write_predictions(tmp_path / "data.parquet", ids, labels, values)
   out = tmp_path / "out"
   config = base_config(tmp_path / "data.parquet", "", out, batch_size=128,
                        model={"predictions_column": "p",

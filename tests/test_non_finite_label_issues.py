@@ -10,13 +10,11 @@ see test_bad_values.py).
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from cleanlab.filter import find_label_issues
 
 from lossaudit.pipelines import audit
-from tests.helpers import base_config, noisy_probs
+from tests.helpers import base_config, noisy_probs, write_predictions
 
 N, K = 344, 4
 NAN_ROWS = (17, 200)
@@ -35,10 +33,7 @@ def test_nan_probability_rows_are_left_out(tmp_path, write_config, method):
   probs, given, _ = noisy_probs(N, K, 0.15, seed=3)
   probs[list(NAN_ROWS), 1] = np.nan
   ids = np.array([f"row-{i:03d}" for i in range(N)])
-  pq.write_table(pa.table({
-      "id": ids, "label": given,
-      "p": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K),
-  }), tmp_path / "data.parquet")
+  write_predictions(tmp_path / "data.parquet", ids, given, probs)
   out = tmp_path / "out"
   config = base_config(tmp_path / "data.parquet", model_path, out,
                        flag={"loss_quantile": None, "label_issues": method})
