@@ -279,10 +279,12 @@ def promote_staged(directory: str, run_id: str) -> Dict[str, List[str]]:
     The final paths, by folder (`clean`, `relabelled`, `weights`).
   """
   staged = relative_files(stage_dir(directory, run_id))
-  clean = sorted(rel.split("/", 1)[1] for _, rel in staged
-                 if rel.startswith(CLEAN + "/"))
+  clean = {rel.split("/", 1)[1] for _, rel in staged
+           if rel.startswith(CLEAN + "/")}
   if clean:
-    write_json(join(directory, CLEAN_MANIFEST), {"files": clean})
+    # A retried step finds part of the stage moved, and this run's list.
+    write_json(join(directory, CLEAN_MANIFEST),
+               {"files": sorted(clean | set(clean_manifest(directory)))})
   targets = [join(directory, rel) for _, rel in staged]
   if not _is_gcs(directory):
     for folder in {os.path.dirname(t) for t in targets}:

@@ -731,3 +731,26 @@ def test_a_relative_glob_with_no_folder_matches_the_current_one(
       str(tmp_path / "top.parquet"),)
   assert inputs.expand(["*/d.parquet"], out).files == (
       str(tmp_path / "a" / "d.parquet"), str(tmp_path / "b" / "d.parquet"))
+
+
+def test_a_retried_hand_back_lists_every_clean_file(tmp_path):
+  """`promote_staged` moves the stage into place; run again after moving
+  part of it (a retried step), the list still names every clean file."""
+  from lossaudit import outputs
+
+  out = tmp_path / "out"
+  run_id = "20261207T023000Z-abcdef"
+  stage = out / ".scratch" / run_id / "stage"
+  for relative in ("clean/a.parquet", "clean/b.parquet",
+                   "weights/part-00000-of-00001.parquet"):
+    (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+    (stage / relative).write_text(relative)
+  (out / "clean").mkdir(parents=True)
+  os.rename(stage / "clean" / "a.parquet", out / "clean" / "a.parquet")
+  (out / ".lossaudit-clean.json").write_text('{"files": ["a.parquet"]}')
+  moved = outputs.promote_staged(str(out), run_id)
+  assert moved == {
+      "clean": [str(out / "clean" / "b.parquet")],
+      "weights": [str(out / "weights" / "part-00000-of-00001.parquet")]}
+  assert outputs.clean_manifest(str(out)) == ["a.parquet", "b.parquet"]
+  assert (out / "clean" / "b.parquet").read_text() == "clean/b.parquet"
