@@ -65,8 +65,9 @@ def latest_complete_run(template: str,
   passed (or that had none), or None.
 
   Runs are the directories the template can expand to (placeholders match
-  any date and run id) that hold a `summary.json`, newest by that file's
-  time; one whose `gate.passed` is false is never a baseline, so a failed
+  any date and run id) that hold a `summary.json`, newest by the date and
+  run id in their names, then by that file's time (`_start_in_name`); one
+  whose `gate.passed` is false is never a baseline, so a failed
   night retried against the same history fails again. `exclude` (this
   run's own directory) is left out. With no placeholders, that is the
   template's own directory: call this before `Claim.clear_previous` clears
