@@ -23,6 +23,13 @@ wrote, chosen by name, never a whole directory: shards
 scratch. A user's `losses/mine.py` survives even `overwrite: true`. Then it
 writes the marker. `Claim.release` removes this run's scratch and the lock;
 scratch lives under `.scratch/<run id>/`, so no run can delete another's.
+
+A job on a remote runner (Dataflow, a Flex Template launch, a classic
+template) claims its directory in its own first step (`RunInfo.in_job`), as
+the job, not the process that launched it: the launcher only checks, with
+`check_claimable`, and deletes nothing. While the job runs, its steps
+refresh the lock (`refresh`), so a job longer than `output.lock_timeout` keeps
+it; a job that fails leaves it to go stale, and its scratch to the next run.
 """
 
 from __future__ import annotations
@@ -89,18 +96,25 @@ class RunInfo:
   pid: int
   started: float  # Seconds since the epoch.
   pid_namespace: str = ""
+  # Held by a job's workers (`claim(in_job=True)`): its pid tells nothing
+  # of the job, and only the timeout, from the last refresh, frees it.
+  in_job: bool = False
+  refreshed: float = 0.0  # When the job last refreshed it (epoch seconds).
 
   @classmethod
-  def this_process(cls, run_id: str, started: float) -> "RunInfo":
+  def this_process(cls, run_id: str, started: float,
+                   in_job: bool = False) -> "RunInfo":
     return cls(run_id, socket.gethostname(), os.getpid(), started,
-               _pid_namespace())
+               _pid_namespace(), in_job)
 
   def to_json(self) -> bytes:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
-    return json.dumps({"run_id": self.run_id, "host": self.host,
-                       "pid": self.pid, "pid_namespace": self.pid_namespace,
-                       "started": self.started, "started_utc": started},
-                      indent=2).encode("utf-8")
+    found = {"run_id": self.run_id, "host": self.host, "pid": self.pid,
+             "pid_namespace": self.pid_namespace, "started": self.started,
+             "started_utc": started}
+    if self.in_job:
+      found.update(in_job=True, refreshed=self.refreshed)
+    return json.dumps(found, indent=2).encode("utf-8")
 
   @classmethod
   def from_json(cls, data: bytes) -> Optional["RunInfo"]:
@@ -110,12 +124,20 @@ class RunInfo:
       found = json.loads(data.decode("utf-8"))
       holder = cls(str(found["run_id"]), str(found["host"]),
                    int(found["pid"]), float(found["started"]),
-                   str(found.get("pid_namespace", "")))
+                   str(found.get("pid_namespace", "")),
+                   found.get("in_job", False) is True,
+                   float(found.get("refreshed", 0.0)))
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
       return None
-    if not (0 < holder.pid < 1 << 31 and 0 <= holder.started < 1e11):
+    if not (0 < holder.pid < 1 << 31 and 0 <= holder.started < 1e11
+            and 0 <= holder.refreshed < 1e11):
       return None  # Not a time or a pid: as unreadable as garbage.
     return holder
+
+  @property
+  def last_seen(self) -> float:
+    """When the holder last said it was alive (started or refreshed)."""
+    return max(self.started, self.refreshed)
 
   def describe(self) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -178,6 +200,21 @@ class _LocalLock:
     os.remove(aside)
     return same
 
+  def replace(self, held: _Held, data: bytes) -> bool:
+    """Rewrites the lock with `data` if it is still `held`; False when it
+    changed or went."""
+    aside = f"{self.path}.{uuid.uuid4().hex}"
+    with open(aside, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    current = self.read()
+    if current is None or current.version != held.version:
+      os.remove(aside)
+      return False
+    os.replace(aside, self.path)
+    return True
+
 
 class _GcsLock:
   """`gs://bucket/DIR/.lossaudit-lock.json`, through google-cloud-storage."""
@@ -233,6 +270,16 @@ class _GcsLock:
       return False
     return True
 
+  def replace(self, held: _Held, data: bytes) -> bool:
+    try:
+      self._bucket.blob(self._name).upload_from_string(
+          data, content_type="application/json",
+          if_generation_match=held.version, retry=self._retry,
+          timeout=GCS_DEADLINE)
+    except (self._exceptions.NotFound, self._exceptions.PreconditionFailed):
+      return False
+    return True
+
   def has_other_objects(self) -> bool:
     names = {f"{self._prefix}{MARKER}", self._name}
     for blob in self._client.list_blobs(self._bucket, prefix=self._prefix,
@@ -264,7 +311,7 @@ def _process_alive(holder: RunInfo) -> Optional[bool]:
   """Whether `holder`'s process still exists; None when this process cannot
   tell: another host, or another PID namespace (containers may share a host
   name and a disk, each with its own pids)."""
-  if (holder.host != socket.gethostname() or
+  if (holder.in_job or holder.host != socket.gethostname() or
       holder.pid_namespace != _pid_namespace()):
     return None
   try:
@@ -360,7 +407,8 @@ class Claim:
     remove_scratch(self.directory, self.run.run_id,
                    keep=outputs.KEPT_BASELINE if keep else None)
     held = self._lock.read()
-    if held is not None and held.holder == self.run:
+    if held is not None and held.holder and (
+        held.holder.run_id == self.run.run_id):
       self._lock.delete(held)
     if self._created:  # A failed set-up leaves no empty directories.
       _remove_empty_dirs(self.directory, os.path.dirname(self._created))
@@ -388,12 +436,10 @@ def claim(directory: str, run: RunInfo, *, overwrite: bool,
   _refuse_foreign(directory, overwrite)
   created = None
   try:
-    if _is_gcs(directory):
-      lock = _GcsLock(directory)
-    else:
+    if not _is_gcs(directory):
       created = _first_missing(directory)
       os.makedirs(directory, exist_ok=True)
-      lock = _LocalLock(directory)
+    lock = _lock_for(directory)
     with _quiet_http_retries():
       _acquire(lock, run, lock_timeout, clock)
   except ConfigError:
@@ -411,6 +457,10 @@ def claim(directory: str, run: RunInfo, *, overwrite: bool,
   return result
 
 
+def _lock_for(directory: str):
+  return _GcsLock(directory) if _is_gcs(directory) else _LocalLock(directory)
+
+
 def _acquire(lock, run: RunInfo, lock_timeout: float,
              clock: Callable[[], float]) -> None:
   data = run.to_json()
@@ -421,17 +471,84 @@ def _acquire(lock, run: RunInfo, lock_timeout: float,
     if lock.create(data):
       return
     held = lock.read()
+  if (run.in_job and held and held.holder
+      and held.holder.run_id == run.run_id and lock.replace(held, data)):
+    return  # The job's claim step, retried after it took the lock.
   reason = _stale(held, lock_timeout, clock) if held else None
-  who = (held.holder.describe() if held and held.holder else
-         "a run whose lock cannot be read")
   if reason and lock.delete(held) and lock.create(data):
     logging.warning("lossaudit: took over the lock on output.dir from %s:"
-                    " %s", who, reason)
+                    " %s", _who(held), reason)
     return
-  raise ConfigError(
-      f"output.dir: expected no other run writing there; {who} holds its"
-      f" lock {LOCK} (wait for it to end, or delete the lock if that run is"
-      " dead)")
+  raise _held_error(held)
+
+
+def _who(held: Optional[_Held]) -> str:
+  return (held.holder.describe() if held and held.holder else
+          "a run whose lock cannot be read")
+
+
+def _held_error(held: Optional[_Held]) -> ConfigError:
+  return ConfigError(
+      f"output.dir: expected no other run writing there; {_who(held)} holds"
+      f" its lock {LOCK} (wait for it to end, or delete the lock if that run"
+      " is dead)")
+
+
+def check_claimable(directory: str, *, overwrite: bool, lock_timeout: float,
+                    clock: Callable[[], float] = time.time) -> None:
+  """What `claim` would refuse, checked without writing or deleting
+  anything: what a launcher checks for the job that will claim
+  `directory` itself (`claim(in_job=True)`).
+
+  Raises:
+    ConfigError: as `claim` does.
+  """
+  check_not_protected(directory)
+  refuse_links(directory)
+  _refuse_foreign(directory, overwrite)
+  if not _is_gcs(directory) and not os.path.isdir(directory):
+    return
+  try:
+    lock = _lock_for(directory)
+    with _quiet_http_retries():
+      held = lock.read()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"output.dir: expected a readable location. Received:"
+        f" {directory!r} ({describe_error(e)})") from None
+  if held is not None and _stale(held, lock_timeout, clock) is None:
+    raise _held_error(held)
+  _refuse_foreign(directory, overwrite, lock)
+
+
+def refresh(directory: str, run_id: str, now: float,
+            min_age: float = 0.0) -> bool:
+  """Writes `now` into the lock of `directory` as its `refreshed` time, if
+  run `run_id` holds it and last refreshed it (or took it) `min_age`
+  seconds ago or more: the many workers of a job read the lock, and only
+  the first to find it that old writes it.
+
+  Returns:
+    Whether the lock was refreshed (False: not held by that run, refreshed
+    recently, or taken over in between).
+  """
+  lock = _lock_for(directory)
+  held = lock.read()
+  if held is None or held.holder is None or held.holder.run_id != run_id:
+    return False
+  if now - held.holder.last_seen < min_age:
+    return False
+  refreshed = dataclasses.replace(held.holder, refreshed=now)
+  return lock.replace(held, refreshed.to_json())
+
+
+def release_lock(directory: str, run_id: str) -> None:
+  """Deletes the lock of `directory` if run `run_id` holds it: the last
+  step of a job that claimed its directory itself."""
+  lock = _lock_for(directory)
+  held = lock.read()
+  if held is not None and held.holder and held.holder.run_id == run_id:
+    lock.delete(held)
 
 
 def _stale(held: _Held, lock_timeout: float,
@@ -443,8 +560,11 @@ def _stale(held: _Held, lock_timeout: float,
     return "its process is gone"
   # A run seen to be alive keeps its lock however long it takes; the
   # timeout is for holders this process cannot see.
-  started = holder.started if holder else held.written
-  if alive is None and clock() - started > lock_timeout:
+  seen = holder.last_seen if holder else held.written
+  if alive is None and clock() - seen > lock_timeout:
+    if holder and holder.refreshed:
+      return (f"its job last refreshed it more than output.lock_timeout"
+              f" ({lock_timeout:g} s) ago")
     return f"it is older than output.lock_timeout ({lock_timeout:g} s)"
   return None
 

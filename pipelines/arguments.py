@@ -22,4 +22,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument(
       "--verbose", action="store_true",
       help="show TensorFlow's start-up log lines (oneDNN, CUDA)")
+  parser.add_argument(
+      "--claim-in-job", action="store_true",
+      help="let the job take output.dir in its first step and release it in"
+      " its last, as a job on a remote runner or from a template always"
+      " does; the launching process only checks (and deletes nothing)")
+  parser.add_argument(
+      "--cancel-on-interrupt", action="store_true",
+      help="on a remote runner, cancel the job when this process is"
+      " interrupted (SIGINT, SIGTERM); by default the job keeps running")
   return parser.parse_known_args(argv)

@@ -34,6 +34,7 @@ from apache_beam.options.pipeline_options import (
 
 from lossaudit import (
   METRICS_NAMESPACE,
+  baseline_copy,
   children,
   drift,
   inputs,
@@ -51,6 +52,7 @@ from lossaudit.errors import (
 )
 from lossaudit.pipelines.arguments import RUN_FLAGS, parse_args
 from lossaudit.timings import StartupTimes, process_start_time
+from lossaudit.transforms.claim import JobClaim
 
 # Runners whose job service adds options of its own, which only it knows.
 _PORTABLE_RUNNERS = ("portable", "flink", "spark", "prism", "kafkastreams")
@@ -207,28 +209,58 @@ def run(argv: Optional[Sequence[str]] = None,
   template = config.output.dir
   config = config.with_output_dir(outputs.expand_dir(template, now, run_id))
   options = PipelineOptions(beam_args)
+  runner = runner_name(options)
   template_location = options.view_as(GoogleCloudOptions).template_location
-  if template_location:
+  if template_location and not is_flex_launch(template_location):
     _check_template(config, template)
+  # A runner or options the runner would refuse are told first.
+  p = test_pipeline or new_pipeline(options)
+  remote = not is_local_runner(runner)
+  if remote:
+    refuse_local_paths(config, runner)
+  # A job that may outlive this process (a remote runner, a template's)
+  # owns its output directory itself: this process deletes nothing.
+  in_job = known.claim_in_job or remote or bool(template_location)
   # The checks before the run read gs:// with the same options as workers.
   FileSystems.set_options(options)
-  claim = ownership.claim(
-      config.output.dir, ownership.RunInfo.this_process(run_id, start_time),
-      overwrite=config.output.overwrite,
-      lock_timeout=config.output.lock_timeout_seconds, clock=clock)
+  lock_timeout = config.output.lock_timeout_seconds
+  if in_job and not remote:
+    SIGNALS.outcome = (
+        "the job had claimed output.dir itself (--claim-in-job): its lock"
+        " goes stale after output.lock_timeout, and the next run removes its"
+        " scratch")
+  if in_job:
+    ownership.check_claimable(config.output.dir,
+                              overwrite=config.output.overwrite,
+                              lock_timeout=lock_timeout, clock=clock)
+    claim = None
+  else:
+    claim = ownership.claim(
+        config.output.dir, ownership.RunInfo.this_process(run_id, start_time),
+        overwrite=config.output.overwrite, lock_timeout=lock_timeout,
+        clock=clock)
   # What the pipeline starts (the multi-process DirectRunner's workers) is
   # ended before the lock goes, when the run stops short.
-  with ending_workers_then(claim.release):
+  with ending_workers_then(claim.release if claim else lambda: None):
     baseline = _baseline(config.gate.baseline, template, config.output.dir,
                          config.input.id_column)
-    if baseline is not None:
-      baseline = _snapshot(baseline, outputs.scratch_prefix(
-          config.output.dir, run_id, outputs.KEPT_BASELINE))
+    prefix = outputs.scratch_prefix(config.output.dir, run_id,
+                                    outputs.KEPT_BASELINE)
+    found = baseline
+    if baseline is not None and in_job:
+      # Copied by the job's first step, once it holds the directory.
+      baseline = baseline_copy.names(baseline, prefix)
+    elif baseline is not None:
+      baseline = baseline_copy.copy(baseline, prefix)
       # A baseline that is this run's own directory is cleared with the
       # earlier outputs: a run that does not complete, or fails its gates,
       # keeps the copy for the next.
       claim.keep_baseline_copy = outputs.same_dir(baseline.dir,
                                                   config.output.dir)
+    job_claim = JobClaim(
+        config.output.dir, run_id, start_time,
+        overwrite=config.output.overwrite, lock_timeout=lock_timeout,
+        baseline=found, baseline_prefix=prefix, clock=clock) if in_job else None
     startup.lap("claim")
     files = inputs.expand(config.input.patterns, config.output.dir)
     inputs.check_model_paths(config.model.path_groups())
@@ -241,19 +273,19 @@ def run(argv: Optional[Sequence[str]] = None,
 
       startup.lap("import_tensorflow")
       plan = preflight.plan(config, files, startup)
-    runner = runner_name(options)
-    p = test_pipeline or new_pipeline(options)
     graph.build(p, config, plan, runner,
                 {"run_id": run_id, "start_time": start_time,
-                 "wall_start": run_started}, baseline)
+                 "wall_start": run_started}, baseline, job_claim=job_claim,
+                clock=clock)
     # Last, once nothing is left to refuse: an earlier run's outputs stay
     # until this run can start.
-    claim.clear_previous()
+    if claim is not None:
+      claim.clear_previous()
     startup.lap("graph")
     result = p.run()
     if template_location:
       return {"template": template_location}
-    result.wait_until_finish()
+    _wait(result, remote, known.cancel_on_interrupt)
     SIGNALS.completed = True
     summary_path = outputs.join(config.output.dir, outputs.SUMMARY)
     summary = outputs.read_json(summary_path)
@@ -352,6 +384,78 @@ def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
   return p
 
 
+# Runners that run the pipeline on this machine, in (or under) this process.
+_LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect", "prism",
+                  "fnapi", "interactive")
+# `--template_location` as Dataflow's Flex launcher passes it: the job it
+# writes there is submitted at once, once.
+_FLEX_JOB_OBJECT = re.compile(r"(?:^|/)template_launches/[^/]+/job_object$")
+_REMOTE_PATH = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def is_local_runner(runner: str) -> bool:
+  """Whether `runner` (a name or a dotted path) runs on this machine."""
+  name = runner.rsplit(".", 1)[-1].lower().removesuffix("runner")
+  return name in _LOCAL_RUNNERS
+
+
+def is_flex_launch(template_location: str,
+                   environ: Optional[Dict[str, str]] = None) -> bool:
+  """Whether `--template_location` is where a Flex Template launch writes
+  its job (`<staging>/template_launches/<id>/job_object`), submitted once,
+  now, rather than a classic template built to be launched many times.
+  Inside a Flex Template image (`FLEX_TEMPLATE_PYTHON_PY_FILE` set), any
+  location under `template_launches/` is one."""
+  environ = os.environ if environ is None else environ
+  return bool(_FLEX_JOB_OBJECT.search(template_location)) or (
+      "FLEX_TEMPLATE_PYTHON_PY_FILE" in environ
+      and "/template_launches/" in template_location)
+
+
+def refuse_local_paths(config: AuditConfig, runner: str) -> None:
+  """Refuses a path on this machine where the workers of a remote runner
+  read or write: they would not find it, or write to their own disks.
+
+  Raises:
+    ConfigError: naming the key.
+  """
+  found = [("input.pattern", pattern) for pattern in config.input.patterns]
+  if not config.model.predictions_column:
+    found.append(("model.path", config.model.path))
+  found.append(("output.dir", config.output.dir))
+  if config.gate.baseline not in (None, "latest"):
+    found.append(("gate.baseline", config.gate.baseline))
+  for key, path in found:
+    if not _REMOTE_PATH.match(path) or path.lower().startswith("file://"):
+      raise ConfigError(
+          f"{key}: expected a path the workers of {runner} can reach (gs://"
+          f"...); a path on this machine is not on theirs. Received:"
+          f" {path!r}")
+
+
+def _wait(result, remote: bool, cancel_on_interrupt: bool) -> None:
+  """Waits for the job. A signal to this process leaves a remote job
+  running, holding its output directory (or cancels it, when asked), and
+  says so (`SIGNALS.outcome`)."""
+  try:
+    result.wait_until_finish()
+  except Interrupted:
+    if remote:
+      job = getattr(result, "job_id", lambda: None)()
+      what = f"job {job}" if job else "the job"
+      if cancel_on_interrupt:
+        with contextlib.suppress(Exception):
+          result.cancel()
+        SIGNALS.outcome = (
+            f"{what} was cancelled; its lock goes stale after"
+            " output.lock_timeout and the next run removes its scratch")
+      else:
+        SIGNALS.outcome = (
+            f"{what} keeps running, holds output.dir and releases it when"
+            " it ends (--cancel-on-interrupt cancels it instead)")
+    raise
+
+
 def _check_template(config: AuditConfig, template: str) -> None:
   """A classic template fixes `output.dir` and the baseline when it is
   built; every launch would reuse them."""
@@ -435,38 +539,6 @@ def _refuse_baseline_being_written(directory: str) -> None:
         f" name another run. Received: {directory!r}")
 
 
-def _snapshot(baseline: drift.Baseline, prefix: str) -> drift.Baseline:
-  """`baseline` with its summary, `flagged/` and scored-id files copied
-  into this run's scratch (`prefix-summary.json`, `prefix-NNNNN.parquet`,
-  `prefix-ids-NNNNN.parquet`), which is all the run reads of it: a
-  baseline re-written while this run goes cannot mix two runs. The
-  baseline's summary is read again once copied, to make sure the copy is
-  of one run.
-
-  Raises:
-    ConfigError: the baseline changed (or vanished) while it was copied.
-  """
-  flagged = [f"{prefix}-{i:05d}.parquet"
-             for i in range(len(baseline.flagged_files))]
-  ids = [f"{prefix}-ids-{i:05d}.parquet"
-         for i in range(len(baseline.ids_files))]
-  changed = (f"gate.baseline: expected a completed run that stays as it is"
-             f" while this run copies it; it changed (another run is writing"
-             f" there?). Received: {baseline.dir!r}")
-  outputs.write_json(f"{prefix}-summary.json", baseline.summary)
-  sources = [*baseline.flagged_files, *baseline.ids_files]
-  try:
-    if sources:
-      FileSystems.copy(sources, flagged + ids)
-    again = (baseline.summary if baseline.copied else outputs.read_json(
-        outputs.join(baseline.dir, outputs.SUMMARY)))
-  except Exception:  # pylint: disable=broad-except
-    raise ConfigError(changed) from None
-  if again != baseline.summary:
-    raise ConfigError(changed)
-  return baseline._replace(flagged_files=tuple(flagged), ids_files=tuple(ids))
-
-
 class _StopOnSignals:
   """While a run goes, SIGINT and SIGTERM raise `Interrupted` in the main
   thread, so the run unwinds through its clean-up (`Claim.release`).
@@ -481,6 +553,9 @@ class _StopOnSignals:
 
   def __init__(self):
     self.received: Optional[int] = None
+    # What became of the run, when a signal stopped it, if not what the
+    # command says (a remote job left running, or cancelled).
+    self.outcome: Optional[str] = None
     # Set once the run's outputs are whole (its summary.json written): a
     # signal then is noted, not obeyed, and the exit code is the run's.
     self.completed = False
@@ -504,6 +579,7 @@ class _StopOnSignals:
 
   def __enter__(self):
     self.received = None
+    self.outcome = None
     self.completed = False
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._interrupt)
@@ -613,7 +689,7 @@ def run_command(body: Callable[[], T], interrupted: str
     if received is None:
       raise
     print(f"lossaudit: interrupted by {signal.Signals(received).name};"
-          f" {interrupted}", file=sys.stderr)
+          f" {SIGNALS.outcome or interrupted}", file=sys.stderr)
     return 128 + received, None
 
 

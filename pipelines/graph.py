@@ -7,7 +7,9 @@ the scorer), so the CLI imports it only once the config is known to be good.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+import functools
+import time
+from typing import Callable, Dict, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow.compute as pc
@@ -36,6 +38,12 @@ from lossaudit.scoring import PROBS_COLUMN
 from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.buckets import BucketRows
+from lossaudit.transforms.claim import (
+  AfterClaim,
+  ClaimOutputDir,
+  JobClaim,
+  RefreshLock,
+)
 from lossaudit.transforms.clean import CleanTarget, WriteCleanFiles
 from lossaudit.transforms.duplicates import CountDuplicateIds
 from lossaudit.transforms.flag import (
@@ -90,26 +98,36 @@ LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
 
 
 def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
-          runner: str, run: Dict, baseline: Optional[drift.Baseline]
-          ) -> None:
+          runner: str, run: Dict, baseline: Optional[drift.Baseline],
+          job_claim: Optional[JobClaim] = None,
+          clock: Callable[[], float] = time.time) -> None:
   """Adds the audit graph to `p`: read → score → rules → write.
 
   Args:
     run: `run_id` and `start_time` of this run, and `wall_start` (when
       `run()` began: `timings.wall_seconds` counts from it).
     baseline: the run to compare with, or None.
+    job_claim: how the job claims `output.dir` itself (`ClaimOutputDir`),
+      when the process that builds it does not hold it.
+    clock: the time now, in epoch seconds (the lock's heartbeat).
   """
   scratch = outputs.scratch_prefix(config.output.dir, run["run_id"], "scored")
+  heartbeat = functools.partial(RefreshLock, config.output.dir, run["run_id"],
+                                config.output.lock_timeout_seconds, clock)
+  claimed = (p | "ClaimOutputDir" >> ClaimOutputDir(job_claim)
+             if job_claim else None)
   read = _read(p, config, plan)
   scored = _score(read, config, plan, runner)
+  scored = scored._replace(
+      batches=scored.batches | "RefreshLockWhileScoring" >> heartbeat())
   scored = scored._replace(id_buckets=scored.batches | "BucketIds" >> (
       BucketRows(outputs.scratch_prefix(config.output.dir, run["run_id"],
                                         "ids"), SCORED_SCHEMA)))
   rules = _rules(scored, config, plan, scratch,
-                 _progress_interval(config, runner))
+                 _progress_interval(config, runner), heartbeat)
   history = _history(scored, rules, config, plan, run, baseline)
   _write(p, config, plan, read, scored, rules, history,
-         run=dict(run, runner=runner), baseline=baseline)
+         run=dict(run, runner=runner), baseline=baseline, claimed=claimed)
 
 
 class _Read(NamedTuple):
@@ -233,7 +251,8 @@ def _progress_interval(config: AuditConfig, runner: str) -> Optional[float]:
 
 
 def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
-           scratch: str, progress_interval: Optional[float]) -> _Flagged:
+           scratch: str, progress_interval: Optional[float],
+           heartbeat: Callable[[], beam.PTransform]) -> _Flagged:
   """Statistics → thresholds → the flagged rows.
 
   When a rule needs every loss first (`FlagConfig.needs_global_statistics`,
@@ -259,8 +278,10 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
         slice_stats=(None if statistics.slices is None
                      else beam.pvalue.AsDict(statistics.slices)),
         aum_summary=_singleton(statistics.aum))
-    to_flag = spilled | "RereadForFlags" >> ReadSpilled(
-        "flagging", progress_interval, total)
+    to_flag = (spilled
+               | "RereadForFlags" >> ReadSpilled("flagging",
+                                                 progress_interval, total)
+               | "RefreshLockWhileFlagging" >> heartbeat())
   else:
     thresholds = scored.batches.pipeline | "Thresholds" >> beam.Create(
         [rule_thresholds({}, config.flag)])
@@ -378,23 +399,33 @@ def _loss_column(config: AuditConfig) -> str:
 def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
            read: _Read, scored: _Scored, rules: _Flagged,
            history: Optional[_History], *, run: Dict,
-           baseline: Optional[drift.Baseline]) -> None:
+           baseline: Optional[drift.Baseline],
+           claimed: Optional[beam.PCollection] = None) -> None:
   """The flagged rows, dead letters and losses as shards (and with flag
-  history, the resolved flags); then the summary, last."""
+  history, the resolved flags); then the summary, last. With `claimed`
+  (`ClaimOutputDir`), what goes into `output.dir` waits for the claim."""
   out, num_shards = config.output.dir, config.output.num_shards
   schema = plan.spec.scored_schema()
+
+  def after_claim(pcoll: beam.PCollection, name: str) -> beam.PCollection:
+    if claimed is None:
+      return pcoll
+    return pcoll | f"{name}AfterClaim" >> AfterClaim(claimed)
+
   dead = _dead_letters(p, plan, read, scored)
   flagged, flagged_columns = rules.flagged, flagged_schema(schema)
   if history is not None:
     flagged = history.flagged
     flagged_columns = with_history_schema(flagged_columns)
   written = {
-      outputs.FLAGGED: flagged | "WriteFlagged" >> WriteParquetShards(
-          out, outputs.FLAGGED, flagged_columns, num_shards),
-      outputs.DEAD_LETTER: dead | "WriteDeadLetters" >> WriteDeadLetters(
-          out, num_shards),
+      outputs.FLAGGED: after_claim(flagged, "Flagged") | (
+          "WriteFlagged" >> WriteParquetShards(
+              out, outputs.FLAGGED, flagged_columns, num_shards)),
+      outputs.DEAD_LETTER: after_claim(dead, "DeadLetters") | (
+          "WriteDeadLetters" >> WriteDeadLetters(out, num_shards)),
       outputs.LOSSES: (
-          _losses(scored.batches, schema, config.output.write_probabilities)
+          after_claim(_losses(scored.batches, schema,
+                              config.output.write_probabilities), "Losses")
           | "WriteLosses" >> WriteParquetShards(
               out, outputs.LOSSES,
               losses_schema(schema, config.output.write_probabilities),
@@ -402,13 +433,13 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
           if config.output.write_losses else None),
   }
   if history is not None:
-    written[outputs.RESOLVED] = history.resolved | (
+    written[outputs.RESOLVED] = after_claim(history.resolved, "Resolved") | (
         "WriteResolved" >> WriteParquetShards(
             out, outputs.RESOLVED, RESOLVED_SCHEMA, num_shards))
   if not config.output.write_losses:
     # What a later run's flag history needs of this one (else losses/).
     written[outputs.SCORED_IDS] = (
-        scored.batches
+        after_claim(scored.batches, "ScoredIds")
         | "ScoredIds" >> beam.Map(lambda batch: batch.select(["id"]))
         | "WriteScoredIds" >> WriteParquetShards(
             out, outputs.SCORED_IDS, SCORED_IDS_SCHEMA, num_shards))
@@ -434,7 +465,8 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
         num_classes=(plan.spec.classifier.num_classes
                      if plan.spec.classifier else None)))
   _write_summary(p, config, plan, scored, rules, history, dead, written,
-                 run=run, baseline=baseline, clean_counts=clean_counts)
+                 run=run, baseline=baseline, clean_counts=clean_counts,
+                 release_lock=claimed is not None)
 
 
 def _losses(scored: beam.PCollection, schema, probabilities: bool
@@ -485,9 +517,10 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
                    written: Dict[str, Optional[beam.PCollection]], *,
                    run: Dict,
                    baseline: Optional[drift.Baseline],
-                   clean_counts: Optional[beam.PCollection] = None) -> None:
+                   clean_counts: Optional[beam.PCollection] = None,
+                   release_lock: bool = False) -> None:
   """`summary.json`, `report.html` and `drift.json`, from what every stage
-  counted."""
+  counted; with `release_lock`, then the lock the job took."""
   out = config.output.dir
   flagged = rules.flagged if history is None else history.flagged
   top_flagged = flagged | "TopFlagged" >> beam.CombineGlobally(
@@ -527,7 +560,8 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       fold_stats=rules.statistics.folds,
       flag_history=None if history is None else history.counts,
       top_new_flagged=top_new,
-      clean_counts=clean_counts)
+      clean_counts=clean_counts,
+      release_lock=release_lock)
 
 
 def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,

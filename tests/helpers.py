@@ -285,3 +285,16 @@ def check_combine_fn(fn: Any, inputs: Sequence[Any], expected_output: Any,
         raise AssertionError(f"{type(fn).__name__}, {way}: {e}") from e
   finally:
     fn.teardown()
+
+
+def staged_pipeline(job: dict):
+  """The pipeline proto a Dataflow job JSON (a template, or the Flex
+  launcher's `job_object`) runs: staged beside the job's packages."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  from apache_beam.portability.api import beam_runner_api_pb2  # pylint: disable=g-import-not-at-top
+
+  staged = job["environment"]["workerPools"][0]["packages"][0]["location"]
+  path = ("gs://" + staged.split("storage.googleapis.com/", 1)[1]).rsplit(
+      "/", 1)[0] + "/pipeline.pb"
+  with FileSystems.open(path) as f:
+    return beam_runner_api_pb2.Pipeline.FromString(f.read())

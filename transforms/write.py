@@ -208,9 +208,11 @@ class _WriteSummaryFn(beam.DoFn):
                class_names: Optional[Sequence[str]] = None,
                loss_computed_from: Optional[str] = None,
                dynamics: Optional[DynamicsConfig] = None,
-               release_when: Optional[str] = None):
+               release_when: Optional[str] = None,
+               release_lock: bool = False):
     self._directory = directory
     self._release_when = release_when
+    self._release_lock = release_lock
     self._config = config
     self._gate = gate
     self._run = run
@@ -302,6 +304,8 @@ class _WriteSummaryFn(beam.DoFn):
     ownership.remove_scratch(self._directory, self._run["run_id"],
                              keep=outputs.KEPT_BASELINE if keep else None)
     outputs.write_json(outputs.join(self._directory, outputs.SUMMARY), summary)
+    if self._release_lock:  # The job took it (`ClaimOutputDir`).
+      ownership.release_lock(self._directory, self._run["run_id"])
     yield summary
 
   def _hand_back(self, summary: Dict) -> None:
@@ -397,6 +401,8 @@ class WriteSummary(beam.PTransform):
       `output.clean`. `written` may have `outputs.RELABELLED`
       (`output.clean.relabel`), `outputs.WEIGHTS` (`output.weights`) and
       `outputs.SCORED_IDS`.
+    release_lock: delete the lock once `summary.json` is written: the job
+      took it (`lossaudit.transforms.claim.ClaimOutputDir`).
   """
 
   def __init__(self, directory: str, config: AuditConfig, run: Dict,
@@ -411,14 +417,16 @@ class WriteSummary(beam.PTransform):
                fold_stats: Optional[beam.PCollection] = None,
                flag_history: Optional[beam.PCollection] = None,
                top_new_flagged: Optional[beam.PCollection] = None,
-               clean_counts: Optional[beam.PCollection] = None):
+               clean_counts: Optional[beam.PCollection] = None,
+               release_lock: bool = False):
     super().__init__()
     clean, weights = config.output.clean, config.output.weights
     self._fn = _WriteSummaryFn(
         directory, config.to_dict(), config.gate, run, baseline, class_names,
         loss_computed_from, config.dynamics,
         release_when=(clean.when if clean else "passed"
-                      if weights else None))
+                      if weights else None),
+        release_lock=release_lock)
     one = beam.pvalue.AsSingleton
 
     def many(pcoll: Optional[beam.PCollection]):
