@@ -13,13 +13,23 @@ COPY --from=launcher /opt/google/dataflow/python_template_launcher \
     /opt/google/dataflow/python_template_launcher
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/lossaudit/pipelines/flex_template.py
 WORKDIR /opt/lossaudit
-COPY pyproject.toml constraints.txt README.md ./
+# Dataflow's install-nvidia-driver mounts the host's NVIDIA driver
+# (libcuda.so) under /usr/local/nvidia/lib64 and its tools under
+# /usr/local/nvidia/bin; the CUDA libraries themselves come from the pinned
+# nvidia-* wheels below (constraints-gpu.txt), which TensorFlow finds in
+# site-packages. /usr/local/cuda/lib64 is where a CUDA base image would
+# put them.
+ENV LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64 \
+    PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:$PATH
+COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
 COPY lossaudit lossaudit
 COPY pipelines pipelines
 COPY transforms transforms
 COPY configs configs
-# tensorflow[and-cuda] brings the CUDA libraries; the NVIDIA driver comes
-# from the host (Dataflow's install-nvidia-driver service option).
-RUN pip install --no-cache-dir -c constraints.txt "tensorflow[and-cuda]==2.21.*" . \
+COPY scripts/check-gpu-image scripts/check-gpu-image
+RUN pip install --no-cache-dir -c constraints.txt -c constraints-gpu.txt \
+        "tensorflow[and-cuda]==2.21.0" . \
     && python -c "import lossaudit.pipelines.audit, apache_beam; print(apache_beam.__version__)"
+# On a GPU machine: docker run --rm --gpus all --entrypoint \
+#   /opt/lossaudit/scripts/check-gpu-image IMAGE
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -4,41 +4,121 @@
 [--gpu nvidia-tesla-t4] [--config configs/dataflow_gpu.yaml] [--set K=V ...]
 [--template gs://B/templates/audit.json]` builds the options below and runs
 `lossaudit run` with them; with `--template` the job is written as a
-template instead of being submitted.
+template instead of being submitted. A bad flag exits 2 with one line
+naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import List, Optional, Sequence
 
+from lossaudit.errors import ConfigError, short_repr
+
 DEFAULT_CONFIG = "configs/dataflow_gpu.yaml"
+DEFAULT_GPU = "nvidia-tesla-t4"
+DEFAULT_MACHINE_TYPE = "n1-standard-8"
+# Google's Dataflow GPU samples give workers 50 GB: the worker image with
+# TensorFlow and CUDA is several GB, pulled onto every worker's boot disk.
+DEFAULT_DISK_SIZE_GB = 50
+# GCE label keys and values: lowercase letters, digits, `_` and `-`, at most
+# 63 characters; a key starts with a letter.
+LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}$")
+MIN_RAM = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?(GB|GiB|MB|MiB)$")
+GPU_TYPE = re.compile(r"^nvidia-[a-z0-9-]+$")
 
 
 def accelerator(gpu: str, count: int = 1) -> str:
+  """The accelerator of `worker_accelerator` and of the resource hint."""
   return f"type:{gpu};count:{count};install-nvidia-driver"
 
 
+def check_gpu_count(count: int) -> None:
+  """One SDK process per worker VM (`no_use_multiple_sdk_containers`)
+  scores on /GPU:0 only, so a second GPU would be paid for and left idle.
+
+  Raises:
+    ConfigError: `count` is not 1.
+  """
+  if count != 1:
+    raise ConfigError(
+        "--gpu-count: expected 1 (a worker runs one SDK process, which"
+        " scores on /GPU:0 only: more GPUs per worker would sit idle; use"
+        f" more workers with --max-workers). Received: {count}")
+
+
 def dataflow_args(*, project: str, region: str, bucket: str, image: str,
-                  gpu: Optional[str] = "nvidia-tesla-t4", gpu_count: int = 1,
-                  machine_type: str = "n1-standard-8",
+                  gpu: Optional[str] = DEFAULT_GPU, gpu_count: int = 1,
+                  machine_type: Optional[str] = DEFAULT_MACHINE_TYPE,
+                  disk_size_gb: int = DEFAULT_DISK_SIZE_GB,
                   max_workers: int = 8, job_name: Optional[str] = None,
                   template: Optional[str] = None,
-                  gpu_scope: str = "job") -> List[str]:
+                  gpu_scope: str = "job", prime: bool = False,
+                  min_ram: Optional[str] = None,
+                  worker_harness_threads: Optional[int] = None,
+                  labels: Sequence[str] = (),
+                  subnetwork: Optional[str] = None,
+                  public_ips: bool = True,
+                  service_account: Optional[str] = None) -> List[str]:
   """The Beam options of a Dataflow audit job.
 
   - `--sdk_container_image`: the image built from the repo's Dockerfile
     (TensorFlow with CUDA, this project, the Beam SDK of the launcher), so
     workers import `transforms` and `lossaudit` from the image; nothing is
     staged at launch (`--sdk_location=container`).
-  - `worker_accelerator=...;install-nvidia-driver`: a GPU on every worker.
+  - `gpu_scope="job"`: `worker_accelerator=...;install-nvidia-driver`, a GPU
+    on every worker, of `machine_type`.
+  - `gpu_scope="scoring"`: no service option (Dataflow's right fitting,
+    turned on by the resource hint that `main` puts on the scoring step,
+    must not be combined with `worker_accelerator`). With `prime`,
+    Dataflow Prime picks the worker VMs, so no `--machine_type` is passed
+    (Prime does not take one); `min_ram` asks for memory instead, as a
+    pipeline-wide `min_ram` resource hint.
   - `no_use_multiple_sdk_containers`: one SDK process per worker VM, so one
     process owns the GPU (the model is loaded once per process).
-  - `gpu_scope="scoring"` leaves the accelerator off the job: `main` puts it
-    on the scoring step as a resource hint (`runtime.accelerator`), which
-    Dataflow honours with right fitting (Dataflow Prime).
+  - `--disk_size_gb` (50 by default, as Google's GPU samples), and the
+    optional harness threads, labels, subnetwork, private IPs and service
+    account, each as Beam's option of that name.
+
+  Raises:
+    ConfigError: a GPU count other than 1, `--prime` or `--min-ram` with a
+      GPU on every worker, `--machine-type` with `--prime`, a bad label,
+      accelerator type or `min_ram`.
   """
+  if gpu:
+    check_gpu_count(gpu_count)
+    if not GPU_TYPE.match(gpu):
+      raise ConfigError("--gpu: expected an NVIDIA accelerator type such as"
+                        f" nvidia-tesla-t4 or nvidia-l4, or none. Received:"
+                        f" {short_repr(gpu)}")
+  if prime and gpu and gpu_scope == "job":
+    raise ConfigError(
+        "--prime: expected --gpu-scope scoring or --gpu none (Dataflow Prime"
+        " takes a GPU as the accelerator resource hint, not the"
+        " worker_accelerator service option). Received: --gpu-scope job")
+  if prime and machine_type:
+    raise ConfigError(
+        "--machine-type: expected none with --prime (Dataflow Prime chooses"
+        " the worker VMs and does not take a machine type; ask for memory"
+        f" with --min-ram). Received: {short_repr(machine_type)}")
+  if min_ram is not None:
+    if gpu and gpu_scope == "job":
+      raise ConfigError(
+          "--min-ram: expected --gpu-scope scoring or --gpu none (a"
+          " resource hint turns on right fitting, which Dataflow does not"
+          " combine with a GPU on every worker, worker_accelerator)."
+          f" Received: {short_repr(min_ram)}")
+    if not MIN_RAM.match(min_ram):
+      raise ConfigError("--min-ram: expected a size such as 30GB. Received:"
+                        f" {short_repr(min_ram)}")
+  for label in labels:
+    if not LABEL.match(label):
+      raise ConfigError(
+          "--label: expected KEY=VALUE of lowercase letters, digits, _ and -"
+          " (the key starting with a letter, each at most 63 characters)."
+          f" Received: {short_repr(label)}")
   bucket = bucket.rstrip("/")
   args = [
       "--runner=DataflowRunner",
@@ -48,16 +128,30 @@ def dataflow_args(*, project: str, region: str, bucket: str, image: str,
       f"--staging_location={bucket}/staging",
       f"--sdk_container_image={image}",
       "--sdk_location=container",
-      f"--machine_type={machine_type}",
+      f"--disk_size_gb={disk_size_gb}",
       f"--max_num_workers={max_workers}",
       "--experiments=use_runner_v2",
       "--experiments=no_use_multiple_sdk_containers",
   ]
+  if machine_type:
+    args.append(f"--machine_type={machine_type}")
   if gpu and gpu_scope == "job":
     args.append("--dataflow_service_options=worker_accelerator="
                 + accelerator(gpu, gpu_count))
-  elif gpu:
+  if prime:
     args.append("--dataflow_service_options=enable_prime")
+  if min_ram:
+    args.append(f"--resource_hints=min_ram={min_ram}")
+  if worker_harness_threads:
+    args.append(
+        f"--number_of_worker_harness_threads={worker_harness_threads}")
+  args += [f"--labels={label}" for label in labels]
+  if subnetwork:
+    args.append(f"--subnetwork={subnetwork}")
+  if not public_ips:
+    args.append("--no_use_public_ips")
+  if service_account:
+    args.append(f"--service_account_email={service_account}")
   if job_name:
     args.append(f"--job_name={job_name}")
   if template:
@@ -65,42 +159,113 @@ def dataflow_args(*, project: str, region: str, bucket: str, image: str,
   return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+def _positive(flag: str, value: Optional[str]) -> Optional[int]:
+  """`value` of `flag` as an integer >= 1 (None stays None).
 
-  parser = argparse.ArgumentParser(prog="scripts/dataflow")
-  parser.add_argument("--project", required=True)
-  parser.add_argument("--region", required=True)
-  parser.add_argument("--bucket", required=True,
-                      help="gs://bucket for temp and staging files")
-  parser.add_argument("--image", required=True,
-                      help="worker image built from the Dockerfile")
-  parser.add_argument("--gpu", default="nvidia-tesla-t4",
-                      help="accelerator type; 'none' for CPU workers")
-  parser.add_argument("--gpu-count", type=int, default=1)
-  parser.add_argument("--gpu-scope", choices=("job", "scoring"),
-                      default="job",
-                      help="a GPU on every worker (job), or on the scoring"
-                      " step only through a resource hint (Dataflow Prime)")
-  parser.add_argument("--machine-type", default="n1-standard-8")
-  parser.add_argument("--max-workers", type=int, default=8)
-  parser.add_argument("--job-name", default=None)
-  parser.add_argument("--template", default=None,
-                      help="write the job as a template at this gs:// path")
-  parser.add_argument("--config", default=DEFAULT_CONFIG)
-  parser.add_argument("--set", action="append", default=[])
-  args, rest = parser.parse_known_args(argv)
+  Raises:
+    ConfigError: anything else.
+  """
+  if value is None:
+    return None
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise ConfigError(f"{flag}: expected an integer >= 1. Received:"
+                      f" {short_repr(value)}")
+  return number
+
+
+def parser() -> argparse.ArgumentParser:
+  """`scripts/dataflow`'s own flags (any other goes to `lossaudit run`)."""
+  p = argparse.ArgumentParser(prog="scripts/dataflow")
+  p.add_argument("--project", required=True)
+  p.add_argument("--region", required=True)
+  p.add_argument("--bucket", required=True,
+                 help="gs://bucket for temp and staging files")
+  p.add_argument("--image", required=True,
+                 help="worker image built from the Dockerfile")
+  p.add_argument("--gpu", default=DEFAULT_GPU,
+                 help="accelerator type; 'none' for CPU workers")
+  p.add_argument("--gpu-count", default="1",
+                 help="GPUs per worker: only 1 (one SDK process a worker"
+                 " scores on /GPU:0)")
+  p.add_argument("--gpu-scope", choices=("job", "scoring"), default="job",
+                 help="a GPU on every worker (job), or on the scoring step"
+                 " only, through a resource hint (right fitting)")
+  p.add_argument("--prime", action="store_true",
+                 help="run on Dataflow Prime (no --machine-type then)")
+  p.add_argument("--machine-type", default=None,
+                 help=f"worker machine type (default {DEFAULT_MACHINE_TYPE};"
+                 " none with --prime)")
+  p.add_argument("--min-ram", default=None,
+                 help="min_ram resource hint, e.g. 30GB (with --gpu-scope"
+                 " scoring or --gpu none)")
+  p.add_argument("--disk-size-gb", default=str(DEFAULT_DISK_SIZE_GB),
+                 help="worker boot disk in GB (the image is several GB)")
+  p.add_argument("--worker-harness-threads", default=None,
+                 help="--number_of_worker_harness_threads")
+  p.add_argument("--label", action="append", default=[],
+                 help="KEY=VALUE job label (repeatable)")
+  p.add_argument("--subnetwork", default=None,
+                 help="regions/REGION/subnetworks/NAME or its full URL")
+  p.add_argument("--no-public-ips", action="store_true",
+                 help="workers get private IPs only (the subnetwork needs"
+                 " Private Google Access)")
+  p.add_argument("--service-account", default=None,
+                 help="the workers' service account email")
+  p.add_argument("--max-workers", default="8")
+  p.add_argument("--job-name", default=None)
+  p.add_argument("--template", default=None,
+                 help="write the job as a template at this gs:// path")
+  p.add_argument("--config", default=DEFAULT_CONFIG)
+  p.add_argument("--set", action="append", default=[])
+  return p
+
+
+def audit_argv(argv: Sequence[str]) -> List[str]:
+  """`lossaudit run`'s arguments for `scripts/dataflow argv`.
+
+  Raises:
+    ConfigError: a flag `dataflow_args` refuses.
+  """
+  args, rest = parser().parse_known_args(argv)
+  gpu = None if args.gpu == "none" else args.gpu
+  machine_type = args.machine_type
+  if machine_type is None and not args.prime:
+    machine_type = DEFAULT_MACHINE_TYPE
   beam_args = dataflow_args(
       project=args.project, region=args.region, bucket=args.bucket,
-      image=args.image, gpu=None if args.gpu == "none" else args.gpu,
-      gpu_count=args.gpu_count, machine_type=args.machine_type,
-      max_workers=args.max_workers, job_name=args.job_name,
-      template=args.template, gpu_scope=args.gpu_scope)
+      image=args.image, gpu=gpu,
+      gpu_count=_positive("--gpu-count", args.gpu_count),
+      machine_type=machine_type,
+      disk_size_gb=_positive("--disk-size-gb", args.disk_size_gb),
+      max_workers=_positive("--max-workers", args.max_workers),
+      job_name=args.job_name,
+      template=args.template, gpu_scope=args.gpu_scope, prime=args.prime,
+      min_ram=args.min_ram,
+      worker_harness_threads=_positive("--worker-harness-threads",
+                                       args.worker_harness_threads),
+      labels=args.label, subnetwork=args.subnetwork,
+      public_ips=not args.no_public_ips,
+      service_account=args.service_account)
   sets = [item for s in args.set for item in ("--set", s)]
-  if args.gpu_scope == "scoring" and args.gpu != "none":
-    sets += ["--set", "runtime.accelerator=" + accelerator(args.gpu,
-                                                           args.gpu_count)]
-  return audit.main(["--config", args.config] + sets + beam_args + rest)
+  if args.gpu_scope == "scoring" and gpu:
+    sets += ["--set", "runtime.accelerator=" + accelerator(gpu)]
+  return ["--config", args.config] + sets + beam_args + rest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  from lossaudit.errors import one_line  # pylint: disable=g-import-not-at-top
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+
+  try:
+    run_argv = audit_argv(sys.argv[1:] if argv is None else argv)
+  except ConfigError as e:
+    print(f"scripts/dataflow: error: {one_line(str(e))}", file=sys.stderr)
+    return 2
+  return audit.main(run_argv)
 
 
 if __name__ == "__main__":
