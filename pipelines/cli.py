@@ -1,4 +1,4 @@
-"""The `lossaudit` command: `run`, `demo`, `compare` and `folds`."""
+"""The `lossaudit` command: `run`, `demo`, `compare`, `folds` and `plan`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": ("demo", "train the digits demo model, audit its noisy labels"),
     "compare": ("compare", "compare two runs and apply the quality gates"),
     "folds": ("folds", "write each input id's fold, for out-of-fold models"),
+    "plan": ("plan", "the passes, bytes and worker-hours a run would take"),
 }
 
 USAGE = """\

@@ -23,10 +23,32 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from lossaudit import progress
+from lossaudit import METRICS_NAMESPACE, progress
+
+# Beam counters (namespace `METRICS_NAMESPACE`): what the spill writes to
+# scratch, and what the passes after it read back (every pass counted, so
+# `SPILL_BYTES_REREAD` is the passes times `SPILL_BYTES_WRITTEN`). Bytes are
+# the record batches' Arrow IPC sizes (`pa.ipc.get_record_batch_size`).
+SPILL_BYTES_WRITTEN = "spill_bytes_written"
+SPILL_ROWS_WRITTEN = "spill_rows_written"
+SPILL_BYTES_REREAD = "spill_bytes_reread"
+SPILL_ROWS_REREAD = "spill_rows_reread"
+
+
+class _SizeCounters:
+  """A bytes and a rows counter, counted a batch at a time."""
+
+  def __init__(self, bytes_name: str, rows_name: str):
+    self._bytes = Metrics.counter(METRICS_NAMESPACE, bytes_name)
+    self._rows = Metrics.counter(METRICS_NAMESPACE, rows_name)
+
+  def count(self, batch: pa.RecordBatch) -> None:
+    self._bytes.inc(pa.ipc.get_record_batch_size(batch))
+    self._rows.inc(batch.num_rows)
 
 
 class _SpillFn(beam.DoFn):
@@ -36,6 +58,9 @@ class _SpillFn(beam.DoFn):
     self._prefix = prefix
     self._schema = schema
 
+  def setup(self):
+    self._written = _SizeCounters(SPILL_BYTES_WRITTEN, SPILL_ROWS_WRITTEN)
+
   def start_bundle(self):
     self._spill = None
 
@@ -43,6 +68,7 @@ class _SpillFn(beam.DoFn):
     if self._spill is None:
       self._spill = open_spill(self._prefix, self._schema)
     self._spill.writer.write_batch(batch)
+    self._written.count(batch)
 
   def finish_bundle(self):
     if self._spill is None:
@@ -110,6 +136,7 @@ class _ReadSpilledFn(beam.DoFn):
 
   def setup(self):
     progress.enable(self._progress_interval)
+    self._reread = _SizeCounters(SPILL_BYTES_REREAD, SPILL_ROWS_REREAD)
 
   def start_bundle(self):
     if self._progress_interval:
@@ -117,6 +144,7 @@ class _ReadSpilledFn(beam.DoFn):
 
   def process(self, path: str, total: Optional[int] = None):
     for batch in read_spilled(path):
+      self._reread.count(batch)
       yield batch  # The steps fused after this one handle it first.
       if self._progress_interval:
         progress.add_pass(self._stage, batch.num_rows, total)
