@@ -27,6 +27,16 @@ of the file (2**40, say) crashes the process. `_overlong_record` walks the
 headers of a plain file first (no data read, no CRC checked); a file with
 such a header goes to `read_batches`, which names it. tf.data's gzip reader
 grows its buffer as it inflates, and reports such a record as truncated.
+
+A remote file (gs://) of `TF_DATA_MIN_BYTES` or more is copied as it is
+(compressed bytes, through Beam's `FileSystems` in `STAGE_PIECE_BYTES`
+reads) to a local temporary file and read there by `tf_data_batches`: the
+same reader, checks and accounting as a local file, records and byte
+offsets alike. TensorFlow's own GCS filesystem is not used: its endpoint is
+fixed (https://www.googleapis.com), so it cannot be pointed at a storage
+emulator, and its credentials would be a second set beside Beam's. A file
+that would not leave `STAGE_FREE_BYTES` free on the local disk is walked
+through `FileSystems` as before.
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+import shutil
 import struct
+import tempfile
 import zlib
 from typing import Iterator, List, Optional, Union
 
@@ -49,6 +61,11 @@ TF_DATA_MIN_BYTES = 1 << 20
 # Compressed bytes inflated at a time: what a damaged piece could cost
 # without the step-by-step retry of `_inflate_until_damage`.
 GZIP_PIECE_BYTES = 1 << 20
+# A remote file is copied locally in reads of this size (Beam's GCS reader
+# fetches 16 MB a request).
+STAGE_PIECE_BYTES = 16 << 20
+# A remote file is copied only when this much of the local disk stays free.
+STAGE_FREE_BYTES = 1 << 30
 _GZIP_MAGIC = b"\x1f\x8b"
 # tf.data's names for the compressions its TFRecord reader knows.
 _TF_COMPRESSION = {CompressionTypes.GZIP: "GZIP",
@@ -347,9 +364,11 @@ def tf_data_batches(path: str, batch_size: int
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  if "://" in path:
+    yield from _remote_batches(path, batch_size)
+    return
   compression_type = compression_of(path)
-  remote = "://" in path  # TensorFlow's own gs:// support may be absent.
-  if (remote or compression_type not in _TF_COMPRESSION or
+  if (compression_type not in _TF_COMPRESSION or
       os.path.getsize(path) < TF_DATA_MIN_BYTES):
     yield from read_batches(path, batch_size, compression_type)
     return
@@ -376,3 +395,25 @@ def tf_data_batches(path: str, batch_size: int
     # Bytes tf.data took for the end of the file (a partial header), or a
     # gzip stream it did not read to the end: the walker names them.
     yield from read_batches(path, batch_size, compression_type, skip=emitted)
+
+
+def _remote_batches(path: str, batch_size: int
+                    ) -> Iterator[Union[List[bytes], Unreadable]]:
+  """`tf_data_batches` of a remote file: of a local copy when the file is
+  large enough for tf.data and the local disk has room, else walked by
+  `read_batches` through `FileSystems`."""
+  size = FileSystems.get_filesystem(path).size(path)
+  folder = tempfile.gettempdir()
+  if (size < TF_DATA_MIN_BYTES or
+      shutil.disk_usage(folder).free - size < STAGE_FREE_BYTES):
+    yield from read_batches(path, batch_size, compression_of(path))
+    return
+  with tempfile.TemporaryDirectory(prefix="lossaudit-read-",
+                                   dir=folder) as staging:
+    # The same name, for compressions told by suffix.
+    local = os.path.join(staging, path.rsplit("/", 1)[-1] or "records")
+    with FileSystems.open(
+        path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(
+            local, "wb") as dst:
+      shutil.copyfileobj(src, dst, STAGE_PIECE_BYTES)
+    yield from tf_data_batches(local, batch_size)
