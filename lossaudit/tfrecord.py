@@ -353,9 +353,9 @@ def _overlong_record(path: str) -> bool:
 
 def tf_data_batches(path: str, batch_size: int
                     ) -> Iterator[Union[List[bytes], Unreadable]]:
-  """Like `read_batches`, through tf.data's C++ reader for local plain or
-  gzip files of `TF_DATA_MIN_BYTES` or more; other files go through
-  `read_batches`.
+  """Like `read_batches`, through tf.data's C++ reader for plain or gzip
+  files of `TF_DATA_MIN_BYTES` or more (a remote one from a local copy, see
+  `_remote_batches`); other files go through `read_batches`.
 
   tf.data reads and checks the next batch on its own threads while the
   caller works on this one. When it finds damage it cannot say which record
