@@ -76,3 +76,78 @@ def test_gs_config_and_latest_baseline_on_gcs(gcs, tmp_path, tfrecord_dir,
     drift = json.load(f)
   assert drift["baseline"] == first_dir
   assert [g["value"] for g in drift["gates"]] == [0.0]
+
+
+def _read_dead_letters(directory: str) -> list:
+  """`(file name, reason, error less its path)` of each dead letter."""
+  files = [m.path for m in FileSystems.match(
+      [directory + "/dead_letter/*"])[0].metadata_list]
+  found = []
+  for path in files:
+    with FileSystems.open(path) as f:
+      for line in f.read().decode().splitlines():
+        entry = json.loads(line)
+        found.append((entry["source"].rsplit("/", 1)[-1], entry["reason"],
+                      entry["error"]))
+  return sorted(found)
+
+
+def test_gs_damaged_records_are_dead_lettered_as_in_a_local_run(
+    gcs, tmp_path, tfrecord_dir, classifier_path, write_config, monkeypatch):
+  """Good shards beside a record with a bad CRC, a truncated file and a gzip
+  stream with junk after it: every record counted, each damage one dead
+  letter naming its record and byte, from gs:// as from a local disk."""
+  import gzip
+
+  from lossaudit import tfrecord
+
+  # The small test files are read by tf.data from local copies too.
+  monkeypatch.setattr(tfrecord, "TF_DATA_MIN_BYTES", 0)
+  data = tmp_path / "data"
+  data.mkdir()
+  shards = sorted(tfrecord_dir.glob("*.gz"))
+  for shard in shards:
+    (data / shard.name).write_bytes(shard.read_bytes())
+  raw = gzip.decompress(shards[0].read_bytes())
+  first = next(tfrecord.read_batches(str(shards[0]), 3))
+  size = len(first[0]) + 16  # Every record of the test data is this long.
+  assert {len(r) + 16 for r in first} == {size}
+  damaged = bytearray(raw)
+  damaged[4 * size + 20] ^= 0xFF  # Inside record 4's data.
+  (data / "bad-crc.tfrecord").write_bytes(bytes(damaged))
+  (data / "cut.tfrecord").write_bytes(raw[:10 * size - 7])
+  (data / "junk.tfrecord.gz").write_bytes(gzip.compress(raw) + b"junk")
+  remote = f"{gcs}/damaged"
+  upload(str(data), f"{remote}/data")
+
+  local_out = tmp_path / "local"
+  local = audit.run(["--config", write_config(base_config(
+      data / "*", classifier_path, local_out), "l.yaml")])
+  remote_out = f"{remote}/out"
+  summary = audit.run(["--config", write_config(base_config(
+      f"{remote}/data/*", classifier_path, remote_out), "r.yaml")])
+
+  per_shard = len(raw) // size
+  # The good shards, all but record 4, the 9 whole records, the whole shard.
+  assert (summary["examples_scored"], summary["examples_dead_lettered"]) == (
+      3000 + (per_shard - 1) + 9 + per_shard, 3)
+  for key in ("examples_read", "examples_scored", "examples_dead_lettered",
+              "loss", "thresholds", "flagged", "dead_letter"):
+    assert summary[key] == local[key], key
+  dead = _read_dead_letters(remote_out)
+  assert dead == _read_dead_letters(str(local_out))
+  assert dead == [
+      ("bad-crc.tfrecord", "unreadable_record",
+       f"unreadable record 4 (byte {4 * size}): corrupted record (bad CRC);"
+       " the records after it were read"),
+      ("cut.tfrecord", "unreadable_stretch",
+       f"unreadable from record 9 (byte {9 * size}): truncated ({size - 7}"
+       f" trailing bytes; the record's header gives a length of"
+       f" {size - 16})"),
+      ("junk.tfrecord.gz", "unreadable_stretch",
+       f"unreadable from record {per_shard} (byte {len(raw)}): 4 bytes after"
+       " the end of the gzip stream")]
+  got = _read_parquet(f"{remote_out}/losses")
+  want = pd.read_parquet(local_out / "losses").sort_values("id").reset_index(
+      drop=True)
+  pd.testing.assert_frame_equal(got, want)

@@ -33,6 +33,25 @@ def _summed(pcoll, label):
           | f"{label}Sum" >> beam.CombinePerKey(sum))
 
 
+def _placed(request, monkeypatch, paths, where):
+  """`paths` as the reader gets them: local, or uploaded to gs:// (the
+  emulator) and read by tf.data from local copies however small."""
+  if where == "local":
+    return [str(p) for p in paths]
+  from tests.helpers import upload
+
+  gcs = request.getfixturevalue("gcs")
+  monkeypatch.setattr(tfrecord, "TF_DATA_MIN_BYTES", 0)
+  remote = []
+  for path in paths:
+    remote.append(f"{gcs}/{request.node.name}/{path.name}")
+    upload(str(path), remote[-1])
+  return remote
+
+
+_PLACES = pytest.mark.parametrize("where", ["local", "gs"])
+
+
 def test_tfrecord_plain_and_gzip_gathered_per_file(tmp_path, columns,
                                                    monkeypatch):
   datasets.write_tfrecords(str(tmp_path / "gz"), columns, num_shards=2)
@@ -146,8 +165,9 @@ def test_parquet_split_into_batches(tmp_path, columns):
         ("part-00001-of-00002.parquet", 500)]), label="sizes")
 
 
+@_PLACES
 def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
-    tmp_path, columns):
+    request, monkeypatch, tmp_path, columns, where):
   path = tmp_path / "damaged.tfrecord"
   datasets.write_tfrecords(str(tmp_path), {k: v[:10] for k, v in
                                            columns.items()}, num_shards=1,
@@ -160,8 +180,9 @@ def test_damaged_stretch_is_one_dead_letter_and_earlier_records_kept(
   truncated = tmp_path / "truncated.tfrecord"
   truncated.write_bytes(whole[:-7])
   with TestPipeline() as p:
-    read = p | ReadTFExampleBatches([str(path), str(truncated)], _schema(),
-                                    batch_size=3)
+    read = p | ReadTFExampleBatches(
+        _placed(request, monkeypatch, [path, truncated], where), _schema(),
+        batch_size=3)
     assert_that(_summed(read["batches"], "All"), equal_to([
         ("damaged.tfrecord", 9), ("truncated.tfrecord", 9)]), label="rows")
     assert_that(read[dead_letters.TAG] | beam.Map(
@@ -289,21 +310,29 @@ def _plain_records(tmp_path, columns, n=_WRITTEN):
   return next(directory.iterdir()).read_bytes(), n
 
 
-def _walk(path):
+def _walk(path, gcs):
   """`(records read, Unreadable markers)` of one file, as the pipeline
-  reads it: by the walker (a small file), and the same through tf.data."""
+  reads it: by the walker (a small file), and the same through tf.data,
+  and the same again from a copy on gs:// (`gcs`), walked through Beam's
+  `FileSystems` and read by tf.data from a local copy."""
   from lossaudit import tfrecord
+  from tests.helpers import upload
 
-  def walked():
-    items = list(tfrecord.tf_data_batches(str(path), batch_size=100))
+  remote = f"{gcs}/walk/{path.parent.name}/{path.name}"
+  upload(str(path), remote)
+
+  def walked(source):
+    items = list(tfrecord.tf_data_batches(source, batch_size=100))
     read = sum(len(i) for i in items if isinstance(i, list))
     return read, [i for i in items if isinstance(i, tfrecord.Unreadable)]
 
-  by_walker = walked()
+  by_walker = walked(str(path))
+  assert walked(remote) == by_walker
   least = tfrecord.TF_DATA_MIN_BYTES
   tfrecord.TF_DATA_MIN_BYTES = 0
   try:
-    assert walked() == by_walker
+    assert walked(str(path)) == by_walker
+    assert walked(remote) == by_walker
   finally:
     tfrecord.TF_DATA_MIN_BYTES = least
   return by_walker
@@ -318,22 +347,22 @@ def _gzip(data: bytes) -> bytes:
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("extra", [1, 6, 11])
 def test_a_few_trailing_bytes_are_one_unreadable_stretch(
-    tmp_path, columns, compress, extra):
+    gcs, tmp_path, columns, compress, extra):
   """tf.data takes a partial header at the end for the end of the file."""
   raw, written = _plain_records(tmp_path, columns)
   path = tmp_path / "trailing.tfrecord"
   path.write_bytes((_gzip if compress else bytes)(raw + b"\x07" * extra))
-  read, (marker,) = _walk(path)
+  read, (marker,) = _walk(path, gcs)
   assert (read, marker.record, marker.offset) == (written, written, len(raw))
   assert marker.reason == f"truncated ({extra} trailing bytes)"
   assert read + (written - marker.record) == written
 
 
 @pytest.mark.parametrize("size", [1, 11])
-def test_a_tiny_garbage_file_is_one_unreadable_stretch(tmp_path, size):
+def test_a_tiny_garbage_file_is_one_unreadable_stretch(gcs, tmp_path, size):
   path = tmp_path / "tiny.tfrecord"
   path.write_bytes(b"\x07" * size)
-  read, (marker,) = _walk(path)
+  read, (marker,) = _walk(path, gcs)
   assert (read, marker.describe()) == (
       0, f"unreadable from record 0 (byte 0): truncated ({size} trailing"
       " bytes)")
@@ -359,25 +388,25 @@ def _bad_isize(gz: bytes) -> bytes:
     (lambda gz: gz + b"junk after it",
      "13 bytes after the end of the gzip stream"),
 ])
-def test_gzip_trailer_damage_keeps_every_record(tmp_path, columns, damage,
-                                                reason):
+def test_gzip_trailer_damage_keeps_every_record(gcs, tmp_path, columns,
+                                                damage, reason):
   raw, written = _plain_records(tmp_path, columns)
   path = tmp_path / "damaged.tfrecord.gz"
   path.write_bytes(damage(_gzip(raw)))
-  read, (marker,) = _walk(path)
+  read, (marker,) = _walk(path, gcs)
   assert (read, marker.record, marker.offset, marker.reason) == (
       written, written, len(raw), reason)
 
 
 def test_truncated_gzip_keeps_the_records_inflated_before_the_cut(
-    tmp_path, columns):
+    gcs, tmp_path, columns):
   from lossaudit import tfrecord
 
   raw, written = _plain_records(tmp_path, columns)
   gz = _gzip(raw)
   path = tmp_path / "cut.tfrecord.gz"
   path.write_bytes(gz[:len(gz) * 3 // 4])
-  read, (marker,) = _walk(path)
+  read, (marker,) = _walk(path, gcs)
   assert 0 < read < written and marker.record == read
   assert marker.reason.startswith("damaged compressed stream (EOFError")
   # The marker names the first record not read: where its framing starts.
@@ -387,12 +416,12 @@ def test_truncated_gzip_keeps_the_records_inflated_before_the_cut(
   assert read + (written - marker.record) == written
 
 
-def test_concatenated_gzip_members_are_read_whole(tmp_path, columns):
+def test_concatenated_gzip_members_are_read_whole(gcs, tmp_path, columns):
   raw, written = _plain_records(tmp_path, columns)
   cut = len(raw) // 3 + 5  # Inside a record: members need not end on one.
   path = tmp_path / "members.tfrecord.gz"
   path.write_bytes(_gzip(raw[:cut]) + _gzip(raw[cut:]))
-  assert _walk(path) == (written, [])
+  assert _walk(path, gcs) == (written, [])
 
 
 def test_walker_salvages_a_large_gzip_piece_up_to_its_damage(
@@ -410,7 +439,9 @@ def test_walker_salvages_a_large_gzip_piece_up_to_its_damage(
       written, written, len(raw)]
 
 
-def test_short_files_and_gzip_damage_through_the_pipeline(tmp_path, columns):
+@_PLACES
+def test_short_files_and_gzip_damage_through_the_pipeline(
+    request, monkeypatch, tmp_path, columns, where):
   raw, written = _plain_records(tmp_path, columns)
   files = {"good.tfrecord": raw, "trailing.tfrecord": raw + b"\x07" * 3,
            "trailing.tfrecord.gz": _gzip(raw + b"\x07" * 11),
@@ -420,8 +451,9 @@ def test_short_files_and_gzip_damage_through_the_pipeline(tmp_path, columns):
   for name, data in files.items():
     (tmp_path / name).write_bytes(data)
   with TestPipeline() as p:
-    read = p | ReadTFExampleBatches([str(tmp_path / n) for n in files],
-                                    _schema(), batch_size=100)
+    read = p | ReadTFExampleBatches(
+        _placed(request, monkeypatch, [tmp_path / n for n in files], where),
+        _schema(), batch_size=100)
     assert_that(_summed(read["batches"], "All"), equal_to([
         (n, written) for n in files if n != "tiny.tfrecord"]), label="rows")
     assert_that(read[dead_letters.TAG] | beam.Map(
