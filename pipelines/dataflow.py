@@ -28,6 +28,24 @@ DEFAULT_DISK_SIZE_GB = 50
 LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}$")
 MIN_RAM = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?(GB|GiB|MB|MiB)$")
 GPU_TYPE = re.compile(r"^nvidia-[a-z0-9-]+$")
+# The Python of the worker image (the Dockerfile's base images): the graph's
+# functions are pickled by value, and unpickle only on the same minor version.
+IMAGE_PYTHON = (3, 11)
+
+
+def check_launch_python(version=sys.version_info) -> None:
+  """Refuses a launch from a Python other than the worker image's.
+
+  Raises:
+    ConfigError: naming `--image`.
+  """
+  if tuple(version[:2]) != IMAGE_PYTHON:
+    image = ".".join(map(str, IMAGE_PYTHON))
+    raise ConfigError(
+        f"--image: the worker image runs Python {image}, and the job's"
+        " functions are pickled by this Python for it; expected a launch"
+        f" from Python {image}. Received: Python"
+        f" {version[0]}.{version[1]}")
 
 
 def accelerator(gpu: str, count: int = 1) -> str:
@@ -231,6 +249,7 @@ def audit_argv(argv: Sequence[str]) -> List[str]:
     ConfigError: a flag `dataflow_args` refuses.
   """
   args, rest = parser().parse_known_args(argv)
+  check_launch_python()
   gpu = None if args.gpu == "none" else args.gpu
   machine_type = args.machine_type
   if machine_type is None and not args.prime:

@@ -22,10 +22,10 @@ from apache_beam.options.pipeline_options import (
   PipelineOptions,
   WorkerOptions,
 )
-from apache_beam.portability.api import beam_runner_api_pb2
 
+from lossaudit.errors import ConfigError
 from lossaudit.pipelines import dataflow, flex_template, gpu_check
-from tests.helpers import upload
+from tests.helpers import REPO, staged_pipeline, upload
 
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
 
@@ -52,12 +52,7 @@ def _write_template(gcs, name, tfrecord_dir, classifier_path, *options):
   ]) == 0
   with FileSystems.open(template) as f:
     job = json.loads(f.read())
-  # The staged files sit beside the pipeline proto the job runs.
-  staged = job["environment"]["workerPools"][0]["packages"][0]["location"]
-  path = ("gs://" + staged.split("storage.googleapis.com/", 1)[1]).rsplit(
-      "/", 1)[0] + "/pipeline.pb"
-  with FileSystems.open(path) as f:
-    return job, beam_runner_api_pb2.Pipeline.FromString(f.read())
+  return job, staged_pipeline(job)
 
 
 def test_template_has_accelerator_container_and_steps(gcs, tfrecord_dir,
@@ -101,7 +96,6 @@ def test_accelerator_on_the_scoring_step_only(gcs, tfrecord_dir,
 
 # --- GPU set-up: flags, README commands, Flex metadata, image -------------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T4 = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
 
 
@@ -394,3 +388,20 @@ def test_check_gpu_image_with_a_gpu_scores_on_it():
   (line,) = result.stdout.strip().splitlines()
   assert line.startswith("check-gpu-image: ok: ")
   assert "rows scored by lossaudit on /GPU:0" in line
+
+
+def test_a_launch_from_another_python_than_the_images_is_refused():
+  with open(os.path.join(REPO, "Dockerfile")) as f:
+    images = re.findall(r"^FROM (\S+)", f.read(), re.MULTILINE)
+  minor = "".join(map(str, dataflow.IMAGE_PYTHON))
+  dotted = ".".join(map(str, dataflow.IMAGE_PYTHON))
+  # Every base image of the Dockerfile runs that Python.
+  assert all(f"python{dotted}" in i or f"python{minor}" in i
+             or f"python:{dotted}" in i for i in images), images
+  dataflow.check_launch_python((3, 11, 7))
+  with pytest.raises(ConfigError) as raised:
+    dataflow.check_launch_python((3, 12, 1))
+  assert str(raised.value) == (
+      "--image: the worker image runs Python 3.11, and the job's functions"
+      " are pickled by this Python for it; expected a launch from Python"
+      " 3.11. Received: Python 3.12")
