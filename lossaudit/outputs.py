@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -75,18 +75,73 @@ def latest_complete_run(template: str,
   """
   if not _is_gcs(template):  # Beam matches `{date}/...` against nothing.
     template = os.path.abspath(template)
-  pattern = join(template.format(date=_DATE_GLOB, run_id=_RUN_ID_GLOB),
-                 SUMMARY)
-  found = FileSystems.match([pattern])[0].metadata_list
   started = _start_in_name(template)
-  for newest in sorted(found, reverse=True, key=lambda m: (
-      started(m.path), m.last_updated_in_seconds, m.path)):
-    directory = newest.path[:-len(SUMMARY)].rstrip("/")
-    if exclude is not None and same_dir(directory, exclude):
-      continue
-    if gate_passed(newest.path):
-      return directory
+  if _is_gcs(template) and template != template.format(date="", run_id=""):
+    candidates = _gcs_summaries(template, started)
+  else:
+    pattern = join(template.format(date=_DATE_GLOB, run_id=_RUN_ID_GLOB),
+                   SUMMARY)
+    candidates = [sorted(FileSystems.match([pattern])[0].metadata_list,
+                         reverse=True, key=lambda m: (
+                             started(m.path), m.last_updated_in_seconds,
+                             m.path))]
+  for group in candidates:
+    for newest in group:
+      directory = newest.path[:-len(SUMMARY)].rstrip("/")
+      if exclude is not None and same_dir(directory, exclude):
+        continue
+      if gate_passed(newest.path):
+        return directory
   return None
+
+
+_PLACEHOLDER_REGEX = {"{date}": r"\d{4}-\d{2}-\d{2}",
+                      "{run_id}": r"\d{8}T\d{6}Z-[0-9a-f]{6}"}
+
+
+def gcs_run_dirs(template: str) -> List[str]:
+  """The directories a gs:// `template` expands to, found a level at a
+  time by listing with a delimiter: what grows with the nights is one name
+  a run, not every object of every run.
+
+  Returns:
+    `gs://bucket/...` paths, without a trailing slash.
+  """
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+
+  bucket, _, path = template[len("gs://"):].partition("/")
+  client = storage.Client()
+  prefixes = [""]
+  for part in filter(None, path.split("/")):
+    if "{" not in part:
+      prefixes = [f"{prefix}{part}/" for prefix in prefixes]
+      continue
+    regex = re.compile("".join(
+        _PLACEHOLDER_REGEX.get(piece, re.escape(piece))
+        for piece in re.split(r"(\{date\}|\{run_id\})", part)))
+    found = []
+    for prefix in prefixes:
+      listing = client.list_blobs(bucket, prefix=prefix, delimiter="/")
+      for _ in listing.pages:  # The prefixes arrive with the pages.
+        pass
+      found += sorted(name for name in listing.prefixes
+                      if regex.fullmatch(name[len(prefix):-1]))
+    prefixes = found
+  return [f"gs://{bucket}/{prefix.rstrip('/')}" for prefix in prefixes]
+
+
+def _gcs_summaries(template: str, started) -> Iterator[List]:
+  """The `summary.json` metadata of the runs of the gs:// `template`, in
+  groups of runs that started at the same time as their names say, newest
+  first; each group newest first by the summary's time."""
+  by_start: Dict[str, List[str]] = {}
+  for directory in gcs_run_dirs(template):
+    by_start.setdefault(started(directory + "/"), []).append(directory)
+  for start in sorted(by_start, reverse=True):
+    found = [m for d in by_start[start]
+             for m in FileSystems.match([join(d, SUMMARY)])[0].metadata_list]
+    yield sorted(found, reverse=True,
+                 key=lambda m: (m.last_updated_in_seconds, m.path))
 
 
 def _start_in_name(template: str):

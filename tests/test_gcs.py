@@ -151,3 +151,45 @@ def test_gs_damaged_records_are_dead_lettered_as_in_a_local_run(
   want = pd.read_parquet(local_out / "losses").sort_values("id").reset_index(
       drop=True)
   pd.testing.assert_frame_equal(got, want)
+
+
+def test_latest_on_gcs_lists_one_name_a_run_not_every_object(gcs, tmp_path,
+                                                             monkeypatch):
+  from google.cloud import storage
+
+  from lossaudit import outputs
+
+  audits = f"{gcs}/history/audits"
+  runs = {  # run id: gate passed (None: no summary, the run never ended).
+      "20261201T023000Z-aaaaaa": True, "20261202T023000Z-bbbbbb": True,
+      "20261203T023000Z-cccccc": False, "20261204T023000Z-dddddd": None}
+  for run_id, passed in runs.items():
+    directory = tmp_path / f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}-{run_id}"
+    (directory / "losses").mkdir(parents=True)
+    for shard in range(20):
+      (directory / "losses" / f"part-{shard:05d}-of-00020.parquet").write_text(
+          "x")
+    if passed is not None:
+      (directory / "summary.json").write_text(json.dumps(
+          {"run_id": run_id, "gate": {"passed": passed}}))
+  upload(str(tmp_path), audits)
+  upload(str(tmp_path), f"{gcs}/history/elsewhere")
+  listed = []
+  list_blobs = storage.Client.list_blobs
+
+  def spy(self, bucket, *args, **kwargs):
+    listed.append((kwargs.get("prefix"), kwargs.get("delimiter")))
+    return list_blobs(self, bucket, *args, **kwargs)
+
+  monkeypatch.setattr(storage.Client, "list_blobs", spy)
+
+  latest = outputs.latest_complete_run(audits + "/{date}-{run_id}")
+
+  # The 3rd failed its gates and the 4th never ended: the 2nd is the newest
+  # baseline.
+  assert latest == f"{audits}/2026-12-02-20261202T023000Z-bbbbbb"
+  # One listing of the runs' names; then only summaries, newest first.
+  assert listed[0] == ("history/audits/", "/")
+  assert all(prefix.endswith("/summary.json") for prefix, _ in listed[1:])
+  assert outputs.gcs_run_dirs(audits + "/{date}-{run_id}") == [
+      f"{audits}/{d.name}" for d in sorted(tmp_path.iterdir())]
