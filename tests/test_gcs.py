@@ -193,3 +193,22 @@ def test_latest_on_gcs_lists_one_name_a_run_not_every_object(gcs, tmp_path,
   assert all(prefix.endswith("/summary.json") for prefix, _ in listed[1:])
   assert outputs.gcs_run_dirs(audits + "/{date}-{run_id}") == [
       f"{audits}/{d.name}" for d in sorted(tmp_path.iterdir())]
+
+
+def test_a_large_scratch_on_gcs_is_deleted_whole_and_only_it(gcs, tmp_path):
+  from lossaudit import ownership
+
+  run_id = "20261207T023000Z-abcdef"
+  scratch = tmp_path / ".scratch" / run_id
+  scratch.mkdir(parents=True)
+  for i in range(250):  # Three batch requests at once.
+    (scratch / f"scored-{i:05d}.arrow").write_text("x")
+  (tmp_path / "notes.txt").write_text("the user's")
+  out = f"{gcs}/bigscratch"
+  upload(str(tmp_path), out)
+
+  ownership.remove_scratch(out, run_id)
+
+  left = sorted(m.path for m in FileSystems.match([out + "/**"])[0]
+                .metadata_list)
+  assert left == [f"{out}/notes.txt"]
