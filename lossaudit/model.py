@@ -37,34 +37,70 @@ class TensorInfo:
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), "lossaudit-models")
 
 
-def local_copy(path: str) -> str:
+def local_copy(path: str, version: Optional[str] = None) -> str:
   """A local path for a model on any Beam filesystem (gs://, ...).
 
   A remote `.keras` file or SavedModel directory is copied once per machine
-  into a cache keyed by its path, size and modification time; a local path
-  is returned as it is. Missing remote paths are returned unchanged (and
-  then reported as missing).
+  into a cache keyed by its path, size and modification time
+  (`remote_version`); a local path is returned as it is. Missing remote
+  paths are returned unchanged (and then reported as missing).
+
+  Args:
+    version: the `remote_version` the run was planned with: a model
+      overwritten since (or while it is copied) is refused, so that every
+      worker of a job scores with the one model.
+
+  Raises:
+    ConfigError: the model is not of `version`.
   """
+  return _local_copy(path, version)[0]
+
+
+def remote_version(path: str) -> Optional[str]:
+  """What names a remote model's files as they are now (a hash of their
+  paths, sizes and modification times); None for a local or missing one."""
+  return _local_copy(path, None, copy=False)[1]
+
+
+def _changed(path: str) -> ConfigError:
+  return ConfigError(
+      "model.path: expected the model as it was when the run was planned;"
+      " its files changed since (overwritten while the job runs?), and a"
+      f" job scores with one model. Received: {path!r}")
+
+
+def _remote_files(root: str):
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
+  matches = FileSystems.match([root, root + "/**"])
+  files = [m for result in matches for m in result.metadata_list]
+  stamp = hashlib.sha256(repr(sorted(
+      (m.path, m.size_in_bytes, m.last_updated_in_seconds)
+      for m in files)).encode()).hexdigest()[:16]
+  return files, stamp
+
+
+def _local_copy(path: str, version: Optional[str], copy: bool = True
+                ) -> Tuple[str, Optional[str]]:
+  """`(local path, remote_version)`; see `local_copy`."""
   if "://" not in path:
-    return path
+    return path, None
   from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
 
   UNCOMPRESSED = CompressionTypes.UNCOMPRESSED  # pylint: disable=invalid-name
 
   root = path.rstrip("/")
-  matches = FileSystems.match([root, root + "/**"])
-  files = [m for result in matches for m in result.metadata_list]
+  files, stamp = _remote_files(root)
   if not files:
-    return path
-  stamp = hashlib.sha256(repr(sorted(
-      (m.path, m.size_in_bytes, m.last_updated_in_seconds)
-      for m in files)).encode()).hexdigest()[:16]
+    return path, None
+  if version is not None and stamp != version:
+    raise _changed(path)
   single = len(files) == 1 and files[0].path.rstrip("/") == root
   name = os.path.basename(root) if single else "model"
   target = os.path.join(_CACHE_DIR, stamp, name)
-  if os.path.exists(target):
-    return target
+  if not copy or os.path.exists(target):
+    return target, stamp
   staging = tempfile.mkdtemp(dir=os.makedirs(_CACHE_DIR, exist_ok=True) or
                              _CACHE_DIR)
   for meta in files:
@@ -78,13 +114,16 @@ def local_copy(path: str) -> str:
     with FileSystems.open(meta.path, compression_type=UNCOMPRESSED) as src, \
         open(local, "wb") as dst:
       shutil.copyfileobj(src, dst, 16 << 20)
+  if _remote_files(root)[1] != stamp:  # Overwritten while it was copied.
+    shutil.rmtree(staging, ignore_errors=True)
+    raise _changed(path)
   os.makedirs(os.path.dirname(target), exist_ok=True)
   try:
     os.rename(os.path.join(staging, name), target)
   except OSError:  # Another process of this worker copied it first.
     pass
   shutil.rmtree(staging, ignore_errors=True)
-  return target
+  return target, stamp
 
 
 class AuditModel:
@@ -96,9 +135,10 @@ class AuditModel:
       serving signature's output keys).
   """
 
-  def __init__(self, path: str, signature: str = "serving_default"):
+  def __init__(self, path: str, signature: str = "serving_default",
+               version: Optional[str] = None):
     self.path = path
-    path = local_copy(path)
+    path, self.version = _local_copy(path, version)
     if os.path.isdir(path):
       if not tf.saved_model.contains_saved_model(path):
         raise ConfigError(
@@ -313,11 +353,12 @@ class _LoadedModels:
 _LOADED = shared.Shared()
 
 
-def model_version(path: str) -> Tuple:
+def model_version(path: str, pinned: Optional[str] = None) -> Tuple:
   """What says that the model at `path` changed: a local file's or
   directory's files' sizes and modification times; for a remote model, its
-  local copy (named by the remote files' sizes and times)."""
-  path = local_copy(path)
+  local copy (named by the remote files' sizes and times; `pinned`: the
+  `remote_version` it must have)."""
+  path = local_copy(path, pinned)
   if not os.path.isdir(path):
     try:
       found = os.stat(path)
@@ -334,7 +375,9 @@ def model_version(path: str) -> Tuple:
 
 
 def load_models(paths: Sequence[Sequence[str]], signature: str,
-                device: str = "auto") -> Tuple[Tuple[AuditModel, ...], ...]:
+                device: str = "auto",
+                pinned: Optional[Dict[str, str]] = None
+                ) -> Tuple[Tuple[AuditModel, ...], ...]:
   """The models of a run, `[fold][checkpoint]`, each loaded once a process.
 
   Every model must have the first's inputs and outputs: each example is
@@ -349,23 +392,30 @@ def load_models(paths: Sequence[Sequence[str]], signature: str,
     device: `runtime.device`: `cpu` places the models' variables on the
       CPU, any other value where TensorFlow places them (its first GPU, if
       it sees one, as `select_device` picks).
+    pinned: the `remote_version` of each remote model path, as the run was
+      planned with (`ScoringSpec.model_versions`).
 
   Raises:
     ConfigError: a model is missing or cannot be loaded (naming its path),
-      or its inputs or outputs differ from the first's.
+      its inputs or outputs differ from the first's, or a pinned model
+      changed.
   """
   paths = tuple(tuple(group) for group in paths)
   on_cpu = device == "cpu"
-  versions = tuple(model_version(p) for group in paths for p in group)
+  pinned = pinned or {}
+  versions = tuple(model_version(p, pinned.get(p))
+                   for group in paths for p in group)
   return _LOADED.acquire(
-      lambda: _LoadedModels(_load_models(paths, signature, on_cpu)),
+      lambda: _LoadedModels(_load_models(paths, signature, on_cpu, pinned)),
       tag=repr((paths, versions, signature, on_cpu))).models
 
 
 def _load_models(paths: Tuple[Tuple[str, ...], ...], signature: str,
-                 on_cpu: bool) -> Tuple[Tuple[AuditModel, ...], ...]:
+                 on_cpu: bool, pinned: Dict[str, str]
+                 ) -> Tuple[Tuple[AuditModel, ...], ...]:
   with tf.device("/CPU:0") if on_cpu else contextlib.nullcontext():
-    loaded = tuple(tuple(AuditModel(path, signature) for path in group)
+    loaded = tuple(tuple(AuditModel(path, signature, pinned.get(path))
+                         for path in group)
                    for group in paths)
   first = loaded[0][0]
   for model in (m for group in loaded for m in group):

@@ -83,6 +83,9 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   if sample is not None:
     terms = probe.fit_custom_labels(terms, sample)
   spec = planning.assemble_spec(config, features, terms, class_names)
+  spec = dataclasses.replace(spec, model_versions=tuple(
+      (m.path, m.version) for group in models for m in group
+      if getattr(m, "version", None)))
   computed_from = None
   if sample is not None:
     computed_from = probe.check_scoring(config, spec, models, sample)

@@ -165,6 +165,8 @@ class ScoringSpec:
     model_paths: the model of each fold (one without folds), as each
       checkpoint's path (one without checkpoints), oldest first; empty with
       `predictions_kind`.
+    model_versions: `(path, lossaudit.model.remote_version)` of each remote
+      model, as the run was planned: a worker refuses a model changed since.
     fold_column: the column of each example's held-out fold, or None: then
       `lossaudit.folds.fold_of(id, len(model_paths))` with folds.
     predictions_kind: `probabilities` or `logits` of the one feature, read
@@ -188,6 +190,7 @@ class ScoringSpec:
   truncate: bool = False
   class_names: Optional[Tuple[str, ...]] = None
   model_paths: Tuple[Tuple[str, ...], ...] = ()
+  model_versions: Tuple[Tuple[str, str], ...] = ()
   fold_column: Optional[str] = None
   predictions_kind: Optional[str] = None
   regions: Tuple[float, float] = (0.5, 0.2)
@@ -760,7 +763,8 @@ def spec_models(spec: ScoringSpec) -> Tuple[Tuple[Any, ...], ...]:
     feature = spec.features[0]
     return ((PredictionsModel(feature.column, feature.shape[0]),),)
   return load_models(spec.model_paths or ((spec.model_path,),),
-                     spec.signature, spec.device)
+                     spec.signature, spec.device,
+                     pinned=dict(spec.model_versions))
 
 
 def regions(confidence: np.ndarray, variability: np.ndarray,

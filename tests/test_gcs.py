@@ -212,3 +212,24 @@ def test_a_large_scratch_on_gcs_is_deleted_whole_and_only_it(gcs, tmp_path):
   left = sorted(m.path for m in FileSystems.match([out + "/**"])[0]
                 .metadata_list)
   assert left == [f"{out}/notes.txt"]
+
+
+def test_a_model_overwritten_after_the_run_was_planned_is_refused(
+    gcs, classifier_path, regressor_path):
+  from lossaudit import model
+  from lossaudit.errors import ConfigError
+
+  remote = f"{gcs}/pinned/model.keras"
+  upload(classifier_path, remote)
+  planned = model.remote_version(remote)
+  assert planned and model.remote_version(classifier_path) is None
+  assert model.load_models([[remote]], "serving_default",
+                           pinned={remote: planned})
+  upload(regressor_path, remote)  # Overwritten while the job runs.
+
+  with pytest.raises(ConfigError) as raised:
+    model.load_models([[remote]], "serving_default", pinned={remote: planned})
+  assert str(raised.value) == (
+      "model.path: expected the model as it was when the run was planned;"
+      " its files changed since (overwritten while the job runs?), and a job"
+      f" scores with one model. Received: {remote!r}")
