@@ -39,6 +39,10 @@ class LabelRules:
     prune_counts: `prune_by_noise_rate` only: how many issues each cell
       `(K, K)` holds.
     cells: `prune_by_noise_rate` only: each cell's n-th `(margin, id)`.
+    margin_bins: `prune_by_noise_rate` only: the bins of each cell's margin
+      histogram (`confident.margin_bin_count`; 0: none).
+    cut_bins: `prune_by_noise_rate` only: each cell's cut-off bin `(K, K)`
+      (`confident.cut_bins`), or None without a histogram.
     non_finite_left_out: the examples left out of the thresholds, the joint
       and the ranking for a non-finite probability or loss (each is flagged
       `non_finite`).
@@ -52,6 +56,16 @@ class LabelRules:
   prune_counts: Optional[List[List[int]]] = None
   cells: CellLast = dataclasses.field(default_factory=dict)
   non_finite_left_out: int = 0
+  margin_bins: int = 0
+  cut_bins: Optional[List[List[int]]] = None
+
+  @property
+  def cuts(self) -> Optional[Tuple[np.ndarray, int]]:
+    """`(cut_bins (K, K), margin_bins)` as `confident.CellCandidates` takes
+    them, or None."""
+    if self.cut_bins is None:
+      return None
+    return np.asarray(self.cut_bins), self.margin_bins
 
   @property
   def num_classes(self) -> int:

@@ -18,7 +18,11 @@ from lossaudit import duplicates
 from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.merging import merge_all
 from lossaudit.timings import Timings
-from lossaudit.transforms.label_issues import CellTopNCombineFn
+from lossaudit.transforms.label_issues import (
+  CellTopNCombineFn,
+  _JointCounts,
+  _no_joint_counts,
+)
 from lossaudit.transforms.stats import (
   LossStatsCombineFn,
   TopKCombineFn,
@@ -256,3 +260,44 @@ def test_timings_sum_batches_rows_seconds_and_keep_the_slowest():
   merge = functools.partial(merge_all, empty=Timings())
   check_combine_fn(merge, inputs, expected)
   check_combine_fn(merge, [], Timings())
+
+
+def test_joint_counts_and_margin_histograms_sum_over_batches():
+  rng = np.random.default_rng(8)
+  k, bins = 4, 8
+  inputs, given_all, guess_all, cell_bin_all = [], [], [], []
+  for _ in range(9):  # One batch's counts each.
+    n = int(rng.integers(1, 30))
+    given, guess = rng.integers(0, k, n), rng.integers(0, k, n)
+    cell_bin = rng.integers(0, bins, (n, k))  # Row i, class j: its bin.
+    joint = np.zeros((k, k), dtype=np.int64)
+    np.add.at(joint, (given, guess), 1)
+    histogram = np.zeros((k, k, bins), dtype=np.int64)
+    for j in range(k):
+      np.add.at(histogram, (given, j, cell_bin[:, j]), 1)
+    inputs.append(_JointCounts(joint, np.bincount(given, minlength=k),
+                               np.asarray(n % 3, np.int64), histogram))
+    given_all.append(given)
+    guess_all.append(guess)
+    cell_bin_all.append(cell_bin)
+  given, guess = np.concatenate(given_all), np.concatenate(guess_all)
+  cell_bin = np.concatenate(cell_bin_all)
+  expected_histogram = np.zeros((k, k, bins), dtype=int)
+  for row, g in enumerate(given):  # Counted row by row, independently.
+    for j in range(k):
+      expected_histogram[g, j, cell_bin[row, j]] += 1
+  expected = (np.histogram2d(given, guess, bins=k, range=[[0, k], [0, k]]
+                             )[0].astype(int),
+              np.bincount(given, minlength=k),
+              sum(len(g) % 3 for g in given_all), expected_histogram)
+
+  def same(actual, expected):
+    for field, want in zip(("joint", "labels", "non_finite", "margins"),
+                           expected):
+      np.testing.assert_array_equal(getattr(actual, field), want, field)
+
+  merge = functools.partial(merge_all, empty=_no_joint_counts(k, bins))
+  check_combine_fn(merge, inputs, expected, check=same)
+  empty = _no_joint_counts(k, bins)
+  check_combine_fn(merge, [], (empty.joint, empty.labels, 0,
+                               np.zeros((k, k, bins))), check=same)

@@ -64,6 +64,12 @@ def test_synthetic_agrees_with_cleanlab(tmp_path, synthetic, write_config,
   assert np.array(issues["confident_joint"]).sum() == len(given)
   assert sum(issues["issues_by_pair"].values()) == len(flagged)
   assert summary["flagged"]["by_reason"] == {"label_issue": len(flagged)}
+  # Each issue was a candidate of its bundle's top n in some cell.
+  counters = summary["metrics"]["counters"]
+  if method == "prune_by_noise_rate":
+    assert counters["label_issue_candidates"] >= len(flagged)
+  else:
+    assert "label_issue_candidates" not in counters
   # Most issues are real flips, and suggest the true label.
   by_id = dict(zip(ids, truth))
   true = flagged["id"].map(by_id)

@@ -13,8 +13,9 @@ from typing import Iterable, List, NamedTuple, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.metrics import Metrics
 
-from lossaudit import confident
+from lossaudit import METRICS_NAMESPACE, confident
 from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules
 from lossaudit.merging import merge_all
 from lossaudit.scoring import PROBS_COLUMN
@@ -77,31 +78,36 @@ class _ClassSums(_SummedArrays):
 
 @dataclasses.dataclass(frozen=True)
 class _JointCounts(_SummedArrays):
-  """Raw confident-joint counts `(K, K)`, given-label counts `(K,)` and the
-  rows left out for a non-finite probability or loss `()`."""
+  """Raw confident-joint counts `(K, K)`, given-label counts `(K,)`, the
+  rows left out for a non-finite probability or loss `()`, and each cell's
+  margin histogram `(K, K, bins)` (`prune_by_noise_rate`; else `(0,)`)."""
 
   joint: np.ndarray
   labels: np.ndarray
   non_finite: np.ndarray
+  margins: np.ndarray
 
 
 def _no_class_sums(k: int) -> _ClassSums:
   return _ClassSums(np.zeros(k), np.zeros(k, dtype=np.int64))
 
 
-def _no_joint_counts(k: int) -> _JointCounts:
+def _no_joint_counts(k: int, bins: int = 0) -> _JointCounts:
   return _JointCounts(np.zeros((k, k), dtype=np.int64),
-                      np.zeros(k, dtype=np.int64), np.zeros((), np.int64))
+                      np.zeros(k, dtype=np.int64), np.zeros((), np.int64),
+                      np.zeros((k, k, bins) if bins else 0, np.int64))
 
 
 class _JointCountsFn(beam.DoFn):
-  """Per bundle: raw confident-joint counts `(K, K)` and label counts `(K,)`."""
+  """Per bundle: raw confident-joint counts `(K, K)`, label counts `(K,)`,
+  and with `bins`, each cell's margin histogram `(K, K, bins)`."""
 
-  def __init__(self, num_classes: int):
+  def __init__(self, num_classes: int, bins: int = 0):
     self._k = num_classes
+    self._bins = bins
 
   def start_bundle(self):
-    self._counts = _no_joint_counts(self._k)
+    self._counts = _no_joint_counts(self._k, self._bins)
 
   def process(self, batch: pa.RecordBatch, thresholds: List[float]):
     every = class_arrays(batch, self._k)
@@ -111,17 +117,30 @@ class _JointCountsFn(beam.DoFn):
     self._counts = self._counts.merge(_JointCounts(
         confident.joint_counts(arrays.given, guess, ok, self._k),
         np.bincount(arrays.given, minlength=self._k),
-        np.asarray(len(every.given) - len(arrays.given), np.int64)))
+        np.asarray(len(every.given) - len(arrays.given), np.int64),
+        confident.margin_histogram(arrays.probs, arrays.given, self._bins)
+        if self._bins else np.zeros(0, np.int64)))
 
   def finish_bundle(self):
     yield in_global_window(self._counts)
 
 
 class _CellCandidatesFn(beam.DoFn):
-  """Per bundle: each cell's top `n[k, j]` (margin, id) candidates."""
+  """Per bundle: each cell's top `n[k, j]` (margin, id) candidates.
+
+  What the bundles emit (and `TopNPerCell` shuffles) is bounded by the label
+  issues, not by the data: a bundle emits at most `n[k, j]` candidates a
+  cell, so at most `sum(prune_counts)` off the diagonal; and only rows at or
+  above their cell's cut-off bin, so all bundles together emit fewer than
+  `n[k, j]` plus the rows of that bin a cell (see
+  `confident.CellCandidates`). The `label_issue_candidates` counter counts
+  them.
+  """
 
   def __init__(self, num_classes: int):
     self._k = num_classes
+    self._emitted = Metrics.counter(METRICS_NAMESPACE,
+                                    "label_issue_candidates")
 
   def start_bundle(self):
     self._candidates = None
@@ -129,7 +148,7 @@ class _CellCandidatesFn(beam.DoFn):
   def process(self, batch: pa.RecordBatch, rules: LabelRules):
     if self._candidates is None:
       self._candidates = confident.CellCandidates(
-          np.asarray(rules.prune_counts))
+          np.asarray(rules.prune_counts), cuts=rules.cuts)
     arrays = class_arrays(batch, self._k).finite_rows()
     self._candidates.add(arrays.probs, arrays.given, arrays.ids)
 
@@ -138,6 +157,7 @@ class _CellCandidatesFn(beam.DoFn):
       return
     prune = self._candidates.prune
     for cell, values, kept in self._candidates.cells():
+      self._emitted.inc(len(values))
       yield in_global_window((cell, CellTop(int(prune[cell]), values, kept)))
 
 
@@ -185,15 +205,20 @@ class CellTopNCombineFn(beam.CombineFn):
 def _finish_joint(counts: _JointCounts, method: str,
                   thresholds: List[float]) -> LabelRules:
   joint = confident.calibrated_joint(counts.joint, counts.labels)
+  prune = (confident.prune_counts(joint, counts.labels)
+           if method == PRUNE_BY_NOISE_RATE else None)
+  bins = counts.margins.shape[-1] if counts.margins.ndim == 3 else 0
   return LabelRules(
       method=method,
       thresholds=list(map(float, thresholds)),
       label_counts=counts.labels.tolist(),
       confident_joint=joint.tolist(),
       noise_rate=confident.noise_rates(joint).tolist(),
-      prune_counts=(confident.prune_counts(joint, counts.labels).tolist()
-                    if method == PRUNE_BY_NOISE_RATE else None),
-      non_finite_left_out=int(counts.non_finite))
+      prune_counts=None if prune is None else prune.tolist(),
+      non_finite_left_out=int(counts.non_finite),
+      margin_bins=bins if prune is not None else 0,
+      cut_bins=(confident.cut_bins(counts.margins, prune).tolist()
+                if prune is not None and bins else None))
 
 
 def _thresholds(sums: _ClassSums) -> List[float]:
@@ -259,6 +284,8 @@ class FindLabelIssues(beam.PTransform):
 
   def expand(self, batches: ScoredBatches):
     k = self._k
+    bins = (confident.margin_bin_count(k)
+            if self._method == PRUNE_BY_NOISE_RATE else 0)
     thresholds = (batches.scored
                   | "SelfConfidence" >> beam.Map(_self_confidence_sums, k)
                   | "SumSelfConfidence" >> beam.CombineGlobally(
@@ -269,10 +296,10 @@ class FindLabelIssues(beam.PTransform):
              | "RereadForJoint" >> ReadSpilled(
                  "label issues, confident joint", self._progress_interval,
                  self._total)
-             | "JointCounts" >> beam.ParDo(_JointCountsFn(k),
+             | "JointCounts" >> beam.ParDo(_JointCountsFn(k, bins),
                                            thresholds=thresholds)
              | "SumJoint" >> beam.CombineGlobally(
-                 merge_all, empty=_no_joint_counts(k))
+                 merge_all, empty=_no_joint_counts(k, bins))
              | "Calibrate" >> beam.Map(_finish_joint, method=self._method,
                                        thresholds=thresholds))
     if self._method != PRUNE_BY_NOISE_RATE:
