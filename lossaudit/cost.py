@@ -30,6 +30,7 @@ from typing import List, Tuple
 
 import pyarrow as pa
 
+from lossaudit import confident
 from lossaudit.config import AuditConfig
 
 # Rows one bundle of a scoring worker holds, unless told (`rows_per_bundle`).
@@ -259,8 +260,14 @@ def plan_cost(config: AuditConfig, rows: int, classes: int, *,
   if method:
     per_bundle("FindLabelIssues/SumSelfConfidence",
                2 * _ARRAY_OVERHEAD + 16 * classes)
+    # prune_by_noise_rate's joint also counts each cell's margins in
+    # `margin_bin_count(K)` bins, for the cells' cut-offs.
+    bins = (confident.margin_bin_count(classes)
+            if method == "prune_by_noise_rate" else 0)
     per_bundle("FindLabelIssues/SumJoint",
-               3 * _ARRAY_OVERHEAD + 8 * classes * classes + 8 * classes)
+               3 * _ARRAY_OVERHEAD + 8 * classes * classes + 8 * classes
+               + (_ARRAY_OVERHEAD + 8 * classes * classes * bins
+                  if bins else 0))
     if method == "prune_by_noise_rate":
       per_bundle("FindLabelIssues/TopNPerCell", int(
           _CELL_OVERHEAD * pairs

@@ -9,16 +9,22 @@ from typing import Optional, Sequence
 RUN_FLAGS = ("--config", "--set")
 
 
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+  """`--config` and `--set`, as every command that reads a config takes
+  them."""
+  parser.add_argument("--config", required=True, help="YAML config file")
+  parser.add_argument(
+      "--set", action="append", default=[], metavar="KEY=VALUE",
+      help="override one dotted config key (value parsed as YAML)")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None):
   """`--config`, `--set`, `--verbose` and the Beam options that pass
   through."""
   parser = argparse.ArgumentParser(
       prog="lossaudit run", allow_abbrev=False,
       description="Audit a dataset with a saved model's per-sample losses.")
-  parser.add_argument("--config", required=True, help="YAML config file")
-  parser.add_argument(
-      "--set", action="append", default=[], metavar="KEY=VALUE",
-      help="override one dotted config key (value parsed as YAML)")
+  add_config_args(parser)
   parser.add_argument(
       "--verbose", action="store_true",
       help="show TensorFlow's start-up log lines (oneDNN, CUDA)")

@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple
 from lossaudit import cost
 from lossaudit.config import AuditConfig, load_config
 from lossaudit.errors import ConfigError, describe_error, one_line
+from lossaudit.pipelines.arguments import add_config_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,10 +63,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = _Parser(
       prog="lossaudit plan", allow_abbrev=False,
       description="The passes, bytes and worker-hours a run would take.")
-  parser.add_argument("--config", required=True, help="YAML config file")
-  parser.add_argument(
-      "--set", action="append", default=[], metavar="KEY=VALUE",
-      help="override one dotted config key (value parsed as YAML)")
+  add_config_args(parser)
   parser.add_argument("--rows", required=True,
                       help="examples the run would read")
   parser.add_argument(

@@ -96,6 +96,20 @@ def test_accelerator_on_the_scoring_step_only(gcs, tfrecord_dir,
 
 # --- GPU set-up: flags, README commands, Flex metadata, image -------------
 
+def _known_beam_options(argv, beam_names) -> PipelineOptions:
+  """The Beam options among `lossaudit run`'s `argv`, each checked to be one
+  of `beam_names`, parsed; they ask for a T4, 50 GB disks and N1 machines."""
+  options = [a for a in argv if a.startswith("--") and a.split("=", 1)[0]
+             not in ("--config", "--set")]
+  for option in options:
+    assert option.split("=", 1)[0] in beam_names, option
+  parsed = PipelineOptions(options)
+  assert parsed.view_as(WorkerOptions).disk_size_gb == 50
+  assert parsed.view_as(WorkerOptions).machine_type == "n1-standard-8"
+  assert parsed.view_as(GoogleCloudOptions).dataflow_service_options == [T4]
+  return parsed
+
+
 T4 = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
 
 
@@ -240,14 +254,7 @@ def test_readme_dataflow_command_options_are_known():
   assert args.gpu == "nvidia-tesla-t4" and args.disk_size_gb == "50"
   beam = _beam_option_names()
   argv = dataflow.audit_argv(command[1:])
-  options = [a for a in argv if a.startswith("--") and a not in (
-      "--config", "--set")]
-  for option in options:
-    assert option.split("=", 1)[0] in beam, option
-  parsed = PipelineOptions(options)
-  assert parsed.view_as(WorkerOptions).disk_size_gb == 50
-  assert parsed.view_as(WorkerOptions).machine_type == "n1-standard-8"
-  assert parsed.view_as(GoogleCloudOptions).dataflow_service_options == [T4]
+  parsed = _known_beam_options(argv, beam)
   assert parsed.view_as(GoogleCloudOptions).labels == ["team=ml",
                                                        "job=lossaudit"]
 
@@ -284,14 +291,7 @@ def test_readme_flex_command_matches_metadata_and_beam():
   # The launcher passes each parameter as --name=value to the entry point.
   argv = flex_template.audit_args([f"--{n}={v}" for n, v in
                                    parameters.items()])
-  options = [a for a in argv if a.startswith("--") and a.split("=", 1)[0]
-             not in ("--config", "--set")]
-  for option in options:
-    assert option.split("=", 1)[0] in beam, option
-  parsed = PipelineOptions(options)
-  assert parsed.view_as(WorkerOptions).disk_size_gb == 50
-  assert parsed.view_as(WorkerOptions).machine_type == "n1-standard-8"
-  assert parsed.view_as(GoogleCloudOptions).dataflow_service_options == [T4]
+  parsed = _known_beam_options(argv, beam)
   assert parsed.view_as(WorkerOptions).sdk_container_image == (
       parameters["sdk_container_image"])
 

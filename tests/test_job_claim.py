@@ -69,6 +69,11 @@ def _nightly(root: str, output_dir: str) -> dict:
   return config
 
 
+def _upload_data_and_model(root: str, tfrecord_dir, classifier_path) -> None:
+  upload(str(tfrecord_dir), f"{root}/data")
+  upload(classifier_path, f"{root}/model.keras")
+
+
 def _upload_config(tmp_path, config: dict, remote: str) -> str:
   path = tmp_path / os.path.basename(remote)
   path.write_text(yaml.safe_dump(config))
@@ -79,8 +84,7 @@ def _upload_config(tmp_path, config: dict, remote: str) -> str:
 def test_flex_launch_of_the_nightly_config_writes_the_job_and_deletes_nothing(
     gcs, tmp_path, tfrecord_dir, classifier_path):
   root = f"{gcs}/flex"
-  upload(str(tfrecord_dir), f"{root}/data")
-  upload(classifier_path, f"{root}/model.keras")
+  _upload_data_and_model(root, tfrecord_dir, classifier_path)
   runs = f"{root}/audits"
   config = _upload_config(tmp_path, _nightly(root, runs + "/{date}-{run_id}"),
                           f"{root}/nightly.yaml")
@@ -130,8 +134,7 @@ def _claim_of(pipeline) -> JobClaim:
 def test_a_launch_into_a_completed_run_leaves_every_object_and_no_lock(
     gcs, tmp_path, tfrecord_dir, classifier_path, launch):
   root = f"{gcs}/{launch}-fixed"
-  upload(str(tfrecord_dir), f"{root}/data")
-  upload(classifier_path, f"{root}/model.keras")
+  _upload_data_and_model(root, tfrecord_dir, classifier_path)
   out = f"{root}/out"
   config = _nightly(root, out)
   config["gate"]["baseline"] = out  # Its own earlier run, named.
@@ -155,8 +158,7 @@ def test_a_launch_into_a_completed_run_leaves_every_object_and_no_lock(
 def test_dataflow_launch_refused_while_another_run_holds_the_directory(
     gcs, tmp_path, tfrecord_dir, classifier_path, capsys):
   root = f"{gcs}/held"
-  upload(str(tfrecord_dir), f"{root}/data")
-  upload(classifier_path, f"{root}/model.keras")
+  _upload_data_and_model(root, tfrecord_dir, classifier_path)
   out = f"{root}/out"
   holder = ownership.RunInfo("20261207T010000Z-abcdef", "worker-7", 42,
                              1.0e9, in_job=True, refreshed=2.0e9)

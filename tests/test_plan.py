@@ -204,3 +204,14 @@ def test_plan_matches_a_measured_run(tmp_path):
 def test_plan_matches_a_measured_million_row_run(tmp_path):
   check = _plan_check()
   assert check.compare(1_000_000, 100, str(tmp_path), 0.2)
+
+
+def test_prune_by_noise_rate_joint_carries_the_cells_margin_bins(spilling):
+  config = load_config(spilling[0], [])
+  assert config.flag.label_issues == "prune_by_noise_rate"
+  plan = cost.plan_cost(config, 10**6, 10, id_length=16)
+  shuffled = {s.name: s.bytes for s in plan.shuffles}
+  # 10 × 10 int64 joint, 10 label counts, and 32 margin bins a cell (as
+  # `confident.margin_bin_count(10)` gives), with four array headers.
+  assert shuffled["FindLabelIssues/SumJoint"] == (
+      800 + 80 + 10 * 10 * 32 * 8 + 4 * 150)
