@@ -282,12 +282,22 @@ class _GcsLock:
     return True
 
   def has_other_objects(self) -> bool:
+    """Whether the directory holds anything but the marker, the lock and
+    runs' scratch (a job's steps may write theirs before its claim step)."""
     names = {f"{self._prefix}{MARKER}", self._name}
-    for blob in self._client.list_blobs(self._bucket, prefix=self._prefix,
-                                        max_results=3, retry=self._retry,
-                                        timeout=GCS_DEADLINE):
-      if blob.name not in names:
+    listing = self._client.list_blobs(
+        self._bucket, prefix=self._prefix, delimiter="/", retry=self._retry,
+        timeout=GCS_DEADLINE)
+    for page in listing.pages:
+      if any(blob.name not in names for blob in page):
         return True
+      folders = {p[len(self._prefix):-1] for p in page.prefixes}
+      if folders - {outputs.SCRATCH}:
+        return True
+    if f"{self._prefix}{outputs.SCRATCH}/" in listing.prefixes:
+      return _gcs_scratch_is_foreign(self._client, self._bucket,
+                                     f"{self._prefix}{outputs.SCRATCH}/",
+                                     self._retry)
     return False
 
 
@@ -601,6 +611,28 @@ def refuse_links(directory: str) -> None:
         f" run never writes through one). Received: {path!r} -> {target!r}")
 
 
+def _gcs_scratch_is_foreign(client, bucket, prefix: str, retry) -> bool:
+  """Whether the gs:// `.scratch/` folder `prefix` holds anything but
+  runs' folders."""
+  listing = client.list_blobs(bucket, prefix=prefix, delimiter="/",
+                              retry=retry, timeout=GCS_DEADLINE)
+  for page in listing.pages:
+    if any(True for _ in page) or any(
+        not re.fullmatch(_RUN_ID, p[len(prefix):-1]) for p in page.prefixes):
+      return True
+  return False
+
+
+def _only_own_scratch(directory: str) -> bool:
+  """Whether the local `directory`'s `.scratch` holds only runs' folders."""
+  scratch = os.path.join(directory, outputs.SCRATCH)
+  if os.path.islink(scratch) or not os.path.isdir(scratch):
+    return False
+  return all(re.fullmatch(_RUN_ID, name)
+             and os.path.isdir(os.path.join(scratch, name))
+             for name in os.listdir(scratch))
+
+
 def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
   """Refuses a non-empty directory without the marker, unless `overwrite`."""
   if overwrite:
@@ -615,7 +647,11 @@ def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
       names = set(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError):
       return  # Creating it fails, or not, when the lock is taken.
-    foreign = bool(names - {LOCK}) and MARKER not in names
+    # Runs' scratch is lossaudit's: a job's steps may write theirs before
+    # its claim step.
+    own = {LOCK} | ({outputs.SCRATCH} if _only_own_scratch(directory)
+                    else set())
+    foreign = bool(names - own) and MARKER not in names
   if foreign:
     raise ConfigError(
         "output.dir: holds files lossaudit did not write; choose a new or"

@@ -414,3 +414,29 @@ def test_check_claimable_writes_nothing(tmp_path):
   with pytest.raises(ownership.ConfigError, match="holds files lossaudit"):
     ownership.check_claimable(str(foreign), overwrite=False, lock_timeout=600)
   assert os.listdir(foreign) == ["data.csv"]
+
+
+def test_a_job_claims_a_new_directory_its_own_steps_wrote_scratch_in(
+    tmp_path, gcs):
+  job = _job_run()
+  scratch = f".scratch/{job.run_id}/scored-00000.arrow"
+  local = tmp_path / "new"
+  (local / scratch).parent.mkdir(parents=True)
+  (local / scratch).write_text("spilled before the claim step")
+  remote = f"{gcs}/new-job"
+  upload(str(local), remote)
+  for out in (str(local), remote):
+    claim = ownership.claim(out, job, overwrite=False, lock_timeout=600,
+                            clock=lambda: 1.0e9 + 100)
+    claim.clear_previous()
+    assert FileSystems.exists(f"{out}/{scratch}")
+    claim.release()
+  # Anything else in a new directory is someone else's.
+  theirs = tmp_path / "theirs"
+  (theirs / ".scratch").mkdir(parents=True)
+  (theirs / ".scratch" / "notes.txt").write_text("mine")
+  upload(str(theirs), f"{gcs}/theirs")
+  for out in (str(theirs), f"{gcs}/theirs"):
+    with pytest.raises(ownership.ConfigError, match="holds files lossaudit"):
+      ownership.claim(out, job, overwrite=False, lock_timeout=600,
+                      clock=lambda: 1.0e9 + 100)
