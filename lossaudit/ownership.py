@@ -114,7 +114,9 @@ class RunInfo:
              "pid_namespace": self.pid_namespace, "started": self.started,
              "started_utc": started}
     if self.in_job:
-      found.update(in_job=True, refreshed=self.refreshed)
+      found["in_job"] = True
+    if self.in_job or self.refreshed:
+      found["refreshed"] = self.refreshed
     return json.dumps(found, indent=2).encode("utf-8")
 
   @classmethod

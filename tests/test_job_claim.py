@@ -440,3 +440,17 @@ def test_a_job_claims_a_new_directory_its_own_steps_wrote_scratch_in(
     with pytest.raises(ownership.ConfigError, match="holds files lossaudit"):
       ownership.claim(out, job, overwrite=False, lock_timeout=600,
                       clock=lambda: 1.0e9 + 100)
+
+
+def test_a_process_lock_is_refreshed_too(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  run = ownership.RunInfo("20261207T040000Z-0a1b2c", "laptop", 4242, 1.0e9)
+  (out / ownership.LOCK).write_bytes(run.to_json())
+  assert "refreshed" not in json.loads((out / ownership.LOCK).read_text())
+
+  assert ownership.refresh(str(out), run.run_id, now=1.0e9 + 500,
+                           min_age=150)
+
+  found = json.loads((out / ownership.LOCK).read_text())
+  assert (found["refreshed"], "in_job" in found) == (1.0e9 + 500, False)
