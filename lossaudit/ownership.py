@@ -625,14 +625,27 @@ def _gcs_scratch_is_foreign(client, bucket, prefix: str, retry) -> bool:
   return False
 
 
-def _only_own_scratch(directory: str) -> bool:
-  """Whether the local `directory`'s `.scratch` holds only runs' folders."""
-  scratch = os.path.join(directory, outputs.SCRATCH)
-  if os.path.islink(scratch) or not os.path.isdir(scratch):
+def _only_folders_named(folder: str, pattern: str) -> bool:
+  """Whether the local `folder` holds nothing but folders (no links) whose
+  names match `pattern`."""
+  if os.path.islink(folder) or not os.path.isdir(folder):
     return False
-  return all(re.fullmatch(_RUN_ID, name)
-             and os.path.isdir(os.path.join(scratch, name))
-             for name in os.listdir(scratch))
+  return all(re.fullmatch(pattern, name)
+             and not os.path.islink(os.path.join(folder, name))
+             and os.path.isdir(os.path.join(folder, name))
+             for name in os.listdir(folder))
+
+
+def _written_before_a_claim(directory: str, name: str) -> bool:
+  """Whether `name` in the local `directory` is what a job's own steps may
+  write there before its claim step: runs' scratch folders, or a shard
+  folder holding only Beam's temporary folders (a file sink makes its
+  temporary folder as the job starts)."""
+  folder = os.path.join(directory, name)
+  if name == outputs.SCRATCH:
+    return _only_folders_named(folder, _RUN_ID)
+  return name in outputs.SHARD_DIRS and _only_folders_named(folder,
+                                                            _BEAM_TEMP)
 
 
 def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
@@ -649,11 +662,9 @@ def _refuse_foreign(directory: str, overwrite: bool, lock=None) -> None:
       names = set(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError):
       return  # Creating it fails, or not, when the lock is taken.
-    # Runs' scratch is lossaudit's: a job's steps may write theirs before
-    # its claim step.
-    own = {LOCK} | ({outputs.SCRATCH} if _only_own_scratch(directory)
-                    else set())
-    foreign = bool(names - own) and MARKER not in names
+    others = {name for name in names - {LOCK}
+              if not _written_before_a_claim(directory, name)}
+    foreign = bool(others) and MARKER not in names
   if foreign:
     raise ConfigError(
         "output.dir: holds files lossaudit did not write; choose a new or"

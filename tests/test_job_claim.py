@@ -13,6 +13,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -24,7 +25,15 @@ from google.cloud import storage
 from lossaudit import ownership
 from lossaudit.pipelines import audit, flex_template
 from lossaudit.transforms.claim import JobClaim
-from tests.helpers import GCS_BUCKET, REPO, base_config, staged_pipeline, upload
+from tests.helpers import (
+  GCS_BUCKET,
+  REPO,
+  base_config,
+  predictions_config,
+  staged_pipeline,
+  upload,
+  write_predictions,
+)
 
 PROJECT = "test-project-123"
 IMAGE = "us-central1-docker.pkg.dev/test-project-123/images/lossaudit:1"
@@ -423,6 +432,8 @@ def test_a_job_claims_a_new_directory_its_own_steps_wrote_scratch_in(
   local = tmp_path / "new"
   (local / scratch).parent.mkdir(parents=True)
   (local / scratch).write_text("spilled before the claim step")
+  # A file sink's temporary folder, made as the job starts (gs:// has none).
+  (local / "flagged" / ("beam-temp-part-" + "0" * 32)).mkdir(parents=True)
   remote = f"{gcs}/new-job"
   upload(str(local), remote)
   for out in (str(local), remote):
@@ -431,6 +442,7 @@ def test_a_job_claims_a_new_directory_its_own_steps_wrote_scratch_in(
     claim.clear_previous()
     assert FileSystems.exists(f"{out}/{scratch}")
     claim.release()
+  assert not (local / "flagged").exists()
   # Anything else in a new directory is someone else's.
   theirs = tmp_path / "theirs"
   (theirs / ".scratch").mkdir(parents=True)
@@ -454,3 +466,28 @@ def test_a_process_lock_is_refreshed_too(tmp_path):
 
   found = json.loads((out / ownership.LOCK).read_text())
   assert (found["refreshed"], "in_job" in found) == (1.0e9 + 500, False)
+
+
+def test_jobs_into_new_directories_on_the_direct_runner(tmp_path,
+                                                       write_config):
+  data = tmp_path / "in.parquet"
+  rng = np.random.default_rng(7)
+  probs = rng.dirichlet(np.ones(4), size=600)
+  write_predictions(data, [f"id-{i}" for i in range(600)],
+                    rng.integers(0, 4, 600), probs)
+  config = predictions_config(
+      str(data), str(tmp_path / "runs" / "{run_id}"),
+      flag={"loss_threshold": None, "loss_quantile": 0.9,
+            "label_issues": "prune_by_noise_rate"})
+  config["batch_size"] = 64
+  config = write_config(config)
+  # Each job's sinks and scratch may be made before its claim step (see
+  # test_a_job_claims_a_new_directory_its_own_steps_wrote_scratch_in): two
+  # runs, two new directories, each claimed, written and released.
+  for _ in range(2):
+    summary = audit.run(["--config", config, "--claim-in-job"])
+    out = summary["config"]["output"]["dir"]
+    assert summary["examples_scored"] == 600
+    assert sorted(os.listdir(out)) == sorted([
+        ownership.MARKER, "dead_letter", "flagged", "losses", "report.html",
+        "summary.json"])
