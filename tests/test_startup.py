@@ -115,9 +115,9 @@ def test_summary_has_the_startup_steps(write_config, tfrecord_dir,
 class _CountedModel(model_lib.AuditModel):
   loads = []
 
-  def __init__(self, path, signature="serving_default"):
+  def __init__(self, path, signature="serving_default", version=None):
     _CountedModel.loads.append(path)
-    super().__init__(path, signature)
+    super().__init__(path, signature, version)
 
 
 def test_the_model_is_loaded_once_a_process(write_config, tfrecord_dir,
