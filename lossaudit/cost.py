@@ -331,8 +331,9 @@ def plan_table(plan: CostPlan) -> str:
       f"re-read from scratch     {format_bytes(plan.reread_bytes)}",
       f"shuffled                 {format_bytes(plan.shuffle_bytes)}",
   ]
-  lines += [f"  {format_bytes(s.bytes):>10}  {s.name} (per {s.per})"
-            for s in plan.shuffles]
+  what = {"bundle": "one a bundle", "row": "every row"}
+  lines += [f"  {format_bytes(s.bytes):>10}  {s.name}"
+            f" ({what.get(s.per, s.per)})" for s in plan.shuffles]
   lines.append("accumulators, one bundle")
   lines += [f"  {format_bytes(size):>10}  {name}"
             for name, size in plan.accumulators]
