@@ -236,6 +236,9 @@ def test_dataflow_args_per_scope():
      "--label: expected KEY=VALUE of lowercase letters, digits, _ and - (the"
      " key starting with a letter, each at most 63 characters). Received:"
      " 'Team=ml'"),
+    (["--bucket=/tmp/staging"],
+     "--bucket: expected gs://BUCKET (or gs://BUCKET/PREFIX) for the job's"
+     " temporary and staging files. Received: '/tmp/staging'"),
     (["--gpu=tesla-t4"],
      "--gpu: expected an NVIDIA accelerator type such as nvidia-tesla-t4 or"
      " nvidia-l4, or none. Received: 'tesla-t4'"),
