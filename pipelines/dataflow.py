@@ -137,7 +137,7 @@ def dataflow_args(*, project: str, region: str, bucket: str, image: str,
           "--label: expected KEY=VALUE of lowercase letters, digits, _ and -"
           " (the key starting with a letter, each at most 63 characters)."
           f" Received: {short_repr(label)}")
-  if not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]*(/.*)?", bucket):
+  if not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]*(/.*)?", bucket, re.I):
     raise ConfigError(
         "--bucket: expected gs://BUCKET (or gs://BUCKET/PREFIX) for the"
         f" job's temporary and staging files. Received: {short_repr(bucket)}")
