@@ -53,13 +53,24 @@ def run_failure(error: BaseException) -> str:
   """The message of a `TooManySlicesError` that stopped a pipeline, found
   in `error`, its causes, or (as a runner words it) their text; "" when
   there is none."""
+  return _raised_in_job(error, _RUN_FAILURES)
+
+
+def job_config_error(error: BaseException) -> str:
+  """The message of a `ConfigError` a step of the job raised (its claim of
+  `output.dir`, a model changed since the run was planned), found as
+  `run_failure` finds its errors; "" when there is none."""
+  return _raised_in_job(error, (ConfigError,))
+
+
+def _raised_in_job(error: BaseException, kinds: tuple) -> str:
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, _RUN_FAILURES):
+    if isinstance(error, kinds):
       return str(error)
     text = _message(error)
-    for kind in _RUN_FAILURES:
+    for kind in kinds:
       found = re.search(rf"\b{kind.__name__}: (.*?)(?: \[while running"
                         r" '[^']*'\])?$", text, re.MULTILINE)
       if found:

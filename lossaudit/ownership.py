@@ -555,6 +555,19 @@ def refresh(directory: str, run_id: str, now: float,
   return lock.replace(held, refreshed.to_json())
 
 
+def release_job(directory: str, run_id: str,
+                keep_baseline_copy: bool = False) -> None:
+  """What `Claim.release` does, for a job that ran on this machine and
+  claimed `directory` itself (`claim(in_job=True)`), once it has ended
+  (completed, failed or interrupted): removes run `run_id`'s scratch (but
+  the baseline copy it keeps, as `Claim.release` does) and its lock, if it
+  took it."""
+  held = Claim(directory, RunInfo(run_id, "", 1, 0.0), _lock_for(directory),
+               None)
+  held.keep_baseline_copy = keep_baseline_copy
+  held.release()
+
+
 def release_lock(directory: str, run_id: str) -> None:
   """Deletes the lock of `directory` if run `run_id` holds it: the last
   step of a job that claimed its directory itself."""

@@ -46,6 +46,7 @@ from lossaudit.config import AuditConfig, load_config
 from lossaudit.errors import (
   ConfigError,
   describe_error,
+  job_config_error,
   one_line,
   run_failure,
   short_repr,
@@ -58,6 +59,7 @@ from lossaudit.transforms.claim import JobClaim
 _PORTABLE_RUNNERS = ("portable", "flink", "spark", "prism", "kafkastreams")
 T = TypeVar("T")
 
+_WHILE_RUNNING = re.compile(r" \[while running '[^']*'\]$")
 _ARGPARSE_ERROR = re.compile(r"argument (\S+): (.*)", re.DOTALL)
 _TYPE_NAMES = {"int": "an integer", "float": "a number"}
 
@@ -213,22 +215,18 @@ def run(argv: Optional[Sequence[str]] = None,
   template_location = options.view_as(GoogleCloudOptions).template_location
   if template_location and not is_flex_launch(template_location):
     _check_template(config, template)
-  # A runner or options the runner would refuse are told first.
-  p = test_pipeline or new_pipeline(options)
+  if test_pipeline is None:
+    _refuse_unknown_runner(runner)
   remote = not is_local_runner(runner)
-  if remote:
-    refuse_local_paths(config, runner)
+  if remote:  # Before the runner's own checks, which may call its service.
+    refuse_local_paths(config, runner, options)
+  p = test_pipeline or new_pipeline(options)
   # A job that may outlive this process (a remote runner, a template's)
   # owns its output directory itself: this process deletes nothing.
   in_job = known.claim_in_job or remote or bool(template_location)
   # The checks before the run read gs:// with the same options as workers.
   FileSystems.set_options(options)
   lock_timeout = config.output.lock_timeout_seconds
-  if in_job and not remote:
-    SIGNALS.outcome = (
-        "the job had claimed output.dir itself (--claim-in-job): its lock"
-        " goes stale after output.lock_timeout, and the next run removes its"
-        " scratch")
   if in_job:
     ownership.check_claimable(config.output.dir,
                               overwrite=config.output.overwrite,
@@ -240,8 +238,17 @@ def run(argv: Optional[Sequence[str]] = None,
         overwrite=config.output.overwrite, lock_timeout=lock_timeout,
         clock=clock)
   # What the pipeline starts (the multi-process DirectRunner's workers) is
-  # ended before the lock goes, when the run stops short.
-  with ending_workers_then(claim.release if claim else lambda: None):
+  # ended before the lock goes, when the run stops short. A job that ran
+  # here has ended with this process: what it took is released as a run's.
+  own_baseline = False  # Set below: whether the baseline is output.dir.
+
+  def release() -> None:
+    if claim is not None:
+      claim.release()
+    elif not (remote or template_location):
+      ownership.release_job(config.output.dir, run_id, own_baseline)
+
+  with ending_workers_then(release):
     baseline = _baseline(config.gate.baseline, template, config.output.dir,
                          config.input.id_column)
     prefix = outputs.scratch_prefix(config.output.dir, run_id,
@@ -250,6 +257,7 @@ def run(argv: Optional[Sequence[str]] = None,
     if baseline is not None and in_job:
       # Copied by the job's first step, once it holds the directory.
       baseline = baseline_copy.names(baseline, prefix)
+      own_baseline = outputs.same_dir(baseline.dir, config.output.dir)
     elif baseline is not None:
       baseline = baseline_copy.copy(baseline, prefix)
       # A baseline that is this run's own directory is cleared with the
@@ -385,8 +393,8 @@ def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
 
 # Runners that run the pipeline on this machine, in (or under) this process.
-_LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect", "prism",
-                  "fnapi", "interactive")
+_LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect",
+                  "testdirect", "prism", "fnapi", "interactive")
 # `--template_location` as Dataflow's Flex launcher passes it: the job it
 # writes there is submitted at once, once.
 _FLEX_JOB_OBJECT = re.compile(r"(?:^|/)template_launches/[^/]+/job_object$")
@@ -412,12 +420,26 @@ def is_flex_launch(template_location: str,
       and "/template_launches/" in template_location)
 
 
-def refuse_local_paths(config: AuditConfig, runner: str) -> None:
+def _refuse_unknown_runner(runner: str) -> None:
+  """Refuses a runner Beam does not know, as `new_pipeline` would, but
+  before anything else is checked."""
+  # pylint: disable-next=g-import-not-at-top
+  from apache_beam.runners.runner import create_runner
+
+  try:
+    create_runner(runner)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"Beam options: {describe_error(e)}") from None
+
+
+def refuse_local_paths(config: AuditConfig, runner: str,
+                       options: Optional[PipelineOptions] = None) -> None:
   """Refuses a path on this machine where the workers of a remote runner
-  read or write: they would not find it, or write to their own disks.
+  read or write: they would not find it, or write to their own disks. With
+  Dataflow, its temp, staging and template locations too.
 
   Raises:
-    ConfigError: naming the key.
+    ConfigError: naming the key or option.
   """
   found = [("input.pattern", pattern) for pattern in config.input.patterns]
   if not config.model.predictions_column:
@@ -425,6 +447,12 @@ def refuse_local_paths(config: AuditConfig, runner: str) -> None:
   found.append(("output.dir", config.output.dir))
   if config.gate.baseline not in (None, "latest"):
     found.append(("gate.baseline", config.gate.baseline))
+  if options is not None and "dataflow" in runner.lower():
+    cloud = options.view_as(GoogleCloudOptions)
+    found += [(f"--{name}", value) for name, value in (
+        ("temp_location", cloud.temp_location),
+        ("staging_location", cloud.staging_location),
+        ("template_location", cloud.template_location)) if value]
   for key, path in found:
     if not _REMOTE_PATH.match(path) or path.lower().startswith("file://"):
       raise ConfigError(
@@ -641,8 +669,8 @@ class _RunFailureFilter(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return not (run_failure(error) if error else
-                run_failure(RuntimeError(record.getMessage())))
+    error = error or RuntimeError(record.getMessage())
+    return not (run_failure(error) or job_config_error(error))
 
 
 @contextlib.contextmanager
@@ -676,12 +704,18 @@ def run_command(body: Callable[[], T], interrupted: str
     with SIGNALS, _quiet_run_failures():
       return None, body()
   except ConfigError as e:
-    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
+    # One a step of the job raised (its claim) bears the step's name.
+    message = _WHILE_RUNNING.sub("", str(e))
+    print(f"lossaudit: error: {one_line(message)}", file=sys.stderr)
     return 2, None
   except BaseException as e:  # pylint: disable=broad-except
     # Beam re-raises what a DoFn raised as a RuntimeError of its own.
     received = SIGNALS.received or (
         signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+    config_error = job_config_error(e) if received is None else ""
+    if config_error:  # A step's set-up check (the job's claim): one line.
+      print(f"lossaudit: error: {one_line(config_error)}", file=sys.stderr)
+      return 2, None
     failure = run_failure(e) if received is None else ""
     if failure:  # The run's own limit (stats.max_slices): one line.
       print(f"lossaudit: error: {one_line(failure)}", file=sys.stderr)

@@ -491,3 +491,83 @@ def test_jobs_into_new_directories_on_the_direct_runner(tmp_path,
     assert sorted(os.listdir(out)) == sorted([
         ownership.MARKER, "dead_letter", "flagged", "losses", "report.html",
         "summary.json"])
+
+
+def _small_predictions_config(tmp_path, write_config, out, **flag):
+  data = tmp_path / "in.parquet"
+  rng = np.random.default_rng(3)
+  write_predictions(data, [f"id-{i}" for i in range(300)],
+                    rng.integers(0, 3, 300), rng.dirichlet(np.ones(3), 300))
+  config = predictions_config(str(data), str(out), flag=flag)
+  return write_config(config)
+
+
+def test_a_claim_refused_in_the_job_is_one_line(tmp_path, write_config,
+                                                capfd, monkeypatch):
+  out = tmp_path / "out"
+  out.mkdir()
+  # Another run, alive on this host, took the lock after the launch looked.
+  holder = ownership.RunInfo.this_process("20261207T010000Z-abcdef", 1.0e9)
+  (out / ownership.LOCK).write_bytes(holder.to_json())
+  monkeypatch.setattr(ownership, "check_claimable",
+                      lambda *unused, **unused_kw: None)
+  config = _small_predictions_config(tmp_path, write_config, out)
+
+  assert audit.main(["--config", config, "--claim-in-job"]) == 2
+
+  err = capfd.readouterr().err
+  assert err == (
+      "lossaudit: error: output.dir: expected no other run writing there;"
+      f" {holder.describe()} holds its lock {ownership.LOCK} (wait for it to"
+      " end, or delete the lock if that run is dead)\n")
+  assert json.loads((out / ownership.LOCK).read_text())["run_id"] == (
+      holder.run_id)
+  # Nothing written but Beam's empty temporary folders, made as the job
+  # started (the next run clears them; they may be the other run's).
+  assert [os.path.relpath(os.path.join(d, n), out)
+          for d, _, names in os.walk(out) for n in names] == [ownership.LOCK]
+
+
+def test_a_local_job_that_fails_releases_what_it_took(
+    tmp_path, classifier_path, write_config, capsys):
+  from tests.test_stats import _slice_run  # pylint: disable=g-import-not-at-top
+
+  # The first 64 rows hold 2 slices, the rest one each: the job fails in
+  # its statistics, after its claim step took the lock.
+  slices = ["a" if i % 2 else "b" for i in range(64)] + [
+      f"row-{i}" for i in range(64, 300)]
+  config = _slice_run(tmp_path, classifier_path, write_config, slices, 10)
+
+  assert audit.main(["--config", config, "--claim-in-job"]) == 1
+
+  assert "stats.max_slices" in capsys.readouterr().err
+  left = [os.path.relpath(os.path.join(d, n), tmp_path / "out")
+          for d, _, names in os.walk(tmp_path / "out") for n in names]
+  assert ownership.LOCK not in left
+  assert not any(name.startswith(".scratch") for name in left)
+  # The next run needs no wait.
+  config_again = yaml.safe_load(open(config))
+  config_again["stats"].pop("slice_by")
+  assert audit.run(["--config", write_config(config_again, "again.yaml"),
+                    "--claim-in-job"])["examples_scored"] == 300
+
+
+@pytest.mark.parametrize("option", ["--temp_location", "--template_location"])
+def test_dataflow_locations_on_this_machine_are_refused_at_once(
+    tmp_path, write_config, capsys, option):
+  config = base_config("gs://b/data/*.gz", "gs://b/model.keras", "gs://b/out")
+  local = str(tmp_path / "staging")
+  options = {"--temp_location": "gs://b/tmp", option: local}
+
+  # No network here: a check of the runner's (its bucket's soft-delete
+  # policy) would take two minutes to give up; this one reads no bucket.
+  code = audit.main(["--config", write_config(config),
+                     "--runner=DataflowRunner", f"--project={PROJECT}",
+                     "--region=us-central1",
+                     *(f"{k}={v}" for k, v in options.items())])
+
+  assert code == 2
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f"lossaudit: error: {option}: expected a path the workers of"
+      " DataflowRunner can reach (gs://...); a path on this machine is not on"
+      f" theirs. Received: {local!r}")
