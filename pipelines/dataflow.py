@@ -199,9 +199,23 @@ def _positive(flag: str, value: Optional[str]) -> Optional[int]:
   return number
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse telling a bad flag as a `ConfigError` (one line naming the
+  flag), not its usage and a second line."""
+
+  def error(self, message):
+    match = re.fullmatch(r"argument (\S+): (.*)", message, re.DOTALL)
+    if match is None:
+      missing = message.removeprefix("the following arguments are required: ")
+      raise ConfigError(f"{missing}: expected a value (required). Received:"
+                        " none" if missing != message else message)
+    from lossaudit.pipelines.audit import beam_value_error  # pylint: disable=g-import-not-at-top
+    raise ConfigError(beam_value_error(message))
+
+
 def parser() -> argparse.ArgumentParser:
   """`scripts/dataflow`'s own flags (any other goes to `lossaudit run`)."""
-  p = argparse.ArgumentParser(prog="scripts/dataflow")
+  p = _Parser(prog="scripts/dataflow")
   p.add_argument("--project", required=True)
   p.add_argument("--region", required=True)
   p.add_argument("--bucket", required=True,

@@ -236,6 +236,9 @@ def test_dataflow_args_per_scope():
      "--label: expected KEY=VALUE of lowercase letters, digits, _ and - (the"
      " key starting with a letter, each at most 63 characters). Received:"
      " 'Team=ml'"),
+    (["--gpu-scope=foo"],
+     "--gpu-scope: expected one of {'job', 'scoring'}. Received: 'foo'"),
+    (["--region"], "--region: expected a value. Received: none"),
     (["--bucket=/tmp/staging"],
      "--bucket: expected gs://BUCKET (or gs://BUCKET/PREFIX) for the job's"
      " temporary and staging files. Received: '/tmp/staging'"),
@@ -247,6 +250,13 @@ def test_bad_flags_exit_2_with_one_line(capsys, flags, message):
   assert dataflow.main(["--project=p", "--region=r", "--bucket=gs://b",
                         "--image=img", *flags]) == 2
   assert capsys.readouterr().err == f"scripts/dataflow: error: {message}\n"
+
+
+def test_missing_flags_exit_2_with_one_line(capsys):
+  assert dataflow.main(["--region=r", "--bucket=gs://b"]) == 2
+  assert capsys.readouterr().err == (
+      "scripts/dataflow: error: --project, --image: expected a value"
+      " (required). Received: none\n")
 
 
 def test_readme_dataflow_command_options_are_known():

@@ -571,3 +571,17 @@ def test_dataflow_locations_on_this_machine_are_refused_at_once(
       f"lossaudit: error: {option}: expected a path the workers of"
       " DataflowRunner can reach (gs://...); a path on this machine is not on"
       f" theirs. Received: {local!r}")
+
+
+@pytest.mark.parametrize("overrides, received", [
+    ("nokey", "'nokey'"),
+    ("output.dir=gs://b/a;b", "'b'"),
+    ("=3", "'=3'"),
+])
+def test_a_bad_flex_override_names_overrides(capsys, overrides, received):
+  assert flex_template.main([f"--overrides={overrides}",
+                             "--config=gs://b/c.yaml"]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: overrides: expected KEY=VALUE pairs separated by ';'"
+      f" (a value cannot hold a ';'). Received: {received} in"
+      f" {overrides!r}\n")
