@@ -340,6 +340,7 @@ def plan_table(plan: CostPlan) -> str:
   lines.append("side inputs, each worker")
   lines += [f"  {format_bytes(size):>10}  {name}"
             for name, size in plan.side_inputs]
-  lines.append(f"worker-hours             {plan.worker_hours:,.1f}"
+  hours = plan.worker_hours
+  lines.append(f"worker-hours             {hours:,.{1 if hours >= 1 else 3}f}"
                f" (at {plan.rows_per_second:,.0f} rows/s a worker)")
   return "\n".join(lines)

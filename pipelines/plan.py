@@ -145,16 +145,31 @@ def sample_input(config: AuditConfig) -> _Sample:
 
 def _classes(config: AuditConfig, given: Optional[str],
              sample: _Sample) -> int:
-  if given is not None:
-    return _positive_int("--classes", allow_zero=True)(given)
+  """K: as `--classes` gives it, checked against what the config and the
+  input tell; else as they tell."""
+  told, source = None, None
   vocabulary = config.input.label_vocabulary
   if isinstance(vocabulary, (list, tuple)):
-    return len(vocabulary)
-  if isinstance(vocabulary, str):
+    told, source = len(vocabulary), "input.label_vocabulary"
+  elif isinstance(vocabulary, str):
     from lossaudit.planning import read_vocabulary  # pylint: disable=g-import-not-at-top
-    return len(read_vocabulary(vocabulary))
-  if sample.predictions_width:
-    return sample.predictions_width
+    told, source = len(read_vocabulary(vocabulary)), "input.label_vocabulary"
+  elif sample.predictions_width:
+    told, source = sample.predictions_width, (
+        f"model.predictions_column {config.model.predictions_column!r} in"
+        " the input's first file")
+  if given is not None:
+    classes = _positive_int("--classes", allow_zero=True)(given)
+    if told is not None and classes != told:
+      raise ConfigError(f"--classes: expected {told}, as {source} has it."
+                        f" Received: {classes}")
+    if config.flag.label_issues and classes < 2:
+      raise ConfigError(
+          "--classes: expected at least 2 with flag.label_issues"
+          f" ({config.flag.label_issues}). Received: {classes}")
+    return classes
+  if told is not None:
+    return told
   raise ConfigError(
       "--classes: expected the number of classes (0: not a classifier);"
       " the config names no input.label_vocabulary and no readable"

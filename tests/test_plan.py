@@ -117,7 +117,8 @@ def test_plan_prints_the_figures_with_classes_from_the_input(spilling,
   # a batch's message metadata.
   assert "(scored row: 68 bytes)" in lines[0]
   assert any(line.startswith("spilled to scratch       67.") for line in lines)
-  assert lines[-1].startswith("worker-hours             0.0 (at 30,000")
+  # 1M rows at 30,000 a second: 33 s, 0.009 h.
+  assert lines[-1].startswith("worker-hours             0.009 (at 30,000")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -133,11 +134,26 @@ def test_plan_prints_the_figures_with_classes_from_the_input(spilling,
      "--rows-per-bundle: expected an integer >= 1. Received: '1.5'"),
     (["--rows", "10", "--issue-rate", "2"],
      "--issue-rate: expected a number > 0 and <= 1. Received: '2'"),
+    (["--rows", "10", "--classes", "5"],
+     "--classes: expected 3, as model.predictions_column 'p' in the input's"
+     " first file has it. Received: 5"),
 ])
 def test_a_bad_flag_exits_2_naming_it(spilling, capsys, flags, message):
   assert plan_command.main(["--config", spilling[0]] + flags) == 2
   err = capsys.readouterr().err
   assert err == f"lossaudit: error: {message}\n"
+
+
+def test_label_issues_need_two_classes_or_more(tmp_path, write_config,
+                                               capsys):
+  config = predictions_config(str(tmp_path / "none-*.tfrecord"),
+                              tmp_path / "out", fmt="tfrecord",
+                              flag={"label_issues": "confident_learning"})
+  assert plan_command.main(["--config", write_config(config), "--rows", "10",
+                            "--classes", "0"]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: --classes: expected at least 2 with"
+      " flag.label_issues (confident_learning). Received: 0\n")
 
 
 def test_classes_are_asked_for_when_nothing_tells_them(tmp_path,
