@@ -92,6 +92,7 @@ def _read_dead_letters(directory: str) -> list:
   return sorted(found)
 
 
+@pytest.mark.slow  # Two audits, one on the emulator (~8 s).
 def test_gs_damaged_records_are_dead_lettered_as_in_a_local_run(
     gcs, tmp_path, tfrecord_dir, classifier_path, write_config, monkeypatch):
   """Good shards beside a record with a bad CRC, a truncated file and a gzip
@@ -195,6 +196,7 @@ def test_latest_on_gcs_lists_one_name_a_run_not_every_object(gcs, tmp_path,
       f"{audits}/{d.name}" for d in sorted(tmp_path.iterdir())]
 
 
+@pytest.mark.slow  # 250 uploads to the emulator (~12 s).
 def test_a_large_scratch_on_gcs_is_deleted_whole_and_only_it(gcs, tmp_path):
   from lossaudit import ownership
 

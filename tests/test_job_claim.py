@@ -139,7 +139,8 @@ def _claim_of(pipeline) -> JobClaim:
   raise AssertionError("no ClaimOutputDir/TakeLock step")
 
 
-@pytest.mark.parametrize("launch", ["flex", "classic_template"])
+@pytest.mark.parametrize("launch", [
+    "flex", pytest.param("classic_template", marks=pytest.mark.slow)])
 def test_a_launch_into_a_completed_run_leaves_every_object_and_no_lock(
     gcs, tmp_path, tfrecord_dir, classifier_path, launch):
   root = f"{gcs}/{launch}-fixed"
