@@ -253,7 +253,7 @@ def run(argv: Optional[Sequence[str]] = None,
                          config.input.id_column)
     prefix = outputs.scratch_prefix(config.output.dir, run_id,
                                     outputs.KEPT_BASELINE)
-    found = baseline
+    baseline_as_found = baseline  # What the job's claim step copies.
     if baseline is not None and in_job:
       # Copied by the job's first step, once it holds the directory.
       baseline = baseline_copy.names(baseline, prefix)
@@ -268,7 +268,8 @@ def run(argv: Optional[Sequence[str]] = None,
     job_claim = JobClaim(
         config.output.dir, run_id, start_time,
         overwrite=config.output.overwrite, lock_timeout=lock_timeout,
-        baseline=found, baseline_prefix=prefix, clock=clock) if in_job else None
+        baseline=baseline_as_found, baseline_prefix=prefix,
+        clock=clock) if in_job else None
     startup.lap("claim")
     files = inputs.expand(config.input.patterns, config.output.dir)
     inputs.check_model_paths(config.model.path_groups())
