@@ -268,8 +268,9 @@ def run(argv: Optional[Sequence[str]] = None,
     job_claim = JobClaim(
         config.output.dir, run_id, start_time,
         overwrite=config.output.overwrite, lock_timeout=lock_timeout,
-        baseline=baseline_as_found, baseline_prefix=prefix,
-        clock=clock) if in_job else None
+        baseline=baseline_as_found, baseline_prefix=prefix, clock=clock,
+        launcher=None if remote or template_location else
+        ownership.RunInfo.this_process(run_id, start_time)) if in_job else None
     startup.lap("claim")
     files = inputs.expand(config.input.patterns, config.output.dir)
     inputs.check_model_paths(config.model.path_groups())

@@ -334,7 +334,10 @@ def test_the_job_claims_refreshes_and_releases_on_the_direct_runner(
   # The first call names the run; no lock until the job's first step.
   assert seen[0] is None
   assert held and all(lock["run_id"] == summary["run_id"] for lock in held)
-  assert all(lock["in_job"] for lock in held)
+  # The job runs inside this process, which the lock names: a run finding
+  # it gone (killed) takes the lock over at once.
+  assert all((lock["pid"], "in_job" in lock) == (os.getpid(), False)
+             for lock in held)
   refreshed = sorted({lock["refreshed"] for lock in held})
   # Taken at one time, then refreshed at least once, each refresh at least
   # a quarter of the 600 s timeout after the one before.

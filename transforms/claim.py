@@ -34,6 +34,10 @@ class JobClaim(NamedTuple):
       the scratch once the lock is taken; None without one.
     baseline_prefix: where its copy goes (`baseline_copy.names`).
     clock: the time now, in epoch seconds.
+    launcher: the launching process, when the job runs inside it (a local
+      runner): the lock names it, so that a run finding the process gone
+      (killed) takes the lock over at once. None: the job's worker holds it
+      as a job (`RunInfo.in_job`).
   """
 
   directory: str
@@ -44,6 +48,7 @@ class JobClaim(NamedTuple):
   baseline: Optional[Baseline] = None
   baseline_prefix: str = ""
   clock: Callable[[], float] = time.time
+  launcher: Optional[ownership.RunInfo] = None
 
 
 class _ClaimFn(beam.DoFn):
@@ -57,7 +62,8 @@ class _ClaimFn(beam.DoFn):
     # Taken now, however long ago the job was launched (or its template
     # built): its age counts from here.
     run = dataclasses.replace(
-        ownership.RunInfo.this_process(c.run_id, c.started, in_job=True),
+        c.launcher or ownership.RunInfo.this_process(c.run_id, c.started,
+                                                     in_job=True),
         refreshed=c.clock())
     held = ownership.claim(c.directory, run, overwrite=c.overwrite,
                            lock_timeout=c.lock_timeout, clock=c.clock)
