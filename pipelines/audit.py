@@ -451,10 +451,13 @@ def refuse_local_paths(config: AuditConfig, runner: str,
     found.append(("gate.baseline", config.gate.baseline))
   if options is not None and "dataflow" in runner.lower():
     cloud = options.view_as(GoogleCloudOptions)
-    found += [(f"--{name}", value) for name, value in (
-        ("temp_location", cloud.temp_location),
-        ("staging_location", cloud.staging_location),
-        ("template_location", cloud.template_location)) if value]
+    for name, value in (("temp_location", cloud.temp_location),
+                        ("staging_location", cloud.staging_location),
+                        ("template_location", cloud.template_location)):
+      if value and not value.startswith("gs://"):  # Dataflow's own files.
+        raise ConfigError(
+            f"--{name}: expected a gs:// path (Dataflow keeps its files on"
+            f" Cloud Storage). Received: {value!r}")
   for key, path in found:
     if not _REMOTE_PATH.match(path) or path.lower().startswith("file://"):
       raise ConfigError(
@@ -750,7 +753,8 @@ def main(argv: Optional[Sequence[str]] = None,
   logging.getLogger().setLevel(logging.WARNING)
   code, summary = run_command(
       lambda: run(argv, loaded=loaded, clock=clock), "the run stopped, its"
-      " scratch files and lock are removed and no summary.json was written")
+      " scratch files and lock are removed and no summary.json was written"
+      " (shards it wrote are partial; the next run deletes them)")
   if code is not None:
     return code
   with _noting_signals(SIGNALS.received):

@@ -177,6 +177,31 @@ def _classes(config: AuditConfig, given: Optional[str],
       " None")
 
 
+def _refuse_label_issues_without_classes(config: AuditConfig) -> None:
+  """What `run` refuses once it knows the loss terms, from the config alone:
+  label issues with no classification loss (a custom loss gives no class
+  signals).
+
+  Raises:
+    ConfigError: naming flag.label_issues, as `run` words it.
+  """
+  if not config.flag.label_issues:
+    return
+  from lossaudit import losses  # pylint: disable=g-import-not-at-top
+
+  terms = config.loss.outputs or (config.loss,)
+  names = [t.custom or t.name for t in terms]
+  classifying = (losses.SPARSE_CLASSIFICATION + losses.DENSE_CLASSIFICATION
+                 + losses.BINARY_CLASSIFICATION)
+  if not any(t.custom is None and losses.canonical_loss_name(t.name)
+             in classifying for t in terms):
+    raise ConfigError(
+        f"flag.label_issues: needs a classification loss (sparse or"
+        f" categorical crossentropy, or binary crossentropy on one sigmoid"
+        f" output). Received: {config.flag.label_issues!r} with loss"
+        f" {[losses.canonical_loss_name(n) or n for n in names]}")
+
+
 def make_plan(argv: Sequence[str]) -> Tuple[cost.CostPlan, AuditConfig]:
   """The plan of `lossaudit plan`'s arguments.
 
@@ -185,6 +210,7 @@ def make_plan(argv: Sequence[str]) -> Tuple[cost.CostPlan, AuditConfig]:
   """
   args = parse_args(argv)
   config = load_config(args.config, args.set)
+  _refuse_label_issues_without_classes(config)
   rows = _positive_int("--rows")(args.rows)
   rows_per_second = _positive_number("--rows-per-second")(
       args.rows_per_second)
@@ -196,6 +222,12 @@ def make_plan(argv: Sequence[str]) -> Tuple[cost.CostPlan, AuditConfig]:
   sample = (sample_input(config) if None in (bytes_per_row, args.classes)
             else _Sample())
   classes = _classes(config, args.classes, sample)
+  if bytes_per_row is None and sample.bytes_per_row is None:
+    print(f"lossaudit: warning: no input file read for its size"
+          f" ({config.input.format} input, input.pattern"
+          f" {config.input.patterns[0]!r}); planned at"
+          f" {cost.DEFAULT_INPUT_BYTES_PER_ROW:,} bytes a row: pass"
+          " --bytes-per-row", file=sys.stderr)
   plan = cost.plan_cost(
       config, rows, classes, rows_per_second=rows_per_second,
       input_bytes_per_row=(bytes_per_row or sample.bytes_per_row

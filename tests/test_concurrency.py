@@ -118,7 +118,8 @@ def test_a_signal_stops_the_run_cleanly(tmp_path, tfrecord_dir,
   assert ours == [
       f"lossaudit: interrupted by {signal.Signals(signum).name}; the run"
       " stopped, its scratch files and lock are removed and no summary.json"
-      " was written"]
+      " was written (shards it wrote are partial; the next run deletes"
+      " them)"]
   # Beam's half-written shards may stay in losses/ and the like, until the
   # next run deletes them by name.
   assert set(os.listdir(out)) <= {".lossaudit-run.json", "losses", "flagged",
@@ -175,7 +176,8 @@ def test_a_signal_ends_a_multi_process_run_and_its_workers(
                                       classifier_path, out))
     args = ["-c", RUN_AUDIT, "--config", config]
     stopped = ("the run stopped, its scratch files and lock are removed and"
-               " no summary.json was written")
+               " no summary.json was written (shards it wrote are partial;"
+               " the next run deletes them)")
   else:
     config = write_config(base_config(
         tfrecord_dir / "*.gz", str(tmp_path / "fold-{fold}.keras"),

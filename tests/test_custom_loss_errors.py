@@ -140,7 +140,8 @@ def test_keyboard_interrupt_is_an_interrupted_run(
   assert audit.main(["--config", write_config(config)]) == 130
   assert capsys.readouterr().err == (
       "lossaudit: interrupted by SIGINT; the run stopped, its scratch files"
-      " and lock are removed and no summary.json was written\n")
+      " and lock are removed and no summary.json was written (shards it"
+      " wrote are partial; the next run deletes them)\n")
   assert not (tmp_path / "out" / ".lossaudit-lock.json").exists()
 
 

@@ -556,7 +556,8 @@ def test_a_local_job_that_fails_releases_what_it_took(
                     "--claim-in-job"])["examples_scored"] == 300
 
 
-@pytest.mark.parametrize("option", ["--temp_location", "--template_location"])
+@pytest.mark.parametrize("option", ["--temp_location", "--template_location",
+                                    "--staging_location"])
 def test_dataflow_locations_on_this_machine_are_refused_at_once(
     tmp_path, write_config, capsys, option):
   config = base_config("gs://b/data/*.gz", "gs://b/model.keras", "gs://b/out")
@@ -572,9 +573,8 @@ def test_dataflow_locations_on_this_machine_are_refused_at_once(
 
   assert code == 2
   assert capsys.readouterr().err.splitlines()[-1] == (
-      f"lossaudit: error: {option}: expected a path the workers of"
-      " DataflowRunner can reach (gs://...); a path on this machine is not on"
-      f" theirs. Received: {local!r}")
+      f"lossaudit: error: {option}: expected a gs:// path (Dataflow keeps its"
+      f" files on Cloud Storage). Received: {local!r}")
 
 
 @pytest.mark.parametrize("overrides, received", [

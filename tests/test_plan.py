@@ -144,6 +144,27 @@ def test_a_bad_flag_exits_2_naming_it(spilling, capsys, flags, message):
   assert err == f"lossaudit: error: {message}\n"
 
 
+def test_an_input_not_read_is_said(spilling, tmp_path, capsys):
+  missing = str(tmp_path / "nothing-*.parquet")
+  assert plan_command.main(["--config", spilling[0], "--rows", "10",
+                            "--classes", "3", "--set",
+                            f"input.pattern={missing}"]) == 0
+  assert capsys.readouterr().err == (
+      "lossaudit: warning: no input file read for its size (parquet input,"
+      f" input.pattern {missing!r}); planned at 1,000 bytes a row: pass"
+      " --bytes-per-row\n")
+
+
+def test_label_issues_need_a_classification_loss(spilling, capsys):
+  assert plan_command.main(["--config", spilling[0], "--rows", "10",
+                            "--set", "loss.name=mse"]) == 2
+  assert capsys.readouterr().err == (
+      "lossaudit: error: flag.label_issues: needs a classification loss"
+      " (sparse or categorical crossentropy, or binary crossentropy on one"
+      " sigmoid output). Received: 'prune_by_noise_rate' with loss"
+      " ['mean_squared_error']\n")
+
+
 def test_label_issues_need_two_classes_or_more(tmp_path, write_config,
                                                capsys):
   config = predictions_config(str(tmp_path / "none-*.tfrecord"),
