@@ -60,13 +60,16 @@ GCS_DEADLINE = 8.0
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{6}"
 _TEMPORARY = r"\.tmp-[0-9a-f]{8}"
 _BEAM_TEMP = r"beam-temp-part-[0-9a-f]{32}"  # Beam's folder for a write.
+# A file Beam writes there: `<uuid4>.<prefix's base name><suffix>`.
+_BEAM_TEMP_FILE = (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                   r"[0-9a-f]{12}\.part(?:\.parquet|\.jsonl)?")
 # Paths relative to `output.dir` that lossaudit writes, and nothing else.
 _OWN = re.compile(
     rf"(?:{'|'.join(re.escape(n) for n in outputs.TOP_LEVEL_FILES)})"
     rf"(?:{_TEMPORARY})?"
     rf"|(?:{'|'.join(re.escape(k) for k in outputs.SHARD_DIRS)})/"
     r"(?:part-\d{5}-of-\d{5}\.(?:parquet|jsonl)"
-    rf"|{_BEAM_TEMP}/[^/]+)"
+    rf"|{_BEAM_TEMP}/{_BEAM_TEMP_FILE})"
     # Earlier versions' names in `clean/`; today's are listed in
     # `outputs.CLEAN_MANIFEST` (see `clean_files`).
     rf"|{re.escape(outputs.CLEAN)}/part-\d{{5}}-of-\d{{5}}-[^/]+"
@@ -520,6 +523,7 @@ def check_claimable(directory: str, *, overwrite: bool, lock_timeout: float,
   refuse_links(directory)
   _refuse_foreign(directory, overwrite)
   if not _is_gcs(directory) and not os.path.isdir(directory):
+    _refuse_unwritable(directory)
     return
   try:
     lock = _lock_for(directory)
@@ -532,6 +536,27 @@ def check_claimable(directory: str, *, overwrite: bool, lock_timeout: float,
   if held is not None and _stale(held, lock_timeout, clock) is None:
     raise _held_error(held)
   _refuse_foreign(directory, overwrite, lock)
+
+
+def _refuse_unwritable(directory: str) -> None:
+  """Refuses a local `directory` that could not be made: its nearest
+  existing ancestor is not a directory this process can write in.
+
+  Raises:
+    ConfigError: as `claim` words it.
+  """
+  path = os.path.abspath(directory)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  problem = None
+  if not os.path.isdir(path):
+    problem = f"{path!r} is not a directory"
+  elif not os.access(path, os.W_OK | os.X_OK):
+    problem = f"{path!r} cannot be written"
+  if problem:
+    raise ConfigError(
+        f"output.dir: expected a writable location. Received:"
+        f" {directory!r} ({problem})")
 
 
 def refresh(directory: str, run_id: str, now: float,

@@ -589,3 +589,18 @@ def test_a_bad_flex_override_names_overrides(capsys, overrides, received):
       "lossaudit: error: overrides: expected KEY=VALUE pairs separated by ';'"
       f" (a value cannot hold a ';'). Received: {received} in"
       f" {overrides!r}\n")
+
+
+def test_check_claimable_refuses_a_directory_that_cannot_be_made(tmp_path):
+  a_file = tmp_path / "config.yaml"
+  a_file.write_text("input: {}")
+  for directory, problem in ((a_file, f"{str(a_file)!r} is not a directory"),
+                             (a_file / "out",
+                              f"{str(a_file)!r} is not a directory")):
+    with pytest.raises(ownership.ConfigError) as raised:
+      ownership.check_claimable(str(directory), overwrite=False,
+                                lock_timeout=600)
+    assert str(raised.value) == (
+        "output.dir: expected a writable location. Received:"
+        f" {str(directory)!r} ({problem})")
+  assert a_file.read_text() == "input: {}"

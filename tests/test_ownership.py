@@ -22,6 +22,8 @@ from tests.helpers import base_config
 
 RUN_A = "20261123T010000Z-aaaaaa"
 RUN_B = "20261123T020000Z-bbbbbb"
+# A file Beam writes in its temporary folder (`FileBasedSink.open_writer`).
+BEAM_FILE = "0f1e2d3c-4b5a-4697-8877-665544332211.part.parquet"
 HOUR = 3600.0
 
 
@@ -84,7 +86,9 @@ def dead_pid():
     ("losses/part-00000-of-00003.parquet", True),
     ("flagged/part-00002-of-00003.parquet", True),
     ("dead_letter/part-00000-of-00001.jsonl", True),
-    ("losses/beam-temp-part-" + "0" * 32 + "/3f2a", True),
+    ("losses/beam-temp-part-" + "0" * 32 + "/" + BEAM_FILE, True),
+    ("losses/beam-temp-part-" + "0" * 32 + "/3f2a", False),
+    ("losses/beam-temp-part-" + "0" * 32 + "/keep.csv", False),
     (f".scratch/{RUN_A}/scored-1.arrows", True),
     ("losses/mine.py", False),
     ("losses/__init__.py", False),
@@ -144,7 +148,7 @@ def test_overwrite_deletes_only_lossaudit_names(tmp_path):
   user_files = snapshot(project)
   own = ["summary.json", "report.html", "drift.json",
          "summary.json.tmp-0123abcd", "losses/part-00000-of-00002.parquet",
-         "losses/beam-temp-part-" + "f" * 32 + "/x",
+         "losses/beam-temp-part-" + "f" * 32 + "/" + BEAM_FILE,
          "dead_letter/part-00000-of-00001.jsonl",
          f".scratch/{RUN_B}/scored-1.arrows"]
   for name in own:
