@@ -80,6 +80,7 @@ def test_dataflow_args():
   assert not any("worker_accelerator" in a for a in args)
 
 
+@pytest.mark.slow  # Starts TensorFlow or writes a job (~3-6 s).
 def test_accelerator_on_the_scoring_step_only(gcs, tfrecord_dir,
                                               classifier_path):
   job, pipeline = _write_template(gcs, "dataflow-hint", tfrecord_dir,
@@ -168,6 +169,7 @@ def test_template_has_gpu_disk_and_worker_options(gcs, tfrecord_dir,
   assert job["labels"] == {"team": "ml", "job": "audit"}
 
 
+@pytest.mark.slow  # Starts TensorFlow or writes a job (~3-6 s).
 def test_prime_template_has_no_machine_type_and_hints(gcs, tfrecord_dir,
                                                       classifier_path):
   job, pipeline = _write_template(
@@ -375,6 +377,7 @@ def _check_gpu_image():
 
 
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is visible")
+@pytest.mark.slow  # Starts TensorFlow or writes a job (~3-6 s).
 def test_check_gpu_image_without_a_gpu_fails_with_one_line():
   result = _check_gpu_image()
   assert result.returncode == 1

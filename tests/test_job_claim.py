@@ -90,7 +90,7 @@ def _upload_config(tmp_path, config: dict, remote: str) -> str:
   return remote
 
 
-def test_flex_launch_of_the_nightly_config_writes_the_job_and_deletes_nothing(
+def test_flex_launches_of_the_nightly_config_write_the_job_and_delete_nothing(
     gcs, tmp_path, tfrecord_dir, classifier_path):
   root = f"{gcs}/flex"
   _upload_data_and_model(root, tfrecord_dir, classifier_path)
@@ -127,6 +127,19 @@ def test_flex_launch_of_the_nightly_config_writes_the_job_and_deletes_nothing(
   assert not any(name.endswith(ownership.LOCK)
                  for name in _objects("flex/"))
 
+  # A launch into last night's own directory, its own baseline: every
+  # object of that completed run stays, and no lock is taken.
+  night_dir = night["config"]["output"]["dir"]
+  assert flex_template.main([
+      *_launcher_options(root), f"--config={config}",
+      f"--overrides=output.dir={night_dir};gate.baseline={night_dir}"]) == 0
+  with FileSystems.open(staging) as f:
+    claim = _claim_of(staged_pipeline(json.loads(f.read())))
+  assert (claim.directory, claim.baseline.dir) == (night_dir, night_dir)
+  assert _objects("flex/audits/") == before
+  assert not any(name.endswith(ownership.LOCK)
+                 for name in _objects("flex/"))
+
 
 def _claim_of(pipeline) -> JobClaim:
   """The `JobClaim` of the job's `ClaimOutputDir` step, as pickled in it."""
@@ -139,8 +152,9 @@ def _claim_of(pipeline) -> JobClaim:
   raise AssertionError("no ClaimOutputDir/TakeLock step")
 
 
-@pytest.mark.parametrize("launch", [
-    "flex", pytest.param("classic_template", marks=pytest.mark.slow)])
+@pytest.mark.slow  # A run and a launch on the emulator (~15 s); the Flex
+# launch into a completed run is in the test above.
+@pytest.mark.parametrize("launch", ["flex", "classic_template"])
 def test_a_launch_into_a_completed_run_leaves_every_object_and_no_lock(
     gcs, tmp_path, tfrecord_dir, classifier_path, launch):
   root = f"{gcs}/{launch}-fixed"
@@ -472,6 +486,7 @@ def test_a_process_lock_is_refreshed_too(tmp_path):
   assert (found["refreshed"], "in_job" in found) == (1.0e9 + 500, False)
 
 
+@pytest.mark.slow  # Two or three runs (~5 s).
 def test_jobs_into_new_directories_on_the_direct_runner(tmp_path,
                                                        write_config):
   data = tmp_path / "in.parquet"
@@ -532,6 +547,7 @@ def test_a_claim_refused_in_the_job_is_one_line(tmp_path, write_config,
           for d, _, names in os.walk(out) for n in names] == [ownership.LOCK]
 
 
+@pytest.mark.slow  # Two or three runs (~5 s).
 def test_a_local_job_that_fails_releases_what_it_took(
     tmp_path, classifier_path, write_config, capsys):
   from tests.test_stats import _slice_run  # pylint: disable=g-import-not-at-top
