@@ -761,6 +761,21 @@ def main(argv: Optional[Sequence[str]] = None,
     return _report(summary)
 
 
+def main_translated(translate: Callable[[Sequence[str]], Sequence[str]],
+                    argv: Optional[Sequence[str]] = None,
+                    prog: str = "lossaudit") -> int:
+  """`main` of the arguments `translate(argv)` gives: a launcher's own
+  flags (`scripts/dataflow`, the Flex Template's parameters) as `lossaudit
+  run` takes them. Exit 2, after one line naming the flag, when `translate`
+  refuses them (a ConfigError)."""
+  try:
+    translated = translate(sys.argv[1:] if argv is None else argv)
+  except ConfigError as e:
+    print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr)
+    return 2
+  return main(translated)
+
+
 @contextlib.contextmanager
 def _noting_signals(received: Optional[int]) -> Iterator[None]:
   """While a completed run is reported, SIGINT and SIGTERM are noted, not

@@ -294,15 +294,9 @@ def audit_argv(argv: Sequence[str]) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from lossaudit.errors import one_line  # pylint: disable=g-import-not-at-top
   from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
 
-  try:
-    run_argv = audit_argv(sys.argv[1:] if argv is None else argv)
-  except ConfigError as e:
-    print(f"scripts/dataflow: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
-  return audit.main(run_argv)
+  return audit.main_translated(audit_argv, argv, prog="scripts/dataflow")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from lossaudit.errors import ConfigError, one_line, short_repr
+from lossaudit.errors import ConfigError, short_repr
 from lossaudit.pipelines import audit
 
 
@@ -41,12 +41,7 @@ def audit_args(argv: Sequence[str]) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  try:
-    args = audit_args(sys.argv[1:] if argv is None else argv)
-  except ConfigError as e:
-    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
-  return audit.main(args)
+  return audit.main_translated(audit_args, argv)
 
 
 if __name__ == "__main__":
