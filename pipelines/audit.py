@@ -222,8 +222,10 @@ def run(argv: Optional[Sequence[str]] = None,
     refuse_local_paths(config, runner, options)
   p = test_pipeline or new_pipeline(options)
   # A job that may outlive this process (a remote runner, a template's)
-  # owns its output directory itself: this process deletes nothing.
-  in_job = known.claim_in_job or remote or bool(template_location)
+  # owns its output directory itself: this process deletes nothing. One
+  # that runs here (`--claim-in-job`) ends with this process.
+  job_elsewhere = remote or bool(template_location)
+  in_job = known.claim_in_job or job_elsewhere
   # The checks before the run read gs:// with the same options as workers.
   FileSystems.set_options(options)
   lock_timeout = config.output.lock_timeout_seconds
@@ -245,7 +247,7 @@ def run(argv: Optional[Sequence[str]] = None,
   def release() -> None:
     if claim is not None:
       claim.release()
-    elif not (remote or template_location):
+    elif not job_elsewhere:
       ownership.release_job(config.output.dir, run_id, own_baseline)
 
   with ending_workers_then(release):
@@ -269,7 +271,7 @@ def run(argv: Optional[Sequence[str]] = None,
         config.output.dir, run_id, start_time,
         overwrite=config.output.overwrite, lock_timeout=lock_timeout,
         baseline=baseline_as_found, baseline_prefix=prefix, clock=clock,
-        launcher=None if remote or template_location else
+        launcher=None if job_elsewhere else
         ownership.RunInfo.this_process(run_id, start_time)) if in_job else None
     startup.lap("claim")
     files = inputs.expand(config.input.patterns, config.output.dir)

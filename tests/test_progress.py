@@ -177,17 +177,6 @@ def test_progress_lines_and_metrics(tmp_path, tfrecord_dir, classifier_path,
                    r" over 3 batches", result.stdout)
 
 
-class _Steps:
-  """A clock that moves `step` seconds each time it is read."""
-
-  def __init__(self, step: float):
-    self.now, self.step = 0.0, step
-
-  def __call__(self) -> float:
-    self.now += self.step
-    return self.now
-
-
 def test_checking_many_input_files_prints_a_line_every_ten_seconds(
     tmp_path, capsys):
   from lossaudit import inputs
@@ -197,7 +186,8 @@ def test_checking_many_input_files_prints_a_line_every_ten_seconds(
   for i in range(12):
     (data / f"part-{i:02d}.tfrecord").write_bytes(b"")
   pattern = str(data / "*.tfrecord")
-  found = inputs.expand([pattern], str(tmp_path / "out"), clock=_Steps(4.0))
+  found = inputs.expand([pattern], str(tmp_path / "out"),
+                        clock=TickingClock(4.0))
   assert len(found.files) == 12
   # Each file reads the clock once in each of the two checks: 4 s a file.
   lines = capsys.readouterr().err.splitlines()
@@ -216,5 +206,5 @@ def test_a_quick_check_prints_nothing(tmp_path, capsys):
   for i in range(3):
     (tmp_path / f"part-{i}.tfrecord").write_bytes(b"")
   inputs.expand([str(tmp_path / "*.tfrecord")], str(tmp_path / "out"),
-                clock=_Steps(1.0))
+                clock=TickingClock(1.0))
   assert capsys.readouterr().err == ""
