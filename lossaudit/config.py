@@ -882,7 +882,9 @@ _SECTIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class AuditConfig:
-  """The whole audit configuration. See CONTRACT.md for every key."""
+  """The whole audit configuration: one section a field; each key of a
+  section is a field of its dataclass, with its default and the `Rule` its
+  values must follow."""
 
   input: InputConfig
   model: ModelConfig

@@ -48,7 +48,8 @@ def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
                   loss_computed_from: Optional[str] = None,
                   fold_stats: Optional[Dict[str, Dict]] = None,
                   num_folds: Optional[int] = None) -> Dict:
-  """The `summary.json` document (see CONTRACT.md).
+  """The `summary.json` document: the run, its counts, the loss statistics,
+  thresholds and flag counts, and what the arguments below add.
 
   Args:
     run: `run_id`, `runner` and `start_time` of the run.
