@@ -82,8 +82,12 @@ def _measure(args) -> Dict:
   # pylint: disable=g-import-not-at-top  (from the checkout `args.code`)
   import pyarrow as pa
 
-  from lossaudit import confident, scoring
+  from lossaudit import confident
   from lossaudit.transforms import label_issues
+  try:
+    from lossaudit.spec import PROBS_COLUMN
+  except ImportError:  # A checkout from before lossaudit.spec.
+    from lossaudit.scoring import PROBS_COLUMN
 
   k = args.classes
   probs, given, ids = _data(args.rows, k, args.noise)
@@ -95,7 +99,7 @@ def _measure(args) -> Dict:
           pa.array(probs[i:i + size].reshape(-1)), k),
        pa.array(given[i:i + size]), pa.array(ids[i:i + size]),
        pa.array(np.ones(len(given[i:i + size])))],
-      names=[scoring.PROBS_COLUMN, "given_label", "id", "loss"])
+      names=[PROBS_COLUMN, "given_label", "id", "loss"])
              for i in range(0, args.rows, size)]
   del probs, given, ids
   # pylint: disable=protected-access  (the pipeline's own steps, run here)

@@ -4,10 +4,16 @@ The per-sample loss is exactly Keras' loss object called with
 `reduction=None`, then reduced over any remaining non-batch axes (`mean`, as
 Keras does inside a sample, or `sum`). Reduction over the batch is never done
 here: statistics are the pipeline's job.
+
+Each loss a config can name is one `Loss` record of `LOSSES`, holding all
+lossaudit knows of it; adding a loss is adding its record (and, for a loss
+of lossaudit's own, its function). The tuples of names below the table
+(`SUPPORTED_LOSSES`, `TAKES_FROM_LOGITS`, ...) are views of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -15,66 +21,69 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-# Snake-case names users write in configs, mapped to Keras loss classes.
-_CLASS_NAMES = {
-    "mean_squared_error": "MeanSquaredError",
-    "mean_absolute_error": "MeanAbsoluteError",
-    "mean_absolute_percentage_error": "MeanAbsolutePercentageError",
-    "mean_squared_logarithmic_error": "MeanSquaredLogarithmicError",
-    "huber": "Huber",
-    "log_cosh": "LogCosh",
-    "binary_crossentropy": "BinaryCrossentropy",
-    "binary_focal_crossentropy": "BinaryFocalCrossentropy",
-    "categorical_crossentropy": "CategoricalCrossentropy",
-    "categorical_focal_crossentropy": "CategoricalFocalCrossentropy",
-    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
-    "kl_divergence": "KLDivergence",
-    "poisson": "Poisson",
-    "hinge": "Hinge",
-    "squared_hinge": "SquaredHinge",
-    "categorical_hinge": "CategoricalHinge",
-    "cosine_similarity": "CosineSimilarity",
-    "dice": "Dice",
-    "tversky": "Tversky",
-    "ctc": "CTC",
-    "categorical_generalized_cross_entropy":
-        "CategoricalGeneralizedCrossEntropy",
-}
-# Losses of lossaudit's own, for positive regression (Keras has none).
-_OWN_LOSSES = ("gamma", "tweedie")
+
+class TargetBound(NamedTuple):
+  """The targets a loss is defined for: above `low` (`strict`), or at least
+  `low`; `what` says it in messages."""
+
+  low: float
+  strict: bool
+  what: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """One loss `loss.name` can name, and all lossaudit knows of it.
+
+  Attributes:
+    name: its snake-case name in configs.
+    keras_class: its class in `keras.losses`; None for a loss of lossaudit's
+      own (`function`).
+    function: lossaudit's own per-value loss `fn(y_true, y_pred, **args)`,
+      when Keras has none.
+    aliases: other names a config may give it (Keras' short names).
+    labels: how its labels are read (`label_kind`): `sparse` (class
+      indices), `categorical` (one-hot or probability vectors), `binary`
+      (0/1 targets), `sequence` (CTC's sequences of class indices) or
+      `regression`. With one of the first three, its outputs are class
+      probabilities (or logits, with `from_logits`): `classifies`.
+    from_logits: whether it takes Keras' `from_logits` argument.
+    logits_op: the activation op whose logits Keras computes it from (a
+      crossentropy's `Softmax` or `Sigmoid`; see `scoring.computed_from`).
+    per_example_axis: whether its `axis` defaults to every axis but the
+      batch's (Keras' default, None, would reduce over the whole batch).
+    check_args: raises ValueError for `loss.args` its signature takes but
+      it does not (values out of range).
+    deviance: its unit deviance `fn(y, mu, args)` → `(deviance, valid)`,
+      float64 and bool `(N, ...)` (`flag.score: deviance`); None without.
+    target_bound: the targets it is defined for (a row outside is a dead
+      letter); None: any.
+  """
+
+  name: str
+  keras_class: Optional[str] = None
+  function: Optional[Callable[..., Any]] = None
+  aliases: Tuple[str, ...] = ()
+  labels: str = "regression"
+  from_logits: bool = False
+  logits_op: Optional[str] = None
+  per_example_axis: bool = False
+  check_args: Optional[Callable[[Mapping[str, Any]], None]] = None
+  deviance: Optional[Callable[..., Any]] = None
+  target_bound: Optional[TargetBound] = None
+
+  @property
+  def classifies(self) -> bool:
+    """Whether its outputs are class scores and its labels name classes."""
+    return self.labels in ("sparse", "categorical", "binary")
+
+
 # Keras losses with no per-sample value, and why.
 NOT_PER_SAMPLE = {
     "circle": "its value for one example depends on the other examples of"
               " its batch (it compares every pair of embeddings), so an"
               " example's loss would change with the batch it is scored in",
 }
-_ALIASES = {
-    "mse": "mean_squared_error",
-    "mae": "mean_absolute_error",
-    "mape": "mean_absolute_percentage_error",
-    "msle": "mean_squared_logarithmic_error",
-    "logcosh": "log_cosh",
-    "kld": "kl_divergence",
-    "kullback_leibler_divergence": "kl_divergence",
-}
-SUPPORTED_LOSSES = tuple(_CLASS_NAMES) + _OWN_LOSSES
-
-# Losses whose y_pred are class scores and whose labels name a class.
-SPARSE_CLASSIFICATION = ("sparse_categorical_crossentropy",
-                         "categorical_generalized_cross_entropy")
-DENSE_CLASSIFICATION = ("categorical_crossentropy",
-                        "categorical_focal_crossentropy")
-BINARY_CLASSIFICATION = ("binary_crossentropy", "binary_focal_crossentropy")
-TAKES_FROM_LOGITS = ("sparse_categorical_crossentropy",) + (
-    DENSE_CLASSIFICATION + BINARY_CLASSIFICATION)
-# Losses of class probabilities (or logits, with `from_logits`).
-TAKES_PROBABILITIES = TAKES_FROM_LOGITS + (
-    "categorical_generalized_cross_entropy",)
-# Losses whose label at each position is a class index (a sequence for CTC).
-INDEX_LABELS = SPARSE_CLASSIFICATION + ("ctc",)
-# Losses whose `axis` defaults to every axis but the batch's: Keras' default
-# (None) would reduce over the whole batch.
-PER_EXAMPLE_AXIS = ("dice", "tversky")
 # Loss arguments lossaudit sets itself: what `loss.args` should hold instead.
 RESERVED_ARGS = {
     "from_logits": "{key}.from_logits instead (it also says how class signals"
@@ -83,7 +92,6 @@ RESERVED_ARGS = {
                  " {key}.reduce (mean or sum) reduces the axes within one"
                  " example",
 }
-
 
 
 def _is_number(value: Any) -> bool:
@@ -109,11 +117,10 @@ ARGUMENT_VALUES: Mapping[str, Tuple[str, Callable[[Any], bool]]] = {
 
 def canonical_loss_name(name: str) -> Optional[str]:
   """Returns the snake-case Keras loss name for `name`, or None if unknown."""
-  key = _ALIASES.get(name, name)
-  if key in _CLASS_NAMES or key in _OWN_LOSSES:
+  key = _BY_ALIAS.get(name, name)
+  if key in LOSSES:
     return key
-  by_class = {v.lower(): k for k, v in _CLASS_NAMES.items()}
-  return by_class.get(name.replace("_", "").lower())
+  return _BY_CLASS.get(name.replace("_", "").lower())
 
 
 def label_kind(loss_name: str, num_outputs: int) -> str:
@@ -126,15 +133,10 @@ def label_kind(loss_name: str, num_outputs: int) -> str:
     length) or `regression` (no class signals).
   """
   name = canonical_loss_name(loss_name)
-  if name == "ctc":
-    return "sequence"
-  if name in SPARSE_CLASSIFICATION:
-    return "sparse"
-  if name in DENSE_CLASSIFICATION:
-    return "categorical"
-  if name in BINARY_CLASSIFICATION and num_outputs == 1:
-    return "binary"
-  return "regression"
+  labels = LOSSES[name].labels if name else "regression"
+  if labels == "binary" and num_outputs != 1:
+    return "regression"
+  return labels
 
 
 def keras_loss(name: str, from_logits: bool = False,
@@ -149,18 +151,18 @@ def keras_loss(name: str, from_logits: bool = False,
   canonical = canonical_loss_name(name)
   if canonical is None:
     raise ValueError(f"Unknown loss {name!r}")
+  loss = LOSSES[canonical]
   kwargs = dict(args or {})
-  if canonical in _OWN_LOSSES:
-    own = {"gamma": gamma, "tweedie": tweedie}[canonical]
-    inspect.signature(own).bind(None, None, **kwargs)
-    if canonical == "tweedie":
-      _check_power(kwargs.get("power", 1.5))
-    return functools.partial(own, **kwargs)
+  if loss.function is not None:
+    inspect.signature(loss.function).bind(None, None, **kwargs)
+    if loss.check_args is not None:
+      loss.check_args(kwargs)
+    return functools.partial(loss.function, **kwargs)
   import keras  # pylint: disable=g-import-not-at-top
 
-  if canonical in TAKES_FROM_LOGITS:
+  if loss.from_logits:
     kwargs.setdefault("from_logits", from_logits)
-  cls = getattr(keras.losses, _CLASS_NAMES[canonical])
+  cls = getattr(keras.losses, loss.keras_class)
   return cls(reduction=None, **kwargs)
 
 
@@ -229,16 +231,108 @@ def _check_power(power) -> None:
         f" 1 and gamma for 2). Received: {power!r}")
 
 
-# Losses whose unit deviance `flag.score: deviance` can use.
-DEVIANCE_LOSSES = ("poisson", "gamma", "tweedie")
-# Their targets: (bound, strict, what); a row outside is a dead letter.
-TARGET_BOUNDS = {
-    "poisson": (0.0, False, "a count or rate y >= 0"),
-    "tweedie": (0.0, False, "a target y >= 0"),
-    "gamma": (0.0, True, "a positive target y > 0"),
-}
+def _check_tweedie_args(args: Mapping[str, Any]) -> None:
+  _check_power(args.get("power", 1.5))
+
+
 # Keras' Poisson loss adds this to `y_pred` inside its log.
 _POISSON_EPSILON = 1e-7
+
+
+# Unit deviances, float64 `y` and `mu` `(N, ...)` → `(deviance, valid)`; see
+# `unit_deviance`.
+
+
+def _poisson_deviance(y, mu, args):
+  del args  # Takes none.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  mu = mu + _POISSON_EPSILON
+  deviance = 2.0 * (tf.math.xlogy(y, y) - tf.math.xlogy(y, mu) - (y - mu))
+  return deviance, (y >= 0.0) & (mu > 0.0)
+
+
+def _gamma_deviance(y, mu, args):
+  del args  # Takes none.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  deviance = 2.0 * (tf.math.log(mu / y) + y / mu - 1.0)
+  return deviance, (y > 0.0) & (mu > 0.0)
+
+
+def _tweedie_deviance(y, mu, args):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  p = float(args.get("power", 1.5))
+  _check_power(p)
+  deviance = 2.0 * (
+      tf.pow(tf.maximum(y, 0.0), 2.0 - p) / ((1 - p) * (2 - p)) -
+      y * tf.pow(mu, 1.0 - p) / (1 - p) + tf.pow(mu, 2.0 - p) / (2 - p))
+  return deviance, (y >= 0.0) & (mu > 0.0)
+
+
+# Every loss a config can name, by name.
+LOSSES: Mapping[str, Loss] = {loss.name: loss for loss in (
+    Loss("mean_squared_error", "MeanSquaredError", aliases=("mse",)),
+    Loss("mean_absolute_error", "MeanAbsoluteError", aliases=("mae",)),
+    Loss("mean_absolute_percentage_error", "MeanAbsolutePercentageError",
+         aliases=("mape",)),
+    Loss("mean_squared_logarithmic_error", "MeanSquaredLogarithmicError",
+         aliases=("msle",)),
+    Loss("huber", "Huber"),
+    Loss("log_cosh", "LogCosh", aliases=("logcosh",)),
+    Loss("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy",
+         labels="sparse", from_logits=True, logits_op="Softmax"),
+    Loss("categorical_crossentropy", "CategoricalCrossentropy",
+         labels="categorical", from_logits=True, logits_op="Softmax"),
+    Loss("categorical_focal_crossentropy", "CategoricalFocalCrossentropy",
+         labels="categorical", from_logits=True),
+    Loss("binary_crossentropy", "BinaryCrossentropy", labels="binary",
+         from_logits=True, logits_op="Sigmoid"),
+    Loss("binary_focal_crossentropy", "BinaryFocalCrossentropy",
+         labels="binary", from_logits=True),
+    Loss("categorical_generalized_cross_entropy",
+         "CategoricalGeneralizedCrossEntropy", labels="sparse"),
+    Loss("kl_divergence", "KLDivergence",
+         aliases=("kld", "kullback_leibler_divergence")),
+    Loss("poisson", "Poisson", deviance=_poisson_deviance,
+         target_bound=TargetBound(0.0, False, "a count or rate y >= 0")),
+    Loss("hinge", "Hinge"),
+    Loss("squared_hinge", "SquaredHinge"),
+    Loss("categorical_hinge", "CategoricalHinge"),
+    Loss("cosine_similarity", "CosineSimilarity"),
+    Loss("dice", "Dice", per_example_axis=True),
+    Loss("tversky", "Tversky", per_example_axis=True),
+    Loss("ctc", "CTC", labels="sequence"),
+    # Positive regression, which Keras has no loss for.
+    Loss("gamma", function=gamma, deviance=_gamma_deviance,
+         target_bound=TargetBound(0.0, True, "a positive target y > 0")),
+    Loss("tweedie", function=tweedie, check_args=_check_tweedie_args,
+         deviance=_tweedie_deviance,
+         target_bound=TargetBound(0.0, False, "a target y >= 0")),
+)}
+_BY_ALIAS = {alias: loss.name for loss in LOSSES.values()
+             for alias in loss.aliases}
+_BY_CLASS = {loss.keras_class.lower(): loss.name for loss in LOSSES.values()
+             if loss.keras_class}
+
+
+def _names(holds: Callable[[Loss], bool]) -> Tuple[str, ...]:
+  return tuple(name for name, loss in LOSSES.items() if holds(loss))
+
+
+# Views of `LOSSES`, in its order.
+SUPPORTED_LOSSES = tuple(LOSSES)
+# Losses whose y_pred are class scores and whose labels name a class.
+SPARSE_CLASSIFICATION = _names(lambda loss: loss.labels == "sparse")
+DENSE_CLASSIFICATION = _names(lambda loss: loss.labels == "categorical")
+BINARY_CLASSIFICATION = _names(lambda loss: loss.labels == "binary")
+TAKES_FROM_LOGITS = _names(lambda loss: loss.from_logits)
+# Losses of class probabilities (or logits, with `from_logits`).
+TAKES_PROBABILITIES = _names(lambda loss: loss.classifies)
+PER_EXAMPLE_AXIS = _names(lambda loss: loss.per_example_axis)
+# Losses whose unit deviance `flag.score: deviance` can use.
+DEVIANCE_LOSSES = _names(lambda loss: loss.deviance is not None)
 
 
 def unit_deviance(name: str, y_true, y_pred, args=None):
@@ -260,25 +354,13 @@ def unit_deviance(name: str, y_true, y_pred, args=None):
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  # In float64: near y = mu a deviance is a small difference of large terms.
-  mu = tf.cast(y_pred, tf.float64)
-  y = tf.cast(y_true, tf.float64)
-  if name == "poisson":
-    mu = mu + _POISSON_EPSILON
-    deviance = 2.0 * (tf.math.xlogy(y, y) - tf.math.xlogy(y, mu) - (y - mu))
-    valid = (y >= 0.0) & (mu > 0.0)
-  elif name == "gamma":
-    deviance = 2.0 * (tf.math.log(mu / y) + y / mu - 1.0)
-    valid = (y > 0.0) & (mu > 0.0)
-  elif name == "tweedie":
-    p = float(dict(args or {}).get("power", 1.5))
-    _check_power(p)
-    deviance = 2.0 * (
-        tf.pow(tf.maximum(y, 0.0), 2.0 - p) / ((1 - p) * (2 - p)) -
-        y * tf.pow(mu, 1.0 - p) / (1 - p) + tf.pow(mu, 2.0 - p) / (2 - p))
-    valid = (y >= 0.0) & (mu > 0.0)
-  else:
+  loss = LOSSES.get(name)
+  if loss is None or loss.deviance is None:
     raise ValueError(f"expected one of {DEVIANCE_LOSSES}. Received: {name!r}")
+  # In float64: near y = mu a deviance is a small difference of large terms.
+  deviance, valid = loss.deviance(tf.cast(y_true, tf.float64),
+                                  tf.cast(y_pred, tf.float64),
+                                  dict(args or {}))
   # Outside the model's domain (mu <= 0) a formula can give a finite,
   # negative deviance that would rank the row as the best fit of all.
   return tf.where(valid, deviance, tf.constant(np.nan, tf.float64))

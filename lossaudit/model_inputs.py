@@ -10,16 +10,7 @@ cannot be scored and why (`dead_letters.Problem`s). Scoring the rest is
 from __future__ import annotations
 
 import math
-from typing import (
-  TYPE_CHECKING,
-  Any,
-  Dict,
-  List,
-  Mapping,
-  NamedTuple,
-  Optional,
-  Tuple,
-)
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,18 +34,16 @@ from lossaudit.dead_letters import (
   WRONG_TYPE,
   Problem,
 )
-
-if TYPE_CHECKING:
-  from lossaudit.scoring import Feature, LossTerm, ScoringSpec
+from lossaudit.spec import (
+  POSITION_COLUMN,
+  RAW_RECORD_COLUMN,
+  Feature,
+  LossTerm,
+  ScoringSpec,
+)
 
 # What a row with no slice value is counted under.
 NO_SLICE = "(missing)"
-# The column of serialized tf.Examples appended to TFRecord batches for a
-# model input that takes them (`model.serialized_examples_input`).
-RAW_RECORD_COLUMN = "__raw_record__"
-# Each row's position in its source file (the record's index in a TFRecord
-# file, the row's in a Parquet file), read for `output.clean`.
-POSITION_COLUMN = "__position__"
 
 
 def with_raw_records(batch: pa.RecordBatch, records: List[bytes]
@@ -464,7 +453,7 @@ def _labels(batch: pa.RecordBatch, term: LossTerm,
   read = _dense(batch, term.label_column, "label", MISSING_LABEL,
                 term.label_shape, np.dtype(term.label_dtype),
                 size_hints=_size_hints(term))
-  bound = None if term.custom else losses.TARGET_BOUNDS.get(term.loss_name)
+  bound = term.loss.target_bound if term.loss else None
   if bound is None:
     return read
   low, strict, what = bound

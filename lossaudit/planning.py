@@ -5,9 +5,10 @@ from the config and the inputs and outputs of the loaded model alone. The
 `ScoringSpec` is made in stages (`check_labels`, `model_features`,
 `loss_terms`, `assemble_spec`), which `lossaudit.preflight.plan` interleaves
 with the probe's checks; `needed_columns` and `tf_schema` follow from it.
-Every function here is pure: none loads a model or reads data, and each
-either returns or raises ConfigError. Checking the plan against the data is
-`lossaudit.probe`'s part.
+Every function here but `read_vocabulary` is pure: none loads a model or
+reads data, and each either returns or raises ConfigError. `read_vocabulary`
+reads the one file of planning, the `input.label_vocabulary` list of class
+names. Checking the plan against the data is `lossaudit.probe`'s part.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from lossaudit import losses
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError, describe_error, first_line
 from lossaudit.model import AuditModel, TensorInfo
-from lossaudit.model_inputs import RAW_RECORD_COLUMN
-from lossaudit.scoring import Feature, LossTerm, ScoringSpec
+from lossaudit.spec import RAW_RECORD_COLUMN, Feature, LossTerm, ScoringSpec
 
 
 def check_labels(config: AuditConfig) -> None:

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 from lossaudit import inputs, planning, probe
 from lossaudit.config import AuditConfig
 from lossaudit.model import PredictionsModel, load_models
-from lossaudit.scoring import ScoringSpec
+from lossaudit.spec import ScoringSpec
 from lossaudit.timings import StartupTimes
 
 

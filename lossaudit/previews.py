@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lossaudit import columns as cols
+from lossaudit.spec import SCORE_COLUMN
 
 THUMBNAIL_SIZE = 96  # Largest side of a thumbnail, in pixels.
 TEXT_CHARS = 200  # Characters of a text snippet.
@@ -97,10 +98,6 @@ def _column_previews(rows: pa.RecordBatch, column: str):
   ends = np.cumsum(counts)
   return [preview_values(values[end - n:end].tolist())
           for n, end in zip(counts.tolist(), ends.tolist())]
-
-
-# The score column of a candidate table: the flag rules' score.
-SCORE_COLUMN = "__score__"
 
 
 def candidates(batch: pa.RecordBatch, scored: pa.RecordBatch,

@@ -38,7 +38,6 @@ from lossaudit.errors import (
 from lossaudit.model import AuditModel
 from lossaudit.model_inputs import (
   NO_SLICE,
-  RAW_RECORD_COLUMN,
   ModelInputs,
   read_model_inputs,
   with_raw_records,
@@ -48,11 +47,9 @@ from lossaudit.scoring import (
   DATA_ERRORS,
   OUTPUT_PREFIX,
   BatchScorer,
-  Feature,
   LossShapeError,
-  LossTerm,
-  ScoringSpec,
 )
+from lossaudit.spec import RAW_RECORD_COLUMN, Feature, LossTerm, ScoringSpec
 
 # The models of a run, `[fold][checkpoint]` (`model.load_models`).
 Models = Sequence[Sequence[AuditModel]]

@@ -51,6 +51,7 @@ def score_one_batch(workdir: str, device: str = "gpu") -> Tuple[str, float]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from lossaudit import datasets, scoring  # pylint: disable=g-import-not-at-top
+  from lossaudit.spec import Feature, LossTerm, ScoringSpec  # pylint: disable=g-import-not-at-top
 
   keras.utils.set_random_seed(0)
   with tf.device("/CPU:0"):
@@ -65,10 +66,10 @@ def score_one_batch(workdir: str, device: str = "gpu") -> Tuple[str, float]:
   labels = rng.integers(0, CLASSES, ROWS)
   batch = datasets.to_arrow({"id": np.array([f"r{i}" for i in range(ROWS)]),
                              "x": x, "label": labels}).to_batches()[0]
-  spec = scoring.ScoringSpec(
+  spec = ScoringSpec(
       model_path=path, signature="serving_default",
-      features=(scoring.Feature("x", "x", (FEATURES,), "float32"),),
-      terms=(scoring.LossTerm(output="probs", name="out", label_column="label",
+      features=(Feature("x", "x", (FEATURES,), "float32"),),
+      terms=(LossTerm(output="probs", name="out", label_column="label",
                       loss_name="sparse_categorical_crossentropy",
                       label_shape=(), label_dtype="int64", signals="sparse",
                       num_classes=CLASSES),),

@@ -34,7 +34,7 @@ from lossaudit.history import (
 )
 from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
-from lossaudit.scoring import PROBS_COLUMN
+from lossaudit.spec import PROBS_COLUMN
 from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.buckets import BucketRows
@@ -171,7 +171,7 @@ class _Statistics(NamedTuple):
   Attributes:
     loss: one `LossAccumulator.summary()` of every loss.
     slices: `(slice, LossAccumulator.summary())` pairs, or None without
-      `input.slice_column`.
+      `stats.slice_by`.
     top_k: one `TopKCombineFn` output, or None when `flag.top_k` is off.
     folds: `(fold, LossAccumulator.summary())` pairs, or None without
       `model.folds`.

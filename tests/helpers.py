@@ -118,7 +118,7 @@ def upload(local: str, remote: str) -> None:
 def classifier_spec(model_path, output=None, weight_column=None, **term):
   """A `ScoringSpec` for the conftest classifier (sparse labels, K classes);
   `term` overrides fields of its one `LossTerm`."""
-  from lossaudit.scoring import Feature, LossTerm, ScoringSpec
+  from lossaudit.spec import Feature, LossTerm, ScoringSpec
 
   fields = dict(output=output or "probs", name="out", label_column="label",
                 loss_name="sparse_categorical_crossentropy", label_shape=(),

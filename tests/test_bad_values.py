@@ -19,7 +19,8 @@ import pytest
 from lossaudit import columns as cols
 from lossaudit import datasets
 from lossaudit.pipelines import audit
-from lossaudit.scoring import BatchScorer, Feature, LossTerm, ScoringSpec
+from lossaudit.scoring import BatchScorer
+from lossaudit.spec import Feature, LossTerm, ScoringSpec
 from tests.helpers import (
   NUM_CLASSES,
   NUM_FEATURES,

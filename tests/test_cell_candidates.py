@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit import confident
 from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules
-from lossaudit.scoring import PROBS_COLUMN
+from lossaudit.spec import PROBS_COLUMN
 from lossaudit.transforms.label_issues import (
   _CellCandidatesFn,
   _finish_joint,

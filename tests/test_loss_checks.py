@@ -15,7 +15,7 @@ from lossaudit import dead_letters, planning
 from lossaudit.model import TensorInfo
 from lossaudit.model_inputs import read_model_inputs
 from lossaudit.pipelines import audit
-from lossaudit.scoring import Feature, LossTerm, ScoringSpec
+from lossaudit.spec import Feature, LossTerm, ScoringSpec
 from tests.helpers import NUM_CLASSES, NUM_FEATURES, build_classifier
 
 N = 64

@@ -11,7 +11,7 @@ from lossaudit import planning, probe
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError
 from lossaudit.model import AuditModel, TensorInfo
-from lossaudit.scoring import Feature
+from lossaudit.spec import Feature
 
 
 def _model(inputs, outputs):

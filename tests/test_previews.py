@@ -305,7 +305,7 @@ def test_content_fingerprint_ids_get_a_note_instead(tmp_path, text_model):
 
 
 def _text_spec():
-  from lossaudit.scoring import Feature, LossTerm, ScoringSpec  # pylint: disable=g-import-not-at-top
+  from lossaudit.spec import Feature, LossTerm, ScoringSpec  # pylint: disable=g-import-not-at-top
 
   return ScoringSpec(
       model_path="m", signature="serving_default",

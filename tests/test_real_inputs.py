@@ -24,7 +24,8 @@ import yaml
 from cleanlab.filter import find_label_issues
 
 from lossaudit.pipelines import audit
-from lossaudit.scoring import BatchScorer, Feature, LossTerm, ScoringSpec
+from lossaudit.scoring import BatchScorer
+from lossaudit.spec import Feature, LossTerm, ScoringSpec
 from tests.helpers import base_config
 
 N = 200

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from lossaudit.model_inputs import Ragged, read_model_inputs
-from lossaudit.scoring import Feature, LossTerm, ScoringSpec, scored_batch
+from lossaudit.scoring import scored_batch
+from lossaudit.spec import Feature, LossTerm, ScoringSpec
 
 TERM = LossTerm(output="probs", name="probs", label_column="label",
                 loss_name="sparse_categorical_crossentropy",

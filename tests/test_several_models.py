@@ -16,7 +16,8 @@ from lossaudit import preflight
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError
 from lossaudit.model_inputs import ModelInputs, Ragged, read_model_inputs
-from lossaudit.scoring import BatchScorer, Feature, regions
+from lossaudit.scoring import BatchScorer, regions
+from lossaudit.spec import Feature
 from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.flag import flag_batch, flagged_schema
 from tests.helpers import NUM_CLASSES, NUM_FEATURES, classifier_spec

@@ -9,7 +9,7 @@ from lossaudit import planning
 from lossaudit.config import InputConfig, ModelConfig
 from lossaudit.errors import ConfigError
 from lossaudit.model import TensorInfo
-from lossaudit.scoring import Feature, LossTerm
+from lossaudit.spec import Feature, LossTerm
 
 
 @pytest.mark.parametrize("value, message", [

@@ -20,8 +20,12 @@ from lossaudit.clean import FileMarks
 from lossaudit.data_map import DataMap, DataMapCombineFn, sample_rows
 from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.merging import merge_all
-from lossaudit.model_inputs import POSITION_COLUMN
-from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN, SOURCE_COLUMN
+from lossaudit.spec import (
+  POSITION_COLUMN,
+  PROBS_COLUMN,
+  SLICE_COLUMN,
+  SOURCE_COLUMN,
+)
 from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.label_issues import class_arrays
 from lossaudit.weights import WeightRule

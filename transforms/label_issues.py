@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from lossaudit import METRICS_NAMESPACE, confident
 from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules
 from lossaudit.merging import merge_all
-from lossaudit.scoring import PROBS_COLUMN
+from lossaudit.spec import PROBS_COLUMN
 from lossaudit.stats import top_k_merge
 from lossaudit.transforms.spill import ReadSpilled, in_global_window
 

@@ -23,8 +23,7 @@ import pyarrow as pa
 
 from lossaudit import dead_letters
 from lossaudit import previews as previews_lib
-from lossaudit.model_inputs import RAW_RECORD_COLUMN
-from lossaudit.scoring import ScoringSpec
+from lossaudit.spec import RAW_RECORD_COLUMN, ScoringSpec
 from lossaudit.transforms import read
 
 

@@ -38,7 +38,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
 from lossaudit import columns as cols
 from lossaudit.errors import explained
-from lossaudit.model_inputs import POSITION_COLUMN, with_raw_records
+from lossaudit.model_inputs import with_raw_records
+from lossaudit.spec import POSITION_COLUMN
 
 # Each stage after reading pays a fixed cost per element (a few Arrow and
 # numpy calls): elements of this many rows keep it small beside the model's
@@ -275,7 +276,7 @@ class ReadTFExampleBatches(beam.PTransform):
   Files are spread over workers (a TFRecord file cannot be split: records
   are found only by walking it). Outputs: the main output of batches, and
   `dead_letter` entries. With `raw_records`, each batch also holds its
-  records' bytes (`model_inputs.RAW_RECORD_COLUMN`), for a model that takes
+  records' bytes (`spec.RAW_RECORD_COLUMN`), for a model that takes
   serialized tf.Examples. With `id_column`, a record dead-lettered for a
   feature of the wrong type carries its id when that one is readable.
   """

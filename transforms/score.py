@@ -13,7 +13,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, previews, progress
-from lossaudit.scoring import BatchScorer, ScoringSpec
+from lossaudit.scoring import BatchScorer
+from lossaudit.spec import ScoringSpec
 from lossaudit.timings import Timings
 from lossaudit.transforms.spill import in_global_window
 

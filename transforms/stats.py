@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lossaudit.errors import TooManySlicesError
-from lossaudit.scoring import SLICE_COLUMN
+from lossaudit.spec import SLICE_COLUMN
 from lossaudit.stats import LossAccumulator, top_k_merge, top_k_order
 
 
