@@ -67,6 +67,13 @@ def base_config(pattern, model_path, output_dir, **sections):
       "flag": {"loss_quantile": 0.95},
       "output": {"dir": str(output_dir)},
   }
+  # Keys that have no effect beside a custom or per-output loss are refused:
+  # those losses get no default name, per-output ones no label column.
+  loss = sections.get("loss") or {}
+  if "custom" in loss or "outputs" in loss:
+    del config["loss"]["name"]
+  if "outputs" in loss:
+    del config["input"]["label_column"]
   for key, value in sections.items():
     if isinstance(value, dict):
       config.setdefault(key, {}).update(value)
