@@ -28,7 +28,6 @@ from lossaudit.model import AuditModel, TensorInfo
 from lossaudit.model_inputs import RAW_RECORD_COLUMN
 from lossaudit.scoring import Feature, LossTerm, ScoringSpec
 
-
 SERIALIZED_EXAMPLES_INPUT = "examples"
 
 
