@@ -908,6 +908,8 @@ class AuditConfig:
     self._check_shift_quantiles()
     self._check_weights()
     self._check_clean()
+    self._check_labels()
+    self._check_serialized_examples()
 
   def _check_clean(self) -> None:
     """Relabelling needs label issues to take the labels from; the gates
@@ -1005,6 +1007,21 @@ class AuditConfig:
           "stats.weighted: needs input.weight_column to be set. Received:"
           " input.weight_column=None")
 
+  def _check_labels(self) -> None:
+    """A loss needs labels: a label column or per-output ones."""
+    if self.input.label_column is None and not self.loss.outputs:
+      raise ConfigError("input.label_column: expected a column name; a loss"
+                        " needs labels. Received: None")
+
+  def _check_serialized_examples(self) -> None:
+    """Serialized tf.Examples are TFRecord records."""
+    name = self.model.serialized_examples_input
+    if name is not None and self.input.format != "tfrecord":
+      raise ConfigError(
+          f"model.serialized_examples_input: needs input.format 'tfrecord'"
+          f" (Parquet rows are not serialized tf.Examples). Received:"
+          f" {name!r} with input.format {self.input.format!r}")
+
   @classmethod
   def from_dict(cls, raw: Mapping[str, Any]) -> "AuditConfig":
     if not isinstance(raw, Mapping):
@@ -1026,7 +1043,9 @@ class AuditConfig:
       _reject_unknown(f"{key}.", value,
                       [f.name for f in dataclasses.fields(section)])
       kwargs[key] = section(**value)
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    _refuse_without_effect(config, raw)
+    return config
 
   def to_dict(self) -> dict:
     return _plain(dataclasses.asdict(self))
@@ -1034,6 +1053,103 @@ class AuditConfig:
   def with_output_dir(self, directory: str) -> "AuditConfig":
     return dataclasses.replace(
         self, output=dataclasses.replace(self.output, dir=directory))
+
+
+def _set_value(raw: Any, key: str) -> Any:
+  """What the config as read (YAML and `--set`) gives the dotted `key`;
+  None when it gives nothing (a null sets nothing)."""
+  for part in key.split("."):
+    if not isinstance(raw, Mapping):
+      return None
+    raw = raw.get(part)
+  return raw
+
+
+def _with_outputs(what: str) -> Callable[[AuditConfig], Optional[str]]:
+  return lambda config: (f"with loss.outputs (each of loss.outputs sets its"
+                         f" own {what})" if config.loss.outputs else None)
+
+
+def _with_scheme(reads: str) -> Callable[[AuditConfig], Optional[str]]:
+  def mode(config: AuditConfig) -> Optional[str]:
+    scheme = config.output.weights.scheme
+    return (None if scheme == reads else f"with output.weights.scheme"
+            f" {scheme!r} (only {reads!r} reads it)")
+  return mode
+
+
+def _with_custom(prefix: str, why: str
+                 ) -> Callable[[Any], Optional[str]]:
+  return lambda term: (f"with {prefix}.custom ({why})"
+                       if term.custom is not None else None)
+
+
+_CHECKPOINTS_ONLY = ("without model.checkpoints (the data map of training"
+                     " dynamics needs them)")
+_CUSTOM_NAME = "the custom loss is computed instead"
+_CUSTOM_LOGITS = ("a custom loss gets the model's outputs as they are; give"
+                  " it arguments in args")
+
+# Keys that do nothing in some modes, in the order they are checked: each
+# with the mode it is in, as a phrase, or None where it has an effect.
+_NO_EFFECT: Tuple[Tuple[str, Callable[[AuditConfig], Optional[str]]], ...] = (
+    ("input.label_column", _with_outputs("label_column")),
+    ("model.output", _with_outputs("output")),
+    ("loss.name", _with_outputs("name")),
+    ("loss.from_logits", _with_outputs("from_logits")),
+    ("loss.reduce", _with_outputs("reduce")),
+    ("loss.args", _with_outputs("args")),
+    ("loss.custom", _with_outputs("custom")),
+    ("loss.name", lambda c: _with_custom("loss", _CUSTOM_NAME)(c.loss)),
+    ("loss.from_logits",
+     lambda c: _with_custom("loss", _CUSTOM_LOGITS)(c.loss)),
+    ("model.signature", lambda c: "with model.predictions_column (no model"
+     " runs)" if c.model.predictions_column else None),
+    ("model.predictions_kind", lambda c: None if c.model.predictions_column
+     else "without model.predictions_column (a model's outputs are described"
+     " by loss.from_logits)"),
+    ("stats.max_slices", lambda c: None if c.stats.slice_by else
+     "without stats.slice_by (there are no slices)"),
+    ("output.clean.relabel_min_probability",
+     lambda c: None if c.output.clean.relabel else
+     "without output.clean.relabel (only relabelling reads it)"),
+    ("output.weights.factor", _with_scheme("downweight_flagged")),
+    ("output.weights.bins", _with_scheme("loss_bins")),
+    ("output.weights.reasons", lambda c: (
+        "with output.weights.scheme 'loss_bins' (its weights are loss bins,"
+        " not flags)" if c.output.weights.scheme == "loss_bins" else None)),
+    ("dynamics.easy_confidence", lambda c: None if c.model.checkpoints else
+     _CHECKPOINTS_ONLY),
+    ("dynamics.ambiguous_variability",
+     lambda c: None if c.model.checkpoints else _CHECKPOINTS_ONLY),
+)
+
+
+def _refuse_without_effect(config: AuditConfig, raw: Mapping[str, Any]
+                           ) -> None:
+  """Refuses a key the user set (in `raw`, the config as read) that has no
+  effect in the mode `config` is in; a default is not set.
+
+  Raises:
+    ConfigError: `key: has no effect <mode> (<why>). Received: <value>`.
+  """
+  for key, mode in _NO_EFFECT:
+    value = _set_value(raw, key)
+    phrase = None if value is None else mode(config)
+    if phrase is not None:
+      raise ConfigError(
+          f"{key}: has no effect {phrase}. Received: {short_repr(value)}")
+  outputs = _set_value(raw, "loss.outputs")
+  for index, term in enumerate(config.loss.outputs or ()):
+    item = outputs[index] if isinstance(outputs, (list, tuple)) else None
+    prefix = f"loss.outputs[{index}]"
+    for field, why in (("name", _CUSTOM_NAME),
+                       ("from_logits", _CUSTOM_LOGITS)):
+      value = _set_value(item, field)
+      phrase = None if value is None else _with_custom(prefix, why)(term)
+      if phrase is not None:
+        raise ConfigError(f"{prefix}.{field}: has no effect {phrase}."
+                          f" Received: {short_repr(value)}")
 
 
 def _plain(value: Any) -> Any:

@@ -2,9 +2,10 @@
 
 What the pipeline scores, with what loss, and which columns it reads, follows
 from the config and the inputs and outputs of the loaded model alone. The
-`ScoringSpec` is made in stages (`check_labels`, `model_features`,
-`loss_terms`, `assemble_spec`), which `lossaudit.preflight.plan` interleaves
-with the probe's checks; `needed_columns` and `tf_schema` follow from it.
+`ScoringSpec` is made in stages (`model_features`, `loss_terms`,
+`assemble_spec`), which `lossaudit.preflight.plan` interleaves with the
+probe's checks; `needed_columns` and `tf_schema` follow from it. What the
+config alone decides, `lossaudit.config` checks when the config is made.
 Every function here but `read_vocabulary` is pure: none loads a model or
 reads data, and each either returns or raises ConfigError. `read_vocabulary`
 reads the one file of planning, the `input.label_vocabulary` list of class
@@ -26,14 +27,6 @@ from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError, describe_error, first_line
 from lossaudit.model import AuditModel, TensorInfo
 from lossaudit.spec import RAW_RECORD_COLUMN, Feature, LossTerm, ScoringSpec
-
-
-def check_labels(config: AuditConfig) -> None:
-  """A loss needs labels: a label column or per-output ones."""
-  if config.input.label_column is None and not config.loss.outputs:
-    raise ConfigError("input.label_column: expected a column name; a loss"
-                      " needs labels. Received: None")
-
 
 SERIALIZED_EXAMPLES_INPUT = "examples"
 
@@ -88,8 +81,8 @@ def serialized_examples_input(config: AuditConfig, model: AuditModel
   takes them, with TFRecord input.
 
   Raises:
-    ConfigError: the named input is not a string input of the model, or
-      the input is Parquet (which has no serialized records).
+    ConfigError: the named input is not a string input of the model (that
+      the input is TFRecord, `AuditConfig` checks).
   """
   key = "model.serialized_examples_input"
   name = config.model.serialized_examples_input
@@ -103,11 +96,6 @@ def serialized_examples_input(config: AuditConfig, model: AuditModel
   if name not in strings:
     raise ConfigError(f"{key}: expected one of the model's string inputs"
                       f" {strings}. Received: {name!r}")
-  if config.input.format != "tfrecord":
-    raise ConfigError(
-        f"{key}: needs input.format 'tfrecord' (Parquet rows are not"
-        f" serialized tf.Examples). Received: {name!r} with input.format"
-        f" {config.input.format!r}")
   return name
 
 

@@ -73,7 +73,6 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
             config, sample and sample.batch, sample and sample.path,
             class_names)),),)
   model = models[0][-1]
-  planning.check_labels(config)
   features = planning.model_features(config, model)
   if sample is not None:
     features = probe.match_lone_input(config, features, sample)

@@ -3,12 +3,14 @@
 Test files import from here, never from one another or from conftest.py.
 """
 
+import json
 import os
 import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import yaml
 
 NUM_EXAMPLES = 3000
 NUM_FEATURES = 16
@@ -67,12 +69,47 @@ def base_config(pattern, model_path, output_dir, **sections):
       "flag": {"loss_quantile": 0.95},
       "output": {"dir": str(output_dir)},
   }
+  # Keys that have no effect beside a custom or per-output loss are refused:
+  # those losses get no default name, per-output ones no label column.
+  loss = sections.get("loss") or {}
+  if "custom" in loss or "outputs" in loss:
+    del config["loss"]["name"]
+  if "outputs" in loss:
+    del config["input"]["label_column"]
   for key, value in sections.items():
     if isinstance(value, dict):
       config.setdefault(key, {}).update(value)
     else:
       config[key] = value
   return config
+
+
+def run_audit(config: dict, *flags: str, exit_code: int = 0,
+              path: Optional[str] = None) -> Optional[dict]:
+  """Runs `lossaudit run` in this process, as from the command line.
+
+  Args:
+    config: the config; written as YAML to `path` (default: beside
+      `output.dir`, as `<output.dir>.yaml`).
+    flags: more arguments (`--set`, Beam options).
+    exit_code: the exit code the run must end with (2: a refused config,
+      its one line on stderr).
+
+  Returns:
+    The run's summary.json; None when it exits with another code than 0.
+  """
+  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+
+  out = str(config["output"]["dir"])
+  path = str(path or f"{out.rstrip('/')}.yaml")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(yaml.safe_dump(config))
+  code = audit.main(["--config", path, *flags])
+  assert code == exit_code, f"lossaudit run exited {code}, not {exit_code}"
+  if code:
+    return None
+  with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def predictions_config(pattern, output_dir, fmt="parquet", **sections):

@@ -26,6 +26,7 @@ from tests.helpers import (
   NUM_FEATURES,
   base_config,
   make_columns,
+  run_audit,
   write_predictions,
 )
 
@@ -278,12 +279,11 @@ def test_first_as_text_and_dense_numbers_find_the_bad_rows():
 
 # Whole runs -----------------------------------------------------------------
 
-def _run(tmp_path, write_config, pattern, model_path, **sections):
+def _audited(tmp_path, pattern, model_path, **sections):
+  """Audits `pattern`; returns `(summary, dead letters, losses/ by id)`."""
   out = tmp_path / "out"
-  config = base_config(pattern, model_path, out, batch_size=100,
-                       flag={"loss_quantile": 0.9}, **sections)
-  assert audit.main(["--config", write_config(config)]) == 0
-  summary = json.loads((out / "summary.json").read_text())
+  summary = run_audit(base_config(pattern, model_path, out, batch_size=100,
+                                  flag={"loss_quantile": 0.9}, **sections))
   assert summary["examples_read"] == (summary["examples_scored"] +
                                       summary["examples_dead_lettered"])
   dead = [json.loads(line) for path in sorted((out / "dead_letter").iterdir())
@@ -298,12 +298,12 @@ def _byte_ids(n):
 
 
 def test_run_tfrecord_with_an_id_not_utf8_first(
-    tmp_path, classifier_path, write_config, keras_losses):
+    tmp_path, classifier_path, keras_losses):
   data = make_columns(n=250, seed=11)
   data["id"] = _byte_ids(250)
   datasets.write_tfrecords(str(tmp_path / "data"), data, num_shards=1)
-  summary, dead, losses = _run(tmp_path, write_config,
-                               tmp_path / "data" / "*.gz", classifier_path)
+  summary, dead, losses = _audited(tmp_path, tmp_path / "data" / "*.gz",
+                                   classifier_path)
   assert summary["examples_read"] == 250
   assert summary["examples_scored"] == 249
   assert summary["dead_letter"]["by_reason"] == {"bad_id": 1}
@@ -316,7 +316,7 @@ def test_run_tfrecord_with_an_id_not_utf8_first(
 
 @pytest.mark.parametrize("id_type", [pa.binary(), pa.large_binary()])
 def test_run_parquet_with_an_id_not_utf8_first(
-    tmp_path, classifier_path, write_config, keras_losses, id_type):
+    tmp_path, classifier_path, keras_losses, id_type):
   data = make_columns(n=250, seed=12)
   (tmp_path / "data").mkdir()
   pq.write_table(pa.table({
@@ -324,9 +324,8 @@ def test_run_parquet_with_an_id_not_utf8_first(
       "x": pa.array(list(data["x"]), pa.list_(pa.float32())),
       "label": pa.array(data["label"])}),
                  tmp_path / "data" / "part-0.parquet", row_group_size=100)
-  summary, dead, losses = _run(tmp_path, write_config,
-                               tmp_path / "data" / "*.parquet",
-                               classifier_path, input={"format": "parquet"})
+  summary, dead, losses = _audited(tmp_path, tmp_path / "data" / "*.parquet",
+                                   classifier_path, input={"format": "parquet"})
   assert (summary["examples_read"], summary["examples_scored"]) == (250, 249)
   assert summary["dead_letter"]["by_reason"] == {"bad_id": 1}
   assert dead[0]["error"] == "id is not valid UTF-8: b'\\xff\\xfe'"
@@ -335,13 +334,13 @@ def test_run_parquet_with_an_id_not_utf8_first(
                              rtol=1e-5)
 
 
-def test_run_with_a_slice_not_utf8(tmp_path, classifier_path, write_config):
+def test_run_with_a_slice_not_utf8(tmp_path, classifier_path):
   data = make_columns(n=200, seed=13)
   data["group"] = np.array([g.encode() for g in data["group"]], dtype=object)
   data["group"][0] = b"\xc3\x28"  # An invalid two-byte UTF-8 sequence.
   datasets.write_tfrecords(str(tmp_path / "data"), data, num_shards=2)
-  summary, dead, _ = _run(tmp_path, write_config, tmp_path / "data" / "*.gz",
-                          classifier_path, stats={"slice_by": "group"})
+  summary, dead, _ = _audited(tmp_path, tmp_path / "data" / "*.gz",
+                              classifier_path, stats={"slice_by": "group"})
   assert (summary["examples_read"], summary["examples_scored"]) == (200, 199)
   assert summary["dead_letter"]["by_reason"] == {"bad_slice": 1}
   assert [(d["id"], d["error"]) for d in dead] == [
@@ -351,7 +350,7 @@ def test_run_with_a_slice_not_utf8(tmp_path, classifier_path, write_config):
 
 
 def test_run_parquet_with_bad_labels_and_weights(
-    tmp_path, classifier_path, write_config, keras_losses):
+    tmp_path, classifier_path, keras_losses):
   data = make_columns(n=300, seed=14)
   labels = data["label"].astype(np.float64)
   labels[[0, 1, 2, 3]] = [2.5, -0.5, 9.99, np.nan]
@@ -368,9 +367,9 @@ def test_run_parquet_with_bad_labels_and_weights(
   pq.write_table(pa.table({
       "id": data["id"][150:], "x": x[150:], "label": list(text[150:]),
       "w": weights[150:]}), tmp_path / "data" / "b.parquet")
-  summary, dead, losses = _run(
-      tmp_path, write_config, tmp_path / "data" / "*.parquet",
-      classifier_path, input={"format": "parquet", "weight_column": "w"})
+  summary, dead, losses = _audited(
+      tmp_path, tmp_path / "data" / "*.parquet", classifier_path,
+      input={"format": "parquet", "weight_column": "w"})
   assert (summary["examples_read"], summary["examples_scored"]) == (300, 292)
   assert summary["dead_letter"]["by_reason"] == {
       "label_not_integer": 4, "bad_weight": 3, "wrong_type": 1}

@@ -14,8 +14,7 @@ import pytest
 import tensorflow as tf
 
 from lossaudit import clean
-from lossaudit.pipelines import audit
-from tests.helpers import predictions_config
+from tests.helpers import predictions_config, run_audit
 
 K = 3
 N = 300
@@ -84,13 +83,6 @@ def _config(root, fmt, out, **extra):
   return config
 
 
-def _run(config, write_config):
-  path = write_config(config)
-  assert audit.main(["--config", path]) == 0
-  out = config["output"]["dir"]
-  return json.loads(open(os.path.join(out, "summary.json")).read())
-
-
 def _clean_files(out):
   folder = os.path.join(out, "clean")
   return sorted(os.path.join(folder, f) for f in os.listdir(folder))
@@ -102,10 +94,10 @@ def _id_of(record):
 
 
 def test_tfrecord_clean_copy_is_the_unflagged_records_byte_for_byte(
-    dataset, tmp_path, write_config):
+    dataset, tmp_path):
   root, records, _, _, _ = dataset
   out = tmp_path / "out"
-  summary = _run(_config(root, "tfrecord", out), write_config)
+  summary = run_audit(_config(root, "tfrecord", out))
   flagged = set(pd.read_parquet(out / "flagged")["id"])
   assert flagged == {f"id{i:03d}" for i in WRONG}
   dead = {json.loads(line)["id"] for f in (out / "dead_letter").iterdir()
@@ -134,7 +126,7 @@ def test_tfrecord_clean_copy_is_the_unflagged_records_byte_for_byte(
   again = _config(root, "tfrecord", tmp_path / "again")
   again["input"]["pattern"] = str(out / "clean" / "*.tfrecord.gz")
   again["output"].pop("clean")
-  second = _run(again, write_config)
+  second = run_audit(again)
   assert second["examples_read"] == summary["clean"]["kept"]
   assert second["flagged"]["total"] == 0
   assert second["examples_dead_lettered"] == 0
@@ -142,13 +134,13 @@ def test_tfrecord_clean_copy_is_the_unflagged_records_byte_for_byte(
 
 @pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
 def test_relabel_keeps_label_issues_with_the_suggested_label(
-    dataset, tmp_path, write_config, fmt):
+    dataset, tmp_path, fmt):
   root = dataset[0]
   out = tmp_path / "out"
-  summary = _run(_config(
+  summary = run_audit(_config(
       root, fmt, out, flag={"loss_threshold": None,
                             "label_issues": "confident_learning"},
-      output={"clean": {"relabel": True}}), write_config)
+      output={"clean": {"relabel": True}}))
   flagged = pd.read_parquet(out / "flagged").set_index("id")
   assert all(list(r) == ["label_issue"] for r in flagged["reasons"])
   assert set(flagged.index) == {f"id{i:03d}" for i in WRONG}
@@ -169,15 +161,14 @@ def test_relabel_keeps_label_issues_with_the_suggested_label(
 
 
 def test_an_unsure_label_issue_is_dropped_not_relabelled(
-    dataset, tmp_path, write_config):
+    dataset, tmp_path):
   """The model gives the suggested labels 0.9: under a bar of 0.95 nothing
   is relabelled, and the label issues follow drop_reasons (all)."""
   out = tmp_path / "out"
-  summary = _run(_config(
+  summary = run_audit(_config(
       dataset[0], "parquet", out,
       flag={"loss_threshold": None, "label_issues": "confident_learning"},
-      output={"clean": {"relabel": True, "relabel_min_probability": 0.95}}),
-      write_config)
+      output={"clean": {"relabel": True, "relabel_min_probability": 0.95}}))
   assert summary["clean"]["relabelled"] == 0
   assert summary["clean"]["dropped"] == len(WRONG)
   assert set(_read_clean_labels(str(out), "parquet")) == {
@@ -201,11 +192,11 @@ def _read_clean_labels(out, fmt):
 
 
 def test_parquet_clean_copy_keeps_the_schema_and_the_unflagged_rows(
-    dataset, tmp_path, write_config):
+    dataset, tmp_path):
   root = dataset[0]
   out = tmp_path / "out"
   only = {"clean": {"drop_reasons": ["loss_threshold"]}}
-  summary = _run(_config(root, "parquet", out, output=only), write_config)
+  summary = run_audit(_config(root, "parquet", out, output=only))
   flagged = set(pd.read_parquet(out / "flagged")["id"])
   for part, copy in enumerate(_clean_files(str(out))):
     source = root / "parquet" / f"data-{part}.parquet"
@@ -306,12 +297,12 @@ def test_drop_actions():
      "output.weights.factor: expected a number in [0, 1]. Received: '0.5'"),
 ])
 def test_bad_clean_weights_and_gate_configs_are_refused(
-    dataset, tmp_path, write_config, capsys, output, flag, gate, message):
+    dataset, tmp_path, capsys, output, flag, gate, message):
   config = _config(dataset[0], "parquet", tmp_path / "out", flag=flag)
   config["output"].pop("clean")
   config["output"].update(output)
   config["gate"] = gate
-  assert audit.main(["--config", write_config(config)]) == 2
+  run_audit(config, exit_code=2)
   assert capsys.readouterr().err == f"lossaudit: error: {message}\n"
 
 

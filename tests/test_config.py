@@ -754,3 +754,150 @@ def test_run_reads_a_config_from_dev_stdin(tmp_path):
   assert (done.returncode, done.stderr.decode()) == (
       2, "lossaudit: error: input.pattern: no file matches"
          f" {str(tmp_path / 'none' / '*.gz')!r}\n")
+
+
+# --- Keys that have no effect in the chosen mode ------------------------------
+
+_ONE_OUTPUT = [{"output": "o", "label_column": "y"}]
+_PER_OUTPUT = "with loss.outputs (each of loss.outputs sets its own"
+_CUSTOM_LOGITS = ("a custom loss gets the model's outputs as they are; give"
+                  " it arguments in args")
+
+
+def _outputs(**loss):
+  return {**BASE, "loss": {"outputs": _ONE_OUTPUT, **loss}}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_with("dynamics", easy_confidence=0.6),
+     "dynamics.easy_confidence: has no effect without model.checkpoints (the"
+     " data map of training dynamics needs them). Received: 0.6"),
+    (_with("dynamics", ambiguous_variability=0.3),
+     "dynamics.ambiguous_variability: has no effect without"
+     " model.checkpoints (the data map of training dynamics needs them)."
+     " Received: 0.3"),
+    ({**_outputs(), "input": {"pattern": "x", "label_column": "label"}},
+     f"input.label_column: has no effect {_PER_OUTPUT} label_column)."
+     " Received: 'label'"),
+    ({**_outputs(), "model": {"path": "m.keras", "output": "o"}},
+     f"model.output: has no effect {_PER_OUTPUT} output). Received: 'o'"),
+    (_outputs(name="mse"),
+     f"loss.name: has no effect {_PER_OUTPUT} name). Received: 'mse'"),
+    (_outputs(from_logits=False),
+     f"loss.from_logits: has no effect {_PER_OUTPUT} from_logits)."
+     " Received: False"),
+    (_outputs(reduce="sum"),
+     f"loss.reduce: has no effect {_PER_OUTPUT} reduce). Received: 'sum'"),
+    (_outputs(args={"delta": 2.0}),
+     f"loss.args: has no effect {_PER_OUTPUT} args). Received:"
+     " {'delta': 2.0}"),
+    (_outputs(custom="my.losses:nll"),
+     f"loss.custom: has no effect {_PER_OUTPUT} custom). Received:"
+     " 'my.losses:nll'"),
+    (_with("loss", custom="my.losses:nll", name="huber"),
+     "loss.name: has no effect with loss.custom (the custom loss is computed"
+     " instead). Received: 'huber'"),
+    (_with("loss", custom="my.losses:nll", from_logits=True),
+     f"loss.from_logits: has no effect with loss.custom ({_CUSTOM_LOGITS})."
+     " Received: True"),
+    ({**BASE, "loss": {"outputs": [
+        _ONE_OUTPUT[0], {"output": "p", "label_column": "z",
+                         "custom": "my.losses:nll", "name": "mse"}]}},
+     "loss.outputs[1].name: has no effect with loss.outputs[1].custom (the"
+     " custom loss is computed instead). Received: 'mse'"),
+    ({**BASE, "loss": {"outputs": [
+        {**_ONE_OUTPUT[0], "custom": "my.losses:nll", "from_logits": True}]}},
+     f"loss.outputs[0].from_logits: has no effect with"
+     f" loss.outputs[0].custom ({_CUSTOM_LOGITS}). Received: True"),
+    (_model(predictions_column="p", signature="serving_default"),
+     "model.signature: has no effect with model.predictions_column (no model"
+     " runs). Received: 'serving_default'"),
+    (_model(path="m.keras", predictions_kind="probabilities"),
+     "model.predictions_kind: has no effect without model.predictions_column"
+     " (a model's outputs are described by loss.from_logits). Received:"
+     " 'probabilities'"),
+    (_with("stats", max_slices=5),
+     "stats.max_slices: has no effect without stats.slice_by (there are no"
+     " slices). Received: 5"),
+    (_with("output", clean={"relabel_min_probability": 0.8}),
+     "output.clean.relabel_min_probability: has no effect without"
+     " output.clean.relabel (only relabelling reads it). Received: 0.8"),
+    (_with("output", weights={"factor": 0.5}),
+     "output.weights.factor: has no effect with output.weights.scheme"
+     " 'drop_flagged' (only 'downweight_flagged' reads it). Received: 0.5"),
+    (_with("output", weights={"scheme": "loss_bins", "factor": 0.5}),
+     "output.weights.factor: has no effect with output.weights.scheme"
+     " 'loss_bins' (only 'downweight_flagged' reads it). Received: 0.5"),
+    (_with("output", weights={"scheme": "downweight_flagged", "bins": 4}),
+     "output.weights.bins: has no effect with output.weights.scheme"
+     " 'downweight_flagged' (only 'loss_bins' reads it). Received: 4"),
+    (_with("output", weights={"scheme": "loss_bins", "reasons": ["top_k"]}),
+     "output.weights.reasons: has no effect with output.weights.scheme"
+     " 'loss_bins' (its weights are loss bins, not flags). Received:"
+     " ['top_k']"),
+])
+def test_a_key_without_effect_in_its_mode_is_refused(raw, message):
+  assert _error(raw) == message
+
+
+@pytest.mark.parametrize("raw", [
+    # Set where they have an effect.
+    {**_model(path="m{checkpoint}.keras", checkpoints=[1, 2]),
+     "dynamics": {"easy_confidence": 0.6, "ambiguous_variability": 0.3}},
+    {**BASE, "loss": {"outputs": [{**_ONE_OUTPUT[0], "name": "mse",
+                                   "from_logits": False}]}},
+    _with("loss", custom="my.losses:nll", reduce="sum", args={"q": 0.3}),
+    _with("stats", slice_by="group", max_slices=5),
+    {**_with("output", clean={"relabel": True,
+                              "relabel_min_probability": 0.8},
+             weights={"scheme": "loss_bins", "bins": 4}),
+     "flag": {"label_issues": "confident_learning"}},
+    {**BASE, "flag": {"label_issues": "confident_learning"},
+     "output": {"clean": {"relabel": True, "relabel_min_probability": 0.8},
+                "weights": {"scheme": "downweight_flagged", "factor": 0.5,
+                            "reasons": ["top_k"]}}},
+    _model(predictions_column="p", predictions_kind="logits"),
+    # Unset: left out, or null (a null sets nothing).
+    _outputs(),
+    {**_outputs(name=None, custom=None),
+     "input": {"pattern": "x", "label_column": None},
+     "model": {"path": "m.keras", "output": None}},
+    _with("output", weights={"scheme": "loss_bins", "reasons": None}),
+])
+def test_keys_set_where_they_have_an_effect_or_unset_are_accepted(raw):
+  AuditConfig.from_dict(raw)
+
+
+def test_a_key_without_effect_is_refused_from_set_and_on_the_command_line(
+    tmp_path, capsys):
+  path = tmp_path / "config.yaml"
+  path.write_text(yaml.safe_dump({**BASE, "output": {
+      "dir": str(tmp_path / "out")}}))
+  message = ("stats.max_slices: has no effect without stats.slice_by (there"
+             " are no slices). Received: 20")
+  with pytest.raises(ConfigError) as info:
+    load_config(str(path), ["stats.max_slices=20"])
+  assert str(info.value) == message
+  assert load_config(str(path), ["stats.max_slices=20",
+                                 "stats.slice_by=group"]).stats.max_slices == 20
+  assert audit.main(["--config", str(path), "--set",
+                     "stats.max_slices=20"]) == 2
+  assert capsys.readouterr().err == f"lossaudit: error: {message}\n"
+  assert not (tmp_path / "out").exists()
+
+
+# --- Checks of the config alone, made as it loads -----------------------------
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_with("input", label_column=None),
+     "input.label_column: expected a column name; a loss needs labels."
+     " Received: None"),
+    ({**_with("input", format="parquet"),
+      "model": {"path": "m", "serialized_examples_input": "examples"}},
+     "model.serialized_examples_input: needs input.format 'tfrecord' (Parquet"
+     " rows are not serialized tf.Examples). Received: 'examples' with"
+     " input.format 'parquet'"),
+])
+def test_checks_of_the_config_alone_are_made_as_it_loads(raw, message):
+  assert _error(raw) == message

@@ -13,8 +13,7 @@ import textwrap
 
 import pytest
 
-from lossaudit.pipelines import audit
-from tests.helpers import base_config, two_heads_model
+from tests.helpers import base_config, run_audit, two_heads_model
 
 # At import time (module level), then `(status, message)` from the CLI.
 IMPORT_CASES = {
@@ -59,32 +58,28 @@ def write_module(tmp_path, monkeypatch):
     sys.modules.pop(name, None)
 
 
-def _run(tmp_path, write_config, data, model, capsys, **sections):
-  """Runs the CLI; returns `(exit code, stderr)`."""
-  config = base_config(data, model, tmp_path / "out", **sections)
-  code = audit.main(["--config", write_config(config)])
-  return code, capsys.readouterr().err
-
-
-def _assert_config_error(code, err, tmp_path, message):
-  assert code == 2, err
+def _assert_config_error(capsys, tmp_path, message):
+  """The one line of a run refused (exit 2, nothing written); returns it."""
+  err = capsys.readouterr().err
   assert message in err
   assert err.startswith("lossaudit: error: ") and err.count("\n") == 1
   assert "Traceback" not in err
   assert "second line" not in err
   assert not (tmp_path / "out").exists()
+  return err
 
 
 @pytest.mark.parametrize("case", list(IMPORT_CASES))
 def test_errors_while_importing(tmp_path, tfrecord_dir, classifier_path,
-                                write_config, write_module, capsys, case):
+                                write_module, capsys, case):
   body, described = IMPORT_CASES[case]
   name = write_module(f"import_{case}", body + "\n\ndef loss(y_true, y_pred):"
                       "\n  return y_pred[:, 0]\n")
-  code, err = _run(tmp_path, write_config, tfrecord_dir / "*.tfrecord.gz",
-                   classifier_path, capsys, loss={"custom": f"{name}:loss"})
-  _assert_config_error(code, err, tmp_path,
-                       f"loss.custom: could not build the loss: {described}")
+  run_audit(base_config(tfrecord_dir / "*.tfrecord.gz", classifier_path,
+                        tmp_path / "out", loss={"custom": f"{name}:loss"}),
+            exit_code=2)
+  err = _assert_config_error(
+      capsys, tmp_path, f"loss.custom: could not build the loss: {described}")
   assert err.endswith("; expected an importable 'package.module:function'."
                       f" Received: '{name}:loss'\n")
 
@@ -100,36 +95,37 @@ def test_errors_while_importing(tmp_path, tfrecord_dir, classifier_path,
      "TypeError: '{name}:loss' is not a function: it is of type int"),
 ], ids=["no_module", "no_attribute", "no_nested_attribute", "not_callable"])
 def test_missing_or_not_callable(tmp_path, tfrecord_dir, classifier_path,
-                                 write_config, write_module, capsys, custom,
-                                 make, described):
+                                 write_module, capsys, custom, make,
+                                 described):
   name = "lookup_" + custom.split(":")[1].replace(".", "_")
   if make:
     write_module(name, make)
   custom, described = custom.format(name=name), described.format(name=name)
-  code, err = _run(tmp_path, write_config, tfrecord_dir / "*.tfrecord.gz",
-                   classifier_path, capsys, loss={"custom": custom})
-  _assert_config_error(code, err, tmp_path,
+  run_audit(base_config(tfrecord_dir / "*.tfrecord.gz", classifier_path,
+                        tmp_path / "out", loss={"custom": custom}),
+            exit_code=2)
+  _assert_config_error(capsys, tmp_path,
                        f"loss.custom: could not build the loss: {described};")
 
 
 @pytest.mark.parametrize("case", list(CALL_CASES))
 def test_errors_while_calling(tmp_path, tfrecord_dir, classifier_path,
-                              write_config, write_module, capsys, case):
+                              write_module, capsys, case):
   body, described = CALL_CASES[case]
   name = write_module(f"call_{case}",
                       f"def loss(y_true, y_pred):\n  {body}\n")
-  code, err = _run(tmp_path, write_config, tfrecord_dir / "*.tfrecord.gz",
-                   classifier_path, capsys, loss={"custom": f"{name}:loss"})
-  _assert_config_error(
-      code, err, tmp_path, f"loss.custom: '{name}:loss' failed on the first 64"
+  run_audit(base_config(tfrecord_dir / "*.tfrecord.gz", classifier_path,
+                        tmp_path / "out", loss={"custom": f"{name}:loss"}),
+            exit_code=2)
+  err = _assert_config_error(
+      capsys, tmp_path, f"loss.custom: '{name}:loss' failed on the first 64"
       " records of ")
   assert err.endswith(f".tfrecord.gz: {described}\n")
 
 
 @pytest.mark.parametrize("where", ["import", "call"])
 def test_keyboard_interrupt_is_an_interrupted_run(
-    tmp_path, tfrecord_dir, classifier_path, write_config, write_module,
-    capsys, where):
+    tmp_path, tfrecord_dir, classifier_path, write_module, capsys, where):
   interrupt = "raise KeyboardInterrupt"
   source = (f"{interrupt}\n\ndef loss(y_true, y_pred):\n  return y_pred\n"
             if where == "import" else
@@ -137,7 +133,7 @@ def test_keyboard_interrupt_is_an_interrupted_run(
   name = write_module(f"interrupt_{where}", source)
   config = base_config(tfrecord_dir / "*.tfrecord.gz", classifier_path,
                        tmp_path / "out", loss={"custom": f"{name}:loss"})
-  assert audit.main(["--config", write_config(config)]) == 130
+  run_audit(config, exit_code=130)
   assert capsys.readouterr().err == (
       "lossaudit: interrupted by SIGINT; the run stopped, its scratch files"
       " and lock are removed and no summary.json was written (shards it"
@@ -165,15 +161,16 @@ def two_heads_path(tmp_path_factory):
      " records of ", ".tfrecord.gz: RuntimeError: value head broke\n"),
 ])
 def test_multi_output_errors_name_the_failing_output(
-    tmp_path, tfrecord_dir, two_heads_path, write_config, write_module,
-    capsys, module, source, first_loss, message, ending):
+    tmp_path, tfrecord_dir, two_heads_path, write_module, capsys, module,
+    source, first_loss, message, ending):
   name = write_module(module, source)
   outputs = [
       dict(first_loss, output="probs", label_column="label"),
       {"output": "value", "label_column": "target", "custom": f"{name}:loss"},
   ]
-  code, err = _run(tmp_path, write_config, tfrecord_dir / "*.tfrecord.gz",
-                   two_heads_path, capsys, loss={"outputs": outputs})
-  _assert_config_error(code, err, tmp_path,
-                       message.replace("multi_call", name))
+  run_audit(base_config(tfrecord_dir / "*.tfrecord.gz", two_heads_path,
+                        tmp_path / "out", loss={"outputs": outputs}),
+            exit_code=2)
+  err = _assert_config_error(capsys, tmp_path,
+                             message.replace("multi_call", name))
   assert err.endswith(ending)

@@ -311,7 +311,8 @@ def test_write_summary_passes_the_data_map_on(tmp_path, with_map):
   from tests.helpers import base_config  # pylint: disable=g-import-not-at-top
 
   config = AuditConfig.from_dict(base_config(
-      tmp_path / "in-*.tfrecord.gz", tmp_path / "model.keras", tmp_path,
+      tmp_path / "in-*.tfrecord.gz", tmp_path / "model-{checkpoint}.keras",
+      tmp_path, model={"checkpoints": [1, 2]},
       dynamics={"easy_confidence": 0.7, "ambiguous_variability": 0.15}))
   piece = dm.sample_rows(*[c[:500] for c in _rows(500)], k=100)
   loss_stats = dict(_summary()["loss"], cdf=[0.2, 1.0, 2.0])

@@ -11,7 +11,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from sklearn.metrics import (
   mean_gamma_deviance,
   mean_poisson_deviance,
@@ -19,7 +18,7 @@ from sklearn.metrics import (
 )
 
 from lossaudit import losses
-from lossaudit.pipelines import audit
+from tests.helpers import run_audit
 from tests.test_report import probe_page
 
 N = 5000
@@ -87,10 +86,9 @@ def counts(tmp_path_factory):
   return root, path, ids, y, mu, set(ids[outliers])
 
 
-def _audit(counts, tmp_path, score):
+def _config(counts, out, score):
   root, model, *_ = counts
-  out = tmp_path / score
-  config = {
+  return {
       "input": {"pattern": str(root / "data" / "*"), "format": "parquet",
                 "id_column": "id", "label_column": "count"},
       "model": {"path": model},
@@ -98,16 +96,15 @@ def _audit(counts, tmp_path, score):
       "flag": {"loss_quantile": 0.98, "score": score},
       "output": {"dir": str(out)},
   }
-  path = tmp_path / f"{score}.yaml"
-  path.write_text(yaml.safe_dump(config))
-  return out, audit.run(["--config", str(path)])
 
 
 @pytest.fixture(scope="module")
 def audits(counts, tmp_path_factory):
   """The counts audited with each `flag.score`: `{score: (out, summary)}`."""
   root = tmp_path_factory.mktemp("audits")
-  return {score: _audit(counts, root, score) for score in ("loss", "deviance")}
+  return {score: (root / score, run_audit(_config(counts, root / score,
+                                                  score)))
+          for score in ("loss", "deviance")}
 
 
 def _precision_recall(flagged, truth):

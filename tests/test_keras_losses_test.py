@@ -15,9 +15,11 @@ crossentropy's `y_pred` that do not sum to 1, which Keras normalizes), so the
 run sets `loss.from_logits_check: false`.
 
 Two expected values changed after Keras 3.15.1 (`CHANGED_AFTER_3_15_1`):
-Keras 3.16 swapped Tversky's alpha and beta back (fa9afd5); the installed
-3.15.1 values are the ones checked.
+Keras 3.16 swapped Tversky's alpha and beta back (fa9afd5); each is checked
+against the value of the installed Keras (`_expected`).
 """
+
+import re
 
 import keras
 import numpy as np
@@ -110,7 +112,7 @@ def test_keras_case_through_lossaudit_run(scored, index):
   case = CASES[index]
   per_sample = scored[f"loss_{_output(index)}"].to_numpy()[:len(case.y_true)]
   got = _reduced(case, per_sample)
-  expected = np.asarray(case.expected, np.float64)
+  expected = np.asarray(_expected(case, keras.__version__), np.float64)
   if case.decimal is not None:
     np.testing.assert_almost_equal(got, expected, decimal=case.decimal)
   else:
@@ -125,7 +127,21 @@ def test_the_cases_cover_every_loss_with_per_sample_values():
   assert any(("ignore_class", -1) in case.args for case in CASES)
 
 
+def _expected(case, version: str):
+  """The case's expected value under Keras `version`: from 3.16 on, those
+  of `CHANGED_AFTER_3_15_1` changed."""
+  major_minor = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+  if case.test in CHANGED_AFTER_3_15_1 and major_minor >= (3, 16):
+    return CHANGED_AFTER_3_15_1[case.test]
+  return case.expected
+
+
 def test_the_values_changed_after_keras_3_15_1_are_noted():
   noted = {case.test: case.note for case in CASES if "Keras 3.16" in case.note}
   assert set(CHANGED_AFTER_3_15_1) <= set(noted)
-  assert keras.__version__ == "3.15.1"
+  for test, changed in CHANGED_AFTER_3_15_1.items():
+    (case,) = [c for c in CASES if c.test == test]
+    assert str(changed) in noted[test]
+    assert _expected(case, "3.15.1") == case.expected
+    assert _expected(case, "3.16.0") == _expected(case, "3.17.1rc0") == (
+        changed)

@@ -51,7 +51,8 @@ def _config(root, data_path, model, tmp_path, **loss):
       "input": {"pattern": str(root / "data" / "*"), "format": "parquet",
                 "id_column": "id", "label_column": "label"},
       "model": {"path": model},
-      "loss": {"name": "sparse_categorical_crossentropy", **loss},
+      "loss": {**({} if "custom" in loss else
+                  {"name": "sparse_categorical_crossentropy"}), **loss},
       "flag": {"loss_quantile": 0.9},
       "output": {"dir": str(tmp_path / "out")},
   }
@@ -99,6 +100,7 @@ def test_probabilities_read_as_logits_are_refused(data, tmp_path,
 def test_each_output_is_checked(data, tmp_path, write_config, capsys):
   root, path, _, _, models = data
   config = _config(root, path, models["logits"], tmp_path)
+  del config["input"]["label_column"]  # Each output names its own.
   config["loss"] = {"outputs": [
       {"output": "probs", "label_column": "onehot",
        "name": "categorical_crossentropy"}]}

@@ -35,6 +35,7 @@ def test_two_output_loss_is_the_weighted_sum(tmp_path, two_heads,
   out = tmp_path / "out"
   config = base_config(root / "data" / "*", root / "two_heads.keras", out)
   config["input"]["weight_column"] = "w"
+  del config["input"]["label_column"]  # Each output names its own.
   config["loss"] = {"outputs": [
       {"output": "digit", "label_column": "label",
        "name": "sparse_categorical_crossentropy", "weight": 1.0},

@@ -14,9 +14,8 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from lossaudit.folds import fold_of
-from lossaudit.pipelines import audit
 from tests import out_of_sample
-from tests.helpers import base_config
+from tests.helpers import base_config, run_audit
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +31,16 @@ def data(tmp_path_factory):
   return out_of_sample.build(str(root), folds=fold_of(ids, K), num_folds=K)
 
 
-def _audit(data, out, write_config, model, workers=1, **sections):
+def _audited(data, out, model, workers=1, **sections):
+  """Audits the data with `model`; returns `(summary, flagged/, losses/ in
+  the order of the data's ids)`."""
   config = base_config(data.parquet, "", out, model=model, **sections)
   config["input"]["format"] = "parquet"
   config["flag"] = {"loss_quantile": 0.95, "label_issues":
                     "confident_learning", **sections.get("flag", {})}
-  argv = ["--config", write_config(config, f"{out.name}.yaml")]
-  if workers > 1:
-    argv += [f"--direct_num_workers={workers}",
-             "--direct_running_mode=multi_processing"]
-  summary = audit.run(argv)
+  flags = [f"--direct_num_workers={workers}",
+           "--direct_running_mode=multi_processing"] if workers > 1 else []
+  summary = run_audit(config, *flags)
   flagged = pd.read_parquet(out / "flagged")
   losses = pd.read_parquet(out / "losses").set_index("id").loc[data.ids]
   return summary, flagged, losses
@@ -67,9 +66,9 @@ def _model(data, model):
 @pytest.mark.parametrize("fold_column, workers",
                          [("fold", 1), (None, 1), ("fold", 2)])
 def test_k_fold_label_issues_equal_cleanlab_and_beat_in_sample(
-    data, tmp_path, write_config, fold_column, workers):
-  summary, flagged, losses = _audit(
-      data, tmp_path / "folds", write_config, _model(data, FOLDS), workers,
+    data, tmp_path, fold_column, workers):
+  summary, flagged, losses = _audited(
+      data, tmp_path / "folds", _model(data, FOLDS), workers,
       input={"fold_column": fold_column})
   np.testing.assert_array_equal(losses["fold"], data.folds)
   expected = _cleanlab(data, data.oof_probs)
@@ -80,8 +79,7 @@ def test_k_fold_label_issues_equal_cleanlab_and_beat_in_sample(
       data.folds, minlength=K).tolist()
   # Out of sample beats in sample, against the injected noise.
   noisy = set(data.ids[data.noisy])
-  _, in_sample, _ = _audit(data, tmp_path / "all", write_config,
-                           {"path": data.all_model})
+  _, in_sample, _ = _audited(data, tmp_path / "all", {"path": data.all_model})
   assert _issues(in_sample) == _cleanlab(data, data.in_sample_probs)
   k_fold_f1 = out_of_sample.f1(_issues(flagged), noisy)
   in_sample_f1 = out_of_sample.f1(_issues(in_sample), noisy)
@@ -90,16 +88,14 @@ def test_k_fold_label_issues_equal_cleanlab_and_beat_in_sample(
   assert k_fold_f1 > in_sample_f1 + 0.1
 
 
-def test_predictions_column_gives_the_k_fold_flags(data, tmp_path,
-                                                    write_config):
-  _, by_folds, _ = _audit(data, tmp_path / "folds", write_config,
-                          _model(data, FOLDS),
-                          input={"fold_column": "fold"})
+def test_predictions_column_gives_the_k_fold_flags(data, tmp_path):
+  _, by_folds, _ = _audited(data, tmp_path / "folds", _model(data, FOLDS),
+                            input={"fold_column": "fold"})
   for kind, column in (("probabilities", "oof_probs"),
                        ("logits", "oof_logits")):
-    _, by_column, _ = _audit(data, tmp_path / kind, write_config,
-                             {"predictions_column": column,
-                              "predictions_kind": kind})
+    _, by_column, _ = _audited(data, tmp_path / kind,
+                               {"predictions_column": column,
+                                "predictions_kind": kind})
     assert _issues(by_column) == _issues(by_folds), kind
     pd.testing.assert_frame_equal(
         by_column.sort_values("id").reset_index(drop=True)[["id", "reasons"]],
@@ -120,11 +116,11 @@ def _dynamics(data):
           "aum": margin.mean(axis=0)}
 
 
-def test_training_dynamics_and_aum_rules(data, tmp_path, write_config):
+def test_training_dynamics_and_aum_rules(data, tmp_path):
   model = {"path": data.checkpoint_model,
            "checkpoints": list(data.checkpoints)}
-  summary, flagged, losses = _audit(
-      data, tmp_path / "dynamics", write_config, model,
+  summary, flagged, losses = _audited(
+      data, tmp_path / "dynamics", model,
       flag={"loss_quantile": None, "label_issues": None,
             "aum_quantile": 0.1, "aum_below": 0.0})
   expected = _dynamics(data)

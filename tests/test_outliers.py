@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 
 from lossaudit import datasets
-from lossaudit.pipelines import audit
 from lossaudit.stats import LossAccumulator, median_and_mad
-from tests.helpers import base_config
+from tests.helpers import base_config, run_audit
 
 N, OUTLIERS = 20_000, 200
 
@@ -36,11 +35,12 @@ def regression(tmp_path_factory):
   return root, set(ids[outliers])
 
 
-def _run(root, out, write_config, flag, loss="mean_absolute_error", **stats):
+def _audited(root, out, flag, loss="mean_absolute_error", **stats):
+  """Audits the regression; returns `(summary, flagged/, losses/)`."""
   config = base_config(root / "data" / "*.parquet", root / "linear.keras",
                        out, loss={"name": loss}, flag=flag, stats=stats)
   config["input"].update(format="parquet", label_column="y")
-  summary = audit.run(["--config", write_config(config)])
+  summary = run_audit(config)
   return summary, pd.read_parquet(out / "flagged"), pd.read_parquet(
       out / "losses")
 
@@ -50,11 +50,11 @@ def _precision_recall(flagged, truth):
   return hits / max(1, len(set(flagged))), hits / len(truth)
 
 
-def test_robust_z_and_loss_quantile_find_target_outliers(tmp_path, regression,
-                                                         write_config):
+def test_robust_z_and_loss_quantile_find_target_outliers(tmp_path,
+                                                         regression):
   root, truth = regression
-  summary, flagged, losses = _run(
-      root, tmp_path / "out", write_config,
+  summary, flagged, losses = _audited(
+      root, tmp_path / "out",
       {"loss_quantile": 0.99, "robust_z": 8.0, "top_k": None})
   by_reason = {r: set(flagged.loc[flagged["reasons"].map(lambda x, r=r: r in
                                                          list(x)), "id"])
@@ -75,11 +75,10 @@ def test_robust_z_and_loss_quantile_find_target_outliers(tmp_path, regression,
       median + 8.0 * 1.4826 * mad, rel=0.02)
 
 
-def test_slice_quantile_uses_each_slice_own_quantile(tmp_path, regression,
-                                                     write_config):
+def test_slice_quantile_uses_each_slice_own_quantile(tmp_path, regression):
   root, _ = regression
-  summary, flagged, losses = _run(
-      root, tmp_path / "out", write_config,
+  summary, flagged, losses = _audited(
+      root, tmp_path / "out",
       {"loss_quantile": None, "slice_quantile": 0.95},
       loss="mean_squared_error", slice_by="region")
   bounds = summary["thresholds"]["slice_quantile"]

@@ -37,7 +37,6 @@ def _config(**sections):
 def test_planning_needs_only_the_config_and_the_signature():
   config = _config(input={"weight_column": "w"},
                    flag={"label_issues": "confident_learning"})
-  planning.check_labels(config)
   features = planning.model_features(config, CLASSIFIER)
   terms = planning.loss_terms(config, CLASSIFIER)
   spec = planning.assemble_spec(config, features, terms)
@@ -64,8 +63,6 @@ def test_planning_needs_only_the_config_and_the_signature():
 
 
 def test_planning_errors():
-  with pytest.raises(ConfigError, match="^input.label_column: expected a"):
-    planning.check_labels(_config(input={"label_column": None}))
   with pytest.raises(ConfigError, match="^model.output: expected one of"):
     planning.loss_terms(_config(model={"output": "nope"}), CLASSIFIER)
   regression = _config(loss={"name": "mean_squared_error"},

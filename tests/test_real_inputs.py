@@ -20,13 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-import yaml
 from cleanlab.filter import find_label_issues
 
-from lossaudit.pipelines import audit
 from lossaudit.scoring import BatchScorer
 from lossaudit.spec import Feature, LossTerm, ScoringSpec
-from tests.helpers import base_config
+from tests.helpers import base_config, run_audit
 
 N = 200
 K = 3
@@ -206,7 +204,7 @@ def _keras_in_graph(path, x, labels):
 # Running audits and reading what they wrote.
 
 
-def _audit(root, name, pattern, model_path, fmt="parquet", **sections):
+def _audited(root, name, pattern, model_path, fmt="parquet", **sections):
   """Runs `lossaudit run` in-process; returns `(output dir, summary)`."""
   out = root / f"out-{name}"
   flag = {"loss_quantile": None, "label_issues": "confident_learning"}
@@ -214,9 +212,7 @@ def _audit(root, name, pattern, model_path, fmt="parquet", **sections):
   config = base_config(pattern, model_path, out, flag=flag, **sections)
   config["input"]["format"] = fmt
   config["output"]["overwrite"] = True
-  path = root / f"{name}.yaml"
-  path.write_text(yaml.safe_dump(config))
-  return out, audit.run(["--config", str(path)])
+  return out, run_audit(config)
 
 
 def _losses(out, ids=None):
@@ -259,7 +255,7 @@ def _check(out, summary, ids, given, expected_loss, probs):
 
 @pytest.fixture(scope="module")
 def text_parquet_run(root, text):
-  return _audit(root, "text-parquet", root / "text.parquet", text.path)
+  return _audited(root, "text-parquet", root / "text.parquet", text.path)
 
 
 def test_text_keras_on_parquet_strings(text, text_parquet_run):
@@ -271,8 +267,8 @@ def test_text_keras_on_parquet_strings(text, text_parquet_run):
 
 @pytest.mark.slow
 def test_text_keras_on_tfrecord_bytes(root, text):
-  out, summary = _audit(root, "text-tfrecord", root / "text.tfrecord",
-                        text.path, fmt="tfrecord")
+  out, summary = _audited(root, "text-tfrecord", root / "text.tfrecord",
+                          text.path, fmt="tfrecord")
   expected, probs = _keras_in_graph(text.path, text.x, text.given)
   _check(out, summary, text.ids, text.given, expected, probs)
 
@@ -281,7 +277,7 @@ def test_text_keras_on_tfrecord_bytes(root, text):
 
 
 def test_png_savedmodel_on_tfrecord(root, png):
-  out, summary = _audit(
+  out, summary = _audited(
       root, "png", png.data, png.path, fmt="tfrecord",
       input={"id_column": "image/id", "label_column": "image/class/label",
              "feature_columns": {"image_bytes": "image/encoded"}},
@@ -352,18 +348,18 @@ def serialized(root):
 
 
 def test_serialized_examples_input_is_detected(root, serialized):
-  out, summary = _audit(root, "examples-auto", root / "examples.tfrecord",
-                        serialized.path, fmt="tfrecord")
+  out, summary = _audited(root, "examples-auto", root / "examples.tfrecord",
+                          serialized.path, fmt="tfrecord")
   _check(out, summary, serialized.ids, serialized.given,
          _keras_loss_on(serialized.given, serialized.probs), serialized.probs)
 
 
 @pytest.mark.slow
 def test_serialized_examples_input_named(root, serialized):
-  out, summary = _audit(root, "examples-named", root / "examples.tfrecord",
-                        serialized.path, fmt="tfrecord",
-                        model={"signature": "by_name",
-                               "serialized_examples_input": "records"})
+  out, summary = _audited(root, "examples-named", root / "examples.tfrecord",
+                          serialized.path, fmt="tfrecord",
+                          model={"signature": "by_name",
+                                 "serialized_examples_input": "records"})
   _check(out, summary, serialized.ids, serialized.given,
          _keras_loss_on(serialized.given, serialized.probs), serialized.probs)
 
@@ -384,9 +380,7 @@ def test_serialized_examples_input_refuses_parquet(root, serialized, capsys,
                        model={"serialized_examples_input": "examples"}
                        if named else {})
   config["input"]["format"] = "parquet"
-  path = root / f"examples-parquet-{named}.yaml"
-  path.write_text(yaml.safe_dump(config))
-  assert audit.main(["--config", str(path)]) == 2
+  run_audit(config, exit_code=2)
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1, err
   assert err.startswith(message)
@@ -454,8 +448,8 @@ def sequences(root):
 def test_variable_length_input_padded_per_batch(root, sequences):
   # One file, one row group, a batch larger than the data: one batch, padded
   # with 0 to its longest row.
-  out, summary = _audit(root, "tokens", root / "tokens.parquet",
-                        sequences.path, batch_size=512)
+  out, summary = _audited(root, "tokens", root / "tokens.parquet",
+                          sequences.path, batch_size=512)
   x = tf.constant(_padded(sequences.rows).astype(np.int32))
   expected, probs = _keras_in_graph(sequences.path, x, sequences.given)
   _check(out, summary, sequences.ids, sequences.given, expected, probs)
@@ -488,7 +482,7 @@ def test_ragged_savedmodel_input(root, sequences):
   path = root / "ragged_savedmodel"
   tf.saved_model.save(module, str(path),
                       signatures={"serving_default": module.serve})
-  out, summary = _audit(root, "ragged", root / "tokens.parquet", path)
+  out, summary = _audited(root, "ragged", root / "tokens.parquet", path)
   # The signature takes the tf.RaggedTensor flat: values and row splits.
   splits = np.concatenate([[0], np.cumsum([len(r) for r in sequences.rows])])
   probs = _signature_probs(path, tokens=tf.constant(np.concatenate(
@@ -531,8 +525,8 @@ def two_inputs(root):
 
 @pytest.mark.slow
 def test_text_and_numbers_inputs(root, two_inputs):
-  out, summary = _audit(root, "two-inputs", root / "two_inputs.parquet",
-                        two_inputs.path)
+  out, summary = _audited(root, "two-inputs", root / "two_inputs.parquet",
+                          two_inputs.path)
   expected, probs = _keras_in_graph(two_inputs.path, two_inputs.x,
                                     two_inputs.given)
   _check(out, summary, two_inputs.ids, two_inputs.given, expected, probs)
@@ -546,9 +540,9 @@ def test_label_vocabulary_list_on_tfrecord(root, text, text_parquet_run):
   names = np.array(CLASS_NAMES)[text.given]
   _write_tfrecord(root / "named.tfrecord", _examples(
       {"id": text.ids, "text": text.texts, "label": names}))
-  out, summary = _audit(root, "named-list", root / "named.tfrecord",
-                        text.path, fmt="tfrecord",
-                        input={"label_vocabulary": CLASS_NAMES})
+  out, summary = _audited(root, "named-list", root / "named.tfrecord",
+                          text.path, fmt="tfrecord",
+                          input={"label_vocabulary": CLASS_NAMES})
   assert summary["examples_scored"] == N
   assert _flagged(out) == _flagged(text_parquet_run[0])
   losses = _losses(out, text.ids)
@@ -568,8 +562,9 @@ def test_label_vocabulary_file_and_an_unknown_name(root, text,
   pq.write_table(pa.table({"id": list(text.ids) + ["text-unknown"],
                            "text": text.texts + ["great good nice"],
                            "label": names}), root / "named.parquet")
-  out, summary = _audit(root, "named-file", root / "named.parquet",
-                        text.path, input={"label_vocabulary": str(vocabulary)})
+  out, summary = _audited(root, "named-file", root / "named.parquet",
+                          text.path,
+                          input={"label_vocabulary": str(vocabulary)})
   assert _flagged(out) == _flagged(text_parquet_run[0])
   np.testing.assert_array_equal(_losses(out, text.ids)["given_class"],
                                 names[:N])
@@ -604,7 +599,7 @@ def test_corrupt_pngs_are_model_errors(root, png):
   data = _write_tfrecord(root / "pngs.tfrecord", _examples({
       "image/id": ids, "image/encoded": encoded,
       "image/class/label": labels}))
-  out, summary = _audit(
+  out, summary = _audited(
       root, "pngs", data, png.path, fmt="tfrecord", flag={"label_issues": None},
       input={"id_column": "image/id", "label_column": "image/class/label",
              "feature_columns": {"image_bytes": "image/encoded"}})
@@ -770,9 +765,7 @@ def test_first_records_all_rejected_stop_the_run_with_the_cause(
       "model": {"path": str(png.path)},
       "output": {"dir": str(tmp_path / "out")},
   }
-  path = tmp_path / "config.yaml"
-  path.write_text(yaml.safe_dump(config))
-  assert audit.main(["--config", str(path)]) == 2
+  run_audit(config, exit_code=2)
   err = capsys.readouterr().err.strip().splitlines()[-1]
   assert err.startswith("lossaudit: error: model.path: the model")
   assert "InvalidArgumentError at " in err and "DecodePng" in err
@@ -836,13 +829,13 @@ def test_fixed_length_input_pads_or_cuts(sequences, fixed, pad_value,
 
 @pytest.mark.slow
 def test_fixed_length_input_in_a_run(root, sequences, fixed):
-  default, summary = _audit(root, "fixed", root / "tokens.parquet", fixed,
-                            flag={"label_issues": None})
+  default, summary = _audited(root, "fixed", root / "tokens.parquet", fixed,
+                              flag={"label_issues": None})
   fits, lengths, _ = _expected_fit(sequences.rows, None, False)
   assert summary["examples_scored"] == fits.sum()
   assert summary["dead_letter"]["by_reason"] == {"wrong_size": (~fits).sum()}
-  out, summary = _audit(root, "fixed-fitted", root / "tokens.parquet", fixed,
-                        input={"pad_value": 0, "truncate": True})
+  out, summary = _audited(root, "fixed-fitted", root / "tokens.parquet",
+                          fixed, input={"pad_value": 0, "truncate": True})
   _, _, x = _expected_fit(sequences.rows, 0, True)
   expected, probs = _keras_in_graph(fixed, tf.constant(x), sequences.given)
   _check(out, summary, sequences.ids, sequences.given, expected, probs)

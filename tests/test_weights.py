@@ -1,8 +1,6 @@
 """`output.weights`: `(id, weight)` of every scored example, by scheme,
 against numpy on the written losses."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -10,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lossaudit import weights
-from lossaudit.pipelines import audit
+from tests.helpers import run_audit
 
 N = 2000
 K = 4
@@ -28,16 +26,16 @@ def data(tmp_path_factory):
   return root
 
 
-def _run(data, out, write_config, scheme):
-  config = {
+def _weights(data, out, scheme):
+  """Audits the predictions with `output.weights: scheme`; returns
+  `(losses/ by id, their weights, the flagged ids)`."""
+  summary = run_audit({
       "input": {"pattern": str(data / "*.parquet"), "format": "parquet",
                 "id_column": "id", "label_column": "label"},
       "model": {"predictions_column": "p"},
       "flag": {"loss_quantile": 0.9},
       "output": {"dir": str(out), "weights": scheme},
-  }
-  assert audit.main(["--config", write_config(config)]) == 0
-  summary = json.loads((out / "summary.json").read_text())
+  })
   losses = pd.read_parquet(out / "losses").set_index("id")
   found = pd.read_parquet(out / "weights").set_index("id")
   flagged = set(pd.read_parquet(out / "flagged")["id"])
@@ -45,22 +43,21 @@ def _run(data, out, write_config, scheme):
   return losses, found.loc[losses.index, "weight"].to_numpy(), flagged
 
 
-def test_drop_and_downweight_flagged(data, tmp_path, write_config):
-  losses, got, flagged = _run(data, tmp_path / "a", write_config,
-                              {"scheme": "drop_flagged"})
+def test_drop_and_downweight_flagged(data, tmp_path):
+  losses, got, flagged = _weights(data, tmp_path / "a",
+                                  {"scheme": "drop_flagged"})
   is_flagged = losses.index.isin(flagged)
   assert 150 < is_flagged.sum() < 250
   np.testing.assert_array_equal(got, np.where(is_flagged, 0.0, 1.0))
-  losses, got, flagged = _run(data, tmp_path / "b", write_config,
-                              {"scheme": "downweight_flagged",
-                               "factor": 0.25})
+  losses, got, flagged = _weights(data, tmp_path / "b",
+                                  {"scheme": "downweight_flagged",
+                                   "factor": 0.25})
   np.testing.assert_array_equal(
       got, np.where(losses.index.isin(flagged), 0.25, 1.0))
 
 
-def test_loss_bins_are_deciles_within_epsilon(data, tmp_path, write_config):
-  losses, got, _ = _run(data, tmp_path / "c", write_config,
-                        {"scheme": "loss_bins"})
+def test_loss_bins_are_deciles_within_epsilon(data, tmp_path):
+  losses, got, _ = _weights(data, tmp_path / "c", {"scheme": "loss_bins"})
   loss = losses["loss"].to_numpy()
   assert set(np.unique(got)) == set(range(10))
   # Bin b holds losses whose rank is within b/10 .. (b+1)/10, up to the
