@@ -39,9 +39,10 @@ from typing import (
 
 import yaml
 
+from lossaudit import formats
 from lossaudit.errors import ConfigError, expected, one_line, short_repr
 
-FORMATS = ("tfrecord", "parquet")
+FORMATS = formats.names()
 REDUCTIONS = ("mean", "sum")
 LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
 FLAG_SCORES = ("loss", "deviance")
