@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from lossaudit import config, datasets, dead_letters, formats
-from lossaudit.clean import FileMarks
+from lossaudit.clean import CleanCounts, FileMarks
 from lossaudit.model_inputs import POSITION_COLUMN, RAW_RECORD_COLUMN
 from tests.helpers import REPO
 
@@ -276,3 +276,64 @@ def test_head_tells_a_parquet_file_rows_and_first_row_group(tmp_path):
 def test_head_of_tfrecord_tells_nothing(tmp_path):
   _write("tfrecord", tmp_path)
   assert formats.get("tfrecord").head(str(tmp_path / "*"), ["id"]) is None
+
+
+class JsonLines(formats.Format):
+  """A third format, as a new module would define it: only `batches` and
+  `write_clean`; reading in the pipeline and the probe's first rows come
+  from the base class."""
+
+  name = "jsonl"
+
+  def batches(self, path, request):
+    import pyarrow.json as pj  # pylint: disable=g-import-not-at-top
+
+    table = pj.read_json(path)
+    if request.columns is not None:
+      table = table.select([c for c in request.columns
+                            if c in table.column_names])
+    yield from table.to_batches(max_chunksize=request.batch_size)
+
+  def write_clean(self, source, path, marks, target):
+    with open(source, "rb") as f:
+      lines = f.readlines()
+    kept = marks.kept(np.arange(len(lines)))
+    with open(path, "wb") as f:
+      f.writelines(line for line, keep in zip(lines, kept) if keep)
+    return CleanCounts(kept=int(kept.sum()), files=1)
+
+
+def _write_jsonl(path, rows):
+  path.write_text("".join(
+      f'{{"id": "r{i}", "label": {i % 3}}}\n' for i in range(rows)))
+  return str(path)
+
+
+def test_a_format_of_one_module_reads_in_the_pipeline_and_the_probe(
+    tmp_path):
+  good = _write_jsonl(tmp_path / "good.jsonl", ROWS)
+  broken = tmp_path / "broken.jsonl"
+  broken.write_text('{"id": "x0"}\n{"id": \n')
+  jsonl = JsonLines()
+  first = jsonl.first_rows(good, 3)
+  assert (first.column("id").to_pylist(), str(first.schema.field(
+      "label").type)) == (["r0", "r1", "r2"], "int64")
+  request = formats.ReadRequest(4, columns=("id",), positions=True)
+  expected = [(f"r{i}", i) for i in range(ROWS)]
+  with TestPipeline() as p:
+    read = p | "Read" >> jsonl.read([good, str(broken)], request)
+    assert_that(read["batches"] | "Rows" >> beam.FlatMap(_rows_read),
+                equal_to(expected), label="AllRows")
+    assert_that(read[dead_letters.TAG] | "Why" >> beam.Map(
+        lambda e: (e["source"], e["reason"])), equal_to(
+            [(str(broken), dead_letters.UNREADABLE_FILE)]),
+                label="OneDeadLetter")
+    files = p | "Files" >> beam.Create([good])
+    again = jsonl.read_files(files, request)
+    assert_that(again | "RowsAgain" >> beam.FlatMap(_rows_read),
+                equal_to(expected), label="AllRowsAgain")
+  copy = str(tmp_path / "clean.jsonl")
+  counts = jsonl.write_clean(good, copy, _marks(), None)
+  assert counts.kept == 8
+  assert jsonl.first_rows(copy, ROWS).column("id").to_pylist() == [
+      f"r{i}" for i in range(ROWS) if i not in (1, 3)]

@@ -430,3 +430,67 @@ def read_parquet_files(files: beam.PCollection,
   return {"batches": read.batches,
           dead_letters.TAG: (row_groups[dead_letters.TAG],
                              read[dead_letters.TAG])}
+
+
+class _ReadFormatFile(beam.DoFn):
+  """A file → `(file, RecordBatch)`s by its format's `Format.batches`; a
+  file that fails to read is one dead letter (its batches before it are
+  kept)."""
+
+  def __init__(self, input_format: Any, request: Any):
+    self._format = input_format
+    self._request = request
+    prefix = request.metrics_prefix
+    self._records_read = Metrics.counter(METRICS_NAMESPACE,
+                                         f"{prefix}records_read")
+    self._unreadable = Metrics.counter(METRICS_NAMESPACE,
+                                       f"{prefix}unreadable_stretches")
+
+  def process(self, path: str):
+    first = 0
+    try:
+      for batch in self._format.batches(path, self._request):
+        if not batch.num_rows:
+          continue
+        self._records_read.inc(batch.num_rows)
+        if self._request.positions:
+          batch = with_positions(
+              batch, np.arange(first, first + batch.num_rows))
+        first += batch.num_rows
+        yield path, batch
+    except Exception as e:  # pylint: disable=broad-except
+      self._unreadable.inc()
+      yield _unreadable_file(path, e)
+
+
+def read_format_files(input_format: Any, files: beam.PCollection,
+                      request: Any):
+  """The files of the PCollection `files`, each read by
+  `input_format.batches` (a `lossaudit.formats.Format`, with
+  `formats.ReadRequest` `request`), its steps added in the caller's scope.
+
+  Returns:
+    The outputs `batches` and `dead_letters.TAG`.
+  """
+  return (files
+          | "Spread" >> beam.Reshuffle()
+          | "ReadFiles" >> beam.ParDo(_ReadFormatFile(
+              input_format, request)).with_outputs(
+                  dead_letters.TAG, main="batches"))
+
+
+class ReadFormatFiles(beam.PTransform):
+  """Reads `files` by their format's `Format.batches` as `(file,
+  RecordBatch)`, a file a worker at a time (the default reader of a
+  format). Outputs: `batches`, and `dead_letter` entries."""
+
+  def __init__(self, input_format: Any, files: Sequence[str], request: Any):
+    super().__init__()
+    self._format = input_format
+    self._files = list(files)
+    self._request = request
+
+  def expand(self, pbegin):
+    return read_format_files(
+        self._format, pbegin | "Files" >> beam.Create(self._files),
+        self._request)

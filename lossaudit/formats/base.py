@@ -15,6 +15,7 @@ import dataclasses
 from typing import (
   TYPE_CHECKING,
   ClassVar,
+  Iterator,
   NamedTuple,
   Optional,
   Sequence,
@@ -107,33 +108,57 @@ class Format(abc.ABC):
   name: ClassVar[str]
   serialized_examples: ClassVar[bool] = False
 
-  @abc.abstractmethod
+  def batches(self, path: str, request: ReadRequest
+              ) -> Iterator["pa.RecordBatch"]:
+    """The rows of the file `path` in batches of about
+    `transforms.read.element_rows(request.batch_size)` rows, with
+    `request.columns` (None: all) as the file has them.
+
+    The one reader of a format that keeps the default `read`, `read_files`
+    and `first_rows` (TFRecord and Parquet read their own way: by record,
+    by row group).
+
+    Raises:
+      What reading raises: the rest of the file is one dead letter.
+    """
+    raise NotImplementedError(f"input.format {self.name!r} reads no batches")
+
   def read(self, files: Sequence[str], request: ReadRequest
            ) -> "beam.PTransform":
-    """A PTransform reading `files` from a pipeline's start.
+    """A PTransform reading `files` from a pipeline's start (by default,
+    each file through `batches`, spread over workers).
 
     Returns:
       A PTransform of the pipeline's begin whose outputs are `batches`, of
       `(file, pa.RecordBatch)` with `request.columns`, and
       `dead_letters.TAG`, of dead-letter entries.
     """
+    from lossaudit.transforms.read import ReadFormatFiles  # pylint: disable=g-import-not-at-top
 
-  @abc.abstractmethod
+    return ReadFormatFiles(self, files, request)
+
   def read_files(self, files: "beam.PCollection", request: ReadRequest
                  ) -> "beam.PCollection":
     """`(file, pa.RecordBatch)` of the files of the PCollection `files`,
     read as `read` reads them; dead letters are dropped. Its steps are added
     in the caller's scope."""
+    from lossaudit.transforms.read import read_format_files  # pylint: disable=g-import-not-at-top
 
-  @abc.abstractmethod
+    return read_format_files(self, files, request)["batches"]
+
   def first_rows(self, path: str, rows: int) -> Optional["pa.RecordBatch"]:
     """Up to the first `rows` rows of `path`, every column, each column of
     the type the file gives it (with `RAW_RECORD_COLUMN` where the format
     has serialized records); None when the file has no rows.
 
-    Read by the reader the pipeline uses. Raises what reading raises when
-    the file cannot be read (the probe passes it over).
+    Read by the reader the pipeline uses (by default `batches`). Raises
+    what reading raises when the file cannot be read (the probe passes it
+    over).
     """
+    for batch in self.batches(path, ReadRequest(rows)):
+      if batch.num_rows:
+        return batch.slice(0, rows)
+    return None
 
   @abc.abstractmethod
   def write_clean(self, source: str, path: str, marks: "FileMarks",
