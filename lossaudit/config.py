@@ -39,9 +39,10 @@ from typing import (
 
 import yaml
 
+from lossaudit import formats
 from lossaudit.errors import ConfigError, expected, one_line, short_repr
 
-FORMATS = ("tfrecord", "parquet")
+FORMATS = formats.names()
 REDUCTIONS = ("mean", "sum")
 LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
 FLAG_SCORES = ("loss", "deviance")
@@ -1016,7 +1017,8 @@ class AuditConfig:
   def _check_serialized_examples(self) -> None:
     """Serialized tf.Examples are TFRecord records."""
     name = self.model.serialized_examples_input
-    if name is not None and self.input.format != "tfrecord":
+    if (name is not None and
+        not formats.get(self.input.format).serialized_examples):
       raise ConfigError(
           f"model.serialized_examples_input: needs input.format 'tfrecord'"
           f" (Parquet rows are not serialized tf.Examples). Received:"

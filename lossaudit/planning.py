@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lossaudit import losses
+from lossaudit import formats, losses
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError, describe_error, first_line
 from lossaudit.model import AuditModel, TensorInfo
@@ -90,8 +90,8 @@ def serialized_examples_input(config: AuditConfig, model: AuditModel
     only = model.inputs[0] if len(model.inputs) == 1 else None
     detected = (only is not None and only.dtype == "string" and
                 only.name == SERIALIZED_EXAMPLES_INPUT and not only.shape)
-    return (only.name if detected and config.input.format == "tfrecord"
-            else None)
+    return (only.name if detected and formats.get(
+        config.input.format).serialized_examples else None)
   strings = [t.name for t in model.inputs if t.dtype == "string"]
   if name not in strings:
     raise ConfigError(f"{key}: expected one of the model's string inputs"

@@ -19,13 +19,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorflow as tf
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import columns as cols
-from lossaudit import losses, progress, tfrecord
+from lossaudit import formats, losses, progress
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import BAD_PREDICTION, LABEL_OUT_OF_RANGE
 from lossaudit.errors import (
@@ -40,7 +37,6 @@ from lossaudit.model_inputs import (
   NO_SLICE,
   ModelInputs,
   read_model_inputs,
-  with_raw_records,
 )
 from lossaudit.planning import SERIALIZED_EXAMPLES_INPUT
 from lossaudit.scoring import (
@@ -84,22 +80,6 @@ class Sample:
     return cols.column_type(column)
 
 
-def read_tfrecords(path: str, limit: int) -> List[bytes]:
-  """The first records of a TFRecord file (up to `limit`, fewer if damaged).
-
-  Raises:
-    ValueError: when not even the first record can be read.
-  """
-  for item in tfrecord.read_batches(path, limit,
-                                    tfrecord.compression_of(path)):
-    if isinstance(item, tfrecord.Unreadable):
-      if item.one_record:  # The run dead-letters it and reads on.
-        continue
-      raise ValueError(item.describe())
-    return item
-  return []
-
-
 def read_sample(config: AuditConfig, files: Sequence[str],
                 clock: Callable[[], float] = time.monotonic
                 ) -> Optional[Sample]:
@@ -114,25 +94,16 @@ def read_sample(config: AuditConfig, files: Sequence[str],
   Raises:
     ConfigError: not one of `files` could be read.
   """
+  input_format = formats.get(config.input.format)
   failures = []
   ticker = progress.Ticker("looking for the first records", len(files),
                            clock=clock)
   for done, path in enumerate(files):
     ticker.tick(done)
     try:
-      if config.input.format == "tfrecord":
-        records = read_tfrecords(path, PROBE_RECORDS)
-        if not records:
-          continue
-        return Sample(decode_examples(records, raw_records=True), path)
-      with FileSystems.open(path,
-                            compression_type=CompressionTypes.UNCOMPRESSED
-                            ) as f:
-        parquet = pq.ParquetFile(f)
-        if parquet.metadata.num_rows == 0:
-          continue
-        first = next(parquet.iter_batches(batch_size=PROBE_RECORDS))
-        return Sample(cols.without_dictionaries(first), path)
+      first = input_format.first_rows(path, PROBE_RECORDS)
+      if first is not None:
+        return Sample(first, path)
     except Exception as e:  # pylint: disable=broad-except
       failures.append((path, e))
   if failures and len(failures) == len(files):
@@ -142,55 +113,6 @@ def read_sample(config: AuditConfig, files: Sequence[str],
         f" {len(files)} matched files could be read; {path!r}:"
         f" {describe_error(e)}")
   return None
-
-
-def decode_examples(records: Sequence[bytes], raw_records: bool = False
-                    ) -> pa.RecordBatch:
-  """tf.train.Examples as one batch, decoded with no schema; with
-  `raw_records`, each record's bytes too, as `RAW_RECORD_COLUMN`.
-
-  When they do not decode together (a feature typed differently in some of
-  them), the largest group of records whose features agree on their types
-  is the batch (on a tie, the group of the first decodable record); the
-  others are dead-lettered by the pipeline like any wrong-typed record.
-
-  Raises:
-    Whatever the decoder raises when not one record decodes.
-  """
-  from tfx_bsl.coders import example_coder  # pylint: disable=g-import-not-at-top
-
-  new_decoder = example_coder.ExamplesToRecordBatchDecoder
-
-  def decoded(kept: List[bytes]) -> pa.RecordBatch:
-    batch = new_decoder().DecodeBatch(kept)
-    return with_raw_records(batch, kept) if raw_records else batch
-
-  try:
-    return decoded(list(records))
-  except Exception as e:  # pylint: disable=broad-except
-    error = e
-  # A decoder that failed once keeps half-built columns (tfx_bsl 1.21):
-  # a fresh one after every failure.
-  groups: List[Tuple[dict, List[bytes]]] = []  # (name → type, records)
-  decoder = new_decoder()
-  for record in records:
-    try:
-      schema = decoder.DecodeBatch([record]).schema
-    except Exception:  # pylint: disable=broad-except
-      decoder = new_decoder()
-      continue
-    types = {f.name: f.type for f in schema if not pa.types.is_null(f.type)}
-    for group_types, members in groups:
-      if all(group_types.get(n, t) == t for n, t in types.items()):
-        group_types.update(types)
-        members.append(record)
-        break
-    else:
-      groups.append((types, [record]))
-  if not groups:
-    raise error
-  _, largest = max(groups, key=lambda g: len(g[1]))  # First on a tie.
-  return decoded(largest)
 
 
 def _other_columns(config: AuditConfig) -> set:
@@ -256,7 +178,8 @@ def check_columns(config: AuditConfig, features: Sequence[Feature],
   for f in features:
     if f.column == RAW_RECORD_COLUMN or f.column in present:
       continue
-    if (config.input.format != "tfrecord" and len(features) == 1 and
+    if (not formats.get(config.input.format).serialized_examples and
+        len(features) == 1 and
         f.dtype == "string" and
         f.model_input == SERIALIZED_EXAMPLES_INPUT == f.column):
       raise ConfigError(

@@ -40,6 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from lossaudit import (
   METRICS_NAMESPACE,
   dead_letters,
+  formats,
   inputs,
   outputs,
   ownership,
@@ -149,21 +150,18 @@ def build(p: beam.Pipeline, config: AuditConfig, files: Sequence[str],
     config: the resolved config (input, `model.folds`, batch size, shards).
     files: the input files to read, `(F,)`.
     output: `--output`.
-    schema: for TFRecord, a serialized tensorflow_metadata Schema decoding
-      only the id column (`id_schema`); None for Parquet.
+    schema: a serialized tensorflow_metadata Schema decoding only the id
+      column (`id_schema`), for a format that stores no types.
   """
   # TensorFlow loads with the readers: imported once the config is good.
   # pylint: disable=g-import-not-at-top
-  from lossaudit.transforms import read as readers
   from lossaudit.transforms.write import WriteParquetShards
   # pylint: enable=g-import-not-at-top
 
-  if config.input.format == "tfrecord":
-    reader = readers.ReadTFExampleBatches(files, schema, config.batch_size)
-  else:
-    reader = readers.ReadParquetBatches(files, [config.input.id_column],
-                                        config.batch_size)
-  read = p | "ReadIds" >> reader
+  read = p | "ReadIds" >> formats.get(config.input.format).read(
+      files, formats.ReadRequest(config.batch_size,
+                                 columns=(config.input.id_column,),
+                                 schema=schema))
   _ = (read[dead_letters.TAG]
        | "CountUnreadable" >> beam.ParDo(_Count(UNREADABLE)))
   _ = (read["batches"]
@@ -312,8 +310,7 @@ def run(argv: Optional[Sequence[str]] = None
         f"input.id_column: column {column!r} not found in the first"
         f" {sample.num_rows} records of {sample.path}; found columns"
         f" {sorted(set(sample.columns) - {probe.RAW_RECORD_COLUMN})}")
-  schema = (id_schema(column, sample and sample.value_type(column))
-            if config.input.format == "tfrecord" else None)
+  schema = id_schema(column, sample and sample.value_type(column))
   start = time.time()
   now = datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
   claim = _claim(output, config, outputs.new_run_id(now), start)

@@ -18,6 +18,7 @@ from lossaudit import (
   METRICS_NAMESPACE,
   dead_letters,
   drift,
+  formats,
   outputs,
   preflight,
   weights,
@@ -69,7 +70,6 @@ from lossaudit.transforms.previews import (
   TopCandidatesCombineFn,
   preview_inputs,
 )
-from lossaudit.transforms.read import ReadParquetBatches, ReadTFExampleBatches
 from lossaudit.transforms.score import (
   CANDIDATES,
   DEVICE,
@@ -211,15 +211,11 @@ class _Flagged(NamedTuple):
 def _read(p: beam.Pipeline, config: AuditConfig,
           plan: preflight.Plan) -> _Read:
   """The input files → batches of examples."""
-  if config.input.format == "tfrecord":
-    read = p | "Read" >> ReadTFExampleBatches(
-        plan.files, plan.tf_schema, config.batch_size,
-        raw_records=plan.spec.reads_raw_records,
-        positions=plan.spec.positions, id_column=config.input.id_column)
-  else:
-    read = p | "Read" >> ReadParquetBatches(plan.files, plan.columns,
-                                            config.batch_size,
-                                            positions=plan.spec.positions)
+  read = p | "Read" >> formats.get(config.input.format).read(
+      plan.files, formats.ReadRequest(
+          config.batch_size, columns=plan.columns, schema=plan.tf_schema,
+          raw_records=plan.spec.reads_raw_records,
+          positions=plan.spec.positions, id_column=config.input.id_column))
   return _Read(batches=read["batches"], dead_letters=read[dead_letters.TAG])
 
 

@@ -97,37 +97,30 @@ class _Sample:
 
 
 def sample_input(config: AuditConfig) -> _Sample:
-  """The input's first Parquet file's bytes a row, mean id length and
-  predictions width; fields left None where it cannot be read."""
+  """The input's first file's bytes a row, mean id length and predictions
+  width, as far as its format tells them without reading every record
+  (`Format.head`); fields left None where it cannot be read."""
   # pylint: disable=g-import-not-at-top
   import pyarrow as pa
   import pyarrow.compute as pc
-  import pyarrow.parquet as pq
-  from apache_beam.io.filesystem import CompressionTypes
-  from apache_beam.io.filesystems import FileSystems
+
+  from lossaudit import formats
   # pylint: enable=g-import-not-at-top
 
   sample = _Sample()
-  if config.input.format != "parquet":
-    return sample
+  columns = [c for c in (config.input.id_column,
+                         config.model.predictions_column) if c]
   try:
-    found = FileSystems.match([config.input.patterns[0]], limits=[1])
-    metadata = found[0].metadata_list[0]
-    with FileSystems.open(metadata.path,
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
-      parquet = pq.ParquetFile(f)
-      rows = parquet.metadata.num_rows
-      if not rows:
-        return sample
-      sample.bytes_per_row = metadata.size_in_bytes / rows
-      columns = [c for c in (config.input.id_column,
-                             config.model.predictions_column)
-                 if c and c in parquet.schema_arrow.names]
-      if not columns:
-        return sample
-      group = parquet.read_row_group(0, columns=columns)
+    head = formats.get(config.input.format).head(config.input.patterns[0],
+                                                 columns)
   except Exception:  # pylint: disable=broad-except
     return sample  # Unreadable: the stated defaults are used.
+  if head is None or not head.num_rows:
+    return sample
+  sample.bytes_per_row = head.size_in_bytes / head.num_rows
+  group = head.columns
+  if group is None:
+    return sample
   if config.input.id_column in group.column_names:
     ids = group.column(config.input.id_column)
     if pa.types.is_string(ids.type) and len(ids):

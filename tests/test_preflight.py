@@ -138,6 +138,7 @@ def test_probe_reads_the_first_records(tmp_path):
 
 
 def test_the_sample_reads_past_a_record_whose_data_fails_its_crc(tmp_path):
+  from lossaudit.formats.tfrecord import first_records
   from lossaudit.tfrecord import masked_crc
 
   def framed(record, data_crc=None):
@@ -149,10 +150,10 @@ def test_the_sample_reads_past_a_record_whose_data_fails_its_crc(tmp_path):
   path = tmp_path / "first-bad.tfrecord"
   path.write_bytes(framed(b"one", data_crc=0) + framed(b"two") +
                    framed(b"three"))
-  assert probe.read_tfrecords(str(path), 64) == [b"two", b"three"]
+  assert first_records(str(path), 64) == [b"two", b"three"]
   broken_length = bytearray(framed(b"one") + framed(b"two"))
   broken_length[0] ^= 0xFF
   path.write_bytes(bytes(broken_length))
   with pytest.raises(ValueError, match=r"^unreadable from record 0 \(byte 0\):"
                      r" corrupted length \(bad CRC\)$"):
-    probe.read_tfrecords(str(path), 64)
+    first_records(str(path), 64)

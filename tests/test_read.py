@@ -552,18 +552,18 @@ def _label_record(label):
 
 
 def test_probe_decodes_the_largest_group_of_agreeing_records():
-  from lossaudit import probe
+  from lossaudit.formats.tfrecord import decode_examples
 
   ints = [_label_record(i) for i in range(3)]
-  batch = probe.decode_examples([_label_record(1.5)] + ints + [b"\xff"])
+  batch = decode_examples([_label_record(1.5)] + ints + [b"\xff"])
   assert (batch.num_rows, str(batch.schema.field("label").type)) == (
       3, "large_list<item: int64>")
   # A tie: the group of the first record that decodes.
-  batch = probe.decode_examples([b"\xff", _label_record(2.5), ints[0]])
+  batch = decode_examples([b"\xff", _label_record(2.5), ints[0]])
   assert (batch.num_rows, str(batch.schema.field("label").type)) == (
       1, "large_list<item: float>")
   with pytest.raises(Exception):
-    probe.decode_examples([b"\xff", b"\xfe"])
+    decode_examples([b"\xff", b"\xfe"])
 
 
 def test_one_wrong_typed_label_among_the_first_records_is_one_dead_letter(

@@ -21,10 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 import pyarrow as pa
 
-from lossaudit import dead_letters
+from lossaudit import formats
 from lossaudit import previews as previews_lib
 from lossaudit.spec import RAW_RECORD_COLUMN, ScoringSpec
-from lossaudit.transforms import read
 
 
 def preview_inputs(spec: ScoringSpec) -> Tuple[Tuple[str, str], ...]:
@@ -127,9 +126,10 @@ class FetchPreviews(beam.PTransform):
 
   Args:
     files: the input files (`preflight.Plan.files`).
-    input_format: `tfrecord` or `parquet`.
+    input_format: `input.format` (`lossaudit.formats.names()`).
     spec: what is scored; needs an `id_column` and string inputs.
-    tf_schema: the run's serialized tensorflow_metadata Schema (TFRecord).
+    tf_schema: the run's serialized tensorflow_metadata Schema (None where
+      the format takes none: `formats.ReadRequest.schema`).
     batch_size: rows per batch read.
     candidates: a singleton PCollection of the `TopCandidatesCombineFn`
       table (or None).
@@ -142,15 +142,16 @@ class FetchPreviews(beam.PTransform):
     if not spec.id_column:
       raise ValueError("previews need an id column")
     self._files = list(files)
-    self._format = input_format
+    self._format = formats.get(input_format)
     self._id_column = spec.id_column
     self._inputs = preview_inputs(spec)
     columns = list(dict.fromkeys(
         [spec.id_column] + [column for _, column in self._inputs]))
-    self._columns = columns
-    self._tf_schema = (preview_tf_schema(tf_schema, columns)
-                       if input_format == "tfrecord" else None)
-    self._batch_size = batch_size
+    self._request = formats.ReadRequest(
+        batch_size, columns=tuple(columns), schema=(
+            None if tf_schema is None else
+            preview_tf_schema(tf_schema, columns)),
+        metrics_prefix=_METRICS_PREFIX)
     self._candidates = candidates
 
   def expand(self, top_flagged):
@@ -184,21 +185,4 @@ class FetchPreviews(beam.PTransform):
   def _read(self, files: beam.PCollection) -> beam.PCollection:
     """The files → `(file, RecordBatch)` of the id and input columns; the
     dead letters are dropped."""
-    if self._format == "tfrecord":
-      return (files
-              | "Spread" >> beam.Reshuffle()
-              | "ReadAndDecode" >> beam.ParDo(
-                  read._ReadTFExampleFile(  # pylint: disable=protected-access
-                      self._tf_schema, self._batch_size, False,
-                      _METRICS_PREFIX)
-                  ).with_outputs(dead_letters.TAG, main="batches")).batches
-    groups = (files
-              | "ListRowGroups" >> beam.ParDo(
-                  read._ListRowGroups()  # pylint: disable=protected-access
-                  ).with_outputs(dead_letters.TAG, main="groups")).groups
-    return (groups
-            | "Spread" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(
-                read._ReadRowGroup(  # pylint: disable=protected-access
-                    self._columns, self._batch_size, _METRICS_PREFIX)
-                ).with_outputs(dead_letters.TAG, main="batches")).batches
+    return self._format.read_files(files, self._request)

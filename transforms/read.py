@@ -28,16 +28,15 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
-from lossaudit import columns as cols
 from lossaudit.errors import explained
+from lossaudit.formats import parquet as parquet_format
+from lossaudit.formats import tfrecord as tfrecord_format
 from lossaudit.model_inputs import with_raw_records
 from lossaudit.spec import POSITION_COLUMN
 
@@ -163,7 +162,7 @@ class _ReadTFExampleFile(beam.DoFn):
     position = 0  # Of the next record in the file.
     try:
       for item in _gathered(
-          tfrecord.tf_data_batches(path, self._batch_size),
+          tfrecord_format.record_batches(path, self._batch_size),
           element_rows(self._batch_size)):
         if isinstance(item, tfrecord.Unreadable):
           position = item.record + 1
@@ -293,18 +292,28 @@ class ReadTFExampleBatches(beam.PTransform):
     self._id_column = id_column
 
   def expand(self, pbegin):
-    return (pbegin
-            | "Files" >> beam.Create(self._files)
-            | "Spread" >> beam.Reshuffle()
-            | "ReadAndDecode" >> beam.ParDo(_ReadTFExampleFile(
-                self._schema, self._batch_size, self._raw_records,
-                positions=self._positions,
-                id_column=self._id_column)).with_outputs(
-                    dead_letters.TAG, main="batches"))
+    return read_tfrecord_files(
+        pbegin | "Files" >> beam.Create(self._files), self._schema,
+        self._batch_size, self._raw_records, positions=self._positions,
+        id_column=self._id_column)
 
 
-def _open(path: str):
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+def read_tfrecord_files(files: beam.PCollection, schema: bytes,
+                        batch_size: int, raw_records: bool = False,
+                        metrics_prefix: str = "", positions: bool = False,
+                        id_column: Optional[str] = None):
+  """The TFRecord files of the PCollection `files`, read as
+  `ReadTFExampleBatches` reads them, its steps added in the caller's scope.
+
+  Returns:
+    The outputs `batches` and `dead_letters.TAG`.
+  """
+  return (files
+          | "Spread" >> beam.Reshuffle()
+          | "ReadAndDecode" >> beam.ParDo(_ReadTFExampleFile(
+              schema, batch_size, raw_records, metrics_prefix,
+              positions=positions, id_column=id_column)).with_outputs(
+                  dead_letters.TAG, main="batches"))
 
 
 def _unreadable_file(path: str, error: Exception):
@@ -318,7 +327,7 @@ class _ListRowGroups(beam.DoFn):
 
   def process(self, path: str):
     try:
-      with _open(path) as f:
+      with parquet_format.open_file(path) as f:
         num_row_groups = pq.ParquetFile(f).num_row_groups
     except Exception as e:  # pylint: disable=broad-except
       yield _unreadable_file(path, e)
@@ -348,12 +357,9 @@ class _ReadRowGroup(beam.DoFn):
   def process(self, element: Tuple[str, int]):
     path, index = element
     try:
-      with _open(path) as f:
+      with parquet_format.open_file(path) as f:
         parquet = pq.ParquetFile(f)
-        columns = self._columns and [
-            c for c in self._columns if c in parquet.schema_arrow.names]
-        table = cols.without_dictionaries(
-            parquet.read_row_group(index, columns=columns))
+        table = parquet_format.read_row_group(parquet, index, self._columns)
         first = sum(parquet.metadata.row_group(i).num_rows
                     for i in range(index))
     except Exception as e:  # pylint: disable=broad-except
@@ -394,17 +400,98 @@ class ReadParquetBatches(beam.PTransform):
     self._positions = positions
 
   def expand(self, pbegin):
-    row_groups = (pbegin
-                  | "Files" >> beam.Create(self._files)
-                  | "ListRowGroups" >> beam.ParDo(
-                      _ListRowGroups()
-                      ).with_outputs(dead_letters.TAG, main="groups"))
-    read = (row_groups.groups
-            | "Spread" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(
-                self._columns, self._batch_size,
-                positions=self._positions)).with_outputs(
-                    dead_letters.TAG, main="batches"))
-    dead = ((row_groups[dead_letters.TAG], read[dead_letters.TAG])
-            | "DeadLetters" >> beam.Flatten())
-    return {"batches": read.batches, dead_letters.TAG: dead}
+    read = read_parquet_files(pbegin | "Files" >> beam.Create(self._files),
+                              self._columns, self._batch_size,
+                              positions=self._positions)
+    dead = read[dead_letters.TAG] | "DeadLetters" >> beam.Flatten()
+    return {"batches": read["batches"], dead_letters.TAG: dead}
+
+
+def read_parquet_files(files: beam.PCollection,
+                       columns: Optional[Sequence[str]], batch_size: int,
+                       metrics_prefix: str = "", positions: bool = False
+                       ) -> Dict[str, Any]:
+  """The Parquet files of the PCollection `files`, read as
+  `ReadParquetBatches` reads them, its steps added in the caller's scope.
+
+  Returns:
+    `{"batches": the batches, dead_letters.TAG: (the dead letters of
+    listing row groups, those of reading them)}`.
+  """
+  row_groups = (files
+                | "ListRowGroups" >> beam.ParDo(
+                    _ListRowGroups()
+                    ).with_outputs(dead_letters.TAG, main="groups"))
+  read = (row_groups.groups
+          | "Spread" >> beam.Reshuffle()
+          | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(
+              columns, batch_size, metrics_prefix,
+              positions=positions)).with_outputs(
+                  dead_letters.TAG, main="batches"))
+  return {"batches": read.batches,
+          dead_letters.TAG: (row_groups[dead_letters.TAG],
+                             read[dead_letters.TAG])}
+
+
+class _ReadFormatFile(beam.DoFn):
+  """A file → `(file, RecordBatch)`s by its format's `Format.batches`; a
+  file that fails to read is one dead letter (its batches before it are
+  kept)."""
+
+  def __init__(self, input_format: Any, request: Any):
+    self._format = input_format
+    self._request = request
+    prefix = request.metrics_prefix
+    self._records_read = Metrics.counter(METRICS_NAMESPACE,
+                                         f"{prefix}records_read")
+    self._unreadable = Metrics.counter(METRICS_NAMESPACE,
+                                       f"{prefix}unreadable_stretches")
+
+  def process(self, path: str):
+    first = 0
+    try:
+      for batch in self._format.batches(path, self._request):
+        if not batch.num_rows:
+          continue
+        self._records_read.inc(batch.num_rows)
+        if self._request.positions:
+          batch = with_positions(
+              batch, np.arange(first, first + batch.num_rows))
+        first += batch.num_rows
+        yield path, batch
+    except Exception as e:  # pylint: disable=broad-except
+      self._unreadable.inc()
+      yield _unreadable_file(path, e)
+
+
+def read_format_files(input_format: Any, files: beam.PCollection,
+                      request: Any):
+  """The files of the PCollection `files`, each read by
+  `input_format.batches` (a `lossaudit.formats.Format`, with
+  `formats.ReadRequest` `request`), its steps added in the caller's scope.
+
+  Returns:
+    The outputs `batches` and `dead_letters.TAG`.
+  """
+  return (files
+          | "Spread" >> beam.Reshuffle()
+          | "ReadFiles" >> beam.ParDo(_ReadFormatFile(
+              input_format, request)).with_outputs(
+                  dead_letters.TAG, main="batches"))
+
+
+class ReadFormatFiles(beam.PTransform):
+  """Reads `files` by their format's `Format.batches` as `(file,
+  RecordBatch)`, a file a worker at a time (the default reader of a
+  format). Outputs: `batches`, and `dead_letter` entries."""
+
+  def __init__(self, input_format: Any, files: Sequence[str], request: Any):
+    super().__init__()
+    self._format = input_format
+    self._files = list(files)
+    self._request = request
+
+  def expand(self, pbegin):
+    return read_format_files(
+        self._format, pbegin | "Files" >> beam.Create(self._files),
+        self._request)
