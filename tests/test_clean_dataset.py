@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from lossaudit import clean
+from lossaudit import clean, rules
 from lossaudit.pipelines import audit
 from tests.helpers import predictions_config
 
@@ -242,7 +242,7 @@ def test_drop_actions():
   actions = clean.drop_actions(reasons, ("top_k", "label_issue"), True)
   assert actions.dropped.tolist() == [True, False, True, False]
   assert actions.relabelled.tolist() == [False, True, False, False]
-  plain = clean.drop_actions(reasons, clean.REASONS, False)
+  plain = clean.drop_actions(reasons, rules.reasons(), False)
   assert plain.dropped.all() and not plain.relabelled.any()
   # A label issue the model is not sure of (relabel_min_probability) follows
   # drop_reasons: dropped when they hold label_issue, else kept as it is.
