@@ -27,10 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-LABEL_ISSUE = "label_issue"
-# Every reason a row can be flagged for (`flagged/` → `reasons`).
-REASONS = ("loss_quantile", "loss_threshold", "robust_z", "slice_quantile",
-           "top_k", "aum_quantile", "aum_below", LABEL_ISSUE, "non_finite")
+from lossaudit.rules.label_issue import REASON as LABEL_ISSUE
 
 
 def ranges_of(positions: np.ndarray) -> np.ndarray:

@@ -31,7 +31,6 @@ from typing import (
   Collection,
   Mapping,
   Optional,
-  Pattern,
   Sequence,
   Tuple,
   Union,
@@ -39,12 +38,19 @@ from typing import (
 
 import yaml
 
-from lossaudit import formats
-from lossaudit.errors import ConfigError, expected, one_line, short_repr
+from lossaudit import formats, rules
+from lossaudit.errors import ConfigError, one_line, short_repr
+from lossaudit.validation import SCHEME as _SCHEME
+from lossaudit.validation import Rule  # pylint: disable=unused-import
+from lossaudit.validation import check_location as _check_location
+from lossaudit.validation import fail as _fail
+from lossaudit.validation import integer as _integer
+from lossaudit.validation import is_number as _is_number
+from lossaudit.validation import number as _number
+from lossaudit.validation import one_of as _one_of
 
 FORMATS = formats.names()
 REDUCTIONS = ("mean", "sum")
-LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
 FLAG_SCORES = ("loss", "deviance")
 PREDICTIONS_KINDS = ("probabilities", "logits")
 MODEL_PLACEHOLDERS = ("fold", "checkpoint")
@@ -63,8 +69,6 @@ MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0
 MAX_YAML_ALIASES = 100
 MAX_YAML_VALUES = 100_000  # Scalars, lists, mappings added by aliases.
 
-# The scheme part of a URI, as Beam's FileSystems.get_scheme reads it.
-_SCHEME = re.compile(r"([a-zA-Z][-a-zA-Z0-9+.]*)://")
 _IDENTIFIERS = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _CUSTOM_LOSS = re.compile(rf"{_IDENTIFIERS}:{_IDENTIFIERS}")
 _ACCELERATOR = re.compile(r"type:.*", re.DOTALL)
@@ -73,86 +77,6 @@ _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 # The key of a field's `Rule` in its dataclass field metadata.
 RULE = "rule"
-
-
-def _fail(key: str, what: str, received: Any) -> None:
-  raise expected(key, what, received)
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-  """Bounds of a number, closed unless `open_low` / `open_high`; NaN is out.
-
-  Attributes:
-    expected: the phrase when a value is out of range; None: the rule's.
-  """
-
-  low: float = -math.inf
-  high: float = math.inf
-  open_low: bool = False
-  open_high: bool = False
-  expected: Optional[str] = None
-
-  def holds(self, value: Any) -> bool:
-    too_low = value <= self.low if self.open_low else value < self.low
-    too_high = value >= self.high if self.open_high else value > self.high
-    # No math.isnan on an int: one of 400 digits would raise OverflowError.
-    nan = isinstance(value, float) and math.isnan(value)
-    return not (too_low or too_high or nan)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """What one config key accepts: the `metadata[RULE]` of its field.
-
-  `apply` checks a value in this order, each failure raising
-  `key: expected <phrase>. Received: <value>` with `expected` as the phrase
-  unless said otherwise: None (accepted when `nullable`, else refused with
-  `null_expected` when set), `types` (bool only when listed), `nonempty`,
-  `choices`, `range` (its own phrase), `pattern` (a full match), `location`
-  (a local path or gs:// URI, its own phrase), then `check(key, value)` for
-  what is particular to the key. `convert` makes the value stored.
-  """
-
-  expected: str
-  types: Tuple[type, ...] = ()
-  nullable: bool = False
-  null_expected: Optional[str] = None
-  nonempty: bool = False
-  choices: Tuple[Any, ...] = ()
-  range: Optional[Range] = None
-  pattern: Optional[Pattern[str]] = None
-  location: bool = False
-  check: Optional[Callable[[str, Any], None]] = None
-  convert: Optional[Callable[[Any], Any]] = None
-
-  def apply(self, key: str, value: Any) -> Any:
-    """`value` as stored, once checked.
-
-    Raises:
-      ConfigError: `value` breaks the rule.
-    """
-    if value is None:
-      if self.nullable:
-        return None
-      if self.null_expected is not None:
-        _fail(key, self.null_expected, value)
-    if self.types and (not isinstance(value, self.types) or (
-        isinstance(value, bool) and bool not in self.types)):
-      _fail(key, self.expected, value)
-    if self.nonempty and not value:
-      _fail(key, self.expected, value)
-    if self.choices and value not in self.choices:
-      _fail(key, self.expected, value)
-    if self.range is not None and not self.range.holds(value):
-      _fail(key, self.range.expected or self.expected, value)
-    if self.pattern is not None and not self.pattern.fullmatch(value):
-      _fail(key, self.expected, value)
-    if self.location:
-      _check_location(key, value)
-    if self.check is not None:
-      self.check(key, value)
-    return value if self.convert is None else self.convert(value)
 
 
 def _field(rule: Rule, default: Any = dataclasses.MISSING, *,
@@ -185,47 +109,6 @@ def _validate(config: Any, prefix: str, *, first: Sequence[str] = (),
       continue
     key = f"{prefix}.{name}" if prefix else name
     object.__setattr__(config, name, rule.apply(key, getattr(config, name)))
-
-
-def _number(low: float = -math.inf, high: float = math.inf, *,
-            open_low: bool = False, open_high: bool = False,
-            nullable: bool = True, null_expected: Optional[str] = None
-            ) -> Rule:
-  """A number in a range (null too when `nullable`)."""
-  left = "(" if open_low else "["
-  right = ")" if open_high else "]"
-  within = f"a number in {left}{low}, {high}{right}"
-  return Rule("a number or null" if nullable else within,
-              types=(int, float), nullable=nullable,
-              null_expected=null_expected or within,
-              range=Range(low, high, open_low, open_high, within))
-
-
-def _integer(low: int, high: float, expected: Optional[str] = None, *,
-             nullable: bool = False) -> Rule:
-  expected = expected or f"an integer in [{low}, {high}]"
-  return Rule(expected, types=(int,), nullable=nullable,
-              range=Range(low, high))
-
-
-def _one_of(choices: Sequence[Any], *, nullable: bool = False) -> Rule:
-  """One of `choices`, listed in the message in the order given (a set's
-  order would change from run to run)."""
-  null = "null or " if nullable else ""
-  listed = ", ".join(repr(c) for c in choices)
-  return Rule(f"{null}one of {{{listed}}}", choices=tuple(choices),
-              nullable=nullable)
-
-
-def _check_location(key: str, value: str) -> None:
-  """Refuses URIs of filesystems other than GCS (local paths pass)."""
-  match = _SCHEME.match(value)
-  if match and (match.group(1) != "gs" or value == "gs://"):
-    _fail(key, "a local path or gs:// URI", value)
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 _BOOLEAN = Rule("true or false", types=(bool,))
@@ -584,33 +467,58 @@ class StatsConfig:
     _validate(self, "stats")
 
 
-@dataclasses.dataclass(frozen=True)
 class FlagConfig:
-  loss_quantile: Optional[float] = _field(_number(0, 1), 0.99)
-  loss_threshold: Optional[float] = _field(_number(), None)
-  robust_z: Optional[float] = _field(_number(0, open_low=True), None)
-  top_k: Optional[int] = _field(
-      _integer(1, math.inf, "a positive integer", nullable=True), None)
-  slice_quantile: Optional[float] = _field(_number(0, 1), None)
-  label_issues: Optional[str] = _field(
-      _one_of(LABEL_ISSUE_METHODS, nullable=True), None)
-  aum_quantile: Optional[float] = _field(_number(0, 1), None)
-  aum_below: Optional[float] = _field(_number(), None)
-  score: str = _field(_one_of(FLAG_SCORES), "loss")
+  """`flag`: the settings of every flag rule, then `score`.
+
+  The rule settings are the registered rules' (`lossaudit.rules`): each
+  `Setting` is a field with its `Rule`, declared by `_declare_flag_fields`
+  whenever the registry changes, so `flag.<key>` reads as any config key.
+
+  Attributes:
+    score: the column the rules compare: `loss` or `deviance`.
+  """
 
   @property
   def needs_global_statistics(self) -> bool:
     """Whether a rule compares each row with something known only once
     every row is scored (a quantile, the median, the top k, label-issue
     thresholds); `loss_threshold` and `aum_below` alone do not."""
-    return any(value is not None for value in (
-        self.loss_quantile, self.robust_z, self.top_k, self.slice_quantile,
-        self.label_issues, self.aum_quantile))
+    return rules.needs_global_statistics(self)
 
   def __post_init__(self):
     # The order errors have always been reported in.
     _validate(self, "flag", first=("loss_quantile", "loss_threshold",
                                    "slice_quantile", "top_k"))
+
+
+# What `dataclasses.dataclass` adds to a class: removed before it runs on
+# `FlagConfig` again.
+_DATACLASS_ATTRIBUTES = (
+    "__init__", "__repr__", "__eq__", "__hash__", "__setattr__",
+    "__delattr__", "__match_args__", "__dataclass_fields__",
+    "__dataclass_params__")
+_SCORE = rules.Setting("score", _one_of(FLAG_SCORES), "loss",
+                       "the column the rules compare: loss or deviance")
+
+
+def _declare_flag_fields() -> None:
+  """Makes `FlagConfig` a frozen dataclass of the registered rules'
+  settings, then `score`."""
+  cls = FlagConfig
+  for name in (*getattr(cls, "__dataclass_fields__", {}),
+               *_DATACLASS_ATTRIBUTES):
+    if name in cls.__dict__:
+      delattr(cls, name)
+  annotations = {}
+  for setting in (*rules.settings(), _SCORE):
+    annotations[setting.key] = Any
+    setattr(cls, setting.key, _field(setting.rule, setting.default))
+  cls.__annotations__ = annotations
+  dataclasses.dataclass(frozen=True)(cls)
+
+
+_declare_flag_fields()
+rules.on_change(_declare_flag_fields)
 
 
 def _check_placeholders(key: str, template: str) -> None:
@@ -660,21 +568,18 @@ def _check_duration(key: str, value: Any) -> None:
     _fail(key, _LOCK_TIMEOUT, value)
 
 
-# Every reason a row can be flagged for (as `lossaudit.clean.REASONS`).
-FLAG_REASONS = ("loss_quantile", "loss_threshold", "robust_z",
-                "slice_quantile", "top_k", "aum_quantile", "aum_below",
-                "label_issue", "non_finite")
 WEIGHT_SCHEMES = ("drop_flagged", "downweight_flagged", "loss_bins")
 CLEAN_WHEN = ("passed", "always")
 
 
 def _check_reasons(key: str, value: Sequence[Any]) -> None:
-  unknown = [r for r in value if r not in FLAG_REASONS]
+  """Each of `value` a registered rule's reason (`lossaudit.rules`)."""
+  reasons = rules.reasons()
+  unknown = [r for r in value if r not in reasons]
   if unknown:
-    suggestion = difflib.get_close_matches(str(unknown[0]), FLAG_REASONS,
-                                           n=1)
+    suggestion = difflib.get_close_matches(str(unknown[0]), reasons, n=1)
     hint = f" (did you mean {suggestion[0]!r}?)" if suggestion else ""
-    _fail(key, f"a list of flag reasons, each one of {list(FLAG_REASONS)}"
+    _fail(key, f"a list of flag reasons, each one of {list(reasons)}"
           + hint, list(value))
 
 
@@ -709,7 +614,7 @@ class CleanConfig:
 
   @property
   def dropping(self) -> Tuple[str, ...]:
-    return tuple(self.drop_reasons or FLAG_REASONS)
+    return tuple(self.drop_reasons or rules.reasons())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -735,7 +640,7 @@ class WeightsConfig:
 
   @property
   def counting(self) -> Tuple[str, ...]:
-    return tuple(self.reasons or FLAG_REASONS)
+    return tuple(self.reasons or rules.reasons())
 
 
 def _sub_config(key: str, value: Any, cls: type) -> Any:

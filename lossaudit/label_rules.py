@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from lossaudit import confident
-from lossaudit.config import LABEL_ISSUE_METHODS
+from lossaudit.rules.label_issue import LABEL_ISSUE_METHODS
 
 # `flag.label_issues`: `confident_learning` or `prune_by_noise_rate`.
 _, PRUNE_BY_NOISE_RATE = LABEL_ISSUE_METHODS

@@ -33,11 +33,7 @@ from lossaudit.errors import (
   short_repr,
 )
 from lossaudit.model import AuditModel
-from lossaudit.model_inputs import (
-  NO_SLICE,
-  ModelInputs,
-  read_model_inputs,
-)
+from lossaudit.model_inputs import NO_SLICE, ModelInputs, read_model_inputs
 from lossaudit.planning import SERIALIZED_EXAMPLES_INPUT
 from lossaudit.scoring import (
   DATA_ERRORS,

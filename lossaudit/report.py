@@ -18,7 +18,7 @@ from lossaudit.timings import Timings
 if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl's sketches.
   from lossaudit.data_map import DataMap
   from lossaudit.previews import Previews
-  from lossaudit.stats import Thresholds
+  from lossaudit.rules import Thresholds
 
 HISTOGRAM_BINS = 40
 

@@ -8,17 +8,14 @@ rank error at most `epsilon`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 from fractions import Fraction
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 from tfx_bsl.sketches import QuantilesSketch
-
-from lossaudit.label_rules import LabelRules
 
 # Upper bound on the number of values a sketch sees; sizes its buffers.
 MAX_SKETCH_ELEMENTS = 2**40
@@ -200,148 +197,3 @@ def top_k_order(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     candidates = np.flatnonzero(values >= kth)
   order = np.lexsort((ids[candidates], -values[candidates]))[:k]
   return candidates[order]
-
-
-class TopKBound(NamedTuple):
-  """The k-th largest `(loss, id)`: the top-k rule flags it and above."""
-
-  loss: float
-  id: str
-
-
-def exceeds_top_k(losses: np.ndarray, ids: np.ndarray,
-                  kth: Optional[TopKBound]) -> np.ndarray:
-  """Whether each row is among the top k, given the k-th (loss, id) `(N,)`."""
-  if kth is None:
-    return np.zeros(losses.shape, dtype=bool)
-  return (losses > kth.loss) | ((losses == kth.loss) & (ids <= kth.id))
-
-
-# The value rules, in the order `summary.json` → `thresholds` lists them.
-LOSS_RULES = ("loss_quantile", "loss_threshold", "robust_z",
-              "slice_quantile", "top_k", "aum_quantile", "aum_below")
-
-
-@dataclasses.dataclass(frozen=True)
-class Thresholds:
-  """What each enabled flag rule compares against.
-
-  A rule in force may have no value (no finite loss to compute it from):
-  it then flags nothing.
-
-  Attributes:
-    loss_quantile, loss_threshold, robust_z: flag a loss above this.
-    slice_quantile: `{slice: value}`: flag a loss above its slice's value.
-    top_k: the k-th largest `(loss, id)`.
-    aum_quantile, aum_below: flag an area under the margin below this.
-    label_issues: the label-issue rules, when `flag.label_issues` is on.
-    rules: the loss rules in force, in `LOSS_RULES` order (the keys of
-      `to_dict()`); by default those with a value.
-  """
-
-  loss_quantile: Optional[float] = None
-  loss_threshold: Optional[float] = None
-  robust_z: Optional[float] = None
-  slice_quantile: Optional[Dict[str, Optional[float]]] = None
-  top_k: Optional[TopKBound] = None
-  aum_quantile: Optional[float] = None
-  aum_below: Optional[float] = None
-  label_issues: Optional[LabelRules] = None
-  rules: Optional[Tuple[str, ...]] = None
-
-  def __post_init__(self):
-    if self.rules is None:
-      object.__setattr__(self, "rules", tuple(
-          r for r in LOSS_RULES if getattr(self, r) is not None))
-
-  def to_dict(self) -> Dict[str, object]:
-    """`thresholds` in `summary.json` (the label-issue rules have their own
-    key there: `LabelRules.to_dict`)."""
-    return {rule: _json_value(getattr(self, rule)) for rule in self.rules}
-
-
-def _json_value(value):
-  return list(value) if isinstance(value, tuple) else value
-
-
-def flag_masks(losses: np.ndarray, ids: np.ndarray, thresholds: Thresholds,
-               slices: Optional[np.ndarray] = None,
-               aum: Optional[np.ndarray] = None
-               ) -> List[Tuple[str, np.ndarray]]:
-  """The value rules that flag each example, as `[(reason, mask (N,))]`.
-
-  Args:
-    losses: `(N,)` per-sample losses.
-    ids: `(N,)` string ids (for top-k tie breaks).
-    thresholds: the rules' values.
-    slices: `(N,)` slice values, for `slice_quantile`.
-    aum: `(N,)` areas under the margin, for `aum_quantile` and `aum_below`
-      (a NaN one is flagged by neither: its row is `non_finite`).
-  """
-  finite = np.isfinite(losses)
-  masks = [("non_finite", ~finite)]
-  safe = np.where(finite, losses, -np.inf)
-  for rule, value in (("loss_quantile", thresholds.loss_quantile),
-                      ("loss_threshold", thresholds.loss_threshold),
-                      ("robust_z", thresholds.robust_z)):
-    if value is not None:
-      masks.append((rule, safe > value))
-  by_slice = thresholds.slice_quantile
-  if by_slice is not None and slices is not None:
-    names, index = np.unique(slices, return_inverse=True)
-    bounds = np.array([by_slice.get(n) for n in names], dtype=np.float64)
-    bound = np.nan_to_num(bounds, nan=np.inf)[index.reshape(-1)]
-    masks.append(("slice_quantile", safe > bound))
-  if "top_k" in thresholds.rules:
-    masks.append(("top_k", finite & exceeds_top_k(safe, ids,
-                                                  thresholds.top_k)))
-  for rule in ("aum_quantile", "aum_below"):
-    value = getattr(thresholds, rule)
-    if value is not None and aum is not None:
-      masks.append((rule, np.where(np.isnan(aum), np.inf, aum) < value))
-  return masks
-
-
-def rule_thresholds(loss_summary: Dict, flag_config,
-                    top_k: Optional[Sequence[Tuple[float, str]]] = None,
-                    label_rules: Optional[LabelRules] = None,
-                    slice_stats: Optional[Dict[str, Dict]] = None,
-                    aum_summary: Optional[Dict] = None) -> Thresholds:
-  """The value each enabled flag rule compares against.
-
-  Args:
-    loss_summary: `LossAccumulator.summary()` of all losses; its quantiles
-      include `flag_config.loss_quantile`.
-    flag_config: a `FlagConfig`.
-    top_k: the `TopKCombineFn` output when `flag.top_k` is on.
-    label_rules: the `FindLabelIssues` output when `flag.label_issues` is on.
-    slice_stats: `{slice: summary}` when `flag.slice_quantile` is on.
-    aum_summary: `LossAccumulator.summary()` of the areas under the margin
-      when `flag.aum_quantile` is on; its quantiles include it.
-
-  `robust_z` is turned into the loss it means: (loss - median) / (1.4826 ·
-  MAD) > z ⇔ loss > median + z · 1.4826 · MAD, with the median and MAD read
-  from the quantile sketch; it is not in force when there is no median.
-  """
-  values: Dict[str, object] = {}
-  if flag_config.loss_quantile is not None:
-    values["loss_quantile"] = loss_summary["quantiles"][format_quantile(
-        flag_config.loss_quantile)]
-  if flag_config.loss_threshold is not None:
-    values["loss_threshold"] = float(flag_config.loss_threshold)
-  if flag_config.robust_z is not None and loss_summary["median"] is not None:
-    values["robust_z"] = (loss_summary["median"] + flag_config.robust_z *
-                          1.4826 * loss_summary["mad"])
-  if flag_config.slice_quantile is not None:
-    key = format_quantile(flag_config.slice_quantile)
-    values["slice_quantile"] = {
-        name: stats["quantiles"][key]
-        for name, stats in (slice_stats or {}).items()}
-  if flag_config.top_k is not None:
-    values["top_k"] = TopKBound._make(top_k[-1]) if top_k else None
-  if flag_config.aum_quantile is not None:
-    values["aum_quantile"] = aum_summary["quantiles"][format_quantile(
-        flag_config.aum_quantile)]
-  if flag_config.aum_below is not None:
-    values["aum_below"] = float(flag_config.aum_below)
-  return Thresholds(**values, label_issues=label_rules, rules=tuple(values))

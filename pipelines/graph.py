@@ -21,6 +21,7 @@ from lossaudit import (
   formats,
   outputs,
   preflight,
+  rules,
   weights,
 )
 from lossaudit.config import AuditConfig
@@ -35,8 +36,8 @@ from lossaudit.history import (
 )
 from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
+from lossaudit.rules import label_issue, rule_thresholds
 from lossaudit.spec import PROBS_COLUMN
-from lossaudit.stats import rule_thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.buckets import BucketRows
 from lossaudit.transforms.claim import (
@@ -78,11 +79,7 @@ from lossaudit.transforms.score import (
   ScoreBatches,
 )
 from lossaudit.transforms.spill import CountRows, ReadSpilled, SpillBatches
-from lossaudit.transforms.stats import (
-  LossStats,
-  TopKCombineFn,
-  TopRowsCombineFn,
-)
+from lossaudit.transforms.stats import LossStats, TopRowsCombineFn
 from lossaudit.transforms.write import (
   PROBABILITIES,
   WriteDeadLetters,
@@ -172,18 +169,16 @@ class _Statistics(NamedTuple):
     loss: one `LossAccumulator.summary()` of every loss.
     slices: `(slice, LossAccumulator.summary())` pairs, or None without
       `stats.slice_by`.
-    top_k: one `TopKCombineFn` output, or None when `flag.top_k` is off.
     folds: `(fold, LossAccumulator.summary())` pairs, or None without
       `model.folds`.
-    aum: one `LossAccumulator.summary()` of the areas under the margin, or
-      None unless `flag.aum_quantile` is on.
+    by_rule: `{reason: singleton}`, the statistics stage of each rule in
+      force that has one (`FlagRule.statistics`).
   """
 
   loss: beam.PCollection
   slices: Optional[beam.PCollection]
-  top_k: Optional[beam.PCollection]
   folds: Optional[beam.PCollection] = None
-  aum: Optional[beam.PCollection] = None
+  by_rule: Dict[str, beam.PCollection] = {}
 
 
 class _Flagged(NamedTuple):
@@ -267,13 +262,14 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
              if progress_interval else None)
     label_rules = _label_rules(scored.batches, spilled, total, config, plan,
                                progress_interval)
+    own = dict(statistics.by_rule)
+    if label_rules is not None:
+      own[label_issue.REASON] = label_rules
     thresholds = statistics.loss | "Thresholds" >> beam.Map(
         rule_thresholds, flag_config=config.flag,
-        top_k=_singleton(statistics.top_k),
-        label_rules=_singleton(label_rules),
         slice_stats=(None if statistics.slices is None
                      else beam.pvalue.AsDict(statistics.slices)),
-        aum_summary=_singleton(statistics.aum))
+        **{reason: _singleton(pcoll) for reason, pcoll in own.items()})
     to_flag = (spilled
                | "RereadForFlags" >> ReadSpilled("flagging",
                                                  progress_interval, total)
@@ -344,8 +340,8 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
   """The loss statistics of the scored batches, globally and per slice, and
   the top k losses."""
   flag, column = config.flag, _loss_column(config)
-  quantiles = set(config.stats.quantiles) | {
-      q for q in (flag.loss_quantile, flag.slice_quantile) if q is not None}
+  quantiles = set(config.stats.quantiles) | set(
+      rules.sketch_quantiles(flag))
   rule = _weight_rule(config)
   if rule is not None:  # The loss bins' edges.
     quantiles |= set(rule.quantiles())
@@ -354,15 +350,14 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
       column, by_fold=bool(plan.spec.num_folds),
       max_slices=config.stats.max_slices,
       slice_name=plan.spec.slice_column or "")
-  top_k = aum = None
-  if flag.top_k:
-    top_k = scored | "TopK" >> beam.CombineGlobally(
-        TopKCombineFn(flag.top_k, column))
-  if flag.aum_quantile is not None:
-    aum = (scored | "AumStats" >> LossStats(
-        config.stats.epsilon, [flag.aum_quantile], column="aum"))["global"]
+  by_rule = {}
+  for rule in rules.registered():
+    if rule.enabled(flag):
+      found = rule.statistics(scored, flag, config.stats.epsilon, column)
+      if found is not None:
+        by_rule[rule.reason] = found
   return _Statistics(loss=stats["global"], slices=stats.get("slices"),
-                     top_k=top_k, folds=stats.get("folds"), aum=aum)
+                     folds=stats.get("folds"), by_rule=by_rule)
 
 
 def _label_rules(scored: beam.PCollection, spilled: beam.PCollection,

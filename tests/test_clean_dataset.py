@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from lossaudit import clean
+from lossaudit import clean, rules
 from tests.helpers import predictions_config, run_audit
 
 K = 3
@@ -233,7 +233,7 @@ def test_drop_actions():
   actions = clean.drop_actions(reasons, ("top_k", "label_issue"), True)
   assert actions.dropped.tolist() == [True, False, True, False]
   assert actions.relabelled.tolist() == [False, True, False, False]
-  plain = clean.drop_actions(reasons, clean.REASONS, False)
+  plain = clean.drop_actions(reasons, rules.reasons(), False)
   assert plain.dropped.all() and not plain.relabelled.any()
   # A label issue the model is not sure of (relabel_min_probability) follows
   # drop_reasons: dropped when they hold label_issue, else kept as it is.

@@ -103,9 +103,10 @@ def test_invalid_values_name_key_expected_and_received(changes, message):
 def test_choices_are_listed_in_their_declared_order():
   # A set's order changes from run to run (string hashes are salted).
   from lossaudit import config as config_module
+  from lossaudit.rules import label_issue
 
   for choices in (config_module.FORMATS, config_module.REDUCTIONS,
-                  config_module.LABEL_ISSUE_METHODS, config_module.DEVICES):
+                  label_issue.LABEL_ISSUE_METHODS, config_module.DEVICES):
     rule = config_module._one_of(choices)
     assert rule.expected == "one of {" + ", ".join(map(repr, choices)) + "}"
 

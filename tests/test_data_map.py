@@ -239,14 +239,14 @@ def test_svg_of_an_empty_map_and_of_large_variability():
 
 def _summary():
   """A small `summary.json` document."""
-  from lossaudit.stats import Thresholds  # pylint: disable=g-import-not-at-top
+  from lossaudit.rules import Thresholds  # pylint: disable=g-import-not-at-top
 
   loss_stats = {"count": 3, "nan_count": 0, "mean": 1.0, "std": 0.5,
                 "min": 0.2, "max": 2.0, "quantiles": {"0.5": 0.9},
                 "epsilon": 0.01, "median": 0.9, "mad": 0.4}
   return report.build_summary(
       loss_stats=loss_stats, slice_stats={},
-      thresholds=Thresholds(loss_quantile=1.5),
+      thresholds=Thresholds.of(loss_quantile=1.5),
       flag_counts=FlagCounts(1, {"loss_quantile": 1}),
       dead_letter_reasons={}, duplicates=None, config={"batch_size": 4},
       run={"runner": "DirectRunner", "run_id": "r1", "start_time": 0.0},
@@ -306,7 +306,7 @@ def test_write_summary_passes_the_data_map_on(tmp_path, with_map):
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
   from lossaudit.config import AuditConfig  # pylint: disable=g-import-not-at-top
-  from lossaudit.stats import Thresholds  # pylint: disable=g-import-not-at-top
+  from lossaudit.rules import Thresholds  # pylint: disable=g-import-not-at-top
   from lossaudit.transforms.write import WriteSummary  # pylint: disable=g-import-not-at-top
   from tests.helpers import base_config  # pylint: disable=g-import-not-at-top
 
@@ -325,7 +325,7 @@ def test_write_summary_passes_the_data_map_on(tmp_path, with_map):
         str(tmp_path), config,
         {"runner": "DirectRunner", "run_id": "r1", "start_time": 0.0}, None,
         loss_stats=one(loss_stats, "Loss"), slice_stats=None,
-        thresholds=one(Thresholds(loss_quantile=1.5), "Thresholds"),
+        thresholds=one(Thresholds.of(loss_quantile=1.5), "Thresholds"),
         flag_counts=one(FlagCounts(), "Counts"),
         top_flagged=one([], "Top"), timings=p | "T" >> beam.Create([]),
         duplicates=p | "D" >> beam.Create([]),

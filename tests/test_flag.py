@@ -8,7 +8,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.merging import merge_all
-from lossaudit.stats import Thresholds, TopKBound
+from lossaudit.rules import Thresholds
+from lossaudit.rules.top_k import TopKBound
 from lossaudit.transforms.flag import (
   FlagExamples,
   count_reasons,
@@ -28,8 +29,8 @@ def _scored(ids, losses):
 
 def test_flag_batch_lists_each_reason_once():
   batch = _scored(list("abcde"), [0.1, 2.0, float("nan"), 5.0, 3.0])
-  thresholds = Thresholds(loss_quantile=2.5, loss_threshold=1.0,
-                          top_k=TopKBound(5.0, "d"))
+  thresholds = Thresholds.of(loss_quantile=2.5, loss_threshold=1.0,
+                             top_k=TopKBound(5.0, "d"))
   flagged = flag_batch(batch, thresholds, flagged_schema(SCORED))
   got = flagged.to_pydict()
   np.testing.assert_array_equal(got.pop("loss"), [2.0, np.nan, 5.0, 3.0])
@@ -47,14 +48,14 @@ def test_flag_batch_lists_each_reason_once():
 
 
 def test_nothing_flagged_gives_an_empty_batch():
-  flagged = flag_batch(_scored(["a"], [1.0]), Thresholds(loss_threshold=3.0),
+  flagged = flag_batch(_scored(["a"], [1.0]), Thresholds.of(loss_threshold=3.0),
                        flagged_schema(SCORED))
   assert flagged.num_rows == 0
 
 
 def test_flag_examples_with_side_input_thresholds():
   with TestPipeline() as p:
-    thresholds = p | "T" >> beam.Create([Thresholds(loss_threshold=1.5)])
+    thresholds = p | "T" >> beam.Create([Thresholds.of(loss_threshold=1.5)])
     flagged = (p | beam.Create([_scored(["a", "b"], [1.0, 2.0]),
                                 _scored(["c"], [3.0])])
                | FlagExamples(thresholds, SCORED))

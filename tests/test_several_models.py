@@ -16,9 +16,9 @@ from lossaudit import preflight
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError
 from lossaudit.model_inputs import ModelInputs, Ragged, read_model_inputs
+from lossaudit.rules import Rows, Thresholds, flag_masks
 from lossaudit.scoring import BatchScorer, regions
 from lossaudit.spec import Feature
-from lossaudit.stats import Thresholds, flag_masks
 from lossaudit.transforms.flag import flag_batch, flagged_schema
 from tests.helpers import NUM_CLASSES, NUM_FEATURES, classifier_spec
 
@@ -185,9 +185,10 @@ def test_regions_and_aum_rules():
   assert regions(confidence, variability, (0.5, 0.2)).to_pylist() == [
       "easy", "ambiguous", "hard", None]
   aum = np.array([-1.0, 0.5, np.nan, 2.0])
-  masks = dict(flag_masks(np.zeros(4), np.array(list("abcd"), object),
-                          Thresholds(aum_below=0.6, aum_quantile=-0.5),
-                          aum=aum))
+  rows = Rows(pa.RecordBatch.from_pydict({"aum": aum}), np.zeros(4),
+              np.array(list("abcd"), object))
+  masks = dict(flag_masks(rows, Thresholds.of(aum_below=0.6,
+                                              aum_quantile=-0.5)))
   np.testing.assert_array_equal(masks["aum_below"], [1, 1, 0, 0])
   np.testing.assert_array_equal(masks["aum_quantile"], [1, 0, 0, 0])
 
@@ -408,7 +409,7 @@ def test_rows_flagged_by_aum_alone_are_scored_by_minus_aum():
       "id": ["a", "b", "c"], "loss": [0.1, 5.0, 0.2],
       "aum": [-3.0, -2.0, 1.0], "region": ["hard", "hard", "easy"]})
   schema = flagged_schema(scored.schema)
-  flagged = flag_batch(scored, Thresholds(loss_threshold=1.0, aum_below=0.0),
+  flagged = flag_batch(scored, Thresholds.of(loss_threshold=1.0, aum_below=0.0),
                        schema)
   assert flagged.to_pydict() == {
       "id": ["a", "b"], "loss": [0.1, 5.0],

@@ -12,14 +12,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from lossaudit.config import FlagConfig
+from lossaudit.rules import Rows, Thresholds, flag_masks, rule_thresholds
+from lossaudit.rules.top_k import TopKBound
 from lossaudit.stats import (
   LossAccumulator,
-  Thresholds,
-  TopKBound,
-  flag_masks,
   format_quantile,
   quantile_grid,
-  rule_thresholds,
   top_k_merge,
 )
 from lossaudit.transforms.stats import (
@@ -106,7 +104,7 @@ def test_top_k_merge_breaks_ties_by_id():
 def test_flag_masks():
   losses = np.array([0.1, 2.0, np.nan, 5.0, 3.0])
   ids = np.array(list("abcde"), dtype=object)
-  masks = dict(flag_masks(losses, ids, Thresholds(
+  masks = dict(flag_masks(Rows(None, losses, ids), Thresholds.of(
       loss_quantile=2.5, loss_threshold=1.0, top_k=TopKBound(3.0, "e"))))
   np.testing.assert_array_equal(masks["non_finite"], [0, 0, 1, 0, 0])
   np.testing.assert_array_equal(masks["loss_quantile"], [0, 0, 0, 1, 1])
@@ -117,9 +115,10 @@ def test_flag_masks():
 def test_rule_thresholds():
   summary = {"quantiles": {"0.9": 4.0}}
   flag = FlagConfig(loss_quantile=0.9, loss_threshold=2, top_k=2)
-  thresholds = rule_thresholds(summary, flag, [(9.0, "x"), (8.0, "y")])
-  assert thresholds == Thresholds(loss_quantile=4.0, loss_threshold=2.0,
-                                  top_k=TopKBound(8.0, "y"))
+  thresholds = rule_thresholds(summary, flag,
+                               top_k=[(9.0, "x"), (8.0, "y")])
+  assert thresholds == Thresholds.of(loss_quantile=4.0, loss_threshold=2.0,
+                                     top_k=TopKBound(8.0, "y"))
   assert thresholds.to_dict() == {
       "loss_quantile": 4.0, "loss_threshold": 2.0, "top_k": [8.0, "y"]}
 
@@ -127,11 +126,12 @@ def test_rule_thresholds():
 def test_rules_without_a_value_are_listed_and_flag_nothing():
   summary = {"quantiles": {"0.9": None}, "median": None, "mad": None}
   flag = FlagConfig(loss_quantile=0.9, robust_z=3.0, top_k=2)
-  thresholds = rule_thresholds(summary, flag, [])
+  thresholds = rule_thresholds(summary, flag, top_k=[])
   # robust_z needs a median: not in force without one.
   assert thresholds.to_dict() == {"loss_quantile": None, "top_k": None}
-  masks = dict(flag_masks(np.array([1.0, np.nan]),
-                          np.array(["a", "b"], dtype=object), thresholds))
+  masks = dict(flag_masks(Rows(None, np.array([1.0, np.nan]),
+                               np.array(["a", "b"], dtype=object)),
+                          thresholds))
   assert list(masks) == ["non_finite", "top_k"]
   np.testing.assert_array_equal(masks["top_k"], [0, 0])
 

@@ -15,25 +15,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from lossaudit import METRICS_NAMESPACE, clean, weights
+from lossaudit import METRICS_NAMESPACE, clean, rules, weights
 from lossaudit.clean import FileMarks
 from lossaudit.data_map import DataMap, DataMapCombineFn, sample_rows
 from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.merging import merge_all
-from lossaudit.spec import (
-  POSITION_COLUMN,
-  PROBS_COLUMN,
-  SLICE_COLUMN,
-  SOURCE_COLUMN,
-)
-from lossaudit.stats import Thresholds, flag_masks
+from lossaudit.rules import Thresholds, label_issue
+from lossaudit.spec import POSITION_COLUMN, PROBS_COLUMN, SOURCE_COLUMN
 from lossaudit.transforms.label_issues import class_arrays
 from lossaudit.weights import WeightRule
 
 _CARRIED = ("given_label", "predicted_label", "self_confidence",
             "given_class", "predicted_class", "target", "prediction",
             "error_norm", "deviance", "fold", "aum", "region")
-_AUM_RULES = ("aum_quantile", "aum_below")
 
 
 def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
@@ -92,34 +86,15 @@ def flagged_rows(batch: pa.RecordBatch, thresholds: Thresholds,
   if "suggested_class" in schema.names and class_names is None:
     raise ValueError("flag_batch: the flagged schema has suggested_class;"
                      " expected class_names. Received: None")
-  losses = batch.column(column).to_numpy(zero_copy_only=False)
   ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
                    dtype=object)
-  slices = (batch.column(SLICE_COLUMN).to_numpy(zero_copy_only=False)
-            if SLICE_COLUMN in batch.schema.names else None)
-  aum = (batch.column("aum").to_numpy(zero_copy_only=False)
-         if "aum" in batch.schema.names else None)
-  rules = flag_masks(losses, ids, thresholds, slices, aum)
-  score = np.where(np.isfinite(losses), losses, np.inf)
-  suggested = None
-  label_rules = thresholds.label_issues
-  if label_rules is not None:
-    arrays = class_arrays(batch, label_rules.num_classes)
-    probs, given = arrays.probs, arrays.given
-    issues, suggested = label_rules.issue_mask(probs, given, ids)
-    issues &= arrays.finite  # Left out of confident learning.
-    rules.append(("label_issue", issues))
-    # cleanlab's self-confidence ranking, on the cross-entropy scale.
-    self_confidence = probs[np.arange(len(given)), given].astype(np.float64)
-    score = np.where(issues, -np.log(np.clip(self_confidence, 1e-300, 1)),
-                     score)
-  names = np.array([name for name, _ in rules])
-  matrix = np.stack([mask for _, mask in rules], axis=1)
+  scored = rules.Rows(batch, batch.column(column).to_numpy(
+      zero_copy_only=False), ids)
+  masks = rules.flag_masks(scored, thresholds)
+  score = rules.scores(scored, masks)
+  names = np.array([name for name, _ in masks])
+  matrix = np.stack([mask for _, mask in masks], axis=1)
   flagged = matrix.any(axis=1)
-  by_aum = np.isin(names, _AUM_RULES)
-  if by_aum.any():
-    only_aum = matrix[:, by_aum].any(axis=1) & ~matrix[:, ~by_aum].any(axis=1)
-    score = np.where(only_aum, -aum, score)
   rows = np.flatnonzero(flagged)
   hits = matrix[rows]
   offsets = np.concatenate([[0], np.cumsum(hits.sum(axis=1))]).astype(np.int32)
@@ -132,8 +107,8 @@ def flagged_rows(batch: pa.RecordBatch, thresholds: Thresholds,
   arrays += [batch.column(c).take(picked) for c in _CARRIED
              if c in schema.names]
   if "suggested_label" in schema.names:
-    is_issue = [mask for name, mask in rules if name == "label_issue"][0][rows]
-    suggested_label = pa.array(suggested[rows].astype(np.int64),
+    is_issue = dict(masks)[label_issue.REASON][rows]
+    suggested_label = pa.array(scored.suggested[rows].astype(np.int64),
                                mask=~is_issue)
     arrays.append(suggested_label)
     if "suggested_class" in schema.names:

@@ -24,8 +24,8 @@ from lossaudit.flag_counts import FlagCounts
 from lossaudit.history import HistoryCounts
 from lossaudit.previews import Previews
 from lossaudit.report import build_summary, render_report
+from lossaudit.rules import Thresholds
 from lossaudit.spec import PROBS_COLUMN, is_internal
-from lossaudit.stats import Thresholds
 from lossaudit.timings import Timings
 from lossaudit.transforms.spill import in_global_window
 

@@ -1,0 +1,51 @@
+"""`label_issue`: confident learning's label issues (`flag.label_issues`).
+
+The rules (`LabelRules`: per-class thresholds, and the cells' cut-offs with
+`prune_by_noise_rate`) come from `FindLabelIssues`, passes over the spilled
+scored rows; this rule applies them to each batch.
+"""
+
+import numpy as np
+
+from lossaudit import validation
+from lossaudit.rules._registry import NOT_IN_FORCE, FlagRule, Setting, register
+
+# `flag.label_issues`: the method of cleanlab's `find_label_issues`.
+LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
+REASON = "label_issue"
+
+
+class LabelIssue(FlagRule):
+  """Flags a label issue found by confident learning (`flag.label_issues`:
+  `confident_learning` or `prune_by_noise_rate`); `flagged/` gets the
+  suggested label."""
+
+  reason = REASON
+  settings = (Setting("label_issues", validation.one_of(
+      LABEL_ISSUE_METHODS, nullable=True), None,
+                      "flag label issues by this confident-learning method"
+                      " (classifiers)"),)
+  rank = 80
+  config_rank = 45
+  in_thresholds = False
+
+  def threshold(self, flag, loss_summary, slice_stats, own):
+    return NOT_IN_FORCE if own is None else own
+
+  def mask(self, rows, threshold):
+    from lossaudit.transforms.label_issues import class_arrays  # pylint: disable=g-import-not-at-top
+
+    arrays = class_arrays(rows.batch, threshold.num_classes)
+    probs, given = arrays.probs, arrays.given
+    issues, rows.suggested = threshold.issue_mask(probs, given, rows.ids)
+    issues &= arrays.finite  # Left out of confident learning.
+    rows.cache[REASON] = probs[np.arange(len(given)), given].astype(np.float64)
+    return issues
+
+  def rescore(self, rows, mask, score):
+    # cleanlab's self-confidence ranking, on the cross-entropy scale.
+    self_confidence = rows.cache[REASON]
+    return np.where(mask, -np.log(np.clip(self_confidence, 1e-300, 1)), score)
+
+
+register(LabelIssue())

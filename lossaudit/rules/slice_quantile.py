@@ -1,0 +1,45 @@
+"""`slice_quantile`: flags a loss above a quantile of its slice's losses."""
+
+import numpy as np
+
+from lossaudit import validation
+from lossaudit.rules._registry import FlagRule, Setting, register
+
+
+class SliceQuantile(FlagRule):
+  """Flags a loss above the `flag.slice_quantile` quantile of the losses of
+  its slice (`stats.slice_by`)."""
+
+  reason = "slice_quantile"
+  settings = (Setting("slice_quantile", validation.number(0, 1), None,
+                      "flag a loss above this quantile of its slice's"
+                      " losses (needs stats.slice_by)"),)
+  rank = 40
+
+  def sketch_quantiles(self, flag):
+    return (flag.slice_quantile,)
+
+  def threshold(self, flag, loss_summary, slice_stats, own):
+    from lossaudit.stats import (
+      format_quantile,  # Local: no sketch at config time.
+    )
+
+    key = format_quantile(flag.slice_quantile)
+    return {name: stats["quantiles"][key]
+            for name, stats in (slice_stats or {}).items()}
+
+  def mask(self, rows, threshold):
+    from lossaudit.scoring import (
+      SLICE_COLUMN,  # Local: no TensorFlow at config time.
+    )
+
+    slices = rows.column(SLICE_COLUMN)
+    if threshold is None or slices is None:
+      return None
+    names, index = np.unique(slices, return_inverse=True)
+    bounds = np.array([threshold.get(n) for n in names], dtype=np.float64)
+    bound = np.nan_to_num(bounds, nan=np.inf)[index.reshape(-1)]
+    return rows.safe > bound
+
+
+register(SliceQuantile())
