@@ -174,8 +174,8 @@ def test_no_import_cycle():
   assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_spec_imports_no_tensorflow():
-  code = ("import sys, lossaudit.spec;"
+def test_the_spec_and_reading_model_inputs_import_no_tensorflow():
+  code = ("import sys, lossaudit.spec, lossaudit.model_inputs;"
           " print(sorted(m for m in sys.modules"
           " if m.split('.')[0] in ('tensorflow', 'keras')))")
   done = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -1,5 +1,7 @@
 """Per-sample losses equal Keras' `reduction=None`; class signals by formula."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -105,3 +107,23 @@ def test_custom_loss_is_imported_by_path():
     losses.import_custom_loss("tests.custom_losses:nowhere")
   with pytest.raises(ModuleNotFoundError):
     losses.import_custom_loss("tests.no_such_module:f")
+
+
+@pytest.mark.parametrize("name", [n for n, loss in losses.LOSSES.items()
+                                  if loss.keras_class])
+def test_a_keras_loss_record_says_what_its_keras_class_takes(name):
+  loss = losses.LOSSES[name]
+  parameters = inspect.signature(
+      getattr(keras.losses, loss.keras_class)).parameters
+  assert loss.from_logits == ("from_logits" in parameters)
+  assert loss.function is None
+
+
+def test_each_name_and_alias_names_one_loss():
+  names = [n for loss in losses.LOSSES.values()
+           for n in (loss.name,) + loss.aliases]
+  assert len(names) == len(set(names))
+  for loss in losses.LOSSES.values():
+    assert (loss.keras_class is None) == (loss.function is not None)
+    for alias in loss.aliases:
+      assert losses.canonical_loss_name(alias) == loss.name
