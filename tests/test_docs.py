@@ -135,3 +135,31 @@ def test_the_reference_lists_every_key_with_its_rule():
   assert "loss.outputs[].index" not in rows
   # Flag keys get their help from the flag rules; a placeholder until then.
   assert rows["flag.loss_quantile"][4].rstrip(" |")
+
+
+def _keys(mapping, prefix=""):
+  for key, value in mapping.items():
+    if isinstance(value, dict) and key != "args":
+      yield from _keys(value, f"{prefix}{key}.")
+    else:
+      yield prefix + key
+
+
+def test_the_annotated_config_names_every_key_at_its_default(tmp_path):
+  """docs/config.md's annotated config: every key of the reference but
+  those of the nested sections (told in its comments), each at its default
+  but the paths."""
+  with open(os.path.join(REPO, "docs", "config.md"), encoding="utf-8") as f:
+    block = f.read().split("```yaml\n", 1)[1].split("```", 1)[0]
+  reference = {line.split(" | ")[0][3:-1] for line in
+               config_reference.reference_text().splitlines()
+               if line.startswith("| `")}
+  nested = {k for k in reference if k.startswith(
+      ("loss.outputs[].", "output.clean.", "output.weights."))}
+  assert set(_keys(yaml.safe_load(block))) == reference - nested
+  (tmp_path / "annotated.yaml").write_text(block)
+  (tmp_path / "paths.yaml").write_text(
+      "input: {pattern: data/part-*.tfrecord.gz}\n"
+      "model: {path: models/demo.keras}\noutput: {dir: out/demo}\n")
+  assert config.load_config(str(tmp_path / "annotated.yaml")) == (
+      config.load_config(str(tmp_path / "paths.yaml")))
