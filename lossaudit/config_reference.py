@@ -10,6 +10,7 @@ field's, its rule the `Rule`'s expected text and its help the field's
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import typing
@@ -19,8 +20,9 @@ from lossaudit import config
 
 PAGE = os.path.join("docs", "reference", "config.md")
 COMMAND = "python -m lossaudit.config_reference"
-# Flag keys' help comes from the flag rules; until they give it, this.
-FLAG_HELP_PLACEHOLDER = "A flag rule; see Label issues and outliers."
+# A flag key's help where its rule gives none (see `flag_help`).
+FLAG_HELP_PLACEHOLDER = ("A flag rule: see"
+                         " [Label issues and outliers](../label-issues.md).")
 
 # Keys that hold a section rather than a value (no `_field`): their help.
 _NESTED_HELP = {
@@ -78,9 +80,9 @@ def _rows(cls: type, prefix: str) -> Iterator[Row]:
     rule: Optional[config.Rule] = field.metadata.get(config.RULE)
     if rule is not None:
       help_ = field.metadata.get(config.HELP, "")
-      if not help_ and cls is config.FlagConfig:
-        help_ = FLAG_HELP_PLACEHOLDER
-      yield key, str(field.type), _default(field), rule.expected, help_
+      if cls is config.FlagConfig:
+        help_ = flag_help(field.name, help_)
+      yield key, str(field.type), _default(field), _accepts(rule), help_
     elif key in _NESTED:
       name, nested = _NESTED[key]
       yield key, str(field.type), _default(field), "", _NESTED_HELP[key]
@@ -89,6 +91,27 @@ def _rows(cls: type, prefix: str) -> Iterator[Row]:
       yield from _rows(hints[field.name], key + ".")
     else:
       raise ValueError(f"{key}: neither a config key nor a section")
+
+
+def _accepts(rule: config.Rule) -> str:
+  """What `rule` accepts: its expected text, or its range's when that says
+  more (`a number or null` is `null or a number in [0, 1]`), null named
+  when the key takes it."""
+  text, bounds = rule.expected, rule.range
+  if bounds is not None and bounds.expected and not (
+      math.isinf(bounds.low) and math.isinf(bounds.high)):
+    text = bounds.expected
+  if rule.nullable and "null" not in text:
+    text = f"null or {text}"
+  return text
+
+
+def flag_help(name: str, declared: str) -> str:
+  """The help of the flag key `flag.<name>`: `declared` (its field's), else
+  a placeholder. The hook where the flag rules' registry gives each rule's
+  own line."""
+  del name  # Until the registry: the rules declare their keys' help there.
+  return declared or FLAG_HELP_PLACEHOLDER
 
 
 def _cell(text: str) -> str:

@@ -133,6 +133,9 @@ def test_the_reference_lists_every_key_with_its_rule():
   assert rows["output.clean.relabel_min_probability"][2] == "`0.9`"
   assert rows["loss.outputs[].weight"][2] == "`1.0`"
   assert "loss.outputs[].index" not in rows
+  assert rows["flag.loss_quantile"][3] == "null or a number in [0, 1]"
+  assert rows["flag.top_k"][3] == "null or a positive integer"
+  assert rows["input.pad_value"][3] == "a number or null"
   # Flag keys get their help from the flag rules; a placeholder until then.
   assert rows["flag.loss_quantile"][4].rstrip(" |")
 
