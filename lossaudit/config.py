@@ -77,13 +77,17 @@ _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 # The key of a field's `Rule` in its dataclass field metadata.
 RULE = "rule"
+# Its one line of help, for the config reference.
+HELP = "help"
 
 
 def _field(rule: Rule, default: Any = dataclasses.MISSING, *,
-           default_factory: Any = dataclasses.MISSING) -> Any:
-  """A dataclass field whose values `rule` checks."""
+           default_factory: Any = dataclasses.MISSING,
+           help: str = "") -> Any:  # pylint: disable=redefined-builtin
+  """A dataclass field whose values `rule` checks; `help`, one line for the
+  config reference (`lossaudit.config_reference`), is its `metadata[HELP]`."""
   return dataclasses.field(default=default, default_factory=default_factory,
-                           metadata={RULE: rule})
+                           metadata={RULE: rule, HELP: help})
 
 
 def _validate(config: Any, prefix: str, *, first: Sequence[str] = (),
@@ -160,25 +164,43 @@ class InputConfig:
   pattern: Union[str, Sequence[str]] = _field(
       Rule(_GLOBS, types=(str, list, tuple), nonempty=True,
            check=_check_globs,
-           convert=lambda v: v if isinstance(v, str) else tuple(v)), "")
-  format: str = _field(_one_of(FORMATS), "tfrecord")
-  id_column: Optional[str] = _field(_OPTIONAL_STRING, "id")
-  label_column: Optional[str] = _field(_OPTIONAL_STRING, "label")
-  weight_column: Optional[str] = _field(_OPTIONAL_STRING, None)
+           convert=lambda v: v if isinstance(v, str) else tuple(v)), "",
+      help="The input files: a glob or a list of globs, local or gs://.")
+  format: str = _field(_one_of(FORMATS), "tfrecord",
+      help="tfrecord (tf.train.Example records, plain or gzip) or parquet.")
+  id_column: Optional[str] = _field(_OPTIONAL_STRING, "id",
+      help=("The example id column; null: a content fingerprint (FarmHash of "
+            "features and label)."))
+  label_column: Optional[str] = _field(_OPTIONAL_STRING, "label",
+      help=("The label: a sparse int class, a one-hot vector, a class name or"
+            " a float target."))
+  weight_column: Optional[str] = _field(_OPTIONAL_STRING, None,
+      help=("A per-example weight column: adds weighted_loss (Keras "
+            "sample_weight)."))
   feature_columns: Optional[Union[Sequence[str], Mapping[str, str]]] = _field(
       Rule(_FEATURE_COLUMNS, types=(collections.abc.Mapping, list, tuple),
            nullable=True, nonempty=True, check=_check_feature_columns,
            convert=lambda v: (dict(v) if isinstance(
-               v, collections.abc.Mapping) else tuple(v))), None)
+               v, collections.abc.Mapping) else tuple(v))), None,
+      help=("null: the model's input names; a list in model input order, or "
+            "{input: column}."))
   label_vocabulary: Optional[Union[str, Sequence[str]]] = _field(
       Rule(_VOCABULARY, types=(str, list, tuple), nullable=True,
            nonempty=True, check=_check_vocabulary,
-           convert=lambda v: v if isinstance(v, str) else tuple(v)), None)
-  pad_value: Optional[float] = _field(_number(), None)
-  truncate: bool = _field(_BOOLEAN, False)
+           convert=lambda v: v if isinstance(v, str) else tuple(v)), None,
+      help=("Class names, a list or a file with one per line: string labels "
+            "become class ids."))
+  pad_value: Optional[float] = _field(_number(), None,
+      help=("Pads rows of inputs of unknown length (null: 0), and of fixed-"
+            "length ones when set."))
+  truncate: bool = _field(_BOOLEAN, False,
+      help=("Cut rows longer than a fixed-length model input (else a "
+            "wrong_size dead letter)."))
   fold_column: Optional[str] = _field(
       Rule("null or a column name", types=(str,), nullable=True,
-           nonempty=True), None)
+           nonempty=True), None,
+      help=("An int column: each example's held-out fold (model.folds); null:"
+            " fold_of(id, K)."))
 
   def __post_init__(self):
     _validate(self, "input")
@@ -241,23 +263,37 @@ class ModelConfig:
 
   path: str = _field(Rule("a .keras file or a SavedModel directory",
                           types=(str,), location=True,
-                          check=_check_model_path), "")
-  signature: str = _field(_STRING, "serving_default")
-  output: Optional[str] = _field(_OPTIONAL_STRING, None)
+                          check=_check_model_path), "",
+      help=("A .keras file or SavedModel directory, local or gs://; may hold "
+            "{fold} and {checkpoint}."))
+  signature: str = _field(_STRING, "serving_default",
+      help="The SavedModel signature to call (SavedModel only).")
+  output: Optional[str] = _field(_OPTIONAL_STRING, None,
+      help=("The output to score when the model has several (loss.outputs "
+            "scores several)."))
   serialized_examples_input: Optional[str] = _field(
       Rule("null or the name of a signature input", types=(str,),
-           nullable=True, nonempty=True), None)
+           nullable=True, nonempty=True), None,
+      help=("The signature input taking serialized tf.Examples; null: a lone "
+            "string input 'examples'."))
   folds: Optional[int] = _field(_integer(
       2, MAX_FOLDS, f"null or an integer in [2, {MAX_FOLDS}]",
-      nullable=True), None)
+      nullable=True), None,
+      help=("K: each example is scored by the model of its held-out fold; "
+            "model.path holds {fold}."))
   checkpoints: Optional[Sequence[str]] = _field(
       Rule(_CHECKPOINTS, types=(list, tuple), nullable=True,
            check=_check_checkpoints,
-           convert=lambda v: tuple(str(c) for c in v)), None)
+           convert=lambda v: tuple(str(c) for c in v)), None,
+      help=("Two or more names filling {checkpoint}, oldest first: training "
+            "dynamics from each."))
   predictions_column: Optional[str] = _field(
       Rule("null or a column name", types=(str,), nullable=True,
-           nonempty=True), None)
-  predictions_kind: str = _field(_one_of(PREDICTIONS_KINDS), "probabilities")
+           nonempty=True), None,
+      help=("No model (model.path empty): a column of predicted probabilities"
+            " or logits."))
+  predictions_kind: str = _field(_one_of(PREDICTIONS_KINDS), "probabilities",
+      help="What model.predictions_column holds: probabilities or logits.")
 
   def __post_init__(self):
     _validate(self, "model")
@@ -383,15 +419,24 @@ _LOSS_ARGS = Rule("a mapping of Keras loss arguments",
 class LossOutputConfig:
   """One output of a multi-output model: its loss, labels and weight."""
 
-  output: str = _field(_NON_EMPTY_STRING, "")
-  label_column: str = _field(_NON_EMPTY_STRING, "")
-  name: str = _field(_LOSS_NAME, "mean_squared_error")
+  output: str = _field(_NON_EMPTY_STRING, "",
+      help="The model output this term scores.")
+  label_column: str = _field(_NON_EMPTY_STRING, "",
+      help="The column holding this output's labels.")
+  name: str = _field(_LOSS_NAME, "mean_squared_error",
+      help="The Keras loss of this output (as loss.name).")
   weight: float = _field(_number(0, nullable=False,
-                                 null_expected="a number >= 0"), 1.0)
-  from_logits: bool = _field(_BOOLEAN, False)
-  reduce: str = _field(_REDUCE, "mean")
-  args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict)
-  custom: Optional[str] = _field(_CUSTOM, None)
+                                 null_expected="a number >= 0"), 1.0,
+      help="This term's weight in loss = sum of weight * part.")
+  from_logits: bool = _field(_BOOLEAN, False,
+      help="Whether this output holds logits (as loss.from_logits).")
+  reduce: str = _field(_REDUCE, "mean",
+      help="How this term reduces over a sample's non-batch axes: mean or sum.")
+  args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict,
+      help="More arguments of this output's loss (as loss.args).")
+  custom: Optional[str] = _field(_CUSTOM, None,
+      help=("A custom loss for this output, package.module:function (as "
+            "loss.custom)."))
   index: int = 0
 
   def __post_init__(self):
@@ -405,13 +450,24 @@ class LossOutputConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  name: str = _field(_LOSS_NAME, "sparse_categorical_crossentropy")
-  from_logits: bool = _field(_BOOLEAN, False)
-  reduce: str = _field(_REDUCE, "mean")
-  custom: Optional[str] = _field(_CUSTOM, None)
+  name: str = _field(_LOSS_NAME, "sparse_categorical_crossentropy",
+      help=("The Keras loss (or an alias such as mse) the model was trained "
+            "with."))
+  from_logits: bool = _field(_BOOLEAN, False,
+      help="Whether the model's output holds logits rather than probabilities.")
+  reduce: str = _field(_REDUCE, "mean",
+      help=("How one sample's loss reduces over its non-batch axes: mean (as "
+            "Keras) or sum."))
+  custom: Optional[str] = _field(_CUSTOM, None,
+      help=("A custom per-sample loss, package.module:function taking "
+            "(y_true, y_pred)."))
   outputs: Optional[Sequence[Mapping[str, Any]]] = None  # _parse_outputs.
-  args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict)
-  from_logits_check: bool = _field(_BOOLEAN, True)
+  args: Mapping[str, Any] = _field(_LOSS_ARGS, default_factory=dict,
+      help=("More loss arguments (label_smoothing, delta, ignore_class, ...);"
+            " keywords to a custom loss."))
+  from_logits_check: bool = _field(_BOOLEAN, True,
+      help=("Refuse outputs that are not what from_logits says, seen on the "
+            "first records."))
 
   def __post_init__(self):
     # The name is unused with a custom loss or per-output losses.
@@ -456,12 +512,19 @@ class StatsConfig:
       Rule("a non-empty list of numbers in [0, 1]", types=(list, tuple),
            nonempty=True, check=_check_quantiles,
            convert=lambda v: tuple(sorted(set(float(q) for q in v)))),
-      (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999))
-  epsilon: float = _field(_number(MIN_EPSILON, 0.5, nullable=False), 0.001)
-  slice_by: Optional[str] = _field(_OPTIONAL_STRING, None)
+      (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999),
+      help="The loss quantiles summary.json and the report give.")
+  epsilon: float = _field(_number(MIN_EPSILON, 0.5, nullable=False), 0.001,
+      help="The quantile sketch's rank-error bound.")
+  slice_by: Optional[str] = _field(_OPTIONAL_STRING, None,
+      help=("A column: count and quantiles per value (slices), and "
+            "flag.slice_quantile."))
   # Distinct values of slice_by a run holds statistics for: more stop it.
-  max_slices: int = _field(_integer(1, math.inf, "a positive integer"), 1000)
-  weighted: bool = _field(_BOOLEAN, False)
+  max_slices: int = _field(_integer(1, math.inf, "a positive integer"), 1000,
+      help=("The most distinct stats.slice_by values a run holds statistics "
+            "for."))
+  weighted: bool = _field(_BOOLEAN, False,
+      help="Statistics and flags on weighted_loss rather than loss.")
 
   def __post_init__(self):
     _validate(self, "stats")
@@ -603,11 +666,18 @@ class CleanConfig:
       whose gates all pass; `always`: by every completed run.
   """
 
-  drop_reasons: Optional[Sequence[str]] = _field(_REASONS, None)
-  relabel: bool = _field(_BOOLEAN, False)
+  drop_reasons: Optional[Sequence[str]] = _field(_REASONS, None,
+      help=("The flag reasons that drop an example from clean/; null: every "
+            "reason."))
+  relabel: bool = _field(_BOOLEAN, False,
+      help=("Keep label issues with the suggested label when the model is "
+            "sure enough."))
   relabel_min_probability: float = _field(_number(0, 1, nullable=False),
-                                          0.9)
-  when: str = _field(_one_of(CLEAN_WHEN), "passed")
+                                          0.9,
+      help="The least probability of the suggested label that relabels.")
+  when: str = _field(_one_of(CLEAN_WHEN), "passed",
+      help=("passed: clean/ and weights/ only from a run whose gates pass; "
+            "always: from every run."))
 
   def __post_init__(self):
     _validate(self, "output.clean")
@@ -630,10 +700,15 @@ class WeightsConfig:
     reasons: the flag reasons that count (null: all).
   """
 
-  scheme: str = _field(_one_of(WEIGHT_SCHEMES), "drop_flagged")
-  factor: float = _field(_number(0, 1, nullable=False), 0.1)
-  bins: int = _field(_integer(2, 1000), 10)
-  reasons: Optional[Sequence[str]] = _field(_REASONS, None)
+  scheme: str = _field(_one_of(WEIGHT_SCHEMES), "drop_flagged",
+      help=("drop_flagged (0 or 1), downweight_flagged (factor or 1) or "
+            "loss_bins (the loss's bin)."))
+  factor: float = _field(_number(0, 1, nullable=False), 0.1,
+      help="The weight of a flagged example with downweight_flagged.")
+  bins: int = _field(_integer(2, 1000), 10,
+      help="How many equal-count loss bins loss_bins uses (0: the easiest).")
+  reasons: Optional[Sequence[str]] = _field(_REASONS, None,
+      help="The flag reasons that count; null: every reason.")
 
   def __post_init__(self):
     _validate(self, "output.weights")
@@ -674,13 +749,23 @@ class OutputConfig:
 
   dir: str = _field(Rule("a local path or gs:// URI", types=(str,),
                          nonempty=True, location=True,
-                         check=_check_placeholders), "out/audit")
-  num_shards: int = _field(_integer(0, MAX_NUM_SHARDS), 0)
-  write_losses: bool = _field(_BOOLEAN, True)
-  write_probabilities: bool = _field(_BOOLEAN, False)
-  overwrite: bool = _field(_BOOLEAN, False)
+                         check=_check_placeholders), "out/audit",
+      help=("Where the run writes, local or gs://; may hold {date} and "
+            "{run_id}."))
+  num_shards: int = _field(_integer(0, MAX_NUM_SHARDS), 0,
+      help="Files per output table; 0: the runner decides.")
+  write_losses: bool = _field(_BOOLEAN, True,
+      help=("Write losses/, one row per scored example (false: scored_ids/ "
+            "keeps the ids)."))
+  write_probabilities: bool = _field(_BOOLEAN, False,
+      help="losses/ gets the probabilities the label issues use.")
+  overwrite: bool = _field(_BOOLEAN, False,
+      help=("Take a non-empty dir without lossaudit's marker (still deletes "
+            "only its own files)."))
   lock_timeout: Union[str, float] = _field(
-      Rule(_LOCK_TIMEOUT, check=_check_duration), "6h")
+      Rule(_LOCK_TIMEOUT, check=_check_duration), "6h",
+      help=("Another run's lock older than this is taken over: seconds, or "
+            "90s, 30m, 6h, 2d."))
   clean: Optional[CleanConfig] = None  # Parsed in __post_init__.
   weights: Optional[WeightsConfig] = None
 
@@ -717,21 +802,32 @@ class GateConfig:
 
   baseline: Optional[str] = _field(
       Rule("a string or null", types=(str,), nullable=True,
-           check=_check_baseline), None)
-  max_flagged_fraction: Optional[float] = _field(_number(0, 1), None)
-  max_quantile_shift: Optional[float] = _field(_number(0), None)
+           check=_check_baseline), None,
+      help=("An earlier run's output.dir, or latest (the newest earlier run "
+            "that passed); turns on flag history."))
+  max_flagged_fraction: Optional[float] = _field(_number(0, 1), None,
+      help="Fail (exit 3) when flagged / examples scored exceeds it.")
+  max_quantile_shift: Optional[float] = _field(_number(0), None,
+      help=("Fail when a watched loss quantile moves by more than this "
+            "fraction."))
   # Fail when the flags the baseline did not have, over examples_scored,
   # exceed it (flag history: gate.baseline).
-  max_new_flagged_fraction: Optional[float] = _field(_number(0, 1), None)
+  max_new_flagged_fraction: Optional[float] = _field(_number(0, 1), None,
+      help=("Fail when the flags the baseline did not have, over examples "
+            "scored, exceed it."))
   # Fail when the new flags on ids the baseline scored (and did not flag),
   # over the ids scored in both runs, exceed it.
-  max_regression_fraction: Optional[float] = _field(_number(0, 1), None)
+  max_regression_fraction: Optional[float] = _field(_number(0, 1), None,
+      help=("Fail when new flags on ids both runs scored, over those ids, "
+            "exceed it."))
   # The quantiles `max_quantile_shift` watches (null: all of stats.quantiles).
   # Low quantiles of a good model are near 0, where any change is large.
   shift_quantiles: Optional[Sequence[float]] = _field(
       Rule("null or a non-empty list of quantiles", types=(list, tuple),
            nullable=True, nonempty=True, check=_check_numbers,
-           convert=tuple), None)
+           convert=tuple), None,
+      help=("The quantiles max_quantile_shift watches; null: all of "
+            "stats.quantiles."))
 
   def __post_init__(self):
     _validate(self, "gate", first=("shift_quantiles",))
@@ -748,12 +844,17 @@ class RuntimeConfig:
   progress line at most this often (null: none).
   """
 
-  device: str = _field(_one_of(DEVICES), "auto")
+  device: str = _field(_one_of(DEVICES), "auto",
+      help=("Where the model runs: auto (a GPU when TensorFlow sees one), cpu"
+            " or gpu."))
   accelerator: Optional[str] = _field(
       Rule("null or a Beam accelerator hint such as"
            " 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
-           types=(str,), nullable=True, pattern=_ACCELERATOR), None)
-  progress_seconds: Optional[float] = _field(_number(0, open_low=True), 10.0)
+           types=(str,), nullable=True, pattern=_ACCELERATOR), None,
+      help="A Beam accelerator resource hint on the scoring step only.")
+  progress_seconds: Optional[float] = _field(_number(0, open_low=True), 10.0,
+      help=("DirectRunner: a progress line at most this often per worker; "
+            "null: none."))
 
   def __post_init__(self):
     _validate(self, "runtime", first=("progress_seconds",))
@@ -765,9 +866,11 @@ class DynamicsConfig:
   et al. (2020): `ambiguous` when `variability >= ambiguous_variability`,
   else `easy` when `confidence >= easy_confidence`, else `hard`."""
 
-  easy_confidence: float = _field(_number(0, 1, nullable=False), 0.5)
+  easy_confidence: float = _field(_number(0, 1, nullable=False), 0.5,
+      help="Data map: easy when confidence >= this (and not ambiguous).")
   ambiguous_variability: float = _field(_number(0, 0.5, nullable=False),
-                                        0.2)
+                                        0.2,
+      help="Data map: ambiguous when variability >= this.")
 
   def __post_init__(self):
     _validate(self, "dynamics")
@@ -795,7 +898,8 @@ class AuditConfig:
   input: InputConfig
   model: ModelConfig
   loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-  batch_size: int = _field(_integer(1, MAX_BATCH_SIZE), 1024)
+  batch_size: int = _field(_integer(1, MAX_BATCH_SIZE), 1024,
+      help="Rows per model call.")
   stats: StatsConfig = dataclasses.field(default_factory=StatsConfig)
   flag: FlagConfig = dataclasses.field(default_factory=FlagConfig)
   output: OutputConfig = dataclasses.field(default_factory=OutputConfig)

@@ -8,20 +8,33 @@ import sys
 from typing import Optional, Sequence
 
 # Every command: its module under lossaudit.pipelines (whose `main(argv)`
-# runs it), and its line in `lossaudit --help`.
+# runs it), its line in `lossaudit --help`, and an example of its use.
 COMMANDS = {
-    "run": ("audit", "audit a dataset: per-example losses, flags, report"),
-    "demo": ("demo", "train the digits demo model, audit its noisy labels"),
-    "compare": ("compare", "compare two runs and apply the quality gates"),
-    "folds": ("folds", "write each input id's fold, for out-of-fold models"),
-    "plan": ("plan", "the passes, bytes and worker-hours a run would take"),
+    "run": ("audit", "audit a dataset: per-example losses, flags, report",
+            "lossaudit run --config audit.yaml --set output.dir=out/a1"),
+    "demo": ("demo", "train the digits demo model, audit its noisy labels",
+             "lossaudit demo --output /tmp/lossaudit-demo"),
+    "compare": ("compare", "compare two runs and apply the quality gates",
+                "lossaudit compare out/monday out/tuesday"
+                " --max-flagged-fraction 0.1"),
+    "folds": ("folds", "write each input id's fold, for out-of-fold models",
+              "lossaudit folds --config audit.yaml --output folds/"),
+    "plan": ("plan", "the passes, bytes and worker-hours a run would take",
+             "lossaudit plan --config audit.yaml --rows 1000000000"),
 }
 
 USAGE = """\
 usage: lossaudit COMMAND [ARGS ...]     (lossaudit COMMAND --help: its options)
 
 commands:
-""" + "\n".join(f"  {name:<9}{line}" for name, (_, line) in COMMANDS.items())
+""" + "\n".join(f"  {name:<9}{line}"
+                for name, (_, line, _) in COMMANDS.items()) + """
+
+examples:
+""" + "\n".join(f"  {example}" for _, _, example in COMMANDS.values()) + """
+
+Docs: README.md and docs/ in the source (mkdocs serve); every config key
+is in docs/reference/config.md."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,11 +11,17 @@ from tests.helpers import REPO, audit_env
 COMMANDS = ["run", "demo", "compare", "folds", "plan"]
 
 
+def _help_part(text, title):
+  """The lines of the help's part under `title:`, up to a blank line."""
+  lines = text.splitlines()
+  part = lines[lines.index(f"{title}:") + 1:]
+  return part[:part.index("")] if "" in part else part
+
+
 def _help_commands(text):
   """`{command: its line}` from the "commands:" part of the help."""
-  lines = text.splitlines()
-  listed = lines[lines.index("commands:") + 1:]
-  return {line.split()[0]: " ".join(line.split()[1:]) for line in listed}
+  return {line.split()[0]: " ".join(line.split()[1:])
+          for line in _help_part(text, "commands")}
 
 
 def test_help_lists_every_command_on_one_line():
@@ -31,6 +37,24 @@ def test_help_lists_every_command_on_one_line():
   assert listed["run"] == "audit a dataset: per-example losses, flags, report"
   assert all(listed.values())
   assert all(len(line) <= 80 for line in done.stdout.splitlines())
+
+
+def test_help_gives_an_example_of_each_command_with_its_own_options(
+    capsys):
+  assert cli.main(["--help"]) == 0
+  examples = [line.split() for line in _help_part(
+      capsys.readouterr().out, "examples")]
+  assert [words[:2] for words in examples] == [
+      ["lossaudit", command] for command in COMMANDS]
+  for words in examples:
+    with pytest.raises(SystemExit):
+      cli.main([words[1], "--help"])
+    options = capsys.readouterr().out
+    used = [w.split("=")[0] for w in words if w.startswith("--")]
+    assert used, words
+    for option in used:
+      assert f"{option} " in options or f"{option}=" in options, (
+          option, words)
 
 
 def test_an_unknown_command_names_every_command(capsys):

@@ -95,7 +95,7 @@ def test_accelerator_on_the_scoring_step_only(gcs, tfrecord_dir,
   assert hinted and all(name.startswith("ScoreBatches") for name in hinted)
 
 
-# --- GPU set-up: flags, README commands, Flex metadata, image -------------
+# --- GPU set-up: flags, docs commands, Flex metadata, image -------------
 
 def _known_beam_options(argv, beam_names) -> PipelineOptions:
   """The Beam options among `lossaudit run`'s `argv`, each checked to be one
@@ -131,10 +131,10 @@ def _beam_option_names():
   return {s for a in parser._actions for s in a.option_strings}  # pylint: disable=protected-access
 
 
-def _readme_block(marker):
+def _docs_block(marker):
   """The command lines between `<!-- marker -->` and `<!-- /marker -->`
-  in README.md, as lists of words (continuations joined)."""
-  with open(os.path.join(REPO, "README.md")) as f:
+  in docs/cloud.md, as lists of words (continuations joined)."""
+  with open(os.path.join(REPO, "docs", "cloud.md")) as f:
     text = f.read()
   block = text.split(f"<!-- {marker} -->", 1)[1].split(f"<!-- /{marker} -->",
                                                         1)[0]
@@ -261,8 +261,8 @@ def test_missing_flags_exit_2_with_one_line(capsys):
       " (required). Received: none\n")
 
 
-def test_readme_dataflow_command_options_are_known():
-  (command,) = _readme_block("readme-dataflow-command")
+def test_docs_dataflow_command_options_are_known():
+  (command,) = _docs_block("docs-dataflow-command")
   assert command[0] == "scripts/dataflow"
   args, rest = dataflow.parser().parse_known_args(command[1:])
   assert rest == []
@@ -274,7 +274,7 @@ def test_readme_dataflow_command_options_are_known():
                                                        "job=lossaudit"]
 
 
-# `gcloud dataflow flex-template build|run` flags the README may use (from
+# `gcloud dataflow flex-template build|run` flags docs/cloud.md may use (from
 # the gcloud reference).
 GCLOUD_FLEX_FLAGS = {
     "--image", "--sdk-language", "--metadata-file",
@@ -284,8 +284,8 @@ GCLOUD_FLEX_FLAGS = {
     "--worker-machine-type", "--staging-location", "--temp-location"}
 
 
-def test_readme_flex_command_matches_metadata_and_beam():
-  build, run = _readme_block("readme-flex-command")
+def test_docs_flex_command_matches_metadata_and_beam():
+  build, run = _docs_block("docs-flex-command")
   assert build[:4] == ["gcloud", "dataflow", "flex-template", "build"]
   assert run[:4] == ["gcloud", "dataflow", "flex-template", "run"]
   assert build[build.index("--metadata-file") + 1] == (

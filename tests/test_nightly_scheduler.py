@@ -1,4 +1,5 @@
-"""The nightly job under a scheduler, end to end (README "Nightly runs").
+"""The nightly job under a scheduler, end to end (docs/nightly.md, "A
+failed night stays failed").
 
 - A failed gate stays failed: night 2 fails (exit 3) and hands back no
   `clean/` or `weights/`; the scheduler's retry fails the same way; `latest`

@@ -1,7 +1,8 @@
-"""The README's k-fold loop, pasted as written into a new folder: the data,
-`lossaudit folds`, five Keras fold models with four checkpoints each from
-one process, `lossaudit run`, and cleanlab agreeing on the written
-probabilities; then the PyTorch variant (when torch is installed)."""
+"""The k-fold loop of docs/out-of-sample.md, pasted as written into a new
+folder: the data, `lossaudit folds`, five Keras fold models with four
+checkpoints each from one process, `lossaudit run`, and cleanlab agreeing
+on the written probabilities; then the PyTorch variant (when torch is
+installed)."""
 
 import os
 import re
@@ -12,13 +13,14 @@ import pytest
 
 from tests.helpers import audit_env
 
-README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+PAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs",
+                    "out-of-sample.md")
 
 
 def _block(name: str) -> str:
-  """The code block after `<!-- readme-NAME -->` in the README."""
-  text = open(README, encoding="utf-8").read()
-  found = re.search(rf"<!-- readme-{name} -->\n```[a-z]*\n(.*?)```", text,
+  """The code block after `<!-- docs-NAME -->` in the page."""
+  text = open(PAGE, encoding="utf-8").read()
+  found = re.search(rf"<!-- docs-{name} -->\n```[a-z]*\n(.*?)```", text,
                     re.DOTALL)
   assert found, name
   return found.group(1)
@@ -37,7 +39,7 @@ def _run(block: str, cwd) -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_kfold_loop_works_when_pasted(tmp_path):
+def test_the_docs_kfold_loop_works_when_pasted(tmp_path):
   for name in ("kfold-data", "kfold-folds", "kfold-keras", "kfold-run"):
     _run(_block(name), tmp_path)
   printed = _run(_block("kfold-cleanlab"), tmp_path)

@@ -1,10 +1,10 @@
-"""A k-fold audit from an ordinary training loop (README "Label issues with
-k folds"): five fold models, each saved at four epochs, built one after the
-other in one Python process with Keras' own names (`input_layer_3`,
-`dense_7`, ...) and a data column that is not called as the input. The
-audit runs (exit 0); its label issues equal cleanlab's on the out-of-fold
-probabilities, and `output.write_probabilities` writes exactly what each
-row's fold model predicts."""
+"""A k-fold audit from an ordinary training loop (docs/out-of-sample.md, "A
+complete loop, to paste"): five fold models, each saved at four epochs,
+built one after the other in one Python process with Keras' own names
+(`input_layer_3`, `dense_7`, ...) and a data column that is not called as
+the input. The audit runs (exit 0); its label issues equal cleanlab's on
+the out-of-fold probabilities, and `output.write_probabilities` writes
+exactly what each row's fold model predicts."""
 
 
 import cleanlab.filter

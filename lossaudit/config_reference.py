@@ -1,0 +1,163 @@
+"""The config reference page, generated from the config dataclasses.
+
+`python -m lossaudit.config_reference` writes `docs/reference/config.md`
+(or the path given); `tests/test_docs.py` checks the committed page equals
+`reference_text()`. Each key's type is its annotation, its default the
+field's, its rule the `Rule`'s expected text and its help the field's
+`help` (`config._field`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import typing
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from lossaudit import config
+
+PAGE = os.path.join("docs", "reference", "config.md")
+COMMAND = "python -m lossaudit.config_reference"
+# A flag key's help where its rule gives none (see `flag_help`).
+FLAG_HELP_PLACEHOLDER = ("A flag rule: see"
+                         " [Label issues and outliers](../label-issues.md).")
+
+# Keys that hold a section rather than a value (no `_field`): their help.
+_NESTED_HELP = {
+    "loss.outputs": "Multi-output models: one loss term per output, as a"
+                    " list of the loss.outputs[] keys below.",
+    "output.clean": "Write clean/: the input without its flagged examples"
+                    " (the output.clean.* keys below); null: none.",
+    "output.weights": "Write weights/: (id, weight) of every scored example"
+                      " (the output.weights.* keys below); null: none.",
+}
+# Sections that are not keys of the YAML file's top level.
+_NESTED = {
+    "loss.outputs": ("loss.outputs[]", config.LossOutputConfig),
+    "output.clean": ("output.clean", config.CleanConfig),
+    "output.weights": ("output.weights", config.WeightsConfig),
+}
+_HIDDEN = {"loss.outputs[].index"}  # Set by lossaudit, not a config key.
+
+Row = Tuple[str, str, str, str, str]  # key, type, default, rule, help
+
+
+def _default(field: dataclasses.Field) -> str:
+  """The field's default as YAML would write it."""
+  if field.default is not dataclasses.MISSING:
+    value = field.default
+  elif field.default_factory is not dataclasses.MISSING:
+    value = field.default_factory()
+  else:
+    return "(required)"
+  return _yaml(value)
+
+
+def _yaml(value: Any) -> str:
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (list, tuple)):
+    return "[" + ", ".join(_yaml(v) for v in value) + "]"
+  if isinstance(value, dict):
+    return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
+  if isinstance(value, str):
+    return f'"{value}"' if value == "" else value
+  return repr(value)
+
+
+def _rows(cls: type, prefix: str) -> Iterator[Row]:
+  """Every key of the dataclass `cls` (nested sections expanded), in
+  declaration order."""
+  hints = typing.get_type_hints(cls)
+  for field in dataclasses.fields(cls):
+    key = f"{prefix}{field.name}"
+    if key in _HIDDEN:
+      continue
+    rule: Optional[config.Rule] = field.metadata.get(config.RULE)
+    if rule is not None:
+      help_ = field.metadata.get(config.HELP, "")
+      if cls is config.FlagConfig:
+        help_ = flag_help(field.name, help_)
+      yield key, str(field.type), _default(field), _accepts(rule), help_
+    elif key in _NESTED:
+      name, nested = _NESTED[key]
+      yield key, str(field.type), _default(field), "", _NESTED_HELP[key]
+      yield from _rows(nested, name + ".")
+    elif dataclasses.is_dataclass(hints[field.name]):
+      yield from _rows(hints[field.name], key + ".")
+    else:
+      raise ValueError(f"{key}: neither a config key nor a section")
+
+
+def _accepts(rule: config.Rule) -> str:
+  """What `rule` accepts: its expected text, or its range's when that says
+  more (`a number or null` is `null or a number in [0, 1]`), null named
+  when the key takes it."""
+  text, bounds = rule.expected, rule.range
+  if bounds is not None and bounds.expected and not (
+      math.isinf(bounds.low) and math.isinf(bounds.high)):
+    text = bounds.expected
+  if rule.nullable and "null" not in text:
+    text = f"null or {text}"
+  return text
+
+
+def flag_help(name: str, declared: str) -> str:
+  """The help of the flag key `flag.<name>`: `declared` (its field's), else
+  a placeholder. The hook where the flag rules' registry gives each rule's
+  own line."""
+  del name  # Until the registry: the rules declare their keys' help there.
+  return declared or FLAG_HELP_PLACEHOLDER
+
+
+def _cell(text: str) -> str:
+  """`text` for a Markdown table cell."""
+  return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reference_text() -> str:
+  """The Markdown of `docs/reference/config.md`."""
+  sections: Dict[str, List[Row]] = {"": []}  # The top level first.
+  for row in _rows(config.AuditConfig, ""):
+    sections.setdefault(row[0].split(".")[0] if "." in row[0] else "",
+                        []).append(row)
+  lines = [
+      "# Config reference",
+      "",
+      f"<!-- Generated by `{COMMAND}` from the config dataclasses"
+      " (lossaudit/config.py); do not edit by hand. -->",
+      "",
+      "Every key of the config file: its type, its default, what it accepts"
+      " (a value that does not fit stops the run with exit 2 and one line"
+      " saying what was expected) and what it does. A dotted key is a"
+      " nested mapping in the YAML file (`input.pattern` is `pattern` under"
+      " `input:`), and `--set KEY=VALUE` overrides one. See"
+      " [Config](../config.md) for an annotated example.",
+  ]
+  for section, rows in sections.items():
+    lines += ["", f"## `{section}`" if section else "## Top level", "",
+              "| key | type | default | accepts | what it does |",
+              "| --- | --- | --- | --- | --- |"]
+    for key, type_, default, rule, help_ in rows:
+      cells = [f"`{key}`", f"`{type_}`", f"`{default}`", rule, help_]
+      lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Writes the page to `argv[0]` (default `docs/reference/config.md`)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  path = argv[0] if argv else PAGE
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(reference_text())
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
