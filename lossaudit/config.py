@@ -7,7 +7,11 @@ expected and what was received, so the CLI can print it on one line and exit
 What each key accepts is declared next to it, as a `Rule` in its dataclass
 field's metadata (`metadata={RULE: Rule(...)}`); one validator, `_validate`,
 applies the rules of a section's fields in order. Checks across fields stay
-small explicit methods.
+small explicit methods. A key set in the YAML or by `--set` that has no
+effect in the mode the config is in (`_NO_EFFECT`: `dynamics.*` without
+`model.checkpoints`, ...) is refused by `AuditConfig.from_dict`, which alone
+sees which keys were set (a default is not). Checks that need the model or
+the data are `lossaudit.planning`'s and `lossaudit.probe`'s.
 
 YAML is read with `LimitedLoader`, a SafeLoader that refuses alias bombs: an
 alias shares its anchor's node, so nine anchors of nine aliases each (72
@@ -1035,6 +1039,12 @@ class AuditConfig:
 
   @classmethod
   def from_dict(cls, raw: Mapping[str, Any]) -> "AuditConfig":
+    """The config of `raw` (the YAML as read, `--set` applied).
+
+    Raises:
+      ConfigError: a key unknown or missing, a value its rule refuses, or a
+        key set in `raw` that has no effect in the config's mode.
+    """
     if not isinstance(raw, Mapping):
       _fail("config", "a YAML mapping", raw)
     _reject_unknown("", raw, [f.name for f in dataclasses.fields(cls)])
