@@ -65,10 +65,15 @@ class Rows:
     self.safe = np.where(self.finite, self.losses, -np.inf)
 
   def column(self, name: str) -> Optional[np.ndarray]:
-    """`(N,)` column `name` of the batch, or None when it has none."""
+    """`(N,)` column `name` of the batch (read once), or None when it has
+    none."""
     if self.batch is None or name not in self.batch.schema.names:
       return None
-    return self.batch.column(name).to_numpy(zero_copy_only=False)
+    key = f"column:{name}"
+    if key not in self.cache:
+      self.cache[key] = self.batch.column(name).to_numpy(
+          zero_copy_only=False)
+    return self.cache[key]
 
 
 class FlagRule:
