@@ -32,6 +32,9 @@ CONFIDENT_THRESHOLDS_LOWER_BOUND = 2 * FLOATING_POINT_COMPARISON
 MISSING_CLASS_THRESHOLD = 2.0
 TINY_VALUE = 1e-100
 
+# `flag.label_issues`: the methods of cleanlab's `find_label_issues`.
+LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
+
 
 def self_confidence_sums(probs: np.ndarray, given: np.ndarray,
                          num_classes: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -565,7 +565,8 @@ _DATACLASS_ATTRIBUTES = (
     "__delattr__", "__match_args__", "__dataclass_fields__",
     "__dataclass_params__")
 _SCORE = rules.Setting("score", _one_of(FLAG_SCORES), "loss",
-                       "the column the rules compare: loss or deviance")
+                       "the column the rules compare: loss or deviance",
+                       "str")
 
 
 def _declare_flag_fields() -> None:
@@ -578,8 +579,9 @@ def _declare_flag_fields() -> None:
       delattr(cls, name)
   annotations = {}
   for setting in (*rules.settings(), _SCORE):
-    annotations[setting.key] = Any
-    setattr(cls, setting.key, _field(setting.rule, setting.default))
+    annotations[setting.key] = setting.annotation
+    setattr(cls, setting.key,
+            _field(setting.rule, setting.default, help=setting.help))
   cls.__annotations__ = annotations
   dataclasses.dataclass(frozen=True)(cls)
 

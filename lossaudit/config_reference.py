@@ -16,13 +16,13 @@ import sys
 import typing
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from lossaudit import config
+from lossaudit import config, rules
 
 PAGE = os.path.join("docs", "reference", "config.md")
 COMMAND = "python -m lossaudit.config_reference"
-# A flag key's help where its rule gives none (see `flag_help`).
-FLAG_HELP_PLACEHOLDER = ("A flag rule: see"
-                         " [Label issues and outliers](../label-issues.md).")
+README = "README.md"
+RULE_TABLE_START = "<!-- rule-table"
+RULE_TABLE_END = "<!-- /rule-table -->"
 
 # Keys that hold a section rather than a value (no `_field`): their help.
 _NESTED_HELP = {
@@ -80,8 +80,6 @@ def _rows(cls: type, prefix: str) -> Iterator[Row]:
     rule: Optional[config.Rule] = field.metadata.get(config.RULE)
     if rule is not None:
       help_ = field.metadata.get(config.HELP, "")
-      if cls is config.FlagConfig:
-        help_ = flag_help(field.name, help_)
       yield key, str(field.type), _default(field), _accepts(rule), help_
     elif key in _NESTED:
       name, nested = _NESTED[key]
@@ -104,14 +102,6 @@ def _accepts(rule: config.Rule) -> str:
   if rule.nullable and "null" not in text:
     text = f"null or {text}"
   return text
-
-
-def flag_help(name: str, declared: str) -> str:
-  """The help of the flag key `flag.<name>`: `declared` (its field's), else
-  a placeholder. The hook where the flag rules' registry gives each rule's
-  own line."""
-  del name  # Until the registry: the rules declare their keys' help there.
-  return declared or FLAG_HELP_PLACEHOLDER
 
 
 def _cell(text: str) -> str:
@@ -148,14 +138,30 @@ def reference_text() -> str:
   return "\n".join(lines) + "\n"
 
 
+def with_rule_table(readme: str) -> str:
+  """`readme` with the flag rules' table (`rules.table_markdown()`) between
+  its `<!-- rule-table ... -->` and `<!-- /rule-table -->` lines."""
+  start = readme.index(RULE_TABLE_START)
+  start = readme.index("\n", start) + 1
+  end = readme.index(RULE_TABLE_END, start)
+  return readme[:start] + rules.table_markdown() + readme[end:]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Writes the page to `argv[0]` (default `docs/reference/config.md`)."""
+  """Writes the page to `argv[0]` (default `docs/reference/config.md`) and,
+  by default, the README's rule table."""
   argv = list(sys.argv[1:] if argv is None else argv)
   path = argv[0] if argv else PAGE
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     f.write(reference_text())
   print(f"wrote {path}")
+  if not argv:
+    with open(README, encoding="utf-8") as f:
+      text = f.read()
+    with open(README, "w", encoding="utf-8") as f:
+      f.write(with_rule_table(text))
+    print(f"wrote the rule table of {README}")
   return 0
 
 

@@ -10,15 +10,54 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from lossaudit import confident
-from lossaudit.rules.label_issue import LABEL_ISSUE_METHODS
+from lossaudit.spec import PROBS_COLUMN
 
-# `flag.label_issues`: `confident_learning` or `prune_by_noise_rate`.
-_, PRUNE_BY_NOISE_RATE = LABEL_ISSUE_METHODS
+if TYPE_CHECKING:
+  import pyarrow as pa
+
+_, PRUNE_BY_NOISE_RATE = confident.LABEL_ISSUE_METHODS
+
+class ClassArrays(NamedTuple):
+  """A scored batch's class signals.
+
+  Attributes:
+    probs: `(N, K)` class probabilities.
+    given: `(N,)` given labels.
+    ids: `(N,)` ids.
+    finite: `(N,)` whether the row's probabilities and loss are finite:
+      the others (flagged `non_finite`) are left out of confident learning.
+  """
+
+  probs: np.ndarray
+  given: np.ndarray
+  ids: np.ndarray
+  finite: np.ndarray
+
+  def finite_rows(self) -> "ClassArrays":
+    """The rows that are `finite`."""
+    if self.finite.all():
+      return self
+    keep = self.finite
+    return ClassArrays(self.probs[keep], self.given[keep], self.ids[keep],
+                       keep[keep])
+
+
+def class_arrays(batch: pa.RecordBatch, num_classes: int) -> ClassArrays:
+  """The class signals of a scored batch, zero-copy."""
+  probs = batch.column(PROBS_COLUMN).flatten().to_numpy(
+      zero_copy_only=False).reshape(batch.num_rows, num_classes)
+  given = batch.column("given_label").to_numpy(zero_copy_only=False)
+  ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
+                   dtype=object)
+  loss = batch.column("loss").to_numpy(zero_copy_only=False)
+  finite = np.isfinite(probs).all(axis=1) & np.isfinite(loss)
+  return ClassArrays(probs, given, ids, finite)
+
 
 # Each cell's n-th `(margin, id)`, by `(given k, true j)`.
 CellLast = Dict[Tuple[int, int], Tuple[float, str]]

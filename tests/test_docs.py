@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import unittest
@@ -27,7 +28,7 @@ from sybil.parsers.markdown import (
   SkipParser,
 )
 
-from lossaudit import config, config_reference
+from lossaudit import config, config_reference, rules
 from lossaudit.pipelines import cli
 from tests.helpers import REPO, audit_env
 
@@ -108,6 +109,26 @@ def test_the_config_reference_page_is_generated():
       f" `{config_reference.COMMAND}` and commit the page")
 
 
+def test_the_readme_rule_table_is_the_registry():
+  with open(os.path.join(REPO, config_reference.README),
+            encoding="utf-8") as f:
+    readme = f.read()
+  assert config_reference.with_rule_table(readme) == readme, (
+      f"README.md's rule table is out of date: run"
+      f" `{config_reference.COMMAND}` and commit it")
+  for reason in rules.reasons():
+    assert f"| `{reason}` |" in readme
+
+
+def test_with_rule_table_replaces_only_the_table():
+  readme = ("intro\n<!-- rule-table: x -->\n| old |\n<!-- /rule-table -->"
+            "\nafter\n")
+  replaced = config_reference.with_rule_table(readme)
+  assert replaced.startswith("intro\n<!-- rule-table: x -->\n| reason |")
+  assert replaced.endswith("|\n<!-- /rule-table -->\nafter\n")
+  assert "| old |" not in replaced
+
+
 SECTIONS = [config.InputConfig, config.ModelConfig, config.LossConfig,
             config.LossOutputConfig, config.StatsConfig, config.OutputConfig,
             config.CleanConfig, config.WeightsConfig, config.GateConfig,
@@ -151,15 +172,18 @@ def _keys(mapping, prefix=""):
 def test_the_annotated_config_names_every_key_at_its_default(tmp_path):
   """docs/config.md's annotated config: every key of the reference but
   those of the nested sections (told in its comments), each at its default
-  but the paths."""
+  but the paths; a key that has an effect only in a mode the example is not
+  in is commented out (`# key: value`), since a config setting it is
+  refused."""
   with open(os.path.join(REPO, "docs", "config.md"), encoding="utf-8") as f:
     block = f.read().split("```yaml\n", 1)[1].split("```", 1)[0]
+  every_key = re.sub(r"(?m)^( {0,2})# ( {0,2}[a-z_]+:)", r"\1\2", block)
   reference = {line.split(" | ")[0][3:-1] for line in
                config_reference.reference_text().splitlines()
                if line.startswith("| `")}
   nested = {k for k in reference if k.startswith(
       ("loss.outputs[].", "output.clean.", "output.weights."))}
-  assert set(_keys(yaml.safe_load(block))) == reference - nested
+  assert set(_keys(yaml.safe_load(every_key))) == reference - nested
   (tmp_path / "annotated.yaml").write_text(block)
   (tmp_path / "paths.yaml").write_text(
       "input: {pattern: data/part-*.tfrecord.gz}\n"

@@ -192,8 +192,8 @@ def test_table_markdown():
                        "| --- | --- | --- | --- |"]
   assert table[2] == ("| `loss_quantile` | `flag.loss_quantile` | `0.99` |"
                       " flag a loss above this quantile of every loss |")
-  assert table[-1] == ("| `non_finite` | (always on) |  | Flags a row whose"
-                       " loss is NaN or infinite (always on). |")
+  assert table[-1] == ("| `non_finite` | (always on) |  | flags a row whose"
+                       " loss is NaN or infinite (always on) |")
   assert len(table) == 2 + 9
 
 

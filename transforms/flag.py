@@ -19,10 +19,10 @@ from lossaudit import METRICS_NAMESPACE, clean, rules, weights
 from lossaudit.clean import FileMarks
 from lossaudit.data_map import DataMap, DataMapCombineFn, sample_rows
 from lossaudit.flag_counts import FlagCounts, LabelPair
+from lossaudit.label_rules import class_arrays
 from lossaudit.merging import merge_all
 from lossaudit.rules import Thresholds, label_issue
 from lossaudit.spec import POSITION_COLUMN, PROBS_COLUMN, SOURCE_COLUMN
-from lossaudit.transforms.label_issues import class_arrays
 from lossaudit.weights import WeightRule
 
 _CARRIED = ("given_label", "predicted_label", "self_confidence",

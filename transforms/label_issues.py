@@ -16,48 +16,10 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from lossaudit import METRICS_NAMESPACE, confident
-from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules
+from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules, class_arrays
 from lossaudit.merging import merge_all
-from lossaudit.spec import PROBS_COLUMN
 from lossaudit.stats import top_k_merge
 from lossaudit.transforms.spill import ReadSpilled, in_global_window
-
-
-class ClassArrays(NamedTuple):
-  """A scored batch's class signals.
-
-  Attributes:
-    probs: `(N, K)` class probabilities.
-    given: `(N,)` given labels.
-    ids: `(N,)` ids.
-    finite: `(N,)` whether the row's probabilities and loss are finite:
-      the others (flagged `non_finite`) are left out of confident learning.
-  """
-
-  probs: np.ndarray
-  given: np.ndarray
-  ids: np.ndarray
-  finite: np.ndarray
-
-  def finite_rows(self) -> "ClassArrays":
-    """The rows that are `finite`."""
-    if self.finite.all():
-      return self
-    keep = self.finite
-    return ClassArrays(self.probs[keep], self.given[keep], self.ids[keep],
-                       keep[keep])
-
-
-def class_arrays(batch: pa.RecordBatch, num_classes: int) -> ClassArrays:
-  """The class signals of a scored batch, zero-copy."""
-  probs = batch.column(PROBS_COLUMN).flatten().to_numpy(
-      zero_copy_only=False).reshape(batch.num_rows, num_classes)
-  given = batch.column("given_label").to_numpy(zero_copy_only=False)
-  ids = np.asarray(batch.column("id").to_numpy(zero_copy_only=False),
-                   dtype=object)
-  loss = batch.column("loss").to_numpy(zero_copy_only=False)
-  finite = np.isfinite(probs).all(axis=1) & np.isfinite(loss)
-  return ClassArrays(probs, given, ids, finite)
 
 
 class _SummedArrays:

@@ -30,12 +30,14 @@ class Setting:
     rule: what it accepts.
     default: its value when not set (None: the rule is off).
     help: one line for the docs.
+    annotation: its type, as the config reference shows it.
   """
 
   key: str
   rule: Rule
   default: Any
   help: str
+  annotation: str = "Optional[float]"
 
 
 @dataclasses.dataclass
@@ -230,6 +232,13 @@ def sketch_quantiles(flag: Any) -> Tuple[float, ...]:
                for q in r.sketch_quantiles(flag))
 
 
+def _first_line(doc: str) -> str:
+  """A docstring's first line as a table cell: "Flags a row." is "flags a
+  row"."""
+  line = doc.strip().split("\n")[0].rstrip(".")
+  return line[:1].lower() + line[1:]
+
+
 def table_markdown() -> str:
   """The rules as a Markdown table: reason, config key, default, help."""
   lines = ["| reason | config key | default | what it does |",
@@ -239,6 +248,6 @@ def table_markdown() -> str:
       key = f"`flag.{setting.key}`" if setting else "(always on)"
       default = ("" if setting is None else "null" if setting.default is None
                  else f"`{setting.default}`")
-      text = setting.help if setting else rule.__doc__.strip().split("\n")[0]
+      text = setting.help if setting else _first_line(rule.__doc__)
       lines.append(f"| `{rule.reason}` | {key} | {default} | {text} |")
   return "\n".join(lines) + "\n"

@@ -8,10 +8,9 @@ scored rows; this rule applies them to each batch.
 import numpy as np
 
 from lossaudit import validation
+from lossaudit.confident import LABEL_ISSUE_METHODS
 from lossaudit.rules._registry import NOT_IN_FORCE, FlagRule, Setting, register
 
-# `flag.label_issues`: the method of cleanlab's `find_label_issues`.
-LABEL_ISSUE_METHODS = ("confident_learning", "prune_by_noise_rate")
 REASON = "label_issue"
 
 
@@ -24,7 +23,7 @@ class LabelIssue(FlagRule):
   settings = (Setting("label_issues", validation.one_of(
       LABEL_ISSUE_METHODS, nullable=True), None,
                       "flag label issues by this confident-learning method"
-                      " (classifiers)"),)
+                      " (classifiers)", "Optional[str]"),)
   rank = 80
   config_rank = 45
   in_thresholds = False
@@ -33,7 +32,8 @@ class LabelIssue(FlagRule):
     return NOT_IN_FORCE if own is None else own
 
   def mask(self, rows, threshold):
-    from lossaudit.transforms.label_issues import class_arrays  # pylint: disable=g-import-not-at-top
+    # Not at the top: the config imports the rules, and would load Arrow.
+    from lossaudit.label_rules import class_arrays  # pylint: disable=g-import-not-at-top
 
     arrays = class_arrays(rows.batch, threshold.num_classes)
     probs, given = arrays.probs, arrays.given

@@ -30,7 +30,8 @@ class TopK(FlagRule):
   reason = "top_k"
   settings = (Setting("top_k", validation.integer(
       1, math.inf, "a positive integer", nullable=True), None,
-                      "flag the k largest losses (ties: the smaller id)"),)
+                      "flag the k largest losses (ties: the smaller id)",
+                      "Optional[int]"),)
   rank = 50
   config_rank = 35
 
