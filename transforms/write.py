@@ -6,7 +6,7 @@ import concurrent.futures
 import contextlib
 import json
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -291,7 +291,7 @@ class WriteSummary(beam.PTransform):
                       if weights else None),
         release_lock=release_lock)
 
-  def expand(self, statistics):
+  def expand(self, statistics: Tuple[beam.PCollection, ...]):
     merged = (statistics
               | "Statistics" >> beam.Flatten()
               | "MergeStatistics" >> beam.CombineGlobally(
