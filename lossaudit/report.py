@@ -1,117 +1,22 @@
-"""`summary.json` assembly and the self-contained `report.html` page."""
+"""The self-contained `report.html` page, drawn from a run's `summary.json`
+(which `lossaudit.summary` builds)."""
 
 from __future__ import annotations
 
-import datetime
 import html
 import math
-import platform
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from lossaudit import drift
-from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
-from lossaudit.timings import Timings
 
-if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl's sketches.
+if TYPE_CHECKING:  # lossaudit.data_map loads Beam.
   from lossaudit.data_map import DataMap
   from lossaudit.previews import Previews
-  from lossaudit.rules import Thresholds
 
 HISTOGRAM_BINS = 40
-
-
-def versions() -> Dict[str, str]:
-  """Versions of the stack that produced a run."""
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-
-  result = {"python": platform.python_version()}
-  for dist in ("lossaudit", "tensorflow", "keras", "apache-beam", "tfx-bsl",
-               "pyarrow", "numpy"):
-    try:
-      result[dist] = md.version(dist)
-    except md.PackageNotFoundError:
-      result[dist] = None
-  return result
-
-
-def build_summary(*, loss_stats: Dict, slice_stats: Dict[str, Dict],
-                  thresholds: Thresholds, flag_counts: FlagCounts,
-                  dead_letter_reasons: Dict[str, int],
-                  duplicates: Optional[Duplicates], config: Dict, run: Dict,
-                  seconds: float, files: Dict[str, List[str]],
-                  timings: Optional[Timings] = None,
-                  devices: Sequence[str] = (),
-                  class_names: Optional[Sequence[str]] = None,
-                  loss_computed_from: Optional[str] = None,
-                  fold_stats: Optional[Dict[str, Dict]] = None,
-                  num_folds: Optional[int] = None) -> Dict:
-  """The `summary.json` document: the run, its counts, the loss statistics,
-  thresholds and flag counts, and what the arguments below add.
-
-  Args:
-    run: `run_id`, `runner` and `start_time` of the run.
-    timings: the time spent in the model and loss, summed over workers.
-    class_names: the class names by index (`input.label_vocabulary`), or
-      None; written as `class_names`, at top level and in `label_issues`.
-    loss_computed_from: `logits` or `outputs` (what the crossentropy was
-      computed from), or None; written as `loss.computed_from`.
-    fold_stats: `{fold: LossAccumulator.summary()}` with `model.folds`,
-      written as `folds` (count and quantiles of each of the `num_folds`,
-      an empty fold too); None: no folds.
-  """
-  scored = loss_stats["count"] + loss_stats["nan_count"]
-  dead_lettered = sum(dead_letter_reasons.values())
-  names = list(class_names) if class_names else None
-  label_issues = None
-  if thresholds.label_issues is not None:
-    label_issues = dict(thresholds.label_issues.to_dict(),
-                        issues_by_pair=flag_counts.pairs_to_dict(),
-                        class_names=names)
-  folds = {}
-  if fold_stats is not None:  # Every fold: an empty one means a bad split.
-    empty = {"count": 0, "nan_count": 0,
-             "quantiles": {q: None for q in loss_stats["quantiles"]}}
-    every = range(max(num_folds or 0, len(fold_stats)))
-    folds["folds"] = _counts_and_quantiles(
-        [(k, fold_stats.get(str(k), empty)) for k in every])
-  return {
-      "examples_read": scored + dead_lettered,
-      "examples_scored": scored,
-      "examples_dead_lettered": dead_lettered,
-      "dead_letter": {"by_reason": dict(sorted(dead_letter_reasons.items()))},
-      **(duplicates or Duplicates()).to_dict(),
-      "loss": dict({k: v for k, v in loss_stats.items() if k != "cdf"},
-                   computed_from=loss_computed_from,
-                   score=config.get("flag", {}).get("score", "loss")),
-      "slices": _counts_and_quantiles(sorted(slice_stats.items())),
-      **folds,
-      "thresholds": thresholds.to_dict(),
-      "flagged": flag_counts.to_dict(),
-      "label_issues": label_issues,
-      "class_names": names,
-      "config": config,
-      "versions": versions(),
-      "runner": run["runner"],
-      "run_id": run["run_id"],
-      "started": datetime.datetime.fromtimestamp(
-          run["start_time"], datetime.timezone.utc).isoformat(
-              timespec="seconds"),
-      "devices": list(devices),
-      "seconds": round(seconds, 3),
-      "timings": (timings or Timings()).to_dict(seconds, scored),
-      "files": files,
-  }
-
-
-def _counts_and_quantiles(stats: Sequence[Tuple[Any, Dict]]
-                          ) -> Dict[str, Dict]:
-  """`{key: {count, quantiles}}` of `(key, LossAccumulator.summary())`
-  pairs, in their order; the count includes non-finite losses."""
-  return {str(k): {"count": v["count"] + v["nan_count"],
-                   "quantiles": v["quantiles"]} for k, v in stats}
 
 
 def _histogram(cdf: Sequence[Optional[float]], count: int,

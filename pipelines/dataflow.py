@@ -209,7 +209,7 @@ class _Parser(argparse.ArgumentParser):
       missing = message.removeprefix("the following arguments are required: ")
       raise ConfigError(f"{missing}: expected a value (required). Received:"
                         " none" if missing != message else message)
-    from lossaudit.pipelines.audit import beam_value_error  # pylint: disable=g-import-not-at-top
+    from lossaudit.pipelines.command import beam_value_error  # pylint: disable=g-import-not-at-top
     raise ConfigError(beam_value_error(message))
 
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from lossaudit import datasets, ownership, quiet
-from lossaudit.errors import ConfigError, one_line, short_repr
+from lossaudit.errors import ConfigError, short_repr
 
 NOISE_RATE = 0.10
 NUM_SHARDS = 4
@@ -290,7 +290,8 @@ def demo_config() -> contextlib.AbstractContextManager:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from lossaudit.pipelines import audit  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from lossaudit.pipelines import audit, command
 
   parser = argparse.ArgumentParser(prog="lossaudit demo", allow_abbrev=False)
   parser.add_argument(
@@ -306,11 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       help="show TensorFlow's start-up log lines (oneDNN, CUDA)")
   args, beam_args = parser.parse_known_args(argv)
   try:  # The rest goes to Beam (the demo sets --config and --set itself).
-    audit.check_beam_args(beam_args,
-                          own_flags=("--output", "--data", "--model"))
+    command.check_beam_args(beam_args,
+                            own_flags=("--output", "--data", "--model"))
   except ConfigError as e:
-    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
+    return command.print_error(str(e))
 
   def under(*names: str) -> str:
     return os.path.normpath(os.path.join(args.output, *names))
@@ -328,8 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f" {short_repr(args.output)} (a file)")
     check_paths(audit_dir, data, model)
   except ConfigError as e:
-    print(f"lossaudit: error: {one_line(str(e))}", file=sys.stderr)
-    return 2
+    return command.print_error(str(e))
   print(f"Building the demo data in {data} and model {model} ...")
   # TensorFlow loads and starts as the model trains: its start-up lines are
   # held back, as `lossaudit run` holds them back.

@@ -49,7 +49,7 @@ from lossaudit import (
 from lossaudit import columns as cols
 from lossaudit.config import AuditConfig, load_config
 from lossaudit.errors import ConfigError
-from lossaudit.pipelines import audit
+from lossaudit.pipelines import command
 
 FOLDS_FLAGS = ("--config", "--set", "--output")
 SCHEMA = pa.schema([("id", pa.string()), ("fold", pa.int64())])
@@ -78,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
       raise ConfigError(f"{missing[1]}: expected a value (required)."
                         " Received: none")
     # pylint: disable-next=protected-access
-    raise ConfigError(audit.beam_value_error(message))
+    raise ConfigError(command.beam_value_error(message))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -282,7 +282,7 @@ def run(argv: Optional[Sequence[str]] = None
       starts.
   """
   known, beam_args = parse_args(argv)
-  audit.check_beam_args(beam_args, FOLDS_FLAGS)
+  command.check_beam_args(beam_args, FOLDS_FLAGS)
   config = load_config(known.config, known.set)
   _check_config(config)
   output = known.output
@@ -314,9 +314,9 @@ def run(argv: Optional[Sequence[str]] = None
   start = time.time()
   now = datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
   claim = _claim(output, config, outputs.new_run_id(now), start)
-  with audit.ending_workers_then(claim.release):
-    audit.runner_name(options)
-    p = audit.new_pipeline(options)
+  with command.ending_workers_then(claim.release):
+    command.runner_name(options)
+    p = command.new_pipeline(options)
     build(p, config, found.files, output, schema)
     # Last, once nothing is left to refuse: writes the marker, then the
     # earlier shards go.
@@ -325,7 +325,7 @@ def run(argv: Optional[Sequence[str]] = None
     ownership.remove_named(output, _own_files(_files(output)))
     result = p.run()
     result.wait_until_finish()
-    counters = audit.run_metrics(result).get("counters", {})
+    counters = command.run_metrics(result).get("counters", {})
     if counters:
       counters[UNREADABLE] = (counters.get(UNREADABLE, 0) +
                               len(found.not_regular))
@@ -353,7 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if "--verbose" not in (sys.argv[1:] if argv is None else argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Why: audit.main.
   logging.getLogger().setLevel(logging.WARNING)
-  code, result = audit.run_command(
+  code, result = command.run_command(
       lambda: run(argv), "the job stopped and its lock is removed (run it"
       " again for the folds)")
   if code is not None:

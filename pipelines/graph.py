@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow.compute as pc
@@ -24,21 +24,21 @@ from lossaudit import (
   rules,
   weights,
 )
+from lossaudit.clean import CleanCounts
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
-from lossaudit.flag_counts import FlagCounts
 from lossaudit.history import (
   NEW,
   RESOLVED_SCHEMA,
   SCORED_IDS_SCHEMA,
   SCORED_SCHEMA,
+  HistoryCounts,
   with_history_schema,
 )
-from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
 from lossaudit.rules import label_issue, rule_thresholds
 from lossaudit.spec import PROBS_COLUMN
-from lossaudit.timings import Timings
+from lossaudit.summary import RunContext, RunStatistics
 from lossaudit.transforms.buckets import BucketRows
 from lossaudit.transforms.claim import (
   AfterClaim,
@@ -524,35 +524,64 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
                        batch.column("status"), NEW)))
                | "TopNewFlags" >> beam.CombineGlobally(
                    TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")))
-  _ = p | "WriteSummary" >> WriteSummary(
-      out, config, run, baseline,
-      class_names=plan.spec.class_names,
-      loss_computed_from=plan.loss_computed_from,
-      loss_stats=rules.statistics.loss,
-      slice_stats=rules.statistics.slices,
-      thresholds=rules.thresholds,
-      flag_counts=(rules.flagged
-                   | "CountReasons" >> beam.Map(count_reasons)
-                   | "SumCounts" >> beam.CombineGlobally(
-                       merge_all, empty=FlagCounts())),
-      dead_letter_reasons=(
+  # Field of `RunStatistics` → what feeds it, and how one element sets the
+  # field (None: as it is).
+  feeds = {
+      "loss": (rules.statistics.loss, None),
+      "slices": (rules.statistics.slices, _pair_dict),
+      "folds": (rules.statistics.folds, _pair_dict),
+      "thresholds": (rules.thresholds, None),
+      "flag_counts": (rules.flagged | "CountReasons" >> beam.Map(
+          count_reasons), None),
+      "dead_letter_reasons": (
           dead
           | "DeadLetterReasons" >> beam.Map(lambda entry: entry["reason"])
-          | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement()),
-      duplicates=scored.id_buckets | "CountDuplicateIds" >> (
-          CountDuplicateIds()),
-      top_flagged=top_flagged,
-      previews=_previews(p, config, plan, top_flagged, scored.candidates),
-      timings=scored.timings | "SumTimes" >> beam.CombineGlobally(
-          merge_all, empty=Timings()),
-      devices=scored.devices | "Devices" >> beam.Distinct(),
-      written=written,
-      data_map=rules.data_map,
-      fold_stats=rules.statistics.folds,
-      flag_history=None if history is None else history.counts,
-      top_new_flagged=top_new,
-      clean_counts=clean_counts,
+          | "CountDeadLetterReasons" >> beam.combiners.Count.PerElement(),
+          _pair_dict),
+      "duplicates": (scored.id_buckets | "CountDuplicateIds" >> (
+          CountDuplicateIds()), None),
+      "timings": (scored.timings, None),
+      "devices": (scored.devices, lambda device: frozenset([device])),
+      "top_flagged": (top_flagged, None),
+      "top_new_flagged": (top_new, None),
+      "previews": (_previews(p, config, plan, top_flagged, scored.candidates),
+                   None),
+      "data_map": (rules.data_map, None),
+      "history": (None if history is None else history.counts, None),
+      "clean": (clean_counts, None),
+  }
+  # What this run has on, whatever its data: every key is then written.
+  parts = [p | "SummaryKeys" >> beam.Create([RunStatistics(
+      folds={} if plan.spec.num_folds else None,
+      history=None if history is None else HistoryCounts(),
+      clean=None if clean_counts is None else CleanCounts(),
+      files={kind: () for kind in written})])]
+  parts += [pcoll | f"Summary_{field}" >> beam.Map(_statistic, field, wrap)
+            for field, (pcoll, wrap) in feeds.items() if pcoll is not None]
+  parts += [pcoll | f"Summary_{kind}_files" >> beam.Map(
+      _statistic, "files", functools.partial(_written, kind))
+            for kind, pcoll in written.items() if pcoll is not None]
+  _ = tuple(parts) | "WriteSummary" >> WriteSummary(
+      out, config, RunContext(
+          config.to_dict(), run, config.gate, baseline,
+          class_names=plan.spec.class_names,
+          loss_computed_from=plan.loss_computed_from),
       release_lock=release_lock)
+
+
+def _pair_dict(pair: Tuple[Any, Any]) -> Dict[Any, Any]:
+  """`(key, value)` as `{key: value}`."""
+  return dict([pair])
+
+
+def _written(kind: str, name: str) -> Dict[str, Tuple[str, ...]]:
+  return {kind: (name,)}
+
+
+def _statistic(value: Any, field: str,
+               wrap: Optional[Callable[[Any], Any]] = None) -> RunStatistics:
+  """`value` (an element of what feeds `field`) as a `RunStatistics`."""
+  return RunStatistics(**{field: value if wrap is None else wrap(value)})
 
 
 def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,

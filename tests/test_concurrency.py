@@ -252,7 +252,7 @@ def test_a_signal_after_the_run_completed_is_noted_not_obeyed(capsys):
              "config": {"output": {"dir": "out"}},
              "gate": {"passed": False, "baseline": None, "failed": ["g"],
                       "skipped": []}}
-  with audit_module._noting_signals(received):
+  with audit_module.noting_signals(received):
     os.kill(os.getpid(), signals.SIGINT)
     code = audit_module._report(summary)
   assert code == 3

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pytest
 
 from lossaudit import data_map as dm
-from lossaudit import outputs, report
+from lossaudit import report
 from lossaudit.columns import fingerprints_u64
 from lossaudit.flag_counts import FlagCounts
+from lossaudit.summary import RunContext, RunStatistics, build_summary
 from tests.helpers import check_combine_fn
 from tests.test_report import CHROMIUM, probe_page, render
 
@@ -244,13 +245,13 @@ def _summary():
   loss_stats = {"count": 3, "nan_count": 0, "mean": 1.0, "std": 0.5,
                 "min": 0.2, "max": 2.0, "quantiles": {"0.5": 0.9},
                 "epsilon": 0.01, "median": 0.9, "mad": 0.4}
-  return report.build_summary(
-      loss_stats=loss_stats, slice_stats={},
-      thresholds=Thresholds.of(loss_quantile=1.5),
-      flag_counts=FlagCounts(1, {"loss_quantile": 1}),
-      dead_letter_reasons={}, duplicates=None, config={"batch_size": 4},
-      run={"runner": "DirectRunner", "run_id": "r1", "start_time": 0.0},
-      seconds=1.0, files={})
+  return build_summary(
+      RunStatistics(loss=loss_stats,
+                    thresholds=Thresholds.of(loss_quantile=1.5),
+                    flag_counts=FlagCounts(1, {"loss_quantile": 1})),
+      RunContext(config={"batch_size": 4}, run={
+          "runner": "DirectRunner", "run_id": "r1", "start_time": 0.0}),
+      seconds=1.0).document
 
 
 def _page(data_map=None):
@@ -318,24 +319,16 @@ def test_write_summary_passes_the_data_map_on(tmp_path, with_map):
   loss_stats = dict(_summary()["loss"], cdf=[0.2, 1.0, 2.0])
   loss_stats.pop("computed_from")
   with beam.Pipeline() as p:
-    def one(value, label):
-      return p | label >> beam.Create([value])
-
-    _ = p | WriteSummary(
-        str(tmp_path), config,
-        {"runner": "DirectRunner", "run_id": "r1", "start_time": 0.0}, None,
-        loss_stats=one(loss_stats, "Loss"), slice_stats=None,
-        thresholds=one(Thresholds.of(loss_quantile=1.5), "Thresholds"),
-        flag_counts=one(FlagCounts(), "Counts"),
-        top_flagged=one([], "Top"), timings=p | "T" >> beam.Create([]),
-        duplicates=p | "D" >> beam.Create([]),
-        dead_letter_reasons=p | "R" >> beam.Create([]),
-        devices=p | "Devices" >> beam.Create([]),
-        written={outputs.LOSSES: None, outputs.FLAGGED: None,
-                 outputs.DEAD_LETTER: None},
-        data_map=(p | "Pieces" >> beam.Create([piece])
-                  | beam.CombineGlobally(dm.DataMapCombineFn(k=40))
-                  ) if with_map else None)
+    parts = (p | "Statistics" >> beam.Create([RunStatistics(
+        loss=loss_stats, thresholds=Thresholds.of(loss_quantile=1.5),
+        top_flagged=[])]),)
+    if with_map:
+      parts += (p | "Pieces" >> beam.Create([piece])
+                | beam.CombineGlobally(dm.DataMapCombineFn(k=40))
+                | beam.Map(lambda found: RunStatistics(data_map=found)),)
+    _ = parts | WriteSummary(str(tmp_path), config, RunContext(
+        config.to_dict(),
+        {"runner": "DirectRunner", "run_id": "r1", "start_time": 0.0}))
   summary = json.loads((tmp_path / "summary.json").read_text())
   page = (tmp_path / "report.html").read_text()
   if with_map:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lossaudit.errors import ConfigError
-from lossaudit.pipelines import audit
+from lossaudit.pipelines import audit, command
 from tests.helpers import base_config
 
 
@@ -410,7 +410,7 @@ def test_cli_unknown_beam_options_stop_the_run(tmp_path, capsys, write_config,
      "--checkpointing_interval=1000"],
 ])
 def test_cli_valid_beam_options_pass(args):
-  audit.check_beam_args(args)
+  command.check_beam_args(args)
 
 
 def test_cli_demo_refuses_unknown_options(tmp_path, monkeypatch, capsys):
@@ -436,7 +436,7 @@ def test_cli_negative_worker_count_is_refused():
   with pytest.raises(ConfigError, match=(
       r"^--direct_num_workers: expected an integer >= 0 \(0: one a CPU\)."
       r" Received: -3$")):
-    audit.check_beam_args(["--direct_num_workers=-3"])
+    command.check_beam_args(["--direct_num_workers=-3"])
 
 
 @pytest.mark.parametrize("preset, level", [(None, "2"), ("0", "0")])

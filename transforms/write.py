@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -15,18 +14,12 @@ import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink, iobase, textio
 from apache_beam.io.filesystem import CompressionTypes
 
-from lossaudit import drift, outputs, ownership
-from lossaudit.clean import CleanCounts
-from lossaudit.config import AuditConfig, DynamicsConfig, GateConfig
-from lossaudit.data_map import DataMap
-from lossaudit.duplicates import Duplicates
-from lossaudit.flag_counts import FlagCounts
-from lossaudit.history import HistoryCounts
-from lossaudit.previews import Previews
-from lossaudit.report import build_summary, render_report
-from lossaudit.rules import Thresholds
+from lossaudit import outputs, ownership
+from lossaudit.config import AuditConfig, DynamicsConfig
+from lossaudit.merging import merge_all
+from lossaudit.report import render_report
 from lossaudit.spec import PROBS_COLUMN, is_internal
-from lossaudit.timings import Timings
+from lossaudit.summary import RunContext, RunStatistics, build_summary
 from lossaudit.transforms.spill import in_global_window
 
 
@@ -198,101 +191,38 @@ class WriteDeadLetters(beam.PTransform):
 class _WriteSummaryFn(beam.DoFn):
   """Writes `drift.json` and `report.html`, then `summary.json`, last.
 
-  The written file lists arrive as side inputs, so this step runs only after
-  every write has finalized: the presence of `summary.json` means the run is
-  complete.
+  The merged statistics arrive as a side input that waits for every write
+  to finalize (the names of the files written are among them): the
+  presence of `summary.json` means the run is complete.
   """
 
-  def __init__(self, directory: str, config: Dict, gate: GateConfig,
-               run: Dict, baseline: Optional[drift.Baseline],
-               class_names: Optional[Sequence[str]] = None,
-               loss_computed_from: Optional[str] = None,
+  def __init__(self, directory: str, context: RunContext,
                dynamics: Optional[DynamicsConfig] = None,
                release_when: Optional[str] = None,
                release_lock: bool = False):
     self._directory = directory
     self._release_when = release_when
     self._release_lock = release_lock
-    self._config = config
-    self._gate = gate
-    self._run = run
-    self._baseline = baseline
-    self._class_names = list(class_names) if class_names else None
-    self._loss_computed_from = loss_computed_from
+    self._context = context
+    self._run = context.run
+    self._baseline = context.baseline
     self._dynamics = dynamics or DynamicsConfig()
 
-  def process(self, unused_trigger, *, loss_stats: Dict,
-              slice_stats: List[Tuple[str, Dict]], thresholds: Thresholds,
-              flag_counts: FlagCounts, top_flagged: List[Dict],
-              duplicates: Optional[Duplicates], timings: Optional[Timings],
-              dead_letter_reasons: List[Tuple[str, int]],
-              devices: List[str], losses_files: List[str],
-              flagged_files: List[str], dead_letter_files: List[str],
-              previews: Optional[Previews] = None,
-              data_map: Optional[DataMap] = None,
-              fold_stats: Optional[List[Tuple[str, Dict]]] = None,
-              flag_history: Optional[HistoryCounts] = None,
-              resolved_files: Sequence[str] = (),
-              top_new_flagged: Sequence[Dict] = (),
-              weights_files: Optional[Sequence[str]] = None,
-              relabelled_files: Optional[Sequence[str]] = None,
-              scored_ids_files: Optional[Sequence[str]] = None,
-              clean_counts: Optional[CleanCounts] = None):
-    summary = build_summary(
-        loss_stats=loss_stats,
-        slice_stats=dict(slice_stats),
-        fold_stats=None if fold_stats is None else dict(fold_stats),
-        num_folds=self._config["model"].get("folds"),
-        thresholds=thresholds,
-        flag_counts=flag_counts,
-        dead_letter_reasons=dict(dead_letter_reasons),
-        duplicates=duplicates,
-        config=self._config,
-        run=self._run,
+  def process(self, unused_trigger, *, statistics: RunStatistics):
+    built = build_summary(
+        statistics, self._context,
         # From `run()`'s start, as `timings.startup.total` counts.
         seconds=time.time() - self._run.get("wall_start",
-                                            self._run["start_time"]),
-        timings=timings,
-        devices=sorted(set(devices)),
-        class_names=self._class_names,
-        loss_computed_from=self._loss_computed_from,
-        files={
-            outputs.LOSSES: sorted(losses_files),
-            outputs.FLAGGED: sorted(flagged_files),
-            outputs.DEAD_LETTER: sorted(dead_letter_files),
-            **({outputs.RESOLVED: sorted(resolved_files)}
-               if flag_history is not None else {}),
-            **({outputs.WEIGHTS: sorted(weights_files)}
-               if weights_files is not None else {}),
-            **({outputs.RELABELLED: sorted(relabelled_files)}
-               if relabelled_files is not None else {}),
-            **({outputs.SCORED_IDS: sorted(scored_ids_files)}
-               if scored_ids_files is not None else {}),
-        })
-    if clean_counts is not None:
-      summary["clean"] = dict(
-          clean_counts.to_dict(),
-          adds_up=(clean_counts.kept + clean_counts.dropped
-                   == summary["examples_scored"]))
-    if flag_history is not None:
-      summary["flagged"].update(flag_history.to_dict(
-          self._baseline is None or self._baseline.ids_known))
-      summary["flag_history"] = {
-          "baseline": self._baseline.dir if self._baseline else None,
-          "baseline_run_id": (self._baseline.run_id if self._baseline
-                              else None)}
-    if data_map is not None:
-      summary["data_map"] = {"points": data_map.points,
-                             "total": int(data_map.total)}
-    found = self._drift(summary)
+                                            self._run["start_time"]))
+    summary, found = built.document, built.drift
     self._hand_back(summary)
     if found is not None:
       outputs.write_json(outputs.join(self._directory, outputs.DRIFT), found)
     outputs.write_text(
         outputs.join(self._directory, outputs.REPORT),
-        render_report(summary, loss_stats.get("cdf", []), top_flagged,
-                      found, previews=previews, data_map=data_map,
-                      top_new_flagged=top_new_flagged,
+        render_report(summary, built.cdf, built.top_flagged,
+                      found, previews=built.previews, data_map=built.data_map,
+                      top_new_flagged=built.top_new_flagged,
                       easy_confidence=self._dynamics.easy_confidence,
                       ambiguous_variability=(
                           self._dynamics.ambiguous_variability)))
@@ -332,137 +262,41 @@ class _WriteSummaryFn(beam.DoFn):
               "the gates failed (output.clean.when: passed): "
               + "; ".join(gate["failures"])))
 
-  def _drift(self, summary: Dict) -> Optional[Dict]:
-    """The comparison with the baseline and the gates, when any is set;
-    records the outcome in `summary["gate"]`."""
-    gate = self._gate
-    if all(v is None for v in dataclasses.astuple(gate)):
-      return None
-    baseline = self._baseline
-    found = drift.compare(
-        summary, baseline.summary if baseline else None,
-        max_flagged_fraction=gate.max_flagged_fraction,
-        max_quantile_shift=gate.max_quantile_shift,
-        shift_quantiles=gate.shift_quantiles,
-        max_new_flagged_fraction=gate.max_new_flagged_fraction,
-        max_regression_fraction=gate.max_regression_fraction,
-        current_dir=self._directory,
-        baseline_dir=baseline.dir if baseline else None)
-    failures = drift.failed_gates(found)
-    summary["gate"] = {"baseline": baseline.dir if baseline else None,
-                       "passed": found["passed"], "failures": failures,
-                       "failed": failures,
-                       "skipped": drift.skipped_gates(found)}
-    return found
-
 
 class WriteSummary(beam.PTransform):
   """Writes `drift.json`, `report.html` and `summary.json` last.
 
-  Outputs the summary. Every input but the first four is a PCollection,
-  read whole as a side input of the one step that writes.
+  Takes the PCollections of `RunStatistics` that the stages of the run
+  give (each with the fields it counted), merges them into one, read whole
+  as the one side input of the step that writes. Outputs the summary.
 
   Args:
     directory: `output.dir`.
-    config: the resolved config (`summary.json` records it as a dict).
-    run: `run_id`, `start_time` (`time.time()`) and `runner` of this run;
-      `wall_start`, when `run()` began (`timings.wall_seconds` counts from
+    config: the resolved config.
+    context: what `summary.json` records of the run besides its statistics
+      (`run` in it: `run_id`, `start_time` (`time.time()`) and `runner`;
+      `wall_start`, when `run()` began: `timings.wall_seconds` counts from
       it; default `start_time`).
-    baseline: the run to compare with, or None.
-    class_names: the class names by index (`input.label_vocabulary`), or
-      None.
-    loss_computed_from: `logits` or `outputs`: what the crossentropy was
-      computed from (`preflight.Plan.loss_computed_from`), or None.
-    loss_stats: one `LossAccumulator.summary()`.
-    slice_stats: `(slice, LossAccumulator.summary())` pairs, or None (no
-      PCollection) without slices.
-    thresholds: one `Thresholds`.
-    flag_counts: one `FlagCounts`.
-    top_flagged: one list of the top flagged rows, as dicts.
-    timings: one `Timings`, or none.
-    duplicates: one `Duplicates`, or none.
-    dead_letter_reasons: `(reason, count)` pairs.
-    devices: `host:device` of each scoring DoFn.
-    written: the names of the files written, by `outputs.LOSSES`,
-      `outputs.FLAGGED` and `outputs.DEAD_LETTER` (None: nothing written).
-    previews: one `Previews` of the top flagged rows' string inputs, or
-      None (no PCollection) when the model has none.
-    data_map: one `DataMap` (`DataMapCombineFn`) of the examples' training
-      dynamics, drawn in the report (its regions by `config.dynamics`) and
-      counted in `summary.json` as `data_map`; or None (no PCollection)
-      without `model.checkpoints`.
-    fold_stats: `(fold, LossAccumulator.summary())` pairs, or None (no
-      PCollection) without `model.folds`.
-    flag_history: one `HistoryCounts`, or None (no PCollection) without
-      `gate.baseline`; `written` then has `outputs.RESOLVED` too.
-    top_new_flagged: one list of the top new flags, as dicts (with
-      `flag_history`).
-    clean_counts: one `CleanCounts`, or None (no PCollection) without
-      `output.clean`. `written` may have `outputs.RELABELLED`
-      (`output.clean.relabel`), `outputs.WEIGHTS` (`output.weights`) and
-      `outputs.SCORED_IDS`.
     release_lock: delete the lock once `summary.json` is written: the job
       took it (`lossaudit.transforms.claim.ClaimOutputDir`).
   """
 
-  def __init__(self, directory: str, config: AuditConfig, run: Dict,
-               baseline: Optional[drift.Baseline], *, loss_stats,
-               slice_stats, thresholds, flag_counts, top_flagged, timings,
-               duplicates, dead_letter_reasons, devices,
-               written: Dict[str, Optional[beam.PCollection]],
-               class_names: Optional[Sequence[str]] = None,
-               loss_computed_from: Optional[str] = None,
-               previews: Optional[beam.PCollection] = None,
-               data_map: Optional[beam.PCollection] = None,
-               fold_stats: Optional[beam.PCollection] = None,
-               flag_history: Optional[beam.PCollection] = None,
-               top_new_flagged: Optional[beam.PCollection] = None,
-               clean_counts: Optional[beam.PCollection] = None,
-               release_lock: bool = False):
+  def __init__(self, directory: str, config: AuditConfig,
+               context: RunContext, release_lock: bool = False):
     super().__init__()
     clean, weights = config.output.clean, config.output.weights
     self._fn = _WriteSummaryFn(
-        directory, config.to_dict(), config.gate, run, baseline, class_names,
-        loss_computed_from, config.dynamics,
+        directory, context, config.dynamics,
         release_when=(clean.when if clean else "passed"
                       if weights else None),
         release_lock=release_lock)
-    one = beam.pvalue.AsSingleton
 
-    def many(pcoll: Optional[beam.PCollection]):
-      return [] if pcoll is None else beam.pvalue.AsList(pcoll)
-
-    self._side_inputs = dict(
-        loss_stats=one(loss_stats),
-        slice_stats=many(slice_stats),
-        thresholds=one(thresholds),
-        flag_counts=one(flag_counts),
-        top_flagged=one(top_flagged),
-        duplicates=one(duplicates, default_value=None),
-        timings=one(timings, default_value=None),
-        dead_letter_reasons=many(dead_letter_reasons),
-        devices=many(devices),
-        losses_files=many(written[outputs.LOSSES]),
-        flagged_files=many(written[outputs.FLAGGED]),
-        dead_letter_files=many(written[outputs.DEAD_LETTER]))
-    if previews is not None:
-      self._side_inputs["previews"] = one(previews)
-    if data_map is not None:
-      self._side_inputs["data_map"] = one(data_map)
-    if fold_stats is not None:
-      self._side_inputs["fold_stats"] = many(fold_stats)
-    if flag_history is not None:
-      self._side_inputs.update(
-          flag_history=one(flag_history),
-          resolved_files=many(written[outputs.RESOLVED]),
-          top_new_flagged=one(top_new_flagged))
-    if clean_counts is not None:
-      self._side_inputs["clean_counts"] = one(clean_counts)
-    for kind in (outputs.RELABELLED, outputs.WEIGHTS, outputs.SCORED_IDS):
-      if written.get(kind) is not None:
-        self._side_inputs[f"{kind}_files"] = many(written[kind])
-
-  def expand(self, pbegin):
-    return (pbegin
+  def expand(self, statistics: Tuple[beam.PCollection, ...]):
+    merged = (statistics
+              | "Statistics" >> beam.Flatten()
+              | "MergeStatistics" >> beam.CombineGlobally(
+                  merge_all, empty=RunStatistics()))
+    return (statistics[0].pipeline
             | "Trigger" >> beam.Create([None])
-            | "Write" >> beam.ParDo(self._fn, **self._side_inputs))
+            | "Write" >> beam.ParDo(
+                self._fn, statistics=beam.pvalue.AsSingleton(merged)))
