@@ -12,7 +12,7 @@ from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.history import HistoryCounts
 from lossaudit.label_rules import LabelRules
 from lossaudit.merging import merge_all
-from lossaudit.stats import Thresholds
+from lossaudit.rules import Thresholds
 from lossaudit.summary import RunContext, RunStatistics, build_summary
 from lossaudit.timings import Timings
 
@@ -38,8 +38,8 @@ PARTS = (
                                "quantiles": QUANTILES}}),
     RunStatistics(folds={"0": {"count": 5, "nan_count": 1,
                                "quantiles": QUANTILES}}),
-    RunStatistics(thresholds=Thresholds(loss_quantile=3.5, robust_z=2.5,
-                                        label_issues=LABEL_RULES)),
+    RunStatistics(thresholds=Thresholds.of(loss_quantile=3.5, robust_z=2.5,
+                                           label_issue=LABEL_RULES)),
     RunStatistics(flag_counts=FlagCounts(2, {"robust_z": 2,
                                              "loss_quantile": 1})),
     RunStatistics(flag_counts=FlagCounts(1, {"label_issue": 1},
