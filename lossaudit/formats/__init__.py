@@ -4,8 +4,9 @@
 files are read, in the pipeline and by the probe, how `clean/` is written,
 what a file's metadata tells `lossaudit plan`, whether rows are serialized
 tf.train.Examples) is a method or attribute of it, so no other module asks
-which format it has. A new format is a module here with a `FORMAT`, listed
-in `_MODULES`.
+which format it has. A new format is a module here whose `FORMAT` is a
+`Format` with `batches` (the one reader: the pipeline's and the probe's) and
+`write_clean`, listed in `_MODULES`.
 """
 
 from __future__ import annotations
