@@ -35,8 +35,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, prefetch, tfrecord
 from lossaudit.errors import explained
-from lossaudit.formats import parquet as parquet_format
-from lossaudit.formats import tfrecord as tfrecord_format
+from lossaudit.formats.parquet_io import open_file, read_row_group
 from lossaudit.model_inputs import with_raw_records
 from lossaudit.spec import POSITION_COLUMN
 
@@ -162,7 +161,7 @@ class _ReadTFExampleFile(beam.DoFn):
     position = 0  # Of the next record in the file.
     try:
       for item in _gathered(
-          tfrecord_format.record_batches(path, self._batch_size),
+          tfrecord.tf_data_batches(path, self._batch_size),
           element_rows(self._batch_size)):
         if isinstance(item, tfrecord.Unreadable):
           position = item.record + 1
@@ -327,7 +326,7 @@ class _ListRowGroups(beam.DoFn):
 
   def process(self, path: str):
     try:
-      with parquet_format.open_file(path) as f:
+      with open_file(path) as f:
         num_row_groups = pq.ParquetFile(f).num_row_groups
     except Exception as e:  # pylint: disable=broad-except
       yield _unreadable_file(path, e)
@@ -357,9 +356,9 @@ class _ReadRowGroup(beam.DoFn):
   def process(self, element: Tuple[str, int]):
     path, index = element
     try:
-      with parquet_format.open_file(path) as f:
+      with open_file(path) as f:
         parquet = pq.ParquetFile(f)
-        table = parquet_format.read_row_group(parquet, index, self._columns)
+        table = read_row_group(parquet, index, self._columns)
         first = sum(parquet.metadata.row_group(i).num_rows
                     for i in range(index))
     except Exception as e:  # pylint: disable=broad-except
