@@ -918,9 +918,8 @@ class AuditConfig:
     _validate(self, "")
     self._check_folds()
     self._check_predictions()
-    self._check_dynamics()
+    self._check_rules()
     self._check_deviance()
-    self._check_slices()
     self._check_shift_quantiles()
     self._check_weights()
     self._check_clean()
@@ -975,15 +974,11 @@ class AuditConfig:
           f" 'probabilities' (set predictions_kind: logits for logits)."
           f" Received: true with model.predictions_column={column!r}")
 
-  def _check_dynamics(self) -> None:
-    """The AUM rules need checkpoints."""
-    for key in ("aum_quantile", "aum_below"):
-      value = getattr(self.flag, key)
-      if value is not None and not self.model.checkpoints:
-        raise ConfigError(
-            f"flag.{key}: needs model.checkpoints (AUM is a mean over"
-            f" checkpoints). Received: flag.{key}={value!r} with"
-            f" model.checkpoints=None")
+  def _check_rules(self) -> None:
+    """What each flag rule that is on needs from other sections."""
+    for rule in rules.registered():
+      if rule.enabled(self.flag):
+        rule.check_config(self)
 
   def _check_deviance(self) -> None:
     """`flag.score: deviance` needs one loss that has a deviance."""
@@ -1001,13 +996,6 @@ class AuditConfig:
           f"flag.score: 'deviance' needs loss.name to be one of"
           f" {list(losses.DEVIANCE_LOSSES)} (count and positive regression)."
           f" Received: flag.score='deviance' with {received}")
-
-  def _check_slices(self) -> None:
-    """`flag.slice_quantile` flags within slices: it needs them."""
-    if self.flag.slice_quantile is not None and self.stats.slice_by is None:
-      raise ConfigError(
-          "flag.slice_quantile: needs stats.slice_by to be set. Received:"
-          " stats.slice_by=None")
 
   def _check_shift_quantiles(self) -> None:
     """The gate watches quantiles that the stats compute."""

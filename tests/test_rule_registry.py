@@ -268,3 +268,31 @@ def test_a_toy_rule_key_and_reason_are_checked(toy_rule):
   assert str(info.value).endswith(
       " 'label_issue', 'non_finite', 'toy_loss_above'] (did you mean"
       " 'toy_loss_above'?). Received: ['toy_los_above']")
+
+
+class SliceLossAbove(LossAbove):
+  """A toy rule that needs `stats.slice_by` (`check_config`)."""
+
+  reason = "toy_slice_loss_above"
+  settings = (rules.Setting("toy_slice_loss_above", validation.number(),
+                            None, "a toy that needs slices"),)
+
+  def check_config(self, config):
+    if config.stats.slice_by is None:
+      raise ConfigError("flag.toy_slice_loss_above: needs stats.slice_by")
+
+
+def test_a_rule_checks_the_config_it_needs_only_when_on():
+  rules.register(SliceLossAbove())
+  try:
+    base = {"input": {"pattern": "a"}, "model": {"path": "m"}}
+    AuditConfig.from_dict(base)  # Off: not asked.
+    with pytest.raises(ConfigError) as info:
+      AuditConfig.from_dict({**base, "flag": {"toy_slice_loss_above": 1}})
+    assert str(info.value) == (
+        "flag.toy_slice_loss_above: needs stats.slice_by")
+    assert AuditConfig.from_dict({
+        **base, "flag": {"toy_slice_loss_above": 1},
+        "stats": {"slice_by": "region"}}).flag.toy_slice_loss_above == 1
+  finally:
+    rules.unregister("toy_slice_loss_above")

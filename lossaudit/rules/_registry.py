@@ -110,6 +110,11 @@ class FlagRule:
     """Whether `flag` turns the rule on."""
     return self.value(flag) is not None
 
+  def check_config(self, config: Any) -> None:
+    """Refuses an `AuditConfig` that turns the rule on without what it
+    needs from other sections (`ConfigError`, one line)."""
+    del config
+
   def sketch_quantiles(self, flag: Any) -> Tuple[float, ...]:
     """Quantiles the loss sketch must give its threshold."""
     del flag

@@ -2,7 +2,7 @@
 
 from lossaudit import validation
 from lossaudit.rules._registry import FlagRule, Setting, register
-from lossaudit.rules.aum_quantile import aum_below, minus_aum
+from lossaudit.rules.aum_quantile import aum_below, check_checkpoints, minus_aum
 
 
 class AumBelow(FlagRule):
@@ -15,6 +15,9 @@ class AumBelow(FlagRule):
                       " (needs model.checkpoints)"),)
   rank = 70
   global_statistics = False
+
+  def check_config(self, config):
+    check_checkpoints(config, "aum_below")
 
   def threshold(self, flag, loss_summary, slice_stats, own):
     return float(flag.aum_below)

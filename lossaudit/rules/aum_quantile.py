@@ -1,6 +1,9 @@
 """`aum_quantile`: flags an area under the margin below its quantile."""
 
+from typing import Any
+
 from lossaudit import validation
+from lossaudit.errors import ConfigError
 from lossaudit.rules._registry import FlagRule, Setting, register
 
 
@@ -20,6 +23,15 @@ def minus_aum(rows):
   return -rows.column("aum")
 
 
+def check_checkpoints(config: Any, key: str) -> None:
+  """An AUM rule (`flag.<key>`) needs `model.checkpoints`."""
+  if not config.model.checkpoints:
+    raise ConfigError(
+        f"flag.{key}: needs model.checkpoints (AUM is a mean over"
+        f" checkpoints). Received: flag.{key}={getattr(config.flag, key)!r}"
+        f" with model.checkpoints=None")
+
+
 class AumQuantile(FlagRule):
   """Flags an area under the margin (AUM, over `model.checkpoints`) below
   the `flag.aum_quantile` quantile of every AUM."""
@@ -29,6 +41,9 @@ class AumQuantile(FlagRule):
                       "flag an area under the margin below this quantile of"
                       " every AUM (needs model.checkpoints)"),)
   rank = 60
+
+  def check_config(self, config):
+    check_checkpoints(config, "aum_quantile")
 
   def statistics(self, scored, flag, epsilon, column):
     from lossaudit.transforms.stats import LossStats  # pylint: disable=g-import-not-at-top

@@ -3,6 +3,7 @@
 import numpy as np
 
 from lossaudit import validation
+from lossaudit.errors import ConfigError
 from lossaudit.rules._registry import FlagRule, Setting, register
 
 
@@ -15,6 +16,12 @@ class SliceQuantile(FlagRule):
                       "flag a loss above this quantile of its slice's"
                       " losses (needs stats.slice_by)"),)
   rank = 40
+
+  def check_config(self, config):
+    if config.stats.slice_by is None:
+      raise ConfigError(
+          "flag.slice_quantile: needs stats.slice_by to be set. Received:"
+          " stats.slice_by=None")
 
   def sketch_quantiles(self, flag):
     return (flag.slice_quantile,)
@@ -29,9 +36,7 @@ class SliceQuantile(FlagRule):
             for name, stats in (slice_stats or {}).items()}
 
   def mask(self, rows, threshold):
-    from lossaudit.scoring import (
-      SLICE_COLUMN,  # Local: no TensorFlow at config time.
-    )
+    from lossaudit.spec import SLICE_COLUMN  # Local: no Arrow at config time.
 
     slices = rows.column(SLICE_COLUMN)
     if threshold is None or slices is None:
