@@ -7,6 +7,7 @@ and runs `lossaudit demo --output DIR` from an empty directory.
 """
 
 import ast
+import glob
 import importlib.metadata
 import os
 import re
@@ -52,6 +53,17 @@ def test_the_wheel_installs_one_top_level_package(wheel):
                  "lossaudit/configs/demo.yaml"):
     assert module in names
   assert not [n for n in names if "benchmark" in n]
+  # Every module of the source tree (subpackages such as lossaudit/rules/
+  # must be listed in pyproject.toml's packages).
+  for folder, installed in (("lossaudit", "lossaudit"),
+                            ("pipelines", "lossaudit/pipelines"),
+                            ("transforms", "lossaudit/transforms")):
+    for path in glob.glob(os.path.join(ROOT, folder, "**", "*.py"),
+                          recursive=True):
+      relative = os.path.relpath(path, os.path.join(ROOT, folder))
+      if relative.split(os.sep)[0] in ("pipelines", "transforms", "configs"):
+        continue  # A worktree's links to the top-level folders.
+      assert f"{installed}/{relative}" in names, relative
   with zipfile.ZipFile(wheel) as archive:
     info = [n for n in names if n.endswith(".dist-info/METADATA")]
     metadata = archive.read(info[0]).decode()
