@@ -1116,6 +1116,13 @@ _NO_EFFECT: Tuple[Tuple[str, Callable[[AuditConfig], Optional[str]]], ...] = (
      lambda c: _with_custom("loss", _CUSTOM_LOGITS)(c.loss)),
     ("model.signature", lambda c: "with model.predictions_column (no model"
      " runs)" if c.model.predictions_column else None),
+    ("model.signature", lambda c: "with a .keras model.path (only a"
+     " SavedModel has signatures)" if (c.model.path or "").endswith(".keras")
+     else None),
+    ("runtime.device", lambda c: "with model.predictions_column (no model"
+     " runs)" if c.model.predictions_column else None),
+    ("runtime.accelerator", lambda c: "with model.predictions_column (no"
+     " model runs)" if c.model.predictions_column else None),
     ("model.predictions_kind", lambda c: None if c.model.predictions_column
      else "without model.predictions_column (a model's outputs are described"
      " by loss.from_logits)"),
@@ -1150,6 +1157,14 @@ def _refuse_without_effect(config: AuditConfig, raw: Mapping[str, Any]
     if phrase is not None:
       raise ConfigError(
           f"{key}: has no effect {phrase}. Received: {short_repr(value)}")
+  for key in ("output.clean.drop_reasons", "output.weights.reasons"):
+    off = [reason for reason in _set_value(raw, key) or ()
+           if not rules.get(reason).enabled(config.flag)]
+    if off:
+      raise ConfigError(
+          f"{key}: has no effect for {off[0]!r}, a rule that is off in this"
+          f" config (no row is flagged for it). Received:"
+          f" {short_repr(_set_value(raw, key))}")
   outputs = _set_value(raw, "loss.outputs")
   for index, term in enumerate(config.loss.outputs or ()):
     item = outputs[index] if isinstance(outputs, (list, tuple)) else None

@@ -836,6 +836,24 @@ def _outputs(**loss):
      "output.weights.reasons: has no effect with output.weights.scheme"
      " 'loss_bins' (its weights are loss bins, not flags). Received:"
      " ['top_k']"),
+    (_model(path="m.keras", signature="serving_default"),
+     "model.signature: has no effect with a .keras model.path (only a"
+     " SavedModel has signatures). Received: 'serving_default'"),
+    ({**_model(predictions_column="p"), "runtime": {"device": "cpu"}},
+     "runtime.device: has no effect with model.predictions_column (no model"
+     " runs). Received: 'cpu'"),
+    ({**_model(predictions_column="p"),
+      "runtime": {"accelerator": "type:nvidia-l4;count:1"}},
+     "runtime.accelerator: has no effect with model.predictions_column (no"
+     " model runs). Received: 'type:nvidia-l4;count:1'"),
+    (_with("output", clean={"drop_reasons": ["loss_quantile", "top_k"]}),
+     "output.clean.drop_reasons: has no effect for 'top_k', a rule that is"
+     " off in this config (no row is flagged for it). Received:"
+     " ['loss_quantile', 'top_k']"),
+    (_with("output", weights={"reasons": ["robust_z"]}),
+     "output.weights.reasons: has no effect for 'robust_z', a rule that is"
+     " off in this config (no row is flagged for it). Received:"
+     " ['robust_z']"),
 ])
 def test_a_key_without_effect_in_its_mode_is_refused(raw, message):
   assert _error(raw) == message
@@ -853,10 +871,13 @@ def test_a_key_without_effect_in_its_mode_is_refused(raw, message):
                               "relabel_min_probability": 0.8},
              weights={"scheme": "loss_bins", "bins": 4}),
      "flag": {"label_issues": "confident_learning"}},
-    {**BASE, "flag": {"label_issues": "confident_learning"},
-     "output": {"clean": {"relabel": True, "relabel_min_probability": 0.8},
+    {**BASE, "flag": {"label_issues": "confident_learning", "top_k": 5},
+     "output": {"clean": {"relabel": True, "relabel_min_probability": 0.8,
+                          "drop_reasons": ["non_finite", "label_issue"]},
                 "weights": {"scheme": "downweight_flagged", "factor": 0.5,
                             "reasons": ["top_k"]}}},
+    _model(path="saved_model_dir", signature="serving_default"),
+    {**_model(predictions_column="p"), "runtime": {"accelerator": None}},
     _model(predictions_column="p", predictions_kind="logits"),
     # Unset: left out, or null (a null sets nothing).
     _outputs(),
