@@ -267,6 +267,7 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
       own[label_issue.REASON] = label_rules
     thresholds = statistics.loss | "Thresholds" >> beam.Map(
         rule_thresholds, flag_config=config.flag,
+        rules=rules.in_force(config.flag),
         slice_stats=(None if statistics.slices is None
                      else beam.pvalue.AsDict(statistics.slices)),
         **{reason: _singleton(pcoll) for reason, pcoll in own.items()})

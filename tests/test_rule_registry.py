@@ -4,6 +4,9 @@ applies with no other edit."""
 
 import json
 import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,8 +19,8 @@ from lossaudit.errors import ConfigError
 from lossaudit.label_rules import LabelRules
 from lossaudit.pipelines import audit
 from lossaudit.rules.top_k import TopKBound
-from lossaudit.scoring import PROBS_COLUMN, SLICE_COLUMN
-from tests.helpers import predictions_config, write_predictions
+from lossaudit.spec import PROBS_COLUMN, SLICE_COLUMN
+from tests.helpers import REPO, predictions_config, write_predictions
 
 LOSSES = np.array([0.1, 2.0, np.nan, 5.0, 3.0, -np.inf, 1.0])
 IDS = np.array(list("abcdefg"), dtype=object)
@@ -179,15 +182,36 @@ def test_registering_a_taken_reason_or_key_is_refused():
   with pytest.raises(ValueError) as info:
     rules.register(rules.get("top_k"))
   assert str(info.value) == (
-      "register: expected a new reason and new flag keys. Received: 'top_k'"
-      " with keys ['top_k']")
+      "register: expected a new reason. Received: 'top_k', already"
+      " registered")
 
   class Clash(rules.FlagRule):
     reason = "clash"
     settings = (rules.Setting("score", validation.number(), None, "x"),)
 
-  with pytest.raises(ValueError, match="'clash' with keys \\['score'\\]"):
+  with pytest.raises(ValueError) as info:
     rules.register(Clash())
+  assert str(info.value) == (
+      "register: expected new flag keys. Received: ['score'] for 'clash',"
+      " keys of other rules")
+
+
+@pytest.mark.parametrize("reason, key", [
+    ("", "ok"), ("has space", "ok"), ("Upper", "ok"), ("ok", "a-b"),
+    ("ok", "1st")])
+def test_a_reason_or_key_that_is_no_plain_name_is_refused(reason, key):
+  class Odd(rules.FlagRule):
+    pass
+
+  Odd.reason = reason
+  Odd.settings = (rules.Setting(key, validation.number(), None, "x"),)
+  with pytest.raises(ValueError) as info:
+    rules.register(Odd())
+  odd = [n for n in (reason, key) if n not in ("ok",)]
+  assert str(info.value) == (
+      "register: expected a reason and flag keys of lowercase letters,"
+      f" digits and '_'. Received: {odd}")
+  assert reason not in rules.reasons()
 
 
 def test_table_markdown():
@@ -301,3 +325,101 @@ def test_a_rule_checks_the_config_it_needs_only_when_on():
         "stats": {"slice_by": "region"}}).flag.toy_slice_loss_above == 1
   finally:
     rules.unregister("toy_slice_loss_above")
+
+
+def _rule_of_this_function():
+  """A rule whose class no other process can import (as one of a user's
+  `__main__`)."""
+
+  class Below(rules.FlagRule):
+    reason = "toy_below"
+    settings = (rules.Setting("toy_below", validation.number(), None, "x"),)
+    global_statistics = False
+
+    def threshold(self, flag, loss_summary, slice_stats, own):
+      return flag.toy_below
+
+    def mask(self, rows, threshold):
+      return rows.finite & (rows.safe < threshold)
+
+  return Below()
+
+
+def test_the_rules_in_force_travel_with_the_thresholds():
+  rule = _rule_of_this_function()
+  rules.register(rule)
+  try:
+    flag = AuditConfig.from_dict({
+        "input": {"pattern": "a"}, "model": {"path": "m"},
+        "flag": {"toy_below": 0.5, "loss_quantile": None}}).flag
+    thresholds = rules.rule_thresholds({}, flag,
+                                       rules=rules.in_force(flag))
+  finally:
+    rules.unregister("toy_below")
+  # As Beam's element coder would send it to a worker that never
+  # registered the rule.
+  sent = pickle.dumps(thresholds)
+  code = (
+      "import pickle, sys, numpy as np\n"
+      "from lossaudit import rules\n"
+      "thresholds = pickle.loads(sys.stdin.buffer.buffer.read()"
+      " if hasattr(sys.stdin.buffer, 'buffer') else sys.stdin.buffer.read())\n"
+      "rows = rules.Rows(None, np.array([0.1, 0.9, np.nan]),"
+      " np.array(['a', 'b', 'c'], dtype=object))\n"
+      "print(sorted(rules.reasons()), thresholds.to_dict(),"
+      " [(r, m.tolist()) for r, m in rules.flag_masks(rows, thresholds)])\n")
+  done = subprocess.run([sys.executable, "-c", code], input=sent,
+                        capture_output=True, check=True, cwd=REPO)
+  assert done.stdout.decode().strip() == (
+      "['aum_below', 'aum_quantile', 'label_issue', 'loss_quantile',"
+      " 'loss_threshold', 'non_finite', 'robust_z', 'slice_quantile',"
+      " 'top_k'] {'toy_below': 0.5} [('non_finite', [False, False, True]),"
+      " ('toy_below', [True, False, False])]")
+
+
+@pytest.mark.parametrize("mask, received", [
+    (np.array([1.0, 0.0, 0.0]), "float64 of shape (3,)"),
+    (np.array([True, False]), "bool of shape (2,)"),
+    (np.array([[True], [False], [True]]), "bool of shape (3, 1)"),
+    (True, "bool of shape ()"),
+])
+def test_a_mask_that_is_not_one_bool_a_row_is_refused(mask, received):
+  class Broken(rules.FlagRule):
+    reason = "toy_broken"
+
+    def mask(self, rows, threshold):
+      return mask
+
+  thresholds = rules.Thresholds.with_rules({"toy_broken": 1.0}, (Broken(),))
+  rows = rules.Rows(None, np.array([0.1, 0.9, 2.0]),
+                    np.array(["a", "b", "c"], dtype=object))
+  with pytest.raises(ValueError) as info:
+    rules.flag_masks(rows, thresholds)
+  assert str(info.value) == (
+      "flag rule 'toy_broken': mask() must return a bool array of shape (3,),"
+      f" one value a row. Received: {received}")
+
+
+@pytest.mark.slow
+def test_a_toy_rule_flags_rows_on_worker_processes(tmp_path, write_config):
+  rules.register(_rule_of_this_function())
+  try:
+    ids = [f"id{i}" for i in range(6)]
+    p_given = np.array([0.9, 0.9, 0.9, 0.2, 0.2, 0.05], np.float32)
+    data = tmp_path / "data.parquet"
+    write_predictions(str(data), ids, np.zeros(6, np.int64),
+                      np.stack([p_given, 1 - p_given], axis=1))
+    out = tmp_path / "out"
+    config = predictions_config(
+        data, out, flag={"toy_below": 0.5, "loss_threshold": None})
+    assert audit.main(["--config", write_config(config),
+                       "--direct_num_workers=2",
+                       "--direct_running_mode=multi_processing"]) == 0
+  finally:
+    rules.unregister("toy_below")
+  flagged = pd.read_parquet(out / "flagged").sort_values("id")
+  # -log(0.9) = 0.105 is below 0.5; the others are not.
+  assert [(i, list(r)) for i, r in zip(flagged["id"], flagged["reasons"])] == [
+      (f"id{i}", ["toy_below"]) for i in range(3)]
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["flagged"]["by_reason"] == {"toy_below": 3}

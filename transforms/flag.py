@@ -91,7 +91,7 @@ def flagged_rows(batch: pa.RecordBatch, thresholds: Thresholds,
   scored = rules.Rows(batch, batch.column(column).to_numpy(
       zero_copy_only=False), ids)
   masks = rules.flag_masks(scored, thresholds)
-  score = rules.scores(scored, masks)
+  score = rules.scores(scored, masks, thresholds)
   names = np.array([name for name, _ in masks])
   matrix = np.stack([mask for _, mask in masks], axis=1)
   flagged = matrix.any(axis=1)

@@ -14,6 +14,7 @@ import pkgutil
 from lossaudit.rules._apply import (
   Thresholds,
   flag_masks,
+  in_force,
   rule_thresholds,
   scores,
 )
@@ -37,9 +38,9 @@ from lossaudit.rules._registry import (
 
 __all__ = [
     "NOT_IN_FORCE", "FlagRule", "Rows", "Setting", "Thresholds", "flag_masks",
-    "get", "in_mask_order", "needs_global_statistics", "on_change", "reasons",
-    "register", "registered", "rule_thresholds", "scores", "settings",
-    "sketch_quantiles", "table_markdown", "unregister"]
+    "get", "in_force", "in_mask_order", "needs_global_statistics",
+    "on_change", "reasons", "register", "registered", "rule_thresholds",
+    "scores", "settings", "sketch_quantiles", "table_markdown", "unregister"]
 
 for _module in pkgutil.iter_modules(__path__):
   if not _module.name.startswith("_"):

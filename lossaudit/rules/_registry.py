@@ -11,6 +11,7 @@ spill decision, `summary.json` → `thresholds`) reads this registry.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from lossaudit.validation import Rule
 
 _RULES: Dict[str, "FlagRule"] = {}
+# A reason or a flag key: it is a config key and a `flagged/` value.
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _LISTENERS: List[Callable[[], None]] = []
 
 
@@ -171,11 +174,19 @@ def register(rule: FlagRule) -> FlagRule:
   Raises:
     ValueError: its reason or one of its keys is taken.
   """
+  names = [rule.reason, *(s.key for s in rule.settings)]
+  odd = [n for n in names if not _NAME.fullmatch(str(n))]
+  if odd:
+    raise ValueError(f"register: expected a reason and flag keys of"
+                     f" lowercase letters, digits and '_'. Received: {odd}")
+  if rule.reason in _RULES:
+    raise ValueError(f"register: expected a new reason. Received:"
+                     f" {rule.reason!r}, already registered")
   keys = {s.key for r in _RULES.values() for s in r.settings} | {"score"}
   taken = [s.key for s in rule.settings if s.key in keys]
-  if not rule.reason or rule.reason in _RULES or taken:
-    raise ValueError(f"register: expected a new reason and new flag keys."
-                     f" Received: {rule.reason!r} with keys {taken}")
+  if taken:
+    raise ValueError(f"register: expected new flag keys. Received: {taken}"
+                     f" for {rule.reason!r}, keys of other rules")
   _RULES[rule.reason] = rule
   _changed()
   return rule
