@@ -2,6 +2,7 @@
 lists the registry feeds, and a toy rule defined here that a real audit
 applies with no other edit."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -187,18 +188,19 @@ def test_registering_a_taken_reason_or_key_is_refused():
 
   class Clash(rules.FlagRule):
     reason = "clash"
-    settings = (rules.Setting("score", validation.number(), None, "x"),)
+    settings = (rules.Setting("top_k", validation.number(), None, "x"),)
 
   with pytest.raises(ValueError) as info:
     rules.register(Clash())
   assert str(info.value) == (
-      "register: expected new flag keys. Received: ['score'] for 'clash',"
+      "register: expected new flag keys. Received: ['top_k'] for 'clash',"
       " keys of other rules")
 
 
 @pytest.mark.parametrize("reason, key", [
     ("", "ok"), ("has space", "ok"), ("Upper", "ok"), ("ok", "a-b"),
-    ("ok", "1st")])
+    ("ok", "1st"), ("ok", "class"), ("ok", "score"),
+    ("ok", "needs_global_statistics")])
 def test_a_reason_or_key_that_is_no_plain_name_is_refused(reason, key):
   class Odd(rules.FlagRule):
     pass
@@ -210,8 +212,10 @@ def test_a_reason_or_key_that_is_no_plain_name_is_refused(reason, key):
   odd = [n for n in (reason, key) if n not in ("ok",)]
   assert str(info.value) == (
       "register: expected a reason and flag keys of lowercase letters,"
-      f" digits and '_'. Received: {odd}")
+      " digits and '_', not a Python keyword or ['needs_global_statistics',"
+      f" 'score']. Received: {odd}")
   assert reason not in rules.reasons()
+  assert dataclasses.is_dataclass(FlagConfig)
 
 
 def test_table_markdown():

@@ -11,6 +11,7 @@ spill decision, `summary.json` → `thresholds`) reads this registry.
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -21,6 +22,8 @@ from lossaudit.validation import Rule
 _RULES: Dict[str, "FlagRule"] = {}
 # A reason or a flag key: it is a config key and a `flagged/` value.
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+# What `FlagConfig` holds beside the rules' settings.
+_FLAG_CONFIG_NAMES = frozenset({"score", "needs_global_statistics"})
 _LISTENERS: List[Callable[[], None]] = []
 
 
@@ -175,20 +178,28 @@ def register(rule: FlagRule) -> FlagRule:
     ValueError: its reason or one of its keys is taken.
   """
   names = [rule.reason, *(s.key for s in rule.settings)]
-  odd = [n for n in names if not _NAME.fullmatch(str(n))]
+  odd = [n for n in names if not _NAME.fullmatch(str(n))
+         or keyword.iskeyword(n) or n in _FLAG_CONFIG_NAMES]
   if odd:
     raise ValueError(f"register: expected a reason and flag keys of"
-                     f" lowercase letters, digits and '_'. Received: {odd}")
+                     f" lowercase letters, digits and '_', not a Python"
+                     f" keyword or {sorted(_FLAG_CONFIG_NAMES)}. Received:"
+                     f" {odd}")
   if rule.reason in _RULES:
     raise ValueError(f"register: expected a new reason. Received:"
                      f" {rule.reason!r}, already registered")
-  keys = {s.key for r in _RULES.values() for s in r.settings} | {"score"}
+  keys = {s.key for r in _RULES.values() for s in r.settings}
   taken = [s.key for s in rule.settings if s.key in keys]
   if taken:
     raise ValueError(f"register: expected new flag keys. Received: {taken}"
                      f" for {rule.reason!r}, keys of other rules")
   _RULES[rule.reason] = rule
-  _changed()
+  try:
+    _changed()
+  except Exception:
+    del _RULES[rule.reason]  # As it was: the config's fields too.
+    _changed()
+    raise
   return rule
 
 
