@@ -427,3 +427,28 @@ def test_a_toy_rule_flags_rows_on_worker_processes(tmp_path, write_config):
       (f"id{i}", ["toy_below"]) for i in range(3)]
   summary = json.loads((out / "summary.json").read_text())
   assert summary["flagged"]["by_reason"] == {"toy_below": 3}
+
+
+def test_a_rule_reading_a_sketch_quantile_needs_global_statistics():
+  class EasyQuantile(rules.FlagRule):
+    """Reads a sketch quantile yet says it needs no global statistics."""
+
+    reason = "toy_easy"
+    settings = (rules.Setting("toy_easy", validation.number(0, 1), None,
+                              "x"),)
+    global_statistics = False
+
+    def sketch_quantiles(self, flag):
+      return (flag.toy_easy,)
+
+  rules.register(EasyQuantile())
+  try:
+    base = {"input": {"pattern": "a"}, "model": {"path": "m"},
+            "flag": {"loss_quantile": None, "loss_threshold": 3.0}}
+    assert not AuditConfig.from_dict(base).flag.needs_global_statistics
+    flag = AuditConfig.from_dict(
+        {**base, "flag": {**base["flag"], "toy_easy": 0.05}}).flag
+    assert flag.needs_global_statistics
+    assert rules.sketch_quantiles(flag) == (0.05,)
+  finally:
+    rules.unregister("toy_easy")

@@ -249,8 +249,11 @@ def in_mask_order() -> Tuple[FlagRule, ...]:
 
 
 def needs_global_statistics(flag: Any) -> bool:
-  """Whether a rule `flag` turns on needs every row scored first."""
-  return any(r.global_statistics and r.enabled(flag) for r in registered())
+  """Whether a rule `flag` turns on needs every row scored first: it says
+  so, or it reads a quantile of the loss sketch (known only then)."""
+  return any(r.enabled(flag) and (r.global_statistics or
+                                  bool(r.sketch_quantiles(flag)))
+             for r in registered())
 
 
 def sketch_quantiles(flag: Any) -> Tuple[float, ...]:
