@@ -170,6 +170,7 @@ def test_three_nights_on_gcs(tmp_path, gcs, write_config, capsys):
   _check(runs, codes, read)
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_three_nights(tmp_path, write_config, capsys):
   data, out = str(tmp_path / "data"), str(tmp_path / "runs")
   runs, codes = _three_nights(tmp_path, write_config, out, data, _local_put)
@@ -199,6 +200,7 @@ def test_three_nights(tmp_path, write_config, capsys):
   assert "flags: 8 new, 2 persistent, 9 resolved" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_a_fixed_output_dir_is_its_own_baseline(tmp_path, write_config):
   """`gate.baseline: latest` with a fixed output.dir: the earlier outputs
   are cleared before the run, but its flags were kept for the join."""
@@ -369,6 +371,7 @@ class _StoppedPipeline(beam.Pipeline):
     raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_a_run_stopped_after_clearing_its_own_baseline_keeps_the_history(
     tmp_path, write_config):
   """A fixed output.dir is its own baseline: a run stopped once it has

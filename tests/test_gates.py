@@ -116,6 +116,7 @@ def _config(data, model, out, **gate):
                      gate=gate)
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_compare_cli_against_itself_passes_and_doubled_noise_fails(
     tmp_path, demo_build, noisier_data, write_config, capsys):
   data, model, _ = demo_build
@@ -219,6 +220,7 @@ def test_nightly_reads_a_relative_config_from_the_callers_directory(
       f" '{tmp_path}/mine/../missing.yaml' (no such file)")
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_nightly_config_twice_compares_with_the_latest_run(
     tmp_path, demo_build, capsys):
   data, model, _ = demo_build

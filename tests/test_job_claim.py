@@ -90,6 +90,7 @@ def _upload_config(tmp_path, config: dict, remote: str) -> str:
   return remote
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_flex_launches_of_the_nightly_config_write_the_job_and_delete_nothing(
     gcs, tmp_path, tfrecord_dir, classifier_path):
   root = f"{gcs}/flex"

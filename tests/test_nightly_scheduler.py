@@ -200,8 +200,8 @@ def _write_tfrecord(path, table):
       })).SerializeToString())
 
 
-@pytest.mark.parametrize("fmt", [
-    "parquet", pytest.param("tfrecord", marks=pytest.mark.slow)])
+@pytest.mark.slow  # Each night's clean/ is also tested in test_clean_dataset.
+@pytest.mark.parametrize("fmt", ["parquet", "tfrecord"])
 def test_clean_is_a_dataset_night_after_night(tmp_path, write_config, fmt):
   """Each night audits the night before's `clean/`: pandas and
   pyarrow.dataset (Parquet) or a tf.data glob (TFRecord) read exactly the
@@ -273,6 +273,7 @@ def test_a_baseline_rewritten_while_it_is_copied_stops_the_run(
   assert not (out / "summary.json").exists()
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_a_regression_gate_without_the_baselines_ids_says_it_is_skipped(
     tmp_path, write_config, capsys):
   """A baseline that kept neither losses/ nor scored_ids/ (pruned, or from

@@ -456,6 +456,7 @@ def test_cli_quiets_tensorflow_unless_told(tmp_path, monkeypatch, capsys,
   assert "--sett" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_an_audit_over_two_thousand_files_mostly_empty_counts_every_record(
     tmp_path, columns, classifier_path, write_config):
   """A glob of 2,000 files, 1,997 of them empty: each file costs little (no

@@ -83,6 +83,7 @@ def _command(*args):
   return done.stdout, done.stderr
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_folds_writes_only_its_own_lines(write_config, tfrecord_dir,
                                          tmp_path):
   config = write_config(base_config(

@@ -105,6 +105,7 @@ def test_parquet_rows_with_nulls_are_dead_lettered(
   _assert_account(summary)
 
 
+@pytest.mark.slow  # A scenario variant; the default suite keeps its core.
 def test_two_runs_give_identical_losses_quantiles_and_flags(
     tmp_path, tfrecord_dir, classifier_path, write_config):
   summaries = []
