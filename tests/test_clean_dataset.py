@@ -132,7 +132,8 @@ def test_tfrecord_clean_copy_is_the_unflagged_records_byte_for_byte(
   assert second["examples_dead_lettered"] == 0
 
 
-@pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
+@pytest.mark.parametrize("fmt", [
+    pytest.param("tfrecord", marks=pytest.mark.slow), "parquet"])
 def test_relabel_keeps_label_issues_with_the_suggested_label(
     dataset, tmp_path, fmt):
   root = dataset[0]

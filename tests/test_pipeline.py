@@ -174,6 +174,7 @@ def test_saved_model_and_fingerprint_ids(tmp_path, tfrecord_dir,
                              rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # test_ownership reruns into a run's own directory too.
 def test_rerun_replaces_outputs(tmp_path, tfrecord_dir, classifier_path,
                                 write_config):
   out = tmp_path / "out"

@@ -172,9 +172,10 @@ def _labels(config, tmp_path, write_config):
 
 @pytest.mark.parametrize("flag, passes", [
     ({"loss_quantile": None, "loss_threshold": 1.5}, 1),
-    ({"loss_quantile": None, "loss_threshold": None}, 1),
+    pytest.param({"loss_quantile": None, "loss_threshold": None}, 1,
+                 marks=pytest.mark.slow),
     ({"loss_quantile": None, "loss_threshold": 1.5, "robust_z": 3.0}, 2),
-    ({"loss_quantile": 0.9}, 2),
+    pytest.param({"loss_quantile": 0.9}, 2, marks=pytest.mark.slow),
 ])
 def test_rules_without_global_statistics_flag_in_one_pass(
     write_config, tfrecord_dir, classifier_path, tmp_path, flag, passes):
