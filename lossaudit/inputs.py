@@ -17,7 +17,16 @@ import os
 import re
 import stat
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+  Any,
+  Callable,
+  Dict,
+  List,
+  NamedTuple,
+  Optional,
+  Sequence,
+  Tuple,
+)
 
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -107,6 +116,7 @@ def expand(patterns: Sequence[str], output_dir: str,
           f" ({describe_error(e)})") from None
     if not matched:
       raise ConfigError(f"input.pattern: no file matches {pattern!r}")
+    _refuse_a_directory(pattern, matched)
     ticker = progress.Ticker(f"checking the files {pattern!r} matched",
                              len(matched), clock=clock)
     for done, path in enumerate(sorted(m.path for m in matched)):
@@ -119,6 +129,19 @@ def expand(patterns: Sequence[str], output_dir: str,
       (files if _is_regular(path) else not_regular).append(path)
   _refuse_inputs_in_outputs(files + not_regular, output_dir, clock)
   return InputFiles(tuple(files), tuple(not_regular))
+
+
+def _refuse_a_directory(pattern: str, matched: Sequence[Any]) -> None:
+  """Refuses a pattern that matches only one local directory: its files, as
+  a Parquet dataset's folder holds them, are what was meant."""
+  if len(matched) != 1 or _is_remote(matched[0].path):
+    return
+  path = matched[0].path
+  if os.path.isdir(path):
+    raise ConfigError(
+        f"input.pattern: expected a glob of files. Received: {pattern!r},"
+        f" which matches only the directory {path!r}; did you mean"
+        f" {os.path.join(path, '*')!r}?")
 
 
 def _refuse_undecodable_name(pattern: str, path: str) -> None:

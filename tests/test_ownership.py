@@ -758,3 +758,19 @@ def test_a_retried_hand_back_lists_every_clean_file(tmp_path):
       "weights": [str(out / "weights" / "part-00000-of-00001.parquet")]}
   assert outputs.clean_manifest(str(out)) == ["a.parquet", "b.parquet"]
   assert (out / "clean" / "b.parquet").read_text() == "clean/b.parquet"
+
+
+def test_a_pattern_naming_a_directory_is_refused(tmp_path):
+  (tmp_path / "pqdir").mkdir()
+  (tmp_path / "pqdir" / "part-0.parquet").write_text("x")
+  directory = str(tmp_path / "pqdir")
+  with pytest.raises(ConfigError) as e:
+    inputs.expand([directory], str(tmp_path / "out"))
+  assert str(e.value) == (
+      f"input.pattern: expected a glob of files. Received: {directory!r},"
+      f" which matches only the directory {directory!r}; did you mean"
+      f" {directory + '/*'!r}?")
+  # Its files are read, as with a trailing slash.
+  for pattern in (directory + "/*", directory + "/"):
+    assert inputs.expand([pattern], str(tmp_path / "out")).files == (
+        directory + "/part-0.parquet",)
