@@ -190,3 +190,9 @@ def test_the_annotated_config_names_every_key_at_its_default(tmp_path):
       "model: {path: models/demo.keras}\noutput: {dir: out/demo}\n")
   assert config.load_config(str(tmp_path / "annotated.yaml")) == (
       config.load_config(str(tmp_path / "paths.yaml")))
+
+
+def test_the_readme_opens_with_the_two_commands():
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    opening = f.read().split("\n\n", 2)[1]
+  assert opening == "```text\nscripts/demo\nscripts/test\n```"
