@@ -352,11 +352,10 @@ def _statistics(scored: beam.PCollection, config: AuditConfig,
       max_slices=config.stats.max_slices,
       slice_name=plan.spec.slice_column or "")
   by_rule = {}
-  for rule in rules.registered():
-    if rule.enabled(flag):
-      found = rule.statistics(scored, flag, config.stats.epsilon, column)
-      if found is not None:
-        by_rule[rule.reason] = found
+  for rule in rules.in_force(flag):
+    found = rule.statistics(scored, flag, config.stats.epsilon, column)
+    if found is not None:
+      by_rule[rule.reason] = found
   return _Statistics(loss=stats["global"], slices=stats.get("slices"),
                      folds=stats.get("folds"), by_rule=by_rule)
 

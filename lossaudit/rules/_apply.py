@@ -44,11 +44,6 @@ class Thresholds:
     return tuple(rule for rule in every
                  if rule.reason in self.values or _always(rule))
 
-  def rule(self, reason: str) -> FlagRule:
-    """The rule in force called `reason`."""
-    (found,) = [r for r in self.in_force() if r.reason == reason]
-    return found
-
   @classmethod
   def of(cls, **values: Any) -> "Thresholds":
     """`Thresholds.of(loss_threshold=1.0)`: by reason."""
@@ -111,7 +106,7 @@ def rule_thresholds(loss_summary: Dict, flag_config,
   rules = in_force(flag_config) if rules is None else tuple(rules)
   values = {}
   for rule in rules:
-    if not rule.enabled(flag_config) or _always(rule):
+    if _always(rule):  # Nothing to compare with: `flag_masks` applies it.
       continue
     value = rule.threshold(flag_config, loss_summary, slice_stats,
                            own.get(rule.reason))
@@ -153,11 +148,11 @@ def scores(rows: Rows, masks: List[Tuple[str, np.ndarray]],
   """`(N,)` how suspect each row is: its loss (+inf when not finite), as
   each flagging rule (`flag_masks`) rescores it; a row flagged only by rules
   with a solo score gets that score."""
+  by_reason = {rule.reason: rule for rule in thresholds.in_force()}
   score = np.where(rows.finite, rows.losses, np.inf)
   for reason, mask in masks:
-    score = thresholds.rule(reason).rescore(rows, mask, score)
-  solo = [(mask, thresholds.rule(reason).solo_score(rows))
-          for reason, mask in masks]
+    score = by_reason[reason].rescore(rows, mask, score)
+  solo = [(mask, by_reason[reason].solo_score(rows)) for reason, mask in masks]
   others = [mask for mask, value in solo if value is None]
   if len(others) == len(solo):
     return score
