@@ -57,6 +57,9 @@ FORMATS = formats.names()
 REDUCTIONS = ("mean", "sum")
 FLAG_SCORES = ("loss", "deviance")
 PREDICTIONS_KINDS = ("probabilities", "logits")
+# `model.select_checkpoint`: the last checkpoint of each fold, or the one
+# with the lowest mean loss on the fold's held-out rows.
+SELECT_CHECKPOINT = ("last", "heldout_loss")
 MODEL_PLACEHOLDERS = ("fold", "checkpoint")
 MAX_FOLDS = 1000
 MAX_CHECKPOINTS = 1000
@@ -235,6 +238,14 @@ def model_placeholders(template: str) -> Tuple[str, ...]:
                if field is not None)
 
 
+def _check_dynamics_path(key: str, template: str) -> None:
+  """A `model.path` template holding `{checkpoint}` and no `{fold}`."""
+  _check_model_path(key, template)
+  if model_placeholders(template) != ("checkpoint",):
+    _fail(key, "a path holding {checkpoint} (once) and no {fold}: the"
+          " checkpoints of one model trained on every row", template)
+
+
 _CHECKPOINTS = (f"null or a list of 2 to {MAX_CHECKPOINTS} distinct"
                 " checkpoint names (strings or integers) filling"
                 " {checkpoint}")
@@ -260,9 +271,16 @@ class ModelConfig:
     folds: K: example scored by the model of its held-out fold
       (`input.fold_column`, else `lossaudit.folds.fold_of` of its id).
     checkpoints: names filling `{checkpoint}`, oldest first: every example
-      is scored by each (training dynamics); the losses are the last's.
+      is scored by each (training dynamics); the losses are the last's, or
+      with `select_checkpoint: heldout_loss` each fold's best.
     predictions_column: no model: the column holds each example's class
       probabilities or logits (`predictions_kind`).
+    select_checkpoint: `last`, or `heldout_loss`: each fold's rows are
+      scored by its checkpoint with the lowest mean held-out loss
+      (`lossaudit.checkpoint_selection`).
+    dynamics_path: checkpoints of one model trained on every row, `{checkpoint}`
+      filled from `checkpoints`: the training dynamics (and
+      `flag.label_issues: early_aum`) come from them.
   """
 
   path: str = _field(Rule("a .keras file or a SavedModel directory",
@@ -298,6 +316,15 @@ class ModelConfig:
             " or logits."))
   predictions_kind: str = _field(_one_of(PREDICTIONS_KINDS), "probabilities",
       help="What model.predictions_column holds: probabilities or logits.")
+  select_checkpoint: str = _field(_one_of(SELECT_CHECKPOINT), "last",
+      help=("Each fold's checkpoint: last, or heldout_loss (the lowest mean"
+            " loss on the fold's held-out rows)."))
+  dynamics_path: Optional[str] = _field(
+      Rule("null or a path holding {checkpoint}", types=(str,),
+           nullable=True, nonempty=True, location=True,
+           check=_check_dynamics_path), None,
+      help=("Checkpoints of one model trained on every row ({checkpoint} from"
+            " model.checkpoints): the training dynamics."))
 
   def __post_init__(self):
     _validate(self, "model")
@@ -315,7 +342,8 @@ class ModelConfig:
     if column is None and not self.path:
       _fail("model.path", "a .keras file or a SavedModel directory, or"
             " model.predictions_column set", self.path)
-    if column is not None and (self.folds or self.checkpoints):
+    if column is not None and (self.folds or (
+        self.checkpoints and not self.dynamics_path)):
       used = "model.folds" if self.folds else "model.checkpoints"
       raise ConfigError(
           f"{used}: needs model.path (a predictions column is already"
@@ -326,7 +354,10 @@ class ModelConfig:
           f"model.predictions_kind: needs model.predictions_column (a"
           f" model's outputs are described by loss.from_logits). Received:"
           f" {self.predictions_kind!r} with model.path={self.path!r}")
-    models = (self.folds or 1) * len(self.checkpoints or (None,))
+    per_fold = (len(self.checkpoints) if self.checkpoints and
+                "checkpoint" in model_placeholders(self.path) else 1)
+    models = (0 if column else (self.folds or 1) * per_fold) + (
+        len(self.checkpoints) if self.dynamics_path else 0)
     if models > MAX_MODELS:
       raise ConfigError(
           f"model.checkpoints: expected at most {MAX_MODELS} models in all"
@@ -336,13 +367,19 @@ class ModelConfig:
 
   def _check_placeholders(self) -> None:
     """`{fold}` in the path exactly when `folds` is set; `{checkpoint}`
-    exactly when `checkpoints` is."""
+    exactly when `checkpoints` is (or in `dynamics_path` only)."""
     found = model_placeholders(self.path)
+    if self.dynamics_path and not self.checkpoints:
+      raise ConfigError(
+          f"model.dynamics_path: needs model.checkpoints (the names filling"
+          f" {{checkpoint}}). Received: {self.dynamics_path!r} with"
+          f" model.checkpoints=None")
     for placeholder, key, value in (("fold", "folds", self.folds),
                                     ("checkpoint", "checkpoints",
                                      self.checkpoints)):
       holds = placeholder in found
-      if value is not None and not holds:
+      if (value is not None and not holds and
+          not (placeholder == "checkpoint" and self.dynamics_path)):
         raise ConfigError(
             f"model.path: expected a path holding {{{placeholder}}}, filled"
             f" in from model.{key}. Received: {self.path!r}")
@@ -350,6 +387,14 @@ class ModelConfig:
         raise ConfigError(
             f"model.{key}: expected a value to fill {{{placeholder}}} in"
             f" model.path {self.path!r}. Received: None")
+    if self.select_checkpoint == "heldout_loss" and not (
+        self.folds and "checkpoint" in found):
+      raise ConfigError(
+          f"model.select_checkpoint: 'heldout_loss' needs model.folds and"
+          f" model.checkpoints, with {{fold}} and {{checkpoint}} in"
+          f" model.path (each fold's checkpoints are compared on its"
+          f" held-out rows). Received: model.path={self.path!r}, folds="
+          f"{self.folds}, checkpoints={_names(self.checkpoints)}")
 
   def path_groups(self) -> Tuple[Tuple[str, ...], ...]:
     """Each fold's model (one without `folds`), as each checkpoint's path
@@ -359,14 +404,25 @@ class ModelConfig:
     folds = range(self.folds) if self.folds else (None,)
     return tuple(self.paths(fold) for fold in folds)
 
+  def dynamics_paths(self) -> Tuple[str, ...]:
+    """`dynamics_path` of each checkpoint, oldest first (none without)."""
+    if not self.dynamics_path:
+      return ()
+    return tuple(self.dynamics_path.format(checkpoint=c)
+                 for c in self.checkpoints)
+
   def paths(self, fold: Optional[int] = None) -> Tuple[str, ...]:
     """The model paths of `fold` (None without folds), one per checkpoint
     (oldest first) or one."""
     values = {} if fold is None else {"fold": fold}
-    if not self.checkpoints:
+    if "checkpoint" not in model_placeholders(self.path):
       return (self.path.format(**values),)
     return tuple(self.path.format(checkpoint=c, **values)
                  for c in self.checkpoints)
+
+
+def _names(checkpoints: Optional[Sequence[str]]) -> Optional[list]:
+  return None if checkpoints is None else list(checkpoints)
 
 
 def _check_loss_name(key: str, name: str) -> None:
@@ -1095,6 +1151,12 @@ def _with_custom(prefix: str, why: str
                        if term.custom is not None else None)
 
 
+def _no_model_runs(config: AuditConfig) -> bool:
+  """Predictions are read from a column, and no checkpoint runs either."""
+  model = config.model
+  return bool(model.predictions_column) and not model.dynamics_path
+
+
 _CHECKPOINTS_ONLY = ("without model.checkpoints (the data map of training"
                      " dynamics needs them)")
 _CUSTOM_NAME = "the custom loss is computed instead"
@@ -1115,14 +1177,17 @@ _NO_EFFECT: Tuple[Tuple[str, Callable[[AuditConfig], Optional[str]]], ...] = (
     ("loss.from_logits",
      lambda c: _with_custom("loss", _CUSTOM_LOGITS)(c.loss)),
     ("model.signature", lambda c: "with model.predictions_column (no model"
-     " runs)" if c.model.predictions_column else None),
+     " runs)" if _no_model_runs(c) else None),
     ("model.signature", lambda c: "with a .keras model.path (only a"
      " SavedModel has signatures)" if (c.model.path or "").endswith(".keras")
      else None),
     ("runtime.device", lambda c: "with model.predictions_column (no model"
-     " runs)" if c.model.predictions_column else None),
+     " runs)" if _no_model_runs(c) else None),
     ("runtime.accelerator", lambda c: "with model.predictions_column (no"
-     " model runs)" if c.model.predictions_column else None),
+     " model runs)" if _no_model_runs(c) else None),
+    ("flag.early_aum_max_fit", lambda c: None
+     if c.flag.label_issues == "early_aum" else
+     "without flag.label_issues 'early_aum' (only that method reads it)"),
     ("model.predictions_kind", lambda c: None if c.model.predictions_column
      else "without model.predictions_column (a model's outputs are described"
      " by loss.from_logits)"),

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from lossaudit import formats, losses
 from lossaudit.config import AuditConfig
+from lossaudit.early_aum import EARLY_AUM
 from lossaudit.errors import ConfigError, describe_error, first_line
 from lossaudit.model import AuditModel, TensorInfo
 from lossaudit.spec import RAW_RECORD_COLUMN, Feature, LossTerm, ScoringSpec
@@ -328,6 +329,9 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
       regions=(config.dynamics.easy_confidence,
                config.dynamics.ambiguous_variability),
       positions=config.output.clean is not None,
+      dynamics_paths=config.model.dynamics_paths(),
+      select_checkpoint=config.model.select_checkpoint == "heldout_loss",
+      checkpoint_margins=config.flag.label_issues == EARLY_AUM,
   )
 
 

@@ -61,19 +61,24 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   startup = startup or StartupTimes()
   if found is None:
     found = inputs.expand(config.input.patterns, config.output.dir)
-  paths = config.model.path_groups()
+  dynamics = config.model.dynamics_paths()
+  paths = config.model.path_groups() + ((dynamics,) if dynamics else ())
   models = paths and load_models(paths, config.model.signature,
                                  config.runtime.device)
   startup.lap("model_load")
   sample = probe.read_sample(config, found.files)
   class_names = planning.read_vocabulary(config.input.label_vocabulary)
-  if not models:
+  if config.model.predictions_column:
+    # The predictions are the scored model; the checkpoints of
+    # `model.dynamics_path` (when set) read their own inputs beside them.
     models = ((PredictionsModel(
         config.model.predictions_column, planning.predictions_width(
             config, sample and sample.batch, sample and sample.path,
-            class_names)),),)
+            class_names)),),) + tuple(models or ())
   model = models[0][-1]
   features = planning.model_features(config, model)
+  if config.model.predictions_column and dynamics:
+    features += planning.model_features(config, models[-1][-1])
   if sample is not None:
     features = probe.match_lone_input(config, features, sample)
     probe.check_columns(config, features, sample)

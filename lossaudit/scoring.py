@@ -42,6 +42,9 @@ from lossaudit.model_inputs import (
 )
 from lossaudit.spec import (
   AMBIGUOUS,
+  CHECKPOINT_COLUMN,
+  CHECKPOINT_CORRECT_COLUMN,
+  CHECKPOINT_MARGINS_COLUMN,
   DYNAMICS,
   EASY,
   HARD,
@@ -72,7 +75,9 @@ class LossShapeError(ValueError):
 
 def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
                traced: Optional[Dict[str, str]] = None,
-               with_outputs: bool = False) -> Callable[..., Any]:
+               with_outputs: bool = False,
+               dynamics_models: Sequence[AuditModel] = ()
+               ) -> Callable[..., Any]:
   """The spec's losses on the predictions of `models`, as one traced function.
 
   Its batch axis is unknown, so batches of any size reuse one graph. Builds
@@ -87,6 +92,8 @@ def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
       to `computed_from` of the (last model's) predictions.
     with_outputs: whether to return each term's model output `(N, ...)` as
       `OUTPUT_PREFIX + output` too (the pre-run check reads them).
+    dynamics_models: the checkpoints of the model trained on every row
+      (`spec.dynamics_paths`): the training dynamics are theirs.
 
   Returns:
     A `tf.function` of `(features, labels)`: `{model input: (N,) + shape}`
@@ -94,7 +101,9 @@ def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
     `loss_<name>` per term and `finite` (whether the row's inputs and
     predictions are finite), plus `given_label`, `predicted_label`,
     `self_confidence`, `margin` and `probs` `(N, K)` (with `keep_probs`) for
-    a classifier, and the `DYNAMICS` over several checkpoints.
+    a classifier, and the `DYNAMICS` over several checkpoints. With
+    `spec.select_checkpoint`, also `by_checkpoint`: a list of each
+    checkpoint's losses and class signals (the top level holds the last's).
   """
   # A custom loss keeps AutoGraph (Python `if` on a tensor works, as it did
   # before): it is a `tf.function` of its own, traced inside this one.
@@ -111,21 +120,47 @@ def loss_graph(spec: ScoringSpec, models: Sequence[AuditModel],
   # Converting it cost about half a second of each run's pre-run check.
   # A partial, not a closure: TensorFlow counts the traces of closures of
   # one code together, and warns of retracing at the fifth fold's graph.
-  graph = functools.partial(_loss_outputs, spec, tuple(models), loss_fns,
-                            traced, with_outputs)
+  graph = functools.partial(_loss_outputs, spec, tuple(models),
+                            tuple(dynamics_models), loss_fns, traced,
+                            with_outputs)
   return tf.function(graph, input_signature=[feature_specs, label_specs],
                      autograph=False)
 
 
 def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
+                  dynamics_models: Sequence[AuditModel],
                   loss_fns: List[Callable], traced: Optional[Dict[str, str]],
                   with_outputs: bool, features: Mapping[str, tf.Tensor],
-                  labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+                  labels: Mapping[str, tf.Tensor]) -> Dict[str, Any]:
   """The body of `loss_graph`'s function."""
   every = [model(features) for model in models]
-  predictions = every[-1]
   if traced is not None:
-    traced["computed_from"] = computed_from(spec.terms, predictions)
+    traced["computed_from"] = computed_from(spec.terms, every[-1])
+  outputs = _prediction_outputs(spec, loss_fns, with_outputs, features,
+                                labels, every[-1])
+  if spec.select_checkpoint:
+    outputs["by_checkpoint"] = [
+        _prediction_outputs(spec, loss_fns, False, features, labels, p)
+        for p in every[:-1]] + [dict(outputs)]
+  if spec.classifier and (dynamics_models or len(every) > 1):
+    if dynamics_models:
+      # Their own inputs: a predictions column is not one of them.
+      own = {k: v for k, v in features.items() if not spec.predictions_kind
+             or k != spec.features[0].model_input}
+      every = [model(own) for model in dynamics_models]
+    term = spec.classifier
+    outputs.update(_dynamics(term, outputs["given_label"],
+                             [p[term.output] for p in every],
+                             spec.checkpoint_margins))
+  return outputs
+
+
+def _prediction_outputs(spec: ScoringSpec, loss_fns: List[Callable],
+                        with_outputs: bool, features: Mapping[str, tf.Tensor],
+                        labels: Mapping[str, tf.Tensor],
+                        predictions: Mapping[str, tf.Tensor]
+                        ) -> Dict[str, tf.Tensor]:
+  """The losses and class signals of one checkpoint's `predictions`."""
   outputs = {"finite": _rows_finite(
       list(features.values()) +
       [predictions[term.output] for term in spec.terms])}
@@ -145,16 +180,15 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
     term = spec.classifier
     outputs.update(_class_signals(term, labels[term.name],
                                   predictions[term.output], spec.keep_probs))
-    if len(every) > 1:
-      outputs.update(_dynamics(term, outputs["given_label"],
-                               [p[term.output] for p in every]))
   return outputs
 
 
-def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor]
-              ) -> Dict[str, tf.Tensor]:
+def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor],
+              with_checkpoints: bool = False) -> Dict[str, tf.Tensor]:
   """`losses.training_dynamics` of the C checkpoints' `outputs` `(N, ...)`,
   and `dynamics_finite` `(N,)`: whether every checkpoint's output is finite.
+  `with_checkpoints`: also each checkpoint's `checkpoint_margins` and
+  `checkpoint_correct` `(N, C)`.
 
   Each checkpoint is reduced to `(N,)` values before they are stacked, so
   a step holds `(C, N)`, never `(C, N, K)`.
@@ -167,6 +201,9 @@ def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor]
              for key in parts[0]}
   result = losses.training_dynamics(**stacked)
   result["dynamics_finite"] = _rows_finite(outputs)
+  if with_checkpoints:
+    result["checkpoint_margins"] = tf.transpose(stacked["margin"])
+    result["checkpoint_correct"] = tf.transpose(stacked["correct"]) > 0
   return result
 
 
@@ -297,18 +334,20 @@ def _check_loss_shapes(terms: Tuple[LossTerm, ...],
           f" example, shape ({n},); it returned shape {shape}")
 
 
-def _nan_where_not_finite(result: Dict[str, np.ndarray]
-                          ) -> Dict[str, np.ndarray]:
-  """`result` without `finite` and `dynamics_finite`: its losses NaN in the
-  rows not `finite`, its training dynamics NaN where a checkpoint's output
-  is not finite either.
+def _nan_where_not_finite(result: Dict[str, Any],
+                          dynamics_finite: Optional[np.ndarray] = None
+                          ) -> Dict[str, Any]:
+  """`result` without `finite`: its losses NaN in the rows not `finite`, its
+  training dynamics NaN where a checkpoint's output is not finite
+  (`dynamics_finite`) either.
 
   Keras losses clip probabilities, which can turn a NaN prediction into a
   finite loss: an example with a non-finite input or (last) prediction gets
   a NaN loss instead, so it is counted and flagged `non_finite`.
   """
   finite = result.pop("finite")
-  dynamics = result.pop("dynamics_finite", finite) & finite
+  dynamics = (finite if dynamics_finite is None else dynamics_finite) & (
+      finite)
   if not finite.all():
     for key in [k for k in result
                 if k in ("loss", "deviance") or k.startswith("loss_")]:
@@ -317,6 +356,9 @@ def _nan_where_not_finite(result: Dict[str, np.ndarray]
     for key in DYNAMICS:
       if key in result:
         result[key] = np.where(dynamics, result[key], np.nan)
+    if "checkpoint_margins" in result:
+      result["checkpoint_margins"] = np.where(
+          dynamics[:, None], result["checkpoint_margins"], np.nan)
   return result
 
 
@@ -339,7 +381,8 @@ class BatchScorer:
       hold more); None: a whole batch at a time. Halved on running out of
       memory.
     models: already loaded models `[fold][checkpoint]` (`load_models`), in
-      place of `model`.
+      place of `model`; with `spec.dynamics_paths`, their checkpoints are
+      one more group, last (as `spec_models` gives them).
     with_outputs: whether `score_arrays` returns the model outputs too (see
       `loss_graph`).
   """
@@ -360,9 +403,12 @@ class BatchScorer:
       if models is None:
         models = ((model,),) if model is not None else spec_models(spec)
       self.models = models
+      groups, dynamics = (models[:-1], models[-1]) if (
+          spec.dynamics_paths) else (models, ())
       # One graph per fold; each holds every checkpoint's model.
-      self._scores = [loss_graph(spec, group, self._traced, with_outputs)
-                      for group in models]
+      self._scores = [loss_graph(spec, group, self._traced, with_outputs,
+                                 dynamics)
+                      for group in groups]
 
   @property
   def computed_from(self) -> Optional[str]:
@@ -380,11 +426,16 @@ class BatchScorer:
       LossShapeError: when a loss does not give one value per example.
     """
     with tf.device(self.device):
-      result = {k: v.numpy() for k, v in self._scores[fold](
-          model_feeds(self.spec, features), dict(labels)).items()}
-    _check_loss_shapes(self.spec.terms, result,
-                       len(next(iter(labels.values()))))
-    return _nan_where_not_finite(result)
+      result = tf.nest.map_structure(lambda v: v.numpy(), self._scores[fold](
+          model_feeds(self.spec, features), dict(labels)))
+    n = len(next(iter(labels.values())))
+    each = result.pop("by_checkpoint", None)
+    _check_loss_shapes(self.spec.terms, result, n)
+    dynamics_finite = result.pop("dynamics_finite", None)
+    if each is not None:
+      result["by_checkpoint"] = [_nan_where_not_finite(part)
+                                 for part in each]
+    return _nan_where_not_finite(result, dynamics_finite)
 
   def score(self, source: str, batch: pa.RecordBatch
            ) -> Tuple[Optional[pa.RecordBatch], List[Dict[str, Any]]]:
@@ -508,11 +559,16 @@ def _runs(values: np.ndarray) -> List[Tuple[int, int]]:
 
 def spec_models(spec: ScoringSpec) -> Tuple[Tuple[Any, ...], ...]:
   """The models of `spec`, `[fold][checkpoint]`: loaded from its paths, or
-  a `PredictionsModel` reading its one feature."""
+  a `PredictionsModel` reading its first feature; then with
+  `spec.dynamics_paths`, their checkpoints as one more group."""
+  dynamics = (spec.dynamics_paths,) if spec.dynamics_paths else ()
   if spec.predictions_kind:
     feature = spec.features[0]
-    return ((PredictionsModel(feature.column, feature.shape[0]),),)
-  return load_models(spec.model_paths or ((spec.model_path,),),
+    found = ((PredictionsModel(feature.column, feature.shape[0]),),)
+    return found + (load_models(
+        dynamics, spec.signature, spec.device,
+        pinned=dict(spec.model_versions)) if dynamics else ())
+  return load_models((spec.model_paths or ((spec.model_path,),)) + dynamics,
                      spec.signature, spec.device,
                      pinned=dict(spec.model_versions))
 
@@ -560,14 +616,31 @@ def _hashable(value: Any) -> np.ndarray:
 
 
 def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
-                 result: Mapping[str, np.ndarray]) -> pa.RecordBatch:
-  """The scored batch of N rows, schema `spec.scored_schema()`.
+                 result: Mapping[str, Any]) -> pa.RecordBatch:
+  """The scored batch of N rows, schema `spec.scoring_schema()`.
+
+  With `spec.select_checkpoint`, each row once per checkpoint of its fold
+  (oldest first, `CHECKPOINT_COLUMN` saying which): C·N rows.
 
   Args:
     spec: what was scored.
     inputs: the N rows scored; rows without ids get content fingerprints.
     result: `BatchScorer.score_arrays`' `(N,)` arrays.
   """
+  if not spec.select_checkpoint:
+    return _scored_rows(spec, inputs, result)
+  shared = {k: v for k, v in result.items() if k != "by_checkpoint"}
+  parts = []
+  for checkpoint, own in enumerate(result["by_checkpoint"]):
+    rows = _scored_rows(spec, inputs, {**shared, **own})
+    parts.append(rows.append_column(CHECKPOINT_COLUMN, pa.array(
+        np.full(rows.num_rows, checkpoint, np.int64))))
+  return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+
+
+def _scored_rows(spec: ScoringSpec, inputs: ModelInputs,
+                 result: Mapping[str, np.ndarray]) -> pa.RecordBatch:
+  """The scored batch of N rows, schema `spec.scored_schema()`."""
   ids = inputs.ids
   if ids is None:
     ids = cols.fingerprints(*map(_hashable, inputs.features.values()),
@@ -617,6 +690,14 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
         inputs.positions is not None) else pa.nulls(len(loss), pa.int64())
     arrays[SOURCE_COLUMN] = pa.array([inputs.source] * len(loss),
                                      pa.string())
+  if spec.checkpoint_margins:
+    margins = np.ascontiguousarray(result["checkpoint_margins"], np.float32)
+    correct = np.ascontiguousarray(result["checkpoint_correct"], bool)
+    c = margins.shape[1]
+    arrays[CHECKPOINT_MARGINS_COLUMN] = pa.FixedSizeListArray.from_arrays(
+        pa.array(margins.reshape(-1)), c)
+    arrays[CHECKPOINT_CORRECT_COLUMN] = pa.FixedSizeListArray.from_arrays(
+        pa.array(correct.reshape(-1)), c)
   return pa.RecordBatch.from_arrays(list(arrays.values()),
                                     schema=spec.scored_schema())
 

@@ -35,6 +35,16 @@ SLICE_COLUMN = "__slice__"
 PROBS_COLUMN = "__probs__"
 # The score column of a candidate table: the flag rules' score.
 SCORE_COLUMN = "__score__"
+# With `model.select_checkpoint: heldout_loss`, each row is scored by every
+# checkpoint of its fold: this column says whose (0 the oldest) until each
+# fold's checkpoint is selected.
+CHECKPOINT_COLUMN = "__checkpoint__"
+# With `model.dynamics_path` and early AUM: each row's margin `(C,)` (the
+# given label's log-probability minus the largest other) and whether the
+# most probable class is the given label `(C,)`, at each checkpoint of the
+# full model.
+CHECKPOINT_MARGINS_COLUMN = "__checkpoint_margins__"
+CHECKPOINT_CORRECT_COLUMN = "__checkpoint_correct__"
 
 # The training-dynamics columns of `model.checkpoints`
 # (`losses.training_dynamics`), and the regions of the data map.
@@ -156,6 +166,16 @@ class ScoringSpec:
       and `SOURCE_COLUMN` (`output.clean`).
     regions: `(easy_confidence, ambiguous_variability)` of the data map
       (`dynamics`).
+    dynamics_paths: the checkpoints of one model trained on every row
+      (`model.dynamics_path`), oldest first: they score every row, and give
+      the training dynamics in place of `model_paths`' checkpoints.
+    select_checkpoint: whether every checkpoint of a row's fold scores it
+      and the rows are scored batches of `scoring_schema()` until each
+      fold's checkpoint is selected (`model.select_checkpoint:
+      heldout_loss`).
+    checkpoint_margins: whether scored batches carry
+      `CHECKPOINT_MARGINS_COLUMN` and `CHECKPOINT_CORRECT_COLUMN` (early
+      AUM).
   """
 
   model_path: str
@@ -176,6 +196,9 @@ class ScoringSpec:
   predictions_kind: Optional[str] = None
   regions: Tuple[float, float] = (0.5, 0.2)
   positions: bool = False
+  dynamics_paths: Tuple[str, ...] = ()
+  select_checkpoint: bool = False
+  checkpoint_margins: bool = False
 
   @property
   def num_folds(self) -> Optional[int]:
@@ -185,7 +208,20 @@ class ScoringSpec:
   @property
   def dynamics(self) -> bool:
     """Whether several checkpoints score each example."""
-    return bool(self.model_paths) and len(self.model_paths[0]) > 1
+    return bool(self.dynamics_paths) or (
+        bool(self.model_paths) and len(self.model_paths[0]) > 1)
+
+  @property
+  def num_dynamics_checkpoints(self) -> int:
+    """The checkpoints the training dynamics come from (1: none)."""
+    if self.dynamics_paths:
+      return len(self.dynamics_paths)
+    return len(self.model_paths[0]) if self.model_paths else 1
+
+  @property
+  def checkpoints_per_fold(self) -> int:
+    """The checkpoints of each fold's model (1 without checkpoints)."""
+    return len(self.model_paths[0]) if self.model_paths else 1
 
   @property
   def classifier(self) -> Optional[LossTerm]:
@@ -265,7 +301,20 @@ class ScoringSpec:
     if self.positions:
       fields += [pa.field(POSITION_COLUMN, pa.int64()),
                  pa.field(SOURCE_COLUMN, pa.string())]
+    if self.checkpoint_margins:
+      c = self.num_dynamics_checkpoints
+      fields += [
+          pa.field(CHECKPOINT_MARGINS_COLUMN, pa.list_(pa.float32(), c)),
+          pa.field(CHECKPOINT_CORRECT_COLUMN, pa.list_(pa.bool_(), c))]
     return pa.schema(fields)
+
+  def scoring_schema(self) -> pa.Schema:
+    """The schema of the batches the scorer gives: `scored_schema()`, and
+    with `select_checkpoint`, `CHECKPOINT_COLUMN` (int64) last."""
+    schema = self.scored_schema()
+    if self.select_checkpoint:
+      schema = schema.append(pa.field(CHECKPOINT_COLUMN, pa.int64()))
+    return schema
 
 
 def _target_fields(width: int) -> List[pa.Field]:

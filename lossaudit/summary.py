@@ -38,6 +38,7 @@ from lossaudit.history import HistoryCounts
 from lossaudit.timings import Timings
 
 if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl, lossaudit.data_map Beam.
+  from lossaudit.checkpoint_selection import CheckpointSelection
   from lossaudit.data_map import DataMap
   from lossaudit.previews import Previews
   from lossaudit.rules import Thresholds
@@ -124,6 +125,8 @@ class RunStatistics:
       `model.checkpoints`.
     history: the flag history counts, or None without `gate.baseline`.
     clean: the `clean/` counts, or None without `output.clean`.
+    checkpoint_selection: each fold's checkpoint and held-out losses, or
+      None without `model.select_checkpoint: heldout_loss`.
   """
 
   loss: Optional[Dict[str, Any]] = _statistic(_once)
@@ -142,6 +145,7 @@ class RunStatistics:
   data_map: Optional[DataMap] = _statistic(_once)
   history: Optional[HistoryCounts] = _statistic(_merged)
   clean: Optional[CleanCounts] = _statistic(_merged)
+  checkpoint_selection: Optional[CheckpointSelection] = _statistic(_once)
 
   def merge(self, other: "RunStatistics") -> "RunStatistics":
     return RunStatistics(**{
@@ -251,6 +255,13 @@ def _document(statistics: RunStatistics, context: RunContext,
                       len(statistics.folds)))
     folds["folds"] = _counts_and_quantiles(
         [(k, statistics.folds.get(str(k), empty)) for k in every])
+    selection = statistics.checkpoint_selection
+    if selection is not None:
+      checkpoints = [str(c) for c in config["model"]["checkpoints"]]
+      for k, fold in folds["folds"].items():
+        fold["selected_checkpoint"] = checkpoints[selection.selected[int(k)]]
+        fold["heldout_loss"] = dict(zip(checkpoints,
+                                        selection.heldout_loss[int(k)]))
   document = {
       "examples_read": scored + dead_lettered,
       "examples_scored": scored,

@@ -40,6 +40,11 @@ from lossaudit.rules import label_issue, rule_thresholds
 from lossaudit.spec import PROBS_COLUMN
 from lossaudit.summary import RunContext, RunStatistics
 from lossaudit.transforms.buckets import BucketRows
+from lossaudit.transforms.checkpoints import (
+  SCORED,
+  SELECTION,
+  SelectCheckpoints,
+)
 from lossaudit.transforms.claim import (
   AfterClaim,
   ClaimOutputDir,
@@ -114,7 +119,9 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   claimed = (p | "ClaimOutputDir" >> ClaimOutputDir(job_claim)
              if job_claim else None)
   read = _read(p, config, plan)
-  scored = _score(read, config, plan, runner)
+  scored = _score(read, config, plan, runner,
+                  outputs.scratch_prefix(config.output.dir, run["run_id"],
+                                         "checkpoints"))
   scored = scored._replace(
       batches=scored.batches | "RefreshLockWhileScoring" >> heartbeat())
   scored = scored._replace(id_buckets=scored.batches | "BucketIds" >> (
@@ -152,6 +159,8 @@ class _Scored(NamedTuple):
     id_buckets: `(bucket, scratch file)` of the scored `(id, loss)`, split
       by id hash (`BucketRows`): the duplicate ids are counted, and the flag
       history joined, from them.
+    selection: one `CheckpointSelection`, or None without
+      `model.select_checkpoint: heldout_loss`.
   """
 
   batches: beam.PCollection
@@ -160,6 +169,7 @@ class _Scored(NamedTuple):
   devices: beam.PCollection
   candidates: beam.PCollection
   id_buckets: Optional[beam.PCollection] = None
+  selection: Optional[beam.PCollection] = None
 
 
 class _Statistics(NamedTuple):
@@ -215,8 +225,10 @@ def _read(p: beam.Pipeline, config: AuditConfig,
 
 
 def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
-           runner: str) -> _Scored:
-  """Each batch scored once, by the model and loss of `plan.spec`."""
+           runner: str, scratch: str) -> _Scored:
+  """Each batch scored once, by the model and loss of `plan.spec`; with
+  `select_checkpoint`, by each checkpoint of its fold, then kept as its
+  fold's selected checkpoint scored it (rows waiting in `scratch-*`)."""
   inputs = preview_inputs(plan.spec)
   candidates = Candidates(
       tuple(column for _, column in inputs), _loss_column(config),
@@ -229,10 +241,15 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
   if config.runtime.accelerator:
     score = score.with_resource_hints(accelerator=config.runtime.accelerator)
   scored = read.batches | "ScoreBatches" >> score
-  return _Scored(batches=scored.scored,
+  batches, selection = scored.scored, None
+  if plan.spec.select_checkpoint:
+    selected = batches | "SelectCheckpoints" >> SelectCheckpoints(
+        plan.spec, scratch, _progress_interval(config, runner))
+    batches, selection = selected[SCORED], selected[SELECTION]
+  return _Scored(batches=batches,
                  dead_letters=scored[dead_letters.TAG],
                  timings=scored[TIMING], devices=scored[DEVICE],
-                 candidates=scored[CANDIDATES])
+                 candidates=scored[CANDIDATES], selection=selection)
 
 
 def _progress_interval(config: AuditConfig, runner: str) -> Optional[float]:
@@ -549,6 +566,7 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       "data_map": (rules.data_map, None),
       "history": (None if history is None else history.counts, None),
       "clean": (clean_counts, None),
+      "checkpoint_selection": (scored.selection, None),
   }
   # What this run has on, whatever its data: every key is then written.
   parts = [p | "SummaryKeys" >> beam.Create([RunStatistics(

@@ -21,6 +21,7 @@ with cleanlab directly. Run `python -m tests.out_of_sample` to print it.
 
 import json
 import os
+import shutil
 import time
 from typing import Dict, Iterable, NamedTuple, Optional, Tuple
 
@@ -57,6 +58,12 @@ class OutOfSample(NamedTuple):
   in_sample_probs: np.ndarray
   checkpoint_probs: np.ndarray
   checkpoint_logits: np.ndarray
+  # With `build(fold_checkpoints=...)`: each fold's model saved after each
+  # of those epochs (`{fold}`, `{checkpoint}`), and its predictions on its
+  # own fold's rows `(C, n, K)`.
+  fold_checkpoint_model: Optional[str] = None
+  fold_checkpoints: Tuple[int, ...] = ()
+  fold_checkpoint_probs: Optional[np.ndarray] = None
 
 
 def make_data(n: int = NUM_EXAMPLES, num_classes: int = NUM_CLASSES,
@@ -171,7 +178,8 @@ def predict(path: str, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def build(directory: str, folds: Optional[np.ndarray] = None,
           num_folds: int = 5, n: int = NUM_EXAMPLES,
           num_classes: int = NUM_CLASSES, noise: float = NOISE,
-          seed: int = 0) -> OutOfSample:
+          seed: int = 0, fold_checkpoints: Tuple[int, ...] = ()
+          ) -> OutOfSample:
   """Writes the dataset and trains and saves the models under `directory`.
 
   Args:
@@ -183,6 +191,8 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
     num_classes: Number of classes.
     noise: Fraction of labels flipped to another class.
     seed: Seed of the data and of the models.
+    fold_checkpoints: epochs after which each fold's model is saved too
+      (`fold{fold}-epoch{checkpoint}.keras`); the last is the fold's model.
 
   Returns:
     The paths written and the saved models' predictions.
@@ -203,9 +213,19 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
   fold_model = os.path.join(directory, "fold{fold}.keras")
   all_model = os.path.join(directory, "all.keras")
   checkpoint_model = os.path.join(directory, "epoch{checkpoint}.keras")
+  fold_checkpoint_model = os.path.join(
+      directory, "fold{fold}-epoch{checkpoint}.keras")
   accuracies = {}
   for fold in range(num_folds):
     train = folds != fold
+    if fold_checkpoints:
+      each = fold_checkpoint_model.replace("{fold}", str(fold))
+      accuracies[f"fold{fold}"] = _train(
+          x[train], labels[train], num_classes, seed * 100 + fold, each,
+          fold_checkpoints)
+      shutil.copy(each.format(checkpoint=max(fold_checkpoints)),
+                  fold_model.format(fold=fold))
+      continue
     accuracies[f"fold{fold}"] = _train(
         x[train], labels[train], num_classes, seed * 100 + fold,
         fold_model.format(fold=fold))
@@ -221,6 +241,17 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
     if rows.any():
       oof_probs[rows], oof_logits[rows] = predict(
           fold_model.format(fold=fold), x[rows])
+  fold_checkpoint_probs = None
+  if fold_checkpoints:
+    fold_checkpoint_probs = np.zeros(
+        (len(fold_checkpoints), n, num_classes), np.float32)
+    for fold in range(num_folds):
+      rows = folds == fold
+      for c, epoch in enumerate(fold_checkpoints):
+        if rows.any():
+          fold_checkpoint_probs[c, rows], _ = predict(
+              fold_checkpoint_model.format(fold=fold, checkpoint=epoch),
+              x[rows])
   in_sample_probs, _ = predict(all_model, x)
   checkpoint_probs, checkpoint_logits = (np.stack(arrays) for arrays in zip(
       *(predict(checkpoint_model.format(checkpoint=c), x)
@@ -239,7 +270,10 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
       fold_model=fold_model, all_model=all_model,
       checkpoint_model=checkpoint_model, checkpoints=CHECKPOINTS,
       oof_probs=oof_probs, in_sample_probs=in_sample_probs,
-      checkpoint_probs=checkpoint_probs, checkpoint_logits=checkpoint_logits)
+      checkpoint_probs=checkpoint_probs, checkpoint_logits=checkpoint_logits,
+      fold_checkpoint_model=fold_checkpoint_model if fold_checkpoints
+      else None, fold_checkpoints=tuple(fold_checkpoints),
+      fold_checkpoint_probs=fold_checkpoint_probs)
 
 
 def f1(flagged_ids: Iterable, noisy_ids: Iterable) -> float:

@@ -85,7 +85,7 @@ def test_list_of_patterns():
      r"flag.top_k: expected a positive integer. Received: 0"),
     ({"flag__label_issues": "magic"},
      r"flag.label_issues: expected null or one of \{'confident_learning',"
-     r" 'prune_by_noise_rate'\}. Received: 'magic'"),
+     r" 'prune_by_noise_rate', 'early_aum'\}. Received: 'magic'"),
     ({"runtime__device": "tpu"},
      r"runtime.device: expected one of \{'auto', 'cpu', 'gpu'\}. Received:"
      r" 'tpu'"),

@@ -226,8 +226,11 @@ def test_table_markdown():
                       " flag a loss above this quantile of every loss |")
   assert ("| `non_finite` | (always on) |  | flags a row whose"
           " loss is NaN or infinite (always on) |") in table
-  for reason in BUILT_IN:
-    assert sum(row.startswith(f"| `{reason}` |") for row in table) == 1
+  for reason in BUILT_IN:  # A row per setting.
+    settings = len(rules.get(reason).settings) or 1
+    assert sum(row.startswith(f"| `{reason}` |") for row in table) == settings
+  assert ("| `label_issue` | `flag.early_aum_max_fit` | `0.5` |"
+          in "\n".join(table))
 
 
 # A toy rule, defined and registered by this test only ------------------------

@@ -9,12 +9,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from lossaudit import METRICS_NAMESPACE, dead_letters, previews, progress
 from lossaudit.scoring import BatchScorer
-from lossaudit.spec import ScoringSpec
+from lossaudit.spec import CHECKPOINT_COLUMN, ScoringSpec
 from lossaudit.timings import Timings
 from lossaudit.transforms.spill import in_global_window
 
@@ -157,7 +158,10 @@ class _ScoreBatchFn(beam.DoFn):
                                  result.finished))
     for entry in dead:
       yield beam.pvalue.TaggedOutput(dead_letters.TAG, entry)
-    num_scored = 0 if scored is None else scored.num_rows
+    # With `select_checkpoint`, each row once per checkpoint of its fold.
+    per_row = self._spec.checkpoints_per_fold if (
+        self._spec.select_checkpoint) else 1
+    num_scored = 0 if scored is None else scored.num_rows // per_row
     progress.add(num_scored, len(dead))
     if scored is not None:
       self._scored.inc(num_scored)
@@ -167,6 +171,11 @@ class _ScoreBatchFn(beam.DoFn):
 
   def _kept_candidates(self, batch: pa.RecordBatch, scored: pa.RecordBatch):
     c = self._candidates
+    if self._spec.select_checkpoint:  # Before the selection: the last's.
+      scored = scored.filter(pc.equal(
+          scored.column(CHECKPOINT_COLUMN),
+          self._spec.checkpoints_per_fold - 1)).drop_columns(
+              [CHECKPOINT_COLUMN])
     table = previews.candidates(batch, scored, self._spec.id_column,
                                 c.columns, c.score_column, c.k,
                                 above=self._top.bar)

@@ -9,6 +9,8 @@ import numpy as np
 
 from lossaudit import validation
 from lossaudit.confident import LABEL_ISSUE_METHODS
+from lossaudit.early_aum import DEFAULT_MAX_FIT, EARLY_AUM
+from lossaudit.errors import ConfigError
 from lossaudit.rules._registry import NOT_IN_FORCE, FlagRule, Setting, register
 
 REASON = "label_issue"
@@ -20,13 +22,36 @@ class LabelIssue(FlagRule):
   suggested label."""
 
   reason = REASON
-  settings = (Setting("label_issues", validation.one_of(
-      LABEL_ISSUE_METHODS, nullable=True), None,
-                      "flag label issues by this confident-learning method"
-                      " (classifiers)", "Optional[str]"),)
+  settings = (
+      Setting("label_issues", validation.one_of(
+          LABEL_ISSUE_METHODS + (EARLY_AUM,), nullable=True), None,
+              "flag label issues by this method: confident learning's two,"
+              " or early_aum (classifiers)", "Optional[str]"),
+      Setting("early_aum_max_fit", validation.number(
+          0, 1, nullable=False), DEFAULT_MAX_FIT,
+              "early_aum: a checkpoint predicting more of the suspects as"
+              " given than this is not used", "float"),
+  )
   rank = 80
   config_rank = 45
   in_thresholds = False
+
+  def check_config(self, config):
+    if config.flag.label_issues != EARLY_AUM:
+      return
+    model = config.model
+    if not model.dynamics_path:
+      raise ConfigError(
+          f"flag.label_issues: 'early_aum' needs model.dynamics_path (the"
+          f" checkpoints of a model trained on every row, {{checkpoint}}"
+          f" filled from model.checkpoints). Received: model.dynamics_path="
+          f"{model.dynamics_path!r}")
+    if not (model.folds or model.predictions_column):
+      raise ConfigError(
+          f"flag.label_issues: 'early_aum' needs out-of-sample probabilities"
+          f" (model.folds, or model.predictions_column holding out-of-fold"
+          f" predictions): in-sample probabilities memorise the noise."
+          f" Received: model.path={model.path!r} with model.folds=None")
 
   def threshold(self, flag, loss_summary, slice_stats, own):
     return NOT_IN_FORCE if own is None else own
