@@ -102,7 +102,8 @@ class EarlyAumRule:
 
   Attributes:
     checkpoints: the full model's checkpoint names, oldest first.
-    fit: `(C,)` fraction of the suspects each checkpoint predicts as given.
+    fit: `(C,)` fraction of the suspects each checkpoint predicts as given
+      (None without suspects).
     accuracy: `(C,)` fraction of all rows each predicts as given.
     oof_accuracy: the same of the out-of-sample argmax.
     max_fit: `flag.early_aum_max_fit`.
@@ -113,7 +114,7 @@ class EarlyAumRule:
   """
 
   checkpoints: Tuple[str, ...]
-  fit: List[float]
+  fit: List[Optional[float]]
   accuracy: List[float]
   oof_accuracy: float
   max_fit: float
@@ -125,7 +126,7 @@ class EarlyAumRule:
   def usable(self) -> List[bool]:
     """`(C,)` the checkpoints `a` averages: fit at most `max_fit`, and at
     least as accurate as the out-of-sample probabilities."""
-    return [f <= self.max_fit and acc >= self.oof_accuracy
+    return [f is not None and f <= self.max_fit and acc >= self.oof_accuracy
             for f, acc in zip(self.fit, self.accuracy)]
 
   @property
@@ -171,11 +172,13 @@ class EarlyAumRule:
 def decide(counts: FitCounts, checkpoints: Tuple[str, ...],
            max_fit: float) -> EarlyAumRule:
   """Steps 2 and 3: the rule from the merged `FitCounts`."""
-  suspects = max(int(counts.suspects.sum()), 1)
+  suspects = int(counts.suspects.sum())
   rows = max(int(counts.rows), 1)
   return EarlyAumRule(
       checkpoints=tuple(checkpoints),
-      fit=(counts.suspects_fit / suspects).tolist(),
+      # No suspect: no fit to measure, no checkpoint usable.
+      fit=(counts.suspects_fit / suspects).tolist() if suspects else
+      [None] * len(counts.suspects_fit),
       accuracy=(counts.correct / rows).tolist(),
       oof_accuracy=float(counts.oof_correct) / rows,
       max_fit=max_fit,

@@ -150,9 +150,17 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
       every = [model(own) for model in dynamics_models]
     term = spec.classifier
     outputs.update(_dynamics(term, outputs["given_label"],
-                             [p[term.output] for p in every],
+                             [_output(p, term.output) for p in every],
                              spec.checkpoint_margins))
   return outputs
+
+
+def _output(predictions: Mapping[str, tf.Tensor], name: str) -> tf.Tensor:
+  """Output `name` of a model, or its only output (a full model's
+  checkpoints beside a predictions column)."""
+  if name in predictions or len(predictions) != 1:
+    return predictions[name]
+  return next(iter(predictions.values()))
 
 
 def _prediction_outputs(spec: ScoringSpec, loss_fns: List[Callable],

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from lossaudit import (
@@ -27,6 +28,7 @@ from lossaudit import (
 from lossaudit.clean import CleanCounts
 from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
+from lossaudit.early_aum import EARLY_AUM
 from lossaudit.history import (
   NEW,
   RESOLVED_SCHEMA,
@@ -70,7 +72,11 @@ from lossaudit.transforms.history import (
   FlagHistory,
   HistoryInputs,
 )
-from lossaudit.transforms.label_issues import FindLabelIssues, ScoredBatches
+from lossaudit.transforms.label_issues import (
+  FindLabelIssues,
+  ScoredBatches,
+  with_early_aum,
+)
 from lossaudit.transforms.previews import (
   FetchPreviews,
   TopCandidatesCombineFn,
@@ -202,6 +208,8 @@ class _Flagged(NamedTuple):
     marks: `(source, FileMarks)` of each input file, or None without
       `output.clean`; `relabelled`: the rows `clean/` relabels.
     weights: `(id, weight)` batches, or None without `output.weights`.
+    spilled: the scratch files of the scored batches, when the rules read
+      them back (`SpillBatches`), else None.
   """
 
   statistics: _Statistics
@@ -211,6 +219,7 @@ class _Flagged(NamedTuple):
   marks: Optional[beam.PCollection] = None
   relabelled: Optional[beam.PCollection] = None
   weights: Optional[beam.PCollection] = None
+  spilled: Optional[beam.PCollection] = None
 
 
 def _read(p: beam.Pipeline, config: AuditConfig,
@@ -295,7 +304,7 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
   else:
     thresholds = scored.batches.pipeline | "Thresholds" >> beam.Create(
         [rule_thresholds({}, config.flag)])
-    to_flag = scored.batches
+    to_flag, spilled = scored.batches, None
   flagged = (to_flag
              | "FlagExamples" >> FlagExamples(
                  thresholds, schema, _loss_column(config),
@@ -307,11 +316,11 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
                  weight_rule=_weight_rule(config),
                  loss_stats=statistics.loss if weights else None))
   if not isinstance(flagged, dict):
-    return _Flagged(statistics, thresholds, flagged)
+    return _Flagged(statistics, thresholds, flagged, spilled=spilled)
   return _Flagged(statistics, thresholds, flagged["flagged"],
                   data_map=flagged.get(DATA_MAP), marks=flagged.get(MARKS),
                   relabelled=flagged.get(RELABELLED),
-                  weights=flagged.get(WEIGHTS))
+                  weights=flagged.get(WEIGHTS), spilled=spilled)
 
 
 def _weight_rule(config: AuditConfig) -> Optional[WeightRule]:
@@ -388,7 +397,8 @@ def _label_rules(scored: beam.PCollection, spilled: beam.PCollection,
   return (ScoredBatches(scored=scored, spilled=spilled)
           | "FindLabelIssues" >> FindLabelIssues(
               method, plan.spec.classifier.num_classes, progress_interval,
-              total=total))
+              total=total, checkpoints=config.model.checkpoints or (),
+              max_fit=config.flag.early_aum_max_fit))
 
 
 def _singleton(pcoll: Optional[beam.PCollection]):
@@ -433,10 +443,12 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
           "WriteDeadLetters" >> WriteDeadLetters(out, num_shards)),
       outputs.LOSSES: (
           after_claim(_losses(scored.batches, schema,
-                              config.output.write_probabilities), "Losses")
+                              config.output.write_probabilities,
+                              _early_aum_rows(config, rules)), "Losses")
           | "WriteLosses" >> WriteParquetShards(
               out, outputs.LOSSES,
-              losses_schema(schema, config.output.write_probabilities),
+              losses_schema(schema, config.output.write_probabilities,
+                            early_aum=_has_early_aum(config)),
               num_shards)
           if config.output.write_losses else None),
   }
@@ -477,15 +489,38 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
                  release_lock=claimed is not None)
 
 
-def _losses(scored: beam.PCollection, schema, probabilities: bool
+def _losses(scored: beam.PCollection, schema, probabilities: bool,
+            with_early_aum: Optional[beam.PCollection] = None
             ) -> beam.PCollection:
   """The scored batches as `losses/` has them: with `probabilities` (the
-  internal probabilities column, renamed), when asked for."""
+  internal probabilities column, renamed), when asked for; with
+  `with_early_aum` (`_early_aum_rows`), those batches instead."""
+  if with_early_aum is not None:
+    scored, schema = with_early_aum, schema.append(
+        pa.field(EARLY_AUM, pa.float64()))
   if not probabilities:
     return scored
   names = [PROBABILITIES if n == PROBS_COLUMN else n for n in schema.names]
   return scored | "NameProbabilities" >> beam.Map(
       lambda batch: batch.rename_columns(names))
+
+
+def _has_early_aum(config: AuditConfig) -> bool:
+  return config.flag.label_issues == EARLY_AUM
+
+
+def _early_aum_rows(config: AuditConfig, rules: _Flagged
+                    ) -> Optional[beam.PCollection]:
+  """With `flag.label_issues: early_aum`, the scored batches read back with
+  each row's early AUM (`early_aum`, null when the rule fell back); else
+  None."""
+  if not _has_early_aum(config):
+    return None
+  return (rules.spilled
+          | "RereadForLosses" >> ReadSpilled()
+          | "EarlyAum" >> beam.Map(
+              with_early_aum,
+              thresholds=beam.pvalue.AsSingleton(rules.thresholds)))
 
 
 def _dead_letters(p: beam.Pipeline, plan: preflight.Plan, read: _Read,

@@ -15,9 +15,17 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from lossaudit import METRICS_NAMESPACE, confident
-from lossaudit.label_rules import PRUNE_BY_NOISE_RATE, LabelRules, class_arrays
+from lossaudit import METRICS_NAMESPACE, confident, early_aum
+from lossaudit.data_map import sampling_keys
+from lossaudit.early_aum import EARLY_AUM, FitCounts
+from lossaudit.label_rules import (
+  PRUNE_BY_NOISE_RATE,
+  LabelRules,
+  checkpoint_arrays,
+  class_arrays,
+)
 from lossaudit.merging import merge_all
+from lossaudit.rules import Thresholds
 from lossaudit.stats import top_k_merge
 from lossaudit.transforms.spill import ReadSpilled, in_global_window
 
@@ -164,11 +172,97 @@ class CellTopNCombineFn(beam.CombineFn):
     return float(accumulator.margins[-1]), str(accumulator.ids[-1])
 
 
+class _FitCountsFn(beam.DoFn):
+  """Per bundle: early AUM's `FitCounts` (the suspects, and how many of
+  them and of all rows each checkpoint fits)."""
+
+  def __init__(self, num_classes: int, num_checkpoints: int):
+    self._k = num_classes
+    self._c = num_checkpoints
+
+  def start_bundle(self):
+    self._counts = FitCounts.empty(self._k, self._c)
+
+  def process(self, batch: pa.RecordBatch, rules: LabelRules):
+    every = class_arrays(batch, self._k)
+    arrays = every.finite_rows()
+    suspect, _ = rules.issue_mask(arrays.probs, arrays.given, arrays.ids)
+    correct = checkpoint_arrays(batch)[1][every.finite]
+    self._counts = self._counts.merge(early_aum.fit_counts(
+        arrays.given, arrays.probs, correct, suspect))
+
+  def finish_bundle(self):
+    yield in_global_window(self._counts)
+
+
+class _AumCandidates(NamedTuple):
+  """Rows with `a < 0` per class: counted `(K,)`, and each class's
+  smallest `(a, id hash)` (`early_aum.SmallestPerClass.candidates`)."""
+
+  below_zero: np.ndarray
+  given: np.ndarray
+  aum: np.ndarray
+  id_hash: np.ndarray
+
+
+class _AumCandidatesFn(beam.DoFn):
+  """Per bundle: each class's smallest early-AUM rows, at most its
+  suspects (so what a bundle emits is bounded by them)."""
+
+  def __init__(self, num_classes: int):
+    self._k = num_classes
+    self._emitted = Metrics.counter(METRICS_NAMESPACE,
+                                    "label_issue_candidates")
+
+  def start_bundle(self):
+    self._smallest = None
+
+  def process(self, batch: pa.RecordBatch, rules: LabelRules):
+    rule = rules.early_aum
+    if self._smallest is None:
+      self._smallest = early_aum.SmallestPerClass(np.asarray(rule.suspects))
+    every = class_arrays(batch, self._k)
+    keep = every.finite
+    margins = checkpoint_arrays(batch)[0][keep]
+    self._smallest.add(rule.aum(margins), every.given[keep],
+                       sampling_keys(every.ids[keep]))
+
+  def finish_bundle(self):
+    if self._smallest is None:
+      return
+    given, aum, hashes = self._smallest.candidates()
+    self._emitted.inc(len(given))
+    yield in_global_window(_AumCandidates(self._smallest.below_zero, given,
+                                          aum, hashes))
+
+
+def _with_cuts(rules: LabelRules, candidates: List[_AumCandidates]
+               ) -> LabelRules:
+  """`rules` with early AUM's per-class counts and cuts, from every
+  bundle's candidates."""
+  rule = rules.early_aum
+  k = len(rule.suspects)
+  below = sum((c.below_zero for c in candidates), np.zeros(k, np.int64))
+  rule = dataclasses.replace(rule, below_zero=below.astype(int).tolist())
+  if candidates:
+    given, aum, hashes = (np.concatenate(parts) for parts in zip(
+        *((c.given, c.aum, c.id_hash) for c in candidates)))
+    rule = dataclasses.replace(rule, cuts=early_aum.class_cuts(
+        given, aum, hashes, rule.caps()))
+  return dataclasses.replace(rules, early_aum=rule)
+
+
+def _with_fit(rules: LabelRules, counts: FitCounts,
+              checkpoints: Tuple[str, ...], max_fit: float) -> LabelRules:
+  return dataclasses.replace(rules, early_aum=early_aum.decide(
+      counts, checkpoints, max_fit))
+
+
 def _finish_joint(counts: _JointCounts, method: str,
                   thresholds: List[float]) -> LabelRules:
   joint = confident.calibrated_joint(counts.joint, counts.labels)
   prune = (confident.prune_counts(joint, counts.labels)
-           if method == PRUNE_BY_NOISE_RATE else None)
+           if method in (PRUNE_BY_NOISE_RATE, EARLY_AUM) else None)
   bins = counts.margins.shape[-1] if counts.margins.ndim == 3 else 0
   return LabelRules(
       method=method,
@@ -225,29 +319,39 @@ class FindLabelIssues(beam.PTransform):
   each later pass needs the one before as a side input, so reads the
   batches back from the scratch files.
 
+  With `early_aum`, `prune_by_noise_rate`'s issues are its suspects, and
+  two more passes follow: the checkpoints' fit (`FitCounts`), then each
+  class's smallest early-AUM rows (`lossaudit/early_aum.py`).
+
   Args:
-    method: `confident_learning` or `prune_by_noise_rate`.
+    method: `confident_learning`, `prune_by_noise_rate` or `early_aum`.
     num_classes: K.
     progress_interval: seconds between progress lines of the passes that
       read the batches back, at least (None: none).
     total: a singleton, how many rows the batches hold (told in those
       progress lines), or None. Not a field of `ScoredBatches`: Beam takes
       every field of a tuple input as a PCollection.
+    checkpoints: `early_aum`: the full model's checkpoint names.
+    max_fit: `early_aum`: `flag.early_aum_max_fit`.
   """
 
   def __init__(self, method: str, num_classes: int,
                progress_interval: Optional[float] = None,
-               total: Optional[beam.PCollection] = None):
+               total: Optional[beam.PCollection] = None,
+               checkpoints: Tuple[str, ...] = (),
+               max_fit: float = early_aum.DEFAULT_MAX_FIT):
     super().__init__()
     self._method = method
     self._k = num_classes
     self._progress_interval = progress_interval
     self._total = total
+    self._checkpoints = tuple(checkpoints)
+    self._max_fit = max_fit
 
   def expand(self, batches: ScoredBatches):
     k = self._k
     bins = (confident.margin_bin_count(k)
-            if self._method == PRUNE_BY_NOISE_RATE else 0)
+            if self._method in (PRUNE_BY_NOISE_RATE, EARLY_AUM) else 0)
     thresholds = (batches.scored
                   | "SelfConfidence" >> beam.Map(_self_confidence_sums, k)
                   | "SumSelfConfidence" >> beam.CombineGlobally(
@@ -255,23 +359,58 @@ class FindLabelIssues(beam.PTransform):
                   | "Thresholds" >> beam.Map(_thresholds))
     thresholds = beam.pvalue.AsSingleton(thresholds)
     rules = (batches.spilled
-             | "RereadForJoint" >> ReadSpilled(
-                 "label issues, confident joint", self._progress_interval,
-                 self._total)
+             | "RereadForJoint" >> self._reread_pass("confident joint")
              | "JointCounts" >> beam.ParDo(_JointCountsFn(k, bins),
                                            thresholds=thresholds)
              | "SumJoint" >> beam.CombineGlobally(
                  merge_all, empty=_no_joint_counts(k, bins))
              | "Calibrate" >> beam.Map(_finish_joint, method=self._method,
                                        thresholds=thresholds))
-    if self._method != PRUNE_BY_NOISE_RATE:
+    if self._method == confident.LABEL_ISSUE_METHODS[0]:
       return rules | "NoCells" >> beam.Map(_with_cells, cells=[])
     cells = (batches.spilled
-             | "RereadForCells" >> ReadSpilled(
-                 "label issues, cell rankings", self._progress_interval,
-                 self._total)
+             | "RereadForCells" >> self._reread_pass("cell rankings")
              | "CellCandidates" >> beam.ParDo(
                  _CellCandidatesFn(k), rules=beam.pvalue.AsSingleton(rules))
              | "TopNPerCell" >> beam.CombinePerKey(CellTopNCombineFn()))
-    return rules | "WithCells" >> beam.Map(
+    rules = rules | "WithCells" >> beam.Map(
         _with_cells, cells=beam.pvalue.AsList(cells))
+    if self._method != EARLY_AUM:
+      return rules
+    c = len(self._checkpoints)
+    fit = (batches.spilled
+           | "RereadForFit" >> self._reread_pass("early AUM, checkpoint fit")
+           | "FitCounts" >> beam.ParDo(_FitCountsFn(k, c),
+                                       rules=beam.pvalue.AsSingleton(rules))
+           | "SumFitCounts" >> beam.CombineGlobally(
+               merge_all, empty=FitCounts.empty(k, c)))
+    rules = rules | "UsableCheckpoints" >> beam.Map(
+        _with_fit, counts=beam.pvalue.AsSingleton(fit),
+        checkpoints=self._checkpoints, max_fit=self._max_fit)
+    candidates = (batches.spilled
+                  | "RereadForAum" >> self._reread_pass(
+                      "early AUM, rankings")
+                  | "AumCandidates" >> beam.ParDo(
+                      _AumCandidatesFn(k),
+                      rules=beam.pvalue.AsSingleton(rules)))
+    return rules | "EarlyAumCuts" >> beam.Map(
+        _with_cuts, candidates=beam.pvalue.AsList(candidates))
+
+  def _reread_pass(self, what: str) -> beam.PTransform:
+    """Reads the spilled batches back for one pass, `what` in its progress
+    lines."""
+    return ReadSpilled(f"label issues, {what}", self._progress_interval,
+                       self._total)
+
+
+
+def with_early_aum(batch: pa.RecordBatch, thresholds: Thresholds
+                   ) -> pa.RecordBatch:
+  """`batch` with each row's early AUM appended as `early_aum` (float64;
+  null where the rule fell back, or the row is left out of it)."""
+  rules = thresholds.label_issues
+  arrays = class_arrays(batch, rules.num_classes)
+  aum = rules.early_aum.aum(checkpoint_arrays(batch)[0])
+  aum = np.where(arrays.finite, aum, np.nan)
+  return batch.append_column(EARLY_AUM, pa.array(aum, pa.float64(),
+                                                 from_pandas=True))

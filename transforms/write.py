@@ -16,6 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from lossaudit import outputs, ownership
 from lossaudit.config import AuditConfig, DynamicsConfig
+from lossaudit.early_aum import EARLY_AUM
 from lossaudit.merging import merge_all
 from lossaudit.report import render_report
 from lossaudit.spec import PROBS_COLUMN, is_internal
@@ -32,10 +33,14 @@ def public_schema(schema: pa.Schema) -> pa.Schema:
 PROBABILITIES = "probabilities"
 
 
-def losses_schema(scored_schema: pa.Schema, probabilities: bool) -> pa.Schema:
-  """The columns of `losses/`: the public ones, and with `probabilities`
-  the class probabilities `(K,)` float32 of each row."""
+def losses_schema(scored_schema: pa.Schema, probabilities: bool,
+                  early_aum: bool = False) -> pa.Schema:
+  """The columns of `losses/`: the public ones, with `early_aum` each row's
+  early AUM (`lossaudit.early_aum`), and with `probabilities` the class
+  probabilities `(K,)` float32 of each row."""
   schema = public_schema(scored_schema)
+  if early_aum:
+    schema = schema.append(pa.field(EARLY_AUM, pa.float64()))
   if probabilities:
     schema = schema.append(pa.field(
         PROBABILITIES, scored_schema.field(PROBS_COLUMN).type))

@@ -18,8 +18,9 @@ REASON = "label_issue"
 
 class LabelIssue(FlagRule):
   """Flags a label issue found by confident learning (`flag.label_issues`:
-  `confident_learning` or `prune_by_noise_rate`); `flagged/` gets the
-  suggested label."""
+  `confident_learning` or `prune_by_noise_rate`) or by early AUM
+  (`early_aum`, `lossaudit.early_aum`); `flagged/` gets the suggested
+  label."""
 
   reason = REASON
   settings = (
@@ -62,7 +63,15 @@ class LabelIssue(FlagRule):
 
     arrays = class_arrays(rows.batch, threshold.num_classes)
     probs, given = arrays.probs, arrays.given
-    issues, rows.suggested = threshold.issue_mask(probs, given, rows.ids)
+    aum = threshold.early_aum
+    if aum is not None and not aum.fell_back:
+      from lossaudit.data_map import sampling_keys  # pylint: disable=g-import-not-at-top
+      from lossaudit.label_rules import checkpoint_arrays  # pylint: disable=g-import-not-at-top
+
+      issues, rows.suggested, _ = threshold.early_aum_issues(
+          arrays, checkpoint_arrays(rows.batch)[0], sampling_keys(rows.ids))
+    else:
+      issues, rows.suggested = threshold.issue_mask(probs, given, rows.ids)
     issues &= arrays.finite  # Left out of confident learning.
     rows.cache[REASON] = probs[np.arange(len(given)), given].astype(np.float64)
     return issues
