@@ -357,7 +357,7 @@ class ModelConfig:
     per_fold = (len(self.checkpoints) if self.checkpoints and
                 "checkpoint" in model_placeholders(self.path) else 1)
     models = (0 if column else (self.folds or 1) * per_fold) + (
-        len(self.checkpoints) if self.dynamics_path else 0)
+        len(self.checkpoints or ()) if self.dynamics_path else 0)
     if models > MAX_MODELS:
       raise ConfigError(
           f"model.checkpoints: expected at most {MAX_MODELS} models in all"

@@ -135,6 +135,110 @@ def _svg_heat_map(counts: np.ndarray,
           f' issues, given by suggested label">{"".join(parts)}</svg>')
 
 
+def _svg_heldout_loss(folds: Dict[str, Dict], width: int = 720,
+                      height: int = 260) -> str:
+  """Each fold's mean held-out loss at each checkpoint, a line a fold; the
+  selected checkpoint of each ringed (`model.select_checkpoint:
+  heldout_loss`)."""
+  names = list(next(iter(folds.values()))["heldout_loss"])
+  values = [v for fold in folds.values() for v in fold["heldout_loss"].values()
+            if v is not None]
+  if not values or len(names) < 2:
+    return ""
+  pad, lo, hi = 44, min(values), max(values)
+  span = (hi - lo) or 1.0
+
+  def x(i):
+    return pad + i * (width - 2 * pad) / (len(names) - 1)
+
+  def y(v):
+    return height - pad - (v - lo) * (height - 2 * pad) / span
+
+  palette = ("#4a7ab5", "#c0392b", "#27ae60", "#8e44ad", "#d35400",
+             "#16a085", "#7f8c8d")
+  parts = []
+  for n, (fold, found) in enumerate(folds.items()):
+    color = palette[n % len(palette)]
+    points = [(x(i), y(v)) for i, v in enumerate(found["heldout_loss"].values())
+              if v is not None]
+    parts.append(f'<polyline fill="none" stroke="{color}" points="'
+                 + " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+                 + f'"><title>fold {html.escape(fold)}</title></polyline>')
+    chosen = names.index(found["selected_checkpoint"])
+    best = found["heldout_loss"][found["selected_checkpoint"]]
+    if best is not None:
+      parts.append(f'<circle cx="{x(chosen):.1f}" cy="{y(best):.1f}" r="5"'
+                   f' fill="none" stroke="{color}"><title>fold'
+                   f" {html.escape(fold)}: checkpoint"
+                   f" {html.escape(names[chosen])}, {best:.4g}</title>"
+                   "</circle>")
+  for i, name in enumerate(names):
+    parts.append(f'<text x="{x(i):.1f}" y="{height - pad + 16}"'
+                 f' font-size="11" text-anchor="middle">{html.escape(name)}'
+                 "</text>")
+  parts.append(f'<text x="{pad - 4}" y="{y(hi) + 4:.1f}" font-size="11"'
+               f' text-anchor="end">{hi:.4g}</text><text x="{pad - 4}"'
+               f' y="{y(lo) + 4:.1f}" font-size="11" text-anchor="end">'
+               f'{lo:.4g}</text><text x="{width / 2}" y="{height - 6}"'
+               ' font-size="11" text-anchor="middle">checkpoint</text>')
+  return (f'<svg id="heldout-loss" xmlns="http://www.w3.org/2000/svg"'
+          f' width="{width}" height="{height}" role="img" aria-label="mean'
+          f' held-out loss of each fold at each checkpoint">{"".join(parts)}'
+          "</svg>")
+
+
+def _checkpoint_selection(folds: Dict[str, Dict]) -> str:
+  """The held-out loss curves and table, when checkpoints were selected."""
+  if not folds or "selected_checkpoint" not in next(iter(folds.values())):
+    return ""
+  names = list(next(iter(folds.values()))["heldout_loss"])
+  table = _table(["fold", "selected checkpoint"] + names,
+                 [[fold, found["selected_checkpoint"]] +
+                  list(found["heldout_loss"].values())
+                  for fold, found in folds.items()], "heldout-losses")
+  return ("<h3>Checkpoint selection</h3><p>Each fold's rows were scored by"
+          " its checkpoint with the lowest mean loss on those rows, its"
+          " held-out rows (<code>model.select_checkpoint: heldout_loss</code>)"
+          ": early stopping after the fact. Ringed: the selected"
+          " checkpoints.</p>" + _svg_heldout_loss(folds) + table)
+
+
+def _early_aum(label_issues: Dict, names: Optional[Sequence[str]]) -> str:
+  """What early AUM decided: each checkpoint's fit and accuracy, and each
+  class's counts."""
+  found = label_issues.get("early_aum")
+  if not found:
+    return ""
+  usable = found["usable"]
+  checkpoints = _table(
+      ["checkpoint", "fit (suspects predicted as given)", "accuracy",
+       "used"],
+      [[c, f, a, "yes" if u else "no"] for c, f, a, u in zip(
+          found["checkpoints"], found["fit"], found["accuracy"], usable)],
+      "early-aum-checkpoints")
+  flagged = found["flagged"] or [None] * len(found["suspects"])
+  classes = _table(
+      ["class", "suspects (prune_by_noise_rate)", "early AUM < 0",
+       "flagged"],
+      [[_class_label(k, names), s, b, f] for k, (s, b, f) in enumerate(zip(
+          found["suspects"], found["below_zero"] or [None] * len(flagged),
+          flagged))], "early-aum-classes")
+  if found["fell_back"]:
+    verdict = ("<p class=\"note\">No checkpoint was usable: early AUM fell"
+               " back, and the label issues are the prune_by_noise_rate"
+               " suspects.</p>")
+  else:
+    verdict = ("<p>Each class flags its rows with the smallest early AUM (the"
+               " mean margin over the used checkpoints), as many as it has"
+               " below zero or suspects, whichever is fewer.</p>")
+  return ("<h3>Early AUM</h3><p>A checkpoint of the model trained on every"
+          f" row is used when it predicts at most"
+          f" {found['max_fit']:.3g} of the suspects as given and is at least"
+          f" as accurate as the out-of-sample probabilities"
+          f" ({found['oof_accuracy']:.4g}).</p>" + verdict + checkpoints +
+          classes)
+
+
 def _quantile_table(what: str, groups: Dict[str, Dict], css_id: str) -> str:
   """A table of each group's count and loss quantiles (`summary.json`'s
   `slices` or `folds`)."""
@@ -267,8 +371,8 @@ def _label_issues(summary: Dict) -> str:
   label_issues = summary.get("label_issues")
   if not label_issues:
     return ("<p>Label-issue detection is off (<code>flag.label_issues:"
-            " confident_learning</code> or <code>prune_by_noise_rate</code>)."
-            "</p>")
+            " confident_learning</code>, <code>prune_by_noise_rate</code> or"
+            " <code>early_aum</code>).</p>")
   num_classes = len(label_issues["label_counts"])
   names = label_issues.get("class_names")
   counts = FlagCounts.from_summary(summary)
@@ -288,7 +392,8 @@ def _label_issues(summary: Dict) -> str:
   return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
           " the examples given the row's label that the model suggests belong"
           " to the column's class.</p>" + left_out_note +
-          _svg_heat_map(counts.issue_matrix(num_classes), names) + per_class)
+          _svg_heat_map(counts.issue_matrix(num_classes), names) + per_class
+          + _early_aum(label_issues, names))
 
 
 def _flagged_table(columns: Sequence[str], rows: Sequence[Dict[str, Any]],
@@ -394,7 +499,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
   if summary.get("folds"):
     fold_html = ("<h2>Folds</h2><p>Each example was scored by the model of"
                  " its held-out fold: its count and loss quantiles.</p>" +
-                 _quantile_table("fold", summary["folds"], "folds"))
+                 _quantile_table("fold", summary["folds"], "folds") +
+                 _checkpoint_selection(summary["folds"]))
   columns = [c for c in ("id", "score", "loss", "reasons", "status",
                          "in_baseline", "first_flagged", "times_flagged",
                          "given_label",

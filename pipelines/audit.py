@@ -407,6 +407,14 @@ def _report(summary: Dict) -> int:
         f" ({summary['examples_dead_lettered']} dead-lettered),"
         f" flagged {summary['flagged']['total']}."
         f" Outputs in {summary['config']['output']['dir']}")
+  early = (summary.get("label_issues") or {}).get("early_aum")
+  if early and early["fell_back"]:
+    print(f"lossaudit: warning: early_aum fell back to the"
+          f" prune_by_noise_rate suspects: no checkpoint of"
+          f" model.dynamics_path is usable (each predicts more than"
+          f" flag.early_aum_max_fit={early['max_fit']} of the suspects as"
+          f" given, or is less accurate than the out-of-sample"
+          f" probabilities)", file=sys.stderr)
   metrics = summary.get("metrics")
   if metrics:
     counters = ", ".join(f"{k} {v:,}" for k, v in metrics["counters"].items())

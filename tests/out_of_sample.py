@@ -68,30 +68,46 @@ class OutOfSample(NamedTuple):
 
 def make_data(n: int = NUM_EXAMPLES, num_classes: int = NUM_CLASSES,
               noise: float = NOISE, seed: int = 0,
-              num_features: int = NUM_FEATURES
+              num_features: int = NUM_FEATURES, noise_kind: str = "uniform",
+              dataset: str = "clusters"
               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Gaussian class clusters with `noise` of the labels flipped.
+  """Gaussian class clusters (or sklearn's digits) with `noise` of the
+  labels flipped.
 
   Args:
-    n: Number of rows.
-    num_classes: Number of classes.
-    noise: Fraction of rows whose label is flipped, uniformly, to another
-      class (exactly `round(noise * n)` rows).
+    n: Number of rows (the digits: at most 1797).
+    num_classes: Number of classes (the digits: 10).
+    noise: Fraction of rows whose label is flipped to another class
+      (exactly `round(noise * n)` rows).
     seed: Seed of the data.
-    num_features: Length of each feature vector.
+    num_features: Length of each feature vector (the digits: 64).
+    noise_kind: `uniform`: to any other class; `pairs` (class-conditional,
+      asymmetric): class j always to j + 1 (mod K).
+    dataset: `clusters` or `digits` (`sklearn.datasets.load_digits`,
+      shuffled, pixels scaled to [0, 1]).
 
   Returns:
     `(x, labels, true_labels, noisy)`: float32 `(n, num_features)`, int64
     `(n,)`, int64 `(n,)` and bool `(n,)`.
   """
   rng = np.random.default_rng(seed)
-  means = rng.normal(scale=SEPARATION, size=(num_classes, num_features))
-  true_labels = np.arange(n, dtype=np.int64) % num_classes
-  rng.shuffle(true_labels)
-  x = (means[true_labels] + rng.normal(size=(n, num_features)))
+  if dataset == "digits":
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+    digits = load_digits()
+    order = rng.permutation(len(digits.target))[:n]
+    x, true_labels = digits.data[order] / 16.0, digits.target[order]
+    true_labels = true_labels.astype(np.int64)
+    n = len(true_labels)
+  else:
+    means = rng.normal(scale=SEPARATION, size=(num_classes, num_features))
+    true_labels = np.arange(n, dtype=np.int64) % num_classes
+    rng.shuffle(true_labels)
+    x = (means[true_labels] + rng.normal(size=(n, num_features)))
   noisy = np.zeros(n, dtype=bool)
   noisy[rng.choice(n, size=int(round(noise * n)), replace=False)] = True
-  shift = rng.integers(1, num_classes, size=n)
+  shift = (np.ones(n, np.int64) if noise_kind == "pairs" else
+           rng.integers(1, num_classes, size=n))
   labels = np.where(noisy, (true_labels + shift) % num_classes, true_labels)
   return (x.astype(np.float32), labels.astype(np.int64), true_labels, noisy)
 
@@ -178,7 +194,8 @@ def predict(path: str, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def build(directory: str, folds: Optional[np.ndarray] = None,
           num_folds: int = 5, n: int = NUM_EXAMPLES,
           num_classes: int = NUM_CLASSES, noise: float = NOISE,
-          seed: int = 0, fold_checkpoints: Tuple[int, ...] = ()
+          seed: int = 0, fold_checkpoints: Tuple[int, ...] = (),
+          noise_kind: str = "uniform", dataset: str = "clusters"
           ) -> OutOfSample:
   """Writes the dataset and trains and saves the models under `directory`.
 
@@ -193,6 +210,9 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
     seed: Seed of the data and of the models.
     fold_checkpoints: epochs after which each fold's model is saved too
       (`fold{fold}-epoch{checkpoint}.keras`); the last is the fold's model.
+    noise_kind: `uniform` or `pairs` (see `make_data`).
+    dataset: `clusters` or `digits` (see `make_data`; 10 classes, 64
+      features, at most 1797 rows).
 
   Returns:
     The paths written and the saved models' predictions.
@@ -202,7 +222,11 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
   from lossaudit import datasets  # pylint: disable=g-import-not-at-top
 
   os.makedirs(directory, exist_ok=True)
-  x, labels, true_labels, noisy = make_data(n, num_classes, noise, seed)
+  if dataset == "digits":
+    num_classes = 10
+  x, labels, true_labels, noisy = make_data(
+      n, num_classes, noise, seed, noise_kind=noise_kind, dataset=dataset)
+  n = len(labels)
   ids = np.array([f"ex-{i:05d}" for i in range(n)])
   if folds is None:
     folds = default_folds(n, num_folds, seed)
