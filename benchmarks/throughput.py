@@ -29,6 +29,14 @@ its sides agree on the losses.
 5 checkpoints (`model.checkpoints`), MLPs of the same shape, and prints
 each one's median time and peak memory over (a)'s, one model.
 
+`--checkpoint-rules` also times the label-issue rules of training
+checkpoints (numeric case): `a-heldout-loss`, K=5 folds × 4 checkpoints each
+(`model.select_checkpoint: heldout_loss`, `prune_by_noise_rate`), and
+`a-early-aum`, 5 final fold models and 4 checkpoints of a full model
+(`flag.label_issues: early_aum`); random MLPs, so the rules' verdicts mean
+nothing, but every pass runs. Each prints its median time and peak memory
+over (a)'s.
+
 `--nightly` also times (a) with flag history (`gate.baseline`: the (a) run
 just before it, so every flag is persistent) and `output.clean` (a copy of
 every input file less its flags), and prints its median time and peak
@@ -52,7 +60,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import audit_at
 import cases
@@ -116,6 +124,8 @@ def _mlp(features: int, hidden: int, classes: int, seed: int):
 
 SEVERAL = 5  # Folds, or checkpoints, of `--several`.
 SEVERAL_MODES = ("a-folds", "a-checkpoints")
+CHECKPOINT_MODES = ("a-heldout-loss", "a-early-aum")
+CHECKPOINTS = 4  # Per fold, and of the full model, of `--checkpoint-rules`.
 NIGHTLY = "a-nightly"  # (a) with flag history (against (a)) and clean/.
 
 
@@ -127,6 +137,36 @@ def build_several(directory: str, features: int, hidden: int, classes: int,
     path = os.path.join(directory, f"several-{k}.keras")
     if not os.path.exists(path):
       _mlp(features, hidden, classes, seed + 1 + k).save(path)
+
+
+def build_checkpoints(directory: str, features: int, hidden: int,
+                      classes: int, seed: int = 100) -> None:
+  """Writes `fold{k}-ckpt{c}.keras` (k < SEVERAL, c < CHECKPOINTS) and
+  `full-ckpt{c}.keras`: the models of `--checkpoint-rules`."""
+  names = [f"fold{k}-ckpt{c}" for k in range(SEVERAL)
+           for c in range(CHECKPOINTS)]
+  names += [f"full-ckpt{c}" for c in range(CHECKPOINTS)]
+  for i, name in enumerate(names):
+    path = os.path.join(directory, f"{name}.keras")
+    if not os.path.exists(path):
+      _mlp(features, hidden, classes, seed + i).save(path)
+
+
+def checkpoint_rule_sections(directory: str, mode: str
+                             ) -> Tuple[Dict, Dict]:
+  """The `model` and `flag` sections of a `CHECKPOINT_MODES` mode."""
+  checkpoints = list(range(CHECKPOINTS))
+  if mode == "a-heldout-loss":
+    return ({"path": os.path.join(directory, "fold{fold}-ckpt{checkpoint}"
+                                  ".keras"), "folds": SEVERAL,
+             "checkpoints": checkpoints, "select_checkpoint": "heldout_loss"},
+            {"label_issues": "prune_by_noise_rate"})
+  last = CHECKPOINTS - 1
+  return ({"path": os.path.join(directory, f"fold{{fold}}-ckpt{last}.keras"),
+           "folds": SEVERAL, "checkpoints": checkpoints,
+           "dynamics_path": os.path.join(directory,
+                                         "full-ckpt{checkpoint}.keras")},
+          {"label_issues": "early_aum"})
 
 
 def several_model(directory: str, mode: str) -> Dict:
@@ -193,6 +233,9 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
                                                             mode)
   if mode in SEVERAL_MODES:
     config["model"] = several_model(directory, mode)
+  if mode in CHECKPOINT_MODES:
+    config["model"], flag = checkpoint_rule_sections(directory, mode)
+    config["flag"].update(flag)
   path = os.path.join(out + ".yaml")
   with open(path, "w") as f:
     yaml.safe_dump(config, f)
@@ -409,6 +452,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--several", action="store_true",
                       help="also time (a) with 5 fold models and with 5"
                       " checkpoints (numeric case)")
+  parser.add_argument("--checkpoint-rules", action="store_true",
+                      help="also time (a) with 5 folds × 4 checkpoints"
+                      " selected by held-out loss, and with early AUM"
+                      " (numeric case)")
   parser.add_argument("--nightly", action="store_true",
                       help="also time (a) with flag history against (a)'s"
                       " run and output.clean (numeric case)")
@@ -467,7 +514,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if mode in ("a", "d") or mode.startswith("a-"):
       result = run_lossaudit(data_dir, out, args.workers, args.batch_size,
                              args.label_issues if mode.startswith("a-") and
-                             mode not in (*SEVERAL_MODES, NIGHTLY) else None,
+                             mode not in (*SEVERAL_MODES, *CHECKPOINT_MODES,
+                                          NIGHTLY) else None,
                              args.baseline_code if at_baseline else None,
                              args.case, mode, args.flag_quantile)
     elif args.mode == "b":
@@ -487,6 +535,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.case != "numeric":
       parser.error("--several: the numeric case only")
     build_several(data_dir, args.features, args.hidden, args.classes)
+  if args.checkpoint_rules:
+    if args.case != "numeric":
+      parser.error("--checkpoint-rules: the numeric case only")
+    build_checkpoints(data_dir, args.features, args.hidden, args.classes)
   if args.case == "serialized":
     cases.build_serialized(data_dir, args.features)
   elif args.case == "text":
@@ -507,6 +559,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common.append(f"--label-issues={args.label_issues}")
   if args.several:
     modes += list(SEVERAL_MODES)
+  if args.checkpoint_rules:
+    modes += list(CHECKPOINT_MODES)
   if args.nightly:
     if "a" not in modes or args.case != "numeric":
       parser.error("--nightly: the numeric case, with (a) among --modes")
@@ -553,7 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          results["a"]["seconds"])
     print("label issues on / off time ="
           f" {report['label_issues_time_ratio']:.2f}")
-  for mode in [m for m in (*SEVERAL_MODES, NIGHTLY)
+  for mode in [m for m in (*SEVERAL_MODES, *CHECKPOINT_MODES, NIGHTLY)
                if m in results and "a" in results]:
     report[f"{mode}_over_a"] = {
         "median_time": results[mode]["seconds"] / results["a"]["seconds"],
