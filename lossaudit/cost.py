@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from lossaudit import confident
 from lossaudit.config import AuditConfig
+from lossaudit.early_aum import EARLY_AUM
 
 # Rows one bundle of a scoring worker holds, unless told (`rows_per_bundle`).
 ROWS_PER_BUNDLE = 1_000_000
@@ -164,6 +165,10 @@ def scored_schema(config: AuditConfig, classes: int) -> pa.Schema:
   if classes and (config.flag.label_issues is not None
                   or config.output.write_probabilities):
     fields.append(pa.field("probs", pa.list_(pa.float32(), classes)))
+  if classes and config.flag.label_issues == EARLY_AUM:
+    c = len(config.model.checkpoints)
+    fields += [pa.field("margins", pa.list_(pa.float32(), c)),
+               pa.field("correct", pa.list_(pa.bool_(), c))]
   return pa.schema(fields)
 
 
@@ -204,12 +209,23 @@ def spills(config: AuditConfig) -> bool:
 
 def scratch_passes(config: AuditConfig) -> int:
   """Reads of the spilled rows: flagging, then each label-issue pass
-  after the thresholds (the joint; prune_by_noise_rate's cells)."""
+  after the thresholds (the joint; prune_by_noise_rate's and early AUM's
+  cells; early AUM's fit, ranking and `losses/`)."""
   if not spills(config):
     return 0
   method = config.flag.label_issues
   return 1 + (1 if method else 0) + (
-      1 if method == "prune_by_noise_rate" else 0)
+      1 if method in ("prune_by_noise_rate", EARLY_AUM) else 0) + (
+          3 if method == EARLY_AUM else 0)
+
+
+def checkpoint_rows(config: AuditConfig) -> int:
+  """How many times each row is spilled and read back before each fold's
+  checkpoint is selected (`model.select_checkpoint: heldout_loss`: once per
+  checkpoint of its fold), 0 otherwise."""
+  if config.model.select_checkpoint != "heldout_loss":
+    return 0
+  return len(config.model.checkpoints)
 
 
 def plan_cost(config: AuditConfig, rows: int, classes: int, *,
@@ -235,6 +251,8 @@ def plan_cost(config: AuditConfig, rows: int, classes: int, *,
   schema = scored_schema(config, classes)
   spilled = _spilled_bytes(config, schema, rows, id_length) if rows else 0
   passes = scratch_passes(config)
+  # Every checkpoint's rows, written once and read back once.
+  selecting = spilled * checkpoint_rows(config)
   method = config.flag.label_issues if classes else None
   flag = config.flag
 
@@ -263,12 +281,15 @@ def plan_cost(config: AuditConfig, rows: int, classes: int, *,
     # prune_by_noise_rate's joint also counts each cell's margins in
     # `margin_bin_count(K)` bins, for the cells' cut-offs.
     bins = (confident.margin_bin_count(classes)
-            if method == "prune_by_noise_rate" else 0)
+            if method in ("prune_by_noise_rate", EARLY_AUM) else 0)
     per_bundle("FindLabelIssues/SumJoint",
                3 * _ARRAY_OVERHEAD + 8 * classes * classes + 8 * classes
                + (_ARRAY_OVERHEAD + 8 * classes * classes * bins
                   if bins else 0))
-    if method == "prune_by_noise_rate":
+    if method == EARLY_AUM:  # Each class's smallest early AUMs.
+      per_bundle("FindLabelIssues/AumCandidates", int(
+          _ARRAY_OVERHEAD * 4 + 24 * issues))
+    if method in ("prune_by_noise_rate", EARLY_AUM):
       per_bundle("FindLabelIssues/TopNPerCell", int(
           _CELL_OVERHEAD * pairs
           + (_CANDIDATE_OVERHEAD + id_length) * issues))
@@ -285,23 +306,24 @@ def plan_cost(config: AuditConfig, rows: int, classes: int, *,
   side_inputs = [("Thresholds", 2_000)]
   if method:
     cells = (distinct_cells(issue_rate * rows, classes * (classes - 1))
-             if method == "prune_by_noise_rate" else 0)
+             if method in ("prune_by_noise_rate", EARLY_AUM) else 0)
     # LabelRules: the calibrated joint (floats) and prune counts (ints) as
     # lists of K×K, and each cell's n-th candidate.
     side_inputs.append(("FindLabelIssues rules", int(
         9 * classes * classes
-        + (5 * classes * classes if method == "prune_by_noise_rate" else 0)
+        + (5 * classes * classes if method in ("prune_by_noise_rate",
+                                                EARLY_AUM) else 0)
         + cells * (30 + id_length) + 30 * classes)))
     side_inputs.append(("FindLabelIssues thresholds", 9 * classes + 100))
 
   return CostPlan(
       rows=rows, classes=classes, bundles=bundles,
       input_passes=1 + (1 if config.output.clean else 0),
-      scratch_passes=passes,
+      scratch_passes=passes + (1 if selecting else 0),
       input_bytes=int(rows * input_bytes_per_row * (
           1 + (1 if config.output.clean else 0))),
-      spill_bytes=spilled if passes else 0,
-      reread_bytes=spilled * passes,
+      spill_bytes=(spilled if passes else 0) + selecting,
+      reread_bytes=spilled * passes + selecting,
       scored_row_bytes=(spilled / rows if rows else 0.0),
       shuffles=tuple(shuffles), accumulators=tuple(accumulators),
       side_inputs=tuple(side_inputs), rows_per_second=rows_per_second,

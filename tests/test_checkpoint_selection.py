@@ -9,6 +9,8 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from lossaudit import checkpoint_selection as cs
+from lossaudit import cost
+from lossaudit.config import AuditConfig
 from lossaudit.folds import fold_of
 from lossaudit.merging import merge_all
 from tests import out_of_sample
@@ -143,6 +145,14 @@ def test_heldout_loss_label_issues_equal_cleanlab_on_the_best_checkpoints(
   assert issues == expected
   # Every row once, scored by its fold's selected checkpoint.
   assert summary["examples_scored"] == n
+  # Each checkpoint's rows spilled and read back once, then the flagging,
+  # joint and cells passes: as `lossaudit plan` counts them.
+  c = len(data.fold_checkpoints)
+  counters = summary["metrics"]["counters"]
+  assert counters["spill_rows_written"] == c * n + n
+  assert counters["spill_rows_reread"] == c * n + 3 * n
+  plan = cost.plan_cost(AuditConfig.from_dict(summary["config"]), n, 5)
+  assert plan.scratch_passes == 4
   np.testing.assert_allclose(
       losses["loss"], -np.log(oof[np.arange(n), data.labels]), rtol=1e-4,
       atol=1e-6)

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from lossaudit import cost
 from lossaudit import early_aum as ea
 from lossaudit.config import AuditConfig
 from lossaudit.errors import ConfigError
@@ -324,6 +325,11 @@ def _audit(data, out, source, checkpoints=None, workers=1, **flag):
 def _check_equal(data, tmp_path, source, expected, **audit):
   summary, flagged, losses = _audit(data, tmp_path / source, source, **audit)
   assert set(flagged["id"]) == set(data.ids[expected.flags])
+  # Six passes over the spilled rows, as `lossaudit plan` counts them:
+  # flagging, the joint, the cells, the fit, the ranking and losses/.
+  n = len(data.ids)
+  assert summary["metrics"]["counters"]["spill_rows_reread"] == 6 * n
+  assert cost.scratch_passes(AuditConfig.from_dict(summary["config"])) == 6
   found = summary["label_issues"]["early_aum"]
   assert found["usable"] == expected.usable.tolist()
   assert found["fell_back"] == expected.fell_back
