@@ -300,6 +300,31 @@ def build(directory: str, folds: Optional[np.ndarray] = None,
       fold_checkpoint_probs=fold_checkpoint_probs)
 
 
+def audit(data: OutOfSample, out, model: Dict, flag: Dict, workers: int = 1,
+          **sections):
+  """Runs `lossaudit run` on `data`'s Parquet file with the `model` and
+  `flag` sections (`sections` merged in too), on `workers` DirectRunner
+  processes.
+
+  Returns:
+    `(summary.json, flagged/, losses/ indexed by id in `data.ids`' order)`.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+
+  from tests.helpers import base_config, run_audit  # pylint: disable=g-import-not-at-top
+
+  config = base_config(data.parquet, "", out, model=model, **sections)
+  config["input"]["format"] = "parquet"
+  config["flag"] = flag
+  flags = [f"--direct_num_workers={workers}",
+           "--direct_running_mode=multi_processing"] if workers > 1 else []
+  summary = run_audit(config, *flags)
+  flagged = pd.read_parquet(os.path.join(out, "flagged"))
+  losses = pd.read_parquet(os.path.join(out, "losses")).set_index("id").loc[
+      data.ids]
+  return summary, flagged, losses
+
+
 def f1(flagged_ids: Iterable, noisy_ids: Iterable) -> float:
   """F1 of the flagged ids against the truly noisy ids (0 if either empty)."""
   flagged, noisy = set(flagged_ids), set(noisy_ids)

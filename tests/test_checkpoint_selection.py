@@ -4,7 +4,6 @@ label issues equal cleanlab's on the out-of-fold probabilities assembled
 from each fold's best checkpoint (`tests/out_of_sample.py` trains them)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from cleanlab.filter import find_label_issues
 
@@ -14,7 +13,6 @@ from lossaudit.config import AuditConfig
 from lossaudit.folds import fold_of
 from lossaudit.merging import merge_all
 from tests import out_of_sample
-from tests.helpers import base_config, run_audit
 
 K = 5
 
@@ -110,18 +108,11 @@ def _heldout_reference(data):
 
 
 def _audit(data, out, select, workers=1):
-  config = base_config(data.parquet, "", out, model={
-      "path": data.fold_checkpoint_model, "folds": K,
-      "checkpoints": list(data.fold_checkpoints),
-      "select_checkpoint": select})
-  config["input"]["format"] = "parquet"
-  config["flag"] = {"loss_quantile": None,
-                    "label_issues": "prune_by_noise_rate"}
-  flags = [f"--direct_num_workers={workers}",
-           "--direct_running_mode=multi_processing"] if workers > 1 else []
-  summary = run_audit(config, *flags)
-  flagged = pd.read_parquet(out / "flagged")
-  losses = pd.read_parquet(out / "losses").set_index("id").loc[data.ids]
+  summary, flagged, losses = out_of_sample.audit(
+      data, out, {"path": data.fold_checkpoint_model, "folds": K,
+                  "checkpoints": list(data.fold_checkpoints),
+                  "select_checkpoint": select},
+      {"loss_quantile": None, "label_issues": "prune_by_noise_rate"}, workers)
   return summary, set(flagged["id"]), losses
 
 

@@ -8,7 +8,6 @@ import os
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 import yaml
@@ -22,7 +21,7 @@ from lossaudit.merging import merge_all
 from lossaudit.pipelines import audit
 from tests import early_aum_reference as reference
 from tests import out_of_sample
-from tests.helpers import REPO, base_config, run_audit
+from tests.helpers import REPO
 
 K = 5
 
@@ -310,16 +309,9 @@ def _audit(data, out, source, checkpoints=None, workers=1, **flag):
     model.update(path=data.fold_model, folds=K)
   else:
     model.update(predictions_column="oof_probs")
-  config = base_config(data.parquet, "", out, model=model)
-  config["input"]["format"] = "parquet"
-  config["flag"] = {"loss_quantile": None, "label_issues": "early_aum",
-                    **flag}
-  flags = [f"--direct_num_workers={workers}",
-           "--direct_running_mode=multi_processing"] if workers > 1 else []
-  summary = run_audit(config, *flags)
-  flagged = pd.read_parquet(out / "flagged")
-  losses = pd.read_parquet(out / "losses").set_index("id").loc[data.ids]
-  return summary, flagged, losses
+  return out_of_sample.audit(
+      data, out, model, {"loss_quantile": None, "label_issues": "early_aum",
+                         **flag}, workers)
 
 
 def _check_equal(data, tmp_path, source, expected, **audit):

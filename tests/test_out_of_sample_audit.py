@@ -15,7 +15,6 @@ from cleanlab.filter import find_label_issues
 
 from lossaudit.folds import fold_of
 from tests import out_of_sample
-from tests.helpers import base_config, run_audit
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +33,10 @@ def data(tmp_path_factory):
 def _audited(data, out, model, workers=1, **sections):
   """Audits the data with `model`; returns `(summary, flagged/, losses/ in
   the order of the data's ids)`."""
-  config = base_config(data.parquet, "", out, model=model, **sections)
-  config["input"]["format"] = "parquet"
-  config["flag"] = {"loss_quantile": 0.95, "label_issues":
-                    "confident_learning", **sections.get("flag", {})}
-  flags = [f"--direct_num_workers={workers}",
-           "--direct_running_mode=multi_processing"] if workers > 1 else []
-  summary = run_audit(config, *flags)
-  flagged = pd.read_parquet(out / "flagged")
-  losses = pd.read_parquet(out / "losses").set_index("id").loc[data.ids]
-  return summary, flagged, losses
+  return out_of_sample.audit(
+      data, out, model, {"loss_quantile": 0.95, "label_issues":
+                         "confident_learning", **sections.pop("flag", {})},
+      workers, **sections)
 
 
 def _issues(flagged) -> set:

@@ -61,6 +61,19 @@ def trained(tmp_path_factory):
   return root, labels, oof
 
 
+def _config(root, out, model, label_issues):
+  """The loop's audit: its fold checkpoints, `model` keys added."""
+  return {
+      "input": {"pattern": str(root / "*.parquet"), "format": "parquet",
+                "id_column": "id", "label_column": "label",
+                "fold_column": "fold"},
+      "model": {"path": str(root / "fold{fold}-epoch{checkpoint}.keras"),
+                "folds": FOLDS, "checkpoints": list(EPOCHS), **model},
+      "flag": {"loss_quantile": None, "label_issues": label_issues},
+      "output": {"dir": str(out), "write_probabilities": True},
+  }
+
+
 def test_fold_models_from_one_process_audit_like_cleanlab(
     trained, tmp_path, write_config):
   root, labels, oof = trained
@@ -68,15 +81,7 @@ def test_fold_models_from_one_process_audit_like_cleanlab(
       -1].name for k in range(FOLDS)}
   assert len(names) == FOLDS  # dense_1, dense_3, ...: five names.
   out = tmp_path / "out"
-  config = write_config({
-      "input": {"pattern": str(root / "*.parquet"), "format": "parquet",
-                "id_column": "id", "label_column": "label",
-                "fold_column": "fold"},
-      "model": {"path": str(root / "fold{fold}-epoch{checkpoint}.keras"),
-                "folds": FOLDS, "checkpoints": list(EPOCHS)},
-      "flag": {"loss_quantile": None, "label_issues": "confident_learning"},
-      "output": {"dir": str(out), "write_probabilities": True},
-  })
+  config = write_config(_config(root, out, {}, "confident_learning"))
   assert audit.main(["--config", config]) == 0
   losses = pd.read_parquet(out / "losses")
   index = np.array([int(i[3:]) for i in losses["id"]])
@@ -99,17 +104,10 @@ def test_the_loop_with_checkpoints_selected_and_early_aum(
       zero_copy_only=False))
   folds = default_folds(N, FOLDS, seed=3)
   out = tmp_path / "out"
-  config = write_config({
-      "input": {"pattern": str(root / "*.parquet"), "format": "parquet",
-                "id_column": "id", "label_column": "label",
-                "fold_column": "fold"},
-      "model": {"path": str(root / "fold{fold}-epoch{checkpoint}.keras"),
-                "folds": FOLDS, "checkpoints": list(EPOCHS),
-                "select_checkpoint": "heldout_loss",
-                "dynamics_path": str(root / "full-epoch{checkpoint}.keras")},
-      "flag": {"loss_quantile": None, "label_issues": "early_aum"},
-      "output": {"dir": str(out), "write_probabilities": True},
-  })
+  config = write_config(_config(root, out, {
+      "select_checkpoint": "heldout_loss",
+      "dynamics_path": str(root / "full-epoch{checkpoint}.keras")},
+                                "early_aum"))
   assert audit.main(["--config", config]) == 0
   # Each fold's checkpoint: the lowest mean crossentropy on its own rows.
   by_epoch = np.zeros((len(EPOCHS), N, K), np.float32)
