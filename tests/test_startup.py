@@ -45,8 +45,9 @@ def test_a_bad_key_is_told_before_beam_and_tensorflow_load(
   assert found == {"code": 2, "loaded": []}
   assert stderr == (
       "lossaudit: error: flag.loss_quantil: unknown config key; expected one"
-      " of ['aum_below', 'aum_quantile', 'label_issues', 'loss_quantile',"
-      " 'loss_threshold', 'robust_z', 'score', 'slice_quantile', 'top_k']."
+      " of ['aum_below', 'aum_quantile', 'early_aum_max_fit', 'label_issues',"
+      " 'loss_quantile', 'loss_threshold', 'robust_z', 'score',"
+      " 'slice_quantile', 'top_k']."
       " Did you mean flag.loss_quantile?")
 
 
