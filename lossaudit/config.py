@@ -239,11 +239,15 @@ def model_placeholders(template: str) -> Tuple[str, ...]:
 
 
 def _check_dynamics_path(key: str, template: str) -> None:
-  """A `model.path` template holding `{checkpoint}` and no `{fold}`."""
-  _check_model_path(key, template)
+  """A path template holding `{checkpoint}` once, and no other brace."""
+  expected = ("a path holding {checkpoint} (once) and no other placeholder:"
+              " the checkpoints of one model trained on every row")
+  try:
+    _check_model_path(key, template)
+  except ConfigError:
+    _fail(key, expected, template)
   if model_placeholders(template) != ("checkpoint",):
-    _fail(key, "a path holding {checkpoint} (once) and no {fold}: the"
-          " checkpoints of one model trained on every row", template)
+    _fail(key, expected, template)
 
 
 _CHECKPOINTS = (f"null or a list of 2 to {MAX_CHECKPOINTS} distinct"
@@ -1019,11 +1023,12 @@ class AuditConfig:
     column = self.model.predictions_column
     if column is None:
       return
-    if self.input.feature_columns is not None:
+    if (self.input.feature_columns is not None and
+        not self.model.dynamics_path):
       raise ConfigError(
           f"input.feature_columns: expected null with"
-          f" model.predictions_column (the column is the only input)."
-          f" Received: {self.input.feature_columns!r}")
+          f" model.predictions_column and no model.dynamics_path (the column"
+          f" is the only input). Received: {self.input.feature_columns!r}")
     if self.loss.from_logits and self.model.predictions_kind != "logits":
       raise ConfigError(
           f"loss.from_logits: expected false with model.predictions_kind"

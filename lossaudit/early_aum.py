@@ -49,6 +49,7 @@ class FitCounts:
     correct: `(C,)` rows each checkpoint predicts as given.
     oof_correct: `()` rows whose out-of-sample argmax is the given label.
     rows: `()` rows counted.
+    non_finite: `(C,)` rows whose margin at each checkpoint is not finite.
   """
 
   suspects: np.ndarray
@@ -56,13 +57,14 @@ class FitCounts:
   correct: np.ndarray
   oof_correct: np.ndarray
   rows: np.ndarray
+  non_finite: np.ndarray
 
   @classmethod
   def empty(cls, num_classes: int, num_checkpoints: int) -> "FitCounts":
     return cls(np.zeros(num_classes, np.int64),
                np.zeros(num_checkpoints, np.int64),
                np.zeros(num_checkpoints, np.int64), np.zeros((), np.int64),
-               np.zeros((), np.int64))
+               np.zeros((), np.int64), np.zeros(num_checkpoints, np.int64))
 
   def merge(self, other: "FitCounts") -> "FitCounts":
     return FitCounts(*(getattr(self, f.name) + getattr(other, f.name)
@@ -70,7 +72,8 @@ class FitCounts:
 
 
 def fit_counts(given: np.ndarray, oof: np.ndarray, correct: np.ndarray,
-               suspect: np.ndarray) -> FitCounts:
+               suspect: np.ndarray, margins: Optional[np.ndarray] = None
+               ) -> FitCounts:
   """The `FitCounts` of N rows.
 
   Args:
@@ -78,14 +81,18 @@ def fit_counts(given: np.ndarray, oof: np.ndarray, correct: np.ndarray,
     oof: `(N, K)` out-of-sample probabilities.
     correct: `(N, C)` whether checkpoint c predicts the given label.
     suspect: `(N,)` whether the row is a `prune_by_noise_rate` issue.
+    margins: `(N, C)` the margins (only whether each is finite is read);
+      None: all are.
   """
   correct = correct.astype(bool)
+  non_finite = (np.zeros(correct.shape[1], np.int64) if margins is None
+                else (~np.isfinite(margins)).sum(axis=0).astype(np.int64))
   return FitCounts(
       suspects=np.bincount(given[suspect], minlength=oof.shape[1]),
       suspects_fit=correct[suspect].sum(axis=0).astype(np.int64),
       correct=correct.sum(axis=0).astype(np.int64),
       oof_correct=np.asarray((oof.argmax(axis=1) == given).sum(), np.int64),
-      rows=np.asarray(len(given), np.int64))
+      rows=np.asarray(len(given), np.int64), non_finite=non_finite)
 
 
 class ClassCut(NamedTuple):
@@ -111,6 +118,8 @@ class EarlyAumRule:
     below_zero: `(K,)` rows per given class with `a < 0` (None before the
       ranking pass).
     cuts: each class's `ClassCut` (classes that flag nothing have none).
+    non_finite: `(C,)` rows whose margin at each checkpoint is not finite:
+      a checkpoint with more than another's (it diverged) is not usable.
   """
 
   checkpoints: Tuple[str, ...]
@@ -121,13 +130,18 @@ class EarlyAumRule:
   suspects: List[int]
   below_zero: Optional[List[int]] = None
   cuts: Dict[int, ClassCut] = dataclasses.field(default_factory=dict)
+  non_finite: Optional[List[int]] = None
 
   @property
   def usable(self) -> List[bool]:
-    """`(C,)` the checkpoints `a` averages: fit at most `max_fit`, and at
-    least as accurate as the out-of-sample probabilities."""
+    """`(C,)` the checkpoints `a` averages: fit at most `max_fit`, at least
+    as accurate as the out-of-sample probabilities, and no more non-finite
+    margins than any other checkpoint."""
+    non_finite = self.non_finite or [0] * len(self.fit)
+    fewest = min(non_finite)
     return [f is not None and f <= self.max_fit and acc >= self.oof_accuracy
-            for f, acc in zip(self.fit, self.accuracy)]
+            and bad == fewest
+            for f, acc, bad in zip(self.fit, self.accuracy, non_finite)]
 
   @property
   def fell_back(self) -> bool:
@@ -135,9 +149,11 @@ class EarlyAumRule:
     return not any(self.usable)
 
   def caps(self) -> np.ndarray:
-    """`(K,)` rows each class flags: `min(#{a < 0}, #suspects)`."""
-    return np.minimum(np.asarray(self.below_zero or self.suspects),
-                      np.asarray(self.suspects))
+    """`(K,)` rows each class flags: `min(#{a < 0}, #suspects)`; its
+    suspects when the rule fell back."""
+    if self.below_zero is None:
+      return np.asarray(self.suspects)
+    return np.minimum(np.asarray(self.below_zero), np.asarray(self.suspects))
 
   def aum(self, margins: np.ndarray) -> np.ndarray:
     """`(N,)` the early AUM `a`: the mean of `margins` `(N, C)` over the
@@ -164,9 +180,10 @@ class EarlyAumRule:
     return {"checkpoints": list(self.checkpoints), "fit": self.fit,
             "accuracy": self.accuracy, "oof_accuracy": self.oof_accuracy,
             "usable": self.usable, "fell_back": self.fell_back,
-            "max_fit": self.max_fit, "suspects": self.suspects,
-            "below_zero": self.below_zero,
-            "flagged": None if self.fell_back else self.caps().tolist()}
+            "max_fit": self.max_fit, "non_finite": self.non_finite,
+            "suspects": self.suspects,
+            "below_zero": None if self.fell_back else self.below_zero,
+            "flagged": self.caps().tolist()}
 
 
 def decide(counts: FitCounts, checkpoints: Tuple[str, ...],
@@ -182,6 +199,7 @@ def decide(counts: FitCounts, checkpoints: Tuple[str, ...],
       accuracy=(counts.correct / rows).tolist(),
       oof_accuracy=float(counts.oof_correct) / rows,
       max_fit=max_fit,
+      non_finite=counts.non_finite.astype(int).tolist(),
       suspects=counts.suspects.astype(int).tolist())
 
 

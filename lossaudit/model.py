@@ -376,7 +376,8 @@ def model_version(path: str, pinned: Optional[str] = None) -> Tuple:
 
 def load_models(paths: Sequence[Sequence[str]], signature: str,
                 device: str = "auto",
-                pinned: Optional[Dict[str, str]] = None
+                pinned: Optional[Dict[str, str]] = None,
+                dynamics_last: bool = False
                 ) -> Tuple[Tuple[AuditModel, ...], ...]:
   """The models of a run, `[fold][checkpoint]`, each loaded once a process.
 
@@ -394,6 +395,8 @@ def load_models(paths: Sequence[Sequence[str]], signature: str,
       it sees one, as `select_device` picks).
     pinned: the `remote_version` of each remote model path, as the run was
       planned with (`ScoringSpec.model_versions`).
+    dynamics_last: whether the last group is `model.dynamics_path`'s
+      checkpoints (its errors name that key).
 
   Raises:
     ConfigError: a model is missing or cannot be loaded (naming its path),
@@ -406,31 +409,52 @@ def load_models(paths: Sequence[Sequence[str]], signature: str,
   versions = tuple(model_version(p, pinned.get(p))
                    for group in paths for p in group)
   return _LOADED.acquire(
-      lambda: _LoadedModels(_load_models(paths, signature, on_cpu, pinned)),
+      lambda: _LoadedModels(_load_models(paths, signature, on_cpu, pinned,
+                                         dynamics_last)),
       tag=repr((paths, versions, signature, on_cpu))).models
 
 
 def _load_models(paths: Tuple[Tuple[str, ...], ...], signature: str,
-                 on_cpu: bool, pinned: Dict[str, str]
+                 on_cpu: bool, pinned: Dict[str, str],
+                 dynamics_last: bool = False
                  ) -> Tuple[Tuple[AuditModel, ...], ...]:
+  keys = ["model.path"] * len(paths)
+  if dynamics_last:
+    keys[-1] = DYNAMICS_KEY
   with tf.device("/CPU:0") if on_cpu else contextlib.nullcontext():
-    loaded = tuple(tuple(AuditModel(path, signature, pinned.get(path))
+    loaded = tuple(tuple(_load(path, signature, pinned.get(path), key)
                          for path in group)
-                   for group in paths)
+                   for group, key in zip(paths, keys))
   first = loaded[0][0]
-  for model in (m for group in loaded for m in group):
-    if _by_name(model) == _by_name(first):
-      continue  # Routed by name (a multi-output model's names matter).
-    for what, mine, theirs in (("inputs", model.inputs, first.inputs),
-                               ("outputs", model.outputs, first.outputs)):
-      if _structure(mine) != _structure(theirs):
-        raise ConfigError(
-            f"model.path: expected every fold and checkpoint model to have"
-            f" the {what} of {first.path!r} (shapes and dtypes, in order):"
-            f" {_shapes(theirs)}. Received: {model.path!r} with"
-            f" {_shapes(mine)}")
-    model.take_names(first)
+  for group, key in zip(loaded, keys):
+    for model in group:
+      if _by_name(model) == _by_name(first):
+        continue  # Routed by name (a multi-output model's names matter).
+      for what, mine, theirs in (("inputs", model.inputs, first.inputs),
+                                 ("outputs", model.outputs, first.outputs)):
+        if _structure(mine) != _structure(theirs):
+          raise ConfigError(
+              f"{key}: expected every fold and checkpoint model to have"
+              f" the {what} of {first.path!r} (shapes and dtypes, in order):"
+              f" {_shapes(theirs)}. Received: {model.path!r} with"
+              f" {_shapes(mine)}")
+      model.take_names(first)
   return loaded
+
+
+# The key of the checkpoints of the model trained on every row.
+DYNAMICS_KEY = "model.dynamics_path"
+
+
+def _load(path: str, signature: str, version: Optional[str], key: str
+          ) -> AuditModel:
+  """`AuditModel(path, ...)`, its errors naming `key`."""
+  try:
+    return AuditModel(path, signature, version)
+  except ConfigError as e:
+    if key == "model.path" or not str(e).startswith("model.path:"):
+      raise
+    raise ConfigError(key + str(e)[len("model.path"):]) from None
 
 
 def _by_name(model: AuditModel) -> Tuple:

@@ -100,16 +100,17 @@ def serialized_examples_input(config: AuditConfig, model: AuditModel
   return name
 
 
-def model_features(config: AuditConfig, model: AuditModel
-                   ) -> Tuple[Feature, ...]:
+def model_features(config: AuditConfig, model: AuditModel,
+                   feature_columns: Any = None) -> Tuple[Feature, ...]:
   """Each model input with its data column, shape and dtype.
 
   The input that takes serialized tf.Examples (`serialized_examples_input`)
-  reads each record's bytes; the others read their columns.
+  reads each record's bytes; the others read their columns
+  (`feature_columns`, when given, maps them; else each its own name).
   """
   serialized = serialized_examples_input(config, model)
   others = tuple(t for t in model.inputs if t.name != serialized)
-  pairs = dict(feature_inputs(others, config.input.feature_columns))
+  pairs = dict(feature_inputs(others, feature_columns))
   features = []
   for info in model.inputs:
     if info.name == serialized:
@@ -302,7 +303,13 @@ def assemble_spec(config: AuditConfig, features: Tuple[Feature, ...],
         f"output.write_probabilities: needs a classification loss (class"
         f" probabilities). Received: loss"
         f" {[t.custom or t.loss_name for t in terms]}")
-  if config.model.checkpoints and not any(t.signals for t in terms):
+  # Selecting each fold's checkpoint by its held-out loss takes any loss;
+  # training dynamics (and the AUM rules) take class probabilities.
+  dynamics = config.model.checkpoints and (
+      config.model.select_checkpoint != "heldout_loss"
+      or config.model.dynamics_path or config.flag.aum_quantile is not None
+      or config.flag.aum_below is not None)
+  if dynamics and not any(t.signals for t in terms):
     raise ConfigError(
         f"model.checkpoints: needs a classification loss (training dynamics"
         f" are the given label's probabilities). Received: loss"

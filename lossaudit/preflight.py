@@ -64,7 +64,8 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   dynamics = config.model.dynamics_paths()
   paths = config.model.path_groups() + ((dynamics,) if dynamics else ())
   models = paths and load_models(paths, config.model.signature,
-                                 config.runtime.device)
+                                 config.runtime.device,
+                                 dynamics_last=bool(dynamics))
   startup.lap("model_load")
   sample = probe.read_sample(config, found.files)
   class_names = planning.read_vocabulary(config.input.label_vocabulary)
@@ -76,9 +77,13 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
             config, sample and sample.batch, sample and sample.path,
             class_names)),),) + tuple(models or ())
   model = models[0][-1]
-  features = planning.model_features(config, model)
-  if config.model.predictions_column and dynamics:
-    features += planning.model_features(config, models[-1][-1])
+  columns = config.input.feature_columns
+  if config.model.predictions_column:
+    features = planning.model_features(config, model)
+    if dynamics:  # `input.feature_columns` maps the full model's inputs.
+      features += planning.model_features(config, models[-1][-1], columns)
+  else:
+    features = planning.model_features(config, model, columns)
   if sample is not None:
     features = probe.match_lone_input(config, features, sample)
     probe.check_columns(config, features, sample)

@@ -136,18 +136,22 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
   every = [model(features) for model in models]
   if traced is not None:
     traced["computed_from"] = computed_from(spec.terms, every[-1])
-  outputs = _prediction_outputs(spec, loss_fns, with_outputs, features,
+  scored = features
+  if spec.predictions_kind and dynamics_models:
+    # The predictions are the one input of what is scored; the full model's
+    # checkpoints read the others.
+    column = spec.features[0].model_input
+    scored = {column: features[column]}
+    features = {k: v for k, v in features.items() if k != column}
+  outputs = _prediction_outputs(spec, loss_fns, with_outputs, scored,
                                 labels, every[-1])
   if spec.select_checkpoint:
     outputs["by_checkpoint"] = [
-        _prediction_outputs(spec, loss_fns, False, features, labels, p)
+        _prediction_outputs(spec, loss_fns, False, scored, labels, p)
         for p in every[:-1]] + [dict(outputs)]
   if spec.classifier and (dynamics_models or len(every) > 1):
     if dynamics_models:
-      # Their own inputs: a predictions column is not one of them.
-      own = {k: v for k, v in features.items() if not spec.predictions_kind
-             or k != spec.features[0].model_input}
-      every = [model(own) for model in dynamics_models]
+      every = [model(features) for model in dynamics_models]
     term = spec.classifier
     outputs.update(_dynamics(term, outputs["given_label"],
                              [_output(p, term.output) for p in every],
@@ -195,8 +199,9 @@ def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor],
               with_checkpoints: bool = False) -> Dict[str, tf.Tensor]:
   """`losses.training_dynamics` of the C checkpoints' `outputs` `(N, ...)`,
   and `dynamics_finite` `(N,)`: whether every checkpoint's output is finite.
-  `with_checkpoints`: also each checkpoint's `checkpoint_margins` and
-  `checkpoint_correct` `(N, C)`.
+  `with_checkpoints`: also each checkpoint's `checkpoint_margins`,
+  `checkpoint_correct` and `checkpoint_finite` (whether its output is)
+  `(N, C)`.
 
   Each checkpoint is reduced to `(N,)` values before they are stacked, so
   a step holds `(C, N)`, never `(C, N, K)`.
@@ -212,6 +217,8 @@ def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor],
   if with_checkpoints:
     result["checkpoint_margins"] = tf.transpose(stacked["margin"])
     result["checkpoint_correct"] = tf.transpose(stacked["correct"]) > 0
+    result["checkpoint_finite"] = tf.stack(
+        [_rows_finite([y]) for y in outputs], axis=1)
   return result
 
 
@@ -347,7 +354,8 @@ def _nan_where_not_finite(result: Dict[str, Any],
                           ) -> Dict[str, Any]:
   """`result` without `finite`: its losses NaN in the rows not `finite`, its
   training dynamics NaN where a checkpoint's output is not finite
-  (`dynamics_finite`) either.
+  (`dynamics_finite`) either, and each checkpoint's margin NaN (and not
+  correct) where its own output is not.
 
   Keras losses clip probabilities, which can turn a NaN prediction into a
   finite loss: an example with a non-finite input or (last) prediction gets
@@ -364,9 +372,11 @@ def _nan_where_not_finite(result: Dict[str, Any],
     for key in DYNAMICS:
       if key in result:
         result[key] = np.where(dynamics, result[key], np.nan)
-    if "checkpoint_margins" in result:
-      result["checkpoint_margins"] = np.where(
-          dynamics[:, None], result["checkpoint_margins"], np.nan)
+  if "checkpoint_finite" in result:  # Each checkpoint's own, for early AUM.
+    each = result.pop("checkpoint_finite") & finite[:, None]
+    result["checkpoint_margins"] = np.where(
+        each, result["checkpoint_margins"], np.nan)
+    result["checkpoint_correct"] &= each
   return result
 
 
@@ -575,10 +585,12 @@ def spec_models(spec: ScoringSpec) -> Tuple[Tuple[Any, ...], ...]:
     found = ((PredictionsModel(feature.column, feature.shape[0]),),)
     return found + (load_models(
         dynamics, spec.signature, spec.device,
-        pinned=dict(spec.model_versions)) if dynamics else ())
+        pinned=dict(spec.model_versions), dynamics_last=True)
+                    if dynamics else ())
   return load_models((spec.model_paths or ((spec.model_path,),)) + dynamics,
                      spec.signature, spec.device,
-                     pinned=dict(spec.model_versions))
+                     pinned=dict(spec.model_versions),
+                     dynamics_last=bool(dynamics))
 
 
 def regions(confidence: np.ndarray, variability: np.ndarray,

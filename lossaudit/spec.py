@@ -207,9 +207,10 @@ class ScoringSpec:
 
   @property
   def dynamics(self) -> bool:
-    """Whether several checkpoints score each example."""
-    return bool(self.dynamics_paths) or (
-        bool(self.model_paths) and len(self.model_paths[0]) > 1)
+    """Whether several checkpoints give each example training dynamics (a
+    classifier's)."""
+    return self.is_classification and (bool(self.dynamics_paths) or (
+        bool(self.model_paths) and len(self.model_paths[0]) > 1))
 
   @property
   def num_dynamics_checkpoints(self) -> int:

@@ -680,7 +680,8 @@ def _model(**values):
     ({**_model(predictions_column="p"),
       "input": {"pattern": "x", "feature_columns": ["q"]}},
      "input.feature_columns: expected null with model.predictions_column"
-     " (the column is the only input). Received: ('q',)"),
+     " and no model.dynamics_path (the column is the only input). Received:"
+     " ('q',)"),
     ({**_model(predictions_column="p"), "loss": {"from_logits": True}},
      "loss.from_logits: expected false with model.predictions_kind"
      " 'probabilities' (set predictions_kind: logits for logits). Received:"

@@ -140,8 +140,11 @@ def test_summary_fields():
   assert rule.to_dict() == {
       "checkpoints": ["1", "2"], "fit": [0.2, 0.9], "accuracy": [0.8, 1.0],
       "oof_accuracy": 0.7, "usable": [True, False], "fell_back": False,
-      "max_fit": 0.5, "suspects": [3, 2], "below_zero": [1, 5],
-      "flagged": [1, 2]}
+      "max_fit": 0.5, "non_finite": None, "suspects": [3, 2],
+      "below_zero": [1, 5], "flagged": [1, 2]}
+  fell_back = ea.EarlyAumRule(("1",), [0.9], [1.0], 0.7, 0.5, [3, 2])
+  assert fell_back.to_dict()["below_zero"] is None
+  assert fell_back.to_dict()["flagged"] == [3, 2]  # The suspects.
 
 
 # The config -------------------------------------------------------------------
@@ -206,8 +209,12 @@ def test_accepted_configs():
     ({"path": "m/fold{fold}.keras", "folds": 5, "checkpoints": [1, 2],
       "dynamics_path": "m/full.keras"}, {},
      r"^model.dynamics_path: expected a path holding \{checkpoint\} \(once\)"
-     r" and no \{fold\}: the checkpoints of one model trained on every row."
-     r" Received: 'm/full.keras'$"),
+     r" and no other placeholder: the checkpoints of one model trained on"
+     r" every row. Received: 'm/full.keras'$"),
+    ({"path": "m/fold{fold}.keras", "folds": 5, "checkpoints": [1, 2],
+      "dynamics_path": "m/e{checkpoint:03d}.keras"}, {},
+     r"^model.dynamics_path: expected a path holding \{checkpoint\} \(once\)"
+     r" and no other placeholder: .* Received: 'm/e\{checkpoint:03d\}.keras'$"),
     ({"path": "m/fold{fold}.keras", "folds": 5, "checkpoints": [1, 2],
       "dynamics_path": "m/{fold}/epoch{checkpoint}.keras"}, {},
      r"^model.dynamics_path: expected a path holding \{checkpoint\}"),
@@ -373,7 +380,9 @@ def test_no_usable_checkpoint_falls_back_to_the_suspects(pairs, tmp_path,
                                   checkpoints=late)
   suspects = reference.suspects(pairs.labels, pairs.oof_probs)
   assert set(flagged["id"]) == set(pairs.ids[suspects])
-  assert summary["label_issues"]["early_aum"]["flagged"] is None
+  found = summary["label_issues"]["early_aum"]
+  assert found["below_zero"] is None
+  assert sum(found["flagged"]) == suspects.sum()
   assert ("lossaudit: warning: early_aum fell back to the prune_by_noise_rate"
           " suspects: no checkpoint of model.dynamics_path is usable"
           in capsys.readouterr().err)

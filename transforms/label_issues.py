@@ -187,9 +187,9 @@ class _FitCountsFn(beam.DoFn):
     every = class_arrays(batch, self._k)
     arrays = every.finite_rows()
     suspect, _ = rules.issue_mask(arrays.probs, arrays.given, arrays.ids)
-    correct = checkpoint_arrays(batch)[1][every.finite]
+    margins, correct = (a[every.finite] for a in checkpoint_arrays(batch))
     self._counts = self._counts.merge(early_aum.fit_counts(
-        arrays.given, arrays.probs, correct, suspect))
+        arrays.given, arrays.probs, correct, suspect, margins))
 
   def finish_bundle(self):
     yield in_global_window(self._counts)
@@ -241,6 +241,8 @@ def _with_cuts(rules: LabelRules, candidates: List[_AumCandidates]
   """`rules` with early AUM's per-class counts and cuts, from every
   bundle's candidates."""
   rule = rules.early_aum
+  if rule.fell_back:  # No early AUM: nothing below zero was counted.
+    return rules
   k = len(rule.suspects)
   below = sum((c.below_zero for c in candidates), np.zeros(k, np.int64))
   rule = dataclasses.replace(rule, below_zero=below.astype(int).tolist())
