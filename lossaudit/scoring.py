@@ -155,6 +155,7 @@ def _loss_outputs(spec: ScoringSpec, models: Sequence[AuditModel],
     term = spec.classifier
     outputs.update(_dynamics(term, outputs["given_label"],
                              [_output(p, term.output) for p in every],
+                             _rows_finite(list(features.values())),
                              spec.checkpoint_margins))
   return outputs
 
@@ -196,9 +197,12 @@ def _prediction_outputs(spec: ScoringSpec, loss_fns: List[Callable],
 
 
 def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor],
-              with_checkpoints: bool = False) -> Dict[str, tf.Tensor]:
+              inputs_finite: tf.Tensor, with_checkpoints: bool = False
+              ) -> Dict[str, tf.Tensor]:
   """`losses.training_dynamics` of the C checkpoints' `outputs` `(N, ...)`,
-  and `dynamics_finite` `(N,)`: whether every checkpoint's output is finite.
+  and `dynamics_finite` `(N,)`: whether their inputs (`inputs_finite`) and
+  every checkpoint's output are finite (a NaN input can give a finite
+  output: `relu(NaN)` is 0).
   `with_checkpoints`: also each checkpoint's `checkpoint_margins`,
   `checkpoint_correct` and `checkpoint_finite` (whether its output is)
   `(N, C)`.
@@ -213,12 +217,12 @@ def _dynamics(term: LossTerm, given: tf.Tensor, outputs: List[tf.Tensor],
   stacked = {key: tf.stack([part[key] for part in parts])
              for key in parts[0]}
   result = losses.training_dynamics(**stacked)
-  result["dynamics_finite"] = _rows_finite(outputs)
+  result["dynamics_finite"] = _rows_finite(outputs) & inputs_finite
   if with_checkpoints:
     result["checkpoint_margins"] = tf.transpose(stacked["margin"])
     result["checkpoint_correct"] = tf.transpose(stacked["correct"]) > 0
     result["checkpoint_finite"] = tf.stack(
-        [_rows_finite([y]) for y in outputs], axis=1)
+        [_rows_finite([y]) & inputs_finite for y in outputs], axis=1)
   return result
 
 

@@ -407,6 +407,11 @@ def _report(summary: Dict) -> int:
         f" ({summary['examples_dead_lettered']} dead-lettered),"
         f" flagged {summary['flagged']['total']}."
         f" Outputs in {summary['config']['output']['dir']}")
+  for fold, found in (summary.get("folds") or {}).items():
+    if "selected_checkpoint" in found and not found["count"]:
+      print(f"lossaudit: warning: fold {fold} has no rows, so no held-out"
+            f" loss to select its checkpoint by (is input.fold_column, or"
+            f" model.folds, what the training used?)", file=sys.stderr)
   early = (summary.get("label_issues") or {}).get("early_aum")
   if early and early["fell_back"]:
     print(f"lossaudit: warning: early_aum fell back to the"

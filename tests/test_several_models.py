@@ -415,3 +415,146 @@ def test_rows_flagged_by_aum_alone_are_scored_by_minus_aum():
       "id": ["a", "b"], "loss": [0.1, 5.0],
       "reasons": [["aum_below"], ["loss_threshold", "aum_below"]],
       "score": [3.0, 5.0], "aum": [-3.0, -2.0], "region": ["hard", "hard"]}
+
+
+# The checkpoints of a model trained on every row (`model.dynamics_path`) --
+
+
+def _margins(probs, label):
+  """`log p_given - max_other log p` `(N,)` of probabilities `(N, K)`."""
+  logs = np.log(probs.astype(np.float64))
+  others = np.where(np.arange(logs.shape[1]) == label[:, None], -np.inf, logs)
+  return logs[np.arange(len(label)), label] - others.max(axis=1)
+
+
+def test_a_diverged_dynamics_checkpoint_spares_the_others(tmp_path, models,
+                                                          data):
+  full = [str(models / "epoch1.keras"),
+          _nan_bias_copy(str(models / "epoch2.keras"),
+                         str(tmp_path / "nan.keras")),
+          str(models / "epoch3.keras")]
+  spec = dataclasses.replace(classifier_spec(""), model_paths=tuple(
+      (str(models / f"fold{k}.keras"),) for k in range(3)),
+                             fold_column="fold", dynamics_paths=tuple(full),
+                             checkpoint_margins=True)
+  scored, _ = BatchScorer(spec).score("f", _batch(data))
+  order = np.argsort(scored.column("id").to_numpy(zero_copy_only=False))
+  margins = np.stack(scored.column("__checkpoint_margins__").to_numpy(
+      zero_copy_only=False))[order]
+  correct = np.stack(scored.column("__checkpoint_correct__").to_numpy(
+      zero_copy_only=False))[order]
+  assert np.isnan(margins[:, 1]).all() and not correct[:, 1].any()
+  for c in (0, 2):
+    probs = _predict(full[c], data["x"])
+    np.testing.assert_allclose(margins[:, c], _margins(probs, data["label"]),
+                               atol=1e-5)
+    np.testing.assert_array_equal(correct[:, c],
+                                  probs.argmax(axis=1) == data["label"])
+
+
+def test_a_predictions_column_keeps_its_loss_where_the_full_model_cannot(
+    models, data):
+  probs = _predict(models / "fold0.keras", data["x"])
+  x = data["x"].copy()
+  x[:5, 0] = np.nan  # Only the full model reads x.
+  spec = classifier_spec("", output="predictions")
+  spec = dataclasses.replace(
+      spec, predictions_kind="probabilities",
+      features=(Feature("p", "p", (NUM_CLASSES,), "float32"),
+                Feature("x", "x", (NUM_FEATURES,), "float32")),
+      dynamics_paths=(str(models / "epoch1.keras"),
+                      str(models / "epoch2.keras")), checkpoint_margins=True)
+  scored, dead = BatchScorer(spec).score("f", _batch(
+      dict(data, x=x), p=pa.FixedSizeListArray.from_arrays(
+          pa.array(probs.reshape(-1)), NUM_CLASSES)))
+  assert dead == []
+  np.testing.assert_allclose(scored.column("loss").to_numpy(),
+                             _sparse_ce(probs, data["label"]), rtol=1e-4)
+  margins = np.stack(scored.column("__checkpoint_margins__").to_numpy(
+      zero_copy_only=False))
+  assert np.isnan(margins[:5]).all() and np.isfinite(margins[5:]).all()
+  assert np.isnan(scored.column("aum").to_numpy()[:5]).all()
+
+
+def _grid(tmp_path, models) -> str:
+  """3 folds × 2 checkpoints (copies of the module's models):
+  `f{fold}-c{checkpoint}.keras`."""
+  sources = sorted(models.glob("*.keras"))
+  for k in range(3):
+    for c in range(2):
+      (tmp_path / f"f{k}-c{c}.keras").write_bytes(
+          sources[2 * k + c].read_bytes())
+  return str(tmp_path / "f{fold}-c{checkpoint}.keras")
+
+
+def test_heldout_selection_takes_a_regression_loss(tmp_path, models, data):
+  path = _grid(tmp_path, models)
+  target = data["x"][:, :NUM_CLASSES]
+  column = pa.FixedSizeListArray.from_arrays(pa.array(target.reshape(-1)),
+                                             NUM_CLASSES)
+  plan = preflight.plan(_config(
+      _parquet(tmp_path, data, t=column), {
+          "path": path, "folds": 3, "checkpoints": [0, 1],
+          "select_checkpoint": "heldout_loss"},
+      loss={"name": "mean_squared_error"},
+      input={"label_column": "t", "id_column": "id", "fold_column": "fold"}))
+  assert plan.spec.select_checkpoint and not plan.spec.dynamics
+  scored, _ = BatchScorer(plan.spec).score("f", _batch(data, t=column))
+  ids = scored.column("id").to_numpy(zero_copy_only=False)
+  checkpoint = scored.column("__checkpoint__").to_numpy()
+  for k in range(3):
+    rows = data["fold"] == k
+    for c in range(2):
+      expected = np.mean((_predict(path.format(fold=k, checkpoint=c),
+                                   data["x"][rows]) - target[rows]) ** 2,
+                         axis=1)
+      mine = (checkpoint == c) & np.isin(ids, data["id"][rows])
+      by_id = dict(zip(ids[mine], scored.column("loss").to_numpy()[mine]))
+      np.testing.assert_allclose([by_id[i] for i in data["id"][rows]],
+                                 expected, rtol=1e-5)
+
+
+def test_the_full_models_errors_name_model_dynamics_path(tmp_path, models,
+                                                         data):
+  pattern = _parquet(tmp_path, data)
+  fold = str(models / "fold{fold}.keras")
+  with pytest.raises(ConfigError, match=r"^model.dynamics_path: expected a"
+                     r" .keras file or a SavedModel directory. Received:"
+                     r" .*epoch9.keras' \(no such file or directory\)$"):
+    preflight.plan(_config(pattern, {
+        "path": fold, "folds": 3, "checkpoints": [1, 9],
+        "dynamics_path": str(models / "epoch{checkpoint}.keras")},
+        input={"id_column": "id", "fold_column": "fold"}))
+  inputs = keras.Input((NUM_FEATURES,), name="x")
+  keras.Model(inputs, keras.layers.Dense(NUM_CLASSES + 1, activation="softmax")(
+      inputs)).save(str(tmp_path / "wide-2.keras"))
+  (tmp_path / "wide-1.keras").write_bytes(
+      (models / "epoch1.keras").read_bytes())
+  with pytest.raises(ConfigError, match=r"^model.dynamics_path: expected every"
+                     r" fold and checkpoint model to have the outputs of"
+                     r" .*Received: .*wide-2.keras"):
+    preflight.plan(_config(pattern, {
+        "path": fold, "folds": 3, "checkpoints": [1, 2],
+        "dynamics_path": str(tmp_path / "wide-{checkpoint}.keras")},
+        input={"id_column": "id", "fold_column": "fold"}))
+
+
+def test_feature_columns_map_the_full_models_inputs_beside_predictions(
+    tmp_path, data):
+  for c in (1, 2):  # Its input is named "z"; the data's column is "x".
+    _classifier(30 + c, str(tmp_path / f"z{c}.keras"))
+    model = keras.models.load_model(str(tmp_path / f"z{c}.keras"))
+    inputs = keras.Input((NUM_FEATURES,), name="z")
+    keras.Model(inputs, model(inputs)).save(str(tmp_path / f"z{c}.keras"))
+  pattern = _parquet(tmp_path, data, p=pa.FixedSizeListArray.from_arrays(
+      pa.array(np.full(N * NUM_CLASSES, 1 / NUM_CLASSES, np.float32)),
+      NUM_CLASSES))
+  model = {"predictions_column": "p", "checkpoints": [1, 2],
+           "dynamics_path": str(tmp_path / "z{checkpoint}.keras")}
+  with pytest.raises(ConfigError, match=r"'z'"):
+    preflight.plan(_config(pattern, model))
+  plan = preflight.plan(_config(pattern, model,
+                                input={"feature_columns": {"z": "x"}}))
+  assert plan.spec.features == (
+      Feature("p", "p", (NUM_CLASSES,), "float32"),
+      Feature("z", "x", (NUM_FEATURES,), "float32"))
