@@ -12,6 +12,7 @@ from lossaudit import cost
 from lossaudit.config import AuditConfig
 from lossaudit.folds import fold_of
 from lossaudit.merging import merge_all
+from lossaudit.pipelines import audit
 from tests import out_of_sample
 
 K = 5
@@ -82,6 +83,19 @@ def test_selected_rows():
   keep = cs.selected_rows(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]),
                           [1, 0])
   assert keep.tolist() == [False, True, True, False]
+
+
+def test_an_empty_fold_is_warned_of(capsys):
+  summary = {"examples_scored": 4, "examples_read": 4,
+             "examples_dead_lettered": 0, "flagged": {"total": 0},
+             "config": {"output": {"dir": "out"}},
+             "folds": {"0": {"count": 4, "selected_checkpoint": "2"},
+                       "1": {"count": 0, "selected_checkpoint": "1"}}}
+  assert audit._report(summary) == 0  # pylint: disable=protected-access
+  assert capsys.readouterr().err == (
+      "lossaudit: warning: fold 1 has no rows, so no held-out loss to select"
+      " its checkpoint by (is input.fold_column, or model.folds, what the"
+      " training used?)\n")
 
 
 # End to end -------------------------------------------------------------------

@@ -53,6 +53,19 @@ def test_fit_counts_and_the_usable_checkpoints():
                                                             False]
 
 
+def test_a_checkpoint_with_more_non_finite_margins_is_not_usable():
+  # 3 rows, all suspects; checkpoint 1 has one NaN margin (it diverged on
+  # a row the others score), so is not usable though it fits no suspect.
+  given, oof = np.array([0, 1, 0]), np.array([[.4, .6], [.7, .3], [.2, .8]])
+  correct = np.array([[0, 0], [0, 0], [1, 0]], bool)
+  margins = np.array([[-1.0, -1.0], [-2.0, np.nan], [1.0, -3.0]])
+  counts = ea.fit_counts(given, oof, correct, np.ones(3, bool), margins)
+  assert counts.non_finite.tolist() == [0, 1]
+  rule = ea.decide(counts, ("a", "b"), 0.5)
+  # fit 1/3 and 0; accuracy 1/3 and 0 against the argmax's 0.
+  assert rule.usable == [True, False] and rule.non_finite == [0, 1]
+
+
 def test_no_suspects_means_no_usable_checkpoint():
   counts = ea.fit_counts(np.array([0, 1]), np.array([[.9, .1], [.1, .9]]),
                          np.ones((2, 2), bool), np.zeros(2, bool))
