@@ -112,6 +112,16 @@ def run_audit(config: dict, *flags: str, exit_code: int = 0,
     return json.load(f)
 
 
+def written_config(summary: dict):
+  """The `AuditConfig` a run was given: the file `run_audit` wrote beside
+  its `output.dir` (`summary.json`'s `config` is resolved, every key set)."""
+  from lossaudit.config import AuditConfig  # pylint: disable=g-import-not-at-top
+
+  with open(summary["config"]["output"]["dir"].rstrip("/") + ".yaml",
+            encoding="utf-8") as f:
+    return AuditConfig.from_dict(yaml.safe_load(f))
+
+
 def predictions_config(pattern, output_dir, fmt="parquet", **sections):
   """A config auditing the probabilities column `p` (no model), flagging
   losses over 1 (p(given label) < 0.37), with `sections` merged in."""

@@ -9,11 +9,11 @@ from cleanlab.filter import find_label_issues
 
 from lossaudit import checkpoint_selection as cs
 from lossaudit import cost
-from lossaudit.config import AuditConfig
 from lossaudit.folds import fold_of
 from lossaudit.merging import merge_all
 from lossaudit.pipelines import audit
 from tests import out_of_sample
+from tests.helpers import written_config
 
 K = 5
 
@@ -156,11 +156,14 @@ def test_heldout_loss_label_issues_equal_cleanlab_on_the_best_checkpoints(
   counters = summary["metrics"]["counters"]
   assert counters["spill_rows_written"] == c * n + n
   assert counters["spill_rows_reread"] == c * n + 3 * n
-  plan = cost.plan_cost(AuditConfig.from_dict(summary["config"]), n, 5)
+  plan = cost.plan_cost(written_config(summary), n, 5)
   assert plan.scratch_passes == 4
   np.testing.assert_allclose(
       losses["loss"], -np.log(oof[np.arange(n), data.labels]), rtol=1e-4,
       atol=1e-6)
+  with open(tmp_path / "best" / "report.html", encoding="utf-8") as f:
+    page = f.read()
+  assert '<svg id="heldout-loss"' in page and 'id="heldout-losses"' in page
   noisy = set(data.ids[data.noisy])
   _, last, _ = _audit(data, tmp_path / "last", "last")
   print(f"F1 against the injected noise: best checkpoints"

@@ -21,7 +21,7 @@ from lossaudit.merging import merge_all
 from lossaudit.pipelines import audit
 from tests import early_aum_reference as reference
 from tests import out_of_sample
-from tests.helpers import REPO
+from tests.helpers import REPO, written_config
 
 K = 5
 
@@ -341,7 +341,7 @@ def _check_equal(data, tmp_path, source, expected, **audit):
   # flagging, the joint, the cells, the fit, the ranking and losses/.
   n = len(data.ids)
   assert summary["metrics"]["counters"]["spill_rows_reread"] == 6 * n
-  assert cost.scratch_passes(AuditConfig.from_dict(summary["config"])) == 6
+  assert cost.scratch_passes(written_config(summary)) == 6
   found = summary["label_issues"]["early_aum"]
   assert found["usable"] == expected.usable.tolist()
   assert found["fell_back"] == expected.fell_back
@@ -350,6 +350,10 @@ def _check_equal(data, tmp_path, source, expected, **audit):
   assert found["oof_accuracy"] == pytest.approx(expected.oof_accuracy)
   assert summary["flagged"]["by_reason"]["label_issue"] == (
       expected.flags.sum())
+  with open(tmp_path / source / "report.html", encoding="utf-8") as f:
+    page = f.read()
+  assert 'id="early-aum-checkpoints"' in page
+  assert 'id="early-aum-classes"' in page
   if expected.a is None:
     assert losses["early_aum"].isna().all()
   else:  # Float32 margins in the graph.
