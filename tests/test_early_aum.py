@@ -19,9 +19,13 @@ from lossaudit.errors import ConfigError
 from lossaudit.folds import fold_of
 from lossaudit.merging import merge_all
 from lossaudit.pipelines import audit
+from lossaudit.transforms.label_issues import (
+  AumCandidates,
+  SmallestAumCombineFn,
+)
 from tests import early_aum_reference as reference
 from tests import out_of_sample
-from tests.helpers import REPO, written_config
+from tests.helpers import REPO, check_combine_fn, written_config
 
 K = 5
 
@@ -135,6 +139,30 @@ def test_bundles_candidates_give_each_class_its_smallest_rows(buffer_limit):
   assert set(np.flatnonzero(flagged)) == _smallest_by_sorting(
       given, aum, hashes, caps)
   assert flagged.sum() == caps.sum()
+
+
+def test_the_bundles_candidates_combine_to_each_classs_smallest():
+  rng = np.random.default_rng(3)
+  n, k = 2000, 3
+  given = rng.integers(0, k, n)
+  aum = rng.normal(size=n).round(1)  # Ties, broken by the hash.
+  hashes = rng.permutation(n).astype(np.uint64)
+  limits = np.array([30, 0, 500])
+  bundles = []
+  for lo in range(0, n, 300):
+    bundle = ea.SmallestPerClass(limits)
+    bundle.add(aum[lo:lo + 300], given[lo:lo + 300], hashes[lo:lo + 300])
+    bundles.append(AumCandidates(bundle.below_zero, *bundle.candidates(),
+                                 limits))
+  below = np.bincount(given[aum < 0], minlength=k)
+  kept = _smallest_by_sorting(given, aum, hashes, limits)
+  expected = (below.tolist(), sorted(int(hashes[i]) for i in kept))
+
+  def check(actual, wanted):
+    assert (actual.below_zero.tolist(),
+            sorted(actual.id_hash.astype(int).tolist())) == wanted
+
+  check_combine_fn(SmallestAumCombineFn(), bundles, expected, check)
 
 
 def test_the_mask_never_flags_nan_and_a_class_without_a_cut():

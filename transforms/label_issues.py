@@ -8,6 +8,7 @@ examples or an N×K array. See `lossaudit/confident.py` for the math.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -195,14 +196,43 @@ class _FitCountsFn(beam.DoFn):
     yield in_global_window(self._counts)
 
 
-class _AumCandidates(NamedTuple):
+class AumCandidates(NamedTuple):
   """Rows with `a < 0` per class: counted `(K,)`, and each class's
-  smallest `(a, id hash)` (`early_aum.SmallestPerClass.candidates`)."""
+  smallest `limits[j]` `(a, id hash)` (`early_aum.SmallestPerClass`)."""
 
   below_zero: np.ndarray
   given: np.ndarray
   aum: np.ndarray
   id_hash: np.ndarray
+  limits: np.ndarray
+
+  def merge(self, other: "AumCandidates") -> "AumCandidates":
+    """Both counts, and each class's smallest `limits[j]` of both."""
+    given, aum, hashes = early_aum.top_per_class(
+        *(np.concatenate(pair) for pair in zip(
+            (self.given, self.aum, self.id_hash),
+            (other.given, other.aum, other.id_hash))), self.limits)
+    return AumCandidates(self.below_zero + other.below_zero, given, aum,
+                          hashes, self.limits)
+
+
+class SmallestAumCombineFn(beam.CombineFn):
+  """Bundles' `AumCandidates` → all rows': what is kept stays bounded by
+  the suspects, whatever the number of bundles. None for no bundle."""
+
+  def create_accumulator(self) -> Optional[AumCandidates]:
+    return None
+
+  def add_input(self, accumulator, candidates: AumCandidates):
+    return candidates if accumulator is None else accumulator.merge(
+        candidates)
+
+  def merge_accumulators(self, accumulators):
+    found = [a for a in accumulators if a is not None]
+    return functools.reduce(AumCandidates.merge, found) if found else None
+
+  def extract_output(self, accumulator):
+    return accumulator
 
 
 class _AumCandidatesFn(beam.DoFn):
@@ -232,25 +262,25 @@ class _AumCandidatesFn(beam.DoFn):
       return
     given, aum, hashes = self._smallest.candidates()
     self._emitted.inc(len(given))
-    yield in_global_window(_AumCandidates(self._smallest.below_zero, given,
-                                          aum, hashes))
+    yield in_global_window(AumCandidates(self._smallest.below_zero, given,
+                                          aum, hashes,
+                                          self._smallest.limits))
 
 
-def _with_cuts(rules: LabelRules, candidates: List[_AumCandidates]
+def _with_cuts(rules: LabelRules, candidates: Optional[AumCandidates]
                ) -> LabelRules:
-  """`rules` with early AUM's per-class counts and cuts, from every
-  bundle's candidates."""
+  """`rules` with early AUM's per-class counts and cuts, from all rows'
+  candidates (None: no row)."""
   rule = rules.early_aum
   if rule.fell_back:  # No early AUM: nothing below zero was counted.
     return rules
-  k = len(rule.suspects)
-  below = sum((c.below_zero for c in candidates), np.zeros(k, np.int64))
-  rule = dataclasses.replace(rule, below_zero=below.astype(int).tolist())
-  if candidates:
-    given, aum, hashes = (np.concatenate(parts) for parts in zip(
-        *((c.given, c.aum, c.id_hash) for c in candidates)))
-    rule = dataclasses.replace(rule, cuts=early_aum.class_cuts(
-        given, aum, hashes, rule.caps()))
+  if candidates is None:
+    return dataclasses.replace(rules, early_aum=dataclasses.replace(
+        rule, below_zero=[0] * len(rule.suspects)))
+  rule = dataclasses.replace(
+      rule, below_zero=candidates.below_zero.astype(int).tolist())
+  rule = dataclasses.replace(rule, cuts=early_aum.class_cuts(
+      candidates.given, candidates.aum, candidates.id_hash, rule.caps()))
   return dataclasses.replace(rules, early_aum=rule)
 
 
@@ -394,9 +424,11 @@ class FindLabelIssues(beam.PTransform):
                       "early AUM, rankings")
                   | "AumCandidates" >> beam.ParDo(
                       _AumCandidatesFn(k),
-                      rules=beam.pvalue.AsSingleton(rules)))
+                      rules=beam.pvalue.AsSingleton(rules))
+                  | "SmallestAum" >> beam.CombineGlobally(
+                      SmallestAumCombineFn()))
     return rules | "EarlyAumCuts" >> beam.Map(
-        _with_cuts, candidates=beam.pvalue.AsList(candidates))
+        _with_cuts, candidates=beam.pvalue.AsSingleton(candidates))
 
   def _reread_pass(self, what: str) -> beam.PTransform:
     """Reads the spilled batches back for one pass, `what` in its progress
