@@ -33,9 +33,9 @@ each one's median time and peak memory over (a)'s, one model.
 checkpoints (numeric case): `a-heldout-loss`, K=5 folds × 4 checkpoints each
 (`model.select_checkpoint: heldout_loss`, `prune_by_noise_rate`), and
 `a-early-aum`, 5 final fold models and 4 checkpoints of a full model
-(`flag.label_issues: early_aum`); random MLPs, so the rules' verdicts mean
-nothing, but every pass runs. Each prints its median time and peak memory
-over (a)'s.
+(`flag.label_issues: early_aum`): the scoring model perturbed, so that
+label issues are a few percent of the rows, as with trained checkpoints.
+Each prints its median time and peak memory over (a)'s.
 
 `--nightly` also times (a) with flag history (`gate.baseline`: the (a) run
 just before it, so every flag is persistent) and `output.clean` (a copy of
@@ -139,17 +139,29 @@ def build_several(directory: str, features: int, hidden: int, classes: int,
       _mlp(features, hidden, classes, seed + 1 + k).save(path)
 
 
-def build_checkpoints(directory: str, features: int, hidden: int,
-                      classes: int, seed: int = 100) -> None:
+def build_checkpoints(directory: str, seed: int = 100) -> None:
   """Writes `fold{k}-ckpt{c}.keras` (k < SEVERAL, c < CHECKPOINTS) and
-  `full-ckpt{c}.keras`: the models of `--checkpoint-rules`."""
-  names = [f"fold{k}-ckpt{c}" for k in range(SEVERAL)
+  `full-ckpt{c}.keras`, the models of `--checkpoint-rules`: `model.keras`
+  (whose predictions the labels are, 10% flipped) with its weights
+  perturbed, more for earlier checkpoints, so that they agree with most
+  labels as trained checkpoints would, and label issues are a few percent
+  of the rows (random models would make most rows issues)."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  names = [(f"fold{k}-ckpt{c}", c) for k in range(SEVERAL)
            for c in range(CHECKPOINTS)]
-  names += [f"full-ckpt{c}" for c in range(CHECKPOINTS)]
-  for i, name in enumerate(names):
+  names += [(f"full-ckpt{c}", c) for c in range(CHECKPOINTS)]
+  rng = np.random.default_rng(seed)
+  for name, c in names:
     path = os.path.join(directory, f"{name}.keras")
-    if not os.path.exists(path):
-      _mlp(features, hidden, classes, seed + i).save(path)
+    if os.path.exists(path):
+      continue
+    model = keras.models.load_model(os.path.join(directory, "model.keras"))
+    scale = 0.4 * (CHECKPOINTS - c) / CHECKPOINTS
+    model.set_weights([w + rng.normal(scale=scale * (w.std() + 1e-3),
+                                      size=w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    model.save(path)
 
 
 def checkpoint_rule_sections(directory: str, mode: str
@@ -538,7 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.checkpoint_rules:
     if args.case != "numeric":
       parser.error("--checkpoint-rules: the numeric case only")
-    build_checkpoints(data_dir, args.features, args.hidden, args.classes)
+    build_checkpoints(data_dir)
   if args.case == "serialized":
     cases.build_serialized(data_dir, args.features)
   elif args.case == "text":
