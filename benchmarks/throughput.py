@@ -190,6 +190,14 @@ def several_model(directory: str, mode: str) -> Dict:
           "checkpoints": list(range(SEVERAL))}
 
 
+def _cpu_seconds() -> float:
+  """CPU seconds of this process (every thread) and its finished
+  children (the DirectRunner's worker processes)."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _peak_rss_mb() -> float:
   """This process's peak resident memory, in MiB.
 
@@ -255,10 +263,11 @@ def run_lossaudit(directory: str, out: str, workers: int, batch_size: int,
   if workers > 1:
     argv += [f"--direct_num_workers={workers}",
              "--direct_running_mode=multi_processing"]
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), _cpu_seconds()
   summary = audit.run(argv)
   seconds = time.perf_counter() - start
   return {"seconds": seconds, "examples": summary["examples_scored"],
+          "cores_busy": (_cpu_seconds() - cpu) / seconds,
           "quantiles": summary["loss"]["quantiles"],
           "flagged": summary["flagged"]["total"],
           "clean": summary.get("clean"),
@@ -586,9 +595,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"Running ({mode}) {repeat + 1}/{args.repeat} ...", flush=True)
       r = _child(common + [f"--mode={mode}"])
       runs[mode].append(r)
+      busy = (f", {r['cores_busy']:.2f} cores busy" if "cores_busy" in r
+              else "")
       print(f"  ({mode}) {r['examples']} examples in {r['seconds']:.1f} s:"
             f" {r['examples'] / r['seconds']:,.0f} examples/s, peak RSS"
-            f" {r['peak_rss_mb']:,.0f} MB", flush=True)
+            f" {r['peak_rss_mb']:,.0f} MB{busy}", flush=True)
   results = {}
   for mode, done in runs.items():
     median = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
