@@ -517,26 +517,24 @@ def test_heldout_selection_takes_a_regression_loss(tmp_path, models, data):
 def test_the_full_models_errors_name_model_dynamics_path(tmp_path, models,
                                                          data):
   pattern = _parquet(tmp_path, data)
-  fold = str(models / "fold{fold}.keras")
-  with pytest.raises(ConfigError, match=r"^model.dynamics_path: expected a"
-                     r" .keras file or a SavedModel directory. Received:"
-                     r" .*epoch9.keras' \(no such file or directory\)$"):
-    preflight.plan(_config(pattern, {
-        "path": fold, "folds": 3, "checkpoints": [1, 9],
-        "dynamics_path": str(models / "epoch{checkpoint}.keras")},
-        input={"id_column": "id", "fold_column": "fold"}))
   inputs = keras.Input((NUM_FEATURES,), name="x")
   keras.Model(inputs, keras.layers.Dense(NUM_CLASSES + 1, activation="softmax")(
       inputs)).save(str(tmp_path / "wide-2.keras"))
   (tmp_path / "wide-1.keras").write_bytes(
       (models / "epoch1.keras").read_bytes())
-  with pytest.raises(ConfigError, match=r"^model.dynamics_path: expected every"
-                     r" fold and checkpoint model to have the outputs of"
-                     r" .*Received: .*wide-2.keras"):
-    preflight.plan(_config(pattern, {
-        "path": fold, "folds": 3, "checkpoints": [1, 2],
-        "dynamics_path": str(tmp_path / "wide-{checkpoint}.keras")},
-        input={"id_column": "id", "fold_column": "fold"}))
+  for full, checkpoints, message in (
+      (models / "epoch{checkpoint}.keras", [1, 9],
+       r"^model.dynamics_path: expected a .keras file or a SavedModel"
+       r" directory. Received: .*epoch9.keras' \(no such file or"
+       r" directory\)$"),
+      (tmp_path / "wide-{checkpoint}.keras", [1, 2],
+       r"^model.dynamics_path: expected every fold and checkpoint model to"
+       r" have the outputs of .*Received: .*wide-2.keras")):
+    with pytest.raises(ConfigError, match=message):
+      preflight.plan(_config(pattern, {
+          "path": str(models / "fold{fold}.keras"), "folds": 3,
+          "checkpoints": checkpoints, "dynamics_path": str(full)},
+          input={"id_column": "id", "fold_column": "fold"}))
 
 
 def test_feature_columns_map_the_full_models_inputs_beside_predictions(
