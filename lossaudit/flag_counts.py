@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,12 +67,33 @@ class FlagCounts:
     return cls(flagged["total"], dict(flagged.get("by_reason", {})),
                {LabelPair.from_key(k): n for k, n in pairs.items()})
 
-  def issue_matrix(self, num_classes: int) -> np.ndarray:
-    """Label issues `(K, K)` by given label (rows) and suggested label."""
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+  def issue_matrix(self, num_classes: int,
+                   classes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Label issues `(K, K)` by given label (rows) and suggested label; with
+    `classes` `(M,)`, only theirs `(M, M)`, in their order."""
+    if classes is None:
+      classes = range(num_classes)
+    index = {k: i for i, k in enumerate(classes)}
+    counts = np.zeros((len(index), len(index)), dtype=np.int64)
     for pair, n in self.by_pair.items():
-      counts[pair.given, pair.suggested] = n
+      if pair.given in index and pair.suggested in index:
+        counts[index[pair.given], index[pair.suggested]] = n
     return counts
+
+  def most_involved(self, most: int) -> List[int]:
+    """The at most `most` classes in the most label issues, given or
+    suggested (ties: the smaller class), in class order."""
+    involved = collections.Counter()
+    for pair, n in self.by_pair.items():
+      involved[pair.given] += n
+      involved[pair.suggested] += n
+    top = sorted(involved.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
+    return sorted(k for k, _ in top)
+
+  def top_pairs(self, most: int) -> List[Tuple[LabelPair, int]]:
+    """The at most `most` label pairs with the most issues (ties: the
+    smaller pair first)."""
+    return sorted(self.by_pair.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
 
   def issues_by_given(self, num_classes: int) -> List[int]:
     """Label issues `(K,)` by given label."""

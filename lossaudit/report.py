@@ -78,22 +78,32 @@ def _svg_histogram(edges: np.ndarray, counts: np.ndarray,
           f'{"".join(lines)}{axis}</svg>')
 
 
+# The label-issue section's bounds, whatever the number of classes K: the
+# heat map's classes, the per-class table's rows, the pairs table's rows.
+HEAT_MAP_CLASSES = 30
+CLASS_ROWS = 100
+PAIR_ROWS = 50
+
+
 def _class_label(k: int, class_names: Optional[Sequence[str]]) -> str:
   """Class `k` as the report shows it: `"k name"`, or `"k"` without names."""
   return f"{k} {class_names[k]}" if class_names else str(k)
 
 
 def _svg_heat_map(counts: np.ndarray,
-                  class_names: Optional[Sequence[str]] = None) -> str:
+                  class_names: Optional[Sequence[str]] = None,
+                  classes: Optional[Sequence[int]] = None) -> str:
   """The label-issue matrix: given label (rows) × suggested label (columns),
-  darker for more issues; `counts` is `FlagCounts.issue_matrix()` `(K, K)`.
+  darker for more issues; `counts` is `FlagCounts.issue_matrix()` `(M, M)`
+  of `classes` (default: every class, `M = K`).
 
   Axes and cells name each class `"id name"` when `class_names` (by index)
   are given; the column labels are then written upwards.
   """
   num_classes = len(counts)
   cell = max(4, min(36, 480 // max(num_classes, 1)))
-  labels = [_class_label(k, class_names) for k in range(num_classes)]
+  classes = range(num_classes) if classes is None else classes
+  labels = [_class_label(k, class_names) for k in classes]
   # Long names are cut on the axes (each cell's title has the whole name).
   shown = [t if len(t) <= 24 else t[:23] + "…" for t in labels]
   pad = 56 if not class_names else max(
@@ -376,14 +386,33 @@ def _label_issues(summary: Dict) -> str:
   num_classes = len(label_issues["label_counts"])
   names = label_issues.get("class_names")
   counts = FlagCounts.from_summary(summary)
+  label_counts = label_issues["label_counts"]
+  by_given = counts.issues_by_given(num_classes)
+  # At any K, the page stays small: the heat map of the classes most
+  # involved, and the classes and pairs with the most issues.
+  mapped = (list(range(num_classes)) if num_classes <= HEAT_MAP_CLASSES
+            else counts.most_involved(HEAT_MAP_CLASSES))
+  rows = (range(num_classes) if num_classes <= CLASS_ROWS else sorted(
+      range(num_classes), key=lambda k: (-by_given[k], k))[:CLASS_ROWS])
   per_class = _table(
       ["class", "examples", "label issues", "self-confidence threshold",
        "noise rate"],
-      [[_class_label(k, names), n, issues, t, r]
-       for k, (n, issues, t, r) in enumerate(zip(
-           label_issues["label_counts"], counts.issues_by_given(num_classes),
-           label_issues["thresholds"], label_issues["noise_rate"]))],
-      "label-issue-classes")
+      [[_class_label(k, names), label_counts[k], by_given[k],
+        label_issues["thresholds"][k], label_issues["noise_rate"][k]]
+       for k in rows], "label-issue-classes")
+  pairs = _table(
+      ["given", "suggested", "label issues", "share of the given class"],
+      [[_class_label(p.given, names), _class_label(p.suggested, names), n,
+        n / label_counts[p.given] if label_counts[p.given] else None]
+       for p, n in counts.top_pairs(PAIR_ROWS)], "label-issue-pairs")
+  bounded = ""
+  if num_classes > HEAT_MAP_CLASSES:
+    table = ("every class" if num_classes <= CLASS_ROWS else
+             f"the {CLASS_ROWS} with the most issues")
+    bounded = (f"<p class=\"note\">Of {num_classes} classes, the heat map"
+               f" shows the {len(mapped)} most involved in label issues"
+               f" (given or suggested), the class table {table}, and the"
+               f" pairs table the {PAIR_ROWS} pairs with the most.</p>")
   left_out = label_issues.get("non_finite_left_out") or 0
   left_out_note = (
       f"<p class=\"note\">{left_out} examples with a non-finite probability"
@@ -391,9 +420,11 @@ def _label_issues(summary: Dict) -> str:
       " confident joint and the ranking.</p>" if left_out else "")
   return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
           " the examples given the row's label that the model suggests belong"
-          " to the column's class.</p>" + left_out_note +
-          _svg_heat_map(counts.issue_matrix(num_classes), names) + per_class
-          + _early_aum(label_issues, names))
+          " to the column's class.</p>" + left_out_note + bounded +
+          _svg_heat_map(counts.issue_matrix(num_classes, mapped), names,
+                        mapped) + per_class +
+          "<h3>Class pairs with the most label issues</h3>" + pairs +
+          _early_aum(label_issues, names))
 
 
 def _flagged_table(columns: Sequence[str], rows: Sequence[Dict[str, Any]],

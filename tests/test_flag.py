@@ -85,3 +85,10 @@ def test_flag_counts_merge_and_write_summary_json():
   np.testing.assert_array_equal(merged.issue_matrix(11)[[10, 2], [2, 1]],
                                 [2, 1])
   assert merged.issues_by_given(11) == [0, 0, 1] + [0] * 7 + [2]
+  # Class 2 is in 3 issues (given once, suggested twice), 10 in 2, 1 in 1.
+  assert merged.most_involved(2) == [2, 10]
+  np.testing.assert_array_equal(merged.issue_matrix(11, [2, 10]),
+                                [[0, 0], [2, 0]])
+  assert merged.top_pairs(1) == [(LabelPair(10, 2), 2)]
+  tied = FlagCounts(by_pair={LabelPair(3, 1): 4, LabelPair(1, 3): 4})
+  assert tied.top_pairs(5) == [(LabelPair(1, 3), 4), (LabelPair(3, 1), 4)]

@@ -125,3 +125,66 @@ def test_report_summary_matches_the_tables(demo_report):
                        str(summary["examples_scored"]),
                        str(summary["examples_dead_lettered"]),
                        str(summary["flagged"]["total"])]
+
+
+def _many_classes(summary, k, pairs, seed=0):
+  """`summary` with label issues over `k` classes: `pairs` random (given,
+  suggested) pairs, each with a count, and class names."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  given = rng.integers(0, k, pairs)
+  suggested = (given + rng.integers(1, k, pairs)) % k
+  counts = rng.integers(1, 40, pairs)
+  by_pair = {}
+  for g, s, n in zip(given.tolist(), suggested.tolist(), counts.tolist()):
+    by_pair[f"{g}->{s}"] = by_pair.get(f"{g}->{s}", 0) + n
+  label_counts = (rng.integers(50, 500, k) + np.bincount(
+      given, weights=counts, minlength=k)).astype(int).tolist()
+  names = [f"class number {i}" for i in range(k)]
+  return dict(summary, label_issues={
+      "method": "confident_learning", "label_counts": label_counts,
+      "thresholds": rng.random(k).tolist(), "noise_rate":
+      rng.random(k).tolist(), "issues_by_pair": by_pair,
+      "class_names": names, "non_finite_left_out": 0}), by_pair, label_counts
+
+
+def test_the_label_issue_section_stays_small_at_ten_thousand_classes(
+    demo_report, tmp_path):
+  """At K = 10,000 the page holds a heat map of the 30 classes most
+  involved, the 100 classes and 50 pairs with the most issues: well under
+  5 MB, and it renders."""
+  from lossaudit import report  # pylint: disable=g-import-not-at-top
+
+  summary, by_pair, label_counts = _many_classes(demo_report[1], 10_000,
+                                                 50_000)
+  page = report.render_report(summary, [0.0, 1.0], [])
+  assert len(page.encode()) < 5_000_000
+  matrix = re.search(r'<svg id="label-issue-matrix".*?</svg>', page, re.S)
+  assert len(re.findall(r"<rect ", matrix.group(0))) == 30 * 30
+  involved = {}
+  for key, n in by_pair.items():
+    for k in map(int, key.split("->")):
+      involved[k] = involved.get(k, 0) + n
+  most = sorted(involved, key=lambda k: (-involved[k], k))[:30]
+  shown = {int(g) for g in re.findall(r"<title>given (\d+) ",
+                                      matrix.group(0))}
+  assert shown == set(most)
+  # The pairs table's first row: the pair with the most issues (by sort).
+  top_key, top_n = sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+  given, suggested = map(int, top_key.split("->"))
+  pairs = re.search(r'<table id="label-issue-pairs">(.*?)</table>', page,
+                    re.S).group(1)
+  rows = re.findall(r"<tr>(.*?)</tr>", pairs, re.S)[1:]
+  assert len(rows) == 50
+  assert re.findall(r"<td>(.*?)</td>", rows[0]) == [
+      f"{given} class number {given}", f"{suggested} class number"
+      f" {suggested}", str(top_n), f"{top_n / label_counts[given]:.6g}"]
+  classes = re.search(r'<table id="label-issue-classes">(.*?)</table>', page,
+                      re.S).group(1)
+  assert len(re.findall(r"<tr>", classes)) == 1 + 100
+  assert "Of 10000 classes, the heat map shows the 30 most involved" in page
+  if CHROMIUM is not None:
+    found = probe_page(page, 'document.querySelectorAll('
+                       '"#label-issue-matrix rect").length', tmp_path)
+    assert found == "900"
