@@ -226,13 +226,16 @@ def _early_aum(label_issues: Dict, names: Optional[Sequence[str]]) -> str:
       [[c, f, a, "yes" if u else "no"] for c, f, a, u in zip(
           found["checkpoints"], found["fit"], found["accuracy"], usable)],
       "early-aum-checkpoints")
-  flagged = found["flagged"] or [None] * len(found["suspects"])
+  suspects = found["suspects"]
+  flagged = found["flagged"] or [0] * len(suspects)
+  below = found["below_zero"] or [None] * len(suspects)
+  rows = (range(len(suspects)) if len(suspects) <= CLASS_ROWS else sorted(
+      range(len(suspects)), key=lambda k: (-flagged[k], k))[:CLASS_ROWS])
   classes = _table(
       ["class", "suspects (prune_by_noise_rate)", "early AUM < 0",
        "flagged"],
-      [[_class_label(k, names), s, b, f] for k, (s, b, f) in enumerate(zip(
-          found["suspects"], found["below_zero"] or [None] * len(flagged),
-          flagged))], "early-aum-classes")
+      [[_class_label(k, names), suspects[k], below[k], flagged[k]]
+       for k in rows], "early-aum-classes")
   if found["fell_back"]:
     verdict = ("<p class=\"note\">No checkpoint was usable: early AUM fell"
                " back, and the label issues are the prune_by_noise_rate"

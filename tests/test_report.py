@@ -158,6 +158,12 @@ def test_the_label_issue_section_stays_small_at_ten_thousand_classes(
 
   summary, by_pair, label_counts = _many_classes(demo_report[1], 10_000,
                                                  50_000)
+  flagged = [k % 7 for k in range(10_000)]
+  summary["label_issues"]["early_aum"] = {
+      "checkpoints": ["1", "2"], "fit": [0.2, 0.9], "accuracy": [0.8, 0.9],
+      "oof_accuracy": 0.7, "usable": [True, False], "fell_back": False,
+      "max_fit": 0.5, "non_finite": [0, 0], "suspects": [7] * 10_000,
+      "below_zero": [9] * 10_000, "flagged": flagged}
   page = report.render_report(summary, [0.0, 1.0], [])
   assert len(page.encode()) < 5_000_000
   matrix = re.search(r'<svg id="label-issue-matrix".*?</svg>', page, re.S)
@@ -184,6 +190,12 @@ def test_the_label_issue_section_stays_small_at_ten_thousand_classes(
                       re.S).group(1)
   assert len(re.findall(r"<tr>", classes)) == 1 + 100
   assert "Of 10000 classes, the heat map shows the 30 most involved" in page
+  early = re.search(r'<table id="early-aum-classes">(.*?)</table>', page,
+                    re.S).group(1)
+  early_rows = re.findall(r"<tr>(.*?)</tr>", early, re.S)[1:]
+  assert len(early_rows) == 100  # Those that flag 6, smallest class first.
+  assert re.findall(r"<td>(.*?)</td>", early_rows[0]) == [
+      "6 class number 6", "7", "9", "6"]
   if CHROMIUM is not None:
     found = probe_page(page, 'document.querySelectorAll('
                        '"#label-issue-matrix rect").length', tmp_path)
