@@ -249,6 +249,8 @@ class _AumCandidatesFn(beam.DoFn):
 
   def process(self, batch: pa.RecordBatch, rules: LabelRules):
     rule = rules.early_aum
+    if rule.fell_back:  # No early AUM to rank.
+      return
     if self._smallest is None:
       self._smallest = early_aum.SmallestPerClass(np.asarray(rule.suspects))
     every = class_arrays(batch, self._k)
