@@ -20,9 +20,11 @@ from typing import List, NamedTuple
 
 import numpy as np
 
+from lossaudit.merging import SummedArrays
+
 
 @dataclasses.dataclass(frozen=True)
-class HeldoutSums:
+class HeldoutSums(SummedArrays):
   """Held-out losses per (fold, checkpoint), merged by element-wise sums.
 
   Attributes:
@@ -40,10 +42,6 @@ class HeldoutSums:
     shape = (num_folds, num_checkpoints)
     return cls(np.zeros(shape), np.zeros(shape, np.int64),
                np.zeros(shape, np.int64))
-
-  def merge(self, other: "HeldoutSums") -> "HeldoutSums":
-    return HeldoutSums(self.sums + other.sums, self.counts + other.counts,
-                       self.non_finite + other.non_finite)
 
 
 def heldout_sums(loss: np.ndarray, fold: np.ndarray, checkpoint: np.ndarray,

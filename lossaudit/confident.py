@@ -273,10 +273,7 @@ class CellCandidates:
     ids = np.concatenate([p[2] for p in self._parts])
     order = np.lexsort((ids, -values, cells))
     cells, values, ids = cells[order], values[order], ids[order]
-    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
-    lengths = np.diff(np.r_[starts, cells.size])
-    rank = np.arange(cells.size) - np.repeat(starts, lengths)
-    keep = rank < self.prune.reshape(-1)[cells]
+    keep = ranks_within(cells) < self.prune.reshape(-1)[cells]
     cells, values, ids = cells[keep], values[keep], ids[keep]
     self._parts = [(cells, values, ids)]
     self._size = cells.size
@@ -300,6 +297,16 @@ class CellCandidates:
     for lo, hi in zip(starts, np.r_[starts[1:], cells.size]):
       cell = int(cells[lo])
       yield (cell // k, cell % k), values[lo:hi], ids[lo:hi]
+
+
+def ranks_within(groups: np.ndarray) -> np.ndarray:
+  """Each element's rank `(M,)` within its run of equal `groups` `(M,)`
+  (sorted by group): 0 for the first of a group."""
+  if not groups.size:
+    return np.zeros(0, np.int64)
+  starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+  lengths = np.diff(np.r_[starts, groups.size])
+  return np.arange(groups.size) - np.repeat(starts, lengths)
 
 
 def cell_bounds(cell_last: Dict[Tuple[int, int], Tuple[float, str]],

@@ -33,6 +33,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from lossaudit.confident import ranks_within
+from lossaudit.merging import SummedArrays
+
 EARLY_AUM = "early_aum"
 # `flag.early_aum_max_fit`: a checkpoint predicting more of the suspects as
 # given than this has begun to memorise their labels.
@@ -40,7 +43,7 @@ DEFAULT_MAX_FIT = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
-class FitCounts:
+class FitCounts(SummedArrays):
   """Step 2's sums, merged element-wise.
 
   Attributes:
@@ -65,10 +68,6 @@ class FitCounts:
                np.zeros(num_checkpoints, np.int64),
                np.zeros(num_checkpoints, np.int64), np.zeros((), np.int64),
                np.zeros((), np.int64), np.zeros(num_checkpoints, np.int64))
-
-  def merge(self, other: "FitCounts") -> "FitCounts":
-    return FitCounts(*(getattr(self, f.name) + getattr(other, f.name)
-                       for f in dataclasses.fields(self)))
 
 
 def fit_counts(given: np.ndarray, oof: np.ndarray, correct: np.ndarray,
@@ -265,11 +264,7 @@ def top_per_class(given: np.ndarray, aum: np.ndarray, id_hash: np.ndarray,
   by class, `aum`, then hash; each argument `(M,)` but `limits` `(K,)`."""
   order = np.lexsort((id_hash, aum, given))
   given, aum, id_hash = given[order], aum[order], id_hash[order]
-  starts = np.flatnonzero(np.r_[True, given[1:] != given[:-1]]) if len(
-      given) else np.zeros(0, np.int64)
-  lengths = np.diff(np.r_[starts, len(given)])
-  rank = np.arange(len(given)) - np.repeat(starts, lengths)
-  keep = rank < np.asarray(limits)[given]
+  keep = ranks_within(given) < np.asarray(limits)[given]
   return given[keep], aum[keep], id_hash[keep]
 
 

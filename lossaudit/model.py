@@ -62,9 +62,9 @@ def remote_version(path: str) -> Optional[str]:
   return _local_copy(path, None, copy=False)[1]
 
 
-def _changed(path: str) -> ConfigError:
+def _changed(path: str, key: str = "model.path") -> ConfigError:
   return ConfigError(
-      "model.path: expected the model as it was when the run was planned;"
+      f"{key}: expected the model as it was when the run was planned;"
       " its files changed since (overwritten while the job runs?), and a"
       f" job scores with one model. Received: {path!r}")
 
@@ -80,9 +80,10 @@ def _remote_files(root: str):
   return files, stamp
 
 
-def _local_copy(path: str, version: Optional[str], copy: bool = True
-                ) -> Tuple[str, Optional[str]]:
-  """`(local path, remote_version)`; see `local_copy`."""
+def _local_copy(path: str, version: Optional[str], copy: bool = True,
+                key: str = "model.path") -> Tuple[str, Optional[str]]:
+  """`(local path, remote_version)`; see `local_copy` (its errors name
+  `key`)."""
   if "://" not in path:
     return path, None
   from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
@@ -95,7 +96,7 @@ def _local_copy(path: str, version: Optional[str], copy: bool = True
   if not files:
     return path, None
   if version is not None and stamp != version:
-    raise _changed(path)
+    raise _changed(path, key)
   single = len(files) == 1 and files[0].path.rstrip("/") == root
   name = os.path.basename(root) if single else "model"
   target = os.path.join(_CACHE_DIR, stamp, name)
@@ -116,7 +117,7 @@ def _local_copy(path: str, version: Optional[str], copy: bool = True
       shutil.copyfileobj(src, dst, 16 << 20)
   if _remote_files(root)[1] != stamp:  # Overwritten while it was copied.
     shutil.rmtree(staging, ignore_errors=True)
-    raise _changed(path)
+    raise _changed(path, key)
   os.makedirs(os.path.dirname(target), exist_ok=True)
   try:
     os.rename(os.path.join(staging, name), target)
@@ -129,6 +130,9 @@ def _local_copy(path: str, version: Optional[str], copy: bool = True
 class AuditModel:
   """A model called on a dict of batched input tensors.
 
+  Its load errors name `key`: `model.path`, or `model.dynamics_path` for
+  the checkpoints of the model trained on every row.
+
   Attributes:
     inputs: the model's inputs, in the model's order.
     outputs: the model's outputs, by name (Keras output names, or the
@@ -136,20 +140,21 @@ class AuditModel:
   """
 
   def __init__(self, path: str, signature: str = "serving_default",
-               version: Optional[str] = None):
+               version: Optional[str] = None, key: str = "model.path"):
     self.path = path
-    path, self.version = _local_copy(path, version)
+    self._key = key
+    path, self.version = _local_copy(path, version, key=key)
     if os.path.isdir(path):
       if not tf.saved_model.contains_saved_model(path):
         raise ConfigError(
-            f"model.path: expected a .keras file or a SavedModel directory."
+            f"{key}: expected a .keras file or a SavedModel directory."
             f" Received: {path!r} (a directory with no saved_model.pb)")
       self._load_saved_model(path, signature)
     elif os.path.isfile(path):
       self._load_keras(path)
     else:
       raise ConfigError(
-          f"model.path: expected a .keras file or a SavedModel directory."
+          f"{key}: expected a .keras file or a SavedModel directory."
           f" Received: {path!r} (no such file or directory)")
 
   def _load_keras(self, path: str) -> None:
@@ -157,7 +162,7 @@ class AuditModel:
       model = keras.models.load_model(path, compile=False)
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
-          f"model.path: expected a Keras model file. Received: {path!r}"
+          f"{self._key}: expected a Keras model file. Received: {path!r}"
           f" ({explained(type(e).__name__, e)})") from None
     self._keras_model = model
     self.inputs = tuple(
@@ -181,7 +186,7 @@ class AuditModel:
       loaded = tf.saved_model.load(path)
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
-          f"model.path: expected a loadable SavedModel. Received: {path!r}"
+          f"{self._key}: expected a loadable SavedModel. Received: {path!r}"
           f" ({explained(type(e).__name__, e)})") from None
     if signature not in loaded.signatures:
       raise ConfigError(
@@ -422,7 +427,7 @@ def _load_models(paths: Tuple[Tuple[str, ...], ...], signature: str,
   if dynamics_last:
     keys[-1] = DYNAMICS_KEY
   with tf.device("/CPU:0") if on_cpu else contextlib.nullcontext():
-    loaded = tuple(tuple(_load(path, signature, pinned.get(path), key)
+    loaded = tuple(tuple(AuditModel(path, signature, pinned.get(path), key)
                          for path in group)
                    for group, key in zip(paths, keys))
   first = loaded[0][0]
@@ -445,16 +450,6 @@ def _load_models(paths: Tuple[Tuple[str, ...], ...], signature: str,
 # The key of the checkpoints of the model trained on every row.
 DYNAMICS_KEY = "model.dynamics_path"
 
-
-def _load(path: str, signature: str, version: Optional[str], key: str
-          ) -> AuditModel:
-  """`AuditModel(path, ...)`, its errors naming `key`."""
-  try:
-    return AuditModel(path, signature, version)
-  except ConfigError as e:
-    if key == "model.path" or not str(e).startswith("model.path:"):
-      raise
-    raise ConfigError(key + str(e)[len("model.path"):]) from None
 
 
 def _by_name(model: AuditModel) -> Tuple:

@@ -651,6 +651,9 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
     inputs: the N rows scored; rows without ids get content fingerprints.
     result: `BatchScorer.score_arrays`' `(N,)` arrays.
   """
+  if inputs.ids is None:
+    inputs = inputs._replace(ids=cols.fingerprints(
+        *map(_hashable, inputs.features.values()), *inputs.labels.values()))
   if not spec.select_checkpoint:
     return _scored_rows(spec, inputs, result)
   shared = {k: v for k, v in result.items() if k != "by_checkpoint"}
@@ -664,13 +667,9 @@ def scored_batch(spec: ScoringSpec, inputs: ModelInputs,
 
 def _scored_rows(spec: ScoringSpec, inputs: ModelInputs,
                  result: Mapping[str, np.ndarray]) -> pa.RecordBatch:
-  """The scored batch of N rows, schema `spec.scored_schema()`."""
-  ids = inputs.ids
-  if ids is None:
-    ids = cols.fingerprints(*map(_hashable, inputs.features.values()),
-                            *inputs.labels.values())
+  """The scored batch of N rows with ids, schema `spec.scored_schema()`."""
   loss = result["loss"].astype(np.float64)
-  arrays = {"id": ids, "loss": pa.array(loss)}
+  arrays = {"id": inputs.ids, "loss": pa.array(loss)}
   if spec.weight_column:
     arrays["weighted_loss"] = pa.array(loss * inputs.weights)
   if spec.multi_output:

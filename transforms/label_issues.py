@@ -25,22 +25,14 @@ from lossaudit.label_rules import (
   checkpoint_arrays,
   class_arrays,
 )
-from lossaudit.merging import merge_all
+from lossaudit.merging import SummedArrays, merge_all
 from lossaudit.rules import Thresholds
 from lossaudit.stats import top_k_merge
 from lossaudit.transforms.spill import ReadSpilled, in_global_window
 
 
-class _SummedArrays:
-  """Numpy arrays (dataclass fields) that merge by element-wise sums."""
-
-  def merge(self, other):
-    return type(self)(*(getattr(self, f.name) + getattr(other, f.name)
-                        for f in dataclasses.fields(self)))
-
-
 @dataclasses.dataclass(frozen=True)
-class _ClassSums(_SummedArrays):
+class _ClassSums(SummedArrays):
   """Per given class: self-confidences summed `(K,)`, and examples `(K,)`."""
 
   sums: np.ndarray
@@ -48,7 +40,7 @@ class _ClassSums(_SummedArrays):
 
 
 @dataclasses.dataclass(frozen=True)
-class _JointCounts(_SummedArrays):
+class _JointCounts(SummedArrays):
   """Raw confident-joint counts `(K, K)`, given-label counts `(K,)`, the
   rows left out for a non-finite probability or loss `()`, and each cell's
   margin histogram `(K, K, bins)` (`prune_by_noise_rate`; else `(0,)`)."""
