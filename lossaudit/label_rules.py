@@ -154,8 +154,7 @@ class LabelRules:
         cells=self._cell_bounds if self.method in _RANKS_CELLS else None)
 
   def early_aum_issues(self, arrays: ClassArrays, margins: np.ndarray,
-                       id_hash: np.ndarray
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       id_hash: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Early AUM's issues, when it did not fall back.
 
     Args:
@@ -164,15 +163,15 @@ class LabelRules:
       id_hash: `(N,)` the ids' `data_map.sampling_keys`.
 
     Returns:
-      `(mask (N,), suggested (N,), aum (N,))`: `suggested` is -1 where not
-      an issue (as `confident.suggested_labels` else).
+      `(mask (N,), suggested (N,))`: `suggested` is -1 where not an issue
+      (as `confident.suggested_labels` else).
     """
     aum = self.early_aum.aum(margins)
     mask = self.early_aum.mask(aum, arrays.given, id_hash) & arrays.finite
     suggested = np.full(len(mask), -1)
     suggested[mask] = confident.suggested_labels(
         arrays.probs[mask], arrays.given[mask], np.asarray(self.thresholds))
-    return mask, suggested, aum
+    return mask, suggested
 
   def to_dict(self) -> Dict:
     """`label_issues` in `summary.json`, less `issues_by_pair` (which the

@@ -68,7 +68,7 @@ class LabelIssue(FlagRule):
       from lossaudit.data_map import sampling_keys  # pylint: disable=g-import-not-at-top
       from lossaudit.label_rules import checkpoint_arrays  # pylint: disable=g-import-not-at-top
 
-      issues, rows.suggested, _ = threshold.early_aum_issues(
+      issues, rows.suggested = threshold.early_aum_issues(
           arrays, checkpoint_arrays(rows.batch)[0], sampling_keys(rows.ids))
     else:
       issues, rows.suggested = threshold.issue_mask(probs, given, rows.ids)
