@@ -582,7 +582,7 @@ def _ids(batch: pa.RecordBatch, name: str) -> Column:
   text = cols.first_as_text(found)
   missing = text.strings.is_null().to_numpy(zero_copy_only=False)
   problems = [Problem(missing & ~text.not_utf8, MISSING_ID,
-                      f"missing id column {name!r}")]
+                      f"id is null (column {name!r})")]
   if text.not_utf8.any():
     problems.append(Problem(text.not_utf8, BAD_ID,
                             "id is not valid UTF-8: {value}", text.raw))

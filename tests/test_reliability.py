@@ -100,7 +100,7 @@ def test_parquet_rows_with_nulls_are_dead_lettered(
   dead = sorted(_dead_letters(out), key=lambda d: d["reason"])
   assert [(d["id"], d["reason"], d["error"]) for d in dead] == [
       ("ex-00007", "missing_feature", "missing feature 'x'"),
-      (None, "missing_id", "missing id column 'id'"),
+      (None, "missing_id", "id is null (column 'id')"),
       ("ex-00009", "missing_label", "missing label 'label'")]
   _assert_account(summary)
 

@@ -159,9 +159,21 @@ def test_bad_rows_are_dead_lettered_with_reasons(classifier_path, columns):
       {"source": "file-1", "id": "c",
        "error": "missing feature 'x'; label 9 out of range: expected an"
                 " integer class in [0, 5)", "reason": "missing_feature"},
-      {"source": "file-1", "id": None, "error": "missing id column 'id'",
+      {"source": "file-1", "id": None, "error": "id is null (column 'id')",
        "reason": "missing_id"},
   ]
+
+
+def test_a_file_without_the_id_column_is_dead_lettered(classifier_path,
+                                                       columns):
+  batch = pa.RecordBatch.from_pydict({
+      "x": pa.array([list(v) for v in columns["x"][:2]],
+                    pa.list_(pa.float32())),
+      "label": pa.array([1, 2])})
+  scored, dead = BatchScorer(_spec(classifier_path)).score("file-2", batch)
+  assert scored is None
+  assert [(d["id"], d["reason"], d["error"]) for d in dead] == [
+      (None, "missing_id", "missing id column 'id'")] * 2
 
 
 def test_score_batches_transform(classifier_path, columns):
