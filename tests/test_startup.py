@@ -116,9 +116,9 @@ def test_summary_has_the_startup_steps(write_config, tfrecord_dir,
 class _CountedModel(model_lib.AuditModel):
   loads = []
 
-  def __init__(self, path, signature="serving_default", version=None):
+  def __init__(self, path, *args, **kwargs):
     _CountedModel.loads.append(path)
-    super().__init__(path, signature, version)
+    super().__init__(path, *args, **kwargs)
 
 
 def test_the_model_is_loaded_once_a_process(write_config, tfrecord_dir,
