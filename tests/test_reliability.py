@@ -169,12 +169,15 @@ def test_killed_run_leaves_no_summary_and_a_rerun_replaces_it(
   assert (out / "summary.json").exists()
   blocked = base_config(tfrecord_dir / "*.gz", classifier_path, out,
                         loss={"custom": "tests.custom_losses:blocking_nll"})
-  # Stopped at its 6th scored batch (the pre-run probe is the 1st), midway
-  # through the pipeline's first pass: scratch written, no summary yet.
+  # Stopped at its 10th scored batch (the pre-run probe is the 1st), in the
+  # last of the 3 shards of the pipeline's first pass: scratch written, no
+  # summary yet.
   process = start_blocked_audit(write_config(blocked, "blocked.yaml"),
-                                block_at=6)
+                                block_at=10)
   try:
-    assert list((out / ".scratch").glob("*/*"))
+    written = sorted(str(path.relative_to(out)) for path in out.rglob("*"))
+    assert [name for name in written if name.startswith(".scratch/")
+            and name.count("/") == 2], written
     assert not (out / "summary.json").exists()
   finally:
     process.send_signal(signal.SIGKILL)
