@@ -230,10 +230,9 @@ def calibrated_joint(raw: CellCounts, label_counts: np.ndarray
   # cleanlab's `(cj.T / row_sums * label_counts).T`, element by element.
   scaled = counts / np.clip(row_sums, TINY_VALUE, None)[rows] * (
       label_counts[rows])
-  # Its sum runs over that transposed array's memory: column-major here.
-  by_column = np.argsort(joint.columns * k + rows, kind="stable")
-  total = dense_order_sum((joint.columns * k + rows)[by_column],
-                          scaled[by_column], k * k)
+  # That array is row-major (a transpose of an operation on a transpose):
+  # numpy adds it in the cells' order.
+  total = dense_order_sum(joint.cells, scaled, k * k)
   scaled = scaled / np.clip(total, TINY_VALUE, None) * label_counts.sum()
   return _round_rows(CellCounts(k, joint.cells, scaled)).nonzero()
 
