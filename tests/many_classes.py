@@ -97,9 +97,9 @@ def record_batch(built: ManyClasses, rows: slice = slice(None)):
 def scoring_throughput(built: ManyClasses, batch_sizes: Sequence[int],
                        repeats: int = 3) -> List[dict]:
   """Examples/s on every row, in batches of each size (the best of
-  `repeats` passes, after one pass that traces): `BatchScorer.score` on
-  Arrow batches (`what`: `keep_probs` or not), and `keras`, the model and
-  its loss alone."""
+  `repeats` passes, after one pass that traces; the ways take turns):
+  `BatchScorer.score` on Arrow batches (`what`: `keep_probs` or not), and
+  `keras`, the model and its loss alone."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -120,15 +120,17 @@ def scoring_throughput(built: ManyClasses, batch_sizes: Sequence[int],
   for size in batch_sizes:
     batches = [record_batch(built, slice(at, at + size))
                for at in range(0, len(built.ids), size)]
-    for what, score in ways.items():
-      times = []
-      for _ in range(repeats + 1):
+    # Interleaved, so that a change in the machine's load falls on each.
+    times = {what: [] for what in ways}
+    for _ in range(repeats + 1):
+      for what, score in ways.items():
         start = time.perf_counter()
         for batch in batches:
           score(batch)
-        times.append(time.perf_counter() - start)
-      rows.append({"batch_size": size, "what": what,
-                   "examples_per_s": len(built.ids) / min(times[1:])})
+        times[what].append(time.perf_counter() - start)
+    rows += [{"batch_size": size, "what": what,
+              "examples_per_s": len(built.ids) / min(seconds[1:])}
+             for what, seconds in times.items()]
   return rows
 
 
