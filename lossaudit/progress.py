@@ -29,8 +29,8 @@ class Progress:
 
   def __init__(self, interval: float,
                clock: Callable[[], float] = time.monotonic):
-    self._interval = float(interval)
-    self._clock = clock
+    self.interval = float(interval)
+    self.clock = clock
     self._start = self._last = clock()
     self.scored = 0
     self.dead = 0
@@ -40,8 +40,8 @@ class Progress:
   def _due(self) -> Optional[float]:
     """The time now if a line is due (and the next one is timed from
     now), else None."""
-    now = self._clock()
-    if now - self._last < self._interval:
+    now = self.clock()
+    if now - self._last < self.interval:
       return None
     self._last = now
     return now
@@ -63,7 +63,7 @@ class Progress:
     """Notes that the pass `name` has begun (its rate counts from the first
     call)."""
     if name not in self._passes:
-      self._passes[name] = [self._clock(), 0]
+      self._passes[name] = [self.clock(), 0]
 
   def add_pass(self, name: str, done: int,
                total: Optional[int] = None) -> Optional[str]:
@@ -99,6 +99,16 @@ def enable(interval: Optional[float],
   with _lock:
     if interval and _progress is None:
       _progress = Progress(interval, clock)
+
+
+def reset() -> None:
+  """Zeroes this process's totals (its interval and clock stay): a run
+  started in a process that ran one before (a notebook, a test) counts
+  from zero, as in a new process."""
+  global _progress
+  with _lock:
+    if _progress is not None:
+      _progress = Progress(_progress.interval, _progress.clock)
 
 
 def add(scored: int = 0, dead_lettered: int = 0) -> None:
@@ -151,14 +161,14 @@ class Ticker:
                clock: Callable[[], float] = time.monotonic):
     self._what = what
     self._total = total
-    self._interval = float(interval)
-    self._clock = clock
+    self.interval = float(interval)
+    self.clock = clock
     self._start = self._last = clock()
 
   def tick(self, done: int) -> None:
     """`done` items of the step are done: prints a line if one is due."""
-    now = self._clock()
-    if now - self._last < self._interval:
+    now = self.clock()
+    if now - self._last < self.interval:
       return
     self._last = now
     print(f"lossaudit: {self._what}: {done:,} of {self._total:,},"

@@ -24,7 +24,15 @@ from apache_beam.options.pipeline_options import (
   PipelineOptions,
 )
 
-from lossaudit import baseline_copy, drift, inputs, outputs, ownership, quiet
+from lossaudit import (
+  baseline_copy,
+  drift,
+  inputs,
+  outputs,
+  ownership,
+  progress,
+  quiet,
+)
 from lossaudit.config import AuditConfig, load_config
 from lossaudit.errors import ConfigError, describe_error
 from lossaudit.pipelines.arguments import parse_args
@@ -159,6 +167,7 @@ def run(argv: Optional[Sequence[str]] = None,
     if claim is not None:
       claim.clear_previous()
     startup.lap("graph")
+    progress.reset()  # The local runner's workers may be this process.
     result = p.run()
     if template_location:
       return {"template": template_location}

@@ -8,6 +8,7 @@ the order-exact sum.
 
 import json
 import os
+import re
 import tracemalloc
 
 import numpy as np
@@ -21,6 +22,7 @@ from cleanlab.filter import _keep_at_least_n_per_class, find_label_issues
 from lossaudit import confident
 from lossaudit.pipelines import audit
 from tests.helpers import predictions_config
+from tests.test_report import CHROMIUM, render
 
 
 def many_class_probs(n, k, seed, noise=0.1):
@@ -282,3 +284,11 @@ def test_ten_thousand_classes_equal_cleanlab_with_bounded_outputs(
   assert summary["files"]["label_issues"] == [
       str(out / "label_issues" / "joint.parquet"),
       str(out / "label_issues" / "classes.parquet")]
+  page = (out / "report.html").read_text()
+  matrix = re.search(r'<svg id="label-issue-matrix".*?</svg>', page, re.S)
+  assert len(re.findall(r"<rect ", matrix.group(0))) <= 30 * 30
+  assert "class number" in page  # Named by the vocabulary.
+  if workers == 1 and CHROMIUM:
+    dom, log = render(out / "report.html", "--dump-dom")
+    assert "CONSOLE" not in log
+    assert '<table id="label-issue-pairs">' in dom

@@ -142,7 +142,7 @@ def test_every_pass_of_a_run_prints_progress(monkeypatch, capsys, tmp_path,
     assert rate == pytest.approx(done / seconds, abs=1, rel=0.02)
     assert eta == pytest.approx((3000 - done) / (done / seconds), abs=1)
   # Never two lines less than 10 s apart.
-  assert len(scoring) + len(passes) <= progress._progress._clock.now / 10
+  assert len(scoring) + len(passes) <= progress._progress.clock.now / 10
 
 
 @pytest.mark.slow  # A whole run in a child; lines are unit-tested above.
@@ -208,3 +208,13 @@ def test_a_quick_check_prints_nothing(tmp_path, capsys):
   inputs.expand([str(tmp_path / "*.tfrecord")], str(tmp_path / "out"),
                 clock=TickingClock(1.0))
   assert capsys.readouterr().err == ""
+
+
+def test_a_second_run_in_one_process_counts_from_zero(monkeypatch):
+  monkeypatch.setattr(progress, "_progress", None)
+  progress.enable(10.0, TickingClock(6.0))
+  progress.add_pass("flagging", 2000, 3000)  # The first run's.
+  progress.reset()
+  found = progress._progress.add_pass("flagging", 500, 3000)
+  assert found.startswith("lossaudit: flagging: 500 of 3,000 examples")
+  assert progress._progress.interval == 10.0
