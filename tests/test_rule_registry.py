@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 
 from lossaudit import rules, validation
-from lossaudit.config import AuditConfig, FlagConfig
 from lossaudit.confident import CellCounts
+from lossaudit.config import AuditConfig, FlagConfig
 from lossaudit.errors import ConfigError
 from lossaudit.label_rules import LabelRules
 from lossaudit.pipelines import audit

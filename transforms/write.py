@@ -21,12 +21,7 @@ from lossaudit.label_rules import classes_table, joint_table
 from lossaudit.merging import merge_all
 from lossaudit.report import render_report
 from lossaudit.spec import PROBS_COLUMN, is_internal
-from lossaudit.summary import (
-  RunContext,
-  RunStatistics,
-  Summary,
-  build_summary,
-)
+from lossaudit.summary import RunContext, RunStatistics, Summary, build_summary
 from lossaudit.transforms.spill import in_global_window
 
 
