@@ -73,9 +73,10 @@ def dead_letter_rate(summary: Dict) -> float:
 
 
 def label_issue_rates(summary: Dict) -> Optional[Dict[str, float]]:
-  """Per given class: label issues / examples with that label, or None."""
+  """Per given class: label issues / examples with that label, or None
+  (also beyond the classes whose counts `summary.json` holds)."""
   label_issues = summary.get("label_issues")
-  if not label_issues:
+  if not label_issues or label_issues.get("label_counts") is None:
     return None
   issues = FlagCounts.from_summary(summary).issues_by_given(
       len(label_issues["label_counts"]))

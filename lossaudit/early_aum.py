@@ -174,13 +174,20 @@ class EarlyAumRule:
       return has_cut[given] & (
           (aum < mine) | ((aum == mine) & (id_hash <= mine_hash)))
 
-  def to_dict(self) -> Dict:
-    """`label_issues.early_aum` in `summary.json`."""
+  def to_dict(self, per_class: bool = True) -> Dict:
+    """`label_issues.early_aum` in `summary.json`; without `per_class`, its
+    per-class lists are null (`label_issues/classes.parquet` holds them)."""
     return {"checkpoints": list(self.checkpoints), "fit": self.fit,
             "accuracy": self.accuracy, "oof_accuracy": self.oof_accuracy,
             "usable": self.usable, "fell_back": self.fell_back,
             "max_fit": self.max_fit, "non_finite": self.non_finite,
-            "suspects": self.suspects,
+            **{name: values if per_class else None
+               for name, values in self.per_class().items()}}
+
+  def per_class(self) -> Dict[str, Optional[List[int]]]:
+    """`suspects`, `below_zero` (None when it fell back) and `flagged`,
+    each `(K,)`."""
+    return {"suspects": self.suspects,
             "below_zero": None if self.fell_back else self.below_zero,
             "flagged": self.caps().tolist()}
 

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import (
+  Dict,
+  List,
+  NamedTuple,
+  Optional,
+  Sequence,
+  Tuple,
+)
 
 import numpy as np
+import pyarrow as pa
 
 from lossaudit import confident
 from lossaudit.early_aum import EARLY_AUM, EarlyAumRule
@@ -21,9 +29,6 @@ from lossaudit.spec import (
   CHECKPOINT_MARGINS_COLUMN,
   PROBS_COLUMN,
 )
-
-if TYPE_CHECKING:
-  import pyarrow as pa
 
 _, PRUNE_BY_NOISE_RATE = confident.LABEL_ISSUE_METHODS
 # The methods whose issues (early AUM's suspects) rank the cells.
@@ -90,12 +95,12 @@ class LabelRules:
     method: `confident_learning`, `prune_by_noise_rate` or `early_aum`.
     thresholds: per-class self-confidence thresholds `(K,)`.
     label_counts: how many examples were given each class `(K,)`.
-    confident_joint: the calibrated confident joint `(K, K)`, given label by
-      confidently guessed label.
+    confident_joint: the calibrated confident joint, given label by
+      confidently guessed label (its non-zero cells).
     noise_rate: the estimated fraction of each given class that is
       mislabeled `(K,)`.
     prune_counts: `prune_by_noise_rate` (and `early_aum`'s suspects) only:
-      how many issues each cell `(K, K)` holds.
+      how many issues each off-diagonal cell holds (those with any).
     cells: the same only: each cell's n-th `(margin, id)`.
     margin_bins: the same only: the bins of each cell's margin histogram
       (`confident.margin_bin_count`; 0: none).
@@ -111,9 +116,9 @@ class LabelRules:
   method: str
   thresholds: List[float]
   label_counts: List[int]
-  confident_joint: List[List[int]]
+  confident_joint: confident.CellCounts
   noise_rate: List[float]
-  prune_counts: Optional[List[List[int]]] = None
+  prune_counts: Optional[confident.CellCounts] = None
   cells: CellLast = dataclasses.field(default_factory=dict)
   non_finite_left_out: int = 0
   margin_bins: int = 0
@@ -133,7 +138,7 @@ class LabelRules:
     return len(self.thresholds)
 
   @functools.cached_property
-  def _cell_bounds(self) -> Tuple[np.ndarray, Dict]:
+  def _cell_bounds(self) -> confident.CellBounds:
     # Computed once per object: a side input is one object for many batches.
     return confident.cell_bounds(self.cells, self.num_classes)
 
@@ -173,13 +178,104 @@ class LabelRules:
         arrays.probs[mask], arrays.given[mask], np.asarray(self.thresholds))
     return mask, suggested
 
-  def to_dict(self) -> Dict:
+  def to_dict(self, class_names: Optional[Sequence[str]] = None) -> Dict:
     """`label_issues` in `summary.json`, less `issues_by_pair` (which the
-    flag counts give: `FlagCounts.pairs_to_dict`)."""
-    return {"method": self.method, "thresholds": self.thresholds,
-            "label_counts": self.label_counts,
-            "confident_joint": self.confident_joint,
-            "noise_rate": self.noise_rate,
+    flag counts give: `FlagCounts.pairs_to_dict`).
+
+    Its size is bounded at any K: the joint in full only up to
+    `DENSE_JOINT_CLASSES` classes, the per-class lists only up to
+    `PER_CLASS_CLASSES` (null beyond: `label_issues/joint.parquet` and
+    `classes.parquet` hold them), and always its `TOP_CELLS` largest cells
+    off the diagonal.
+    """
+    k = self.num_classes
+    per_class = k <= PER_CLASS_CLASSES
+    joint = self.confident_joint
+    return {"method": self.method,
+            "num_classes": k,
+            "thresholds": self.thresholds if per_class else None,
+            "label_counts": self.label_counts if per_class else None,
+            "confident_joint": (joint.to_dense().tolist()
+                                if k <= DENSE_JOINT_CLASSES else None),
+            "joint_cells": len(joint.cells),
+            "joint_total": joint.total(),
+            "top_cells": top_cells(joint, TOP_CELLS, class_names),
+            "noise_rate": self.noise_rate if per_class else None,
             "non_finite_left_out": self.non_finite_left_out,
             **({} if self.early_aum is None else
-               {"early_aum": self.early_aum.to_dict()})}
+               {"early_aum": self.early_aum.to_dict(per_class=per_class)})}
+
+
+# Bounds on `label_issues` in `summary.json` (at most some 100 KB each).
+DENSE_JOINT_CLASSES = 100
+PER_CLASS_CLASSES = 1000
+TOP_CELLS = 100
+
+
+def top_cells(joint: confident.CellCounts, most: int,
+              class_names: Optional[Sequence[str]] = None) -> List[Dict]:
+  """The at most `most` off-diagonal cells of `joint` with the largest
+  counts (ties: the smaller cell first), as `{given, suggested, count}`,
+  with `given_name` and `suggested_name` when `class_names` are set."""
+  off = joint.rows != joint.columns
+  cells, counts = joint.cells[off], joint.counts[off]
+  order = np.lexsort((cells, -counts))[:most]
+  k = joint.num_classes
+  found = []
+  for cell, count in zip(cells[order].tolist(), counts[order].tolist()):
+    entry = {"given": cell // k, "suggested": cell % k, "count": count}
+    if class_names is not None:
+      entry.update(given_name=class_names[cell // k],
+                   suggested_name=class_names[cell % k])
+    found.append(entry)
+  return found
+
+
+def class_columns(rules: LabelRules, issues_by_given: Sequence[int],
+                  class_names: Optional[Sequence[str]] = None
+                  ) -> Dict[str, list]:
+  """Each class's numbers, as `label_issues/classes.parquet` holds them.
+
+  Returns:
+    Columns, each `(K,)`: `class`, `name` (with `class_names`),
+    `label_count`, `threshold`, `noise_rate`, `label_issues` (flagged, by
+    given label), and with early AUM `early_aum_suspects`,
+    `early_aum_below_zero` (null when it fell back) and `early_aum_flagged`.
+  """
+  k = rules.num_classes
+  columns = {"class": list(range(k))}
+  if class_names is not None:
+    columns["name"] = list(class_names)
+  columns.update(label_count=list(rules.label_counts),
+                 threshold=list(rules.thresholds),
+                 noise_rate=list(rules.noise_rate),
+                 label_issues=list(issues_by_given))
+  if rules.early_aum is not None:
+    for name, values in rules.early_aum.per_class().items():
+      columns[f"early_aum_{name}"] = (list(values) if values is not None
+                                      else [None] * k)
+  return columns
+
+
+def classes_table(columns: Dict[str, list]) -> pa.Table:
+  """`label_issues/classes.parquet`, from `class_columns`."""
+  types = {"class": pa.int64(), "name": pa.string(),
+           "label_count": pa.int64(), "threshold": pa.float64(),
+           "noise_rate": pa.float64(), "label_issues": pa.int64()}
+  return pa.table({name: pa.array(values, types.get(name, pa.int64()))
+                   for name, values in columns.items()})
+
+
+def joint_table(joint: confident.CellCounts,
+                class_names: Optional[Sequence[str]] = None) -> pa.Table:
+  """`label_issues/joint.parquet`: the calibrated confident joint's non-zero
+  cells, `given`, `suggested` (the confidently guessed label), `count`, and
+  with `class_names` `given_name` and `suggested_name`."""
+  columns = {"given": pa.array(joint.rows, pa.int64()),
+             "suggested": pa.array(joint.columns, pa.int64()),
+             "count": pa.array(joint.counts, pa.int64())}
+  if class_names is not None:
+    names = pa.array(list(class_names), pa.string())
+    columns["given_name"] = names.take(columns["given"])
+    columns["suggested_name"] = names.take(columns["suggested"])
+  return pa.table(columns)

@@ -41,7 +41,11 @@ STAGE = "stage"
 _OLD_RELABELLED = "clean/relabelled"
 SHARD_DIRS = (LOSSES, FLAGGED, DEAD_LETTER, RESOLVED, RELABELLED, WEIGHTS,
               SCORED_IDS, _OLD_RELABELLED)
-TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT, CLEAN_MANIFEST)
+# The label-issue rules in full, beside `summary.json`'s bounded account.
+LABEL_ISSUES = "label_issues"
+JOINT = f"{LABEL_ISSUES}/joint.parquet"
+CLASSES = f"{LABEL_ISSUES}/classes.parquet"
+TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT, CLEAN_MANIFEST, JOINT, CLASSES)
 
 
 _DIGIT = "[0-9]"
@@ -378,10 +382,16 @@ def write_text(path: str, text: str) -> None:
   (an atomic replace on a local disk; on object stores a copy, itself
   atomic, and a delete).
   """
+  write_bytes(path, text.encode("utf-8"), "text/plain")
+
+
+def write_bytes(path: str, data: bytes,
+                mime_type: str = "application/octet-stream") -> None:
+  """Writes `path` whole or not at all, as `write_text`."""
   temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  with FileSystems.create(temporary, mime_type="text/plain",
+  with FileSystems.create(temporary, mime_type=mime_type,
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
-    f.write(text.encode("utf-8"))
+    f.write(data)
   FileSystems.rename([temporary], [path])
 
 

@@ -622,8 +622,8 @@ def _stale(held: _Held, lock_timeout: float,
 
 # Paths relative to `output.dir` that lossaudit writes through or reads
 # back: none may be a symbolic link. A parent comes before its children.
-WRITTEN_PATHS = (*outputs.TOP_LEVEL_FILES, MARKER, LOCK, outputs.SCRATCH,
-                 outputs.CLEAN,
+WRITTEN_PATHS = (outputs.LABEL_ISSUES, *outputs.TOP_LEVEL_FILES, MARKER,
+                 LOCK, outputs.SCRATCH, outputs.CLEAN,
                  *sorted(outputs.SHARD_DIRS, key=lambda k: k.count("/")))
 
 

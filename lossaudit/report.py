@@ -213,12 +213,18 @@ def _checkpoint_selection(folds: Dict[str, Dict]) -> str:
           " checkpoints.</p>" + _svg_heldout_loss(folds) + table)
 
 
-def _early_aum(label_issues: Dict, names: Optional[Sequence[str]]) -> str:
+def _early_aum(label_issues: Dict, names: Optional[Sequence[str]],
+               classes: Dict[str, list]) -> str:
   """What early AUM decided: each checkpoint's fit and accuracy, and each
-  class's counts."""
+  class's counts (from `classes` where summary.json leaves them out)."""
   found = label_issues.get("early_aum")
   if not found:
     return ""
+  if found["suspects"] is None and "early_aum_suspects" in classes:
+    found = dict(found, **{name: classes[f"early_aum_{name}"] for name in (
+        "suspects", "below_zero", "flagged")})
+    if found["fell_back"]:
+      found["below_zero"] = None
   usable = found["usable"]
   checkpoints = _table(
       ["checkpoint", "fit (suspects predicted as given)", "accuracy",
@@ -380,16 +386,23 @@ def _history_section(summary: Dict, columns: Sequence[str],
           f"<h3>New flags (top {len(top_new)})</h3>{new}")
 
 
-def _label_issues(summary: Dict) -> str:
+def _label_issues(summary: Dict, classes: Optional[Dict[str, list]]) -> str:
+  """The label-issue section; `classes`: each class's numbers in full
+  (`label_rules.class_columns`), or None: the summary's."""
   label_issues = summary.get("label_issues")
   if not label_issues:
     return ("<p>Label-issue detection is off (<code>flag.label_issues:"
             " confident_learning</code>, <code>prune_by_noise_rate</code> or"
             " <code>early_aum</code>).</p>")
-  num_classes = len(label_issues["label_counts"])
-  names = label_issues.get("class_names")
+  # Beyond `label_rules.PER_CLASS_CLASSES`, summary.json leaves them out.
+  classes = classes or {"label_count": label_issues["label_counts"],
+                        "threshold": label_issues["thresholds"],
+                        "noise_rate": label_issues["noise_rate"],
+                        "name": label_issues.get("class_names")}
+  label_counts = classes["label_count"]
+  num_classes = len(label_counts)
+  names = classes.get("name")
   counts = FlagCounts.from_summary(summary)
-  label_counts = label_issues["label_counts"]
   by_given = counts.issues_by_given(num_classes)
   # At any K, the page stays small: the heat map of the classes most
   # involved, and the classes and pairs with the most issues.
@@ -401,7 +414,7 @@ def _label_issues(summary: Dict) -> str:
       ["class", "examples", "label issues", "self-confidence threshold",
        "noise rate"],
       [[_class_label(k, names), label_counts[k], by_given[k],
-        label_issues["thresholds"][k], label_issues["noise_rate"][k]]
+        classes["threshold"][k], classes["noise_rate"][k]]
        for k in rows], "label-issue-classes")
   pairs = _table(
       ["given", "suggested", "label issues", "share of the given class"],
@@ -427,7 +440,7 @@ def _label_issues(summary: Dict) -> str:
           _svg_heat_map(counts.issue_matrix(num_classes, mapped), names,
                         mapped) + per_class +
           "<h3>Class pairs with the most label issues</h3>" + pairs +
-          _early_aum(label_issues, names))
+          _early_aum(label_issues, names, classes))
 
 
 def _flagged_table(columns: Sequence[str], rows: Sequence[Dict[str, Any]],
@@ -500,7 +513,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                   data_map: Optional[DataMap] = None,
                   easy_confidence: float = 0.5,
                   ambiguous_variability: float = 0.2,
-                  top_new_flagged: Sequence[Dict[str, Any]] = ()) -> str:
+                  top_new_flagged: Sequence[Dict[str, Any]] = (),
+                  label_classes: Optional[Dict[str, list]] = None) -> str:
   """A self-contained HTML page (inline SVG and CSS, no script, no network).
 
   Args:
@@ -516,6 +530,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
       data map (`dynamics.*`).
     top_new_flagged: the highest-scored flags the baseline did not have
       (flag history), shown first.
+    label_classes: with label issues on, each class's numbers in full
+      (`label_rules.class_columns`); None: those in `summary`.
   """
   loss = summary["loss"]
   edges, counts = _histogram(cdf, loss["count"])
@@ -611,7 +627,7 @@ its reason. Quantiles are approximate: each is within rank error
 {fold_html}
 <h2>Flag rules</h2><p>Thresholds each rule used, and how many examples each
 flagged (an example can have several reasons).</p>{thresholds}{reasons}
-<h2>Label issues</h2>{_label_issues(summary)}{_data_map_section(
+<h2>Label issues</h2>{_label_issues(summary, label_classes)}{_data_map_section(
     data_map, easy_confidence, ambiguous_variability)}
 <h2>Most suspicious examples (top {len(top_flagged)})</h2>
 <p class="note">Ordered by score: the loss, or for label issues the

@@ -35,6 +35,7 @@ from lossaudit.config import GateConfig
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts
 from lossaudit.history import HistoryCounts
+from lossaudit.label_rules import PER_CLASS_CLASSES, LabelRules, class_columns
 from lossaudit.timings import Timings
 
 if TYPE_CHECKING:  # lossaudit.stats loads tfx_bsl, lossaudit.data_map Beam.
@@ -164,7 +165,8 @@ class RunContext:
     gate: the quality gates; with any set, `gate` and `drift.json`.
     baseline: the run to compare with, or None.
     class_names: the class names by index (`input.label_vocabulary`), or
-      None; written as `class_names`, at top level and in `label_issues`.
+      None; written as `class_names`, at top level and in `label_issues`,
+      up to `PER_CLASS_CLASSES` classes.
     loss_computed_from: `logits` or `outputs` (what the crossentropy was
       computed from), or None; written as `loss.computed_from`.
   """
@@ -190,6 +192,11 @@ class Summary:
     top_new_flagged: the highest-scored new flags, as dicts.
     previews: the top flagged rows' string inputs, or None.
     data_map: a sample of the training dynamics, or None.
+    label_classes: with label issues on, each class's numbers in full
+      (`label_rules.class_columns`), for the report and
+      `label_issues/classes.parquet`; else None.
+    label_rules: with label issues on, the rules (`label_issues/
+      joint.parquet` holds their joint); else None.
   """
 
   document: Dict[str, Any]
@@ -199,6 +206,8 @@ class Summary:
   top_new_flagged: Sequence[Dict[str, Any]]
   previews: Optional[Previews]
   data_map: Optional[DataMap]
+  label_classes: Optional[Dict[str, list]] = None
+  label_rules: Optional[LabelRules] = None
 
 
 def versions() -> Dict[str, str]:
@@ -225,12 +234,23 @@ def build_summary(statistics: RunStatistics, context: RunContext,
     seconds: the run's seconds so far (`seconds`, `timings.wall_seconds`).
   """
   document = _document(statistics, context, seconds)
+  rules = statistics.thresholds.label_issues
   return Summary(
       document=document, drift=_gate(document, context),
       cdf=statistics.loss.get("cdf", []),
       top_flagged=statistics.top_flagged or [],
       top_new_flagged=statistics.top_new_flagged or [],
-      previews=statistics.previews, data_map=statistics.data_map)
+      previews=statistics.previews, data_map=statistics.data_map,
+      label_classes=None if rules is None else class_columns(
+          rules, statistics.flag_counts.issues_by_given(rules.num_classes),
+          context.class_names),
+      label_rules=rules)
+
+
+def _bounded(names: Optional[List[str]]) -> Optional[List[str]]:
+  """Class names as `summary.json` writes them: null beyond
+  `PER_CLASS_CLASSES` (`label_issues/classes.parquet` holds them)."""
+  return names if names is None or len(names) <= PER_CLASS_CLASSES else None
 
 
 def _document(statistics: RunStatistics, context: RunContext,
@@ -244,9 +264,10 @@ def _document(statistics: RunStatistics, context: RunContext,
   thresholds = statistics.thresholds
   label_issues = None
   if thresholds.label_issues is not None:
-    label_issues = dict(thresholds.label_issues.to_dict(),
+    label_issues = dict(thresholds.label_issues.to_dict(names),
                         issues_by_pair=flag_counts.pairs_to_dict(),
-                        class_names=names)
+                        class_names=_bounded(names))
+  names = _bounded(names)
   folds = {}
   if statistics.folds is not None:  # Every fold: an empty one means a bad
     empty = {"count": 0, "nan_count": 0,  # split.

@@ -17,10 +17,10 @@ def _pieces(probs, given, k, batches=3):
     s, c = confident.self_confidence_sums(probs[rows], given[rows], k)
     sums, counts = sums + s, counts + c
   thresholds = confident.confident_thresholds(sums, counts)
-  raw = np.zeros((k, k), dtype=int)
+  raw = confident.CellCounts.empty(k)
   for rows in parts:
     guess, ok = confident.confident_guess(probs[rows], thresholds)
-    raw += confident.joint_counts(given[rows], guess, ok, k)
+    raw = raw.merge(confident.joint_counts(given[rows], guess, ok, k))
   return thresholds, raw, counts
 
 
@@ -30,7 +30,7 @@ def test_thresholds_and_joint_match_cleanlab():
   np.testing.assert_allclose(thresholds,
                              get_confident_thresholds(given, probs), rtol=1e-6)
   np.testing.assert_array_equal(
-      confident.calibrated_joint(raw, counts),
+      confident.calibrated_joint(raw, counts).to_dense(),
       compute_confident_joint(given, probs, calibrate=True))
 
 
@@ -61,19 +61,20 @@ def _cells_over_bundles(probs, given, ids, prune, limits=(None, 500),
   shuffle would."""
   best = {}
   for cells in _bundles(probs, given, ids, prune, limits, batches, cuts):
-    for cell, values, kept in cells:
+    for cell, n, values, kept in cells:
       old = best.get(cell, (np.zeros(0), np.zeros(0, dtype=object)))
       best[cell] = top_k_merge(np.concatenate([old[0], values]),
-                               np.concatenate([old[1], kept]),
-                               int(prune[cell]))
+                               np.concatenate([old[1], kept]), n)
   return {cell: (v[-1], i[-1]) for cell, (v, i) in best.items() if len(v)}
 
 
 def _prune(probs, given, k):
+  """The thresholds, and the prune counts (sparse, as the code takes them,
+  and dense `(K, K)`, diagonal 0, to count on)."""
   thresholds, raw, counts = _pieces(probs, given, k)
   prune = confident.prune_counts(confident.calibrated_joint(raw, counts),
                                  counts)
-  return thresholds, prune
+  return thresholds, prune, prune.to_dense()
 
 
 @pytest.mark.parametrize("method", ["confident_learning",
@@ -82,7 +83,7 @@ def test_issues_match_cleanlab(method):
   k = 7
   probs, given, _ = noisy_probs(6000, k, 0.1, 1)
   ids = np.char.add("id-", np.arange(len(given)).astype(str)).astype(object)
-  thresholds, prune = _prune(probs, given, k)
+  thresholds, prune, _ = _prune(probs, given, k)
   if method == "confident_learning":
     mask, _ = confident.issue_mask(probs, given, ids, thresholds)
   else:
@@ -101,8 +102,8 @@ def test_prune_by_noise_rate_matches_cleanlab_with_many_classes(with_cuts):
   k = 40
   probs, given = _quantized_probs(12_000, k, 1 << 20, 5)  # Few ties.
   ids = np.char.add("r", np.arange(len(given)).astype(str)).astype(object)
-  thresholds, prune = _prune(probs, given, k)
-  assert (prune[~np.eye(k, dtype=bool)] > 0).sum() > 100  # Many cells.
+  thresholds, prune, dense = _prune(probs, given, k)
+  assert (dense > 0).sum() > 100  # Many cells.
   cuts = _cuts(probs, given, prune) if with_cuts else None
   assert not with_cuts or cuts[1] == 10  # 40 classes: 16384 // 40² bins.
   # Tiny buffers: batches are added in chunks of a few rows.
@@ -139,7 +140,7 @@ def test_prune_by_noise_rate_with_ties_is_a_cleanlab_answer():
   probs, given = _quantized_probs(n, k, 64, 0)
   ids = np.char.add("t", np.char.zfill(np.arange(n).astype(str), 5)
                     ).astype(object)
-  thresholds, prune = _prune(probs, given, k)
+  thresholds, prune, dense = _prune(probs, given, k)
   last = _cells_over_bundles(probs, given, ids, prune,
                              limits=(None, 200, 1000), batches=11,
                              cuts=_cuts(probs, given, prune))
@@ -150,13 +151,12 @@ def test_prune_by_noise_rate_with_ties_is_a_cleanlab_answer():
   # tied at a cell's n-th margin, which any order may take or leave.
   expected = np.zeros(n, dtype=bool)
   tied_at_nth = np.zeros(n, dtype=bool)
-  for g, j in zip(*np.nonzero(prune)):
-    if g != j:
-      rows = np.flatnonzero(given == g)
-      margin = probs[rows, j] - probs[rows, g]
-      expected[rows[np.lexsort((ids[rows], -margin))[:prune[g, j]]]] = True
-      nth = np.sort(margin)[::-1][min(prune[g, j], len(rows)) - 1]
-      tied_at_nth[rows[margin == nth]] = True
+  for g, j in zip(*np.nonzero(dense)):
+    rows = np.flatnonzero(given == g)
+    margin = probs[rows, j] - probs[rows, g]
+    expected[rows[np.lexsort((ids[rows], -margin))[:dense[g, j]]]] = True
+    nth = np.sort(margin)[::-1][min(dense[g, j], len(rows)) - 1]
+    tied_at_nth[rows[margin == nth]] = True
   expected[expected] &= ~confident.keeps_given_label(probs[expected],
                                                      given[expected])
   np.testing.assert_array_equal(mask, expected)
@@ -228,27 +228,29 @@ def test_margin_histogram_counts_each_row_in_each_cell_of_its_label():
 
 
 def test_cut_bins_keep_at_least_n_rows():
-  histogram = np.array([[[5, 0, 3, 2]] * 5])  # One row, five cells.
-  prune = np.array([[4, 2, 6, 11, 0]])
+  histogram = np.array([[[5, 0, 3, 2]] * 5] * 5)  # Five cells a row.
+  prune = np.zeros((5, 5), int)
+  prune[0] = [0, 2, 6, 11, 0]
   # At or above bins 0..3: 10, 5, 5, 2 rows.
-  np.testing.assert_array_equal(confident.cut_bins(histogram, prune),
-                                [[2, 3, 0, 0, 3]])
+  np.testing.assert_array_equal(
+      confident.cut_bins(histogram, confident.CellCounts.from_dense(prune))[0],
+      [3, 3, 0, 0, 3])
 
 
 def test_cuts_bound_what_all_bundles_emit():
   k = 10
   probs, given, _ = noisy_probs(40_000, k, 0.1, 7)
   ids = np.char.add("b", np.arange(len(given)).astype(str)).astype(object)
-  _, prune = _prune(probs, given, k)
+  _, prune, dense = _prune(probs, given, k)
   cuts = _cuts(probs, given, prune)
-  final = prune.sum() - np.trace(prune)
+  final = dense.sum()
 
   def emitted(cuts):
     per_cell = np.zeros((k, k), dtype=int)
     for cells in _bundles(probs, given, ids, prune, limits=[None] * 40,
                           batches=80, cuts=cuts):
-      for cell, values, _ in cells:
-        assert len(values) <= prune[cell]
+      for cell, n, values, _ in cells:
+        assert len(values) <= n == dense[cell]
         per_cell[cell] += len(values)
     return per_cell
 
@@ -256,8 +258,8 @@ def test_cuts_bound_what_all_bundles_emit():
   # The stated bound: fewer than n plus the rows of the cut-off bin a cell.
   histogram = confident.margin_histogram(probs, given, cuts[1])
   in_cut_bin = np.take_along_axis(histogram, cuts[0][..., None], -1)[..., 0]
-  active = ~np.eye(k, dtype=bool) & (prune > 0)
-  assert (with_cuts[active] <= (prune + in_cut_bin - 1)[active]).all()
+  active = dense > 0
+  assert (with_cuts[active] <= (dense + in_cut_bin - 1)[active]).all()
   assert (with_cuts[~active] == 0).all()
   assert with_cuts.sum() <= 1.1 * final
   assert without.sum() > 3 * final  # 40 bundles' own top n each.
@@ -270,7 +272,7 @@ def test_round_preserving_sum():
 
 
 def test_noise_rates_and_suggestions():
-  joint = np.array([[8, 2], [1, 9]])
+  joint = confident.CellCounts.from_dense(np.array([[8, 2], [1, 9]]))
   np.testing.assert_allclose(confident.noise_rates(joint), [0.2, 0.1])
   probs = np.array([[0.1, 0.9], [0.6, 0.4]], dtype=np.float32)
   np.testing.assert_array_equal(

@@ -16,6 +16,7 @@ import pytest
 
 from lossaudit import rules, validation
 from lossaudit.config import AuditConfig, FlagConfig
+from lossaudit.confident import CellCounts
 from lossaudit.errors import ConfigError
 from lossaudit.label_rules import LabelRules
 from lossaudit.pipelines import audit
@@ -131,7 +132,8 @@ def test_label_issue_mask_suggested_labels_and_score():
   given = np.array([0, 0, 1, 1])
   label_rules = LabelRules(
       method="confident_learning", thresholds=np.array([0.5, 0.5]),
-      label_counts=np.array([2, 2]), confident_joint=np.eye(k),
+      label_counts=np.array([2, 2]),
+      confident_joint=CellCounts.from_dense(np.eye(k, dtype=int)),
       noise_rate=np.zeros(k))
   batch = pa.RecordBatch.from_pydict({
       "id": list("abcd"), "loss": [0.1, 1.6, 3.0, 0.5],

@@ -3,9 +3,11 @@ without a pipeline."""
 
 import random
 
+import numpy as np
 import pytest
 
 from lossaudit.clean import CleanCounts
+from lossaudit.confident import CellCounts
 from lossaudit.config import GateConfig
 from lossaudit.duplicates import Duplicates
 from lossaudit.flag_counts import FlagCounts, LabelPair
@@ -19,7 +21,8 @@ from lossaudit.timings import Timings
 QUANTILES = {"0.5": 0.8, "0.99": 3.9}
 LABEL_RULES = LabelRules(
     method="confident_learning", thresholds=[0.6, 0.7], label_counts=[6, 4],
-    confident_joint=[[5, 1], [0, 4]], noise_rate=[0.1, 0.0])
+    confident_joint=CellCounts.from_dense(np.array([[5, 1], [0, 4]])),
+    noise_rate=[0.1, 0.0])
 
 # What a run of 10 scored examples (1 with a non-finite loss) and 2 dead
 # letters counted, as its stages give it: one field each.
@@ -100,9 +103,13 @@ def test_the_summary_of_hand_made_statistics():
                   "new": 2, "persistent": 1, "resolved": 1,
                   "baseline_not_scored": 0, "new_rows": 1,
                   "regressions": 1, "scored_in_both": 8},
-      "label_issues": {"method": "confident_learning",
+      "label_issues": {"method": "confident_learning", "num_classes": 2,
                        "thresholds": [0.6, 0.7], "label_counts": [6, 4],
                        "confident_joint": [[5, 1], [0, 4]],
+                       "joint_cells": 3, "joint_total": 10,
+                       "top_cells": [{"given": 0, "suggested": 1,
+                                      "count": 1, "given_name": "cat",
+                                      "suggested_name": "dog"}],
                        "noise_rate": [0.1, 0.0], "non_finite_left_out": 0,
                        "issues_by_pair": {"0->1": 1},
                        "class_names": ["cat", "dog"]},

@@ -40,15 +40,23 @@ class _ClassSums(SummedArrays):
 
 
 @dataclasses.dataclass(frozen=True)
-class _JointCounts(SummedArrays):
-  """Raw confident-joint counts `(K, K)`, given-label counts `(K,)`, the
-  rows left out for a non-finite probability or loss `()`, and each cell's
-  margin histogram `(K, K, bins)` (`prune_by_noise_rate`; else `(0,)`)."""
+class _JointCounts:
+  """The raw confident joint's non-zero cells, given-label counts `(K,)`,
+  the rows left out for a non-finite probability or loss `()`, and each
+  cell's margin histogram `(K, K, bins)` (`prune_by_noise_rate` at the few
+  classes `confident.margin_bin_count` gives bins; else `(0,)`). O(non-zero
+  cells + K) at any K."""
 
-  joint: np.ndarray
+  joint: confident.CellCounts
   labels: np.ndarray
   non_finite: np.ndarray
   margins: np.ndarray
+
+  def merge(self, other: "_JointCounts") -> "_JointCounts":
+    return _JointCounts(self.joint.merge(other.joint),
+                        self.labels + other.labels,
+                        self.non_finite + other.non_finite,
+                        self.margins + other.margins)
 
 
 def _no_class_sums(k: int) -> _ClassSums:
@@ -56,7 +64,7 @@ def _no_class_sums(k: int) -> _ClassSums:
 
 
 def _no_joint_counts(k: int, bins: int = 0) -> _JointCounts:
-  return _JointCounts(np.zeros((k, k), dtype=np.int64),
+  return _JointCounts(confident.CellCounts.empty(k),
                       np.zeros(k, dtype=np.int64), np.zeros((), np.int64),
                       np.zeros((k, k, bins) if bins else 0, np.int64))
 
@@ -110,18 +118,17 @@ class _CellCandidatesFn(beam.DoFn):
 
   def process(self, batch: pa.RecordBatch, rules: LabelRules):
     if self._candidates is None:
-      self._candidates = confident.CellCandidates(
-          np.asarray(rules.prune_counts), cuts=rules.cuts)
+      self._candidates = confident.CellCandidates(rules.prune_counts,
+                                                  cuts=rules.cuts)
     arrays = class_arrays(batch, self._k).finite_rows()
     self._candidates.add(arrays.probs, arrays.given, arrays.ids)
 
   def finish_bundle(self):
     if self._candidates is None:
       return
-    prune = self._candidates.prune
-    for cell, values, kept in self._candidates.cells():
+    for cell, n, values, kept in self._candidates.cells():
       self._emitted.inc(len(values))
-      yield in_global_window((cell, CellTop(int(prune[cell]), values, kept)))
+      yield in_global_window((cell, CellTop(n, values, kept)))
 
 
 class CellTop(NamedTuple):
@@ -294,9 +301,9 @@ def _finish_joint(counts: _JointCounts, method: str,
       method=method,
       thresholds=list(map(float, thresholds)),
       label_counts=counts.labels.tolist(),
-      confident_joint=joint.tolist(),
+      confident_joint=joint,
       noise_rate=confident.noise_rates(joint).tolist(),
-      prune_counts=None if prune is None else prune.tolist(),
+      prune_counts=prune,
       non_finite_left_out=int(counts.non_finite),
       margin_bins=bins if prune is not None else 0,
       cut_bins=(confident.cut_bins(counts.margins, prune).tolist()

@@ -17,10 +17,16 @@ from apache_beam.io.filesystem import CompressionTypes
 from lossaudit import outputs, ownership
 from lossaudit.config import AuditConfig, DynamicsConfig
 from lossaudit.early_aum import EARLY_AUM
+from lossaudit.label_rules import classes_table, joint_table
 from lossaudit.merging import merge_all
 from lossaudit.report import render_report
 from lossaudit.spec import PROBS_COLUMN, is_internal
-from lossaudit.summary import RunContext, RunStatistics, build_summary
+from lossaudit.summary import (
+  RunContext,
+  RunStatistics,
+  Summary,
+  build_summary,
+)
 from lossaudit.transforms.spill import in_global_window
 
 
@@ -221,6 +227,8 @@ class _WriteSummaryFn(beam.DoFn):
                                             self._run["start_time"]))
     summary, found = built.document, built.drift
     self._hand_back(summary)
+    if built.label_rules is not None:
+      self._write_label_issues(built, summary)
     if found is not None:
       outputs.write_json(outputs.join(self._directory, outputs.DRIFT), found)
     outputs.write_text(
@@ -228,6 +236,7 @@ class _WriteSummaryFn(beam.DoFn):
         render_report(summary, built.cdf, built.top_flagged,
                       found, previews=built.previews, data_map=built.data_map,
                       top_new_flagged=built.top_new_flagged,
+                      label_classes=built.label_classes,
                       easy_confidence=self._dynamics.easy_confidence,
                       ambiguous_variability=(
                           self._dynamics.ambiguous_variability)))
@@ -242,6 +251,21 @@ class _WriteSummaryFn(beam.DoFn):
     if self._release_lock:  # The job took it (`ClaimOutputDir`).
       ownership.release_lock(self._directory, self._run["run_id"])
     yield summary
+
+  def _write_label_issues(self, built: Summary, summary: Dict) -> None:
+    """Writes `label_issues/joint.parquet` and `classes.parquet` whole, and
+    names them in `summary["files"]`."""
+    names = self._context.class_names
+    tables = {outputs.JOINT: joint_table(built.label_rules.confident_joint,
+                                         names),
+              outputs.CLASSES: classes_table(built.label_classes)}
+    for name, table in tables.items():
+      sink = pa.BufferOutputStream()
+      pq.write_table(table, sink)
+      outputs.write_bytes(outputs.join(self._directory, name),
+                          sink.getvalue().to_pybytes())
+    summary["files"][outputs.LABEL_ISSUES] = [
+        outputs.join(self._directory, name) for name in tables]
 
   def _hand_back(self, summary: Dict) -> None:
     """Moves the staged `clean/`, `relabelled/` and `weights/` into
