@@ -21,7 +21,7 @@ from cleanlab.filter import _keep_at_least_n_per_class, find_label_issues
 
 from lossaudit import confident
 from lossaudit.pipelines import audit
-from tests.helpers import predictions_config
+from tests.helpers import predictions_config, write_predictions
 from tests.test_report import CHROMIUM, render
 
 
@@ -300,3 +300,27 @@ def _check_bounded_outputs(out, summary, probs, given, names, expected,
     dom, log = render(out / "report.html", "--dump-dom")
     assert "CONSOLE" not in log
     assert '<table id="label-issue-pairs">' in dom
+
+
+def test_a_rerun_without_label_issues_removes_their_files(tmp_path,
+                                                          write_config):
+  probs, given, _ = many_class_probs(400, 5, seed=1)
+  (tmp_path / "data").mkdir()
+  write_predictions(tmp_path / "data" / "part-0.parquet",
+                    [f"x{i}" for i in range(400)], given, probs)
+  out = tmp_path / "out"
+  with_issues = predictions_config(
+      tmp_path / "data" / "*.parquet", out,
+      flag={"loss_threshold": None, "label_issues": "confident_learning"})
+  first = audit.run(["--config", write_config(with_issues, "a.yaml")])
+  joint = pd.read_parquet(out / "label_issues" / "joint.parquet")
+  assert joint["count"].sum() == first["label_issues"]["joint_total"] == 400
+  assert first["label_issues"]["confident_joint"] == (
+      joint.pivot_table(index="given", columns="suggested", values="count",
+                        fill_value=0).reindex(index=range(5), columns=range(5),
+                                              fill_value=0).values.tolist())
+  without = predictions_config(tmp_path / "data" / "*.parquet", out)
+  second = audit.run(["--config", write_config(without, "b.yaml")])
+  assert second["label_issues"] is None
+  assert "label_issues" not in second["files"]
+  assert not (out / "label_issues").exists()

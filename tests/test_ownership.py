@@ -591,7 +591,8 @@ def _link_message(out, relative, target):
 @pytest.mark.parametrize("relative", [
     "losses", "flagged", "dead_letter", "resolved", "clean",
     "clean/relabelled", "weights", ".scratch", "summary.json", "report.html",
-    "drift.json", ownership.MARKER, ownership.LOCK])
+    "drift.json", "label_issues", "label_issues/joint.parquet",
+    ownership.MARKER, ownership.LOCK])
 def test_a_link_where_lossaudit_writes_is_refused_before_anything(
     tmp_path, relative):
   users = tmp_path / "users"
@@ -651,6 +652,25 @@ def test_clearing_earlier_outputs_never_follows_a_link(tmp_path):
   assert (users / RUN_B / "scored-1.arrows").read_text() == "the user's"
   assert (users / "part-00000-of-00001.parquet").read_text() == "the user's"
   assert os.path.islink(out / "flagged")
+
+
+@pytest.mark.parametrize("users_file", [True, False])
+def test_label_issue_files_are_removed_by_name(tmp_path, users_file):
+  out = tmp_path / "out"
+  (out / "label_issues").mkdir(parents=True)
+  for name in ("joint.parquet", "classes.parquet",
+               "joint.parquet.tmp-0123abcd"):
+    (out / "label_issues" / name).write_text("an earlier run's")
+  if users_file:
+    (out / "label_issues" / "notes.txt").write_text("the user's")
+  deleted = ownership.remove_own_files(str(out), lambda rel: True)
+  assert sorted(deleted) == sorted(
+      str(out / "label_issues" / name) for name in (
+          "classes.parquet", "joint.parquet", "joint.parquet.tmp-0123abcd"))
+  if users_file:
+    assert os.listdir(out / "label_issues") == ["notes.txt"]
+  else:
+    assert not (out / "label_issues").exists()
 
 
 def test_an_output_dir_that_is_a_link_to_a_folder_is_taken(tmp_path):
