@@ -78,8 +78,10 @@ def label_issue_rates(summary: Dict) -> Optional[Dict[str, float]]:
   label_issues = summary.get("label_issues")
   if not label_issues or label_issues.get("label_counts") is None:
     return None
-  issues = FlagCounts.from_summary(summary).issues_by_given(
-      len(label_issues["label_counts"]))
+  # Summaries before `issues_by_given` listed every pair.
+  issues = label_issues.get("issues_by_given") or (
+      FlagCounts.from_summary(summary).issues_by_given(
+          len(label_issues["label_counts"])))
   return {str(k): issues[k] / n if n else 0.0
           for k, n in enumerate(label_issues["label_counts"])}
 

@@ -55,9 +55,11 @@ class FlagCounts:
     return {"total": self.total,
             "by_reason": dict(sorted(self.by_reason.items()))}
 
-  def pairs_to_dict(self) -> Dict[str, int]:
-    """`label_issues.issues_by_pair` in `summary.json`, sorted by key."""
-    return dict(sorted((pair.key(), n) for pair, n in self.by_pair.items()))
+  def pairs_to_dict(self, most: Optional[int] = None) -> Dict[str, int]:
+    """`label_issues.issues_by_pair` in `summary.json`, sorted by key: the
+    `most` pairs with the most issues (`top_pairs`), or all (None)."""
+    pairs = (self.by_pair.items() if most is None else self.top_pairs(most))
+    return dict(sorted((pair.key(), n) for pair, n in pairs))
 
   @classmethod
   def from_summary(cls, summary: Dict) -> "FlagCounts":

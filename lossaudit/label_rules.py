@@ -272,3 +272,24 @@ def joint_table(joint: confident.CellCounts,
     columns["given_name"] = names.take(columns["given"])
     columns["suggested_name"] = names.take(columns["suggested"])
   return pa.table(columns)
+
+
+def pairs_table(by_pair: Dict, class_names: Optional[Sequence[str]] = None
+                ) -> pa.Table:
+  """`label_issues/pairs.parquet`: the flagged label issues by (given,
+  suggested) pair, most first: `given`, `suggested`, `label_issues`, and
+  with `class_names` `given_name` and `suggested_name`.
+
+  Args:
+    by_pair: `FlagCounts.by_pair`, `{LabelPair: issues}`.
+  """
+  pairs = sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0]))
+  given = pa.array([p.given for p, _ in pairs], pa.int64())
+  suggested = pa.array([p.suggested for p, _ in pairs], pa.int64())
+  columns = {"given": given, "suggested": suggested,
+             "label_issues": pa.array([n for _, n in pairs], pa.int64())}
+  if class_names is not None:
+    names = pa.array(list(class_names), pa.string())
+    columns["given_name"] = names.take(given)
+    columns["suggested_name"] = names.take(suggested)
+  return pa.table(columns)

@@ -386,9 +386,11 @@ def _history_section(summary: Dict, columns: Sequence[str],
           f"<h3>New flags (top {len(top_new)})</h3>{new}")
 
 
-def _label_issues(summary: Dict, classes: Optional[Dict[str, list]]) -> str:
+def _label_issues(summary: Dict, classes: Optional[Dict[str, list]],
+                  counts: Optional[FlagCounts]) -> str:
   """The label-issue section; `classes`: each class's numbers in full
-  (`label_rules.class_columns`), or None: the summary's."""
+  (`label_rules.class_columns`), or None: the summary's; `counts`: the
+  flags counted, or None: the summary's."""
   label_issues = summary.get("label_issues")
   if not label_issues:
     return ("<p>Label-issue detection is off (<code>flag.label_issues:"
@@ -402,7 +404,7 @@ def _label_issues(summary: Dict, classes: Optional[Dict[str, list]]) -> str:
   label_counts = classes["label_count"]
   num_classes = len(label_counts)
   names = classes.get("name")
-  counts = FlagCounts.from_summary(summary)
+  counts = counts or FlagCounts.from_summary(summary)
   by_given = counts.issues_by_given(num_classes)
   # At any K, the page stays small: the heat map of the classes most
   # involved, and the classes and pairs with the most issues.
@@ -514,7 +516,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                   easy_confidence: float = 0.5,
                   ambiguous_variability: float = 0.2,
                   top_new_flagged: Sequence[Dict[str, Any]] = (),
-                  label_classes: Optional[Dict[str, list]] = None) -> str:
+                  label_classes: Optional[Dict[str, list]] = None,
+                  flag_counts: Optional[FlagCounts] = None) -> str:
   """A self-contained HTML page (inline SVG and CSS, no script, no network).
 
   Args:
@@ -532,6 +535,8 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
       (flag history), shown first.
     label_classes: with label issues on, each class's numbers in full
       (`label_rules.class_columns`); None: those in `summary`.
+    flag_counts: the flags counted, with every label pair; None: those in
+      `summary` (its pairs with the most issues).
   """
   loss = summary["loss"]
   edges, counts = _histogram(cdf, loss["count"])
@@ -593,6 +598,7 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
   run = _table(["run id", "started (UTC)", "runner", "devices"],
                [[summary["run_id"], summary["started"], summary["runner"],
                  summary["devices"]]], "run")
+  label_issues = _label_issues(summary, label_classes, flag_counts)
   return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>lossaudit report {html.escape(summary["run_id"])}</title>
@@ -627,7 +633,7 @@ its reason. Quantiles are approximate: each is within rank error
 {fold_html}
 <h2>Flag rules</h2><p>Thresholds each rule used, and how many examples each
 flagged (an example can have several reasons).</p>{thresholds}{reasons}
-<h2>Label issues</h2>{_label_issues(summary, label_classes)}{_data_map_section(
+<h2>Label issues</h2>{label_issues}{_data_map_section(
     data_map, easy_confidence, ambiguous_variability)}
 <h2>Most suspicious examples (top {len(top_flagged)})</h2>
 <p class="note">Ordered by score: the loss, or for label issues the

@@ -197,6 +197,8 @@ class Summary:
       `label_issues/classes.parquet`; else None.
     label_rules: with label issues on, the rules (`label_issues/
       joint.parquet` holds their joint); else None.
+    flag_counts: the flags counted, every label pair among them
+      (`summary.json` holds the `MAX_PAIRS` with the most issues).
   """
 
   document: Dict[str, Any]
@@ -208,6 +210,7 @@ class Summary:
   data_map: Optional[DataMap]
   label_classes: Optional[Dict[str, list]] = None
   label_rules: Optional[LabelRules] = None
+  flag_counts: FlagCounts = FlagCounts()
 
 
 def versions() -> Dict[str, str]:
@@ -244,7 +247,12 @@ def build_summary(statistics: RunStatistics, context: RunContext,
       label_classes=None if rules is None else class_columns(
           rules, statistics.flag_counts.issues_by_given(rules.num_classes),
           context.class_names),
-      label_rules=rules)
+      label_rules=rules, flag_counts=statistics.flag_counts)
+
+
+# `label_issues.issues_by_pair` holds the pairs with the most issues, at
+# most these (about 250 KB); `label_issues/pairs.parquet` holds them all.
+MAX_PAIRS = 10_000
 
 
 def _bounded(names: Optional[List[str]]) -> Optional[List[str]]:
@@ -264,9 +272,15 @@ def _document(statistics: RunStatistics, context: RunContext,
   thresholds = statistics.thresholds
   label_issues = None
   if thresholds.label_issues is not None:
-    label_issues = dict(thresholds.label_issues.to_dict(names),
-                        issues_by_pair=flag_counts.pairs_to_dict(),
-                        class_names=_bounded(names))
+    rules = thresholds.label_issues
+    by_given = flag_counts.issues_by_given(rules.num_classes)
+    label_issues = dict(
+        rules.to_dict(names),
+        issues_by_pair=flag_counts.pairs_to_dict(MAX_PAIRS),
+        issue_pairs=len(flag_counts.by_pair),
+        issues_by_given=(by_given if rules.num_classes <= PER_CLASS_CLASSES
+                         else None),
+        class_names=_bounded(names))
   names = _bounded(names)
   folds = {}
   if statistics.folds is not None:  # Every fold: an empty one means a bad

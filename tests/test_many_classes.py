@@ -289,9 +289,12 @@ def _check_bounded_outputs(out, summary, probs, given, names, expected,
   np.testing.assert_array_equal(classes["label_count"],
                                 np.bincount(given, minlength=k))
   assert classes["label_issues"].sum() == len(expected)
+  pairs = pd.read_parquet(out / "label_issues" / "pairs.parquet")
+  assert pairs["label_issues"].sum() == len(expected)
+  assert (pairs["given_name"] == [names[k] for k in pairs["given"]]).all()
   assert summary["files"]["label_issues"] == [
-      str(out / "label_issues" / "joint.parquet"),
-      str(out / "label_issues" / "classes.parquet")]
+      str(out / "label_issues" / name)
+      for name in ("joint.parquet", "classes.parquet", "pairs.parquet")]
   page = (out / "report.html").read_text()
   matrix = re.search(r'<svg id="label-issue-matrix".*?</svg>', page, re.S)
   assert len(re.findall(r"<rect ", matrix.group(0))) <= 30 * 30

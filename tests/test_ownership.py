@@ -592,6 +592,7 @@ def _link_message(out, relative, target):
     "losses", "flagged", "dead_letter", "resolved", "clean",
     "clean/relabelled", "weights", ".scratch", "summary.json", "report.html",
     "drift.json", "label_issues", "label_issues/joint.parquet",
+    "label_issues/pairs.parquet",
     ownership.MARKER, ownership.LOCK])
 def test_a_link_where_lossaudit_writes_is_refused_before_anything(
     tmp_path, relative):
@@ -658,7 +659,7 @@ def test_clearing_earlier_outputs_never_follows_a_link(tmp_path):
 def test_label_issue_files_are_removed_by_name(tmp_path, users_file):
   out = tmp_path / "out"
   (out / "label_issues").mkdir(parents=True)
-  for name in ("joint.parquet", "classes.parquet",
+  for name in ("joint.parquet", "classes.parquet", "pairs.parquet",
                "joint.parquet.tmp-0123abcd"):
     (out / "label_issues" / name).write_text("an earlier run's")
   if users_file:
@@ -666,7 +667,8 @@ def test_label_issue_files_are_removed_by_name(tmp_path, users_file):
   deleted = ownership.remove_own_files(str(out), lambda rel: True)
   assert sorted(deleted) == sorted(
       str(out / "label_issues" / name) for name in (
-          "classes.parquet", "joint.parquet", "joint.parquet.tmp-0123abcd"))
+          "classes.parquet", "joint.parquet", "joint.parquet.tmp-0123abcd",
+          "pairs.parquet"))
   if users_file:
     assert os.listdir(out / "label_issues") == ["notes.txt"]
   else:

@@ -1,6 +1,8 @@
 """`lossaudit.summary`: `summary.json` from a hand-made `RunStatistics`,
 without a pipeline."""
 
+import dataclasses
+import json
 import random
 
 import numpy as np
@@ -111,7 +113,8 @@ def test_the_summary_of_hand_made_statistics():
                                       "count": 1, "given_name": "cat",
                                       "suggested_name": "dog"}],
                        "noise_rate": [0.1, 0.0], "non_finite_left_out": 0,
-                       "issues_by_pair": {"0->1": 1},
+                       "issues_by_pair": {"0->1": 1}, "issue_pairs": 1,
+                       "issues_by_given": [1, 0],
                        "class_names": ["cat", "dog"]},
       "class_names": ["cat", "dog"],
       "config": CONTEXT.config,
@@ -194,3 +197,39 @@ def test_a_gate_writes_drift_and_its_outcome():
   assert gate["failed"] == gate["failures"] == [
       "gate max_flagged_fraction failed: 0.3 > 0.2, by 0.1"]
   assert gate["skipped"] == []
+
+
+def test_label_issues_stay_bounded_with_many_pairs_and_classes():
+  """12,000 label pairs over 1,500 classes: summary.json keeps the 10,000
+  pairs with the most issues and no per-class lists; the full numbers go
+  to the report and the label_issues/ files."""
+  k = 1500
+  rng = np.random.default_rng(0)
+  cells = rng.choice(k * k, 12_000, replace=False)
+  by_pair = {LabelPair(int(c // k), int(c % k)): int(n) for c, n in zip(
+      cells, rng.integers(1, 50, len(cells)))}
+  rules = LabelRules(
+      method="confident_learning", thresholds=[0.5] * k,
+      label_counts=[100] * k,
+      confident_joint=CellCounts.from_dense(np.diag(np.full(k, 100))),
+      noise_rate=[0.0] * k)
+  parts = [p for p in PARTS if not isinstance(p.thresholds, Thresholds)
+           and not p.flag_counts.total]
+  parts += [RunStatistics(thresholds=Thresholds.of(label_issue=rules)),
+            RunStatistics(flag_counts=FlagCounts(
+                sum(by_pair.values()), {"label_issue": sum(by_pair.values())},
+                by_pair))]
+  built = build_summary(_merged(parts), dataclasses.replace(
+      CONTEXT, class_names=tuple(f"c{i}" for i in range(k))), seconds=1.0)
+  issues = built.document["label_issues"]
+  top = sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0]))[:10_000]
+  assert issues["issues_by_pair"] == {p.key(): n for p, n in top}
+  assert issues["issue_pairs"] == 12_000
+  assert issues["issues_by_given"] is None and issues["thresholds"] is None
+  assert built.document["class_names"] is None
+  given = np.zeros(k, int)
+  for pair, n in by_pair.items():
+    given[pair.given] += n
+  assert built.label_classes["label_issues"] == given.tolist()
+  assert built.flag_counts.by_pair == by_pair
+  assert len(json.dumps(built.document)) < 400_000

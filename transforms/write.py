@@ -17,7 +17,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from lossaudit import outputs, ownership
 from lossaudit.config import AuditConfig, DynamicsConfig
 from lossaudit.early_aum import EARLY_AUM
-from lossaudit.label_rules import classes_table, joint_table
+from lossaudit.label_rules import classes_table, joint_table, pairs_table
 from lossaudit.merging import merge_all
 from lossaudit.report import render_report
 from lossaudit.spec import PROBS_COLUMN, is_internal
@@ -232,6 +232,7 @@ class _WriteSummaryFn(beam.DoFn):
                       found, previews=built.previews, data_map=built.data_map,
                       top_new_flagged=built.top_new_flagged,
                       label_classes=built.label_classes,
+                      flag_counts=built.flag_counts,
                       easy_confidence=self._dynamics.easy_confidence,
                       ambiguous_variability=(
                           self._dynamics.ambiguous_variability)))
@@ -248,12 +249,13 @@ class _WriteSummaryFn(beam.DoFn):
     yield summary
 
   def _write_label_issues(self, built: Summary, summary: Dict) -> None:
-    """Writes `label_issues/joint.parquet` and `classes.parquet` whole, and
-    names them in `summary["files"]`."""
+    """Writes `label_issues/joint.parquet`, `classes.parquet` and
+    `pairs.parquet` whole, and names them in `summary["files"]`."""
     names = self._context.class_names
     tables = {outputs.JOINT: joint_table(built.label_rules.confident_joint,
                                          names),
-              outputs.CLASSES: classes_table(built.label_classes)}
+              outputs.CLASSES: classes_table(built.label_classes),
+              outputs.PAIRS: pairs_table(built.flag_counts.by_pair, names)}
     for name, table in tables.items():
       sink = pa.BufferOutputStream()
       pq.write_table(table, sink)
