@@ -395,7 +395,7 @@ class Claim:
     Returns:
       The paths deleted.
     """
-    refuse_links(self.directory)  # One made since the claim.
+    refuse_unsafe_paths(self.directory)  # One made since the claim.
     own_scratch = f"{outputs.SCRATCH}/{self.run.run_id}/"
     clean = [outputs.join(self.directory, outputs.CLEAN, name)
              for name in outputs.clean_manifest(self.directory)]
@@ -448,7 +448,7 @@ def claim(directory: str, run: RunInfo, *, overwrite: bool,
       location that cannot be written.
   """
   check_not_protected(directory)
-  refuse_links(directory)
+  refuse_unsafe_paths(directory)
   _refuse_foreign(directory, overwrite)
   created = None
   try:
@@ -520,7 +520,7 @@ def check_claimable(directory: str, *, overwrite: bool, lock_timeout: float,
     ConfigError: as `claim` does.
   """
   check_not_protected(directory)
-  refuse_links(directory)
+  refuse_unsafe_paths(directory)
   _refuse_foreign(directory, overwrite)
   if not _is_gcs(directory) and not os.path.isdir(directory):
     _refuse_unwritable(directory)
@@ -627,28 +627,41 @@ WRITTEN_PATHS = (outputs.LABEL_ISSUES, *outputs.TOP_LEVEL_FILES, MARKER,
                  *sorted(outputs.SHARD_DIRS, key=lambda k: k.count("/")))
 
 
-def refuse_links(directory: str) -> None:
+# Of those, the folders (the rest are files).
+_WRITTEN_FOLDERS = frozenset((outputs.LABEL_ISSUES, outputs.SCRATCH,
+                              outputs.CLEAN, *outputs.SHARD_DIRS))
+
+
+def refuse_unsafe_paths(directory: str) -> None:
   """Refuses a local `directory` where a folder or file that lossaudit
-  writes (`WRITTEN_PATHS`) is a symbolic link: a run would write through
-  it, over a file elsewhere (or into its own input). `directory` itself may
-  be a link to a directory.
+  writes (`WRITTEN_PATHS`) is a symbolic link (a run would write through
+  it, over a file elsewhere, or into its own input), or is a file where
+  lossaudit writes a folder, or the reverse (the run would fail when it
+  came to write there, perhaps after hours). `directory` itself may be a
+  link to a directory.
 
   Raises:
-    ConfigError: naming the link and its target.
+    ConfigError: naming the link and its target, or the path in the way.
   """
   if _is_gcs(directory):
     return
   for relative in WRITTEN_PATHS:
     path = os.path.join(directory, relative)
-    if not os.path.islink(path):
-      continue
-    try:
-      target = os.readlink(path)
-    except OSError as e:
-      target = f"unreadable: {describe_error(e)}"
-    raise ConfigError(
-        "output.dir: expected no symbolic link where lossaudit writes (a"
-        f" run never writes through one). Received: {path!r} -> {target!r}")
+    if os.path.islink(path):
+      try:
+        target = os.readlink(path)
+      except OSError as e:
+        target = f"unreadable: {describe_error(e)}"
+      raise ConfigError(
+          "output.dir: expected no symbolic link where lossaudit writes (a"
+          f" run never writes through one). Received: {path!r} -> {target!r}")
+    folder = relative in _WRITTEN_FOLDERS
+    if os.path.lexists(path) and os.path.isdir(path) != folder:
+      raise ConfigError(
+          f"output.dir: expected {'a folder' if folder else 'a file'} or"
+          f" nothing at {path!r}, where lossaudit writes its"
+          f" {'files' if folder else 'file'}. Received: a"
+          f" {'file' if folder else 'folder'} (move it elsewhere)")
 
 
 def _gcs_scratch_is_foreign(client, bucket, prefix: str, retry) -> bool:

@@ -20,8 +20,13 @@ from cleanlab.count import calibrate_confident_joint, compute_confident_joint
 from cleanlab.filter import _keep_at_least_n_per_class, find_label_issues
 
 from lossaudit import confident
+from lossaudit.confident import CellCounts
+from lossaudit.flag_counts import FlagCounts, LabelPair
+from lossaudit.label_rules import LabelRules
 from lossaudit.pipelines import audit
-from tests.helpers import predictions_config, write_predictions
+from lossaudit.rules import Thresholds
+from lossaudit.summary import RunContext, RunStatistics, build_summary
+from tests.helpers import predictions_config, run_audit, write_predictions
 from tests.test_report import CHROMIUM, render
 
 
@@ -327,3 +332,62 @@ def test_a_rerun_without_label_issues_removes_their_files(tmp_path,
   assert second["label_issues"] is None
   assert "label_issues" not in second["files"]
   assert not (out / "label_issues").exists()
+
+
+def test_summary_json_stays_under_a_megabyte_at_ten_thousand_classes():
+  """100,000 issues on distinct pairs (a 1M-example run with 10% noise at
+  K = 10,000): `issues_by_pair` keeps the 10,000 with the most, and
+  summary.json stays under 1 MB (every pair would make it 2.3 MB)."""
+  k, pairs = 10_000, 100_000
+  rng = np.random.default_rng(0)
+  codes = rng.choice(k * k, size=3 * pairs, replace=False)
+  codes = codes[codes // k != codes % k][:pairs]
+  given, suggested = codes // k, codes % k
+  diagonal = np.arange(k)
+  joint = CellCounts.of_pairs(np.concatenate([diagonal, given]),
+                              np.concatenate([diagonal, suggested]), k)
+  label_counts = np.bincount(np.concatenate([diagonal, given]),
+                             minlength=k).tolist()
+  rules = LabelRules(
+      method="confident_learning", thresholds=[0.5] * k,
+      label_counts=label_counts, confident_joint=joint,
+      noise_rate=[0.0] * k)
+  statistics = RunStatistics(
+      loss={"count": k + pairs, "nan_count": 0, "mean": 1.0,
+            "quantiles": {"0.5": 1.0}},
+      thresholds=Thresholds.of(label_issue=rules),
+      flag_counts=FlagCounts(pairs, {"label_issue": pairs}, {
+          LabelPair(int(g), int(s)): 1 for g, s in zip(given, suggested)}))
+  document = build_summary(statistics, RunContext(
+      config={"model": {}, "output": {"dir": "out"}},
+      run={"runner": "DirectRunner", "run_id": "r", "start_time": 0.0}),
+      seconds=1.0).document
+  assert document["label_issues"]["thresholds"] is None
+  assert len(document["label_issues"]["issues_by_pair"]) == 10_000
+  assert document["label_issues"]["issue_pairs"] == pairs
+  assert len(json.dumps(document, indent=2)) <= 1_000_000
+
+
+def test_a_file_named_label_issues_is_refused_before_the_run(tmp_path,
+                                                             capsys):
+  """A user's plain file `label_issues` in output.dir (taken with
+  `output.overwrite: true`) is refused before the run (it failed after the
+  whole run, writing its files), and stays."""
+  rng = np.random.default_rng(0)
+  probs = rng.dirichlet(np.ones(3), size=60)
+  write_predictions(tmp_path / "data.parquet",
+                    [f"e{i}" for i in range(60)],
+                    rng.integers(0, 3, 60), probs)
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "label_issues").write_text("my notes\n")
+  config = predictions_config(tmp_path / "data.parquet", out,
+                              flag={"label_issues": "confident_learning"},
+                              output={"overwrite": True})
+  run_audit(config, exit_code=2)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(
+      "lossaudit: error: output.dir:"), err[-3:]
+  assert "label_issues" in err[0]
+  assert (out / "label_issues").read_text() == "my notes\n"
+  assert not os.path.exists(out / "summary.json")

@@ -616,6 +616,30 @@ def test_a_link_where_lossaudit_writes_is_refused_before_anything(
       ownership.LOCK)
 
 
+@pytest.mark.parametrize("relative,made", [
+    ("label_issues", "file"), ("losses", "file"), (".scratch", "file"),
+    ("summary.json", "folder"), ("label_issues/joint.parquet", "folder")])
+def test_a_file_where_a_folder_goes_is_refused_before_anything(
+    tmp_path, relative, made):
+  out = tmp_path / "out"
+  (out / relative).parent.mkdir(parents=True, exist_ok=True)
+  if made == "file":
+    (out / relative).write_text("the user's")
+  else:
+    (out / relative).mkdir()
+    (out / relative / "notes.txt").write_text("the user's")
+  before = snapshot(out)
+  with pytest.raises(ConfigError) as e:
+    claim(out, overwrite=True)
+  wanted = "a folder" if made == "file" else "a file"
+  assert str(e.value) == (
+      f"output.dir: expected {wanted} or nothing at"
+      f" {str(out / relative)!r}, where lossaudit writes its"
+      f" {'files' if made == 'file' else 'file'}. Received: a {made} (move"
+      " it elsewhere)")
+  assert snapshot(out) == before
+
+
 def test_a_link_made_after_the_claim_is_refused_before_clearing(tmp_path):
   out = tmp_path / "out"
   held = claim(out)
