@@ -422,7 +422,8 @@ def _label_issues(summary: Dict, classes: Optional[Dict[str, list]],
       ["given", "suggested", "label issues", "share of the given class"],
       [[_class_label(p.given, names), _class_label(p.suggested, names), n,
         n / label_counts[p.given] if label_counts[p.given] else None]
-       for p, n in counts.top_pairs(PAIR_ROWS)], "label-issue-pairs")
+       for p, n in counts.top_pairs(PAIR_ROWS)], "label-issue-pairs"
+  ) if counts.by_pair else "<p>No label issues were flagged.</p>"
   bounded = ""
   if num_classes > HEAT_MAP_CLASSES:
     table = ("every class" if num_classes <= CLASS_ROWS else

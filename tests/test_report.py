@@ -200,3 +200,13 @@ def test_the_label_issue_section_stays_small_at_ten_thousand_classes(
     found = probe_page(page, 'document.querySelectorAll('
                        '"#label-issue-matrix rect").length', tmp_path)
     assert found == "900"
+
+
+def test_a_run_without_label_issues_says_so(demo_report):
+  from lossaudit import report  # pylint: disable=g-import-not-at-top
+
+  summary, _, _ = _many_classes(demo_report[1], 5, 0)
+  summary["label_issues"]["issues_by_pair"] = {}
+  page = report.render_report(summary, [0.0, 1.0], [])
+  assert "<p>No label issues were flagged.</p>" in page
+  assert 'id="label-issue-pairs"' not in page
