@@ -249,8 +249,29 @@ def run_lossaudit(directory: str, method: str) -> Tuple[Dict, Optional[set]]:
          if "label_issue" in reasons}
   for name in ("summary.json", "report.html"):
     result[name] = os.path.getsize(os.path.join(out, name))
+  result.update(render_report(os.path.join(out, "report.html")))
   shutil.rmtree(os.path.join(out, "losses"), ignore_errors=True)
   return result, ids
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-dev-shm-usage", "--enable-logging=stderr",
+                  "--v=0", "--dump-dom")
+
+
+def render_report(path: str) -> Dict:
+  """Headless Chromium's wall seconds to load `path` and dump its DOM (the
+  whole process, as a user opening it would wait), and its console errors;
+  {} without chromium."""
+  chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+  if chromium is None:
+    return {}
+  began = time.perf_counter()
+  done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"file://{path}"],
+                        capture_output=True, text=True, timeout=120,
+                        check=False)
+  return {"report_render_s": time.perf_counter() - began,
+          "report_console_errors": done.stderr.count("CONSOLE")}
 
 
 def run_cleanlab(directory: str, method: str) -> Tuple[Dict, Optional[set]]:
@@ -396,6 +417,17 @@ def main(argv: List[str]) -> None:
       "\n\nTime: wall seconds, reading the Parquet shards included; cores "
       "busy: CPU seconds over wall seconds; peak memory: resident memory of "
       "the process and its children.\n")
+  renders = [r["lossaudit"] for r in results
+             if "report_render_s" in r["lossaudit"]]
+  if renders:
+    largest = max(r["report.html"] for r in renders) / 1e6
+    text += (
+        f"report.html: at most {largest:.2f} MB; headless Chromium loads"
+        " each in at most"
+        f" {max(r['report_render_s'] for r in renders):.1f} s (its whole"
+        f" process), {sum(r['report_console_errors'] for r in renders)}"
+        " console errors. summary.json: at most"
+        f" {max(r['summary.json'] for r in renders) / 1e6:.2f} MB.\n")
   print(text)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
