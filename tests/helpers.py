@@ -186,6 +186,25 @@ def first_rows(columns, n=100):
                             }).to_batches()[0]
 
 
+def confident_pieces(probs, given, k, batches=3):
+  """Confident learning's mergeable pieces, computed batch by batch as the
+  pipeline does: `(thresholds (K,), raw joint (CellCounts), label counts
+  (K,))`."""
+  from lossaudit import confident  # pylint: disable=g-import-not-at-top
+
+  parts = np.array_split(np.arange(len(given)), batches)
+  sums, counts = np.zeros(k), np.zeros(k, dtype=np.int64)
+  for rows in parts:
+    s, c = confident.self_confidence_sums(probs[rows], given[rows], k)
+    sums, counts = sums + s, counts + c
+  thresholds = confident.confident_thresholds(sums, counts)
+  raw = confident.CellCounts.empty(k)
+  for rows in parts:
+    guess, ok = confident.confident_guess(probs[rows], thresholds)
+    raw = raw.merge(confident.joint_counts(given[rows], guess, ok, k))
+  return thresholds, raw, counts
+
+
 def noisy_probs(n, k, noise, seed):
   """Probabilities of a decent model and labels with asymmetric noise."""
   rng = np.random.default_rng(seed)

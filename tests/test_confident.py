@@ -7,26 +7,12 @@ from cleanlab.filter import find_label_issues
 
 from lossaudit import confident
 from lossaudit.stats import top_k_merge
-from tests.helpers import noisy_probs
-
-
-def _pieces(probs, given, k, batches=3):
-  parts = np.array_split(np.arange(len(given)), batches)
-  sums, counts = np.zeros(k), np.zeros(k, dtype=int)
-  for rows in parts:
-    s, c = confident.self_confidence_sums(probs[rows], given[rows], k)
-    sums, counts = sums + s, counts + c
-  thresholds = confident.confident_thresholds(sums, counts)
-  raw = confident.CellCounts.empty(k)
-  for rows in parts:
-    guess, ok = confident.confident_guess(probs[rows], thresholds)
-    raw = raw.merge(confident.joint_counts(given[rows], guess, ok, k))
-  return thresholds, raw, counts
+from tests.helpers import confident_pieces, noisy_probs
 
 
 def test_thresholds_and_joint_match_cleanlab():
   probs, given, _ = noisy_probs(5000, 6, 0.1, 0)
-  thresholds, raw, counts = _pieces(probs, given, 6)
+  thresholds, raw, counts = confident_pieces(probs, given, 6)
   np.testing.assert_allclose(thresholds,
                              get_confident_thresholds(given, probs), rtol=1e-6)
   np.testing.assert_array_equal(
@@ -71,7 +57,7 @@ def _cells_over_bundles(probs, given, ids, prune, limits=(None, 500),
 def _prune(probs, given, k):
   """The thresholds, and the prune counts (sparse, as the code takes them,
   and dense `(K, K)`, diagonal 0, to count on)."""
-  thresholds, raw, counts = _pieces(probs, given, k)
+  thresholds, raw, counts = confident_pieces(probs, given, k)
   prune = confident.prune_counts(confident.calibrated_joint(raw, counts),
                                  counts)
   return thresholds, prune, prune.to_dense()

@@ -26,7 +26,12 @@ from lossaudit.label_rules import LabelRules
 from lossaudit.pipelines import audit
 from lossaudit.rules import Thresholds
 from lossaudit.summary import RunContext, RunStatistics, build_summary
-from tests.helpers import predictions_config, run_audit, write_predictions
+from tests.helpers import (
+  confident_pieces,
+  predictions_config,
+  run_audit,
+  write_predictions,
+)
 from tests.test_report import CHROMIUM, render
 
 
@@ -56,21 +61,6 @@ def many_class_probs(n, k, seed, noise=0.1):
   flip = rng.random(n) < noise
   given[flip] = (truth[flip] + 1) % k
   return probs, given, truth
-
-
-def _joint_of(probs, given, k, batches=4):
-  """Thresholds, the raw sparse joint summed over batches, label counts."""
-  parts = np.array_split(np.arange(len(given)), batches)
-  sums, counts = np.zeros(k), np.zeros(k, np.int64)
-  for rows in parts:
-    s, c = confident.self_confidence_sums(probs[rows], given[rows], k)
-    sums, counts = sums + s, counts + c
-  thresholds = confident.confident_thresholds(sums, counts)
-  raw = confident.CellCounts.empty(k)
-  for rows in parts:
-    guess, ok = confident.confident_guess(probs[rows], thresholds)
-    raw = raw.merge(confident.joint_counts(given[rows], guess, ok, k))
-  return thresholds, raw, counts
 
 
 @pytest.mark.parametrize("length", [7, 128, 129, 1000, 70_001, 3_000_017])
@@ -128,7 +118,7 @@ def test_label_issues_equal_cleanlab(k, n):
   probs, given, _ = many_class_probs(n, k, seed=k)
   ids = np.char.add("m", np.char.zfill(np.arange(n).astype(str), 6)
                     ).astype(object)
-  thresholds, raw, counts = _joint_of(probs, given, k)
+  thresholds, raw, counts = confident_pieces(probs, given, k, batches=4)
   joint = confident.calibrated_joint(raw, counts)
   expected_joint = compute_confident_joint(given, probs, calibrate=True)
   np.testing.assert_array_equal(joint.to_dense(), expected_joint)

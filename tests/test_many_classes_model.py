@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 from cleanlab.filter import find_label_issues
 
-from lossaudit.scoring import BatchScorer
 from lossaudit.spec import PROBS_COLUMN
 from tests import many_classes
 from tests.helpers import base_config, run_audit
+from tests.scorers import SmallMemoryScorer
 
 RTOL = 1e-6
 ATOL = 1e-6  # float32 losses near zero.
@@ -43,27 +43,10 @@ def _keras_probs(path, x):
       x, batch_size=1024, verbose=0)
 
 
-class _SmallMemoryScorer(BatchScorer):
-  """Runs out of memory on more than `limit` rows; records what it scored."""
-
-  limit = 100
-
-  def __init__(self, spec, **kwargs):
-    super().__init__(spec, **kwargs)
-    self.scored_sizes = []
-
-  def score_arrays(self, features, labels, fold=0):
-    n = len(next(iter(labels.values())))
-    if n > self.limit:
-      raise tf.errors.ResourceExhaustedError(None, None, "OOM: test")
-    self.scored_sizes.append(n)
-    return super().score_arrays(features, labels, fold)
-
-
 def test_out_of_memory_halves_the_batch_at_1000_classes(built):
   n = 1000
   rows = slice(0, n)
-  scorer = _SmallMemoryScorer(many_classes.spec(built.model, keep_probs=True),
+  scorer = SmallMemoryScorer(many_classes.spec(built.model, keep_probs=True),
                               max_rows=256)
   scored, dead = scorer.score("memory",
                               many_classes.record_batch(built, rows))

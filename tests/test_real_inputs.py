@@ -25,6 +25,7 @@ from cleanlab.filter import find_label_issues
 from lossaudit.scoring import BatchScorer
 from lossaudit.spec import Feature, LossTerm, ScoringSpec
 from tests.helpers import base_config, run_audit
+from tests.scorers import SmallMemoryScorer
 
 N = 200
 K = 3
@@ -628,23 +629,6 @@ def _sparse_term(output):
                   num_classes=K)
 
 
-class _SmallMemoryScorer(BatchScorer):
-  """Runs out of memory on more than `limit` rows; records what it scored."""
-
-  limit = 100
-
-  def __init__(self, spec, **kwargs):
-    super().__init__(spec, **kwargs)
-    self.scored_sizes = []
-
-  def score_arrays(self, features, labels, fold=0):
-    n = len(next(iter(labels.values())))
-    if n > self.limit:
-      raise tf.errors.ResourceExhaustedError(None, None, "OOM: test")
-    self.scored_sizes.append(n)
-    return super().score_arrays(features, labels, fold)
-
-
 def test_out_of_memory_halves_the_batch(sequences):
   n = 1000
   rows = [sequences.rows[i % N] for i in range(n)]
@@ -654,7 +638,7 @@ def test_out_of_memory_halves_the_batch(sequences):
       model_path=str(sequences.path), signature="serving_default",
       features=(Feature("tokens", "tokens", (None,), "int32"),),
       terms=(_sparse_term("probs"),), id_column="id")
-  scorer = _SmallMemoryScorer(spec)
+  scorer = SmallMemoryScorer(spec)
   batch = pa.RecordBatch.from_pydict(
       {"id": ids, "tokens": rows, "label": labels})
   scored, dead = scorer.score("memory", batch)
@@ -685,12 +669,12 @@ def test_a_record_too_large_alone_is_one_dead_letter(sequences):
   batch = pa.RecordBatch.from_pydict({
       "id": ["a", "b", "c"], "tokens": [[1], [2, 3], [4]],
       "label": [0, 1, 2]})
-  unchecked = _SmallMemoryScorer(spec)
+  unchecked = SmallMemoryScorer(spec)
   unchecked.limit = 0  # Not even one row fits: not the data's fault...
   with pytest.raises(tf.errors.ResourceExhaustedError):
     unchecked.score("memory", batch)
   # ... unless the model is known to score this data.
-  scorer = _SmallMemoryScorer(spec, models=unchecked.models,
+  scorer = SmallMemoryScorer(spec, models=unchecked.models,
                               model_checked=True)
   scorer.limit = 0
   scored, dead = scorer.score("memory", batch)
