@@ -511,8 +511,10 @@ def test_jobs_into_new_directories_on_the_direct_runner(tmp_path,
     out = summary["config"]["output"]["dir"]
     assert summary["examples_scored"] == 600
     assert sorted(os.listdir(out)) == sorted([
-        ownership.MARKER, "dead_letter", "flagged", "losses", "report.html",
-        "summary.json"])
+        ownership.MARKER, "dead_letter", "flagged", "label_issues", "losses",
+        "report.html", "summary.json"])
+    assert sorted(os.listdir(os.path.join(out, "label_issues"))) == [
+        "classes.parquet", "joint.parquet", "pairs.parquet"]
 
 
 def _small_predictions_config(tmp_path, write_config, out, **flag):
