@@ -1,8 +1,10 @@
 """gs:// for data, model and outputs, against a local GCS API emulator."""
 
+import io
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
@@ -31,7 +33,8 @@ def test_gs_input_model_and_output_equal_local_run(
   remote_model = f"{remote}/model" + (".keras" if model_kind == "keras" else "")
   upload(local_model, remote_model)
 
-  flag = {"loss_quantile": 0.9, "top_k": 10}
+  flag = {"loss_quantile": 0.9, "top_k": 10,
+          "label_issues": "confident_learning"}
   local_out = tmp_path / "local"
   local = audit.run(["--config", write_config(base_config(
       tfrecord_dir / "*.gz", local_model, local_out, flag=flag), "l.yaml")])
@@ -41,7 +44,7 @@ def test_gs_input_model_and_output_equal_local_run(
   summary = audit.run(["--config", write_config(config, "r.yaml")])
 
   for key in ("examples_read", "examples_scored", "loss", "slices",
-              "thresholds", "flagged"):
+              "thresholds", "flagged", "label_issues"):
     assert summary[key] == local[key], key
   with FileSystems.open(remote_out + "/summary.json") as f:
     assert json.loads(f.read())["examples_scored"] == 3000
@@ -52,6 +55,11 @@ def test_gs_input_model_and_output_equal_local_run(
     want = pd.read_parquet(local_out / kind).sort_values("id").reset_index(
         drop=True)
     pd.testing.assert_frame_equal(got, want)
+  for name in ("joint", "classes", "pairs"):
+    with FileSystems.open(f"{remote_out}/label_issues/{name}.parquet") as f:
+      got = pq.read_table(io.BytesIO(f.read())).to_pandas()
+    pd.testing.assert_frame_equal(
+        got, pd.read_parquet(local_out / "label_issues" / f"{name}.parquet"))
 
 
 @pytest.mark.slow  # Three runs against the emulator (~16 s).
