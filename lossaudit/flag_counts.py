@@ -58,8 +58,7 @@ class FlagCounts:
   def pairs_to_dict(self, most: Optional[int] = None) -> Dict[str, int]:
     """`label_issues.issues_by_pair` in `summary.json`, sorted by key: the
     `most` pairs with the most issues (`top_pairs`), or all (None)."""
-    pairs = (self.by_pair.items() if most is None else self.top_pairs(most))
-    return dict(sorted((pair.key(), n) for pair, n in pairs))
+    return dict(sorted((pair.key(), n) for pair, n in self.top_pairs(most)))
 
   @classmethod
   def from_summary(cls, summary: Dict) -> "FlagCounts":
@@ -92,9 +91,10 @@ class FlagCounts:
     top = sorted(involved.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
     return sorted(k for k, _ in top)
 
-  def top_pairs(self, most: int) -> List[Tuple[LabelPair, int]]:
-    """The at most `most` label pairs with the most issues (ties: the
-    smaller pair first)."""
+  def top_pairs(self, most: Optional[int] = None
+                ) -> List[Tuple[LabelPair, int]]:
+    """The at most `most` (None: all) label pairs with the most issues, most
+    first (ties: the smaller pair first)."""
     return sorted(self.by_pair.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
 
   def issues_by_given(self, num_classes: int) -> List[int]:

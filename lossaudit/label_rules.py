@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from lossaudit import confident
 from lossaudit.early_aum import EARLY_AUM, EarlyAumRule
+from lossaudit.flag_counts import LabelPair
 from lossaudit.spec import (
   CHECKPOINT_CORRECT_COLUMN,
   CHECKPOINT_MARGINS_COLUMN,
@@ -274,16 +275,16 @@ def joint_table(joint: confident.CellCounts,
   return pa.table(columns)
 
 
-def pairs_table(by_pair: Dict, class_names: Optional[Sequence[str]] = None
-                ) -> pa.Table:
+def pairs_table(pairs: Sequence[Tuple[LabelPair, int]],
+                class_names: Optional[Sequence[str]] = None) -> pa.Table:
   """`label_issues/pairs.parquet`: the flagged label issues by (given,
-  suggested) pair, most first: `given`, `suggested`, `label_issues`, and
-  with `class_names` `given_name` and `suggested_name`.
+  suggested) pair: `given`, `suggested`, `label_issues`, and with
+  `class_names` `given_name` and `suggested_name`.
 
   Args:
-    by_pair: `FlagCounts.by_pair`, `{LabelPair: issues}`.
+    pairs: `(LabelPair, issues)`, in the order written
+      (`FlagCounts.top_pairs()`: most first).
   """
-  pairs = sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0]))
   given = pa.array([p.given for p, _ in pairs], pa.int64())
   suggested = pa.array([p.suggested for p, _ in pairs], pa.int64())
   columns = {"given": given, "suggested": suggested,

@@ -236,18 +236,19 @@ def build_summary(statistics: RunStatistics, context: RunContext,
     context: what was known before it started.
     seconds: the run's seconds so far (`seconds`, `timings.wall_seconds`).
   """
-  document = _document(statistics, context, seconds)
   rules = statistics.thresholds.label_issues
+  label_classes = None if rules is None else class_columns(
+      rules, statistics.flag_counts.issues_by_given(rules.num_classes),
+      context.class_names)
+  document = _document(statistics, context, seconds, label_classes)
   return Summary(
       document=document, drift=_gate(document, context),
       cdf=statistics.loss.get("cdf", []),
       top_flagged=statistics.top_flagged or [],
       top_new_flagged=statistics.top_new_flagged or [],
       previews=statistics.previews, data_map=statistics.data_map,
-      label_classes=None if rules is None else class_columns(
-          rules, statistics.flag_counts.issues_by_given(rules.num_classes),
-          context.class_names),
-      label_rules=rules, flag_counts=statistics.flag_counts)
+      label_classes=label_classes, label_rules=rules,
+      flag_counts=statistics.flag_counts)
 
 
 # `label_issues.issues_by_pair` holds the pairs with the most issues, at
@@ -262,8 +263,9 @@ def _bounded(names: Optional[List[str]]) -> Optional[List[str]]:
 
 
 def _document(statistics: RunStatistics, context: RunContext,
-              seconds: float) -> Dict[str, Any]:
-  """`summary.json`, less its `gate`."""
+              seconds: float, label_classes: Optional[Dict[str, list]]
+              ) -> Dict[str, Any]:
+  """`summary.json`, less its `gate`; `label_classes` as `Summary`'s."""
   loss, flag_counts = statistics.loss, statistics.flag_counts
   config, run = context.config, context.run
   scored = loss["count"] + loss["nan_count"]
@@ -273,13 +275,12 @@ def _document(statistics: RunStatistics, context: RunContext,
   label_issues = None
   if thresholds.label_issues is not None:
     rules = thresholds.label_issues
-    by_given = flag_counts.issues_by_given(rules.num_classes)
     label_issues = dict(
         rules.to_dict(names),
         issues_by_pair=flag_counts.pairs_to_dict(MAX_PAIRS),
         issue_pairs=len(flag_counts.by_pair),
-        issues_by_given=(by_given if rules.num_classes <= PER_CLASS_CLASSES
-                         else None),
+        issues_by_given=(label_classes["label_issues"]
+                         if rules.num_classes <= PER_CLASS_CLASSES else None),
         class_names=_bounded(names))
   names = _bounded(names)
   folds = {}

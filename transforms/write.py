@@ -255,7 +255,8 @@ class _WriteSummaryFn(beam.DoFn):
     tables = {outputs.JOINT: joint_table(built.label_rules.confident_joint,
                                          names),
               outputs.CLASSES: classes_table(built.label_classes),
-              outputs.PAIRS: pairs_table(built.flag_counts.by_pair, names)}
+              outputs.PAIRS: pairs_table(built.flag_counts.top_pairs(),
+                                         names)}
     for name, table in tables.items():
       sink = pa.BufferOutputStream()
       pq.write_table(table, sink)
