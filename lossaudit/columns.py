@@ -99,16 +99,16 @@ def dense_numbers(column: pa.Array, width: int,
   n = len(column)
   good = counts == width
   kept = column if good.all() else column.filter(pa.array(good))
-  flat = _flatten(kept)
-  flat_values, bad, shown = _flat_numbers(flat, dtype)
+  flat = flat_values(kept)
+  numbers, bad, shown = _flat_numbers(flat, dtype)
   not_numbers, text = np.zeros(n, dtype=bool), None
   if bad is not None:
     not_numbers, text = _rows_not_numbers(shown, bad, good, width)
   if good.all():
-    values = flat_values.reshape(n, width)
+    values = numbers.reshape(n, width)
   else:
     values = np.zeros((n, width), dtype=dtype)
-    values[good] = flat_values.reshape(-1, width)
+    values[good] = numbers.reshape(-1, width)
   if text is not None:
     values = np.where(not_numbers[:, None], values.dtype.type(0), values)
   return Dense(values, counts, not_numbers, text)
@@ -128,7 +128,7 @@ def list_numbers(column: pa.Array, dtype: np.dtype) -> Dense:
   if isinstance(column, pa.ChunkedArray):
     column = column.combine_chunks()
   counts = value_counts(column)
-  flat = _flatten(column)
+  flat = flat_values(column)
   values, bad, shown = _flat_numbers(flat, dtype)
   n = len(column)
   if bad is None:
@@ -159,7 +159,7 @@ def list_bytes(column: pa.Array) -> Tuple[np.ndarray, np.ndarray]:
   if isinstance(column, pa.ChunkedArray):
     column = column.combine_chunks()
   counts = value_counts(column)
-  flat = _flatten(column)
+  flat = flat_values(column)
   if pa.types.is_null(flat.type):
     flat = flat.cast(pa.binary())
   if not is_text(flat.type):
@@ -171,7 +171,7 @@ def list_bytes(column: pa.Array) -> Tuple[np.ndarray, np.ndarray]:
   return values.astype(object, copy=False), counts
 
 
-def _flatten(column: pa.Array) -> pa.Array:
+def flat_values(column: pa.Array) -> pa.Array:
   """The values of a list column's rows in order (a null row has none), or
   a scalar column's non-null values."""
   if _is_list(column.type):

@@ -69,6 +69,7 @@ DEVICES = ("auto", "cpu", "gpu")
 MAX_BATCH_SIZE = 1 << 20
 MIN_EPSILON = 1e-6  # Smaller: the quantile sketch asks for terabytes.
 MAX_NUM_SHARDS = 10_000
+MAX_REPORT_ROWS = 100_000  # report.html grows by about 0.5 kB a row.
 OUTPUT_PLACEHOLDERS = ("date", "run_id")
 # A lock older than this is taken over; at most a year keeps time arithmetic
 # (datetime.timedelta) far from overflow.
@@ -166,6 +167,18 @@ def _check_feature_columns(key: str, value: Any) -> None:
     _fail(key, _FEATURE_COLUMNS, value)
 
 
+_IMAGE_SHAPE = ("null, [H, W] or [H, W, C]: positive integers, C 1, 3 or 4,"
+                " at most 4096 on a side")
+
+
+def _check_image_shape(key: str, value: Sequence[Any]) -> None:
+  sides = list(value)
+  if (len(sides) not in (2, 3) or not all(
+      isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096
+      for v in sides) or (len(sides) == 3 and sides[2] not in (1, 3, 4))):
+    _fail(key, _IMAGE_SHAPE, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
   pattern: Union[str, Sequence[str]] = _field(
@@ -208,6 +221,11 @@ class InputConfig:
            nonempty=True), None,
       help=("An int column: each example's held-out fold (model.folds); null:"
             " fold_of(id, K)."))
+  image_shape: Optional[Tuple[int, ...]] = _field(
+      Rule(_IMAGE_SHAPE, types=(list, tuple), nullable=True,
+           check=_check_image_shape, convert=tuple), None,
+      help=("[H, W] or [H, W, C] (C 1, 3 or 4): a numeric feature of H*W*C"
+            " values shown as a thumbnail in the report."))
 
   def __post_init__(self):
     _validate(self, "input")
@@ -942,6 +960,18 @@ class DynamicsConfig:
     _validate(self, "dynamics")
 
 
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+  """`report.html`: how many flagged rows it lets a reviewer browse."""
+
+  max_rows: int = _field(_integer(0, MAX_REPORT_ROWS), 10_000,
+      help=("Flagged rows browsable in report.html (the top by score beyond "
+            "it); 0: none."))
+
+  def __post_init__(self):
+    _validate(self, "report")
+
+
 _SECTIONS = {
     "input": InputConfig,
     "model": ModelConfig,
@@ -952,6 +982,7 @@ _SECTIONS = {
     "gate": GateConfig,
     "runtime": RuntimeConfig,
     "dynamics": DynamicsConfig,
+    "report": ReportConfig,
 }
 
 
@@ -973,6 +1004,7 @@ class AuditConfig:
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
   dynamics: DynamicsConfig = dataclasses.field(
       default_factory=DynamicsConfig)
+  report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
   def __post_init__(self):
     _validate(self, "")

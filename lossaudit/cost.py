@@ -48,8 +48,6 @@ DEFAULT_ID_LENGTH = 16
 # Label issues among the rows when told nothing else (sizes the
 # prune_by_noise_rate candidates and the label-pair counts).
 DEFAULT_ISSUE_RATE = 0.1
-# Rows in the report's top flagged rows (`graph.TOP_FLAGGED_IN_REPORT`).
-_TOP_ROWS = 50
 
 # Pickled sizes of accumulators, measured (bytes): a compacted quantile
 # sketch holds 32 bytes a value until its size reaches its cap, about
@@ -63,11 +61,12 @@ _CELL_OVERHEAD = 300
 _CANDIDATE_OVERHEAD = 8 + 6
 _PAIR_BYTES = 12
 # Small per-bundle accumulators and names (bytes, measured): the flag
-# counts, timings, devices, row count and duplicate-id counts; the top
-# flagged rows; one scratch file's name through a Reshuffle; a bucket's
-# scratch file name; a written file's name.
+# counts, timings, devices, row count and duplicate-id counts; a row of the
+# report's flagged rows (`report.max_rows` of them); one scratch file's
+# name through a Reshuffle; a bucket's scratch file name; a written file's
+# name.
 _SMALL_ACCUMULATORS = 1_600
-_TOP_ROWS_BYTES = 6_500
+_TOP_ROW_BYTES = 130
 _PATH_BYTES = 250
 _BUCKETS = 64
 _BUCKET_BYTES = 120
@@ -228,6 +227,21 @@ def checkpoint_rows(config: AuditConfig) -> int:
   return len(config.model.checkpoints)
 
 
+def flagged_rate(config: AuditConfig, rows: int, issue_rate: float
+                 ) -> float:
+  """The share of the rows flagged, as the rules with a known rate add up:
+  `1 - q` of each quantile rule, `top_k / rows`, and `issue_rate` (label
+  issues); the rules of a fixed threshold flag what the data holds, counted
+  as 1% each."""
+  flag = config.flag
+  rate = issue_rate + (flag.top_k or 0) / max(rows, 1)
+  rate += sum(1.0 - q for q in (flag.loss_quantile, flag.slice_quantile,
+                                flag.aum_quantile) if q is not None)
+  rate += 0.01 * sum(v is not None for v in (
+      flag.loss_threshold, flag.robust_z, flag.aum_below))
+  return min(rate, 1.0)
+
+
 def plan_cost(config: AuditConfig, rows: int, classes: int, *,
               rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
               input_bytes_per_row: float = DEFAULT_INPUT_BYTES_PER_ROW,
@@ -270,7 +284,10 @@ def plan_cost(config: AuditConfig, rows: int, classes: int, *,
   if flag.top_k:
     per_bundle("TopK", _ARRAY_OVERHEAD * 2 + flag.top_k * (
         8 + id_length + 6))
-  per_bundle("TopFlagged", _TOP_ROWS_BYTES)
+  per_bundle("TopFlagged", _ARRAY_OVERHEAD + _TOP_ROW_BYTES * min(
+      config.report.max_rows, math.ceil(
+          bundle_rows * flagged_rate(config, rows, issue_rate if method
+                                     else 0.0))))
   issues = issue_rate * bundle_rows
   pairs = distinct_cells(issues, classes * (classes - 1))
   counts = _SMALL_ACCUMULATORS + (int(_PAIR_BYTES * pairs) if method else 0)

@@ -1,4 +1,4 @@
-"""The data map of training dynamics: a deterministic sample, drawn as SVG.
+"""The data map of training dynamics: a deterministic sample, charted.
 
 Dataset cartography (Swayamdipta et al., 2020) places each example by its
 `variability` (x: the std over checkpoints of the probability of its given
@@ -10,16 +10,16 @@ same whatever the batching, bundling or merge order, and the same examples
 are drawn in every run over the same ids.
 
 `sample_rows` samples one batch, `merge` (or `DataMapCombineFn`) combines
-samples, `data_map_svg` draws one. The CombineFn is the only part that needs
-Beam: it subclasses `beam.CombineFn`, so Beam is imported here;
+samples, `data_map_chart` gives what the report charts. The CombineFn is
+the only part that needs Beam: it subclasses `beam.CombineFn`, so Beam is
+imported here;
 `lossaudit.report` imports this module only when it draws a data map.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Iterable, List, NamedTuple, Sequence, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
@@ -209,29 +209,6 @@ class DataMapCombineFn(beam.CombineFn):
 # Drawing ---------------------------------------------------------------------
 
 
-def _fmt(value: float) -> str:
-  """A coordinate, to 1 decimal."""
-  return f"{value:.1f}"
-
-
-def _coordinates(values: np.ndarray) -> np.ndarray:
-  """Pixel coordinates `(M,)` as text `(M,)`, to 1 decimal ("12.0")."""
-  return np.round(values, 1).astype(str)
-
-
-def _concat(*parts) -> np.ndarray:
-  """Element-wise concatenation of strings and string arrays `(M,)`."""
-  return functools.reduce(np.strings.add, parts)
-
-
-def _circles(x: np.ndarray, y: np.ndarray, radius: float) -> str:
-  """`<circle>` elements at pixel coordinates `x`, `y` `(M,)`."""
-  if not x.size:
-    return ""
-  return "".join(_concat('<circle cx="', _coordinates(x), '" cy="',
-                         _coordinates(y), f'" r="{radius:g}"/>').tolist())
-
-
 def _tick_step(high: float) -> float:
   """A round step (1, 2 or 5 × 10^n) giving about 5 ticks over [0, high]."""
   raw = high / 5
@@ -247,131 +224,55 @@ def correctness_levels(correctness: np.ndarray) -> np.ndarray:
                  levels).astype(np.int64)
 
 
-def data_map_svg(data_map: DataMap, width: int = 720, height: int = 440, *,
-                 easy_confidence: float = 0.5,
-                 ambiguous_variability: float = 0.2) -> str:
-  """The data map as an inline SVG scatter plot (no script, no network).
+def _points(variability: np.ndarray, confidence: np.ndarray) -> List:
+  """`[[variability, confidence], ...]` `(M, 2)`, to 4 decimals."""
+  return np.round(np.stack([variability, confidence], axis=1),
+                  4).tolist()
 
-  x is variability over [0, max(0.5, largest variability)], y confidence
-  over [0, 1]. Each point is coloured by its correctness, rounded to the
-  nearest of 0, 0.2, ..., 1.0 (a legend names the colours); flagged points
-  get a black ring. Dashed lines mark the regions: `ambiguous` right of
+
+def data_map_chart(data_map: DataMap, *, easy_confidence: float = 0.5,
+                   ambiguous_variability: float = 0.2) -> Dict[str, Any]:
+  """What the report's data-map chart draws: the points, as numbers only
+  (no ids).
+
+  x is variability over [0, `x_max`] (at least 0.5, a round step above the
+  largest variability), y confidence over [0, 1]. Points are grouped by
+  their correctness rounded to the nearest of `CORRECTNESS_LEVELS`; flagged
+  points are drawn again as rings. The regions: `ambiguous` right of
   variability `ambiguous_variability`, else `easy` above confidence
-  `easy_confidence`, `hard` below. Only numbers are drawn (no ids).
-
-  Elements for tests and styling: `<svg id="data-map">`; each point is a
-  `<circle>` in a `<g class="points">` (one group per colour, with
-  `data-correctness`); each flagged point a `<circle>` in
-  `<g class="flagged">`; the caption a `<text class="caption">`.
+  `easy_confidence`, `hard` below.
 
   Args:
     data_map: the sample, `M` points.
-    width, height: the size of the drawing, in pixels.
     easy_confidence: the confidence above which a not-ambiguous example is
       easy.
     ambiguous_variability: the variability from which an example is
       ambiguous.
+
+  Returns:
+    `{"levels": [{"correctness", "colour", "points": (M_i, 2)}, ...],
+    "flagged": (F, 2), "x_max", "easy_confidence", "ambiguous_variability",
+    "shown", "total"}`.
   """
-  left, right, top, bottom = 56, 150, 16, 64
-  plot_w, plot_h = width - left - right, height - top - bottom
-  if plot_w <= 0 or plot_h <= 0:
-    raise ValueError(f"data_map_svg: expected width > {left + right} and"
-                     f" height > {top + bottom}. Received: {width}x{height}")
   variability = np.asarray(data_map.variability, np.float64)
   confidence = np.asarray(data_map.confidence, np.float64)
   high = max(0.5, float(variability.max())) if variability.size else 0.5
   step = _tick_step(high)
   high = math.ceil(high / step * (1 - 1e-12)) * step
-  bottom_y = top + plot_h
-
-  def px(v):
-    return left + np.clip(v, 0.0, high) / high * plot_w
-
-  def py(c):
-    return top + (1.0 - np.clip(c, 0.0, 1.0)) * plot_h
-
-  parts = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"'
-           ' fill="#fafafa" stroke="#bbb"/>']
-  # Ticks and their labels.
-  x_ticks = np.round(np.arange(0.0, high + step / 2, step), 10)
-  for t in x_ticks:
-    x = _fmt(px(t))
-    parts.append(f'<line x1="{x}" x2="{x}" y1="{bottom_y}"'
-                 f' y2="{bottom_y + 4}" stroke="#555"/><text x="{x}"'
-                 f' y="{bottom_y + 16}" font-size="11"'
-                 f' text-anchor="middle">{t:g}</text>')
-  for t in np.round(np.arange(0.0, 1.05, 0.2), 10):
-    y = _fmt(py(t))
-    parts.append(f'<line x1="{left - 4}" x2="{left}" y1="{y}" y2="{y}"'
-                 f' stroke="#555"/><text x="{left - 7}" y="{py(t) + 4:.1f}"'
-                 f' font-size="11" text-anchor="end">{t:g}</text>')
-  # Axis titles.
-  mid_y = _fmt(top + plot_h / 2)
-  parts.append(
-      f'<text x="{left + plot_w / 2:.1f}" y="{bottom_y + 34}" font-size="12"'
-      ' text-anchor="middle">variability (std over checkpoints of the'
-      ' probability of the given label)</text>'
-      f'<text x="14" y="{mid_y}" font-size="12" text-anchor="middle"'
-      f' transform="rotate(-90 14 {mid_y})">confidence (mean probability of'
-      ' the given label)</text>')
-  # The points, one group per correctness colour; the region guides
-  # over them, then the flagged rings.
-  x, y = px(variability), py(confidence)
+  variability = np.clip(variability, 0.0, high)
+  confidence = np.clip(confidence, 0.0, 1.0)
   level = correctness_levels(np.asarray(data_map.correctness, np.float64))
-  for i, (value, colour) in enumerate(zip(CORRECTNESS_LEVELS,
-                                          CORRECTNESS_COLOURS)):
-    chosen = level == i
-    if chosen.any():
-      parts.append(f'<g class="points" data-correctness="{value:g}"'
-                   f' fill="{colour}" fill-opacity="0.8">'
-                   f"{_circles(x[chosen], y[chosen], 2)}</g>")
-  # Region guides: ambiguous right of the vertical line; left of it, easy
-  # above the horizontal line and hard below.
-  guide = 'stroke="#444" stroke-dasharray="5 3" fill="none"'
-  label = ('font-size="11" font-weight="bold" fill="#333" stroke="#fff"'
-           ' stroke-width="3" paint-order="stroke"')
-  ambiguous = float(ambiguous_variability)
-  easy = float(easy_confidence)
-  split = min(max(ambiguous, 0.0), high) if math.isfinite(ambiguous) else high
-  if 0.0 < split < high:
-    gx = _fmt(px(split))
-    parts.append(f'<line class="guide" x1="{gx}" x2="{gx}" y1="{top}"'
-                 f' y2="{bottom_y}" {guide}/><text x="{px(split) + 4:.1f}"'
-                 f' y="{top + 13}" {label}>ambiguous</text>')
-  if math.isfinite(easy) and 0.0 < easy < 1.0 and split > 0.0:
-    gy = _fmt(py(easy))
-    parts.append(f'<line class="guide" x1="{left}" x2="{_fmt(px(split))}"'
-                 f' y1="{gy}" y2="{gy}" {guide}/>'
-                 f'<text x="{left + 4}" y="{top + 13}" {label}>easy</text>'
-                 f'<text x="{left + 4}" y="{bottom_y - 5}" {label}>hard'
-                 "</text>")
   flagged = np.asarray(data_map.flagged, bool)
-  if flagged.any():
-    parts.append('<g class="flagged" fill="none" stroke="#111"'
-                 f' stroke-width="1">{_circles(x[flagged], y[flagged], 4.5)}'
-                 "</g>")
-  # The legend.
-  lx = left + plot_w + 18
-  legend = [f'<text x="{lx}" y="{top + 12}" font-size="12">correctness'
-            "</text>"]
-  for i, (value, colour) in enumerate(zip(CORRECTNESS_LEVELS,
-                                          CORRECTNESS_COLOURS)):
-    ly = top + 30 + 18 * i
-    legend.append(f'<circle cx="{lx + 6}" cy="{ly - 4}" r="5"'
-                  f' fill="{colour}"/><text x="{lx + 18}" y="{ly}"'
-                  f' font-size="11">≈ {value:.1f}</text>')
-  ly = top + 30 + 18 * len(CORRECTNESS_LEVELS) + 10
-  legend.append(f'<circle cx="{lx + 6}" cy="{ly - 4}" r="4.5" fill="none"'
-                f' stroke="#111"/><text x="{lx + 18}" y="{ly}"'
-                ' font-size="11">flagged</text>')
-  parts.append(f'<g class="legend">{"".join(legend)}</g>')
-  parts.append(
-      f'<text class="caption" x="{left}" y="{height - 8}" font-size="12">'
-      f"{data_map.points:,} of {int(data_map.total):,} examples shown"
-      " (sampled by id hash)</text>")
-  return (f'<svg id="data-map" xmlns="http://www.w3.org/2000/svg"'
-          f' width="{width}" height="{height}"'
-          f' viewBox="0 0 {width} {height}" role="img" aria-label="data map:'
-          ' confidence against variability, coloured by correctness">'
-          f'<title>data map (training dynamics)</title>{"".join(parts)}'
-          "</svg>")
+  return {
+      "levels": [{"correctness": value, "colour": colour,
+                  "points": _points(variability[level == i],
+                                    confidence[level == i])}
+                 for i, (value, colour) in enumerate(zip(
+                     CORRECTNESS_LEVELS, CORRECTNESS_COLOURS))],
+      "flagged": _points(variability[flagged], confidence[flagged]),
+      "x_max": float(high),
+      "easy_confidence": float(easy_confidence),
+      "ambiguous_variability": float(ambiguous_variability),
+      "shown": int(data_map.points),
+      "total": int(data_map.total),
+  }

@@ -46,8 +46,10 @@ LABEL_ISSUES = "label_issues"
 JOINT = f"{LABEL_ISSUES}/joint.parquet"
 CLASSES = f"{LABEL_ISSUES}/classes.parquet"
 PAIRS = f"{LABEL_ISSUES}/pairs.parquet"
+# The thumbnails and text of the report's flagged rows (`lossaudit export`).
+PREVIEWS = "previews.parquet"
 TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT, CLEAN_MANIFEST, JOINT, CLASSES,
-                   PAIRS)
+                   PAIRS, PREVIEWS)
 
 
 _DIGIT = "[0-9]"

@@ -497,3 +497,26 @@ def tf_schema(spec: ScoringSpec,
     type_ = value_type(name)
     feature.type = defaults[name] if type_ is None else tf_type(type_)
   return schema.SerializeToString()
+
+
+def check_image_shape(config: AuditConfig, spec: ScoringSpec) -> None:
+  """`input.image_shape` names as many values as a numeric input holds.
+
+  Raises:
+    ConfigError: no numeric input of a fixed size fits it.
+  """
+  shape = config.input.image_shape
+  if shape is None:
+    return
+  size = math.prod(shape)
+  numeric = [f for f in spec.features if f.dtype != "string"]
+  sizes = {f.column: (math.prod(f.shape) if None not in f.shape else None)
+           for f in numeric}
+  if size in sizes.values():
+    return
+  held = ", ".join(f"{column} ({'any number of' if n is None else n} values)"
+                   for column, n in sizes.items()) or "none"
+  raise ConfigError(
+      f"input.image_shape: expected the shape of a numeric input, as many"
+      f" values as a row of it holds. Received: {list(shape)} ({size}"
+      f" values); the numeric inputs: {held}")

@@ -92,6 +92,7 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   if sample is not None:
     terms = probe.fit_custom_labels(terms, sample)
   spec = planning.assemble_spec(config, features, terms, class_names)
+  planning.check_image_shape(config, spec)
   spec = dataclasses.replace(spec, model_versions=tuple(
       (m.path, m.version) for group in models for m in group
       if getattr(m, "version", None)))

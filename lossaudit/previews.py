@@ -7,14 +7,20 @@ and re-encoded as a PNG data URI; valid UTF-8 becomes its first
 `TEXT_CHARS` characters; anything else a short note. A value that claims to
 be an image but does not decode is a note too, never an error.
 
-Previews are plain dicts (`kind` `image`, `text` or `note`), so they pickle
-between workers and the report escapes what it shows.
+A numeric input named by `input.image_shape` (`[H, W]` or `[H, W, C]`,
+such as MNIST's 784 numbers a row) is kept as its values (`kind` `array`)
+until every row is found; `array_thumbnails` then scales all of them from
+the smallest to the largest value among them, so thumbnails compare, and
+encodes each as a PNG.
+
+Previews are plain dicts (`kind` `image`, `text`, `note` or `array`), so
+they pickle between workers and the report escapes what it shows.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +56,9 @@ class Previews(NamedTuple):
 
 def batch_previews(batch: pa.RecordBatch, id_column: str,
                    inputs: Sequence[Tuple[str, str]],
-                   wanted: pa.Array) -> Dict[str, Dict[str, Dict]]:
+                   wanted: pa.Array,
+                   image_shape: Optional[Tuple[int, ...]] = None
+                   ) -> Dict[str, Dict[str, Dict]]:
   """The previews of the rows of `batch` whose id is wanted.
 
   Ids are read as the scorer reads them (`columns.first_as_text`), so they
@@ -59,8 +67,12 @@ def batch_previews(batch: pa.RecordBatch, id_column: str,
   Args:
     batch: N rows holding `id_column` and the input columns.
     id_column: the id column.
-    inputs: `(model input, column)` of each string input.
+    inputs: `(model input, column)` of each input previewed: string inputs,
+      and numeric ones of `image_shape`.
     wanted: `(K,)` string ids to preview.
+    image_shape: `input.image_shape`: a numeric input of that many values a
+      row is an image (an `array` preview); None: numeric inputs get a
+      note.
 
   Returns:
     id → model input → preview, for the wanted ids `batch` holds.
@@ -79,20 +91,23 @@ def batch_previews(batch: pa.RecordBatch, id_column: str,
   ids = [ids[i] for i in np.sort(first)]
   result: Dict[str, Dict[str, Dict]] = {id_: {} for id_ in ids}
   for model_input, column in inputs:
-    for id_, shown in zip(ids, _column_previews(rows, column)):
+    for id_, shown in zip(ids, _column_previews(rows, column, image_shape)):
       result[id_][model_input] = shown
   return result
 
 
-def _column_previews(rows: pa.RecordBatch, column: str):
+def _column_previews(rows: pa.RecordBatch, column: str,
+                     image_shape: Optional[Tuple[int, ...]] = None):
   """One preview per row of `column` (a note for each row when the column
-  is missing or holds no strings)."""
+  is missing, or holds neither strings nor `image_shape` numbers)."""
   found = cols.optional_column(rows, column)
   if found is None:
     return [_note(f"no column {column!r}")] * rows.num_rows
   try:
     values, counts = cols.list_bytes(found)
   except TypeError as e:
+    if image_shape is not None:
+      return array_previews(found, image_shape)
     return [_note(str(e))] * rows.num_rows
   counts = np.maximum(counts, 0)  # A null row (-1) has no values.
   ends = np.cumsum(counts)
@@ -299,3 +314,89 @@ def thumbnail(value: bytes, found: str = "image") -> Dict:
 
 def _note(text: str) -> Dict:
   return {"kind": "note", "text": text}
+
+
+def array_previews(column: pa.Array, image_shape: Tuple[int, ...]
+                   ) -> List[Dict]:
+  """One `array` preview per row of a numeric column `(N,)` of lists: its
+  values as float32 `(H*W*C,)`, or a note when a row holds another number
+  of values."""
+  size = int(np.prod(image_shape))
+  if isinstance(column, pa.ChunkedArray):
+    column = column.combine_chunks()
+  try:
+    counts = cols.value_counts(column)
+    values = np.asarray(cols.flat_values(column).to_numpy(
+        zero_copy_only=False), np.float32)
+  except (TypeError, ValueError, pa.ArrowException) as e:
+    return [_note(f"not numbers ({e})")] * len(column)
+  ends = np.cumsum(np.maximum(counts, 0))
+  return [{"kind": "array", "values": values[end - n:end],
+           "shape": tuple(image_shape)} if n == size else
+          _note(f"{max(n, 0)} values, not the {size} of input.image_shape"
+                f" {list(image_shape)}")
+          for n, end in zip(counts.tolist(), ends.tolist())]
+
+
+# Thumbnails of arrays this small are drawn larger, pixel for pixel.
+_MIN_ARRAY_SIDE = 48
+
+
+def array_thumbnails(by_id: Dict[str, Dict[str, Dict]]
+                     ) -> Dict[str, Dict[str, Dict]]:
+  """`by_id` with each `array` preview as an image: every array of an input
+  scaled from the smallest to the largest finite value of that input among
+  them to 0..255, then PNG-encoded (non-finite values are black)."""
+  arrays: Dict[str, List[np.ndarray]] = {}
+  for shown in by_id.values():
+    for name, found in shown.items():
+      if found["kind"] == "array":
+        arrays.setdefault(name, []).append(found["values"])
+  ranges = {}
+  for name, values in arrays.items():
+    every = np.concatenate(values)
+    finite = every[np.isfinite(every)]
+    ranges[name] = ((float(finite.min()), float(finite.max()))
+                    if finite.size else (0.0, 1.0))
+  return {id_: {name: (_array_image(found, *ranges[name])
+                       if found["kind"] == "array" else found)
+                for name, found in shown.items()}
+          for id_, shown in by_id.items()}
+
+
+def _array_image(found: Dict, low: float, high: float) -> Dict:
+  """An `array` preview as an `image` preview, `low`..`high` to 0..255."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  shape = tuple(found["shape"])
+  values = np.nan_to_num(np.asarray(found["values"], np.float64), nan=low,
+                         posinf=high, neginf=low)
+  scaled = (values - low) / (high - low) if high > low else values * 0.0
+  pixels = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+  pixels = pixels.reshape(shape if len(shape) == 3 else (*shape, 1))
+  png = tf.io.encode_png(pixels).numpy()
+  height, width = shape[:2]
+  zoom = max(1, _MIN_ARRAY_SIDE // max(height, width))
+  return {"kind": "image",
+          "uri": "data:image/png;base64," + base64.b64encode(png).decode(),
+          "width": width * zoom, "height": height * zoom,
+          "format": f"{height}x{width} array", "bytes": len(png)}
+
+
+PREVIEWS_SCHEMA = pa.schema([
+    pa.field("id", pa.string()), pa.field("input", pa.string()),
+    pa.field("kind", pa.string()), pa.field("value", pa.string()),
+    pa.field("more", pa.int64())])
+
+
+def previews_table(by_id: Dict[str, Dict[str, Dict]]) -> pa.Table:
+  """The previews as `previews.parquet` holds them (`PREVIEWS_SCHEMA`): a
+  row per id and input; `value` is the image's data URI or the text."""
+  rows = [(id_, name, found["kind"],
+           found["uri"] if found["kind"] == "image" else found["text"],
+           int(found.get("more", 0)))
+          for id_, shown in by_id.items() for name, found in shown.items()]
+  return pa.Table.from_arrays(
+      [pa.array(column, field.type) for column, field in zip(
+          zip(*rows) if rows else [[]] * len(PREVIEWS_SCHEMA),
+          PREVIEWS_SCHEMA)], schema=PREVIEWS_SCHEMA)

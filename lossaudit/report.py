@@ -1,12 +1,32 @@
 """The self-contained `report.html` page, drawn from a run's `summary.json`
-(which `lossaudit.summary` builds)."""
+(which `lossaudit.summary` builds).
+
+The page is `templates/report.html.j2`, rendered by Jinja2 with
+autoescaping. Its tables of numbers are plain HTML; its charts (ECharts) and
+the table of flagged rows (Tabulator: paged, sortable, filterable) are drawn
+in the browser from one JSON document in the page. Both libraries are
+vendored under `vendor/` (versions and licenses in `vendor/README.md`) and
+inlined, so the page needs no network.
+"""
 
 from __future__ import annotations
 
-import html
+import functools
+import importlib.resources
+import json
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
+import re
+from typing import (
+  TYPE_CHECKING,
+  Any,
+  Dict,
+  List,
+  NamedTuple,
+  Optional,
+  Sequence,
+)
 
+import jinja2
 import numpy as np
 
 from lossaudit import drift
@@ -17,6 +37,38 @@ if TYPE_CHECKING:  # lossaudit.data_map loads Beam.
   from lossaudit.previews import Previews
 
 HISTOGRAM_BINS = 40
+
+# The label-issue section's bounds, whatever the number of classes K: the
+# heat map's classes, the per-class table's rows, the pairs table's rows.
+HEAT_MAP_CLASSES = 30
+CLASS_ROWS = 100
+PAIR_ROWS = 50
+
+# The most bytes of thumbnails one page holds: rows beyond it (by score)
+# show a note instead, so 10,000 rows with images stay under 10 MB.
+THUMBNAIL_BYTES = 6_000_000
+
+# The flagged rows' columns the table shows, in order, when present.
+ROW_COLUMNS = ("id", "score", "loss", "reasons", "status", "in_baseline",
+               "first_flagged", "times_flagged", "given_label", "given_class",
+               "predicted_label", "predicted_class", "suggested_label",
+               "suggested_class", "self_confidence", "slice", "target",
+               "prediction", "error_norm", "deviance", "aum", "region",
+               "fold")
+
+_VENDORED = {"tabulator_js": "vendor/tabulator/tabulator.min.js",
+             "tabulator_css": "vendor/tabulator/tabulator_simple.min.css",
+             "echarts_js": "vendor/echarts/echarts.min.js",
+             "report_css": "templates/report.css",
+             "report_js": "templates/report.js"}
+
+
+class Table(NamedTuple):
+  """A table of the page: `rows` of cells already formatted as text."""
+
+  id: str
+  headers: Sequence[str]
+  rows: Sequence[Sequence[str]]
 
 
 def _histogram(cdf: Sequence[Optional[float]], count: int,
@@ -36,53 +88,21 @@ def _histogram(cdf: Sequence[Optional[float]], count: int,
   return edges, np.diff(cdf_at) * count
 
 
-def _svg_histogram(edges: np.ndarray, counts: np.ndarray,
-                   thresholds: Dict[str, Any], log: bool = False) -> str:
-  """Bars of `counts` `(B,)` between `edges` `(B+1,)`; rule thresholds as
-  dashed lines. `log`: bar heights on a log10(1 + count) scale."""
-  width, height, pad = 720, 240, 40
-  if counts.size == 0:
-    return "<p>No finite losses.</p>"
-  heights = np.log10(1.0 + counts) if log else counts
-  top = max(heights.max(), 1e-12)
-  scale_x = (width - 2 * pad) / (edges[-1] - edges[0])
-  bars = []
-  for left, right, c, h in zip(edges[:-1], edges[1:], counts, heights):
-    x = pad + (left - edges[0]) * scale_x
-    w = max((right - left) * scale_x - 1, 1)
-    h = (height - 2 * pad) * h / top
-    bars.append(f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{w:.1f}"'
-                f' height="{h:.1f}" fill="#4a7ab5"><title>'
-                f"{left:.4g} – {right:.4g}: ~{c:.0f}</title></rect>")
-  lines = []
-  for rule, value in thresholds.items():
-    if isinstance(value, (int, float)) and edges[0] <= value <= edges[-1]:
-      x = pad + (value - edges[0]) * scale_x
-      lines.append(
-          f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad}" y2="{height - pad}"'
-          f' stroke="#c0392b" stroke-dasharray="4"/><text x="{x + 3:.1f}"'
-          f' y="{pad + 12}" font-size="11" fill="#c0392b">'
-          f"{html.escape(rule)}</text>")
-  scale = "log10(1 + examples)" if log else "examples"
-  axis = (f'<text x="{pad}" y="{height - 10}" font-size="11">{edges[0]:.4g}'
-          f'</text><text x="{width - pad}" y="{height - 10}" font-size="11"'
-          f' text-anchor="end">{edges[-1]:.4g}</text>'
-          f'<text x="{width / 2}" y="{height - 10}" font-size="11"'
-          ' text-anchor="middle">per-sample loss</text>'
-          f'<text x="12" y="{height / 2}" font-size="11" text-anchor="middle"'
-          f' transform="rotate(-90 12 {height / 2})">{scale}</text>')
-  name = "histogram-log" if log else "histogram"
-  return (f'<svg id="{name}" class="{name}" xmlns="http://www.w3.org/2000/svg"'
-          f' width="{width}" height="{height}" role="img"'
-          f' aria-label="loss histogram, {scale}">{"".join(bars)}'
-          f'{"".join(lines)}{axis}</svg>')
-
-
-# The label-issue section's bounds, whatever the number of classes K: the
-# heat map's classes, the per-class table's rows, the pairs table's rows.
-HEAT_MAP_CLASSES = 30
-CLASS_ROWS = 100
-PAIR_ROWS = 50
+def histogram_chart(cdf: Sequence[Optional[float]], count: int,
+                    thresholds: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+  """The loss histogram's data: `edges` `(B+1,)`, approximate `counts`
+  `(B,)`, the rules' numeric `thresholds` within the range, and whether to
+  start on the log scale (a long tail leaves the linear view one tall bar);
+  None without finite losses."""
+  edges, counts = _histogram(cdf, count)
+  if not counts.size:
+    return None
+  lines = {rule: float(value) for rule, value in thresholds.items()
+           if isinstance(value, (int, float)) and not isinstance(value, bool)
+           and edges[0] <= value <= edges[-1]}
+  return {"edges": _finite(edges), "counts": np.round(counts, 3).tolist(),
+          "thresholds": lines,
+          "log": bool(counts.max() > 20 * max(np.median(counts), 1.0))}
 
 
 def _class_label(k: int, class_names: Optional[Sequence[str]]) -> str:
@@ -90,175 +110,86 @@ def _class_label(k: int, class_names: Optional[Sequence[str]]) -> str:
   return f"{k} {class_names[k]}" if class_names else str(k)
 
 
-def _svg_heat_map(counts: np.ndarray,
-                  class_names: Optional[Sequence[str]] = None,
-                  classes: Optional[Sequence[int]] = None) -> str:
-  """The label-issue matrix: given label (rows) × suggested label (columns),
-  darker for more issues; `counts` is `FlagCounts.issue_matrix()` `(M, M)`
-  of `classes` (default: every class, `M = K`).
+def heat_map_chart(counts: np.ndarray,
+                   class_names: Optional[Sequence[str]] = None,
+                   classes: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+  """The label-issue heat map's data: given label (rows) × suggested label
+  (columns) of `classes` (default: every class), from
+  `FlagCounts.issue_matrix()` `(M, M)`.
 
-  Axes and cells name each class `"id name"` when `class_names` (by index)
-  are given; the column labels are then written upwards.
+  Returns:
+    `{"classes": (M,) class ids, "labels": (M,) "id name" texts, "cells":
+    [[column, row, count], ...] of the non-zero cells, "max": the largest
+    count}`.
   """
-  num_classes = len(counts)
-  cell = max(4, min(36, 480 // max(num_classes, 1)))
-  classes = range(num_classes) if classes is None else classes
-  labels = [_class_label(k, class_names) for k in classes]
-  # Long names are cut on the axes (each cell's title has the whole name).
-  shown = [t if len(t) <= 24 else t[:23] + "…" for t in labels]
-  pad = 56 if not class_names else max(
-      56, 24 + 6 * max((len(t) for t in shown), default=0))
-  size = pad + cell * num_classes + 8
-  top = max(int(counts.max()), 1)
-  parts = []
-  for g in range(num_classes):
-    for j in range(num_classes):
-      c = int(counts[g, j])
-      shade = 255 - int(200 * c / top)
-      fill = f"rgb(255,{shade},{shade})" if c else "#fafafa"
-      x, y = pad + j * cell, pad + g * cell
-      parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}"'
-                   f' fill="{fill}" stroke="#ddd"><title>given'
-                   f" {html.escape(labels[g])}, suggested"
-                   f" {html.escape(labels[j])}: {c}</title></rect>")
-      if c and cell >= 20:
-        parts.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}"'
-                     f' font-size="10" text-anchor="middle">{c}</text>')
-  if cell >= 12:
-    for k in range(num_classes):
-      text = html.escape(shown[k])
-      x, y = pad + k * cell + cell / 2, pad - 4
-      column = (f'<text x="{x}" y="{y}" font-size="10" text-anchor="start"'
-                f' transform="rotate(-90 {x} {y})">' if class_names else
-                f'<text x="{x}" y="{y}" font-size="10"'
-                ' text-anchor="middle">')
-      parts.append(f"{column}{text}</text>"
-                   f'<text x="{pad - 4}" y="{pad + k * cell + cell / 2 + 4}"'
-                   f' font-size="10" text-anchor="end">{text}</text>')
-  parts.append(f'<text x="{pad + cell * num_classes / 2}" y="14"'
-               ' font-size="11" text-anchor="middle">suggested label</text>'
-               f'<text x="14" y="{pad + cell * num_classes / 2}" font-size="11"'
-               ' text-anchor="middle" transform="rotate(-90 14'
-               f' {pad + cell * num_classes / 2})">given label</text>')
-  return (f'<svg id="label-issue-matrix" xmlns="http://www.w3.org/2000/svg"'
-          f' width="{size}" height="{size}" role="img" aria-label="label'
-          f' issues, given by suggested label">{"".join(parts)}</svg>')
+  classes = list(range(len(counts)) if classes is None else classes)
+  given, suggested = np.nonzero(counts)
+  return {"classes": [int(k) for k in classes],
+          "labels": [_class_label(k, class_names) for k in classes],
+          "cells": [[int(j), int(g), int(counts[g, j])]
+                    for g, j in zip(given, suggested)],
+          "max": int(counts.max()) if counts.size else 0}
 
 
-def _svg_heldout_loss(folds: Dict[str, Dict], width: int = 720,
-                      height: int = 260) -> str:
-  """Each fold's mean held-out loss at each checkpoint, a line a fold; the
-  selected checkpoint of each ringed (`model.select_checkpoint:
-  heldout_loss`)."""
+def heldout_chart(folds: Dict[str, Dict]) -> Optional[Dict[str, Any]]:
+  """Each fold's mean held-out loss at each checkpoint, and the checkpoint
+  it selected (`model.select_checkpoint: heldout_loss`); None with fewer
+  than two checkpoints."""
   names = list(next(iter(folds.values()))["heldout_loss"])
-  values = [v for fold in folds.values() for v in fold["heldout_loss"].values()
-            if v is not None]
-  if not values or len(names) < 2:
-    return ""
-  pad, lo, hi = 44, min(values), max(values)
-  span = (hi - lo) or 1.0
-
-  def x(i):
-    return pad + i * (width - 2 * pad) / (len(names) - 1)
-
-  def y(v):
-    return height - pad - (v - lo) * (height - 2 * pad) / span
-
-  palette = ("#4a7ab5", "#c0392b", "#27ae60", "#8e44ad", "#d35400",
-             "#16a085", "#7f8c8d")
-  parts = []
-  for n, (fold, found) in enumerate(folds.items()):
-    color = palette[n % len(palette)]
-    points = [(x(i), y(v)) for i, v in enumerate(found["heldout_loss"].values())
-              if v is not None]
-    parts.append(f'<polyline fill="none" stroke="{color}" points="'
-                 + " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-                 + f'"><title>fold {html.escape(fold)}</title></polyline>')
-    chosen = names.index(found["selected_checkpoint"])
-    best = found["heldout_loss"][found["selected_checkpoint"]]
-    if best is not None:
-      parts.append(f'<circle cx="{x(chosen):.1f}" cy="{y(best):.1f}" r="5"'
-                   f' fill="none" stroke="{color}"><title>fold'
-                   f" {html.escape(fold)}: checkpoint"
-                   f" {html.escape(names[chosen])}, {best:.4g}</title>"
-                   "</circle>")
-  for i, name in enumerate(names):
-    parts.append(f'<text x="{x(i):.1f}" y="{height - pad + 16}"'
-                 f' font-size="11" text-anchor="middle">{html.escape(name)}'
-                 "</text>")
-  parts.append(f'<text x="{pad - 4}" y="{y(hi) + 4:.1f}" font-size="11"'
-               f' text-anchor="end">{hi:.4g}</text><text x="{pad - 4}"'
-               f' y="{y(lo) + 4:.1f}" font-size="11" text-anchor="end">'
-               f'{lo:.4g}</text><text x="{width / 2}" y="{height - 6}"'
-               ' font-size="11" text-anchor="middle">checkpoint</text>')
-  return (f'<svg id="heldout-loss" xmlns="http://www.w3.org/2000/svg"'
-          f' width="{width}" height="{height}" role="img" aria-label="mean'
-          f' held-out loss of each fold at each checkpoint">{"".join(parts)}'
-          "</svg>")
+  if len(names) < 2:
+    return None
+  return {"checkpoints": names,
+          "folds": [{"name": fold,
+                     "losses": list(found["heldout_loss"].values()),
+                     "selected": names.index(found["selected_checkpoint"])}
+                    for fold, found in folds.items()]}
 
 
-def _checkpoint_selection(folds: Dict[str, Dict]) -> str:
-  """The held-out loss curves and table, when checkpoints were selected."""
+def _checkpoint_selection(folds: Dict[str, Dict]) -> Optional[Table]:
+  """The held-out losses table, when checkpoints were selected."""
   if not folds or "selected_checkpoint" not in next(iter(folds.values())):
-    return ""
+    return None
   names = list(next(iter(folds.values()))["heldout_loss"])
-  table = _table(["fold", "selected checkpoint"] + names,
-                 [[fold, found["selected_checkpoint"]] +
-                  list(found["heldout_loss"].values())
-                  for fold, found in folds.items()], "heldout-losses")
-  return ("<h3>Checkpoint selection</h3><p>Each fold's rows were scored by"
-          " its checkpoint with the lowest mean loss on those rows, its"
-          " held-out rows (<code>model.select_checkpoint: heldout_loss</code>)"
-          ": early stopping after the fact. Ringed: the selected"
-          " checkpoints.</p>" + _svg_heldout_loss(folds) + table)
+  return _table(["fold", "selected checkpoint"] + names,
+                [[fold, found["selected_checkpoint"]] +
+                 list(found["heldout_loss"].values())
+                 for fold, found in folds.items()], "heldout-losses")
 
 
 def _early_aum(label_issues: Dict, names: Optional[Sequence[str]],
-               classes: Dict[str, list]) -> str:
+               classes: Dict[str, list]) -> Optional[Dict[str, Any]]:
   """What early AUM decided: each checkpoint's fit and accuracy, and each
   class's counts (from `classes` where summary.json leaves them out)."""
   found = label_issues.get("early_aum")
   if not found:
-    return ""
+    return None
   if found["suspects"] is None and "early_aum_suspects" in classes:
     found = dict(found, **{name: classes[f"early_aum_{name}"] for name in (
         "suspects", "below_zero", "flagged")})
     if found["fell_back"]:
       found["below_zero"] = None
-  usable = found["usable"]
   checkpoints = _table(
       ["checkpoint", "fit (suspects predicted as given)", "accuracy",
        "used"],
       [[c, f, a, "yes" if u else "no"] for c, f, a, u in zip(
-          found["checkpoints"], found["fit"], found["accuracy"], usable)],
+          found["checkpoints"], found["fit"], found["accuracy"],
+          found["usable"])],
       "early-aum-checkpoints")
   suspects = found["suspects"]
   flagged = found["flagged"] or [0] * len(suspects)
   below = found["below_zero"] or [None] * len(suspects)
   rows = (range(len(suspects)) if len(suspects) <= CLASS_ROWS else sorted(
       range(len(suspects)), key=lambda k: (-flagged[k], k))[:CLASS_ROWS])
-  classes = _table(
-      ["class", "suspects (prune_by_noise_rate)", "early AUM < 0",
-       "flagged"],
-      [[_class_label(k, names), suspects[k], below[k], flagged[k]]
-       for k in rows], "early-aum-classes")
-  if found["fell_back"]:
-    verdict = ("<p class=\"note\">No checkpoint was usable: early AUM fell"
-               " back, and the label issues are the prune_by_noise_rate"
-               " suspects.</p>")
-  else:
-    verdict = ("<p>Each class flags its rows with the smallest early AUM (the"
-               " mean margin over the used checkpoints), as many as it has"
-               " below zero or suspects, whichever is fewer.</p>")
-  return ("<h3>Early AUM</h3><p>A checkpoint of the model trained on every"
-          f" row is used when it predicts at most"
-          f" {found['max_fit']:.3g} of the suspects as given and is at least"
-          f" as accurate as the out-of-sample probabilities"
-          f" ({found['oof_accuracy']:.4g}).</p>" + verdict + checkpoints +
-          classes)
+  return {"max_fit": found["max_fit"], "oof_accuracy": found["oof_accuracy"],
+          "fell_back": found["fell_back"], "checkpoints": checkpoints,
+          "classes": _table(
+              ["class", "suspects (prune_by_noise_rate)", "early AUM < 0",
+               "flagged"],
+              [[_class_label(k, names), suspects[k], below[k], flagged[k]]
+               for k in rows], "early-aum-classes")}
 
 
-def _quantile_table(what: str, groups: Dict[str, Dict], css_id: str) -> str:
+def _quantile_table(what: str, groups: Dict[str, Dict], css_id: str) -> Table:
   """A table of each group's count and loss quantiles (`summary.json`'s
   `slices` or `folds`)."""
   keys = list(next(iter(groups.values()))["quantiles"])
@@ -268,12 +199,9 @@ def _quantile_table(what: str, groups: Dict[str, Dict], css_id: str) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-           table_id: str) -> str:
-  head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-  body = "".join(
-      "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) +
-      "</tr>" for row in rows)
-  return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
+           table_id: str) -> Table:
+  return Table(table_id, [str(h) for h in headers],
+               [[_fmt(c) for c in row] for row in rows])
 
 
 def _fmt(value: Any) -> str:
@@ -284,17 +212,11 @@ def _fmt(value: Any) -> str:
   return "" if value is None else str(value)
 
 
-def _score_note(loss: Dict) -> str:
-  """Says when the statistics and rules are of the deviance, not the loss."""
-  if loss.get("score") != "deviance":
-    return ""
-  return ('<p class="note">The statistics and loss rules below are of each'
-          " example's unit deviance (<code>flag.score: deviance</code>),"
-          " which is comparable across targets; the losses themselves are in"
-          " <code>losses/</code>.</p>")
+def _finite(values: np.ndarray) -> List[float]:
+  return [float(v) for v in values]
 
 
-def _overview(summary: Dict) -> str:
+def _overview(summary: Dict) -> Table:
   scored = summary["examples_scored"]
   rate = summary["flagged"]["total"] / scored if scored else 0.0
   return _table(
@@ -306,96 +228,71 @@ def _overview(summary: Dict) -> str:
       "overview")
 
 
-def _withheld(summary: Dict) -> str:
-  """Why a run whose gates failed handed back no `clean/` or `weights/`."""
-  withheld = (summary.get("clean") or {}).get("withheld_because")
-  if not withheld:
-    return ""
-  return ('<p id="withheld"><strong>No clean/ or weights/ were handed'
-          f" back:</strong> {html.escape(withheld)}.</p>")
-
-
-def _comparison(found: Optional[Dict]) -> str:
+def _comparison(found: Optional[Dict]) -> Optional[Dict[str, Any]]:
+  """The gates and the comparison with the baseline (`drift.json`)."""
   if found is None:
-    return ("<p>No gate or baseline is set (<code>gate:</code> in the"
-            " config; <code>lossaudit compare</code>).</p>")
-  verdict = ('<p class="pass">Every gate passed.</p>' if found["passed"] else
-             '<p class="fail">A quality gate failed: '
-             + html.escape("; ".join(drift.failed_gates(found))) + "</p>")
-  gates = _table(
-      ["gate", "limit", "value", "passed", "exceeded by", "what"],
-      [[g["gate"], g["limit"], g["value"], "yes" if g["passed"] else "NO",
-        g["exceeded_by"], g["what"]] for g in found["gates"]], "gates")
-  baseline = found["baseline"]
-  if baseline is None:
-    return verdict + gates + ("<p>No baseline run: the comparison starts"
-                              " with the next run.</p>")
-  rates = _table(
+    return None
+  section: Dict[str, Any] = {
+      "passed": found["passed"],
+      "failed": "; ".join(drift.failed_gates(found)),
+      "gates": _table(
+          ["gate", "limit", "value", "passed", "exceeded by", "what"],
+          [[g["gate"], g["limit"], g["value"], "yes" if g["passed"] else "NO",
+            g["exceeded_by"], g["what"]] for g in found["gates"]], "gates"),
+      "baseline": found["baseline"]}
+  if found["baseline"] is None:
+    return section
+  section["rates"] = _table(
       ["", "baseline", "current", "change"],
       [[name, d["baseline"], d["current"], d["change"]] for name, d in (
           ("flagged rate", found["flagged_rate"]),
           ("dead-letter rate", found["dead_letter_rate"]))], "rates")
-  shifts = _table(
+  section["shifts"] = _table(
       ["quantile", "baseline", "current", "relative shift"],
       [[q, d["baseline"], d["current"], d["shift"]]
        for q, d in found["quantiles"].items()], "quantile-shifts")
-  label = ""
   if found["label_issue_rate"]:
     names = found.get("class_names") or {}
-    label = "<h3>Label-issue rate by given class</h3>" + _table(
+    section["label_rates"] = _table(
         ["class", "baseline", "current", "change"],
         [[f"{k} {names[k]}" if k in names else k, d["baseline"],
           d["current"], d["change"]]
          for k, d in found["label_issue_rate"].items()], "label-issue-rates")
-  return (verdict + f"<p>Baseline: <code>{html.escape(baseline)}</code></p>"
-          + gates + rates + "<h3>Loss quantiles</h3>" + shifts + label)
+  return section
 
 
 def _or(value: Any, otherwise: str) -> Any:
   return otherwise if value is None else value
 
 
-def _history_section(summary: Dict, columns: Sequence[str],
-                     top_new: Sequence[Dict[str, Any]]) -> str:
-  """New, persistent and resolved flags, and the top new ones; empty
-  without flag history."""
+def _history(summary: Dict) -> Optional[Dict[str, Any]]:
+  """New, persistent, reviewed and resolved flags; None without flag
+  history."""
   counts = drift.flag_history(summary)
   if counts is None:
-    return ""
-  baseline = (summary.get("flag_history") or {}).get("baseline")
-  note = ("" if baseline else "<p>No baseline run yet: every flag is"
-          " new.</p>")
+    return None
   unknown = "unknown (the baseline kept no ids)"
-  table = _table(["new", "of them on new rows", "of them regressions",
-                  "persistent", "resolved", "baseline flags not scored"],
-                 [[counts["new"],
-                   _or(counts.get("new_rows"), unknown),
-                   _or(counts.get("regressions"), unknown),
-                   counts["persistent"], counts["resolved"],
-                   counts["baseline_not_scored"]]], "flag-history")
-  new = (_table(columns, [[row.get(c) for c in columns] for row in top_new],
-                "new-flags") if top_new else "<p>No new flags.</p>")
-
-  return (f"<h2>Flag history</h2>{note}<p>New: flagged now, not in the"
-          " baseline run, on rows the baseline never scored (new data) or"
-          " on rows it scored and did not flag (regressions); persistent:"
-          " flagged in both (first_flagged is the"
-          " run where the streak began); resolved: flagged in the baseline,"
-          " scored now and no longer flagged (listed under"
-          f" <code>resolved/</code>).</p>{table}"
-          f"<h3>New flags (top {len(top_new)})</h3>{new}")
+  return {"baseline": (summary.get("flag_history") or {}).get("baseline"),
+          "counts": counts,
+          "table": _table(
+              ["new", "of them on new rows", "of them regressions",
+               "persistent", "reviewed", "resolved",
+               "baseline flags not scored"],
+              [[counts["new"], _or(counts.get("new_rows"), unknown),
+                _or(counts.get("regressions"), unknown),
+                counts["persistent"], counts.get("reviewed", 0),
+                counts["resolved"], counts["baseline_not_scored"]]],
+              "flag-history")}
 
 
 def _label_issues(summary: Dict, classes: Optional[Dict[str, list]],
-                  counts: Optional[FlagCounts]) -> str:
+                  counts: Optional[FlagCounts]) -> Optional[Dict[str, Any]]:
   """The label-issue section; `classes`: each class's numbers in full
   (`label_rules.class_columns`), or None: the summary's; `counts`: the
-  flags counted, or None: the summary's."""
+  flags counted, or None: the summary's. None when detection is off."""
   label_issues = summary.get("label_issues")
   if not label_issues:
-    return ("<p>Label-issue detection is off (<code>flag.label_issues:"
-            " confident_learning</code>, <code>prune_by_noise_rate</code> or"
-            " <code>early_aum</code>).</p>")
+    return None
   # Beyond `label_rules.PER_CLASS_CLASSES`, summary.json leaves them out.
   classes = classes or {"label_count": label_issues["label_counts"],
                         "threshold": label_issues["thresholds"],
@@ -412,101 +309,122 @@ def _label_issues(summary: Dict, classes: Optional[Dict[str, list]],
             else counts.most_involved(HEAT_MAP_CLASSES))
   rows = (range(num_classes) if num_classes <= CLASS_ROWS else sorted(
       range(num_classes), key=lambda k: (-by_given[k], k))[:CLASS_ROWS])
-  per_class = _table(
-      ["class", "examples", "label issues", "self-confidence threshold",
-       "noise rate"],
-      [[_class_label(k, names), label_counts[k], by_given[k],
-        classes["threshold"][k], classes["noise_rate"][k]]
-       for k in rows], "label-issue-classes")
-  pairs = _table(
-      ["given", "suggested", "label issues", "share of the given class"],
-      [[_class_label(p.given, names), _class_label(p.suggested, names), n,
-        n / label_counts[p.given] if label_counts[p.given] else None]
-       for p, n in counts.top_pairs(PAIR_ROWS)], "label-issue-pairs"
-  ) if counts.by_pair else "<p>No label issues were flagged.</p>"
-  bounded = ""
+  bounded = None
   if num_classes > HEAT_MAP_CLASSES:
     table = ("every class" if num_classes <= CLASS_ROWS else
              f"the {CLASS_ROWS} with the most issues")
-    bounded = (f"<p class=\"note\">Of {num_classes} classes, the heat map"
-               f" shows the {len(mapped)} most involved in label issues"
-               f" (given or suggested), the class table {table}, and the"
-               f" pairs table the {PAIR_ROWS} pairs with the most.</p>")
-  left_out = label_issues.get("non_finite_left_out") or 0
-  left_out_note = (
-      f"<p class=\"note\">{left_out} examples with a non-finite probability"
-      " or loss (flagged non_finite) were left out of the thresholds, the"
-      " confident joint and the ranking.</p>" if left_out else "")
-  return (f"<p>Method: {html.escape(label_issues['method'])}. Each cell counts"
-          " the examples given the row's label that the model suggests belong"
-          " to the column's class.</p>" + left_out_note + bounded +
-          _svg_heat_map(counts.issue_matrix(num_classes, mapped), names,
-                        mapped) + per_class +
-          "<h3>Class pairs with the most label issues</h3>" + pairs +
-          _early_aum(label_issues, names, classes))
+    bounded = (f"Of {num_classes} classes, the heat map shows the"
+               f" {len(mapped)} most involved in label issues (given or"
+               f" suggested), the class table {table}, and the pairs table"
+               f" the {PAIR_ROWS} pairs with the most.")
+  return {
+      "method": label_issues["method"],
+      "left_out": label_issues.get("non_finite_left_out") or 0,
+      "bounded": bounded,
+      "classes": _table(
+          ["class", "examples", "label issues", "self-confidence threshold",
+           "noise rate"],
+          [[_class_label(k, names), label_counts[k], by_given[k],
+            classes["threshold"][k], classes["noise_rate"][k]]
+           for k in rows], "label-issue-classes"),
+      "pairs": _table(
+          ["given", "suggested", "label issues", "share of the given class"],
+          [[_class_label(p.given, names), _class_label(p.suggested, names), n,
+            n / label_counts[p.given] if label_counts[p.given] else None]
+           for p, n in counts.top_pairs(PAIR_ROWS)], "label-issue-pairs"
+      ) if counts.by_pair else None,
+      "heat_map": heat_map_chart(counts.issue_matrix(num_classes, mapped),
+                                 names, mapped),
+      "early_aum": _early_aum(label_issues, names, classes)}
 
 
-def _flagged_table(columns: Sequence[str], rows: Sequence[Dict[str, Any]],
-                   previews: Optional[Previews]) -> str:
-  """The top flagged rows, with a preview of each string input of the
-  model after their `columns` (a note instead when there are none)."""
-  headers = [c.replace("_", " ") for c in columns]
-  values = [[r.get(c) for c in columns] for r in rows]
+def _cell(value: Any) -> Any:
+  """A flagged row's value as JSON: non-finite floats as text."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+def rows_data(rows: Sequence[Dict[str, Any]], total: int,
+              previews: Optional[Previews]) -> Dict[str, Any]:
+  """The flagged rows' table as the page's script reads it (columns once,
+  then one list of values a row), with each row's previews.
+
+  Thumbnails are kept in score order until `THUMBNAIL_BYTES` are used; the
+  rows beyond show a note.
+
+  Args:
+    rows: the flagged rows shown, highest score first, as dicts.
+    total: the run's flagged rows (more than `len(rows)` beyond
+      `report.max_rows`).
+    previews: the rows' previews, or None when the model has no input to
+      preview.
+  """
+  columns = [c for c in ROW_COLUMNS
+             if c in ("id", "score") or any(c in r for r in rows)]
+  data: Dict[str, Any] = {
+      "columns": columns,
+      "values": [[_cell(r.get(c)) for c in columns] for r in rows],
+      "total": int(total), "inputs": [], "previews": [], "note": None}
   if previews is None:
-    return _table(headers, values, "flagged")
-  if previews.note:
-    return (f'<p class="note">{html.escape(previews.note)}</p>' +
-            _table(headers, values, "flagged"))
-  head = "".join(f"<th>{html.escape(h)}</th>"
-                 for h in headers + list(previews.inputs))
-  body = "".join(
-      "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) +
-      "".join(_preview_cell(previews.by_id.get(row.get("id"), {}).get(name))
-              for name in previews.inputs) + "</tr>"
-      for row, cells in zip(rows, values))
-  return (f'<p class="note">The model\'s string inputs: images scaled down,'
-          " text cut to its first characters.</p>"
-          f'<table id="flagged"><tr>{head}</tr>{body}</table>')
+    return data
+  data["inputs"] = list(previews.inputs)
+  data["note"] = previews.note
+  spent = 0
+  for row in rows:
+    shown = []
+    for name in previews.inputs:
+      found = previews.by_id.get(row.get("id"), {}).get(name)
+      if found is not None and found["kind"] == "image":
+        spent += len(found["uri"])
+        if spent > THUMBNAIL_BYTES:
+          found = {"kind": "note", "text": "not shown: the page holds at most"
+                   f" {THUMBNAIL_BYTES // 1_000_000} MB of thumbnails"}
+      shown.append(found)
+    data["previews"].append(shown)
+  return data
 
 
-def _preview_cell(shown: Optional[Dict]) -> str:
-  """One `lossaudit.previews` preview as a table cell."""
-  style = ' style="text-align: left; max-width: 30em"'
-  if shown is None:
-    return f"<td{style}><em>not found in the input</em></td>"
-  more = (f" <em>(+{shown['more']} more)</em>" if shown.get("more") else "")
-  if shown["kind"] == "image":
-    alt = html.escape(f"{shown['format']} image, {shown['bytes']:,} bytes")
-    return (f'<td{style}><img src="{html.escape(shown["uri"])}"'
-            f' width="{int(shown["width"])}" height="{int(shown["height"])}"'
-            f' alt="{alt}" title="{alt}">{more}</td>')
-  text = html.escape(shown["text"])
-  if shown["kind"] == "note":
-    text = f"<em>{text}</em>"
-  return f"<td{style}>{text}{more}</td>"
+def _reason_names(rows: Sequence[Dict[str, Any]], summary: Dict) -> List[str]:
+  found = set(summary["flagged"]["by_reason"])
+  for row in rows:
+    found.update(row.get("reasons") or ())
+  return sorted(found)
 
 
-def _data_map_section(data_map: Optional[DataMap], easy_confidence: float,
-                      ambiguous_variability: float) -> str:
-  """The "Data map" section; empty without training dynamics."""
-  if data_map is None:
-    return ""
-  # Imported here: lossaudit.data_map loads Beam (its CombineFn).
-  from lossaudit.data_map import data_map_svg  # pylint: disable=g-import-not-at-top
+@functools.lru_cache(maxsize=None)
+def _vendored(path: str) -> str:
+  """A file inlined whole in the page (a vendored library, the page's own
+  script and style), without its source-map comment (the page has no map
+  beside it)."""
+  text = (importlib.resources.files("lossaudit") / path).read_text("utf-8")
+  return re.sub(r"/[*/]# sourceMappingURL=\S+(?: \*/)?", "", text)
 
-  return f"""
-<h2>Data map (training dynamics)</h2>
-<p class="note">Each point is an example, placed by how the probability of
-its given label moved over the model's checkpoints: its mean
-(<em>confidence</em>) and its standard deviation (<em>variability</em>), after
-Swayamdipta et al. (2020); coloured by the fraction of checkpoints that
-predicted the label (<em>correctness</em>). Left of variability
-{float(ambiguous_variability):g} an example is <em>easy</em> above confidence
-{float(easy_confidence):g} and <em>hard</em> below it (hard examples are often
-mislabelled); right of it, <em>ambiguous</em>. Flagged examples are ringed.
-The sample is the same in every run over the same ids.</p>
-{data_map_svg(data_map, easy_confidence=easy_confidence,
-              ambiguous_variability=ambiguous_variability)}"""
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+  env = jinja2.Environment(
+      loader=jinja2.PackageLoader("lossaudit", "templates"),
+      autoescape=True, trim_blocks=True, lstrip_blocks=True,
+      undefined=jinja2.StrictUndefined)
+  env.filters["yaml"] = _yaml
+  env.policies["json.dumps_function"] = _dumps
+  return env
+
+
+def _json_safe(value: Any) -> Any:
+  """`value` with each non-finite float as null (JSON has none)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
+def _dumps(value: Any, **kwargs) -> str:
+  return json.dumps(_json_safe(value), allow_nan=False, **kwargs)
 
 
 def render_report(summary: Dict, cdf: Sequence[Optional[float]],
@@ -516,137 +434,94 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                   data_map: Optional[DataMap] = None,
                   easy_confidence: float = 0.5,
                   ambiguous_variability: float = 0.2,
-                  top_new_flagged: Sequence[Dict[str, Any]] = (),
                   label_classes: Optional[Dict[str, list]] = None,
                   flag_counts: Optional[FlagCounts] = None) -> str:
-  """A self-contained HTML page (inline SVG and CSS, no script, no network).
+  """A self-contained HTML page (inline script and CSS, no network).
 
   Args:
     summary: the `summary.json` document.
     cdf: evenly spaced loss quantiles `(M+1,)` for the histogram.
-    top_flagged: the highest-scored flagged rows, as dicts.
+    top_flagged: the flagged rows to browse (up to `report.max_rows`),
+      highest score first, as dicts.
     found: the `drift.json` document, when gates or a baseline are set.
-    previews: thumbnails and text of the top flagged rows' string inputs,
-      shown beside them; None when the model has none.
+    previews: thumbnails and text of the flagged rows' inputs, shown beside
+      them; None when the model has none.
     data_map: a sample of the examples' training dynamics, drawn in a "Data
       map" section; None (no section) without `model.checkpoints`.
     easy_confidence, ambiguous_variability: the region bounds drawn on the
       data map (`dynamics.*`).
-    top_new_flagged: the highest-scored flags the baseline did not have
-      (flag history), shown first.
     label_classes: with label issues on, each class's numbers in full
       (`label_rules.class_columns`); None: those in `summary`.
     flag_counts: the flags counted, with every label pair; None: those in
       `summary` (its pairs with the most issues).
   """
   loss = summary["loss"]
-  edges, counts = _histogram(cdf, loss["count"])
-  moments = _table(["count", "mean", "std", "min", "max", "non-finite"],
-                   [[loss["count"], loss["mean"], loss["std"], loss["min"],
-                     loss["max"], loss["nan_count"]]], "moments")
-  quantiles = _table(["quantile", "loss"],
-                     [[q, v] for q, v in loss["quantiles"].items()],
-                     "quantiles")
+  label_issues = _label_issues(summary, label_classes, flag_counts)
+  chart_data = {
+      "histogram": histogram_chart(cdf, loss["count"], summary["thresholds"]),
+      "heatMap": label_issues and label_issues["heat_map"],
+      "heldout": (heldout_chart(summary["folds"]) if _checkpoint_selection(
+          summary.get("folds") or {}) else None),
+      "dataMap": None,
+      "rows": rows_data(top_flagged, summary["flagged"]["total"], previews),
+      "reasons": _reason_names(top_flagged, summary),
+  }
+  if data_map is not None:
+    # Imported here: lossaudit.data_map loads Beam (its CombineFn).
+    from lossaudit.data_map import data_map_chart  # pylint: disable=g-import-not-at-top
+
+    chart_data["dataMap"] = data_map_chart(
+        data_map, easy_confidence=easy_confidence,
+        ambiguous_variability=ambiguous_variability)
   slices = summary["slices"]
-  slice_html = "<p>No slicing configured (stats.slice_by).</p>"
-  if slices:
-    slice_html = _quantile_table("slice", slices, "slices")
-  fold_html = ""
-  if summary.get("folds"):
-    fold_html = ("<h2>Folds</h2><p>Each example was scored by the model of"
-                 " its held-out fold: its count and loss quantiles.</p>" +
-                 _quantile_table("fold", summary["folds"], "folds") +
-                 _checkpoint_selection(summary["folds"]))
-  columns = [c for c in ("id", "score", "loss", "reasons", "status",
-                         "in_baseline", "first_flagged", "times_flagged",
-                         "given_label",
-                         "given_class", "predicted_label", "predicted_class",
-                         "suggested_label", "suggested_class",
-                         "self_confidence", "target", "prediction",
-                         "error_norm", "deviance", "aum", "region", "fold")
-             if any(c in r for r in top_flagged) or c in ("id", "score")]
-  flagged = _flagged_table(columns, top_flagged, previews)
-  history_html = _history_section(summary, columns, top_new_flagged)
-  reasons = _table(["reason", "count"],
-                   list(summary["flagged"]["by_reason"].items()), "reasons")
-  thresholds = _table(
-      ["rule", "threshold"],
-      [[k, v] for k, v in summary["thresholds"].items()
-       if not isinstance(v, (dict, list))], "thresholds")
-  dead_reasons = _table(
-      ["reason", "examples"],
-      list(summary["dead_letter"]["by_reason"].items()), "dead-letter-reasons")
-  if not summary["examples_dead_lettered"]:
-    dead_reasons = "<p>Every input was scored.</p>" + dead_reasons
-  # A long tail leaves the linear view one tall bar: start on the log view.
-  skewed = counts.size and counts.max() > 20 * max(np.median(counts), 1.0)
-  log_scale_checkbox = (
-      f'<input type="checkbox" id="log-scale"{" checked" if skewed else ""}>'
-      '<label for="log-scale"> log scale\n(counts)</label><br>')
-  duplicate_html = (
-      f"<p>{summary['duplicate_ids']} ids occur on more than one example"
-      f" ({summary['duplicate_id_rows']} examples). Each example was scored"
-      " and written under its id; none was merged.</p>" + _table(
+  folds = summary.get("folds")
+  context = {
+      "summary": summary,
+      "loss": loss,
+      "overview": _overview(summary),
+      "comparison": _comparison(found),
+      "withheld": (summary.get("clean") or {}).get("withheld_because"),
+      "history": _history(summary),
+      "moments": _table(["count", "mean", "std", "min", "max", "non-finite"],
+                        [[loss["count"], loss["mean"], loss["std"],
+                          loss["min"], loss["max"], loss["nan_count"]]],
+                        "moments"),
+      "quantiles": _table(["quantile", "loss"],
+                          [[q, v] for q, v in loss["quantiles"].items()],
+                          "quantiles"),
+      "slices": _quantile_table("slice", slices, "slices") if slices else None,
+      "folds": _quantile_table("fold", folds, "folds") if folds else None,
+      "heldout": _checkpoint_selection(folds or {}),
+      "thresholds": _table(
+          ["rule", "threshold"],
+          [[k, v] for k, v in summary["thresholds"].items()
+           if not isinstance(v, (dict, list))], "thresholds"),
+      "reasons": _table(["reason", "count"],
+                        list(summary["flagged"]["by_reason"].items()),
+                        "reasons"),
+      "label_issues": label_issues,
+      "data_map": chart_data["dataMap"],
+      "rows": chart_data["rows"],
+      "dead_reasons": _table(
+          ["reason", "examples"],
+          list(summary["dead_letter"]["by_reason"].items()),
+          "dead-letter-reasons"),
+      "duplicates": _table(
           ["id", "examples"],
           [[d["id"], d["count"]] for d in summary["duplicate_id_examples"]],
-          "duplicate-ids")
-      if summary["duplicate_ids"] else "<p>Every id is unique.</p>")
-  timings = _table(["", "value"], [
-      (k, v) for k, v in summary["timings"].items()
-      if k != "first_batch_time"], "timings")
-  versions_ = _table(["package", "version"],
-                     list(summary["versions"].items()), "versions")
-  run = _table(["run id", "started (UTC)", "runner", "devices"],
-               [[summary["run_id"], summary["started"], summary["runner"],
-                 summary["devices"]]], "run")
-  label_issues = _label_issues(summary, label_classes, flag_counts)
-  return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>lossaudit report {html.escape(summary["run_id"])}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1000px; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f0f0f0; }}
-p.note {{ color: #555; font-size: 90%; }}
-p.pass {{ color: #1e7e34; font-weight: bold; }}
-p.fail {{ color: #b00020; font-weight: bold; }}
-#log-scale:checked ~ .histogram {{ display: none; }}
-#log-scale:not(:checked) ~ .histogram-log {{ display: none; }}
-</style></head><body>
-<h1>lossaudit report</h1>
-<p class="note">The model scored every example of the dataset with its loss:
-how wrong the model finds the example's label. Examples with unusually high
-loss, or whose label the model confidently disagrees with, are
-<em>flagged</em> as possible outliers or label errors: the place to look
-first. Inputs that could not be scored are <em>dead-lettered</em>, each with
-its reason. Quantiles are approximate: each is within rank error
-{loss["epsilon"]} of the exact value.</p>
-<h2>Overview</h2>{_overview(summary)}
-<h2>Comparison with the baseline</h2>{_comparison(found)}{_withheld(summary)}
-{history_html}<h2>Loss distribution</h2>{_score_note(loss)}
-{log_scale_checkbox}
-{_svg_histogram(edges, counts, summary["thresholds"])}
-{_svg_histogram(edges, counts, summary["thresholds"], log=True)}
-{moments}
-<h2>Quantiles</h2>{quantiles}
-<h2>Slices</h2>{slice_html}
-{fold_html}
-<h2>Flag rules</h2><p>Thresholds each rule used, and how many examples each
-flagged (an example can have several reasons).</p>{thresholds}{reasons}
-<h2>Label issues</h2>{label_issues}{_data_map_section(
-    data_map, easy_confidence, ambiguous_variability)}
-<h2>Most suspicious examples (top {len(top_flagged)})</h2>
-<p class="note">Ordered by score: the loss, or for label issues the
-negative log of the probability of the given label.</p>{flagged}
-<h2>Dead letters</h2><p>Inputs that could not be scored, by reason (each
-is listed with its file and error under <code>dead_letter/</code>).</p>
-{dead_reasons}
-<h2>Duplicate ids</h2>{duplicate_html}
-<h2>Run</h2>{run}<h3>Timings</h3>{timings}<h3>Versions</h3>{versions_}
-<details><summary>Configuration</summary><pre>{html.escape(_yaml(summary["config"]))}</pre></details>
-</body></html>
-"""
+          "duplicate-ids"),
+      "run": _table(["run id", "started (UTC)", "runner", "devices"],
+                    [[summary["run_id"], summary["started"],
+                      summary["runner"], summary["devices"]]], "run"),
+      "timings": _table(["", "value"], [
+          (k, v) for k, v in summary["timings"].items()
+          if k != "first_batch_time"], "timings"),
+      "versions": _table(["package", "version"],
+                         list(summary["versions"].items()), "versions"),
+      "data": chart_data,
+      **{name: _vendored(path) for name, path in _VENDORED.items()},
+  }
+  return _environment().get_template("report.html.j2").render(context)
 
 
 def _yaml(value: Any) -> str:

@@ -118,10 +118,9 @@ class RunStatistics:
     timings: the time spent in the model and loss.
     devices: `host:device` of each scoring DoFn.
     files: `{kind: file names}` of the files written (`FILE_KINDS`).
-    top_flagged: the highest-scored flagged rows, as dicts (the report).
-    top_new_flagged: the highest-scored new flags, as dicts (the report,
-      with flag history).
-    previews: the top flagged rows' string inputs (the report), or None.
+    top_flagged: the highest-scored flagged rows, as dicts (the report's
+      `report.max_rows`).
+    previews: the top flagged rows' inputs (the report), or None.
     data_map: a sample of the training dynamics, or None without
       `model.checkpoints`.
     history: the flag history counts, or None without `gate.baseline`.
@@ -141,7 +140,6 @@ class RunStatistics:
   devices: FrozenSet[str] = _statistic(frozenset.union, factory=frozenset)
   files: Dict[str, Tuple[str, ...]] = _statistic(_joined, factory=dict)
   top_flagged: Optional[List[Dict[str, Any]]] = _statistic(_once)
-  top_new_flagged: Optional[List[Dict[str, Any]]] = _statistic(_once)
   previews: Optional[Previews] = _statistic(_once)
   data_map: Optional[DataMap] = _statistic(_once)
   history: Optional[HistoryCounts] = _statistic(_merged)
@@ -189,7 +187,6 @@ class Summary:
       set.
     cdf: evenly spaced loss quantiles `(M+1,)` for the report's histogram.
     top_flagged: the highest-scored flagged rows, as dicts.
-    top_new_flagged: the highest-scored new flags, as dicts.
     previews: the top flagged rows' string inputs, or None.
     data_map: a sample of the training dynamics, or None.
     label_classes: with label issues on, each class's numbers in full
@@ -205,7 +202,6 @@ class Summary:
   drift: Optional[Dict[str, Any]]
   cdf: Sequence[Optional[float]]
   top_flagged: Sequence[Dict[str, Any]]
-  top_new_flagged: Sequence[Dict[str, Any]]
   previews: Optional[Previews]
   data_map: Optional[DataMap]
   label_classes: Optional[Dict[str, list]] = None
@@ -245,7 +241,6 @@ def build_summary(statistics: RunStatistics, context: RunContext,
       document=document, drift=_gate(document, context),
       cdf=statistics.loss.get("cdf", []),
       top_flagged=statistics.top_flagged or [],
-      top_new_flagged=statistics.top_new_flagged or [],
       previews=statistics.previews, data_map=statistics.data_map,
       label_classes=label_classes, label_rules=rules,
       flag_counts=statistics.flag_counts)

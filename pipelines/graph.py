@@ -13,7 +13,6 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lossaudit import (
   METRICS_NAMESPACE,
@@ -30,7 +29,6 @@ from lossaudit.config import AuditConfig
 from lossaudit.dead_letters import NOT_A_REGULAR_FILE, dead_letter
 from lossaudit.early_aum import EARLY_AUM
 from lossaudit.history import (
-  NEW,
   RESOLVED_SCHEMA,
   SCORED_IDS_SCHEMA,
   SCORED_SCHEMA,
@@ -100,7 +98,9 @@ from lossaudit.transforms.write import (
 )
 from lossaudit.weights import WeightRule
 
-TOP_FLAGGED_IN_REPORT = 50
+# Rows whose bytes the scorer keeps for the report's previews: the others
+# are read again (`transforms.previews`).
+PREVIEW_CANDIDATES = 50
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner",
                  "SwitchingDirectRunner")
 
@@ -238,10 +238,10 @@ def _score(read: _Read, config: AuditConfig, plan: preflight.Plan,
   """Each batch scored once, by the model and loss of `plan.spec`; with
   `select_checkpoint`, by each checkpoint of its fold, then kept as its
   fold's selected checkpoint scored it (rows waiting in `scratch-*`)."""
-  inputs = preview_inputs(plan.spec)
+  inputs = preview_inputs(plan.spec, config.input.image_shape)
   candidates = Candidates(
       tuple(column for _, column in inputs), _loss_column(config),
-      TOP_FLAGGED_IN_REPORT) if inputs and plan.spec.id_column else None
+      PREVIEW_CANDIDATES) if inputs and plan.spec.id_column else None
   score = ScoreBatches(plan.spec, progress_interval=_progress_interval(
       config, runner),
                        candidates=candidates,
@@ -567,15 +567,7 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
   out = config.output.dir
   flagged = rules.flagged if history is None else history.flagged
   top_flagged = flagged | "TopFlagged" >> beam.CombineGlobally(
-      TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score"))
-  top_new = None
-  if history is not None:
-    top_new = (history.flagged
-               | "NewFlags" >> beam.Map(
-                   lambda batch: batch.filter(pc.equal(
-                       batch.column("status"), NEW)))
-               | "TopNewFlags" >> beam.CombineGlobally(
-                   TopRowsCombineFn(TOP_FLAGGED_IN_REPORT, "score")))
+      TopRowsCombineFn(config.report.max_rows, "score"))
   # Field of `RunStatistics` → what feeds it, and how one element sets the
   # field (None: as it is).
   feeds = {
@@ -595,7 +587,6 @@ def _write_summary(p: beam.Pipeline, config: AuditConfig,
       "timings": (scored.timings, None),
       "devices": (scored.devices, lambda device: frozenset([device])),
       "top_flagged": (top_flagged, None),
-      "top_new_flagged": (top_new, None),
       "previews": (_previews(p, config, plan, top_flagged, scored.candidates),
                    None),
       "data_map": (rules.data_map, None),
@@ -642,7 +633,7 @@ def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
               ) -> Optional[beam.PCollection]:
   """One `Previews` of the top flagged rows' string inputs (thumbnails,
   text), or None when the model has no string input."""
-  inputs = preview_inputs(plan.spec)
+  inputs = preview_inputs(plan.spec, config.input.image_shape)
   if not inputs:
     return None
   if not plan.spec.id_column:
@@ -653,7 +644,7 @@ def _previews(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
         " mean fingerprinting every record a second time. Set"
         " input.id_column to see them.")])
   top = candidates | "TopCandidates" >> beam.CombineGlobally(
-      TopCandidatesCombineFn(TOP_FLAGGED_IN_REPORT))
+      TopCandidatesCombineFn(PREVIEW_CANDIDATES))
   return top_flagged | "FetchPreviews" >> FetchPreviews(
       plan.files, config.input.format, plan.spec, plan.tf_schema,
-      config.batch_size, candidates=top)
+      config.batch_size, candidates=top, image_shape=config.input.image_shape)

@@ -5,9 +5,10 @@ Test files import from here, never from one another or from conftest.py.
 
 import json
 import os
+import re
 import subprocess
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -364,3 +365,36 @@ def staged_pipeline(job: dict):
       "/", 1)[0] + "/pipeline.pb"
   with FileSystems.open(path) as f:
     return beam_runner_api_pb2.Pipeline.FromString(f.read())
+
+
+def report_data(page: str) -> Dict[str, Any]:
+  """The JSON document `report.html`'s charts and flagged rows are drawn
+  from (`#report-data`)."""
+  found = re.search(r'<script type="application/json" id="report-data">'
+                    r"(.*?)</script>", page, re.S)
+  assert found, "report.html has no #report-data"
+  return json.loads(found.group(1))
+
+
+def report_rows(page: str) -> List[Dict[str, Any]]:
+  """The flagged rows `report.html` lists, as dicts, in its order."""
+  rows = report_data(page)["rows"]
+  return [dict(zip(rows["columns"], values)) for values in rows["values"]]
+
+
+def small_summary() -> Dict[str, Any]:
+  """A small `summary.json` document: 3 losses, one flagged."""
+  from lossaudit.flag_counts import FlagCounts  # pylint: disable=g-import-not-at-top
+  from lossaudit.rules import Thresholds  # pylint: disable=g-import-not-at-top
+  from lossaudit.summary import RunContext, RunStatistics, build_summary  # pylint: disable=g-import-not-at-top
+
+  loss_stats = {"count": 3, "nan_count": 0, "mean": 1.0, "std": 0.5,
+                "min": 0.2, "max": 2.0, "quantiles": {"0.5": 0.9},
+                "epsilon": 0.01, "median": 0.9, "mad": 0.4}
+  return build_summary(
+      RunStatistics(loss=loss_stats,
+                    thresholds=Thresholds.of(loss_quantile=1.5),
+                    flag_counts=FlagCounts(1, {"loss_quantile": 1})),
+      RunContext(config={"batch_size": 4}, run={
+          "runner": "DirectRunner", "run_id": "r1", "start_time": 0.0}),
+      seconds=1.0).document

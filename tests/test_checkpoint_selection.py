@@ -13,7 +13,7 @@ from lossaudit.folds import fold_of
 from lossaudit.merging import merge_all
 from lossaudit.pipelines import audit
 from tests import out_of_sample
-from tests.helpers import written_config
+from tests.helpers import report_data, written_config
 
 K = 5
 
@@ -163,7 +163,11 @@ def test_heldout_loss_label_issues_equal_cleanlab_on_the_best_checkpoints(
       atol=1e-6)
   with open(tmp_path / "best" / "report.html", encoding="utf-8") as f:
     page = f.read()
-  assert '<svg id="heldout-loss"' in page and 'id="heldout-losses"' in page
+  assert 'id="heldout-loss"' in page and 'id="heldout-losses"' in page
+  heldout = report_data(page)["heldout"]
+  assert [fold["selected"] for fold in heldout["folds"]] == [
+      heldout["checkpoints"].index(found["selected_checkpoint"])
+      for found in summary["folds"].values()]
   noisy = set(data.ids[data.noisy])
   _, last, _ = _audit(data, tmp_path / "last", "last")
   print(f"F1 against the injected noise: best checkpoints"

@@ -18,9 +18,8 @@ from cleanlab.filter import find_label_issues
 from lossaudit import datasets, preflight, report
 from lossaudit.config import load_config
 from lossaudit.pipelines import audit, compare
-from lossaudit.report import _svg_heat_map
 from lossaudit.transforms.flag import FlagExamples, flagged_schema
-from tests.helpers import base_config, noisy_probs
+from tests.helpers import base_config, noisy_probs, report_data, report_rows
 
 # Not in sorted order, so ids follow the vocabulary, not the alphabet; "r&b"
 # must be escaped in HTML.
@@ -147,29 +146,30 @@ def _element(page, tag, element_id):
 
 def test_report_shows_names_beside_ids(runs):
   page = (runs["root"] / "out_names" / "report.html").read_text()
-  matrix = _element(page, "svg", "label-issue-matrix")
+  heat_map = report_data(page)["heatMap"]
   classes = _element(page, "table", "label-issue-classes")
+  assert heat_map["labels"] == ["0 zebra", "1 apple", "2 r&b"]
   for text in ("0 zebra", "1 apple", "2 r&amp;b"):
-    assert f">{text}</text>" in matrix
     assert f"<td>{text}</td>" in classes
-  assert "given 2 r&amp;b, suggested" in matrix
+  # Outside the escaped JSON, the name never appears unescaped.
   assert "r&b" not in page
-  flagged = _element(page, "table", "flagged")
-  for header in ("given class", "predicted class", "suggested class"):
-    assert f"<th>{header}</th>" in flagged
-  assert "<td>zebra</td>" in flagged
+  rows = report_rows(page)
+  for column in ("given_class", "predicted_class", "suggested_class"):
+    assert column in rows[0]
+  assert "zebra" in {row["given_class"] for row in rows}
   plain = (runs["root"] / "out_ints" / "report.html").read_text()
-  assert "given class" not in _element(plain, "table", "flagged")
-  assert ">0</text>" in _element(plain, "svg", "label-issue-matrix")
+  assert "given_class" not in report_rows(plain)[0]
+  assert report_data(plain)["heatMap"]["labels"] == ["0", "1", "2"]
 
 
 def test_heat_map_without_names_is_ids_only():
-  svg = _svg_heat_map(np.array([[0, 2], [1, 0]]))
-  assert ">0</text>" in svg and ">1</text>" in svg
-  assert "given 0, suggested 1: 2" in svg
-  named = _svg_heat_map(np.array([[0, 2], [1, 0]]), ["x" * 40, "y"])
-  assert "0 " + "x" * 21 + "…</text>" in named  # Cut on the axis...
-  assert "given 0 " + "x" * 40 + "," in named  # ...whole in the title.
+  found = report.heat_map_chart(np.array([[0, 2], [1, 0]]))
+  assert found == {"classes": [0, 1], "labels": ["0", "1"],
+                   "cells": [[1, 0, 2], [0, 1, 1]], "max": 2}
+  names = [f"class {k}" for k in range(8)]
+  named = report.heat_map_chart(np.array([[0, 2], [1, 0]]), names, [4, 7])
+  assert named["labels"] == ["4 class 4", "7 class 7"]
+  assert named["classes"] == [4, 7]
 
 
 def test_flag_examples_needs_the_names_it_carries():
@@ -232,6 +232,5 @@ def test_comparison_table_names_the_classes():
                                  "change": 0.0}},
       "class_names": {"0": "r&b"},
   }
-  page = report._comparison(found)
-  assert "<td>0 r&amp;b</td>" in page
-  assert "<td>1</td>" in page
+  rates = report._comparison(found)["label_rates"]
+  assert [row[0] for row in rates.rows] == ["0 r&b", "1"]

@@ -1,13 +1,11 @@
-"""The data map: its deterministic sample, its CombineFn and its SVG.
+"""The data map: its deterministic sample, its CombineFn and its chart.
 
 The sample is checked against numpy (the k smallest fingerprints of all the
-ids), whatever the batching and merge order; the SVG is parsed as XML and
-drawn in headless Chromium inside a whole report.
+ids), whatever the batching and merge order; the chart's data against the
+sample, and the chart drawn in headless Chromium inside a whole report.
 """
 
 import json
-import re
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pyarrow as pa
@@ -16,12 +14,10 @@ import pytest
 from lossaudit import data_map as dm
 from lossaudit import report
 from lossaudit.columns import fingerprints_u64
-from lossaudit.flag_counts import FlagCounts
-from lossaudit.summary import RunContext, RunStatistics, build_summary
-from tests.helpers import check_combine_fn
-from tests.test_report import CHROMIUM, probe_page, render
+from lossaudit.summary import RunContext, RunStatistics
+from tests.browser import CHROMIUM, open_page
+from tests.helpers import check_combine_fn, report_data, small_summary
 
-SVG = "{http://www.w3.org/2000/svg}"
 N = 20000
 K = dm.DATA_MAP_POINTS
 
@@ -172,131 +168,84 @@ def test_the_accumulator_is_small(rows):
   assert len(encoded) < 40 * K
 
 
-# The SVG ---------------------------------------------------------------------
+# The chart's data ------------------------------------------------------------
 
 
-def _groups(svg, name):
-  root = ET.fromstring(svg)
-  return [g for g in root.iter(f"{SVG}g") if g.get("class") == name]
-
-
-def test_svg_draws_every_point_and_ring_the_flagged(rows):
+def test_chart_groups_every_point_by_correctness_and_rings_the_flagged(rows):
   found = dm.sample_rows(*rows, k=K)
-  svg = dm.data_map_svg(found, easy_confidence=0.6, ambiguous_variability=0.3)
-  root = ET.fromstring(svg)
-  assert root.get("id") == "data-map"
-  points = _groups(svg, "points")
-  assert len(points) == 6
-  assert sum(len(g.findall(f"{SVG}circle")) for g in points) == K
-  # Each group holds the points of its colour: correctness nearest it.
-  for g in points:
-    level = float(g.get("data-correctness"))
-    assert len(g) == np.sum(np.abs(found.correctness - level) < 0.1)
-  rings = _groups(svg, "flagged")[0].findall(f"{SVG}circle")
-  assert len(rings) == found.flagged.sum() > 0
-  legend = "".join(_groups(svg, "legend")[0].itertext())
-  assert "correctness" in legend and "flagged" in legend
-  caption = [t for t in root.iter(f"{SVG}text") if t.get("class") == "caption"]
-  assert caption[0].text == (f"{K:,} of {N:,} examples shown (sampled by id"
-                             " hash)")
-  # Coordinates lie in the plot and carry one decimal at most.
-  x = np.array([float(c.get("cx")) for g in points for c in g])
-  y = np.array([float(c.get("cy")) for g in points for c in g])
-  plot = root.find(f"{SVG}rect")
-  left, top = float(plot.get("x")), float(plot.get("y"))
-  assert x.min() >= left and x.max() <= left + float(plot.get("width"))
-  assert y.min() >= top and y.max() <= top + float(plot.get("height"))
-  assert not re.search(r'c[xy]="-?\d+\.\d\d', svg)
-  # The guides: variability 0.3, and confidence 0.6 left of it.
-  guides = [line for line in root.iter(f"{SVG}line")
-            if line.get("class") == "guide"]
-  assert len(guides) == 2
-  vertical, horizontal = guides
-  assert vertical.get("x1") == vertical.get("x2") == horizontal.get("x2")
-  width = float(plot.get("width"))
-  assert float(vertical.get("x1")) == pytest.approx(left + 0.6 * width,
-                                                    abs=0.05)
-  assert float(horizontal.get("y1")) == pytest.approx(
-      top + 0.4 * float(plot.get("height")), abs=0.05)
-  assert len(svg) < 60 * K
+  chart = dm.data_map_chart(found, easy_confidence=0.6,
+                            ambiguous_variability=0.3)
+  levels = chart["levels"]
+  assert [level["correctness"] for level in levels] == [
+      0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+  assert sum(len(level["points"]) for level in levels) == K
+  # Each level holds the points whose correctness is nearest it.
+  for level in levels:
+    near = np.abs(found.correctness - level["correctness"]) < 0.1
+    assert sorted(map(tuple, level["points"])) == sorted(zip(
+        np.round(found.variability[near], 4).tolist(),
+        np.round(found.confidence[near], 4).tolist()))
+  assert len(chart["flagged"]) == found.flagged.sum() > 0
+  assert (chart["shown"], chart["total"]) == (K, N)
+  assert (chart["easy_confidence"], chart["ambiguous_variability"]) == (
+      0.6, 0.3)
+  assert chart["x_max"] >= max(0.5, found.variability.max())
+  assert len(json.dumps(chart)) < 40 * K
 
 
-def test_svg_of_an_empty_map_and_of_large_variability():
-  svg = dm.data_map_svg(dm.DataMap.empty())
-  assert _groups(svg, "points") == [] and _groups(svg, "flagged") == []
-  assert "0 of 0 examples shown" in svg
+def test_chart_of_an_empty_map_and_of_large_variability():
+  empty = dm.data_map_chart(dm.DataMap.empty())
+  assert all(level["points"] == [] for level in empty["levels"])
+  assert (empty["flagged"], empty["shown"], empty["total"]) == ([], 0, 0)
   wide = dm.DataMap(np.array([1, 2], np.uint64), np.array([0.2, 0.9]),
                     np.array([0.1, 0.73]), np.array([0.0, 1.0]),
                     np.array([True, False]), 10)
-  svg = dm.data_map_svg(wide)
-  ticks = [t.text for t in ET.fromstring(svg).iter(f"{SVG}text")
-           if t.get("text-anchor") == "middle"]
-  assert "0.8" in ticks  # The axis reaches past the largest variability.
-  assert len(_groups(svg, "flagged")[0]) == 1
+  chart = dm.data_map_chart(wide)
+  assert chart["x_max"] == pytest.approx(0.8)  # A round step past 0.73.
+  assert chart["flagged"] == [[0.1, 0.2]]
 
 
 # In the report ---------------------------------------------------------------
 
 
-def _summary():
-  """A small `summary.json` document."""
-  from lossaudit.rules import Thresholds  # pylint: disable=g-import-not-at-top
-
-  loss_stats = {"count": 3, "nan_count": 0, "mean": 1.0, "std": 0.5,
-                "min": 0.2, "max": 2.0, "quantiles": {"0.5": 0.9},
-                "epsilon": 0.01, "median": 0.9, "mad": 0.4}
-  return build_summary(
-      RunStatistics(loss=loss_stats,
-                    thresholds=Thresholds.of(loss_quantile=1.5),
-                    flag_counts=FlagCounts(1, {"loss_quantile": 1})),
-      RunContext(config={"batch_size": 4}, run={
-          "runner": "DirectRunner", "run_id": "r1", "start_time": 0.0}),
-      seconds=1.0).document
-
-
 def _page(data_map=None):
   return report.render_report(
-      _summary(), [0.2, 0.5, 0.9, 1.4, 2.0],
+      small_summary(), [0.2, 0.5, 0.9, 1.4, 2.0],
       [{"id": "a", "score": 2.0, "loss": 2.0}], data_map=data_map,
       easy_confidence=0.6, ambiguous_variability=0.25)
 
 
 def test_the_report_has_a_data_map_section_only_when_given(rows):
   without = _page()
-  assert "data-map" not in without and "Data map" not in without
+  assert 'id="data-map"' not in without and "Data map" not in without
+  assert report_data(without)["dataMap"] is None
   page = _page(dm.sample_rows(*rows, k=K))
-  svg = re.search(r'<svg id="data-map".*?</svg>', page, re.S).group(0)
-  assert len(_groups(svg, "points")) == 6
+  chart = report_data(page)["dataMap"]
+  assert sum(len(level["points"]) for level in chart["levels"]) == K
   assert "<h2>Data map (training dynamics)</h2>" in page
-  assert "variability\n0.25" in page and "confidence\n0.6" in page
-  assert "<script" not in page
-  # Nothing else changes.
-  assert page.replace(page[page.index("\n<h2>Data map"):page.index(
-      "\n<h2>Most suspicious")], "") == without
+  assert "variability\n0.25" in page and "confidence 0.6" in page
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_the_data_map_renders_in_chromium(rows, tmp_path):
   page = _page(dm.sample_rows(*rows, k=K))
-  found = json.loads(probe_page(page, """(() => {
-  const svg = document.getElementById("data-map");
-  const box = svg.getBoundingClientRect();
-  const style = getComputedStyle(svg);
-  return JSON.stringify({
-      width: box.width, height: box.height,
-      visible: style.display !== "none" && style.visibility !== "hidden",
-      points: svg.querySelectorAll("g.points circle").length,
-      rings: svg.querySelectorAll("g.flagged circle").length,
-      drawn: Array.from(svg.querySelectorAll("g.points circle")).filter(
-          (c) => c.getBBox().width > 0).length});
-})()""", tmp_path))
+  (tmp_path / "report.html").write_text(page)
+  with open_page(tmp_path / "report.html") as browser:
+    found = browser.evaluate("""(() => {
+      const chart = window.lossauditReport.charts["data-map"];
+      const box = document.getElementById("data-map").getBoundingClientRect();
+      const series = chart.getOption().series;
+      return {width: box.width > 300, height: box.height,
+              points: series.slice(0, 6).reduce(
+                  (n, s) => n + s.data.length, 0),
+              rings: series[6].data.length,
+              drawn: document.querySelectorAll("#data-map svg path").length};
+    })()""")
+    assert browser.errors() == []
   flagged = int(dm.sample_rows(*rows, k=K).flagged.sum())
-  assert found == {"width": 720, "height": 440, "visible": True, "points": K,
-                   "rings": flagged, "drawn": K}
-  # The report itself, without the probe, loads without console errors.
-  (tmp_path / "plain.html").write_text(page)
-  _, log = render(tmp_path / "plain.html", "--dump-dom")
-  assert "CONSOLE" not in log
+  assert found["points"] == K and found["rings"] == flagged
+  assert found["width"] and found["height"] == 460
+  assert found["drawn"] >= K + flagged
 
 
 # Through WriteSummary --------------------------------------------------------
@@ -316,7 +265,7 @@ def test_write_summary_passes_the_data_map_on(tmp_path, with_map):
       tmp_path, model={"checkpoints": [1, 2]},
       dynamics={"easy_confidence": 0.7, "ambiguous_variability": 0.15}))
   piece = dm.sample_rows(*[c[:500] for c in _rows(500)], k=100)
-  loss_stats = dict(_summary()["loss"], cdf=[0.2, 1.0, 2.0])
+  loss_stats = dict(small_summary()["loss"], cdf=[0.2, 1.0, 2.0])
   loss_stats.pop("computed_from")
   with beam.Pipeline() as p:
     parts = (p | "Statistics" >> beam.Create([RunStatistics(
@@ -333,8 +282,8 @@ def test_write_summary_passes_the_data_map_on(tmp_path, with_map):
   page = (tmp_path / "report.html").read_text()
   if with_map:
     assert summary["data_map"] == {"points": 40, "total": 500}
-    svg = re.search(r'<svg id="data-map".*?</svg>', page, re.S).group(0)
-    assert sum(len(g) for g in _groups(svg, "points")) == 40
-    assert "variability\n0.15" in page and "confidence\n0.7" in page
+    chart = report_data(page)["dataMap"]
+    assert sum(len(level["points"]) for level in chart["levels"]) == 40
+    assert "variability\n0.15" in page and "confidence 0.7" in page
   else:
-    assert "data_map" not in summary and "data-map" not in page
+    assert "data_map" not in summary and 'id="data-map"' not in page

@@ -18,8 +18,8 @@ from sklearn.metrics import (
 )
 
 from lossaudit import losses
+from tests.browser import SHOWN_ROWS, open_page
 from tests.helpers import run_audit
-from tests.test_report import probe_page
 
 N = 5000
 OUTLIERS = 100  # 2% of the rows: flag.loss_quantile 0.98 flags as many.
@@ -150,16 +150,10 @@ def test_the_report_and_flagged_show_target_and_prediction(
   np.testing.assert_allclose(flagged["target"], y[rows])
   np.testing.assert_allclose(flagged["prediction"], mu[rows], rtol=1e-5)
   assert {"deviance", "loss", "score"} <= set(flagged.columns)
-  page = (out / "report.html").read_text()
-  shown = json.loads(probe_page(page, """JSON.stringify((() => {
-  const table = document.getElementById("flagged");
-  const head = Array.from(table.rows[0].cells).map(c => c.textContent);
-  const box = table.getBoundingClientRect();
-  return {head, visible: box.width > 0 && box.height > 0,
-          rows: Array.from(table.rows).slice(1).map(
-              r => Array.from(r.cells).map(c => c.textContent))};
-})())""", tmp_path))
-  assert shown["visible"]
+  with open_page(out / "report.html") as browser:
+    shown = browser.evaluate(SHOWN_ROWS)
+    assert browser.errors() == []
+  assert shown["visible"] and shown["rows"]
   head = shown["head"]
   assert {"target", "prediction", "deviance"} <= set(head)
   for cells in shown["rows"]:

@@ -2,7 +2,6 @@
 snippets of a model's string inputs, fetched by re-reading the input."""
 
 import base64
-import html
 import re
 import struct
 
@@ -15,8 +14,8 @@ import yaml
 
 from lossaudit import previews, report
 from lossaudit.pipelines import audit
-from tests.helpers import base_config
-from tests.test_report import CHROMIUM, probe_page, render
+from tests.browser import CHROMIUM, SHOWN_ROWS, open_page
+from tests.helpers import base_config, report_data, small_summary
 
 BOUND = 96  # The largest side of a thumbnail, in pixels.
 NUM_IMAGES = 24
@@ -125,19 +124,44 @@ def test_batch_previews_keeps_the_wanted_ids_once():
   assert previews.batch_previews(batch, "id", [], pa.array(["7"])) == {}
 
 
-def test_the_flagged_table_escapes_previews():
+def _hostile_page():
   shown = previews.Previews(("text", "image"), {
       "a": {"text": {"kind": "text", "text": '<b>x</b> & "y"', "chars": 16},
             "image": {"kind": "note", "text": "3 bytes, <odd>"}}})
-  table = report._flagged_table(["id", "score"], [
-      {"id": "a", "score": 2.0}, {"id": "b<", "score": 1.0}], shown)
-  cells = re.findall(r"<td[^>]*>(.*?)</td>", table)
-  assert cells == ["a", "2", "&lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;",
-                   "<em>3 bytes, &lt;odd&gt;</em>",
-                   "b&lt;", "1", "<em>not found in the input</em>",
-                   "<em>not found in the input</em>"]
-  assert re.findall(r"<th>(.*?)</th>", table) == ["id", "score", "text",
-                                                  "image"]
+  return report.render_report(small_summary(), [0.0, 1.0], [
+      {"id": "a", "score": 2.0}, {"id": "b<img src=x onerror=alert(1)>",
+                                  "score": 1.0}], previews=shown)
+
+
+def test_the_flagged_rows_carry_previews_as_data_never_markup():
+  page = _hostile_page()
+  rows = report_data(page)["rows"]
+  assert rows["inputs"] == ["text", "image"]
+  assert rows["previews"] == [
+      [{"kind": "text", "text": '<b>x</b> & "y"', "chars": 16},
+       {"kind": "note", "text": "3 bytes, <odd>"}], [None, None]]
+  # The data is JSON with "<" escaped; outside the scripts, no markup.
+  assert "<" not in re.search(r'id="report-data">(.*?)</script>', page,
+                              re.S).group(1)
+  markup = re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.S)
+  assert "<b>x" not in markup and "<odd>" not in markup
+  assert "<img" not in markup
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_the_flagged_table_shows_previews_as_text(tmp_path):
+  (tmp_path / "report.html").write_text(_hostile_page())
+  with open_page(tmp_path / "report.html") as browser:
+    shown = browser.evaluate(SHOWN_ROWS)
+    markup = browser.evaluate(
+        'document.querySelectorAll("#flagged b, #flagged img").length')
+    assert browser.errors() == []
+  assert shown["head"] == ["id", "score", "text", "image"]
+  assert shown["rows"] == [
+      ["a", "2", '<b>x</b> & "y"', "3 bytes, <odd>"],
+      ["b<img src=x onerror=alert(1)>", "1", "not found in the input",
+       "not found in the input"]]
+  assert markup == 0
 
 
 # End to end: an image SavedModel on TFRecords, a text model on Parquet.
@@ -203,8 +227,12 @@ def image_run(tmp_path_factory):
 
 
 def _flagged_rows(page):
-  table = re.search(r'<table id="flagged">(.*?)</table>', page, re.S)
-  return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1:]
+  """Each flagged row the report lists, and its previews by input."""
+  rows = report_data(page)["rows"]
+  previews = rows["previews"] or [[]] * len(rows["values"])
+  return [(dict(zip(rows["columns"], values)), dict(zip(rows["inputs"],
+                                                         shown)))
+          for values, shown in zip(rows["values"], previews)]
 
 
 def test_report_shows_a_thumbnail_of_each_flagged_image(image_run):
@@ -215,11 +243,10 @@ def test_report_shows_a_thumbnail_of_each_flagged_image(image_run):
   page = path.read_text()
   rows = _flagged_rows(page)
   assert len(rows) == 8
-  for row in rows:
-    i = int(re.search(r"<td>img-(\d+)</td>", row).group(1))
-    uris = re.findall(r'<img src="([^"]+)"', row)
-    assert len(uris) == 1
-    _, pixels = _decoded_uri(uris[0])
+  for row, shown in rows:
+    i = int(row["id"].removeprefix("img-"))
+    assert list(shown) == ["image"] and shown["image"]["kind"] == "image"
+    _, pixels = _decoded_uri(shown["image"]["uri"])
     height, width = [(150, 300), (200, 40), (30, 20), (96, 97)][i % 4]
     scale = min(1, BOUND / max(height, width))
     assert pixels.shape == (round(height * scale), round(width * scale), 3)
@@ -231,13 +258,11 @@ def test_report_shows_a_thumbnail_of_each_flagged_image(image_run):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_thumbnails_decode_in_chromium(image_run, tmp_path):
   path, _ = image_run
-  page = path.read_text()
-  widths = probe_page(page, """Array.from(
-      document.images, (image) => image.naturalWidth).join(",")""", tmp_path)
-  widths = [int(w) for w in widths.split(",")]
+  with open_page(path) as browser:
+    widths = browser.evaluate("""Array.from(
+        document.querySelectorAll("#flagged img"), (i) => i.naturalWidth)""")
+    assert browser.errors() == []
   assert len(widths) == 8 and all(w > 0 for w in widths), widths
-  _, log = render(path, "--dump-dom")
-  assert "CONSOLE" not in log
 
 
 TEXTS = [
@@ -286,14 +311,16 @@ def test_report_shows_escaped_text_snippets(tmp_path, text_model):
   texts, page = _text_run(tmp_path, text_model, "key")
   rows = _flagged_rows(page)
   assert len(rows) == NUM_TEXTS
-  assert "<th>text</th>" in page
-  for row in rows:
-    i = int(re.search(r"<td>t(\d+)</td>", row).group(1))
-    text = texts[i]
+  assert report_data(page)["rows"]["inputs"] == ["text"]
+  for row, shown in rows:
+    text = texts[int(row["id"].removeprefix("t"))]
     snippet = text if len(text) <= 200 else text[:200] + "…"
-    assert html.escape(snippet) in row
-    assert (f" #{i}<" in row) == (len(text) <= 200)
-    assert "<script>" not in row and "<b>" not in row
+    assert shown["text"] == {"kind": "text", "text": snippet,
+                             "chars": len(text)}
+  # The page's own four scripts; no markup of the texts is live.
+  assert len(re.findall("<script", page)) == 4
+  assert "<b>" not in re.sub(r"<script[^>]*>.*?</script>", "", page,
+                             flags=re.S)
 
 
 @pytest.mark.slow
@@ -301,7 +328,8 @@ def test_content_fingerprint_ids_get_a_note_instead(tmp_path, text_model):
   _, page = _text_run(tmp_path, text_model, None)
   assert len(_flagged_rows(page)) == NUM_TEXTS
   assert "input.id_column: null" in page
-  assert "<th>text</th>" not in page and "nothing runs" not in page
+  assert report_data(page)["rows"]["previews"] == []
+  assert "nothing runs" not in page
 
 
 def _text_spec():

@@ -60,7 +60,6 @@ PARTS = (
     RunStatistics(files={"flagged": ("out/flagged/a",)}),
     RunStatistics(files={"resolved": ("out/resolved/a",)}),
     RunStatistics(top_flagged=[{"id": "x", "score": 4.0}]),
-    RunStatistics(top_new_flagged=[]),
     RunStatistics(history=HistoryCounts(new=2, persistent=1, resolved=1,
                                         new_rows=1, regressions=1,
                                         scored_in_both=8)),
@@ -148,7 +147,6 @@ def test_the_summary_of_hand_made_statistics():
   assert built.drift is None
   assert built.cdf == [0.1, 0.8, 4.0]
   assert built.top_flagged == [{"id": "x", "score": 4.0}]
-  assert built.top_new_flagged == []
   assert built.previews is None and built.data_map is None
 
 

@@ -22,7 +22,12 @@ from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.label_rules import class_arrays
 from lossaudit.merging import merge_all
 from lossaudit.rules import Thresholds, label_issue
-from lossaudit.spec import POSITION_COLUMN, PROBS_COLUMN, SOURCE_COLUMN
+from lossaudit.spec import (
+  POSITION_COLUMN,
+  PROBS_COLUMN,
+  SLICE_COLUMN,
+  SOURCE_COLUMN,
+)
 from lossaudit.weights import WeightRule
 
 _CARRIED = ("given_label", "predicted_label", "self_confidence",
@@ -35,7 +40,8 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
 
   With label issues on (the scored batches carry probabilities),
   `suggested_label` too; and `suggested_class` when the scored batches
-  carry class names (`given_class`, with `input.label_vocabulary`).
+  carry class names (`given_class`, with `input.label_vocabulary`); and
+  `slice`, the row's `stats.slice_by` value, when one is set.
   """
   fields = [
       pa.field("id", pa.string()),
@@ -49,6 +55,8 @@ def flagged_schema(scored_schema: pa.Schema) -> pa.Schema:
     fields.append(pa.field("suggested_label", pa.int64()))
     if "given_class" in scored_schema.names:
       fields.append(pa.field("suggested_class", pa.string()))
+  if SLICE_COLUMN in scored_schema.names:
+    fields.append(pa.field("slice", pa.string()))
   return pa.schema(fields)
 
 
@@ -114,6 +122,8 @@ def flagged_rows(batch: pa.RecordBatch, thresholds: Thresholds,
     if "suggested_class" in schema.names:
       arrays.append(pa.array(list(class_names), pa.string()).take(
           suggested_label))
+  if "slice" in schema.names:
+    arrays.append(batch.column(SLICE_COLUMN).take(picked))
   return pa.RecordBatch.from_arrays(arrays, schema=schema), flagged
 
 

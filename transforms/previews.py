@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 
 from lossaudit import formats
@@ -26,11 +27,29 @@ from lossaudit import previews as previews_lib
 from lossaudit.spec import RAW_RECORD_COLUMN, ScoringSpec
 
 
-def preview_inputs(spec: ScoringSpec) -> Tuple[Tuple[str, str], ...]:
+def preview_inputs(spec: ScoringSpec,
+                   image_shape: Optional[Tuple[int, ...]] = None
+                   ) -> Tuple[Tuple[str, str], ...]:
   """`(model input, column)` of each string input that reads a data column
-  (not serialized tf.Examples)."""
+  (not serialized tf.Examples), and of each numeric input of
+  `image_shape`'s size (`image_inputs`)."""
+  images = set(image_inputs(spec, image_shape))
   return tuple((f.model_input, f.column) for f in spec.features
-               if f.dtype == "string" and f.column != RAW_RECORD_COLUMN)
+               if (f.dtype == "string" and f.column != RAW_RECORD_COLUMN)
+               or (f.model_input, f.column) in images)
+
+
+def image_inputs(spec: ScoringSpec,
+                 image_shape: Optional[Tuple[int, ...]]
+                 ) -> Tuple[Tuple[str, str], ...]:
+  """`(model input, column)` of each numeric input holding as many values
+  a row as `image_shape` (`input.image_shape`; none when it is None)."""
+  if image_shape is None:
+    return ()
+  size = int(np.prod(image_shape))
+  return tuple((f.model_input, f.column) for f in spec.features
+               if f.dtype != "string" and None not in f.shape
+               and int(np.prod(f.shape, dtype=np.int64)) == size)
 
 
 def preview_tf_schema(tf_schema: bytes, names: Sequence[str]) -> bytes:
@@ -55,15 +74,18 @@ class _PreviewRows(beam.DoFn):
   """`(file, RecordBatch)` → the previews of its rows with a wanted id (an
   `{id: {model input: preview}}` dict), when it has any."""
 
-  def __init__(self, id_column: str, inputs: Sequence[Tuple[str, str]]):
+  def __init__(self, id_column: str, inputs: Sequence[Tuple[str, str]],
+               image_shape: Optional[Tuple[int, ...]] = None):
     self._id_column = id_column
     self._inputs = tuple(inputs)
+    self._image_shape = image_shape
     self._wanted: Optional[Tuple[List[str], pa.Array]] = None
 
   def process(self, element, wanted: List[str]):
     _, batch = element
     found = previews_lib.batch_previews(
-        batch, self._id_column, self._inputs, self._ids(wanted))
+        batch, self._id_column, self._inputs, self._ids(wanted),
+        self._image_shape)
     if found:
       yield found
 
@@ -133,18 +155,22 @@ class FetchPreviews(beam.PTransform):
     batch_size: rows per batch read.
     candidates: a singleton PCollection of the `TopCandidatesCombineFn`
       table (or None).
+    image_shape: `input.image_shape`: numeric inputs of that size are
+      previewed as images.
   """
 
   def __init__(self, files: Sequence[str], input_format: str,
                spec: ScoringSpec, tf_schema: Optional[bytes],
-               batch_size: int, candidates: beam.PCollection):
+               batch_size: int, candidates: beam.PCollection,
+               image_shape: Optional[Tuple[int, ...]] = None):
     super().__init__()
     if not spec.id_column:
       raise ValueError("previews need an id column")
     self._files = list(files)
     self._format = formats.get(input_format)
     self._id_column = spec.id_column
-    self._inputs = preview_inputs(spec)
+    self._image_shape = image_shape
+    self._inputs = preview_inputs(spec, image_shape)
     columns = list(dict.fromkeys(
         [spec.id_column] + [column for _, column in self._inputs]))
     self._request = formats.ReadRequest(
@@ -156,13 +182,14 @@ class FetchPreviews(beam.PTransform):
 
   def expand(self, top_flagged):
     id_column, inputs = self._id_column, self._inputs
+    image_shape = self._image_shape
 
     def from_candidates(top, table):
       if table is None:
         return {}
       return previews_lib.batch_previews(
           table.combine_chunks().to_batches()[0], id_column, inputs,
-          pa.array(_wanted_ids(top), pa.string()))
+          pa.array(_wanted_ids(top), pa.string()), image_shape)
 
     found = top_flagged | "FromCandidates" >> beam.Map(
         from_candidates, table=beam.pvalue.AsSingleton(self._candidates))
@@ -173,7 +200,7 @@ class FetchPreviews(beam.PTransform):
         lambda ids, files: files if ids else [], self._files)
     reread = (self._read(files)
               | "PreviewRows" >> beam.ParDo(
-                  _PreviewRows(id_column, inputs),
+                  _PreviewRows(id_column, inputs, image_shape),
                   wanted=beam.pvalue.AsSingleton(missing)))
     names = tuple(model_input for model_input, _ in inputs)
     return ((found, reread)

@@ -19,6 +19,7 @@ from lossaudit.config import AuditConfig, DynamicsConfig
 from lossaudit.early_aum import EARLY_AUM
 from lossaudit.label_rules import classes_table, joint_table, pairs_table
 from lossaudit.merging import merge_all
+from lossaudit.previews import Previews, array_thumbnails, previews_table
 from lossaudit.report import render_report
 from lossaudit.spec import PROBS_COLUMN, is_internal
 from lossaudit.summary import RunContext, RunStatistics, Summary, build_summary
@@ -224,13 +225,16 @@ class _WriteSummaryFn(beam.DoFn):
     self._hand_back(summary)
     if built.label_rules is not None:
       self._write_label_issues(built, summary)
+    previews = built.previews
+    if previews is not None and previews.by_id:
+      previews = previews._replace(by_id=array_thumbnails(previews.by_id))
+      self._write_previews(previews, summary)
     if found is not None:
       outputs.write_json(outputs.join(self._directory, outputs.DRIFT), found)
     outputs.write_text(
         outputs.join(self._directory, outputs.REPORT),
         render_report(summary, built.cdf, built.top_flagged,
-                      found, previews=built.previews, data_map=built.data_map,
-                      top_new_flagged=built.top_new_flagged,
+                      found, previews=previews, data_map=built.data_map,
                       label_classes=built.label_classes,
                       flag_counts=built.flag_counts,
                       easy_confidence=self._dynamics.easy_confidence,
@@ -264,6 +268,15 @@ class _WriteSummaryFn(beam.DoFn):
                           sink.getvalue().to_pybytes())
     summary["files"][outputs.LABEL_ISSUES] = [
         outputs.join(self._directory, name) for name in tables]
+
+  def _write_previews(self, previews: Previews, summary: Dict) -> None:
+    """Writes `previews.parquet` (the report rows' thumbnails and text, for
+    `lossaudit export`) and names it in `summary["files"]`."""
+    path = outputs.join(self._directory, outputs.PREVIEWS)
+    sink = pa.BufferOutputStream()
+    pq.write_table(previews_table(previews.by_id), sink)
+    outputs.write_bytes(path, sink.getvalue().to_pybytes())
+    summary["files"]["previews"] = [path]
 
   def _hand_back(self, summary: Dict) -> None:
     """Moves the staged `clean/`, `relabelled/` and `weights/` into
