@@ -41,6 +41,8 @@ TASKS_START = '[{"data": {"id": '
 EMPTY_TASKS = "[]\n"
 CSV_HEADER = ",".join(f'"{c}"' for c in CSV_COLUMNS)
 LABEL_CONFIG_START = "<!-- lossaudit export: Label Studio labelling config -->"
+# The previews a task shows (`previews.parquet`'s `kind`; a `note` is not).
+PREVIEW_KINDS = ("image", "text")
 # The Choices of a task's actions besides its label.
 DROP = "drop"
 
@@ -175,12 +177,13 @@ def select(flagged: pa.Table, reasons: Optional[Sequence[str]]) -> pa.Table:
   return flagged.sort_by([("score", "descending"), ("id", "ascending")])
 
 
-def read_previews(directory: str) -> Optional[pa.Table]:
-  """`previews.parquet` of the run: one `image` and one `text` per id (the
+def read_previews(directory: str) -> Optional[Dict[str, pa.Table]]:
+  """`previews.parquet` of the run: one image and one text per id (the
   first input's by name), or None when the run has none.
 
   Returns:
-    A table of `id`, `image` (data URI or null), `text` (or null).
+    By kind (`image`, `text`), a table of `id` and `value` (a data URI, or
+    the text), one row per id.
 
   Raises:
     ConfigError: naming RUN_DIR when the file is not the previews of a run.
@@ -202,32 +205,34 @@ def read_previews(directory: str) -> Optional[pa.Table]:
         f"RUN_DIR: expected {PREVIEWS} to have the columns {sorted(needed)};"
         f" it lacks {sorted(needed - set(table.column_names))}. Received:"
         f" {directory!r}")
-  table = table.select(["id", "input", "kind", "value"]).sort_by(
-      [("id", "ascending"), ("input", "ascending")])
-  found = None
-  for kind in ("image", "text"):
-    rows = table.filter(pc.equal(table.column("kind"), kind))
-    first = rows.group_by("id", use_threads=False).aggregate(
-        [("value", "first")]).rename_columns(["id", kind])
-    found = first if found is None else found.join(
-        first, "id", join_type="full outer")
+  # The first row of each id and kind is found on the short columns; only
+  # those rows' values (data URIs, some KB each) are then taken.
+  keys = table.select(["id", "input", "kind"]).append_column(
+      "row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+  keys = keys.sort_by([("id", "ascending"), ("input", "ascending")])
+  values = table.column("value")
+  found = {}
+  for kind in PREVIEW_KINDS:
+    first = keys.filter(pc.equal(keys.column("kind"), kind)).group_by(
+        "id", use_threads=False).aggregate([("row", "first")])
+    found[kind] = pa.table({"id": first.column("id"),
+                            "value": values.take(first.column("row_first"))})
   return found
 
 
-def _with_previews(rows: pa.Table, previews: Optional[pa.Table]
-                   ) -> pa.Table:
+def _with_previews(rows: pa.Table,
+                   previews: Optional[Dict[str, pa.Table]]) -> pa.Table:
   """`rows` with `image` and `text` columns (null without a preview), in
   their order."""
-  n = rows.num_rows
-  if previews is None or not n:
-    return rows.append_column("image", pa.nulls(n, pa.string())).append_column(
-        "text", pa.nulls(n, pa.string()))
-  order = pa.array(np.arange(n, dtype=np.int64))
-  keyed = pa.table({"id": rows.column("id"), "_order": order})
-  joined = keyed.join(previews, "id", join_type="left outer").sort_by(
-      "_order")
-  return rows.append_column("image", joined.column("image")).append_column(
-      "text", joined.column("text"))
+  for kind in PREVIEW_KINDS:
+    found = None if previews is None else previews[kind]
+    if found is None or not rows.num_rows:
+      column = pa.nulls(rows.num_rows, pa.string())
+    else:
+      at = pc.index_in(rows.column("id"), value_set=found.column("id"))
+      column = found.column("value").take(at)
+    rows = rows.append_column(kind, column)
+  return rows
 
 
 def _names(labels: pa.Array, class_names: Optional[Sequence[str]]
@@ -291,7 +296,8 @@ def task_object(rows: pa.Table) -> str:
   return "id_text"
 
 
-def label_studio(run: Run, rows: pa.Table, previews: Optional[pa.Table]
+def label_studio(run: Run, rows: pa.Table,
+                 previews: Optional[Dict[str, pa.Table]]
                  ) -> Tuple[List[Dict[str, Any]], str]:
   """Label Studio tasks of the selected rows, one a row, in their order,
   and the labelling config that matches them.
@@ -349,8 +355,13 @@ def tasks_json(tasks: Sequence[Dict[str, Any]]) -> bytes:
   """The tasks file: a JSON list, one task a line (`TASKS_START` first)."""
   if not tasks:
     return EMPTY_TASKS.encode("utf-8")
-  lines = [json.dumps(t, ensure_ascii=False, allow_nan=False) for t in tasks]
-  return ("[" + ",\n".join(lines) + "]\n").encode("utf-8")
+  out = io.BytesIO()
+  encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+  for i, task in enumerate(tasks):
+    out.write(b"[" if i == 0 else b",\n")
+    out.write(encoder.encode(task).encode("utf-8"))
+  out.write(b"]\n")
+  return out.getvalue()
 
 
 def label_config(classes: Sequence[str], to_name: str) -> str:
