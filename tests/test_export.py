@@ -28,8 +28,9 @@ PNG = "data:image/png;base64,iVBORw0KGgo="
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Two real runs on one dataset, flagging label issues and losses over 2:
-  `named` with a vocabulary, `plain` without."""
+  """Real runs on one dataset, flagging label issues and losses over 2:
+  `named` with a vocabulary, `plain` without, and `night2`, `named` again
+  with a lower loss threshold, against `named` (`gate.baseline`)."""
   root = tmp_path_factory.mktemp("export")
   probs, given, _ = noisy_probs(600, len(VOCABULARY), 0.1, seed=3)
   ids = np.char.add("r", np.arange(len(given)).astype(str))
@@ -42,6 +43,12 @@ def runs(tmp_path_factory):
         flag={"label_issues": "confident_learning", "loss_threshold": 2.0},
         input={"label_vocabulary": vocabulary})
     found[name] = (str(root / name), run_audit(config))
+  config = predictions_config(
+      str(root / "data" / "*.parquet"), str(root / "night2"),
+      flag={"label_issues": "confident_learning", "loss_threshold": 1.5},
+      input={"label_vocabulary": VOCABULARY},
+      gate={"baseline": str(root / "named")})
+  found["night2"] = (str(root / "night2"), run_audit(config))
   return found
 
 
@@ -184,6 +191,18 @@ def test_csv_adds_up_to_the_flagged_rows(runs, tmp_path, capsys, name):
   assert export(capsys, run_dir, "--format", "csv", "--output", both,
                 "--reasons", ",".join(counts))[0] == 0
   assert len(pd.read_csv(both)) == len(rows)
+
+
+def test_csv_status_against_a_baseline(runs, tmp_path, capsys):
+  run_dir, summary = runs["night2"]
+  out = tmp_path / "night2.csv"
+  assert export(capsys, run_dir, "--format", "csv", "--output", out)[0] == 0
+  found = pd.read_csv(out, keep_default_na=False)
+  before = set(flagged(runs["named"][0])["id"])
+  assert list(found["status"]) == [
+      "persistent" if i in before else "new" for i in found["id"]]
+  assert (found["status"] == "new").sum() == summary["flagged"]["new"] > 0
+  assert (found["status"] == "persistent").sum() == len(before)
 
 
 def write_previews(run_dir, rows):
