@@ -1,4 +1,5 @@
-"""The `lossaudit` command: `run`, `demo`, `compare`, `folds` and `plan`."""
+"""The `lossaudit` command: `run`, `demo`, `compare`, `export`, `folds` and
+`plan`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ COMMANDS = {
     "compare": ("compare", "compare two runs and apply the quality gates",
                 "lossaudit compare out/monday out/tuesday"
                 " --max-flagged-fraction 0.1"),
+    "export": ("export", "write flagged rows for review: Label Studio or CSV",
+               "lossaudit export out/tuesday --format csv --output"
+               " review.csv"),
     "folds": ("folds", "write each input id's fold, for out-of-fold models",
               "lossaudit folds --config audit.yaml --output folds/"),
     "plan": ("plan", "the passes, bytes and worker-hours a run would take",

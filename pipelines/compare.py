@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import stat
 import sys
 import tempfile
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -194,22 +195,43 @@ def check_shift_quantiles(key: str, shift_quantiles: Sequence[float],
 _MAX_DRIFT_BYTES = 16 << 20
 
 
-def check_output(path: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class OutputKind:
+  """What a command writes to its `--output`, as its messages name it.
+
+  Attributes:
+    name: the file, in "a file path for {name}" (`drift.json`).
+    ours: one such file, in "a new file, or {ours} lossaudit wrote".
+    command: the command, in "{command} does not overwrite it".
+    is_ours: whether the file at a path is one lossaudit wrote (and may be
+      replaced); it is never given a file over `max_bytes`.
+    max_bytes: the size over which a file is not one (None: any size).
+  """
+
+  name: str
+  ours: str
+  command: str
+  is_ours: Callable[[str], bool]
+  max_bytes: Optional[int] = None
+
+
+def check_output(path: str, kind: Optional[OutputKind] = None) -> None:
   """Refuses an --output that is a directory, one of lossaudit's own files
   (a run's summary.json, report.html, marker or lock), an existing file
-  that is not a drift.json, anything but a regular file (a FIFO, device,
-  socket or symbolic link: its type is read with `lstat`, and it is never
-  opened), or a local location that cannot be written.
+  that is not a drift.json (or `kind`'s file), anything but a regular file
+  (a FIFO, device, socket or symbolic link: its type is read with `lstat`,
+  and it is never opened), or a local location that cannot be written.
 
   Raises:
     ConfigError: naming --output.
   """
+  kind = kind or DRIFT_OUTPUT
   if not path:
-    raise ConfigError("--output: expected a file path for drift.json."
+    raise ConfigError(f"--output: expected a file path for {kind.name}."
                       " Received: '' (an empty path)")
   if path.endswith("/") or (
       not path.startswith("gs://") and os.path.isdir(path)):
-    raise ConfigError(f"--output: expected a file path for drift.json."
+    raise ConfigError(f"--output: expected a file path for {kind.name}."
                       f" Received: {short_repr(path)} (a directory)")
   name = path.rsplit("/", 1)[-1]
   if name in RESERVED_OUTPUTS:
@@ -219,18 +241,18 @@ def check_output(path: str) -> None:
   if FileSystems.get_scheme(path):
     exists = FileSystems.exists(path)
   else:
-    exists = _check_local_output(path)
-  if exists and not _is_drift_document(path):
+    exists = _check_local_output(path, kind)
+  if exists and not kind.is_ours(path):
     raise ConfigError(
-        "--output: expected a new file, or a drift.json lossaudit wrote:"
-        " the file there is something else, and compare does not overwrite"
-        f" it. Received: {short_repr(path)}")
+        f"--output: expected a new file, or {kind.ours} lossaudit wrote:"
+        f" the file there is something else, and {kind.command} does not"
+        f" overwrite it. Received: {short_repr(path)}")
 
 
-def _check_local_output(path: str) -> bool:
-  """Whether the local `path` exists as a regular file that may be a
-  drift.json; refuses any other file type, and a location where no file
-  can be created.
+def _check_local_output(path: str, kind: OutputKind) -> bool:
+  """Whether the local `path` exists as a regular file that may be
+  `kind`'s; refuses any other file type, and a location where no file can
+  be created.
 
   Raises:
     ConfigError: naming --output.
@@ -240,19 +262,20 @@ def _check_local_output(path: str) -> bool:
   except FileNotFoundError:
     found = None
   except OSError as e:  # A parent that is a file, no search permission.
-    raise _unwritable(path, e) from None
+    raise _unwritable(path, e, kind=kind) from None
   if found is not None:
     if not stat.S_ISREG(found.st_mode):
       raise ConfigError(
-          "--output: expected a new file, or a drift.json lossaudit wrote:"
+          f"--output: expected a new file, or {kind.ours} lossaudit wrote:"
           " the path is not a regular file (a FIFO, device, socket or"
-          " symbolic link), which compare never opens or replaces."
+          f" symbolic link), which {kind.command} never opens or replaces."
           f" Received: {short_repr(path)}")
-    if found.st_size > _MAX_DRIFT_BYTES:
+    if kind.max_bytes is not None and found.st_size > kind.max_bytes:
       raise ConfigError(
-          "--output: expected a new file, or a drift.json lossaudit wrote:"
-          f" the file there is {found.st_size} bytes, not a drift.json, and"
-          f" compare does not overwrite it. Received: {short_repr(path)}")
+          f"--output: expected a new file, or {kind.ours} lossaudit wrote:"
+          f" the file there is {found.st_size} bytes, not {kind.ours}, and"
+          f" {kind.command} does not overwrite it."
+          f" Received: {short_repr(path)}")
   # The folder that will hold it: the nearest one that exists must be a
   # directory this process can create a file in.
   folder = os.path.dirname(os.path.abspath(path))
@@ -261,16 +284,17 @@ def _check_local_output(path: str) -> bool:
   try:
     fd, probe = tempfile.mkstemp(prefix=".lossaudit-probe-", dir=folder)
   except OSError as e:
-    raise _unwritable(path, e) from None
+    raise _unwritable(path, e, kind=kind) from None
   os.close(fd)
   os.remove(probe)
   return found is not None
 
 
-def _unwritable(path: str, error: OSError,
-                key: str = "--output") -> ConfigError:
+def _unwritable(path: str, error: OSError, key: str = "--output",
+                kind: Optional[OutputKind] = None) -> ConfigError:
   why = error.strerror or describe_error(error)
-  return ConfigError(f"{key}: expected a location where drift.json can"
+  name = (kind or DRIFT_OUTPUT).name
+  return ConfigError(f"{key}: expected a location where {name} can"
                      f" be written. Received: {short_repr(path)} ({why})")
 
 
@@ -283,28 +307,41 @@ def write_output(path: str, found: dict, key: str = "--output") -> None:
       drift.json), when `path` cannot be written.
   """
   text = json.dumps(found, indent=2, sort_keys=False) + "\n"
+  write_file(path, text.encode("utf-8"), key)
+
+
+def write_file(path: str, data: bytes, key: str = "--output",
+               kind: Optional[OutputKind] = None) -> None:
+  """Writes `data` to `path` whole or not at all, through a temporary name
+  renamed over it (`outputs.write_bytes` on gs://): a failed write leaves
+  no temporary file behind.
+
+  Raises:
+    ConfigError: naming `key` when `path` cannot be written.
+  """
+  name = (kind or DRIFT_OUTPUT).name
   if FileSystems.get_scheme(path):
     try:
-      outputs.write_text(path, text)
+      outputs.write_bytes(path, data, "text/plain")
     except Exception as e:  # pylint: disable=broad-except
       raise ConfigError(
-          f"{key}: expected a location where drift.json can be written."
+          f"{key}: expected a location where {name} can be written."
           f" Received: {short_repr(path)} ({describe_error(e)})") from None
     return
   folder = os.path.dirname(os.path.abspath(path))
   temporary = None
   try:
     os.makedirs(folder, exist_ok=True)
-    name = f"{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}"
-    fd = os.open(os.path.join(folder, name),
+    base = f"{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}"
+    fd = os.open(os.path.join(folder, base),
                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    temporary = os.path.join(folder, name)
+    temporary = os.path.join(folder, base)
     with os.fdopen(fd, "wb") as f:
-      f.write(text.encode("utf-8"))
+      f.write(data)
     os.replace(temporary, path)  # Never opens what is at `path`.
     temporary = None
   except OSError as e:
-    raise _unwritable(path, e, key) from None
+    raise _unwritable(path, e, key, kind) from None
   finally:
     if temporary is not None:
       with contextlib.suppress(OSError):
@@ -320,6 +357,9 @@ def _is_drift_document(path: str) -> bool:
 
 
 _DRIFT_KEYS = {"baseline", "current", "quantiles", "flagged_rate"}
+
+DRIFT_OUTPUT = OutputKind("drift.json", "a drift.json", "compare",
+                          _is_drift_document, _MAX_DRIFT_BYTES)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -8,7 +8,7 @@ import pytest
 from lossaudit.pipelines import cli
 from tests.helpers import REPO, audit_env
 
-COMMANDS = ["run", "demo", "compare", "folds", "plan"]
+COMMANDS = ["run", "demo", "compare", "export", "folds", "plan"]
 
 
 def _help_part(text, title):
@@ -62,7 +62,7 @@ def test_an_unknown_command_names_every_command(capsys):
   err = capsys.readouterr().err
   assert err.splitlines()[0] == (
       "lossaudit: error: unknown command 'audit'; expected one of {'run',"
-      " 'demo', 'compare', 'folds', 'plan'}")
+      " 'demo', 'compare', 'export', 'folds', 'plan'}")
   assert list(_help_commands(err)) == COMMANDS
 
 
