@@ -28,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from lossaudit.errors import ConfigError, short_repr
+from lossaudit import outputs
+from lossaudit.errors import ConfigError, describe_error, short_repr
 
 KEY = "output.clean.decisions"
 KEEP, DROP, RELABEL = "keep", "drop", "relabel"
@@ -482,3 +484,28 @@ def _task_decision(path: str, number: int, task: Any, labels: _Labels
   if known[0] and int(index[0]) == given:
     return task_id, KEEP, ""
   return task_id, RELABEL, str(chosen[-1])
+
+
+def write(path: str, decided: Decisions) -> None:
+  """Writes `decided` to `path` (`decisions.parquet`), whole."""
+  sink = pa.BufferOutputStream()
+  pq.write_table(decided.to_table(), sink)
+  outputs.write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_parquet(path: str, key: str) -> Decisions:
+  """A `decisions.parquet` a run wrote.
+
+  Raises:
+    ConfigError: naming `key`, when it cannot be read as one.
+  """
+  try:
+    with FileSystems.open(
+        path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      table = pq.read_table(f, columns=SCHEMA.names)
+    return Decisions.from_table(table.cast(SCHEMA))
+  except Exception as error:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"{key}: expected its {outputs.DECISIONS} as lossaudit writes it"
+        f" ({', '.join(SCHEMA.names)}). Received: {short_repr(path)}"
+        f" ({describe_error(error)})") from None
