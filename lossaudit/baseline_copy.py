@@ -1,7 +1,7 @@
 """The copy of the baseline a run reads: its summary, `flagged/` and
-scored-id files (and its decisions, read already), copied into the run's scratch before the run clears
-anything, so that a baseline re-written while the run goes (or the run's own
-directory, cleared) cannot mix two runs."""
+scored-id files (and its decisions, read already), copied into the run's
+scratch before the run clears anything, so that a baseline re-written while
+the run goes (or the run's own directory, cleared) cannot mix two runs."""
 
 from __future__ import annotations
 

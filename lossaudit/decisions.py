@@ -57,9 +57,10 @@ NOT_FOUND_SHOWN = 100
 _NONE = -1  # No label / given label unknown.
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Decisions:
-  """The decisions in force, one per id.
+  """The decisions in force, one per id (compared by identity: numpy
+  arrays have no single truth value).
 
   Attributes:
     ids: `(D,)` object (str) the decided ids, distinct.
@@ -379,7 +380,10 @@ def _read_csv(path: str, data: bytes, labels: _Labels) -> Decisions:
   actions = pc.utf8_lower(pc.utf8_trim_whitespace(
       table.column("action").combine_chunks()))
   written = pc.utf8_trim_whitespace(table.column("label").combine_chunks())
-  line = lambda row: f"line {int(row) + 2}"  # pylint: disable=unnecessary-lambda-assignment
+
+  def line(row: int) -> str:
+    return f"line {int(row) + 2}"  # Line 1 is the header.
+
   empty_id = np.flatnonzero(pc.equal(ids, "").to_numpy(zero_copy_only=False))
   if len(empty_id):
     _fail(path, line(empty_id[0]), "an id", "")

@@ -10,6 +10,7 @@ import pytest
 from lossaudit import decisions
 from lossaudit.decisions import Decisions
 from lossaudit.errors import ConfigError
+from tests.helpers import upload
 
 NAMES = ("cat", "dog", "bird")
 
@@ -21,8 +22,8 @@ def _csv(tmp_path, text, name="decisions.csv"):
 
 
 def _as_dict(found: Decisions):
-  return {i: (a, int(l)) for i, a, l in zip(found.ids, found.actions,
-                                             found.labels)}
+  return {i: (a, int(label)) for i, a, label in zip(
+      found.ids, found.actions, found.labels)}
 
 
 def test_csv_with_class_names_and_indices(tmp_path):
@@ -253,3 +254,28 @@ def test_not_found_counts_and_shows_at_most_100():
                             "stale": 0},
       "decisions_not_found": {"count": 148,
                               "ids": list(counts.not_found_ids)}}
+
+
+def test_decisions_and_decisions_parquet_on_gcs(tmp_path, gcs):
+  local = _csv(tmp_path, "id,action,label\na,relabel,dog\nb,drop,\n")
+  upload(local, f"{gcs}/review/decisions.csv")
+  found = decisions.read(f"{gcs}/review/decisions.csv", NAMES)
+  assert _as_dict(found) == {"a": ("relabel", 1), "b": ("drop", -1)}
+  decisions.write(f"{gcs}/run/decisions.parquet", found)
+  again = decisions.read_parquet(f"{gcs}/run/decisions.parquet",
+                                 "gate.baseline")
+  assert again.to_table().equals(found.to_table())
+  with pytest.raises(ConfigError, match=r"^output.clean.decisions: expected"
+                     r" a readable file. Received: 'gs://.*/none.csv' \(not"
+                     r" found\)$"):
+    decisions.read(f"{gcs}/review/none.csv", NAMES)
+
+
+def test_a_damaged_decisions_parquet_names_the_key(tmp_path):
+  path = tmp_path / "decisions.parquet"
+  path.write_bytes(b"not parquet")
+  with pytest.raises(ConfigError, match=r"^gate.baseline: expected its"
+                     r" decisions.parquet as lossaudit writes it \(id, action,"
+                     r" label, given_label, run_id\). Received: '.*'"
+                     r" \(ArrowInvalid"):
+    decisions.read_parquet(str(path), "gate.baseline")

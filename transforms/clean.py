@@ -13,9 +13,8 @@ from typing import Tuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
-
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 
 from lossaudit import clean, decisions, formats, outputs
 from lossaudit.clean import CleanCounts, FileMarks
