@@ -1,13 +1,13 @@
 """The copy of the baseline a run reads: its summary, `flagged/` and
-scored-id files, copied into the run's scratch before the run clears
-anything, so that a baseline re-written while the run goes (or the run's own
-directory, cleared) cannot mix two runs."""
+scored-id files (and its decisions, read already), copied into the run's
+scratch before the run clears anything, so that a baseline re-written while
+the run goes (or the run's own directory, cleared) cannot mix two runs."""
 
 from __future__ import annotations
 
 from apache_beam.io.filesystems import FileSystems
 
-from lossaudit import outputs
+from lossaudit import decisions, outputs
 from lossaudit.drift import Baseline
 from lossaudit.errors import ConfigError
 
@@ -38,6 +38,8 @@ def copy(baseline: Baseline, prefix: str) -> Baseline:
              f" while this run copies it; it changed (another run is writing"
              f" there?). Received: {baseline.dir!r}")
   outputs.write_json(f"{prefix}-summary.json", baseline.summary)
+  if baseline.decisions is not None:
+    decisions.write(f"{prefix}-{outputs.DECISIONS}", baseline.decisions)
   sources = [*baseline.flagged_files, *baseline.ids_files]
   try:
     if sources:

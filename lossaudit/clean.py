@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lossaudit.decisions import DecisionCounts
 from lossaudit.rules.label_issue import REASON as LABEL_ISSUE
 
 
@@ -180,21 +182,31 @@ class CleanCounts:
   Attributes:
     kept: records written to `clean/`.
     dropped: scored records left out.
-    relabelled: records written with their suggested label.
+    relabelled: records written with their suggested (or decided) label.
     files: files written.
+    decisions: with decisions in force (`output.clean.decisions`, or the
+      baseline's), what became of them; else None.
   """
 
   kept: int = 0
   dropped: int = 0
   relabelled: int = 0
   files: int = 0
+  decisions: Optional[DecisionCounts] = None
 
   def merge(self, other: "CleanCounts") -> "CleanCounts":
-    return CleanCounts(*(a + b for a, b in zip(
-        dataclasses.astuple(self), dataclasses.astuple(other))))
+    decided = [d for d in (self.decisions, other.decisions) if d is not None]
+    return CleanCounts(
+        self.kept + other.kept, self.dropped + other.dropped,
+        self.relabelled + other.relabelled, self.files + other.files,
+        functools.reduce(DecisionCounts.merge, decided) if decided else None)
 
-  def to_dict(self) -> Dict[str, int]:
-    return dataclasses.asdict(self)
+  def to_dict(self) -> Dict[str, Any]:
+    found = {"kept": self.kept, "dropped": self.dropped,
+             "relabelled": self.relabelled, "files": self.files}
+    if self.decisions is not None:
+      found.update(self.decisions.to_dict())
+    return found
 
 
 # Bytes of a file name under `clean/` (file systems allow 255), leaving room

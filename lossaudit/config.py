@@ -748,6 +748,8 @@ class CleanConfig:
     relabel_min_probability: see `relabel`.
     when: `passed`: `clean/` (and `weights/`) are handed back only by a run
       whose gates all pass; `always`: by every completed run.
+    decisions: a file of reviewed decisions (`lossaudit.decisions`), or
+      None.
   """
 
   drop_reasons: Optional[Sequence[str]] = _field(_REASONS, None,
@@ -762,6 +764,11 @@ class CleanConfig:
   when: str = _field(_one_of(CLEAN_WHEN), "passed",
       help=("passed: clean/ and weights/ only from a run whose gates pass; "
             "always: from every run."))
+  decisions: Optional[str] = _field(
+      Rule("null or a .csv or Label Studio .json file, local or gs://",
+           types=(str,), nullable=True, nonempty=True, location=True), None,
+      help=("Reviewed decisions (CSV id,action,label or a Label Studio"
+            " export) that override the flags in clean/."))
 
   def __post_init__(self):
     _validate(self, "output.clean")

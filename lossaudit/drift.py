@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from lossaudit.decisions import Decisions
 from lossaudit.flag_counts import FlagCounts
 
 TINY = 1e-12
@@ -27,6 +28,7 @@ class Baseline(NamedTuple):
     ids_known: whether it is known which ids it scored (false for a run
       that wrote neither).
     copied: whether these are already a copy an earlier run kept.
+    decisions: its `decisions.parquet`, read when it was found, or None.
   """
 
   dir: str
@@ -35,6 +37,7 @@ class Baseline(NamedTuple):
   ids_files: Tuple[str, ...] = ()
   ids_known: bool = False
   copied: bool = False
+  decisions: Optional[Decisions] = None
 
   @property
   def run_id(self) -> str:

@@ -33,8 +33,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lossaudit import decisions
+from lossaudit.decisions import Decisions
+
 NEW = "new"
 PERSISTENT = "persistent"
+# Flagged, and kept by a reviewer's decision on its given label of today
+# (`lossaudit.decisions`): neither new nor persistent.
+REVIEWED = "reviewed"
 HISTORY_FIELDS = (pa.field("status", pa.string()),
                   pa.field("first_flagged", pa.string()),
                   pa.field("times_flagged", pa.int64()),
@@ -80,6 +86,8 @@ class HistoryCounts:
     regressions: distinct ids newly flagged that the baseline scored (and
       did not flag): over `scored_in_both`, a fraction of ids.
     scored_in_both: distinct ids scored today and by the baseline.
+    reviewed: today's flagged rows a `keep` decision covers (counted in
+      none of the above).
   """
 
   new: int = 0
@@ -89,6 +97,7 @@ class HistoryCounts:
   new_rows: int = 0
   regressions: int = 0
   scored_in_both: int = 0
+  reviewed: int = 0
 
   def merge(self, other: "HistoryCounts") -> "HistoryCounts":
     return HistoryCounts(*(a + b for a, b in zip(
@@ -106,7 +115,8 @@ class HistoryCounts:
             "baseline_not_scored": self.not_scored,
             "new_rows": known(self.new_rows),
             "regressions": known(self.regressions),
-            "scored_in_both": known(self.scored_in_both)}
+            "scored_in_both": known(self.scored_in_both),
+            "reviewed": self.reviewed}
 
 
 class BucketHistory(NamedTuple):
@@ -163,7 +173,8 @@ def _distinct(ids: pa.ChunkedArray) -> pa.Array:
 
 def join_bucket(flagged: pa.Table, baseline: pa.Table,
                 scored: Optional[pa.Table], run_id: str,
-                baseline_ids: Optional[pa.Table] = None) -> BucketHistory:
+                baseline_ids: Optional[pa.Table] = None,
+                decided: Optional[Decisions] = None) -> BucketHistory:
   """Today's flags of one bucket of ids against the baseline's.
 
   Args:
@@ -175,13 +186,23 @@ def join_bucket(flagged: pa.Table, baseline: pa.Table,
     baseline_ids: the ids the baseline scored `(I,)` of this bucket
       (`SCORED_IDS_SCHEMA`), or None when unknown (`in_baseline` is then
       null).
+    decided: the decisions in force, or None: a flagged row with a `keep`
+      decision on its given label of today is `reviewed`, counted neither
+      new (nor a regression or new row) nor persistent.
   """
   baseline = _first_per_id(baseline)
   at = pc.index_in(flagged.column("id"), value_set=baseline.column("id"))
   found = pc.is_valid(at).to_numpy(zero_copy_only=False)
   index = np.asarray(pc.fill_null(at, 0).to_numpy(zero_copy_only=False),
                      np.int64)
-  status = np.where(found, PERSISTENT, NEW)
+  status = np.where(found, PERSISTENT, NEW).astype(object)
+  given = (np.asarray(pc.fill_null(flagged.column("given_label"), -1
+                                   ).to_numpy(zero_copy_only=False), np.int64)
+           if "given_label" in flagged.schema.names else None)
+  seen = decisions.reviewed(decided, flagged.column("id").combine_chunks()
+                            if flagged.num_rows else pa.array([], pa.string()),
+                            given)
+  status[seen] = REVIEWED
   if baseline.num_rows:
     first = baseline.column("first_flagged").take(pa.array(index))
     times = baseline.column("times_flagged").take(
@@ -191,7 +212,9 @@ def join_bucket(flagged: pa.Table, baseline: pa.Table,
   else:
     first = pa.array([run_id] * flagged.num_rows, pa.string())
     times = np.ones(flagged.num_rows, np.int64)
-  counts = HistoryCounts(new=int((~found).sum()), persistent=int(found.sum()))
+  counts = HistoryCounts(new=int((~found & ~seen).sum()),
+                         persistent=int((found & ~seen).sum()),
+                         reviewed=int(seen.sum()))
   if baseline_ids is None:
     in_baseline = pa.nulls(flagged.num_rows, pa.bool_())
   else:
@@ -200,8 +223,8 @@ def join_bucket(flagged: pa.Table, baseline: pa.Table,
         zero_copy_only=False)
     in_baseline = pa.array(was_scored)
     ids = flagged.column("id")
-    counts.regressions = _count_distinct(ids, ~found & was_scored)
-    counts.new_rows = _count_distinct(ids, ~found & ~was_scored)
+    counts.regressions = _count_distinct(ids, ~found & ~seen & was_scored)
+    counts.new_rows = _count_distinct(ids, ~found & ~seen & ~was_scored)
     if scored is not None and len(known):
       counts.scored_in_both = int(pc.sum(pc.is_in(
           _distinct(scored.column("id")), value_set=known)).as_py() or 0)

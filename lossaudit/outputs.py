@@ -48,8 +48,10 @@ CLASSES = f"{LABEL_ISSUES}/classes.parquet"
 PAIRS = f"{LABEL_ISSUES}/pairs.parquet"
 # The thumbnails and text of the report's flagged rows (`lossaudit export`).
 PREVIEWS = "previews.parquet"
+# The reviewed decisions in force (`lossaudit.decisions`).
+DECISIONS = "decisions.parquet"
 TOP_LEVEL_FILES = (SUMMARY, REPORT, DRIFT, CLEAN_MANIFEST, JOINT, CLASSES,
-                   PAIRS, PREVIEWS)
+                   PAIRS, PREVIEWS, DECISIONS)
 
 
 _DIGIT = "[0-9]"
@@ -270,10 +272,12 @@ KEPT_BASELINE = "baseline-flagged"
 
 def kept_baseline(directory: str
                   ) -> Optional[Tuple[Dict[str, Any], Tuple[str, ...],
-                                      Optional[Tuple[str, ...]]]]:
-  """The summary, `flagged/` and scored-id copies of the baseline that an
-  earlier run of `directory` kept in its scratch, or None; the ids are
-  None when that baseline had none.
+                                      Optional[Tuple[str, ...]],
+                                      Optional[str]]]:
+  """The summary, `flagged/`, scored-id and `decisions.parquet` copies of
+  the baseline that an earlier run of `directory` kept in its scratch, or
+  None; the ids are None when that baseline had none, the decisions when it
+  had none.
 
   A run whose baseline is its own output.dir clears that run's outputs
   before it starts; stopped before it completes, or failing its gates, it
@@ -294,8 +298,10 @@ def kept_baseline(directory: str
           [f"{prefix}-{name}"])[0].metadata_list))
 
     ids = copies("ids-[0-9]*.parquet")
+    decided = copies(DECISIONS)
     return (summary, copies("[0-9]*.parquet"),
-            ids if ids or not summary.get("examples_scored") else None)
+            ids if ids or not summary.get("examples_scored") else None,
+            decided[0] if decided else None)
   return None
 
 

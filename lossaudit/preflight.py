@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-from lossaudit import inputs, planning, probe
+from lossaudit import decisions, inputs, planning, probe
 from lossaudit.config import AuditConfig
+from lossaudit.decisions import Decisions
 from lossaudit.model import PredictionsModel, load_models
 from lossaudit.spec import ScoringSpec
 from lossaudit.timings import StartupTimes
@@ -38,6 +39,9 @@ class Plan:
   # The models loaded for the check, held for the run: workers in this
   # process get them from `model.load_models` rather than loading again.
   models: Tuple = dataclasses.field(default=(), compare=False, repr=False)
+  # `output.clean.decisions` as read (`lossaudit.decisions`), or None.
+  decisions: Optional[Decisions] = dataclasses.field(default=None,
+                                                     compare=False)
 
 
 def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
@@ -100,8 +104,15 @@ def plan(config: AuditConfig, found: Optional[inputs.InputFiles] = None,
   if sample is not None:
     computed_from = probe.check_scoring(config, spec, models, sample)
   value_type = sample.value_type if sample is not None else (lambda _: None)
+  clean = config.output.clean
+  decided = None
+  if clean is not None and clean.decisions:
+    decided = decisions.read(
+        clean.decisions, spec.class_names,
+        spec.classifier.num_classes if spec.classifier else None)
   startup.lap("probe")
   return Plan(files=found.files, not_regular=found.not_regular, spec=spec,
               tf_schema=planning.tf_schema(spec, value_type),
               columns=planning.needed_columns(spec),
-              loss_computed_from=computed_from, models=models)
+              loss_computed_from=computed_from, models=models,
+              decisions=decided)

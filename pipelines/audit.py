@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import (
 
 from lossaudit import (
   baseline_copy,
+  decisions,
   drift,
   inputs,
   outputs,
@@ -330,12 +331,14 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
       if kept is None:
         return None
   if kept is not None:
-    summary, flagged, ids = kept
+    summary, flagged, ids, decided = kept
   else:
     _refuse_baseline_being_written(baseline)
     summary = outputs.read_summary(baseline, "gate.baseline")
     flagged = outputs.shard_files(baseline, outputs.FLAGGED)
     ids = outputs.scored_id_files(baseline)
+    decided = outputs.join(baseline, outputs.DECISIONS)
+    decided = decided if FileSystems.exists(decided) else None
   if not flagged and summary["flagged"]["total"]:
     raise ConfigError(
         f"gate.baseline: expected the {outputs.FLAGGED}/ files of its"
@@ -345,7 +348,9 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
                                 flagged, id_column)
   ids_known = ids is not None or not summary["examples_scored"]
   return drift.Baseline(baseline, summary, tuple(flagged), tuple(ids or ()),
-                        ids_known=ids_known, copied=kept is not None)
+                        ids_known=ids_known, copied=kept is not None,
+                        decisions=decided and decisions.read_parquet(
+                            decided, "gate.baseline"))
 
 
 def _refuse_baseline_being_written(directory: str) -> None:

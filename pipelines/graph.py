@@ -17,6 +17,7 @@ import pyarrow as pa
 from lossaudit import (
   METRICS_NAMESPACE,
   dead_letters,
+  decisions,
   drift,
   formats,
   outputs,
@@ -35,6 +36,7 @@ from lossaudit.history import (
   HistoryCounts,
   with_history_schema,
 )
+from lossaudit.merging import merge_all
 from lossaudit.previews import Previews
 from lossaudit.rules import label_issue, rule_thresholds
 from lossaudit.spec import PROBS_COLUMN
@@ -51,10 +53,15 @@ from lossaudit.transforms.claim import (
   JobClaim,
   RefreshLock,
 )
-from lossaudit.transforms.clean import CleanTarget, WriteCleanFiles
+from lossaudit.transforms.clean import (
+  CleanTarget,
+  WriteCleanFiles,
+  WriteDecisions,
+)
 from lossaudit.transforms.duplicates import CountDuplicateIds
 from lossaudit.transforms.flag import (
   DATA_MAP,
+  DECIDED,
   MARKS,
   RELABELLED,
   WEIGHTS,
@@ -133,11 +140,25 @@ def build(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
   scored = scored._replace(id_buckets=scored.batches | "BucketIds" >> (
       BucketRows(outputs.scratch_prefix(config.output.dir, run["run_id"],
                                         "ids"), SCORED_SCHEMA)))
+  decided = _decisions(p, config, plan, baseline)
   rules = _rules(scored, config, plan, scratch,
-                 _progress_interval(config, runner), heartbeat)
-  history = _history(scored, rules, config, plan, run, baseline)
+                 _progress_interval(config, runner), heartbeat, decided)
+  history = _history(scored, rules, config, plan, run, baseline, decided)
   _write(p, config, plan, read, scored, rules, history,
-         run=dict(run, runner=runner), baseline=baseline, claimed=claimed)
+         run=dict(run, runner=runner), baseline=baseline, claimed=claimed,
+         decided=decided)
+
+
+def _decisions(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
+               baseline: Optional[drift.Baseline]
+               ) -> Optional[beam.PCollection]:
+  """A singleton of the `Decisions` in force with `output.clean`: the
+  baseline's `decisions.parquet` and `output.clean.decisions`, the latter
+  winning per id; None without any (or without `output.clean`)."""
+  if config.output.clean is None:
+    return None
+  found = decisions.union(baseline and baseline.decisions, plan.decisions)
+  return None if found is None else p | "Decisions" >> beam.Create([found])
 
 
 class _Read(NamedTuple):
@@ -208,6 +229,8 @@ class _Flagged(NamedTuple):
     marks: `(source, FileMarks)` of each input file, or None without
       `output.clean`; `relabelled`: the rows `clean/` relabels.
     weights: `(id, weight)` batches, or None without `output.weights`.
+    decided: `(found rows, DecisionCounts)` of each batch with decided
+      rows, or None without decisions in force.
     spilled: the scratch files of the scored batches, when the rules read
       them back (`SpillBatches`), else None.
   """
@@ -220,6 +243,7 @@ class _Flagged(NamedTuple):
   relabelled: Optional[beam.PCollection] = None
   weights: Optional[beam.PCollection] = None
   spilled: Optional[beam.PCollection] = None
+  decided: Optional[beam.PCollection] = None
 
 
 def _read(p: beam.Pipeline, config: AuditConfig,
@@ -269,7 +293,8 @@ def _progress_interval(config: AuditConfig, runner: str) -> Optional[float]:
 
 def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
            scratch: str, progress_interval: Optional[float],
-           heartbeat: Callable[[], beam.PTransform]) -> _Flagged:
+           heartbeat: Callable[[], beam.PTransform],
+           decided: Optional[beam.PCollection] = None) -> _Flagged:
   """Statistics → thresholds → the flagged rows.
 
   When a rule needs every loss first (`FlagConfig.needs_global_statistics`,
@@ -314,13 +339,15 @@ def _rules(scored: _Scored, config: AuditConfig, plan: preflight.Plan,
                      clean.dropping, clean.relabel,
                      clean.relabel_min_probability, plan.spec.class_names),
                  weight_rule=_weight_rule(config),
-                 loss_stats=statistics.loss if weights else None))
+                 loss_stats=statistics.loss if weights else None,
+                 decisions=decided))
   if not isinstance(flagged, dict):
     return _Flagged(statistics, thresholds, flagged, spilled=spilled)
   return _Flagged(statistics, thresholds, flagged["flagged"],
                   data_map=flagged.get(DATA_MAP), marks=flagged.get(MARKS),
                   relabelled=flagged.get(RELABELLED),
-                  weights=flagged.get(WEIGHTS), spilled=spilled)
+                  weights=flagged.get(WEIGHTS), spilled=spilled,
+                  decided=flagged.get(DECIDED) if decided else None)
 
 
 def _weight_rule(config: AuditConfig) -> Optional[WeightRule]:
@@ -346,9 +373,12 @@ class _History(NamedTuple):
 
 def _history(scored: _Scored, rules: _Flagged, config: AuditConfig,
              plan: preflight.Plan, run: Dict,
-             baseline: Optional[drift.Baseline]) -> Optional[_History]:
+             baseline: Optional[drift.Baseline],
+             decided: Optional[beam.PCollection] = None
+             ) -> Optional[_History]:
   """Today's flags joined with the baseline's by id, when `gate.baseline`
-  is set (no baseline run yet: every flag is new); else None."""
+  is set (no baseline run yet: every flag is new; a row kept by a decision
+  is `reviewed`); else None."""
   if config.gate.baseline is None:
     return None
   joined = HistoryInputs(flagged=rules.flagged, scored=scored.id_buckets) | (
@@ -358,7 +388,8 @@ def _history(scored: _Scored, rules: _Flagged, config: AuditConfig,
           baseline.flagged_files if baseline else (),
           baseline.run_id if baseline else "", run["run_id"],
           baseline_ids=(() if baseline is None else baseline.ids_files
-                        if baseline.ids_known else None)))
+                        if baseline.ids_known else None),
+          decisions=decided))
   return _History(joined["flagged"], joined[RESOLVED], joined[COUNTS])
 
 
@@ -418,7 +449,8 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
            read: _Read, scored: _Scored, rules: _Flagged,
            history: Optional[_History], *, run: Dict,
            baseline: Optional[drift.Baseline],
-           claimed: Optional[beam.PCollection] = None) -> None:
+           claimed: Optional[beam.PCollection] = None,
+           decided: Optional[beam.PCollection] = None) -> None:
   """The flagged rows, dead letters and losses as shards (and with flag
   history, the resolved flags); then the summary, last. With `claimed`
   (`ClaimOutputDir`), what goes into `output.dir` waits for the claim."""
@@ -472,7 +504,7 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
             staged, outputs.WEIGHTS, weights.SCHEMA, num_shards))
   clean_counts = None
   if rules.marks is not None:
-    if config.output.clean.relabel:
+    if config.output.clean.relabel or decided is not None:
       written[outputs.RELABELLED] = rules.relabelled | (
           "WriteRelabelled" >> WriteParquetShards(
               staged, outputs.RELABELLED,
@@ -484,6 +516,13 @@ def _write(p: beam.Pipeline, config: AuditConfig, plan: preflight.Plan,
         class_names=plan.spec.class_names,
         num_classes=(plan.spec.classifier.num_classes
                      if plan.spec.classifier else None)))
+    if decided is not None:
+      clean_counts = (
+          clean_counts,
+          after_claim(rules.decided, "Decided") | "WriteDecisions" >> (
+              WriteDecisions(out, run["run_id"], decided))
+      ) | "CleanAndDecisions" >> beam.Flatten() | "SumCleanCounts" >> (
+          beam.CombineGlobally(merge_all, empty=CleanCounts()))
   _write_summary(p, config, plan, scored, rules, history, dead, written,
                  run=run, baseline=baseline, clean_counts=clean_counts,
                  release_lock=claimed is not None)

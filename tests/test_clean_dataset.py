@@ -261,12 +261,13 @@ def test_drop_actions():
      "output.clean.drop_reasons: expected null or a non-empty list of flag"
      " reasons. Received: []"),
     ({"clean": "yes"}, {}, {},
-     "output.clean: expected null or a mapping of ['drop_reasons',"
-     " 'relabel', 'relabel_min_probability', 'when']. Received: 'yes'"),
+     "output.clean: expected null or a mapping of ['decisions',"
+     " 'drop_reasons', 'relabel', 'relabel_min_probability', 'when']."
+     " Received: 'yes'"),
     ({"clean": {"relabel": True, "drop_reason": ["top_k"]}}, {}, {},
      "output.clean.drop_reason: unknown config key; expected one of"
-     " ['drop_reasons', 'relabel', 'relabel_min_probability', 'when']. Did"
-     " you mean output.clean.drop_reasons?"),
+     " ['decisions', 'drop_reasons', 'relabel', 'relabel_min_probability',"
+     " 'when']. Did you mean output.clean.drop_reasons?"),
     ({"clean": {"when": "sometimes"}}, {}, {},
      "output.clean.when: expected one of {'passed', 'always'}. Received:"
      " 'sometimes'"),

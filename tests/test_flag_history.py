@@ -277,7 +277,8 @@ def test_history_counts_merge():
       history.HistoryCounts(10, 20, 30, 40, 50, 60, 70))
   assert total.to_dict() == {"new": 11, "persistent": 22, "resolved": 33,
                              "baseline_not_scored": 44, "new_rows": 55,
-                             "regressions": 66, "scored_in_both": 77}
+                             "regressions": 66, "scored_in_both": 77,
+                             "reviewed": 0}
   assert total.to_dict(ids_known=False)["regressions"] is None
 
 

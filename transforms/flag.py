@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from lossaudit import METRICS_NAMESPACE, clean, rules, weights
+from lossaudit import METRICS_NAMESPACE, clean, decisions, rules, weights
 from lossaudit.clean import FileMarks
 from lossaudit.data_map import DataMap, DataMapCombineFn, sample_rows
+from lossaudit.decisions import Decisions
 from lossaudit.flag_counts import FlagCounts, LabelPair
 from lossaudit.label_rules import class_arrays
 from lossaudit.merging import merge_all
@@ -142,6 +143,8 @@ def data_map_sample(batch: pa.RecordBatch, flagged: np.ndarray) -> DataMap:
 # The output tags of `FlagExamples`' clean-dataset marks and relabelled rows.
 MARKS = "marks"
 RELABELLED = "relabelled"
+# `(FOUND_SCHEMA batch, DecisionCounts)` of the decided rows of a batch.
+DECIDED = "decided"
 WEIGHTS = "weights"
 _RELABELLED_FIELDS = (pa.field("id", pa.string()),
                       pa.field("given_label", pa.int64()),
@@ -176,58 +179,85 @@ class CleanRule(NamedTuple):
 
 
 def clean_marks(batch: pa.RecordBatch, flagged: pa.RecordBatch,
-                rows: np.ndarray, rule: CleanRule
+                rows: np.ndarray, rule: CleanRule,
+                decided: Optional[Decisions] = None
                 ) -> Tuple[List[Tuple[str, FileMarks]],
-                           Optional[pa.RecordBatch]]:
-  """`(source, FileMarks)` of each source file of a scored batch, and its
-  relabelled rows (`relabelled_schema`; None without `rule.relabel`).
+                           Optional[pa.RecordBatch],
+                           Optional[decisions.Applied]]:
+  """`(source, FileMarks)` of each source file of a scored batch, its
+  relabelled rows (`relabelled_schema`; None without `rule.relabel` or
+  decisions), and the decisions on its rows (None without).
+
+  A decision overrides the flags of its row (`lossaudit.decisions`): keep,
+  drop, or keep with the decided label.
 
   Args:
     batch: a scored batch with `POSITION_COLUMN` and `SOURCE_COLUMN`.
     flagged: its flagged rows (`flagged_rows`).
     rows: `(N,)` bool, which rows of `batch` `flagged` holds.
+    decided: the decisions in force, or None.
   """
-  suggested = probability = None
+  n = batch.num_rows
+  flagged_at = np.flatnonzero(rows)
+  suggested = probs = None
   if "suggested_label" in flagged.schema.names:
     suggested = np.asarray(pc.fill_null(flagged.column("suggested_label"), 0
                                         ).to_numpy(zero_copy_only=False))
+  confident = None
   if rule.relabel:
-    probs = batch.column(PROBS_COLUMN)
-    num_classes = len(probs.flatten()) // max(batch.num_rows, 1)
-    probs = class_arrays(batch, num_classes).probs[np.flatnonzero(rows)]
+    width = len(batch.column(PROBS_COLUMN).flatten()) // max(n, 1)
+    probs = class_arrays(batch, width).probs
+    chosen = probs[flagged_at, suggested]
     # Compared in the model's precision: float32(0.9) < 0.9.
-    probability = probs[np.arange(len(suggested)), suggested]
-    confident = probability >= probability.dtype.type(rule.min_probability)
+    confident = chosen >= chosen.dtype.type(rule.min_probability)
   actions = clean.drop_actions(
-      flagged.column("reasons"), rule.drop_reasons, rule.relabel,
-      None if probability is None else confident)
+      flagged.column("reasons"), rule.drop_reasons, rule.relabel, confident)
+  # The flags' actions on every row of the batch, then the decisions'.
+  dropped, relabelled = np.zeros(n, bool), np.zeros(n, bool)
+  labels = np.zeros(n, np.int64)
+  dropped[flagged_at] = actions.dropped
+  relabelled[flagged_at] = actions.relabelled
+  if suggested is not None:
+    labels[flagged_at] = suggested
+  applied = None
+  given = _given(batch)
+  if decided is not None and len(decided):
+    applied = decisions.apply(decided, batch.column("id"), given)
+    on = applied.decided
+    dropped[on] = applied.actions[on] == decisions.DROP
+    relabelled[on] = applied.actions[on] == decisions.RELABEL
+    labels[on] = np.maximum(applied.labels[on], 0)
   positions = batch.column(POSITION_COLUMN).to_numpy(zero_copy_only=False)
   sources = batch.column(SOURCE_COLUMN)
-  flagged_at = np.flatnonzero(rows)
   marks = []
   for source in pc.unique(sources).to_pylist():
     mine = pc.equal(sources, source).to_numpy(zero_copy_only=False)
-    index = np.cumsum(mine) - 1  # Row of `batch` → row among `mine`.
-    picked = mine[flagged_at]
     marks.append((source, clean.file_marks(
-        positions[mine], index[flagged_at[picked]],
-        clean.Actions(actions.dropped[picked], actions.relabelled[picked]),
-        None if suggested is None else suggested[picked])))
-  return marks, (_relabelled_rows(flagged, actions.relabelled, probability,
-                                  rule.class_names)
-                 if rule.relabel else None)
+        positions[mine], np.arange(int(mine.sum())),
+        clean.Actions(dropped[mine], relabelled[mine]), labels[mine])))
+  listed = None
+  if rule.relabel or applied is not None:
+    listed = _relabelled_rows(batch, relabelled, labels, given, probs,
+                              rule.class_names)
+  return marks, listed, applied
 
 
-def _relabelled_rows(flagged: pa.RecordBatch, relabelled: np.ndarray,
-                     probability: np.ndarray,
+def _relabelled_rows(batch: pa.RecordBatch, relabelled: np.ndarray,
+                     labels: np.ndarray, given: Optional[np.ndarray],
+                     probs: Optional[np.ndarray],
                      class_names: Optional[Sequence[str]]
                      ) -> pa.RecordBatch:
-  """The `relabelled_schema` rows of the flagged rows `relabelled` `(F,)`
-  bool, whose suggested labels have `probability` `(F,)`."""
-  keep = pa.array(relabelled)
-  arrays = [flagged.column(c).filter(keep)
-            for c in ("id", "given_label", "suggested_label")]
-  arrays.append(pa.array(probability[relabelled], pa.float64()))
+  """The `relabelled_schema` rows of a scored batch's rows `relabelled`
+  `(N,)` bool, with new `labels` `(N,)`, `given` labels `(N,)` and the
+  model's `probs` `(N, K)` (None: null probabilities)."""
+  at = np.flatnonzero(relabelled)
+  new = labels[at]
+  old = (np.full(len(at), -1, np.int64) if given is None else given[at])
+  probability = (pa.nulls(len(at), pa.float64()) if probs is None else
+                 pa.array(probs[at, new], pa.float64()))
+  arrays = [batch.column("id").take(pa.array(at)),
+            pa.array(old, pa.int64(), mask=old < 0), pa.array(new, pa.int64()),
+            probability]
   if class_names:
     names = pa.array(list(class_names), pa.string())
     arrays += [names.take(arrays[1]), names.take(arrays[2])]
@@ -256,6 +286,14 @@ def weights_batch(batch: pa.RecordBatch, flagged: pa.RecordBatch,
                                     schema=weights.SCHEMA)
 
 
+def _given(batch: pa.RecordBatch) -> Optional[np.ndarray]:
+  """`(N,)` int64 the batch's given labels (-1 null), or None."""
+  if "given_label" not in batch.schema.names:
+    return None
+  return np.asarray(pc.fill_null(batch.column("given_label"), -1).to_numpy(
+      zero_copy_only=False), np.int64)
+
+
 class _FlagFn(beam.DoFn):
 
   def __init__(self, schema: pa.Schema, column: str,
@@ -271,7 +309,8 @@ class _FlagFn(beam.DoFn):
     self._flagged = Metrics.counter(METRICS_NAMESPACE, "examples_flagged")
 
   def process(self, batch: pa.RecordBatch, thresholds: Thresholds,
-              loss_stats: Optional[dict] = None):
+              loss_stats: Optional[dict] = None,
+              decided: Optional[Decisions] = None):
     flagged, rows = flagged_rows(batch, thresholds, self._schema,
                                  self._column, self._class_names)
     if self._weight_rule is not None:
@@ -281,11 +320,16 @@ class _FlagFn(beam.DoFn):
     if self._data_map:
       yield beam.pvalue.TaggedOutput(DATA_MAP, data_map_sample(batch, rows))
     if self._clean_rule is not None:
-      marks, relabelled = clean_marks(batch, flagged, rows, self._clean_rule)
+      marks, relabelled, applied = clean_marks(batch, flagged, rows,
+                                               self._clean_rule, decided)
       for mark in marks:
         yield beam.pvalue.TaggedOutput(MARKS, mark)
       if relabelled is not None and relabelled.num_rows:
         yield beam.pvalue.TaggedOutput(RELABELLED, relabelled)
+      if applied is not None and (applied.decided | applied.stale).any():
+        yield beam.pvalue.TaggedOutput(DECIDED, (
+            decisions.found_rows(batch.column("id"), _given(batch), applied),
+            decisions.count_applied(applied)))
     if flagged.num_rows:
       self._flagged.inc(flagged.num_rows)
       yield flagged
@@ -327,6 +371,9 @@ class FlagExamples(beam.PTransform):
       weight)` batches of every row (`lossaudit.weights.SCHEMA`).
     loss_stats: a singleton `LossAccumulator.summary()` of `column`, for
       `loss_bins` weights.
+    decisions: a singleton `Decisions` in force (with `clean_rule`): they
+      override the flags in the marks; the output has `decided`, `(found
+      rows, DecisionCounts)` of each batch with decided rows.
 
   The output is the flagged batches; with any of `data_map`, `clean_rule`
   or `weight_rule`, a dict of them as `flagged` and the other outputs.
@@ -338,8 +385,9 @@ class FlagExamples(beam.PTransform):
                data_map: bool = False,
                clean_rule: Optional[CleanRule] = None,
                weight_rule: Optional[WeightRule] = None,
-               loss_stats=None):
+               loss_stats=None, decisions=None):
     super().__init__()
+    self._decisions = decisions
     self._data_map = data_map
     self._clean_rule = clean_rule
     self._weight_rule = weight_rule
@@ -358,6 +406,8 @@ class FlagExamples(beam.PTransform):
     side_inputs = {"thresholds": beam.pvalue.AsSingleton(self._thresholds)}
     if self._weight_rule is not None and self._loss_stats is not None:
       side_inputs["loss_stats"] = beam.pvalue.AsSingleton(self._loss_stats)
+    if self._clean_rule is not None and self._decisions is not None:
+      side_inputs["decided"] = beam.pvalue.AsSingleton(self._decisions)
     flag = beam.ParDo(
         _FlagFn(self._schema, self._column, self._class_names,
                 self._data_map, self._clean_rule, self._weight_rule),
@@ -365,7 +415,7 @@ class FlagExamples(beam.PTransform):
     if not (self._data_map or self._clean_rule or self._weight_rule):
       return scored | "Flag" >> flag
     result = scored | "Flag" >> flag.with_outputs(
-        DATA_MAP, MARKS, RELABELLED, WEIGHTS, main="flagged")
+        DATA_MAP, MARKS, RELABELLED, WEIGHTS, DECIDED, main="flagged")
     found = {"flagged": result.flagged}
     if self._data_map:
       found[DATA_MAP] = result[DATA_MAP] | "CombineDataMap" >> (
@@ -374,6 +424,7 @@ class FlagExamples(beam.PTransform):
       found[MARKS] = result[MARKS] | "MergeMarks" >> beam.CombinePerKey(
           lambda marks: merge_all(marks, FileMarks()))
       found[RELABELLED] = result[RELABELLED]
+      found[DECIDED] = result[DECIDED]
     if self._weight_rule is not None:
       found[WEIGHTS] = result[WEIGHTS]
     return found

@@ -84,7 +84,8 @@ class _JoinBucketFn(beam.DoFn):
     self._run_id = run_id
     self._ids_known = ids_known
 
-  def process(self, element: Tuple[int, Iterable[Tuple[str, str]]]):
+  def process(self, element: Tuple[int, Iterable[Tuple[str, str]]],
+              decided=None):
     _, files = element
     paths = {_FLAGGED: [], _SCORED: [], _BASELINE: [], _BASELINE_IDS: []}
     for kind, path in files:
@@ -96,7 +97,7 @@ class _JoinBucketFn(beam.DoFn):
     scored = (read_bucket(paths[_SCORED], SCORED_SCHEMA)
               if baseline.num_rows or paths[_BASELINE_IDS] else None)
     joined = history.join_bucket(flagged, baseline, scored, self._run_id,
-                                 baseline_ids)
+                                 baseline_ids, decided)
     for batch in joined.flagged.to_batches():
       yield batch
     for batch in joined.resolved.to_batches():
@@ -121,12 +122,16 @@ class FlagHistory(beam.PTransform):
     run_id: this run's id.
     baseline_ids: Parquet files with an `id` column of every id the
       baseline scored; None when unknown (then `in_baseline` is null).
+    decisions: a singleton PCollection of the `Decisions` in force, or
+      None: their `keep`s make flags `reviewed`.
   """
 
   def __init__(self, prefix: str, flagged_schema: pa.Schema,
                baseline_files: Sequence[str], baseline_run_id: str,
-               run_id: str, baseline_ids: Optional[Sequence[str]] = ()):
+               run_id: str, baseline_ids: Optional[Sequence[str]] = (),
+               decisions=None):
     super().__init__()
+    self._decisions = decisions
     self._prefix = prefix
     self._flagged_schema = flagged_schema
     self._baseline_files = list(baseline_files)
@@ -160,7 +165,10 @@ class FlagHistory(beam.PTransform):
               | "GroupBuckets" >> beam.GroupByKey()
               | "JoinBuckets" >> beam.ParDo(_JoinBucketFn(
                   self._flagged_schema, self._run_id,
-                  ids_known=self._baseline_ids is not None)).with_outputs(
+                  ids_known=self._baseline_ids is not None),
+                  **({} if self._decisions is None else {
+                      "decided": beam.pvalue.AsSingleton(self._decisions)})
+                  ).with_outputs(
                       RESOLVED, COUNTS, main="flagged"))
     return {"flagged": joined.flagged, RESOLVED: joined[RESOLVED],
             COUNTS: joined[COUNTS] | "SumCounts" >> beam.CombineGlobally(
