@@ -50,7 +50,17 @@ def test_the_wheel_installs_one_top_level_package(wheel):
   assert tops == {"lossaudit"}
   for module in ("lossaudit/pipelines/audit.py", "lossaudit/pipelines/cli.py",
                  "lossaudit/transforms/score.py",
-                 "lossaudit/configs/demo.yaml"):
+                 "lossaudit/configs/demo.yaml",
+                 # What report.html is rendered from, and inlines.
+                 "lossaudit/templates/report.html.j2",
+                 "lossaudit/templates/report.js",
+                 "lossaudit/templates/report.css",
+                 "lossaudit/vendor/README.md",
+                 "lossaudit/vendor/echarts/echarts.min.js",
+                 "lossaudit/vendor/echarts/LICENSE",
+                 "lossaudit/vendor/tabulator/tabulator.min.js",
+                 "lossaudit/vendor/tabulator/tabulator_simple.min.css",
+                 "lossaudit/vendor/tabulator/LICENSE"):
     assert module in names
   assert not [n for n in names if "benchmark" in n]
   # Every module of the source tree (subpackages such as lossaudit/rules/
