@@ -70,9 +70,10 @@ def expand_dir(template: str, now: datetime.datetime, run_id: str) -> str:
 
 
 def latest_complete_run(template: str,
-                        exclude: Optional[str] = None) -> Optional[str]:
+                        exclude: Optional[str] = None, *,
+                        passed: bool = True) -> Optional[str]:
   """The newest earlier run of `template` that completed and whose gates
-  passed (or that had none), or None.
+  passed (or that had none; any gate result when not `passed`), or None.
 
   Runs are the directories the template can expand to (placeholders match
   any date and run id) that hold a `summary.json`, newest by the date and
@@ -100,7 +101,7 @@ def latest_complete_run(template: str,
       directory = newest.path[:-len(SUMMARY)].rstrip("/")
       if exclude is not None and same_dir(directory, exclude):
         continue
-      if gate_passed(newest.path):
+      if not passed or gate_passed(newest.path):
         return directory
   return None
 

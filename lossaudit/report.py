@@ -239,7 +239,8 @@ def _comparison(found: Optional[Dict]) -> Optional[Dict[str, Any]]:
           ["gate", "limit", "value", "passed", "exceeded by", "what"],
           [[g["gate"], g["limit"], g["value"], "yes" if g["passed"] else "NO",
             g["exceeded_by"], g["what"]] for g in found["gates"]], "gates"),
-      "baseline": found["baseline"]}
+      "baseline": found["baseline"], "rates": None, "shifts": None,
+      "label_rates": None}
   if found["baseline"] is None:
     return section
   section["rates"] = _table(
@@ -259,6 +260,17 @@ def _comparison(found: Optional[Dict]) -> Optional[Dict[str, Any]]:
           d["current"], d["change"]]
          for k, d in found["label_issue_rate"].items()], "label-issue-rates")
   return section
+
+
+def _decisions(clean: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+  """The decisions applied to `clean/`; None without decisions in force."""
+  applied = clean.get("decisions_applied")
+  if not applied:
+    return None
+  keys = ("keep", "drop", "relabel", "stale", "total")
+  return {"applied": _table(list(keys), [[applied.get(k) for k in keys]],
+                            "decisions"),
+          "not_found": clean.get("decisions_not_found")}
 
 
 def _or(value: Any, otherwise: str) -> Any:
@@ -481,6 +493,7 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
       "overview": _overview(summary),
       "comparison": _comparison(found),
       "withheld": (summary.get("clean") or {}).get("withheld_because"),
+      "decisions": _decisions(summary.get("clean") or {}),
       "history": _history(summary),
       "moments": _table(["count", "mean", "std", "min", "max", "non-finite"],
                         [[loss["count"], loss["mean"], loss["std"],

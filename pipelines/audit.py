@@ -347,10 +347,24 @@ def _baseline(baseline: Optional[str], template: str, output_dir: str,
   outputs.check_flagged_outputs("gate.baseline", baseline, summary,
                                 flagged, id_column)
   ids_known = ids is not None or not summary["examples_scored"]
+  decided = _newest_decisions(template, output_dir, fixed) or decided
   return drift.Baseline(baseline, summary, tuple(flagged), tuple(ids or ()),
                         ids_known=ids_known, copied=kept is not None,
                         decisions=decided and decisions.read_parquet(
                             decided, "gate.baseline"))
+
+
+def _newest_decisions(template: str, output_dir: str,
+                      fixed: bool) -> Optional[str]:
+  """The `decisions.parquet` of the newest completed run of `template`,
+  whatever its gates gave (a reviewer's decisions stick even when that
+  night failed them), or None when it wrote none."""
+  newest = template if fixed else outputs.latest_complete_run(
+      template, exclude=output_dir, passed=False)
+  if newest is None:
+    return None
+  path = outputs.join(newest, outputs.DECISIONS)
+  return path if FileSystems.exists(path) else None
 
 
 def _refuse_baseline_being_written(directory: str) -> None:

@@ -26,7 +26,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
       " Studio tasks (and their labelling config) or a CSV.")
   parser.add_argument("run_dir", metavar="RUN_DIR",
                       help="output.dir of a completed run")
-  parser.add_argument("--format", required=True, choices=export.FORMATS,
+  # `dest`: an export's format is not an input format (`lossaudit.formats`).
+  parser.add_argument("--format", dest="export_as", required=True,
+                      choices=export.FORMATS,
                       help="label-studio: a tasks JSON to import, with"
                       f" FILE{export.LABEL_CONFIG_SUFFIX} beside it; csv: one"
                       " line a flagged row")
@@ -46,14 +48,14 @@ def run(args: argparse.Namespace) -> str:
     ConfigError: a bad RUN_DIR, --reasons or --output.
   """
   paths = [args.output]
-  if args.format == export.LABEL_STUDIO:
+  if args.export_as == export.LABEL_STUDIO:
     paths.append(args.output + export.LABEL_CONFIG_SUFFIX)
   for path in paths:
     compare.check_output(path, OUTPUT)
   found = export.read_run(args.run_dir)
   reasons = export.check_reasons(args.reasons, found.known_reasons)
   rows = export.select(found.flagged, reasons)
-  if args.format == export.CSV:
+  if args.export_as == export.CSV:
     compare.write_file(args.output, export.to_csv(rows, found.class_names),
                        kind=OUTPUT)
     return f"wrote {rows.num_rows} rows to {args.output}"
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> str:
     raise ConfigError(
         "--format: expected csv for a run without class labels (Label"
         " Studio tasks are labelled with a class). Received:"
-        f" {args.format!r}")
+        f" {args.export_as!r}")
   previews = export.read_previews(args.run_dir)
   tasks, config = export.label_studio(found, rows, previews)
   compare.write_file(paths[1], config.encode("utf-8"), kind=OUTPUT)

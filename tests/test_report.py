@@ -318,3 +318,45 @@ def test_the_vendored_files_are_those_recorded():
     assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest
   for folder in ("echarts", "tabulator"):
     assert (vendor / folder / "LICENSE").is_file()
+
+
+def _mnist_like_rows(n, seed=0):
+  """`n` flagged rows of 28x28 digit-like arrays (strokes on black, values
+  0..255), with their `array` previews."""
+  from lossaudit import previews as previews_lib  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  rows, by_id = [], {}
+  for i in range(n):
+    image = np.zeros((28, 28), np.float32)
+    r = rng.integers(6, 20)
+    image[r:r + 3, 5:23] = rng.uniform(150, 255, (3, 18))
+    image[4:24, r:r + 3] = rng.uniform(150, 255, (20, 3))
+    row_id = f"mnist-{i:05d}"
+    rows.append({"id": row_id, "score": float(n - i), "loss": float(n - i),
+                 "reasons": ["label_issue"], "given_label": i % 10,
+                 "suggested_label": (i + 1) % 10, "self_confidence": 0.01,
+                 "status": "new", "in_baseline": True, "slice": str(i % 10)})
+    by_id[row_id] = {"pixels": {"kind": "array", "values": image.ravel(),
+                                "shape": (28, 28)}}
+  return rows, previews_lib.Previews(
+      ("pixels",), previews_lib.array_thumbnails(by_id))
+
+
+def test_ten_thousand_rows_stay_under_the_size_bounds(demo_report):
+  """10,000 MNIST-like rows: under 10 MB with a thumbnail each, under 5 MB
+  without."""
+  from lossaudit import report  # pylint: disable=g-import-not-at-top
+
+  summary = dict(demo_report[1], flagged=dict(demo_report[1]["flagged"],
+                                              total=12_000))
+  rows, previews = _mnist_like_rows(10_000)
+  with_thumbnails = report.render_report(summary, [0.0, 1.0], rows,
+                                         previews=previews)
+  without = report.render_report(summary, [0.0, 1.0], rows)
+  assert len(without.encode()) < 5_000_000
+  assert len(with_thumbnails.encode()) < 10_000_000
+  shown = report_data(with_thumbnails)["rows"]
+  assert len(shown["values"]) == 10_000
+  assert all(p[0]["kind"] == "image" for p in shown["previews"])
+  assert "10,000 highest-scored of\n12,000 flagged rows" in with_thumbnails

@@ -2,11 +2,13 @@
 which a row decided `keep` is `reviewed`, never a new flag."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from lossaudit.pipelines import audit
 from tests.helpers import run_audit
@@ -91,6 +93,10 @@ def test_clean_is_exactly_as_decided(tmp_path):
       "total": 4, "keep": 1, "drop": 1, "relabel": 2, "stale": 0}
   assert summary["clean"]["decisions_not_found"] == {"count": 1,
                                                      "ids": ["ghost"]}
+  page = (out / "report.html").read_text()
+  table = re.search(r'<table id="decisions">(.*?)</table>', page).group(1)
+  assert re.findall(r"<td>(.*?)</td>", table) == ["1", "1", "2", "0", "4"]
+  assert "1 decided ids are not in the\ndata, such as: ghost." in page
   stuck = pq.read_table(out / "decisions.parquet").to_pylist()
   run_id = summary["run_id"]
   assert sorted(stuck, key=lambda r: r["id"]) == [
@@ -191,3 +197,36 @@ def test_three_nights_a_kept_row_is_reviewed_not_new(tmp_path, write_config):
   clean = pd.concat([pd.read_parquet(p) for p in (out / "clean").iterdir()])
   assert "id059" in set(clean["id"])
   assert "id033" not in set(clean["id"])  # Stale: the flags drop it.
+
+
+@pytest.mark.parametrize("layout", ["fixed", "per_run"])
+def test_decisions_of_a_night_that_failed_its_gates_still_stick(
+    tmp_path, write_config, layout):
+  """Night 2 brings decisions and fails a gate (exit 3); night 3 passes
+  with no decisions file: night 2's decisions are in force, though
+  `latest` judges night 3 against night 1."""
+  data = tmp_path / "data"
+  data.mkdir()
+  pq.write_table(_table(_ids()), data / "part-0.parquet")
+  out = tmp_path / ("out" if layout == "fixed" else "runs/{run_id}")
+  decided = tmp_path / "decisions.csv"
+  decided.write_text(f"id,action,label\n{WRONG[0]},keep,\nid005,drop,\n")
+  nights = [({}, {}, 0),
+            ({"clean": {"decisions": str(decided)}},
+             {"max_flagged_fraction": 0.0}, 3),
+            ({}, {}, 0)]
+  for night, (output, gate, code) in enumerate(nights, 1):
+    config = _config(str(data / "*.parquet"), str(out),
+                     output={"clean": {}, **output},
+                     gate={"baseline": "latest", **gate})
+    path = write_config(config, name=f"night{night}.yaml")
+    assert audit.main(["--config", path]) == code, f"night {night}"
+  last = (out if layout == "fixed" else max(
+      (tmp_path / "runs").iterdir(), key=lambda d: d.name))
+  summary = json.loads((last / "summary.json").read_text())
+  assert summary["clean"]["decisions_applied"]["keep"] == 1
+  assert summary["clean"]["decisions_applied"]["drop"] == 1
+  flagged = pd.read_parquet(last / "flagged").set_index("id")
+  assert flagged.loc[WRONG[0], "status"] == "reviewed"
+  clean = pd.concat([pd.read_parquet(p) for p in (last / "clean").iterdir()])
+  assert WRONG[0] in set(clean["id"]) and "id005" not in set(clean["id"])

@@ -114,7 +114,7 @@
     c.on("click", function (p) {
       if (p.componentType !== "series") return;
       filterPair(m.classes[p.value[1]], m.classes[p.value[0]],
-                 m.labels[p.value[1]], m.labels[p.value[0]]);
+                 m.labels[p.value[1]], m.labels[p.value[0]], p.value[2]);
     });
   }
 
@@ -286,12 +286,17 @@
     document.getElementById("clear-pair").addEventListener("click", clearPair);
   }
 
-  function filterPair(given, suggested, givenLabel, suggestedLabel) {
+  function filterPair(given, suggested, givenLabel, suggestedLabel, count) {
     if (!table) return;
     table.setFilter([{field: "given_label", type: "=", value: given},
                      {field: "suggested_label", type: "=", value: suggested}]);
     document.getElementById("pair-given").textContent = givenLabel;
     document.getElementById("pair-suggested").textContent = suggestedLabel;
+    var listed = table.getDataCount("active");
+    document.getElementById("pair-count").textContent =
+        count === undefined || listed >= count ? "" :
+        " (" + listed + " of its " + count + " label issues are among the" +
+        " rows listed here; every one is in flagged/)";
     document.getElementById("pair-filter").hidden = false;
     document.getElementById("flagged-examples").scrollIntoView();
   }
