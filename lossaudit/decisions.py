@@ -19,6 +19,8 @@ follows the rules again) and it no longer marks the row `reviewed`.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import dataclasses
 import io
 import json
@@ -362,13 +364,19 @@ class _Labels:
 
 def _read_csv(path: str, data: bytes, labels: _Labels) -> Decisions:
   """A decisions CSV: line 1 `id,action,label`; a line per decision."""
+  # Spreadsheets save "CSV UTF-8" with a byte-order mark, and may quote
+  # every field; the header names the columns only after both are undone.
+  data = data[len(codecs.BOM_UTF8):] if data.startswith(
+      codecs.BOM_UTF8) else data
   first = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-  header = tuple(c.strip() for c in first.split(","))
+  header = tuple(c.strip() for c in next(csv.reader([first]), []))
   if header != HEADER:
     _fail(path, "line 1", "the header id,action,label", first)
   try:
     table = pa_csv.read_csv(
         io.BytesIO(data),
+        read_options=pa_csv.ReadOptions(column_names=list(HEADER),
+                                        skip_rows=1),
         parse_options=pa_csv.ParseOptions(newlines_in_values=False),
         convert_options=pa_csv.ConvertOptions(
             column_types={name: pa.string() for name in HEADER},
@@ -466,15 +474,26 @@ def _task_decision(path: str, number: int, task: Any, labels: _Labels
   if not isinstance(task_data, dict) or task_data.get("id") in (None, ""):
     _fail(path, where, "a task with data.id (a lossaudit export)",
           task if not isinstance(task, dict) else sorted(task))
-  annotations = [a for a in task.get("annotations") or ()
+  annotations = task.get("annotations") or []
+  if not isinstance(annotations, list):
+    _fail(path, where, "annotations, a list", annotations)
+  annotations = [a for a in annotations
                  if isinstance(a, dict) and not a.get("was_cancelled")]
   if not annotations:
     return None
+  results = annotations[-1].get("result") or []
+  if not isinstance(results, list):
+    _fail(path, where, "an annotation's result, a list", results)
   choices: Dict[str, List[str]] = {}
-  for result in annotations[-1].get("result") or ():
+  for result in results:
     if isinstance(result, dict) and result.get("type") == "choices":
-      choices.setdefault(result.get("from_name"), []).extend(
-          (result.get("value") or {}).get("choices") or ())
+      value = result.get("value") or {}
+      if not isinstance(value, dict):
+        _fail(path, where, "a result's value, an object with choices", value)
+      chosen = value.get("choices")
+      if not isinstance(chosen, (list, type(None))):
+        _fail(path, where, "a result's value.choices, a list", chosen)
+      choices.setdefault(result.get("from_name"), []).extend(chosen or ())
   task_id = str(task_data["id"])
   if DROP in choices.get(ACTION_FROM, ()):
     return task_id, DROP, ""

@@ -192,6 +192,8 @@ def top_k_order(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
   """Indices `(min(N, k),)` of the k largest `values` `(N,)`, largest first,
   ties broken by the smaller of `ids` `(N,)`."""
   candidates = np.arange(values.size)
+  if k <= 0:
+    return candidates[:0]
   if values.size > k:
     kth = np.partition(values, values.size - k)[values.size - k]
     candidates = np.flatnonzero(values >= kth)

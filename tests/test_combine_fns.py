@@ -163,7 +163,8 @@ def _same_rows(actual, expected):
   np.testing.assert_equal(actual, expected)  # NaN equals NaN here.
 
 
-@pytest.mark.parametrize("k", [1, 6, 1000])
+# k 0: report.max_rows 0 (no rows in the report).
+@pytest.mark.parametrize("k", [0, 1, 6, 1000])
 def test_top_rows_are_whole_rows_largest_first_nan_last(k):
   batches = _scored_batches(np.random.default_rng(2))
   rows = _rows(batches)

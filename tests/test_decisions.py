@@ -279,3 +279,40 @@ def test_a_damaged_decisions_parquet_names_the_key(tmp_path):
                      r" label, given_label, run_id\). Received: '.*'"
                      r" \(ArrowInvalid"):
     decisions.read_parquet(str(path), "gate.baseline")
+
+
+@pytest.mark.parametrize("text", [
+    "id, action, label\nrow-1, drop,\n",
+    "\ufeffid,action,label\nrow-1,drop,\n",
+    '"id","action","label"\n"row-1","drop",""\n',
+    "\ufeff\"id\",\"action\",\"label\"\r\nrow-1,drop,\r\n",
+])
+def test_csv_header_as_spreadsheets_save_it(tmp_path, text):
+  """A header with spaces, a UTF-8 byte-order mark (Excel's "CSV UTF-8")
+  or quoted fields is the header."""
+  path = tmp_path / "decisions.csv"
+  path.write_bytes(text.encode("utf-8"))
+  assert _as_dict(decisions.read(str(path), NAMES)) == {
+      "row-1": ("drop", -1)}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"annotations": 5}, r"task 0: expected annotations, a list. Received: 5"),
+    ({"annotations": [{"result": 7}]},
+     r"task 0: expected an annotation's result, a list. Received: 7"),
+    ({"annotations": [{"result": [{"from_name": "label", "type": "choices",
+                                   "value": ["dog"]}]}]},
+     r"task 0: expected a result's value, an object with choices."
+     r" Received: \['dog'\]"),
+    ({"annotations": [{"result": [{"from_name": "label", "type": "choices",
+                                   "value": {"choices": "dog"}}]}]},
+     r"task 0: expected a result's value.choices, a list. Received: 'dog'"),
+])
+def test_label_studio_odd_shapes_name_the_task(tmp_path, change, message):
+  task = _task(1, "a", 0, [])
+  task.update(change)
+  path = tmp_path / "export.json"
+  path.write_text(json.dumps([task]))
+  with pytest.raises(ConfigError, match=r"^output.clean.decisions: .*"
+                     + message + "$"):
+    decisions.read(str(path), NAMES)

@@ -99,6 +99,8 @@ def test_top_k_merge_breaks_ties_by_id():
   assert list(kept) == ["b", "d", "e"]
   _, kept = top_k_merge(losses, ids, 2)
   assert list(kept) == ["b", "d"]
+  values, kept = top_k_merge(losses, ids, 0)
+  assert values.shape == (0,) and kept.shape == (0,)
 
 
 def test_flag_masks():
