@@ -286,13 +286,27 @@ def _finite(value: Optional[float]) -> Optional[float]:
   return value if value is not None and math.isfinite(value) else None
 
 
+# The image of a task whose row has none among the run's previews (beyond
+# `report.max_rows`): an 8x8 light grey PNG, so the config's Image view
+# applies to every task.
+NO_PREVIEW_IMAGE = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAI"
+                    "CAAAAADhZOFXAAAAEElEQVR4nGO8wwABTAwUMQA/jADsNtxXAgAAAABJ"
+                    "RU5ErkJggg==")
+
+
 def task_object(rows: pa.Table) -> str:
   """The Label Studio object the tasks' label choices refer to: `image`
-  when every row has an image preview, `text` when every row has a text
-  preview, else `id_text` (the id, shown as text)."""
-  for kind in ("image", "text"):
-    if rows.num_rows and rows.column(kind).null_count == 0:
-      return kind
+  when some row has an image preview and none has text (the others get
+  `NO_PREVIEW_IMAGE`), `text` when every row has a text preview, else
+  `id_text` (the id, shown as text)."""
+  if not rows.num_rows:
+    return "id_text"
+  images = rows.num_rows - rows.column("image").null_count
+  texts = rows.num_rows - rows.column("text").null_count
+  if images and not texts:
+    return "image"
+  if texts == rows.num_rows:
+    return "text"
   return "id_text"
 
 
@@ -340,6 +354,8 @@ def label_studio(run: Run, rows: pa.Table,
     for kind in ("image", "text"):
       if columns[kind][i] is not None:
         data[kind] = columns[kind][i]
+    if to_name == "image" and "image" not in data:
+      data["image"] = NO_PREVIEW_IMAGE
     task = {"data": data}
     if columns["suggested"][i] is not None:
       task["predictions"] = [{

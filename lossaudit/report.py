@@ -436,6 +436,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _dumps(value: Any, **kwargs) -> str:
+  # UTF-8 as it is (a non-ASCII id costs its bytes, not 6 a character);
+  # Jinja's `tojson` escapes the characters that matter in HTML.
+  kwargs.setdefault("ensure_ascii", False)
   return json.dumps(_json_safe(value), allow_nan=False, **kwargs)
 
 

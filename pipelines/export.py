@@ -69,8 +69,16 @@ def run(args: argparse.Namespace) -> str:
   compare.write_file(paths[1], config.encode("utf-8"), kind=OUTPUT)
   compare.write_file(args.output, export.tasks_json(tasks), kind=OUTPUT)
   predicted = sum("predictions" in t for t in tasks)
-  return (f"wrote {len(tasks)} tasks ({predicted} with a suggested label) to"
+  blank = sum(t["data"].get("image") == export.NO_PREVIEW_IMAGE
+              for t in tasks)
+  told = (f"wrote {len(tasks)} tasks ({predicted} with a suggested label) to"
           f" {args.output}\nlossaudit: labelling config: {paths[1]}")
+  if blank:
+    told += (f"\nlossaudit: {blank} of the {len(tasks)} tasks have no"
+             " image among the run's previews (beyond report.max_rows): they"
+             " show a blank one; a larger report.max_rows, or --reasons,"
+             " gives each its image")
+  return told
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

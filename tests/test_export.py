@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lossaudit.export import NO_PREVIEW_IMAGE
 from lossaudit.pipelines import cli
 from tests.helpers import (
   noisy_probs,
@@ -243,6 +244,28 @@ def test_images_from_previews(runs, tmp_path, capsys):
   assert choices["label"][0] == choices["action"][0] == "image"
   view = ET.parse(f"{out}.label-config.xml").getroot()
   assert view.find("Image").get("value") == "$image"
+
+
+def test_images_of_some_rows_the_others_blank(runs, tmp_path, capsys):
+  """Previews cover the report's rows only (report.max_rows): the tasks
+  beyond get a blank image, so every task keeps the Image view, and the
+  command says how many."""
+  run_dir = copy_run(runs, tmp_path)
+  ids = list(flagged(run_dir)["id"])
+  write_previews(run_dir, [{"id": i, "input": "pixels", "kind": "image",
+                            "value": f"{PNG}{i}", "more": 0}
+                           for i in ids[:5]])
+  out = tmp_path / "some.json"
+  code, told, _ = export(capsys, run_dir, "--format", "label-studio",
+                         "--output", out)
+  assert code == 0
+  tasks = json.loads(out.read_text())
+  assert [t["data"]["image"] for t in tasks] == [
+      f"{PNG}{i}" for i in ids[:5]] + [NO_PREVIEW_IMAGE] * (len(ids) - 5)
+  objects, choices = label_config(f"{out}.label-config.xml")
+  assert objects == {"image", "id_text"} and choices["label"][0] == "image"
+  assert (f"{len(ids) - 5} of the {len(ids)} tasks have no image among the"
+          " run's previews (beyond report.max_rows)") in told
 
 
 def test_text_previews_of_some_rows(runs, tmp_path, capsys):
