@@ -10,8 +10,9 @@ keeps it with the decided label. Rows without a decision follow
 
 A run writes the decisions in force to `decisions.parquet` (`SCHEMA`), each
 with the row's given label when first applied and the run that first
-applied it; a later run with a baseline reads the baseline's and unions it
-with its own file, its own file winning per id (`union`). A decision whose
+applied it; a later run with a baseline reads that of the newest completed
+run, its gates passed or not (`pipelines.audit`), and unions it with its
+own file, its own file winning per id (`union`). A decision whose
 recorded given label differs from the row's given label today is stale: the
 label was changed upstream since the review, so it is not applied (the row
 follows the rules again) and it no longer marks the row `reviewed`.
