@@ -30,8 +30,7 @@ PNG = "data:image/png;base64,iVBORw0KGgo="
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Real runs on one dataset, flagging label issues and losses over 2:
-  `named` with a vocabulary, `plain` without, and `night2`, `named` again
-  with a lower loss threshold, against `named` (`gate.baseline`)."""
+  `named` with a vocabulary, `plain` without; and the root."""
   root = tmp_path_factory.mktemp("export")
   probs, given, _ = noisy_probs(600, len(VOCABULARY), 0.1, seed=3)
   ids = np.char.add("r", np.arange(len(given)).astype(str))
@@ -44,13 +43,21 @@ def runs(tmp_path_factory):
         flag={"label_issues": "confident_learning", "loss_threshold": 2.0},
         input={"label_vocabulary": vocabulary})
     found[name] = (str(root / name), run_audit(config))
+  found["root"] = root
+  return found
+
+
+@pytest.fixture(scope="module")
+def night2(runs):
+  """`named` again with a lower loss threshold, against `named`
+  (`gate.baseline`)."""
+  root = runs["root"]
   config = predictions_config(
       str(root / "data" / "*.parquet"), str(root / "night2"),
       flag={"label_issues": "confident_learning", "loss_threshold": 1.5},
       input={"label_vocabulary": VOCABULARY},
       gate={"baseline": str(root / "named")})
-  found["night2"] = (str(root / "night2"), run_audit(config))
-  return found
+  return str(root / "night2"), run_audit(config)
 
 
 def export(capsys, *argv):
@@ -194,8 +201,9 @@ def test_csv_adds_up_to_the_flagged_rows(runs, tmp_path, capsys, name):
   assert len(pd.read_csv(both)) == len(rows)
 
 
-def test_csv_status_against_a_baseline(runs, tmp_path, capsys):
-  run_dir, summary = runs["night2"]
+@pytest.mark.slow
+def test_csv_status_against_a_baseline(runs, night2, tmp_path, capsys):
+  run_dir, summary = night2
   out = tmp_path / "night2.csv"
   assert export(capsys, run_dir, "--format", "csv", "--output", out)[0] == 0
   found = pd.read_csv(out, keep_default_na=False)

@@ -343,6 +343,7 @@ def _mnist_like_rows(n, seed=0):
       ("pixels",), previews_lib.array_thumbnails(by_id))
 
 
+@pytest.mark.slow
 def test_ten_thousand_rows_stay_under_the_size_bounds(demo_report):
   """10,000 MNIST-like rows: under 10 MB with a thumbnail each, under 5 MB
   without."""

@@ -199,8 +199,8 @@ def test_three_nights_a_kept_row_is_reviewed_not_new(tmp_path, write_config):
   assert "id033" not in set(clean["id"])  # Stale: the flags drop it.
 
 
-@pytest.mark.parametrize("layout", [
-    "fixed", pytest.param("per_run", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["fixed", "per_run"])
 def test_decisions_of_a_night_that_failed_its_gates_still_stick(
     tmp_path, write_config, layout):
   """Night 2 brings decisions and fails a gate (exit 3); night 3 passes

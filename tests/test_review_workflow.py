@@ -64,7 +64,11 @@ def _annotated(task, choice, kind, cancelled=False):
       "parent_annotation": None}])
 
 
-def test_export_review_and_fix(audited, tmp_path, capsys):
+# The same decisions as a CSV: tests/test_review_nights.py reads a CSV's
+# clean/ back in every run; this one is in the slow run.
+@pytest.mark.parametrize("source", [
+    "label_studio", pytest.param("csv", marks=pytest.mark.slow)])
+def test_export_review_and_fix(audited, tmp_path, capsys, source):
   data, model, root, summary, losses, flagged = audited
   issues = flagged[flagged["reasons"].map(lambda r: "label_issue" in r)]
   assert summary["flagged"]["by_reason"]["label_issue"] == len(issues) > 10
@@ -122,21 +126,20 @@ def test_export_review_and_fix(audited, tmp_path, capsys):
   expected.update(relabel)
 
   # 3. The decisions go into the next run, as Label Studio exported them
-  # and as a CSV.
+  # or as a CSV.
   csv = tmp_path / "decisions.csv"
   csv.write_text("id,action,label\n" + "".join(
       [f"{i},keep,\n" for i in sorted(keep)] +
       [f"{i},drop,\n" for i in sorted(drop)] +
       [f"{i},relabel,{label}\n" for i, label in sorted(relabel.items())]))
-  for name, decisions in (("from_label_studio", exported), ("from_csv", csv)):
-    out = root / name
-    summary = run_audit(_config(data, model, out,
-                                decisions=str(decisions)))
-    assert _clean(out) == expected, name
-    applied = summary["clean"]["decisions_applied"]
-    assert (applied["keep"], applied["drop"], applied["relabel"]) == (
-        len(keep), len(drop), len(relabel)), name
-    assert summary["clean"]["decisions_not_found"]["count"] == 0
-    relabelled = pd.read_parquet(out / "relabelled")
-    assert dict(zip(relabelled["id"], relabelled["suggested_label"])) == (
-        relabel)
+  decisions = exported if source == "label_studio" else csv
+  out = root / source
+  summary = run_audit(_config(data, model, out, decisions=str(decisions)))
+  assert _clean(out) == expected
+  applied = summary["clean"]["decisions_applied"]
+  assert (applied["keep"], applied["drop"], applied["relabel"]) == (
+      len(keep), len(drop), len(relabel))
+  assert summary["clean"]["decisions_not_found"]["count"] == 0
+  relabelled = pd.read_parquet(out / "relabelled")
+  assert dict(zip(relabelled["id"], relabelled["suggested_label"])) == (
+      relabel)
