@@ -90,19 +90,22 @@
     var m = data.heatMap;
     var c = m && chart("label-issue-matrix");
     if (!c) return;
+    // Room for the longest class label (cut at 24 characters) on each axis.
+    var room = 16 + 7 * Math.min(24, Math.max.apply(null, m.labels.map(
+        function (label) { return label.length; })));
     c.setOption({
       animation: false,
-      grid: {left: 170, right: 24, top: 32, bottom: 170},
+      grid: {left: room + 24, right: 24, top: 32, bottom: room + 24},
       tooltip: {formatter: function (p) {
         return "given " + escapeHtml(m.labels[p.value[1]]) + ", suggested " +
             escapeHtml(m.labels[p.value[0]]) + ": " + p.value[2];
       }},
       xAxis: {type: "category", data: m.labels, name: "suggested label",
-              nameLocation: "middle", nameGap: 150, position: "bottom",
+              nameLocation: "middle", nameGap: room, position: "bottom",
               axisLabel: {rotate: 90, interval: 0, formatter: cut},
               splitArea: {show: true}},
       yAxis: {type: "category", data: m.labels, inverse: true,
-              name: "given label", nameLocation: "middle", nameGap: 150,
+              name: "given label", nameLocation: "middle", nameGap: room,
               axisLabel: {interval: 0, formatter: cut},
               splitArea: {show: true}},
       visualMap: {show: false, min: 0, max: Math.max(m.max, 1),
