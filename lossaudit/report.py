@@ -382,6 +382,8 @@ def rows_data(rows: Sequence[Dict[str, Any]], total: int,
     return data
   data["inputs"] = list(previews.inputs)
   data["note"] = previews.note
+  if previews.note:  # No row is previewed; the note says why.
+    return data
   spent = 0
   for row in rows:
     shown = []
