@@ -35,6 +35,8 @@ from tests.helpers import REPO, audit_env
 # README.md's blocks are the quickstart, run by its own test below.
 PAGES = sorted(os.path.relpath(p, REPO) for p in glob.glob(
     os.path.join(REPO, "docs", "**", "*.md"), recursive=True))
+# Pages whose code trains models for a while: run with -m slow.
+SLOW_PAGES = ("docs/best-label-issues.md",)
 
 
 def _commands(source: str):
@@ -74,7 +76,9 @@ SYBIL = Sybil(parsers=[
 ], pattern="*.md")
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [
+    pytest.param(page, marks=pytest.mark.slow) if page in SLOW_PAGES else page
+    for page in PAGES])
 def test_the_code_blocks_of_each_page_run(page, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   document = SYBIL.parse(pathlib.Path(REPO, page))

@@ -193,6 +193,7 @@ def test_report_renders_in_chromium_without_console_errors(demo_report):
   assert summary["gate"]["passed"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_report_screenshot_has_content(demo_report, tmp_path):
   png = tmp_path / "report.png"
