@@ -29,22 +29,31 @@ PNG = "data:image/png;base64,iVBORw0KGgo="
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Real runs on one dataset, flagging label issues and losses over 2:
-  `named` with a vocabulary, `plain` without; and the root."""
+  """A real run on one dataset, flagging label issues and losses over 2:
+  `named`, with a vocabulary; and the root."""
   root = tmp_path_factory.mktemp("export")
   probs, given, _ = noisy_probs(600, len(VOCABULARY), 0.1, seed=3)
   ids = np.char.add("r", np.arange(len(given)).astype(str))
   os.makedirs(root / "data")
   write_predictions(root / "data" / "d.parquet", ids, given, probs)
   found = {}
-  for name, vocabulary in (("named", VOCABULARY), ("plain", None)):
-    config = predictions_config(
-        str(root / "data" / "*.parquet"), str(root / name),
-        flag={"label_issues": "confident_learning", "loss_threshold": 2.0},
-        input={"label_vocabulary": vocabulary})
-    found[name] = (str(root / name), run_audit(config))
+  found["named"] = _run(root, "named", VOCABULARY)
   found["root"] = root
   return found
+
+
+def _run(root, name, vocabulary):
+  config = predictions_config(
+      str(root / "data" / "*.parquet"), str(root / name),
+      flag={"label_issues": "confident_learning", "loss_threshold": 2.0},
+      input={"label_vocabulary": vocabulary})
+  return str(root / name), run_audit(config)
+
+
+@pytest.fixture(scope="module")
+def plain(runs):
+  """The same run without a vocabulary."""
+  return _run(runs["root"], "plain", None)
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +147,11 @@ def test_label_studio_one_task_per_label_issue(runs, tmp_path, capsys):
                      "action": ("id_text", ["drop"])}
 
 
-def test_label_studio_every_flagged_row_without_a_vocabulary(runs, tmp_path,
+# Without a vocabulary in every run: tests/test_review_workflow.py.
+@pytest.mark.slow
+def test_label_studio_every_flagged_row_without_a_vocabulary(plain, tmp_path,
                                                               capsys):
-  run_dir, summary = runs["plain"]
+  run_dir, summary = plain
   out = tmp_path / "all.json"
   assert export(capsys, run_dir, "--format", "label-studio", "--output",
                 out)[0] == 0
@@ -163,9 +174,12 @@ def test_label_studio_every_flagged_row_without_a_vocabulary(runs, tmp_path,
   assert choices["label"][1] == ["0", "1", "2", "3"]
 
 
-@pytest.mark.parametrize("name", ["named", "plain"])
-def test_csv_adds_up_to_the_flagged_rows(runs, tmp_path, capsys, name):
-  run_dir, summary = runs[name]
+@pytest.mark.parametrize("name", [
+    "named", pytest.param("plain", marks=pytest.mark.slow)])
+def test_csv_adds_up_to_the_flagged_rows(runs, request, tmp_path, capsys,
+                                         name):
+  run_dir, summary = (runs["named"] if name == "named" else
+                      request.getfixturevalue("plain"))
   rows = flagged(run_dir)
   every = tmp_path / "all.csv"
   assert export(capsys, run_dir, "--format", "csv", "--output", every)[0] == 0

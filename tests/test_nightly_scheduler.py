@@ -64,9 +64,12 @@ def _summary(directory):
 IDS = [f"r{i}" for i in range(200)]
 
 
+# Retries of a failed night in each layout, with -m slow (the default run's
+# nightly scenarios: test_three_nights_tell_new_rows_from_regressions here,
+# and tests/test_review_nights.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("dated,named", [
-    (True, False), pytest.param(False, False, marks=pytest.mark.slow),
-    pytest.param(False, True, marks=pytest.mark.slow)])
+    (True, False), (False, False), (False, True)])
 def test_a_failed_night_stays_failed_through_retries(
     tmp_path, write_config, capsys, dated, named):
   """With dated folders; with one fixed folder and `latest`; with one fixed
