@@ -12,6 +12,7 @@ inlined, so the page needs no network.
 from __future__ import annotations
 
 import functools
+import gzip
 import importlib.resources
 import json
 import math
@@ -58,7 +59,7 @@ ROW_COLUMNS = ("id", "score", "loss", "reasons", "status", "in_baseline",
 
 _VENDORED = {"tabulator_js": "vendor/tabulator/tabulator.min.js",
              "tabulator_css": "vendor/tabulator/tabulator_simple.min.css",
-             "echarts_js": "vendor/echarts/echarts.min.js",
+             "echarts_js": "vendor/echarts/echarts.min.js.gz",
              "report_css": "templates/report.css",
              "report_js": "templates/report.js"}
 
@@ -411,7 +412,10 @@ def _vendored(path: str) -> str:
   """A file inlined whole in the page (a vendored library, the page's own
   script and style), without its source-map comment (the page has no map
   beside it)."""
-  text = (importlib.resources.files("lossaudit") / path).read_text("utf-8")
+  data = (importlib.resources.files("lossaudit") / path).read_bytes()
+  if path.endswith(".gz"):  # Kept compressed in git (1.1 MB as it is).
+    data = gzip.decompress(data)
+  text = data.decode("utf-8")
   return re.sub(r"/[*/]# sourceMappingURL=\S+(?: \*/)?", "", text)
 
 

@@ -56,7 +56,7 @@ def test_the_wheel_installs_one_top_level_package(wheel):
                  "lossaudit/templates/report.js",
                  "lossaudit/templates/report.css",
                  "lossaudit/vendor/README.md",
-                 "lossaudit/vendor/echarts/echarts.min.js",
+                 "lossaudit/vendor/echarts/echarts.min.js.gz",
                  "lossaudit/vendor/echarts/LICENSE",
                  "lossaudit/vendor/tabulator/tabulator.min.js",
                  "lossaudit/vendor/tabulator/tabulator_simple.min.css",
