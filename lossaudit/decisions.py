@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import functools
 import io
 import json
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -113,11 +114,16 @@ class Decisions:
     return cls(strings("id"), strings("action"), ints("label"),
                ints("given_label"), strings("run_id"))
 
+  @functools.cached_property
+  def id_array(self) -> pa.Array:
+    """The ids as Arrow strings, built once (every batch looks them up)."""
+    return pa.array(self.ids.tolist(), pa.string())
+
   def index_of(self, ids: pa.Array) -> np.ndarray:
     """`(N,)` int64: each of `ids` `(N,)`'s decision, -1 where none."""
     if not len(self.ids):
       return np.full(len(ids), _NONE, np.int64)
-    at = pc.index_in(ids, value_set=pa.array(self.ids.tolist(), pa.string()))
+    at = pc.index_in(ids, value_set=self.id_array)
     return np.asarray(pc.fill_null(at, _NONE).to_numpy(zero_copy_only=False),
                       np.int64)
 
@@ -150,7 +156,7 @@ def union(older: Optional[Decisions], newer: Optional[Decisions]
     return newer
   if newer is None:
     return older
-  at = older.index_of(pa.array(newer.ids.tolist(), pa.string()))
+  at = older.index_of(newer.id_array)
   same = at >= 0
   same[same] = ((older.actions[at[same]] == newer.actions[same])
                 & (older.labels[at[same]] == newer.labels[same]))
@@ -273,10 +279,10 @@ def count_applied(applied: Applied) -> DecisionCounts:
 
 def not_found(decisions: Decisions, found: pa.Table) -> DecisionCounts:
   """The decided ids absent from `found` (every decided row of the data)."""
-  ids = pa.array(decisions.ids.tolist(), pa.string())
-  missing = ~pc.is_in(ids, value_set=found.column("id").combine_chunks()
-                      if found.num_rows else pa.array([], pa.string())
-                      ).to_numpy(zero_copy_only=False)
+  seen = (found.column("id").combine_chunks() if found.num_rows else
+          pa.array([], pa.string()))
+  missing = ~pc.is_in(decisions.id_array, value_set=seen).to_numpy(
+      zero_copy_only=False)
   shown = np.sort(decisions.ids[missing].astype(str))[:NOT_FOUND_SHOWN]
   return DecisionCounts(not_found=int(missing.sum()),
                         not_found_ids=tuple(shown.tolist()))

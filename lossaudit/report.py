@@ -478,11 +478,12 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
   """
   loss = summary["loss"]
   label_issues = _label_issues(summary, label_classes, flag_counts)
+  folds = summary.get("folds")
+  heldout = _checkpoint_selection(folds or {})
   chart_data = {
       "histogram": histogram_chart(cdf, loss["count"], summary["thresholds"]),
       "heatMap": label_issues and label_issues["heat_map"],
-      "heldout": (heldout_chart(summary["folds"]) if _checkpoint_selection(
-          summary.get("folds") or {}) else None),
+      "heldout": heldout_chart(folds) if heldout else None,
       "dataMap": None,
       "rows": rows_data(top_flagged, summary["flagged"]["total"], previews),
       "reasons": _reason_names(top_flagged, summary),
@@ -495,7 +496,6 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
         data_map, easy_confidence=easy_confidence,
         ambiguous_variability=ambiguous_variability)
   slices = summary["slices"]
-  folds = summary.get("folds")
   context = {
       "summary": summary,
       "loss": loss,
@@ -513,7 +513,7 @@ def render_report(summary: Dict, cdf: Sequence[Optional[float]],
                           "quantiles"),
       "slices": _quantile_table("slice", slices, "slices") if slices else None,
       "folds": _quantile_table("fold", folds, "folds") if folds else None,
-      "heldout": _checkpoint_selection(folds or {}),
+      "heldout": heldout,
       "thresholds": _table(
           ["rule", "threshold"],
           [[k, v] for k, v in summary["thresholds"].items()
